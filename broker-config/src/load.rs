@@ -1,0 +1,348 @@
+//! Reading a configuration file, applying environment overrides, and validating the result.
+
+use crate::sections::*;
+use serde::de::DeserializeOwned;
+use std::fmt;
+use std::path::Path;
+
+/// Environment variables `GATEWAY__SECTION__KEY=value` override `[section] key = value`.
+/// The value is read as a TOML value when it parses as one (`100`, `true`, `["a","b"]`), and as
+/// a string otherwise (`127.0.0.1:1883`, `10s`).
+pub const ENV_PREFIX: &str = "GATEWAY__";
+
+/// One problem with the configuration, at a dotted key such as `limits.max_inflight`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub key: String,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.key, self.message)
+    }
+}
+
+impl ConfigError {
+    fn new(key: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            key: key.into(),
+            message: message.into(),
+        }
+    }
+}
+
+impl Config {
+    /// Reads `file` (when given), applies the `GATEWAY__…` variables of `env`, and validates.
+    /// Returns every error found, each with its key.
+    pub fn load(
+        file: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Config, Vec<ConfigError>> {
+        let text = match file {
+            Some(path) => std::fs::read_to_string(path).map_err(|e| {
+                vec![ConfigError::new(
+                    "(file)",
+                    format!("cannot read {}: {e}", path.display()),
+                )]
+            })?,
+            None => String::new(),
+        };
+        Self::from_toml_str(&text, env)
+    }
+
+    /// Like [`Config::load`], from TOML text.
+    pub fn from_toml_str(
+        text: &str,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Config, Vec<ConfigError>> {
+        let mut table: toml::Table = text
+            .parse()
+            .map_err(|e: toml::de::Error| vec![syntax_error(text, &e)])?;
+        let mut errors = Vec::new();
+        apply_env_overrides(&mut table, env, &mut errors);
+        check_keys(&table, &mut errors);
+        if !errors.is_empty() {
+            return Err(errors);
+        }
+        let config: Config = toml::Value::Table(table)
+            .try_into()
+            .map_err(|e: toml::de::Error| vec![ConfigError::new("(config)", e.message())])?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks values that are well-typed but unusable.
+    pub fn validate(&self) -> Result<(), Vec<ConfigError>> {
+        let mut errors = Vec::new();
+        let mut check = |ok: bool, key: &str, message: &str| {
+            if !ok {
+                errors.push(ConfigError::new(key, message));
+            }
+        };
+        let l = &self.limits;
+        check(
+            l.handshake_timeout.as_millis() >= 100,
+            "limits.handshake_timeout",
+            "must be at least 100ms",
+        );
+        check(
+            l.max_connections >= 1,
+            "limits.max_connections",
+            "must be at least 1",
+        );
+        check(
+            (1024..=256 * 1024 * 1024).contains(&l.max_packet_size),
+            "limits.max_packet_size",
+            "must be between 1024 and 268435456 bytes",
+        );
+        check(
+            l.max_inflight >= 1,
+            "limits.max_inflight",
+            "must be at least 1",
+        );
+        check(
+            l.max_subscriptions >= 1,
+            "limits.max_subscriptions",
+            "must be at least 1",
+        );
+        check(
+            l.max_keepalive.as_secs() >= 15 * 60 && l.max_keepalive.as_secs() <= 65535,
+            "limits.max_keepalive",
+            "must be between 15m (mobile heartbeats go up to 15 minutes) and 65535s",
+        );
+        check(
+            l.outbox_capacity >= 16,
+            "limits.outbox_capacity",
+            "must be at least 16",
+        );
+        check(
+            l.ws_max_message >= 1024,
+            "limits.ws_max_message",
+            "must be at least 1024 bytes",
+        );
+        check(
+            l.ws_ping_interval.as_millis() >= 100,
+            "limits.ws_ping_interval",
+            "must be at least 100ms",
+        );
+        check(
+            l.http_max_body >= 1024,
+            "limits.http_max_body",
+            "must be at least 1024 bytes",
+        );
+        if let Some(secret) = &self.auth.token_secret {
+            check(
+                secret.len() >= 32,
+                "auth.token_secret",
+                "must be at least 32 characters",
+            );
+        }
+        for (i, key) in self.auth.api_keys.iter().enumerate() {
+            check(
+                key.len() >= 16 && !key.contains(char::is_whitespace),
+                &format!("auth.api_keys[{i}]"),
+                "must be at least 16 characters without spaces",
+            );
+        }
+        check(
+            self.auth.default_token_ttl.as_secs() >= 1,
+            "auth.default_token_ttl",
+            "must be at least 1s",
+        );
+        check(
+            self.sessions.approval_timeout.as_secs() >= 1,
+            "sessions.approval_timeout",
+            "must be at least 1s",
+        );
+        match (&self.tls.cert, &self.tls.key) {
+            (Some(cert), Some(key)) => {
+                for (name, path) in [("tls.cert", cert), ("tls.key", key)] {
+                    check(
+                        path.is_file(),
+                        name,
+                        &format!("file {} does not exist", path.display()),
+                    );
+                }
+            }
+            (None, None) => {}
+            (Some(_), None) => check(false, "tls.key", "is required when tls.cert is set"),
+            (None, Some(_)) => check(false, "tls.cert", "is required when tls.key is set"),
+        }
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(errors)
+        }
+    }
+}
+
+fn syntax_error(text: &str, error: &toml::de::Error) -> ConfigError {
+    let line = error
+        .span()
+        .map(|span| text[..span.start].lines().count().max(1));
+    let key = line.map_or("(syntax)".to_string(), |l| format!("(line {l})"));
+    ConfigError::new(key, error.message())
+}
+
+fn apply_env_overrides(
+    table: &mut toml::Table,
+    env: impl IntoIterator<Item = (String, String)>,
+    errors: &mut Vec<ConfigError>,
+) {
+    for (name, raw) in env {
+        let Some(path) = name.strip_prefix(ENV_PREFIX) else {
+            continue;
+        };
+        let parts: Vec<String> = path.split("__").map(str::to_ascii_lowercase).collect();
+        let [section, key] = parts.as_slice() else {
+            errors.push(ConfigError::new(
+                name.clone(),
+                "expected GATEWAY__SECTION__KEY",
+            ));
+            continue;
+        };
+        let value = parse_env_value(&raw);
+        let entry = table
+            .entry(section.clone())
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        match entry.as_table_mut() {
+            Some(section_table) => {
+                section_table.insert(key.clone(), value);
+            }
+            None => errors.push(ConfigError::new(section.clone(), "must be a table")),
+        }
+    }
+}
+
+fn parse_env_value(raw: &str) -> toml::Value {
+    format!("v = {raw}")
+        .parse::<toml::Table>()
+        .ok()
+        .and_then(|mut t| t.remove("v"))
+        .unwrap_or_else(|| toml::Value::String(raw.to_string()))
+}
+
+/// Checks every key on its own, so that all bad keys are reported rather than the first.
+fn check_keys(table: &toml::Table, errors: &mut Vec<ConfigError>) {
+    for (section, value) in table {
+        let checker: fn(&str, &toml::Table, &mut Vec<ConfigError>) = match section.as_str() {
+            "listeners" => check_section::<Listeners>,
+            "tls" => check_section::<Tls>,
+            "limits" => check_section::<Limits>,
+            "auth" => check_section::<Auth>,
+            "sessions" => check_section::<Sessions>,
+            "log" => check_section::<Log>,
+            _ => {
+                errors.push(ConfigError::new(
+                    section.clone(),
+                    "unknown section (expected listeners, tls, limits, auth, sessions or log)",
+                ));
+                continue;
+            }
+        };
+        match value.as_table() {
+            Some(section_table) => checker(section, section_table, errors),
+            None => errors.push(ConfigError::new(section.clone(), "must be a table")),
+        }
+    }
+}
+
+fn check_section<T: DeserializeOwned>(
+    section: &str,
+    table: &toml::Table,
+    errors: &mut Vec<ConfigError>,
+) {
+    for (key, value) in table {
+        let mut single = toml::Table::new();
+        single.insert(key.clone(), value.clone());
+        let deserializer = toml::Value::Table(single);
+        if let Err(e) = serde_path_to_error::deserialize::<_, T>(deserializer) {
+            let message = e.inner().message().to_string();
+            errors.push(ConfigError::new(format!("{section}.{key}"), message));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn no_env() -> Vec<(String, String)> {
+        Vec::new()
+    }
+
+    #[test]
+    fn empty_config_is_the_default() {
+        assert_eq!(
+            Config::from_toml_str("", no_env()).unwrap(),
+            Config::default()
+        );
+    }
+
+    #[test]
+    fn shipped_file_parses_to_the_defaults() {
+        assert_eq!(
+            Config::from_toml_str(crate::DEFAULT_TOML, no_env()).unwrap(),
+            Config::default()
+        );
+    }
+
+    #[test]
+    fn every_error_is_reported_with_its_key() {
+        let text = r#"
+            [limits]
+            max_inflight = "many"
+            max_keepalive = "1m"
+            typo_key = 3
+            [auth]
+            allow_anonymous = "yes"
+            [nonsense]
+        "#;
+        let errors = Config::from_toml_str(text, no_env()).unwrap_err();
+        let keys: Vec<&str> = errors.iter().map(|e| e.key.as_str()).collect();
+        for expected in [
+            "limits.max_inflight",
+            "limits.typo_key",
+            "auth.allow_anonymous",
+            "nonsense",
+        ] {
+            assert!(keys.contains(&expected), "{expected} missing from {keys:?}");
+        }
+    }
+
+    #[test]
+    fn semantic_errors_after_types_are_fine() {
+        let text =
+            "[limits]\nmax_keepalive = \"1m\"\nmax_inflight = 0\n[tls]\ncert = \"/nope.pem\"\n";
+        let errors = Config::from_toml_str(text, no_env()).unwrap_err();
+        let keys: Vec<&str> = errors.iter().map(|e| e.key.as_str()).collect();
+        assert_eq!(
+            keys,
+            ["limits.max_inflight", "limits.max_keepalive", "tls.key"]
+        );
+    }
+
+    #[test]
+    fn env_overrides_win_and_are_typed() {
+        let env = vec![
+            ("GATEWAY__LIMITS__MAX_INFLIGHT".into(), "7".into()),
+            ("GATEWAY__LISTENERS__MQTT".into(), "127.0.0.1:0".into()),
+            ("GATEWAY__AUTH__ALLOW_ANONYMOUS".into(), "true".into()),
+            ("GATEWAY__LIMITS__HANDSHAKE_TIMEOUT".into(), "2s".into()),
+            ("UNRELATED".into(), "x".into()),
+        ];
+        let config = Config::from_toml_str("[limits]\nmax_inflight = 3\n", env).unwrap();
+        assert_eq!(config.limits.max_inflight, 7);
+        assert_eq!(config.listeners.mqtt.port(), 0);
+        assert!(config.auth.allow_anonymous);
+        assert_eq!(config.limits.handshake_timeout, Duration::from_secs(2));
+    }
+
+    #[test]
+    fn syntax_errors_name_the_line() {
+        let errors = Config::from_toml_str("[limits]\nmax_inflight = = 3\n", no_env()).unwrap_err();
+        assert_eq!(errors[0].key, "(line 2)");
+    }
+}

@@ -1,0 +1,186 @@
+//! The configuration sections. Each section denies unknown keys so a typo is an error, not a
+//! silently ignored setting.
+
+use serde::{Deserialize, Serialize};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    pub listeners: Listeners,
+    pub tls: Tls,
+    pub limits: Limits,
+    pub auth: Auth,
+    pub sessions: Sessions,
+    pub log: Log,
+}
+
+/// Where each listener binds. Port 0 picks a free port; the bound addresses are printed at start.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Listeners {
+    /// MQTT 3.1.1 and 5 over TCP.
+    pub mqtt: SocketAddr,
+    /// MQTT over WebSocket (path `/mqtt`, subprotocol `mqtt`).
+    pub mqtt_ws: SocketAddr,
+    /// HTTP API, JSON WebSocket (`/ws`), `/metrics`, `/healthz`.
+    pub http: SocketAddr,
+    /// MQTT over TLS; only when `tls.cert` and `tls.key` are set.
+    pub mqtt_tls: SocketAddr,
+    /// MQTT over secure WebSocket; only when `tls.cert` and `tls.key` are set.
+    pub mqtt_wss: SocketAddr,
+}
+
+impl Default for Listeners {
+    fn default() -> Self {
+        let any = |port| SocketAddr::from(([0, 0, 0, 0], port));
+        Self {
+            mqtt: any(1883),
+            mqtt_ws: any(8083),
+            http: any(8080),
+            mqtt_tls: any(8883),
+            mqtt_wss: any(8084),
+        }
+    }
+}
+
+/// Server certificate for the TLS listeners (PEM). `gateway dev-cert` writes a self-signed pair.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Tls {
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
+}
+
+impl Tls {
+    /// The certificate and key, when both are configured.
+    pub fn pair(&self) -> Option<(&PathBuf, &PathBuf)> {
+        self.cert.as_ref().zip(self.key.as_ref())
+    }
+}
+
+/// Limits that protect the gateway from slow, idle, greedy or malicious clients.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Limits {
+    /// Time a new socket has for its TLS / WebSocket handshake and its CONNECT (or `auth`).
+    #[serde(with = "humantime_serde")]
+    pub handshake_timeout: Duration,
+    /// Open connections per listener; further sockets are closed at once.
+    pub max_connections: usize,
+    /// Largest MQTT packet accepted, in bytes (v5 clients are told in CONNACK).
+    pub max_packet_size: u32,
+    /// Unacknowledged QoS 1 messages in flight to one client.
+    pub max_inflight: u16,
+    /// Subscriptions one client may hold.
+    pub max_subscriptions: usize,
+    /// Longest keepalive accepted; v5 clients asking for more get this as Server Keep Alive.
+    #[serde(with = "humantime_serde")]
+    pub max_keepalive: Duration,
+    /// Messages queued for one client before it is disconnected as too slow.
+    pub outbox_capacity: usize,
+    /// Largest JSON WebSocket message, in bytes; larger ones close the socket with 1009.
+    pub ws_max_message: usize,
+    /// Idle time after which the server pings a JSON WebSocket; no answer within the same time
+    /// closes it.
+    #[serde(with = "humantime_serde")]
+    pub ws_ping_interval: Duration,
+    /// Largest HTTP request body, in bytes.
+    pub http_max_body: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            handshake_timeout: Duration::from_secs(10),
+            max_connections: 200_000,
+            max_packet_size: 256 * 1024,
+            max_inflight: 64,
+            max_subscriptions: 32,
+            max_keepalive: Duration::from_secs(20 * 60),
+            outbox_capacity: 1024,
+            ws_max_message: 64 * 1024,
+            ws_ping_interval: Duration::from_secs(30),
+            http_max_body: 1024 * 1024,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Auth {
+    /// Dev mode, as in mosquitto: clients without a token may connect, confined to topics that
+    /// do not start with `u/`.
+    pub allow_anonymous: bool,
+    /// Secret that signs device tokens (at least 32 characters). When unset, one is generated
+    /// once into the data dir.
+    pub token_secret: Option<String>,
+    /// Bearer keys for the backend HTTP API. When empty, one is generated into the data dir
+    /// (`gateway api-key` prints it).
+    pub api_keys: Vec<String>,
+    /// Lifetime of tokens made by `gateway token` when `--ttl` is not given.
+    #[serde(with = "humantime_serde")]
+    pub default_token_ttl: Duration,
+}
+
+impl Default for Auth {
+    fn default() -> Self {
+        Self {
+            allow_anonymous: false,
+            token_secret: None,
+            api_keys: Vec::new(),
+            default_token_ttl: Duration::from_secs(24 * 3600),
+        }
+    }
+}
+
+/// How many devices of one user may be online at once.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DevicePolicy {
+    /// Every device may be online at once (as 球球 does).
+    #[default]
+    AllActive,
+    /// One device per class (mobile, desktop, web): a new login kicks the older device of its
+    /// class with a reason it can show (as WeChat does: one phone plus one desktop).
+    OnePerClass,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Sessions {
+    pub device_policy: DevicePolicy,
+    /// A login from a device the user never used before waits for approval from one of the
+    /// user's online devices (or the backend over HTTP).
+    pub new_device_approval: bool,
+    /// How long a new device may wait for approval before it is disconnected.
+    #[serde(with = "humantime_serde")]
+    pub approval_timeout: Duration,
+}
+
+impl Default for Sessions {
+    fn default() -> Self {
+        Self {
+            device_policy: DevicePolicy::AllActive,
+            new_device_approval: false,
+            approval_timeout: Duration::from_secs(5 * 60),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Log {
+    /// A `tracing` filter, e.g. `info` or `gateway=debug,info`. `RUST_LOG` wins when set.
+    pub level: String,
+}
+
+impl Default for Log {
+    fn default() -> Self {
+        Self {
+            level: "info".into(),
+        }
+    }
+}

@@ -1,0 +1,76 @@
+//! A user's devices: list, kick, and approve or deny a new device.
+
+use super::error::ApiError;
+use super::json::ApiJson;
+use crate::gateway::Gateway;
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::Json;
+use protocol::envelope::DeviceInfo;
+use protocol::topics::is_valid_id;
+use serde::{Deserialize, Serialize};
+use std::sync::Arc;
+
+#[derive(Serialize)]
+pub struct DeviceList {
+    user: String,
+    devices: Vec<DeviceInfo>,
+}
+
+fn check_ids(ids: &[&str]) -> Result<(), ApiError> {
+    match ids.iter().find(|id| !is_valid_id(id)) {
+        Some(bad) => Err(ApiError::invalid(format!("{bad:?} is not a valid id"))),
+        None => Ok(()),
+    }
+}
+
+pub async fn list(
+    State(gw): State<Arc<Gateway>>,
+    Path(user): Path<String>,
+) -> Result<Json<DeviceList>, ApiError> {
+    check_ids(&[&user])?;
+    let devices = gw.sessions.devices(&user);
+    Ok(Json(DeviceList { user, devices }))
+}
+
+#[derive(Deserialize)]
+pub struct KickQuery {
+    /// Shown to the user of the kicked device.
+    reason: Option<String>,
+}
+
+pub async fn kick(
+    State(gw): State<Arc<Gateway>>,
+    Path((user, device)): Path<(String, String)>,
+    Query(query): Query<KickQuery>,
+) -> Result<StatusCode, ApiError> {
+    check_ids(&[&user, &device])?;
+    let reason = query
+        .reason
+        .unwrap_or_else(|| "logged out by the service".to_string());
+    if gw.sessions.kick(&user, &device, &reason) {
+        Ok(StatusCode::NO_CONTENT)
+    } else {
+        Err(ApiError::not_found(format!(
+            "{user}/{device} is not online"
+        )))
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApprovalRequest {
+    approve: bool,
+}
+
+pub async fn approve(
+    State(gw): State<Arc<Gateway>>,
+    Path((user, device)): Path<(String, String)>,
+    ApiJson(request): ApiJson<ApprovalRequest>,
+) -> Result<StatusCode, ApiError> {
+    check_ids(&[&user, &device])?;
+    gw.sessions
+        .decide(&user, &device, request.approve, None)
+        .map_err(|e| ApiError::not_found(e.to_string()))?;
+    Ok(StatusCode::NO_CONTENT)
+}

@@ -1,0 +1,62 @@
+//! The HTTP listener: the backend API under `/v1` (bearer API key), the JSON WebSocket on `/ws`,
+//! and `/metrics` and `/healthz` for operations.
+
+mod bearer;
+mod devices;
+pub mod error;
+mod json;
+mod messages;
+pub mod tokens;
+
+use crate::front::json_ws::{self, JsonWsState};
+use crate::gateway::Gateway;
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::header;
+use axum::response::IntoResponse;
+use axum::routing::{delete, get, post};
+use axum::{middleware, Json, Router};
+use error::ApiError;
+use std::sync::Arc;
+use tokio::sync::Semaphore;
+
+pub fn router(gw: Arc<Gateway>) -> Router {
+    let v1 = Router::new()
+        .route("/tokens", post(tokens::issue))
+        .route("/messages", post(messages::post))
+        .route("/users/{user}/devices", get(devices::list))
+        .route("/users/{user}/devices/{device}", delete(devices::kick))
+        .route(
+            "/users/{user}/devices/{device}/approval",
+            post(devices::approve),
+        )
+        .layer(middleware::from_fn_with_state(
+            gw.clone(),
+            bearer::require_api_key,
+        ))
+        .with_state(gw.clone());
+    let ws_state = JsonWsState {
+        limit: Arc::new(Semaphore::new(gw.config.limits.max_connections)),
+        gw: gw.clone(),
+    };
+    Router::new()
+        .nest("/v1", v1)
+        .route("/ws", get(json_ws::upgrade).with_state(ws_state))
+        .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics).with_state(gw.clone()))
+        .fallback(|| async { ApiError::not_found("no such route") })
+        .layer(DefaultBodyLimit::max(gw.config.limits.http_max_body))
+}
+
+async fn healthz() -> Json<serde_json::Value> {
+    Json(serde_json::json!({"status": "ok"}))
+}
+
+async fn metrics(State(gw): State<Arc<Gateway>>) -> impl IntoResponse {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        gw.metrics.render(),
+    )
+}

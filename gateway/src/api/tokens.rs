@@ -1,0 +1,60 @@
+//! `POST /v1/tokens`: the app backend issues a device token when its user logs in.
+
+use super::error::ApiError;
+use super::json::ApiJson;
+use crate::gateway::Gateway;
+use axum::extract::State;
+use axum::Json;
+use protocol::envelope::Platform;
+use serde::{Deserialize, Serialize};
+use std::sync::Arc;
+use std::time::Duration;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenRequest {
+    user: String,
+    device: String,
+    #[serde(default = "default_platform")]
+    platform: Platform,
+    /// A duration such as `24h` or `30m`; the configured default when absent.
+    ttl: Option<String>,
+}
+
+fn default_platform() -> Platform {
+    Platform::Android
+}
+
+#[derive(Serialize)]
+pub struct TokenResponse {
+    token: String,
+    /// Milliseconds since the Unix epoch.
+    expires_at: u64,
+}
+
+pub async fn issue(
+    State(gw): State<Arc<Gateway>>,
+    ApiJson(request): ApiJson<TokenRequest>,
+) -> Result<Json<TokenResponse>, ApiError> {
+    let ttl = match &request.ttl {
+        Some(text) => parse_ttl(text).map_err(ApiError::invalid)?,
+        None => gw.config.auth.default_token_ttl,
+    };
+    let (token, claims) = gw
+        .signer
+        .sign(&request.user, &request.device, request.platform, ttl)
+        .map_err(|e| ApiError::invalid(e.to_string()))?;
+    Ok(Json(TokenResponse {
+        token,
+        expires_at: claims.exp * 1000,
+    }))
+}
+
+/// Parses a token lifetime such as `24h`; shared with `gateway token --ttl`.
+pub fn parse_ttl(text: &str) -> Result<Duration, String> {
+    let ttl = humantime::parse_duration(text).map_err(|e| format!("ttl {text:?}: {e}"))?;
+    if ttl.is_zero() || ttl > Duration::from_secs(366 * 24 * 3600) {
+        return Err(format!("ttl {text:?} must be between 1s and 366d"));
+    }
+    Ok(ttl)
+}

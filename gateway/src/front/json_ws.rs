@@ -1,0 +1,352 @@
+//! The JSON WebSocket bridge (`/ws` on the HTTP listener) for web clients: the same topics and
+//! authorization as MQTT, in JSON frames (see `protocol::frames` and the README).
+//!
+//! Bad frames get an `error` frame and the socket lives on; a message over the size limit closes
+//! it with 1009. Idle sockets are pinged, and one that does not answer within another interval is
+//! dropped as dead.
+
+use super::client::ClientSession;
+use crate::acl::Identity;
+use crate::gateway::Gateway;
+use crate::metrics::{DisconnectReason, RejectReason, TransportLabel};
+use crate::session_handle::{Delivery, Qos};
+use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
+use axum::extract::{Query, State};
+use axum::response::{IntoResponse, Response};
+use base64::Engine;
+use protocol::envelope::Transport;
+use protocol::frames::{ClientFrame, ServerFrame};
+use protocol::ErrorCode;
+use serde::Deserialize;
+use std::sync::Arc;
+use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
+use tokio::time::{sleep_until, Instant};
+
+/// WebSocket close codes the bridge uses (RFC 6455 §7.4.1, and 4000+ for the application).
+pub mod close_code {
+    pub const GOING_AWAY: u16 = 1001;
+    pub const POLICY: u16 = 1008;
+    pub const TOO_BIG: u16 = 1009;
+    pub const TRY_AGAIN_LATER: u16 = 1013;
+    /// Logged out: kicked by the device policy or the backend, or taken over by a newer
+    /// connection of the same device. The close reason says which, in words an app can show.
+    pub const LOGGED_OUT: u16 = 4001;
+    /// The token was missing, bad or expired, or the login was denied.
+    pub const UNAUTHORIZED: u16 = 4003;
+}
+
+#[derive(Clone)]
+pub struct JsonWsState {
+    pub gw: Arc<Gateway>,
+    pub limit: Arc<Semaphore>,
+}
+
+#[derive(Deserialize)]
+pub struct TokenQuery {
+    token: Option<String>,
+}
+
+pub async fn upgrade(
+    State(state): State<JsonWsState>,
+    Query(query): Query<TokenQuery>,
+    ws: WebSocketUpgrade,
+) -> Response {
+    let Ok(permit) = state.limit.clone().try_acquire_owned() else {
+        state.gw.metrics.reject(RejectReason::connection_limit);
+        return crate::api::error::ApiError::unavailable("connection limit reached")
+            .into_response();
+    };
+    let limits = &state.gw.config.limits;
+    ws.max_message_size(limits.ws_max_message)
+        .max_frame_size(limits.ws_max_message)
+        .read_buffer_size(4096)
+        .write_buffer_size(0)
+        .on_upgrade(move |socket| serve(state.gw, socket, query.token, permit))
+}
+
+async fn serve(
+    gw: Arc<Gateway>,
+    mut socket: WebSocket,
+    token: Option<String>,
+    _permit: OwnedSemaphorePermit,
+) {
+    let deadline = Instant::now() + gw.config.limits.handshake_timeout;
+    let identity =
+        match tokio::time::timeout_at(deadline, authenticate(&gw, &mut socket, token)).await {
+            Ok(Some(identity)) => identity,
+            Ok(None) => return,
+            Err(_) => {
+                gw.metrics.reject(RejectReason::handshake_timeout);
+                let frame =
+                    ServerFrame::error(None, ErrorCode::NotAuthenticated, "no auth frame in time");
+                let _ = send(&mut socket, &frame).await;
+                close(
+                    &mut socket,
+                    close_code::UNAUTHORIZED,
+                    "authentication timed out",
+                )
+                .await;
+                return;
+            }
+        };
+    let (session, outbox) = ClientSession::open(&gw, identity, Transport::JsonWs);
+    let out_counter = gw
+        .metrics
+        .messages_out
+        .get_or_create(&TransportLabel::from(Transport::JsonWs))
+        .clone();
+    Bridge {
+        out_counter,
+        gw,
+        session,
+        socket,
+    }
+    .run(outbox)
+    .await;
+}
+
+/// Takes the token from the URL or from the first `auth` frame. Other frames before it get a
+/// `not_authenticated` error; bad tokens get `unauthorized` and the socket closes.
+async fn authenticate(
+    gw: &Gateway,
+    socket: &mut WebSocket,
+    url_token: Option<String>,
+) -> Option<Identity> {
+    let (token, request_id) = match url_token {
+        Some(token) => (token, None),
+        None => loop {
+            match socket.recv().await? {
+                Ok(Message::Text(text)) => match serde_json::from_str::<ClientFrame>(&text) {
+                    Ok(ClientFrame::Auth { id, token }) => break (token, id),
+                    Ok(frame) => {
+                        let id = frame.id().map(str::to_string);
+                        let error = ServerFrame::error(
+                            id,
+                            ErrorCode::NotAuthenticated,
+                            "send an auth frame first",
+                        );
+                        send(socket, &error).await.ok()?;
+                    }
+                    Err(e) => send(socket, &bad_frame(&text, &e)).await.ok()?,
+                },
+                Ok(Message::Close(_)) | Err(_) => return None,
+                Ok(_) => {}
+            }
+        },
+    };
+    match gw.signer.verify(&token) {
+        Ok(claims) => {
+            let ok = ServerFrame::Ok {
+                id: request_id,
+                user: Some(claims.user.clone()),
+                device: Some(claims.device.clone()),
+            };
+            send(socket, &ok).await.ok()?;
+            Some(Identity::Device {
+                user: claims.user,
+                device: claims.device,
+                platform: claims.platform,
+            })
+        }
+        Err(e) => {
+            gw.metrics
+                .auth_failures
+                .get_or_create(&TransportLabel::from(Transport::JsonWs))
+                .inc();
+            let error = ServerFrame::error(request_id, ErrorCode::Unauthorized, e.to_string());
+            let _ = send(socket, &error).await;
+            close(socket, close_code::UNAUTHORIZED, "unauthorized").await;
+            None
+        }
+    }
+}
+
+/// The error frame for text that is not a frame we know: unknown `op`, or not JSON at all.
+fn bad_frame(text: &str, error: &serde_json::Error) -> ServerFrame {
+    let value: Option<serde_json::Value> = serde_json::from_str(text).ok();
+    let id = value
+        .as_ref()
+        .and_then(|v| v.get("id"))
+        .and_then(|id| id.as_str())
+        .map(str::to_string);
+    let known_op = value
+        .as_ref()
+        .and_then(|v| v.get("op"))
+        .and_then(|op| op.as_str())
+        .is_some_and(|op| ["auth", "sub", "unsub", "pub", "ack", "ping", "pong"].contains(&op));
+    match value {
+        None => ServerFrame::error(id, ErrorCode::BadJson, format!("not JSON: {error}")),
+        Some(_) if known_op => ServerFrame::error(id, ErrorCode::InvalidRequest, error.to_string()),
+        Some(_) => ServerFrame::error(id, ErrorCode::UnknownOp, "unknown or missing op"),
+    }
+}
+
+struct Bridge {
+    gw: Arc<Gateway>,
+    session: ClientSession,
+    socket: WebSocket,
+    out_counter: prometheus_client::metrics::counter::Counter,
+}
+
+impl Bridge {
+    async fn run(mut self, mut outbox: mpsc::Receiver<Delivery>) {
+        let interval = self.gw.config.limits.ws_ping_interval;
+        let handle = self.session.handle.clone();
+        let closed = handle.closed();
+        tokio::pin!(closed);
+        // Idle for `interval`: ping. Still silent after another `interval`: dead.
+        let idle = sleep_until(Instant::now() + interval);
+        tokio::pin!(idle);
+        let mut pinged = false;
+
+        let end = loop {
+            tokio::select! {
+                biased;
+                reason = &mut closed => {
+                    while let Ok(delivery) = outbox.try_recv() {
+                        let _ = self.deliver(delivery).await;
+                    }
+                    let code = match reason.kind {
+                        DisconnectReason::kicked | DisconnectReason::taken_over => close_code::LOGGED_OUT,
+                        DisconnectReason::approval_denied | DisconnectReason::approval_timeout => close_code::UNAUTHORIZED,
+                        DisconnectReason::slow_consumer => close_code::TRY_AGAIN_LATER,
+                        DisconnectReason::shutdown => close_code::GOING_AWAY,
+                        _ => close_code::POLICY,
+                    };
+                    close(&mut self.socket, code, &reason.message).await;
+                    break reason.kind;
+                }
+                incoming = self.socket.recv() => {
+                    idle.as_mut().reset(Instant::now() + interval);
+                    pinged = false;
+                    handle.touch();
+                    match incoming {
+                        None | Some(Ok(Message::Close(_))) => break DisconnectReason::client_disconnect,
+                        Some(Err(e)) => {
+                            if is_too_big(e) {
+                                close(&mut self.socket, close_code::TOO_BIG, "message too big").await;
+                                break DisconnectReason::packet_too_large;
+                            }
+                            break DisconnectReason::socket_closed;
+                        }
+                        Some(Ok(Message::Text(text))) => {
+                            let reply = self.handle_text(&text);
+                            if let Some(reply) = reply {
+                                if send(&mut self.socket, &reply).await.is_err() {
+                                    break DisconnectReason::socket_closed;
+                                }
+                            }
+                        }
+                        Some(Ok(Message::Binary(_))) => {
+                            let error = ServerFrame::error(None, ErrorCode::BadJson, "frames are JSON text messages");
+                            if send(&mut self.socket, &error).await.is_err() {
+                                break DisconnectReason::socket_closed;
+                            }
+                        }
+                        Some(Ok(_)) => {}
+                    }
+                }
+                Some(delivery) = outbox.recv() => {
+                    if self.deliver(delivery).await.is_err() {
+                        break DisconnectReason::socket_closed;
+                    }
+                }
+                () = &mut idle => {
+                    if pinged {
+                        break DisconnectReason::keepalive_timeout;
+                    }
+                    pinged = true;
+                    idle.as_mut().reset(Instant::now() + interval);
+                    if self.socket.send(Message::Ping(Default::default())).await.is_err() {
+                        break DisconnectReason::socket_closed;
+                    }
+                }
+            }
+        };
+        self.session.set_end_reason(end);
+    }
+
+    async fn deliver(&mut self, delivery: Delivery) -> Result<(), axum::Error> {
+        let message = &delivery.message;
+        let frame = match serde_json::from_slice::<serde_json::Value>(&message.payload) {
+            Ok(json) => ServerFrame::Msg {
+                topic: message.topic.clone(),
+                payload: Some(json),
+                payload_base64: None,
+            },
+            Err(_) => ServerFrame::Msg {
+                topic: message.topic.clone(),
+                payload: None,
+                payload_base64: Some(
+                    base64::engine::general_purpose::STANDARD.encode(&message.payload),
+                ),
+            },
+        };
+        self.out_counter.inc();
+        send(&mut self.socket, &frame).await
+    }
+
+    /// Answers one text frame; `None` when no answer is due (a `pong`).
+    fn handle_text(&mut self, text: &str) -> Option<ServerFrame> {
+        let frame = match serde_json::from_str::<ClientFrame>(text) {
+            Ok(frame) => frame,
+            Err(e) => return Some(bad_frame(text, &e)),
+        };
+        let id = frame.id().map(str::to_string);
+        let result = match frame {
+            ClientFrame::Auth { .. } => {
+                return Some(ServerFrame::error(
+                    id,
+                    ErrorCode::InvalidRequest,
+                    "already authenticated",
+                ))
+            }
+            ClientFrame::Ping { .. } => return Some(ServerFrame::Pong { id }),
+            ClientFrame::Pong { .. } => return None,
+            ClientFrame::Sub { topic, .. } => {
+                self.session.subscribe(&topic, Qos::AtLeastOnce).map(drop)
+            }
+            ClientFrame::Unsub { topic, .. } => {
+                self.session.unsubscribe(&topic);
+                Ok(())
+            }
+            ClientFrame::Pub { topic, payload, .. } => {
+                let bytes = serde_json::to_vec(&payload).expect("JSON values serialize");
+                self.session.publish(&topic, bytes.into(), Qos::AtLeastOnce)
+            }
+            ClientFrame::Ack { .. } => Err(crate::acl::Refusal::Unsupported(
+                "cursor ack arrives with message roaming; this gateway delivers live only",
+            )),
+        };
+        Some(match result {
+            Ok(()) => ServerFrame::ok(id),
+            Err(refusal) => ServerFrame::error(id, refusal.error_code(), refusal.to_string()),
+        })
+    }
+}
+
+fn is_too_big(error: axum::Error) -> bool {
+    use tokio_tungstenite::tungstenite::Error;
+    error
+        .into_inner()
+        .downcast::<Error>()
+        .is_ok_and(|e| matches!(*e, Error::Capacity(_)))
+}
+
+async fn send(socket: &mut WebSocket, frame: &ServerFrame) -> Result<(), axum::Error> {
+    let text = serde_json::to_string(frame).expect("frames serialize");
+    socket.send(Message::Text(text.into())).await
+}
+
+async fn close(socket: &mut WebSocket, code: u16, reason: &str) {
+    // A close reason may hold at most 123 bytes.
+    let mut end = reason.len().min(123);
+    while !reason.is_char_boundary(end) {
+        end -= 1;
+    }
+    let frame = CloseFrame {
+        code,
+        reason: reason[..end].into(),
+    };
+    let _ = socket.send(Message::Close(Some(frame))).await;
+}

@@ -1,0 +1,132 @@
+//! Accept loops for the MQTT listeners (TCP, TLS, WebSocket, secure WebSocket).
+//!
+//! The accept loop only accepts: every handshake (TLS, WebSocket upgrade, CONNECT) runs in the
+//! connection's own task under the handshake timeout, so one stalled or idle socket never delays
+//! another client. A connection limit per listener closes surplus sockets at once.
+
+use super::mqtt::connection;
+use super::stream::{BoxStream, MqttStream};
+use crate::gateway::Gateway;
+use crate::metrics::RejectReason;
+use protocol::envelope::Transport;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio::time::Instant;
+use tokio_rustls::TlsAcceptor;
+use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
+use tokio_tungstenite::tungstenite::http::{HeaderValue, StatusCode};
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+
+/// The WebSocket path and subprotocol of MQTT over WebSocket.
+pub const MQTT_WS_PATH: &str = "/mqtt";
+pub const MQTT_WS_PROTOCOL: &str = "mqtt";
+
+#[derive(Clone)]
+pub enum MqttListenerKind {
+    Tcp,
+    Tls(TlsAcceptor),
+    WebSocket,
+    SecureWebSocket(TlsAcceptor),
+}
+
+impl MqttListenerKind {
+    fn transport(&self) -> Transport {
+        match self {
+            Self::Tcp => Transport::Mqtt,
+            Self::Tls(_) => Transport::MqttTls,
+            Self::WebSocket => Transport::MqttWs,
+            Self::SecureWebSocket(_) => Transport::MqttWss,
+        }
+    }
+}
+
+pub async fn run(gw: Arc<Gateway>, listener: TcpListener, kind: MqttListenerKind) {
+    let limit = Arc::new(Semaphore::new(gw.config.limits.max_connections));
+    loop {
+        let (socket, peer) = match listener.accept().await {
+            Ok(accepted) => accepted,
+            Err(e) => {
+                // Out of file descriptors and the like: back off instead of spinning.
+                tracing::warn!("accept failed: {e}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let Ok(permit) = limit.clone().try_acquire_owned() else {
+            gw.metrics.reject(RejectReason::connection_limit);
+            continue;
+        };
+        let _ = socket.set_nodelay(true);
+        let gw = gw.clone();
+        let kind = kind.clone();
+        tokio::spawn(async move {
+            let _permit = permit;
+            let deadline = Instant::now() + gw.config.limits.handshake_timeout;
+            let transport = kind.transport();
+            match tokio::time::timeout_at(deadline, handshake(&gw, socket, kind)).await {
+                Ok(Ok(stream)) => connection::serve(gw, stream, transport, deadline).await,
+                Ok(Err(e)) => {
+                    tracing::debug!(%peer, transport = transport.as_str(), "handshake failed: {e}");
+                    gw.metrics.reject(RejectReason::handshake_failed);
+                }
+                Err(_) => gw.metrics.reject(RejectReason::handshake_timeout),
+            }
+        });
+    }
+}
+
+async fn handshake(
+    gw: &Gateway,
+    socket: tokio::net::TcpStream,
+    kind: MqttListenerKind,
+) -> anyhow::Result<MqttStream> {
+    Ok(match kind {
+        MqttListenerKind::Tcp => MqttStream::Raw(Box::new(socket)),
+        MqttListenerKind::Tls(acceptor) => {
+            MqttStream::Raw(Box::new(acceptor.accept(socket).await?))
+        }
+        MqttListenerKind::WebSocket => upgrade(gw, Box::new(socket)).await?,
+        MqttListenerKind::SecureWebSocket(acceptor) => {
+            upgrade(gw, Box::new(acceptor.accept(socket).await?)).await?
+        }
+    })
+}
+
+/// Accepts the WebSocket upgrade on `/mqtt`, answering with the `mqtt` subprotocol.
+async fn upgrade(gw: &Gateway, stream: BoxStream) -> anyhow::Result<MqttStream> {
+    let check = |request: &Request, mut response: Response| -> Result<Response, ErrorResponse> {
+        if request.uri().path() != MQTT_WS_PATH {
+            let mut refusal = ErrorResponse::new(Some(format!(
+                "MQTT over WebSocket is served on {MQTT_WS_PATH}"
+            )));
+            *refusal.status_mut() = StatusCode::NOT_FOUND;
+            return Err(refusal);
+        }
+        let offers_mqtt = request
+            .headers()
+            .get_all("sec-websocket-protocol")
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .any(|p| p.trim() == MQTT_WS_PROTOCOL);
+        if offers_mqtt {
+            response.headers_mut().insert(
+                "sec-websocket-protocol",
+                HeaderValue::from_static(MQTT_WS_PROTOCOL),
+            );
+        }
+        Ok(response)
+    };
+    let max = gw.config.limits.max_packet_size as usize + 16;
+    // tungstenite allocates its read buffer eagerly (128 KiB by default): keep it small so an
+    // idle MQTT-over-WebSocket connection stays cheap.
+    let config = WebSocketConfig::default()
+        .read_buffer_size(4096)
+        .write_buffer_size(0)
+        .max_message_size(Some(max))
+        .max_frame_size(Some(max));
+    let ws = tokio_tungstenite::accept_hdr_async_with_config(stream, check, Some(config)).await?;
+    Ok(MqttStream::WebSocket(Box::new(ws)))
+}

@@ -1,0 +1,73 @@
+//! The byte stream under an MQTT connection: TCP, TLS, or MQTT packets carried in binary
+//! WebSocket messages (plain or over TLS).
+
+use bytes::BytesMut;
+use futures_util::{SinkExt, StreamExt};
+use std::io;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::WebSocketStream;
+
+/// Any socket-like stream (TCP or TLS over TCP).
+pub trait AsyncStream: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> AsyncStream for T {}
+
+pub type BoxStream = Box<dyn AsyncStream>;
+
+pub enum MqttStream {
+    Raw(BoxStream),
+    WebSocket(Box<WebSocketStream<BoxStream>>),
+}
+
+/// Spare room kept in the read buffer before each read; small, so idle connections stay cheap.
+const READ_CHUNK: usize = 2048;
+
+impl MqttStream {
+    /// Appends what arrives to `buf`. `Ok(0)`: the peer closed. Cancel-safe.
+    pub async fn read_into(&mut self, buf: &mut BytesMut) -> io::Result<usize> {
+        match self {
+            Self::Raw(stream) => {
+                if buf.capacity() - buf.len() < READ_CHUNK / 2 {
+                    buf.reserve(READ_CHUNK);
+                }
+                stream.read_buf(buf).await
+            }
+            Self::WebSocket(ws) => loop {
+                match ws.next().await {
+                    None => return Ok(0),
+                    Some(Err(e)) => return Err(io::Error::other(e)),
+                    Some(Ok(Message::Binary(data))) => {
+                        buf.extend_from_slice(&data);
+                        return Ok(data.len().max(1));
+                    }
+                    Some(Ok(Message::Close(_))) => return Ok(0),
+                    Some(Ok(Message::Text(_))) => {
+                        return Err(io::Error::new(
+                            io::ErrorKind::InvalidData,
+                            "MQTT over WebSocket must use binary messages",
+                        ))
+                    }
+                    // Pings are answered by tungstenite itself.
+                    Some(Ok(_)) => continue,
+                }
+            },
+        }
+    }
+
+    pub async fn write_all(&mut self, data: &[u8]) -> io::Result<()> {
+        match self {
+            Self::Raw(stream) => stream.write_all(data).await,
+            Self::WebSocket(ws) => ws
+                .send(Message::Binary(bytes::Bytes::copy_from_slice(data)))
+                .await
+                .map_err(io::Error::other),
+        }
+    }
+
+    pub async fn shutdown(&mut self) {
+        let _ = match self {
+            Self::Raw(stream) => stream.shutdown().await,
+            Self::WebSocket(ws) => ws.as_mut().close(None).await.map_err(io::Error::other),
+        };
+    }
+}

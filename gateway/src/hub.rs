@@ -1,0 +1,193 @@
+//! Live fan-out on this node: which session subscribed to which filter, and delivery of a
+//! published message to every matching session.
+//!
+//! Authenticated devices subscribe to exact topics (their own) and to filters under `pub/`, so the
+//! index is a map from exact topic to subscribers plus a map from *first level* to wildcard
+//! subscriptions. A message on `u/bob/inbox` costs one hash lookup and a scan of the (normally
+//! empty) wildcard buckets `u`, `+` and `#`; it never scans every device's `pub/#`.
+
+use crate::session_handle::{Delivery, Published, Qos, SessionHandle, SessionId};
+use dashmap::DashMap;
+use protocol::topics::filter_matches;
+use std::sync::Arc;
+
+#[derive(Clone)]
+struct Subscriber {
+    session: Arc<SessionHandle>,
+    filter: Arc<str>,
+    qos: Qos,
+}
+
+#[derive(Default)]
+pub struct Hub {
+    exact: DashMap<Box<str>, Vec<Subscriber>>,
+    wildcard_by_first_level: DashMap<Box<str>, Vec<Subscriber>>,
+}
+
+/// Where a filter is indexed: exact filters by themselves, wildcard filters by first level.
+fn index_key(filter: &str) -> (bool, &str) {
+    if filter.contains(['+', '#']) {
+        (false, filter.split('/').next().unwrap_or(filter))
+    } else {
+        (true, filter)
+    }
+}
+
+impl Hub {
+    fn bucket(&self, exact: bool) -> &DashMap<Box<str>, Vec<Subscriber>> {
+        if exact {
+            &self.exact
+        } else {
+            &self.wildcard_by_first_level
+        }
+    }
+
+    /// Adds (or replaces, for the same session and filter) a subscription.
+    pub fn subscribe(&self, session: &Arc<SessionHandle>, filter: &str, qos: Qos) {
+        let (exact, key) = index_key(filter);
+        let mut entry = self.bucket(exact).entry(key.into()).or_default();
+        entry.retain(|s| !(s.session.id == session.id && &*s.filter == filter));
+        entry.push(Subscriber {
+            session: session.clone(),
+            filter: filter.into(),
+            qos,
+        });
+    }
+
+    pub fn unsubscribe(&self, session: SessionId, filter: &str) {
+        let (exact, key) = index_key(filter);
+        let bucket = self.bucket(exact);
+        bucket.remove_if_mut(key, |_, subscribers| {
+            subscribers.retain(|s| !(s.session.id == session && &*s.filter == filter));
+            subscribers.is_empty()
+        });
+    }
+
+    /// Delivers `payload` on `topic` to every matching session except `exclude`, once per
+    /// session at the highest granted QoS (capped at `qos`). Returns how many sessions got it.
+    pub fn publish(
+        &self,
+        topic: &str,
+        payload: bytes::Bytes,
+        qos: Qos,
+        exclude: Option<SessionId>,
+    ) -> usize {
+        let mut targets: Vec<(Arc<SessionHandle>, Qos)> = Vec::new();
+        let mut add = |s: &Subscriber| {
+            if Some(s.session.id) == exclude {
+                return;
+            }
+            let granted = s.qos.min(qos);
+            match targets.iter_mut().find(|(t, _)| t.id == s.session.id) {
+                Some((_, q)) => *q = (*q).max(granted),
+                None => targets.push((s.session.clone(), granted)),
+            }
+        };
+        if let Some(subscribers) = self.exact.get(topic) {
+            subscribers.iter().for_each(&mut add);
+        }
+        let first = topic.split('/').next().unwrap_or(topic);
+        for key in [first, "+", "#"] {
+            if let Some(subscribers) = self.wildcard_by_first_level.get(key) {
+                subscribers
+                    .iter()
+                    .filter(|s| filter_matches(&s.filter, topic))
+                    .for_each(&mut add);
+            }
+        }
+        if targets.is_empty() {
+            return 0;
+        }
+        let message = Arc::new(Published {
+            topic: topic.to_string(),
+            payload,
+        });
+        let reply_topic_only = |session: &SessionHandle| !session.is_approved();
+        targets
+            .into_iter()
+            .filter(|(session, _)| session.identity.may_receive(topic))
+            .filter(|(session, _)| !reply_topic_only(session) || topic.ends_with("/reply"))
+            .filter(|(session, qos)| {
+                session.deliver(Delivery {
+                    message: message.clone(),
+                    qos: *qos,
+                })
+            })
+            .count()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::acl::Identity;
+    use protocol::envelope::Platform;
+
+    fn device(
+        id: SessionId,
+        user: &str,
+    ) -> (Arc<SessionHandle>, tokio::sync::mpsc::Receiver<Delivery>) {
+        let identity = Identity::Device {
+            user: user.into(),
+            device: "d".into(),
+            platform: Platform::Web,
+        };
+        SessionHandle::new(id, identity, 16, true)
+    }
+
+    #[test]
+    fn exact_and_wildcard_subscribers_get_one_copy_each() {
+        let hub = Hub::default();
+        let (a, mut a_rx) = device(1, "a");
+        let (b, mut b_rx) = device(2, "b");
+        hub.subscribe(&a, "u/a/inbox", Qos::AtLeastOnce);
+        hub.subscribe(&a, "pub/#", Qos::AtMostOnce);
+        hub.subscribe(&a, "pub/news", Qos::AtLeastOnce);
+        hub.subscribe(&b, "pub/#", Qos::AtLeastOnce);
+
+        assert_eq!(
+            hub.publish("u/a/inbox", "x".into(), Qos::AtLeastOnce, None),
+            1
+        );
+        assert_eq!(
+            hub.publish("pub/news", "y".into(), Qos::AtLeastOnce, None),
+            2
+        );
+        assert_eq!(
+            hub.publish("pub/news", "z".into(), Qos::AtLeastOnce, Some(2)),
+            1
+        );
+
+        let got: Vec<_> = std::iter::from_fn(|| a_rx.try_recv().ok()).collect();
+        assert_eq!(got.len(), 3);
+        assert_eq!(got[1].qos, Qos::AtLeastOnce, "highest granted QoS wins");
+        assert_eq!(std::iter::from_fn(|| b_rx.try_recv().ok()).count(), 1);
+    }
+
+    #[test]
+    fn unsubscribe_stops_delivery_and_frees_the_bucket() {
+        let hub = Hub::default();
+        let (a, _rx) = device(1, "a");
+        hub.subscribe(&a, "u/a/inbox", Qos::AtLeastOnce);
+        hub.unsubscribe(1, "u/a/inbox");
+        assert_eq!(
+            hub.publish("u/a/inbox", "x".into(), Qos::AtLeastOnce, None),
+            0
+        );
+        assert!(hub.exact.is_empty());
+    }
+
+    #[test]
+    fn a_full_outbox_closes_the_slow_session() {
+        let hub = Hub::default();
+        let identity = Identity::Anonymous {
+            client_id: "slow".into(),
+        };
+        let (slow, _rx) = SessionHandle::new(1, identity, 1, true);
+        hub.subscribe(&slow, "t", Qos::AtMostOnce);
+        assert_eq!(hub.publish("t", "1".into(), Qos::AtMostOnce, None), 1);
+        assert_eq!(hub.publish("t", "2".into(), Qos::AtMostOnce, None), 0);
+        let reason = futures_util::FutureExt::now_or_never(slow.closed()).expect("closed");
+        assert_eq!(reason.kind, crate::metrics::DisconnectReason::slow_consumer);
+    }
+}

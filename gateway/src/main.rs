@@ -1,0 +1,244 @@
+//! `gateway`: the real-time messaging gateway. See the README for the protocol and operations.
+
+mod acl;
+mod api;
+mod data_dir;
+mod dev_cert;
+mod front;
+mod gateway;
+mod hub;
+mod known_devices;
+mod messages;
+mod metrics;
+mod session_handle;
+mod sessions;
+mod token;
+
+use anyhow::{Context, Result};
+use broker_config::Config;
+use clap::{Parser, Subcommand};
+use data_dir::DataDir;
+use front::listener::{self, MqttListenerKind};
+use gateway::Gateway;
+use protocol::envelope::Platform;
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use tokio::net::TcpListener;
+
+#[derive(Parser)]
+#[command(
+    version,
+    about = "Real-time messaging gateway: MQTT, JSON WebSocket, HTTP API"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    place: Place,
+}
+
+/// Where the configuration and the data live. Shared by every command that needs them.
+#[derive(clap::Args, Clone)]
+struct Place {
+    /// Configuration file (TOML). Without one, every setting has its default.
+    #[arg(long, global = true, env = "GATEWAY_CONFIG")]
+    config: Option<PathBuf>,
+    /// Directory for generated secrets and stored state.
+    #[arg(
+        long,
+        global = true,
+        env = "GATEWAY_DATA_DIR",
+        default_value = "./data"
+    )]
+    data_dir: PathBuf,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve (the default command).
+    Serve,
+    /// Check a configuration file and report every error with its key.
+    CheckConfig { file: PathBuf },
+    /// Print a signed device token.
+    Token {
+        #[arg(long)]
+        user: String,
+        #[arg(long)]
+        device: String,
+        #[arg(long, default_value = "android", value_parser = parse_platform)]
+        platform: Platform,
+        /// Lifetime such as 24h or 30m (default: auth.default_token_ttl).
+        #[arg(long)]
+        ttl: Option<String>,
+    },
+    /// Print the backend API key (generated into the data dir when none is configured).
+    ApiKey,
+    /// Write a self-signed TLS certificate and key (cert.pem, key.pem) for local use.
+    DevCert {
+        /// Directory to write into (default: the data dir).
+        #[arg(long)]
+        out_dir: Option<PathBuf>,
+        /// Host names and addresses the certificate is valid for.
+        #[arg(long = "host", default_values = ["localhost", "127.0.0.1"])]
+        hosts: Vec<String>,
+    },
+}
+
+fn parse_platform(s: &str) -> Result<Platform, String> {
+    Platform::parse(s).ok_or_else(|| "expected ios, android, web or desktop".to_string())
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<ExitCode> {
+    let place = cli.place;
+    match cli.command.unwrap_or(Command::Serve) {
+        Command::CheckConfig { file } => Ok(check_config(&file)),
+        Command::Serve => {
+            let config = load_config(place.config.as_deref())?;
+            init_logging(&config.log.level);
+            let runtime = tokio::runtime::Runtime::new().context("starting the runtime")?;
+            runtime.block_on(serve(config, &place.data_dir))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Token {
+            user,
+            device,
+            platform,
+            ttl,
+        } => {
+            let config = load_config(place.config.as_deref())?;
+            let data = DataDir::open(&place.data_dir)?;
+            let ttl = match ttl {
+                Some(text) => api::tokens::parse_ttl(&text).map_err(anyhow::Error::msg)?,
+                None => config.auth.default_token_ttl,
+            };
+            let signer = token::TokenSigner::new(&gateway::token_secret(&config, &data)?);
+            let (token, _) = signer.sign(&user, &device, platform, ttl)?;
+            println!("{token}");
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::ApiKey => {
+            let config = load_config(place.config.as_deref())?;
+            let data = DataDir::open(&place.data_dir)?;
+            println!("{}", gateway::api_keys(&config, &data)?[0]);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::DevCert { out_dir, hosts } => {
+            let dir = out_dir.unwrap_or(place.data_dir);
+            let (cert, key) = dev_cert::write(&dir, hosts)?;
+            println!("wrote {} and {}", cert.display(), key.display());
+            println!("use them with:\n[tls]\ncert = {:?}\nkey = {:?}", cert, key);
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn load_config(file: Option<&Path>) -> Result<Config> {
+    Config::load(file, std::env::vars()).map_err(|errors| {
+        let lines: Vec<String> = errors.iter().map(|e| format!("  {e}")).collect();
+        anyhow::anyhow!("invalid configuration:\n{}", lines.join("\n"))
+    })
+}
+
+fn check_config(file: &Path) -> ExitCode {
+    match Config::load(Some(file), std::env::vars()) {
+        Ok(_) => {
+            println!("{}: ok", file.display());
+            ExitCode::SUCCESS
+        }
+        Err(errors) => {
+            for e in &errors {
+                println!("{}: {e}", file.display());
+            }
+            println!("{} error(s)", errors.len());
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging(level: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .or_else(|_| tracing_subscriber::EnvFilter::try_new(level))
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+async fn bind(name: &str, addr: SocketAddr) -> Result<TcpListener> {
+    TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen for {name} on {addr} (set listeners.{name})"))
+}
+
+async fn serve(config: Config, data_dir: &Path) -> Result<()> {
+    let data = DataDir::open(data_dir)?;
+    let gw = Gateway::new(config, &data)?;
+    let listeners = gw.config.listeners.clone();
+    let mut bound = serde_json::Map::new();
+
+    let mut mqtt_listeners = vec![
+        ("mqtt", listeners.mqtt, MqttListenerKind::Tcp),
+        ("mqtt_ws", listeners.mqtt_ws, MqttListenerKind::WebSocket),
+    ];
+    if let Some((cert, key)) = gw.config.tls.pair() {
+        let acceptor = front::tls::acceptor(cert, key)?;
+        mqtt_listeners.push((
+            "mqtt_tls",
+            listeners.mqtt_tls,
+            MqttListenerKind::Tls(acceptor.clone()),
+        ));
+        mqtt_listeners.push((
+            "mqtt_wss",
+            listeners.mqtt_wss,
+            MqttListenerKind::SecureWebSocket(acceptor),
+        ));
+    }
+    for (name, addr, kind) in mqtt_listeners {
+        let listener = bind(name, addr).await?;
+        bound.insert(name.into(), listener.local_addr()?.to_string().into());
+        tokio::spawn(listener::run(gw.clone(), listener, kind));
+    }
+    let http = bind("http", listeners.http).await?;
+    bound.insert("http".into(), http.local_addr()?.to_string().into());
+    tokio::spawn(front::http_listener::run(
+        gw.clone(),
+        http,
+        api::router(gw.clone()),
+    ));
+
+    tracing::info!(listening = ?bound, data_dir = %data_dir.display(), "gateway started");
+    // One machine-readable line on stdout, so scripts and tests learn the bound ports.
+    let mut stdout = std::io::stdout().lock();
+    writeln!(stdout, "{}", serde_json::json!({ "listening": bound }))?;
+    stdout.flush()?;
+    drop(stdout);
+
+    shutdown_signal().await;
+    tracing::info!("shutting down: closing sessions");
+    gw.sessions.close_all();
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut terminate = signal(SignalKind::terminate()).expect("installing the SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = terminate.recv() => {}
+    }
+}

@@ -1,0 +1,173 @@
+//! Prometheus metrics, served on `/metrics`.
+
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+use protocol::envelope::Transport;
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TransportLabel {
+    pub transport: TransportName,
+}
+
+#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq, EncodeLabelValue)]
+#[allow(non_camel_case_types)]
+pub enum TransportName {
+    mqtt,
+    mqtt_tls,
+    mqtt_ws,
+    mqtt_wss,
+    json_ws,
+}
+
+impl From<Transport> for TransportLabel {
+    fn from(t: Transport) -> Self {
+        let transport = match t {
+            Transport::Mqtt => TransportName::mqtt,
+            Transport::MqttTls => TransportName::mqtt_tls,
+            Transport::MqttWs => TransportName::mqtt_ws,
+            Transport::MqttWss => TransportName::mqtt_wss,
+            Transport::JsonWs => TransportName::json_ws,
+        };
+        Self { transport }
+    }
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DenialLabel {
+    pub kind: DenialKind,
+}
+
+#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq, EncodeLabelValue)]
+#[allow(non_camel_case_types)]
+pub enum DenialKind {
+    subscribe,
+    publish,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RejectLabel {
+    pub reason: RejectReason,
+}
+
+/// Why a socket was closed before it became a session.
+#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq, EncodeLabelValue)]
+#[allow(non_camel_case_types)]
+pub enum RejectReason {
+    connection_limit,
+    handshake_timeout,
+    handshake_failed,
+    protocol_error,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DisconnectLabel {
+    pub reason: DisconnectReason,
+}
+
+/// Why an established session ended.
+#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq, EncodeLabelValue)]
+#[allow(non_camel_case_types)]
+pub enum DisconnectReason {
+    client_disconnect,
+    socket_closed,
+    keepalive_timeout,
+    protocol_error,
+    packet_too_large,
+    slow_consumer,
+    taken_over,
+    kicked,
+    approval_denied,
+    approval_timeout,
+    shutdown,
+}
+
+pub struct Metrics {
+    pub registry: Registry,
+    pub connections: Family<TransportLabel, Gauge>,
+    pub messages_in: Family<TransportLabel, Counter>,
+    pub messages_out: Family<TransportLabel, Counter>,
+    pub auth_failures: Family<TransportLabel, Counter>,
+    pub acl_denials: Family<DenialLabel, Counter>,
+    pub rejected: Family<RejectLabel, Counter>,
+    pub disconnects: Family<DisconnectLabel, Counter>,
+    pub api_messages: Counter,
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("gateway");
+        let metrics = Self {
+            connections: Family::default(),
+            messages_in: Family::default(),
+            messages_out: Family::default(),
+            auth_failures: Family::default(),
+            acl_denials: Family::default(),
+            rejected: Family::default(),
+            disconnects: Family::default(),
+            api_messages: Counter::default(),
+            registry: Registry::default(),
+        };
+        registry.register(
+            "connections",
+            "Open client sessions per transport",
+            metrics.connections.clone(),
+        );
+        registry.register(
+            "messages_in",
+            "PUBLISH packets and pub frames received from clients",
+            metrics.messages_in.clone(),
+        );
+        registry.register(
+            "messages_out",
+            "Messages delivered to clients",
+            metrics.messages_out.clone(),
+        );
+        registry.register(
+            "auth_failures",
+            "Connections refused for a missing, bad, forged or expired token",
+            metrics.auth_failures.clone(),
+        );
+        registry.register(
+            "acl_denials",
+            "Subscribes and publishes refused by authorization",
+            metrics.acl_denials.clone(),
+        );
+        registry.register(
+            "rejected_sockets",
+            "Sockets closed before they became sessions",
+            metrics.rejected.clone(),
+        );
+        registry.register(
+            "disconnects",
+            "Sessions ended, by reason",
+            metrics.disconnects.clone(),
+        );
+        registry.register(
+            "api_messages",
+            "Messages accepted through POST /v1/messages",
+            metrics.api_messages.clone(),
+        );
+        Self {
+            registry,
+            ..metrics
+        }
+    }
+
+    pub fn reject(&self, reason: RejectReason) {
+        self.rejected.get_or_create(&RejectLabel { reason }).inc();
+    }
+
+    pub fn deny(&self, kind: DenialKind) {
+        self.acl_denials.get_or_create(&DenialLabel { kind }).inc();
+    }
+
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &self.registry)
+            .expect("writing to a String cannot fail");
+        out
+    }
+}
