@@ -1,0 +1,256 @@
+//! The live path from client to client over every transport and both MQTT versions, and between
+//! MQTT and the JSON WebSocket bridge.
+
+use e2e::json_ws::JsonClient;
+use e2e::mqtt::{Via, V4, V5};
+use e2e::{Options, TestGateway};
+use protocol::envelope::Platform;
+use protocol::topics::{self, DeviceAction};
+use rumqttc::QoS;
+use serde_json::json;
+
+fn send_payload(to: &str, text: &str) -> Vec<u8> {
+    json!({"to": to, "body": {"text": text}})
+        .to_string()
+        .into_bytes()
+}
+
+/// Alice (MQTT 3.1.1) and Bob (MQTT 5) exchange messages both ways over `via`, and the backend
+/// reaches both over HTTP.
+async fn exchange(gw: &TestGateway, via: Via) {
+    let alice_token = gw.token("alice", "phone", Platform::Ios);
+    let bob_token = gw.token("bob", "laptop", Platform::Desktop);
+    let mut alice = V4::connect(gw, via, "alice-phone", Some(&alice_token), |_| {})
+        .await
+        .unwrap();
+    let (mut bob, _) = V5::connect(gw, via, "bob-laptop", Some(&bob_token), |_| {})
+        .await
+        .unwrap();
+    alice
+        .subscribe(&topics::inbox("alice"), QoS::AtLeastOnce)
+        .await;
+    bob.subscribe(
+        &topics::inbox("bob"),
+        rumqttc::v5::mqttbytes::QoS::AtLeastOnce,
+    )
+    .await;
+
+    let alice_send = topics::device_topic("alice", "phone", DeviceAction::Send);
+    alice
+        .publish(&alice_send, send_payload("bob", "hi bob"), QoS::AtLeastOnce)
+        .await;
+    let got = bob.message_on(&topics::inbox("bob")).await;
+    assert_eq!(got["body"]["text"], "hi bob");
+    assert_eq!(got["from"], "alice");
+    assert_eq!(got["from_device"], "phone");
+    assert_eq!(got["to"], "bob");
+
+    let bob_send = topics::device_topic("bob", "laptop", DeviceAction::Send);
+    bob.publish(
+        &bob_send,
+        send_payload("alice", "hi alice"),
+        rumqttc::v5::mqttbytes::QoS::AtLeastOnce,
+    )
+    .await;
+    assert_eq!(
+        bob.puback().await,
+        rumqttc::v5::mqttbytes::v5::PubAckReason::Success
+    );
+    let got = alice.message_on(&topics::inbox("alice")).await;
+    assert_eq!(got["body"]["text"], "hi alice");
+
+    let accepted = gw.post_message("alice", json!({"n": 1})).await;
+    let got = alice.message_on(&topics::inbox("alice")).await;
+    assert_eq!(got["id"], accepted["id"]);
+    assert_eq!(got["body"], json!({"n": 1}));
+}
+
+#[tokio::test]
+async fn mqtt_over_tcp() {
+    let gw = TestGateway::start().await;
+    exchange(&gw, Via::Tcp).await;
+}
+
+#[tokio::test]
+async fn mqtt_over_websocket() {
+    let gw = TestGateway::start().await;
+    exchange(&gw, Via::Ws).await;
+}
+
+#[tokio::test]
+async fn mqtt_over_tls_and_secure_websocket() {
+    let gw = TestGateway::start_with(Options::default().tls()).await;
+    exchange(&gw, Via::Tls).await;
+    exchange(&gw, Via::Wss).await;
+}
+
+#[tokio::test]
+async fn a_device_send_reaches_the_recipient_and_the_senders_other_devices() {
+    let gw = TestGateway::start().await;
+    let mut phone = V4::connect(
+        &gw,
+        Via::Tcp,
+        "a1",
+        Some(&gw.token("alice", "phone", Platform::Ios)),
+        |_| {},
+    )
+    .await
+    .unwrap();
+    let mut laptop = V4::connect(
+        &gw,
+        Via::Tcp,
+        "a2",
+        Some(&gw.token("alice", "laptop", Platform::Desktop)),
+        |_| {},
+    )
+    .await
+    .unwrap();
+    let mut bob = V4::connect(
+        &gw,
+        Via::Tcp,
+        "b1",
+        Some(&gw.token("bob", "phone", Platform::Android)),
+        |_| {},
+    )
+    .await
+    .unwrap();
+    for (client, user) in [
+        (&mut phone, "alice"),
+        (&mut laptop, "alice"),
+        (&mut bob, "bob"),
+    ] {
+        client
+            .subscribe(&topics::inbox(user), QoS::AtLeastOnce)
+            .await;
+    }
+    phone
+        .publish(
+            &topics::device_topic("alice", "phone", DeviceAction::Send),
+            send_payload("bob", "x"),
+            QoS::AtLeastOnce,
+        )
+        .await;
+    assert_eq!(bob.message_on("u/bob/inbox").await["body"]["text"], "x");
+    let copy = laptop.message_on("u/alice/inbox").await;
+    assert_eq!(
+        (copy["to"].as_str(), copy["from_device"].as_str()),
+        (Some("bob"), Some("phone"))
+    );
+    phone.no_message_on("u/alice/inbox").await;
+}
+
+#[tokio::test]
+async fn json_bridge_and_mqtt_see_each_other_both_ways() {
+    let gw = TestGateway::start().await;
+    let mut web =
+        JsonClient::authenticated(&gw, &gw.token("alice", "browser", Platform::Web)).await;
+    let mut phone = V4::connect(
+        &gw,
+        Via::Tcp,
+        "b1",
+        Some(&gw.token("bob", "phone", Platform::Android)),
+        |_| {},
+    )
+    .await
+    .unwrap();
+    phone.subscribe("u/bob/inbox", QoS::AtLeastOnce).await;
+    let ok = web
+        .request(json!({"op": "sub", "topic": "u/alice/inbox"}))
+        .await;
+    assert_eq!(ok["op"], "ok", "{ok}");
+
+    // JSON → MQTT
+    let ok = web
+        .request(json!({"op": "pub", "topic": "u/alice/d/browser/send", "payload": {"to": "bob", "body": {"text": "from web"}}}))
+        .await;
+    assert_eq!(ok["op"], "ok", "{ok}");
+    let got = phone.message_on("u/bob/inbox").await;
+    assert_eq!(
+        (got["body"]["text"].as_str(), got["from_device"].as_str()),
+        (Some("from web"), Some("browser"))
+    );
+
+    // MQTT → JSON
+    phone
+        .publish(
+            "u/bob/d/phone/send",
+            send_payload("alice", "from phone"),
+            QoS::AtLeastOnce,
+        )
+        .await;
+    let got = web.message_on("u/alice/inbox").await;
+    assert_eq!(got["body"]["text"], "from phone");
+    assert_eq!(got["from"], "bob");
+}
+
+#[tokio::test]
+async fn json_bridge_authenticates_with_an_auth_frame() {
+    let gw = TestGateway::start().await;
+    let mut web = JsonClient::connect(&gw, None).await;
+    let early = web
+        .request(json!({"op": "sub", "topic": "u/alice/inbox"}))
+        .await;
+    assert_eq!(early["code"], "not_authenticated");
+    let token = gw.token("alice", "browser", Platform::Web);
+    let ok = web.request(json!({"op": "auth", "token": token})).await;
+    assert_eq!(
+        (
+            ok["op"].as_str(),
+            ok["user"].as_str(),
+            ok["device"].as_str()
+        ),
+        (Some("ok"), Some("alice"), Some("browser"))
+    );
+    assert_eq!(
+        web.request(json!({"op": "sub", "topic": "u/alice/inbox"}))
+            .await["op"],
+        "ok"
+    );
+    gw.post_message("alice", json!({"k": "v"})).await;
+    assert_eq!(web.message_on("u/alice/inbox").await["body"]["k"], "v");
+}
+
+#[tokio::test]
+async fn anonymous_dev_mode_is_a_plain_broker_outside_user_topics() {
+    let gw =
+        TestGateway::start_with(Options::default().with("AUTH__ALLOW_ANONYMOUS", "true")).await;
+    let mut sub = V4::connect(&gw, Via::Tcp, "sub", None, |_| {})
+        .await
+        .unwrap();
+    let publisher = V4::connect(&gw, Via::Tcp, "pub", None, |_| {})
+        .await
+        .unwrap();
+    let codes = sub.subscribe("sensors/#", QoS::AtLeastOnce).await;
+    assert!(matches!(codes[0], rumqttc::SubscribeReasonCode::Success(_)));
+    publisher
+        .publish("sensors/1", br#"{"t":21}"#.to_vec(), QoS::AtLeastOnce)
+        .await;
+    assert_eq!(sub.message_on("sensors/1").await["t"], 21);
+
+    // Even `#` never shows an anonymous client what goes to users.
+    let mut snoop = V4::connect(&gw, Via::Tcp, "snoop", None, |_| {})
+        .await
+        .unwrap();
+    snoop.subscribe("#", QoS::AtLeastOnce).await;
+    assert_eq!(
+        snoop.subscribe("u/alice/inbox", QoS::AtLeastOnce).await,
+        vec![rumqttc::SubscribeReasonCode::Failure]
+    );
+    let mut alice = V4::connect(
+        &gw,
+        Via::Tcp,
+        "a",
+        Some(&gw.token("alice", "p", Platform::Ios)),
+        |_| {},
+    )
+    .await
+    .unwrap();
+    alice.subscribe("u/alice/inbox", QoS::AtLeastOnce).await;
+    gw.post_message("alice", json!({"secret": 1})).await;
+    alice.message_on("u/alice/inbox").await;
+    snoop.no_message_on("u/#").await;
+    publisher
+        .publish("u/alice/inbox", b"{}".to_vec(), QoS::AtLeastOnce)
+        .await;
+    alice.no_message_on("u/alice/inbox").await;
+}
