@@ -5,8 +5,8 @@
 use crate::gateway::Gateway;
 use crate::metrics::RejectReason;
 use axum::Router;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto::Builder;
+use hyper::server::conn::http1;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
 use std::sync::Arc;
 use std::time::Duration;
@@ -15,12 +15,12 @@ use tokio::sync::Semaphore;
 
 pub async fn run(gw: Arc<Gateway>, listener: TcpListener, router: Router) {
     let limit = Arc::new(Semaphore::new(gw.config.limits.max_connections));
-    let mut builder = Builder::new(TokioExecutor::new());
+    // HTTP/1.1 only: an auto-detecting (h1/h2) server would wait for the first bytes without
+    // any timeout, letting idle sockets pile up.
+    let mut builder = http1::Builder::new();
     builder
-        .http1()
         .timer(TokioTimer::new())
         .header_read_timeout(gw.config.limits.handshake_timeout);
-    let builder = Arc::new(builder);
     loop {
         let socket = match listener.accept().await {
             Ok((socket, _)) => socket,
@@ -36,10 +36,11 @@ pub async fn run(gw: Arc<Gateway>, listener: TcpListener, router: Router) {
         };
         let _ = socket.set_nodelay(true);
         let service = TowerToHyperService::new(router.clone());
-        let builder = builder.clone();
+        let connection = builder
+            .serve_connection(TokioIo::new(socket), service)
+            .with_upgrades();
         tokio::spawn(async move {
             let _permit = permit;
-            let connection = builder.serve_connection_with_upgrades(TokioIo::new(socket), service);
             if let Err(e) = connection.await {
                 tracing::debug!("HTTP connection ended: {e}");
             }
