@@ -146,6 +146,12 @@ impl V4 {
                     }
                     Ok(_) => {}
                     Err(e) => {
+                        // Packets read in the same batch as the close are still queued.
+                        for event in eventloop.state.events.drain(..) {
+                            if let rumqttc::Event::Incoming(packet) = event {
+                                let _ = tx.send(Incoming::Packet(packet));
+                            }
+                        }
                         let _ = tx.send(Incoming::Closed(format!("{e:?}")));
                         return;
                     }
@@ -269,6 +275,20 @@ impl V5 {
                     }
                     Ok(_) => {}
                     Err(e) => {
+                        // Packets read in the same batch as the close are still queued.
+                        for event in eventloop.state.events.drain(..) {
+                            if let rumqttc::v5::Event::Incoming(packet) = event {
+                                let _ = tx.send(Incoming::Packet(packet));
+                            }
+                        }
+                        // rumqttc reports a server DISCONNECT as an error: give it back as the packet.
+                        if let rumqttc::v5::ConnectionError::MqttState(
+                            rumqttc::v5::StateError::ServerDisconnect { reason_code, .. },
+                        ) = &e
+                        {
+                            let disconnect = v5p::Disconnect::new(*reason_code);
+                            let _ = tx.send(Incoming::Packet(v5p::Packet::Disconnect(disconnect)));
+                        }
                         let _ = tx.send(Incoming::Closed(format!("{e:?}")));
                         return;
                     }

@@ -1,0 +1,384 @@
+//! Sessions and heartbeats: keepalive expiry and wills, presence, the device policy, takeover,
+//! kicks, and approval of logins from new devices.
+
+use e2e::json_ws::JsonClient;
+use e2e::mqtt::{Via, V4, V5};
+use e2e::{Options, TestGateway, PATIENCE};
+use protocol::envelope::Platform;
+use rumqttc::mqttbytes::v4::{Connect, LastWill, Login, Packet};
+use rumqttc::v5::mqttbytes::v5::DisconnectReasonCode;
+use rumqttc::QoS;
+use serde_json::json;
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// A device of `user` subscribed to its inbox and presence.
+async fn watcher(gw: &TestGateway, user: &str, device: &str, platform: Platform) -> V4 {
+    let token = gw.token(user, device, platform);
+    let mut client = V4::connect(gw, Via::Tcp, device, Some(&token), |_| {})
+        .await
+        .unwrap();
+    client
+        .subscribe(&format!("u/{user}/inbox"), QoS::AtLeastOnce)
+        .await;
+    client
+        .subscribe(&format!("u/{user}/presence"), QoS::AtLeastOnce)
+        .await;
+    client
+}
+
+#[tokio::test]
+async fn keepalive_expiry_marks_the_device_offline_and_fires_its_will() {
+    let gw = TestGateway::start().await;
+    let mut laptop = watcher(&gw, "alice", "laptop", Platform::Desktop).await;
+
+    // A phone that connects with a 1 s keepalive and a will, then goes silent (no PINGREQ).
+    let mut connect = Connect::new("phone");
+    connect.keep_alive = 1;
+    connect.login = Some(Login::new(
+        "alice",
+        gw.token("alice", "phone", Platform::Ios),
+    ));
+    connect.last_will = Some(LastWill::new(
+        "u/alice/d/phone/send",
+        json!({"to": "alice", "body": {"will": "phone lost"}}).to_string(),
+        QoS::AtLeastOnce,
+        false,
+    ));
+    let mut buf = bytes::BytesMut::new();
+    Packet::Connect(connect).write(&mut buf, 1 << 20).unwrap();
+    let mut phone = TcpStream::connect(gw.mqtt).await.unwrap();
+    phone.write_all(&buf).await.unwrap();
+    let mut connack = [0u8; 4];
+    phone.read_exact(&mut connack).await.unwrap();
+    assert_eq!(connack, [0x20, 2, 0, 0]);
+    let online = laptop.message_on("u/alice/presence").await;
+    assert_eq!(
+        (online["type"].as_str(), online["device"]["device"].as_str()),
+        (Some("online"), Some("phone"))
+    );
+
+    let offline = laptop.message_on("u/alice/presence").await;
+    assert_eq!(
+        offline,
+        json!({"type": "offline", "device": "phone", "reason": "keepalive_timeout"})
+    );
+    let will = laptop.message_on("u/alice/inbox").await;
+    assert_eq!(
+        (will["body"]["will"].as_str(), will["from_device"].as_str()),
+        (Some("phone lost"), Some("phone"))
+    );
+    let mut rest = Vec::new();
+    let closed = tokio::time::timeout(PATIENCE, phone.read_to_end(&mut rest)).await;
+    assert!(
+        matches!(closed, Ok(Ok(_)) | Ok(Err(_))),
+        "server closed the silent socket"
+    );
+    assert_eq!(gw.devices("alice").await, vec!["laptop"]);
+}
+
+#[tokio::test]
+async fn a_normal_disconnect_sends_no_will() {
+    let gw = TestGateway::start().await;
+    let mut laptop = watcher(&gw, "alice", "laptop", Platform::Desktop).await;
+    let phone = V4::connect(
+        &gw,
+        Via::Tcp,
+        "phone",
+        Some(&gw.token("alice", "phone", Platform::Ios)),
+        |o| {
+            o.set_last_will(LastWill::new(
+                "u/alice/d/phone/send",
+                r#"{"to":"alice","body":{}}"#,
+                QoS::AtLeastOnce,
+                false,
+            ));
+        },
+    )
+    .await
+    .unwrap();
+    laptop.message_on("u/alice/presence").await;
+    phone.client.disconnect().await.unwrap();
+    let offline = laptop.message_on("u/alice/presence").await;
+    assert_eq!(offline["reason"], "client_disconnect");
+    laptop.no_message_on("u/alice/inbox").await;
+}
+
+#[tokio::test]
+async fn long_mobile_keepalives_are_accepted_and_excess_is_capped_for_v5() {
+    let gw = TestGateway::start().await;
+    let token = gw.token("alice", "phone", Platform::Android);
+    let (_, ack) = V5::connect(&gw, Via::Tcp, "p", Some(&token), |o| {
+        o.set_keep_alive(Duration::from_secs(15 * 60));
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        ack.properties.and_then(|p| p.server_keep_alive),
+        None,
+        "15 minutes is accepted as asked"
+    );
+    let (_, ack) = V5::connect(&gw, Via::Tcp, "p", Some(&token), |o| {
+        o.set_keep_alive(Duration::from_secs(3600));
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        ack.properties.and_then(|p| p.server_keep_alive),
+        Some(1200),
+        "capped at limits.max_keepalive"
+    );
+}
+
+#[tokio::test]
+async fn presence_and_device_listing() {
+    let gw = TestGateway::start().await;
+    let mut phone = watcher(&gw, "alice", "phone", Platform::Ios).await;
+    let _web = JsonClient::authenticated(&gw, &gw.token("alice", "web", Platform::Web)).await;
+    let online = phone.message_on("u/alice/presence").await;
+    assert_eq!(online["device"]["device"], "web");
+    assert_eq!(online["device"]["transport"], "json_ws");
+    assert_eq!(online["device"]["platform"], "web");
+    let (status, body) = gw
+        .api(reqwest::Method::GET, "/v1/users/alice/devices", None)
+        .await;
+    assert_eq!(status, 200);
+    let devices = body["devices"].as_array().unwrap();
+    assert_eq!(devices.len(), 2);
+    for device in devices {
+        assert!(
+            device["connected_at"].as_u64().unwrap() > 0
+                && device["last_seen"].as_u64().unwrap() > 0
+        );
+    }
+    let (status, body) = gw
+        .api(reqwest::Method::GET, "/v1/users/a%2Fb/devices", None)
+        .await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (400, Some("invalid_request"))
+    );
+}
+
+#[tokio::test]
+async fn a_second_connection_of_the_same_device_takes_over() {
+    let gw = TestGateway::start().await;
+    let mut laptop = watcher(&gw, "alice", "laptop", Platform::Desktop).await;
+    let token = gw.token("alice", "phone", Platform::Ios);
+    let (mut first, _) = V5::connect(&gw, Via::Tcp, "phone-1", Some(&token), |_| {})
+        .await
+        .unwrap();
+    laptop.message_on("u/alice/presence").await;
+    let (_second, _) = V5::connect(&gw, Via::Tcp, "phone-2", Some(&token), |_| {})
+        .await
+        .unwrap();
+    assert_eq!(
+        first.disconnect_reason().await,
+        DisconnectReasonCode::SessionTakenOver
+    );
+    let online_again = laptop.message_on("u/alice/presence").await;
+    assert_eq!(
+        online_again["type"], "online",
+        "no offline event for a device that stayed online"
+    );
+    assert_eq!(gw.devices("alice").await, vec!["laptop", "phone"]);
+}
+
+#[tokio::test]
+async fn one_per_class_policy_kicks_the_older_phone_with_a_reason() {
+    let gw = TestGateway::start_with(
+        Options::default().with("SESSIONS__DEVICE_POLICY", "one_per_class"),
+    )
+    .await;
+    let mut desktop = watcher(&gw, "alice", "desktop", Platform::Desktop).await;
+    let (mut old_phone, _) = V5::connect(
+        &gw,
+        Via::Tcp,
+        "iphone",
+        Some(&gw.token("alice", "iphone", Platform::Ios)),
+        |_| {},
+    )
+    .await
+    .unwrap();
+    old_phone
+        .subscribe("u/alice/presence", rumqttc::v5::mqttbytes::QoS::AtLeastOnce)
+        .await;
+    desktop.message_on("u/alice/presence").await;
+
+    let _new_phone = watcher(&gw, "alice", "android", Platform::Android).await;
+    let notice = old_phone.message_on("u/alice/presence").await;
+    assert_eq!(notice["type"], "kicked");
+    assert_eq!(notice["device"], "iphone");
+    assert!(
+        notice["reason"].as_str().unwrap().contains("another phone"),
+        "{notice}"
+    );
+    assert_eq!(
+        old_phone.disconnect_reason().await,
+        DisconnectReasonCode::AdministrativeAction
+    );
+    assert_eq!(
+        desktop.message_on("u/alice/presence").await["type"],
+        "kicked"
+    );
+    assert_eq!(
+        gw.devices("alice").await,
+        vec!["android", "desktop"],
+        "the desktop stays"
+    );
+}
+
+#[tokio::test]
+async fn all_active_policy_keeps_every_device() {
+    let gw = TestGateway::start().await;
+    let _a = watcher(&gw, "alice", "iphone", Platform::Ios).await;
+    let _b = watcher(&gw, "alice", "android", Platform::Android).await;
+    let _c = watcher(&gw, "alice", "ipad", Platform::Ios).await;
+    assert_eq!(gw.devices("alice").await, vec!["android", "ipad", "iphone"]);
+}
+
+#[tokio::test]
+async fn the_backend_can_kick_a_device() {
+    let gw = TestGateway::start().await;
+    let mut web = JsonClient::authenticated(&gw, &gw.token("alice", "web", Platform::Web)).await;
+    let (status, _) = gw
+        .api(
+            reqwest::Method::DELETE,
+            "/v1/users/alice/devices/web?reason=password%20changed",
+            None,
+        )
+        .await;
+    assert_eq!(status, 204);
+    let closed = web.closed().await;
+    assert_eq!(
+        (closed.code, closed.reason.as_str()),
+        (Some(4001), "password changed")
+    );
+    let (status, body) = gw
+        .api(reqwest::Method::DELETE, "/v1/users/alice/devices/web", None)
+        .await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (404, Some("not_found"))
+    );
+}
+
+#[tokio::test]
+async fn a_new_device_waits_for_approval_from_a_known_one() {
+    let gw =
+        TestGateway::start_with(Options::default().with("SESSIONS__NEW_DEVICE_APPROVAL", "true"))
+            .await;
+    // The first device a user ever uses needs no approval.
+    let mut phone = watcher(&gw, "alice", "phone", Platform::Ios).await;
+
+    let mut laptop = V4::connect(
+        &gw,
+        Via::Tcp,
+        "laptop",
+        Some(&gw.token("alice", "laptop", Platform::Desktop)),
+        |_| {},
+    )
+    .await
+    .unwrap();
+    laptop
+        .subscribe("u/alice/d/laptop/reply", QoS::AtLeastOnce)
+        .await;
+    assert_eq!(
+        laptop.message_on("u/alice/d/laptop/reply").await,
+        json!({"type": "approval_pending"})
+    );
+    laptop.subscribe("u/alice/inbox", QoS::AtLeastOnce).await;
+    let request = phone.message_on("u/alice/presence").await;
+    assert_eq!(
+        request,
+        json!({"type": "approval_request", "device": "laptop", "platform": "desktop"})
+    );
+
+    // While pending, the laptop sees none of the user's traffic and cannot send.
+    gw.post_message("alice", json!({"n": 1})).await;
+    phone.message_on("u/alice/inbox").await;
+    laptop.no_message_on("u/alice/inbox").await;
+    laptop
+        .publish(
+            "u/alice/d/laptop/send",
+            r#"{"to":"bob","body":{}}"#,
+            QoS::AtLeastOnce,
+        )
+        .await;
+    let refused = laptop.message_on("u/alice/d/laptop/reply").await;
+    assert_eq!(
+        (refused["type"].as_str(), refused["code"].as_str()),
+        (Some("error"), Some("approval_pending"))
+    );
+
+    phone
+        .publish(
+            "u/alice/d/phone/approve",
+            r#"{"device":"laptop","approve":true}"#,
+            QoS::AtLeastOnce,
+        )
+        .await;
+    assert_eq!(
+        laptop.message_on("u/alice/d/laptop/reply").await,
+        json!({"type": "approved"})
+    );
+    let resolved = phone.message_on("u/alice/presence").await;
+    assert_eq!(
+        resolved,
+        json!({"type": "approval_resolved", "device": "laptop", "approved": true, "by": "phone"})
+    );
+    gw.post_message("alice", json!({"n": 2})).await;
+    assert_eq!(laptop.message_on("u/alice/inbox").await["body"]["n"], 2);
+
+    // Denied over HTTP: the tablet is told and closed.
+    let mut tablet = V4::connect(
+        &gw,
+        Via::Tcp,
+        "tablet",
+        Some(&gw.token("alice", "tablet", Platform::Android)),
+        |_| {},
+    )
+    .await
+    .unwrap();
+    tablet
+        .subscribe("u/alice/d/tablet/reply", QoS::AtLeastOnce)
+        .await;
+    tablet.message_on("u/alice/d/tablet/reply").await;
+    let (status, _) = gw
+        .api(
+            reqwest::Method::POST,
+            "/v1/users/alice/devices/tablet/approval",
+            Some(json!({"approve": false})),
+        )
+        .await;
+    assert_eq!(status, 204);
+    assert_eq!(
+        tablet.message_on("u/alice/d/tablet/reply").await,
+        json!({"type": "denied"})
+    );
+    tablet.inbox.closed().await;
+    let (status, _) = gw
+        .api(
+            reqwest::Method::POST,
+            "/v1/users/alice/devices/phone/approval",
+            Some(json!({"approve": true})),
+        )
+        .await;
+    assert_eq!(status, 404, "only waiting devices can be decided");
+
+    // Approval is remembered: the laptop comes back without waiting.
+    drop(laptop);
+    let mut again = V4::connect(
+        &gw,
+        Via::Tcp,
+        "laptop2",
+        Some(&gw.token("alice", "laptop", Platform::Desktop)),
+        |_| {},
+    )
+    .await
+    .unwrap();
+    again.subscribe("u/alice/inbox", QoS::AtLeastOnce).await;
+    gw.post_message("alice", json!({"n": 3})).await;
+    assert_eq!(again.message_on("u/alice/inbox").await["body"]["n"], 3);
+}
