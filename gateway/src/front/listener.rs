@@ -96,29 +96,6 @@ async fn handshake(
 
 /// Accepts the WebSocket upgrade on `/mqtt`, answering with the `mqtt` subprotocol.
 async fn upgrade(gw: &Gateway, stream: BoxStream) -> anyhow::Result<MqttStream> {
-    let check = |request: &Request, mut response: Response| -> Result<Response, ErrorResponse> {
-        if request.uri().path() != MQTT_WS_PATH {
-            let mut refusal = ErrorResponse::new(Some(format!(
-                "MQTT over WebSocket is served on {MQTT_WS_PATH}"
-            )));
-            *refusal.status_mut() = StatusCode::NOT_FOUND;
-            return Err(refusal);
-        }
-        let offers_mqtt = request
-            .headers()
-            .get_all("sec-websocket-protocol")
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .any(|p| p.trim() == MQTT_WS_PROTOCOL);
-        if offers_mqtt {
-            response.headers_mut().insert(
-                "sec-websocket-protocol",
-                HeaderValue::from_static(MQTT_WS_PROTOCOL),
-            );
-        }
-        Ok(response)
-    };
     let max = gw.config.limits.max_packet_size as usize + 16;
     // tungstenite allocates its read buffer eagerly (128 KiB by default): keep it small so an
     // idle MQTT-over-WebSocket connection stays cheap.
@@ -127,6 +104,35 @@ async fn upgrade(gw: &Gateway, stream: BoxStream) -> anyhow::Result<MqttStream> 
         .write_buffer_size(0)
         .max_message_size(Some(max))
         .max_frame_size(Some(max));
-    let ws = tokio_tungstenite::accept_hdr_async_with_config(stream, check, Some(config)).await?;
+    let ws =
+        tokio_tungstenite::accept_hdr_async_with_config(stream, accept_mqtt_path, Some(config))
+            .await?;
     Ok(MqttStream::WebSocket(Box::new(ws)))
+}
+
+/// The upgrade must ask for `/mqtt`; a client offering the `mqtt` subprotocol gets it back.
+// The signature is tungstenite's handshake `Callback`, large error type included.
+#[allow(clippy::result_large_err)]
+fn accept_mqtt_path(request: &Request, mut response: Response) -> Result<Response, ErrorResponse> {
+    if request.uri().path() != MQTT_WS_PATH {
+        let mut refusal = ErrorResponse::new(Some(format!(
+            "MQTT over WebSocket is served on {MQTT_WS_PATH}"
+        )));
+        *refusal.status_mut() = StatusCode::NOT_FOUND;
+        return Err(refusal);
+    }
+    let offers_mqtt = request
+        .headers()
+        .get_all("sec-websocket-protocol")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|p| p.trim() == MQTT_WS_PROTOCOL);
+    if offers_mqtt {
+        response.headers_mut().insert(
+            "sec-websocket-protocol",
+            HeaderValue::from_static(MQTT_WS_PROTOCOL),
+        );
+    }
+    Ok(response)
 }
