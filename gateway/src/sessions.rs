@@ -105,22 +105,14 @@ impl Sessions {
             } => (user, device, *platform),
         };
         let mut replaced = Vec::new();
-        let mut kicked = Vec::new();
         {
             let mut entries = self.devices.entry(user.clone()).or_default();
             entries.retain(|e| {
-                if e.device == *device {
+                let same_device = e.device == *device;
+                if same_device {
                     replaced.push(e.handle.clone());
-                    false
-                } else if self.config.device_policy == DevicePolicy::OnePerClass
-                    && handle.is_approved()
-                    && platform_class(e.platform) == platform_class(platform)
-                {
-                    kicked.push((e.device.clone(), e.handle.clone()));
-                    false
-                } else {
-                    true
                 }
+                !same_device
             });
             entries.push(DeviceEntry {
                 device: device.clone(),
@@ -133,20 +125,8 @@ impl Sessions {
         for old in replaced {
             old.close(taken_over());
         }
-        let class = platform_class(platform);
-        for (old_device, old) in kicked {
-            self.kick_notice(
-                user,
-                &old_device,
-                &old,
-                format!("logged in on another {class} ({device})"),
-            );
-        }
         if handle.is_approved() {
-            if let Err(e) = self.known.remember(user, device) {
-                tracing::warn!(%user, %device, "cannot record known device: {e:#}");
-            }
-            self.announce_online(user, device, handle);
+            self.admit(user, device, platform, handle);
         } else {
             self.publish_presence(
                 user,
@@ -244,12 +224,12 @@ impl Sessions {
             Some(pending.id),
         );
         if approve {
-            if let Err(e) = self.known.remember(user, device) {
-                tracing::warn!(%user, %device, "cannot record known device: {e:#}");
-            }
             pending.approve();
             self.reply(user, device, &Reply::Approved);
-            self.announce_online(user, device, &pending);
+            let Identity::Device { platform, .. } = pending.identity else {
+                unreachable!("only devices wait for approval")
+            };
+            self.admit(user, device, platform, &pending);
         } else {
             self.reply(user, device, &Reply::Denied);
             pending.close(CloseReason::new(
@@ -288,6 +268,33 @@ impl Sessions {
             Qos::AtLeastOnce,
             None,
         );
+    }
+
+    /// Lets an approved device in: applies the device policy (kicking the user's older device of
+    /// the same class under one-per-class), remembers the device, and announces it online.
+    fn admit(&self, user: &str, device: &str, platform: Platform, handle: &Arc<SessionHandle>) {
+        let mut kicked = Vec::new();
+        if self.config.device_policy == DevicePolicy::OnePerClass {
+            if let Some(mut entries) = self.devices.get_mut(user) {
+                entries.retain(|e| {
+                    let same_class = e.handle.id != handle.id
+                        && platform_class(e.platform) == platform_class(platform);
+                    if same_class {
+                        kicked.push((e.device.clone(), e.handle.clone()));
+                    }
+                    !same_class
+                });
+            }
+        }
+        let class = platform_class(platform);
+        for (old_device, old) in kicked {
+            let reason = format!("logged in on another {class} ({device})");
+            self.kick_notice(user, &old_device, &old, reason);
+        }
+        if let Err(e) = self.known.remember(user, device) {
+            tracing::warn!(%user, %device, "cannot record known device: {e:#}");
+        }
+        self.announce_online(user, device, handle);
     }
 
     fn announce_online(&self, user: &str, device: &str, handle: &Arc<SessionHandle>) {

@@ -382,3 +382,59 @@ async fn a_new_device_waits_for_approval_from_a_known_one() {
     gw.post_message("alice", json!({"n": 3})).await;
     assert_eq!(again.message_on("u/alice/inbox").await["body"]["n"], 3);
 }
+
+#[tokio::test]
+async fn the_device_policy_applies_when_a_new_device_is_approved() {
+    let options = Options::default()
+        .with("SESSIONS__NEW_DEVICE_APPROVAL", "true")
+        .with("SESSIONS__DEVICE_POLICY", "one_per_class");
+    let gw = TestGateway::start_with(options).await;
+    let mut old_phone = watcher(&gw, "alice", "iphone", Platform::Ios).await;
+    let mut new_phone = V4::connect(
+        &gw,
+        Via::Tcp,
+        "android",
+        Some(&gw.token("alice", "android", Platform::Android)),
+        |_| {},
+    )
+    .await
+    .unwrap();
+    new_phone
+        .subscribe("u/alice/d/android/reply", QoS::AtLeastOnce)
+        .await;
+    new_phone.message_on("u/alice/d/android/reply").await;
+    assert_eq!(
+        old_phone.message_on("u/alice/presence").await["type"],
+        "approval_request"
+    );
+    assert_eq!(
+        gw.devices("alice").await,
+        vec!["android", "iphone"],
+        "a pending login kicks no one"
+    );
+
+    old_phone
+        .publish(
+            "u/alice/d/iphone/approve",
+            r#"{"device":"android","approve":true}"#,
+            QoS::AtLeastOnce,
+        )
+        .await;
+    assert_eq!(
+        new_phone.message_on("u/alice/d/android/reply").await,
+        json!({"type": "approved"})
+    );
+    let kicked = old_phone
+        .inbox
+        .wait_for("the kick", |i| match i {
+            e2e::mqtt::Incoming::Packet(rumqttc::Packet::Publish(p)) => {
+                let event: serde_json::Value = serde_json::from_slice(&p.payload).ok()?;
+                (event["type"] == "kicked").then_some(event)
+            }
+            _ => None,
+        })
+        .await;
+    assert_eq!(kicked["device"], "iphone");
+    old_phone.inbox.closed().await;
+    assert_eq!(gw.devices("alice").await, vec!["android"]);
+}
