@@ -28,7 +28,8 @@ impl Gateway {
     pub fn new(config: Config, data: &DataDir) -> Result<Arc<Self>> {
         let signer = TokenSigner::new(&token_secret(&config, data)?);
         let api_keys = api_keys(&config, data)?;
-        let hub = Arc::new(Hub::default());
+        let metrics = Metrics::new();
+        let hub = Arc::new(Hub::new(metrics.dropped_deliveries.clone()));
         let known = KnownDevices::open(&data.path("known_devices.tsv"))?;
         Ok(Arc::new(Self {
             sessions: Sessions::new(config.sessions.clone(), hub.clone(), known),
@@ -36,7 +37,7 @@ impl Gateway {
             hub,
             signer,
             api_keys,
-            metrics: Metrics::new(),
+            metrics,
             config,
             next_session: AtomicU64::new(1),
         }))

@@ -6,8 +6,9 @@
 //! subscriptions. A message on `u/bob/inbox` costs one hash lookup and a scan of the (normally
 //! empty) wildcard buckets `u`, `+` and `#`; it never scans every device's `pub/#`.
 
-use crate::session_handle::{Delivery, Published, Qos, SessionHandle, SessionId};
+use crate::session_handle::{Delivered, Delivery, Published, Qos, SessionHandle, SessionId};
 use dashmap::DashMap;
+use prometheus_client::metrics::counter::Counter;
 use protocol::topics::filter_matches;
 use std::sync::Arc;
 
@@ -18,10 +19,11 @@ struct Subscriber {
     qos: Qos,
 }
 
-#[derive(Default)]
 pub struct Hub {
     exact: DashMap<Box<str>, Vec<Subscriber>>,
     wildcard_by_first_level: DashMap<Box<str>, Vec<Subscriber>>,
+    /// Deliveries dropped because the receiving session's outbox was full.
+    dropped: Counter,
 }
 
 /// Where a filter is indexed: exact filters by themselves, wildcard filters by first level.
@@ -34,6 +36,14 @@ fn index_key(filter: &str) -> (bool, &str) {
 }
 
 impl Hub {
+    pub fn new(dropped: Counter) -> Self {
+        Self {
+            exact: DashMap::new(),
+            wildcard_by_first_level: DashMap::new(),
+            dropped,
+        }
+    }
+
     fn bucket(&self, exact: bool) -> &DashMap<Box<str>, Vec<Subscriber>> {
         if exact {
             &self.exact
@@ -102,18 +112,27 @@ impl Hub {
             topic: topic.to_string(),
             payload,
         });
-        let reply_topic_only = |session: &SessionHandle| !session.is_approved();
-        targets
-            .into_iter()
-            .filter(|(session, _)| session.identity.may_receive(topic))
-            .filter(|(session, _)| !reply_topic_only(session) || topic.ends_with("/reply"))
-            .filter(|(session, qos)| {
-                session.deliver(Delivery {
-                    message: message.clone(),
-                    qos: *qos,
-                })
-            })
-            .count()
+        // A device waiting for approval receives only its own reply topic.
+        let held_back =
+            |session: &SessionHandle| !session.is_approved() && !topic.ends_with("/reply");
+        let mut queued = 0;
+        for (session, qos) in targets {
+            if !session.identity.may_receive(topic) || held_back(&session) {
+                continue;
+            }
+            let delivery = Delivery {
+                message: message.clone(),
+                qos,
+            };
+            match session.deliver(delivery) {
+                Delivered::Queued => queued += 1,
+                Delivered::Dropped => {
+                    self.dropped.inc();
+                }
+                Delivered::Gone => {}
+            }
+        }
+        queued
     }
 }
 
@@ -137,7 +156,7 @@ mod tests {
 
     #[test]
     fn exact_and_wildcard_subscribers_get_one_copy_each() {
-        let hub = Hub::default();
+        let hub = Hub::new(Counter::default());
         let (a, mut a_rx) = device(1, "a");
         let (b, mut b_rx) = device(2, "b");
         hub.subscribe(&a, "u/a/inbox", Qos::AtLeastOnce);
@@ -166,7 +185,7 @@ mod tests {
 
     #[test]
     fn unsubscribe_stops_delivery_and_frees_the_bucket() {
-        let hub = Hub::default();
+        let hub = Hub::new(Counter::default());
         let (a, _rx) = device(1, "a");
         hub.subscribe(&a, "u/a/inbox", Qos::AtLeastOnce);
         hub.unsubscribe(1, "u/a/inbox");
@@ -178,15 +197,23 @@ mod tests {
     }
 
     #[test]
-    fn a_full_outbox_closes_the_slow_session() {
-        let hub = Hub::default();
+    fn a_full_outbox_drops_qos0_and_closes_the_session_on_qos1() {
+        let dropped = Counter::default();
+        let hub = Hub::new(dropped.clone());
         let identity = Identity::Anonymous {
             client_id: "slow".into(),
         };
         let (slow, _rx) = SessionHandle::new(1, identity, 1, true);
-        hub.subscribe(&slow, "t", Qos::AtMostOnce);
+        hub.subscribe(&slow, "t", Qos::AtLeastOnce);
         assert_eq!(hub.publish("t", "1".into(), Qos::AtMostOnce, None), 1);
         assert_eq!(hub.publish("t", "2".into(), Qos::AtMostOnce, None), 0);
+        assert_eq!(dropped.get(), 1);
+        let open = futures_util::FutureExt::now_or_never(slow.closed());
+        assert!(
+            open.is_none(),
+            "a dropped QoS 0 message leaves the session open"
+        );
+        assert_eq!(hub.publish("t", "3".into(), Qos::AtLeastOnce, None), 0);
         let reason = futures_util::FutureExt::now_or_never(slow.closed()).expect("closed");
         assert_eq!(reason.kind, crate::metrics::DisconnectReason::slow_consumer);
     }

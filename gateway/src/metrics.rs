@@ -94,6 +94,7 @@ pub struct Metrics {
     pub rejected: Family<RejectLabel, Counter>,
     pub disconnects: Family<DisconnectLabel, Counter>,
     pub api_messages: Counter,
+    pub dropped_deliveries: Counter,
 }
 
 impl Metrics {
@@ -108,6 +109,7 @@ impl Metrics {
             rejected: Family::default(),
             disconnects: Family::default(),
             api_messages: Counter::default(),
+            dropped_deliveries: Counter::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -149,6 +151,11 @@ impl Metrics {
             "api_messages",
             "Messages accepted through POST /v1/messages",
             metrics.api_messages.clone(),
+        );
+        registry.register(
+            "dropped_deliveries",
+            "QoS 0 deliveries dropped because the receiving client's outbox was full",
+            metrics.dropped_deliveries.clone(),
         );
         Self {
             registry,

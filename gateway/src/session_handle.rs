@@ -32,6 +32,16 @@ pub struct Delivery {
     pub qos: Qos,
 }
 
+/// What became of one delivery.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Delivered {
+    Queued,
+    /// The outbox was full (see [`SessionHandle::deliver`]).
+    Dropped,
+    /// The session has ended.
+    Gone,
+}
+
 /// Why the server closes a session, with the text a device can show its user.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CloseReason {
@@ -78,19 +88,23 @@ impl SessionHandle {
         (handle, inbox)
     }
 
-    /// Queues a delivery. A session whose outbox is full is too slow to keep up: it is closed
-    /// rather than allowed to grow memory without bound (it catches up on its next sync).
-    pub fn deliver(&self, delivery: Delivery) -> bool {
+    /// Queues a delivery; memory per session stays bounded by the outbox capacity. When the
+    /// outbox is full, a QoS 0 message is dropped (at-most-once allows it) and a QoS 1 message
+    /// closes the session as too slow: it must not be dropped silently, and the device catches
+    /// up on its next sync.
+    pub fn deliver(&self, delivery: Delivery) -> Delivered {
+        let qos = delivery.qos;
         match self.outbox.try_send(delivery) {
-            Ok(()) => true,
+            Ok(()) => Delivered::Queued,
+            Err(mpsc::error::TrySendError::Full(_)) if qos == Qos::AtMostOnce => Delivered::Dropped,
             Err(mpsc::error::TrySendError::Full(_)) => {
                 self.close(CloseReason::new(
                     DisconnectReason::slow_consumer,
                     "too many undelivered messages",
                 ));
-                false
+                Delivered::Dropped
             }
-            Err(mpsc::error::TrySendError::Closed(_)) => false,
+            Err(mpsc::error::TrySendError::Closed(_)) => Delivered::Gone,
         }
     }
 

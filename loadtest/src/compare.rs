@@ -1,0 +1,343 @@
+//! Scenario `compare`: the same pub/sub (QoS 0, then QoS 1) and optionally connect load against
+//! the gateway and against mosquitto, in one run, and a table of medians and ratios.
+//!
+//! Sides alternate within each round and the order flips every round (gateway first, then
+//! mosquitto first, …), so slow drifts of the machine (thermal, page cache, other tenants) hit
+//! both sides alike; medians over the rounds keep one noisy run from deciding the comparison.
+//!
+//! Memory per idle connection is the exception: a broker reuses the memory freed by earlier
+//! load, so only the first measurement on a process counts. The connect scenario therefore runs
+//! first in each round, and the summary takes its memory figure from round 1 only; for it to
+//! mean anything the gateway must be freshly started.
+
+use crate::connect::{self, ConnectLoad, ConnectResult};
+use crate::mosquitto::Mosquitto;
+use crate::pubsub::{self, PubsubLoad, PubsubResult};
+use crate::report::{median, print_verdict, thousands, Outcome, Table};
+use crate::target::{EndpointArgs, Target};
+use anyhow::{bail, Context, Result};
+use clap::{Args, ValueEnum};
+use rumqttc::QoS;
+use serde::Serialize;
+use std::net::SocketAddr;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Side {
+    Gateway,
+    Mosquitto,
+}
+
+impl Side {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Gateway => "gateway",
+            Self::Mosquitto => "mosquitto",
+        }
+    }
+}
+
+/// Which brokers `compare` runs against.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Sides {
+    /// The comparison proper.
+    Both,
+    /// Only the gateway, e.g. to check it before a full comparison.
+    Gateway,
+    /// Only mosquitto, e.g. to check the baseline setup.
+    Mosquitto,
+}
+
+#[derive(Args, Debug)]
+pub struct CompareCmd {
+    #[command(flatten)]
+    gateway: EndpointArgs,
+    /// PID of the gateway, to measure its memory per idle connection.
+    #[arg(long)]
+    gateway_pid: Option<u32>,
+    /// Start /usr/sbin/mosquitto on a free loopback port, and stop it at the end.
+    #[arg(long)]
+    start_mosquitto: bool,
+    /// A running mosquitto to compare against instead of starting one.
+    #[arg(long, conflicts_with = "start_mosquitto")]
+    mosquitto: Option<SocketAddr>,
+    /// PID of the mosquitto given by --mosquitto, to measure its memory per idle connection.
+    #[arg(long, requires = "mosquitto")]
+    mosquitto_pid: Option<u32>,
+    /// Rounds; each runs every scenario once on each side.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
+    rounds: u32,
+    /// Brokers to run against.
+    #[arg(long, value_enum, default_value_t = Sides::Both)]
+    sides: Sides,
+    #[command(flatten)]
+    load: PubsubLoad,
+    /// Also run the connect scenario on each side.
+    #[arg(long)]
+    connect: bool,
+    #[command(flatten)]
+    connect_load: ConnectLoad,
+    /// New connections per second in the connect scenario.
+    #[arg(long, default_value_t = 2_000, value_parser = clap::value_parser!(u64).range(1..))]
+    connect_rate: u64,
+}
+
+/// One side's results in one round.
+#[derive(Debug, Serialize)]
+pub struct SideRun {
+    pub round: u32,
+    pub side: Side,
+    pub qos0: PubsubResult,
+    pub qos1: PubsubResult,
+    pub connect: Option<ConnectResult>,
+}
+
+/// One metric's medians over the rounds.
+#[derive(Debug, Serialize)]
+pub struct SummaryRow {
+    pub metric: &'static str,
+    pub gateway: Option<f64>,
+    pub mosquitto: Option<f64>,
+    /// gateway / mosquitto.
+    pub ratio: Option<f64>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct CompareResult {
+    pub rounds: u32,
+    pub runs: Vec<SideRun>,
+    pub summary: Vec<SummaryRow>,
+    pub failed_checks: Vec<String>,
+}
+
+/// A broker under test and the process whose memory is measured.
+struct Broker {
+    side: Side,
+    target: Target,
+    pid: Option<u32>,
+}
+
+pub async fn run_cmd(cmd: &CompareCmd) -> Result<CompareResult> {
+    let mut brokers = Vec::new();
+    if cmd.sides != Sides::Mosquitto {
+        brokers.push(Broker {
+            side: Side::Gateway,
+            target: Target::gateway(&cmd.gateway)?,
+            pid: cmd.gateway_pid,
+        });
+    }
+    let mut started = None;
+    if cmd.sides != Sides::Gateway {
+        let (addr, pid) = if cmd.start_mosquitto {
+            let broker = Mosquitto::start().await?;
+            let found = (broker.addr(), broker.pid());
+            eprintln!("started mosquitto on {}", found.0);
+            started = Some(broker);
+            found
+        } else if let Some(addr) = cmd.mosquitto {
+            (addr, cmd.mosquitto_pid)
+        } else {
+            bail!("give --start-mosquitto or --mosquitto ADDR, or --sides gateway");
+        };
+        brokers.push(Broker {
+            side: Side::Mosquitto,
+            target: Target::mqtt(addr)?,
+            pid,
+        });
+    }
+    let result = compare(cmd, &brokers).await;
+    if let Some(broker) = started {
+        broker.stop().await;
+    }
+    result
+}
+
+async fn compare(cmd: &CompareCmd, brokers: &[Broker]) -> Result<CompareResult> {
+    let mut runs = Vec::new();
+    for round in 1..=cmd.rounds {
+        // Flip the order every round so that neither side always goes first.
+        let order: Vec<&Broker> = if round % 2 == 1 {
+            brokers.iter().collect()
+        } else {
+            brokers.iter().rev().collect()
+        };
+        for broker in order {
+            runs.push(run_side(cmd, broker, round).await?);
+        }
+    }
+    let summary = summarize(&runs);
+    let failed_checks = runs
+        .iter()
+        .flat_map(|run| {
+            let prefix = format!("round {} {}", run.round, run.side.as_str());
+            let pubsub_checks = [&run.qos0, &run.qos1].into_iter().flat_map(move |r| {
+                r.failed_checks
+                    .iter()
+                    .map(move |check| (format!("qos{}", r.qos), check))
+            });
+            let connect_checks = run.connect.iter().flat_map(|c| {
+                c.failed_checks
+                    .iter()
+                    .map(|check| ("connect".to_owned(), check))
+            });
+            pubsub_checks
+                .chain(connect_checks)
+                .map(move |(what, check)| format!("{prefix} {what}: {check}"))
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    Ok(CompareResult {
+        rounds: cmd.rounds,
+        runs,
+        summary,
+        failed_checks,
+    })
+}
+
+async fn run_side(cmd: &CompareCmd, broker: &Broker, round: u32) -> Result<SideRun> {
+    let name = format!("round {round} {}", broker.side.as_str());
+    // Before any pub/sub traffic, so that round 1 measures memory on a fresh process.
+    let connect = if cmd.connect {
+        let result = connect::run(
+            &broker.target,
+            &cmd.connect_load,
+            cmd.connect_rate,
+            broker.pid,
+        )
+        .await
+        .with_context(|| format!("{name} connect"))?;
+        eprintln!("{name}: {}", result.summary_line());
+        Some(result)
+    } else {
+        None
+    };
+    let qos0 = pubsub::run(&broker.target, &cmd.load, QoS::AtMostOnce)
+        .await
+        .with_context(|| format!("{name} qos0"))?;
+    eprintln!("{name}: {}", qos0.summary_line());
+    let qos1 = pubsub::run(&broker.target, &cmd.load, QoS::AtLeastOnce)
+        .await
+        .with_context(|| format!("{name} qos1"))?;
+    eprintln!("{name}: {}", qos1.summary_line());
+    Ok(SideRun {
+        round,
+        side: broker.side,
+        qos0,
+        qos1,
+        connect,
+    })
+}
+
+/// The compared metrics: name and how to read it from one run.
+type Metric = (&'static str, fn(&SideRun) -> Option<f64>);
+
+const METRICS: [Metric; 6] = [
+    ("qos0 delivered msg/s", |r| Some(r.qos0.delivered_rate)),
+    ("qos0 p99 latency µs", |r| {
+        Some(r.qos0.latency_us.p99_us as f64)
+    }),
+    ("qos1 delivered msg/s", |r| Some(r.qos1.delivered_rate)),
+    ("qos1 p99 latency µs", |r| {
+        Some(r.qos1.latency_us.p99_us as f64)
+    }),
+    ("connect rate conn/s", |r| {
+        r.connect.as_ref().map(|c| c.connect_rate)
+    }),
+    ("bytes per idle connection (round 1)", |r| {
+        let connect = r.connect.as_ref().filter(|_| r.round == 1)?;
+        connect.bytes_per_connection
+    }),
+];
+
+fn summarize(runs: &[SideRun]) -> Vec<SummaryRow> {
+    let values = |side: Side, read: fn(&SideRun) -> Option<f64>| -> Vec<f64> {
+        runs.iter()
+            .filter(|r| r.side == side)
+            .filter_map(read)
+            .collect()
+    };
+    METRICS
+        .iter()
+        .map(|&(metric, read)| {
+            summary_row(
+                metric,
+                values(Side::Gateway, read),
+                values(Side::Mosquitto, read),
+            )
+        })
+        .filter(|row| row.gateway.is_some() || row.mosquitto.is_some())
+        .collect()
+}
+
+fn summary_row(metric: &'static str, gateway: Vec<f64>, mosquitto: Vec<f64>) -> SummaryRow {
+    let (gateway, mosquitto) = (median(gateway), median(mosquitto));
+    let ratio = match (gateway, mosquitto) {
+        (Some(g), Some(m)) if m != 0.0 => Some(g / m),
+        _ => None,
+    };
+    SummaryRow {
+        metric,
+        gateway,
+        mosquitto,
+        ratio,
+    }
+}
+
+impl Outcome for CompareResult {
+    fn print(&self) {
+        let mut runs = Table::default();
+        for run in &self.runs {
+            let mut cells = vec![
+                format!("round {}", run.round),
+                run.side.as_str().to_owned(),
+                run.qos0.summary_line(),
+                run.qos1.summary_line(),
+            ];
+            cells.extend(run.connect.as_ref().map(ConnectResult::summary_line));
+            runs.row(cells);
+        }
+        print!("{}", runs.render());
+        println!();
+        println!("medians over {} round(s):", self.rounds);
+        let value = |v: Option<f64>| v.map_or("-".to_owned(), thousands);
+        let mut table = Table::default();
+        table.row(["metric", "gateway", "mosquitto", "gateway/mosquitto"]);
+        for row in &self.summary {
+            table.row([
+                row.metric.to_owned(),
+                value(row.gateway),
+                value(row.mosquitto),
+                row.ratio.map_or("-".to_owned(), |r| format!("{r:.2}")),
+            ]);
+        }
+        print!("{}", table.render());
+        print_verdict(&self.failed_checks);
+    }
+
+    fn passed(&self) -> bool {
+        self.failed_checks.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ratios_are_gateway_over_mosquitto_medians() {
+        let row = summary_row("m", vec![100.0, 300.0, 200.0], vec![50.0, 60.0, 1000.0]);
+        assert_eq!(row.gateway, Some(200.0));
+        assert_eq!(row.mosquitto, Some(60.0));
+        assert_eq!(row.ratio, Some(200.0 / 60.0));
+    }
+
+    #[test]
+    fn one_sided_rows_have_no_ratio() {
+        let row = summary_row("m", vec![], vec![5.0]);
+        assert_eq!(
+            (row.gateway, row.mosquitto, row.ratio),
+            (None, Some(5.0), None)
+        );
+        assert_eq!(summary_row("m", vec![1.0], vec![0.0]).ratio, None);
+    }
+}

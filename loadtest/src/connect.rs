@@ -1,0 +1,544 @@
+//! Scenario `connect`: opens many idle MQTT connections at a set rate, holds them, and reports
+//! the connect rate, failures by kind, and the broker's memory per idle connection.
+//!
+//! rumqttc cannot bind a client socket to a chosen local address, and a full rumqttc event
+//! loop per connection would make the load generator, not the broker, the memory hog at 100k
+//! connections. So each connection here is a raw tokio socket bound to one of
+//! 127.0.0.1..127.0.0.K (each source address has its own ~28k ephemeral ports), which sends a
+//! CONNECT encoded by rumqttc's codec, reads the CONNACK, and then only answers the keep-alive
+//! contract: a PINGREQ every keep-alive interval, and whatever the broker sends is discarded.
+
+use crate::pacer::Pacer;
+use crate::payload::now_ns;
+use crate::procfs;
+use crate::progress::{spawn_reporter, Counter};
+use crate::report::{print_verdict, thousands, Outcome, Table};
+use crate::stop::stopped;
+use crate::target::{Credentials, Target, TargetArgs, TargetKind};
+use anyhow::{bail, Context, Result};
+use bytes::{Bytes, BytesMut};
+use clap::Args;
+use rumqttc::mqttbytes::v4::{ConnAck, Connect, ConnectReturnCode, Packet};
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpSocket, TcpStream};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tokio::time::{interval_at, sleep, timeout, timeout_at, Instant};
+
+/// Connections per source address when `--source-ips` is not given: well under the ~28k
+/// ephemeral ports Linux hands out per address by default.
+const CONNECTIONS_PER_SOURCE: u64 = 20_000;
+/// File descriptors kept free for everything that is not a load connection.
+const SPARE_FDS: u64 = 64;
+/// A CONNACK is 4 bytes; a broker needing more reads than this is not sending one.
+const MAX_HANDSHAKE_READS: usize = 8;
+const MAX_PACKET: usize = 1024;
+const DEVICE: &str = "d0";
+/// How often the handshake phase looks at the counters.
+const WAIT_POLL: Duration = Duration::from_millis(100);
+/// How long connection tasks get to close once told to stop.
+const STOP_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The connection load, shared with `compare` (which names the rate flag differently).
+#[derive(Args, Clone, Debug)]
+pub struct ConnectLoad {
+    /// Connections to open and hold.
+    #[arg(long, default_value_t = 1_000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub connections: u64,
+    /// How long to hold all connections idle before measuring memory and closing them.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    pub hold: Duration,
+    /// MQTT keep-alive announced in CONNECT; a PINGREQ is sent at this interval (1s..18h).
+    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+    pub keepalive: Duration,
+    /// Spread connections over source addresses 127.0.0.1..127.0.0.K [default: one per 20000
+    /// connections].
+    #[arg(long, value_parser = clap::value_parser!(u8).range(1..=254))]
+    pub source_ips: Option<u8>,
+    /// Give up on a TCP connect, and separately on a CONNACK, after this long.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    pub connect_timeout: Duration,
+}
+
+#[derive(Args, Debug)]
+pub struct ConnectCmd {
+    #[command(flatten)]
+    target: TargetArgs,
+    #[command(flatten)]
+    load: ConnectLoad,
+    /// New connections per second.
+    #[arg(long, default_value_t = 2_000, value_parser = clap::value_parser!(u64).range(1..))]
+    rate: u64,
+    /// PID of the broker, to measure its memory per idle connection from /proc.
+    #[arg(long)]
+    pid: Option<u32>,
+}
+
+pub async fn run_cmd(cmd: &ConnectCmd) -> Result<ConnectResult> {
+    let target = Target::from_args(&cmd.target)?;
+    run(&target, &cmd.load, cmd.rate, cmd.pid).await
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct FailureCount {
+    pub count: u64,
+    /// The first error of this kind, verbatim.
+    pub first: String,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ConnectResult {
+    pub target: TargetKind,
+    pub addr: SocketAddr,
+    pub connections: u64,
+    pub rate: u64,
+    pub source_ips: u8,
+    pub hold_seconds: f64,
+    pub keepalive_seconds: u16,
+    /// Time spent minting the gateway's tokens, before connecting.
+    pub token_seconds: Option<f64>,
+    pub established: u64,
+    pub failed: u64,
+    /// Neither established nor failed when the handshake phase ended.
+    pub pending: u64,
+    pub failures: BTreeMap<String, FailureCount>,
+    /// From the first connect to the last CONNACK.
+    pub connect_seconds: f64,
+    pub connect_rate: f64,
+    /// Established connections the broker closed while they were held.
+    pub dropped_during_hold: u64,
+    /// Connections open when memory was measured.
+    pub held: u64,
+    pub broker_pid: Option<u32>,
+    pub rss_before_bytes: Option<u64>,
+    pub rss_held_bytes: Option<u64>,
+    /// (RSS while holding − RSS before) / connections held. Only meaningful on a freshly
+    /// started broker: one that already served load reuses the memory it freed, and allocators
+    /// rarely give memory back, so the growth shows as ~0 or even negative.
+    pub bytes_per_connection: Option<f64>,
+    pub failed_checks: Vec<String>,
+}
+
+/// Shared by all connection tasks.
+struct Stats {
+    attempted: Arc<Counter>,
+    established: Arc<Counter>,
+    failed: Arc<Counter>,
+    dropped: Arc<Counter>,
+    failures: Mutex<BTreeMap<String, FailureCount>>,
+    last_connack_ns: AtomicU64,
+}
+
+impl Stats {
+    fn fail(&self, failure: Failure) {
+        self.failed.add(1);
+        self.failures
+            .lock()
+            .expect("failure map poisoned")
+            .entry(failure.kind)
+            .or_insert(FailureCount {
+                count: 0,
+                first: failure.detail,
+            })
+            .count += 1;
+    }
+}
+
+/// Why one connection did not get established.
+struct Failure {
+    /// Groups failures in the report, e.g. `tcp_connect: ConnectionRefused`.
+    kind: String,
+    detail: String,
+}
+
+impl Failure {
+    fn new(kind: impl Into<String>, detail: impl ToString) -> Self {
+        Self {
+            kind: kind.into(),
+            detail: detail.to_string(),
+        }
+    }
+
+    fn io(step: &str, error: std::io::Error) -> Self {
+        Self::new(format!("{step}: {:?}", error.kind()), error)
+    }
+}
+
+pub async fn run(
+    target: &Target,
+    load: &ConnectLoad,
+    rate: u64,
+    pid: Option<u32>,
+) -> Result<ConnectResult> {
+    let n = load.connections;
+    if let Some(limit) = procfs::open_files_limit() {
+        if n + SPARE_FDS > limit {
+            bail!(
+                "{n} connections need more than the open-file limit of {limit}; raise it with \
+                 `ulimit -n {}` (the broker needs as many)",
+                n + SPARE_FDS
+            );
+        }
+    }
+    let keepalive_secs = u16::try_from(load.keepalive.as_secs())
+        .ok()
+        .filter(|&s| s > 0)
+        .context("--keepalive must be between 1s and 65535s")?;
+    let keepalive = Duration::from_secs(keepalive_secs.into());
+    let source_ips = load.source_ips.unwrap_or_else(|| {
+        u8::try_from(n.div_ceil(CONNECTIONS_PER_SOURCE).clamp(1, 254)).expect("clamped")
+    });
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let tokens = Counter::new("tokens");
+    let stats = Arc::new(Stats {
+        attempted: Counter::new("attempted"),
+        established: Counter::new("established"),
+        failed: Counter::new("failed"),
+        dropped: Counter::new("dropped"),
+        failures: Mutex::new(BTreeMap::new()),
+        last_connack_ns: AtomicU64::new(0),
+    });
+    let mut counters = vec![
+        stats.attempted.clone(),
+        stats.established.clone(),
+        stats.failed.clone(),
+        stats.dropped.clone(),
+    ];
+    if target.kind() == TargetKind::Gateway {
+        counters.insert(0, tokens.clone());
+    }
+    let reporter = spawn_reporter(
+        format!("connect {}", target.kind().as_str()),
+        counters,
+        stop_rx.clone(),
+    );
+
+    let devices: Vec<(String, String)> = (0..n)
+        .map(|i| (format!("lt-u{i}"), DEVICE.to_owned()))
+        .collect();
+    let minting = Instant::now();
+    let credentials = target.credentials(&devices, &tokens).await?;
+    drop(devices);
+    let token_seconds =
+        (target.kind() == TargetKind::Gateway).then(|| minting.elapsed().as_secs_f64());
+
+    let rss_before = pid.map(procfs::rss_bytes).transpose()?;
+    let mut ping = BytesMut::new();
+    Packet::PingReq
+        .write(&mut ping, MAX_PACKET)
+        .context("encoding PINGREQ")?;
+    let ping = ping.freeze();
+
+    let start_ns = now_ns();
+    let mut pacer = Pacer::new(rate);
+    let mut tasks: Vec<JoinHandle<()>> = Vec::with_capacity(credentials.len());
+    for (i, credentials) in credentials.into_iter().enumerate() {
+        pacer.wait().await;
+        let connection = Connection {
+            source: source_addr(target.addr(), i as u64 % u64::from(source_ips)),
+            target: target.addr(),
+            keepalive,
+            connect_timeout: load.connect_timeout,
+            ping: ping.clone(),
+            stats: stats.clone(),
+            stop: stop_rx.clone(),
+        };
+        stats.attempted.add(1);
+        tasks.push(tokio::spawn(connection.run(credentials)));
+    }
+
+    // A handshake is bounded by one connect and one CONNACK timeout.
+    let handshake_end = Instant::now() + load.connect_timeout * 2;
+    while stats.established.get() + stats.failed.get() < n && Instant::now() < handshake_end {
+        sleep(WAIT_POLL).await;
+    }
+    sleep(load.hold).await;
+    let held = stats.established.get() - stats.dropped.get();
+    let rss_held = pid.map(procfs::rss_bytes).transpose()?;
+
+    let _ = stop_tx.send(true);
+    let closing_end = Instant::now() + STOP_TIMEOUT;
+    for task in tasks {
+        timeout_at(closing_end, task)
+            .await
+            .context("connections did not close in time")??;
+    }
+    reporter.await?;
+    let (established, failed) = (stats.established.get(), stats.failed.get());
+    let connect_seconds = stats
+        .last_connack_ns
+        .load(Ordering::Relaxed)
+        .saturating_sub(start_ns) as f64
+        / 1e9;
+
+    let bytes_per_connection = match (rss_before, rss_held) {
+        (Some(before), Some(held_rss)) if held > 0 => {
+            Some((held_rss as f64 - before as f64) / held as f64)
+        }
+        _ => None,
+    };
+    let mut result = ConnectResult {
+        target: target.kind(),
+        addr: target.addr(),
+        connections: n,
+        rate,
+        source_ips,
+        hold_seconds: load.hold.as_secs_f64(),
+        keepalive_seconds: keepalive_secs,
+        token_seconds,
+        established,
+        failed,
+        pending: n - established - failed,
+        failures: stats.failures.lock().expect("failure map poisoned").clone(),
+        connect_seconds,
+        connect_rate: if connect_seconds > 0.0 {
+            established as f64 / connect_seconds
+        } else {
+            0.0
+        },
+        dropped_during_hold: stats.dropped.get(),
+        held,
+        broker_pid: pid,
+        rss_before_bytes: rss_before,
+        rss_held_bytes: rss_held,
+        bytes_per_connection,
+        failed_checks: Vec::new(),
+    };
+    result.failed_checks = result.checks();
+    Ok(result)
+}
+
+/// Source address number `k` for a connection to `target`: 127.0.0.(k+1), or ::1 for IPv6.
+fn source_addr(target: SocketAddr, k: u64) -> IpAddr {
+    match target {
+        SocketAddr::V4(_) => IpAddr::V4(Ipv4Addr::new(127, 0, 0, 1 + k as u8)),
+        SocketAddr::V6(_) => IpAddr::V6(Ipv6Addr::LOCALHOST),
+    }
+}
+
+/// One idle client connection.
+struct Connection {
+    source: IpAddr,
+    target: SocketAddr,
+    keepalive: Duration,
+    connect_timeout: Duration,
+    ping: Bytes,
+    stats: Arc<Stats>,
+    stop: watch::Receiver<bool>,
+}
+
+impl Connection {
+    async fn run(mut self, credentials: Credentials) {
+        let stream = match self.handshake(credentials).await {
+            Ok(stream) => stream,
+            Err(failure) => return self.stats.fail(failure),
+        };
+        self.stats.established.add(1);
+        self.stats
+            .last_connack_ns
+            .fetch_max(now_ns(), Ordering::Relaxed);
+        self.hold(stream).await;
+    }
+
+    async fn handshake(&self, credentials: Credentials) -> Result<TcpStream, Failure> {
+        let socket = match self.source {
+            IpAddr::V4(_) => TcpSocket::new_v4(),
+            IpAddr::V6(_) => TcpSocket::new_v6(),
+        }
+        .map_err(|e| Failure::io("socket", e))?;
+        socket
+            .bind(SocketAddr::new(self.source, 0))
+            .map_err(|e| Failure::io("bind", e))?;
+        let mut stream = match timeout(self.connect_timeout, socket.connect(self.target)).await {
+            Ok(Ok(stream)) => stream,
+            Ok(Err(e)) => return Err(Failure::io("tcp_connect", e)),
+            Err(_) => return Err(Failure::new("tcp_connect: timeout", self.target)),
+        };
+        // Best effort: a missing TCP_NODELAY only delays the tiny keep-alive packets.
+        let _ = stream.set_nodelay(true);
+
+        let mut connect = Connect::new(credentials.client_id);
+        connect.keep_alive = self.keepalive.as_secs() as u16;
+        if let Some((user, password)) = credentials.login {
+            connect.set_login(user, password);
+        }
+        let mut out = BytesMut::new();
+        Packet::Connect(connect)
+            .write(&mut out, usize::MAX)
+            .map_err(|e| Failure::new("encode", e))?;
+        let ack = match timeout(self.connect_timeout, exchange(&mut stream, &out)).await {
+            Ok(ack) => ack?,
+            Err(_) => return Err(Failure::new("connack: timeout", self.target)),
+        };
+        if ack.code != ConnectReturnCode::Success {
+            return Err(Failure::new(
+                format!("connack: {:?}", ack.code),
+                format!("broker refused: {:?}", ack.code),
+            ));
+        }
+        Ok(stream)
+    }
+
+    /// Idles until told to stop: a PINGREQ every keep-alive interval, incoming bytes discarded.
+    async fn hold(&mut self, mut stream: TcpStream) {
+        let mut pings = interval_at(Instant::now() + self.keepalive, self.keepalive);
+        let mut scratch = [0u8; 16];
+        loop {
+            tokio::select! {
+                _ = stopped(&mut self.stop) => return,
+                _ = pings.tick() => {
+                    if stream.write_all(&self.ping).await.is_err() {
+                        return self.stats.dropped.add(1);
+                    }
+                }
+                read = stream.read(&mut scratch) => {
+                    if matches!(read, Ok(0) | Err(_)) {
+                        return self.stats.dropped.add(1);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Sends the CONNECT in `out` and reads the broker's answer.
+async fn exchange(stream: &mut TcpStream, out: &[u8]) -> Result<ConnAck, Failure> {
+    stream
+        .write_all(out)
+        .await
+        .map_err(|e| Failure::io("write", e))?;
+    let mut input = BytesMut::with_capacity(16);
+    for _ in 0..MAX_HANDSHAKE_READS {
+        match Packet::read(&mut input, MAX_PACKET) {
+            Ok(Packet::ConnAck(ack)) => return Ok(ack),
+            Ok(other) => {
+                return Err(Failure::new(
+                    "protocol",
+                    format!("expected CONNACK, got {other:?}"),
+                ))
+            }
+            Err(rumqttc::mqttbytes::Error::InsufficientBytes(_)) => {}
+            Err(e) => return Err(Failure::new("protocol", e)),
+        }
+        match stream.read_buf(&mut input).await {
+            Ok(0) => return Err(Failure::new("closed before connack", "connection closed")),
+            Ok(_) => {}
+            Err(e) => return Err(Failure::io("read", e)),
+        }
+    }
+    Err(Failure::new("protocol", "no complete CONNACK"))
+}
+
+impl ConnectResult {
+    fn checks(&self) -> Vec<String> {
+        let mut failed = Vec::new();
+        if self.failed > 0 {
+            let kinds: Vec<String> = self
+                .failures
+                .iter()
+                .map(|(kind, f)| format!("{kind} ×{} (first: {})", f.count, f.first))
+                .collect();
+            failed.push(format!(
+                "{} connections failed: {}",
+                self.failed,
+                kinds.join("; ")
+            ));
+        }
+        if self.pending > 0 {
+            failed.push(format!(
+                "{} connections still handshaking after the connect timeouts",
+                self.pending
+            ));
+        }
+        if self.dropped_during_hold > 0 {
+            failed.push(format!(
+                "{} connections closed by the broker while held",
+                self.dropped_during_hold
+            ));
+        }
+        failed
+    }
+
+    /// One line for `compare`'s progress output.
+    pub fn summary_line(&self) -> String {
+        format!(
+            "connect {} of {} at {} conn/s, {} B/conn",
+            self.established,
+            self.connections,
+            thousands(self.connect_rate),
+            self.bytes_per_connection.map_or("?".to_owned(), thousands)
+        )
+    }
+}
+
+impl Outcome for ConnectResult {
+    fn print(&self) {
+        println!(
+            "connect against {} {}: {} connections at {}/s from {} source address(es), \
+             hold {} s, keepalive {} s",
+            self.target.as_str(),
+            self.addr,
+            thousands(self.connections as f64),
+            thousands(self.rate as f64),
+            self.source_ips,
+            self.hold_seconds,
+            self.keepalive_seconds
+        );
+        let mut table = Table::default();
+        if let Some(seconds) = self.token_seconds {
+            table.row(["tokens minted".to_owned(), format!("in {seconds:.2} s")]);
+        }
+        table.row([
+            "established".to_owned(),
+            thousands(self.established as f64),
+            format!("in {:.2} s", self.connect_seconds),
+            format!("{} conn/s", thousands(self.connect_rate)),
+        ]);
+        table.row([
+            "failed".to_owned(),
+            thousands(self.failed as f64),
+            format!("pending {}", self.pending),
+            format!("dropped while held {}", self.dropped_during_hold),
+        ]);
+        for (kind, failure) in &self.failures {
+            table.row([
+                format!("  {kind}"),
+                thousands(failure.count as f64),
+                failure.first.clone(),
+            ]);
+        }
+        let mib = |b: Option<u64>| {
+            b.map_or("?".to_owned(), |b| {
+                format!("{:.1} MiB", b as f64 / 1048576.0)
+            })
+        };
+        match self.broker_pid {
+            Some(pid) => table.row([
+                format!("broker rss (pid {pid})"),
+                format!("before {}", mib(self.rss_before_bytes)),
+                format!("held {}", mib(self.rss_held_bytes)),
+                format!(
+                    "{} B/connection",
+                    self.bytes_per_connection.map_or("?".to_owned(), thousands)
+                ),
+            ]),
+            None => table.row(["broker rss", "not measured (no --pid)"]),
+        }
+        print!("{}", table.render());
+        if self.bytes_per_connection.is_some_and(|b| b <= 0.0) {
+            println!("note: the broker reused memory freed by earlier load; restart it to measure");
+        }
+        print_verdict(&self.failed_checks);
+    }
+
+    fn passed(&self) -> bool {
+        self.failed_checks.is_empty()
+    }
+}

@@ -1,0 +1,73 @@
+//! `loadtest`: drives the gateway, or a plain MQTT broker such as mosquitto, with pub/sub
+//! traffic or idle connections, and reports throughput, latency, losses and broker memory.
+//!
+//! Exit status: 0 when every check passed, 1 when a check failed (lost QoS 1 messages, failed
+//! connections, …), 2 when the run could not be carried out at all.
+
+mod compare;
+mod connect;
+mod mosquitto;
+mod pacer;
+mod payload;
+mod procfs;
+mod progress;
+mod pubsub;
+mod report;
+mod seq;
+mod stop;
+mod target;
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(Parser, Debug)]
+#[command(
+    version,
+    about = "Load generator for the gateway and for plain MQTT brokers"
+)]
+struct Cli {
+    /// Also write the full result, every number, as JSON to this file.
+    #[arg(long, global = true, value_name = "FILE")]
+    json: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Publishers send to subscribers: throughput, end-to-end latency, losses.
+    Pubsub(pubsub::PubsubCmd),
+    /// Many idle connections: connect rate, failures, broker memory per connection.
+    Connect(connect::ConnectCmd),
+    /// The gateway against mosquitto, alternating over rounds: medians and ratios.
+    Compare(compare::CompareCmd),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let outcome = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the tokio runtime")
+        .and_then(|runtime| runtime.block_on(run(cli)));
+    match outcome {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::from(1),
+        Err(error) => {
+            eprintln!("loadtest: {error:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// Runs the chosen scenario; `Ok(false)` when one of its checks failed.
+async fn run(cli: Cli) -> Result<bool> {
+    let json = cli.json.as_deref();
+    match &cli.command {
+        Command::Pubsub(cmd) => report::finish(&pubsub::run_cmd(cmd).await?, json),
+        Command::Connect(cmd) => report::finish(&connect::run_cmd(cmd).await?, json),
+        Command::Compare(cmd) => report::finish(&compare::run_cmd(cmd).await?, json),
+    }
+}

@@ -1,0 +1,65 @@
+//! Named counters shared by the load tasks, and the once-a-second progress line on stderr.
+//!
+//! Long runs must show that they are alive and how fast they go; the counters are plain atomics
+//! so that the hot paths only pay for a relaxed add.
+
+use crate::stop::stopped;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tokio::time::{interval_at, Instant};
+
+pub struct Counter {
+    name: &'static str,
+    value: AtomicU64,
+}
+
+impl Counter {
+    pub fn new(name: &'static str) -> Arc<Self> {
+        Arc::new(Self {
+            name,
+            value: AtomicU64::new(0),
+        })
+    }
+
+    pub fn add(&self, n: u64) {
+        self.value.fetch_add(n, Ordering::Relaxed);
+    }
+
+    pub fn get(&self) -> u64 {
+        self.value.load(Ordering::Relaxed)
+    }
+}
+
+/// Prints `label`, elapsed seconds and each counter with its rate over the last second, every
+/// second until `stop` turns true or its sender is dropped.
+pub fn spawn_reporter(
+    label: String,
+    counters: Vec<Arc<Counter>>,
+    mut stop: watch::Receiver<bool>,
+) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        let start = Instant::now();
+        let mut ticks = interval_at(start + Duration::from_secs(1), Duration::from_secs(1));
+        let mut last: Vec<u64> = counters.iter().map(|c| c.get()).collect();
+        loop {
+            tokio::select! {
+                _ = stopped(&mut stop) => return,
+                _ = ticks.tick() => {}
+            }
+            let mut line = format!("{label} {:>4}s", start.elapsed().as_secs());
+            for (counter, last) in counters.iter().zip(&mut last) {
+                let now = counter.get();
+                line.push_str(&format!(
+                    " | {} {now} (+{}/s)",
+                    counter.name,
+                    now.saturating_sub(*last)
+                ));
+                *last = now;
+            }
+            eprintln!("{line}");
+        }
+    })
+}

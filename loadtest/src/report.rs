@@ -1,0 +1,203 @@
+//! Turning measurements into what people and scripts read: latency percentiles, aligned text
+//! tables on stdout, and the full result as JSON.
+
+use anyhow::{Context, Result};
+use hdrhistogram::Histogram;
+use serde::Serialize;
+use std::path::Path;
+
+/// Latencies are recorded in microseconds from 1 µs to one hour with 3 significant digits,
+/// which bounds the histogram's memory whatever the run throws at it.
+pub fn latency_histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 3_600_000_000, 3).expect("valid histogram bounds")
+}
+
+/// End-to-end latency percentiles, in microseconds.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+pub struct LatencySummary {
+    pub count: u64,
+    pub mean_us: f64,
+    pub p50_us: u64,
+    pub p90_us: u64,
+    pub p99_us: u64,
+    pub p999_us: u64,
+    pub max_us: u64,
+}
+
+impl LatencySummary {
+    pub fn from_histogram(histogram: &Histogram<u64>) -> Self {
+        if histogram.is_empty() {
+            return Self::default();
+        }
+        Self {
+            count: histogram.len(),
+            mean_us: histogram.mean(),
+            p50_us: histogram.value_at_quantile(0.50),
+            p90_us: histogram.value_at_quantile(0.90),
+            p99_us: histogram.value_at_quantile(0.99),
+            p999_us: histogram.value_at_quantile(0.999),
+            max_us: histogram.max(),
+        }
+    }
+}
+
+/// A result that can be printed for people, serialized for scripts, and that says whether the
+/// run's checks passed.
+pub trait Outcome: Serialize {
+    fn print(&self);
+    fn passed(&self) -> bool;
+}
+
+/// Prints `result`, writes it as JSON when asked, and returns whether its checks passed.
+pub fn finish(result: &impl Outcome, json: Option<&Path>) -> Result<bool> {
+    result.print();
+    if let Some(path) = json {
+        let text = serde_json::to_string_pretty(result).context("serializing the result")?;
+        std::fs::write(path, text + "\n").with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(result.passed())
+}
+
+/// `result: PASS`, or `result: FAIL` with one line per failed check.
+pub fn print_verdict(failed_checks: &[String]) {
+    if failed_checks.is_empty() {
+        println!("result: PASS");
+    } else {
+        println!("result: FAIL");
+        for check in failed_checks {
+            println!("  - {check}");
+        }
+    }
+}
+
+/// Rows of cells printed with each column padded to its widest cell.
+#[derive(Default)]
+pub struct Table {
+    rows: Vec<Vec<String>>,
+}
+
+impl Table {
+    pub fn row<S: ToString>(&mut self, cells: impl IntoIterator<Item = S>) {
+        self.rows
+            .push(cells.into_iter().map(|c| c.to_string()).collect());
+    }
+
+    pub fn render(&self) -> String {
+        let columns = self.rows.iter().map(Vec::len).max().unwrap_or(0);
+        let widths: Vec<usize> = (0..columns)
+            .map(|i| {
+                self.rows
+                    .iter()
+                    .filter_map(|r| r.get(i))
+                    .map(|c| c.chars().count())
+                    .max()
+                    .unwrap_or(0)
+            })
+            .collect();
+        let mut out = String::new();
+        for row in &self.rows {
+            let cells: Vec<String> = row
+                .iter()
+                .zip(&widths)
+                .map(|(cell, width)| format!("{cell:<width$}"))
+                .collect();
+            out.push_str(cells.join("  ").trim_end());
+            out.push('\n');
+        }
+        out
+    }
+}
+
+/// The median of `values`, `None` when empty; the mean of the middle two for an even count.
+pub fn median(mut values: Vec<f64>) -> Option<f64> {
+    values.sort_by(f64::total_cmp);
+    let n = values.len();
+    match n {
+        0 => None,
+        _ if n % 2 == 1 => Some(values[n / 2]),
+        _ => Some((values[n / 2 - 1] + values[n / 2]) / 2.0),
+    }
+}
+
+/// A rate or count with thousands separators, for tables.
+pub fn thousands(value: f64) -> String {
+    let digits = format!("{:.0}", value.abs());
+    let mut out = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    if value < 0.0 && digits != "0" {
+        out.insert(0, '-');
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percentiles_of_a_uniform_distribution() {
+        let mut histogram = latency_histogram();
+        for us in 1..=1_000 {
+            histogram.record(us).unwrap();
+        }
+        let summary = LatencySummary::from_histogram(&histogram);
+        assert_eq!(summary.count, 1_000);
+        assert_eq!(summary.p50_us, 500);
+        assert_eq!(summary.p90_us, 900);
+        assert_eq!(summary.p99_us, 990);
+        assert_eq!(summary.p999_us, 999);
+        assert_eq!(summary.max_us, 1_000);
+        assert!((summary.mean_us - 500.5).abs() < 0.5);
+    }
+
+    #[test]
+    fn percentiles_show_the_tail() {
+        let mut histogram = latency_histogram();
+        histogram.record_n(100, 985).unwrap();
+        histogram.record_n(50_000, 15).unwrap();
+        let summary = LatencySummary::from_histogram(&histogram);
+        assert_eq!(summary.p50_us, 100);
+        assert!(
+            (49_950..=50_050).contains(&summary.p99_us),
+            "{}",
+            summary.p99_us
+        );
+        assert!(summary.max_us >= 50_000);
+    }
+
+    #[test]
+    fn empty_histogram_reports_zeros() {
+        assert_eq!(
+            LatencySummary::from_histogram(&latency_histogram()),
+            LatencySummary::default()
+        );
+    }
+
+    #[test]
+    fn medians() {
+        assert_eq!(median(vec![]), None);
+        assert_eq!(median(vec![3.0, 1.0, 2.0]), Some(2.0));
+        assert_eq!(median(vec![4.0, 1.0, 2.0, 3.0]), Some(2.5));
+    }
+
+    #[test]
+    fn tables_align_columns() {
+        let mut table = Table::default();
+        table.row(["a", "bb", "c"]);
+        table.row(["ccc", "d", "e"]);
+        assert_eq!(table.render(), "a    bb  c\nccc  d   e\n");
+    }
+
+    #[test]
+    fn thousands_separators() {
+        assert_eq!(thousands(0.0), "0");
+        assert_eq!(thousands(999.4), "999");
+        assert_eq!(thousands(1_234_567.0), "1,234,567");
+        assert_eq!(thousands(-1_000.0), "-1,000");
+    }
+}

@@ -1,0 +1,243 @@
+//! What the load is aimed at: the gateway (MQTT plus its backend API for device tokens) or a
+//! plain MQTT broker such as mosquitto (no authentication).
+//!
+//! Only loopback addresses are accepted: this tool opens tens of thousands of connections and
+//! floods them with messages, which is only acceptable against a broker on the same machine.
+
+use crate::progress::Counter;
+use anyhow::{bail, Context, Result};
+use clap::{Args, ValueEnum};
+use futures_util::{stream, StreamExt, TryStreamExt};
+use serde::{Deserialize, Serialize};
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+
+/// Tokens are minted this many at a time: enough to hide HTTP round trips, few enough not to
+/// turn token minting into a load test of its own.
+const MINT_CONCURRENCY: usize = 64;
+
+/// The platform the simulated devices claim; the gateway counts logins per platform.
+const PLATFORM: &str = "android";
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TargetKind {
+    /// The gateway: devices log in with tokens minted over its backend API.
+    Gateway,
+    /// A plain MQTT broker, anonymous access.
+    Mqtt,
+}
+
+/// Where the gateway listens.
+#[derive(Args, Clone, Debug)]
+pub struct EndpointArgs {
+    /// MQTT listener of the broker under test (loopback only).
+    #[arg(long, default_value = "127.0.0.1:1883")]
+    pub mqtt: SocketAddr,
+    /// Base URL of the gateway's backend HTTP API (loopback only).
+    #[arg(long, default_value = "http://127.0.0.1:8080")]
+    pub http: String,
+    /// Backend API key, used to mint device tokens.
+    #[arg(long, env = "LOADTEST_API_KEY", hide_env_values = true)]
+    pub api_key: Option<String>,
+}
+
+#[derive(Args, Clone, Debug)]
+pub struct TargetArgs {
+    /// Kind of broker under test.
+    #[arg(long, value_enum, default_value_t = TargetKind::Gateway)]
+    pub target: TargetKind,
+    #[command(flatten)]
+    pub endpoint: EndpointArgs,
+}
+
+pub enum Target {
+    Gateway { mqtt: SocketAddr, tokens: TokenApi },
+    Mqtt { addr: SocketAddr },
+}
+
+/// The MQTT client id and credentials of one simulated device.
+pub struct Credentials {
+    pub client_id: String,
+    /// Username and password, when the target wants them.
+    pub login: Option<(String, String)>,
+}
+
+impl TargetKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Gateway => "gateway",
+            Self::Mqtt => "mqtt",
+        }
+    }
+}
+
+impl Target {
+    pub fn from_args(args: &TargetArgs) -> Result<Self> {
+        match args.target {
+            TargetKind::Gateway => Self::gateway(&args.endpoint),
+            TargetKind::Mqtt => Self::mqtt(args.endpoint.mqtt),
+        }
+    }
+
+    pub fn gateway(endpoint: &EndpointArgs) -> Result<Self> {
+        require_loopback(endpoint.mqtt.ip(), "--mqtt")?;
+        let Some(api_key) = endpoint.api_key.clone() else {
+            bail!("the gateway target needs --api-key or LOADTEST_API_KEY to mint device tokens");
+        };
+        Ok(Self::Gateway {
+            mqtt: endpoint.mqtt,
+            tokens: TokenApi::new(&endpoint.http, api_key)?,
+        })
+    }
+
+    pub fn mqtt(addr: SocketAddr) -> Result<Self> {
+        require_loopback(addr.ip(), "--mqtt")?;
+        Ok(Self::Mqtt { addr })
+    }
+
+    pub fn kind(&self) -> TargetKind {
+        match self {
+            Self::Gateway { .. } => TargetKind::Gateway,
+            Self::Mqtt { .. } => TargetKind::Mqtt,
+        }
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        match self {
+            Self::Gateway { mqtt, .. } => *mqtt,
+            Self::Mqtt { addr } => *addr,
+        }
+    }
+
+    /// Credentials for each `(user, device)`, in order. The gateway's need a token each,
+    /// minted concurrently; `minted` counts them for the progress line.
+    pub async fn credentials(
+        &self,
+        devices: &[(String, String)],
+        minted: &Counter,
+    ) -> Result<Vec<Credentials>> {
+        match self {
+            Self::Gateway { tokens, .. } => {
+                stream::iter(devices)
+                    .map(|(user, device)| async move {
+                        let token = tokens.mint(user, device).await?;
+                        minted.add(1);
+                        Ok::<_, anyhow::Error>(Credentials {
+                            client_id: format!("{user}:{device}"),
+                            login: Some((user.clone(), token)),
+                        })
+                    })
+                    .buffered(MINT_CONCURRENCY)
+                    .try_collect()
+                    .await
+            }
+            Self::Mqtt { .. } => Ok(devices
+                .iter()
+                .map(|(user, device)| Credentials {
+                    client_id: format!("{user}-{device}"),
+                    login: None,
+                })
+                .collect()),
+        }
+    }
+}
+
+/// The gateway's `POST /v1/tokens`.
+pub struct TokenApi {
+    http: reqwest::Client,
+    url: reqwest::Url,
+    api_key: String,
+}
+
+#[derive(Serialize)]
+struct TokenRequest<'a> {
+    user: &'a str,
+    device: &'a str,
+    platform: &'a str,
+}
+
+/// The answer also carries `expires_at`; runs are far shorter than a token's life.
+#[derive(Deserialize)]
+struct TokenResponse {
+    token: String,
+}
+
+impl TokenApi {
+    fn new(base: &str, api_key: String) -> Result<Self> {
+        let base: reqwest::Url = base.parse().with_context(|| format!("--http {base}"))?;
+        let host = base.host_str().unwrap_or_default();
+        let host_ip = host.trim_start_matches('[').trim_end_matches(']');
+        match host_ip.parse::<IpAddr>() {
+            Ok(ip) => require_loopback(ip, "--http")?,
+            Err(_) if host == "localhost" => {}
+            Err(_) => bail!("--http {base}: only loopback hosts are allowed"),
+        }
+        let url = format!("{}/v1/tokens", base.as_str().trim_end_matches('/'))
+            .parse()
+            .context("building the token URL")?;
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(10))
+            .build()
+            .context("building the HTTP client")?;
+        Ok(Self { http, url, api_key })
+    }
+
+    async fn mint(&self, user: &str, device: &str) -> Result<String> {
+        let response = self
+            .http
+            .post(self.url.clone())
+            .bearer_auth(&self.api_key)
+            .json(&TokenRequest {
+                user,
+                device,
+                platform: PLATFORM,
+            })
+            .send()
+            .await
+            .with_context(|| format!("POST {} for {user}/{device}", self.url))?;
+        let status = response.status();
+        if !status.is_success() {
+            let body = response.text().await.unwrap_or_default();
+            let body: String = body.chars().take(300).collect();
+            bail!("POST {} for {user}/{device}: {status}: {body}", self.url);
+        }
+        let answer: TokenResponse = response
+            .json()
+            .await
+            .with_context(|| format!("token answer for {user}/{device}"))?;
+        Ok(answer.token)
+    }
+}
+
+fn require_loopback(ip: IpAddr, flag: &str) -> Result<()> {
+    if !ip.is_loopback() {
+        bail!("{flag} {ip}: only loopback targets are allowed");
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_loopback_targets_are_accepted() {
+        assert!(Target::mqtt("127.0.0.1:1883".parse().unwrap()).is_ok());
+        assert!(Target::mqtt("10.0.0.1:1883".parse().unwrap()).is_err());
+        let endpoint = |http: &str| EndpointArgs {
+            mqtt: "127.0.0.1:1883".parse().unwrap(),
+            http: http.into(),
+            api_key: Some("k".into()),
+        };
+        assert!(Target::gateway(&endpoint("http://127.0.0.1:8080")).is_ok());
+        assert!(Target::gateway(&endpoint("http://localhost:8080")).is_ok());
+        assert!(Target::gateway(&endpoint("http://[::1]:8080")).is_ok());
+        assert!(Target::gateway(&endpoint("http://example.com")).is_err());
+        let no_key = EndpointArgs {
+            api_key: None,
+            ..endpoint("http://127.0.0.1:8080")
+        };
+        assert!(Target::gateway(&no_key).is_err());
+    }
+}
