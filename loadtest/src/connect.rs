@@ -238,11 +238,12 @@ pub async fn run(
 
     let start_ns = now_ns();
     let mut pacer = Pacer::new(rate);
+    let block = next_source_block();
     let mut tasks: Vec<JoinHandle<()>> = Vec::with_capacity(credentials.len());
     for (i, credentials) in credentials.into_iter().enumerate() {
         pacer.wait().await;
         let connection = Connection {
-            source: source_addr(target.addr(), i as u64 % u64::from(source_ips)),
+            source: source_addr(target.addr(), block, i as u64 % u64::from(source_ips)),
             target: target.addr(),
             keepalive,
             connect_timeout: load.connect_timeout,
@@ -315,10 +316,20 @@ pub async fn run(
     Ok(result)
 }
 
-/// Source address number `k` for a connection to `target`: 127.0.0.(k+1), or ::1 for IPv6.
-fn source_addr(target: SocketAddr, k: u64) -> IpAddr {
+/// A loopback block (`127.B.0.x`) for one run. Each run (and each process) takes a different one:
+/// the ports an earlier run left in TIME_WAIT stay bound to that run's addresses, and a new run
+/// on the same addresses would fail with AddrInUse once the port range is used up.
+fn next_source_block() -> u8 {
+    static RUNS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let run = RUNS.fetch_add(1, Ordering::Relaxed);
+    (1 + (std::process::id().wrapping_mul(7).wrapping_add(run)) % 254) as u8
+}
+
+/// Source address number `k` of `block` for a connection to `target`: 127.block.0.(k+1), or ::1
+/// for IPv6.
+fn source_addr(target: SocketAddr, block: u8, k: u64) -> IpAddr {
     match target {
-        SocketAddr::V4(_) => IpAddr::V4(Ipv4Addr::new(127, 0, 0, 1 + k as u8)),
+        SocketAddr::V4(_) => IpAddr::V4(Ipv4Addr::new(127, block, 0, 1 + k as u8)),
         SocketAddr::V6(_) => IpAddr::V6(Ipv6Addr::LOCALHOST),
     }
 }
@@ -353,6 +364,11 @@ impl Connection {
             IpAddr::V6(_) => TcpSocket::new_v6(),
         }
         .map_err(|e| Failure::io("socket", e))?;
+        // Binding a source address picks the port before the destination is known, so without
+        // SO_REUSEADDR the ports still in TIME_WAIT from an earlier round are refused (AddrInUse).
+        socket
+            .set_reuseaddr(true)
+            .map_err(|e| Failure::io("socket", e))?;
         socket
             .bind(SocketAddr::new(self.source, 0))
             .map_err(|e| Failure::io("bind", e))?;
