@@ -23,6 +23,8 @@ pub struct ClientSession {
     transport: Transport,
     subscriptions: HashMap<String, Qos>,
     end: DisconnectReason,
+    /// This transport's `messages_in` counter, looked up once rather than on every publish.
+    messages_in: prometheus_client::metrics::counter::Counter,
 }
 
 impl ClientSession {
@@ -66,6 +68,11 @@ impl ClientSession {
             transport,
             subscriptions: HashMap::new(),
             end: DisconnectReason::socket_closed,
+            messages_in: gw
+                .metrics
+                .messages_in
+                .get_or_create(&TransportLabel::from(transport))
+                .clone(),
         };
         (session, outbox)
     }
@@ -113,11 +120,7 @@ impl ClientSession {
     /// Handles a publish from this client: a device request on its own device topic, or (dev
     /// mode) a plain broker publish.
     pub fn publish(&self, topic: &str, payload: Bytes, qos: Qos) -> Result<(), Refusal> {
-        self.gw
-            .metrics
-            .messages_in
-            .get_or_create(&TransportLabel::from(self.transport))
-            .inc();
+        self.messages_in.inc();
         let route = match self.identity().may_publish(topic) {
             Ok(route) => route,
             Err(refusal) => {
