@@ -7,7 +7,7 @@
 mod load;
 mod sections;
 
-pub use load::{ConfigError, ENV_PREFIX};
+pub use load::{is_at_rest_key, ConfigError, ENV_PREFIX};
 pub use sections::*;
 
 /// The documented default configuration file, every key at its default value.

@@ -155,6 +155,66 @@ impl Config {
             "sessions.approval_timeout",
             "must be at least 1s",
         );
+        let st = &self.store;
+        for (i, key) in st.encryption_keys.iter().enumerate() {
+            check(
+                is_at_rest_key(key),
+                &format!("store.encryption_keys[{i}]"),
+                "must be \"id:key\": an id of 1-16 letters or digits, then 16 bytes (SM4's 128-bit key) as 32 hex digits",
+            );
+        }
+        check(
+            (1..=65536).contains(&st.max_batch),
+            "store.max_batch",
+            "must be between 1 and 65536",
+        );
+        check(
+            st.node_heartbeat.as_millis() >= 100,
+            "store.node_heartbeat",
+            "must be at least 100ms",
+        );
+        check(
+            st.node_timeout >= st.node_heartbeat * 2,
+            "store.node_timeout",
+            "must be at least twice store.node_heartbeat",
+        );
+        if let Some(node) = &st.node_id {
+            check(
+                !node.is_empty()
+                    && node.len() <= 64
+                    && node
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'),
+                "store.node_id",
+                "must be 1-64 letters, digits, '-' or '_'",
+            );
+        }
+        let r = &self.roaming;
+        check(
+            (1..=10_000).contains(&r.page_size),
+            "roaming.page_size",
+            "must be between 1 and 10000",
+        );
+        check(
+            r.retention_count >= 1,
+            "roaming.retention_count",
+            "must be at least 1",
+        );
+        check(
+            r.retention_age.as_secs() >= 60,
+            "roaming.retention_age",
+            "must be at least 1m",
+        );
+        check(
+            r.sweep_interval.as_millis() >= 100 && r.sweep_interval.as_secs() <= 24 * 3600,
+            "roaming.sweep_interval",
+            "must be between 100ms and 24h",
+        );
+        check(
+            r.max_read_limit >= 1,
+            "roaming.max_read_limit",
+            "must be at least 1",
+        );
         match (&self.tls.cert, &self.tls.key) {
             (Some(cert), Some(key)) => {
                 for (name, path) in [("tls.cert", cert), ("tls.key", key)] {
@@ -175,6 +235,18 @@ impl Config {
             Err(errors)
         }
     }
+}
+
+/// `id:hex` with a short alphanumeric id and SM4's 128-bit key in hex. The id travels with every
+/// ciphertext, so old keys keep decrypting after rotation.
+pub fn is_at_rest_key(key: &str) -> bool {
+    let Some((id, hex)) = key.split_once(':') else {
+        return false;
+    };
+    (1..=16).contains(&id.len())
+        && id.bytes().all(|b| b.is_ascii_alphanumeric())
+        && hex.len() == 32
+        && hex.bytes().all(|b| b.is_ascii_hexdigit())
 }
 
 fn syntax_error(text: &str, error: &toml::de::Error) -> ConfigError {
@@ -232,11 +304,13 @@ fn check_keys(table: &toml::Table, errors: &mut Vec<ConfigError>) {
             "limits" => check_section::<Limits>,
             "auth" => check_section::<Auth>,
             "sessions" => check_section::<Sessions>,
+            "store" => check_section::<Store>,
+            "roaming" => check_section::<Roaming>,
             "log" => check_section::<Log>,
             _ => {
                 errors.push(ConfigError::new(
                     section.clone(),
-                    "unknown section (expected listeners, tls, limits, auth, sessions or log)",
+                    "unknown section (expected listeners, tls, limits, auth, sessions, store, roaming or log)",
                 ));
                 continue;
             }

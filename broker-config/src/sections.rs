@@ -14,6 +14,8 @@ pub struct Config {
     pub limits: Limits,
     pub auth: Auth,
     pub sessions: Sessions,
+    pub store: Store,
+    pub roaming: Roaming,
     pub log: Log,
 }
 
@@ -166,6 +168,87 @@ impl Default for Sessions {
             device_policy: DevicePolicy::AllActive,
             new_device_approval: false,
             approval_timeout: Duration::from_secs(5 * 60),
+        }
+    }
+}
+
+/// Where messages, cursors and presence are kept.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StoreBackend {
+    /// On disk in the data dir (`store.redb`): one node, no other service needed.
+    #[default]
+    Embedded,
+    /// In Redis at `store.redis_url`: several nodes pointed at one Redis form one service.
+    Redis,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Store {
+    pub backend: StoreBackend,
+    /// Used when `backend = "redis"`.
+    pub redis_url: String,
+    /// SM4-GCM keys for data at rest, as `"id:32 hex digits"`. The first one encrypts; all of
+    /// them decrypt, so a key is rotated by putting a new one first and keeping the old ones.
+    /// When empty, one is generated once into the data dir (`at_rest_key`).
+    pub encryption_keys: Vec<String>,
+    /// Most appends committed together (with one fsync, or one Redis round trip).
+    pub max_batch: usize,
+    /// This node's name among the nodes sharing a Redis; a random one when unset.
+    pub node_id: Option<String>,
+    /// How often a node renews its liveness key in Redis.
+    #[serde(with = "humantime_serde")]
+    pub node_heartbeat: Duration,
+    /// A node whose liveness key is older than this is dead; its devices are marked offline.
+    #[serde(with = "humantime_serde")]
+    pub node_timeout: Duration,
+}
+
+impl Default for Store {
+    fn default() -> Self {
+        Self {
+            backend: StoreBackend::Embedded,
+            redis_url: "redis://127.0.0.1:6379".into(),
+            encryption_keys: Vec::new(),
+            max_batch: 1024,
+            node_id: None,
+            node_heartbeat: Duration::from_secs(2),
+            node_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Message roaming: each user's log, and how devices catch up on it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Roaming {
+    /// Messages per sync page.
+    pub page_size: usize,
+    /// Messages a device new to the user receives on its first sync.
+    pub new_device_history: usize,
+    /// Messages kept per user; older ones are cut as new ones arrive.
+    pub retention_count: u64,
+    /// Age after which messages are cut by the sweeper.
+    #[serde(with = "humantime_serde")]
+    pub retention_age: Duration,
+    /// How often the sweeper cuts old messages and purges deleted contacts' messages (at most
+    /// 24h: that is how long a deleted conversation may stay on disk).
+    #[serde(with = "humantime_serde")]
+    pub sweep_interval: Duration,
+    /// Largest `limit` of `GET /v1/users/{user}/messages`.
+    pub max_read_limit: usize,
+}
+
+impl Default for Roaming {
+    fn default() -> Self {
+        Self {
+            page_size: 100,
+            new_device_history: 50,
+            retention_count: 100_000,
+            retention_age: Duration::from_secs(30 * 24 * 3600),
+            sweep_interval: Duration::from_secs(3600),
+            max_read_limit: 1000,
         }
     }
 }

@@ -37,8 +37,15 @@ pub enum Refusal {
     ApprovalPending,
     #[error("bad request payload: {0}")]
     BadPayload(String),
-    #[error("{0}")]
-    Unsupported(&'static str),
+    /// The store cannot take the request now; nothing was changed and it may be retried.
+    #[error("{0}; retry later")]
+    StoreUnavailable(String),
+}
+
+impl From<crate::store::StoreError> for Refusal {
+    fn from(error: crate::store::StoreError) -> Self {
+        Self::StoreUnavailable(error.to_string())
+    }
 }
 
 impl Refusal {
@@ -50,7 +57,7 @@ impl Refusal {
             Self::TooManySubscriptions => ErrorCode::TooManySubscriptions,
             Self::ApprovalPending => ErrorCode::ApprovalPending,
             Self::BadPayload(_) => ErrorCode::InvalidRequest,
-            Self::Unsupported(_) => ErrorCode::Unavailable,
+            Self::StoreUnavailable(_) => ErrorCode::Unavailable,
         }
     }
 }

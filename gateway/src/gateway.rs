@@ -5,11 +5,16 @@ use crate::hub::Hub;
 use crate::known_devices::KnownDevices;
 use crate::messages::Messages;
 use crate::metrics::Metrics;
+use crate::roam::clock::HybridClock;
+use crate::roam::fanout::HubFanout;
 use crate::session_handle::SessionId;
 use crate::sessions::Sessions;
+use crate::store::cipher::KeyRing;
+use crate::store::embedded::{self, EmbeddedStore};
+use crate::store::SharedStore;
 use crate::token::TokenSigner;
 use anyhow::Result;
-use broker_config::Config;
+use broker_config::{Config, StoreBackend};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
@@ -20,20 +25,25 @@ pub struct Gateway {
     pub hub: Arc<Hub>,
     pub sessions: Sessions,
     pub messages: Messages,
+    pub store: SharedStore,
     pub metrics: Metrics,
     next_session: AtomicU64,
 }
 
 impl Gateway {
-    pub fn new(config: Config, data: &DataDir) -> Result<Arc<Self>> {
+    pub async fn new(config: Config, data: &DataDir) -> Result<Arc<Self>> {
         let signer = TokenSigner::new(&token_secret(&config, data)?);
         let api_keys = api_keys(&config, data)?;
         let metrics = Metrics::new();
         let hub = Arc::new(Hub::new(metrics.dropped_deliveries.clone()));
         let known = KnownDevices::open(&data.path("known_devices.tsv"))?;
+        let keys = Arc::new(at_rest_keys(&config, data)?);
+        let clock = Arc::new(HybridClock::new());
+        let store = open_store(&config, data, keys.clone(), clock, hub.clone()).await?;
         Ok(Arc::new(Self {
             sessions: Sessions::new(config.sessions.clone(), hub.clone(), known),
-            messages: Messages::new(hub.clone()),
+            messages: Messages::new(store.clone(), keys),
+            store,
             hub,
             signer,
             api_keys,
@@ -54,6 +64,40 @@ pub fn token_secret(config: &Config, data: &DataDir) -> Result<String> {
         Some(secret) => Ok(secret.clone()),
         None => data.secret("token_secret"),
     }
+}
+
+/// The keys that seal data at rest: from configuration, else one generated once into the data
+/// dir (as key id `d0`).
+pub fn at_rest_keys(config: &Config, data: &DataDir) -> Result<KeyRing> {
+    if config.store.encryption_keys.is_empty() {
+        let generated = data.secret("at_rest_key")?;
+        KeyRing::new(&[format!("d0:{}", &generated[..32])])
+    } else {
+        KeyRing::new(&config.store.encryption_keys)
+    }
+}
+
+async fn open_store(
+    config: &Config,
+    data: &DataDir,
+    keys: Arc<KeyRing>,
+    clock: Arc<HybridClock>,
+    hub: Arc<Hub>,
+) -> Result<SharedStore> {
+    let fanout = Arc::new(HubFanout::new(hub));
+    Ok(match config.store.backend {
+        StoreBackend::Embedded => Arc::new(EmbeddedStore::open(
+            &data.path("store.redb"),
+            keys,
+            clock,
+            fanout,
+            embedded::Settings {
+                max_batch: config.store.max_batch,
+                retention_count: config.roaming.retention_count,
+            },
+        )?),
+        StoreBackend::Redis => anyhow::bail!("the Redis store is not built yet"),
+    })
 }
 
 /// The backend API keys: from configuration, else one generated once into the data dir.

@@ -6,12 +6,13 @@ use dashmap::DashMap;
 use std::collections::HashSet;
 use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, Write};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 pub struct KnownDevices {
     by_user: DashMap<String, HashSet<String>>,
     file: Mutex<File>,
+    path: PathBuf,
 }
 
 impl KnownDevices {
@@ -38,6 +39,7 @@ impl KnownDevices {
         Ok(Self {
             by_user,
             file: Mutex::new(file),
+            path: path.to_path_buf(),
         })
     }
 
@@ -68,6 +70,29 @@ impl KnownDevices {
     }
 }
 
+impl KnownDevices {
+    /// Forgets every device of the user, rewriting the file without them (written beside it,
+    /// then renamed over it, so a crash leaves one file or the other).
+    pub fn forget_user(&self, user: &str) -> Result<()> {
+        let mut file = self.file.lock().expect("known-devices file lock");
+        if self.by_user.remove(user).is_none() {
+            return Ok(());
+        }
+        let fresh_path = self.path.with_extension("tmp");
+        let mut fresh = File::create(&fresh_path)
+            .with_context(|| format!("cannot write {}", fresh_path.display()))?;
+        for entry in self.by_user.iter() {
+            for device in entry.value() {
+                writeln!(fresh, "{}\t{device}", entry.key())?;
+            }
+        }
+        fresh.sync_all()?;
+        std::fs::rename(&fresh_path, &self.path)?;
+        *file = OpenOptions::new().append(true).open(&self.path)?;
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -85,5 +110,10 @@ mod tests {
         assert!(known.contains("alice", "phone"));
         assert!(!known.contains("alice", "laptop"));
         assert_eq!(std::fs::read_to_string(&path).unwrap().lines().count(), 1);
+        known.remember("bob", "tablet").unwrap();
+        known.forget_user("alice").unwrap();
+        known.remember("carol", "web").unwrap();
+        let kept = std::fs::read_to_string(&path).unwrap();
+        assert_eq!(kept, "bob\ttablet\ncarol\tweb\n");
     }
 }

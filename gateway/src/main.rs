@@ -1,25 +1,12 @@
 //! `gateway`: the real-time messaging gateway. See the README for the protocol and operations.
 
-mod acl;
-mod api;
-mod data_dir;
-mod dev_cert;
-mod front;
-mod gateway;
-mod hub;
-mod known_devices;
-mod messages;
-mod metrics;
-mod session_handle;
-mod sessions;
-mod token;
-
 use anyhow::{Context, Result};
 use broker_config::Config;
 use clap::{Parser, Subcommand};
-use data_dir::DataDir;
-use front::listener::{self, MqttListenerKind};
-use gateway::Gateway;
+use gateway::data_dir::DataDir;
+use gateway::front::listener::{self, MqttListenerKind};
+use gateway::gateway::Gateway;
+use gateway::{api, dev_cert, front, token};
 use protocol::envelope::Platform;
 use std::io::Write;
 use std::net::SocketAddr;
@@ -124,7 +111,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 Some(text) => api::tokens::parse_ttl(&text).map_err(anyhow::Error::msg)?,
                 None => config.auth.default_token_ttl,
             };
-            let signer = token::TokenSigner::new(&gateway::token_secret(&config, &data)?);
+            let signer = token::TokenSigner::new(&gateway::gateway::token_secret(&config, &data)?);
             let (token, _) = signer.sign(&user, &device, platform, ttl)?;
             println!("{token}");
             Ok(ExitCode::SUCCESS)
@@ -132,7 +119,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::ApiKey => {
             let config = load_config(place.config.as_deref())?;
             let data = DataDir::open(&place.data_dir)?;
-            println!("{}", gateway::api_keys(&config, &data)?[0]);
+            println!("{}", gateway::gateway::api_keys(&config, &data)?[0]);
             Ok(ExitCode::SUCCESS)
         }
         Command::DevCert { out_dir, hosts } => {
@@ -186,7 +173,7 @@ async fn bind(name: &str, addr: SocketAddr) -> Result<TcpListener> {
 
 async fn serve(config: Config, data_dir: &Path) -> Result<()> {
     let data = DataDir::open(data_dir)?;
-    let gw = Gateway::new(config, &data)?;
+    let gw = Gateway::new(config, &data).await?;
     let listeners = gw.config.listeners.clone();
     let mut bound = serde_json::Map::new();
 
@@ -227,11 +214,37 @@ async fn serve(config: Config, data_dir: &Path) -> Result<()> {
     stdout.flush()?;
     drop(stdout);
 
+    tokio::spawn(sweep(gw.clone()));
+
     shutdown_signal().await;
     tracing::info!("shutting down: closing sessions");
     gw.sessions.close_all();
     tokio::time::sleep(std::time::Duration::from_millis(300)).await;
     Ok(())
+}
+
+/// Cuts messages past `roaming.retention_age` and purges deleted conversations, every
+/// `roaming.sweep_interval`.
+async fn sweep(gw: std::sync::Arc<Gateway>) {
+    let roaming = gw.config.roaming.clone();
+    let mut every = tokio::time::interval(roaming.sweep_interval);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        every.tick().await;
+        let cutoff = gateway::session_handle::unix_millis()
+            .saturating_sub(roaming.retention_age.as_millis() as u64);
+        match gw.store.sweep(cutoff).await {
+            Ok(report) if report != Default::default() => {
+                tracing::info!(
+                    expired = report.expired,
+                    purged = report.purged_contacts,
+                    "store swept"
+                )
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!("store sweep failed: {e}"),
+        }
+    }
 }
 
 async fn shutdown_signal() {

@@ -1,10 +1,11 @@
-//! Accepting a message for a user: give it an id and a server time, and deliver it live to every
-//! online device of the recipient and to the sender's other devices.
+//! Accepting a message for a user: seal it, append it to the recipient's log (and, for a
+//! device's message, to the sender's own log, so the sender's other devices see it), and answer
+//! once it is durable. Live delivery follows the commit (see [`crate::store::LiveFanout`]).
 
-use crate::hub::Hub;
-use crate::session_handle::{unix_millis, Qos, SessionId};
-use protocol::envelope::InboxMessage;
-use protocol::topics;
+use crate::session_handle::SessionId;
+use crate::store::cipher::KeyRing;
+use crate::store::record::{self, Content};
+use crate::store::{AppendTicket, SharedStore};
 use serde_json::Value;
 use std::sync::Arc;
 
@@ -22,56 +23,40 @@ pub enum Sender<'a> {
 }
 
 pub struct Messages {
-    hub: Arc<Hub>,
+    store: SharedStore,
+    keys: Arc<KeyRing>,
 }
 
 impl Messages {
-    pub fn new(hub: Arc<Hub>) -> Self {
-        Self { hub }
+    pub fn new(store: SharedStore, keys: Arc<KeyRing>) -> Self {
+        Self { store, keys }
     }
 
-    /// Accepts `body` for user `to` and delivers it. Returns the message as delivered and the
-    /// number of sessions it reached live.
-    pub fn accept(&self, sender: Sender<'_>, to: &str, body: Value) -> (InboxMessage, usize) {
-        let (from, from_device, sender_session) = match sender {
-            Sender::Backend { from } => (from.map(str::to_string), None, None),
+    /// Queues `body` for user `to`'s log and returns its id and the ticket that resolves once
+    /// it is durable. The first appended entry is the recipient's copy.
+    pub fn accept(&self, sender: Sender<'_>, to: &str, body: &Value) -> (String, AppendTicket) {
+        let id = uuid::Uuid::now_v7().to_string();
+        let (from, from_device, session) = match sender {
+            Sender::Backend { from } => (from, None, None),
             Sender::Device {
                 user,
                 device,
                 session,
-            } => (
-                Some(user.to_string()),
-                Some(device.to_string()),
-                Some(session),
-            ),
+            } => (Some(user), Some(device), Some(session)),
         };
-        let message = InboxMessage {
-            id: uuid::Uuid::now_v7().to_string(),
+        let content = Content {
+            id: &id,
             from,
             from_device,
-            to: to.to_string(),
+            to,
             body,
-            ts: unix_millis(),
         };
-        let payload: bytes::Bytes = serde_json::to_vec(&message)
-            .expect("messages serialize")
-            .into();
-        let mut reached = self.hub.publish(
-            &topics::inbox(to),
-            payload.clone(),
-            Qos::AtLeastOnce,
-            sender_session,
-        );
-        if let (Sender::Device { user, .. }, Some(session)) = (sender, sender_session) {
+        let mut logs = vec![record::seal(&self.keys, to, &content, session)];
+        if let Sender::Device { user, .. } = sender {
             if user != to {
-                reached += self.hub.publish(
-                    &topics::inbox(user),
-                    payload,
-                    Qos::AtLeastOnce,
-                    Some(session),
-                );
+                logs.push(record::seal(&self.keys, user, &content, session));
             }
         }
-        (message, reached)
+        (id, self.store.append(logs))
     }
 }

@@ -82,6 +82,9 @@ pub enum DisconnectReason {
     approval_denied,
     approval_timeout,
     shutdown,
+    /// A 3.1.1 client's message could not be stored; it is not acknowledged, so the client
+    /// sends it again after reconnecting.
+    store_unavailable,
 }
 
 pub struct Metrics {
@@ -95,6 +98,12 @@ pub struct Metrics {
     pub disconnects: Family<DisconnectLabel, Counter>,
     pub api_messages: Counter,
     pub dropped_deliveries: Counter,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
 }
 
 impl Metrics {

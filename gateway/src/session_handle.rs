@@ -108,6 +108,12 @@ impl SessionHandle {
         }
     }
 
+    /// Queues a delivery, waiting for room in the outbox: for catch-up pages, which must not be
+    /// dropped and may be many. Returns false when the session is gone.
+    pub async fn deliver_waiting(&self, delivery: Delivery) -> bool {
+        self.outbox.send(delivery).await.is_ok()
+    }
+
     /// Asks the session to close. The session first writes what is already in its outbox, so a
     /// notice queued before the close (a kick's reason on the presence topic) still arrives.
     pub fn close(&self, reason: CloseReason) {

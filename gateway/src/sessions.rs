@@ -6,6 +6,7 @@ use crate::hub::Hub;
 use crate::known_devices::KnownDevices;
 use crate::metrics::DisconnectReason;
 use crate::session_handle::{unix_millis, CloseReason, Qos, SessionHandle};
+use anyhow::Result;
 use broker_config::{DevicePolicy, Sessions as SessionsConfig};
 use dashmap::DashMap;
 use protocol::envelope::{DeviceInfo, Platform, PresenceEvent, Reply, Transport};
@@ -193,6 +194,16 @@ impl Sessions {
             }
             None => false,
         }
+    }
+
+    /// Logs out every device of a deleted user and forgets the devices it used.
+    pub fn forget_user(&self, user: &str, reason: &str) -> Result<()> {
+        if let Some((_, entries)) = self.devices.remove(user) {
+            for entry in entries {
+                self.kick_notice(user, &entry.device, &entry.handle, reason.to_string());
+            }
+        }
+        self.known.forget_user(user)
     }
 
     /// Approves or denies a device waiting for approval. `by` is the deciding device, or `None`

@@ -170,6 +170,7 @@ mod tests {
         let sent: SendRequest = serde_json::from_slice(&builder.build(5, 77)).unwrap();
         assert_eq!(sent.to, "lt-s1");
         let delivered = serde_json::to_vec(&InboxMessage {
+            seq: 1,
             id: "m1".into(),
             from: Some("lt-p2".into()),
             from_device: Some("d0".into()),

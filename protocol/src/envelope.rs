@@ -15,6 +15,14 @@ pub struct SendRequest {
 /// A message as delivered on `u/{user}/inbox`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct InboxMessage {
+    /// Position in the recipient's log: every message to a user gets the next number, and a
+    /// device acknowledges and syncs by it.
+    #[serde(default)]
+    pub seq: u64,
+    /// Server time of acceptance, milliseconds since the Unix epoch. It comes from a hybrid
+    /// logical clock and never goes backwards along a log, whichever node accepted the message.
+    #[serde(default)]
+    pub ts: u64,
     /// Unique id assigned by the gateway when it accepted the message.
     pub id: String,
     /// The sending user (or the backend's `from` for messages posted over HTTP).
@@ -25,8 +33,6 @@ pub struct InboxMessage {
     pub from_device: Option<String>,
     pub to: String,
     pub body: Value,
-    /// Server time of acceptance, milliseconds since the Unix epoch.
-    pub ts: u64,
 }
 
 /// The classes of device the login policy counts separately.
@@ -162,6 +168,60 @@ pub enum Reply {
     Approved,
     /// This device was denied; the connection closes.
     Denied,
+    /// A page of the user's log, in answer to a sync: pages follow one another, in order, with
+    /// `more` set until the device has caught up.
+    Sync(SyncPage),
+}
+
+/// Sent on `u/{user}/d/{device}/sync` (JSON bridge: `op: "sync"`): everything after `after` in
+/// the log of epoch `epoch`. Without `after`, the device's stored cursor is used; a device with
+/// neither is new to the user and gets the latest messages.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SyncRequest {
+    #[serde(default)]
+    pub after: Option<u64>,
+    #[serde(default)]
+    pub epoch: Option<String>,
+}
+
+/// Sent on `u/{user}/d/{device}/ack`: the device holds every message up to `seq`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AckRequest {
+    pub seq: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SyncPage {
+    /// The log's epoch; the device keeps it for its next sync.
+    pub epoch: String,
+    pub messages: Vec<InboxMessage>,
+    /// The highest sequence this page covers: the device's cursor once it holds the page.
+    pub to_seq: u64,
+    /// More pages follow.
+    pub more: bool,
+    /// Set on the first page when history the device asked for is gone.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reset: Option<HistoryReset>,
+}
+
+/// The device's place in the log no longer exists: it must drop what it holds of the user's
+/// history (for `epoch_changed`) or accept a gap (for `trimmed`), and it gets what is left.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HistoryReset {
+    pub reason: HistoryLoss,
+    /// The oldest sequence still available; the sync continues from there.
+    pub available_from: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HistoryLoss {
+    /// The log was recreated (the store was wiped, or the user deleted): sequences restarted.
+    EpochChanged,
+    /// Retention cut messages after the device's cursor.
+    Trimmed,
 }
 
 #[cfg(test)]
@@ -184,6 +244,7 @@ mod tests {
     #[test]
     fn inbox_message_omits_absent_sender() {
         let msg = InboxMessage {
+            seq: 3,
             id: "m1".into(),
             from: None,
             from_device: None,
@@ -193,7 +254,7 @@ mod tests {
         };
         assert_eq!(
             serde_json::to_value(&msg).unwrap(),
-            json!({"id": "m1", "to": "bob", "body": {"text": "hi"}, "ts": 1})
+            json!({"seq": 3, "id": "m1", "to": "bob", "body": {"text": "hi"}, "ts": 1})
         );
     }
 }

@@ -40,6 +40,15 @@ pub enum ClientFrame {
         id: Option<String>,
         seq: u64,
     },
+    /// Catch up on the user's log: pages arrive on the device's reply topic.
+    Sync {
+        #[serde(default)]
+        id: Option<String>,
+        #[serde(default)]
+        after: Option<u64>,
+        #[serde(default)]
+        epoch: Option<String>,
+    },
     Ping {
         #[serde(default)]
         id: Option<String>,
@@ -59,6 +68,7 @@ impl ClientFrame {
             | Self::Unsub { id, .. }
             | Self::Pub { id, .. }
             | Self::Ack { id, .. }
+            | Self::Sync { id, .. }
             | Self::Ping { id }
             | Self::Pong { id } => id.as_deref(),
         }

@@ -1,9 +1,9 @@
 //! A user's devices: list, kick, and approve or deny a new device.
 
 use super::error::ApiError;
-use super::json::ApiJson;
+use super::json::{ApiJson, ApiQuery};
 use crate::gateway::Gateway;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::Json;
 use protocol::envelope::DeviceInfo;
@@ -17,7 +17,7 @@ pub struct DeviceList {
     devices: Vec<DeviceInfo>,
 }
 
-fn check_ids(ids: &[&str]) -> Result<(), ApiError> {
+pub fn check_ids(ids: &[&str]) -> Result<(), ApiError> {
     match ids.iter().find(|id| !is_valid_id(id)) {
         Some(bad) => Err(ApiError::invalid(format!("{bad:?} is not a valid id"))),
         None => Ok(()),
@@ -42,7 +42,7 @@ pub struct KickQuery {
 pub async fn kick(
     State(gw): State<Arc<Gateway>>,
     Path((user, device)): Path<(String, String)>,
-    Query(query): Query<KickQuery>,
+    ApiQuery(query): ApiQuery<KickQuery>,
 ) -> Result<StatusCode, ApiError> {
     check_ids(&[&user, &device])?;
     let reason = query

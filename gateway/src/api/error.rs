@@ -1,5 +1,6 @@
 //! HTTP errors: a status and a JSON body `{"error": {"code", "message"}}` with a protocol error code.
 
+use crate::store::StoreError;
 use axum::extract::rejection::JsonRejection;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -41,6 +42,21 @@ impl ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         (self.status, Json(self.body)).into_response()
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(error: StoreError) -> Self {
+        match error {
+            StoreError::Unavailable(_) => {
+                Self::unavailable(format!("{error}; nothing was stored, retry later"))
+            }
+            StoreError::Unreadable(_) => Self::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                ErrorCode::Internal,
+                error.to_string(),
+            ),
+        }
     }
 }
 

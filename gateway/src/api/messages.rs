@@ -4,6 +4,7 @@ use super::error::ApiError;
 use super::json::ApiJson;
 use crate::gateway::Gateway;
 use crate::messages::Sender;
+use crate::store::record::hlc_millis;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::Json;
@@ -20,13 +21,14 @@ pub struct PostMessage {
     body: Value,
 }
 
+/// The message is in the recipient's log (durably) when this is sent.
 #[derive(Serialize)]
 pub struct Accepted {
     id: String,
+    /// Its place in the recipient's log.
+    seq: u64,
     /// Server time of acceptance, milliseconds since the Unix epoch.
     ts: u64,
-    /// Sessions on this node that received it live.
-    delivered_live: usize,
 }
 
 pub async fn post(
@@ -46,14 +48,16 @@ pub async fn post(
     let sender = Sender::Backend {
         from: request.from.as_deref(),
     };
-    let (message, delivered_live) = gw.messages.accept(sender, &request.to, request.body);
+    let (id, ticket) = gw.messages.accept(sender, &request.to, &request.body);
+    let appended = ticket.wait().await?;
     gw.metrics.api_messages.inc();
+    let recipient_copy = &appended[0];
     Ok((
         StatusCode::ACCEPTED,
         Json(Accepted {
-            id: message.id,
-            ts: message.ts,
-            delivered_live,
+            id,
+            seq: recipient_copy.seq,
+            ts: hlc_millis(recipient_copy.hlc),
         }),
     ))
 }

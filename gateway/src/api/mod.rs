@@ -7,6 +7,7 @@ pub mod error;
 mod json;
 mod messages;
 pub mod tokens;
+mod users;
 
 use crate::front::json_ws::{self, JsonWsState};
 use crate::gateway::Gateway;
@@ -23,6 +24,12 @@ pub fn router(gw: Arc<Gateway>) -> Router {
     let v1 = Router::new()
         .route("/tokens", post(tokens::issue))
         .route("/messages", post(messages::post))
+        .route("/users/{user}", delete(users::delete_user))
+        .route("/users/{user}/messages", get(users::history))
+        .route(
+            "/users/{user}/contacts/{other}",
+            delete(users::delete_contact),
+        )
         .route("/users/{user}/devices", get(devices::list))
         .route("/users/{user}/devices/{device}", delete(devices::kick))
         .route(

@@ -8,14 +8,36 @@ use crate::acl::{Identity, PublishRoute, Refusal};
 use crate::gateway::Gateway;
 use crate::messages::Sender;
 use crate::metrics::{DenialKind, DisconnectLabel, DisconnectReason, TransportLabel};
+use crate::roam::sync;
 use crate::session_handle::{Delivery, Qos, SessionHandle};
 use crate::sessions::Admission;
 use bytes::Bytes;
-use protocol::envelope::{ApprovalDecision, Reply, SendRequest, Transport};
+use protocol::envelope::{
+    AckRequest, ApprovalDecision, Reply, SendRequest, SyncRequest, Transport,
+};
 use protocol::topics::{self, is_valid_id, DeviceAction};
+use protocol::ErrorCode;
 use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use tokio::sync::mpsc;
+
+/// How a publish was handled: at once, or by work that finishes later (a durable append, a
+/// cursor move), whose result the transport reports when it is done, in order.
+pub enum Handled {
+    Done(Result<(), Refusal>),
+    Later(Pin<Box<dyn Future<Output = Result<(), Refusal>> + Send>>),
+}
+
+impl Handled {
+    pub async fn finish(self) -> Result<(), Refusal> {
+        match self {
+            Self::Done(result) => result,
+            Self::Later(work) => work.await,
+        }
+    }
+}
 
 pub struct ClientSession {
     gw: Arc<Gateway>,
@@ -119,56 +141,115 @@ impl ClientSession {
 
     /// Handles a publish from this client: a device request on its own device topic, or (dev
     /// mode) a plain broker publish.
-    pub fn publish(&self, topic: &str, payload: Bytes, qos: Qos) -> Result<(), Refusal> {
+    pub fn publish(&self, topic: &str, payload: Bytes, qos: Qos) -> Handled {
         self.messages_in.inc();
         let route = match self.identity().may_publish(topic) {
             Ok(route) => route,
             Err(refusal) => {
                 self.gw.metrics.deny(DenialKind::publish);
-                return Err(refusal);
+                return Handled::Done(Err(refusal));
             }
         };
         match route {
             PublishRoute::Broker => {
                 self.gw.hub.publish(topic, payload, qos, None);
-                Ok(())
+                Handled::Done(Ok(()))
             }
             PublishRoute::DeviceRequest(action) => self.device_request(action, &payload),
         }
     }
 
-    fn device_request(&self, action: DeviceAction, payload: &[u8]) -> Result<(), Refusal> {
+    fn device_request(&self, action: DeviceAction, payload: &[u8]) -> Handled {
         let Identity::Device { user, device, .. } = self.identity() else {
-            return Err(Refusal::Forbidden);
+            return Handled::Done(Err(Refusal::Forbidden));
         };
         if !self.handle.is_approved() {
-            return Err(Refusal::ApprovalPending);
+            return Handled::Done(Err(Refusal::ApprovalPending));
         }
         match action {
-            DeviceAction::Send => {
-                let request: SendRequest = parse(payload)?;
-                if !is_valid_id(&request.to) {
-                    return Err(Refusal::BadPayload("`to` is not a valid user id".into()));
-                }
-                let sender = Sender::Device {
-                    user,
-                    device,
-                    session: self.handle.id,
-                };
-                self.gw.messages.accept(sender, &request.to, request.body);
-                Ok(())
-            }
+            DeviceAction::Send => match parse::<SendRequest>(payload) {
+                Ok(request) => self.send(&request.to, &request.body),
+                Err(refusal) => Handled::Done(Err(refusal)),
+            },
             DeviceAction::Approve => {
-                let decision: ApprovalDecision = parse(payload)?;
-                self.gw
-                    .sessions
-                    .decide(user, &decision.device, decision.approve, Some(device))
-                    .map_err(|e| Refusal::BadPayload(e.to_string()))
+                Handled::Done(parse::<ApprovalDecision>(payload).and_then(|decision| {
+                    self.gw
+                        .sessions
+                        .decide(user, &decision.device, decision.approve, Some(device))
+                        .map_err(|e| Refusal::BadPayload(e.to_string()))
+                }))
             }
-            DeviceAction::Ack | DeviceAction::Sync => Err(Refusal::Unsupported(
-                "cursor ack and sync arrive with message roaming; this gateway delivers live only",
-            )),
+            DeviceAction::Ack => match parse::<AckRequest>(payload) {
+                Ok(request) => self.ack(request.seq),
+                Err(refusal) => Handled::Done(Err(refusal)),
+            },
+            DeviceAction::Sync => Handled::Done(parse::<SyncRequest>(payload).map(|request| {
+                self.sync(request);
+            })),
         }
+    }
+
+    /// Sends a message from this device to user `to`; done once it is durable in the logs.
+    pub fn send(&self, to: &str, body: &serde_json::Value) -> Handled {
+        let Identity::Device { user, device, .. } = self.identity() else {
+            return Handled::Done(Err(Refusal::Forbidden));
+        };
+        if !is_valid_id(to) {
+            return Handled::Done(Err(Refusal::BadPayload(
+                "`to` is not a valid user id".into(),
+            )));
+        }
+        let sender = Sender::Device {
+            user,
+            device,
+            session: self.handle.id,
+        };
+        let (_, ticket) = self.gw.messages.accept(sender, to, body);
+        Handled::Later(Box::pin(async move {
+            ticket.wait().await?;
+            Ok(())
+        }))
+    }
+
+    /// Moves this device's cursor to `seq`.
+    pub fn ack(&self, seq: u64) -> Handled {
+        let Identity::Device { user, device, .. } = self.identity() else {
+            return Handled::Done(Err(Refusal::Forbidden));
+        };
+        let (store, user, device) = (self.gw.store.clone(), user.clone(), device.clone());
+        Handled::Later(Box::pin(async move {
+            store.ack(&user, &device, seq).await?;
+            Ok(())
+        }))
+    }
+
+    /// Starts catching this device up; the pages arrive on its reply topic, and a failure is
+    /// reported there too.
+    pub fn sync(&self, request: SyncRequest) {
+        let Identity::Device { user, device, .. } = self.identity() else {
+            return;
+        };
+        let (gw, handle) = (self.gw.clone(), self.handle.clone());
+        let (user, device) = (user.clone(), device.clone());
+        tokio::spawn(async move {
+            let synced = sync::run(
+                &gw.store,
+                &gw.config.roaming,
+                &handle,
+                &user,
+                &device,
+                request,
+            );
+            if let Err(e) = synced.await {
+                tracing::warn!(%user, %device, "sync failed: {e}");
+                let reply = Reply::Error {
+                    action: DeviceAction::Sync.as_str().to_string(),
+                    code: ErrorCode::Unavailable,
+                    message: format!("{e}; retry the sync"),
+                };
+                gw.sessions.reply(&user, &device, &reply);
+            }
+        });
     }
 
     /// Tells the device on its reply topic why a request on a device topic failed. Refusals of

@@ -230,7 +230,7 @@ impl Bridge {
                             break DisconnectReason::socket_closed;
                         }
                         Some(Ok(Message::Text(text))) => {
-                            let reply = self.handle_text(&text);
+                            let reply = self.handle_text(&text).await;
                             if let Some(reply) = reply {
                                 if send(&mut self.socket, &reply).await.is_err() {
                                     break DisconnectReason::socket_closed;
@@ -287,7 +287,7 @@ impl Bridge {
     }
 
     /// Answers one text frame; `None` when no answer is due (a `pong`).
-    fn handle_text(&mut self, text: &str) -> Option<ServerFrame> {
+    async fn handle_text(&mut self, text: &str) -> Option<ServerFrame> {
         let frame = match serde_json::from_str::<ClientFrame>(text) {
             Ok(frame) => frame,
             Err(e) => return Some(bad_frame(text, &e)),
@@ -312,11 +312,17 @@ impl Bridge {
             }
             ClientFrame::Pub { topic, payload, .. } => {
                 let bytes = serde_json::to_vec(&payload).expect("JSON values serialize");
-                self.session.publish(&topic, bytes.into(), Qos::AtLeastOnce)
+                self.session
+                    .publish(&topic, bytes.into(), Qos::AtLeastOnce)
+                    .finish()
+                    .await
             }
-            ClientFrame::Ack { .. } => Err(crate::acl::Refusal::Unsupported(
-                "cursor ack arrives with message roaming; this gateway delivers live only",
-            )),
+            ClientFrame::Ack { seq, .. } => self.session.ack(seq).finish().await,
+            ClientFrame::Sync { after, epoch, .. } => {
+                self.session
+                    .sync(protocol::envelope::SyncRequest { after, epoch });
+                Ok(())
+            }
         };
         Some(match result {
             Ok(()) => ServerFrame::ok(id),

@@ -7,12 +7,13 @@ use super::codec::{
     DecodeError, DisconnectCode, Inbound, PubAckCode, SubscribeRefusal, Version, Will,
 };
 use crate::acl::{Identity, Refusal};
-use crate::front::client::ClientSession;
+use crate::front::client::{ClientSession, Handled};
 use crate::front::stream::MqttStream;
 use crate::gateway::Gateway;
 use crate::metrics::{DisconnectReason, RejectReason, TransportLabel};
 use crate::session_handle::{Delivery, Qos};
 use bytes::BytesMut;
+use futures_util::stream::{FuturesOrdered, StreamExt};
 use protocol::envelope::Transport;
 use std::collections::{HashSet, VecDeque};
 use std::sync::Arc;
@@ -117,6 +118,7 @@ pub async fn serve(
         next_pkid: 0,
         keep_alive,
         will: connect.will,
+        answers: FuturesOrdered::new(),
     };
     connection.run(outbox).await;
 }
@@ -208,7 +210,20 @@ struct Connection {
     keep_alive: Duration,
     will: Option<Will>,
     out_counter: prometheus_client::metrics::counter::Counter,
+    /// Answers to publishes still being handled, in the order the publishes came.
+    answers: FuturesOrdered<PendingAnswer>,
 }
+
+/// Which publish an answer is for.
+struct Answer {
+    pkid: u16,
+    qos: u8,
+    topic: String,
+}
+
+/// A publish whose answer waits for work still running (a durable append).
+type PendingAnswer =
+    std::pin::Pin<Box<dyn std::future::Future<Output = (Answer, Result<(), Refusal>)> + Send>>;
 
 /// What handling a packet asks of the loop.
 enum Flow {
@@ -268,6 +283,11 @@ impl Connection {
                                 break Flow::End { reason, notice };
                             }
                         }
+                    }
+                }
+                Some((answer, result)) = self.answers.next(), if !self.answers.is_empty() => {
+                    if let Flow::End { reason, notice } = self.answer(answer, result) {
+                        break Flow::End { reason, notice };
                     }
                 }
                 Some(delivery) = outbox.recv(), if can_send => {
@@ -369,16 +389,24 @@ impl Connection {
                 } else {
                     Qos::AtLeastOnce
                 };
-                let result = self.session.publish(&topic, payload, delivery_qos);
-                if let Err(refusal) = &result {
-                    self.session.reply_refusal(&topic, refusal);
-                }
-                match qos {
-                    0 => {}
-                    1 => self
-                        .codec
-                        .puback(pkid, puback_code(&result), &mut self.wbuf),
-                    _ => self.codec.pubrec(pkid, &mut self.wbuf),
+                let handled = self.session.publish(&topic, payload, delivery_qos);
+                let answer = Answer { pkid, qos, topic };
+                match handled {
+                    // Answers go out in the order the publishes came (MQTT 4.6), so an immediate
+                    // result waits behind earlier ones still being stored.
+                    Handled::Done(result) if self.answers.is_empty() => {
+                        return self.answer(answer, result)
+                    }
+                    Handled::Done(result) => self
+                        .answers
+                        .push_back(Box::pin(std::future::ready((answer, result)))),
+                    Handled::Later(work) if qos == 0 => {
+                        // Nobody waits for the answer, but the work must still run.
+                        tokio::spawn(work);
+                    }
+                    Handled::Later(work) => self
+                        .answers
+                        .push_back(Box::pin(async move { (answer, work.await) })),
                 }
             }
             Inbound::PubAck(pkid) => {
@@ -465,11 +493,42 @@ impl Connection {
         }
     }
 
+    /// Answers a publish once it was handled: PUBACK (with the reason for v5) or PUBREC, and a
+    /// reply on the device's reply topic for a refused device request. A 3.1.1 client cannot be
+    /// told that the store is unavailable, so it is disconnected without the PUBACK and
+    /// sends the message again after reconnecting.
+    fn answer(&mut self, answer: Answer, result: Result<(), Refusal>) -> Flow {
+        if let Err(refusal) = &result {
+            self.session.reply_refusal(&answer.topic, refusal);
+            if matches!(refusal, Refusal::StoreUnavailable(_))
+                && self.codec.version == Version::V311
+                && answer.qos > 0
+            {
+                return Flow::End {
+                    reason: DisconnectReason::store_unavailable,
+                    notice: None,
+                };
+            }
+        }
+        match answer.qos {
+            0 => {}
+            1 => self
+                .codec
+                .puback(answer.pkid, puback_code(&result), &mut self.wbuf),
+            _ => self.codec.pubrec(answer.pkid, &mut self.wbuf),
+        }
+        Flow::Continue
+    }
+
     fn send_will(&mut self) {
         if let Some(will) = self.will.take() {
-            if let Err(refusal) = self.session.publish(&will.topic, will.payload, will.qos) {
-                tracing::debug!(session = self.session.handle.id, "will refused: {refusal}");
-            }
+            let id = self.session.handle.id;
+            let handled = self.session.publish(&will.topic, will.payload, will.qos);
+            tokio::spawn(async move {
+                if let Err(refusal) = handled.finish().await {
+                    tracing::debug!(session = id, "will refused: {refusal}");
+                }
+            });
         }
     }
 }
@@ -480,7 +539,9 @@ fn puback_code(result: &Result<(), Refusal>) -> PubAckCode {
         Err(Refusal::Forbidden | Refusal::ApprovalPending) => PubAckCode::NotAuthorized,
         Err(Refusal::InvalidTopic) => PubAckCode::TopicNameInvalid,
         Err(Refusal::BadPayload(_)) => PubAckCode::PayloadFormatInvalid,
-        Err(Refusal::TooManySubscriptions | Refusal::Unsupported(_)) => PubAckCode::Unavailable,
+        Err(Refusal::TooManySubscriptions | Refusal::StoreUnavailable(_)) => {
+            PubAckCode::Unavailable
+        }
     }
 }
 

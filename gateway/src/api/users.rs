@@ -1,0 +1,99 @@
+//! A user's history and the user's right to be forgotten: read the log, delete the user, delete
+//! a conversation.
+
+use super::devices::check_ids;
+use super::error::ApiError;
+use super::json::ApiQuery;
+use crate::gateway::Gateway;
+use axum::extract::{Path, State};
+use axum::Json;
+use protocol::envelope::InboxMessage;
+use serde::{Deserialize, Serialize};
+use std::sync::Arc;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HistoryQuery {
+    /// Messages after this sequence; from the oldest kept when absent.
+    #[serde(default)]
+    after: u64,
+    limit: Option<usize>,
+}
+
+#[derive(Serialize)]
+pub struct History {
+    user: String,
+    epoch: String,
+    /// The oldest sequence kept.
+    first_seq: u64,
+    /// The newest sequence given out.
+    last_seq: u64,
+    messages: Vec<InboxMessage>,
+    /// The highest sequence this answer covers: ask again with `after` set to it while `more`.
+    to_seq: u64,
+    more: bool,
+}
+
+pub async fn history(
+    State(gw): State<Arc<Gateway>>,
+    Path(user): Path<String>,
+    ApiQuery(query): ApiQuery<HistoryQuery>,
+) -> Result<Json<History>, ApiError> {
+    check_ids(&[&user])?;
+    let max = gw.config.roaming.max_read_limit;
+    let limit = query.limit.unwrap_or(gw.config.roaming.page_size);
+    if limit == 0 || limit > max {
+        return Err(ApiError::invalid(format!(
+            "limit must be between 1 and {max} (roaming.max_read_limit)"
+        )));
+    }
+    let head = gw.store.head(&user).await?;
+    let page = gw.store.read(&user, query.after, limit).await?;
+    let to_seq = if page.covered_to == query.after {
+        head.last_seq.max(query.after)
+    } else {
+        page.covered_to
+    };
+    Ok(Json(History {
+        user,
+        epoch: head.epoch,
+        first_seq: head.first_seq,
+        last_seq: head.last_seq,
+        messages: page.messages,
+        to_seq,
+        more: to_seq < head.last_seq,
+    }))
+}
+
+#[derive(Serialize)]
+pub struct Deleted {
+    deleted: String,
+}
+
+/// Deletes everything kept for the user: log, cursors, known devices, and the user's online
+/// sessions are logged out.
+pub async fn delete_user(
+    State(gw): State<Arc<Gateway>>,
+    Path(user): Path<String>,
+) -> Result<Json<Deleted>, ApiError> {
+    check_ids(&[&user])?;
+    gw.store.delete_user(&user).await?;
+    gw.sessions
+        .forget_user(&user, "account deleted")
+        .map_err(|e| ApiError::unavailable(format!("cannot forget the user's devices: {e:#}")))?;
+    tracing::info!(%user, "user deleted");
+    Ok(Json(Deleted { deleted: user }))
+}
+
+/// Deletes the direct messages between two users from both their logs: hidden at once, removed
+/// from disk by the sweeper within `roaming.sweep_interval`.
+pub async fn delete_contact(
+    State(gw): State<Arc<Gateway>>,
+    Path((user, other)): Path<(String, String)>,
+) -> Result<Json<Deleted>, ApiError> {
+    check_ids(&[&user, &other])?;
+    gw.store.forget_contact(&user, &other).await?;
+    Ok(Json(Deleted {
+        deleted: format!("{user}/contacts/{other}"),
+    }))
+}

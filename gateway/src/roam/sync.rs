@@ -1,0 +1,176 @@
+//! Catching a device up: from its cursor (or the one it names) to the end of its user's log, in
+//! pages on its reply topic, telling it when history it asked for is gone.
+
+use crate::session_handle::{Delivery, Published, Qos, SessionHandle};
+use crate::store::{LogHead, SharedStore, StoreError};
+use protocol::envelope::{HistoryLoss, HistoryReset, Reply, SyncPage, SyncRequest};
+use protocol::topics;
+use std::sync::Arc;
+
+/// Where a sync starts, decided from the log's head, the request and the stored cursor.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SyncStart {
+    /// Messages after this sequence are sent.
+    pub after: u64,
+    pub reset: Option<HistoryReset>,
+    /// The device has no cursor yet: it gets the latest messages and a cursor.
+    pub new_device: bool,
+}
+
+pub fn sync_start(
+    head: &LogHead,
+    request: &SyncRequest,
+    stored_cursor: Option<u64>,
+    new_device_history: u64,
+) -> SyncStart {
+    let from_start = head.first_seq - 1;
+    let Some(cursor) = request.after.or(stored_cursor) else {
+        return SyncStart {
+            after: head
+                .last_seq
+                .saturating_sub(new_device_history)
+                .max(from_start),
+            reset: None,
+            new_device: true,
+        };
+    };
+    let reset = |reason| SyncStart {
+        after: from_start,
+        reset: Some(HistoryReset {
+            reason,
+            available_from: head.first_seq,
+        }),
+        new_device: false,
+    };
+    let epoch_differs = request
+        .epoch
+        .as_deref()
+        .is_some_and(|epoch| !epoch.is_empty() && epoch != head.epoch);
+    if epoch_differs || cursor > head.last_seq {
+        // The device holds a log that no longer exists (or is ahead of this one): it was
+        // recreated.
+        reset(HistoryLoss::EpochChanged)
+    } else if cursor < from_start {
+        reset(HistoryLoss::Trimmed)
+    } else {
+        SyncStart {
+            after: cursor,
+            reset: None,
+            new_device: false,
+        }
+    }
+}
+
+/// Sends `user`'s log after the device's place to `session`, page by page. Each page waits for
+/// room in the session's outbox, so a long catch-up never overflows it.
+pub async fn run(
+    store: &SharedStore,
+    config: &broker_config::Roaming,
+    session: &SessionHandle,
+    user: &str,
+    device: &str,
+    request: SyncRequest,
+) -> Result<(), StoreError> {
+    let head = store.head(user).await?;
+    let stored_cursor = store.cursor(user, device).await?;
+    let start = sync_start(
+        &head,
+        &request,
+        stored_cursor,
+        config.new_device_history as u64,
+    );
+    if start.new_device {
+        store.ack(user, device, start.after).await?;
+    }
+    let topic = topics::reply(user, device);
+    let mut after = start.after;
+    let mut reset = start.reset;
+    loop {
+        let mut page = store.read(user, after, config.page_size).await?;
+        if page.covered_to == after {
+            // Nothing left up to the head read at the start (it may have been cut meanwhile).
+            page.covered_to = head.last_seq.max(after);
+        }
+        let more = page.covered_to < head.last_seq;
+        let reply = Reply::Sync(SyncPage {
+            epoch: head.epoch.clone(),
+            messages: page.messages,
+            to_seq: page.covered_to,
+            more,
+            reset: reset.take(),
+        });
+        let payload = serde_json::to_vec(&reply).expect("sync pages serialize");
+        let delivery = Delivery {
+            message: Arc::new(Published {
+                topic: topic.clone(),
+                payload: payload.into(),
+            }),
+            qos: Qos::AtLeastOnce,
+        };
+        if !session.deliver_waiting(delivery).await || !more {
+            return Ok(());
+        }
+        after = page.covered_to;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn head(first_seq: u64, last_seq: u64) -> LogHead {
+        LogHead {
+            epoch: "e1".into(),
+            first_seq,
+            last_seq,
+        }
+    }
+
+    fn request(after: Option<u64>, epoch: Option<&str>) -> SyncRequest {
+        SyncRequest {
+            after,
+            epoch: epoch.map(str::to_string),
+        }
+    }
+
+    #[test]
+    fn a_known_device_continues_from_its_cursor() {
+        let start = sync_start(&head(1, 100), &request(Some(40), Some("e1")), None, 50);
+        assert_eq!(start.after, 40);
+        assert_eq!(start.reset, None);
+        let start = sync_start(&head(1, 100), &request(None, None), Some(70), 50);
+        assert_eq!((start.after, start.new_device), (70, false));
+    }
+
+    #[test]
+    fn a_new_device_gets_the_latest_messages() {
+        let start = sync_start(&head(1, 100), &request(None, None), None, 30);
+        assert_eq!((start.after, start.new_device), (70, true));
+        let start = sync_start(&head(1, 10), &request(None, None), None, 30);
+        assert_eq!(start.after, 0);
+    }
+
+    #[test]
+    fn lost_history_is_announced_never_skipped() {
+        let trimmed = sync_start(&head(500, 900), &request(Some(10), Some("e1")), None, 50);
+        assert_eq!(
+            trimmed.reset,
+            Some(HistoryReset {
+                reason: HistoryLoss::Trimmed,
+                available_from: 500
+            })
+        );
+        assert_eq!(trimmed.after, 499);
+        let other_epoch = sync_start(&head(1, 900), &request(Some(10), Some("e0")), None, 50);
+        assert_eq!(
+            other_epoch.reset.map(|r| r.reason),
+            Some(HistoryLoss::EpochChanged)
+        );
+        assert_eq!(other_epoch.after, 0);
+        let ahead = sync_start(&head(1, 5), &request(Some(10), None), None, 50);
+        assert_eq!(
+            ahead.reset.map(|r| r.reason),
+            Some(HistoryLoss::EpochChanged)
+        );
+    }
+}

@@ -1,0 +1,145 @@
+//! Durable storage of every user's message log and every device's cursor.
+//!
+//! One trait, [`Store`], and one file per backend: [`embedded`] (redb in the data dir, the
+//! default) and [`redis`] (for several nodes sharing one Redis). Both pass the same conformance
+//! suite (`tests/tests/store.rs`).
+//!
+//! Appends are queued and committed in groups: one fsync (or one Redis round trip) makes a
+//! whole batch durable. Only then are the messages handed to the [`LiveFanout`], in log order,
+//! and only then are their senders answered — nothing acknowledged is lost.
+
+pub mod cipher;
+pub mod embedded;
+pub mod record;
+
+use crate::session_handle::SessionId;
+use async_trait::async_trait;
+use bytes::Bytes;
+use protocol::envelope::InboxMessage;
+use std::sync::Arc;
+use tokio::sync::oneshot;
+
+/// A message on its way into one user's log, sealed by [`record::seal`].
+#[derive(Debug, Clone)]
+pub struct NewMessage {
+    /// Whose log it goes to.
+    pub log: String,
+    /// The message as JSON without `seq` and `ts`, which the store assigns.
+    pub plaintext: Bytes,
+    /// The record as stored: the message id in the clear and the plaintext sealed.
+    pub record: Vec<u8>,
+    /// The sender's own session, which does not get its message back live.
+    pub exclude_session: Option<SessionId>,
+}
+
+/// A message made durable in a log.
+#[derive(Debug, Clone)]
+pub struct Appended {
+    pub log: String,
+    pub seq: u64,
+    /// Hybrid logical clock time: milliseconds since the Unix epoch in the high 48 bits.
+    pub hlc: u64,
+    /// The message as JSON, with `seq` and `ts`, ready for live delivery.
+    pub payload: Bytes,
+    pub exclude_session: Option<SessionId>,
+}
+
+/// Where each committed batch goes, in log order, before its senders are answered.
+pub trait LiveFanout: Send + Sync + 'static {
+    fn committed(&self, messages: &[Appended]);
+}
+
+/// What a log holds: its epoch and the range of sequences still available.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogHead {
+    /// Changes when the log lost its history (deleted, or the store wiped): a device holding
+    /// another epoch must reload.
+    pub epoch: String,
+    /// The oldest sequence still kept; `last_seq + 1` when nothing is kept.
+    pub first_seq: u64,
+    /// The newest sequence given out; 0 for a log never written.
+    pub last_seq: u64,
+}
+
+/// A page of a log read after some sequence.
+#[derive(Debug, Clone)]
+pub struct LogPage {
+    pub messages: Vec<InboxMessage>,
+    /// The highest sequence this page covers (messages hidden by a contact deletion leave
+    /// gaps, and the page still covers them).
+    pub covered_to: u64,
+}
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum StoreError {
+    /// The backend cannot be reached now; the request may be retried.
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
+    /// A stored value cannot be read back (damaged, or sealed with a key no longer configured).
+    #[error("stored data unreadable: {0}")]
+    Unreadable(String),
+}
+
+/// What the sweeper did in one pass.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SweepReport {
+    pub expired: u64,
+    pub purged_contacts: u64,
+}
+
+/// The answer to an append, resolved once the batch holding it is durable.
+pub struct AppendTicket(oneshot::Receiver<Result<Vec<Appended>, StoreError>>);
+
+impl AppendTicket {
+    pub fn channel() -> (oneshot::Sender<Result<Vec<Appended>, StoreError>>, Self) {
+        let (tx, rx) = oneshot::channel();
+        (tx, Self(rx))
+    }
+
+    pub async fn wait(self) -> Result<Vec<Appended>, StoreError> {
+        self.0
+            .await
+            .unwrap_or_else(|_| Err(StoreError::Unavailable("the store shut down".into())))
+    }
+}
+
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Queues messages (each for its own log) to be appended together. The order of calls is the
+    /// order in the logs, so a connection's messages keep their order without waiting for each.
+    fn append(&self, messages: Vec<NewMessage>) -> AppendTicket;
+
+    async fn head(&self, user: &str) -> Result<LogHead, StoreError>;
+
+    /// Up to `limit` messages after sequence `after`, oldest first, without those hidden by a
+    /// contact deletion.
+    async fn read(&self, user: &str, after: u64, limit: usize) -> Result<LogPage, StoreError>;
+
+    async fn cursor(&self, user: &str, device: &str) -> Result<Option<u64>, StoreError>;
+
+    /// Moves the device's cursor forward to `seq` (never back, never past the log's end) and
+    /// returns where it is.
+    async fn ack(&self, user: &str, device: &str, seq: u64) -> Result<u64, StoreError>;
+
+    /// Removes the user's log, cursors and everything else kept for the user.
+    async fn delete_user(&self, user: &str) -> Result<(), StoreError>;
+
+    /// Hides at once, and has the sweeper remove, the direct messages between two users in both
+    /// their logs.
+    async fn forget_contact(&self, user: &str, other: &str) -> Result<(), StoreError>;
+
+    /// Cuts messages older than `older_than_ms` and purges forgotten contacts' messages.
+    async fn sweep(&self, older_than_ms: u64) -> Result<SweepReport, StoreError>;
+
+    /// Every stored key or entry that belongs to the user, described; for operators and for
+    /// checking that a deletion left nothing.
+    async fn footprint(&self, user: &str) -> Result<Vec<String>, StoreError>;
+}
+
+pub type SharedStore = Arc<dyn Store>;
+
+/// A fresh random epoch name.
+pub fn new_epoch() -> String {
+    let bytes: [u8; 6] = rand::random();
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}

@@ -1,0 +1,112 @@
+//! How a message is kept at rest, the same for every backend: its id in the clear (it names
+//! nothing personal) and its content sealed with SM4-GCM, bound to its log and id.
+
+use super::cipher::KeyRing;
+use super::{NewMessage, StoreError};
+use crate::session_handle::SessionId;
+use bytes::Bytes;
+use protocol::envelope::InboxMessage;
+use serde::Serialize;
+use serde_json::Value;
+
+/// The content of a message, as sealed and as delivered (with `seq` and `ts` added).
+#[derive(Serialize)]
+pub struct Content<'a> {
+    pub id: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub from: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub from_device: Option<&'a str>,
+    pub to: &'a str,
+    pub body: &'a Value,
+}
+
+/// Seals `content` for `log`'s log.
+pub fn seal(
+    keys: &KeyRing,
+    log: &str,
+    content: &Content<'_>,
+    exclude_session: Option<SessionId>,
+) -> NewMessage {
+    let plaintext = serde_json::to_vec(content).expect("message content serializes");
+    let id = content.id.as_bytes();
+    assert!(id.len() <= u8::MAX as usize, "message ids are short");
+    let mut record = Vec::with_capacity(1 + id.len() + plaintext.len() + 48);
+    record.push(id.len() as u8);
+    record.extend_from_slice(id);
+    record.extend_from_slice(&keys.seal(&plaintext, &aad(log, content.id)));
+    NewMessage {
+        log: log.to_string(),
+        plaintext: plaintext.into(),
+        record,
+        exclude_session,
+    }
+}
+
+/// Reads a record of `log` back into the message it was, at `seq` and time `hlc`.
+pub fn open(
+    keys: &KeyRing,
+    log: &str,
+    seq: u64,
+    hlc: u64,
+    record: &[u8],
+) -> Result<InboxMessage, StoreError> {
+    let damaged = || StoreError::Unreadable(format!("record {log}/{seq} is damaged"));
+    let (&id_len, rest) = record.split_first().ok_or_else(damaged)?;
+    let id = rest.get(..id_len as usize).ok_or_else(damaged)?;
+    let id = std::str::from_utf8(id).map_err(|_| damaged())?;
+    let plaintext = keys
+        .open(&rest[id_len as usize..], &aad(log, id))
+        .map_err(|e| StoreError::Unreadable(format!("record {log}/{seq}: {e}")))?;
+    let mut message: InboxMessage = serde_json::from_slice(&plaintext).map_err(|_| damaged())?;
+    message.seq = seq;
+    message.ts = hlc_millis(hlc);
+    Ok(message)
+}
+
+/// The message as delivered live: the sealed JSON object with its position in front.
+pub fn live_payload(plaintext: &[u8], seq: u64, hlc: u64) -> Bytes {
+    debug_assert!(plaintext.starts_with(b"{") && plaintext.len() > 2);
+    let head = format!("{{\"seq\":{seq},\"ts\":{},", hlc_millis(hlc));
+    let mut payload = Vec::with_capacity(head.len() + plaintext.len());
+    payload.extend_from_slice(head.as_bytes());
+    payload.extend_from_slice(&plaintext[1..]);
+    payload.into()
+}
+
+/// Milliseconds since the Unix epoch of a hybrid logical clock time.
+pub fn hlc_millis(hlc: u64) -> u64 {
+    hlc >> 16
+}
+
+fn aad(log: &str, id: &str) -> Vec<u8> {
+    [log.as_bytes(), b"\0", id.as_bytes()].concat()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn a_record_opens_to_the_message_delivered_live() {
+        let keys = KeyRing::new(&["k1:000102030405060708090a0b0c0d0e0f".into()]).unwrap();
+        let body = json!({"text": "secret words"});
+        let content = Content {
+            id: "m1",
+            from: Some("alice"),
+            from_device: Some("phone"),
+            to: "bob",
+            body: &body,
+        };
+        let new = seal(&keys, "bob", &content, None);
+        assert!(!String::from_utf8_lossy(&new.record).contains("secret"));
+        let hlc = (1_700_000_000_000u64 << 16) | 3;
+        let opened = open(&keys, "bob", 7, hlc, &new.record).unwrap();
+        let live: InboxMessage =
+            serde_json::from_slice(&live_payload(&new.plaintext, 7, hlc)).unwrap();
+        assert_eq!(opened, live);
+        assert_eq!((opened.seq, opened.ts), (7, 1_700_000_000_000));
+        assert!(open(&keys, "alice", 7, hlc, &new.record).is_err());
+    }
+}
