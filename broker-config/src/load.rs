@@ -196,6 +196,11 @@ impl Config {
             "must be between 1 and 10000",
         );
         check(
+            r.page_max_bytes >= 1024,
+            "roaming.page_max_bytes",
+            "must be at least 1024 bytes",
+        );
+        check(
             r.retention_count >= 1,
             "roaming.retention_count",
             "must be at least 1",

@@ -225,6 +225,10 @@ impl Default for Store {
 pub struct Roaming {
     /// Messages per sync page.
     pub page_size: usize,
+    /// Largest sync page in bytes: a page of big messages is cut short (and `more` set) rather
+    /// than exceed what a client's MQTT packet limit may be. A single bigger message still goes,
+    /// alone in its page.
+    pub page_max_bytes: usize,
     /// Messages a device new to the user receives on its first sync.
     pub new_device_history: usize,
     /// Messages kept per user; older ones are cut as new ones arrive.
@@ -244,6 +248,7 @@ impl Default for Roaming {
     fn default() -> Self {
         Self {
             page_size: 100,
+            page_max_bytes: 64 * 1024,
             new_device_history: 50,
             retention_count: 100_000,
             retention_age: Duration::from_secs(30 * 24 * 3600),

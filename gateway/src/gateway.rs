@@ -87,7 +87,7 @@ async fn open_store(
     let fanout = Arc::new(HubFanout::new(hub));
     Ok(match config.store.backend {
         StoreBackend::Embedded => Arc::new(EmbeddedStore::open(
-            &data.path("store.redb"),
+            &data.path("store"),
             keys,
             clock,
             fanout,

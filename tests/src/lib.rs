@@ -5,6 +5,7 @@
 //! The binary is found beside the test executable (`target/<profile>/gateway`), or at
 //! `GATEWAY_BIN`. `scripts/test` builds it before running the tests.
 
+pub mod device;
 pub mod gateway;
 pub mod json_ws;
 pub mod mqtt;

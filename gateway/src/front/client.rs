@@ -21,7 +21,7 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 
 /// How a publish was handled: at once, or by work that finishes later (a durable append, a
 /// cursor move), whose result the transport reports when it is done, in order.
@@ -39,12 +39,46 @@ impl Handled {
     }
 }
 
+/// Requests that must take effect one after another, while the connection goes on reading:
+/// each waits for the one before it to say it is done (or to be dropped).
+#[derive(Default)]
+struct InOrder {
+    last: std::sync::Mutex<Option<oneshot::Receiver<()>>>,
+}
+
+/// A request's place in an [`InOrder`] line.
+struct Turn {
+    previous: Option<oneshot::Receiver<()>>,
+    done: oneshot::Sender<()>,
+}
+
+impl InOrder {
+    fn take_turn(&self) -> Turn {
+        let (done, next) = oneshot::channel();
+        let previous = self.last.lock().expect("in-order lock").replace(next);
+        Turn { previous, done }
+    }
+}
+
+impl Turn {
+    /// Waits for the previous request; the returned sender lets the next one go when dropped.
+    async fn wait(self) -> oneshot::Sender<()> {
+        if let Some(previous) = self.previous {
+            let _ = previous.await;
+        }
+        self.done
+    }
+}
+
 pub struct ClientSession {
     gw: Arc<Gateway>,
     pub handle: Arc<SessionHandle>,
     transport: Transport,
     subscriptions: HashMap<String, Qos>,
     end: DisconnectReason,
+    /// Acks and syncs take effect in the order the device sent them: a sync right after an ack
+    /// starts from the acknowledged place.
+    cursor_requests: InOrder,
     /// This transport's `messages_in` counter, looked up once rather than on every publish.
     messages_in: prometheus_client::metrics::counter::Counter,
 }
@@ -90,6 +124,7 @@ impl ClientSession {
             transport,
             subscriptions: HashMap::new(),
             end: DisconnectReason::socket_closed,
+            cursor_requests: InOrder::default(),
             messages_in: gw
                 .metrics
                 .messages_in
@@ -211,36 +246,40 @@ impl ClientSession {
         }))
     }
 
-    /// Moves this device's cursor to `seq`.
+    /// Moves this device's cursor to `seq`, after the device's earlier cursor requests.
     pub fn ack(&self, seq: u64) -> Handled {
         let Identity::Device { user, device, .. } = self.identity() else {
             return Handled::Done(Err(Refusal::Forbidden));
         };
         let (store, user, device) = (self.gw.store.clone(), user.clone(), device.clone());
+        let turn = self.cursor_requests.take_turn();
         Handled::Later(Box::pin(async move {
+            let _done = turn.wait().await;
             store.ack(&user, &device, seq).await?;
             Ok(())
         }))
     }
 
-    /// Starts catching this device up; the pages arrive on its reply topic, and a failure is
-    /// reported there too.
+    /// Starts catching this device up, after the device's earlier cursor requests; the pages
+    /// arrive on its reply topic, and a failure is reported there too.
     pub fn sync(&self, request: SyncRequest) {
         let Identity::Device { user, device, .. } = self.identity() else {
             return;
         };
         let (gw, handle) = (self.gw.clone(), self.handle.clone());
         let (user, device) = (user.clone(), device.clone());
+        let turn = self.cursor_requests.take_turn();
         tokio::spawn(async move {
-            let synced = sync::run(
-                &gw.store,
-                &gw.config.roaming,
-                &handle,
-                &user,
-                &device,
-                request,
-            );
-            if let Err(e) = synced.await {
+            let (store, roaming) = (&gw.store, &gw.config.roaming);
+            let done = turn.wait().await;
+            let synced = match sync::begin(store, roaming, &user, &device, &request).await {
+                Ok(catchup) => {
+                    drop(done);
+                    catchup.send(store, roaming, &handle, &user, &device).await
+                }
+                Err(e) => Err(e),
+            };
+            if let Err(e) = synced {
                 tracing::warn!(%user, %device, "sync failed: {e}");
                 let reply = Reply::Error {
                     action: DeviceAction::Sync.as_str().to_string(),

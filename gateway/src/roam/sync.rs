@@ -61,56 +61,91 @@ pub fn sync_start(
     }
 }
 
-/// Sends `user`'s log after the device's place to `session`, page by page. Each page waits for
-/// room in the session's outbox, so a long catch-up never overflows it.
-pub async fn run(
+/// A sync whose starting place is decided (cursor read, a new device's cursor stored).
+pub struct Catchup {
+    head: LogHead,
+    start: SyncStart,
+}
+
+/// Decides where the device's sync starts. A new device gets its cursor now, so a later sync
+/// without `after` continues from the same place.
+pub async fn begin(
     store: &SharedStore,
     config: &broker_config::Roaming,
-    session: &SessionHandle,
     user: &str,
     device: &str,
-    request: SyncRequest,
-) -> Result<(), StoreError> {
+    request: &SyncRequest,
+) -> Result<Catchup, StoreError> {
     let head = store.head(user).await?;
     let stored_cursor = store.cursor(user, device).await?;
     let start = sync_start(
         &head,
-        &request,
+        request,
         stored_cursor,
         config.new_device_history as u64,
     );
     if start.new_device {
         store.ack(user, device, start.after).await?;
     }
-    let topic = topics::reply(user, device);
-    let mut after = start.after;
-    let mut reset = start.reset;
-    loop {
-        let mut page = store.read(user, after, config.page_size).await?;
-        if page.covered_to == after {
-            // Nothing left up to the head read at the start (it may have been cut meanwhile).
-            page.covered_to = head.last_seq.max(after);
+    Ok(Catchup { head, start })
+}
+
+impl Catchup {
+    /// Sends the log from the decided place to the head read at the start, page by page, to
+    /// `session`. Each page waits for room in the session's outbox, so a long catch-up never
+    /// overflows it; pages stop short of `page_max_bytes`.
+    pub async fn send(
+        self,
+        store: &SharedStore,
+        config: &broker_config::Roaming,
+        session: &SessionHandle,
+        user: &str,
+        device: &str,
+    ) -> Result<(), StoreError> {
+        let topic = topics::reply(user, device);
+        let Catchup { head, start } = self;
+        let mut after = start.after;
+        let mut reset = start.reset;
+        loop {
+            let page = store.read(user, after, config.page_size).await?;
+            let mut covered_to = if page.covered_to == after {
+                // Nothing left up to the head read at the start (it may have been cut meanwhile).
+                head.last_seq.max(after)
+            } else {
+                page.covered_to
+            };
+            let mut messages = Vec::with_capacity(page.messages.len());
+            let mut bytes = 0;
+            for message in page.messages {
+                let size = serde_json::to_string(&message).map_or(0, |s| s.len());
+                if !messages.is_empty() && bytes + size > config.page_max_bytes {
+                    covered_to = message.seq - 1;
+                    break;
+                }
+                bytes += size;
+                messages.push(message);
+            }
+            let more = covered_to < head.last_seq;
+            let reply = Reply::Sync(SyncPage {
+                epoch: head.epoch.clone(),
+                messages,
+                to_seq: covered_to,
+                more,
+                reset: reset.take(),
+            });
+            let payload = serde_json::to_vec(&reply).expect("sync pages serialize");
+            let delivery = Delivery {
+                message: Arc::new(Published {
+                    topic: topic.clone(),
+                    payload: payload.into(),
+                }),
+                qos: Qos::AtLeastOnce,
+            };
+            if !session.deliver_waiting(delivery).await || !more {
+                return Ok(());
+            }
+            after = covered_to;
         }
-        let more = page.covered_to < head.last_seq;
-        let reply = Reply::Sync(SyncPage {
-            epoch: head.epoch.clone(),
-            messages: page.messages,
-            to_seq: page.covered_to,
-            more,
-            reset: reset.take(),
-        });
-        let payload = serde_json::to_vec(&reply).expect("sync pages serialize");
-        let delivery = Delivery {
-            message: Arc::new(Published {
-                topic: topic.clone(),
-                payload: payload.into(),
-            }),
-            qos: Qos::AtLeastOnce,
-        };
-        if !session.deliver_waiting(delivery).await || !more {
-            return Ok(());
-        }
-        after = page.covered_to;
     }
 }
 

@@ -1,0 +1,316 @@
+//! The storage conformance suite: the same tests against every backend, through the `Store`
+//! trait. The Redis backend runs against a real `redis-server` started on a free port.
+
+use gateway::roam::clock::HybridClock;
+use gateway::store::cipher::KeyRing;
+use gateway::store::embedded::{EmbeddedStore, Settings as EmbeddedSettings};
+use gateway::store::record::{self, Content};
+use gateway::store::{Appended, LiveFanout, SharedStore};
+use serde_json::json;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+/// Records what the store hands to live delivery, in order.
+#[derive(Default)]
+struct Recorder(Mutex<Vec<(String, u64, u64)>>);
+
+impl LiveFanout for Recorder {
+    fn committed(&self, messages: &[Appended]) {
+        let mut seen = self.0.lock().unwrap();
+        seen.extend(messages.iter().map(|m| (m.log.clone(), m.seq, m.hlc)));
+    }
+}
+
+fn keys() -> Arc<KeyRing> {
+    Arc::new(KeyRing::new(&["t1:000102030405060708090a0b0c0d0e0f".into()]).unwrap())
+}
+
+/// A store under test, with what it delivered live and what keeps it alive.
+struct Subject {
+    store: SharedStore,
+    live: Arc<Recorder>,
+    keys: Arc<KeyRing>,
+    _keep: Box<dyn std::any::Any + Send + Sync>,
+}
+
+impl Subject {
+    /// Appends a message from `from` to `to` (into `to`'s log only).
+    fn send(&self, from: &str, to: &str, text: &str) -> gateway::store::AppendTicket {
+        let id = uuid_like(from, to, text);
+        let body = json!({ "text": text });
+        let content = Content {
+            id: &id,
+            from: Some(from),
+            from_device: None,
+            to,
+            body: &body,
+        };
+        self.store
+            .append(vec![record::seal(&self.keys, to, &content, None)])
+    }
+
+    async fn sent(&self, from: &str, to: &str, text: &str) -> u64 {
+        self.send(from, to, text).wait().await.unwrap()[0].seq
+    }
+
+    async fn texts(&self, user: &str) -> Vec<String> {
+        let page = self.store.read(user, 0, 10_000).await.unwrap();
+        page.messages
+            .iter()
+            .map(|m| m.body["text"].as_str().unwrap().to_string())
+            .collect()
+    }
+}
+
+fn uuid_like(from: &str, to: &str, text: &str) -> String {
+    format!("{from}-{to}-{text}")
+}
+
+async fn embedded_store(retention_count: u64) -> Subject {
+    let dir = tempfile::tempdir().unwrap();
+    let live = Arc::new(Recorder::default());
+    let keys = keys();
+    let store = EmbeddedStore::open(
+        dir.path(),
+        keys.clone(),
+        Arc::new(HybridClock::new()),
+        live.clone(),
+        EmbeddedSettings {
+            max_batch: 1024,
+            retention_count,
+        },
+    )
+    .unwrap();
+    Subject {
+        store: Arc::new(store),
+        live,
+        keys,
+        _keep: Box::new(dir),
+    }
+}
+
+/// Runs every conformance test against one backend, given `open(retention_count)`.
+macro_rules! conformance_suite {
+    ($backend:ident, $open:expr) => {
+        mod $backend {
+            use super::*;
+
+            #[tokio::test]
+            async fn appends_take_sequences_in_call_order() {
+                super::appends_take_sequences_in_call_order($open(1000).await).await
+            }
+            #[tokio::test]
+            async fn concurrent_writers_get_unique_gap_free_sequences() {
+                super::concurrent_writers_get_unique_gap_free_sequences($open(100_000).await).await
+            }
+            #[tokio::test]
+            async fn reads_page_through_a_log() {
+                super::reads_page_through_a_log($open(1000).await).await
+            }
+            #[tokio::test]
+            async fn retention_keeps_the_newest_messages() {
+                super::retention_keeps_the_newest_messages($open(10).await).await
+            }
+            #[tokio::test]
+            async fn cursors_only_move_forward_within_the_log() {
+                super::cursors_only_move_forward_within_the_log($open(1000).await).await
+            }
+            #[tokio::test]
+            async fn deleting_a_user_leaves_nothing_and_a_new_epoch() {
+                super::deleting_a_user_leaves_nothing_and_a_new_epoch($open(1000).await).await
+            }
+            #[tokio::test]
+            async fn a_forgotten_contact_is_hidden_at_once_and_purged_by_the_sweeper() {
+                super::a_forgotten_contact_is_hidden_at_once_and_purged_by_the_sweeper(
+                    $open(1000).await,
+                )
+                .await
+            }
+            #[tokio::test]
+            async fn the_sweeper_cuts_by_age() {
+                super::the_sweeper_cuts_by_age($open(1000).await).await
+            }
+        }
+    };
+}
+
+conformance_suite!(embedded, embedded_store);
+
+async fn appends_take_sequences_in_call_order(s: Subject) {
+    // Queued without waiting, as a connection pipelines its messages.
+    let tickets: Vec<_> = (0..300)
+        .map(|i| s.send("alice", ["bob", "carol", "dave"][i % 3], &format!("m{i}")))
+        .collect();
+    let mut per_log: HashMap<String, Vec<(u64, String)>> = HashMap::new();
+    for (i, ticket) in tickets.into_iter().enumerate() {
+        let appended = ticket.wait().await.unwrap();
+        assert_eq!(appended.len(), 1);
+        let to = ["bob", "carol", "dave"][i % 3];
+        assert_eq!(appended[0].log, to);
+        per_log
+            .entry(to.to_string())
+            .or_default()
+            .push((appended[0].seq, format!("m{i}")));
+    }
+    for (log, entries) in &per_log {
+        let seqs: Vec<u64> = entries.iter().map(|(seq, _)| *seq).collect();
+        assert_eq!(seqs, (1..=100).collect::<Vec<_>>(), "{log}");
+        let texts: Vec<String> = entries.iter().map(|(_, t)| t.clone()).collect();
+        assert_eq!(s.texts(log).await, texts, "{log}");
+    }
+    // Live delivery saw each log in order, with times that never go backwards.
+    let live = s.live.0.lock().unwrap().clone();
+    for log in per_log.keys() {
+        let mine: Vec<_> = live.iter().filter(|(l, _, _)| l == log).collect();
+        assert!(mine
+            .windows(2)
+            .all(|w| w[1].1 == w[0].1 + 1 && w[1].2 > w[0].2));
+    }
+}
+
+async fn concurrent_writers_get_unique_gap_free_sequences(s: Subject) {
+    let s = Arc::new(s);
+    let writers: Vec<_> = (0..16)
+        .map(|w| {
+            let s = s.clone();
+            tokio::spawn(async move {
+                let mut seqs = Vec::new();
+                for i in 0..50 {
+                    seqs.push(s.sent(&format!("w{w}"), "bob", &format!("{w}-{i}")).await);
+                }
+                seqs
+            })
+        })
+        .collect();
+    let mut all = Vec::new();
+    for writer in writers {
+        let seqs = writer.await.unwrap();
+        assert!(seqs.windows(2).all(|w| w[1] > w[0]), "a writer's own order");
+        all.extend(seqs);
+    }
+    all.sort_unstable();
+    assert_eq!(all, (1..=800).collect::<Vec<_>>());
+    let head = s.store.head("bob").await.unwrap();
+    assert_eq!((head.first_seq, head.last_seq), (1, 800));
+}
+
+async fn reads_page_through_a_log(s: Subject) {
+    let empty = s.store.head("nobody").await.unwrap();
+    assert_eq!(
+        (empty.epoch.as_str(), empty.first_seq, empty.last_seq),
+        ("", 1, 0)
+    );
+    for i in 1..=25 {
+        s.sent("alice", "bob", &format!("t{i}")).await;
+    }
+    let head = s.store.head("bob").await.unwrap();
+    assert!(!head.epoch.is_empty());
+    assert_eq!((head.first_seq, head.last_seq), (1, 25));
+    let page = s.store.read("bob", 10, 10).await.unwrap();
+    let seqs: Vec<u64> = page.messages.iter().map(|m| m.seq).collect();
+    assert_eq!(seqs, (11..=20).collect::<Vec<_>>());
+    assert_eq!(page.covered_to, 20);
+    let message = &page.messages[0];
+    assert_eq!(message.body, json!({"text": "t11"}));
+    assert_eq!(message.from.as_deref(), Some("alice"));
+    assert!(message.ts > 1_600_000_000_000, "milliseconds since 1970");
+    let tail = s.store.read("bob", 20, 10).await.unwrap();
+    assert_eq!((tail.messages.len(), tail.covered_to), (5, 25));
+    let past_end = s.store.read("bob", 25, 10).await.unwrap();
+    assert_eq!((past_end.messages.len(), past_end.covered_to), (0, 25));
+}
+
+async fn retention_keeps_the_newest_messages(s: Subject) {
+    for i in 1..=25 {
+        s.sent("alice", "bob", &format!("t{i}")).await;
+    }
+    let head = s.store.head("bob").await.unwrap();
+    assert_eq!((head.first_seq, head.last_seq), (16, 25));
+    let texts = s.texts("bob").await;
+    assert_eq!(texts.first().map(String::as_str), Some("t16"));
+    assert_eq!(texts.len(), 10);
+}
+
+async fn cursors_only_move_forward_within_the_log(s: Subject) {
+    assert_eq!(s.store.cursor("bob", "phone").await.unwrap(), None);
+    for i in 1..=5 {
+        s.sent("alice", "bob", &format!("t{i}")).await;
+    }
+    assert_eq!(s.store.ack("bob", "phone", 3).await.unwrap(), 3);
+    assert_eq!(
+        s.store.ack("bob", "phone", 2).await.unwrap(),
+        3,
+        "never back"
+    );
+    assert_eq!(
+        s.store.ack("bob", "phone", 99).await.unwrap(),
+        5,
+        "never past the end"
+    );
+    assert_eq!(s.store.cursor("bob", "phone").await.unwrap(), Some(5));
+    assert_eq!(s.store.cursor("bob", "laptop").await.unwrap(), None);
+}
+
+async fn deleting_a_user_leaves_nothing_and_a_new_epoch(s: Subject) {
+    for i in 1..=5 {
+        s.sent("alice", "bob", &format!("t{i}")).await;
+    }
+    s.store.ack("bob", "phone", 4).await.unwrap();
+    s.sent("bob", "alice", "reply").await;
+    let old_epoch = s.store.head("bob").await.unwrap().epoch;
+    assert!(!s.store.footprint("bob").await.unwrap().is_empty());
+
+    s.store.delete_user("bob").await.unwrap();
+    assert_eq!(
+        s.store.footprint("bob").await.unwrap(),
+        Vec::<String>::new()
+    );
+    assert_eq!(s.store.head("bob").await.unwrap().last_seq, 0);
+    assert!(s.texts("bob").await.is_empty());
+    assert_eq!(s.store.cursor("bob", "phone").await.unwrap(), None);
+    assert_eq!(
+        s.texts("alice").await,
+        ["reply"],
+        "other users keep their logs"
+    );
+
+    assert_eq!(s.sent("alice", "bob", "again").await, 1, "a new log");
+    assert_ne!(s.store.head("bob").await.unwrap().epoch, old_epoch);
+}
+
+async fn a_forgotten_contact_is_hidden_at_once_and_purged_by_the_sweeper(s: Subject) {
+    s.sent("alice", "bob", "a→b").await;
+    s.sent("carol", "bob", "c→b").await;
+    s.sent("bob", "alice", "b→a").await;
+    s.sent("carol", "alice", "c→a").await;
+    s.store.forget_contact("alice", "bob").await.unwrap();
+    assert_eq!(s.texts("bob").await, ["c→b"]);
+    assert_eq!(s.texts("alice").await, ["c→a"]);
+    s.sent("alice", "bob", "after").await;
+    assert_eq!(
+        s.texts("bob").await,
+        ["c→b", "after"],
+        "new messages are not hidden"
+    );
+
+    let before = s.store.footprint("bob").await.unwrap().len();
+    let report = s.store.sweep(0).await.unwrap();
+    assert_eq!(report.purged_contacts, 2);
+    assert_eq!(report.expired, 0);
+    let footprint = s.store.footprint("bob").await.unwrap();
+    assert_eq!(footprint.len(), before - 2, "{footprint:?}");
+    assert!(!footprint.iter().any(|entry| entry.contains("forgotten")));
+    assert_eq!(s.texts("bob").await, ["c→b", "after"]);
+}
+
+async fn the_sweeper_cuts_by_age(s: Subject) {
+    for i in 1..=3 {
+        s.sent("alice", "bob", &format!("t{i}")).await;
+    }
+    let report = s.store.sweep(u64::MAX >> 17).await.unwrap();
+    assert_eq!(report.expired, 3);
+    let head = s.store.head("bob").await.unwrap();
+    assert_eq!((head.first_seq, head.last_seq), (4, 3));
+    assert!(s.texts("bob").await.is_empty());
+    assert_eq!(s.sent("alice", "bob", "new").await, 4, "sequences go on");
+}
