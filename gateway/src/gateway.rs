@@ -1,18 +1,20 @@
 //! The gateway's shared state, built once at start and shared by every listener and task.
 
+use crate::cluster::Cluster;
 use crate::data_dir::DataDir;
 use crate::hub::Hub;
 use crate::known_devices::KnownDevices;
 use crate::messages::Messages;
 use crate::metrics::Metrics;
 use crate::roam::clock::HybridClock;
-use crate::roam::fanout::HubFanout;
 use crate::session_handle::SessionId;
 use crate::sessions::Sessions;
 use crate::store::cipher::KeyRing;
-use crate::store::embedded::{self, EmbeddedStore};
-use crate::store::SharedStore;
+use crate::store::embedded::EmbeddedStore;
+use crate::store::redis::RedisStore;
+use crate::store::{Settings, SharedStore};
 use crate::token::TokenSigner;
+use crate::user_topics::UserTopics;
 use anyhow::Result;
 use broker_config::{Config, StoreBackend};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -26,6 +28,8 @@ pub struct Gateway {
     pub sessions: Sessions,
     pub messages: Messages,
     pub store: SharedStore,
+    /// The other nodes sharing the Redis, with the Redis store.
+    pub cluster: Option<Arc<Cluster>>,
     pub metrics: Metrics,
     next_session: AtomicU64,
 }
@@ -39,9 +43,15 @@ impl Gateway {
         let known = KnownDevices::open(&data.path("known_devices.tsv"))?;
         let keys = Arc::new(at_rest_keys(&config, data)?);
         let clock = Arc::new(HybridClock::new());
-        let store = open_store(&config, data, keys.clone(), clock, hub.clone()).await?;
+        let cluster = match config.store.backend {
+            StoreBackend::Redis => Some(Cluster::join(&config.store).await?),
+            StoreBackend::Embedded => None,
+        };
+        let topics = Arc::new(UserTopics::new(hub.clone(), cluster.clone()));
+        let store = open_store(&config, data, keys.clone(), clock, topics.clone()).await?;
         Ok(Arc::new(Self {
-            sessions: Sessions::new(config.sessions.clone(), hub.clone(), known),
+            sessions: Sessions::new(config.sessions.clone(), topics, known, cluster.clone()),
+            cluster,
             messages: Messages::new(store.clone(), keys),
             store,
             hub,
@@ -82,21 +92,23 @@ async fn open_store(
     data: &DataDir,
     keys: Arc<KeyRing>,
     clock: Arc<HybridClock>,
-    hub: Arc<Hub>,
+    fanout: Arc<UserTopics>,
 ) -> Result<SharedStore> {
-    let fanout = Arc::new(HubFanout::new(hub));
+    let settings = Settings {
+        max_batch: config.store.max_batch,
+        retention_count: config.roaming.retention_count,
+    };
     Ok(match config.store.backend {
         StoreBackend::Embedded => Arc::new(EmbeddedStore::open(
             &data.path("store"),
             keys,
             clock,
             fanout,
-            embedded::Settings {
-                max_batch: config.store.max_batch,
-                retention_count: config.roaming.retention_count,
-            },
+            settings,
         )?),
-        StoreBackend::Redis => anyhow::bail!("the Redis store is not built yet"),
+        StoreBackend::Redis => Arc::new(
+            RedisStore::open(&config.store.redis_url, keys, clock, fanout, settings).await?,
+        ),
     })
 }
 

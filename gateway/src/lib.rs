@@ -3,6 +3,7 @@
 
 pub mod acl;
 pub mod api;
+pub mod cluster;
 pub mod data_dir;
 pub mod dev_cert;
 pub mod front;
@@ -16,3 +17,4 @@ pub mod session_handle;
 pub mod sessions;
 pub mod store;
 pub mod token;
+pub mod user_topics;

@@ -215,6 +215,10 @@ async fn serve(config: Config, data_dir: &Path) -> Result<()> {
     drop(stdout);
 
     tokio::spawn(sweep(gw.clone()));
+    if let Some(cluster) = &gw.cluster {
+        tokio::spawn(cluster.clone().run_inbound(gw.clone()));
+        tokio::spawn(cluster.clone().run_heartbeat(gw.clone()));
+    }
 
     shutdown_signal().await;
     tracing::info!("shutting down: closing sessions");

@@ -2,10 +2,11 @@
 //! takeover, presence events, and approval of logins from new devices.
 
 use crate::acl::Identity;
-use crate::hub::Hub;
+use crate::cluster::Cluster;
 use crate::known_devices::KnownDevices;
 use crate::metrics::DisconnectReason;
-use crate::session_handle::{unix_millis, CloseReason, Qos, SessionHandle};
+use crate::session_handle::{unix_millis, CloseReason, SessionHandle};
+use crate::user_topics::UserTopics;
 use anyhow::Result;
 use broker_config::{DevicePolicy, Sessions as SessionsConfig};
 use dashmap::DashMap;
@@ -52,10 +53,12 @@ pub enum Admission {
 
 pub struct Sessions {
     config: SessionsConfig,
-    hub: Arc<Hub>,
+    topics: Arc<UserTopics>,
     known: KnownDevices,
     devices: DashMap<String, Vec<DeviceEntry>>,
     anonymous: DashMap<String, Arc<SessionHandle>>,
+    /// The other nodes, when several share a Redis: presence is kept there.
+    cluster: Option<Arc<Cluster>>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -65,13 +68,19 @@ pub enum DecisionError {
 }
 
 impl Sessions {
-    pub fn new(config: SessionsConfig, hub: Arc<Hub>, known: KnownDevices) -> Self {
+    pub fn new(
+        config: SessionsConfig,
+        topics: Arc<UserTopics>,
+        known: KnownDevices,
+        cluster: Option<Arc<Cluster>>,
+    ) -> Self {
         Self {
             config,
-            hub,
+            topics,
             known,
             devices: DashMap::new(),
             anonymous: DashMap::new(),
+            cluster,
         }
     }
 
@@ -157,6 +166,9 @@ impl Sessions {
                     entries.is_empty()
                 });
                 if removed && handle.is_approved() {
+                    if let Some(cluster) = &self.cluster {
+                        cluster.device_offline(user, device);
+                    }
                     self.publish_presence(
                         user,
                         &PresenceEvent::Offline {
@@ -194,6 +206,27 @@ impl Sessions {
             }
             None => false,
         }
+    }
+
+    /// Closes the session of a device that connected to another node: the other node holds it
+    /// now (and announced it), so this one leaves without an offline event.
+    pub fn taken_over_elsewhere(&self, user: &str, device: &str) {
+        let mut found = None;
+        self.devices.remove_if_mut(user, |_, entries| {
+            if let Some(pos) = entries.iter().position(|e| e.device == device) {
+                found = Some(entries.remove(pos).handle);
+            }
+            entries.is_empty()
+        });
+        if let Some(handle) = found {
+            handle.close(taken_over());
+        }
+    }
+
+    /// Tells the user's devices, on every node, of a presence change found elsewhere (a device
+    /// of a dead node).
+    pub fn announce_elsewhere(&self, user: &str, event: &PresenceEvent) {
+        self.publish_presence(user, event, None);
     }
 
     /// Logs out every device of a deleted user and forgets the devices it used.
@@ -270,15 +303,11 @@ impl Sessions {
         self.anonymous.iter().for_each(|h| h.close(shutdown()));
     }
 
-    /// Sends `reply` to one device's reply topic.
+    /// Sends `reply` to one device's reply topic, on whichever node it is.
     pub fn reply(&self, user: &str, device: &str, reply: &Reply) {
         let payload = serde_json::to_vec(reply).expect("replies serialize");
-        self.hub.publish(
-            &topics::reply(user, device),
-            payload.into(),
-            Qos::AtLeastOnce,
-            None,
-        );
+        self.topics
+            .publish(user, &topics::reply(user, device), payload.into(), None);
     }
 
     /// Lets an approved device in: applies the device policy (kicking the user's older device of
@@ -316,6 +345,9 @@ impl Sessions {
                 .map(DeviceEntry::info)
         });
         if let Some(info) = info {
+            if let Some(cluster) = &self.cluster {
+                cluster.device_online(user, info.clone());
+            }
             self.publish_presence(
                 user,
                 &PresenceEvent::Online { device: info },
@@ -327,6 +359,9 @@ impl Sessions {
     /// Tells all of the user's devices (the kicked one included, so it can show why) and then
     /// closes the kicked session once that notice is written.
     fn kick_notice(&self, user: &str, device: &str, handle: &SessionHandle, reason: String) {
+        if let Some(cluster) = &self.cluster {
+            cluster.device_offline(user, device);
+        }
         self.publish_presence(
             user,
             &PresenceEvent::Kicked {
@@ -340,12 +375,8 @@ impl Sessions {
 
     fn publish_presence(&self, user: &str, event: &PresenceEvent, exclude: Option<u64>) {
         let payload = serde_json::to_vec(event).expect("presence events serialize");
-        self.hub.publish(
-            &topics::presence(user),
-            payload.into(),
-            Qos::AtLeastOnce,
-            exclude,
-        );
+        self.topics
+            .publish(user, &topics::presence(user), payload.into(), exclude);
     }
 }
 

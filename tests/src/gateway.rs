@@ -166,6 +166,14 @@ impl TestGateway {
         .expect("gateway token")
     }
 
+    /// A secret the gateway generated into its data dir (`token_secret`, `at_rest_key`, ...).
+    pub fn secret(&self, name: &str) -> String {
+        std::fs::read_to_string(self.data_dir.path().join(name))
+            .unwrap_or_else(|e| panic!("reading the gateway's {name}: {e}"))
+            .trim()
+            .to_string()
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{path}", self.http)
     }
@@ -236,7 +244,8 @@ impl TestGateway {
             .unwrap_or(0.0)
     }
 
-    /// Stops the gateway, keeping its data dir for a restart.
+    /// Kills the gateway (SIGKILL: nothing is flushed or said), keeping its data dir for a
+    /// restart.
     pub async fn stop(mut self) -> tempfile::TempDir {
         let _ = self.child.kill().await;
         self.data_dir

@@ -9,6 +9,7 @@ pub mod device;
 pub mod gateway;
 pub mod json_ws;
 pub mod mqtt;
+pub mod redis_server;
 
 pub use gateway::{Options, TestGateway};
 

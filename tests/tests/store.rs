@@ -1,11 +1,13 @@
 //! The storage conformance suite: the same tests against every backend, through the `Store`
 //! trait. The Redis backend runs against a real `redis-server` started on a free port.
 
+use e2e::redis_server::RedisServer;
 use gateway::roam::clock::HybridClock;
 use gateway::store::cipher::KeyRing;
-use gateway::store::embedded::{EmbeddedStore, Settings as EmbeddedSettings};
+use gateway::store::embedded::EmbeddedStore;
 use gateway::store::record::{self, Content};
-use gateway::store::{Appended, LiveFanout, SharedStore};
+use gateway::store::redis::RedisStore;
+use gateway::store::{Appended, LiveFanout, Settings, SharedStore};
 use serde_json::json;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -75,7 +77,7 @@ async fn embedded_store(retention_count: u64) -> Subject {
         keys.clone(),
         Arc::new(HybridClock::new()),
         live.clone(),
-        EmbeddedSettings {
+        Settings {
             max_batch: 1024,
             retention_count,
         },
@@ -134,7 +136,33 @@ macro_rules! conformance_suite {
     };
 }
 
+/// A Redis store on its own `redis-server`, which lives as long as the store.
+async fn redis_store(retention_count: u64) -> Subject {
+    let server = RedisServer::start();
+    let live = Arc::new(Recorder::default());
+    let keys = keys();
+    let store = RedisStore::open(
+        &server.url(),
+        keys.clone(),
+        Arc::new(HybridClock::new()),
+        live.clone(),
+        Settings {
+            max_batch: 1024,
+            retention_count,
+        },
+    )
+    .await
+    .unwrap();
+    Subject {
+        store: Arc::new(store),
+        live,
+        keys,
+        _keep: Box::new(server),
+    }
+}
+
 conformance_suite!(embedded, embedded_store);
+conformance_suite!(redis, redis_store);
 
 async fn appends_take_sequences_in_call_order(s: Subject) {
     // Queued without waiting, as a connection pipelines its messages.

@@ -29,7 +29,10 @@ pub async fn list(
     Path(user): Path<String>,
 ) -> Result<Json<DeviceList>, ApiError> {
     check_ids(&[&user])?;
-    let devices = gw.sessions.devices(&user);
+    let devices = match &gw.cluster {
+        Some(cluster) => cluster.devices(&user).await?,
+        None => gw.sessions.devices(&user),
+    };
     Ok(Json(DeviceList { user, devices }))
 }
 

@@ -70,14 +70,17 @@ pub struct Deleted {
     deleted: String,
 }
 
-/// Deletes everything kept for the user: log, cursors, known devices, and the user's online
-/// sessions are logged out.
+/// Deletes everything kept for the user: log, cursors, presence, known devices; the user's
+/// online sessions are logged out.
 pub async fn delete_user(
     State(gw): State<Arc<Gateway>>,
     Path(user): Path<String>,
 ) -> Result<Json<Deleted>, ApiError> {
     check_ids(&[&user])?;
     gw.store.delete_user(&user).await?;
+    if let Some(cluster) = &gw.cluster {
+        cluster.forget_user(&user).await?;
+    }
     gw.sessions
         .forget_user(&user, "account deleted")
         .map_err(|e| ApiError::unavailable(format!("cannot forget the user's devices: {e:#}")))?;

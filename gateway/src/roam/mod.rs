@@ -2,5 +2,4 @@
 //! catches up from its own cursor.
 
 pub mod clock;
-pub mod fanout;
 pub mod sync;

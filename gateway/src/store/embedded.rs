@@ -16,10 +16,10 @@
 //!   are hidden, until the sweeper has removed them
 
 use super::cipher::KeyRing;
-use super::record::{self, hlc_millis};
+use super::record::{self, between, hlc_millis};
 use super::{
-    new_epoch, AppendTicket, Appended, LiveFanout, LogHead, LogPage, NewMessage, Store, StoreError,
-    SweepReport,
+    new_epoch, AppendTicket, Appended, LiveFanout, LogHead, LogPage, NewMessage, Settings, Store,
+    StoreError, SweepReport,
 };
 use crate::roam::clock::HybridClock;
 use async_trait::async_trait;
@@ -29,11 +29,6 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot};
-
-pub struct Settings {
-    pub max_batch: usize,
-    pub retention_count: u64,
-}
 
 /// The store's keyspaces; cheap to clone, shared by the writer and the readers.
 #[derive(Clone)]
@@ -161,12 +156,6 @@ fn log_position(key: &[u8]) -> (String, u64) {
         String::from_utf8_lossy(user).into_owned(),
         be_u64(&seq[1..]),
     )
-}
-
-/// Whether a message in `log`'s log is a direct message between `log` and `other`.
-fn between(message: &InboxMessage, log: &str, other: &str) -> bool {
-    let from = message.from.as_deref();
-    (from == Some(other) && message.to == log) || (from == Some(log) && message.to == other)
 }
 
 fn open_value(

@@ -11,6 +11,7 @@
 pub mod cipher;
 pub mod embedded;
 pub mod record;
+pub mod redis;
 
 use crate::session_handle::SessionId;
 use async_trait::async_trait;
@@ -18,6 +19,15 @@ use bytes::Bytes;
 use protocol::envelope::InboxMessage;
 use std::sync::Arc;
 use tokio::sync::oneshot;
+
+/// How a store commits and keeps logs, the same for every backend.
+#[derive(Debug, Clone, Copy)]
+pub struct Settings {
+    /// Most appends committed together.
+    pub max_batch: usize,
+    /// Messages kept per log; older ones are cut as new ones arrive.
+    pub retention_count: u64,
+}
 
 /// A message on its way into one user's log, sealed by [`record::seal`].
 #[derive(Debug, Clone)]
@@ -131,8 +141,10 @@ pub trait Store: Send + Sync + 'static {
     /// Cuts messages older than `older_than_ms` and purges forgotten contacts' messages.
     async fn sweep(&self, older_than_ms: u64) -> Result<SweepReport, StoreError>;
 
-    /// Every stored key or entry that belongs to the user, described; for operators and for
-    /// checking that a deletion left nothing.
+    /// Everything stored for the user, one line per item: `messages/{user}/{seq}`,
+    /// `heads/{user}`, `cursors/{user}/{device}`, `forgotten/{user}/{other}` (and a backend's own
+    /// index entries, named as it keeps them). For operators, and for checking that a deletion
+    /// left nothing.
     async fn footprint(&self, user: &str) -> Result<Vec<String>, StoreError>;
 }
 

@@ -74,6 +74,13 @@ pub fn live_payload(plaintext: &[u8], seq: u64, hlc: u64) -> Bytes {
     payload.into()
 }
 
+/// Whether a message in `log`'s log is a direct message between `log` and `other`: what a
+/// contact deletion removes.
+pub fn between(message: &InboxMessage, log: &str, other: &str) -> bool {
+    let from = message.from.as_deref();
+    (from == Some(other) && message.to == log) || (from == Some(log) && message.to == other)
+}
+
 /// Milliseconds since the Unix epoch of a hybrid logical clock time.
 pub fn hlc_millis(hlc: u64) -> u64 {
     hlc >> 16

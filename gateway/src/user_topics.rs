@@ -1,0 +1,46 @@
+//! Publishing on a user's topics (inbox, presence, replies) wherever the user's devices are: on
+//! this node through the hub, and on the other nodes (when several share a Redis) through the
+//! cluster.
+
+use crate::cluster::Cluster;
+use crate::hub::Hub;
+use crate::session_handle::{Qos, SessionId};
+use crate::store::{Appended, LiveFanout};
+use bytes::Bytes;
+use protocol::topics;
+use std::sync::Arc;
+
+pub struct UserTopics {
+    hub: Arc<Hub>,
+    cluster: Option<Arc<Cluster>>,
+}
+
+impl UserTopics {
+    pub fn new(hub: Arc<Hub>, cluster: Option<Arc<Cluster>>) -> Self {
+        Self { hub, cluster }
+    }
+
+    /// Publishes on one of `user`'s topics. `exclude` is a session of this node that does not
+    /// get it (the sender's own).
+    pub fn publish(&self, user: &str, topic: &str, payload: Bytes, exclude: Option<SessionId>) {
+        self.hub
+            .publish(topic, payload.clone(), Qos::AtLeastOnce, exclude);
+        if let Some(cluster) = &self.cluster {
+            cluster.publish_to_user(user, topic, payload);
+        }
+    }
+}
+
+/// Committed messages go out on their user's inbox, in log order.
+impl LiveFanout for UserTopics {
+    fn committed(&self, messages: &[Appended]) {
+        for message in messages {
+            self.publish(
+                &message.log,
+                &topics::inbox(&message.log),
+                message.payload.clone(),
+                message.exclude_session,
+            );
+        }
+    }
+}

@@ -1,0 +1,151 @@
+//! A real `redis-server` for a test, on a free loopback port, with its files in a temporary
+//! directory. It can be killed and started again on the same port, to simulate an outage.
+//!
+//! Everything here blocks (std processes and sockets, for a few milliseconds at a time), so it
+//! serves plain tests and `#[tokio::test]`s alike.
+
+use crate::PATIENCE;
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// How many free ports are tried: another process may take a port between our probe and the
+/// server binding it.
+const PORT_ATTEMPTS: usize = 5;
+
+pub struct RedisServer {
+    port: u16,
+    dir: tempfile::TempDir,
+    child: Option<Child>,
+}
+
+impl RedisServer {
+    /// Starts a server (append-only file, fsync on every write) and waits until it answers PING.
+    pub fn start() -> Self {
+        let dir = tempfile::tempdir().expect("a temporary directory for redis-server");
+        let mut failures = Vec::new();
+        for _ in 0..PORT_ATTEMPTS {
+            let port = free_port();
+            match launch(port, dir.path()) {
+                Ok(child) => {
+                    return Self {
+                        port,
+                        dir,
+                        child: Some(child),
+                    }
+                }
+                Err(e) => failures.push(e),
+            }
+        }
+        panic!("redis-server did not start: {}", failures.join("; "));
+    }
+
+    /// `redis://127.0.0.1:PORT/`
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/", self.port)
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Kills the server at once (no shutdown, as in a crash); it stays down until
+    /// [`start_again`](Self::start_again).
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts the server again on the same port with the same directory, after [`stop`](Self::stop).
+    pub fn start_again(&mut self) {
+        self.stop();
+        let child = launch(self.port, self.dir.path())
+            .unwrap_or_else(|e| panic!("redis-server did not start again: {e}"));
+        self.child = Some(child);
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// A port nothing listens on now (the OS picks it; it is released for the server to take).
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .expect("a free loopback port")
+        .port()
+}
+
+/// Starts `redis-server` on `port` and waits until it answers PING. On failure the server is
+/// killed and the reason (with the end of its log) returned.
+fn launch(port: u16, dir: &Path) -> Result<Child, String> {
+    let log = dir.join(format!("redis-{port}.log"));
+    let mut child = Command::new("redis-server")
+        .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+        // Durable as the gateway needs it: every write in the append-only file before the
+        // answer, so a killed and restarted server has lost nothing acknowledged.
+        .args([
+            "--save",
+            "",
+            "--appendonly",
+            "yes",
+            "--appendfsync",
+            "always",
+        ])
+        .arg("--dir")
+        .arg(dir)
+        .arg("--logfile")
+        .arg(&log)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| match e.kind() {
+            std::io::ErrorKind::NotFound => panic!(
+                "redis-server is not installed: run scripts/test, which installs it \
+                 (Debian package redis-server)"
+            ),
+            _ => panic!("cannot run redis-server: {e}"),
+        });
+    let log_tail = || {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(5)..].join(" | ")
+    };
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        if let Ok(Some(status)) = child.try_wait() {
+            return Err(format!("port {port}: exited with {status}: {}", log_tail()));
+        }
+        if answers_ping(port) {
+            return Ok(child);
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(format!(
+                "port {port}: no answer to PING within {PATIENCE:?}: {}",
+                log_tail()
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn answers_ping(port: u16) -> bool {
+    let Ok(mut stream) = TcpStream::connect(("127.0.0.1", port)) else {
+        return false;
+    };
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(1)));
+    let mut reply = [0u8; 7];
+    stream.write_all(b"PING\r\n").is_ok()
+        && stream.read_exact(&mut reply).is_ok()
+        && &reply == b"+PONG\r\n"
+}

@@ -1,0 +1,170 @@
+//! Several nodes sharing one real `redis-server`: live delivery across nodes, presence across
+//! nodes, a device moving between nodes, a dead node's devices going offline, and Redis
+//! outages answered with a retryable error and recovered from.
+
+use e2e::device::{messages_of, seqs, Device};
+use e2e::redis_server::RedisServer;
+use e2e::{Options, TestGateway, PATIENCE};
+use protocol::envelope::Platform;
+use reqwest::Method;
+use serde_json::json;
+use std::time::Duration;
+
+/// A node of the cluster on `redis`, named `node`.
+async fn node(redis: &RedisServer, node: &str, shared: Option<&TestGateway>) -> TestGateway {
+    let options = Options::default()
+        .with("STORE__BACKEND", "redis")
+        .with("STORE__REDIS_URL", &redis.url())
+        .with("STORE__NODE_ID", node)
+        .with("STORE__NODE_HEARTBEAT", "200ms")
+        .with("STORE__NODE_TIMEOUT", "1s");
+    // Nodes of one service share their secrets (token key, API key, at-rest key), here by
+    // starting from a copy of the first node's.
+    let data_dir = tempfile::tempdir().unwrap();
+    if let Some(first) = shared {
+        for secret in ["token_secret", "api_key", "at_rest_key"] {
+            std::fs::write(data_dir.path().join(secret), first.secret(secret)).unwrap();
+        }
+    }
+    TestGateway::try_start(options, data_dir)
+        .await
+        .expect("starting a node")
+}
+
+/// Polls until `check` holds, for at most [`PATIENCE`].
+async fn eventually<F: std::future::Future<Output = bool>>(what: &str, check: impl Fn() -> F) {
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while !check().await {
+        assert!(tokio::time::Instant::now() < deadline, "timed out: {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn two_nodes_deliver_live_share_presence_and_let_a_device_move() {
+    let redis = RedisServer::start();
+    let a = node(&redis, "node-a", None).await;
+    let b = node(&redis, "node-b", Some(&a)).await;
+
+    let mut alice_on_a = Device::connect(&a, "alice", "phone", Platform::Ios).await;
+    let mut laptop_on_b = Device::connect(&b, "alice", "laptop", Platform::Desktop).await;
+    eventually("presence lists both nodes' devices", || async {
+        a.devices("alice").await == ["laptop", "phone"]
+            && b.devices("alice").await == ["laptop", "phone"]
+    })
+    .await;
+
+    // Accepted on node B, live on node A (and on B).
+    let posted = b.post_message("alice", json!({"text": "via b"})).await;
+    let on_a = alice_on_a.next_message().await;
+    assert_eq!(
+        (on_a.seq, on_a.id.as_str()),
+        (1, posted["id"].as_str().unwrap())
+    );
+    assert_eq!(laptop_on_b.next_message().await.seq, 1);
+
+    // A device's own message roams to the user's device on the other node.
+    alice_on_a.send("bob", json!({"text": "hi bob"})).await;
+    let roamed = laptop_on_b.next_message().await;
+    assert_eq!(
+        (roamed.seq, roamed.from_device.as_deref()),
+        (2, Some("phone"))
+    );
+
+    // Sequences stay gap-free and unique with both nodes writing at once.
+    let posts = (0..40).map(|i| {
+        let gw = if i % 2 == 0 { &a } else { &b };
+        gw.post_message("carol", json!({ "n": i }))
+    });
+    let mut given: Vec<u64> = futures_util::future::join_all(posts)
+        .await
+        .iter()
+        .map(|r| r["seq"].as_u64().unwrap())
+        .collect();
+    given.sort_unstable();
+    assert_eq!(given, (1..=40).collect::<Vec<_>>());
+
+    // The phone moves from node A to node B: A's session is taken over, and it syncs on B
+    // from the last message it held, nothing lost or repeated.
+    alice_on_a.ack(2).await;
+    a.post_message("alice", json!({"text": "while moving"}))
+        .await;
+    let mut alice_on_b = Device::connect(&b, "alice", "phone", Platform::Ios).await;
+    let closed = alice_on_a.mqtt.inbox.closed().await;
+    assert!(!closed.is_empty());
+    let pages = alice_on_b.sync(json!({"after": 2})).await;
+    assert_eq!(seqs(&messages_of(&pages)), [3]);
+    eventually("presence shows the phone on B only", || async {
+        b.devices("alice").await == ["laptop", "phone"]
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_dead_nodes_devices_go_offline() {
+    let redis = RedisServer::start();
+    let a = node(&redis, "node-a", None).await;
+    let b = node(&redis, "node-b", Some(&a)).await;
+    let _phone_on_a = Device::connect(&a, "dora", "phone", Platform::Ios).await;
+    let mut watch_on_b = Device::connect(&b, "dora", "watch", Platform::Android).await;
+    watch_on_b
+        .mqtt
+        .subscribe("u/dora/presence", rumqttc::QoS::AtLeastOnce)
+        .await;
+    eventually("both devices online", || async {
+        b.devices("dora").await == ["phone", "watch"]
+    })
+    .await;
+
+    drop(a.stop().await); // SIGKILL: node A says nothing
+    let offline = watch_on_b.mqtt.message_on("u/dora/presence").await;
+    assert_eq!(
+        (offline["type"].as_str(), offline["device"].as_str()),
+        (Some("offline"), Some("phone"))
+    );
+    assert_eq!(b.devices("dora").await, ["watch"]);
+}
+
+#[tokio::test]
+async fn a_redis_outage_is_a_retryable_error_and_recovers_by_itself() {
+    let mut redis = RedisServer::start();
+    let gw = node(&redis, "node-a", None).await;
+    let mut phone = Device::connect(&gw, "emma", "phone", Platform::Ios).await;
+    gw.post_message("emma", json!({"text": "before"})).await;
+    assert_eq!(phone.next_message().await.seq, 1);
+
+    redis.stop();
+    let (status, body) = gw
+        .api(
+            Method::POST,
+            "/v1/messages",
+            Some(json!({"to": "emma", "body": {}})),
+        )
+        .await;
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(body["error"]["code"], "unavailable");
+    let (status, _) = gw.api(Method::GET, "/v1/users/emma/messages", None).await;
+    assert_eq!(status, 503);
+
+    redis.start_again();
+    eventually("writes work again", || async {
+        let (status, _) = gw
+            .api(
+                Method::POST,
+                "/v1/messages",
+                Some(json!({"to": "emma", "body": {"text": "after"}})),
+            )
+            .await;
+        status == 202
+    })
+    .await;
+    // The live connection stayed up through the outage and sees what came after it, and what
+    // was acknowledged before it is still there (the Redis keeps an fsynced append-only file).
+    let after = phone.next_message().await;
+    assert_eq!(
+        (after.seq, after.body.clone()),
+        (2, json!({"text": "after"}))
+    );
+    let (_, history) = gw.api(Method::GET, "/v1/users/emma/messages", None).await;
+    assert_eq!(history["messages"][0]["body"], json!({"text": "before"}));
+}
