@@ -47,12 +47,21 @@ impl Gateway {
             StoreBackend::Redis => Some(Cluster::join(&config.store).await?),
             StoreBackend::Embedded => None,
         };
-        let topics = Arc::new(UserTopics::new(hub.clone(), cluster.clone()));
+        let topics = Arc::new(UserTopics::new(
+            hub.clone(),
+            cluster.clone(),
+            metrics.stored.clone(),
+        ));
         let store = open_store(&config, data, keys.clone(), clock, topics.clone()).await?;
         Ok(Arc::new(Self {
             sessions: Sessions::new(config.sessions.clone(), topics, known, cluster.clone()),
             cluster,
-            messages: Messages::new(store.clone(), keys),
+            messages: Messages::new(
+                store.clone(),
+                keys,
+                metrics.append_seconds.clone(),
+                metrics.store_failures.clone(),
+            ),
             store,
             hub,
             signer,

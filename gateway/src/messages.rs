@@ -5,9 +5,12 @@
 use crate::session_handle::SessionId;
 use crate::store::cipher::KeyRing;
 use crate::store::record::{self, Content};
-use crate::store::{AppendTicket, SharedStore};
+use crate::store::{AppendTicket, Appended, SharedStore, StoreError};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::histogram::Histogram;
 use serde_json::Value;
 use std::sync::Arc;
+use std::time::Instant;
 
 /// Who sent a message.
 #[derive(Debug, Clone, Copy)]
@@ -25,16 +28,53 @@ pub enum Sender<'a> {
 pub struct Messages {
     store: SharedStore,
     keys: Arc<KeyRing>,
+    append_seconds: Histogram,
+    failures: Counter,
+}
+
+/// A message on its way into the logs; [`wait`](Self::wait) answers once it is durable.
+pub struct Accepting {
+    ticket: AppendTicket,
+    since: Instant,
+    append_seconds: Histogram,
+    failures: Counter,
+}
+
+impl Accepting {
+    /// The message's entries (the recipient's first), once durable.
+    pub async fn wait(self) -> Result<Vec<Appended>, StoreError> {
+        let stored = self.ticket.wait().await;
+        match &stored {
+            Ok(_) => self
+                .append_seconds
+                .observe(self.since.elapsed().as_secs_f64()),
+            Err(_) => {
+                self.failures.inc();
+            }
+        }
+        stored
+    }
 }
 
 impl Messages {
-    pub fn new(store: SharedStore, keys: Arc<KeyRing>) -> Self {
-        Self { store, keys }
+    pub fn new(
+        store: SharedStore,
+        keys: Arc<KeyRing>,
+        append_seconds: Histogram,
+        failures: Counter,
+    ) -> Self {
+        Self {
+            store,
+            keys,
+            append_seconds,
+            failures,
+        }
     }
 
-    /// Queues `body` for user `to`'s log and returns its id and the ticket that resolves once
-    /// it is durable. The first appended entry is the recipient's copy.
-    pub fn accept(&self, sender: Sender<'_>, to: &str, body: &Value) -> (String, AppendTicket) {
+    /// Queues `body` for user `to`'s log and returns its id and what resolves once it is
+    /// durable.
+    pub fn accept(&self, sender: Sender<'_>, to: &str, body: &Value) -> (String, Accepting) {
+        let since = Instant::now();
         let id = uuid::Uuid::now_v7().to_string();
         let (from, from_device, session) = match sender {
             Sender::Backend { from } => (from, None, None),
@@ -57,6 +97,12 @@ impl Messages {
                 logs.push(record::seal(&self.keys, user, &content, session));
             }
         }
-        (id, self.store.append(logs))
+        let accepting = Accepting {
+            ticket: self.store.append(logs),
+            since,
+            append_seconds: self.append_seconds.clone(),
+            failures: self.failures.clone(),
+        };
+        (id, accepting)
     }
 }

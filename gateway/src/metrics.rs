@@ -4,6 +4,7 @@ use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 use protocol::envelope::Transport;
 
@@ -98,6 +99,13 @@ pub struct Metrics {
     pub disconnects: Family<DisconnectLabel, Counter>,
     pub api_messages: Counter,
     pub dropped_deliveries: Counter,
+    /// Log entries made durable (a device's message counts twice: recipient's and sender's log).
+    pub stored: Counter,
+    /// Time from accepting a message to its being durable, as its sender waits.
+    pub append_seconds: Histogram,
+    /// Appends the store could not take (the sender got a retryable error).
+    pub store_failures: Counter,
+    pub sync_pages: Counter,
 }
 
 impl Default for Metrics {
@@ -119,6 +127,11 @@ impl Metrics {
             disconnects: Family::default(),
             api_messages: Counter::default(),
             dropped_deliveries: Counter::default(),
+            stored: Counter::default(),
+            // 100 µs to about 3 s.
+            append_seconds: Histogram::new(exponential_buckets(0.0001, 2.0, 16)),
+            store_failures: Counter::default(),
+            sync_pages: Counter::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -165,6 +178,26 @@ impl Metrics {
             "dropped_deliveries",
             "QoS 0 deliveries dropped because the receiving client's outbox was full",
             metrics.dropped_deliveries.clone(),
+        );
+        registry.register(
+            "messages_stored",
+            "Log entries made durable (a device's message is stored in both users' logs)",
+            metrics.stored.clone(),
+        );
+        registry.register(
+            "store_append_seconds",
+            "Time from accepting a message until it is durable and its sender is answered",
+            metrics.append_seconds.clone(),
+        );
+        registry.register(
+            "store_failures",
+            "Messages refused with a retryable error because the store could not take them",
+            metrics.store_failures.clone(),
+        );
+        registry.register(
+            "sync_pages",
+            "Pages of catch-up sent to devices",
+            metrics.sync_pages.clone(),
         );
         Self {
             registry,

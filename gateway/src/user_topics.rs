@@ -7,17 +7,24 @@ use crate::hub::Hub;
 use crate::session_handle::{Qos, SessionId};
 use crate::store::{Appended, LiveFanout};
 use bytes::Bytes;
+use prometheus_client::metrics::counter::Counter;
 use protocol::topics;
 use std::sync::Arc;
 
 pub struct UserTopics {
     hub: Arc<Hub>,
     cluster: Option<Arc<Cluster>>,
+    stored: Counter,
 }
 
 impl UserTopics {
-    pub fn new(hub: Arc<Hub>, cluster: Option<Arc<Cluster>>) -> Self {
-        Self { hub, cluster }
+    /// `stored` counts the committed log entries that pass through.
+    pub fn new(hub: Arc<Hub>, cluster: Option<Arc<Cluster>>, stored: Counter) -> Self {
+        Self {
+            hub,
+            cluster,
+            stored,
+        }
     }
 
     /// Publishes on one of `user`'s topics. `exclude` is a session of this node that does not
@@ -34,6 +41,7 @@ impl UserTopics {
 /// Committed messages go out on their user's inbox, in log order.
 impl LiveFanout for UserTopics {
     fn committed(&self, messages: &[Appended]) {
+        self.stored.inc_by(messages.len() as u64);
         for message in messages {
             self.publish(
                 &message.log,

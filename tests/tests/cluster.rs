@@ -3,6 +3,8 @@
 //! outages answered with a retryable error and recovered from.
 
 use e2e::device::{messages_of, seqs, Device};
+use e2e::json_ws::JsonClient;
+use e2e::mqtt::{Via, V5};
 use e2e::redis_server::RedisServer;
 use e2e::{Options, TestGateway, PATIENCE};
 use protocol::envelope::Platform;
@@ -133,7 +135,37 @@ async fn a_redis_outage_is_a_retryable_error_and_recovers_by_itself() {
     gw.post_message("emma", json!({"text": "before"})).await;
     assert_eq!(phone.next_message().await.seq, 1);
 
+    let (mut v5_phone, _) = V5::connect(
+        &gw,
+        Via::Tcp,
+        "emma-tablet",
+        Some(&gw.token("emma", "tablet", Platform::Android)),
+        |_| {},
+    )
+    .await
+    .unwrap();
+    let mut web = JsonClient::authenticated(&gw, &gw.token("emma", "web", Platform::Web)).await;
+
     redis.stop();
+    // Every way in is told the store is unavailable and to retry, nothing is silently dropped.
+    v5_phone
+        .publish(
+            "u/emma/d/tablet/send",
+            json!({"to": "emma", "body": {}}).to_string(),
+            rumqttc::v5::mqttbytes::QoS::AtLeastOnce,
+        )
+        .await;
+    assert_eq!(
+        v5_phone.puback().await,
+        rumqttc::v5::mqttbytes::v5::PubAckReason::ImplementationSpecificError
+    );
+    let refused = web
+        .request(json!({"op": "pub", "topic": "u/emma/d/web/send", "payload": {"to": "emma", "body": {}}}))
+        .await;
+    assert_eq!(
+        (refused["op"].as_str(), refused["code"].as_str()),
+        (Some("error"), Some("unavailable"))
+    );
     let (status, body) = gw
         .api(
             Method::POST,

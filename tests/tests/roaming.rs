@@ -131,6 +131,12 @@ async fn sync_after_10000_missed_messages_is_complete_and_in_order() {
     assert_eq!(seqs(&messages), (1..=10_000).collect::<Vec<_>>());
     let synced: HashSet<String> = messages.into_iter().map(|m| m.id).collect();
     assert_eq!(synced, ids);
+    assert_eq!(gw.metric("gateway_sync_pages_total").await, 100.0);
+    assert_eq!(gw.metric("gateway_messages_stored_total").await, 10_000.0);
+    assert_eq!(
+        gw.metric("gateway_store_append_seconds_count").await,
+        10_000.0
+    );
 }
 
 #[tokio::test]
@@ -353,4 +359,45 @@ async fn json_clients_send_ack_and_sync() {
     let (_, page) = history(&gw, "lena/messages?after=1").await;
     assert_eq!(page["messages"][0]["body"], json!({"text": "note to self"}));
     assert_eq!(page["messages"][0]["from_device"], "browser");
+}
+
+#[tokio::test]
+async fn the_at_rest_key_rotates_without_losing_old_messages() {
+    let gw = TestGateway::start().await;
+    gw.post_message("olga", json!({"text": "first key"})).await;
+    let old_key = format!("d0:{}", &gw.secret("at_rest_key")[..32]);
+    let new_key = "k2:00112233445566778899aabbccddeeff";
+    let data = gw.stop().await;
+
+    // The new key goes first (it seals from now on), the old one stays to open what it sealed.
+    let keys = format!("[\"{new_key}\", \"{old_key}\"]");
+    let rotated = Options::default().with("STORE__ENCRYPTION_KEYS", &keys);
+    let gw = TestGateway::try_start(rotated, data).await.unwrap();
+    gw.post_message("olga", json!({"text": "second key"})).await;
+    let (status, page) = history(&gw, "olga/messages").await;
+    assert_eq!(status, 200, "{page}");
+    assert_eq!(page["messages"][0]["body"]["text"], "first key");
+    assert_eq!(page["messages"][1]["body"]["text"], "second key");
+    let data = gw.stop().await;
+
+    // Dropping the old key too early is an error naming the key, never a silent gap.
+    let only_new = Options::default().with("STORE__ENCRYPTION_KEYS", &format!("[\"{new_key}\"]"));
+    let gw = TestGateway::try_start(only_new, data).await.unwrap();
+    let (status, body) = history(&gw, "olga/messages").await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (500, Some("internal"))
+    );
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("\"d0\""),
+        "{body}"
+    );
+    let (status, page) = history(&gw, "olga/messages?after=1").await;
+    assert_eq!(
+        (status, page["messages"][0]["body"]["text"].as_str()),
+        (200, Some("second key"))
+    );
 }

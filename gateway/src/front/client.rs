@@ -275,7 +275,16 @@ impl ClientSession {
             let synced = match sync::begin(store, roaming, &user, &device, &request).await {
                 Ok(catchup) => {
                     drop(done);
-                    catchup.send(store, roaming, &handle, &user, &device).await
+                    catchup
+                        .send(
+                            store,
+                            roaming,
+                            &handle,
+                            &user,
+                            &device,
+                            &gw.metrics.sync_pages,
+                        )
+                        .await
                 }
                 Err(e) => Err(e),
             };

@@ -3,6 +3,7 @@
 
 use crate::session_handle::{Delivery, Published, Qos, SessionHandle};
 use crate::store::{LogHead, SharedStore, StoreError};
+use prometheus_client::metrics::counter::Counter;
 use protocol::envelope::{HistoryLoss, HistoryReset, Reply, SyncPage, SyncRequest};
 use protocol::topics;
 use std::sync::Arc;
@@ -101,6 +102,7 @@ impl Catchup {
         session: &SessionHandle,
         user: &str,
         device: &str,
+        pages_sent: &Counter,
     ) -> Result<(), StoreError> {
         let topic = topics::reply(user, device);
         let Catchup { head, start } = self;
@@ -141,7 +143,11 @@ impl Catchup {
                 }),
                 qos: Qos::AtLeastOnce,
             };
-            if !session.deliver_waiting(delivery).await || !more {
+            if !session.deliver_waiting(delivery).await {
+                return Ok(());
+            }
+            pages_sent.inc();
+            if !more {
                 return Ok(());
             }
             after = covered_to;
