@@ -12,7 +12,8 @@
 //!   the channels of the other nodes that hold devices of that user, to theirs — addressed, never
 //!   broadcast to every node.
 //! - **Takeover across nodes**: a device that connects to node B while node A still holds it is
-//!   taken over: B tells A to close its session.
+//!   taken over: B tells A to close its session. A kick over HTTP on any node reaches the node that
+//!   holds the device the same way.
 //!
 //! Outgoing work (presence updates, relays) goes through one task in order, batched: a burst of
 //! messages costs one lookup round trip and one publish round trip per batch. While Redis is
@@ -69,6 +70,12 @@ enum Relayed {
     Publish { topic: String, payload: String },
     /// A device of the node's connected elsewhere: close the session here.
     TakeOver { user: String, device: String },
+    /// The backend logs a device of the node's out.
+    Kick {
+        user: String,
+        device: String,
+        reason: String,
+    },
 }
 
 /// Work for the outgoing task, done in order.
@@ -198,6 +205,36 @@ impl Cluster {
             .filter_map(|entry| serde_json::from_str::<PresenceEntry>(entry).ok())
             .map(|entry| entry.info)
             .collect())
+    }
+
+    /// Logs out a device held by another node; false when no node holds it.
+    pub async fn kick_elsewhere(
+        &self,
+        user: &str,
+        device: &str,
+        reason: &str,
+    ) -> Result<bool, crate::store::StoreError> {
+        let mut redis = self.redis.clone();
+        let entry: Option<String> = bounded(
+            redis::cmd("HGET")
+                .arg(presence_key(user))
+                .arg(device)
+                .query_async(&mut redis),
+        )
+        .await?;
+        let Some(entry) = entry.and_then(|e| serde_json::from_str::<PresenceEntry>(&e).ok()) else {
+            return Ok(false);
+        };
+        if entry.node == self.node {
+            return Ok(false);
+        }
+        let kick = Relayed::Kick {
+            user: user.to_string(),
+            device: device.to_string(),
+            reason: reason.to_string(),
+        };
+        publish(&mut redis, &entry.node, &kick).await?;
+        Ok(true)
     }
 
     /// Forgets a deleted user's presence.
@@ -352,6 +389,13 @@ impl Cluster {
                 }
                 Relayed::TakeOver { user, device } => {
                     gw.sessions.taken_over_elsewhere(&user, &device);
+                }
+                Relayed::Kick {
+                    user,
+                    device,
+                    reason,
+                } => {
+                    gw.sessions.kick(&user, &device, &reason);
                 }
             }
         }

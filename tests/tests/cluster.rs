@@ -100,6 +100,21 @@ async fn two_nodes_deliver_live_share_presence_and_let_a_device_move() {
         b.devices("alice").await == ["laptop", "phone"]
     })
     .await;
+
+    // The backend logs out, through node A, the laptop held by node B.
+    let (status, body) = a
+        .api(
+            Method::DELETE,
+            "/v1/users/alice/devices/laptop?reason=stolen",
+            None,
+        )
+        .await;
+    assert_eq!(status, 204, "{body}");
+    laptop_on_b.mqtt.inbox.closed().await;
+    eventually("the laptop is gone from presence", || async {
+        a.devices("alice").await == ["phone"]
+    })
+    .await;
 }
 
 #[tokio::test]

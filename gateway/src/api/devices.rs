@@ -51,7 +51,12 @@ pub async fn kick(
     let reason = query
         .reason
         .unwrap_or_else(|| "logged out by the service".to_string());
-    if gw.sessions.kick(&user, &device, &reason) {
+    let kicked = match &gw.cluster {
+        _ if gw.sessions.kick(&user, &device, &reason) => true,
+        Some(cluster) => cluster.kick_elsewhere(&user, &device, &reason).await?,
+        None => false,
+    };
+    if kicked {
         Ok(StatusCode::NO_CONTENT)
     } else {
         Err(ApiError::not_found(format!(
