@@ -4,10 +4,14 @@
 //! Every field has a default, so an empty file (or no file) is a working configuration. The
 //! annotated defaults live in `gateway.toml` beside this crate; [`DEFAULT_TOML`] embeds it.
 
+mod channels;
 mod load;
+mod notify;
 mod sections;
 
+pub use channels::*;
 pub use load::{is_at_rest_key, ConfigError, ENV_PREFIX};
+pub use notify::*;
 pub use sections::*;
 
 /// The documented default configuration file, every key at its default value.

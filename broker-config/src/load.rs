@@ -1,5 +1,6 @@
 //! Reading a configuration file, applying environment overrides, and validating the result.
 
+use crate::channels::Channels;
 use crate::sections::*;
 use serde::de::DeserializeOwned;
 use std::fmt;
@@ -234,6 +235,27 @@ impl Config {
             (Some(_), None) => check(false, "tls.key", "is required when tls.cert is set"),
             (None, Some(_)) => check(false, "tls.cert", "is required when tls.key is set"),
         }
+        let n = &self.notify;
+        check(
+            n.max_attempts >= 1,
+            "notify.max_attempts",
+            "must be at least 1",
+        );
+        check(
+            n.concurrency >= 1,
+            "notify.concurrency",
+            "must be at least 1",
+        );
+        check(
+            n.poll_interval.as_millis() >= 10,
+            "notify.poll_interval",
+            "must be at least 10ms",
+        );
+        check(
+            n.retry_base <= n.retry_max,
+            "notify.retry_base",
+            "must not exceed notify.retry_max",
+        );
         if errors.is_empty() {
             Ok(())
         } else {
@@ -311,11 +333,13 @@ fn check_keys(table: &toml::Table, errors: &mut Vec<ConfigError>) {
             "sessions" => check_section::<Sessions>,
             "store" => check_section::<Store>,
             "roaming" => check_section::<Roaming>,
+            "channels" => check_section::<Channels>,
+            "notify" => check_section::<crate::notify::Notify>,
             "log" => check_section::<Log>,
             _ => {
                 errors.push(ConfigError::new(
                     section.clone(),
-                    "unknown section (expected listeners, tls, limits, auth, sessions, store, roaming or log)",
+                    "unknown section (expected listeners, tls, limits, auth, sessions, store, roaming, channels, notify or log)",
                 ));
                 continue;
             }

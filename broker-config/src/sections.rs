@@ -16,6 +16,8 @@ pub struct Config {
     pub sessions: Sessions,
     pub store: Store,
     pub roaming: Roaming,
+    pub channels: crate::channels::Channels,
+    pub notify: crate::notify::Notify,
     pub log: Log,
 }
 

@@ -1,11 +1,18 @@
 //! The gateway's shared state, built once at start and shared by every listener and task.
 
+use crate::channel::{
+    Channel, LocalTokenCache, QiuQiuChannel, RedisTokenCache, TokenCache, WeChatChannel,
+};
 use crate::cluster::Cluster;
 use crate::data_dir::DataDir;
 use crate::hub::Hub;
 use crate::known_devices::KnownDevices;
 use crate::messages::Messages;
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, NotifyMetrics};
+use crate::notify::ledger::embedded::EmbeddedLedger;
+use crate::notify::ledger::Ledger;
+use crate::notify::worker::Worker;
+use crate::notify::Notifications;
 use crate::roam::clock::HybridClock;
 use crate::session_handle::SessionId;
 use crate::sessions::Sessions;
@@ -30,6 +37,7 @@ pub struct Gateway {
     pub store: SharedStore,
     /// The other nodes sharing the Redis, with the Redis store.
     pub cluster: Option<Arc<Cluster>>,
+    pub notifications: Notifications,
     pub metrics: Metrics,
     next_session: AtomicU64,
 }
@@ -53,7 +61,17 @@ impl Gateway {
             metrics.stored.clone(),
         ));
         let store = open_store(&config, data, keys.clone(), clock, topics.clone()).await?;
+        let ledger: Arc<dyn Ledger> =
+            Arc::new(EmbeddedLedger::open(&data.path("notify"), keys.clone())?);
+        let token_cache: Arc<dyn TokenCache> = match &cluster {
+            Some(_) => Arc::new(RedisTokenCache::new(
+                crate::store::redis::connect(&config.store.redis_url).await?,
+            )),
+            None => Arc::new(LocalTokenCache::new()),
+        };
+        let worker = notify_worker(&config, ledger.clone(), token_cache, metrics.notify.clone())?;
         Ok(Arc::new(Self {
+            notifications: Notifications::new(ledger, worker),
             sessions: Sessions::new(config.sessions.clone(), topics, known, cluster.clone()),
             cluster,
             messages: Messages::new(
@@ -119,6 +137,42 @@ async fn open_store(
             RedisStore::open(&config.store.redis_url, keys, clock, fanout, settings).await?,
         ),
     })
+}
+
+/// The worker that sends queued pushes, over the channels that are enabled.
+fn notify_worker(
+    config: &Config,
+    ledger: Arc<dyn Ledger>,
+    cache: Arc<dyn TokenCache>,
+    metrics: NotifyMetrics,
+) -> Result<Arc<Worker>> {
+    let channels = &config.channels;
+    let timeout = channels.request_timeout;
+    let wechat: Option<Arc<dyn Channel>> = match channels.wechat.enabled {
+        true => Some(Arc::new(WeChatChannel::new(
+            &channels.wechat,
+            timeout,
+            cache.clone(),
+        )?)),
+        false => None,
+    };
+    let qiuqiu: Option<Arc<dyn Channel>> = match channels.qiuqiu.enabled {
+        true => Some(Arc::new(QiuQiuChannel::new(
+            &channels.qiuqiu,
+            timeout,
+            cache,
+        )?)),
+        false => None,
+    };
+    Ok(Arc::new(Worker {
+        notify: config.notify.clone(),
+        channels: channels.clone(),
+        ledger,
+        wechat,
+        qiuqiu,
+        limiter: Default::default(),
+        metrics,
+    }))
 }
 
 /// The backend API keys: from configuration, else one generated once into the data dir.

@@ -3,6 +3,7 @@
 
 pub mod acl;
 pub mod api;
+pub mod channel;
 pub mod cluster;
 pub mod data_dir;
 pub mod dev_cert;
@@ -12,6 +13,7 @@ pub mod hub;
 pub mod known_devices;
 pub mod messages;
 pub mod metrics;
+pub mod notify;
 pub mod roam;
 pub mod session_handle;
 pub mod sessions;

@@ -215,6 +215,7 @@ async fn serve(config: Config, data_dir: &Path) -> Result<()> {
     drop(stdout);
 
     tokio::spawn(sweep(gw.clone()));
+    tokio::spawn(gw.notifications.worker.clone().run());
     if let Some(cluster) = &gw.cluster {
         tokio::spawn(cluster.clone().run_inbound(gw.clone()));
         tokio::spawn(cluster.clone().run_heartbeat(gw.clone()));

@@ -5,7 +5,7 @@
 use crate::session_handle::SessionId;
 use crate::store::cipher::KeyRing;
 use crate::store::record::{self, Content};
-use crate::store::{AppendTicket, Appended, SharedStore, StoreError};
+use crate::store::{AppendTicket, Appended, LiveTopic, NewMessage, SharedStore, StoreError};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::histogram::Histogram;
 use serde_json::Value;
@@ -74,7 +74,6 @@ impl Messages {
     /// Queues `body` for user `to`'s log and returns its id and what resolves once it is
     /// durable.
     pub fn accept(&self, sender: Sender<'_>, to: &str, body: &Value) -> (String, Accepting) {
-        let since = Instant::now();
         let id = uuid::Uuid::now_v7().to_string();
         let (from, from_device, session) = match sender {
             Sender::Backend { from } => (from, None, None),
@@ -97,12 +96,30 @@ impl Messages {
                 logs.push(record::seal(&self.keys, user, &content, session));
             }
         }
-        let accepting = Accepting {
+        (id, self.queue(logs))
+    }
+
+    /// Queues an in-app notification into `user`'s log, delivered live on `u/{user}/notify`.
+    /// `id` is the notification's id; the body carries the notification.
+    pub fn accept_notification(&self, user: &str, id: &str, body: &Value) -> Accepting {
+        let content = Content {
+            id,
+            from: None,
+            from_device: None,
+            to: user,
+            body,
+        };
+        let mut entry = record::seal(&self.keys, user, &content, None);
+        entry.live_topic = LiveTopic::Notify;
+        self.queue(vec![entry])
+    }
+
+    fn queue(&self, logs: Vec<NewMessage>) -> Accepting {
+        Accepting {
+            since: Instant::now(),
             ticket: self.store.append(logs),
-            since,
             append_seconds: self.append_seconds.clone(),
             failures: self.failures.clone(),
-        };
-        (id, accepting)
+        }
     }
 }

@@ -88,6 +88,50 @@ pub enum DisconnectReason {
     store_unavailable,
 }
 
+/// A notification route and what happened on it.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct NotifyLabel {
+    pub route: &'static str,
+    pub status: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RouteLabel {
+    pub route: &'static str,
+}
+
+/// A provider call's route and the provider's answer code (`0` for success).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AttemptLabel {
+    pub route: &'static str,
+    pub code: String,
+}
+
+fn attempt_buckets() -> Histogram {
+    // 1 ms to about 16 s.
+    Histogram::new(exponential_buckets(0.001, 2.0, 14))
+}
+
+/// What the notification router and its worker count.
+#[derive(Clone)]
+pub struct NotifyMetrics {
+    /// Route decisions and outcomes (queued, held, deduplicated, skipped, sent, delivered,
+    /// failed, dead).
+    pub routes: Family<NotifyLabel, Counter>,
+    pub attempts: Family<AttemptLabel, Counter>,
+    pub attempt_seconds: Family<RouteLabel, Histogram, fn() -> Histogram>,
+    /// Pushes in the queue (queued, held, parked), sampled by the worker.
+    pub queue_depth: Gauge,
+}
+
+impl NotifyMetrics {
+    pub fn count(&self, route: &'static str, status: &'static str) {
+        self.routes
+            .get_or_create(&NotifyLabel { route, status })
+            .inc();
+    }
+}
+
 pub struct Metrics {
     pub registry: Registry,
     pub connections: Family<TransportLabel, Gauge>,
@@ -106,6 +150,7 @@ pub struct Metrics {
     /// Appends the store could not take (the sender got a retryable error).
     pub store_failures: Counter,
     pub sync_pages: Counter,
+    pub notify: NotifyMetrics,
 }
 
 impl Default for Metrics {
@@ -132,6 +177,12 @@ impl Metrics {
             append_seconds: Histogram::new(exponential_buckets(0.0001, 2.0, 16)),
             store_failures: Counter::default(),
             sync_pages: Counter::default(),
+            notify: NotifyMetrics {
+                routes: Family::default(),
+                attempts: Family::default(),
+                attempt_seconds: Family::new_with_constructor(attempt_buckets),
+                queue_depth: Gauge::default(),
+            },
             registry: Registry::default(),
         };
         registry.register(
@@ -198,6 +249,26 @@ impl Metrics {
             "sync_pages",
             "Pages of catch-up sent to devices",
             metrics.sync_pages.clone(),
+        );
+        registry.register(
+            "notify_routes",
+            "Notification route decisions and outcomes, by route and status",
+            metrics.notify.routes.clone(),
+        );
+        registry.register(
+            "notify_attempts",
+            "Calls to push providers, by route and the provider's code (0: success)",
+            metrics.notify.attempts.clone(),
+        );
+        registry.register(
+            "notify_attempt_seconds",
+            "Latency of calls to push providers",
+            metrics.notify.attempt_seconds.clone(),
+        );
+        registry.register(
+            "notify_queue_depth",
+            "Pushes waiting in the notification queue (queued, held, parked)",
+            metrics.notify.queue_depth.clone(),
         );
         Self {
             registry,

@@ -5,7 +5,7 @@
 use crate::cluster::Cluster;
 use crate::hub::Hub;
 use crate::session_handle::{Qos, SessionId};
-use crate::store::{Appended, LiveFanout};
+use crate::store::{Appended, LiveFanout, LiveTopic};
 use bytes::Bytes;
 use prometheus_client::metrics::counter::Counter;
 use protocol::topics;
@@ -38,14 +38,18 @@ impl UserTopics {
     }
 }
 
-/// Committed messages go out on their user's inbox, in log order.
+/// Committed entries go out on their user's inbox (or notify topic), in log order.
 impl LiveFanout for UserTopics {
     fn committed(&self, messages: &[Appended]) {
         self.stored.inc_by(messages.len() as u64);
         for message in messages {
+            let topic = match message.live_topic {
+                LiveTopic::Inbox => topics::inbox(&message.log),
+                LiveTopic::Notify => topics::notify(&message.log),
+            };
             self.publish(
                 &message.log,
-                &topics::inbox(&message.log),
+                &topic,
                 message.payload.clone(),
                 message.exclude_session,
             );

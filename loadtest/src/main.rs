@@ -1,9 +1,12 @@
 //! `loadtest`: drives the gateway, or a plain MQTT broker such as mosquitto, with pub/sub
-//! traffic or idle connections, and reports throughput, latency, losses and broker memory.
+//! traffic or idle connections, and reports throughput, latency, losses and broker memory; and
+//! measures the gateway's message store (durable appends) and devices' catch-up after being
+//! offline.
 //!
 //! Exit status: 0 when every check passed, 1 when a check failed (lost QoS 1 messages, failed
 //! connections, …), 2 when the run could not be carried out at all.
 
+mod catchup;
 mod compare;
 mod connect;
 mod mosquitto;
@@ -15,6 +18,7 @@ mod pubsub;
 mod report;
 mod seq;
 mod stop;
+mod store_bench;
 mod target;
 
 use anyhow::{Context, Result};
@@ -43,6 +47,12 @@ enum Command {
     Connect(connect::ConnectCmd),
     /// The gateway against mosquitto, alternating over rounds: medians and ratios.
     Compare(compare::CompareCmd),
+    /// A message store opened directly, without the gateway: durable appends per second.
+    Store(store_bench::StoreCmd),
+    /// A device catching up on messages it missed: time from sync request to last page.
+    Catchup(catchup::CatchupCmd),
+    /// Test doubles of the WeChat and 球球 push APIs, until Ctrl-C (prints their addresses).
+    MockChannels(loadtest::mock_channels::MockChannelsCmd),
 }
 
 fn main() -> ExitCode {
@@ -69,5 +79,8 @@ async fn run(cli: Cli) -> Result<bool> {
         Command::Pubsub(cmd) => report::finish(&pubsub::run_cmd(cmd).await?, json),
         Command::Connect(cmd) => report::finish(&connect::run_cmd(cmd).await?, json),
         Command::Compare(cmd) => report::finish(&compare::run_cmd(cmd).await?, json),
+        Command::Store(cmd) => report::finish(&store_bench::run_cmd(cmd).await?, json),
+        Command::Catchup(cmd) => report::finish(&catchup::run_cmd(cmd).await?, json),
+        Command::MockChannels(cmd) => loadtest::mock_channels::run_cmd(cmd).await,
     }
 }

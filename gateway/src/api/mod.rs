@@ -6,6 +6,7 @@ mod devices;
 pub mod error;
 mod json;
 mod messages;
+mod notifications;
 pub mod tokens;
 mod users;
 
@@ -14,7 +15,7 @@ use crate::gateway::Gateway;
 use axum::extract::{DefaultBodyLimit, State};
 use axum::http::header;
 use axum::response::IntoResponse;
-use axum::routing::{delete, get, post};
+use axum::routing::{delete, get, post, put};
 use axum::{middleware, Json, Router};
 use error::ApiError;
 use std::sync::Arc;
@@ -24,6 +25,14 @@ pub fn router(gw: Arc<Gateway>) -> Router {
     let v1 = Router::new()
         .route("/tokens", post(tokens::issue))
         .route("/messages", post(messages::post))
+        .route("/notifications", post(notifications::post))
+        .route("/notifications/{id}", get(notifications::get))
+        .route(
+            "/users/{user}/quiet-hours",
+            put(notifications::put_quiet_hours),
+        )
+        .route("/users/{user}/consent", put(notifications::put_consent))
+        .route("/users/{user}/bindings", put(notifications::put_bindings))
         .route("/users/{user}", delete(users::delete_user))
         .route("/users/{user}/messages", get(users::history))
         .route(
@@ -45,7 +54,14 @@ pub fn router(gw: Arc<Gateway>) -> Router {
         limit: Arc::new(Semaphore::new(gw.config.limits.max_connections)),
         gw: gw.clone(),
     };
+    let callbacks = Router::new()
+        .route(
+            &gw.config.channels.wechat.callback_path,
+            post(notifications::wechat_callback),
+        )
+        .with_state(gw.clone());
     Router::new()
+        .merge(callbacks)
         .nest("/v1", v1)
         .route("/ws", get(json_ws::upgrade).with_state(ws_state))
         .route("/healthz", get(healthz))

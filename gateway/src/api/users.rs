@@ -70,7 +70,8 @@ pub struct Deleted {
     deleted: String,
 }
 
-/// Deletes everything kept for the user: log, cursors, presence, known devices; the user's
+/// Deletes everything kept for the user: log, cursors, presence, known devices, notification
+/// preferences, bindings, dedup claims and queued pushes; the user's
 /// online sessions are logged out.
 pub async fn delete_user(
     State(gw): State<Arc<Gateway>>,
@@ -78,6 +79,7 @@ pub async fn delete_user(
 ) -> Result<Json<Deleted>, ApiError> {
     check_ids(&[&user])?;
     gw.store.delete_user(&user).await?;
+    gw.notifications.ledger.delete_user(&user).await?;
     if let Some(cluster) = &gw.cluster {
         cluster.forget_user(&user).await?;
     }

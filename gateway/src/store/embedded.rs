@@ -364,6 +364,7 @@ impl Writer {
                 hlc: head.last_hlc,
                 payload: record::live_payload(&message.plaintext, head.last_seq, head.last_hlc),
                 exclude_session: message.exclude_session,
+                live_topic: message.live_topic,
             });
         }
         for (log, head) in heads.iter_mut() {

@@ -40,6 +40,17 @@ pub struct NewMessage {
     pub record: Vec<u8>,
     /// The sender's own session, which does not get its message back live.
     pub exclude_session: Option<SessionId>,
+    /// The user's topic it is delivered live on.
+    pub live_topic: LiveTopic,
+}
+
+/// The topic a log entry goes out on live: messages on the inbox, in-app notifications on
+/// `u/{user}/notify`. Both are in the same log, so a sync returns both, in order.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum LiveTopic {
+    #[default]
+    Inbox,
+    Notify,
 }
 
 /// A message made durable in a log.
@@ -52,6 +63,7 @@ pub struct Appended {
     /// The message as JSON, with `seq` and `ts`, ready for live delivery.
     pub payload: Bytes,
     pub exclude_session: Option<SessionId>,
+    pub live_topic: LiveTopic,
 }
 
 /// Where each committed batch goes, in log order, before its senders are answered.

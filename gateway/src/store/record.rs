@@ -2,7 +2,7 @@
 //! nothing personal) and its content sealed with SM4-GCM, bound to its log and id.
 
 use super::cipher::KeyRing;
-use super::{NewMessage, StoreError};
+use super::{LiveTopic, NewMessage, StoreError};
 use crate::session_handle::SessionId;
 use bytes::Bytes;
 use protocol::envelope::InboxMessage;
@@ -40,6 +40,7 @@ pub fn seal(
         plaintext: plaintext.into(),
         record,
         exclude_session,
+        live_topic: LiveTopic::Inbox,
     }
 }
 

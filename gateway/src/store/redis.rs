@@ -541,6 +541,7 @@ impl Writer {
                 hlc,
                 payload: record::live_payload(&message.plaintext, seq, hlc),
                 exclude_session: message.exclude_session,
+                live_topic: message.live_topic,
             })
             .collect())
     }

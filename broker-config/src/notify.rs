@@ -1,0 +1,185 @@
+//! Notification routing: what each kind of notification does on each channel, and the
+//! dedup window, retries and queue that every kind shares.
+
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Notify {
+    /// The same content for the same user is pushed at most once across external channels
+    /// within this window.
+    #[serde(with = "humantime_serde")]
+    pub dedup_window: Duration,
+    /// Attempts per push before it is dead.
+    pub max_attempts: u32,
+    /// First retry delay; doubled each attempt, with jitter, up to `retry_max`.
+    #[serde(with = "humantime_serde")]
+    pub retry_base: Duration,
+    #[serde(with = "humantime_serde")]
+    pub retry_max: Duration,
+    /// Pushes sent at once by this node.
+    pub concurrency: usize,
+    /// How often the queue is checked for pushes that came due.
+    #[serde(with = "humantime_serde")]
+    pub poll_interval: Duration,
+    /// A push taken by a worker that dies comes back after this long.
+    #[serde(with = "humantime_serde")]
+    pub lease: Duration,
+    /// Aggregated pushes (friend requests on 球球) go out once per window, with a count.
+    #[serde(with = "humantime_serde")]
+    pub aggregate_window: Duration,
+    /// What each kind of notification does.
+    pub kinds: BTreeMap<String, KindRule>,
+}
+
+/// What a WeChat channel does for a kind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WeChatAction {
+    None,
+    /// A template message (the app's template for the kind), with the link.
+    Template,
+    /// A subscribe message (the user subscribed to the template).
+    Subscribe,
+}
+
+/// What the 球球 push channel does for a kind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum QiuQiuAction {
+    None,
+    /// A notification that alerts.
+    Push,
+    /// A pop-up with a red-dot badge.
+    Popup,
+    /// A silent transmission for the app (no alert): e.g. a balance update.
+    Silent,
+    /// One push per `aggregate_window` with the count, e.g. "3 new friend requests".
+    Aggregate,
+}
+
+/// Inside the user's quiet hours, a notification is held until they end, or dropped.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum QuietHoursAction {
+    #[default]
+    Hold,
+    Drop,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct KindRule {
+    pub wechat: WeChatAction,
+    pub qiuqiu: QiuQiuAction,
+    /// Which channel gets an alerting push first; the other alerting channel is deduplicated
+    /// (the same content is not pushed on both), or used when the first cannot be (no consent,
+    /// no binding).
+    pub prefer: PreferredChannel,
+    /// Delivered in the app (stored in the user's log, live on `u/{user}/notify`).
+    pub in_app: bool,
+    /// Whether external pushes still go out when the user has a device online.
+    pub external_when_online: bool,
+    /// Every notification of this kind is urgent (bypasses quiet hours).
+    pub always_urgent: bool,
+    pub quiet_hours: QuietHoursAction,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PreferredChannel {
+    #[default]
+    Wechat,
+    Qiuqiu,
+}
+
+impl Default for KindRule {
+    fn default() -> Self {
+        Self {
+            wechat: WeChatAction::None,
+            qiuqiu: QiuQiuAction::Push,
+            prefer: PreferredChannel::Qiuqiu,
+            in_app: true,
+            external_when_online: false,
+            always_urgent: false,
+            quiet_hours: QuietHoursAction::Hold,
+        }
+    }
+}
+
+impl Default for Notify {
+    fn default() -> Self {
+        let rule = |wechat, qiuqiu, prefer, external_when_online, always_urgent| KindRule {
+            wechat,
+            qiuqiu,
+            prefer,
+            in_app: true,
+            external_when_online,
+            always_urgent,
+            quiet_hours: QuietHoursAction::Hold,
+        };
+        use PreferredChannel::{Qiuqiu, Wechat};
+        let kinds = BTreeMap::from([
+            // A strong reminder on WeChat; on 球球 an entry in the request list, pushed once per
+            // window with a count.
+            (
+                "friend_request".to_string(),
+                rule(
+                    WeChatAction::Template,
+                    QiuQiuAction::Aggregate,
+                    Wechat,
+                    true,
+                    false,
+                ),
+            ),
+            // The bill on WeChat; only a silent balance update in the app.
+            (
+                "payment_success".to_string(),
+                rule(
+                    WeChatAction::Template,
+                    QiuQiuAction::Silent,
+                    Wechat,
+                    true,
+                    false,
+                ),
+            ),
+            (
+                "event_preview".to_string(),
+                rule(
+                    WeChatAction::Template,
+                    QiuQiuAction::Popup,
+                    Wechat,
+                    false,
+                    false,
+                ),
+            ),
+            (
+                "social_interaction".to_string(),
+                rule(WeChatAction::None, QiuQiuAction::Push, Qiuqiu, false, false),
+            ),
+            (
+                "security_alert".to_string(),
+                rule(
+                    WeChatAction::Template,
+                    QiuQiuAction::Push,
+                    Wechat,
+                    true,
+                    true,
+                ),
+            ),
+        ]);
+        Self {
+            dedup_window: Duration::from_secs(5 * 60),
+            max_attempts: 3,
+            retry_base: Duration::from_secs(2),
+            retry_max: Duration::from_secs(10 * 60),
+            concurrency: 32,
+            poll_interval: Duration::from_millis(200),
+            lease: Duration::from_secs(60),
+            aggregate_window: Duration::from_secs(60),
+            kinds,
+        }
+    }
+}

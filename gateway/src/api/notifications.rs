@@ -1,0 +1,190 @@
+//! Notifications from the backend, their status, and the users' notification preferences
+//! (quiet hours, consent, channel bindings).
+
+use super::devices::check_ids;
+use super::error::ApiError;
+use super::json::ApiJson;
+use crate::channel::{parse_job_finish, JobStatus};
+use crate::gateway::Gateway;
+use crate::notify::model::{
+    Bindings, Consent, Notification, Priority, QuietHours, Record, Route, RouteState, Status,
+};
+use crate::notify::quiet_hours;
+use crate::notify::router::RouteError;
+use crate::session_handle::unix_millis;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::Json;
+use protocol::ErrorCode;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+/// Longest title, body, link or dedup key, in characters.
+const MAX_TEXT: usize = 4096;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PostNotification {
+    user: String,
+    kind: String,
+    title: String,
+    body: String,
+    #[serde(default)]
+    data: Value,
+    #[serde(default)]
+    priority: Priority,
+    dedup_key: Option<String>,
+    link: Option<String>,
+}
+
+#[derive(Serialize)]
+pub struct Routed {
+    id: String,
+    routes: BTreeMap<Route, RouteState>,
+}
+
+impl From<RouteError> for ApiError {
+    fn from(error: RouteError) -> Self {
+        match error {
+            RouteError::UnknownKind(..) => ApiError::invalid(error.to_string()),
+            RouteError::Store(e) => e.into(),
+        }
+    }
+}
+
+pub async fn post(
+    State(gw): State<Arc<Gateway>>,
+    ApiJson(request): ApiJson<PostNotification>,
+) -> Result<(StatusCode, Json<Routed>), ApiError> {
+    check_ids(&[&request.user])?;
+    let texts = [
+        Some(&request.title),
+        Some(&request.body),
+        request.link.as_ref(),
+        request.dedup_key.as_ref(),
+    ];
+    if texts.iter().flatten().any(|t| t.chars().count() > MAX_TEXT) {
+        return Err(ApiError::invalid(format!(
+            "title, body, link and dedup_key hold at most {MAX_TEXT} characters"
+        )));
+    }
+    let notification = Notification {
+        id: uuid::Uuid::now_v7().to_string(),
+        user: request.user,
+        kind: request.kind,
+        title: request.title,
+        body: request.body,
+        data: request.data,
+        priority: request.priority,
+        dedup_key: request.dedup_key,
+        link: request.link,
+        created_at: unix_millis(),
+    };
+    let record = gw.notifications.submit(&gw, notification).await?;
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(Routed {
+            id: record.notification.id,
+            routes: record.routes,
+        }),
+    ))
+}
+
+pub async fn get(
+    State(gw): State<Arc<Gateway>>,
+    Path(id): Path<String>,
+) -> Result<Json<Record>, ApiError> {
+    match gw.notifications.ledger.record(&id).await? {
+        Some(record) => Ok(Json(record)),
+        None => Err(ApiError::not_found(format!("no notification {id:?}"))),
+    }
+}
+
+pub async fn put_quiet_hours(
+    State(gw): State<Arc<Gateway>>,
+    Path(user): Path<String>,
+    ApiJson(hours): ApiJson<QuietHours>,
+) -> Result<Json<QuietHours>, ApiError> {
+    check_ids(&[&user])?;
+    quiet_hours::validate(&hours).map_err(|e| ApiError::invalid(e.to_string()))?;
+    gw.notifications
+        .ledger
+        .set_quiet_hours(&user, &hours)
+        .await?;
+    Ok(Json(hours))
+}
+
+pub async fn put_consent(
+    State(gw): State<Arc<Gateway>>,
+    Path(user): Path<String>,
+    ApiJson(consent): ApiJson<Consent>,
+) -> Result<Json<Consent>, ApiError> {
+    check_ids(&[&user])?;
+    gw.notifications.ledger.set_consent(&user, &consent).await?;
+    Ok(Json(consent))
+}
+
+pub async fn put_bindings(
+    State(gw): State<Arc<Gateway>>,
+    Path(user): Path<String>,
+    ApiJson(bindings): ApiJson<Bindings>,
+) -> Result<Json<Bindings>, ApiError> {
+    check_ids(&[&user])?;
+    let apps = &gw.config.channels.wechat.apps;
+    if let Some(unknown) = bindings
+        .wechat
+        .keys()
+        .find(|name| !apps.iter().any(|app| &app.name == *name))
+    {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            ErrorCode::InvalidRequest,
+            format!("no WeChat app named {unknown:?} in channels.wechat.apps"),
+        ));
+    }
+    gw.notifications
+        .ledger
+        .set_bindings(&user, &bindings)
+        .await?;
+    Ok(Json(bindings))
+}
+
+/// WeChat's `TEMPLATESENDJOBFINISH` event: a template message sent earlier was delivered, or
+/// not. WeChat wants `success` back whatever the event was (other events come here too).
+pub async fn wechat_callback(State(gw): State<Arc<Gateway>>, body: String) -> &'static str {
+    let Some(finish) = parse_job_finish(&body) else {
+        return "success";
+    };
+    let ledger = &gw.notifications.ledger;
+    let found = match ledger.by_provider_id(&finish.msgid).await {
+        Ok(found) => found,
+        Err(e) => {
+            tracing::warn!(msgid = %finish.msgid, "delivery report not recorded: {e}");
+            return "success";
+        }
+    };
+    let Some((id, route)) = found else {
+        tracing::debug!(msgid = %finish.msgid, "delivery report for an unknown message");
+        return "success";
+    };
+    let Ok(Some(record)) = ledger.record(&id).await else {
+        return "success";
+    };
+    let mut state = record
+        .routes
+        .get(&route)
+        .cloned()
+        .unwrap_or_else(|| RouteState::new(Status::Sent, None));
+    (state.status, state.detail) = match finish.status {
+        JobStatus::Delivered => (Status::Delivered, None),
+        JobStatus::UserBlock => (Status::Failed, Some("user block".into())),
+        JobStatus::SystemFailed => (Status::Failed, Some("system failed".into())),
+        JobStatus::Other(other) => (Status::Failed, Some(other)),
+    };
+    if let Err(e) = ledger.set_route(&id, route, state).await {
+        tracing::warn!(msgid = %finish.msgid, "delivery report not recorded: {e}");
+    }
+    "success"
+}

@@ -1,0 +1,425 @@
+//! The WeChat channel: Official Account template messages and subscribe messages (RESEARCH §4),
+//! and the `TEMPLATESENDJOBFINISH` delivery report that WeChat posts back later.
+
+use super::http;
+use super::token_cache::{FreshToken, TokenCache, Tokens};
+use super::{Channel, ChannelName, Content, Outcome, Push, Target};
+use chrono::{DateTime, Days, FixedOffset, Utc};
+use quick_xml::events::Event;
+use serde_json::{json, Map, Value};
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+/// How long to hold back after 45011 (the per-minute limit): WeChat says "retry next minute".
+const NEXT_MINUTE: Duration = Duration::from_secs(60);
+
+pub struct WeChatChannel {
+    base_url: String,
+    /// The configured apps by `name`, the name targets refer to.
+    apps: HashMap<String, broker_config::WeChatApp>,
+    http: reqwest::Client,
+    /// Keyed by appid: two configured names for one account share its token.
+    tokens: Tokens,
+}
+
+impl WeChatChannel {
+    /// `timeout` bounds each call to WeChat (`channels.request_timeout`).
+    pub fn new(
+        config: &broker_config::WeChat,
+        timeout: Duration,
+        cache: Arc<dyn TokenCache>,
+    ) -> anyhow::Result<Self> {
+        Ok(Self {
+            base_url: config.base_url.trim_end_matches('/').to_owned(),
+            apps: config
+                .apps
+                .iter()
+                .map(|app| (app.name.clone(), app.clone()))
+                .collect(),
+            http: http::client(timeout)?,
+            tokens: Tokens::new(ChannelName::WeChat, cache, config.refresh_early),
+        })
+    }
+
+    /// `POST /cgi-bin/stable_token` without `force_refresh`: while the account's token is valid
+    /// every caller gets that same token, so nodes refreshing at once do not invalidate each
+    /// other's (as `/cgi-bin/token` would).
+    async fn fetch_token(&self, app: &broker_config::WeChatApp) -> Result<FreshToken, Outcome> {
+        let answer = http::post_json(
+            self.http
+                .post(format!("{}/cgi-bin/stable_token", self.base_url))
+                .json(&json!({
+                    "grant_type": "client_credential",
+                    "appid": app.appid,
+                    "secret": app.secret,
+                    "force_refresh": false,
+                })),
+        )
+        .await?;
+        let errcode = http::code(&answer, "errcode", Some(0))?;
+        if errcode != 0 {
+            return Err(outcome(errcode, errmsg(&answer), SystemTime::now()));
+        }
+        let value = answer.get("access_token").and_then(Value::as_str);
+        let lives = answer
+            .get("expires_in")
+            .and_then(|v| http::text(v)?.parse().ok());
+        match (value, lives) {
+            (Some(value), Some(seconds)) if !value.is_empty() => Ok(FreshToken {
+                value: value.to_owned(),
+                lives: Duration::from_secs(seconds),
+            }),
+            _ => Err(http::bad_reply(
+                "a token answer without access_token or expires_in",
+            )),
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl Channel for WeChatChannel {
+    fn name(&self) -> ChannelName {
+        ChannelName::WeChat
+    }
+
+    async fn send(&self, push: &Push) -> Outcome {
+        let Target::WeChat { app, openid } = &push.target else {
+            return misrouted("a target that is not a WeChat user");
+        };
+        let Some(app) = self.apps.get(app) else {
+            return Outcome::Failed {
+                code: "unknown_app".into(),
+                message: format!("no WeChat app named {app:?} is configured"),
+            };
+        };
+        let (path, body) = match &push.content {
+            Content::WeChatTemplate {
+                template_id,
+                url,
+                fields,
+            } => {
+                let mut body = json!({
+                    "touser": openid,
+                    "template_id": template_id,
+                    "client_msg_id": push.key,
+                    "data": data(fields),
+                });
+                if let Some(url) = url {
+                    body["url"] = json!(url);
+                }
+                ("template", body)
+            }
+            // Subscribe messages have no `client_msg_id`: a retry after a timeout may deliver
+            // twice, which WeChat gives no way to prevent.
+            Content::WeChatSubscribe {
+                template_id,
+                page,
+                fields,
+            } => {
+                let mut body = json!({
+                    "touser": openid,
+                    "template_id": template_id,
+                    "miniprogram_state": "formal",
+                    "lang": "zh_CN",
+                    "data": data(fields),
+                });
+                if let Some(page) = page {
+                    body["page"] = json!(page);
+                }
+                ("subscribe", body)
+            }
+            _ => return misrouted("content that is not a WeChat message"),
+        };
+        let url = format!("{}/cgi-bin/message/{path}/send", self.base_url);
+        let mut refreshed = false;
+        loop {
+            let token = match self.tokens.get(&app.appid, || self.fetch_token(app)).await {
+                Ok(token) => token,
+                Err(outcome) => return outcome,
+            };
+            let request = self
+                .http
+                .post(&url)
+                .query(&[("access_token", &token)])
+                .json(&body);
+            let answer = match http::post_json(request).await {
+                Ok(answer) => answer,
+                Err(outcome) => return outcome,
+            };
+            let errcode = match http::code(&answer, "errcode", Some(0)) {
+                Ok(errcode) => errcode,
+                Err(outcome) => return outcome,
+            };
+            if errcode == 0 {
+                return Outcome::Sent {
+                    provider_id: answer.get("msgid").and_then(http::text),
+                };
+            }
+            if token_rejected(errcode) && !refreshed {
+                refreshed = true;
+                self.tokens.reject(&app.appid, &token).await;
+                continue;
+            }
+            return outcome(errcode, errmsg(&answer), SystemTime::now());
+        }
+    }
+}
+
+fn misrouted(what: &str) -> Outcome {
+    Outcome::Failed {
+        code: "misrouted".into(),
+        message: format!("the WeChat channel was given {what}"),
+    }
+}
+
+/// 40001 (invalid or replaced), 40014 (malformed), 42001 (expired).
+fn token_rejected(errcode: i64) -> bool {
+    matches!(errcode, 40001 | 40014 | 42001)
+}
+
+fn errmsg(answer: &Value) -> String {
+    answer
+        .get("errmsg")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_owned()
+}
+
+/// What an `errcode` other than 0 means for the push (RESEARCH §4's table).
+fn outcome(errcode: i64, errmsg: String, now: SystemTime) -> Outcome {
+    let code = errcode.to_string();
+    match errcode {
+        // System busy; or a token rejected again right after a refresh, which is WeChat's
+        // token service catching up.
+        -1 | 40001 | 40014 | 42001 => Outcome::Retry { code, after: None },
+        45011 => Outcome::Retry {
+            code,
+            after: Some(NEXT_MINUTE),
+        },
+        // Hot retries would only burn through tomorrow's quota the moment it resets.
+        45009 => Outcome::Park {
+            code,
+            until: next_quota_day(now),
+        },
+        // 40003 invalid openid, 40037 invalid template, 43004 the user unfollowed, 43101 the
+        // user refused subscribe messages, 47003 values over the limits; and every code not in
+        // the table (bad credentials, malformed request …), where a retry would fail the same.
+        _ => Outcome::Failed {
+            code,
+            message: errmsg,
+        },
+    }
+}
+
+/// WeChat's daily quotas reset at midnight in China (UTC+8, no daylight saving).
+pub fn next_quota_day(now: SystemTime) -> SystemTime {
+    let china = FixedOffset::east_opt(8 * 3600).expect("UTC+8 is a valid offset");
+    let local = DateTime::<Utc>::from(now).with_timezone(&china);
+    let midnight = local
+        .date_naive()
+        .checked_add_days(Days::new(1))
+        .and_then(|day| day.and_hms_opt(0, 0, 0))
+        .and_then(|midnight| midnight.and_local_timezone(china).single());
+    // Only unrepresentable dates (the end of time) have no next midnight.
+    midnight.map_or(now + Duration::from_secs(24 * 3600), SystemTime::from)
+}
+
+/// The `data` object: each field as `{"value": …}`, its value cleaned and cut to its type's limit.
+fn data(fields: &[(String, String)]) -> Value {
+    let data: Map<String, Value> = fields
+        .iter()
+        .map(|(key, value)| (key.clone(), json!({ "value": field_value(key, value) })))
+        .collect();
+    Value::Object(data)
+}
+
+/// `value` without control characters (newlines included, which WeChat rejects) and cut to the
+/// limit of the field's type, which is the key without its number (`thing3` is a `thing`).
+/// Cut, not rejected: an over-long value fails the whole message with 47003, and a shortened
+/// title is better than none. Limits count characters, so a cut never splits one.
+pub fn field_value(key: &str, value: &str) -> String {
+    let clean: String = value.chars().filter(|c| !c.is_control()).collect();
+    let limit = match key.trim_end_matches(|c: char| c.is_ascii_digit()) {
+        "thing" => 20,
+        "number" | "letter" | "character_string" => 32,
+        "phone_number" => 17,
+        "car_number" => 8,
+        // 20 when written in letters, 10 when in Chinese characters.
+        "name" if clean.is_ascii() => 20,
+        "name" => 10,
+        "phrase" => 5,
+        _ => return clean,
+    };
+    clean.chars().take(limit).collect()
+}
+
+/// A `TEMPLATESENDJOBFINISH` event: what finally became of a template message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JobFinish {
+    /// The `msgid` the send was answered with ([`Outcome::Sent`]'s `provider_id`).
+    pub msgid: String,
+    pub status: JobStatus,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum JobStatus {
+    /// `success`
+    Delivered,
+    /// `failed:user block`: the user blocked the account's messages.
+    UserBlock,
+    /// `failed: system failed`
+    SystemFailed,
+    /// Any other status, as sent.
+    Other(String),
+}
+
+/// Reads a callback body; `None` unless it is a `TEMPLATESENDJOBFINISH` event with a `MsgID`.
+/// The callback URL receives the account's other events too, which are not this function's.
+/// Statuses are compared without case and spaces, as WeChat's spacing varies.
+pub fn parse_job_finish(xml: &str) -> Option<JobFinish> {
+    let fields = top_level_fields(xml)?;
+    let field = |name: &str| {
+        fields
+            .iter()
+            .find(|(key, _)| key.eq_ignore_ascii_case(name))
+            .map(|(_, value)| value.trim())
+    };
+    if !field("Event")?.eq_ignore_ascii_case("TEMPLATESENDJOBFINISH") {
+        return None;
+    }
+    let msgid = field("MsgID").filter(|id| !id.is_empty())?.to_owned();
+    let status = field("Status").unwrap_or_default();
+    let normalized: String = status
+        .chars()
+        .filter(|c| !c.is_whitespace())
+        .collect::<String>()
+        .to_ascii_lowercase();
+    let status = match normalized.as_str() {
+        "success" => JobStatus::Delivered,
+        "failed:userblock" => JobStatus::UserBlock,
+        "failed:systemfailed" => JobStatus::SystemFailed,
+        _ => JobStatus::Other(status.to_owned()),
+    };
+    Some(JobFinish { msgid, status })
+}
+
+/// The text of each child of the root element (`<xml><MsgID>1</MsgID>…</xml>`), CDATA and
+/// escapes resolved; `None` for a body that is not well-formed XML.
+fn top_level_fields(xml: &str) -> Option<Vec<(String, String)>> {
+    let mut reader = quick_xml::Reader::from_str(xml);
+    let mut fields: Vec<(String, String)> = Vec::new();
+    let mut depth = 0usize;
+    loop {
+        let event = reader.read_event().ok()?;
+        let text = match event {
+            Event::Start(start) => {
+                depth += 1;
+                if depth == 2 {
+                    let name = String::from_utf8_lossy(start.local_name().as_ref()).into_owned();
+                    fields.push((name, String::new()));
+                }
+                continue;
+            }
+            Event::End(_) => {
+                depth = depth.checked_sub(1)?;
+                continue;
+            }
+            // An unclosed element is a cut body.
+            Event::Eof => return (depth == 0).then_some(fields),
+            Event::Text(text) => text.xml_content().ok()?.into_owned(),
+            Event::CData(cdata) => cdata.xml_content().ok()?.into_owned(),
+            Event::GeneralRef(reference) => match reference.resolve_char_ref().ok()? {
+                Some(c) => c.to_string(),
+                None => {
+                    let entity = format!("&{};", reference.decode().ok()?);
+                    quick_xml::escape::unescape(&entity).ok()?.into_owned()
+                }
+            },
+            _ => continue,
+        };
+        if depth == 2 {
+            if let Some((_, value)) = fields.last_mut() {
+                value.push_str(&text);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::TimeZone;
+
+    #[test]
+    fn values_are_cut_by_characters_to_their_type() {
+        let long = "巧克力".repeat(10);
+        assert_eq!(field_value("thing1", &long).chars().count(), 20);
+        assert_eq!(field_value("thing12", "a\nb\tc\u{7}"), "abc");
+        assert_eq!(field_value("phrase3", "已发货了吗"), "已发货了吗");
+        assert_eq!(field_value("phrase3", "已经发货了吗"), "已经发货了");
+        assert_eq!(field_value("name2", &"a".repeat(25)), "a".repeat(20));
+        assert_eq!(field_value("name2", &"张".repeat(12)), "张".repeat(10));
+        assert_eq!(field_value("car_number4", "粤B12345678"), "粤B123456");
+        assert_eq!(field_value("phone_number1", &"1".repeat(20)).len(), 17);
+        assert_eq!(field_value("character_string9", &"x".repeat(40)).len(), 32);
+        assert_eq!(field_value("amount2", &"9".repeat(40)).len(), 40);
+    }
+
+    #[test]
+    fn the_quota_day_turns_at_midnight_in_china() {
+        let at =
+            |y, m, d, h, min| SystemTime::from(Utc.with_ymd_and_hms(y, m, d, h, min, 0).unwrap());
+        // 15:59 UTC is 23:59 in China: a minute to go.
+        assert_eq!(
+            next_quota_day(at(2025, 3, 1, 15, 59)),
+            at(2025, 3, 1, 16, 0)
+        );
+        // 16:00 UTC is midnight in China: the next one is a day away.
+        assert_eq!(next_quota_day(at(2025, 3, 1, 16, 0)), at(2025, 3, 2, 16, 0));
+        assert_eq!(
+            next_quota_day(at(2025, 12, 31, 20, 0)),
+            at(2026, 1, 1, 16, 0)
+        );
+    }
+
+    #[test]
+    fn every_code_of_the_table_has_its_action() {
+        let now = SystemTime::now();
+        for code in [-1, 40001, 40014, 42001] {
+            assert!(matches!(
+                outcome(code, String::new(), now),
+                Outcome::Retry { after: None, .. }
+            ));
+        }
+        assert_eq!(
+            outcome(45011, String::new(), now),
+            Outcome::Retry {
+                code: "45011".into(),
+                after: Some(NEXT_MINUTE)
+            }
+        );
+        assert!(
+            matches!(outcome(45009, String::new(), now), Outcome::Park { until, .. } if until > now)
+        );
+        for code in [40003, 40037, 43004, 43101, 47003] {
+            assert!(matches!(
+                outcome(code, String::new(), now),
+                Outcome::Failed { .. }
+            ));
+        }
+    }
+
+    #[test]
+    fn other_events_and_broken_xml_are_not_job_reports() {
+        let subscribe = "<xml><Event><![CDATA[subscribe]]></Event><MsgID>1</MsgID></xml>";
+        assert_eq!(parse_job_finish(subscribe), None);
+        assert_eq!(parse_job_finish("<xml><Event>TEMPLATESENDJOBFINISH"), None);
+        let escaped = "<xml><Event>TEMPLATESENDJOBFINISH</Event><MsgID>7</MsgID>\
+                       <Status>failed:&#32;odd &amp; new</Status></xml>";
+        assert_eq!(
+            parse_job_finish(escaped).map(|job| job.status),
+            Some(JobStatus::Other("failed: odd & new".into()))
+        );
+    }
+}

@@ -1,0 +1,484 @@
+//! The embedded ledger: fjall keyspaces in `DATA_DIR/notify`, every change one durable batch.
+//! Writes that read first (claims, settling, aggregating) are serialized by one lock: this is
+//! the single-node backend.
+//!
+//! Keyspaces (ids never contain a 0 byte):
+//! - `records` id → record (JSON, sealed: it holds the notification's text)
+//! - `queue` due(8 BE) key → job (JSON); `jobs` key → due(8 BE), to find a job's queue entry
+//! - `prefs` `quiet`|`consent`|`bindings` 0 user → JSON (bindings sealed: they hold openids)
+//! - `dedup` user 0 key → claim expiry (8 BE)
+//! - `provider` provider id → notification 0 route
+//! - `aggregates` user 0 kind → key of the pending aggregated job, and `job` 0 key → that slot
+//! - `quota` quota 0 day → count (8 BE)
+
+use super::Ledger;
+use crate::notify::model::{Bindings, Consent, Job, QuietHours, Record, Route, RouteState};
+use crate::store::cipher::KeyRing;
+use crate::store::StoreError;
+use async_trait::async_trait;
+use fjall::{Database, Keyspace, KeyspaceCreateOptions, OwnedWriteBatch, PersistMode};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+#[derive(Clone)]
+struct Spaces {
+    db: Database,
+    records: Keyspace,
+    queue: Keyspace,
+    jobs: Keyspace,
+    prefs: Keyspace,
+    dedup: Keyspace,
+    provider: Keyspace,
+    aggregates: Keyspace,
+    quota: Keyspace,
+}
+
+pub struct EmbeddedLedger {
+    spaces: Spaces,
+    keys: Arc<KeyRing>,
+    writes: Arc<Mutex<()>>,
+}
+
+fn failed(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Unavailable(e.to_string())
+}
+
+fn joined(a: &str, b: &str) -> Vec<u8> {
+    [a.as_bytes(), b"\0", b.as_bytes()].concat()
+}
+
+fn queue_key(due: u64, key: &str) -> Vec<u8> {
+    [&due.to_be_bytes()[..], key.as_bytes()].concat()
+}
+
+fn be_u64(bytes: &[u8]) -> u64 {
+    u64::from_be_bytes(bytes.try_into().unwrap_or([0; 8]))
+}
+
+fn to_json(value: &impl Serialize) -> Vec<u8> {
+    serde_json::to_vec(value).expect("ledger values serialize")
+}
+
+fn from_json<T: DeserializeOwned>(bytes: &[u8], what: &str) -> Result<T, StoreError> {
+    serde_json::from_slice(bytes).map_err(|e| StoreError::Unreadable(format!("{what}: {e}")))
+}
+
+impl EmbeddedLedger {
+    pub fn open(path: &Path, keys: Arc<KeyRing>) -> anyhow::Result<Self> {
+        let db = Database::builder(path)
+            .worker_threads(1)
+            .open()
+            .map_err(|e| anyhow::anyhow!("cannot open the ledger {}: {e}", path.display()))?;
+        let space = |name: &str| db.keyspace(name, KeyspaceCreateOptions::default);
+        let spaces = Spaces {
+            records: space("records")?,
+            queue: space("queue")?,
+            jobs: space("jobs")?,
+            prefs: space("prefs")?,
+            dedup: space("dedup")?,
+            provider: space("provider")?,
+            aggregates: space("aggregates")?,
+            quota: space("quota")?,
+            db,
+        };
+        Ok(Self {
+            spaces,
+            keys,
+            writes: Arc::new(Mutex::new(())),
+        })
+    }
+
+    /// Runs `work` off the async threads, holding the write lock when `exclusive`.
+    async fn run<T: Send + 'static>(
+        &self,
+        exclusive: bool,
+        work: impl FnOnce(&Spaces, &KeyRing) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let (spaces, keys, writes) = (self.spaces.clone(), self.keys.clone(), self.writes.clone());
+        tokio::task::spawn_blocking(move || {
+            let _guard = exclusive.then(|| writes.lock().expect("ledger write lock"));
+            work(&spaces, &keys)
+        })
+        .await
+        .map_err(failed)?
+    }
+}
+
+impl Spaces {
+    fn batch(&self) -> OwnedWriteBatch {
+        self.db.batch().durability(Some(PersistMode::SyncAll))
+    }
+
+    fn record(&self, keys: &KeyRing, id: &str) -> Result<Option<Record>, StoreError> {
+        let Some(sealed) = self.records.get(id).map_err(failed)? else {
+            return Ok(None);
+        };
+        let plain = keys
+            .open(&sealed, id.as_bytes())
+            .map_err(|e| StoreError::Unreadable(format!("notification {id}: {e}")))?;
+        from_json(&plain, "notification record").map(Some)
+    }
+
+    fn put_record(&self, batch: &mut OwnedWriteBatch, keys: &KeyRing, record: &Record) {
+        let id = &record.notification.id;
+        batch.insert(
+            &self.records,
+            id.as_str(),
+            keys.seal(&to_json(record), id.as_bytes()),
+        );
+    }
+
+    fn enqueue(&self, batch: &mut OwnedWriteBatch, job: &Job, due: u64) -> Result<(), StoreError> {
+        let key = job.key();
+        if let Some(old) = self.jobs.get(&key).map_err(failed)? {
+            batch.remove(&self.queue, queue_key(be_u64(&old), &key));
+        }
+        batch.insert(&self.queue, queue_key(due, &key), to_json(job));
+        batch.insert(&self.jobs, key.as_str(), due.to_be_bytes());
+        Ok(())
+    }
+
+    fn dequeue(&self, batch: &mut OwnedWriteBatch, job: &Job) -> Result<(), StoreError> {
+        let key = job.key();
+        if let Some(old) = self.jobs.get(&key).map_err(failed)? {
+            batch.remove(&self.queue, queue_key(be_u64(&old), &key));
+        }
+        batch.remove(&self.jobs, key.as_str());
+        Ok(())
+    }
+
+    fn pref<T: DeserializeOwned>(
+        &self,
+        kind: &str,
+        user: &str,
+        keys: Option<&KeyRing>,
+    ) -> Result<Option<T>, StoreError> {
+        let key = joined(kind, user);
+        let Some(bytes) = self.prefs.get(&key).map_err(failed)? else {
+            return Ok(None);
+        };
+        let plain = match keys {
+            Some(keys) => keys
+                .open(&bytes, &key)
+                .map_err(|e| StoreError::Unreadable(format!("{kind} of {user}: {e}")))?,
+            None => bytes.to_vec(),
+        };
+        from_json(&plain, kind).map(Some)
+    }
+
+    fn set_pref(
+        &self,
+        kind: &str,
+        user: &str,
+        value: &impl Serialize,
+        keys: Option<&KeyRing>,
+    ) -> Result<(), StoreError> {
+        let key = joined(kind, user);
+        let bytes = match keys {
+            Some(keys) => keys.seal(&to_json(value), &key),
+            None => to_json(value),
+        };
+        let mut batch = self.batch();
+        batch.insert(&self.prefs, key, bytes);
+        batch.commit().map_err(failed)
+    }
+}
+
+#[async_trait]
+impl Ledger for EmbeddedLedger {
+    async fn claim_dedup(
+        &self,
+        user: &str,
+        key: &str,
+        now_ms: u64,
+        window_ms: u64,
+    ) -> Result<bool, StoreError> {
+        let claim = joined(user, key);
+        self.run(true, move |spaces, _| {
+            if let Some(expiry) = spaces.dedup.get(&claim).map_err(failed)? {
+                if be_u64(&expiry) > now_ms {
+                    return Ok(false);
+                }
+            }
+            let mut batch = spaces.batch();
+            batch.insert(&spaces.dedup, claim, (now_ms + window_ms).to_be_bytes());
+            batch.commit().map_err(failed)?;
+            Ok(true)
+        })
+        .await
+    }
+
+    async fn create(&self, record: &Record, jobs: &[(Job, u64)]) -> Result<(), StoreError> {
+        let (record, jobs) = (record.clone(), jobs.to_vec());
+        self.run(true, move |spaces, keys| {
+            let mut batch = spaces.batch();
+            spaces.put_record(&mut batch, keys, &record);
+            for (job, due) in &jobs {
+                spaces.enqueue(&mut batch, job, *due)?;
+            }
+            batch.commit().map_err(failed)
+        })
+        .await
+    }
+
+    async fn record(&self, id: &str) -> Result<Option<Record>, StoreError> {
+        let id = id.to_string();
+        self.run(false, move |spaces, keys| spaces.record(keys, &id))
+            .await
+    }
+
+    async fn take_due(
+        &self,
+        now_ms: u64,
+        limit: usize,
+        lease_ms: u64,
+    ) -> Result<Vec<Job>, StoreError> {
+        self.run(true, move |spaces, _| {
+            let mut due = Vec::new();
+            for entry in spaces
+                .queue
+                .range(..=queue_key(now_ms, "\u{7f}"))
+                .take(limit)
+            {
+                let (_, value) = entry.into_inner().map_err(failed)?;
+                due.push(from_json::<Job>(&value, "queued job")?);
+            }
+            if due.is_empty() {
+                return Ok(due);
+            }
+            let mut batch = spaces.batch();
+            for job in &due {
+                spaces.enqueue(&mut batch, job, now_ms + lease_ms)?;
+                let reverse = joined("job", &job.key());
+                if let Some(slot) = spaces.aggregates.get(&reverse).map_err(failed)? {
+                    batch.remove(&spaces.aggregates, slot);
+                    batch.remove(&spaces.aggregates, reverse);
+                }
+            }
+            batch.commit().map_err(failed)?;
+            Ok(due)
+        })
+        .await
+    }
+
+    async fn settle(
+        &self,
+        job: &Job,
+        state: RouteState,
+        next_due: Option<u64>,
+    ) -> Result<(), StoreError> {
+        let job = job.clone();
+        self.run(true, move |spaces, keys| {
+            let mut batch = spaces.batch();
+            if let Some(mut record) = spaces.record(keys, &job.notification)? {
+                record.routes.insert(job.route, state);
+                spaces.put_record(&mut batch, keys, &record);
+            }
+            match next_due {
+                Some(due) => spaces.enqueue(&mut batch, &job, due)?,
+                None => spaces.dequeue(&mut batch, &job)?,
+            }
+            batch.commit().map_err(failed)
+        })
+        .await
+    }
+
+    async fn aggregate(
+        &self,
+        user: &str,
+        kind: &str,
+        notification: &str,
+        route: Route,
+        due_ms: u64,
+    ) -> Result<(Job, bool), StoreError> {
+        let (user, kind, notification) =
+            (user.to_string(), kind.to_string(), notification.to_string());
+        self.run(true, move |spaces, _| {
+            let slot = joined(&user, &kind);
+            if let Some(key) = spaces.aggregates.get(&slot).map_err(failed)? {
+                let key = String::from_utf8_lossy(&key).into_owned();
+                if let Some(due) = spaces.jobs.get(&key).map_err(failed)? {
+                    let due = be_u64(&due);
+                    if let Some(job) = spaces.queue.get(queue_key(due, &key)).map_err(failed)? {
+                        let mut job: Job = from_json(&job, "aggregated job")?;
+                        job.count += 1;
+                        let mut batch = spaces.batch();
+                        batch.insert(&spaces.queue, queue_key(due, &key), to_json(&job));
+                        batch.commit().map_err(failed)?;
+                        return Ok((job, false));
+                    }
+                }
+            }
+            let job = Job {
+                notification,
+                route,
+                user,
+                attempts: 0,
+                count: 1,
+            };
+            let mut batch = spaces.batch();
+            batch.insert(&spaces.aggregates, slot.clone(), job.key().as_bytes());
+            // Taking the job to send it frees the slot (see `take_due`): what comes after starts
+            // the next aggregate rather than joining one already sent.
+            batch.insert(&spaces.aggregates, joined("job", &job.key()), slot);
+            spaces.enqueue(&mut batch, &job, due_ms)?;
+            batch.commit().map_err(failed)?;
+            Ok((job, true))
+        })
+        .await
+    }
+
+    async fn index_provider_id(
+        &self,
+        provider_id: &str,
+        notification: &str,
+        route: Route,
+    ) -> Result<(), StoreError> {
+        let (provider_id, value) = (
+            provider_id.to_string(),
+            joined(notification, route.as_str()),
+        );
+        self.run(false, move |spaces, _| {
+            let mut batch = spaces.batch();
+            batch.insert(&spaces.provider, provider_id.as_str(), value);
+            batch.commit().map_err(failed)
+        })
+        .await
+    }
+
+    async fn by_provider_id(
+        &self,
+        provider_id: &str,
+    ) -> Result<Option<(String, Route)>, StoreError> {
+        let provider_id = provider_id.to_string();
+        self.run(false, move |spaces, _| {
+            let Some(value) = spaces.provider.get(&provider_id).map_err(failed)? else {
+                return Ok(None);
+            };
+            let text = String::from_utf8_lossy(&value).into_owned();
+            let Some((id, route)) = text.split_once('\0') else {
+                return Ok(None);
+            };
+            let route = match route {
+                "wechat" => Route::Wechat,
+                "qiuqiu" => Route::Qiuqiu,
+                _ => Route::InApp,
+            };
+            Ok(Some((id.to_string(), route)))
+        })
+        .await
+    }
+
+    async fn set_route(&self, id: &str, route: Route, state: RouteState) -> Result<(), StoreError> {
+        let id = id.to_string();
+        self.run(true, move |spaces, keys| {
+            let Some(mut record) = spaces.record(keys, &id)? else {
+                return Ok(());
+            };
+            record.routes.insert(route, state);
+            let mut batch = spaces.batch();
+            spaces.put_record(&mut batch, keys, &record);
+            batch.commit().map_err(failed)
+        })
+        .await
+    }
+
+    async fn count_quota(&self, quota: &str, day: &str, limit: u64) -> Result<bool, StoreError> {
+        let key = joined(quota, day);
+        self.run(true, move |spaces, _| {
+            let used = spaces
+                .quota
+                .get(&key)
+                .map_err(failed)?
+                .map_or(0, |v| be_u64(&v));
+            if used >= limit {
+                return Ok(false);
+            }
+            let mut batch = spaces.batch();
+            batch.insert(&spaces.quota, key, (used + 1).to_be_bytes());
+            batch.commit().map_err(failed)?;
+            Ok(true)
+        })
+        .await
+    }
+
+    async fn quiet_hours(&self, user: &str) -> Result<Option<QuietHours>, StoreError> {
+        let user = user.to_string();
+        self.run(false, move |spaces, _| spaces.pref("quiet", &user, None))
+            .await
+    }
+
+    async fn set_quiet_hours(&self, user: &str, hours: &QuietHours) -> Result<(), StoreError> {
+        let (user, hours) = (user.to_string(), hours.clone());
+        self.run(true, move |spaces, _| {
+            spaces.set_pref("quiet", &user, &hours, None)
+        })
+        .await
+    }
+
+    async fn consent(&self, user: &str) -> Result<Consent, StoreError> {
+        let user = user.to_string();
+        self.run(false, move |spaces, _| {
+            Ok(spaces.pref("consent", &user, None)?.unwrap_or_default())
+        })
+        .await
+    }
+
+    async fn set_consent(&self, user: &str, consent: &Consent) -> Result<(), StoreError> {
+        let (user, consent) = (user.to_string(), *consent);
+        self.run(true, move |spaces, _| {
+            spaces.set_pref("consent", &user, &consent, None)
+        })
+        .await
+    }
+
+    async fn bindings(&self, user: &str) -> Result<Bindings, StoreError> {
+        let user = user.to_string();
+        self.run(false, move |spaces, keys| {
+            Ok(spaces
+                .pref("bindings", &user, Some(keys))?
+                .unwrap_or_default())
+        })
+        .await
+    }
+
+    async fn set_bindings(&self, user: &str, bindings: &Bindings) -> Result<(), StoreError> {
+        let (user, bindings) = (user.to_string(), bindings.clone());
+        self.run(true, move |spaces, keys| {
+            spaces.set_pref("bindings", &user, &bindings, Some(keys))
+        })
+        .await
+    }
+
+    async fn queue_depth(&self) -> Result<u64, StoreError> {
+        Ok(self.spaces.jobs.approximate_len() as u64)
+    }
+
+    async fn delete_user(&self, user: &str) -> Result<(), StoreError> {
+        let user = user.to_string();
+        self.run(true, move |spaces, _| {
+            let mut batch = spaces.batch();
+            for kind in ["quiet", "consent", "bindings"] {
+                batch.remove(&spaces.prefs, joined(kind, &user));
+            }
+            let prefix = joined(&user, "");
+            for space in [&spaces.dedup, &spaces.aggregates] {
+                for entry in space.prefix(&prefix) {
+                    batch.remove(space, entry.key().map_err(failed)?);
+                }
+            }
+            for entry in spaces.queue.iter() {
+                let (key, value) = entry.into_inner().map_err(failed)?;
+                let job: Job = from_json(&value, "queued job")?;
+                if job.user == user {
+                    batch.remove(&spaces.queue, key);
+                    batch.remove(&spaces.jobs, job.key().as_str());
+                }
+            }
+            batch.commit().map_err(failed)
+        })
+        .await
+    }
+}

@@ -1,0 +1,90 @@
+//! Pacing pushes to what a provider allows: a token bucket per channel and app (sends per
+//! second), and the provider's day, which turns at midnight in China (UTC+8), for daily quotas.
+
+use chrono::{DateTime, Duration as Days, FixedOffset, Utc};
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+/// Token buckets by name, each refilled at its rate and holding at most one second's worth.
+#[derive(Default)]
+pub struct RateLimiter {
+    buckets: Mutex<HashMap<String, Bucket>>,
+}
+
+struct Bucket {
+    tokens: f64,
+    refilled: Instant,
+}
+
+impl RateLimiter {
+    /// Takes a token from bucket `name` (refilled at `per_second`), or says how long until one.
+    pub fn try_acquire(&self, name: &str, per_second: u32) -> Result<(), Duration> {
+        let rate = f64::from(per_second.max(1));
+        let now = Instant::now();
+        let mut buckets = self.buckets.lock().expect("rate limiter lock");
+        let bucket = buckets.entry(name.to_string()).or_insert(Bucket {
+            tokens: rate,
+            refilled: now,
+        });
+        let elapsed = now.duration_since(bucket.refilled).as_secs_f64();
+        bucket.tokens = (bucket.tokens + elapsed * rate).min(rate);
+        bucket.refilled = now;
+        if bucket.tokens >= 1.0 {
+            bucket.tokens -= 1.0;
+            Ok(())
+        } else {
+            Err(Duration::from_secs_f64((1.0 - bucket.tokens) / rate))
+        }
+    }
+}
+
+fn china() -> FixedOffset {
+    FixedOffset::east_opt(8 * 3600).expect("UTC+8 is a valid offset")
+}
+
+/// The provider's day of `now`, as `YYYY-MM-DD` in UTC+8: the key of its daily quota.
+pub fn provider_day(now: DateTime<Utc>) -> String {
+    now.with_timezone(&china()).format("%Y-%m-%d").to_string()
+}
+
+/// The next midnight in UTC+8, when daily quotas reset.
+pub fn next_provider_midnight(now: DateTime<Utc>) -> DateTime<Utc> {
+    let local = now.with_timezone(&china());
+    let tomorrow = local.date_naive() + Days::days(1);
+    tomorrow
+        .and_hms_opt(0, 0, 0)
+        .expect("midnight exists")
+        .and_local_timezone(china())
+        .single()
+        .expect("a fixed offset has no gaps")
+        .with_timezone(&Utc)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_bucket_allows_its_rate_then_says_how_long_to_wait() {
+        let limiter = RateLimiter::default();
+        for _ in 0..10 {
+            assert!(limiter.try_acquire("wechat:main", 10).is_ok());
+        }
+        let wait = limiter.try_acquire("wechat:main", 10).unwrap_err();
+        assert!(wait <= Duration::from_millis(100), "{wait:?}");
+        assert!(
+            limiter.try_acquire("qiuqiu", 10).is_ok(),
+            "buckets are separate"
+        );
+    }
+
+    #[test]
+    fn the_provider_day_turns_at_midnight_in_china() {
+        let before: DateTime<Utc> = "2026-11-24T15:59:59Z".parse().unwrap();
+        let after: DateTime<Utc> = "2026-11-24T16:00:00Z".parse().unwrap();
+        assert_eq!(provider_day(before), "2026-11-24");
+        assert_eq!(provider_day(after), "2026-11-25");
+        assert_eq!(next_provider_midnight(before), after);
+    }
+}

@@ -1,0 +1,577 @@
+//! Notification routing through the real binary, with the WeChat and 球球 push test doubles as
+//! real HTTP servers: the rule of each kind, dedup, quiet hours, consent, retries, token expiry
+//! and quota parking, counted at the doubles.
+
+use e2e::device::Device;
+use e2e::{Options, TestGateway, PATIENCE};
+use loadtest::mock_channels::qiuqiu::{Audience, PushMessage, QiuQiuDouble};
+use loadtest::mock_channels::wechat::{self, WeChatDouble};
+use protocol::envelope::Platform;
+use reqwest::Method;
+use serde_json::{json, Value};
+use std::time::Duration;
+
+struct Doubles {
+    wechat: WeChatDouble,
+    qiuqiu: QiuQiuDouble,
+}
+
+impl Doubles {
+    async fn start() -> Self {
+        let wechat = WeChatDouble::start().await;
+        wechat.configure(|c| c.token_overlap = Duration::ZERO);
+        Self {
+            wechat,
+            qiuqiu: QiuQiuDouble::start().await,
+        }
+    }
+
+    /// Gateway options that point both channels at the doubles, with quick retries.
+    fn options(&self) -> Options {
+        let q = self.qiuqiu.config();
+        let templates = "{friend_request = \"T-friend\", payment_success = \"T-pay\", event_preview = \"T-event\", security_alert = \"T-security\"}";
+        Options::default()
+            .with(
+                "CHANNELS__WECHAT",
+                &format!(
+                    "{{enabled = true, base_url = \"{}\", apps = [{{name = \"main\", appid = \"{}\", secret = \"{}\", templates = {templates}}}]}}",
+                    self.wechat.base_url(),
+                    wechat::DEFAULT_APPID,
+                    wechat::DEFAULT_SECRET
+                ),
+            )
+            .with(
+                "CHANNELS__QIUQIU",
+                &format!(
+                    "{{enabled = true, base_url = \"{}\", app_id = \"{}\", app_key = \"{}\", master_secret = \"{}\"}}",
+                    self.qiuqiu.base_url(),
+                    q.app_id,
+                    q.app_key,
+                    q.master_secret
+                ),
+            )
+            .with("NOTIFY__POLL_INTERVAL", "20ms")
+            .with("NOTIFY__RETRY_BASE", "100ms")
+            .with("NOTIFY__RETRY_MAX", "400ms")
+            .with("NOTIFY__AGGREGATE_WINDOW", "600ms")
+    }
+}
+
+/// A user reachable on both channels, who agreed to both.
+async fn reachable_user(gw: &TestGateway, user: &str) {
+    let (status, body) = gw
+        .api(
+            Method::PUT,
+            &format!("/v1/users/{user}/bindings"),
+            Some(json!({"wechat": {"main": format!("o-{user}")}, "qiuqiu_devices": [format!("cid-{user}")]})),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = gw
+        .api(
+            Method::PUT,
+            &format!("/v1/users/{user}/consent"),
+            Some(json!({"wechat": true, "qiuqiu": true})),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+}
+
+async fn notify(gw: &TestGateway, notification: Value) -> Value {
+    let (status, body) = gw
+        .api(Method::POST, "/v1/notifications", Some(notification))
+        .await;
+    assert_eq!(status, 202, "{body}");
+    body
+}
+
+/// Waits until every route of the notification has left `queued` / `held`; returns the record.
+async fn settled(gw: &TestGateway, id: &str) -> Value {
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        let (status, record) = gw
+            .api(Method::GET, &format!("/v1/notifications/{id}"), None)
+            .await;
+        assert_eq!(status, 200, "{record}");
+        let pending = record["routes"]
+            .as_object()
+            .unwrap()
+            .values()
+            .any(|r| r["status"] == "queued" || r["status"] == "held");
+        if !pending {
+            return record;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "not settled: {record}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn status(record: &Value, route: &str) -> String {
+    record["routes"][route]["status"]
+        .as_str()
+        .unwrap_or("absent")
+        .to_string()
+}
+
+#[tokio::test]
+async fn each_kind_follows_its_rule() {
+    let doubles = Doubles::start().await;
+    let gw = TestGateway::start_with(doubles.options()).await;
+    reachable_user(&gw, "ann").await;
+    let kinds = [
+        "payment_success",
+        "event_preview",
+        "social_interaction",
+        "security_alert",
+    ];
+    let mut records = Vec::new();
+    for kind in kinds {
+        let routed = notify(
+            &gw,
+            json!({"user": "ann", "kind": kind, "title": format!("{kind} title"), "body": "details", "link": "https://app.example/x"}),
+        )
+        .await;
+        records.push(settled(&gw, routed["id"].as_str().unwrap()).await);
+    }
+    let [payment, event, social, security] = records.try_into().unwrap();
+    // payment_success: the bill on WeChat, a silent balance update on 球球.
+    assert_eq!(
+        (status(&payment, "wechat"), status(&payment, "qiuqiu")),
+        ("sent".into(), "sent".into())
+    );
+    // event_preview: WeChat; the 球球 pop-up would be the same content again.
+    assert_eq!(
+        (status(&event, "wechat"), status(&event, "qiuqiu")),
+        ("sent".into(), "deduplicated".into())
+    );
+    // social_interaction: 球球 only.
+    assert_eq!(
+        (status(&social, "wechat"), status(&social, "qiuqiu")),
+        ("absent".into(), "sent".into())
+    );
+    // security_alert: WeChat first, urgent.
+    assert_eq!(
+        (status(&security, "wechat"), status(&security, "qiuqiu")),
+        ("sent".into(), "deduplicated".into())
+    );
+    for record in [&payment, &event, &social, &security] {
+        assert_eq!(status(record, "in_app"), "delivered");
+    }
+
+    let sends = doubles.wechat.sends();
+    let templates: Vec<&str> = sends.iter().map(|s| s.template_id.as_str()).collect();
+    assert_eq!(templates, ["T-pay", "T-event", "T-security"]);
+    assert_eq!(sends[0].touser, "o-ann");
+    assert_eq!(sends[0].body["url"], "https://app.example/x");
+    assert_eq!(
+        sends[0].client_msg_id.as_deref(),
+        Some(format!("{}-wechat", payment["notification"]["id"].as_str().unwrap()).as_str())
+    );
+    let pushes = doubles.qiuqiu.pushes();
+    assert_eq!(pushes.len(), 2);
+    assert!(
+        matches!(&pushes[0].message, PushMessage::Transmission(_)),
+        "silent balance update"
+    );
+    assert!(
+        matches!(&pushes[1].message, PushMessage::Notification { title, .. } if title == "social_interaction title")
+    );
+    assert_eq!(pushes[1].audience, Audience::Cid(vec!["cid-ann".into()]));
+
+    for (sample, expected) in [
+        ("routes_total{route=\"wechat\",status=\"sent\"}", 3.0),
+        (
+            "routes_total{route=\"qiuqiu\",status=\"deduplicated\"}",
+            2.0,
+        ),
+        ("attempts_total{route=\"qiuqiu\",code=\"0\"}", 2.0),
+        ("attempt_seconds_count{route=\"wechat\"}", 3.0),
+    ] {
+        assert_eq!(
+            gw.metric(&format!("gateway_notify_{sample}")).await,
+            expected,
+            "{sample}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn friend_requests_are_aggregated_on_qiuqiu() {
+    let doubles = Doubles::start().await;
+    let gw = TestGateway::start_with(doubles.options()).await;
+    reachable_user(&gw, "ben").await;
+    let mut ids = Vec::new();
+    for from in ["cat", "dan", "eve"] {
+        let routed = notify(
+            &gw,
+            json!({"user": "ben", "kind": "friend_request", "title": format!("{from} wants to be friends"), "body": "accept?"}),
+        )
+        .await;
+        ids.push(routed["id"].as_str().unwrap().to_string());
+    }
+    for id in &ids {
+        settled(&gw, id).await;
+    }
+    assert_eq!(
+        doubles.wechat.sends().len(),
+        3,
+        "a strong reminder each on WeChat"
+    );
+    let pushes = doubles.qiuqiu.pushes();
+    assert_eq!(pushes.len(), 1, "one push per window on 球球: {pushes:?}");
+    assert!(
+        matches!(&pushes[0].message, PushMessage::Notification { title, .. } if title.starts_with("3 new")),
+        "{pushes:?}"
+    );
+}
+
+#[tokio::test]
+async fn the_same_content_is_pushed_once_within_the_window() {
+    let doubles = Doubles::start().await;
+    let gw = TestGateway::start_with(doubles.options()).await;
+    reachable_user(&gw, "cal").await;
+    let notification = json!({"user": "cal", "kind": "social_interaction", "title": "dee liked your photo", "body": "❤"});
+    let first = notify(&gw, notification.clone()).await;
+    let second = notify(&gw, notification).await;
+    assert_eq!(second["routes"]["qiuqiu"]["status"], "deduplicated");
+    assert_eq!(second["routes"]["in_app"]["status"], "deduplicated");
+    settled(&gw, first["id"].as_str().unwrap()).await;
+    // A given dedup key counts as the same content whatever the text.
+    let keyed = |title: &str| json!({"user": "cal", "kind": "social_interaction", "title": title, "body": "", "dedup_key": "like-42"});
+    notify(&gw, keyed("one")).await;
+    let again = notify(&gw, keyed("two")).await;
+    assert_eq!(again["routes"]["qiuqiu"]["status"], "deduplicated");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(doubles.qiuqiu.pushes().len(), 2);
+}
+
+#[tokio::test]
+async fn quiet_hours_hold_pushes_but_not_urgent_ones() {
+    let doubles = Doubles::start().await;
+    let gw = TestGateway::start_with(doubles.options()).await;
+    reachable_user(&gw, "dot").await;
+    // A window around the present moment in Shanghai, crossing midnight when it is late.
+    let now = chrono::Utc::now().with_timezone(&chrono_tz::Asia::Shanghai);
+    let start = (now - chrono::Duration::hours(1))
+        .format("%H:%M")
+        .to_string();
+    let end = (now + chrono::Duration::hours(2))
+        .format("%H:%M")
+        .to_string();
+    let (status_code, body) = gw
+        .api(
+            Method::PUT,
+            "/v1/users/dot/quiet-hours",
+            Some(json!({"time_zone": "Asia/Shanghai", "windows": [{"start": start, "end": end}]})),
+        )
+        .await;
+    assert_eq!(status_code, 200, "{body}");
+    let held = notify(
+        &gw,
+        json!({"user": "dot", "kind": "social_interaction", "title": "late like", "body": ""}),
+    )
+    .await;
+    assert_eq!(held["routes"]["qiuqiu"]["status"], "held");
+    assert!(
+        held["routes"]["qiuqiu"]["due_at"].as_u64().unwrap()
+            > gateway::session_handle::unix_millis() + 3_600_000
+    );
+    let urgent = notify(&gw, json!({"user": "dot", "kind": "social_interaction", "title": "urgent", "body": "", "priority": "urgent"})).await;
+    assert_eq!(
+        settled(&gw, urgent["id"].as_str().unwrap()).await["routes"]["qiuqiu"]["status"],
+        "sent"
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(doubles.qiuqiu.pushes().len(), 1, "only the urgent one");
+
+    for bad in [
+        json!({"time_zone": "Mars/Base", "windows": []}),
+        json!({"time_zone": "UTC", "windows": [{"start": "25:00", "end": "07:00"}]}),
+    ] {
+        let (code, body) = gw
+            .api(Method::PUT, "/v1/users/dot/quiet-hours", Some(bad))
+            .await;
+        assert_eq!(
+            (code, body["error"]["code"].as_str()),
+            (400, Some("invalid_request")),
+            "{body}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn without_consent_nothing_is_pushed_and_withdrawal_reaches_queued_pushes() {
+    let doubles = Doubles::start().await;
+    let gw = TestGateway::start_with(
+        doubles
+            .options()
+            .with("NOTIFY__RETRY_BASE", "1s")
+            .with("NOTIFY__RETRY_MAX", "1s"),
+    )
+    .await;
+    reachable_user(&gw, "eli").await;
+    doubles.qiuqiu.fail_next(1, 2); // "service starting": retried later
+    let queued = notify(
+        &gw,
+        json!({"user": "eli", "kind": "social_interaction", "title": "a", "body": ""}),
+    )
+    .await;
+    let id = queued["id"].as_str().unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (_, withdrawn) = gw
+        .api(
+            Method::PUT,
+            "/v1/users/eli/consent",
+            Some(json!({"wechat": false, "qiuqiu": false})),
+        )
+        .await;
+    assert_eq!(withdrawn["qiuqiu"], false);
+    let record = settled(&gw, id).await;
+    assert_eq!(record["routes"]["qiuqiu"]["status"], "skipped");
+    assert_eq!(record["routes"]["qiuqiu"]["detail"], "consent withdrawn");
+    let later = notify(
+        &gw,
+        json!({"user": "eli", "kind": "social_interaction", "title": "b", "body": ""}),
+    )
+    .await;
+    assert_eq!(later["routes"]["qiuqiu"]["status"], "skipped");
+    assert!(doubles.qiuqiu.pushes().is_empty());
+}
+
+#[tokio::test]
+async fn retries_end_dead_and_permanent_errors_are_not_retried() {
+    let doubles = Doubles::start().await;
+    let gw = TestGateway::start_with(doubles.options()).await;
+    reachable_user(&gw, "fay").await;
+    doubles.qiuqiu.fail_next(3, 2);
+    let busy = notify(
+        &gw,
+        json!({"user": "fay", "kind": "social_interaction", "title": "a", "body": ""}),
+    )
+    .await;
+    let record = settled(&gw, busy["id"].as_str().unwrap()).await;
+    assert_eq!(record["routes"]["qiuqiu"]["status"], "dead");
+    let attempts = record["routes"]["qiuqiu"]["attempts"].as_array().unwrap();
+    assert_eq!(attempts.len(), 3, "{record}");
+    assert!(attempts
+        .iter()
+        .all(|a| a["code"] == "2" && a["latency_ms"].is_u64()));
+
+    doubles.qiuqiu.fail_next(1, 20001);
+    let bad = notify(
+        &gw,
+        json!({"user": "fay", "kind": "social_interaction", "title": "b", "body": ""}),
+    )
+    .await;
+    let record = settled(&gw, bad["id"].as_str().unwrap()).await;
+    assert_eq!(record["routes"]["qiuqiu"]["status"], "failed");
+    assert_eq!(
+        record["routes"]["qiuqiu"]["attempts"]
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+}
+
+#[tokio::test]
+async fn a_token_that_expires_mid_burst_is_refreshed_once() {
+    let doubles = Doubles::start().await;
+    let gw = TestGateway::start_with(doubles.options()).await;
+    reachable_user(&gw, "gil").await;
+    let mut ids = Vec::new();
+    for i in 0..20 {
+        if i == 10 {
+            doubles.wechat.expire_tokens();
+        }
+        let routed = notify(&gw, json!({"user": "gil", "kind": "payment_success", "title": format!("bill {i}"), "body": "39.8元"})).await;
+        ids.push(routed["id"].as_str().unwrap().to_string());
+    }
+    for id in &ids {
+        assert_eq!(status(&settled(&gw, id).await, "wechat"), "sent");
+    }
+    assert_eq!(doubles.wechat.sends().len(), 20);
+    assert!(
+        doubles.wechat.token_calls() <= 2,
+        "{} token calls",
+        doubles.wechat.token_calls()
+    );
+}
+
+#[tokio::test]
+async fn a_spent_daily_quota_parks_pushes_until_it_resets() {
+    let doubles = Doubles::start().await;
+    let gw = TestGateway::start_with(doubles.options()).await;
+    reachable_user(&gw, "hal").await;
+    doubles.wechat.set_daily_quota(1);
+    let first = notify(
+        &gw,
+        json!({"user": "hal", "kind": "payment_success", "title": "one", "body": ""}),
+    )
+    .await;
+    assert_eq!(
+        status(&settled(&gw, first["id"].as_str().unwrap()).await, "wechat"),
+        "sent"
+    );
+    let second = notify(
+        &gw,
+        json!({"user": "hal", "kind": "payment_success", "title": "two", "body": ""}),
+    )
+    .await;
+    let id = second["id"].as_str().unwrap();
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        let (_, record) = gw
+            .api(Method::GET, &format!("/v1/notifications/{id}"), None)
+            .await;
+        let wechat = &record["routes"]["wechat"];
+        if wechat["attempts"].as_array().is_some_and(|a| !a.is_empty()) {
+            assert_eq!(wechat["status"], "queued", "{record}");
+            assert!(
+                wechat["detail"].as_str().unwrap().contains("45009"),
+                "{record}"
+            );
+            let midnight = gateway::notify::rate::next_provider_midnight(chrono::Utc::now());
+            assert_eq!(
+                wechat["due_at"].as_u64().unwrap(),
+                midnight.timestamp_millis() as u64
+            );
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{record}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        doubles.wechat.calls("/cgi-bin/message/template/send"),
+        2,
+        "never hot-retried"
+    );
+}
+
+#[tokio::test]
+async fn in_app_delivery_is_live_and_an_online_user_is_not_pushed_when_the_rule_says_so() {
+    let doubles = Doubles::start().await;
+    let gw = TestGateway::start_with(doubles.options()).await;
+    reachable_user(&gw, "ivy").await;
+    let mut phone = Device::connect(&gw, "ivy", "phone", Platform::Ios).await;
+    phone
+        .mqtt
+        .subscribe("u/ivy/notify", rumqttc::QoS::AtLeastOnce)
+        .await;
+    let routed = notify(&gw, json!({"user": "ivy", "kind": "social_interaction", "title": "jo commented", "body": "nice"})).await;
+    assert_eq!(routed["routes"]["qiuqiu"]["status"], "skipped");
+    let live = phone.mqtt.message_on("u/ivy/notify").await;
+    assert_eq!(live["body"]["notification"]["title"], "jo commented");
+    assert!(
+        live["seq"].as_u64().unwrap() >= 1,
+        "roamed like any message: {live}"
+    );
+
+    let (status_code, body) = gw
+        .api(
+            Method::POST,
+            "/v1/notifications",
+            Some(json!({"user": "ivy", "kind": "nope", "title": "", "body": ""})),
+        )
+        .await;
+    assert_eq!(
+        (status_code, body["error"]["code"].as_str()),
+        (400, Some("invalid_request"))
+    );
+    let (status_code, _) = gw
+        .api(Method::GET, "/v1/notifications/unknown-id", None)
+        .await;
+    assert_eq!(status_code, 404);
+}
+
+#[tokio::test]
+async fn wechat_delivery_reports_turn_sent_into_delivered_or_failed() {
+    let doubles = Doubles::start().await;
+    let gw = TestGateway::start_with(doubles.options()).await;
+    reachable_user(&gw, "jay").await;
+    let mut sent = Vec::new();
+    for title in ["first", "second"] {
+        let routed = notify(
+            &gw,
+            json!({"user": "jay", "kind": "payment_success", "title": title, "body": "9.9元"}),
+        )
+        .await;
+        let record = settled(&gw, routed["id"].as_str().unwrap()).await;
+        assert_eq!(status(&record, "wechat"), "sent");
+        sent.push(record);
+    }
+    let callback = gw.url("/v1/callbacks/wechat");
+    for (record, report) in sent.iter().zip(["success", "failed:user block"]) {
+        let msgid: u64 = record["routes"]["wechat"]["provider_id"]
+            .as_str()
+            .unwrap()
+            .parse()
+            .unwrap();
+        doubles
+            .wechat
+            .finish_job(&callback, msgid, report)
+            .await
+            .unwrap();
+    }
+    let (_, delivered) = gw
+        .api(
+            Method::GET,
+            &format!(
+                "/v1/notifications/{}",
+                sent[0]["notification"]["id"].as_str().unwrap()
+            ),
+            None,
+        )
+        .await;
+    assert_eq!(status(&delivered, "wechat"), "delivered");
+    let (_, blocked) = gw
+        .api(
+            Method::GET,
+            &format!(
+                "/v1/notifications/{}",
+                sent[1]["notification"]["id"].as_str().unwrap()
+            ),
+            None,
+        )
+        .await;
+    assert_eq!(status(&blocked, "wechat"), "failed");
+    assert_eq!(blocked["routes"]["wechat"]["detail"], "user block");
+}
+
+#[tokio::test]
+async fn a_kill_9_during_a_burst_loses_nothing_and_sends_nothing_twice() {
+    let doubles = Doubles::start().await;
+    let options = doubles.options().with("NOTIFY__LEASE", "1s");
+    let gw = TestGateway::start_with(options.clone()).await;
+    reachable_user(&gw, "kit").await;
+    doubles.qiuqiu.delay_next(1000, Duration::from_millis(20));
+    let mut ids = Vec::new();
+    for i in 0..60 {
+        let routed = notify(&gw, json!({"user": "kit", "kind": "social_interaction", "title": format!("like {i}"), "body": "❤"})).await;
+        ids.push(routed["id"].as_str().unwrap().to_string());
+    }
+    let data_dir = gw.stop().await; // SIGKILL while pushes are in flight
+    let before = doubles.qiuqiu.pushes().len();
+    assert!(
+        before < 60,
+        "the kill came too late to test anything: {before} pushed"
+    );
+
+    let gw = TestGateway::try_start(options, data_dir).await.unwrap();
+    for id in &ids {
+        assert_eq!(status(&settled(&gw, id).await, "qiuqiu"), "sent", "{id}");
+    }
+    let pushes = doubles.qiuqiu.pushes();
+    let mut keys: Vec<&str> = pushes.iter().map(|p| p.request_id.as_str()).collect();
+    keys.sort_unstable();
+    keys.dedup();
+    assert_eq!(
+        (pushes.len(), keys.len()),
+        (60, 60),
+        "each notification delivered exactly once"
+    );
+}
