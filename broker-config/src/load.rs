@@ -252,6 +252,14 @@ impl Config {
             "must be at least 10ms",
         );
         check(
+            !n.mqtt_topic.is_empty()
+                && !n.mqtt_topic.contains(['+', '#', '\0'])
+                && !n.mqtt_topic.starts_with("u/")
+                && !n.mqtt_topic.starts_with("pub/"),
+            "notify.mqtt_topic",
+            "must be a topic name without wildcards, outside u/ and pub/",
+        );
+        check(
             n.retry_base <= n.retry_max,
             "notify.retry_base",
             "must not exceed notify.retry_max",

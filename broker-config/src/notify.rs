@@ -30,6 +30,9 @@ pub struct Notify {
     /// Aggregated pushes (friend requests on 球球) go out once per window, with a count.
     #[serde(with = "humantime_serde")]
     pub aggregate_window: Duration,
+    /// Trusted backends (MQTT password: an API key) publish notifications here, with the JSON
+    /// of `POST /v1/notifications`.
+    pub mqtt_topic: String,
     /// What each kind of notification does.
     pub kinds: BTreeMap<String, KindRule>,
 }
@@ -179,6 +182,7 @@ impl Default for Notify {
             poll_interval: Duration::from_millis(200),
             lease: Duration::from_secs(60),
             aggregate_window: Duration::from_secs(60),
+            mqtt_topic: "svc/notifications".into(),
             kinds,
         }
     }

@@ -22,6 +22,12 @@ pub enum Identity {
     },
     /// A token-less client in dev mode, known by its MQTT client id.
     Anonymous { client_id: String },
+    /// A trusted backend over MQTT (its password is an API key): it hands in notifications on
+    /// `notify_topic` and may do nothing else.
+    Backend {
+        client_id: String,
+        notify_topic: String,
+    },
 }
 
 /// Why a subscribe or publish was refused; each maps to a protocol-specific code.
@@ -69,6 +75,8 @@ pub enum PublishRoute {
     DeviceRequest(DeviceAction),
     /// A dev-mode publish routed as in a plain broker.
     Broker,
+    /// A backend's notification.
+    Notification,
 }
 
 impl Identity {
@@ -77,6 +85,7 @@ impl Identity {
         match self {
             Self::Device { user, device, .. } => format!("{user}/{device}"),
             Self::Anonymous { client_id } => format!("anonymous:{client_id}"),
+            Self::Backend { client_id, .. } => format!("backend:{client_id}"),
         }
     }
 
@@ -93,6 +102,7 @@ impl Identity {
             }
             // Wildcards like `#` are allowed; delivery filters out `u/…` (may_receive).
             Self::Anonymous { .. } => !filter.starts_with(USER_PREFIX) && filter != "u",
+            Self::Backend { .. } => false,
         };
         if allowed {
             Ok(())
@@ -116,6 +126,10 @@ impl Identity {
                 Err(Refusal::Forbidden)
             }
             Self::Anonymous { .. } => Ok(PublishRoute::Broker),
+            Self::Backend { notify_topic, .. } if topic == notify_topic => {
+                Ok(PublishRoute::Notification)
+            }
+            Self::Backend { .. } => Err(Refusal::Forbidden),
         }
     }
 
@@ -129,6 +143,7 @@ impl Identity {
                         .any(|own| own == topic)
             }
             Self::Anonymous { .. } => !topic.starts_with(USER_PREFIX) && topic != "u",
+            Self::Backend { .. } => false,
         }
     }
 }

@@ -90,6 +90,14 @@ impl Gateway {
         }))
     }
 
+    /// Whether `presented` is one of the backend API keys (HTTP bearer, or a trusted backend's
+    /// MQTT password).
+    pub fn is_api_key(&self, presented: &str) -> bool {
+        self.api_keys
+            .iter()
+            .any(|key| constant_time_eq(key.as_bytes(), presented.as_bytes()))
+    }
+
     pub fn next_session_id(&self) -> SessionId {
         self.next_session.fetch_add(1, Ordering::Relaxed)
     }
@@ -181,5 +189,22 @@ pub fn api_keys(config: &Config, data: &DataDir) -> Result<Vec<String>> {
         Ok(vec![data.secret("api_key")?])
     } else {
         Ok(config.auth.api_keys.clone())
+    }
+}
+
+/// Compares without an early exit, so response time does not reveal how much of a key matched.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn constant_time_eq_compares_whole_keys() {
+        assert!(constant_time_eq(b"abc", b"abc"));
+        assert!(!constant_time_eq(b"abc", b"abd"));
+        assert!(!constant_time_eq(b"abc", b"abcd"));
     }
 }

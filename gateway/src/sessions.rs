@@ -102,7 +102,7 @@ impl Sessions {
     /// same class is kicked with a reason it can show.
     pub fn register(&self, handle: &Arc<SessionHandle>, transport: Transport) {
         let (user, device, platform) = match &handle.identity {
-            Identity::Anonymous { client_id } => {
+            Identity::Anonymous { client_id } | Identity::Backend { client_id, .. } => {
                 if let Some(old) = self.anonymous.insert(client_id.clone(), handle.clone()) {
                     old.close(taken_over());
                 }
@@ -153,7 +153,7 @@ impl Sessions {
     /// session that was taken over does not remove its successor. Announces the device offline.
     pub fn unregister(&self, handle: &SessionHandle, reason: &str) {
         match &handle.identity {
-            Identity::Anonymous { client_id } => {
+            Identity::Anonymous { client_id } | Identity::Backend { client_id, .. } => {
                 self.anonymous
                     .remove_if(client_id, |_, h| h.id == handle.id);
             }

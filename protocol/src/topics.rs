@@ -56,10 +56,19 @@ pub enum DeviceAction {
     Sync,
     /// Approve or deny a new device: payload [`crate::envelope::ApprovalDecision`].
     Approve,
+    /// Set the user's quiet hours from a device: `{"time_zone": "Asia/Shanghai",
+    /// "windows": [{"start": "22:00", "end": "07:00"}]}`.
+    QuietHours,
 }
 
 impl DeviceAction {
-    pub const ALL: [DeviceAction; 4] = [Self::Send, Self::Ack, Self::Sync, Self::Approve];
+    pub const ALL: [DeviceAction; 5] = [
+        Self::Send,
+        Self::Ack,
+        Self::Sync,
+        Self::Approve,
+        Self::QuietHours,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -67,6 +76,7 @@ impl DeviceAction {
             Self::Ack => "ack",
             Self::Sync => "sync",
             Self::Approve => "approve",
+            Self::QuietHours => "quiet-hours",
         }
     }
 

@@ -575,3 +575,104 @@ async fn a_kill_9_during_a_burst_loses_nothing_and_sends_nothing_twice() {
         "each notification delivered exactly once"
     );
 }
+
+#[tokio::test]
+async fn a_device_sets_its_users_quiet_hours_on_its_topic() {
+    let doubles = Doubles::start().await;
+    let gw = TestGateway::start_with(doubles.options()).await;
+    reachable_user(&gw, "lou").await;
+    let mut phone = Device::connect(&gw, "lou", "phone", Platform::Android).await;
+    let now = chrono::Utc::now().with_timezone(&chrono_tz::Europe::Berlin);
+    let hours = json!({"time_zone": "Europe/Berlin", "windows": [{
+        "start": (now - chrono::Duration::minutes(30)).format("%H:%M").to_string(),
+        "end": (now + chrono::Duration::hours(1)).format("%H:%M").to_string(),
+    }]});
+    phone
+        .mqtt
+        .publish(
+            "u/lou/d/phone/quiet-hours",
+            hours.to_string(),
+            rumqttc::QoS::AtLeastOnce,
+        )
+        .await;
+    phone
+        .mqtt
+        .inbox
+        .wait_for("PUBACK", |i| match i {
+            e2e::mqtt::Incoming::Packet(rumqttc::Packet::PubAck(_)) => Some(()),
+            _ => None,
+        })
+        .await;
+    // Offline, so the push is not skipped for an online user.
+    phone.mqtt.client.disconnect().await.unwrap();
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while !gw.devices("lou").await.is_empty() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the phone stays online"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let routed = notify(
+        &gw,
+        json!({"user": "lou", "kind": "social_interaction", "title": "hush", "body": "later"}),
+    )
+    .await;
+    assert_eq!(routed["routes"]["qiuqiu"]["status"], "held");
+
+    let mut tablet = Device::connect(&gw, "lou", "tablet", Platform::Android).await;
+    tablet
+        .mqtt
+        .publish(
+            "u/lou/d/tablet/quiet-hours",
+            json!({"time_zone": "Nowhere/Land", "windows": []}).to_string(),
+            rumqttc::QoS::AtLeastOnce,
+        )
+        .await;
+    let reply = tablet.mqtt.message_on("u/lou/d/tablet/reply").await;
+    assert_eq!(
+        (reply["type"].as_str(), reply["code"].as_str()),
+        (Some("error"), Some("invalid_request")),
+        "{reply}"
+    );
+}
+
+#[tokio::test]
+async fn trusted_backends_hand_in_notifications_over_mqtt() {
+    use rumqttc::v5::mqttbytes::v5::PubAckReason;
+    use rumqttc::v5::mqttbytes::QoS;
+    let doubles = Doubles::start().await;
+    let gw = TestGateway::start_with(doubles.options()).await;
+    reachable_user(&gw, "max").await;
+    let (mut backend, _) = e2e::mqtt::V5::connect(
+        &gw,
+        e2e::mqtt::Via::Tcp,
+        "shop-backend",
+        Some(&gw.api_key),
+        |_| {},
+    )
+    .await
+    .expect("a backend logs in with an API key");
+    let notification =
+        json!({"user": "max", "kind": "social_interaction", "title": "from mqtt", "body": "hi"});
+    backend
+        .publish(
+            "svc/notifications",
+            notification.to_string(),
+            QoS::AtLeastOnce,
+        )
+        .await;
+    assert_eq!(backend.puback().await, PubAckReason::Success);
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while doubles.qiuqiu.pushes().is_empty() {
+        assert!(tokio::time::Instant::now() < deadline, "never pushed");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let bad_kind = json!({"user": "max", "kind": "nope", "title": "", "body": ""});
+    backend
+        .publish("svc/notifications", bad_kind.to_string(), QoS::AtLeastOnce)
+        .await;
+    assert_eq!(backend.puback().await, PubAckReason::PayloadFormatInvalid);
+    backend.publish("u/max/inbox", "{}", QoS::AtLeastOnce).await;
+    assert_eq!(backend.puback().await, PubAckReason::NotAuthorized);
+}

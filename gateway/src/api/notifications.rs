@@ -6,38 +6,17 @@ use super::error::ApiError;
 use super::json::ApiJson;
 use crate::channel::{parse_job_finish, JobStatus};
 use crate::gateway::Gateway;
-use crate::notify::model::{
-    Bindings, Consent, Notification, Priority, QuietHours, Record, Route, RouteState, Status,
-};
+use crate::notify::model::{Bindings, Consent, QuietHours, Record, Route, RouteState, Status};
 use crate::notify::quiet_hours;
 use crate::notify::router::RouteError;
-use crate::session_handle::unix_millis;
+use crate::notify::NotificationInput;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::Json;
 use protocol::ErrorCode;
-use serde::{Deserialize, Serialize};
-use serde_json::Value;
+use serde::Serialize;
 use std::collections::BTreeMap;
 use std::sync::Arc;
-
-/// Longest title, body, link or dedup key, in characters.
-const MAX_TEXT: usize = 4096;
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct PostNotification {
-    user: String,
-    kind: String,
-    title: String,
-    body: String,
-    #[serde(default)]
-    data: Value,
-    #[serde(default)]
-    priority: Priority,
-    dedup_key: Option<String>,
-    link: Option<String>,
-}
 
 #[derive(Serialize)]
 pub struct Routed {
@@ -56,32 +35,9 @@ impl From<RouteError> for ApiError {
 
 pub async fn post(
     State(gw): State<Arc<Gateway>>,
-    ApiJson(request): ApiJson<PostNotification>,
+    ApiJson(input): ApiJson<NotificationInput>,
 ) -> Result<(StatusCode, Json<Routed>), ApiError> {
-    check_ids(&[&request.user])?;
-    let texts = [
-        Some(&request.title),
-        Some(&request.body),
-        request.link.as_ref(),
-        request.dedup_key.as_ref(),
-    ];
-    if texts.iter().flatten().any(|t| t.chars().count() > MAX_TEXT) {
-        return Err(ApiError::invalid(format!(
-            "title, body, link and dedup_key hold at most {MAX_TEXT} characters"
-        )));
-    }
-    let notification = Notification {
-        id: uuid::Uuid::now_v7().to_string(),
-        user: request.user,
-        kind: request.kind,
-        title: request.title,
-        body: request.body,
-        data: request.data,
-        priority: request.priority,
-        dedup_key: request.dedup_key,
-        link: request.link,
-        created_at: unix_millis(),
-    };
+    let notification = input.into_notification().map_err(ApiError::invalid)?;
     let record = gw.notifications.submit(&gw, notification).await?;
     Ok((
         StatusCode::ACCEPTED,

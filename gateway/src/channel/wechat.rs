@@ -4,7 +4,7 @@
 use super::http;
 use super::token_cache::{FreshToken, TokenCache, Tokens};
 use super::{Channel, ChannelName, Content, Outcome, Push, Target};
-use chrono::{DateTime, Days, FixedOffset, Utc};
+use chrono::{DateTime, Utc};
 use quick_xml::events::Event;
 use serde_json::{json, Map, Value};
 use std::collections::HashMap;
@@ -214,15 +214,7 @@ fn outcome(errcode: i64, errmsg: String, now: SystemTime) -> Outcome {
 
 /// WeChat's daily quotas reset at midnight in China (UTC+8, no daylight saving).
 pub fn next_quota_day(now: SystemTime) -> SystemTime {
-    let china = FixedOffset::east_opt(8 * 3600).expect("UTC+8 is a valid offset");
-    let local = DateTime::<Utc>::from(now).with_timezone(&china);
-    let midnight = local
-        .date_naive()
-        .checked_add_days(Days::new(1))
-        .and_then(|day| day.and_hms_opt(0, 0, 0))
-        .and_then(|midnight| midnight.and_local_timezone(china).single());
-    // Only unrepresentable dates (the end of time) have no next midnight.
-    midnight.map_or(now + Duration::from_secs(24 * 3600), SystemTime::from)
+    crate::notify::rate::next_provider_midnight(DateTime::<Utc>::from(now)).into()
 }
 
 /// The `data` object: each field as `{"value": …}`, its value cleaned and cut to its type's limit.

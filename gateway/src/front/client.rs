@@ -8,6 +8,10 @@ use crate::acl::{Identity, PublishRoute, Refusal};
 use crate::gateway::Gateway;
 use crate::messages::Sender;
 use crate::metrics::{DenialKind, DisconnectLabel, DisconnectReason, TransportLabel};
+use crate::notify::model::QuietHours;
+use crate::notify::quiet_hours;
+use crate::notify::router::RouteError;
+use crate::notify::NotificationInput;
 use crate::roam::sync;
 use crate::session_handle::{Delivery, Qos, SessionHandle};
 use crate::sessions::Admission;
@@ -93,7 +97,7 @@ impl ClientSession {
     ) -> (Self, mpsc::Receiver<Delivery>) {
         let admission = match &identity {
             Identity::Device { user, device, .. } => gw.sessions.admission(user, device),
-            Identity::Anonymous { .. } => Admission::Approved,
+            Identity::Anonymous { .. } | Identity::Backend { .. } => Admission::Approved,
         };
         let approved = admission == Admission::Approved;
         let (handle, outbox) = SessionHandle::new(
@@ -191,6 +195,7 @@ impl ClientSession {
                 Handled::Done(Ok(()))
             }
             PublishRoute::DeviceRequest(action) => self.device_request(action, &payload),
+            PublishRoute::Notification => self.notification(&payload),
         }
     }
 
@@ -218,6 +223,10 @@ impl ClientSession {
                 Ok(request) => self.ack(request.seq),
                 Err(refusal) => Handled::Done(Err(refusal)),
             },
+            DeviceAction::QuietHours => match parse::<QuietHours>(payload) {
+                Ok(hours) => self.set_quiet_hours(hours),
+                Err(refusal) => Handled::Done(Err(refusal)),
+            },
             DeviceAction::Sync => Handled::Done(parse::<SyncRequest>(payload).map(|request| {
                 self.sync(request);
             })),
@@ -242,6 +251,41 @@ impl ClientSession {
         let (_, ticket) = self.gw.messages.accept(sender, to, body);
         Handled::Later(Box::pin(async move {
             ticket.wait().await?;
+            Ok(())
+        }))
+    }
+
+    /// Routes a backend's notification; done once its decisions are recorded.
+    fn notification(&self, payload: &[u8]) -> Handled {
+        let notification = match parse::<NotificationInput>(payload)
+            .and_then(|input| input.into_notification().map_err(Refusal::BadPayload))
+        {
+            Ok(notification) => notification,
+            Err(refusal) => return Handled::Done(Err(refusal)),
+        };
+        let gw = self.gw.clone();
+        Handled::Later(Box::pin(async move {
+            match gw.notifications.submit(&gw, notification).await {
+                Ok(_) => Ok(()),
+                Err(RouteError::UnknownKind(..)) => {
+                    Err(Refusal::BadPayload("unknown notification kind".into()))
+                }
+                Err(RouteError::Store(e)) => Err(e.into()),
+            }
+        }))
+    }
+
+    /// Sets the user's quiet hours from this device; done once stored.
+    fn set_quiet_hours(&self, hours: QuietHours) -> Handled {
+        let Identity::Device { user, .. } = self.identity() else {
+            return Handled::Done(Err(Refusal::Forbidden));
+        };
+        if let Err(e) = quiet_hours::validate(&hours) {
+            return Handled::Done(Err(Refusal::BadPayload(e.to_string())));
+        }
+        let (ledger, user) = (self.gw.notifications.ledger.clone(), user.clone());
+        Handled::Later(Box::pin(async move {
+            ledger.set_quiet_hours(&user, &hours).await?;
             Ok(())
         }))
     }

@@ -14,6 +14,57 @@ use model::{Notification, Record};
 use router::{RouteError, Router, UserState};
 use std::sync::Arc;
 
+/// Longest title, body, link or dedup key, in characters.
+pub const MAX_TEXT: usize = 4096;
+
+/// A notification as a backend hands it in, over HTTP or MQTT.
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NotificationInput {
+    pub user: String,
+    pub kind: String,
+    pub title: String,
+    pub body: String,
+    #[serde(default)]
+    pub data: serde_json::Value,
+    #[serde(default)]
+    pub priority: model::Priority,
+    pub dedup_key: Option<String>,
+    pub link: Option<String>,
+}
+
+impl NotificationInput {
+    /// Checks it and gives it an id and a time.
+    pub fn into_notification(self) -> Result<Notification, String> {
+        if !protocol::topics::is_valid_id(&self.user) {
+            return Err(format!("{:?} is not a valid user id", self.user));
+        }
+        let texts = [
+            Some(&self.title),
+            Some(&self.body),
+            self.link.as_ref(),
+            self.dedup_key.as_ref(),
+        ];
+        if texts.iter().flatten().any(|t| t.chars().count() > MAX_TEXT) {
+            return Err(format!(
+                "title, body, link and dedup_key hold at most {MAX_TEXT} characters"
+            ));
+        }
+        Ok(Notification {
+            id: uuid::Uuid::now_v7().to_string(),
+            user: self.user,
+            kind: self.kind,
+            title: self.title,
+            body: self.body,
+            data: self.data,
+            priority: self.priority,
+            dedup_key: self.dedup_key,
+            link: self.link,
+            created_at: crate::session_handle::unix_millis(),
+        })
+    }
+}
+
 /// The notification service: routing on submission, and the ledger behind it.
 pub struct Notifications {
     pub ledger: Arc<dyn Ledger>,

@@ -3,6 +3,7 @@
 //! backend, as the message store has.
 
 pub mod embedded;
+pub mod redis;
 
 use super::model::{Bindings, Consent, Job, QuietHours, Record, Route, RouteState};
 use crate::store::StoreError;

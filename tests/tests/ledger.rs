@@ -1,0 +1,650 @@
+//! The notification ledger's conformance suite: the same tests against every backend, through
+//! the `Ledger` trait, and what only a ledger shared by several nodes must also guarantee. The
+//! Redis backend runs against a real `redis-server` started on a free port.
+
+use e2e::redis_server::RedisServer;
+use gateway::notify::ledger::embedded::EmbeddedLedger;
+use gateway::notify::ledger::redis::RedisLedger;
+use gateway::notify::ledger::Ledger;
+use gateway::notify::model::{
+    Bindings, Consent, Job, Notification, Priority, QuietHours, QuietWindow, Record, Route,
+    RouteState, Status,
+};
+use gateway::session_handle::unix_millis;
+use gateway::store::cipher::KeyRing;
+use serde_json::json;
+use std::collections::{BTreeMap, HashSet};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::sync::Arc;
+use std::time::Duration;
+
+fn keys() -> Arc<KeyRing> {
+    Arc::new(KeyRing::new(&["t1:000102030405060708090a0b0c0d0e0f".into()]).unwrap())
+}
+
+/// A ledger under test, and what keeps it alive.
+struct Subject {
+    ledger: Arc<dyn Ledger>,
+    /// For a Redis ledger, its server: some tests also look at what it stores.
+    redis: Option<RedisServer>,
+    _dir: Option<tempfile::TempDir>,
+}
+
+async fn embedded_ledger() -> Subject {
+    let dir = tempfile::tempdir().unwrap();
+    let ledger = EmbeddedLedger::open(dir.path(), keys()).unwrap();
+    Subject {
+        ledger: Arc::new(ledger),
+        redis: None,
+        _dir: Some(dir),
+    }
+}
+
+/// A Redis ledger on its own `redis-server`, which lives as long as the ledger.
+async fn redis_ledger() -> Subject {
+    let server = RedisServer::start();
+    let ledger = RedisLedger::open(&server.url(), keys()).await.unwrap();
+    Subject {
+        ledger: Arc::new(ledger),
+        redis: Some(server),
+        _dir: None,
+    }
+}
+
+/// Runs every conformance test against one backend, given `open()`.
+macro_rules! conformance_suite {
+    ($backend:ident, $open:expr) => {
+        conformance_suite!(@tests $backend, $open, [
+            a_dedup_key_is_claimed_once_per_window,
+            a_record_round_trips_and_queues_its_jobs,
+            due_jobs_come_oldest_first_and_are_leased,
+            settling_records_the_route_and_requeues_or_removes_the_job,
+            aggregates_join_until_their_job_is_taken,
+            provider_ids_lead_back_to_their_notification,
+            a_delivery_report_sets_one_route,
+            a_quota_never_counts_past_its_limit,
+            preferences_round_trip_and_bindings_are_sealed,
+            the_queue_depth_counts_queued_and_leased_jobs,
+            deleting_a_user_leaves_no_preferences_claims_or_jobs,
+        ]);
+    };
+    (@tests $backend:ident, $open:expr, [$($test:ident),* $(,)?]) => {
+        mod $backend {
+            use super::*;
+            $(
+                #[tokio::test]
+                async fn $test() {
+                    super::$test($open().await).await
+                }
+            )*
+        }
+    };
+}
+
+conformance_suite!(embedded, embedded_ledger);
+conformance_suite!(redis, redis_ledger);
+
+fn notification(id: &str, user: &str) -> Notification {
+    Notification {
+        id: id.to_string(),
+        user: user.to_string(),
+        kind: "friend_request".into(),
+        title: "New friend request".into(),
+        body: format!("{user}, someone wants to be your friend"),
+        data: json!({ "from": "carol" }),
+        priority: Priority::Normal,
+        dedup_key: None,
+        link: None,
+        created_at: 1_700_000_000_000,
+    }
+}
+
+fn job(id: &str, user: &str, route: Route) -> Job {
+    Job {
+        notification: id.to_string(),
+        route,
+        user: user.to_string(),
+        attempts: 0,
+        count: 0,
+    }
+}
+
+/// A notification queued on each of `routes`.
+fn record(id: &str, user: &str, routes: &[Route]) -> Record {
+    Record {
+        notification: notification(id, user),
+        routes: routes
+            .iter()
+            .map(|route| (*route, RouteState::new(Status::Queued, None)))
+            .collect::<BTreeMap<_, _>>(),
+    }
+}
+
+/// Stores a notification with one job per route, all due at `due`.
+async fn queued(s: &Subject, id: &str, user: &str, routes: &[Route], due: u64) {
+    let jobs: Vec<(Job, u64)> = routes.iter().map(|r| (job(id, user, *r), due)).collect();
+    s.ledger
+        .create(&record(id, user, routes), &jobs)
+        .await
+        .unwrap();
+}
+
+/// The keys of what `take_due` returns, in order.
+async fn take(s: &Subject, now_ms: u64, limit: usize, lease_ms: u64) -> Vec<String> {
+    let jobs = s.ledger.take_due(now_ms, limit, lease_ms).await.unwrap();
+    jobs.iter().map(Job::key).collect()
+}
+
+async fn a_dedup_key_is_claimed_once_per_window(s: Subject) {
+    let (l, window) = (&s.ledger, 300);
+    let now = unix_millis();
+    assert!(l.claim_dedup("alice", "k:1", now, window).await.unwrap());
+    assert!(!l.claim_dedup("alice", "k:1", now + 1, window).await.unwrap());
+    assert!(
+        l.claim_dedup("bob", "k:1", now + 1, window).await.unwrap(),
+        "claims are per user"
+    );
+    assert!(l.claim_dedup("alice", "k:2", now + 1, window).await.unwrap());
+    // The Redis ledger times the window by Redis's clock, the embedded one by `now_ms`: real
+    // time passes, and `now_ms` with it.
+    tokio::time::sleep(Duration::from_millis(window + 150)).await;
+    let later = unix_millis();
+    assert!(
+        l.claim_dedup("alice", "k:1", later, window).await.unwrap(),
+        "claimable again after the window"
+    );
+    assert!(!l.claim_dedup("alice", "k:1", later + 1, window).await.unwrap());
+}
+
+async fn a_record_round_trips_and_queues_its_jobs(s: Subject) {
+    let mut stored = record("n1", "alice", &[Route::InApp, Route::Wechat, Route::Qiuqiu]);
+    stored.routes.insert(
+        Route::InApp,
+        RouteState::new(Status::Delivered, Some("seq 7".into())),
+    );
+    let jobs = [
+        (job("n1", "alice", Route::Wechat), 1000),
+        (job("n1", "alice", Route::Qiuqiu), 2000),
+    ];
+    s.ledger.create(&stored, &jobs).await.unwrap();
+    assert_eq!(s.ledger.record("n1").await.unwrap(), Some(stored));
+    assert_eq!(s.ledger.record("n2").await.unwrap(), None);
+    assert_eq!(s.ledger.queue_depth().await.unwrap(), 2);
+    let due = s.ledger.take_due(1500, 10, 10_000).await.unwrap();
+    assert_eq!(due, [jobs[0].0.clone()], "the job as it was queued");
+}
+
+async fn due_jobs_come_oldest_first_and_are_leased(s: Subject) {
+    for (id, due) in [("n1", 100), ("n2", 300), ("n3", 200), ("n4", 5000)] {
+        queued(&s, id, "alice", &[Route::Wechat], due).await;
+    }
+    assert!(take(&s, 500, 0, 1000).await.is_empty());
+    assert_eq!(
+        take(&s, 500, 2, 1000).await,
+        ["n1-wechat", "n3-wechat"],
+        "oldest first, at most the limit"
+    );
+    assert_eq!(
+        take(&s, 500, 10, 1000).await,
+        ["n2-wechat"],
+        "taken jobs are leased, later ones not due"
+    );
+    assert!(take(&s, 1499, 10, 1000).await.is_empty(), "still leased");
+    assert_eq!(
+        take(&s, 1500, 10, 1000).await,
+        ["n1-wechat", "n2-wechat", "n3-wechat"],
+        "back when the lease ends; equal times in key order"
+    );
+    assert_eq!(take(&s, 5000, 10, 1000).await, ["n4-wechat"]);
+}
+
+async fn settling_records_the_route_and_requeues_or_removes_the_job(s: Subject) {
+    queued(&s, "n1", "alice", &[Route::Wechat, Route::Qiuqiu], 100).await;
+    let taken = s.ledger.take_due(100, 10, 1000).await.unwrap();
+    assert_eq!(taken.len(), 2);
+
+    let mut retried = job("n1", "alice", Route::Wechat);
+    retried.attempts = 1;
+    let mut waiting = RouteState::new(Status::Queued, Some("retrying after timeout".into()));
+    waiting.due_at = Some(5000);
+    s.ledger
+        .settle(&retried, waiting.clone(), Some(5000))
+        .await
+        .unwrap();
+    let sent = RouteState::new(Status::Sent, None);
+    s.ledger
+        .settle(&job("n1", "alice", Route::Qiuqiu), sent.clone(), None)
+        .await
+        .unwrap();
+
+    let record = s.ledger.record("n1").await.unwrap().unwrap();
+    assert_eq!(record.routes[&Route::Wechat], waiting);
+    assert_eq!(record.routes[&Route::Qiuqiu], sent);
+    assert_eq!(s.ledger.queue_depth().await.unwrap(), 1);
+    assert!(take(&s, 4999, 10, 1000).await.is_empty(), "due at next_due");
+    assert_eq!(
+        s.ledger.take_due(5000, 10, 1000).await.unwrap(),
+        [retried],
+        "with its attempts"
+    );
+
+    // Without its record (gone), a job still moves in the queue.
+    let ghost = job("ghost", "alice", Route::Wechat);
+    s.ledger
+        .settle(&ghost, sent.clone(), Some(7000))
+        .await
+        .unwrap();
+    assert_eq!(s.ledger.record("ghost").await.unwrap(), None);
+    assert_eq!(take(&s, 7000, 10, 1000).await, ["ghost-wechat"]);
+    s.ledger.settle(&ghost, sent, None).await.unwrap();
+    assert!(take(&s, 100_000, 10, 1000)
+        .await
+        .iter()
+        .all(|key| key != "ghost-wechat"));
+}
+
+async fn aggregates_join_until_their_job_is_taken(s: Subject) {
+    let l = &s.ledger;
+    let (first, new) = l
+        .aggregate("alice", "friend_request", "n1", Route::Qiuqiu, 1000)
+        .await
+        .unwrap();
+    assert!(new);
+    assert_eq!(
+        (first.notification.as_str(), first.count, first.route),
+        ("n1", 1, Route::Qiuqiu)
+    );
+    for (id, count) in [("n2", 2), ("n3", 3)] {
+        let (joined, new) = l
+            .aggregate("alice", "friend_request", id, Route::Qiuqiu, 1500)
+            .await
+            .unwrap();
+        assert!(!new);
+        assert_eq!((joined.notification.as_str(), joined.count), ("n1", count));
+    }
+    let (other_kind, new) = l
+        .aggregate("alice", "like", "n4", Route::Qiuqiu, 1000)
+        .await
+        .unwrap();
+    assert!(new && other_kind.count == 1);
+    let (_, new) = l
+        .aggregate("bob", "friend_request", "n5", Route::Qiuqiu, 1000)
+        .await
+        .unwrap();
+    assert!(new, "one aggregate per user");
+
+    let taken = l.take_due(1000, 10, 10_000).await.unwrap();
+    let n1 = taken.iter().find(|job| job.notification == "n1").unwrap();
+    assert_eq!(n1.count, 3, "sent as one push for three");
+    assert_eq!(taken.len(), 3);
+
+    let (after, new) = l
+        .aggregate("alice", "friend_request", "n6", Route::Qiuqiu, 2000)
+        .await
+        .unwrap();
+    assert!(new, "taking the job freed the slot");
+    assert_eq!((after.notification.as_str(), after.count), ("n6", 1));
+}
+
+async fn provider_ids_lead_back_to_their_notification(s: Subject) {
+    let l = &s.ledger;
+    l.index_provider_id("msg-1", "n1", Route::Wechat)
+        .await
+        .unwrap();
+    l.index_provider_id("task-9", "n2", Route::Qiuqiu)
+        .await
+        .unwrap();
+    assert_eq!(
+        l.by_provider_id("msg-1").await.unwrap(),
+        Some(("n1".to_string(), Route::Wechat))
+    );
+    assert_eq!(
+        l.by_provider_id("task-9").await.unwrap(),
+        Some(("n2".to_string(), Route::Qiuqiu))
+    );
+    assert_eq!(l.by_provider_id("msg-2").await.unwrap(), None);
+}
+
+async fn a_delivery_report_sets_one_route(s: Subject) {
+    queued(&s, "n1", "alice", &[Route::Wechat, Route::Qiuqiu], 100).await;
+    let delivered = RouteState::new(Status::Delivered, Some("user received".into()));
+    s.ledger
+        .set_route("n1", Route::Wechat, delivered.clone())
+        .await
+        .unwrap();
+    let record = s.ledger.record("n1").await.unwrap().unwrap();
+    assert_eq!(record.routes[&Route::Wechat], delivered);
+    assert_eq!(record.routes[&Route::Qiuqiu].status, Status::Queued);
+    assert_eq!(s.ledger.queue_depth().await.unwrap(), 2, "the queue as it was");
+
+    s.ledger
+        .set_route("ghost", Route::Wechat, delivered)
+        .await
+        .unwrap();
+    assert_eq!(s.ledger.record("ghost").await.unwrap(), None);
+}
+
+async fn a_quota_never_counts_past_its_limit(s: Subject) {
+    let l = &s.ledger;
+    let mut counted = Vec::new();
+    for _ in 0..5 {
+        counted.push(l.count_quota("wechat:app", "2024-05-01", 3).await.unwrap());
+    }
+    assert_eq!(counted, [true, true, true, false, false]);
+    assert!(l.count_quota("wechat:app", "2024-05-02", 3).await.unwrap());
+    assert!(l.count_quota("qiuqiu", "2024-05-01", 3).await.unwrap());
+    assert!(!l.count_quota("none", "2024-05-01", 0).await.unwrap());
+}
+
+async fn preferences_round_trip_and_bindings_are_sealed(s: Subject) {
+    let l = &s.ledger;
+    assert_eq!(l.quiet_hours("alice").await.unwrap(), None);
+    assert_eq!(l.consent("alice").await.unwrap(), Consent::default());
+    assert_eq!(l.bindings("alice").await.unwrap(), Bindings::default());
+
+    let hours = QuietHours {
+        time_zone: "Asia/Shanghai".into(),
+        windows: vec![QuietWindow {
+            start: "22:00".into(),
+            end: "07:30".into(),
+        }],
+    };
+    let consent = Consent {
+        wechat: true,
+        qiuqiu: false,
+    };
+    let bindings = Bindings {
+        wechat: BTreeMap::from([("main".to_string(), "oOPENID-secret-4242".to_string())]),
+        qiuqiu_devices: vec!["cid-1".into(), "cid-2".into()],
+        qiuqiu_alias: Some("alice-alias".into()),
+    };
+    l.set_quiet_hours("alice", &hours).await.unwrap();
+    l.set_consent("alice", &consent).await.unwrap();
+    l.set_bindings("alice", &bindings).await.unwrap();
+    assert_eq!(l.quiet_hours("alice").await.unwrap(), Some(hours));
+    assert_eq!(l.consent("alice").await.unwrap(), consent);
+    assert_eq!(l.bindings("alice").await.unwrap(), bindings);
+    assert_eq!(l.quiet_hours("bob").await.unwrap(), None);
+    assert_eq!(l.bindings("bob").await.unwrap(), Bindings::default());
+
+    if let Some(server) = &s.redis {
+        let stored = Resp::to(server)
+            .call(&["GET", "gw:{alice}:notify:bindings"])
+            .bulk()
+            .expect("the bindings are stored under the documented key");
+        let text = String::from_utf8_lossy(&stored);
+        assert!(!text.contains("oOPENID-secret-4242"), "sealed: {text}");
+        assert!(!text.contains("alice-alias"), "sealed: {text}");
+    }
+}
+
+async fn the_queue_depth_counts_queued_and_leased_jobs(s: Subject) {
+    assert_eq!(s.ledger.queue_depth().await.unwrap(), 0);
+    queued(&s, "n1", "alice", &[Route::Wechat, Route::Qiuqiu], 100).await;
+    queued(&s, "n2", "bob", &[Route::Wechat], 100).await;
+    assert_eq!(s.ledger.queue_depth().await.unwrap(), 3);
+    assert_eq!(take(&s, 100, 1, 1000).await.len(), 1);
+    assert_eq!(s.ledger.queue_depth().await.unwrap(), 3, "leased still count");
+    let sent = RouteState::new(Status::Sent, None);
+    s.ledger
+        .settle(&job("n1", "alice", Route::Wechat), sent, None)
+        .await
+        .unwrap();
+    assert_eq!(s.ledger.queue_depth().await.unwrap(), 2);
+    s.ledger
+        .aggregate("bob", "like", "n3", Route::Qiuqiu, 100)
+        .await
+        .unwrap();
+    assert_eq!(s.ledger.queue_depth().await.unwrap(), 3);
+}
+
+async fn deleting_a_user_leaves_no_preferences_claims_or_jobs(s: Subject) {
+    let l = &s.ledger;
+    let now = unix_millis();
+    for user in ["alice", "bob"] {
+        l.set_quiet_hours(
+            user,
+            &QuietHours {
+                time_zone: "UTC".into(),
+                windows: Vec::new(),
+            },
+        )
+        .await
+        .unwrap();
+        l.set_consent(
+            user,
+            &Consent {
+                wechat: true,
+                qiuqiu: true,
+            },
+        )
+        .await
+        .unwrap();
+        let bindings = Bindings {
+            qiuqiu_alias: Some(user.into()),
+            ..Bindings::default()
+        };
+        l.set_bindings(user, &bindings).await.unwrap();
+        assert!(l.claim_dedup(user, "k:1", now, 60_000).await.unwrap());
+        assert!(l.claim_dedup(user, "k:2", now, 60_000).await.unwrap());
+        queued(&s, &format!("{user}-n1"), user, &[Route::Wechat], 100).await;
+        l.aggregate(user, "like", &format!("{user}-n2"), Route::Qiuqiu, 100)
+            .await
+            .unwrap();
+    }
+    // One of bob's jobs taken and waiting to be retried, one just queued.
+    assert_eq!(take(&s, 100, 1, 1000).await, ["alice-n1-wechat"]);
+    assert_eq!(take(&s, 100, 1, 1000).await, ["alice-n2-qiuqiu"]);
+    assert_eq!(take(&s, 100, 1, 1000).await, ["bob-n1-wechat"]);
+    assert_eq!(l.queue_depth().await.unwrap(), 4);
+
+    l.delete_user("bob").await.unwrap();
+
+    if let Some(server) = &s.redis {
+        let mut redis = Resp::to(server);
+        let left = redis.call(&["KEYS", "gw:{bob}:*"]).strings();
+        assert!(left.is_empty(), "{left:?}");
+        for hash in ["gw:notify:aggregates", "gw:notify:aggregated", "gw:notify:jobs"] {
+            let fields = redis.call(&["HKEYS", hash]).strings();
+            assert!(
+                !fields.iter().any(|field| field.starts_with("bob")),
+                "{hash}: {fields:?}"
+            );
+        }
+    }
+    assert_eq!(l.quiet_hours("bob").await.unwrap(), None);
+    assert_eq!(l.consent("bob").await.unwrap(), Consent::default());
+    assert_eq!(l.bindings("bob").await.unwrap(), Bindings::default());
+    assert!(l.claim_dedup("bob", "k:1", now, 60_000).await.unwrap());
+    assert!(l.claim_dedup("bob", "k:2", now, 60_000).await.unwrap());
+    assert_eq!(l.queue_depth().await.unwrap(), 2);
+    assert_eq!(
+        take(&s, u64::MAX / 4, 100, 1000).await,
+        ["alice-n1-wechat", "alice-n2-qiuqiu"]
+    );
+    let (_, new) = l
+        .aggregate("bob", "like", "bob-n3", Route::Qiuqiu, 100)
+        .await
+        .unwrap();
+    assert!(new, "the aggregate slot went with its job");
+
+    // Nothing of alice's went.
+    assert!(!l.claim_dedup("alice", "k:1", now, 60_000).await.unwrap());
+    assert!(l.quiet_hours("alice").await.unwrap().is_some());
+    assert_eq!(
+        l.bindings("alice").await.unwrap().qiuqiu_alias.as_deref(),
+        Some("alice")
+    );
+}
+
+// What a ledger shared by several nodes must also guarantee: two `RedisLedger`s on one Redis
+// stand for two gateway nodes.
+
+async fn two_nodes(server: &RedisServer) -> [Arc<RedisLedger>; 2] {
+    let a = RedisLedger::open(&server.url(), keys()).await.unwrap();
+    let b = RedisLedger::open(&server.url(), keys()).await.unwrap();
+    [Arc::new(a), Arc::new(b)]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn nodes_claiming_one_key_at_once_get_one_claim() {
+    let server = RedisServer::start();
+    let nodes = two_nodes(&server).await;
+    let now = unix_millis();
+    let claims: Vec<_> = (0..64)
+        .map(|i| {
+            let node = nodes[i % 2].clone();
+            tokio::spawn(async move { node.claim_dedup("alice", "k:same", now, 60_000).await })
+        })
+        .collect();
+    let mut won = 0;
+    for claim in claims {
+        won += usize::from(claim.await.unwrap().unwrap());
+    }
+    assert_eq!(won, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn nodes_taking_due_jobs_at_once_never_take_one_twice() {
+    let server = RedisServer::start();
+    let nodes = two_nodes(&server).await;
+    for i in 0..300 {
+        let user = format!("u{}", i % 7);
+        let id = format!("n{i:03}");
+        let jobs = [
+            (job(&id, &user, Route::Wechat), i),
+            (job(&id, &user, Route::Qiuqiu), i),
+        ];
+        let record = record(&id, &user, &[Route::Wechat, Route::Qiuqiu]);
+        nodes[0].create(&record, &jobs).await.unwrap();
+    }
+    let takers: Vec<_> = (0..8)
+        .map(|i| {
+            let node = nodes[i % 2].clone();
+            tokio::spawn(async move {
+                let mut taken = Vec::new();
+                loop {
+                    let due = node.take_due(1000, 5, 1_000_000).await.unwrap();
+                    if due.is_empty() {
+                        return taken;
+                    }
+                    taken.extend(due.iter().map(Job::key));
+                }
+            })
+        })
+        .collect();
+    let mut all = Vec::new();
+    for taker in takers {
+        all.extend(taker.await.unwrap());
+    }
+    let unique: HashSet<&String> = all.iter().collect();
+    assert_eq!(all.len(), 600, "every job taken");
+    assert_eq!(unique.len(), 600, "none twice");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn nodes_settling_the_routes_of_one_notification_at_once_keep_both() {
+    let server = RedisServer::start();
+    let nodes = two_nodes(&server).await;
+    let ids: Vec<String> = (0..40).map(|i| format!("n{i}")).collect();
+    for id in &ids {
+        let jobs = [
+            (job(id, "alice", Route::Wechat), 100),
+            (job(id, "alice", Route::Qiuqiu), 100),
+        ];
+        let record = record(id, "alice", &[Route::Wechat, Route::Qiuqiu]);
+        nodes[0].create(&record, &jobs).await.unwrap();
+    }
+    let settles: Vec<_> = ids
+        .iter()
+        .flat_map(|id| {
+            [(0, Route::Wechat), (1, Route::Qiuqiu)].map(|(node, route)| {
+                let (node, id) = (nodes[node].clone(), id.clone());
+                tokio::spawn(async move {
+                    let state = RouteState::new(Status::Sent, Some(format!("by {route:?}")));
+                    node.settle(&job(&id, "alice", route), state, None).await
+                })
+            })
+        })
+        .collect();
+    for settle in settles {
+        settle.await.unwrap().unwrap();
+    }
+    for id in &ids {
+        let record = nodes[1].record(id).await.unwrap().unwrap();
+        for route in [Route::Wechat, Route::Qiuqiu] {
+            assert_eq!(
+                record.routes[&route].detail,
+                Some(format!("by {route:?}")),
+                "{id}"
+            );
+        }
+    }
+    assert_eq!(nodes[0].queue_depth().await.unwrap(), 0);
+}
+
+/// Just enough of a Redis client to look at what the ledger stored (this crate has none).
+struct Resp(BufReader<TcpStream>);
+
+enum Reply {
+    Nil,
+    Bulk(Vec<u8>),
+    Array(Vec<Reply>),
+    Line(String),
+}
+
+impl Resp {
+    fn to(server: &RedisServer) -> Self {
+        Self(BufReader::new(
+            TcpStream::connect(("127.0.0.1", server.port())).unwrap(),
+        ))
+    }
+
+    fn call(&mut self, args: &[&str]) -> Reply {
+        let mut request = format!("*{}\r\n", args.len());
+        for arg in args {
+            request.push_str(&format!("${}\r\n{arg}\r\n", arg.len()));
+        }
+        self.0.get_mut().write_all(request.as_bytes()).unwrap();
+        self.reply()
+    }
+
+    fn reply(&mut self) -> Reply {
+        let mut line = String::new();
+        self.0.read_line(&mut line).unwrap();
+        let (kind, rest) = line.trim_end().split_at(1);
+        match kind {
+            "$" if rest == "-1" => Reply::Nil,
+            "$" => {
+                let mut bytes = vec![0; rest.parse::<usize>().unwrap() + 2];
+                self.0.read_exact(&mut bytes).unwrap();
+                bytes.truncate(bytes.len() - 2);
+                Reply::Bulk(bytes)
+            }
+            "*" => Reply::Array((0..rest.parse().unwrap()).map(|_| self.reply()).collect()),
+            "-" => panic!("redis error: {rest}"),
+            _ => Reply::Line(rest.to_string()),
+        }
+    }
+}
+
+impl Reply {
+    fn bulk(self) -> Option<Vec<u8>> {
+        match self {
+            Reply::Bulk(bytes) => Some(bytes),
+            Reply::Nil => None,
+            Reply::Array(_) | Reply::Line(_) => panic!("not a bulk string"),
+        }
+    }
+
+    fn strings(self) -> Vec<String> {
+        match self {
+            Reply::Array(items) => items
+                .into_iter()
+                .map(|item| String::from_utf8_lossy(&item.bulk().unwrap()).into_owned())
+                .collect(),
+            _ => panic!("not an array"),
+        }
+    }
+}
