@@ -10,6 +10,7 @@ use crate::known_devices::KnownDevices;
 use crate::messages::Messages;
 use crate::metrics::{Metrics, NotifyMetrics};
 use crate::notify::ledger::embedded::EmbeddedLedger;
+use crate::notify::ledger::redis::RedisLedger;
 use crate::notify::ledger::Ledger;
 use crate::notify::worker::Worker;
 use crate::notify::Notifications;
@@ -61,8 +62,14 @@ impl Gateway {
             metrics.stored.clone(),
         ));
         let store = open_store(&config, data, keys.clone(), clock, topics.clone()).await?;
-        let ledger: Arc<dyn Ledger> =
-            Arc::new(EmbeddedLedger::open(&data.path("notify"), keys.clone())?);
+        let ledger: Arc<dyn Ledger> = match config.store.backend {
+            StoreBackend::Redis => {
+                Arc::new(RedisLedger::open(&config.store.redis_url, keys.clone()).await?)
+            }
+            StoreBackend::Embedded => {
+                Arc::new(EmbeddedLedger::open(&data.path("notify"), keys.clone())?)
+            }
+        };
         let token_cache: Arc<dyn TokenCache> = match &cluster {
             Some(_) => Arc::new(RedisTokenCache::new(
                 crate::store::redis::connect(&config.store.redis_url).await?,

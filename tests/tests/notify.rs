@@ -676,3 +676,57 @@ async fn trusted_backends_hand_in_notifications_over_mqtt() {
     backend.publish("u/max/inbox", "{}", QoS::AtLeastOnce).await;
     assert_eq!(backend.puback().await, PubAckReason::NotAuthorized);
 }
+
+#[tokio::test]
+async fn two_nodes_submitting_the_same_notification_at_once_push_it_once() {
+    let redis = e2e::redis_server::RedisServer::start();
+    let doubles = Doubles::start().await;
+    let on_redis = |node: &str| {
+        doubles
+            .options()
+            .with("STORE__BACKEND", "redis")
+            .with("STORE__REDIS_URL", &redis.url())
+            .with("STORE__NODE_ID", node)
+    };
+    let a = TestGateway::start_with(on_redis("node-a")).await;
+    // Node B shares node A's secrets, as nodes of one service do.
+    let b_dir = tempfile::tempdir().unwrap();
+    for secret in ["token_secret", "api_key", "at_rest_key"] {
+        std::fs::write(b_dir.path().join(secret), a.secret(secret)).unwrap();
+    }
+    let b = TestGateway::try_start(on_redis("node-b"), b_dir)
+        .await
+        .unwrap();
+    reachable_user(&a, "ned").await;
+
+    for round in 0..5 {
+        let notification = json!({"user": "ned", "kind": "social_interaction", "title": format!("same {round}"), "body": "once"});
+        let (on_a, on_b) = tokio::join!(notify(&a, notification.clone()), notify(&b, notification));
+        let statuses = [&on_a, &on_b].map(|r| {
+            r["routes"]["qiuqiu"]["status"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        });
+        assert_eq!(
+            statuses.iter().filter(|s| *s == "deduplicated").count(),
+            1,
+            "round {round}: {statuses:?}"
+        );
+        let winner = if statuses[0] == "deduplicated" {
+            &on_b
+        } else {
+            &on_a
+        };
+        let gw = if statuses[0] == "deduplicated" {
+            &b
+        } else {
+            &a
+        };
+        assert_eq!(
+            status(&settled(gw, winner["id"].as_str().unwrap()).await, "qiuqiu"),
+            "sent"
+        );
+    }
+    assert_eq!(doubles.qiuqiu.pushes().len(), 5);
+}

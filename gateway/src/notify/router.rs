@@ -180,6 +180,8 @@ impl Router<'_> {
                     },
                     held_until.map(|_| "quiet hours".to_string()),
                 );
+                // An aggregated push is queued (or joined) by the ledger itself; only other pushes
+                // are queued with the record.
                 let job = if route == Route::Qiuqiu && rule.qiuqiu == QiuQiuAction::Aggregate {
                     due = due.max(now_ms + self.config.aggregate_window.as_millis() as u64);
                     let (job, new) = self
@@ -196,7 +198,7 @@ impl Router<'_> {
                         state.status = Status::Aggregated;
                         state.detail = Some(format!("aggregated into {}", job.notification));
                     }
-                    new.then_some(job)
+                    None
                 } else {
                     Some(Job {
                         notification: notification.id.clone(),

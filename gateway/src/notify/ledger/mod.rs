@@ -82,7 +82,8 @@ pub trait Ledger: Send + Sync + 'static {
     async fn bindings(&self, user: &str) -> Result<Bindings, StoreError>;
     async fn set_bindings(&self, user: &str, bindings: &Bindings) -> Result<(), StoreError>;
 
-    /// Pushes waiting in the queue (about: for a gauge).
+    /// Pushes waiting in the queue, for a gauge: exact on Redis, an estimate on the embedded
+    /// ledger (its LSM keyspace counts removed entries until they are compacted away).
     async fn queue_depth(&self) -> Result<u64, StoreError>;
 
     /// Removes the user's preferences, bindings, dedup claims and queued pushes.
