@@ -36,6 +36,10 @@ pub struct WeChat {
     pub refresh_early: Duration,
     /// Where WeChat posts `TEMPLATESENDJOBFINISH` events (on the HTTP listener).
     pub callback_path: String,
+    /// The token set in the Official Account's server configuration. When set, a callback must
+    /// carry WeChat's `signature` (SHA-1 of the sorted token, `timestamp` and `nonce`) or it is
+    /// refused; without it, anyone who finds the path could mark messages delivered.
+    pub callback_token: Option<String>,
     /// The Official Accounts (or mini programs) the gateway sends as.
     pub apps: Vec<WeChatApp>,
 }
@@ -47,6 +51,7 @@ impl Default for WeChat {
             base_url: "https://api.weixin.qq.com".into(),
             refresh_early: Duration::from_secs(5 * 60),
             callback_path: "/v1/callbacks/wechat".into(),
+            callback_token: None,
             apps: Vec::new(),
         }
     }

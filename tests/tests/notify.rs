@@ -28,13 +28,18 @@ impl Doubles {
 
     /// Gateway options that point both channels at the doubles, with quick retries.
     fn options(&self) -> Options {
+        self.options_with_wechat("")
+    }
+
+    /// As [`Self::options`], with more keys (`, key = value`) in `[channels.wechat]`.
+    fn options_with_wechat(&self, extra: &str) -> Options {
         let q = self.qiuqiu.config();
         let templates = "{friend_request = \"T-friend\", payment_success = \"T-pay\", event_preview = \"T-event\", security_alert = \"T-security\"}";
         Options::default()
             .with(
                 "CHANNELS__WECHAT",
                 &format!(
-                    "{{enabled = true, base_url = \"{}\", apps = [{{name = \"main\", appid = \"{}\", secret = \"{}\", templates = {templates}}}]}}",
+                    "{{enabled = true, base_url = \"{}\", apps = [{{name = \"main\", appid = \"{}\", secret = \"{}\", templates = {templates}}}]{extra}}}",
                     self.wechat.base_url(),
                     wechat::DEFAULT_APPID,
                     wechat::DEFAULT_SECRET
@@ -729,4 +734,38 @@ async fn two_nodes_submitting_the_same_notification_at_once_push_it_once() {
         );
     }
     assert_eq!(doubles.qiuqiu.pushes().len(), 5);
+}
+
+#[tokio::test]
+async fn wechat_callbacks_must_be_signed_when_a_token_is_set() {
+    use sha1::{Digest, Sha1};
+    let doubles = Doubles::start().await;
+    let gw =
+        TestGateway::start_with(doubles.options_with_wechat(", callback_token = \"tok3n\"")).await;
+    let event = "<xml><Event><![CDATA[TEMPLATESENDJOBFINISH]]></Event><MsgID>1</MsgID><Status><![CDATA[success]]></Status></xml>";
+    let client = reqwest::Client::new();
+    let unsigned = client
+        .post(gw.url("/v1/callbacks/wechat"))
+        .body(event)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(unsigned.status().as_u16(), 401);
+    let (timestamp, nonce) = ("1700000000", "n0nce");
+    let mut parts = ["tok3n", timestamp, nonce];
+    parts.sort_unstable();
+    let signature: String = Sha1::digest(parts.concat())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let signed = client
+        .post(gw.url(&format!(
+            "/v1/callbacks/wechat?signature={signature}&timestamp={timestamp}&nonce={nonce}"
+        )))
+        .body(event)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(signed.status().as_u16(), 200);
+    assert_eq!(signed.text().await.unwrap(), "success");
 }

@@ -3,7 +3,7 @@
 
 use super::devices::check_ids;
 use super::error::ApiError;
-use super::json::ApiJson;
+use super::json::{ApiJson, ApiQuery};
 use crate::channel::{parse_job_finish, JobStatus};
 use crate::gateway::Gateway;
 use crate::notify::model::{Bindings, Consent, QuietHours, Record, Route, RouteState, Status};
@@ -14,7 +14,8 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::Json;
 use protocol::ErrorCode;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
+use sha1::{Digest, Sha1};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
@@ -107,10 +108,51 @@ pub async fn put_bindings(
     Ok(Json(bindings))
 }
 
+/// WeChat's signature on a callback: `signature`, `timestamp` and `nonce` in the query.
+#[derive(Deserialize)]
+pub struct CallbackSignature {
+    signature: Option<String>,
+    timestamp: Option<String>,
+    nonce: Option<String>,
+}
+
+impl CallbackSignature {
+    /// SHA-1 over the token, `timestamp` and `nonce`, sorted and joined, as WeChat signs.
+    fn is_valid(&self, token: &str) -> bool {
+        let (Some(signature), Some(timestamp), Some(nonce)) =
+            (&self.signature, &self.timestamp, &self.nonce)
+        else {
+            return false;
+        };
+        let mut parts = [token, timestamp.as_str(), nonce.as_str()];
+        parts.sort_unstable();
+        let digest = Sha1::digest(parts.concat().as_bytes());
+        let expected: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+        expected.eq_ignore_ascii_case(signature)
+    }
+}
+
 /// WeChat's `TEMPLATESENDJOBFINISH` event: a template message sent earlier was delivered, or
 /// not. WeChat wants `success` back whatever the event was (other events come here too).
-pub async fn wechat_callback(State(gw): State<Arc<Gateway>>, body: String) -> &'static str {
-    let Some(finish) = parse_job_finish(&body) else {
+pub async fn wechat_callback(
+    State(gw): State<Arc<Gateway>>,
+    ApiQuery(signed): ApiQuery<CallbackSignature>,
+    body: String,
+) -> Result<&'static str, ApiError> {
+    if let Some(token) = &gw.config.channels.wechat.callback_token {
+        if !signed.is_valid(token) {
+            return Err(ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                ErrorCode::Unauthorized,
+                "missing or wrong WeChat signature",
+            ));
+        }
+    }
+    Ok(record_job_finish(&gw, &body).await)
+}
+
+async fn record_job_finish(gw: &Gateway, body: &str) -> &'static str {
+    let Some(finish) = parse_job_finish(body) else {
         return "success";
     };
     let ledger = &gw.notifications.ledger;
