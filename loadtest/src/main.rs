@@ -10,6 +10,7 @@ mod catchup;
 mod compare;
 mod connect;
 mod mosquitto;
+mod notify;
 mod pacer;
 mod payload;
 mod procfs;
@@ -53,6 +54,8 @@ enum Command {
     Catchup(catchup::CatchupCmd),
     /// Test doubles of the WeChat and 球球 push APIs, until Ctrl-C (prints their addresses).
     MockChannels(loadtest::mock_channels::MockChannelsCmd),
+    /// Notification routing: decisions per second, or a burst paced by the channels' rate limit.
+    Notify(notify::NotifyCmd),
 }
 
 fn main() -> ExitCode {
@@ -82,5 +85,6 @@ async fn run(cli: Cli) -> Result<bool> {
         Command::Store(cmd) => report::finish(&store_bench::run_cmd(cmd).await?, json),
         Command::Catchup(cmd) => report::finish(&catchup::run_cmd(cmd).await?, json),
         Command::MockChannels(cmd) => loadtest::mock_channels::run_cmd(cmd).await,
+        Command::Notify(cmd) => notify::run(cmd, json).await,
     }
 }

@@ -1,8 +1,9 @@
 //! The embedded store: fjall (an LSM tree with a write-ahead journal) in the data dir.
 //!
-//! fjall was picked over redb by measurement on this 2-core machine (durable appends per second
-//! with 1 / 16 / 256 concurrent writers: fjall 8.9k / 49k / 168k, redb 4.6k / 19k / 57k; see the
-//! README): a group commit is one journal append and one fsync.
+//! fjall was picked over redb by measurement on this 2-core machine (bare durable appends per
+//! second, no sealing, with 1 / 16 / 256 concurrent writers: fjall 8.9k / 49k / 168k, redb 4.6k /
+//! 19k / 57k): a group commit is one journal append and one fsync. With sealing and the heads kept
+//! per log, the writer thread's CPU is the limit (see the README's benchmarks).
 //!
 //! One writer thread does every write, in the order asked: appends queued together share one
 //! journal batch and one fsync; cursor moves ride along in the same batch; deletions and sweeps
