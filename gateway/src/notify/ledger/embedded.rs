@@ -20,10 +20,15 @@ use fjall::{Database, Keyspace, KeyspaceCreateOptions, OwnedWriteBatch, PersistM
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 #[derive(Clone)]
 struct Spaces {
+    /// No queued job is due before this (ms): `take_due` scans from here, not from the start
+    /// of the queue, where the tombstones of every job taken or settled pile up until
+    /// compaction. Lowered by every enqueue, raised by every take; both under the write lock.
+    floor: Arc<AtomicU64>,
     db: Database,
     records: Keyspace,
     queue: Keyspace,
@@ -73,6 +78,7 @@ impl EmbeddedLedger {
             .map_err(|e| anyhow::anyhow!("cannot open the ledger {}: {e}", path.display()))?;
         let space = |name: &str| db.keyspace(name, KeyspaceCreateOptions::default);
         let spaces = Spaces {
+            floor: Arc::new(AtomicU64::new(0)),
             records: space("records")?,
             queue: space("queue")?,
             jobs: space("jobs")?,
@@ -137,6 +143,7 @@ impl Spaces {
         }
         batch.insert(&self.queue, queue_key(due, &key), to_json(job));
         batch.insert(&self.jobs, key.as_str(), due.to_be_bytes());
+        self.floor.fetch_min(due, Ordering::AcqRel);
         Ok(())
     }
 
@@ -236,15 +243,26 @@ impl Ledger for EmbeddedLedger {
         lease_ms: u64,
     ) -> Result<Vec<Job>, StoreError> {
         self.run(true, move |spaces, _| {
+            let floor = spaces.floor.load(Ordering::Acquire);
             let mut due = Vec::new();
+            let mut last_due = floor;
             for entry in spaces
                 .queue
-                .range(..=queue_key(now_ms, "\u{7f}"))
+                .range(queue_key(floor, "")..=queue_key(now_ms, "\u{7f}"))
                 .take(limit)
             {
-                let (_, value) = entry.into_inner().map_err(failed)?;
+                let (key, value) = entry.into_inner().map_err(failed)?;
+                last_due = be_u64(&key[..8]);
                 due.push(from_json::<Job>(&value, "queued job")?);
             }
+            // Everything due before `last_due` was taken; with fewer than `limit`, everything
+            // due by now was.
+            let new_floor = if due.len() < limit {
+                now_ms + 1
+            } else {
+                last_due
+            };
+            spaces.floor.store(new_floor, Ordering::Release);
             if due.is_empty() {
                 return Ok(due);
             }
