@@ -129,6 +129,11 @@ macro_rules! conformance_suite {
                 .await
             }
             #[tokio::test]
+            async fn purging_the_newest_messages_never_reuses_their_sequences() {
+                super::purging_the_newest_messages_never_reuses_their_sequences($open(1000).await)
+                    .await
+            }
+            #[tokio::test]
             async fn the_sweeper_cuts_by_age() {
                 super::the_sweeper_cuts_by_age($open(1000).await).await
             }
@@ -341,4 +346,15 @@ async fn the_sweeper_cuts_by_age(s: Subject) {
     assert_eq!((head.first_seq, head.last_seq), (4, 3));
     assert!(s.texts("bob").await.is_empty());
     assert_eq!(s.sent("alice", "bob", "new").await, 4, "sequences go on");
+}
+
+async fn purging_the_newest_messages_never_reuses_their_sequences(s: Subject) {
+    s.sent("carol", "bob", "keep").await;
+    s.sent("alice", "bob", "one").await;
+    s.sent("alice", "bob", "two").await;
+    s.store.forget_contact("alice", "bob").await.unwrap();
+    assert_eq!(s.store.sweep(0).await.unwrap().purged_contacts, 2);
+    assert_eq!(s.store.head("bob").await.unwrap().last_seq, 3);
+    assert_eq!(s.sent("carol", "bob", "next").await, 4);
+    assert_eq!(s.texts("bob").await, ["keep", "next"]);
 }

@@ -7,11 +7,18 @@
 //!
 //! One writer thread does every write, in the order asked: appends queued together share one
 //! journal batch and one fsync; cursor moves ride along in the same batch; deletions and sweeps
-//! run between batches. Readers read the keyspaces directly.
+//! run between batches. A responder thread delivers each committed batch live and answers its
+//! senders, in order, while the writer commits the next. Readers read the keyspaces directly.
+//!
+//! A log's head is stored when the log is created, trimmed or swept, not on every append: its
+//! last sequence and time are those of the log's newest entry when that is newer, and the writer
+//! keeps the heads of recent logs in memory. Whatever removes a log's newest entries (a sweep)
+//! stores the head first, so a sequence is never given out twice.
 //!
 //! Keyspaces (ids never contain a 0 byte, so `user 0x00` is an exact prefix):
 //! - `messages` user 0x00 seq(BE) → hybrid-clock time (8 bytes, BE) + sealed record
-//! - `heads` user → first seq kept, last seq given, last time (8 bytes each, BE) + epoch
+//! - `heads` user → first seq kept, last seq given and last time when stored (8 bytes each, BE)
+//!   + epoch
 //! - `cursors` user 0x00 device → highest sequence the device acknowledged (BE)
 //! - `forgotten` owner 0x00 other → sequence up to which their direct messages in `owner`'s log
 //!   are hidden, until the sweeper has removed them
@@ -185,12 +192,23 @@ impl Keyspaces {
         })
     }
 
+    /// The log's head: epoch and first sequence as last written (at creation, trims and
+    /// sweeps), last sequence and time from the log's newest entry — the writer does not
+    /// rewrite the head on every append.
     fn head(&self, user: &str) -> Result<Option<Head>, StoreError> {
-        self.heads
-            .get(user)
-            .map_err(failed)?
-            .map(|bytes| Head::decode(&bytes))
-            .transpose()
+        let Some(stored) = self.heads.get(user).map_err(failed)? else {
+            return Ok(None);
+        };
+        let mut head = Head::decode(&stored)?;
+        if let Some(newest) = self.messages.prefix(prefix(user)).next_back() {
+            let (key, value) = newest.into_inner().map_err(failed)?;
+            let seq = log_position(&key).1;
+            if seq > head.last_seq {
+                head.last_seq = seq;
+                head.last_hlc = head.last_hlc.max(value.get(..8).map_or(0, be_u64));
+            }
+        }
+        Ok(Some(head))
     }
 
     fn durable_batch(&self) -> OwnedWriteBatch {
@@ -210,13 +228,18 @@ impl EmbeddedStore {
         let spaces = Keyspaces::open(path)
             .map_err(|e| anyhow::anyhow!("cannot open the store {}: {e}", path.display()))?;
         let (commands, queue) = mpsc::unbounded_channel();
+        let (done, finished) = std::sync::mpsc::channel();
         let writer = Writer {
             spaces: spaces.clone(),
             keys: keys.clone(),
             clock,
-            fanout,
             settings,
+            heads: HashMap::new(),
+            done,
         };
+        std::thread::Builder::new()
+            .name("store-responder".into())
+            .spawn(move || respond(finished, fanout))?;
         std::thread::Builder::new()
             .name("store-writer".into())
             .spawn(move || writer.run(queue))?;
@@ -257,8 +280,58 @@ struct Writer {
     spaces: Keyspaces,
     keys: Arc<KeyRing>,
     clock: Arc<HybridClock>,
-    fanout: Arc<dyn LiveFanout>,
     settings: Settings,
+    /// Heads of recently written logs, as committed: no lookup in the store per append.
+    heads: HashMap<String, Head>,
+    /// Committed batches go to the responder thread, which delivers them live and answers.
+    done: std::sync::mpsc::Sender<Done>,
+}
+
+/// Most heads the writer keeps in memory; past that the cache starts over.
+const HEAD_CACHE: usize = 100_000;
+
+/// A group the writer is finished with, for the responder.
+enum Done {
+    Committed {
+        group: Group,
+        appended: Vec<Appended>,
+        cursors: Vec<u64>,
+    },
+    Failed {
+        group: Group,
+        error: StoreError,
+    },
+}
+
+/// Delivers committed messages live, in log order, and answers their senders: on its own thread,
+/// so the writer goes on to the next batch meanwhile.
+fn respond(done: std::sync::mpsc::Receiver<Done>, fanout: Arc<dyn LiveFanout>) {
+    for finished in done {
+        match finished {
+            Done::Committed {
+                group,
+                mut appended,
+                cursors,
+            } => {
+                fanout.committed(&appended);
+                for (messages, reply) in group.appends.into_iter().rev() {
+                    let mine = appended.split_off(appended.len() - messages.len());
+                    let _ = reply.send(Ok(mine));
+                }
+                for ((_, _, _, reply), cursor) in group.acks.into_iter().zip(cursors) {
+                    let _ = reply.send(Ok(cursor));
+                }
+            }
+            Done::Failed { group, error } => {
+                for (_, reply) in group.appends {
+                    let _ = reply.send(Err(error.clone()));
+                }
+                for (_, _, _, reply) in group.acks {
+                    let _ = reply.send(Err(error.clone()));
+                }
+            }
+        }
+    }
 }
 
 /// Appends and cursor moves gathered into one batch.
@@ -270,7 +343,7 @@ struct Group {
 }
 
 impl Writer {
-    fn run(self, mut queue: mpsc::UnboundedReceiver<Command>) {
+    fn run(mut self, mut queue: mpsc::UnboundedReceiver<Command>) {
         let mut group = Group::default();
         while let Some(first) = queue.blocking_recv() {
             let mut next = Some(first);
@@ -299,7 +372,7 @@ impl Writer {
         }
     }
 
-    fn commit(&self, group: Group) {
+    fn commit(&mut self, group: Group) {
         if group.appends.is_empty() && group.acks.is_empty() {
             return;
         }
@@ -308,45 +381,54 @@ impl Writer {
             batch.commit().map_err(failed)?;
             Ok(outcome)
         });
-        match result {
-            Ok((mut appended, cursors)) => {
-                self.fanout.committed(&appended);
-                for (messages, reply) in group.appends.into_iter().rev() {
-                    let mine = appended.split_off(appended.len() - messages.len());
-                    let _ = reply.send(Ok(mine));
+        let finished = match result {
+            Ok((appended, cursors, heads)) => {
+                if self.heads.len() + heads.len() > HEAD_CACHE {
+                    self.heads.clear();
                 }
-                for ((_, _, _, reply), cursor) in group.acks.into_iter().zip(cursors) {
-                    let _ = reply.send(Ok(cursor));
-                }
-            }
-            Err(e) => {
-                tracing::error!("store commit failed: {e}");
-                for (_, reply) in group.appends {
-                    let _ = reply.send(Err(e.clone()));
-                }
-                for (_, _, _, reply) in group.acks {
-                    let _ = reply.send(Err(e.clone()));
+                self.heads.extend(heads);
+                Done::Committed {
+                    group,
+                    appended,
+                    cursors,
                 }
             }
-        }
+            Err(error) => {
+                tracing::error!("store commit failed: {error}");
+                // What the cache holds may not be what is stored now.
+                self.heads.clear();
+                Done::Failed { group, error }
+            }
+        };
+        let _ = self.done.send(finished);
     }
 
     /// Writes the group into `batch`: sequences and times for the appends, retention by count,
-    /// and the cursors. Returns the appended messages and the cursors, in request order.
+    /// and the cursors. Returns the appended messages and the cursors, in request order, and the
+    /// heads of the logs written. A head is stored only when a log is created or trimmed.
+    #[allow(clippy::type_complexity)]
     fn fill(
         &self,
         batch: &mut OwnedWriteBatch,
         group: &Group,
-    ) -> Result<(Vec<Appended>, Vec<u64>), StoreError> {
+    ) -> Result<(Vec<Appended>, Vec<u64>, Vec<(String, Head)>), StoreError> {
         let spaces = &self.spaces;
-        let mut heads: HashMap<&str, Head> = HashMap::new();
+        // Each log's head, and whether it must be stored.
+        let mut heads: HashMap<&str, (Head, bool)> = HashMap::new();
         let mut appended = Vec::with_capacity(group.messages);
         let mut value = Vec::new();
         for message in group.appends.iter().flat_map(|(messages, _)| messages) {
-            let head = match heads.entry(&message.log) {
+            let (head, _) = match heads.entry(&message.log) {
                 std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
                 std::collections::hash_map::Entry::Vacant(e) => {
-                    e.insert(spaces.head(&message.log)?.unwrap_or_else(Head::fresh))
+                    let known = match self.heads.get(&message.log) {
+                        Some(cached) => Some(cached.clone()),
+                        None => spaces.head(&message.log)?,
+                    };
+                    e.insert(match known {
+                        Some(head) => (head, false),
+                        None => (Head::fresh(), true),
+                    })
                 }
             };
             head.last_seq += 1;
@@ -368,7 +450,7 @@ impl Writer {
                 live_topic: message.live_topic,
             });
         }
-        for (log, head) in heads.iter_mut() {
+        for (log, (head, store)) in heads.iter_mut() {
             let kept = head.last_seq + 1 - head.first_seq;
             if kept > self.settings.retention_count {
                 let new_first = head.last_seq + 1 - self.settings.retention_count;
@@ -376,15 +458,18 @@ impl Writer {
                     batch.remove(&spaces.messages, log_key(log, seq));
                 }
                 head.first_seq = new_first;
+                *store = true;
             }
-            batch.insert(&spaces.heads, *log, head.encode());
+            if *store {
+                batch.insert(&spaces.heads, *log, head.encode());
+            }
         }
         let mut cursors: HashMap<Vec<u8>, u64> = HashMap::new();
         let mut answers = Vec::with_capacity(group.acks.len());
         for (user, device, seq, _) in &group.acks {
-            let last = match heads.get(user.as_str()) {
-                Some(head) => head.last_seq,
-                None => spaces.head(user)?.map_or(0, |h| h.last_seq),
+            let last = match (heads.get(user.as_str()), self.heads.get(user)) {
+                (Some((head, _)), _) | (None, Some(head)) => head.last_seq,
+                (None, None) => spaces.head(user)?.map_or(0, |h| h.last_seq),
             };
             let key = pair_key(user, device);
             let old = match cursors.get(&key) {
@@ -402,10 +487,16 @@ impl Writer {
             cursors.insert(key, new);
             answers.push(new);
         }
-        Ok((appended, answers))
+        let heads = heads
+            .into_iter()
+            .map(|(log, (head, _))| (log.to_string(), head))
+            .collect();
+        Ok((appended, answers, heads))
     }
 
-    fn run_alone(&self, command: Command) {
+    fn run_alone(&mut self, command: Command) {
+        // Deletions and sweeps rewrite heads behind the cache.
+        self.heads.clear();
         match command {
             Command::DeleteUser { user, reply } => {
                 let _ = reply.send(self.delete_user(&user));
@@ -460,10 +551,15 @@ impl Writer {
         let spaces = &self.spaces;
         let mut report = SweepReport::default();
         let mut batch = spaces.durable_batch();
+        let mut written = std::collections::HashSet::new();
+        // Heads are written with their last sequence whenever messages are removed: it is then
+        // no longer found from the log's newest entry, and must never be given out again.
         for entry in spaces.heads.iter() {
-            let (user, head) = entry.into_inner().map_err(failed)?;
+            let user = entry.key().map_err(failed)?;
             let user = String::from_utf8_lossy(&user).into_owned();
-            let mut head = Head::decode(&head)?;
+            let Some(mut head) = spaces.head(&user)? else {
+                continue;
+            };
             let mut cut_to = None;
             for entry in spaces.messages.prefix(prefix(&user)) {
                 let (key, value) = entry.into_inner().map_err(failed)?;
@@ -477,6 +573,7 @@ impl Writer {
             if let Some(last_cut) = cut_to {
                 head.first_seq = last_cut + 1;
                 batch.insert(&spaces.heads, user.as_str(), head.encode());
+                written.insert(user);
             }
         }
         for entry in spaces.forgotten.iter() {
@@ -485,6 +582,12 @@ impl Writer {
             let owner = String::from_utf8_lossy(&key[..separator]).into_owned();
             let other = pair_second(&key, &owner);
             let upto = be_u64(&upto);
+            if !written.contains(&owner) {
+                if let Some(head) = spaces.head(&owner)? {
+                    batch.insert(&spaces.heads, owner.as_str(), head.encode());
+                    written.insert(owner.clone());
+                }
+            }
             for entry in spaces
                 .messages
                 .range(log_key(&owner, 0)..=log_key(&owner, upto))
