@@ -157,7 +157,10 @@ fn check_config(file: &Path) -> ExitCode {
 
 fn init_logging(level: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .or_else(|_| tracing_subscriber::EnvFilter::try_new(level))
+        // The embedded store's engine logs every flush at info; keep it to warnings.
+        .or_else(|_| {
+            tracing_subscriber::EnvFilter::try_new(format!("{level},fjall=warn,lsm_tree=warn"))
+        })
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
