@@ -12,6 +12,7 @@ use crate::metrics::{Metrics, NotifyMetrics};
 use crate::notify::ledger::embedded::EmbeddedLedger;
 use crate::notify::ledger::redis::RedisLedger;
 use crate::notify::ledger::Ledger;
+use crate::notify::rate::RateLimiter;
 use crate::notify::worker::Worker;
 use crate::notify::Notifications;
 use crate::roam::clock::HybridClock;
@@ -70,13 +71,27 @@ impl Gateway {
                 Arc::new(EmbeddedLedger::open(&data.path("notify"), keys.clone())?)
             }
         };
-        let token_cache: Arc<dyn TokenCache> = match &cluster {
-            Some(_) => Arc::new(RedisTokenCache::new(
-                crate::store::redis::connect(&config.store.redis_url).await?,
-            )),
-            None => Arc::new(LocalTokenCache::new()),
+        // Provider tokens and rate limits are shared by the nodes sharing a Redis.
+        let (token_cache, limiter): (Arc<dyn TokenCache>, RateLimiter) = match &cluster {
+            Some(_) => {
+                let redis = crate::store::redis::connect(&config.store.redis_url).await?;
+                (
+                    Arc::new(RedisTokenCache::new(redis.clone())),
+                    RateLimiter::Shared(redis),
+                )
+            }
+            None => (
+                Arc::new(LocalTokenCache::new()),
+                RateLimiter::Local(Default::default()),
+            ),
         };
-        let worker = notify_worker(&config, ledger.clone(), token_cache, metrics.notify.clone())?;
+        let worker = notify_worker(
+            &config,
+            ledger.clone(),
+            token_cache,
+            limiter,
+            metrics.notify.clone(),
+        )?;
         Ok(Arc::new(Self {
             notifications: Notifications::new(ledger, worker),
             sessions: Sessions::new(config.sessions.clone(), topics, known, cluster.clone()),
@@ -159,6 +174,7 @@ fn notify_worker(
     config: &Config,
     ledger: Arc<dyn Ledger>,
     cache: Arc<dyn TokenCache>,
+    limiter: RateLimiter,
     metrics: NotifyMetrics,
 ) -> Result<Arc<Worker>> {
     let channels = &config.channels;
@@ -185,7 +201,7 @@ fn notify_worker(
         ledger,
         wechat,
         qiuqiu,
-        limiter: Default::default(),
+        limiter,
         metrics,
     }))
 }

@@ -28,11 +28,12 @@ impl Doubles {
 
     /// Gateway options that point both channels at the doubles, with quick retries.
     fn options(&self) -> Options {
-        self.options_with_wechat("")
+        self.options_with("", "")
     }
 
-    /// As [`Self::options`], with more keys (`, key = value`) in `[channels.wechat]`.
-    fn options_with_wechat(&self, extra: &str) -> Options {
+    /// As [`Self::options`], with more keys (`, key = value`) in `[channels.wechat]` and
+    /// `[channels.qiuqiu]`.
+    fn options_with(&self, extra: &str, qiuqiu_extra: &str) -> Options {
         let q = self.qiuqiu.config();
         let templates = "{friend_request = \"T-friend\", payment_success = \"T-pay\", event_preview = \"T-event\", security_alert = \"T-security\"}";
         Options::default()
@@ -48,7 +49,7 @@ impl Doubles {
             .with(
                 "CHANNELS__QIUQIU",
                 &format!(
-                    "{{enabled = true, base_url = \"{}\", app_id = \"{}\", app_key = \"{}\", master_secret = \"{}\"}}",
+                    "{{enabled = true, base_url = \"{}\", app_id = \"{}\", app_key = \"{}\", master_secret = \"{}\"{qiuqiu_extra}}}",
                     self.qiuqiu.base_url(),
                     q.app_id,
                     q.app_key,
@@ -686,22 +687,7 @@ async fn trusted_backends_hand_in_notifications_over_mqtt() {
 async fn two_nodes_submitting_the_same_notification_at_once_push_it_once() {
     let redis = e2e::redis_server::RedisServer::start();
     let doubles = Doubles::start().await;
-    let on_redis = |node: &str| {
-        doubles
-            .options()
-            .with("STORE__BACKEND", "redis")
-            .with("STORE__REDIS_URL", &redis.url())
-            .with("STORE__NODE_ID", node)
-    };
-    let a = TestGateway::start_with(on_redis("node-a")).await;
-    // Node B shares node A's secrets, as nodes of one service do.
-    let b_dir = tempfile::tempdir().unwrap();
-    for secret in ["token_secret", "api_key", "at_rest_key"] {
-        std::fs::write(b_dir.path().join(secret), a.secret(secret)).unwrap();
-    }
-    let b = TestGateway::try_start(on_redis("node-b"), b_dir)
-        .await
-        .unwrap();
+    let (a, b) = two_nodes(&redis, &doubles, "").await;
     reachable_user(&a, "ned").await;
 
     for round in 0..5 {
@@ -741,7 +727,7 @@ async fn wechat_callbacks_must_be_signed_when_a_token_is_set() {
     use sha1::{Digest, Sha1};
     let doubles = Doubles::start().await;
     let gw =
-        TestGateway::start_with(doubles.options_with_wechat(", callback_token = \"tok3n\"")).await;
+        TestGateway::start_with(doubles.options_with(", callback_token = \"tok3n\"", "")).await;
     let event = "<xml><Event><![CDATA[TEMPLATESENDJOBFINISH]]></Event><MsgID>1</MsgID><Status><![CDATA[success]]></Status></xml>";
     let client = reqwest::Client::new();
     let unsigned = client
@@ -768,4 +754,56 @@ async fn wechat_callbacks_must_be_signed_when_a_token_is_set() {
         .unwrap();
     assert_eq!(signed.status().as_u16(), 200);
     assert_eq!(signed.text().await.unwrap(), "success");
+}
+
+/// Two nodes on one Redis, sharing node A's secrets as nodes of one service do, with extra
+/// `[channels.qiuqiu]` keys.
+async fn two_nodes(
+    redis: &e2e::redis_server::RedisServer,
+    doubles: &Doubles,
+    qiuqiu_extra: &str,
+) -> (TestGateway, TestGateway) {
+    let on_redis = |node: &str| {
+        doubles
+            .options_with("", qiuqiu_extra)
+            .with("STORE__BACKEND", "redis")
+            .with("STORE__REDIS_URL", &redis.url())
+            .with("STORE__NODE_ID", node)
+    };
+    let a = TestGateway::start_with(on_redis("node-a")).await;
+    let b_dir = tempfile::tempdir().unwrap();
+    for secret in ["token_secret", "api_key", "at_rest_key"] {
+        std::fs::write(b_dir.path().join(secret), a.secret(secret)).unwrap();
+    }
+    let b = TestGateway::try_start(on_redis("node-b"), b_dir)
+        .await
+        .unwrap();
+    (a, b)
+}
+
+#[tokio::test]
+async fn two_nodes_share_the_providers_rate() {
+    let redis = e2e::redis_server::RedisServer::start();
+    let doubles = Doubles::start().await;
+    let (a, b) = two_nodes(&redis, &doubles, ", per_second = 20").await;
+    reachable_user(&a, "ola").await;
+    let mut ids = Vec::new();
+    for i in 0..60 {
+        let gw = if i % 2 == 0 { &a } else { &b };
+        let routed = notify(gw, json!({"user": "ola", "kind": "social_interaction", "title": format!("n{i}"), "body": "x"})).await;
+        ids.push((i % 2, routed["id"].as_str().unwrap().to_string()));
+    }
+    for (node, id) in &ids {
+        let gw = if *node == 0 { &a } else { &b };
+        settled(gw, id).await;
+    }
+    let pushes = doubles.qiuqiu.pushes();
+    assert_eq!(pushes.len(), 60);
+    // One bucket of 20 per second for both nodes: 20 at once, then 40 more at 20/s. Two
+    // buckets of their own would have finished in about half a second.
+    let span = pushes.last().unwrap().at - pushes.first().unwrap().at;
+    assert!(
+        span >= Duration::from_millis(1500),
+        "60 pushes at 20/s shared took {span:?}"
+    );
 }

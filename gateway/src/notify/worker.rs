@@ -119,6 +119,7 @@ impl Worker {
         if let Err(wait) = self
             .limiter
             .try_acquire(&prepared.pace, prepared.per_second)
+            .await
         {
             // Over the provider's rate: not an attempt, just later.
             state.status = Status::Queued;
