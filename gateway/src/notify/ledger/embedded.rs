@@ -1,6 +1,7 @@
-//! The embedded ledger: fjall keyspaces in `DATA_DIR/notify`, every change one durable batch.
-//! Writes that read first (claims, settling, aggregating) are serialized by one lock: this is
-//! the single-node backend.
+//! The embedded ledger: fjall keyspaces in `DATA_DIR/notify`. Writes that read first (claims,
+//! settling, aggregating) are serialized by one lock: this is the single-node backend. Each
+//! write is one journal batch; the fsync that makes it durable comes after the lock is released
+//! and covers every batch written before it (group commit), and no write is answered before it.
 //!
 //! Keyspaces (ids never contain a 0 byte):
 //! - `records` id → record (JSON, sealed: it holds the notification's text)
@@ -29,6 +30,10 @@ struct Spaces {
     /// of the queue, where the tombstones of every job taken or settled pile up until
     /// compaction. Lowered by every enqueue, raised by every take; both under the write lock.
     floor: Arc<AtomicU64>,
+    /// Batches written to the journal, and how many of them are known durable.
+    written: Arc<AtomicU64>,
+    synced: Arc<AtomicU64>,
+    syncing: Arc<Mutex<()>>,
     db: Database,
     records: Keyspace,
     queue: Keyspace,
@@ -79,6 +84,9 @@ impl EmbeddedLedger {
         let space = |name: &str| db.keyspace(name, KeyspaceCreateOptions::default);
         let spaces = Spaces {
             floor: Arc::new(AtomicU64::new(0)),
+            written: Arc::new(AtomicU64::new(0)),
+            synced: Arc::new(AtomicU64::new(0)),
+            syncing: Arc::new(Mutex::new(())),
             records: space("records")?,
             queue: space("queue")?,
             jobs: space("jobs")?,
@@ -104,8 +112,16 @@ impl EmbeddedLedger {
     ) -> Result<T, StoreError> {
         let (spaces, keys, writes) = (self.spaces.clone(), self.keys.clone(), self.writes.clone());
         tokio::task::spawn_blocking(move || {
-            let _guard = exclusive.then(|| writes.lock().expect("ledger write lock"));
-            work(&spaces, &keys)
+            let result = {
+                let _guard = exclusive.then(|| writes.lock().expect("ledger write lock"));
+                work(&spaces, &keys)
+            };
+            // The fsync happens outside the write lock, so the next writer goes on meanwhile
+            // and its batch is made durable by the same or the next fsync.
+            if exclusive {
+                spaces.sync()?;
+            }
+            result
         })
         .await
         .map_err(failed)?
@@ -113,8 +129,33 @@ impl EmbeddedLedger {
 }
 
 impl Spaces {
+    /// A batch applied to the journal's buffers; [`Spaces::sync`] makes it durable, together
+    /// with every other batch written before it.
     fn batch(&self) -> OwnedWriteBatch {
-        self.db.batch().durability(Some(PersistMode::SyncAll))
+        self.db.batch().durability(Some(PersistMode::Buffer))
+    }
+
+    fn commit(&self, batch: OwnedWriteBatch) -> Result<(), StoreError> {
+        batch.commit().map_err(failed)?;
+        self.written.fetch_add(1, Ordering::AcqRel);
+        Ok(())
+    }
+
+    /// Group commit: one fsync covers every batch written before it, so callers that queued
+    /// behind a running fsync find their batch covered and return without another.
+    fn sync(&self) -> Result<(), StoreError> {
+        let mine = self.written.load(Ordering::Acquire);
+        if self.synced.load(Ordering::Acquire) >= mine {
+            return Ok(());
+        }
+        let _one = self.syncing.lock().expect("ledger sync lock");
+        if self.synced.load(Ordering::Acquire) >= mine {
+            return Ok(());
+        }
+        let target = self.written.load(Ordering::Acquire);
+        self.db.persist(PersistMode::SyncAll).map_err(failed)?;
+        self.synced.fetch_max(target, Ordering::AcqRel);
+        Ok(())
     }
 
     fn record(&self, keys: &KeyRing, id: &str) -> Result<Option<Record>, StoreError> {
@@ -189,7 +230,7 @@ impl Spaces {
         };
         let mut batch = self.batch();
         batch.insert(&self.prefs, key, bytes);
-        batch.commit().map_err(failed)
+        self.commit(batch)
     }
 }
 
@@ -211,7 +252,7 @@ impl Ledger for EmbeddedLedger {
             }
             let mut batch = spaces.batch();
             batch.insert(&spaces.dedup, claim, (now_ms + window_ms).to_be_bytes());
-            batch.commit().map_err(failed)?;
+            spaces.commit(batch)?;
             Ok(true)
         })
         .await
@@ -225,7 +266,7 @@ impl Ledger for EmbeddedLedger {
             for (job, due) in &jobs {
                 spaces.enqueue(&mut batch, job, *due)?;
             }
-            batch.commit().map_err(failed)
+            spaces.commit(batch)
         })
         .await
     }
@@ -275,7 +316,7 @@ impl Ledger for EmbeddedLedger {
                     batch.remove(&spaces.aggregates, reverse);
                 }
             }
-            batch.commit().map_err(failed)?;
+            spaces.commit(batch)?;
             Ok(due)
         })
         .await
@@ -298,7 +339,7 @@ impl Ledger for EmbeddedLedger {
                 Some(due) => spaces.enqueue(&mut batch, &job, due)?,
                 None => spaces.dequeue(&mut batch, &job)?,
             }
-            batch.commit().map_err(failed)
+            spaces.commit(batch)
         })
         .await
     }
@@ -324,7 +365,7 @@ impl Ledger for EmbeddedLedger {
                         job.count += 1;
                         let mut batch = spaces.batch();
                         batch.insert(&spaces.queue, queue_key(due, &key), to_json(&job));
-                        batch.commit().map_err(failed)?;
+                        spaces.commit(batch)?;
                         return Ok((job, false));
                     }
                 }
@@ -342,7 +383,7 @@ impl Ledger for EmbeddedLedger {
             // the next aggregate rather than joining one already sent.
             batch.insert(&spaces.aggregates, joined("job", &job.key()), slot);
             spaces.enqueue(&mut batch, &job, due_ms)?;
-            batch.commit().map_err(failed)?;
+            spaces.commit(batch)?;
             Ok((job, true))
         })
         .await
@@ -358,10 +399,10 @@ impl Ledger for EmbeddedLedger {
             provider_id.to_string(),
             joined(notification, route.as_str()),
         );
-        self.run(false, move |spaces, _| {
+        self.run(true, move |spaces, _| {
             let mut batch = spaces.batch();
             batch.insert(&spaces.provider, provider_id.as_str(), value);
-            batch.commit().map_err(failed)
+            spaces.commit(batch)
         })
         .await
     }
@@ -398,7 +439,7 @@ impl Ledger for EmbeddedLedger {
             record.routes.insert(route, state);
             let mut batch = spaces.batch();
             spaces.put_record(&mut batch, keys, &record);
-            batch.commit().map_err(failed)
+            spaces.commit(batch)
         })
         .await
     }
@@ -416,7 +457,7 @@ impl Ledger for EmbeddedLedger {
             }
             let mut batch = spaces.batch();
             batch.insert(&spaces.quota, key, (used + 1).to_be_bytes());
-            batch.commit().map_err(failed)?;
+            spaces.commit(batch)?;
             Ok(true)
         })
         .await
@@ -495,7 +536,7 @@ impl Ledger for EmbeddedLedger {
                     batch.remove(&spaces.jobs, job.key().as_str());
                 }
             }
-            batch.commit().map_err(failed)
+            spaces.commit(batch)
         })
         .await
     }
