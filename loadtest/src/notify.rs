@@ -67,11 +67,6 @@ const NO_QUOTA: u64 = 1_000_000_000_000;
 /// The started gateway's `notify.aggregate_window`: friend requests on 球球 go out once per
 /// window, and the default minute would make every run wait a minute for its last aggregate.
 const AGGREGATE_WINDOW: &str = "1s";
-/// Push arrival jitter allowed by the rate check, as time at `--rate`: the gateway takes a
-/// token before its HTTP call and the double stamps the push when it handles it; in between
-/// lie the HTTP client, loopback and two cores shared by the gateway, the doubles and this
-/// tool, so pushes paced evenly can arrive bunched by a few tens of milliseconds.
-const JITTER: Duration = Duration::from_millis(50);
 /// The rate check's allowance is never below this many pushes (very low rates).
 const MIN_TOLERANCE: u64 = 10;
 
@@ -128,6 +123,13 @@ pub struct NotifyCmd {
     /// The whole run (setup, submitting, deliveries) is called off after this long.
     #[arg(long, default_value = "300s", value_parser = humantime::parse_duration)]
     timeout: Duration,
+    /// Push arrival jitter allowed by the rate check (burst mode), as time at `--rate`: the
+    /// gateway takes a token before its HTTP call and the double stamps the push when it handles
+    /// it; in between lie the HTTP client, loopback and two cores shared by the gateway, the
+    /// doubles and this tool, so pushes paced evenly can arrive bunched by a few tens of
+    /// milliseconds. Raise it for debug builds on a busy machine.
+    #[arg(long, default_value = "50ms", value_parser = humantime::parse_duration)]
+    jitter: Duration,
 }
 
 impl Mode {
@@ -411,7 +413,7 @@ pub struct Delivery {
 /// second, starting full. So in any interval of length `t` it lets through at most `R + R·t`
 /// pushes: `R` beyond the rate (the bucket) at most, and at most `2R` in any 1-s window — the
 /// first one, while the full bucket is spent. Both are checked, each allowing
-/// [`JITTER`]'s worth of pushes (`tolerance`) for the way from the bucket to the double.
+/// `--jitter`'s worth of pushes (`tolerance`) for the way from the bucket to the double.
 #[derive(Debug, Serialize)]
 pub struct RateCheck {
     pub rate: u32,
@@ -433,9 +435,9 @@ pub struct RateCheck {
 
 impl RateCheck {
     /// `at`: seconds of each push since any origin, in order.
-    fn new(at: &[f64], rate: u32, total_seconds: f64) -> Self {
+    fn new(at: &[f64], rate: u32, total_seconds: f64, jitter: Duration) -> Self {
         let r = f64::from(rate);
-        let tolerance = ((r * JITTER.as_secs_f64()).ceil() as u64).max(MIN_TOLERANCE);
+        let tolerance = ((r * jitter.as_secs_f64()).ceil() as u64).max(MIN_TOLERANCE);
         let first = at.first().copied().unwrap_or(0.0);
         let seconds = at.last().map_or(0.0, |last| last - first);
         let mut per_second = Vec::new();
@@ -685,7 +687,7 @@ async fn load(
             .collect();
         at.sort_by(f64::total_cmp);
         let total = at.last().copied().unwrap_or(0.0);
-        RateCheck::new(&at, cmd.rate(), total)
+        RateCheck::new(&at, cmd.rate(), total, cmd.jitter)
     });
     Ok((setup_seconds, submission, delivery, rate_check))
 }
@@ -1092,13 +1094,15 @@ impl Outcome for NotifyResult {
 
 #[cfg(test)]
 mod tests {
+    /// The default `--jitter`.
+    const JITTER: std::time::Duration = std::time::Duration::from_millis(50);
     use super::*;
 
     #[test]
     fn an_even_pace_stays_within_the_rate() {
         // 128/s for 5 s, exactly (a power of two keeps the instants exact).
         let at: Vec<f64> = (0..640).map(|k| f64::from(k) / 128.0).collect();
-        let check = RateCheck::new(&at, 128, 5.0);
+        let check = RateCheck::new(&at, 128, 5.0, JITTER);
         assert_eq!(check.per_second, vec![128; 5]);
         assert_eq!(check.max_window, 128);
         assert!(check.max_excess <= 1.0 + 1e-9, "{}", check.max_excess);
@@ -1110,7 +1114,7 @@ mod tests {
         // The bucket's 100 at once, then 100/s: what the gateway's limiter does from cold.
         let mut at = vec![0.0; 100];
         at.extend((1..=300).map(|k| f64::from(k) / 100.0));
-        let check = RateCheck::new(&at, 100, 3.0);
+        let check = RateCheck::new(&at, 100, 3.0, JITTER);
         assert_eq!(check.max_window, 199);
         assert!(check.max_excess <= 101.0, "{}", check.max_excess);
         assert!(check.max_window <= check.window_allowed());
@@ -1118,7 +1122,7 @@ mod tests {
 
         // 300 at once later on: beyond the bucket.
         at.extend(std::iter::repeat_n(3.5, 300));
-        let check = RateCheck::new(&at, 100, 3.5);
+        let check = RateCheck::new(&at, 100, 3.5, JITTER);
         assert!(check.max_window > check.window_allowed());
         assert!(check.max_excess > check.excess_allowed());
     }

@@ -44,3 +44,69 @@ async fn compare_runs_against_the_gateway_and_mosquitto() {
     let result: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
     assert!(result.is_object(), "{result}");
 }
+
+/// Runs `loadtest` with `args` and asserts it passed; returns its stdout.
+fn loadtest_passes(args: &[&str]) -> String {
+    let output = Command::new(binary().with_file_name("loadtest"))
+        .args(args)
+        .output()
+        .expect("running loadtest");
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(
+        output.status.success(),
+        "loadtest {args:?}: {stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    stdout
+}
+
+#[tokio::test]
+async fn notify_bursts_through_both_channel_doubles_at_the_configured_rate() {
+    let gateway = binary();
+    let stdout = loadtest_passes(&[
+        "notify",
+        "--start-gateway",
+        gateway.to_str().unwrap(),
+        "--mode",
+        "burst",
+        "--count",
+        "300",
+        "--rate",
+        "200",
+        "--users",
+        "20",
+        // A debug build beside other tests: pushes may reach the double late.
+        "--jitter",
+        "500ms",
+    ]);
+    assert!(stdout.contains("result: PASS"), "{stdout}");
+}
+
+#[tokio::test]
+async fn store_and_catchup_benchmarks_run_and_check_their_results() {
+    loadtest_passes(&[
+        "store",
+        "--backend",
+        "embedded",
+        "--writers",
+        "1,16",
+        "--duration",
+        "300ms",
+        "--rounds",
+        "1",
+    ]);
+    let gw = TestGateway::start().await;
+    loadtest_passes(&[
+        "catchup",
+        "--http",
+        &gw.url(""),
+        "--mqtt",
+        &gw.mqtt.to_string(),
+        "--api-key",
+        &gw.api_key,
+        "--missed",
+        "300",
+        "--rounds",
+        "2",
+    ]);
+}
