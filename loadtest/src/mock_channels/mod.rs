@@ -9,6 +9,7 @@ pub mod qiuqiu;
 pub mod wechat;
 
 pub use qiuqiu::{QiuQiuConfig, QiuQiuDouble};
+pub use server::{Double, Injection, Provider};
 pub use wechat::{WeChatConfig, WeChatDouble};
 
 use anyhow::{Context, Result};

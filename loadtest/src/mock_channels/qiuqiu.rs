@@ -11,7 +11,7 @@
 //! configuration error, not worth retrying); 10003 / 10005 per-minute limits; 20001 parameter
 //! error.
 
-use super::server::{lock, random_hex, unix_millis, CallCounter, Injection, Server};
+use super::server::{lock, random_hex, unix_millis, Double, Injection, Provider};
 use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::HeaderMap;
@@ -21,7 +21,6 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -104,82 +103,36 @@ pub struct Push {
     pub at: Instant,
 }
 
-/// A running 球球 push double on a local port; dropping it stops the server.
-#[derive(Debug)]
-pub struct QiuQiuDouble {
-    state: Arc<Mutex<QiuQiuState>>,
-    calls: CallCounter,
-    server: Server,
-}
+/// A running 球球 push double on a local port; dropping it stops the server. Its `base_url` is
+/// without `/v2/{appId}`: what the gateway's `channels.qiuqiu.base_url` should be.
+pub type QiuQiuDouble = Double<QiuQiuState>;
 
-impl QiuQiuDouble {
-    /// Starts with the default configuration on `127.0.0.1:0`.
-    ///
-    /// # Panics
-    /// If no local port can be bound (a test cannot go on without its double).
-    pub async fn start() -> Self {
-        Self::start_with(QiuQiuConfig::default()).await
+impl Provider for QiuQiuState {
+    type Config = QiuQiuConfig;
+    const NAME: &'static str = "球球";
+
+    fn new(config: QiuQiuConfig) -> Self {
+        Self::new(config)
     }
 
-    /// Starts with `config` on `127.0.0.1:0`.
-    ///
-    /// # Panics
-    /// If no local port can be bound.
-    pub async fn start_with(config: QiuQiuConfig) -> Self {
-        Self::bind(([127, 0, 0, 1], 0).into(), config)
-            .await
-            .expect("binding the 球球 double to a local port")
+    fn config(&mut self) -> &mut QiuQiuConfig {
+        &mut self.config
     }
 
-    /// Starts with `config` on `addr`.
-    pub async fn bind(addr: SocketAddr, config: QiuQiuConfig) -> std::io::Result<Self> {
-        let state = Arc::new(Mutex::new(QiuQiuState::new(config)));
-        let calls = CallCounter::default();
-        let router = Router::new()
+    fn injection(&mut self) -> &mut Injection {
+        &mut self.injection
+    }
+
+    fn routes(state: Arc<Mutex<Self>>) -> Router {
+        Router::new()
             .route("/v2/{app_id}/auth", post(auth))
             .route("/v2/{app_id}/push/single/cid", post(push_cid))
             .route("/v2/{app_id}/push/single/alias", post(push_alias))
-            .with_state(state.clone());
-        let server = Server::start(addr, calls.layer(router)).await?;
-        Ok(Self {
-            state,
-            calls,
-            server,
-        })
+            .with_state(state)
     }
+}
 
-    /// `http://127.0.0.1:PORT`, without `/v2/{appId}`: what the gateway's
-    /// `channels.qiuqiu.base_url` should be.
-    pub fn base_url(&self) -> String {
-        self.server.base_url()
-    }
-
-    pub fn addr(&self) -> SocketAddr {
-        self.server.addr()
-    }
-
-    /// A copy of the current configuration.
-    pub fn config(&self) -> QiuQiuConfig {
-        lock(&self.state).config.clone()
-    }
-
-    /// Changes the configuration while running.
-    pub fn configure(&self, change: impl FnOnce(&mut QiuQiuConfig)) {
-        change(&mut lock(&self.state).config);
-    }
-
-    /// The next `n` push calls answer `code` (2, 10001, 10003, 10005, 20001 …) and deliver
-    /// nothing.
-    pub fn fail_next(&self, n: usize, code: i64) {
-        lock(&self.state).injection.fail_next(n, code);
-    }
-
-    /// The next `n` push calls are carried out but answered only after `delay`, so that a
-    /// client with a shorter timeout gives up on a push that did happen.
-    pub fn delay_next(&self, n: usize, delay: Duration) {
-        lock(&self.state).injection.delay_next(n, delay);
-    }
-
+impl Double<QiuQiuState> {
     /// Every token issued so far expires now: the next push with it gets 10001.
     pub fn expire_tokens(&self) {
         let now = Instant::now();
@@ -197,10 +150,10 @@ impl QiuQiuDouble {
     /// (`/v2/{appId}/push/single/cid`) or the part after `/v2/{appId}` (`/push/single/cid`).
     pub fn calls(&self, path: &str) -> u64 {
         if path.starts_with("/v2/") {
-            self.calls.get(path)
+            self.counted(path)
         } else {
             let app_id = lock(&self.state).config.app_id.clone();
-            self.calls.get(&format!("/v2/{app_id}{path}"))
+            self.counted(&format!("/v2/{app_id}{path}"))
         }
     }
 
@@ -208,15 +161,10 @@ impl QiuQiuDouble {
     pub fn auth_calls(&self) -> u64 {
         self.calls("/auth")
     }
-
-    /// Stops the server, waiting for calls being answered.
-    pub async fn shutdown(self) {
-        self.server.shutdown().await;
-    }
 }
 
 #[derive(Debug)]
-struct QiuQiuState {
+pub struct QiuQiuState {
     config: QiuQiuConfig,
     /// Token → when it expires. Like Getui, a new token does not invalidate older ones.
     tokens: HashMap<String, Instant>,

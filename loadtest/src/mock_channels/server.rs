@@ -101,7 +101,7 @@ async fn count(State(counter): State<CallCounter>, request: Request, next: Next)
 
 /// Failures and delays queued by a test for the next send calls, consumed in order.
 #[derive(Debug, Default)]
-pub(crate) struct Injection {
+pub struct Injection {
     failures: VecDeque<i64>,
     delays: VecDeque<Duration>,
 }
@@ -147,4 +147,96 @@ pub(crate) fn unix_millis() -> u64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|elapsed| elapsed.as_millis() as u64)
         .unwrap_or(0)
+}
+
+/// What a provider double's state gives the handle both doubles share ([`Double`]).
+pub trait Provider: std::fmt::Debug + Send + 'static {
+    type Config: Clone + Default;
+    /// The provider's name, for messages.
+    const NAME: &'static str;
+    fn new(config: Self::Config) -> Self;
+    fn config(&mut self) -> &mut Self::Config;
+    fn injection(&mut self) -> &mut Injection;
+    /// The provider's API, serving `state`.
+    fn routes(state: Arc<Mutex<Self>>) -> Router;
+}
+
+/// A running provider double on a local port; dropping it stops the server.
+#[derive(Debug)]
+pub struct Double<P> {
+    pub(crate) state: Arc<Mutex<P>>,
+    calls: CallCounter,
+    server: Server,
+}
+
+impl<P: Provider> Double<P> {
+    /// Starts with the default configuration on `127.0.0.1:0`.
+    ///
+    /// # Panics
+    /// If no local port can be bound (a test cannot go on without its double).
+    pub async fn start() -> Self {
+        Self::start_with(P::Config::default()).await
+    }
+
+    /// Starts with `config` on `127.0.0.1:0`.
+    ///
+    /// # Panics
+    /// If no local port can be bound.
+    pub async fn start_with(config: P::Config) -> Self {
+        Self::bind(([127, 0, 0, 1], 0).into(), config)
+            .await
+            .unwrap_or_else(|e| panic!("binding the {} double to a local port: {e}", P::NAME))
+    }
+
+    /// Starts with `config` on `addr`.
+    pub async fn bind(addr: SocketAddr, config: P::Config) -> std::io::Result<Self> {
+        let state = Arc::new(Mutex::new(P::new(config)));
+        let calls = CallCounter::default();
+        let server = Server::start(addr, calls.layer(P::routes(state.clone()))).await?;
+        Ok(Self {
+            state,
+            calls,
+            server,
+        })
+    }
+
+    /// `http://127.0.0.1:PORT`: what the gateway's `base_url` for the channel should be.
+    pub fn base_url(&self) -> String {
+        self.server.base_url()
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.server.addr()
+    }
+
+    /// A copy of the current configuration.
+    pub fn config(&self) -> P::Config {
+        lock(&self.state).config().clone()
+    }
+
+    /// Changes the configuration while running.
+    pub fn configure(&self, change: impl FnOnce(&mut P::Config)) {
+        change(lock(&self.state).config());
+    }
+
+    /// The next `n` send calls answer the provider's error `code` and send nothing.
+    pub fn fail_next(&self, n: usize, code: i64) {
+        lock(&self.state).injection().fail_next(n, code);
+    }
+
+    /// The next `n` send calls are carried out but answered only after `delay`, so that a
+    /// client with a shorter timeout gives up on a send that did happen.
+    pub fn delay_next(&self, n: usize, delay: Duration) {
+        lock(&self.state).injection().delay_next(n, delay);
+    }
+
+    /// HTTP calls to the full `path`, failed ones included.
+    pub(crate) fn counted(&self, path: &str) -> u64 {
+        self.calls.get(path)
+    }
+
+    /// Stops the server, waiting for calls being answered.
+    pub async fn shutdown(self) {
+        self.server.shutdown().await;
+    }
 }

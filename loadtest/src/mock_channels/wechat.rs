@@ -8,7 +8,7 @@
 //! Tests steer it (injected failures, delays, expired tokens) and observe it (accepted sends,
 //! calls per path).
 
-use super::server::{lock, random_hex, CallCounter, Injection, Server};
+use super::server::{lock, random_hex, Double, Injection, Provider};
 use axum::body::Bytes;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
@@ -17,7 +17,6 @@ use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 use std::collections::{HashMap, HashSet};
-use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -124,80 +123,35 @@ pub struct SentMessage {
 }
 
 /// A running WeChat API double on a local port; dropping it stops the server.
-#[derive(Debug)]
-pub struct WeChatDouble {
-    state: Arc<Mutex<WeChatState>>,
-    calls: CallCounter,
-    server: Server,
-}
+pub type WeChatDouble = Double<WeChatState>;
 
-impl WeChatDouble {
-    /// Starts with the default configuration on `127.0.0.1:0`.
-    ///
-    /// # Panics
-    /// If no local port can be bound (a test cannot go on without its double).
-    pub async fn start() -> Self {
-        Self::start_with(WeChatConfig::default()).await
+impl Provider for WeChatState {
+    type Config = WeChatConfig;
+    const NAME: &'static str = "WeChat";
+
+    fn new(config: WeChatConfig) -> Self {
+        Self::new(config)
     }
 
-    /// Starts with `config` on `127.0.0.1:0`.
-    ///
-    /// # Panics
-    /// If no local port can be bound.
-    pub async fn start_with(config: WeChatConfig) -> Self {
-        Self::bind(([127, 0, 0, 1], 0).into(), config)
-            .await
-            .expect("binding the WeChat double to a local port")
+    fn config(&mut self) -> &mut WeChatConfig {
+        &mut self.config
     }
 
-    /// Starts with `config` on `addr`.
-    pub async fn bind(addr: SocketAddr, config: WeChatConfig) -> std::io::Result<Self> {
-        let state = Arc::new(Mutex::new(WeChatState::new(config)));
-        let calls = CallCounter::default();
-        let router = Router::new()
+    fn injection(&mut self) -> &mut Injection {
+        &mut self.injection
+    }
+
+    fn routes(state: Arc<Mutex<Self>>) -> Router {
+        Router::new()
             .route("/cgi-bin/token", get(token))
             .route("/cgi-bin/stable_token", post(stable_token))
             .route("/cgi-bin/message/template/send", post(template_send))
             .route("/cgi-bin/message/subscribe/send", post(subscribe_send))
-            .with_state(state.clone());
-        let server = Server::start(addr, calls.layer(router)).await?;
-        Ok(Self {
-            state,
-            calls,
-            server,
-        })
+            .with_state(state)
     }
+}
 
-    /// `http://127.0.0.1:PORT`, what the gateway's `channels.wechat.base_url` should be.
-    pub fn base_url(&self) -> String {
-        self.server.base_url()
-    }
-
-    pub fn addr(&self) -> SocketAddr {
-        self.server.addr()
-    }
-
-    /// A copy of the current configuration.
-    pub fn config(&self) -> WeChatConfig {
-        lock(&self.state).config.clone()
-    }
-
-    /// Changes the configuration while running (followers, templates, overlap, …).
-    pub fn configure(&self, change: impl FnOnce(&mut WeChatConfig)) {
-        change(&mut lock(&self.state).config);
-    }
-
-    /// The next `n` send calls (template or subscribe) answer `errcode` and send nothing.
-    pub fn fail_next(&self, n: usize, errcode: i64) {
-        lock(&self.state).injection.fail_next(n, errcode);
-    }
-
-    /// The next `n` send calls are carried out but answered only after `delay`, so that a
-    /// client with a shorter timeout gives up on a send that did happen.
-    pub fn delay_next(&self, n: usize, delay: Duration) {
-        lock(&self.state).injection.delay_next(n, delay);
-    }
-
+impl Double<WeChatState> {
     /// Every token issued so far expires now: the next use gets 42001.
     pub fn expire_tokens(&self) {
         let now = Instant::now();
@@ -230,7 +184,7 @@ impl WeChatDouble {
 
     /// HTTP calls to `path` (e.g. `/cgi-bin/message/template/send`), failed ones included.
     pub fn calls(&self, path: &str) -> u64 {
-        self.calls.get(path)
+        self.counted(path)
     }
 
     /// Calls to both token endpoints, failed ones included.
@@ -274,11 +228,6 @@ impl WeChatDouble {
             .send()
             .await
     }
-
-    /// Stops the server, waiting for calls being answered.
-    pub async fn shutdown(self) {
-        self.server.shutdown().await;
-    }
 }
 
 #[derive(Debug)]
@@ -296,7 +245,7 @@ impl Token {
 }
 
 #[derive(Debug)]
-struct WeChatState {
+pub struct WeChatState {
     config: WeChatConfig,
     /// Every token issued, oldest first; the last one is the newest.
     tokens: Vec<Token>,
