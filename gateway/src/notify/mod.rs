@@ -6,6 +6,7 @@ pub mod model;
 pub mod quiet_hours;
 pub mod rate;
 pub mod router;
+pub mod worker;
 
 use crate::gateway::Gateway;
 use crate::store::StoreError;
@@ -93,17 +94,25 @@ impl Notifications {
         router.route(notification, user, chrono::Utc::now()).await
     }
 
+    /// What the routing needs of the user; the reads are independent, so they run together.
     async fn user_state(&self, gw: &Gateway, user: &str) -> Result<UserState, StoreError> {
-        let online = match &gw.cluster {
-            Some(cluster) => !cluster.devices(user).await?.is_empty(),
-            None => !gw.sessions.devices(user).is_empty(),
+        let online = async {
+            Ok(match &gw.cluster {
+                Some(cluster) => !cluster.devices(user).await?.is_empty(),
+                None => !gw.sessions.devices(user).is_empty(),
+            })
         };
-        let bindings = self.ledger.bindings(user).await?;
+        let (online, bindings, consent, quiet_hours) = tokio::try_join!(
+            online,
+            self.ledger.bindings(user),
+            self.ledger.consent(user),
+            self.ledger.quiet_hours(user),
+        )?;
         let wechat_apps = &gw.config.channels.wechat.apps;
         Ok(UserState {
             online,
-            consent: self.ledger.consent(user).await?,
-            quiet_hours: self.ledger.quiet_hours(user).await?,
+            consent,
+            quiet_hours,
             wechat_bound: wechat_apps
                 .iter()
                 .any(|app| bindings.wechat.contains_key(&app.name)),
@@ -111,4 +120,3 @@ impl Notifications {
         })
     }
 }
-pub mod worker;
