@@ -18,6 +18,7 @@
 use crate::progress::{spawn_reporter, Counter};
 use crate::report::{latency_histogram, print_verdict, thousands, LatencySummary, Outcome, Table};
 use crate::stop::stopped;
+use crate::target::loopback_url;
 use anyhow::{bail, Context, Result};
 use clap::{Args, ValueEnum};
 use futures_util::{stream, StreamExt, TryStreamExt};
@@ -309,17 +310,7 @@ struct Api {
 
 impl Api {
     fn new(base: &str, api_key: String, connections: usize) -> Result<Self> {
-        let url: reqwest::Url = base.parse().with_context(|| format!("--http {base}"))?;
-        let host = url.host_str().unwrap_or_default();
-        let loopback = host == "localhost"
-            || host
-                .trim_start_matches('[')
-                .trim_end_matches(']')
-                .parse::<IpAddr>()
-                .is_ok_and(|ip| ip.is_loopback());
-        if !loopback {
-            bail!("--http {base}: only loopback hosts are allowed");
-        }
+        loopback_url(base, "--http")?;
         let http = reqwest::Client::builder()
             .timeout(REQUEST_TIMEOUT)
             .pool_max_idle_per_host(connections)

@@ -165,14 +165,7 @@ struct TokenResponse {
 
 impl TokenApi {
     fn new(base: &str, api_key: String) -> Result<Self> {
-        let base: reqwest::Url = base.parse().with_context(|| format!("--http {base}"))?;
-        let host = base.host_str().unwrap_or_default();
-        let host_ip = host.trim_start_matches('[').trim_end_matches(']');
-        match host_ip.parse::<IpAddr>() {
-            Ok(ip) => require_loopback(ip, "--http")?,
-            Err(_) if host == "localhost" => {}
-            Err(_) => bail!("--http {base}: only loopback hosts are allowed"),
-        }
+        let base = loopback_url(base, "--http")?;
         let url = format!("{}/v1/tokens", base.as_str().trim_end_matches('/'))
             .parse()
             .context("building the token URL")?;
@@ -208,6 +201,20 @@ impl TokenApi {
             .with_context(|| format!("token answer for {user}/{device}"))?;
         Ok(answer.token)
     }
+}
+
+/// Parses `url` and checks that its host is a loopback address (or `localhost`): load is
+/// only ever aimed at this machine.
+pub(crate) fn loopback_url(url: &str, flag: &str) -> Result<reqwest::Url> {
+    let parsed: reqwest::Url = url.parse().with_context(|| format!("{flag} {url}"))?;
+    let host = parsed.host_str().unwrap_or_default();
+    let host_ip = host.trim_start_matches('[').trim_end_matches(']');
+    match host_ip.parse::<IpAddr>() {
+        Ok(ip) => require_loopback(ip, flag)?,
+        Err(_) if host == "localhost" => {}
+        Err(_) => bail!("{flag} {url}: only loopback hosts are allowed"),
+    }
+    Ok(parsed)
 }
 
 fn require_loopback(ip: IpAddr, flag: &str) -> Result<()> {
