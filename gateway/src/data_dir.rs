@@ -33,7 +33,7 @@ impl DataDir {
         let path = self.path(name);
         let mut bytes = [0u8; 32];
         rand::thread_rng().fill_bytes(&mut bytes);
-        let fresh: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+        let fresh = hex::encode(bytes);
         match OpenOptions::new()
             .write(true)
             .create_new(true)

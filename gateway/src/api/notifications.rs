@@ -127,8 +127,7 @@ impl CallbackSignature {
         let mut parts = [token, timestamp.as_str(), nonce.as_str()];
         parts.sort_unstable();
         let digest = Sha1::digest(parts.concat().as_bytes());
-        let expected: String = digest.iter().map(|b| format!("{b:02x}")).collect();
-        expected.eq_ignore_ascii_case(signature)
+        hex::encode(digest).eq_ignore_ascii_case(signature)
     }
 }
 

@@ -209,7 +209,7 @@ fn outcome(code: i64, answer: &Value) -> Outcome {
 
 /// `hex(sha256(app_key + timestamp + master_secret))`.
 fn sign(app_key: &str, timestamp: &str, master_secret: &str) -> String {
-    hex(&Sha256::digest(format!(
+    hex::encode(Sha256::digest(format!(
         "{app_key}{timestamp}{master_secret}"
     )))
 }
@@ -221,12 +221,8 @@ pub fn request_id(key: &str) -> String {
     if (10..=32).contains(&key.chars().count()) {
         key.to_owned()
     } else {
-        hex(&Sha256::digest(key))[..32].to_owned()
+        hex::encode(Sha256::digest(key))[..32].to_owned()
     }
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|byte| format!("{byte:02x}")).collect()
 }
 
 fn unix_millis(at: SystemTime) -> u64 {

@@ -66,13 +66,7 @@ pub fn dedup_key(notification: &Notification) -> String {
                 hash.update([0]);
             }
             let digest = hash.finalize();
-            format!(
-                "h:{}",
-                digest
-                    .iter()
-                    .map(|b| format!("{b:02x}"))
-                    .collect::<String>()
-            )
+            format!("h:{}", hex::encode(digest))
         }
     }
 }

@@ -35,14 +35,14 @@ impl KeyRing {
         let mut keys = HashMap::new();
         let mut active_id = None;
         for entry in entries {
-            let Some((id, hex)) = entry.split_once(':') else {
+            let Some((id, digits)) = entry.split_once(':') else {
                 bail!("at-rest key {entry:?} is not \"id:hex\"");
             };
             anyhow::ensure!(
                 broker_config::is_at_rest_key(entry),
                 "at-rest key {id:?} must be an id of 1-16 letters or digits and 32 hex digits"
             );
-            let bytes = decode_hex(hex).with_context(|| format!("at-rest key {id:?}"))?;
+            let bytes = hex::decode(digits).with_context(|| format!("at-rest key {id:?}"))?;
             let cipher = Sm4Gcm::new_from_slice(&bytes).expect("SM4 keys are 16 bytes");
             if keys.insert(id.to_string(), cipher).is_some() {
                 bail!("at-rest key id {id:?} appears twice");
@@ -101,13 +101,6 @@ impl KeyRing {
     }
 }
 
-fn decode_hex(hex: &str) -> Result<Vec<u8>> {
-    (0..hex.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(hex.get(i..i + 2).unwrap_or("x"), 16).context("not hex digits"))
-        .collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -115,15 +108,15 @@ mod tests {
     /// RFC 8998 appendix A.1: SM4-GCM with a 12-byte IV.
     #[test]
     fn reproduces_the_rfc_8998_test_vector() {
-        let key = decode_hex("0123456789ABCDEFFEDCBA9876543210").unwrap();
-        let iv = decode_hex("00001234567800000000ABCD").unwrap();
-        let aad = decode_hex("FEEDFACEDEADBEEFFEEDFACEDEADBEEFABADDAD2").unwrap();
-        let plaintext = decode_hex(concat!(
+        let key = hex::decode("0123456789ABCDEFFEDCBA9876543210").unwrap();
+        let iv = hex::decode("00001234567800000000ABCD").unwrap();
+        let aad = hex::decode("FEEDFACEDEADBEEFFEEDFACEDEADBEEFABADDAD2").unwrap();
+        let plaintext = hex::decode(concat!(
             "AAAAAAAAAAAAAAAABBBBBBBBBBBBBBBBCCCCCCCCCCCCCCCCDDDDDDDDDDDDDDDD",
             "EEEEEEEEEEEEEEEEFFFFFFFFFFFFFFFFEEEEEEEEEEEEEEEEAAAAAAAAAAAAAAAA"
         ))
         .unwrap();
-        let expected = decode_hex(concat!(
+        let expected = hex::decode(concat!(
             "17F399F08C67D5EE19D0DC9969C4BB7D5FD46FD3756489069157B282BB200735",
             "D82710CA5C22F0CCFA7CBF93D496AC15A56834CBCF98C397B4024A2691233B8D",
             "83DE3541E4C2B58177E065A9BF7B62EC"

@@ -164,6 +164,5 @@ pub type SharedStore = Arc<dyn Store>;
 
 /// A fresh random epoch name.
 pub fn new_epoch() -> String {
-    let bytes: [u8; 6] = rand::random();
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    hex::encode(rand::random::<[u8; 6]>())
 }
