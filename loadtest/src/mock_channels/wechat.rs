@@ -328,26 +328,36 @@ impl WeChatState {
         self.quota_used.get(&kind).copied().unwrap_or(0) >= self.config.daily_quota
     }
 
+    /// What both kinds of send check first, in WeChat's order: an injected failure, the token,
+    /// the body, the openid and the template. Returns the request and the body as JSON, or the
+    /// error answer.
+    fn accept_send<R: Addressed>(
+        &mut self,
+        token: Option<&String>,
+        body: &[u8],
+        now: Instant,
+    ) -> Result<(R, Value), Value> {
+        if let Some(code) = self.injection.next_failure() {
+            return Err(error(code));
+        }
+        self.check_token(token, now)?;
+        let raw = serde_json::from_slice::<Value>(body).map_err(|_| error(47001))?;
+        let request = R::deserialize(&raw).map_err(|_| error(47001))?;
+        if !valid_openid(request.touser()) {
+            return Err(error(40003));
+        }
+        if !self.config.templates.contains(request.template_id()) {
+            return Err(error(40037));
+        }
+        Ok((request, raw))
+    }
+
     fn template(&mut self, token: Option<&String>, body: &[u8]) -> Value {
         let now = Instant::now();
-        if let Some(code) = self.injection.next_failure() {
-            return error(code);
-        }
-        if let Err(reply) = self.check_token(token, now) {
-            return reply;
-        }
-        let Ok(raw) = serde_json::from_slice::<Value>(body) else {
-            return error(47001);
+        let (request, raw) = match self.accept_send::<TemplateRequest>(token, body, now) {
+            Ok(accepted) => accepted,
+            Err(reply) => return reply,
         };
-        let Ok(request) = TemplateRequest::deserialize(&raw) else {
-            return error(47001);
-        };
-        if !valid_openid(&request.touser) {
-            return error(40003);
-        }
-        if !self.config.templates.contains(&request.template_id) {
-            return error(40037);
-        }
         if !self.config.followers.contains(&request.touser) {
             return error(43004);
         }
@@ -385,24 +395,10 @@ impl WeChatState {
 
     fn subscribe(&mut self, token: Option<&String>, body: &[u8]) -> Value {
         let now = Instant::now();
-        if let Some(code) = self.injection.next_failure() {
-            return error(code);
-        }
-        if let Err(reply) = self.check_token(token, now) {
-            return reply;
-        }
-        let Ok(raw) = serde_json::from_slice::<Value>(body) else {
-            return error(47001);
+        let (request, raw) = match self.accept_send::<SubscribeRequest>(token, body, now) {
+            Ok(accepted) => accepted,
+            Err(reply) => return reply,
         };
-        let Ok(request) = SubscribeRequest::deserialize(&raw) else {
-            return error(47001);
-        };
-        if !valid_openid(&request.touser) {
-            return error(40003);
-        }
-        if !self.config.templates.contains(&request.template_id) {
-            return error(40037);
-        }
         if self.config.refused.contains(&request.touser) {
             return error(43101);
         }
@@ -469,6 +465,32 @@ struct SubscribeRequest {
     template_id: String,
     #[serde(default)]
     data: Map<String, Value>,
+}
+
+/// Who a send is for, which both kinds check alike.
+trait Addressed: serde::de::DeserializeOwned {
+    fn touser(&self) -> &str;
+    fn template_id(&self) -> &str;
+}
+
+impl Addressed for TemplateRequest {
+    fn touser(&self) -> &str {
+        &self.touser
+    }
+
+    fn template_id(&self) -> &str {
+        &self.template_id
+    }
+}
+
+impl Addressed for SubscribeRequest {
+    fn touser(&self) -> &str {
+        &self.touser
+    }
+
+    fn template_id(&self) -> &str {
+        &self.template_id
+    }
 }
 
 /// `GET /cgi-bin/token`: like WeChat, every successful call issues a new token (the previous
