@@ -12,7 +12,9 @@ use crate::pacer::Pacer;
 use crate::payload::now_ns;
 use crate::procfs;
 use crate::progress::{spawn_reporter, Counter};
-use crate::report::{print_verdict, thousands, Outcome, Table};
+use crate::report::{
+    describe_errors, print_verdict, thousands, ErrorCount, ErrorTally, Outcome, Table,
+};
 use crate::stop::stopped;
 use crate::target::{Credentials, Target, TargetArgs, TargetKind};
 use anyhow::{bail, Context, Result};
@@ -23,7 +25,7 @@ use serde::Serialize;
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
@@ -85,13 +87,6 @@ pub async fn run_cmd(cmd: &ConnectCmd) -> Result<ConnectResult> {
     run(&target, &cmd.load, cmd.rate, cmd.pid).await
 }
 
-#[derive(Debug, Clone, Serialize)]
-pub struct FailureCount {
-    pub count: u64,
-    /// The first error of this kind, verbatim.
-    pub first: String,
-}
-
 #[derive(Debug, Serialize)]
 pub struct ConnectResult {
     pub target: TargetKind,
@@ -107,7 +102,7 @@ pub struct ConnectResult {
     pub failed: u64,
     /// Neither established nor failed when the handshake phase ended.
     pub pending: u64,
-    pub failures: BTreeMap<String, FailureCount>,
+    pub failures: BTreeMap<String, ErrorCount>,
     /// From the first connect to the last CONNACK.
     pub connect_seconds: f64,
     pub connect_rate: f64,
@@ -131,22 +126,14 @@ struct Stats {
     established: Arc<Counter>,
     failed: Arc<Counter>,
     dropped: Arc<Counter>,
-    failures: Mutex<BTreeMap<String, FailureCount>>,
+    failures: ErrorTally,
     last_connack_ns: AtomicU64,
 }
 
 impl Stats {
     fn fail(&self, failure: Failure) {
         self.failed.add(1);
-        self.failures
-            .lock()
-            .expect("failure map poisoned")
-            .entry(failure.kind)
-            .or_insert(FailureCount {
-                count: 0,
-                first: failure.detail,
-            })
-            .count += 1;
+        self.failures.record(failure.kind, failure.detail);
     }
 }
 
@@ -202,7 +189,7 @@ pub async fn run(
         established: Counter::new("established"),
         failed: Counter::new("failed"),
         dropped: Counter::new("dropped"),
-        failures: Mutex::new(BTreeMap::new()),
+        failures: ErrorTally::default(),
         last_connack_ns: AtomicU64::new(0),
     });
     let mut counters = vec![
@@ -297,7 +284,7 @@ pub async fn run(
         established,
         failed,
         pending: n - established - failed,
-        failures: stats.failures.lock().expect("failure map poisoned").clone(),
+        failures: stats.failures.snapshot(),
         connect_seconds,
         connect_rate: if connect_seconds > 0.0 {
             established as f64 / connect_seconds
@@ -456,15 +443,10 @@ impl ConnectResult {
     fn checks(&self) -> Vec<String> {
         let mut failed = Vec::new();
         if self.failed > 0 {
-            let kinds: Vec<String> = self
-                .failures
-                .iter()
-                .map(|(kind, f)| format!("{kind} ×{} (first: {})", f.count, f.first))
-                .collect();
             failed.push(format!(
                 "{} connections failed: {}",
                 self.failed,
-                kinds.join("; ")
+                describe_errors(&self.failures)
             ));
         }
         if self.pending > 0 {

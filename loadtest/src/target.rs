@@ -57,6 +57,7 @@ pub enum Target {
 }
 
 /// The MQTT client id and credentials of one simulated device.
+#[derive(Clone)]
 pub struct Credentials {
     pub client_id: String,
     /// Username and password, when the target wants them.
@@ -189,12 +190,8 @@ impl TokenApi {
             .send()
             .await
             .with_context(|| format!("POST {} for {user}/{device}", self.url))?;
-        let status = response.status();
-        if !status.is_success() {
-            let body = response.text().await.unwrap_or_default();
-            let body: String = body.chars().take(300).collect();
-            bail!("POST {} for {user}/{device}: {status}: {body}", self.url);
-        }
+        let request = format!("POST {} for {user}/{device}", self.url);
+        let response = crate::report::successful(response, &request).await?;
         let answer: TokenResponse = response
             .json()
             .await
