@@ -51,13 +51,8 @@ fn loadtest_passes(args: &[&str]) -> String {
         .args(args)
         .output()
         .expect("running loadtest");
-    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
-    assert!(
-        output.status.success(),
-        "loadtest {args:?}: {stdout}\n{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    stdout
+    assert_passed(&output);
+    String::from_utf8_lossy(&output.stdout).into_owned()
 }
 
 #[tokio::test]
@@ -128,6 +123,16 @@ fn loadtest_against(gw: &TestGateway, mqtt: &str, args: &[&str]) -> std::process
         .expect("running loadtest")
 }
 
+/// Asserts that a loadtest run passed; shows its output when not.
+fn assert_passed(output: &std::process::Output) {
+    assert!(
+        output.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
 fn json_result(path: &std::path::Path) -> serde_json::Value {
     serde_json::from_slice(&std::fs::read(path).expect("the --json file")).expect("JSON")
 }
@@ -155,12 +160,7 @@ async fn fanout_reaches_every_device_of_every_user() {
             json.to_str().unwrap(),
         ],
     );
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(
-        output.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    assert_passed(&output);
     let result = json_result(&json);
     assert_eq!(result["devices_connected"], 300, "{result}");
     assert_eq!(result["accepted"], 600, "{result}");
@@ -192,12 +192,7 @@ async fn roam_storm_catches_every_device_up_with_nothing_missing() {
             plot.to_str().unwrap(),
         ],
     );
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(
-        output.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    assert_passed(&output);
     let result = json_result(&json);
     assert_eq!(result["caught_up"], 300, "{result}");
     assert_eq!(result["synced"], 300 * 30, "{result}");
