@@ -32,7 +32,7 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 #[derive(Args, Debug)]
 pub struct CatchupCmd {
     #[command(flatten)]
-    endpoint: EndpointArgs,
+    pub endpoint: EndpointArgs,
     /// Messages each round's device missed and catches up on.
     #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
     missed: u64,

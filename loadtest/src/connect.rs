@@ -71,20 +71,24 @@ pub struct ConnectLoad {
 #[derive(Args, Debug)]
 pub struct ConnectCmd {
     #[command(flatten)]
-    target: TargetArgs,
+    pub target: TargetArgs,
     #[command(flatten)]
     load: ConnectLoad,
     /// New connections per second.
     #[arg(long, default_value_t = 2_000, value_parser = clap::value_parser!(u64).range(1..))]
     rate: u64,
-    /// PID of the broker, to measure its memory per idle connection from /proc.
+    /// PID of the broker, to measure its memory per idle connection from /proc [default: the
+    /// process listening on the MQTT port].
     #[arg(long)]
     pid: Option<u32>,
 }
 
 pub async fn run_cmd(cmd: &ConnectCmd) -> Result<ConnectResult> {
     let target = Target::from_args(&cmd.target)?;
-    run(&target, &cmd.load, cmd.rate, cmd.pid).await
+    let pid = cmd
+        .pid
+        .or_else(|| procfs::pid_listening_on(target.addr().port()));
+    run(&target, &cmd.load, cmd.rate, pid).await
 }
 
 #[derive(Debug, Serialize)]

@@ -48,7 +48,7 @@ pub enum Via {
 #[derive(Args, Debug)]
 pub struct FanoutCmd {
     #[command(flatten)]
-    endpoint: EndpointArgs,
+    pub endpoint: EndpointArgs,
     /// Users receiving messages.
     #[arg(long, default_value_t = 1_000, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
     users: u64,

@@ -73,6 +73,20 @@ enum Command {
     Notify(notify::NotifyCmd),
 }
 
+impl Command {
+    /// The port of the broker under test, whose CPU and memory the run reports.
+    fn broker_port(&self) -> Option<u16> {
+        match self {
+            Self::Pubsub(cmd) => Some(cmd.target.endpoint.mqtt.port()),
+            Self::Fanout(cmd) => Some(cmd.endpoint.mqtt.port()),
+            Self::Roam(cmd) => Some(cmd.endpoint.mqtt.port()),
+            Self::Connect(cmd) => Some(cmd.target.endpoint.mqtt.port()),
+            Self::Catchup(cmd) => Some(cmd.endpoint.mqtt.port()),
+            Self::Compare(_) | Self::Store(_) | Self::MockChannels(_) | Self::Notify(_) => None,
+        }
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let outcome = tokio::runtime::Builder::new_multi_thread()
@@ -95,6 +109,7 @@ async fn run(cli: Cli) -> Result<bool> {
     let files = report::Files {
         json: cli.json.as_deref(),
         plot: cli.plot.as_deref(),
+        watch: report::RunWatch::start(cli.command.broker_port()),
     };
     match &cli.command {
         Command::Pubsub(cmd) => files.finish(&pubsub::run_cmd(cmd).await?),

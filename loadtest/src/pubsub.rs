@@ -78,7 +78,7 @@ pub struct PubsubLoad {
 #[derive(Args, Debug)]
 pub struct PubsubCmd {
     #[command(flatten)]
-    target: TargetArgs,
+    pub target: TargetArgs,
     #[command(flatten)]
     load: PubsubLoad,
     /// QoS of the publishes and of the subscriptions: 0 or 1.

@@ -1,6 +1,7 @@
 //! Turning measurements into what people and scripts read: latency percentiles, aligned text
 //! tables on stdout, and the full result as JSON.
 
+use crate::procfs::{Usage, UsageWatch};
 use anyhow::{Context, Result};
 use hdrhistogram::Histogram;
 use serde::Serialize;
@@ -140,19 +141,91 @@ pub trait Outcome: Serialize {
     }
 }
 
-/// The files a run writes besides its table on stdout.
+/// What a run writes besides its table on stdout, and the processes whose CPU and memory it
+/// reports.
 pub struct Files<'a> {
     pub json: Option<&'a Path>,
     pub plot: Option<&'a Path>,
+    pub watch: RunWatch,
+}
+
+/// CPU and memory of the broker under test and of the load generator itself over a run: the
+/// table says which of the two ran out of CPU.
+pub struct RunWatch {
+    broker: Option<UsageWatch>,
+    own: Option<UsageWatch>,
+}
+
+/// What [`RunWatch`] measured.
+#[derive(Serialize)]
+pub struct Resources {
+    pub broker: Option<Usage>,
+    pub loadtest: Option<Usage>,
+}
+
+impl RunWatch {
+    /// Watches the process listening on `broker_port` (when found) and this one.
+    pub fn start(broker_port: Option<u16>) -> Self {
+        let broker = broker_port
+            .and_then(crate::procfs::pid_listening_on)
+            .and_then(|pid| UsageWatch::start(pid).ok());
+        Self {
+            broker,
+            own: UsageWatch::start(std::process::id()).ok(),
+        }
+    }
+
+    fn finish(&self) -> Resources {
+        let usage = |watch: &Option<UsageWatch>| watch.as_ref().and_then(|w| w.finish().ok());
+        Resources {
+            broker: usage(&self.broker),
+            loadtest: usage(&self.own),
+        }
+    }
+}
+
+impl Resources {
+    fn print(&self) {
+        let mut table = Table::default();
+        table.row([
+            "process",
+            "pid",
+            "cpu cores",
+            "cpu s",
+            "rss MiB",
+            "peak MiB",
+        ]);
+        for (name, usage) in [("broker", &self.broker), ("loadtest", &self.loadtest)] {
+            if let Some(u) = usage {
+                let mib = |b: u64| format!("{:.1}", b as f64 / 1_048_576.0);
+                table.row([
+                    name.to_owned(),
+                    u.pid.to_string(),
+                    format!("{:.2}", u.cpu_cores),
+                    format!("{:.1}", u.cpu_seconds),
+                    mib(u.rss_bytes),
+                    mib(u.peak_rss_bytes),
+                ]);
+            }
+        }
+        print!("{}", table.render());
+    }
 }
 
 impl Files<'_> {
-    /// Prints `result`, writes it as JSON and as a plot when asked, and returns whether its
-    /// checks passed.
+    /// Prints `result` and the resources used, writes them as JSON and the plot when asked, and
+    /// returns whether the result's checks passed.
     pub fn finish(&self, result: &impl Outcome) -> Result<bool> {
         result.print();
+        let resources = self.watch.finish();
+        resources.print();
         if let Some(path) = self.json {
-            let text = serde_json::to_string_pretty(result).context("serializing the result")?;
+            let mut value = serde_json::to_value(result).context("serializing the result")?;
+            if let Some(object) = value.as_object_mut() {
+                let resources = serde_json::to_value(&resources).context("the resources")?;
+                object.insert("resources".to_owned(), resources);
+            }
+            let text = serde_json::to_string_pretty(&value).context("serializing the result")?;
             std::fs::write(path, text + "\n")
                 .with_context(|| format!("writing {}", path.display()))?;
         }

@@ -32,7 +32,7 @@ const HISTOGRAM_SHARDS: usize = 64;
 #[derive(Args, Debug)]
 pub struct RoamCmd {
     #[command(flatten)]
-    endpoint: EndpointArgs,
+    pub endpoint: EndpointArgs,
     /// Devices that drop and reconnect.
     #[arg(long, default_value_t = 1_000, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
     devices: u64,
