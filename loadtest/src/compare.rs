@@ -200,6 +200,7 @@ async fn run_side(cmd: &CompareCmd, broker: &Broker, round: u32) -> Result<SideR
     let connect = if cmd.connect {
         let result = connect::run(
             &broker.target,
+            &connect::Destination::mqtt(&broker.target),
             &cmd.connect_load,
             cmd.connect_rate,
             broker.pid,

@@ -54,12 +54,10 @@ pub struct Endpoints {
 
 impl Endpoints {
     pub fn new(mqtt: SocketAddr, http_base: &str) -> Result<Self> {
-        let http = crate::target::loopback_url(http_base, "--http")?;
-        let host = http.host_str().context("--http has no host")?;
-        let port = http.port_or_known_default().context("--http has no port")?;
+        let http = crate::target::loopback_socket_addr(http_base, "--http")?;
         Ok(Self {
             mqtt,
-            json_ws: format!("ws://{host}:{port}/ws"),
+            json_ws: format!("ws://{http}/ws"),
         })
     }
 }

@@ -214,6 +214,21 @@ pub(crate) fn loopback_url(url: &str, flag: &str) -> Result<reqwest::Url> {
     Ok(parsed)
 }
 
+/// The socket address of a loopback base URL such as `--http`'s (an IP address, or
+/// `localhost` as 127.0.0.1).
+pub(crate) fn loopback_socket_addr(url: &str, flag: &str) -> Result<SocketAddr> {
+    let parsed = loopback_url(url, flag)?;
+    let port = parsed
+        .port_or_known_default()
+        .with_context(|| format!("{flag} {url} has no port"))?;
+    let host = parsed.host_str().unwrap_or_default();
+    let ip = host
+        .trim_matches(['[', ']'])
+        .parse()
+        .unwrap_or(IpAddr::V4(std::net::Ipv4Addr::LOCALHOST));
+    Ok(SocketAddr::new(ip, port))
+}
+
 fn require_loopback(ip: IpAddr, flag: &str) -> Result<()> {
     if !ip.is_loopback() {
         bail!("{flag} {ip}: only loopback targets are allowed");
@@ -243,5 +258,10 @@ mod tests {
             ..endpoint("http://127.0.0.1:8080")
         };
         assert!(Target::gateway(&no_key).is_err());
+        let addr = |url| loopback_socket_addr(url, "--http").unwrap().to_string();
+        assert_eq!(addr("http://127.0.0.1:8080"), "127.0.0.1:8080");
+        assert_eq!(addr("http://localhost:81"), "127.0.0.1:81");
+        assert_eq!(addr("http://[::1]:8080/"), "[::1]:8080");
+        assert_eq!(addr("http://127.0.0.2"), "127.0.0.2:80");
     }
 }

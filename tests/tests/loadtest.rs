@@ -233,3 +233,36 @@ async fn a_message_lost_on_the_way_fails_the_run_and_is_named() {
         "{stdout}"
     );
 }
+
+#[tokio::test]
+async fn connect_holds_websocket_connections_of_both_kinds() {
+    let gw = TestGateway::start().await;
+    for transport in ["mqtt-ws", "json-ws"] {
+        let json = gw.data_dir.path().join(format!("connect-{transport}.json"));
+        let output = loadtest_against(
+            &gw,
+            &gw.mqtt.to_string(),
+            &[
+                "connect",
+                "--transport",
+                transport,
+                "--mqtt-ws",
+                &gw.mqtt_ws.to_string(),
+                "--connections",
+                "200",
+                "--hold",
+                "1s",
+                "--json",
+                json.to_str().unwrap(),
+            ],
+        );
+        assert_passed(&output);
+        let result = json_result(&json);
+        assert_eq!(result["established"], 200, "{result}");
+        assert_eq!(result["transport"], transport, "{result}");
+        assert!(
+            result["resources"]["broker"]["rss_bytes"].as_u64() > Some(0),
+            "{result}"
+        );
+    }
+}
