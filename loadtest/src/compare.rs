@@ -72,6 +72,10 @@ pub struct CompareCmd {
     sides: Sides,
     #[command(flatten)]
     load: PubsubLoad,
+    /// Also run QoS 0 and QoS 1 paced at this many messages per second in all (split over the
+    /// publishers) on each side, for latency below saturation (e.g. half the gateway's maximum).
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    paced_rate: Option<u64>,
     /// Also run the connect scenario on each side.
     #[arg(long)]
     connect: bool,
@@ -89,6 +93,9 @@ pub struct SideRun {
     pub side: Side,
     pub qos0: PubsubResult,
     pub qos1: PubsubResult,
+    /// At `--paced-rate`, when given.
+    pub paced_qos0: Option<PubsubResult>,
+    pub paced_qos1: Option<PubsubResult>,
     pub connect: Option<ConnectResult>,
 }
 
@@ -170,11 +177,16 @@ async fn compare(cmd: &CompareCmd, brokers: &[Broker]) -> Result<CompareResult> 
         .iter()
         .flat_map(|run| {
             let prefix = format!("round {} {}", run.round, run.side.as_str());
-            let pubsub_checks = [&run.qos0, &run.qos1].into_iter().flat_map(move |r| {
-                r.failed_checks
-                    .iter()
-                    .map(move |check| (format!("qos{}", r.qos), check))
-            });
+            let paced = [&run.paced_qos0, &run.paced_qos1].into_iter().flatten();
+            let pubsub_checks =
+                [&run.qos0, &run.qos1]
+                    .into_iter()
+                    .chain(paced)
+                    .flat_map(move |r| {
+                        r.failed_checks
+                            .iter()
+                            .map(move |check| (format!("qos{}", r.qos), check))
+                    });
             let connect_checks = run.connect.iter().flat_map(|c| {
                 c.failed_checks
                     .iter()
@@ -220,11 +232,30 @@ async fn run_side(cmd: &CompareCmd, broker: &Broker, round: u32) -> Result<SideR
         .await
         .with_context(|| format!("{name} qos1"))?;
     eprintln!("{name}: {}", qos1.summary_line());
+    let (mut paced_qos0, mut paced_qos1) = (None, None);
+    if let Some(rate) = cmd.paced_rate {
+        let load = PubsubLoad {
+            rate: rate.div_ceil(u64::from(cmd.load.publishers)),
+            ..cmd.load.clone()
+        };
+        for (qos, slot) in [
+            (QoS::AtMostOnce, &mut paced_qos0),
+            (QoS::AtLeastOnce, &mut paced_qos1),
+        ] {
+            let result = pubsub::run(&broker.target, &load, qos)
+                .await
+                .with_context(|| format!("{name} paced {qos:?}"))?;
+            eprintln!("{name} paced: {}", result.summary_line());
+            *slot = Some(result);
+        }
+    }
     Ok(SideRun {
         round,
         side: broker.side,
         qos0,
         qos1,
+        paced_qos0,
+        paced_qos1,
         connect,
     })
 }
@@ -232,7 +263,7 @@ async fn run_side(cmd: &CompareCmd, broker: &Broker, round: u32) -> Result<SideR
 /// The compared metrics: name and how to read it from one run.
 type Metric = (&'static str, fn(&SideRun) -> Option<f64>);
 
-const METRICS: [Metric; 6] = [
+const METRICS: [Metric; 10] = [
     ("qos0 delivered msg/s", |r| Some(r.qos0.delivered_rate)),
     ("qos0 p99 latency µs", |r| {
         Some(r.qos0.latency_us.p99_us as f64)
@@ -240,6 +271,18 @@ const METRICS: [Metric; 6] = [
     ("qos1 delivered msg/s", |r| Some(r.qos1.delivered_rate)),
     ("qos1 p99 latency µs", |r| {
         Some(r.qos1.latency_us.p99_us as f64)
+    }),
+    ("paced qos0 delivered msg/s", |r| {
+        r.paced_qos0.as_ref().map(|p| p.delivered_rate)
+    }),
+    ("paced qos0 p99 latency µs", |r| {
+        r.paced_qos0.as_ref().map(|p| p.latency_us.p99_us as f64)
+    }),
+    ("paced qos1 delivered msg/s", |r| {
+        r.paced_qos1.as_ref().map(|p| p.delivered_rate)
+    }),
+    ("paced qos1 p99 latency µs", |r| {
+        r.paced_qos1.as_ref().map(|p| p.latency_us.p99_us as f64)
     }),
     ("connect rate conn/s", |r| {
         r.connect.as_ref().map(|c| c.connect_rate)
@@ -294,6 +337,9 @@ impl Outcome for CompareResult {
                 run.qos0.summary_line(),
                 run.qos1.summary_line(),
             ];
+            for paced in [&run.paced_qos0, &run.paced_qos1].into_iter().flatten() {
+                cells.push(format!("paced {}", paced.summary_line()));
+            }
             cells.extend(run.connect.as_ref().map(ConnectResult::summary_line));
             runs.row(cells);
         }
