@@ -121,7 +121,9 @@ impl Device {
     ) -> Result<Self> {
         let link = timeout(limit, async {
             match transport {
-                Transport::Mqtt => Link::mqtt(endpoints.mqtt, user, device, credentials).await,
+                Transport::Mqtt => {
+                    Link::mqtt(endpoints.mqtt, user, device, credentials, limit).await
+                }
                 Transport::JsonWs => {
                     Link::json_ws(&endpoints.json_ws, user, device, credentials).await
                 }
@@ -245,6 +247,7 @@ impl Link {
         user: &str,
         device: &str,
         credentials: Credentials,
+        limit: Duration,
     ) -> Result<Self> {
         let mut options =
             MqttOptions::new(credentials.client_id, addr.ip().to_string(), addr.port());
@@ -257,6 +260,9 @@ impl Link {
         let (client, mut events) = AsyncClient::new(options, REQUEST_CAPACITY);
         let mut network = NetworkOptions::new();
         network.set_tcp_nodelay(true);
+        // rumqttc gives up on the TCP connect and CONNACK after 5 s by default; in a reconnect
+        // storm a dropped SYN alone costs 1 s + 2 s + 4 s of retransmits.
+        network.set_connection_timeout(limit.as_secs().max(1));
         events.set_network_options(network);
         client
             .subscribe_many([
