@@ -73,9 +73,13 @@ pub struct CompareCmd {
     #[command(flatten)]
     load: PubsubLoad,
     /// Also run QoS 0 and QoS 1 paced at this many messages per second in all (split over the
-    /// publishers) on each side, for latency below saturation (e.g. half the gateway's maximum).
-    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    /// publishers) on each side, for latency below saturation.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..), conflicts_with = "paced_fraction")]
     paced_rate: Option<u64>,
+    /// Also run QoS 0 and QoS 1 paced at this fraction of the gateway's median maximum rate for
+    /// that QoS (e.g. 0.5), on each side, after all the full-speed rounds.
+    #[arg(long)]
+    paced_fraction: Option<f64>,
     /// Also run the connect scenario on each side.
     #[arg(long)]
     connect: bool,
@@ -160,16 +164,42 @@ pub async fn run_cmd(cmd: &CompareCmd) -> Result<CompareResult> {
 }
 
 async fn compare(cmd: &CompareCmd, brokers: &[Broker]) -> Result<CompareResult> {
+    if cmd.paced_fraction.is_some_and(|f| !(f > 0.0 && f <= 1.0)) {
+        bail!("--paced-fraction must be above 0 and at most 1");
+    }
     let mut runs = Vec::new();
     for round in 1..=cmd.rounds {
-        // Flip the order every round so that neither side always goes first.
-        let order: Vec<&Broker> = if round % 2 == 1 {
-            brokers.iter().collect()
-        } else {
-            brokers.iter().rev().collect()
-        };
-        for broker in order {
+        for broker in alternating(brokers, round) {
             runs.push(run_side(cmd, broker, round).await?);
+        }
+    }
+    let gateway_median = |read: fn(&SideRun) -> f64| {
+        median(
+            runs.iter()
+                .filter(|r| r.side == Side::Gateway)
+                .map(read)
+                .collect(),
+        )
+    };
+    let paced_rates = match (cmd.paced_rate, cmd.paced_fraction) {
+        (Some(rate), _) => Some((rate, rate)),
+        (None, Some(fraction)) => {
+            let qos0 = gateway_median(|r| r.qos0.delivered_rate)
+                .context("--paced-fraction needs the gateway side")?;
+            let qos1 = gateway_median(|r| r.qos1.delivered_rate).unwrap_or(qos0);
+            Some(((qos0 * fraction) as u64, (qos1 * fraction) as u64))
+        }
+        (None, None) => None,
+    };
+    if let Some(rates) = paced_rates {
+        for round in 1..=cmd.rounds {
+            for broker in alternating(brokers, round) {
+                let run = runs
+                    .iter_mut()
+                    .find(|r| r.round == round && r.side == broker.side)
+                    .expect("every side ran every round");
+                run_paced(cmd, broker, rates, run).await?;
+            }
         }
     }
     let summary = summarize(&runs);
@@ -232,32 +262,50 @@ async fn run_side(cmd: &CompareCmd, broker: &Broker, round: u32) -> Result<SideR
         .await
         .with_context(|| format!("{name} qos1"))?;
     eprintln!("{name}: {}", qos1.summary_line());
-    let (mut paced_qos0, mut paced_qos1) = (None, None);
-    if let Some(rate) = cmd.paced_rate {
-        let load = PubsubLoad {
-            rate: rate.div_ceil(u64::from(cmd.load.publishers)),
-            ..cmd.load.clone()
-        };
-        for (qos, slot) in [
-            (QoS::AtMostOnce, &mut paced_qos0),
-            (QoS::AtLeastOnce, &mut paced_qos1),
-        ] {
-            let result = pubsub::run(&broker.target, &load, qos)
-                .await
-                .with_context(|| format!("{name} paced {qos:?}"))?;
-            eprintln!("{name} paced: {}", result.summary_line());
-            *slot = Some(result);
-        }
-    }
     Ok(SideRun {
         round,
         side: broker.side,
         qos0,
         qos1,
-        paced_qos0,
-        paced_qos1,
+        paced_qos0: None,
+        paced_qos1: None,
         connect,
     })
+}
+
+/// The brokers in round `round`'s order: flipped every round so that neither side always goes
+/// first.
+fn alternating(brokers: &[Broker], round: u32) -> Vec<&Broker> {
+    if round % 2 == 1 {
+        brokers.iter().collect()
+    } else {
+        brokers.iter().rev().collect()
+    }
+}
+
+/// QoS 0 and QoS 1 at the paced rates (messages per second in all), into `run`.
+async fn run_paced(
+    cmd: &CompareCmd,
+    broker: &Broker,
+    (qos0_rate, qos1_rate): (u64, u64),
+    run: &mut SideRun,
+) -> Result<()> {
+    let name = format!("round {} {} paced", run.round, broker.side.as_str());
+    for (qos, rate, slot) in [
+        (QoS::AtMostOnce, qos0_rate, &mut run.paced_qos0),
+        (QoS::AtLeastOnce, qos1_rate, &mut run.paced_qos1),
+    ] {
+        let load = PubsubLoad {
+            rate: rate.div_ceil(u64::from(cmd.load.publishers)).max(1),
+            ..cmd.load.clone()
+        };
+        let result = pubsub::run(&broker.target, &load, qos)
+            .await
+            .with_context(|| format!("{name} {qos:?}"))?;
+        eprintln!("{name}: {}", result.summary_line());
+        *slot = Some(result);
+    }
+    Ok(())
 }
 
 /// The compared metrics: name and how to read it from one run.
