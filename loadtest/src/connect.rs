@@ -44,8 +44,6 @@ use tokio_tungstenite::WebSocketStream;
 /// Connections per source address when `--source-ips` is not given: well under the ~28k
 /// ephemeral ports Linux hands out per address by default.
 const CONNECTIONS_PER_SOURCE: u64 = 20_000;
-/// File descriptors kept free for everything that is not a load connection.
-const SPARE_FDS: u64 = 64;
 /// A CONNACK is 4 bytes; a broker needing more reads than this is not sending one.
 const MAX_HANDSHAKE_READS: usize = 8;
 const MAX_PACKET: usize = 1024;
@@ -249,15 +247,7 @@ pub async fn run(
     pid: Option<u32>,
 ) -> Result<ConnectResult> {
     let n = load.connections;
-    if let Some(limit) = procfs::open_files_limit() {
-        if n + SPARE_FDS > limit {
-            bail!(
-                "{n} connections need more than the open-file limit of {limit}; raise it with \
-                 `ulimit -n {}` (the broker needs as many)",
-                n + SPARE_FDS
-            );
-        }
-    }
+    procfs::ensure_open_files(n)?;
     let keepalive_secs = u16::try_from(load.keepalive.as_secs())
         .ok()
         .filter(|&s| s > 0)

@@ -172,6 +172,7 @@ pub async fn run_cmd(cmd: &FanoutCmd) -> Result<FanoutResult> {
             cmd.devices
         );
     }
+    crate::procfs::ensure_open_files(cmd.users * cmd.devices + cmd.senders)?;
     let target = Target::gateway(&cmd.endpoint)?;
     let endpoints = Endpoints::new(cmd.endpoint.mqtt, &cmd.endpoint.http)?;
     let api = MessagesApi::new(&cmd.endpoint)?;

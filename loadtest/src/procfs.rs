@@ -128,6 +128,23 @@ impl UsageWatch {
     }
 }
 
+/// File descriptors kept free for everything that is not a load connection (HTTP clients,
+/// the runtime, files).
+const SPARE_FDS: u64 = 128;
+
+/// Fails up front, with the command that fixes it, when `connections` sockets would run into
+/// the open-file limit: half-way through a run it would look like broker failures.
+pub fn ensure_open_files(connections: u64) -> Result<()> {
+    match open_files_limit() {
+        Some(limit) if connections + SPARE_FDS > limit => Err(anyhow!(
+            "{connections} connections need more than the open-file limit of {limit}; raise it \
+             with `ulimit -n {}` (the broker needs as many)",
+            connections + SPARE_FDS
+        )),
+        _ => Ok(()),
+    }
+}
+
 /// The soft limit on open files of this process, `None` when unlimited or unreadable.
 pub fn open_files_limit() -> Option<u64> {
     parse_open_files(&std::fs::read_to_string("/proc/self/limits").ok()?)

@@ -119,6 +119,7 @@ pub async fn run_cmd(cmd: &RoamCmd) -> Result<RoamResult> {
             cmd.devices_per_user
         );
     }
+    crate::procfs::ensure_open_files(cmd.devices)?;
     let target = Target::gateway(&cmd.endpoint)?;
     let endpoints = Endpoints::new(cmd.endpoint.mqtt, &cmd.endpoint.http)?;
     let api = MessagesApi::new(&cmd.endpoint)?;
