@@ -12,7 +12,7 @@
 use crate::progress::{spawn_reporter, Counter};
 use crate::report::{latency_histogram, median, print_verdict, thousands, LatencySummary};
 use crate::report::{Outcome, Table};
-use crate::target::{Credentials, EndpointArgs, Target};
+use crate::target::{successful, Credentials, EndpointArgs, Target};
 use anyhow::{anyhow, bail, Context, Result};
 use clap::Args;
 use futures_util::{stream, StreamExt, TryStreamExt};
@@ -187,13 +187,11 @@ impl Poster {
             .send()
             .await
             .with_context(|| format!("POST {} to {user}", self.url))?;
-        let status = response.status();
-        if !status.is_success() {
-            let body = response.text().await.unwrap_or_default();
-            let body: String = body.chars().take(300).collect();
-            bail!("POST {} to {user}: {status}: {body}", self.url);
-        }
-        let accepted: Accepted = response.json().await.context("the answer to a post")?;
+        let accepted: Accepted = successful(response, &format!("POST {} to {user}", self.url))
+            .await?
+            .json()
+            .await
+            .context("the answer to a post")?;
         Ok(accepted.seq)
     }
 }

@@ -16,6 +16,7 @@ mod payload;
 mod procfs;
 mod progress;
 mod pubsub;
+mod replay;
 mod report;
 mod seq;
 mod stop;
@@ -56,6 +57,8 @@ enum Command {
     MockChannels(loadtest::mock_channels::MockChannelsCmd),
     /// Notification routing: decisions per second, or a burst paced by the channels' rate limit.
     Notify(notify::NotifyCmd),
+    /// A traffic recording made by the gateway, played back with its timing scaled by --speed.
+    Replay(replay::ReplayCmd),
 }
 
 fn main() -> ExitCode {
@@ -86,5 +89,6 @@ async fn run(cli: Cli) -> Result<bool> {
         Command::Catchup(cmd) => report::finish(&catchup::run_cmd(cmd).await?, json),
         Command::MockChannels(cmd) => loadtest::mock_channels::run_cmd(cmd).await,
         Command::Notify(cmd) => notify::run(cmd, json).await,
+        Command::Replay(cmd) => report::finish(&replay::run_cmd(cmd).await?, json),
     }
 }

@@ -14,7 +14,7 @@ use std::time::Duration;
 
 /// Tokens are minted this many at a time: enough to hide HTTP round trips, few enough not to
 /// turn token minting into a load test of its own.
-const MINT_CONCURRENCY: usize = 64;
+pub(crate) const MINT_CONCURRENCY: usize = 64;
 
 /// The platform the simulated devices claim; the gateway counts logins per platform.
 const PLATFORM: &str = "android";
@@ -121,7 +121,7 @@ impl Target {
             Self::Gateway { tokens, .. } => {
                 stream::iter(devices)
                     .map(|(user, device)| async move {
-                        let token = tokens.mint(user, device).await?;
+                        let token = tokens.mint(user, device, PLATFORM).await?;
                         minted.add(1);
                         Ok::<_, anyhow::Error>(Credentials {
                             client_id: format!("{user}:{device}"),
@@ -176,7 +176,8 @@ impl TokenApi {
         Ok(Self { http, url, api_key })
     }
 
-    async fn mint(&self, user: &str, device: &str) -> Result<String> {
+    /// A token for `device` of `user`, claiming `platform` (`ios`, `android`, `web`, `desktop`).
+    pub(crate) async fn mint(&self, user: &str, device: &str, platform: &str) -> Result<String> {
         let response = self
             .http
             .post(self.url.clone())
@@ -184,23 +185,34 @@ impl TokenApi {
             .json(&TokenRequest {
                 user,
                 device,
-                platform: PLATFORM,
+                platform,
             })
             .send()
             .await
             .with_context(|| format!("POST {} for {user}/{device}", self.url))?;
-        let status = response.status();
-        if !status.is_success() {
-            let body = response.text().await.unwrap_or_default();
-            let body: String = body.chars().take(300).collect();
-            bail!("POST {} for {user}/{device}: {status}: {body}", self.url);
-        }
-        let answer: TokenResponse = response
-            .json()
-            .await
-            .with_context(|| format!("token answer for {user}/{device}"))?;
+        let answer: TokenResponse =
+            successful(response, &format!("POST {} for {user}/{device}", self.url))
+                .await?
+                .json()
+                .await
+                .with_context(|| format!("token answer for {user}/{device}"))?;
         Ok(answer.token)
     }
+}
+
+/// `response` when its status is 2xx; otherwise an error naming `request`, the status and the
+/// start of the body (the gateway's error code and message).
+pub(crate) async fn successful(
+    response: reqwest::Response,
+    request: &str,
+) -> Result<reqwest::Response> {
+    let status = response.status();
+    if status.is_success() {
+        return Ok(response);
+    }
+    let body = response.text().await.unwrap_or_default();
+    let body: String = body.chars().take(300).collect();
+    bail!("{request}: {status}: {body}")
 }
 
 /// Parses `url` and checks that its host is a loopback address (or `localhost`): load is

@@ -1,0 +1,377 @@
+//! Scenario `replay`: plays a traffic recording made by the gateway (`[record] path`, format in
+//! `protocol::recording`) back against a running gateway, keeping the recorded timing scaled by
+//! `--speed`.
+//!
+//! Every recorded user `X` becomes `--user-prefix` + `X` (a fresh prefix per run by default) in
+//! logins, topics and bodies, so a replay never writes into the logs of earlier runs. Each
+//! session gets a fresh token for its user, device and platform, connects at its scaled time —
+//! JSON WebSocket sessions on `/ws`, every MQTT session (TCP, TLS, WebSocket) over MQTT 5 on TCP
+//! — and subscribes, publishes and unsubscribes at theirs; the API calls go out with the API key.
+//!
+//! Every answer is checked: CONNACK success or the JSON `ok`, each subscription granted, each
+//! QoS 1 publish acknowledged with success, each API call 2xx. Any failure fails the run.
+
+mod json_ws;
+mod mqtt;
+mod script;
+mod session;
+mod tally;
+
+use crate::progress::spawn_reporter;
+use crate::report::{print_verdict, thousands, LatencySummary, Outcome, Table};
+use crate::target::{loopback_url, successful, EndpointArgs, Target, TokenApi, MINT_CONCURRENCY};
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use futures_util::{stream, StreamExt};
+use json_ws::JsonWsLink;
+use mqtt::MqttLink;
+use protocol::envelope::Transport;
+use script::{ApiCall, Renamer, Script, SessionScript};
+use serde::Serialize;
+use session::{Clock, Link};
+use std::collections::BTreeMap;
+use std::io::BufReader;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+use tally::{KindCount, Tally};
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+use tokio::time::{sleep_until, Instant};
+
+/// Time between the tokens being minted and the replay's time 0, for the session tasks to
+/// start.
+const LEAD: Duration = Duration::from_millis(200);
+
+#[derive(Args, Debug)]
+pub struct ReplayCmd {
+    /// The recording (JSON Lines) to play.
+    file: PathBuf,
+    /// How much faster than recorded: 2 plays twice as fast, 0.5 at half speed.
+    #[arg(long, default_value_t = 1.0)]
+    speed: f64,
+    #[command(flatten)]
+    endpoint: EndpointArgs,
+    /// Base URL of the JSON WebSocket (loopback only); by default `/ws` on --http's host.
+    #[arg(long)]
+    ws: Option<String>,
+    /// Prefix of every replayed user id; by default `rp<hex time>-`, fresh for each run.
+    #[arg(long)]
+    user_prefix: Option<String>,
+    /// The whole replay must end within this, or it fails.
+    #[arg(long, default_value = "10m", value_parser = humantime::parse_duration)]
+    timeout: Duration,
+    /// Longest wait for one answer (CONNACK, SUBACK, PUBACK, `ok`) before it counts as failed.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    answer_timeout: Duration,
+    /// Recordings with more events than this are refused.
+    #[arg(long, default_value_t = 1_000_000)]
+    max_events: usize,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ReplayResult {
+    pub file: PathBuf,
+    pub speed: f64,
+    pub user_prefix: String,
+    pub sessions: usize,
+    pub events_read: usize,
+    /// The recording's length, and the replay's scheduled length at `speed`.
+    pub recording_ms: u64,
+    pub scheduled_ms: u64,
+    /// Events sent per kind, and their failed checks.
+    pub events: BTreeMap<&'static str, KindCount>,
+    pub events_replayed: u64,
+    /// How late events were sent after their scaled time.
+    pub lag_us: LatencySummary,
+    /// Messages the replayed sessions received.
+    pub messages_received: u64,
+    pub wall_time_s: f64,
+    pub failed_checks: Vec<String>,
+}
+
+/// Where the sessions and calls go.
+struct Endpoints {
+    mqtt: SocketAddr,
+    ws: reqwest::Url,
+    api_base: reqwest::Url,
+    api_key: String,
+    http: reqwest::Client,
+}
+
+pub async fn run_cmd(cmd: &ReplayCmd) -> Result<ReplayResult> {
+    if !(cmd.speed.is_finite() && (0.001..=1000.0).contains(&cmd.speed)) {
+        bail!("--speed {}: must be between 0.001 and 1000", cmd.speed);
+    }
+    let target = Target::gateway(&cmd.endpoint)?;
+    let Target::Gateway { mqtt, tokens } = &target else {
+        bail!("replay needs the gateway target");
+    };
+    let endpoints = Endpoints {
+        mqtt: *mqtt,
+        ws: ws_url(cmd)?,
+        api_base: loopback_url(&cmd.endpoint.http, "--http")?,
+        api_key: cmd.endpoint.api_key.clone().unwrap_or_default(),
+        http: reqwest::Client::builder()
+            .timeout(cmd.answer_timeout)
+            .build()
+            .context("building the HTTP client")?,
+    };
+    let prefix = match &cmd.user_prefix {
+        Some(prefix) => prefix.clone(),
+        None => format!("rp{:x}-", crate::payload::now_ns()),
+    };
+    let file = std::fs::File::open(&cmd.file)
+        .with_context(|| format!("opening {}", cmd.file.display()))?;
+    let script = Script::read(
+        BufReader::new(file),
+        &Renamer::new(&prefix)?,
+        cmd.max_events,
+    )
+    .with_context(|| format!("reading {}", cmd.file.display()))?;
+
+    let tally = Arc::new(Tally::new());
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let reporter = spawn_reporter(
+        "replay".to_owned(),
+        vec![
+            tally.fired.clone(),
+            tally.received.clone(),
+            tally.failures.clone(),
+        ],
+        stop_rx,
+    );
+    let tokens = mint(tokens, &script.sessions).await;
+    let wall = Instant::now();
+    let clock = Clock {
+        start: Instant::now() + LEAD,
+        speed: cmd.speed,
+    };
+    let endpoints = Arc::new(endpoints);
+    let mut tasks = JoinSet::new();
+    let span_ms = script.span_ms;
+    let sessions = script.sessions.len();
+    for (session, token) in script.sessions.into_iter().zip(tokens) {
+        let (tally, endpoints) = (tally.clone(), endpoints.clone());
+        let patience = cmd.answer_timeout;
+        tasks.spawn(async move {
+            let due = clock.due(session.connect_ms);
+            sleep_until(due).await;
+            tally.fire("connect", due);
+            let token = match token {
+                Ok(token) => token,
+                Err(e) => return tally.fail("connect", format!("{}: {e:#}", name(&session))),
+            };
+            let capacity = session.steps.len();
+            if session.transport == Transport::JsonWs {
+                let mut url = endpoints.ws.clone();
+                url.query_pairs_mut().append_pair("token", &token);
+                let link = JsonWsLink::connect(&url, patience).await;
+                run_session(link, &session, span_ms, clock, &tally, patience).await;
+            } else {
+                let client_id = format!("replay-{}-{}", session.recorded_as, session.user);
+                let link = MqttLink::connect(
+                    endpoints.mqtt,
+                    &client_id,
+                    &session.user,
+                    &token,
+                    capacity,
+                    patience,
+                )
+                .await;
+                run_session(link, &session, span_ms, clock, &tally, patience).await;
+            }
+        });
+    }
+    let api_calls = script.api_calls;
+    {
+        let (tally, endpoints) = (tally.clone(), endpoints.clone());
+        tasks.spawn(async move { call_api(api_calls, &endpoints, clock, &tally).await });
+    }
+    let finished = tokio::time::timeout(cmd.timeout, async {
+        while let Some(joined) = tasks.join_next().await {
+            joined.context("a replay task panicked")?;
+        }
+        Ok::<_, anyhow::Error>(())
+    })
+    .await;
+    let mut failed_checks = Vec::new();
+    match finished {
+        Ok(result) => result?,
+        Err(_) => failed_checks.push(format!(
+            "the replay did not finish within --timeout {:?}",
+            cmd.timeout
+        )),
+    }
+    let _ = stop_tx.send(true);
+    reporter.await?;
+
+    let events = tally.kinds();
+    failed_checks.extend(
+        events
+            .iter()
+            .filter(|(_, c)| c.failed > 0)
+            .map(|(kind, c)| {
+                format!(
+                    "{kind}: {} of {} failed; first: {}",
+                    c.failed,
+                    c.replayed.max(c.failed),
+                    c.first_error.as_deref().unwrap_or_default()
+                )
+            }),
+    );
+    Ok(ReplayResult {
+        file: cmd.file.clone(),
+        speed: cmd.speed,
+        user_prefix: prefix,
+        sessions,
+        events_read: script.events,
+        recording_ms: span_ms,
+        scheduled_ms: script::scaled(span_ms, cmd.speed).as_millis() as u64,
+        events_replayed: tally.fired.get(),
+        events,
+        lag_us: tally.lag(),
+        messages_received: tally.received.get(),
+        wall_time_s: wall.elapsed().as_secs_f64(),
+        failed_checks,
+    })
+}
+
+/// A session whose connection may have failed: on success it is played, else its connect
+/// fails.
+async fn run_session(
+    link: Result<impl Link, String>,
+    session: &SessionScript,
+    span_ms: u64,
+    clock: Clock,
+    tally: &Tally,
+    patience: Duration,
+) {
+    match link {
+        Ok(link) => session::play(link, session, span_ms, clock, tally, patience).await,
+        Err(e) => tally.fail("connect", format!("{}: {e}", name(session))),
+    }
+}
+
+fn name(session: &SessionScript) -> String {
+    format!(
+        "session {} ({}/{} over {})",
+        session.recorded_as,
+        session.user,
+        session.device,
+        session.transport.as_str()
+    )
+}
+
+/// A fresh token for each session's user, device and platform, minted before the clock starts
+/// so that minting does not skew the timing. A failure is the session's, reported as its
+/// connect's.
+async fn mint(tokens: &TokenApi, sessions: &[SessionScript]) -> Vec<Result<String>> {
+    stream::iter(sessions)
+        .map(|s| tokens.mint(&s.user, &s.device, s.platform.as_str()))
+        .buffered(MINT_CONCURRENCY)
+        .collect()
+        .await
+}
+
+/// The JSON WebSocket's URL: `--ws`, else `/ws` on `--http`'s host.
+fn ws_url(cmd: &ReplayCmd) -> Result<reqwest::Url> {
+    if let Some(ws) = &cmd.ws {
+        return loopback_url(ws, "--ws");
+    }
+    let mut url = loopback_url(&cmd.endpoint.http, "--http")?;
+    let scheme = if url.scheme() == "https" { "wss" } else { "ws" };
+    if url.set_scheme(scheme).is_err() {
+        bail!(
+            "--http {}: cannot derive the WebSocket URL; give --ws",
+            cmd.endpoint.http
+        );
+    }
+    url.set_path("/ws");
+    Ok(url)
+}
+
+/// Sends the API calls, each at its scaled time without waiting for the ones before, and checks
+/// each is answered 2xx.
+async fn call_api(
+    calls: Vec<ApiCall>,
+    endpoints: &Arc<Endpoints>,
+    clock: Clock,
+    tally: &Arc<Tally>,
+) {
+    let mut sent = JoinSet::new();
+    for call in calls {
+        let due = clock.due(call.at_ms);
+        sleep_until(due).await;
+        tally.fire("api", due);
+        let (endpoints, tally) = (endpoints.clone(), tally.clone());
+        sent.spawn(async move {
+            if let Err(e) = post(&endpoints, &call).await {
+                tally.fail("api", format!("{e:#}"));
+            }
+        });
+    }
+    while sent.join_next().await.is_some() {}
+}
+
+async fn post(endpoints: &Endpoints, call: &ApiCall) -> Result<()> {
+    let url = endpoints
+        .api_base
+        .join(&call.path)
+        .with_context(|| format!("the URL of {}", call.path))?;
+    let response = endpoints
+        .http
+        .post(url)
+        .bearer_auth(&endpoints.api_key)
+        .header(reqwest::header::CONTENT_TYPE, "application/json")
+        .body(call.body.to_bytes())
+        .send()
+        .await
+        .with_context(|| format!("POST {}", call.path))?;
+    successful(response, &format!("POST {}", call.path)).await?;
+    Ok(())
+}
+
+impl Outcome for ReplayResult {
+    fn print(&self) {
+        println!(
+            "replay of {} at {}x as users {}*: {} sessions, {} events read, {:.1} s recorded, {:.1} s scheduled, {:.1} s wall",
+            self.file.display(),
+            self.speed,
+            self.user_prefix,
+            self.sessions,
+            thousands(self.events_read as f64),
+            self.recording_ms as f64 / 1e3,
+            self.scheduled_ms as f64 / 1e3,
+            self.wall_time_s,
+        );
+        let mut table = Table::default();
+        table.row(["event", "replayed", "failed", "first failure"]);
+        for (kind, count) in &self.events {
+            table.row([
+                kind.to_string(),
+                thousands(count.replayed as f64),
+                thousands(count.failed as f64),
+                count.first_error.clone().unwrap_or_default(),
+            ]);
+        }
+        print!("{}", table.render());
+        let millis = |us: u64| format!("{:.1}", us as f64 / 1e3);
+        println!(
+            "schedule lag ms: p50 {}, p99 {}, max {}",
+            millis(self.lag_us.p50_us),
+            millis(self.lag_us.p99_us),
+            millis(self.lag_us.max_us)
+        );
+        println!(
+            "messages received by replayed sessions: {}",
+            thousands(self.messages_received as f64)
+        );
+        print_verdict(&self.failed_checks);
+    }
+
+    fn passed(&self) -> bool {
+        self.failed_checks.is_empty()
+    }
+}
