@@ -452,24 +452,66 @@ async fn a_replay_with_a_wrong_api_key_fails_and_says_why() {
     );
 }
 
+/// A recording written by hand: a header, then `events`.
+fn hand_made(dir: &tempfile::TempDir, events: &[Value]) -> PathBuf {
+    let path = dir.path().join("hand-made.jsonl");
+    let header =
+        json!({"recording": "gateway", "version": 1, "started_at": "2026-01-01T00:00:00.000Z"});
+    let lines: Vec<String> = std::iter::once(&header)
+        .chain(events)
+        .map(Value::to_string)
+        .collect();
+    std::fs::write(&path, lines.join("\n") + "\n").unwrap();
+    path
+}
+
+#[tokio::test]
+async fn a_device_taken_over_by_its_own_reconnection_replays_cleanly() {
+    let dir = tempfile::tempdir().unwrap();
+    // As a recording shows a reconnection before the old connection was seen to be gone: the new
+    // session connects, then the gateway closes the old one.
+    let connect = |session: u64, t_ms: u64, device: &str, transport: &str| json!({"t_ms": t_ms, "event": "connect", "session": session, "user": "dan", "device": device, "transport": transport, "platform": "ios"});
+    let disconnect =
+        |session: u64, t_ms: u64| json!({"t_ms": t_ms, "event": "disconnect", "session": session});
+    let path = hand_made(
+        &dir,
+        &[
+            connect(1, 0, "phone", "mqtt"),
+            connect(2, 0, "web", "json_ws"),
+            connect(3, 300, "phone", "mqtt"),
+            connect(4, 300, "web", "json_ws"),
+            // Later than the gateway really records them, so that the replayed takeovers surely
+            // come before the old sessions' scheduled ends.
+            disconnect(1, 500),
+            disconnect(2, 500),
+            disconnect(3, 600),
+            disconnect(4, 600),
+        ],
+    );
+    let gw = TestGateway::start().await;
+    let (output, result) = replay(&gw, &path, &gw.api_key, &[]);
+    assert!(output.status.success(), "{}", text(&output));
+    assert_eq!(result["events"]["connect"]["replayed"], 4, "{result}");
+    assert_eq!(result["events"]["disconnect"]["replayed"], 4, "{result}");
+}
+
 #[tokio::test]
 async fn a_replay_whose_requests_are_refused_fails_naming_each() {
     let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("refused.jsonl");
     // Hand-made: a device subscribing to and publishing on another user's topics, which the
     // gateway refuses on both transports.
-    let lines = [
-        json!({"recording": "gateway", "version": 1, "started_at": "2026-01-01T00:00:00.000Z"}),
-        json!({"t_ms": 0, "event": "connect", "session": 1, "user": "eve", "device": "phone", "transport": "mqtt", "platform": "android"}),
-        json!({"t_ms": 0, "event": "connect", "session": 2, "user": "eve", "device": "web", "transport": "json_ws", "platform": "web"}),
-        json!({"t_ms": 10, "event": "subscribe", "session": 1, "topic": "u/bob/inbox", "qos": 1}),
-        json!({"t_ms": 20, "event": "publish", "session": 1, "topic": "u/bob/d/phone/send", "qos": 1, "payload": {"to": "eve", "body": {}}}),
-        json!({"t_ms": 30, "event": "subscribe", "session": 2, "topic": "u/bob/notify", "qos": 1}),
-        json!({"t_ms": 40, "event": "disconnect", "session": 1}),
-        json!({"t_ms": 40, "event": "disconnect", "session": 2}),
-    ];
-    let text_lines: Vec<String> = lines.iter().map(Value::to_string).collect();
-    std::fs::write(&path, text_lines.join("\n") + "\n").unwrap();
+    let path = hand_made(
+        &dir,
+        &[
+            json!({"t_ms": 0, "event": "connect", "session": 1, "user": "eve", "device": "phone", "transport": "mqtt", "platform": "android"}),
+            json!({"t_ms": 0, "event": "connect", "session": 2, "user": "eve", "device": "web", "transport": "json_ws", "platform": "web"}),
+            json!({"t_ms": 10, "event": "subscribe", "session": 1, "topic": "u/bob/inbox", "qos": 1}),
+            json!({"t_ms": 20, "event": "publish", "session": 1, "topic": "u/bob/d/phone/send", "qos": 1, "payload": {"to": "eve", "body": {}}}),
+            json!({"t_ms": 30, "event": "subscribe", "session": 2, "topic": "u/bob/notify", "qos": 1}),
+            json!({"t_ms": 40, "event": "disconnect", "session": 1}),
+            json!({"t_ms": 40, "event": "disconnect", "session": 2}),
+        ],
+    );
     let gw = TestGateway::start().await;
     let (output, result) = replay(&gw, &path, &gw.api_key, &[]);
     assert_eq!(output.status.code(), Some(1), "{}", text(&output));

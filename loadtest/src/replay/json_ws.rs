@@ -2,7 +2,7 @@
 //! `ok` or `error` with the same `id`.
 
 use super::script::{Action, Body};
-use super::session::{Link, Pending};
+use super::session::{Ended, Link, Pending};
 use super::tally::Tally;
 use futures_util::{SinkExt, StreamExt};
 use protocol::frames::{ClientFrame, ServerFrame};
@@ -29,7 +29,7 @@ impl JsonWsLink {
                 .await
                 .map_err(|e| format!("WebSocket handshake: {e}"))?;
             loop {
-                match read_frame(&mut ws).await? {
+                match read_frame(&mut ws).await.map_err(|e| e.to_string())? {
                     ServerFrame::Ok { .. } => return Ok(ws),
                     ServerFrame::Error { code, message, .. } => {
                         return Err(format!("auth refused: {code:?}: {message}"))
@@ -85,7 +85,7 @@ impl Link for JsonWsLink {
             .map_err(|e| format!("{}: {e}", Pending::of(action).what))
     }
 
-    async fn receive(&mut self, tally: &Tally) -> Result<(), String> {
+    async fn receive(&mut self, tally: &Tally) -> Result<(), Ended> {
         match read_frame(&mut self.ws).await? {
             ServerFrame::Ok { id: Some(id), .. } => {
                 self.answered(&id)?;
@@ -102,7 +102,9 @@ impl Link for JsonWsLink {
                 );
             }
             ServerFrame::Error { code, message, .. } => {
-                return Err(format!("error frame without an id: {code:?}: {message}"))
+                return Err(Ended::Lost(format!(
+                    "error frame without an id: {code:?}: {message}"
+                )))
             }
             ServerFrame::Msg { .. } => tally.received.add(1),
             ServerFrame::Ok { id: None, .. }
@@ -133,27 +135,31 @@ impl JsonWsLink {
     }
 }
 
+/// The gateway's close code for a session logged out: kicked, or taken over by a newer
+/// connection of the device (the only cause of the two a replay can meet).
+const LOGGED_OUT: u16 = 4001;
+
 /// The next JSON frame; `Err` when the socket closed or sent something that is not a frame.
 async fn read_frame(
     ws: &mut WebSocketStream<MaybeTlsStream<TcpStream>>,
-) -> Result<ServerFrame, String> {
+) -> Result<ServerFrame, Ended> {
     loop {
-        match ws.next().await {
-            Some(Ok(Message::Text(text))) => {
-                return serde_json::from_str(&text)
-                    .map_err(|e| format!("not a frame ({e}): {:.200}", text.as_str()))
+        let why = match ws.next().await {
+            Some(Ok(Message::Text(text))) => match serde_json::from_str(&text) {
+                Ok(frame) => return Ok(frame),
+                Err(e) => format!("not a frame ({e}): {:.200}", text.as_str()),
+            },
+            Some(Ok(Message::Close(Some(frame)))) if u16::from(frame.code) == LOGGED_OUT => {
+                return Err(Ended::TakenOver)
             }
-            Some(Ok(Message::Close(frame))) => {
-                return Err(match frame {
-                    Some(frame) => {
-                        format!("closed by the gateway: {} {}", frame.code, frame.reason)
-                    }
-                    None => "closed by the gateway".to_string(),
-                })
+            Some(Ok(Message::Close(Some(frame)))) => {
+                format!("closed by the gateway: {} {}", frame.code, frame.reason)
             }
-            Some(Ok(_)) => {}
-            Some(Err(e)) => return Err(format!("WebSocket: {e}")),
-            None => return Err("the socket closed".to_string()),
-        }
+            Some(Ok(Message::Close(None))) => "closed by the gateway".to_string(),
+            Some(Ok(_)) => continue,
+            Some(Err(e)) => format!("WebSocket: {e}"),
+            None => "the socket closed".to_string(),
+        };
+        return Err(Ended::Lost(why));
     }
 }

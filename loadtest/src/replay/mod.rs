@@ -161,7 +161,7 @@ pub async fn run_cmd(cmd: &ReplayCmd) -> Result<ReplayResult> {
             tally.fire("connect", due);
             let token = match token {
                 Ok(token) => token,
-                Err(e) => return tally.fail("connect", format!("{}: {e:#}", name(&session))),
+                Err(e) => return tally.fail("connect", format!("{}: {e:#}", session.name())),
             };
             let capacity = session.steps.len();
             if session.transport == Transport::JsonWs {
@@ -250,18 +250,8 @@ async fn run_session(
 ) {
     match link {
         Ok(link) => session::play(link, session, span_ms, clock, tally, patience).await,
-        Err(e) => tally.fail("connect", format!("{}: {e}", name(session))),
+        Err(e) => tally.fail("connect", format!("{}: {e}", session.name())),
     }
-}
-
-fn name(session: &SessionScript) -> String {
-    format!(
-        "session {} ({}/{} over {})",
-        session.recorded_as,
-        session.user,
-        session.device,
-        session.transport.as_str()
-    )
 }
 
 /// A fresh token for each session's user, device and platform, minted before the clock starts

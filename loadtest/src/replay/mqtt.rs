@@ -3,13 +3,14 @@
 //! about a refused publish).
 
 use super::script::Action;
-use super::session::{Link, Pending};
+use super::session::{Ended, Link, Pending};
 use super::tally::Tally;
 use rumqttc::v5::mqttbytes::v5::{
-    ConnectReturnCode, Packet, PubAckReason, SubscribeReasonCode, UnsubAckReason,
+    ConnectReturnCode, DisconnectReasonCode, Packet, PubAckReason, SubscribeReasonCode,
+    UnsubAckReason,
 };
 use rumqttc::v5::mqttbytes::QoS;
-use rumqttc::v5::{AsyncClient, ConnectionError, Event, MqttOptions};
+use rumqttc::v5::{AsyncClient, ConnectionError, Event, MqttOptions, StateError};
 use rumqttc::Outgoing;
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
@@ -32,7 +33,7 @@ enum Request {
 pub struct MqttLink {
     client: AsyncClient,
     /// What the event-loop task reads, or why the connection ended.
-    events: mpsc::UnboundedReceiver<Result<Event, String>>,
+    events: mpsc::UnboundedReceiver<Result<Event, Ended>>,
     /// Sent to the client, waiting for rumqttc to give them a packet id (it does, in order).
     queued: VecDeque<(Request, Pending)>,
     /// Sent with a packet id, waiting for their answer.
@@ -71,7 +72,7 @@ impl MqttLink {
                 match events.recv().await {
                     Some(Ok(Event::Incoming(Packet::ConnAck(ack)))) => return Ok(ack.code),
                     Some(Ok(_)) => {}
-                    Some(Err(e)) => return Err(e),
+                    Some(Err(e)) => return Err(e.to_string()),
                     None => return Err("the connection ended".to_string()),
                 }
             }
@@ -135,12 +136,12 @@ impl Link for MqttLink {
         sent.map_err(|e| format!("{}: {e}", Pending::of(action).what))
     }
 
-    async fn receive(&mut self, tally: &Tally) -> Result<(), String> {
+    async fn receive(&mut self, tally: &Tally) -> Result<(), Ended> {
         let event = self
             .events
             .recv()
             .await
-            .unwrap_or_else(|| Err("the connection ended".to_string()))?;
+            .unwrap_or_else(|| Err(Ended::Lost("the connection ended".into())))?;
         match event {
             Event::Outgoing(Outgoing::Subscribe(pkid)) => self.assign(Request::Subscribe, pkid)?,
             Event::Outgoing(Outgoing::Unsubscribe(pkid)) => {
@@ -219,16 +220,20 @@ fn qos_of(level: u8) -> QoS {
 }
 
 /// rumqttc reports a refused CONNECT and a server DISCONNECT as errors: say which.
-fn describe(error: ConnectionError) -> String {
+fn describe(error: ConnectionError) -> Ended {
     match error {
-        ConnectionError::ConnectionRefused(code) => format!("CONNACK {code:?}"),
-        ConnectionError::MqttState(rumqttc::v5::StateError::ServerDisconnect {
+        ConnectionError::ConnectionRefused(code) => Ended::Lost(format!("CONNACK {code:?}")),
+        ConnectionError::MqttState(StateError::ServerDisconnect {
+            reason_code: DisconnectReasonCode::SessionTakenOver,
+            ..
+        }) => Ended::TakenOver,
+        ConnectionError::MqttState(StateError::ServerDisconnect {
             reason_code,
             reason_string,
-        }) => format!(
+        }) => Ended::Lost(format!(
             "the gateway disconnected the session: {reason_code:?} {}",
             reason_string.unwrap_or_default()
-        ),
-        other => other.to_string(),
+        )),
+        other => Ended::Lost(other.to_string()),
     }
 }

@@ -45,6 +45,22 @@ pub struct SessionScript {
     pub steps: Vec<Step>,
     /// When the session ended; `None` when it was still open as the recording ended.
     pub disconnect_ms: Option<u64>,
+    /// A newer connection of the same device connected while this one was open, so the gateway
+    /// closed this one.
+    pub taken_over: bool,
+}
+
+impl SessionScript {
+    /// How failures name the session.
+    pub fn name(&self) -> String {
+        format!(
+            "session {} ({}/{} over {})",
+            self.recorded_as,
+            self.user,
+            self.device,
+            self.transport.as_str()
+        )
+    }
 }
 
 /// Something a session does after connecting.
@@ -250,16 +266,24 @@ impl Reader<'_> {
                 if self.open.contains_key(&session) {
                     bail!("session {session} connects twice");
                 }
+                let user = self.rename.user(&user)?;
+                for &index in self.open.values() {
+                    let older = &mut self.sessions[index];
+                    if older.user == user && older.device == device {
+                        older.taken_over = true;
+                    }
+                }
                 self.open.insert(session, self.sessions.len());
                 self.sessions.push(SessionScript {
                     recorded_as: session,
-                    user: self.rename.user(&user)?,
+                    user,
                     device,
                     platform,
                     transport,
                     connect_ms: at_ms,
                     steps: Vec::new(),
                     disconnect_ms: None,
+                    taken_over: false,
                 });
             }
             Event::Subscribe {
@@ -398,6 +422,20 @@ mod tests {
             script.api_calls[0].body,
             Body::Json(json!({"user": "rp1-bob", "kind": "friend_request"}))
         );
+    }
+
+    #[test]
+    fn a_session_open_when_its_device_connects_again_is_taken_over() {
+        let connect = |session, device| json!({"t_ms": 0, "event": "connect", "session": session, "user": "a", "device": device, "transport": "mqtt", "platform": "ios"});
+        let script = read(&[
+            connect(1, "phone"),
+            connect(2, "laptop"),
+            connect(3, "phone"),
+            json!({"t_ms": 1, "event": "disconnect", "session": 1}),
+        ])
+        .unwrap();
+        let taken_over: Vec<bool> = script.sessions.iter().map(|s| s.taken_over).collect();
+        assert_eq!(taken_over, [true, false, false]);
     }
 
     #[test]

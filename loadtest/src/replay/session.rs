@@ -45,13 +45,37 @@ impl Pending {
     }
 }
 
+/// Why a connection ended before the replay closed it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Ended {
+    /// The gateway closed it because a newer connection of the same device took over.
+    TakenOver,
+    /// Anything else, in words.
+    Lost(String),
+}
+
+impl std::fmt::Display for Ended {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::TakenOver => f.write_str("taken over by a newer connection of the device"),
+            Self::Lost(why) => f.write_str(why),
+        }
+    }
+}
+
+impl From<String> for Ended {
+    fn from(why: String) -> Self {
+        Self::Lost(why)
+    }
+}
+
 /// A connected session's transport.
 pub trait Link: Send {
     /// Sends one step without waiting for its answer.
     fn send(&mut self, action: &Action) -> impl Future<Output = Result<(), String>> + Send;
     /// Reads the next thing from the gateway and checks it (answers, messages); `Err` when the
     /// connection ended. Must be cancel-safe: it races the clock.
-    fn receive(&mut self, tally: &Tally) -> impl Future<Output = Result<(), String>> + Send;
+    fn receive(&mut self, tally: &Tally) -> impl Future<Output = Result<(), Ended>> + Send;
     /// Requests sent and still unanswered.
     fn outstanding(&self) -> Vec<Pending>;
     /// Ends the session as a client does.
@@ -59,7 +83,9 @@ pub trait Link: Send {
 }
 
 /// Plays `session`'s steps on `link`, then closes it at the recorded disconnect (or at the end
-/// of the recording, `end_ms`), after waiting up to `patience` for the answers still due.
+/// of the recording, `end_ms`), after waiting up to `patience` for the answers still due. A
+/// session the recording shows taken over by a newer connection of its device ends when the
+/// gateway closes it for that.
 pub async fn play(
     mut link: impl Link,
     session: &SessionScript,
@@ -68,39 +94,47 @@ pub async fn play(
     tally: &Tally,
     patience: Duration,
 ) {
-    let who = format!(
-        "session {} ({}/{})",
-        session.recorded_as, session.user, session.device
-    );
-    for step in &session.steps {
-        let due = clock.due(step.at_ms);
-        if let Err(e) = receive_until(&mut link, due, Until::Deadline, tally).await {
-            return tally.fail("connection", format!("{who}: {e}"));
-        }
-        tally.fire(step.action.kind(), due);
-        if let Err(e) = link.send(&step.action).await {
-            tally.fail(step.action.kind(), format!("{who}: {e}"));
-        }
-    }
     let end = clock.due(session.disconnect_ms.unwrap_or(end_ms));
-    if let Err(e) = receive_until(&mut link, end, Until::Deadline, tally).await {
-        return tally.fail("connection", format!("{who}: {e}"));
-    }
-    if let Err(e) =
-        receive_until(&mut link, Instant::now() + patience, Until::Answered, tally).await
-    {
-        return tally.fail("connection", format!("{who}: {e}"));
+    match drive(&mut link, session, end, clock, tally, patience).await {
+        Ok(()) => {}
+        Err(Ended::TakenOver) if session.taken_over => {}
+        Err(ended) => return tally.fail("connection", format!("{}: {ended}", session.name())),
     }
     for pending in link.outstanding() {
         tally.fail(
             pending.kind,
-            format!("{who}: no answer to {} within {patience:?}", pending.what),
+            format!(
+                "{}: no answer to {} within {patience:?}",
+                session.name(),
+                pending.what
+            ),
         );
     }
     if session.disconnect_ms.is_some() {
         tally.fire("disconnect", end);
     }
     link.close().await;
+}
+
+/// Sends the steps at their times, reads until `end`, then waits for the answers still due.
+async fn drive(
+    link: &mut impl Link,
+    session: &SessionScript,
+    end: Instant,
+    clock: Clock,
+    tally: &Tally,
+    patience: Duration,
+) -> Result<(), Ended> {
+    for step in &session.steps {
+        let due = clock.due(step.at_ms);
+        receive_until(link, due, Until::Deadline, tally).await?;
+        tally.fire(step.action.kind(), due);
+        if let Err(e) = link.send(&step.action).await {
+            tally.fail(step.action.kind(), format!("{}: {e}", session.name()));
+        }
+    }
+    receive_until(link, end, Until::Deadline, tally).await?;
+    receive_until(link, Instant::now() + patience, Until::Answered, tally).await
 }
 
 /// How long [`receive_until`] reads.
@@ -119,7 +153,7 @@ async fn receive_until(
     deadline: Instant,
     until: Until,
     tally: &Tally,
-) -> Result<(), String> {
+) -> Result<(), Ended> {
     let deadline = sleep_until(deadline);
     tokio::pin!(deadline);
     while until == Until::Deadline || !link.outstanding().is_empty() {
