@@ -154,34 +154,16 @@ pub async fn run_cmd(cmd: &ReplayCmd) -> Result<ReplayResult> {
     let sessions = script.sessions.len();
     for (session, token) in script.sessions.into_iter().zip(tokens) {
         let (tally, endpoints) = (tally.clone(), endpoints.clone());
-        let patience = cmd.answer_timeout;
+        let (end_ms, patience) = (span_ms, cmd.answer_timeout);
         tasks.spawn(async move {
-            let due = clock.due(session.connect_ms);
-            sleep_until(due).await;
-            tally.fire("connect", due);
-            let token = match token {
-                Ok(token) => token,
-                Err(e) => return tally.fail("connect", format!("{}: {e:#}", session.name())),
+            let run = Run {
+                endpoints: &endpoints,
+                clock,
+                tally: &tally,
+                end_ms,
+                patience,
             };
-            let capacity = session.steps.len();
-            if session.transport == Transport::JsonWs {
-                let mut url = endpoints.ws.clone();
-                url.query_pairs_mut().append_pair("token", &token);
-                let link = JsonWsLink::connect(&url, patience).await;
-                run_session(link, &session, span_ms, clock, &tally, patience).await;
-            } else {
-                let client_id = format!("replay-{}-{}", session.recorded_as, session.user);
-                let link = MqttLink::connect(
-                    endpoints.mqtt,
-                    &client_id,
-                    &session.user,
-                    &token,
-                    capacity,
-                    patience,
-                )
-                .await;
-                run_session(link, &session, span_ms, clock, &tally, patience).await;
-            }
+            run.session(&session, token).await
         });
     }
     let api_calls = script.api_calls;
@@ -211,15 +193,7 @@ pub async fn run_cmd(cmd: &ReplayCmd) -> Result<ReplayResult> {
     failed_checks.extend(
         events
             .iter()
-            .filter(|(_, c)| c.failed > 0)
-            .map(|(kind, c)| {
-                format!(
-                    "{kind}: {} of {} failed; first: {}",
-                    c.failed,
-                    c.replayed.max(c.failed),
-                    c.first_error.as_deref().unwrap_or_default()
-                )
-            }),
+            .filter_map(|(kind, count)| count.failure(kind)),
     );
     Ok(ReplayResult {
         file: cmd.file.clone(),
@@ -238,19 +212,61 @@ pub async fn run_cmd(cmd: &ReplayCmd) -> Result<ReplayResult> {
     })
 }
 
-/// A session whose connection may have failed: on success it is played, else its connect
-/// fails.
-async fn run_session(
-    link: Result<impl Link, String>,
-    session: &SessionScript,
-    span_ms: u64,
+/// What every session task shares.
+struct Run<'a> {
+    endpoints: &'a Endpoints,
     clock: Clock,
-    tally: &Tally,
+    tally: &'a Tally,
+    /// The end of the recording: sessions still open then close there.
+    end_ms: u64,
     patience: Duration,
-) {
-    match link {
-        Ok(link) => session::play(link, session, span_ms, clock, tally, patience).await,
-        Err(e) => tally.fail("connect", format!("{}: {e}", session.name())),
+}
+
+impl Run<'_> {
+    /// Connects `session` at its time with `token` and plays it; a failure to mint its token
+    /// or to connect is its connect's failure.
+    async fn session(&self, session: &SessionScript, token: Result<String>) {
+        let due = self.clock.due(session.connect_ms);
+        sleep_until(due).await;
+        self.tally.fire("connect", due);
+        let token = match token {
+            Ok(token) => token,
+            Err(e) => {
+                return self
+                    .tally
+                    .fail("connect", format!("{}: {e:#}", session.name()))
+            }
+        };
+        if session.transport == Transport::JsonWs {
+            let mut url = self.endpoints.ws.clone();
+            url.query_pairs_mut().append_pair("token", &token);
+            self.play(JsonWsLink::connect(&url, self.patience).await, session)
+                .await
+        } else {
+            let client_id = format!("replay-{}-{}", session.recorded_as, session.user);
+            let link = MqttLink::connect(
+                self.endpoints.mqtt,
+                &client_id,
+                &session.user,
+                &token,
+                session.steps.len(),
+                self.patience,
+            )
+            .await;
+            self.play(link, session).await
+        }
+    }
+
+    async fn play(&self, link: Result<impl Link, String>, session: &SessionScript) {
+        match link {
+            Ok(link) => {
+                let (clock, tally) = (self.clock, self.tally);
+                session::play(link, session, self.end_ms, clock, tally, self.patience).await
+            }
+            Err(e) => self
+                .tally
+                .fail("connect", format!("{}: {e}", session.name())),
+        }
     }
 }
 

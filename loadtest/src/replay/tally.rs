@@ -18,6 +18,20 @@ pub struct KindCount {
     pub first_error: Option<String>,
 }
 
+impl KindCount {
+    /// The failed check for `kind`, when any of its events failed.
+    pub fn failure(&self, kind: &str) -> Option<String> {
+        (self.failed > 0).then(|| {
+            format!(
+                "{kind}: {} of {} failed; first: {}",
+                self.failed,
+                self.replayed.max(self.failed),
+                self.first_error.as_deref().unwrap_or_default()
+            )
+        })
+    }
+}
+
 pub struct Tally {
     kinds: Mutex<BTreeMap<&'static str, KindCount>>,
     /// How late each event fired after its scaled time, in microseconds.
