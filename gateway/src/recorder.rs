@@ -2,6 +2,7 @@
 //! disconnects, and the backend's traffic-carrying API calls, with their timing, one JSON object
 //! a line in the format of `protocol::recording`, for `loadtest replay` to play back.
 //!
+//! A publish is recorded once accepted ([`PendingPublish`]), every other event as it happens.
 //! Recording must never stall or slow a client, so [`Recorder::record`] only stamps the event
 //! and tries to queue it; a writer thread owns the file. When the queue is full the event is
 //! dropped and counted (`gateway_record_events_total{status="dropped"}`), and when the file
@@ -15,6 +16,7 @@ use crate::session_handle::{Qos, SessionId};
 use anyhow::{Context, Result};
 use base64::Engine;
 use broker_config::Record;
+use bytes::Bytes;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use protocol::envelope::Transport;
@@ -205,12 +207,36 @@ impl SessionRecording {
         });
     }
 
-    pub fn published(&self, topic: &str, payload: &[u8], qos: Qos) {
-        self.recorder.record(Event::Publish {
+    /// A publish to record once the gateway has accepted it (see [`PendingPublish`]).
+    pub fn publish(&self, topic: &str, payload: Bytes, qos: Qos) -> PendingPublish {
+        PendingPublish {
+            recorder: self.recorder.clone(),
             session: self.session,
             topic: topic.to_string(),
-            qos: qos_number(qos),
-            payload: self.recorder.payload(payload),
+            payload,
+            qos,
+        }
+    }
+}
+
+/// A publish authorization allowed, waiting for the gateway's answer: it is recorded (at that
+/// time) only if accepted — a device's message once durable, a request once done — so that a
+/// replay sends nothing the gateway refused, such as a malformed payload.
+pub struct PendingPublish {
+    recorder: Recorder,
+    session: SessionId,
+    topic: String,
+    payload: Bytes,
+    qos: Qos,
+}
+
+impl PendingPublish {
+    pub fn accepted(self) {
+        self.recorder.record(Event::Publish {
+            session: self.session,
+            topic: self.topic,
+            qos: qos_number(self.qos),
+            payload: self.recorder.payload(&self.payload),
         });
     }
 }
@@ -372,8 +398,23 @@ mod tests {
         };
         let session = recorder.session(7, &identity, Transport::Mqtt).unwrap();
         session.subscribed("u/alice/inbox", Qos::AtLeastOnce);
-        session.published("u/alice/d/phone/send", br#"{"to":"bob"}"#, Qos::AtLeastOnce);
-        session.published("pub/raw", &[0, 1], Qos::AtMostOnce);
+        let send = br#"{"to":"bob"}"#;
+        let refused = session.publish(
+            "u/alice/d/phone/send",
+            Bytes::from_static(b"x"),
+            Qos::AtLeastOnce,
+        );
+        session
+            .publish(
+                "u/alice/d/phone/send",
+                Bytes::from_static(send),
+                Qos::AtLeastOnce,
+            )
+            .accepted();
+        session
+            .publish("pub/raw", Bytes::from_static(&[0, 1]), Qos::AtMostOnce)
+            .accepted();
+        drop(refused);
         session.unsubscribed("u/alice/inbox");
         drop(session);
         recorder.finish();

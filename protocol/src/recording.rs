@@ -21,8 +21,9 @@
 //! ```
 //!
 //! `session` is a number unique within the recording, never a token. Only what the gateway
-//! accepted is recorded (a connect once authenticated, a subscribe or publish authorization
-//! allowed, an API call answered 2xx), so a replay reproduces valid traffic. Secrets never appear:
+//! accepted is recorded (a connect once authenticated, a subscribe authorization allowed, a
+//! publish once accepted — a device's message once durable —, an API call answered 2xx), so a
+//! replay reproduces valid traffic. Secrets never appear:
 //! no tokens, API keys or headers are recorded.
 
 use crate::envelope::{Platform, Transport};
@@ -74,7 +75,7 @@ pub enum Event {
     },
     /// A subscription the session held was removed.
     Unsubscribe { session: u64, topic: String },
-    /// A publish authorization allowed.
+    /// A publish the gateway accepted, at the time it did.
     Publish {
         session: u64,
         topic: String,

@@ -217,7 +217,7 @@ async fn recording_captures_sessions_publishes_and_api_calls_and_no_secrets() {
     let gw = recording_gateway(&path).await;
 
     // What the gateway refuses is not recorded: a subscription to another user's inbox, a
-    // publish on another user's topic, an API call with a bad body.
+    // publish on another user's topic, a malformed message, an API call with a bad body.
     let (mut mallory, mallory_token) =
         mqtt_device(&gw, Via::Tcp, "mallory", "phone", Platform::Android, &[]).await;
     let refused = mallory.subscribe("u/bob/inbox", QoS::AtLeastOnce).await;
@@ -228,6 +228,9 @@ async fn recording_captures_sessions_publishes_and_api_calls_and_no_secrets() {
             r#"{"to": "bob", "body": {}}"#,
             QoS::AtMostOnce,
         )
+        .await;
+    mallory
+        .publish("u/mallory/d/phone/send", "not JSON", QoS::AtLeastOnce)
         .await;
     let (status, _) = gw
         .api(

@@ -42,6 +42,25 @@ impl Handled {
             Self::Later(work) => work.await,
         }
     }
+
+    /// Runs `then` once the publish turns out handled successfully, when that is known.
+    fn on_success(self, then: impl FnOnce() + Send + 'static) -> Self {
+        match self {
+            Self::Done(result) => {
+                if result.is_ok() {
+                    then();
+                }
+                Self::Done(result)
+            }
+            Self::Later(work) => Self::Later(Box::pin(async move {
+                let result = work.await;
+                if result.is_ok() {
+                    then();
+                }
+                result
+            })),
+        }
+    }
 }
 
 /// Requests that must take effect one after another, while the connection goes on reading:
@@ -204,16 +223,18 @@ impl ClientSession {
                 return Handled::Done(Err(refusal));
             }
         };
-        if let Some(recording) = &self.recording {
-            recording.published(topic, &payload, qos);
-        }
-        match route {
+        let recorded = (self.recording.as_ref()).map(|r| r.publish(topic, payload.clone(), qos));
+        let handled = match route {
             PublishRoute::Broker => {
                 self.gw.hub.publish(topic, payload, qos, None);
                 Handled::Done(Ok(()))
             }
             PublishRoute::DeviceRequest(action) => self.device_request(action, &payload),
             PublishRoute::Notification => self.notification(&payload),
+        };
+        match recorded {
+            Some(publish) => handled.on_success(|| publish.accepted()),
+            None => handled,
         }
     }
 
