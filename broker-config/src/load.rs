@@ -98,6 +98,11 @@ impl Config {
             "must be between 1024 and 268435456 bytes",
         );
         check(
+            self.listeners.backlog >= 1,
+            "listeners.backlog",
+            "must be at least 1",
+        );
+        check(
             l.max_inflight >= 1,
             "limits.max_inflight",
             "must be at least 1",
@@ -453,13 +458,18 @@ mod tests {
 
     #[test]
     fn semantic_errors_after_types_are_fine() {
-        let text =
-            "[limits]\nmax_keepalive = \"1m\"\nmax_inflight = 0\n[tls]\ncert = \"/nope.pem\"\n";
+        let text = "[listeners]\nbacklog = 0\n[limits]\nmax_keepalive = \"1m\"\nmax_inflight = 0\n\
+                    [tls]\ncert = \"/nope.pem\"\n";
         let errors = Config::from_toml_str(text, no_env()).unwrap_err();
         let keys: Vec<&str> = errors.iter().map(|e| e.key.as_str()).collect();
         assert_eq!(
             keys,
-            ["limits.max_inflight", "limits.max_keepalive", "tls.key"]
+            [
+                "listeners.backlog",
+                "limits.max_inflight",
+                "limits.max_keepalive",
+                "tls.key"
+            ]
         );
     }
 

@@ -36,6 +36,11 @@ pub struct Listeners {
     pub mqtt_tls: SocketAddr,
     /// MQTT over secure WebSocket; only when `tls.cert` and `tls.key` are set.
     pub mqtt_wss: SocketAddr,
+    /// Connections each listener lets wait to be accepted. A reconnect storm (every device of a
+    /// region coming back after an outage) overflows a short queue, and each dropped SYN costs
+    /// its device a retransmit of one second or more. The kernel caps it at
+    /// `net.core.somaxconn`.
+    pub backlog: u32,
 }
 
 impl Default for Listeners {
@@ -47,6 +52,7 @@ impl Default for Listeners {
             http: any(8080),
             mqtt_tls: any(8883),
             mqtt_wss: any(8084),
+            backlog: 4096,
         }
     }
 }

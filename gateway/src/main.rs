@@ -168,9 +168,18 @@ fn init_logging(level: &str) {
         .init();
 }
 
-async fn bind(name: &str, addr: SocketAddr) -> Result<TcpListener> {
-    TcpListener::bind(addr)
-        .await
+fn bind(name: &str, addr: SocketAddr, backlog: u32) -> Result<TcpListener> {
+    let listening = || {
+        let socket = match addr {
+            SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+            SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+        };
+        // As std's and tokio's own `bind` do: a restarted gateway must not wait out TIME_WAIT.
+        socket.set_reuseaddr(true)?;
+        socket.bind(addr)?;
+        socket.listen(backlog)
+    };
+    listening()
         .with_context(|| format!("cannot listen for {name} on {addr} (set listeners.{name})"))
 }
 
@@ -198,11 +207,11 @@ async fn serve(config: Config, data_dir: &Path) -> Result<()> {
         ));
     }
     for (name, addr, kind) in mqtt_listeners {
-        let listener = bind(name, addr).await?;
+        let listener = bind(name, addr, listeners.backlog)?;
         bound.insert(name.into(), listener.local_addr()?.to_string().into());
         tokio::spawn(listener::run(gw.clone(), listener, kind));
     }
-    let http = bind("http", listeners.http).await?;
+    let http = bind("http", listeners.http, listeners.backlog)?;
     bound.insert("http".into(), http.local_addr()?.to_string().into());
     tokio::spawn(front::http_listener::run(
         gw.clone(),

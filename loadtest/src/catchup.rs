@@ -9,19 +9,16 @@
 //! the posting nor the connection, which is measured on its own. The synced sequences must be
 //! exactly 1..=missed in order: anything else fails the run.
 
+use crate::device::{Arrival, Device, Endpoints, Transport};
+use crate::messages_api::MessagesApi;
 use crate::progress::{spawn_reporter, Counter};
 use crate::report::{latency_histogram, median, print_verdict, thousands, LatencySummary};
 use crate::report::{Outcome, Table};
-use crate::target::{successful, Credentials, EndpointArgs, Target};
-use anyhow::{anyhow, bail, Context, Result};
+use crate::seq::check_log_sequence;
+use crate::target::{Credentials, EndpointArgs, Target};
+use anyhow::{anyhow, Context, Result};
 use clap::Args;
-use futures_util::{stream, StreamExt, TryStreamExt};
-use rumqttc::{
-    AsyncClient, ConnectReturnCode, Event, EventLoop, MqttOptions, NetworkOptions, Packet, QoS,
-    SubscribeReasonCode,
-};
-use serde::{Deserialize, Serialize};
-use serde_json::json;
+use serde::Serialize;
 use std::net::SocketAddr;
 use std::time::Duration;
 use tokio::sync::watch;
@@ -29,17 +26,13 @@ use tokio::time::{timeout, Instant};
 
 /// The device every round's user connects with.
 const DEVICE: &str = "d0";
-/// Sync pages run up to the gateway's `roaming.page_max_bytes` (64 KiB by default): room for
-/// them and for larger configured pages.
-const MAX_PACKET: usize = 1 << 20;
-const KEEP_ALIVE: Duration = Duration::from_secs(30);
 /// How long connecting and subscribing may take before the round fails.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 #[derive(Args, Debug)]
 pub struct CatchupCmd {
     #[command(flatten)]
-    endpoint: EndpointArgs,
+    pub endpoint: EndpointArgs,
     /// Messages each round's device missed and catches up on.
     #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
     missed: u64,
@@ -90,22 +83,8 @@ pub struct CatchupResult {
 
 pub async fn run_cmd(cmd: &CatchupCmd) -> Result<CatchupResult> {
     let target = Target::gateway(&cmd.endpoint)?;
-    let api_key = cmd.endpoint.api_key.clone().unwrap_or_default();
-    // The base URL passed Target::gateway's loopback check.
-    let messages_url: reqwest::Url =
-        format!("{}/v1/messages", cmd.endpoint.http.trim_end_matches('/'))
-            .parse()
-            .context("building the messages URL")?;
-    let http = reqwest::Client::builder()
-        .timeout(Duration::from_secs(10))
-        .build()
-        .context("building the HTTP client")?;
-    let poster = Poster {
-        http,
-        url: messages_url,
-        api_key,
-        concurrency: cmd.post_concurrency as usize,
-    };
+    let endpoints = Endpoints::new(cmd.endpoint.mqtt, &cmd.endpoint.http)?;
+    let api = MessagesApi::new(&cmd.endpoint)?;
 
     let posted = Counter::new("posted");
     let synced = Counter::new("synced");
@@ -121,7 +100,13 @@ pub async fn run_cmd(cmd: &CatchupCmd) -> Result<CatchupResult> {
     for round in 1..=cmd.rounds {
         let user = format!("ct{run_id}-{round}");
         let started = Instant::now();
-        poster.fill(&user, cmd.missed, &posted).await?;
+        let seqs = api
+            .fill(&user, cmd.missed, cmd.post_concurrency as usize, || {
+                posted.add(1)
+            })
+            .await?;
+        check_log_sequence(&seqs, cmd.missed)
+            .map_err(|problem| anyhow!("posting to {user}: the log's sequences: {problem}"))?;
         let post_rate = cmd.missed as f64 / started.elapsed().as_secs_f64();
         let credentials = target
             .credentials(
@@ -132,7 +117,7 @@ pub async fn run_cmd(cmd: &CatchupCmd) -> Result<CatchupResult> {
             .pop()
             .ok_or_else(|| anyhow!("no token for {user}"))?;
         let device = SyncingDevice {
-            addr: target.addr(),
+            endpoints: &endpoints,
             user: user.clone(),
             missed: cmd.missed,
             sync_timeout: cmd.sync_timeout,
@@ -146,73 +131,9 @@ pub async fn run_cmd(cmd: &CatchupCmd) -> Result<CatchupResult> {
     Ok(CatchupResult::of(target.addr(), cmd, rounds))
 }
 
-/// Posts messages over the backend API.
-struct Poster {
-    http: reqwest::Client,
-    url: reqwest::Url,
-    api_key: String,
-    concurrency: usize,
-}
-
-/// The part of `POST /v1/messages`'s answer this scenario checks.
-#[derive(Deserialize)]
-struct Accepted {
-    seq: u64,
-}
-
-impl Poster {
-    /// Posts `count` messages `{"n": i}` to `user`, `concurrency` at a time, and checks that
-    /// they took sequences 1..=count.
-    async fn fill(&self, user: &str, count: u64, posted: &Counter) -> Result<()> {
-        let mut seqs: Vec<u64> = stream::iter(0..count)
-            .map(|n| async move {
-                let seq = self.post(user, n).await?;
-                posted.add(1);
-                Ok::<_, anyhow::Error>(seq)
-            })
-            .buffer_unordered(self.concurrency)
-            .try_collect()
-            .await?;
-        seqs.sort_unstable();
-        check_sequence(&seqs, count)
-            .map_err(|problem| anyhow!("posting to {user}: the log's sequences: {problem}"))
-    }
-
-    async fn post(&self, user: &str, n: u64) -> Result<u64> {
-        let response = self
-            .http
-            .post(self.url.clone())
-            .bearer_auth(&self.api_key)
-            .json(&json!({ "to": user, "body": { "n": n } }))
-            .send()
-            .await
-            .with_context(|| format!("POST {} to {user}", self.url))?;
-        let accepted: Accepted = successful(response, &format!("POST {} to {user}", self.url))
-            .await?
-            .json()
-            .await
-            .context("the answer to a post")?;
-        Ok(accepted.seq)
-    }
-}
-
-/// A sync page as the device reads it: the sequences of its messages and whether more follow.
-#[derive(Deserialize)]
-struct Page {
-    #[serde(rename = "type")]
-    kind: String,
-    messages: Vec<Sequenced>,
-    more: bool,
-}
-
-#[derive(Deserialize)]
-struct Sequenced {
-    seq: u64,
-}
-
 /// One round's device.
 struct SyncingDevice<'a> {
-    addr: SocketAddr,
+    endpoints: &'a Endpoints,
     user: String,
     missed: u64,
     sync_timeout: Duration,
@@ -239,42 +160,35 @@ impl SyncingDevice<'_> {
             page_bytes: 0,
             failure: None,
         };
-        let reply_topic = format!("u/{}/d/{DEVICE}/reply", self.user);
         let connecting = Instant::now();
-        let (client, mut eventloop) = AsyncClient::new(self.options(credentials), 16);
-        client.subscribe(&reply_topic, QoS::AtLeastOnce).await?;
-        timeout(CONNECT_TIMEOUT, subscribed(&mut eventloop))
-            .await
-            .map_err(|_| anyhow!("{}: not subscribed after {CONNECT_TIMEOUT:?}", self.user))?
-            .with_context(|| format!("connecting {}'s device to {}", self.user, self.addr))?;
+        let mut device = Device::connect(
+            self.endpoints,
+            Transport::Mqtt,
+            &self.user,
+            DEVICE,
+            credentials,
+            CONNECT_TIMEOUT,
+        )
+        .await
+        .with_context(|| format!("connecting {}'s device", self.user))?;
         outcome.connect_ms = ms(connecting.elapsed());
 
-        let sync_topic = format!("u/{}/d/{DEVICE}/sync", self.user);
         let asked = Instant::now();
-        client
-            .publish(sync_topic, QoS::AtLeastOnce, false, r#"{"after":0}"#)
-            .await?;
+        device.sync(0, None).await?;
         let mut seqs = Vec::with_capacity(self.missed as usize);
         let pages = async {
             loop {
-                let event = eventloop.poll().await.context("during the sync")?;
-                let Event::Incoming(Packet::Publish(publish)) = event else {
+                let Arrival::Page { page, bytes } =
+                    device.next().await.context("during the sync")?
+                else {
                     continue;
                 };
                 let arrived = asked.elapsed();
-                if publish.topic != reply_topic {
-                    continue;
-                }
-                let page: Page = serde_json::from_slice(&publish.payload)
-                    .with_context(|| format!("page {} is not a sync page", outcome.pages + 1))?;
-                if page.kind != "sync" {
-                    bail!("expected a sync page, got a {:?} reply", page.kind);
-                }
                 if outcome.pages == 0 {
                     outcome.first_page_ms = ms(arrived);
                 }
                 outcome.pages += 1;
-                outcome.page_bytes += publish.payload.len() as u64;
+                outcome.page_bytes += bytes as u64;
                 self.synced.add(page.messages.len() as u64);
                 seqs.extend(page.messages.iter().map(|m| m.seq));
                 if !page.more {
@@ -287,75 +201,12 @@ impl SyncingDevice<'_> {
             .await
             .unwrap_or_else(|_| Err(anyhow!("unfinished after {:?}", self.sync_timeout)));
         outcome.failure = match synced {
-            Ok(()) => check_sequence(&seqs, self.missed).err(),
+            Ok(()) => check_log_sequence(&seqs, self.missed).err(),
             Err(error) => Some(format!("{error:#}")),
         };
-        let _ = client.disconnect().await;
-        let _ = timeout(Duration::from_secs(1), eventloop.poll()).await;
+        device.close().await;
         Ok(outcome)
     }
-
-    fn options(&self, credentials: Credentials) -> MqttOptions {
-        let mut options = MqttOptions::new(
-            credentials.client_id,
-            self.addr.ip().to_string(),
-            self.addr.port(),
-        );
-        options
-            .set_keep_alive(KEEP_ALIVE)
-            .set_max_packet_size(MAX_PACKET, MAX_PACKET);
-        if let Some((user, password)) = credentials.login {
-            options.set_credentials(user, password);
-        }
-        options
-    }
-}
-
-/// Drives a fresh connection until its subscription is granted.
-async fn subscribed(eventloop: &mut EventLoop) -> Result<()> {
-    let mut network = NetworkOptions::new();
-    network.set_tcp_nodelay(true);
-    eventloop.set_network_options(network);
-    loop {
-        match eventloop.poll().await? {
-            Event::Incoming(Packet::ConnAck(ack)) if ack.code != ConnectReturnCode::Success => {
-                bail!("connection refused: {:?}", ack.code)
-            }
-            Event::Incoming(Packet::SubAck(ack)) => {
-                return match ack.return_codes.first() {
-                    Some(SubscribeReasonCode::Success(_)) => Ok(()),
-                    _ => Err(anyhow!("subscription to the reply topic refused")),
-                };
-            }
-            _ => {}
-        }
-    }
-}
-
-/// Whether `seqs` is exactly 1..=count in order; otherwise the first thing wrong.
-fn check_sequence(seqs: &[u64], count: u64) -> Result<(), String> {
-    let mut expected = 1;
-    for &seq in seqs {
-        if seq == expected && seq <= count {
-            expected += 1;
-        } else if seq < expected {
-            return Err(format!(
-                "duplicate or out-of-order seq {seq} after {}",
-                expected - 1
-            ));
-        } else if seq > count {
-            return Err(format!("unexpected seq {seq} beyond {count}"));
-        } else {
-            return Err(format!("first missing seq {expected} (got {seq} instead)"));
-        }
-    }
-    if expected <= count {
-        return Err(format!(
-            "first missing seq {expected} (nothing after {})",
-            expected - 1
-        ));
-    }
-    Ok(())
 }
 
 fn ms(elapsed: Duration) -> f64 {
@@ -438,26 +289,5 @@ impl Outcome for CatchupResult {
 
     fn passed(&self) -> bool {
         self.failed_checks.is_empty()
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_complete_sequence_passes() {
-        assert_eq!(check_sequence(&[1, 2, 3], 3), Ok(()));
-    }
-
-    #[test]
-    fn the_first_problem_is_named() {
-        let problem = |seqs: &[u64]| check_sequence(seqs, 4).unwrap_err();
-        assert!(problem(&[1, 2, 4]).contains("first missing seq 3"));
-        assert!(problem(&[1, 2, 3]).contains("first missing seq 4"));
-        assert!(problem(&[]).contains("first missing seq 1"));
-        assert!(problem(&[1, 2, 2, 3, 4]).contains("duplicate or out-of-order seq 2"));
-        assert!(problem(&[1, 3, 2, 4]).contains("first missing seq 2"));
-        assert!(problem(&[1, 2, 3, 4, 5]).contains("unexpected seq 5"));
     }
 }

@@ -72,6 +72,14 @@ pub struct CompareCmd {
     sides: Sides,
     #[command(flatten)]
     load: PubsubLoad,
+    /// Also run QoS 0 and QoS 1 paced at this many messages per second in all (split over the
+    /// publishers) on each side, for latency below saturation.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..), conflicts_with = "paced_fraction")]
+    paced_rate: Option<u64>,
+    /// Also run QoS 0 and QoS 1 paced at this fraction of the gateway's median maximum rate for
+    /// that QoS (e.g. 0.5), on each side, after all the full-speed rounds.
+    #[arg(long)]
+    paced_fraction: Option<f64>,
     /// Also run the connect scenario on each side.
     #[arg(long)]
     connect: bool,
@@ -89,6 +97,9 @@ pub struct SideRun {
     pub side: Side,
     pub qos0: PubsubResult,
     pub qos1: PubsubResult,
+    /// At `--paced-rate`, when given.
+    pub paced_qos0: Option<PubsubResult>,
+    pub paced_qos1: Option<PubsubResult>,
     pub connect: Option<ConnectResult>,
 }
 
@@ -153,16 +164,42 @@ pub async fn run_cmd(cmd: &CompareCmd) -> Result<CompareResult> {
 }
 
 async fn compare(cmd: &CompareCmd, brokers: &[Broker]) -> Result<CompareResult> {
+    if cmd.paced_fraction.is_some_and(|f| !(f > 0.0 && f <= 1.0)) {
+        bail!("--paced-fraction must be above 0 and at most 1");
+    }
     let mut runs = Vec::new();
     for round in 1..=cmd.rounds {
-        // Flip the order every round so that neither side always goes first.
-        let order: Vec<&Broker> = if round % 2 == 1 {
-            brokers.iter().collect()
-        } else {
-            brokers.iter().rev().collect()
-        };
-        for broker in order {
+        for broker in alternating(brokers, round) {
             runs.push(run_side(cmd, broker, round).await?);
+        }
+    }
+    let gateway_median = |read: fn(&SideRun) -> f64| {
+        median(
+            runs.iter()
+                .filter(|r| r.side == Side::Gateway)
+                .map(read)
+                .collect(),
+        )
+    };
+    let paced_rates = match (cmd.paced_rate, cmd.paced_fraction) {
+        (Some(rate), _) => Some((rate, rate)),
+        (None, Some(fraction)) => {
+            let qos0 = gateway_median(|r| r.qos0.delivered_rate)
+                .context("--paced-fraction needs the gateway side")?;
+            let qos1 = gateway_median(|r| r.qos1.delivered_rate).unwrap_or(qos0);
+            Some(((qos0 * fraction) as u64, (qos1 * fraction) as u64))
+        }
+        (None, None) => None,
+    };
+    if let Some(rates) = paced_rates {
+        for round in 1..=cmd.rounds {
+            for broker in alternating(brokers, round) {
+                let run = runs
+                    .iter_mut()
+                    .find(|r| r.round == round && r.side == broker.side)
+                    .expect("every side ran every round");
+                run_paced(cmd, broker, rates, run).await?;
+            }
         }
     }
     let summary = summarize(&runs);
@@ -170,11 +207,16 @@ async fn compare(cmd: &CompareCmd, brokers: &[Broker]) -> Result<CompareResult> 
         .iter()
         .flat_map(|run| {
             let prefix = format!("round {} {}", run.round, run.side.as_str());
-            let pubsub_checks = [&run.qos0, &run.qos1].into_iter().flat_map(move |r| {
-                r.failed_checks
-                    .iter()
-                    .map(move |check| (format!("qos{}", r.qos), check))
-            });
+            let paced = [&run.paced_qos0, &run.paced_qos1].into_iter().flatten();
+            let pubsub_checks =
+                [&run.qos0, &run.qos1]
+                    .into_iter()
+                    .chain(paced)
+                    .flat_map(move |r| {
+                        r.failed_checks
+                            .iter()
+                            .map(move |check| (format!("qos{}", r.qos), check))
+                    });
             let connect_checks = run.connect.iter().flat_map(|c| {
                 c.failed_checks
                     .iter()
@@ -200,6 +242,7 @@ async fn run_side(cmd: &CompareCmd, broker: &Broker, round: u32) -> Result<SideR
     let connect = if cmd.connect {
         let result = connect::run(
             &broker.target,
+            &connect::Destination::mqtt(&broker.target),
             &cmd.connect_load,
             cmd.connect_rate,
             broker.pid,
@@ -224,14 +267,51 @@ async fn run_side(cmd: &CompareCmd, broker: &Broker, round: u32) -> Result<SideR
         side: broker.side,
         qos0,
         qos1,
+        paced_qos0: None,
+        paced_qos1: None,
         connect,
     })
+}
+
+/// The brokers in round `round`'s order: flipped every round so that neither side always goes
+/// first.
+fn alternating(brokers: &[Broker], round: u32) -> Vec<&Broker> {
+    if round % 2 == 1 {
+        brokers.iter().collect()
+    } else {
+        brokers.iter().rev().collect()
+    }
+}
+
+/// QoS 0 and QoS 1 at the paced rates (messages per second in all), into `run`.
+async fn run_paced(
+    cmd: &CompareCmd,
+    broker: &Broker,
+    (qos0_rate, qos1_rate): (u64, u64),
+    run: &mut SideRun,
+) -> Result<()> {
+    let name = format!("round {} {} paced", run.round, broker.side.as_str());
+    for (qos, rate, slot) in [
+        (QoS::AtMostOnce, qos0_rate, &mut run.paced_qos0),
+        (QoS::AtLeastOnce, qos1_rate, &mut run.paced_qos1),
+    ] {
+        let load = PubsubLoad {
+            rate: rate.div_ceil(u64::from(cmd.load.publishers)).max(1),
+            ..cmd.load.clone()
+        };
+        let result = pubsub::run(&broker.target, &load, qos)
+            .await
+            .with_context(|| format!("{name} {qos:?}"))?;
+        eprintln!("{name}: {}", result.summary_line());
+        *slot = Some(result);
+    }
+    Ok(())
 }
 
 /// The compared metrics: name and how to read it from one run.
 type Metric = (&'static str, fn(&SideRun) -> Option<f64>);
 
-const METRICS: [Metric; 6] = [
+const METRICS: [Metric; 10] = [
     ("qos0 delivered msg/s", |r| Some(r.qos0.delivered_rate)),
     ("qos0 p99 latency µs", |r| {
         Some(r.qos0.latency_us.p99_us as f64)
@@ -239,6 +319,18 @@ const METRICS: [Metric; 6] = [
     ("qos1 delivered msg/s", |r| Some(r.qos1.delivered_rate)),
     ("qos1 p99 latency µs", |r| {
         Some(r.qos1.latency_us.p99_us as f64)
+    }),
+    ("paced qos0 delivered msg/s", |r| {
+        r.paced_qos0.as_ref().map(|p| p.delivered_rate)
+    }),
+    ("paced qos0 p99 latency µs", |r| {
+        r.paced_qos0.as_ref().map(|p| p.latency_us.p99_us as f64)
+    }),
+    ("paced qos1 delivered msg/s", |r| {
+        r.paced_qos1.as_ref().map(|p| p.delivered_rate)
+    }),
+    ("paced qos1 p99 latency µs", |r| {
+        r.paced_qos1.as_ref().map(|p| p.latency_us.p99_us as f64)
     }),
     ("connect rate conn/s", |r| {
         r.connect.as_ref().map(|c| c.connect_rate)
@@ -293,6 +385,9 @@ impl Outcome for CompareResult {
                 run.qos0.summary_line(),
                 run.qos1.summary_line(),
             ];
+            for paced in [&run.paced_qos0, &run.paced_qos1].into_iter().flatten() {
+                cells.push(format!("paced {}", paced.summary_line()));
+            }
             cells.extend(run.connect.as_ref().map(ConnectResult::summary_line));
             runs.row(cells);
         }

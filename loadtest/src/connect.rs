@@ -12,24 +12,34 @@ use crate::pacer::Pacer;
 use crate::payload::now_ns;
 use crate::procfs;
 use crate::progress::{spawn_reporter, Counter};
-use crate::report::{print_verdict, thousands, Outcome, Table};
+use crate::report::{
+    describe_errors, print_verdict, thousands, ErrorCount, ErrorTally, Outcome, Table,
+};
 use crate::stop::stopped;
 use crate::target::{Credentials, Target, TargetArgs, TargetKind};
 use anyhow::{bail, Context, Result};
 use bytes::{Bytes, BytesMut};
-use clap::Args;
+use clap::{Args, ValueEnum};
+use futures_util::{SinkExt, StreamExt};
+use protocol::frames::ServerFrame;
 use rumqttc::mqttbytes::v4::{ConnAck, Connect, ConnectReturnCode, Packet};
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio::time::{interval_at, sleep, timeout, timeout_at, Instant};
+use tokio_tungstenite::client_async;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::http::header::SEC_WEBSOCKET_PROTOCOL;
+use tokio_tungstenite::tungstenite::http::HeaderValue;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::WebSocketStream;
 
 /// Connections per source address when `--source-ips` is not given: well under the ~28k
 /// ephemeral ports Linux hands out per address by default.
@@ -69,32 +79,101 @@ pub struct ConnectLoad {
 #[derive(Args, Debug)]
 pub struct ConnectCmd {
     #[command(flatten)]
-    target: TargetArgs,
+    pub target: TargetArgs,
     #[command(flatten)]
     load: ConnectLoad,
     /// New connections per second.
     #[arg(long, default_value_t = 2_000, value_parser = clap::value_parser!(u64).range(1..))]
     rate: u64,
-    /// PID of the broker, to measure its memory per idle connection from /proc.
+    /// How the connections are made.
+    #[arg(long, value_enum, default_value_t = ConnectTransport::Mqtt)]
+    transport: ConnectTransport,
+    /// The MQTT-over-WebSocket listener, for `--transport mqtt-ws` (loopback only).
+    #[arg(long, default_value = "127.0.0.1:8083")]
+    mqtt_ws: SocketAddr,
+    /// PID of the broker, to measure its memory per idle connection from /proc [default: the
+    /// process listening on the MQTT port].
     #[arg(long)]
     pid: Option<u32>,
 }
 
-pub async fn run_cmd(cmd: &ConnectCmd) -> Result<ConnectResult> {
-    let target = Target::from_args(&cmd.target)?;
-    run(&target, &cmd.load, cmd.rate, cmd.pid).await
+/// What an idle connection is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ConnectTransport {
+    /// MQTT over TCP.
+    Mqtt,
+    /// MQTT over WebSocket (`/mqtt`, subprotocol `mqtt`).
+    MqttWs,
+    /// The gateway's JSON WebSocket bridge (`/ws?token=`).
+    JsonWs,
 }
 
-#[derive(Debug, Clone, Serialize)]
-pub struct FailureCount {
-    pub count: u64,
-    /// The first error of this kind, verbatim.
-    pub first: String,
+/// Where connections of one transport go.
+#[derive(Clone, Debug)]
+pub struct Destination {
+    pub transport: ConnectTransport,
+    pub addr: SocketAddr,
+    /// The WebSocket URL, for the WebSocket transports.
+    url: String,
+}
+
+impl Destination {
+    /// Plain MQTT to `target`.
+    pub fn mqtt(target: &Target) -> Self {
+        Self {
+            transport: ConnectTransport::Mqtt,
+            addr: target.addr(),
+            url: String::new(),
+        }
+    }
+
+    fn of(cmd: &ConnectCmd, target: &Target) -> Result<Self> {
+        let addr = match cmd.transport {
+            ConnectTransport::Mqtt => return Ok(Self::mqtt(target)),
+            ConnectTransport::MqttWs => cmd.mqtt_ws,
+            ConnectTransport::JsonWs => {
+                if target.kind() != TargetKind::Gateway {
+                    bail!("--transport json-ws needs the gateway target");
+                }
+                let http = crate::target::loopback_url(&cmd.target.endpoint.http, "--http")?;
+                let host = http.host_str().context("--http has no host")?;
+                let port = http.port_or_known_default().context("--http has no port")?;
+                let host = host.trim_start_matches('[').trim_end_matches(']');
+                SocketAddr::new(
+                    host.parse().context("--http must name an IP address")?,
+                    port,
+                )
+            }
+        };
+        if !addr.ip().is_loopback() {
+            bail!("{addr}: only loopback targets are allowed");
+        }
+        let path = match cmd.transport {
+            ConnectTransport::JsonWs => "/ws",
+            _ => "/mqtt",
+        };
+        Ok(Self {
+            transport: cmd.transport,
+            addr,
+            url: format!("ws://{addr}{path}"),
+        })
+    }
+}
+
+pub async fn run_cmd(cmd: &ConnectCmd) -> Result<ConnectResult> {
+    let target = Target::from_args(&cmd.target)?;
+    let destination = Destination::of(cmd, &target)?;
+    let pid = cmd
+        .pid
+        .or_else(|| procfs::pid_listening_on(target.addr().port()));
+    run(&target, &destination, &cmd.load, cmd.rate, pid).await
 }
 
 #[derive(Debug, Serialize)]
 pub struct ConnectResult {
     pub target: TargetKind,
+    pub transport: ConnectTransport,
     pub addr: SocketAddr,
     pub connections: u64,
     pub rate: u64,
@@ -107,7 +186,7 @@ pub struct ConnectResult {
     pub failed: u64,
     /// Neither established nor failed when the handshake phase ended.
     pub pending: u64,
-    pub failures: BTreeMap<String, FailureCount>,
+    pub failures: BTreeMap<String, ErrorCount>,
     /// From the first connect to the last CONNACK.
     pub connect_seconds: f64,
     pub connect_rate: f64,
@@ -131,22 +210,14 @@ struct Stats {
     established: Arc<Counter>,
     failed: Arc<Counter>,
     dropped: Arc<Counter>,
-    failures: Mutex<BTreeMap<String, FailureCount>>,
+    failures: ErrorTally,
     last_connack_ns: AtomicU64,
 }
 
 impl Stats {
     fn fail(&self, failure: Failure) {
         self.failed.add(1);
-        self.failures
-            .lock()
-            .expect("failure map poisoned")
-            .entry(failure.kind)
-            .or_insert(FailureCount {
-                count: 0,
-                first: failure.detail,
-            })
-            .count += 1;
+        self.failures.record(failure.kind, failure.detail);
     }
 }
 
@@ -172,6 +243,7 @@ impl Failure {
 
 pub async fn run(
     target: &Target,
+    destination: &Destination,
     load: &ConnectLoad,
     rate: u64,
     pid: Option<u32>,
@@ -202,7 +274,7 @@ pub async fn run(
         established: Counter::new("established"),
         failed: Counter::new("failed"),
         dropped: Counter::new("dropped"),
-        failures: Mutex::new(BTreeMap::new()),
+        failures: ErrorTally::default(),
         last_connack_ns: AtomicU64::new(0),
     });
     let mut counters = vec![
@@ -243,8 +315,8 @@ pub async fn run(
     for (i, credentials) in credentials.into_iter().enumerate() {
         pacer.wait().await;
         let connection = Connection {
-            source: source_addr(target.addr(), block, i as u64 % u64::from(source_ips)),
-            target: target.addr(),
+            source: source_addr(destination.addr, block, i as u64 % u64::from(source_ips)),
+            destination: destination.clone(),
             keepalive,
             connect_timeout: load.connect_timeout,
             ping: ping.clone(),
@@ -287,7 +359,8 @@ pub async fn run(
     };
     let mut result = ConnectResult {
         target: target.kind(),
-        addr: target.addr(),
+        transport: destination.transport,
+        addr: destination.addr,
         connections: n,
         rate,
         source_ips,
@@ -297,7 +370,7 @@ pub async fn run(
         established,
         failed,
         pending: n - established - failed,
-        failures: stats.failures.lock().expect("failure map poisoned").clone(),
+        failures: stats.failures.snapshot(),
         connect_seconds,
         connect_rate: if connect_seconds > 0.0 {
             established as f64 / connect_seconds
@@ -337,7 +410,7 @@ fn source_addr(target: SocketAddr, block: u8, k: u64) -> IpAddr {
 /// One idle client connection.
 struct Connection {
     source: IpAddr,
-    target: SocketAddr,
+    destination: Destination,
     keepalive: Duration,
     connect_timeout: Duration,
     ping: Bytes,
@@ -347,18 +420,19 @@ struct Connection {
 
 impl Connection {
     async fn run(mut self, credentials: Credentials) {
-        let stream = match self.handshake(credentials).await {
-            Ok(stream) => stream,
+        let held = match self.handshake(credentials).await {
+            Ok(held) => held,
             Err(failure) => return self.stats.fail(failure),
         };
         self.stats.established.add(1);
         self.stats
             .last_connack_ns
             .fetch_max(now_ns(), Ordering::Relaxed);
-        self.hold(stream).await;
+        self.hold(held).await;
     }
 
-    async fn handshake(&self, credentials: Credentials) -> Result<TcpStream, Failure> {
+    async fn handshake(&self, credentials: Credentials) -> Result<Held, Failure> {
+        let target = self.destination.addr;
         let socket = match self.source {
             IpAddr::V4(_) => TcpSocket::new_v4(),
             IpAddr::V6(_) => TcpSocket::new_v6(),
@@ -372,14 +446,27 @@ impl Connection {
         socket
             .bind(SocketAddr::new(self.source, 0))
             .map_err(|e| Failure::io("bind", e))?;
-        let mut stream = match timeout(self.connect_timeout, socket.connect(self.target)).await {
+        let stream = match timeout(self.connect_timeout, socket.connect(target)).await {
             Ok(Ok(stream)) => stream,
             Ok(Err(e)) => return Err(Failure::io("tcp_connect", e)),
-            Err(_) => return Err(Failure::new("tcp_connect: timeout", self.target)),
+            Err(_) => return Err(Failure::new("tcp_connect: timeout", target)),
         };
         // Best effort: a missing TCP_NODELAY only delays the tiny keep-alive packets.
         let _ = stream.set_nodelay(true);
+        let login = async {
+            match self.destination.transport {
+                ConnectTransport::Mqtt => self.mqtt_login(stream, credentials).await,
+                ConnectTransport::MqttWs => self.mqtt_ws_login(stream, credentials).await,
+                ConnectTransport::JsonWs => self.json_login(stream, credentials).await,
+            }
+        };
+        match timeout(self.connect_timeout, login).await {
+            Ok(held) => held,
+            Err(_) => Err(Failure::new("login: timeout", target)),
+        }
+    }
 
+    fn connect_packet(&self, credentials: Credentials) -> Result<BytesMut, Failure> {
         let mut connect = Connect::new(credentials.client_id);
         connect.keep_alive = self.keepalive.as_secs() as u16;
         if let Some((user, password)) = credentials.login {
@@ -389,82 +476,171 @@ impl Connection {
         Packet::Connect(connect)
             .write(&mut out, usize::MAX)
             .map_err(|e| Failure::new("encode", e))?;
-        let ack = match timeout(self.connect_timeout, exchange(&mut stream, &out)).await {
-            Ok(ack) => ack?,
-            Err(_) => return Err(Failure::new("connack: timeout", self.target)),
-        };
-        if ack.code != ConnectReturnCode::Success {
-            return Err(Failure::new(
-                format!("connack: {:?}", ack.code),
-                format!("broker refused: {:?}", ack.code),
-            ));
-        }
-        Ok(stream)
+        Ok(out)
     }
 
-    /// Idles until told to stop: a PINGREQ every keep-alive interval, incoming bytes discarded.
-    async fn hold(&mut self, mut stream: TcpStream) {
+    async fn mqtt_login(
+        &self,
+        mut stream: TcpStream,
+        credentials: Credentials,
+    ) -> Result<Held, Failure> {
+        let out = self.connect_packet(credentials)?;
+        stream
+            .write_all(&out)
+            .await
+            .map_err(|e| Failure::io("write", e))?;
+        let mut input = BytesMut::with_capacity(16);
+        for _ in 0..MAX_HANDSHAKE_READS {
+            if let Some(ack) = read_connack(&mut input)? {
+                return accepted(ack).map(|()| Held::Mqtt(stream));
+            }
+            match stream.read_buf(&mut input).await {
+                Ok(0) => return Err(Failure::new("closed before connack", "connection closed")),
+                Ok(_) => {}
+                Err(e) => return Err(Failure::io("read", e)),
+            }
+        }
+        Err(Failure::new("protocol", "no complete CONNACK"))
+    }
+
+    async fn mqtt_ws_login(
+        &self,
+        stream: TcpStream,
+        credentials: Credentials,
+    ) -> Result<Held, Failure> {
+        let mut request = self
+            .destination
+            .url
+            .as_str()
+            .into_client_request()
+            .map_err(|e| Failure::new("websocket", e))?;
+        request
+            .headers_mut()
+            .insert(SEC_WEBSOCKET_PROTOCOL, HeaderValue::from_static("mqtt"));
+        let (mut ws, _) = client_async(request, stream)
+            .await
+            .map_err(|e| Failure::new("websocket upgrade", e))?;
+        let out = self.connect_packet(credentials)?;
+        ws.send(Message::Binary(out.freeze()))
+            .await
+            .map_err(|e| Failure::new("websocket", e))?;
+        let mut input = BytesMut::with_capacity(16);
+        for _ in 0..MAX_HANDSHAKE_READS {
+            if let Some(ack) = read_connack(&mut input)? {
+                return accepted(ack).map(|()| Held::MqttWs(Box::new(ws)));
+            }
+            match ws.next().await {
+                Some(Ok(Message::Binary(bytes))) => input.extend_from_slice(&bytes),
+                Some(Ok(_)) => {}
+                Some(Err(e)) => return Err(Failure::new("websocket", e)),
+                None => return Err(Failure::new("closed before connack", "socket ended")),
+            }
+        }
+        Err(Failure::new("protocol", "no complete CONNACK"))
+    }
+
+    async fn json_login(
+        &self,
+        stream: TcpStream,
+        credentials: Credentials,
+    ) -> Result<Held, Failure> {
+        let token = credentials
+            .login
+            .map(|(_, token)| token)
+            .ok_or_else(|| Failure::new("login", "the JSON bridge needs a device token"))?;
+        let url = format!("{}?token={token}", self.destination.url);
+        let (mut ws, _) = client_async(url, stream)
+            .await
+            .map_err(|e| Failure::new("websocket upgrade", e))?;
+        for _ in 0..MAX_HANDSHAKE_READS {
+            match ws.next().await {
+                Some(Ok(Message::Text(text))) => {
+                    return match serde_json::from_str(&text) {
+                        Ok(ServerFrame::Ok { .. }) => Ok(Held::JsonWs(Box::new(ws))),
+                        Ok(ServerFrame::Error { code, message, .. }) => Err(Failure::new(
+                            format!("login: {code:?}"),
+                            format!("refused: {message}"),
+                        )),
+                        _ => Err(Failure::new("protocol", format!("expected ok, got {text}"))),
+                    };
+                }
+                Some(Ok(_)) => {}
+                Some(Err(e)) => return Err(Failure::new("websocket", e)),
+                None => return Err(Failure::new("closed before ok", "socket ended")),
+            }
+        }
+        Err(Failure::new("protocol", "no answer to the login"))
+    }
+
+    /// Idles until told to stop: a ping every keep-alive interval (PINGREQ, or a JSON `ping`),
+    /// whatever arrives discarded (WebSocket pings are answered as they are read).
+    async fn hold(&mut self, mut held: Held) {
         let mut pings = interval_at(Instant::now() + self.keepalive, self.keepalive);
         let mut scratch = [0u8; 16];
         loop {
-            tokio::select! {
+            let alive = tokio::select! {
                 _ = stopped(&mut self.stop) => return,
-                _ = pings.tick() => {
-                    if stream.write_all(&self.ping).await.is_err() {
-                        return self.stats.dropped.add(1);
+                _ = pings.tick() => match &mut held {
+                    Held::Mqtt(stream) => stream.write_all(&self.ping).await.is_ok(),
+                    Held::MqttWs(ws) => ws.send(Message::Binary(self.ping.clone())).await.is_ok(),
+                    Held::JsonWs(ws) => ws.send(Message::Text(JSON_PING.into())).await.is_ok(),
+                },
+                alive = async {
+                    match &mut held {
+                        Held::Mqtt(stream) => matches!(stream.read(&mut scratch).await, Ok(n) if n > 0),
+                        Held::MqttWs(ws) | Held::JsonWs(ws) => {
+                            !matches!(ws.next().await, None | Some(Err(_)) | Some(Ok(Message::Close(_))))
+                        }
                     }
-                }
-                read = stream.read(&mut scratch) => {
-                    if matches!(read, Ok(0) | Err(_)) {
-                        return self.stats.dropped.add(1);
-                    }
-                }
+                } => alive,
+            };
+            if !alive {
+                return self.stats.dropped.add(1);
             }
         }
     }
 }
 
-/// Sends the CONNECT in `out` and reads the broker's answer.
-async fn exchange(stream: &mut TcpStream, out: &[u8]) -> Result<ConnAck, Failure> {
-    stream
-        .write_all(out)
-        .await
-        .map_err(|e| Failure::io("write", e))?;
-    let mut input = BytesMut::with_capacity(16);
-    for _ in 0..MAX_HANDSHAKE_READS {
-        match Packet::read(&mut input, MAX_PACKET) {
-            Ok(Packet::ConnAck(ack)) => return Ok(ack),
-            Ok(other) => {
-                return Err(Failure::new(
-                    "protocol",
-                    format!("expected CONNACK, got {other:?}"),
-                ))
-            }
-            Err(rumqttc::mqttbytes::Error::InsufficientBytes(_)) => {}
-            Err(e) => return Err(Failure::new("protocol", e)),
-        }
-        match stream.read_buf(&mut input).await {
-            Ok(0) => return Err(Failure::new("closed before connack", "connection closed")),
-            Ok(_) => {}
-            Err(e) => return Err(Failure::io("read", e)),
-        }
+/// An established connection, held idle.
+enum Held {
+    Mqtt(TcpStream),
+    MqttWs(Box<WebSocketStream<TcpStream>>),
+    JsonWs(Box<WebSocketStream<TcpStream>>),
+}
+
+const JSON_PING: &str = r#"{"op":"ping"}"#;
+
+/// The CONNACK at the start of `input`, `None` until it is complete.
+fn read_connack(input: &mut BytesMut) -> Result<Option<ConnAck>, Failure> {
+    match Packet::read(input, MAX_PACKET) {
+        Ok(Packet::ConnAck(ack)) => Ok(Some(ack)),
+        Ok(other) => Err(Failure::new(
+            "protocol",
+            format!("expected CONNACK, got {other:?}"),
+        )),
+        Err(rumqttc::mqttbytes::Error::InsufficientBytes(_)) => Ok(None),
+        Err(e) => Err(Failure::new("protocol", e)),
     }
-    Err(Failure::new("protocol", "no complete CONNACK"))
+}
+
+fn accepted(ack: ConnAck) -> Result<(), Failure> {
+    if ack.code == ConnectReturnCode::Success {
+        return Ok(());
+    }
+    Err(Failure::new(
+        format!("connack: {:?}", ack.code),
+        format!("broker refused: {:?}", ack.code),
+    ))
 }
 
 impl ConnectResult {
     fn checks(&self) -> Vec<String> {
         let mut failed = Vec::new();
         if self.failed > 0 {
-            let kinds: Vec<String> = self
-                .failures
-                .iter()
-                .map(|(kind, f)| format!("{kind} ×{} (first: {})", f.count, f.first))
-                .collect();
             failed.push(format!(
                 "{} connections failed: {}",
                 self.failed,
-                kinds.join("; ")
+                describe_errors(&self.failures)
             ));
         }
         if self.pending > 0 {
@@ -497,8 +673,9 @@ impl ConnectResult {
 impl Outcome for ConnectResult {
     fn print(&self) {
         println!(
-            "connect against {} {}: {} connections at {}/s from {} source address(es), \
+            "connect {:?} against {} {}: {} connections at {}/s from {} source address(es), \
              hold {} s, keepalive {} s",
+            self.transport,
             self.target.as_str(),
             self.addr,
             thousands(self.connections as f64),

@@ -9,15 +9,20 @@
 mod catchup;
 mod compare;
 mod connect;
+mod device;
+mod fanout;
+mod messages_api;
 mod mosquitto;
 mod notify;
 mod pacer;
 mod payload;
+mod plot;
 mod procfs;
 mod progress;
 mod pubsub;
 mod replay;
 mod report;
+mod roam;
 mod seq;
 mod stop;
 mod store_bench;
@@ -37,6 +42,10 @@ struct Cli {
     /// Also write the full result, every number, as JSON to this file.
     #[arg(long, global = true, value_name = "FILE")]
     json: Option<PathBuf>,
+    /// Also draw the latency distribution and the throughput over time as SVG to this file
+    /// (scenarios that measure latency).
+    #[arg(long, global = true, value_name = "FILE.svg")]
+    plot: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -45,6 +54,12 @@ struct Cli {
 enum Command {
     /// Publishers send to subscribers: throughput, end-to-end latency, losses.
     Pubsub(pubsub::PubsubCmd),
+    /// Users with several devices (MQTT and JSON WebSocket) each get messages from the API and
+    /// from devices: delivery to every device, latency, losses.
+    Fanout(fanout::FanoutCmd),
+    /// A reconnect storm: devices drop, messages pile up, all reconnect at once and sync;
+    /// time until all caught up, and nothing missing or repeated.
+    Roam(roam::RoamCmd),
     /// Many idle connections: connect rate, failures, broker memory per connection.
     Connect(connect::ConnectCmd),
     /// The gateway against mosquitto, alternating over rounds: medians and ratios.
@@ -59,6 +74,21 @@ enum Command {
     Notify(notify::NotifyCmd),
     /// A traffic recording made by the gateway, played back with its timing scaled by --speed.
     Replay(replay::ReplayCmd),
+}
+
+impl Command {
+    /// The port of the broker under test, whose CPU and memory the run reports.
+    fn broker_port(&self) -> Option<u16> {
+        match self {
+            Self::Pubsub(cmd) => Some(cmd.target.endpoint.mqtt.port()),
+            Self::Fanout(cmd) => Some(cmd.endpoint.mqtt.port()),
+            Self::Roam(cmd) => Some(cmd.endpoint.mqtt.port()),
+            Self::Connect(cmd) => Some(cmd.target.endpoint.mqtt.port()),
+            Self::Catchup(cmd) => Some(cmd.endpoint.mqtt.port()),
+            Self::Replay(cmd) => Some(cmd.endpoint.mqtt.port()),
+            Self::Compare(_) | Self::Store(_) | Self::MockChannels(_) | Self::Notify(_) => None,
+        }
+    }
 }
 
 fn main() -> ExitCode {
@@ -80,15 +110,21 @@ fn main() -> ExitCode {
 
 /// Runs the chosen scenario; `Ok(false)` when one of its checks failed.
 async fn run(cli: Cli) -> Result<bool> {
-    let json = cli.json.as_deref();
+    let files = report::Files {
+        json: cli.json.as_deref(),
+        plot: cli.plot.as_deref(),
+        watch: report::RunWatch::start(cli.command.broker_port()),
+    };
     match &cli.command {
-        Command::Pubsub(cmd) => report::finish(&pubsub::run_cmd(cmd).await?, json),
-        Command::Connect(cmd) => report::finish(&connect::run_cmd(cmd).await?, json),
-        Command::Compare(cmd) => report::finish(&compare::run_cmd(cmd).await?, json),
-        Command::Store(cmd) => report::finish(&store_bench::run_cmd(cmd).await?, json),
-        Command::Catchup(cmd) => report::finish(&catchup::run_cmd(cmd).await?, json),
+        Command::Pubsub(cmd) => files.finish(&pubsub::run_cmd(cmd).await?),
+        Command::Fanout(cmd) => files.finish(&fanout::run_cmd(cmd).await?),
+        Command::Roam(cmd) => files.finish(&roam::run_cmd(cmd).await?),
+        Command::Connect(cmd) => files.finish(&connect::run_cmd(cmd).await?),
+        Command::Compare(cmd) => files.finish(&compare::run_cmd(cmd).await?),
+        Command::Store(cmd) => files.finish(&store_bench::run_cmd(cmd).await?),
+        Command::Catchup(cmd) => files.finish(&catchup::run_cmd(cmd).await?),
         Command::MockChannels(cmd) => loadtest::mock_channels::run_cmd(cmd).await,
-        Command::Notify(cmd) => notify::run(cmd, json).await,
-        Command::Replay(cmd) => report::finish(&replay::run_cmd(cmd).await?, json),
+        Command::Notify(cmd) => notify::run(cmd, &files).await,
+        Command::Replay(cmd) => files.finish(&replay::run_cmd(cmd).await?),
     }
 }

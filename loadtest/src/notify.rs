@@ -152,7 +152,7 @@ impl NotifyCmd {
 }
 
 /// Runs the scenario and reports it like every other (`--print-env` prints and passes).
-pub async fn run(cmd: &NotifyCmd, json: Option<&Path>) -> Result<bool> {
+pub async fn run(cmd: &NotifyCmd, files: &crate::report::Files<'_>) -> Result<bool> {
     if cmd.print_env {
         let Some(port) = cmd.doubles_port else {
             bail!("--print-env needs --doubles-port: the gateway must know where the doubles will listen");
@@ -163,7 +163,7 @@ pub async fn run(cmd: &NotifyCmd, json: Option<&Path>) -> Result<bool> {
         }
         return Ok(true);
     }
-    crate::report::finish(&run_cmd(cmd).await?, json)
+    files.finish(&run_cmd(cmd).await?)
 }
 
 const LOCALHOST: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);

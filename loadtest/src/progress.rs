@@ -4,6 +4,8 @@
 //! so that the hot paths only pay for a relaxed add.
 
 use crate::stop::stopped;
+use serde::Serialize;
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -33,30 +35,40 @@ impl Counter {
     }
 }
 
+/// Each counter's increase in every second of the run, in order: what the progress line
+/// showed, kept for the result file and the throughput plot.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Timeline {
+    pub per_second: BTreeMap<&'static str, Vec<u64>>,
+}
+
 /// Prints `label`, elapsed seconds and each counter with its rate over the last second, every
-/// second until `stop` turns true or its sender is dropped.
+/// second until `stop` turns true or its sender is dropped; then hands back the timeline.
 pub fn spawn_reporter(
     label: String,
     counters: Vec<Arc<Counter>>,
     mut stop: watch::Receiver<bool>,
-) -> JoinHandle<()> {
+) -> JoinHandle<Timeline> {
     tokio::spawn(async move {
         let start = Instant::now();
         let mut ticks = interval_at(start + Duration::from_secs(1), Duration::from_secs(1));
         let mut last: Vec<u64> = counters.iter().map(|c| c.get()).collect();
+        let mut timeline = Timeline::default();
         loop {
             tokio::select! {
-                _ = stopped(&mut stop) => return,
+                _ = stopped(&mut stop) => return timeline,
                 _ = ticks.tick() => {}
             }
             let mut line = format!("{label} {:>4}s", start.elapsed().as_secs());
             for (counter, last) in counters.iter().zip(&mut last) {
                 let now = counter.get();
-                line.push_str(&format!(
-                    " | {} {now} (+{}/s)",
-                    counter.name,
-                    now.saturating_sub(*last)
-                ));
+                let increase = now.saturating_sub(*last);
+                line.push_str(&format!(" | {} {now} (+{increase}/s)", counter.name));
+                timeline
+                    .per_second
+                    .entry(counter.name)
+                    .or_default()
+                    .push(increase);
                 *last = now;
             }
             eprintln!("{line}");

@@ -78,7 +78,7 @@ pub struct PubsubLoad {
 #[derive(Args, Debug)]
 pub struct PubsubCmd {
     #[command(flatten)]
-    target: TargetArgs,
+    pub target: TargetArgs,
     #[command(flatten)]
     load: PubsubLoad,
     /// QoS of the publishes and of the subscriptions: 0 or 1.
@@ -757,26 +757,21 @@ impl Outcome for PubsubResult {
         let l = &self.losses;
         let t = &self.latency_us;
         let mut table = Table::default();
-        table.row([
-            "published".to_owned(),
+        table.rate_row(
+            "published",
             thousands(self.publish_completed as f64),
-            format!("in {:.2} s", self.publish_seconds),
-            format!("{} msg/s", thousands(self.publish_rate)),
-        ]);
-        table.row([
-            "delivered".to_owned(),
+            self.publish_seconds,
+            self.publish_rate,
+            "msg/s",
+        );
+        table.rate_row(
+            "delivered",
             thousands(self.delivered as f64),
-            format!("in {:.2} s", self.delivery_seconds),
-            format!("{} msg/s", thousands(self.delivered_rate)),
-        ]);
-        table.row([
-            "latency µs".to_owned(),
-            format!("p50 {}", t.p50_us),
-            format!("p90 {}", t.p90_us),
-            format!("p99 {}", t.p99_us),
-            format!("p99.9 {}", t.p999_us),
-            format!("max {}", t.max_us),
-        ]);
+            self.delivery_seconds,
+            self.delivered_rate,
+            "msg/s",
+        );
+        table.row(t.cells("latency µs"));
         table.row([
             "losses".to_owned(),
             format!("missing {}", l.missing),

@@ -1,15 +1,52 @@
 //! Turning measurements into what people and scripts read: latency percentiles, aligned text
 //! tables on stdout, and the full result as JSON.
 
+use crate::procfs::{Usage, UsageWatch};
 use anyhow::{Context, Result};
 use hdrhistogram::Histogram;
 use serde::Serialize;
+use std::collections::BTreeMap;
 use std::path::Path;
+use std::sync::Mutex;
 
 /// Latencies are recorded in microseconds from 1 µs to one hour with 3 significant digits,
 /// which bounds the histogram's memory whatever the run throws at it.
 pub fn latency_histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, 3_600_000_000, 3).expect("valid histogram bounds")
+}
+
+/// One latency histogram written by many tasks: sharded so that thousands of receiving
+/// devices rarely wait on each other, merged once at the end. (A histogram per device would
+/// cost tens of KiB each: a gigabyte at 30,000 devices.)
+pub struct SharedHistogram {
+    shards: Vec<Mutex<Histogram<u64>>>,
+}
+
+impl SharedHistogram {
+    pub fn new(shards: usize) -> Self {
+        Self {
+            shards: (0..shards.max(1))
+                .map(|_| Mutex::new(latency_histogram()))
+                .collect(),
+        }
+    }
+
+    /// Records `us` in the shard picked by `hint` (e.g. the recording task's index).
+    pub fn record(&self, hint: usize, us: u64) {
+        self.shards[hint % self.shards.len()]
+            .lock()
+            .expect("histogram poisoned")
+            .saturating_record(us);
+    }
+
+    pub fn merged(&self) -> Histogram<u64> {
+        let mut all = latency_histogram();
+        for shard in &self.shards {
+            // Same bounds everywhere, so adding cannot fail.
+            let _ = all.add(&*shard.lock().expect("histogram poisoned"));
+        }
+        all
+    }
 }
 
 /// End-to-end latency percentiles, in microseconds.
@@ -25,6 +62,18 @@ pub struct LatencySummary {
 }
 
 impl LatencySummary {
+    /// A table row: `label`, then p50, p90, p99, p99.9 and max in µs.
+    pub fn cells(&self, label: &str) -> [String; 6] {
+        [
+            label.to_owned(),
+            format!("p50 {}", self.p50_us),
+            format!("p90 {}", self.p90_us),
+            format!("p99 {}", self.p99_us),
+            format!("p99.9 {}", self.p999_us),
+            format!("max {}", self.max_us),
+        ]
+    }
+
     pub fn from_histogram(histogram: &Histogram<u64>) -> Self {
         if histogram.is_empty() {
             return Self::default();
@@ -41,21 +90,154 @@ impl LatencySummary {
     }
 }
 
+/// How often one kind of error happened.
+#[derive(Debug, Clone, Serialize)]
+pub struct ErrorCount {
+    pub count: u64,
+    /// The first error of this kind, verbatim.
+    pub first: String,
+}
+
+/// Errors by kind, shared by the load tasks: a count each and the first one verbatim, so that
+/// a run with thousands of failures still reports a handful of readable lines.
+#[derive(Default)]
+pub struct ErrorTally(Mutex<BTreeMap<String, ErrorCount>>);
+
+impl ErrorTally {
+    pub fn record(&self, kind: impl Into<String>, detail: impl ToString) {
+        self.0
+            .lock()
+            .expect("error tally poisoned")
+            .entry(kind.into())
+            .or_insert_with(|| ErrorCount {
+                count: 0,
+                first: detail.to_string(),
+            })
+            .count += 1;
+    }
+
+    pub fn snapshot(&self) -> BTreeMap<String, ErrorCount> {
+        self.0.lock().expect("error tally poisoned").clone()
+    }
+}
+
+/// `kind ×count (first: …)` for each kind, joined for one failed-check line.
+pub fn describe_errors(errors: &BTreeMap<String, ErrorCount>) -> String {
+    errors
+        .iter()
+        .map(|(kind, e)| format!("{kind} ×{} (first: {})", e.count, e.first))
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
 /// A result that can be printed for people, serialized for scripts, and that says whether the
 /// run's checks passed.
 pub trait Outcome: Serialize {
     fn print(&self);
     fn passed(&self) -> bool;
+    /// What `--plot` draws; `None` for scenarios without a latency distribution.
+    fn plot(&self) -> Option<crate::plot::PlotData<'_>> {
+        None
+    }
 }
 
-/// Prints `result`, writes it as JSON when asked, and returns whether its checks passed.
-pub fn finish(result: &impl Outcome, json: Option<&Path>) -> Result<bool> {
-    result.print();
-    if let Some(path) = json {
-        let text = serde_json::to_string_pretty(result).context("serializing the result")?;
-        std::fs::write(path, text + "\n").with_context(|| format!("writing {}", path.display()))?;
+/// What a run writes besides its table on stdout, and the processes whose CPU and memory it
+/// reports.
+pub struct Files<'a> {
+    pub json: Option<&'a Path>,
+    pub plot: Option<&'a Path>,
+    pub watch: RunWatch,
+}
+
+/// CPU and memory of the broker under test and of the load generator itself over a run: the
+/// table says which of the two ran out of CPU.
+pub struct RunWatch {
+    broker: Option<UsageWatch>,
+    own: Option<UsageWatch>,
+}
+
+/// What [`RunWatch`] measured.
+#[derive(Serialize)]
+pub struct Resources {
+    pub broker: Option<Usage>,
+    pub loadtest: Option<Usage>,
+}
+
+impl RunWatch {
+    /// Watches the process listening on `broker_port` (when found) and this one.
+    pub fn start(broker_port: Option<u16>) -> Self {
+        let broker = broker_port
+            .and_then(crate::procfs::pid_listening_on)
+            .and_then(|pid| UsageWatch::start(pid).ok());
+        Self {
+            broker,
+            own: UsageWatch::start(std::process::id()).ok(),
+        }
     }
-    Ok(result.passed())
+
+    fn finish(&self) -> Resources {
+        let usage = |watch: &Option<UsageWatch>| watch.as_ref().and_then(|w| w.finish().ok());
+        Resources {
+            broker: usage(&self.broker),
+            loadtest: usage(&self.own),
+        }
+    }
+}
+
+impl Resources {
+    fn print(&self) {
+        let mut table = Table::default();
+        table.row([
+            "process",
+            "pid",
+            "cpu cores",
+            "cpu s",
+            "rss MiB",
+            "peak MiB",
+        ]);
+        for (name, usage) in [("broker", &self.broker), ("loadtest", &self.loadtest)] {
+            if let Some(u) = usage {
+                let mib = |b: u64| format!("{:.1}", b as f64 / 1_048_576.0);
+                table.row([
+                    name.to_owned(),
+                    u.pid.to_string(),
+                    format!("{:.2}", u.cpu_cores),
+                    format!("{:.1}", u.cpu_seconds),
+                    mib(u.rss_bytes),
+                    mib(u.peak_rss_bytes),
+                ]);
+            }
+        }
+        print!("{}", table.render());
+    }
+}
+
+impl Files<'_> {
+    /// Prints `result` and the resources used, writes them as JSON and the plot when asked, and
+    /// returns whether the result's checks passed.
+    pub fn finish(&self, result: &impl Outcome) -> Result<bool> {
+        result.print();
+        let resources = self.watch.finish();
+        resources.print();
+        if let Some(path) = self.json {
+            let mut value = serde_json::to_value(result).context("serializing the result")?;
+            if let Some(object) = value.as_object_mut() {
+                let resources = serde_json::to_value(&resources).context("the resources")?;
+                object.insert("resources".to_owned(), resources);
+            }
+            let text = serde_json::to_string_pretty(&value).context("serializing the result")?;
+            std::fs::write(path, text + "\n")
+                .with_context(|| format!("writing {}", path.display()))?;
+        }
+        if let Some(path) = self.plot {
+            let data = result
+                .plot()
+                .context("--plot: this scenario has no latency distribution to draw")?;
+            crate::plot::write_svg(path, &data)?;
+            println!("plot: {}", path.display());
+        }
+        Ok(result.passed())
+    }
 }
 
 /// `result: PASS`, or `result: FAIL` with one line per failed check.
@@ -82,6 +264,16 @@ impl Table {
             .push(cells.into_iter().map(|c| c.to_string()).collect());
     }
 
+    /// `label  amount  in S s  R unit`: how much happened, how long it took, how fast.
+    pub fn rate_row(&mut self, label: &str, amount: String, seconds: f64, rate: f64, unit: &str) {
+        self.row([
+            label.to_owned(),
+            amount,
+            format!("in {seconds:.2} s"),
+            format!("{} {unit}", thousands(rate)),
+        ]);
+    }
+
     pub fn render(&self) -> String {
         let columns = self.rows.iter().map(Vec::len).max().unwrap_or(0);
         let widths: Vec<usize> = (0..columns)
@@ -106,6 +298,18 @@ impl Table {
         }
         out
     }
+}
+
+/// `response` when its status is 2xx; otherwise an error naming `request`, the status and
+/// the start of the body, which is where the gateway says what was wrong.
+pub async fn successful(response: reqwest::Response, request: &str) -> Result<reqwest::Response> {
+    let status = response.status();
+    if status.is_success() {
+        return Ok(response);
+    }
+    let body = response.text().await.unwrap_or_default();
+    let body: String = body.chars().take(300).collect();
+    anyhow::bail!("{request}: {status}: {body}")
 }
 
 /// The median of `values`, `None` when empty; the mean of the middle two for an even count.

@@ -108,6 +108,32 @@ impl SeqChecker {
     }
 }
 
+/// Whether `seqs` is exactly 1..=count in order; otherwise the first thing wrong.
+pub fn check_log_sequence(seqs: &[u64], count: u64) -> Result<(), String> {
+    let mut expected = 1;
+    for &seq in seqs {
+        if seq == expected && seq <= count {
+            expected += 1;
+        } else if seq < expected {
+            return Err(format!(
+                "duplicate or out-of-order seq {seq} after {}",
+                expected - 1
+            ));
+        } else if seq > count {
+            return Err(format!("unexpected seq {seq} beyond {count}"));
+        } else {
+            return Err(format!("first missing seq {expected} (got {seq} instead)"));
+        }
+    }
+    if expected <= count {
+        return Err(format!(
+            "first missing seq {expected} (nothing after {})",
+            expected - 1
+        ));
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -186,5 +212,21 @@ mod tests {
         assert_eq!(checker.record(5), Arrival::OutOfRange);
         assert_eq!(checker.out_of_range, 1);
         assert_eq!(checker.unique, 0);
+    }
+
+    #[test]
+    fn a_complete_sequence_passes() {
+        assert_eq!(check_log_sequence(&[1, 2, 3], 3), Ok(()));
+    }
+
+    #[test]
+    fn the_first_problem_is_named() {
+        let problem = |seqs: &[u64]| check_log_sequence(seqs, 4).unwrap_err();
+        assert!(problem(&[1, 2, 4]).contains("first missing seq 3"));
+        assert!(problem(&[1, 2, 3]).contains("first missing seq 4"));
+        assert!(problem(&[]).contains("first missing seq 1"));
+        assert!(problem(&[1, 2, 2, 3, 4]).contains("duplicate or out-of-order seq 2"));
+        assert!(problem(&[1, 3, 2, 4]).contains("first missing seq 2"));
+        assert!(problem(&[1, 2, 3, 4, 5]).contains("unexpected seq 5"));
     }
 }

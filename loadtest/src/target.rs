@@ -57,6 +57,7 @@ pub enum Target {
 }
 
 /// The MQTT client id and credentials of one simulated device.
+#[derive(Clone)]
 pub struct Credentials {
     pub client_id: String,
     /// Username and password, when the target wants them.
@@ -190,29 +191,14 @@ impl TokenApi {
             .send()
             .await
             .with_context(|| format!("POST {} for {user}/{device}", self.url))?;
-        let answer: TokenResponse =
-            successful(response, &format!("POST {} for {user}/{device}", self.url))
-                .await?
-                .json()
-                .await
-                .with_context(|| format!("token answer for {user}/{device}"))?;
+        let request = format!("POST {} for {user}/{device}", self.url);
+        let response = crate::report::successful(response, &request).await?;
+        let answer: TokenResponse = response
+            .json()
+            .await
+            .with_context(|| format!("token answer for {user}/{device}"))?;
         Ok(answer.token)
     }
-}
-
-/// `response` when its status is 2xx; otherwise an error naming `request`, the status and the
-/// start of the body (the gateway's error code and message).
-pub(crate) async fn successful(
-    response: reqwest::Response,
-    request: &str,
-) -> Result<reqwest::Response> {
-    let status = response.status();
-    if status.is_success() {
-        return Ok(response);
-    }
-    let body = response.text().await.unwrap_or_default();
-    let body: String = body.chars().take(300).collect();
-    bail!("{request}: {status}: {body}")
 }
 
 /// Parses `url` and checks that its host is a loopback address (or `localhost`): load is
@@ -227,6 +213,21 @@ pub(crate) fn loopback_url(url: &str, flag: &str) -> Result<reqwest::Url> {
         Err(_) => bail!("{flag} {url}: only loopback hosts are allowed"),
     }
     Ok(parsed)
+}
+
+/// The socket address of a loopback base URL such as `--http`'s (an IP address, or
+/// `localhost` as 127.0.0.1).
+pub(crate) fn loopback_socket_addr(url: &str, flag: &str) -> Result<SocketAddr> {
+    let parsed = loopback_url(url, flag)?;
+    let port = parsed
+        .port_or_known_default()
+        .with_context(|| format!("{flag} {url} has no port"))?;
+    let host = parsed.host_str().unwrap_or_default();
+    let ip = host
+        .trim_matches(['[', ']'])
+        .parse()
+        .unwrap_or(IpAddr::V4(std::net::Ipv4Addr::LOCALHOST));
+    Ok(SocketAddr::new(ip, port))
 }
 
 fn require_loopback(ip: IpAddr, flag: &str) -> Result<()> {
@@ -258,5 +259,10 @@ mod tests {
             ..endpoint("http://127.0.0.1:8080")
         };
         assert!(Target::gateway(&no_key).is_err());
+        let addr = |url| loopback_socket_addr(url, "--http").unwrap().to_string();
+        assert_eq!(addr("http://127.0.0.1:8080"), "127.0.0.1:8080");
+        assert_eq!(addr("http://localhost:81"), "127.0.0.1:81");
+        assert_eq!(addr("http://[::1]:8080/"), "[::1]:8080");
+        assert_eq!(addr("http://127.0.0.2"), "127.0.0.2:80");
     }
 }

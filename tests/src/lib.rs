@@ -6,6 +6,7 @@
 //! `GATEWAY_BIN`. `scripts/test` builds it before running the tests.
 
 pub mod device;
+pub mod dropping_proxy;
 pub mod gateway;
 pub mod json_ws;
 pub mod mqtt;

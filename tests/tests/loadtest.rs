@@ -51,13 +51,8 @@ fn loadtest_passes(args: &[&str]) -> String {
         .args(args)
         .output()
         .expect("running loadtest");
-    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
-    assert!(
-        output.status.success(),
-        "loadtest {args:?}: {stdout}\n{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    stdout
+    assert_passed(&output);
+    String::from_utf8_lossy(&output.stdout).into_owned()
 }
 
 #[tokio::test]
@@ -109,4 +104,165 @@ async fn store_and_catchup_benchmarks_run_and_check_their_results() {
         "--rounds",
         "2",
     ]);
+}
+
+/// Runs `loadtest` against `gw` with `args` (the gateway's endpoints are added); returns the
+/// process output.
+fn loadtest_against(gw: &TestGateway, mqtt: &str, args: &[&str]) -> std::process::Output {
+    Command::new(binary().with_file_name("loadtest"))
+        .args(args)
+        .args([
+            "--http",
+            &gw.url(""),
+            "--mqtt",
+            mqtt,
+            "--api-key",
+            &gw.api_key,
+        ])
+        .output()
+        .expect("running loadtest")
+}
+
+/// Asserts that a loadtest run passed; shows its output when not.
+fn assert_passed(output: &std::process::Output) {
+    assert!(
+        output.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+fn json_result(path: &std::path::Path) -> serde_json::Value {
+    serde_json::from_slice(&std::fs::read(path).expect("the --json file")).expect("JSON")
+}
+
+#[tokio::test]
+async fn fanout_reaches_every_device_of_every_user() {
+    let gw = TestGateway::start().await;
+    let json = gw.data_dir.path().join("fanout.json");
+    let output = loadtest_against(
+        &gw,
+        &gw.mqtt.to_string(),
+        &[
+            "fanout",
+            "--users",
+            "100",
+            "--devices",
+            "3",
+            "--ws-devices",
+            "1",
+            "--messages",
+            "6",
+            "--senders",
+            "4",
+            "--json",
+            json.to_str().unwrap(),
+        ],
+    );
+    assert_passed(&output);
+    let result = json_result(&json);
+    assert_eq!(result["devices_connected"], 300, "{result}");
+    assert_eq!(result["accepted"], 600, "{result}");
+    assert_eq!(result["delivered"], 1800, "{result}");
+    assert_eq!(result["losses"]["missing"], 0, "{result}");
+}
+
+#[tokio::test]
+async fn roam_storm_catches_every_device_up_with_nothing_missing() {
+    let gw = TestGateway::start().await;
+    let json = gw.data_dir.path().join("roam.json");
+    let plot = gw.data_dir.path().join("roam.svg");
+    let output = loadtest_against(
+        &gw,
+        &gw.mqtt.to_string(),
+        &[
+            "roam",
+            "--devices",
+            "300",
+            "--devices-per-user",
+            "3",
+            "--ws-devices",
+            "1",
+            "--missed",
+            "30",
+            "--json",
+            json.to_str().unwrap(),
+            "--plot",
+            plot.to_str().unwrap(),
+        ],
+    );
+    assert_passed(&output);
+    let result = json_result(&json);
+    assert_eq!(result["caught_up"], 300, "{result}");
+    assert_eq!(result["synced"], 300 * 30, "{result}");
+    let svg = std::fs::read_to_string(&plot).expect("the plot");
+    assert!(svg.contains("latency by percentile"), "{svg:.200}");
+}
+
+/// The tool's loss detection is real: a proxy between the gateway and the clients swallows one
+/// delivered message, and the run fails naming it. Multi-threaded: the proxy runs while this
+/// test's thread waits for the loadtest process.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_lost_on_the_way_fails_the_run_and_is_named() {
+    let gw = TestGateway::start().await;
+    let proxy = e2e::dropping_proxy::DroppingProxy::start(gw.mqtt, 5).await;
+    let output = loadtest_against(
+        &gw,
+        &proxy.addr.to_string(),
+        &[
+            "pubsub",
+            "--qos",
+            "1",
+            "--messages",
+            "40",
+            "--drain-timeout",
+            "2s",
+        ],
+    );
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(
+        output.status.code(),
+        Some(1),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(stdout.contains("result: FAIL"), "{stdout}");
+    assert!(
+        stdout.contains("1 messages lost, first missing: publisher 0 seq 4"),
+        "{stdout}"
+    );
+}
+
+#[tokio::test]
+async fn connect_holds_websocket_connections_of_both_kinds() {
+    let gw = TestGateway::start().await;
+    for transport in ["mqtt-ws", "json-ws"] {
+        let json = gw.data_dir.path().join(format!("connect-{transport}.json"));
+        let output = loadtest_against(
+            &gw,
+            &gw.mqtt.to_string(),
+            &[
+                "connect",
+                "--transport",
+                transport,
+                "--mqtt-ws",
+                &gw.mqtt_ws.to_string(),
+                "--connections",
+                "200",
+                "--hold",
+                "1s",
+                "--json",
+                json.to_str().unwrap(),
+            ],
+        );
+        assert_passed(&output);
+        let result = json_result(&json);
+        assert_eq!(result["established"], 200, "{result}");
+        assert_eq!(result["transport"], transport, "{result}");
+        assert!(
+            result["resources"]["broker"]["rss_bytes"].as_u64() > Some(0),
+            "{result}"
+        );
+    }
 }

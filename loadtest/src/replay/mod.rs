@@ -18,8 +18,8 @@ mod session;
 mod tally;
 
 use crate::progress::spawn_reporter;
-use crate::report::{print_verdict, thousands, LatencySummary, Outcome, Table};
-use crate::target::{loopback_url, successful, EndpointArgs, Target, TokenApi, MINT_CONCURRENCY};
+use crate::report::{print_verdict, successful, thousands, LatencySummary, Outcome, Table};
+use crate::target::{loopback_url, EndpointArgs, Target, TokenApi, MINT_CONCURRENCY};
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use futures_util::{stream, StreamExt};
@@ -52,7 +52,7 @@ pub struct ReplayCmd {
     #[arg(long, default_value_t = 1.0)]
     speed: f64,
     #[command(flatten)]
-    endpoint: EndpointArgs,
+    pub endpoint: EndpointArgs,
     /// Base URL of the JSON WebSocket (loopback only); by default `/ws` on --http's host.
     #[arg(long)]
     ws: Option<String>,
@@ -281,21 +281,14 @@ async fn mint(tokens: &TokenApi, sessions: &[SessionScript]) -> Vec<Result<Strin
         .await
 }
 
-/// The JSON WebSocket's URL: `--ws`, else `/ws` on `--http`'s host.
+/// The JSON WebSocket's URL: `--ws`, else `/ws` on `--http`'s host, as every scenario's devices
+/// use it.
 fn ws_url(cmd: &ReplayCmd) -> Result<reqwest::Url> {
-    if let Some(ws) = &cmd.ws {
-        return loopback_url(ws, "--ws");
-    }
-    let mut url = loopback_url(&cmd.endpoint.http, "--http")?;
-    let scheme = if url.scheme() == "https" { "wss" } else { "ws" };
-    if url.set_scheme(scheme).is_err() {
-        bail!(
-            "--http {}: cannot derive the WebSocket URL; give --ws",
-            cmd.endpoint.http
-        );
-    }
-    url.set_path("/ws");
-    Ok(url)
+    let url = match &cmd.ws {
+        Some(ws) => ws.clone(),
+        None => crate::device::Endpoints::new(cmd.endpoint.mqtt, &cmd.endpoint.http)?.json_ws,
+    };
+    loopback_url(&url, "--ws")
 }
 
 /// Sends the API calls, each at its scaled time without waiting for the ones before, and checks
