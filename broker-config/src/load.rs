@@ -269,6 +269,33 @@ impl Config {
             "notify.retry_base",
             "must not exceed notify.retry_max",
         );
+        let rec = &self.record;
+        if let Some(path) = &rec.path {
+            let dir = match path.parent() {
+                Some(dir) if !dir.as_os_str().is_empty() => dir,
+                _ => Path::new("."),
+            };
+            check(
+                dir.is_dir(),
+                "record.path",
+                &format!("directory {} does not exist", dir.display()),
+            );
+        }
+        check(
+            rec.max_bytes >= 4096,
+            "record.max_bytes",
+            "must be at least 4096 bytes",
+        );
+        check(
+            (1..=1 << 24).contains(&rec.queue),
+            "record.queue",
+            "must be between 1 and 16777216 events",
+        );
+        check(
+            rec.flush_interval.as_millis() >= 10 && rec.flush_interval.as_secs() <= 60,
+            "record.flush_interval",
+            "must be between 10ms and 60s",
+        );
         if errors.is_empty() {
             Ok(())
         } else {
@@ -348,11 +375,12 @@ fn check_keys(table: &toml::Table, errors: &mut Vec<ConfigError>) {
             "roaming" => check_section::<Roaming>,
             "channels" => check_section::<Channels>,
             "notify" => check_section::<crate::notify::Notify>,
+            "record" => check_section::<Record>,
             "log" => check_section::<Log>,
             _ => {
                 errors.push(ConfigError::new(
                     section.clone(),
-                    "unknown section (expected listeners, tls, limits, auth, sessions, store, roaming, channels, notify or log)",
+                    "unknown section (expected listeners, tls, limits, auth, sessions, store, roaming, channels, notify, record or log)",
                 ));
                 continue;
             }
@@ -459,6 +487,33 @@ mod tests {
         assert_eq!(config.listeners.mqtt.port(), 0);
         assert!(config.auth.allow_anonymous);
         assert_eq!(config.limits.handshake_timeout, Duration::from_secs(2));
+    }
+
+    #[test]
+    fn record_limits_are_checked_and_the_path_comes_from_the_environment() {
+        let env = vec![
+            ("GATEWAY__RECORD__PATH".into(), "/tmp/traffic.jsonl".into()),
+            ("GATEWAY__RECORD__PAYLOADS".into(), "false".into()),
+        ];
+        let config = Config::from_toml_str("", env).unwrap();
+        assert_eq!(
+            config.record.path.as_deref(),
+            Some(Path::new("/tmp/traffic.jsonl"))
+        );
+        assert!(!config.record.payloads);
+        let text = "[record]\npath = \"/no/such/dir/t.jsonl\"\nmax_bytes = 10\nqueue = 0\nflush_interval = \"1ms\"\n";
+        let errors = Config::from_toml_str(text, no_env()).unwrap_err();
+        let keys: Vec<&str> = errors.iter().map(|e| e.key.as_str()).collect();
+        assert_eq!(
+            keys,
+            [
+                "record.path",
+                "record.max_bytes",
+                "record.queue",
+                "record.flush_interval"
+            ]
+        );
+        assert!(errors[0].message.contains("/no/such/dir"), "{}", errors[0]);
     }
 
     #[test]

@@ -18,6 +18,7 @@ pub struct Config {
     pub roaming: Roaming,
     pub channels: crate::channels::Channels,
     pub notify: crate::notify::Notify,
+    pub record: Record,
     pub log: Log,
 }
 
@@ -262,6 +263,39 @@ impl Default for Roaming {
             retention_age: Duration::from_secs(30 * 24 * 3600),
             sweep_interval: Duration::from_secs(3600),
             max_read_limit: 1000,
+        }
+    }
+}
+
+/// Traffic recording: connects, subscribes, publishes and API calls, with their timing, to a
+/// JSON Lines file that `loadtest replay` plays back. Off unless `path` is set.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Record {
+    /// The recording file, created (or truncated) at start. Recording is off when unset.
+    pub path: Option<PathBuf>,
+    /// Size at which recording stops (one warning is logged), so a forgotten recording cannot
+    /// fill the disk.
+    pub max_bytes: u64,
+    /// Events waiting for the file writer. When it is full, events are dropped and counted
+    /// rather than slowing a client down.
+    pub queue: usize,
+    /// Record publish payloads and API bodies; when false only their sizes are kept (such a
+    /// recording shows the traffic's shape but cannot be replayed).
+    pub payloads: bool,
+    /// How often buffered events are written out to the file.
+    #[serde(with = "humantime_serde")]
+    pub flush_interval: Duration,
+}
+
+impl Default for Record {
+    fn default() -> Self {
+        Self {
+            path: None,
+            max_bytes: 1024 * 1024 * 1024,
+            queue: 65536,
+            payloads: true,
+            flush_interval: Duration::from_millis(100),
         }
     }
 }

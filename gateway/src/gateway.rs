@@ -15,6 +15,7 @@ use crate::notify::ledger::Ledger;
 use crate::notify::rate::RateLimiter;
 use crate::notify::worker::Worker;
 use crate::notify::Notifications;
+use crate::recorder::Recorder;
 use crate::roam::clock::HybridClock;
 use crate::session_handle::SessionId;
 use crate::sessions::Sessions;
@@ -41,6 +42,8 @@ pub struct Gateway {
     pub cluster: Option<Arc<Cluster>>,
     pub notifications: Notifications,
     pub metrics: Metrics,
+    /// The traffic recording, when `record.path` is set.
+    pub recorder: Option<Recorder>,
     next_session: AtomicU64,
 }
 
@@ -92,6 +95,7 @@ impl Gateway {
             limiter,
             metrics.notify.clone(),
         )?;
+        let recorder = Recorder::start(&config.record, metrics.record_events.clone())?;
         Ok(Arc::new(Self {
             notifications: Notifications::new(ledger, worker),
             sessions: Sessions::new(config.sessions.clone(), topics, known, cluster.clone()),
@@ -107,6 +111,7 @@ impl Gateway {
             signer,
             api_keys,
             metrics,
+            recorder,
             config,
             next_session: AtomicU64::new(1),
         }))

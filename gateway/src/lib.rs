@@ -14,6 +14,7 @@ pub mod known_devices;
 pub mod messages;
 pub mod metrics;
 pub mod notify;
+pub mod recorder;
 pub mod roam;
 pub mod session_handle;
 pub mod sessions;

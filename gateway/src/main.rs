@@ -237,6 +237,10 @@ async fn serve(config: Config, data_dir: &Path) -> Result<()> {
     tracing::info!("shutting down: closing sessions");
     gw.sessions.close_all();
     tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    if let Some(recorder) = gw.recorder.clone() {
+        // The sessions closed above have recorded their disconnects; write them out.
+        tokio::task::spawn_blocking(move || recorder.finish()).await?;
+    }
     Ok(())
 }
 

@@ -88,6 +88,23 @@ pub enum DisconnectReason {
     store_unavailable,
 }
 
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RecordLabel {
+    pub status: RecordStatus,
+}
+
+/// What became of one event offered to the recorder.
+#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq, EncodeLabelValue)]
+#[allow(non_camel_case_types)]
+pub enum RecordStatus {
+    /// Written to the file.
+    written,
+    /// The writer's queue was full.
+    dropped,
+    /// Recording had stopped: the file reached `record.max_bytes` or could not be written.
+    stopped,
+}
+
 /// A notification route and what happened on it.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct NotifyLabel {
@@ -151,6 +168,8 @@ pub struct Metrics {
     pub store_failures: Counter,
     pub sync_pages: Counter,
     pub notify: NotifyMetrics,
+    /// Events offered to the traffic recorder, by what became of them.
+    pub record_events: Family<RecordLabel, Counter>,
 }
 
 impl Default for Metrics {
@@ -183,6 +202,7 @@ impl Metrics {
                 attempt_seconds: Family::new_with_constructor(attempt_buckets),
                 queue_depth: Gauge::default(),
             },
+            record_events: Family::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -269,6 +289,11 @@ impl Metrics {
             "notify_queue_depth",
             "Pushes waiting in the notification queue (queued, held, parked)",
             metrics.notify.queue_depth.clone(),
+        );
+        registry.register(
+            "record_events",
+            "Events offered to the traffic recorder: written, dropped (queue full), stopped (limit reached)",
+            metrics.record_events.clone(),
         );
         Self {
             registry,

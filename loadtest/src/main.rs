@@ -20,6 +20,7 @@ mod plot;
 mod procfs;
 mod progress;
 mod pubsub;
+mod replay;
 mod report;
 mod roam;
 mod seq;
@@ -71,6 +72,8 @@ enum Command {
     MockChannels(loadtest::mock_channels::MockChannelsCmd),
     /// Notification routing: decisions per second, or a burst paced by the channels' rate limit.
     Notify(notify::NotifyCmd),
+    /// A traffic recording made by the gateway, played back with its timing scaled by --speed.
+    Replay(replay::ReplayCmd),
 }
 
 impl Command {
@@ -82,6 +85,7 @@ impl Command {
             Self::Roam(cmd) => Some(cmd.endpoint.mqtt.port()),
             Self::Connect(cmd) => Some(cmd.target.endpoint.mqtt.port()),
             Self::Catchup(cmd) => Some(cmd.endpoint.mqtt.port()),
+            Self::Replay(cmd) => Some(cmd.endpoint.mqtt.port()),
             Self::Compare(_) | Self::Store(_) | Self::MockChannels(_) | Self::Notify(_) => None,
         }
     }
@@ -121,5 +125,6 @@ async fn run(cli: Cli) -> Result<bool> {
         Command::Catchup(cmd) => files.finish(&catchup::run_cmd(cmd).await?),
         Command::MockChannels(cmd) => loadtest::mock_channels::run_cmd(cmd).await,
         Command::Notify(cmd) => notify::run(cmd, &files).await,
+        Command::Replay(cmd) => files.finish(&replay::run_cmd(cmd).await?),
     }
 }

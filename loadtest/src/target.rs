@@ -14,7 +14,7 @@ use std::time::Duration;
 
 /// Tokens are minted this many at a time: enough to hide HTTP round trips, few enough not to
 /// turn token minting into a load test of its own.
-const MINT_CONCURRENCY: usize = 64;
+pub(crate) const MINT_CONCURRENCY: usize = 64;
 
 /// The platform the simulated devices claim; the gateway counts logins per platform.
 const PLATFORM: &str = "android";
@@ -122,7 +122,7 @@ impl Target {
             Self::Gateway { tokens, .. } => {
                 stream::iter(devices)
                     .map(|(user, device)| async move {
-                        let token = tokens.mint(user, device).await?;
+                        let token = tokens.mint(user, device, PLATFORM).await?;
                         minted.add(1);
                         Ok::<_, anyhow::Error>(Credentials {
                             client_id: format!("{user}:{device}"),
@@ -177,7 +177,8 @@ impl TokenApi {
         Ok(Self { http, url, api_key })
     }
 
-    async fn mint(&self, user: &str, device: &str) -> Result<String> {
+    /// A token for `device` of `user`, claiming `platform` (`ios`, `android`, `web`, `desktop`).
+    pub(crate) async fn mint(&self, user: &str, device: &str, platform: &str) -> Result<String> {
         let response = self
             .http
             .post(self.url.clone())
@@ -185,7 +186,7 @@ impl TokenApi {
             .json(&TokenRequest {
                 user,
                 device,
-                platform: PLATFORM,
+                platform,
             })
             .send()
             .await

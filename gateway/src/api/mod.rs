@@ -7,6 +7,7 @@ pub mod error;
 mod json;
 mod messages;
 mod notifications;
+mod recording;
 pub mod tokens;
 mod users;
 
@@ -22,10 +23,17 @@ use std::sync::Arc;
 use tokio::sync::Semaphore;
 
 pub fn router(gw: Arc<Gateway>) -> Router {
-    let v1 = Router::new()
-        .route("/tokens", post(tokens::issue))
+    // The calls that carry traffic, which the traffic recording keeps.
+    let recorded = Router::new()
         .route("/messages", post(messages::post))
         .route("/notifications", post(notifications::post))
+        .route_layer(middleware::from_fn_with_state(
+            gw.clone(),
+            recording::record_call,
+        ));
+    let v1 = Router::new()
+        .merge(recorded)
+        .route("/tokens", post(tokens::issue))
         .route("/notifications/{id}", get(notifications::get))
         .route(
             "/users/{user}/quiet-hours",

@@ -12,6 +12,7 @@ use crate::notify::model::QuietHours;
 use crate::notify::quiet_hours;
 use crate::notify::router::RouteError;
 use crate::notify::NotificationInput;
+use crate::recorder::SessionRecording;
 use crate::roam::sync;
 use crate::session_handle::{Delivery, Qos, SessionHandle};
 use crate::sessions::Admission;
@@ -39,6 +40,25 @@ impl Handled {
         match self {
             Self::Done(result) => result,
             Self::Later(work) => work.await,
+        }
+    }
+
+    /// Runs `then` once the publish turns out handled successfully, when that is known.
+    fn on_success(self, then: impl FnOnce() + Send + 'static) -> Self {
+        match self {
+            Self::Done(result) => {
+                if result.is_ok() {
+                    then();
+                }
+                Self::Done(result)
+            }
+            Self::Later(work) => Self::Later(Box::pin(async move {
+                let result = work.await;
+                if result.is_ok() {
+                    then();
+                }
+                result
+            })),
         }
     }
 }
@@ -85,6 +105,9 @@ pub struct ClientSession {
     cursor_requests: InOrder,
     /// This transport's `messages_in` counter, looked up once rather than on every publish.
     messages_in: prometheus_client::metrics::counter::Counter,
+    /// What the session does that the traffic recording keeps, when recording is on; dropped
+    /// with the session, which records its disconnect.
+    recording: Option<SessionRecording>,
 }
 
 impl ClientSession {
@@ -122,6 +145,10 @@ impl ClientSession {
             .get_or_create(&TransportLabel::from(transport))
             .inc();
         tracing::debug!(session = handle.id, who = %handle.identity.describe(), transport = transport.as_str(), "session opened");
+        let recording = gw
+            .recorder
+            .as_ref()
+            .and_then(|recorder| recorder.session(handle.id, &handle.identity, transport));
         let session = Self {
             gw: gw.clone(),
             handle,
@@ -134,6 +161,7 @@ impl ClientSession {
                 .messages_in
                 .get_or_create(&TransportLabel::from(transport))
                 .clone(),
+            recording,
         };
         (session, outbox)
     }
@@ -159,6 +187,9 @@ impl ClientSession {
         }
         self.gw.hub.subscribe(&self.handle, filter, qos);
         self.subscriptions.insert(filter.to_string(), qos);
+        if let Some(recording) = &self.recording {
+            recording.subscribed(filter, qos);
+        }
         if let Identity::Device { user, device, .. } = self.identity() {
             if !self.handle.is_approved() && filter == topics::reply(user, device) {
                 self.gw
@@ -174,6 +205,9 @@ impl ClientSession {
         let existed = self.subscriptions.remove(filter).is_some();
         if existed {
             self.gw.hub.unsubscribe(self.handle.id, filter);
+            if let Some(recording) = &self.recording {
+                recording.unsubscribed(filter);
+            }
         }
         existed
     }
@@ -189,13 +223,18 @@ impl ClientSession {
                 return Handled::Done(Err(refusal));
             }
         };
-        match route {
+        let recorded = (self.recording.as_ref()).map(|r| r.publish(topic, payload.clone(), qos));
+        let handled = match route {
             PublishRoute::Broker => {
                 self.gw.hub.publish(topic, payload, qos, None);
                 Handled::Done(Ok(()))
             }
             PublishRoute::DeviceRequest(action) => self.device_request(action, &payload),
             PublishRoute::Notification => self.notification(&payload),
+        };
+        match recorded {
+            Some(publish) => handled.on_success(|| publish.accepted()),
+            None => handled,
         }
     }
 

@@ -9,11 +9,11 @@ use super::client::ClientSession;
 use crate::acl::Identity;
 use crate::gateway::Gateway;
 use crate::metrics::{DisconnectReason, RejectReason, TransportLabel};
+use crate::recorder::{json_or_base64, JsonOrBase64};
 use crate::session_handle::{Delivery, Qos};
 use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{Query, State};
 use axum::response::{IntoResponse, Response};
-use base64::Engine;
 use protocol::envelope::Transport;
 use protocol::frames::{ClientFrame, ServerFrame};
 use protocol::ErrorCode;
@@ -268,18 +268,16 @@ impl Bridge {
 
     async fn deliver(&mut self, delivery: Delivery) -> Result<(), axum::Error> {
         let message = &delivery.message;
-        let frame = match serde_json::from_slice::<serde_json::Value>(&message.payload) {
-            Ok(json) => ServerFrame::Msg {
+        let frame = match json_or_base64(&message.payload) {
+            JsonOrBase64::Json(json) => ServerFrame::Msg {
                 topic: message.topic.clone(),
                 payload: Some(json),
                 payload_base64: None,
             },
-            Err(_) => ServerFrame::Msg {
+            JsonOrBase64::Base64(text) => ServerFrame::Msg {
                 topic: message.topic.clone(),
                 payload: None,
-                payload_base64: Some(
-                    base64::engine::general_purpose::STANDARD.encode(&message.payload),
-                ),
+                payload_base64: Some(text),
             },
         };
         self.out_counter.inc();
