@@ -25,9 +25,13 @@ impl JsonWsLink {
     /// says the token was accepted.
     pub async fn connect(url: &reqwest::Url, patience: Duration) -> Result<Self, String> {
         let handshake = async {
-            let (mut ws, _) = tokio_tungstenite::connect_async(url.as_str())
-                .await
-                .map_err(|e| format!("WebSocket handshake: {e}"))?;
+            let (mut ws, _) = tokio_tungstenite::connect_async_with_config(
+                url.as_str(),
+                Some(crate::device::lean_websocket()),
+                false,
+            )
+            .await
+            .map_err(|e| format!("WebSocket handshake: {e}"))?;
             loop {
                 match read_frame(&mut ws).await.map_err(|e| e.to_string())? {
                     ServerFrame::Ok { .. } => return Ok(ws),
