@@ -71,6 +71,10 @@ pub struct ConnectLoad {
     /// connections].
     #[arg(long, value_parser = clap::value_parser!(u8).range(1..=254))]
     pub source_ips: Option<u8>,
+    /// Connection i logs in as user PREFIX{i}: load processes aimed at the nodes of one cluster
+    /// need prefixes of their own, or each device's newest login takes over the others'.
+    #[arg(long, default_value = "lt-u")]
+    pub user_prefix: String,
     /// Give up on a TCP connect, and separately on a CONNACK, after this long.
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     pub connect_timeout: Duration,
@@ -285,7 +289,7 @@ pub async fn run(
     );
 
     let devices: Vec<(String, String)> = (0..n)
-        .map(|i| (format!("lt-u{i}"), DEVICE.to_owned()))
+        .map(|i| (format!("{}{i}", load.user_prefix), DEVICE.to_owned()))
         .collect();
     let minting = Instant::now();
     let credentials = target.credentials(&devices, &tokens).await?;

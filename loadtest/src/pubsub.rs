@@ -10,7 +10,7 @@
 
 use crate::pacer::Pacer;
 use crate::payload::{now_ns, PayloadBuilder, Wire};
-use crate::progress::{spawn_reporter, Counter};
+use crate::progress::{spawn_reporter, Counter, Timeline};
 use crate::report::{latency_histogram, print_verdict, thousands, LatencySummary, Outcome, Table};
 use crate::seq::{Arrival, SeqChecker};
 use crate::stop::stopped;
@@ -145,6 +145,9 @@ pub struct PubsubResult {
     pub delivered_rate: f64,
     pub latency_us: LatencySummary,
     pub losses: Losses,
+    pub timeline: Timeline,
+    #[serde(skip)]
+    pub latency: Histogram<u64>,
     pub client_errors: u64,
     pub first_client_error: Option<String>,
     /// Some publisher stopped early at `--duration-limit`.
@@ -385,7 +388,7 @@ pub async fn run(target: &Target, load: &PubsubLoad, qos: QoS) -> Result<PubsubR
         let stopped = timeout(STOP_TIMEOUT, driver).await;
         stopped.map_err(|_| anyhow!("a publisher did not stop"))??;
     }
-    reporter.await?;
+    let timeline = reporter.await?;
 
     let publish_completed = completed();
     let last_completion = completions
@@ -418,6 +421,8 @@ pub async fn run(target: &Target, load: &PubsubLoad, qos: QoS) -> Result<PubsubR
         client_errors: shared.errors.count.get(),
         first_client_error: shared.errors.first(),
         stopped_by_duration_limit: published.iter().any(|&n| n < load.messages),
+        timeline,
+        latency: tally.latency,
         failed_checks: Vec::new(),
     };
     result.failed_checks = result.checks();
@@ -738,6 +743,15 @@ impl PubsubResult {
 }
 
 impl Outcome for PubsubResult {
+    fn plot(&self) -> Option<crate::plot::PlotData<'_>> {
+        Some(crate::plot::PlotData {
+            title: "pubsub: end-to-end latency",
+            latency: &self.latency,
+            timeline: &self.timeline,
+            rate_series: "recv",
+        })
+    }
+
     fn print(&self) {
         let rate = if self.rate_per_publisher == 0 {
             "max".to_owned()
