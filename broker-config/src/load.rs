@@ -175,6 +175,11 @@ impl Config {
             "must be between 1 and 65536",
         );
         check(
+            (1 << 20..=1 << 30).contains(&st.memtable_size),
+            "store.memtable_size",
+            "must be between 1 MiB and 1 GiB (in bytes)",
+        );
+        check(
             st.node_heartbeat.as_millis() >= 100,
             "store.node_heartbeat",
             "must be at least 100ms",
@@ -459,7 +464,7 @@ mod tests {
     #[test]
     fn semantic_errors_after_types_are_fine() {
         let text = "[listeners]\nbacklog = 0\n[limits]\nmax_keepalive = \"1m\"\nmax_inflight = 0\n\
-                    [tls]\ncert = \"/nope.pem\"\n";
+                    [tls]\ncert = \"/nope.pem\"\n[store]\nmemtable_size = 1000\n";
         let errors = Config::from_toml_str(text, no_env()).unwrap_err();
         let keys: Vec<&str> = errors.iter().map(|e| e.key.as_str()).collect();
         assert_eq!(
@@ -468,6 +473,7 @@ mod tests {
                 "listeners.backlog",
                 "limits.max_inflight",
                 "limits.max_keepalive",
+                "store.memtable_size",
                 "tls.key"
             ]
         );

@@ -159,6 +159,7 @@ async fn open_store(
     let settings = Settings {
         max_batch: config.store.max_batch,
         retention_count: config.roaming.retention_count,
+        memtable_size: config.store.memtable_size,
     };
     Ok(match config.store.backend {
         StoreBackend::Embedded => Arc::new(EmbeddedStore::open(

@@ -42,6 +42,8 @@ use tokio::time::Instant;
 const TEST_KEY: &str = "bench:000102030405060708090a0b0c0d0e0f";
 /// Messages kept per log, as the gateway's default `roaming.retention_count`.
 const RETENTION_COUNT: u64 = 100_000;
+/// The gateway's default `store.memtable_size`.
+const MEMTABLE_SIZE: u64 = 8 << 20;
 /// The sender named in every message.
 const SENDER: &str = "loadtest";
 /// Name of the embedded store's writer thread (see `gateway::store::embedded`).
@@ -212,6 +214,7 @@ async fn open(
     let settings = Settings {
         max_batch: cmd.max_batch,
         retention_count: RETENTION_COUNT,
+        memtable_size: MEMTABLE_SIZE,
     };
     Ok(match cmd.backend {
         Backend::Embedded => Arc::new(EmbeddedStore::open(

@@ -50,6 +50,7 @@ async fn footprint(data_dir: &Path, user: &str) -> Vec<String> {
         Settings {
             max_batch: 16,
             retention_count: 1000,
+            memtable_size: 8 << 20,
         },
     )
     .expect("opening the stopped gateway's store");

@@ -80,6 +80,7 @@ async fn embedded_store(retention_count: u64) -> Subject {
         Settings {
             max_batch: 1024,
             retention_count,
+            memtable_size: 8 << 20,
         },
     )
     .unwrap();
@@ -154,6 +155,7 @@ async fn redis_store(retention_count: u64) -> Subject {
         Settings {
             max_batch: 1024,
             retention_count,
+            memtable_size: 8 << 20,
         },
     )
     .await

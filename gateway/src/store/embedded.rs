@@ -179,10 +179,13 @@ fn open_value(
 }
 
 impl Keyspaces {
-    fn open(path: &Path) -> fjall::Result<Self> {
+    fn open(path: &Path, memtable_size: u64) -> fjall::Result<Self> {
         // Two flush/compaction workers: the machine this runs on may have as few cores.
         let db = Database::builder(path).worker_threads(2).open()?;
-        let space = |name: &str| db.keyspace(name, KeyspaceCreateOptions::default);
+        // Appends wait while fjall switches to a fresh memtable, for a time that grows with the
+        // memtable (see `store.memtable_size`): its size bounds the latency tail.
+        let options = || KeyspaceCreateOptions::default().max_memtable_size(memtable_size);
+        let space = |name: &str| db.keyspace(name, options);
         Ok(Self {
             messages: space("messages")?,
             heads: space("heads")?,
@@ -225,7 +228,7 @@ impl EmbeddedStore {
         fanout: Arc<dyn LiveFanout>,
         settings: Settings,
     ) -> anyhow::Result<Self> {
-        let spaces = Keyspaces::open(path)
+        let spaces = Keyspaces::open(path, settings.memtable_size)
             .map_err(|e| anyhow::anyhow!("cannot open the store {}: {e}", path.display()))?;
         let (commands, queue) = mpsc::unbounded_channel();
         let (done, finished) = std::sync::mpsc::channel();

@@ -27,6 +27,9 @@ pub struct Settings {
     pub max_batch: usize,
     /// Messages kept per log; older ones are cut as new ones arrive.
     pub retention_count: u64,
+    /// Embedded store only: bytes of messages in memory before they become a table
+    /// (`store.memtable_size`).
+    pub memtable_size: u64,
 }
 
 /// A message on its way into one user's log, sealed by [`record::seal`].

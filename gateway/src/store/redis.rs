@@ -852,6 +852,7 @@ mod tests {
         let settings = Settings {
             max_batch: 64,
             retention_count: 1000,
+            memtable_size: 8 << 20,
         };
         RedisStore::open(url, keys, clock, Arc::new(NoFanout), settings)
             .await
@@ -952,6 +953,7 @@ mod tests {
         let settings = Settings {
             max_batch: 1,
             retention_count: 1,
+            memtable_size: 8 << 20,
         };
         let opened = RedisStore::open(&url, keys(), clock, Arc::new(NoFanout), settings).await;
         let error = format!("{:#}", opened.err().expect("no Redis there"));
