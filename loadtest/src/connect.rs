@@ -31,11 +31,15 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio::time::{interval_at, sleep, timeout, timeout_at, Instant};
+use tokio_rustls::client::TlsStream;
+use tokio_rustls::rustls;
+use tokio_rustls::rustls::pki_types::ServerName;
+use tokio_rustls::TlsConnector;
 use tokio_tungstenite::client_async_with_config;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::header::SEC_WEBSOCKET_PROTOCOL;
@@ -95,6 +99,13 @@ pub struct ConnectCmd {
     /// The MQTT-over-WebSocket listener, for `--transport mqtt-ws` (loopback only).
     #[arg(long, default_value = "127.0.0.1:8083")]
     mqtt_ws: SocketAddr,
+    /// The MQTT-over-TLS listener, for `--transport mqtt-tls` (loopback only).
+    #[arg(long, default_value = "127.0.0.1:8883")]
+    mqtt_tls: SocketAddr,
+    /// PEM certificate(s) to trust for `--transport mqtt-tls`, e.g. the `cert.pem` that
+    /// `gateway dev-cert` wrote.
+    #[arg(long, value_name = "PEM")]
+    ca: Option<std::path::PathBuf>,
     /// PID of the broker, to measure its memory per idle connection from /proc [default: the
     /// process listening on the MQTT port].
     #[arg(long)]
@@ -107,6 +118,8 @@ pub struct ConnectCmd {
 pub enum ConnectTransport {
     /// MQTT over TCP.
     Mqtt,
+    /// MQTT over TLS, trusting `--ca`.
+    MqttTls,
     /// MQTT over WebSocket (`/mqtt`, subprotocol `mqtt`).
     MqttWs,
     /// The gateway's JSON WebSocket bridge (`/ws?token=`).
@@ -114,12 +127,14 @@ pub enum ConnectTransport {
 }
 
 /// Where connections of one transport go.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct Destination {
     pub transport: ConnectTransport,
     pub addr: SocketAddr,
     /// The WebSocket URL, for the WebSocket transports.
     url: String,
+    /// For `mqtt-tls`: who to trust.
+    tls: Option<TlsConnector>,
 }
 
 impl Destination {
@@ -129,12 +144,14 @@ impl Destination {
             transport: ConnectTransport::Mqtt,
             addr: target.addr(),
             url: String::new(),
+            tls: None,
         }
     }
 
     fn of(cmd: &ConnectCmd, target: &Target) -> Result<Self> {
         let addr = match cmd.transport {
             ConnectTransport::Mqtt => return Ok(Self::mqtt(target)),
+            ConnectTransport::MqttTls => cmd.mqtt_tls,
             ConnectTransport::MqttWs => cmd.mqtt_ws,
             ConnectTransport::JsonWs => {
                 if target.kind() != TargetKind::Gateway {
@@ -157,10 +174,21 @@ impl Destination {
             ConnectTransport::JsonWs => "/ws",
             _ => "/mqtt",
         };
+        let tls = match cmd.transport {
+            ConnectTransport::MqttTls => {
+                let ca = cmd
+                    .ca
+                    .as_deref()
+                    .context("--transport mqtt-tls needs --ca PEM")?;
+                Some(tls_connector(ca)?)
+            }
+            _ => None,
+        };
         Ok(Self {
             transport: cmd.transport,
             addr,
             url: format!("ws://{addr}{path}"),
+            tls,
         })
     }
 }
@@ -459,6 +487,7 @@ impl Connection {
         let login = async {
             match self.destination.transport {
                 ConnectTransport::Mqtt => self.mqtt_login(stream, credentials).await,
+                ConnectTransport::MqttTls => self.mqtt_tls_login(stream, credentials).await,
                 ConnectTransport::MqttWs => self.mqtt_ws_login(stream, credentials).await,
                 ConnectTransport::JsonWs => self.json_login(stream, credentials).await,
             }
@@ -484,9 +513,38 @@ impl Connection {
 
     async fn mqtt_login(
         &self,
-        mut stream: TcpStream,
+        stream: TcpStream,
         credentials: Credentials,
     ) -> Result<Held, Failure> {
+        let stream = self.mqtt_handshake(stream, credentials).await?;
+        Ok(Held::Mqtt(stream))
+    }
+
+    async fn mqtt_tls_login(
+        &self,
+        stream: TcpStream,
+        credentials: Credentials,
+    ) -> Result<Held, Failure> {
+        let connector = self
+            .destination
+            .tls
+            .as_ref()
+            .expect("TLS destinations have one");
+        let name = ServerName::IpAddress(self.destination.addr.ip().into());
+        let stream = connector
+            .connect(name, stream)
+            .await
+            .map_err(|e| Failure::io("tls", e))?;
+        let stream = self.mqtt_handshake(stream, credentials).await?;
+        Ok(Held::MqttTls(Box::new(stream)))
+    }
+
+    /// Sends CONNECT on `stream` and reads the CONNACK; the stream once the broker accepted.
+    async fn mqtt_handshake<S: AsyncRead + AsyncWrite + Unpin>(
+        &self,
+        mut stream: S,
+        credentials: Credentials,
+    ) -> Result<S, Failure> {
         let out = self.connect_packet(credentials)?;
         stream
             .write_all(&out)
@@ -495,7 +553,7 @@ impl Connection {
         let mut input = BytesMut::with_capacity(16);
         for _ in 0..MAX_HANDSHAKE_READS {
             if let Some(ack) = read_connack(&mut input)? {
-                return accepted(ack).map(|()| Held::Mqtt(stream));
+                return accepted(ack).map(|()| stream);
             }
             match stream.read_buf(&mut input).await {
                 Ok(0) => return Err(Failure::new("closed before connack", "connection closed")),
@@ -585,12 +643,14 @@ impl Connection {
                 _ = stopped(&mut self.stop) => return,
                 _ = pings.tick() => match &mut held {
                     Held::Mqtt(stream) => stream.write_all(&self.ping).await.is_ok(),
+                    Held::MqttTls(stream) => stream.write_all(&self.ping).await.is_ok(),
                     Held::MqttWs(ws) => ws.send(Message::Binary(self.ping.clone())).await.is_ok(),
                     Held::JsonWs(ws) => ws.send(Message::Text(JSON_PING.into())).await.is_ok(),
                 },
                 alive = async {
                     match &mut held {
                         Held::Mqtt(stream) => matches!(stream.read(&mut scratch).await, Ok(n) if n > 0),
+                        Held::MqttTls(stream) => matches!(stream.read(&mut scratch).await, Ok(n) if n > 0),
                         Held::MqttWs(ws) | Held::JsonWs(ws) => {
                             !matches!(ws.next().await, None | Some(Err(_)) | Some(Ok(Message::Close(_))))
                         }
@@ -607,11 +667,33 @@ impl Connection {
 /// An established connection, held idle.
 enum Held {
     Mqtt(TcpStream),
+    MqttTls(Box<TlsStream<TcpStream>>),
     MqttWs(Box<WebSocketStream<TcpStream>>),
     JsonWs(Box<WebSocketStream<TcpStream>>),
 }
 
 const JSON_PING: &str = r#"{"op":"ping"}"#;
+
+/// A TLS client trusting the certificates in the PEM file `ca`.
+fn tls_connector(ca: &std::path::Path) -> Result<TlsConnector> {
+    // rumqttc and reqwest each link a rustls crypto provider: pick one for this process.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let pem = std::fs::read(ca).with_context(|| format!("reading --ca {}", ca.display()))?;
+    let mut roots = rustls::RootCertStore::empty();
+    for certificate in rustls_pemfile::certs(&mut pem.as_slice()) {
+        let certificate = certificate.with_context(|| format!("parsing {}", ca.display()))?;
+        roots
+            .add(certificate)
+            .context("trusting the --ca certificate")?;
+    }
+    if roots.is_empty() {
+        bail!("--ca {}: no certificate in it", ca.display());
+    }
+    let config = rustls::ClientConfig::builder()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(TlsConnector::from(std::sync::Arc::new(config)))
+}
 
 /// The CONNACK at the start of `input`, `None` until it is complete.
 fn read_connack(input: &mut BytesMut) -> Result<Option<ConnAck>, Failure> {

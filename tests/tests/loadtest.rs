@@ -235,9 +235,11 @@ async fn a_message_lost_on_the_way_fails_the_run_and_is_named() {
 }
 
 #[tokio::test]
-async fn connect_holds_websocket_connections_of_both_kinds() {
-    let gw = TestGateway::start().await;
-    for transport in ["mqtt-ws", "json-ws"] {
+async fn connect_holds_tls_and_websocket_connections() {
+    let gw = TestGateway::start_with(Options::default().tls()).await;
+    let mqtt_tls = gw.mqtt_tls.expect("TLS listener").to_string();
+    let ca = gw.data_dir.path().join("cert.pem");
+    for transport in ["mqtt-tls", "mqtt-ws", "json-ws"] {
         let json = gw.data_dir.path().join(format!("connect-{transport}.json"));
         let output = loadtest_against(
             &gw,
@@ -248,6 +250,10 @@ async fn connect_holds_websocket_connections_of_both_kinds() {
                 transport,
                 "--mqtt-ws",
                 &gw.mqtt_ws.to_string(),
+                "--mqtt-tls",
+                &mqtt_tls,
+                "--ca",
+                ca.to_str().unwrap(),
                 "--connections",
                 "200",
                 "--hold",
