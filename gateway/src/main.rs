@@ -1,6 +1,12 @@
 //! `gateway`: the real-time messaging gateway. See the README for the protocol and operations.
 
 use anyhow::{Context, Result};
+
+/// mimalloc instead of glibc's allocator: a message's way through the gateway allocates and
+/// frees many small buffers on several threads, and glibc's malloc and free were 15% of the
+/// gateway's CPU under load.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use broker_config::Config;
 use clap::{Parser, Subcommand};
 use gateway::data_dir::DataDir;
