@@ -36,7 +36,8 @@ impl Counter {
 }
 
 /// Each counter's increase in every second of the run, in order: what the progress line
-/// showed, kept for the result file and the throughput plot.
+/// showed, kept for the result file and the throughput plot. The last entry covers the part of
+/// a second between the last line and the end of the run.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct Timeline {
     pub per_second: BTreeMap<&'static str, Vec<u64>>,
@@ -54,13 +55,8 @@ pub fn spawn_reporter(
         let mut ticks = interval_at(start + Duration::from_secs(1), Duration::from_secs(1));
         let mut last: Vec<u64> = counters.iter().map(|c| c.get()).collect();
         let mut timeline = Timeline::default();
-        loop {
-            tokio::select! {
-                _ = stopped(&mut stop) => return timeline,
-                _ = ticks.tick() => {}
-            }
-            let mut line = format!("{label} {:>4}s", start.elapsed().as_secs());
-            for (counter, last) in counters.iter().zip(&mut last) {
+        let mut sample = |last: &mut Vec<u64>, line: &mut String| {
+            for (counter, last) in counters.iter().zip(last.iter_mut()) {
                 let now = counter.get();
                 let increase = now.saturating_sub(*last);
                 line.push_str(&format!(" | {} {now} (+{increase}/s)", counter.name));
@@ -71,7 +67,36 @@ pub fn spawn_reporter(
                     .push(increase);
                 *last = now;
             }
+        };
+        loop {
+            let stopping = tokio::select! {
+                _ = stopped(&mut stop) => true,
+                _ = ticks.tick() => false,
+            };
+            let mut line = format!("{label} {:>4}s", start.elapsed().as_secs());
+            sample(&mut last, &mut line);
+            if stopping {
+                return timeline;
+            }
             eprintln!("{line}");
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn the_timeline_keeps_the_last_partial_second() {
+        let sent = Counter::new("sent");
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let reporter = spawn_reporter("test".into(), vec![sent.clone()], stop_rx);
+        // Let the reporter take its starting values, as it does before any load in a run.
+        tokio::task::yield_now().await;
+        sent.add(42);
+        stop_tx.send(true).unwrap();
+        let timeline = reporter.await.unwrap();
+        assert_eq!(timeline.per_second["sent"], vec![42]);
+    }
 }
