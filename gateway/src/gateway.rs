@@ -65,7 +65,16 @@ impl Gateway {
             cluster.clone(),
             metrics.stored.clone(),
         ));
-        let store = open_store(&config, data, keys.clone(), clock, topics.clone()).await?;
+        let commit_seconds = metrics.commit_seconds.clone();
+        let store = open_store(
+            &config,
+            data,
+            keys.clone(),
+            clock,
+            topics.clone(),
+            commit_seconds,
+        )
+        .await?;
         let ledger: Arc<dyn Ledger> = match config.store.backend {
             StoreBackend::Redis => {
                 Arc::new(RedisLedger::open(&config.store.redis_url, keys.clone()).await?)
@@ -155,11 +164,13 @@ async fn open_store(
     keys: Arc<KeyRing>,
     clock: Arc<HybridClock>,
     fanout: Arc<UserTopics>,
+    commit_seconds: prometheus_client::metrics::histogram::Histogram,
 ) -> Result<SharedStore> {
     let settings = Settings {
         max_batch: config.store.max_batch,
         retention_count: config.roaming.retention_count,
         memtable_size: config.store.memtable_size,
+        commit_seconds: Some(commit_seconds),
     };
     Ok(match config.store.backend {
         StoreBackend::Embedded => Arc::new(EmbeddedStore::open(

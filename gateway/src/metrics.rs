@@ -164,6 +164,8 @@ pub struct Metrics {
     pub stored: Counter,
     /// Time from accepting a message to its being durable, as its sender waits.
     pub append_seconds: Histogram,
+    /// One batch made durable by the store: one fsync, or one Redis round trip.
+    pub commit_seconds: Histogram,
     /// Appends the store could not take (the sender got a retryable error).
     pub store_failures: Counter,
     pub sync_pages: Counter,
@@ -194,6 +196,8 @@ impl Metrics {
             stored: Counter::default(),
             // 100 µs to about 3 s.
             append_seconds: Histogram::new(exponential_buckets(0.0001, 2.0, 16)),
+            // 50 µs to about 1.6 s.
+            commit_seconds: Histogram::new(exponential_buckets(0.00005, 2.0, 16)),
             store_failures: Counter::default(),
             sync_pages: Counter::default(),
             notify: NotifyMetrics {
@@ -259,6 +263,11 @@ impl Metrics {
             "store_append_seconds",
             "Time from accepting a message until it is durable and its sender is answered",
             metrics.append_seconds.clone(),
+        );
+        registry.register(
+            "store_commit_seconds",
+            "Time the store took to make one batch of appends durable (one fsync, or one Redis round trip)",
+            metrics.commit_seconds.clone(),
         );
         registry.register(
             "store_failures",

@@ -215,6 +215,7 @@ async fn open(
         max_batch: cmd.max_batch,
         retention_count: RETENTION_COUNT,
         memtable_size: MEMTABLE_SIZE,
+        commit_seconds: None,
     };
     Ok(match cmd.backend {
         Backend::Embedded => Arc::new(EmbeddedStore::open(

@@ -51,6 +51,7 @@ async fn footprint(data_dir: &Path, user: &str) -> Vec<String> {
             max_batch: 16,
             retention_count: 1000,
             memtable_size: 8 << 20,
+            commit_seconds: None,
         },
     )
     .expect("opening the stopped gateway's store");
@@ -138,6 +139,9 @@ async fn sync_after_10000_missed_messages_is_complete_and_in_order() {
         gw.metric("gateway_store_append_seconds_count").await,
         10_000.0
     );
+    // Group commit: the 10,000 appends took at least one durable batch, at most one each.
+    let commits = gw.metric("gateway_store_commit_seconds_count").await;
+    assert!((1.0..=10_000.0).contains(&commits), "{commits} commits");
 }
 
 #[tokio::test]

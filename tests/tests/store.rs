@@ -81,6 +81,7 @@ async fn embedded_store(retention_count: u64) -> Subject {
             max_batch: 1024,
             retention_count,
             memtable_size: 8 << 20,
+            commit_seconds: None,
         },
     )
     .unwrap();
@@ -156,6 +157,7 @@ async fn redis_store(retention_count: u64) -> Subject {
             max_batch: 1024,
             retention_count,
             memtable_size: 8 << 20,
+            commit_seconds: None,
         },
     )
     .await

@@ -381,7 +381,9 @@ impl Writer {
         }
         let mut batch = self.spaces.durable_batch();
         let result = self.fill(&mut batch, &group).and_then(|outcome| {
+            let committing = std::time::Instant::now();
             batch.commit().map_err(failed)?;
+            self.settings.commit_took(committing);
             Ok(outcome)
         });
         let finished = match result {

@@ -16,12 +16,13 @@ pub mod redis;
 use crate::session_handle::SessionId;
 use async_trait::async_trait;
 use bytes::Bytes;
+use prometheus_client::metrics::histogram::Histogram;
 use protocol::envelope::InboxMessage;
 use std::sync::Arc;
 use tokio::sync::oneshot;
 
 /// How a store commits and keeps logs, the same for every backend.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Settings {
     /// Most appends committed together.
     pub max_batch: usize,
@@ -30,6 +31,18 @@ pub struct Settings {
     /// Embedded store only: bytes of messages in memory before they become a table
     /// (`store.memtable_size`).
     pub memtable_size: u64,
+    /// Where the time to make one batch durable (one fsync, or one Redis round trip) is
+    /// recorded, when it is measured: the part of an append's latency the backend itself costs.
+    pub commit_seconds: Option<Histogram>,
+}
+
+impl Settings {
+    /// Records how long one batch took to become durable, since `started`.
+    fn commit_took(&self, started: std::time::Instant) {
+        if let Some(histogram) = &self.commit_seconds {
+            histogram.observe(started.elapsed().as_secs_f64());
+        }
+    }
 }
 
 /// A message on its way into one user's log, sealed by [`record::seal`].

@@ -528,7 +528,9 @@ impl Writer {
         for log in logs {
             pipe.sadd(USERS, log).ignore();
         }
+        let committing = std::time::Instant::now();
         let positions: Vec<(u64, u64)> = bounded(pipe.query_async(&mut self.redis)).await?;
+        self.settings.commit_took(committing);
         if let Some(latest) = positions.iter().map(|(_, hlc)| *hlc).max() {
             self.clock.observe(latest);
         }
@@ -853,6 +855,7 @@ mod tests {
             max_batch: 64,
             retention_count: 1000,
             memtable_size: 8 << 20,
+            commit_seconds: None,
         };
         RedisStore::open(url, keys, clock, Arc::new(NoFanout), settings)
             .await
@@ -954,6 +957,7 @@ mod tests {
             max_batch: 1,
             retention_count: 1,
             memtable_size: 8 << 20,
+            commit_seconds: None,
         };
         let opened = RedisStore::open(&url, keys(), clock, Arc::new(NoFanout), settings).await;
         let error = format!("{:#}", opened.err().expect("no Redis there"));
