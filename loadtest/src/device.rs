@@ -45,6 +45,36 @@ pub enum Transport {
     JsonWs,
 }
 
+/// How each user's devices split between the transports: of `devices` per user, the last
+/// `ws_devices` use the JSON bridge and the rest MQTT.
+#[derive(Clone, Copy, Debug)]
+pub struct DeviceMix {
+    devices: u64,
+    ws_devices: u64,
+}
+
+impl DeviceMix {
+    /// `devices_flag` names the option that gave `devices`, for the error.
+    pub fn new(devices: u64, ws_devices: u64, devices_flag: &str) -> Result<Self> {
+        if ws_devices > devices {
+            bail!("--ws-devices {ws_devices} exceeds {devices_flag} {devices}");
+        }
+        Ok(Self {
+            devices,
+            ws_devices,
+        })
+    }
+
+    /// The transport of the run's `index`-th device, users' devices being numbered in a row.
+    pub fn transport(self, index: u64) -> Transport {
+        if index % self.devices < self.devices - self.ws_devices {
+            Transport::Mqtt
+        } else {
+            Transport::JsonWs
+        }
+    }
+}
+
 /// Where devices connect.
 #[derive(Clone, Debug)]
 pub struct Endpoints {
@@ -95,6 +125,10 @@ impl SendHandle {
 pub struct Device {
     pub user: String,
     pub device: String,
+    /// `u/{user}/inbox` and `u/{user}/d/{device}/reply`, built once: every arrival is matched
+    /// against them.
+    inbox_topic: String,
+    reply_topic: String,
     link: Link,
 }
 
@@ -135,6 +169,8 @@ impl Device {
         Ok(Self {
             user: user.to_owned(),
             device: device.to_owned(),
+            inbox_topic: inbox(user),
+            reply_topic: reply(user, device),
             link,
         })
     }
@@ -176,8 +212,6 @@ impl Device {
     /// The next message, sync page or acknowledgement; an error when the connection failed or something arrived
     /// that is not what the gateway promises.
     pub async fn next(&mut self) -> Result<Arrival> {
-        let inbox_topic = inbox(&self.user);
-        let reply_topic = reply(&self.user, &self.device);
         loop {
             let (topic, payload, bytes) = match &mut self.link {
                 Link::Mqtt { events, .. } => match events.poll().await? {
@@ -205,12 +239,12 @@ impl Device {
                     _ => continue,
                 },
             };
-            if topic == inbox_topic {
+            if topic == self.inbox_topic {
                 let message = serde_json::from_value(payload)
                     .with_context(|| format!("not an inbox message on {topic}"))?;
                 return Ok(Arrival::Message(message));
             }
-            if topic == reply_topic {
+            if topic == self.reply_topic {
                 match serde_json::from_value(payload)
                     .with_context(|| format!("not a reply on {topic}"))?
                 {
@@ -369,5 +403,27 @@ async fn expect_ok(socket: &mut JsonSocket, id: Option<&str>, what: &str) -> Res
             }
             _ => {}
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_last_devices_of_each_user_use_the_json_bridge() {
+        let mix = DeviceMix::new(3, 1, "--devices").unwrap();
+        let transports: Vec<Transport> = (0..6).map(|i| mix.transport(i)).collect();
+        use Transport::{JsonWs, Mqtt};
+        assert_eq!(transports, [Mqtt, Mqtt, JsonWs, Mqtt, Mqtt, JsonWs]);
+        assert_eq!(
+            DeviceMix::new(2, 0, "--devices").unwrap().transport(1),
+            Mqtt
+        );
+        let error = DeviceMix::new(2, 3, "--devices-per-user").unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            "--ws-devices 3 exceeds --devices-per-user 2"
+        );
     }
 }

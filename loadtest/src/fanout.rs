@@ -8,7 +8,7 @@
 //! lost, repeated or reordered delivery on any single device. Latency runs from the sender's
 //! clock stamp in the body to the device's arrival.
 
-use crate::device::{Arrival, Device, Endpoints, SendHandle, Transport};
+use crate::device::{Arrival, Device, DeviceMix, Endpoints, SendHandle, Transport};
 use crate::messages_api::MessagesApi;
 use crate::pacer::Pacer;
 use crate::payload::{now_ns, PayloadBuilder, Stamp, Wire};
@@ -18,7 +18,7 @@ use crate::report::{LatencySummary, Outcome, SharedHistogram, Table};
 use crate::seq::SeqChecker;
 use crate::stop::stopped;
 use crate::target::{EndpointArgs, Target};
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use clap::{Args, ValueEnum};
 use serde::Serialize;
 use std::collections::BTreeMap;
@@ -165,13 +165,7 @@ struct DeviceTally {
 }
 
 pub async fn run_cmd(cmd: &FanoutCmd) -> Result<FanoutResult> {
-    if cmd.ws_devices > cmd.devices {
-        bail!(
-            "--ws-devices {} exceeds --devices {}",
-            cmd.ws_devices,
-            cmd.devices
-        );
-    }
+    let mix = DeviceMix::new(cmd.devices, cmd.ws_devices, "--devices")?;
     crate::procfs::ensure_open_files(cmd.users * cmd.devices + cmd.senders)?;
     let target = Target::gateway(&cmd.endpoint)?;
     let endpoints = Endpoints::new(cmd.endpoint.mqtt, &cmd.endpoint.http)?;
@@ -249,11 +243,7 @@ pub async fn run_cmd(cmd: &FanoutCmd) -> Result<FanoutResult> {
     let mut receiving: Vec<JoinHandle<Option<DeviceTally>>> = Vec::with_capacity(receivers.len());
     for (i, ((user, device), credentials)) in receivers.into_iter().zip(credentials).enumerate() {
         pacer.wait().await;
-        let transport = if (i as u64 % cmd.devices) < cmd.devices - cmd.ws_devices {
-            Transport::Mqtt
-        } else {
-            Transport::JsonWs
-        };
+        let transport = mix.transport(i as u64);
         let (endpoints, shared, stop) = (endpoints.clone(), shared.clone(), stop_rx.clone());
         let connect_timeout = cmd.connect_timeout;
         receiving.push(tokio::spawn(async move {

@@ -7,7 +7,7 @@
 //! Each run uses fresh users, so the cursor after the first sync is 0 and the missed messages
 //! are sequences 1..=missed of each user's log.
 
-use crate::device::{Arrival, Device, Endpoints, Transport};
+use crate::device::{Arrival, Device, DeviceMix, Endpoints, Transport};
 use crate::messages_api::MessagesApi;
 use crate::pacer::Pacer;
 use crate::payload::now_ns;
@@ -112,13 +112,7 @@ struct Storm {
 }
 
 pub async fn run_cmd(cmd: &RoamCmd) -> Result<RoamResult> {
-    if cmd.ws_devices > cmd.devices_per_user {
-        bail!(
-            "--ws-devices {} exceeds --devices-per-user {}",
-            cmd.ws_devices,
-            cmd.devices_per_user
-        );
-    }
+    let mix = DeviceMix::new(cmd.devices_per_user, cmd.ws_devices, "--devices-per-user")?;
     crate::procfs::ensure_open_files(cmd.devices)?;
     let target = Target::gateway(&cmd.endpoint)?;
     let endpoints = Endpoints::new(cmd.endpoint.mqtt, &cmd.endpoint.http)?;
@@ -160,16 +154,10 @@ pub async fn run_cmd(cmd: &RoamCmd) -> Result<RoamResult> {
         .zip(credentials)
         .enumerate()
         .map(|(i, ((user, device), credentials))| {
-            let transport =
-                if (i as u64 % cmd.devices_per_user) < cmd.devices_per_user - cmd.ws_devices {
-                    Transport::Mqtt
-                } else {
-                    Transport::JsonWs
-                };
             Arc::new(Member {
                 user,
                 device,
-                transport,
+                transport: mix.transport(i as u64),
                 credentials,
             })
         })
