@@ -541,13 +541,7 @@ async fn template_send(
     Query(query): Query<HashMap<String, String>>,
     body: Bytes,
 ) -> Json<Value> {
-    let (reply, delay) = {
-        let mut state = lock(&state);
-        let delay = state.injection.next_delay();
-        (state.template(query.get("access_token"), &body), delay)
-    };
-    tokio::time::sleep(delay).await;
-    Json(reply)
+    answer_send(&state, &query, &body, WeChatState::template).await
 }
 
 async fn subscribe_send(
@@ -555,10 +549,21 @@ async fn subscribe_send(
     Query(query): Query<HashMap<String, String>>,
     body: Bytes,
 ) -> Json<Value> {
+    answer_send(&state, &query, &body, WeChatState::subscribe).await
+}
+
+/// Answers a message send with `send`'s reply, after the delay the injected failures ask for
+/// (the state's lock is not held while waiting).
+async fn answer_send(
+    state: &Shared,
+    query: &HashMap<String, String>,
+    body: &[u8],
+    send: fn(&mut WeChatState, Option<&String>, &[u8]) -> Value,
+) -> Json<Value> {
     let (reply, delay) = {
-        let mut state = lock(&state);
+        let mut state = lock(state);
         let delay = state.injection.next_delay();
-        (state.subscribe(query.get("access_token"), &body), delay)
+        (send(&mut state, query.get("access_token"), body), delay)
     };
     tokio::time::sleep(delay).await;
     Json(reply)
