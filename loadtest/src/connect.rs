@@ -14,7 +14,7 @@ use crate::payload::now_ns;
 use crate::procfs;
 use crate::progress::{spawn_reporter, Counter};
 use crate::report::{
-    describe_errors, print_verdict, thousands, ErrorCount, ErrorTally, Outcome, Table,
+    describe_errors, print_verdict, thousands, ErrorCount, ErrorTally, Failure, Outcome, Table,
 };
 use crate::stop::stopped;
 use crate::target::{Credentials, Target, TargetArgs, TargetKind};
@@ -249,27 +249,7 @@ struct Stats {
 impl Stats {
     fn fail(&self, failure: Failure) {
         self.failed.add(1);
-        self.failures.record(failure.kind, failure.detail);
-    }
-}
-
-/// Why one connection did not get established.
-struct Failure {
-    /// Groups failures in the report, e.g. `tcp_connect: ConnectionRefused`.
-    kind: String,
-    detail: String,
-}
-
-impl Failure {
-    fn new(kind: impl Into<String>, detail: impl ToString) -> Self {
-        Self {
-            kind: kind.into(),
-            detail: detail.to_string(),
-        }
-    }
-
-    fn io(step: &str, error: std::io::Error) -> Self {
-        Self::new(format!("{step}: {:?}", error.kind()), error)
+        self.failures.add(failure);
     }
 }
 

@@ -116,8 +116,33 @@ impl ErrorTally {
             .count += 1;
     }
 
+    pub fn add(&self, failure: Failure) {
+        self.record(failure.kind, failure.detail);
+    }
+
     pub fn snapshot(&self) -> BTreeMap<String, ErrorCount> {
         self.0.lock().expect("error tally poisoned").clone()
+    }
+}
+
+/// Why one operation of a load task failed: `kind` groups it in the report (e.g.
+/// `tcp_connect: ConnectionRefused`), `detail` is kept for the first of each kind.
+pub struct Failure {
+    pub kind: String,
+    pub detail: String,
+}
+
+impl Failure {
+    pub fn new(kind: impl Into<String>, detail: impl ToString) -> Self {
+        Self {
+            kind: kind.into(),
+            detail: detail.to_string(),
+        }
+    }
+
+    /// An I/O error at `step`, grouped by the error's kind.
+    pub fn io(step: &str, error: std::io::Error) -> Self {
+        Self::new(format!("{step}: {:?}", error.kind()), error)
     }
 }
 

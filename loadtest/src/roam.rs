@@ -12,7 +12,7 @@ use crate::messages_api::MessagesApi;
 use crate::pacer::Pacer;
 use crate::payload::now_ns;
 use crate::progress::{spawn_reporter, Counter, Timeline};
-use crate::report::{describe_errors, print_verdict, thousands, ErrorCount, ErrorTally};
+use crate::report::{describe_errors, print_verdict, thousands, ErrorCount, ErrorTally, Failure};
 use crate::report::{LatencySummary, Outcome, SharedHistogram, Table};
 use crate::seq::check_log_sequence;
 use crate::target::{Credentials, EndpointArgs, Target};
@@ -238,7 +238,7 @@ pub async fn run_cmd(cmd: &RoamCmd) -> Result<RoamResult> {
         reconnecting.push(tokio::spawn(async move {
             let caught_up = storm.catch_up(i, &member, &epoch, &endpoints, limits);
             if let Err(error) = caught_up.await {
-                storm.errors.record(error.kind, error.detail);
+                storm.errors.add(error);
             }
         }));
     }
@@ -276,6 +276,11 @@ pub async fn run_cmd(cmd: &RoamCmd) -> Result<RoamResult> {
 }
 
 impl Member {
+    /// Why this device did not catch up, grouped by `kind` in the report.
+    fn failure(&self, kind: &str, error: impl std::fmt::Display) -> Failure {
+        Failure::new(kind, format!("{} {}: {error:#}", self.user, self.device))
+    }
+
     async fn connect(&self, endpoints: &Endpoints, limit: Duration) -> Result<Device> {
         Device::connect(
             endpoints,
@@ -286,21 +291,6 @@ impl Member {
             limit,
         )
         .await
-    }
-}
-
-/// Why one device did not catch up, grouped by `kind` in the report.
-struct Failure {
-    kind: &'static str,
-    detail: String,
-}
-
-impl Failure {
-    fn new(kind: &'static str, member: &Member, error: impl std::fmt::Display) -> Self {
-        Self {
-            kind,
-            detail: format!("{} {}: {error:#}", member.user, member.device),
-        }
     }
 }
 
@@ -317,7 +307,7 @@ impl Storm {
         let mut device = member
             .connect(endpoints, connect_timeout)
             .await
-            .map_err(|e| Failure::new("reconnect", member, e))?;
+            .map_err(|e| member.failure("reconnect", e))?;
         self.reconnected.add(1);
         self.reconnect_latency
             .record(index, self.start.elapsed().as_micros() as u64);
@@ -326,11 +316,11 @@ impl Storm {
         let at = self.start.elapsed();
         device.close().await;
         let (seqs, _) = synced
-            .map_err(|_| Failure::new("sync", member, "unfinished at --catchup-timeout"))?
-            .map_err(|e| Failure::new("sync", member, e))?;
+            .map_err(|_| member.failure("sync", "unfinished at --catchup-timeout"))?
+            .map_err(|e| member.failure("sync", e))?;
         self.synced.add(seqs.len() as u64);
         check_log_sequence(&seqs, self.missed)
-            .map_err(|problem| Failure::new("sequence", member, problem))?;
+            .map_err(|problem| member.failure("sequence", problem))?;
         self.caught_up.add(1);
         self.caught_up_latency.record(index, at.as_micros() as u64);
         Ok(())
