@@ -251,11 +251,14 @@ impl Config {
             "notify.max_attempts",
             "must be at least 1",
         );
-        check(
-            n.concurrency >= 1,
-            "notify.concurrency",
-            "must be at least 1",
-        );
+        for (value, name) in [
+            (n.concurrency, "notify.concurrency"),
+            (n.decision_batch, "notify.decision_batch"),
+            (n.decision_batches, "notify.decision_batches"),
+            (n.max_per_request, "notify.max_per_request"),
+        ] {
+            check(value >= 1, name, "must be at least 1");
+        }
         check(
             n.poll_interval.as_millis() >= 10,
             "notify.poll_interval",

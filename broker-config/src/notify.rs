@@ -33,6 +33,13 @@ pub struct Notify {
     /// Trusted backends (MQTT password: an API key) publish notifications here, with the JSON
     /// of `POST /v1/notifications`.
     pub mqtt_topic: String,
+    /// Notifications handed in at the same time are routed together, up to this many: one
+    /// dedup claim and one ledger write (one fsync) for all of them.
+    pub decision_batch: usize,
+    /// Batches routed at once; what arrives meanwhile waits for the next batch.
+    pub decision_batches: usize,
+    /// Most notifications in one `POST /v1/notifications/batch`.
+    pub max_per_request: usize,
     /// What each kind of notification does.
     pub kinds: BTreeMap<String, KindRule>,
 }
@@ -183,6 +190,9 @@ impl Default for Notify {
             lease: Duration::from_secs(60),
             aggregate_window: Duration::from_secs(60),
             mqtt_topic: "svc/notifications".into(),
+            decision_batch: 512,
+            decision_batches: 4,
+            max_per_request: 1000,
             kinds,
         }
     }

@@ -106,7 +106,7 @@ impl Gateway {
         )?;
         let recorder = Recorder::start(&config.record, metrics.record_events.clone())?;
         Ok(Arc::new(Self {
-            notifications: Notifications::new(ledger, worker),
+            notifications: Notifications::new(ledger, worker, &config.notify),
             sessions: Sessions::new(config.sessions.clone(), topics, known, cluster.clone()),
             cluster,
             messages: Messages::new(

@@ -3,6 +3,7 @@
 
 pub mod acl;
 pub mod api;
+pub mod batcher;
 pub mod channel;
 pub mod cluster;
 pub mod data_dir;

@@ -5,10 +5,10 @@
 use e2e::redis_server::RedisServer;
 use gateway::notify::ledger::embedded::EmbeddedLedger;
 use gateway::notify::ledger::redis::RedisLedger;
-use gateway::notify::ledger::Ledger;
+use gateway::notify::ledger::{AggregateJoin, DedupClaim, Ledger, NewRecord};
 use gateway::notify::model::{
-    Bindings, Consent, Job, Notification, Priority, QuietHours, QuietWindow, Record, Route,
-    RouteState, Status,
+    Bindings, Consent, Job, Notification, Preferences, Priority, QuietHours, QuietWindow, Record,
+    Route, RouteState, Status,
 };
 use gateway::session_handle::unix_millis;
 use gateway::store::cipher::KeyRing;
@@ -57,6 +57,9 @@ macro_rules! conformance_suite {
     ($backend:ident, $open:expr) => {
         conformance_suite!(@tests $backend, $open, [
             a_dedup_key_is_claimed_once_per_window,
+            a_batch_of_claims_claims_each_content_once,
+            records_created_together_are_all_stored,
+            aggregate_joins_in_one_call_apply_in_order,
             a_record_round_trips_and_queues_its_jobs,
             due_jobs_come_oldest_first_and_are_leased,
             settling_records_the_route_and_requeues_or_removes_the_job,
@@ -124,10 +127,53 @@ fn record(id: &str, user: &str, routes: &[Route]) -> Record {
 /// Stores a notification with one job per route, all due at `due`.
 async fn queued(s: &Subject, id: &str, user: &str, routes: &[Route], due: u64) {
     let jobs: Vec<(Job, u64)> = routes.iter().map(|r| (job(id, user, *r), due)).collect();
-    s.ledger
-        .create(&record(id, user, routes), &jobs)
-        .await
-        .unwrap();
+    create(&s.ledger, &record(id, user, routes), &jobs).await;
+}
+
+// The ledger's batch calls, one item at a time.
+
+async fn claim<L: Ledger + ?Sized>(
+    l: &Arc<L>,
+    user: &str,
+    key: &str,
+    now: u64,
+    window: u64,
+) -> bool {
+    let claims = [DedupClaim {
+        user: user.into(),
+        key: key.into(),
+    }];
+    l.claim_dedup(&claims, now, window).await.unwrap()[0]
+}
+
+async fn create<L: Ledger + ?Sized>(l: &Arc<L>, record: &Record, jobs: &[(Job, u64)]) {
+    let new = NewRecord {
+        record: record.clone(),
+        jobs: jobs.to_vec(),
+    };
+    l.create(&[new]).await.unwrap()
+}
+
+async fn aggregate<L: Ledger + ?Sized>(
+    l: &Arc<L>,
+    user: &str,
+    kind: &str,
+    notification: &str,
+    route: Route,
+    due_ms: u64,
+) -> (Job, bool) {
+    let join = AggregateJoin {
+        user: user.into(),
+        kind: kind.into(),
+        notification: notification.into(),
+        route,
+        due_ms,
+    };
+    l.aggregate(&[join]).await.unwrap().remove(0)
+}
+
+async fn preferences<L: Ledger + ?Sized>(l: &Arc<L>, user: &str) -> Preferences {
+    l.preferences(&[user.into()]).await.unwrap().remove(0)
 }
 
 /// The keys of what `take_due` returns, in order.
@@ -151,31 +197,100 @@ async fn assert_depth(s: &Subject, expected: u64) {
 async fn a_dedup_key_is_claimed_once_per_window(s: Subject) {
     let (l, window) = (&s.ledger, 300);
     let now = unix_millis();
-    assert!(l.claim_dedup("alice", "k:1", now, window).await.unwrap());
-    assert!(!l
-        .claim_dedup("alice", "k:1", now + 1, window)
-        .await
-        .unwrap());
+    assert!(claim(l, "alice", "k:1", now, window).await);
+    assert!(!claim(l, "alice", "k:1", now + 1, window).await);
     assert!(
-        l.claim_dedup("bob", "k:1", now + 1, window).await.unwrap(),
+        claim(l, "bob", "k:1", now + 1, window).await,
         "claims are per user"
     );
-    assert!(l
-        .claim_dedup("alice", "k:2", now + 1, window)
-        .await
-        .unwrap());
+    assert!(claim(l, "alice", "k:2", now + 1, window).await);
     // The Redis ledger times the window by Redis's clock, the embedded one by `now_ms`: real
     // time passes, and `now_ms` with it.
     tokio::time::sleep(Duration::from_millis(window + 150)).await;
     let later = unix_millis();
     assert!(
-        l.claim_dedup("alice", "k:1", later, window).await.unwrap(),
+        claim(l, "alice", "k:1", later, window).await,
         "claimable again after the window"
     );
-    assert!(!l
-        .claim_dedup("alice", "k:1", later + 1, window)
+    assert!(!claim(l, "alice", "k:1", later + 1, window).await);
+}
+
+async fn a_batch_of_claims_claims_each_content_once(s: Subject) {
+    let now = unix_millis();
+    let claims: Vec<DedupClaim> = [
+        ("alice", "k:1"),
+        ("alice", "k:1"),
+        ("bob", "k:1"),
+        ("alice", "k:2"),
+    ]
+    .into_iter()
+    .map(|(user, key)| DedupClaim {
+        user: user.into(),
+        key: key.into(),
+    })
+    .collect();
+    let fresh = s.ledger.claim_dedup(&claims, now, 60_000).await.unwrap();
+    assert_eq!(
+        fresh,
+        [true, false, true, true],
+        "the repeat within the batch is not fresh"
+    );
+    let again = s
+        .ledger
+        .claim_dedup(&claims[..1], now + 1, 60_000)
         .await
-        .unwrap());
+        .unwrap();
+    assert_eq!(again, [false]);
+    assert!(s
+        .ledger
+        .claim_dedup(&[], now, 60_000)
+        .await
+        .unwrap()
+        .is_empty());
+}
+
+async fn records_created_together_are_all_stored(s: Subject) {
+    let records: Vec<NewRecord> = (1..=3)
+        .map(|i| {
+            let id = format!("n{i}");
+            NewRecord {
+                record: record(&id, "alice", &[Route::Qiuqiu]),
+                jobs: vec![(job(&id, "alice", Route::Qiuqiu), i)],
+            }
+        })
+        .collect();
+    s.ledger.create(&records).await.unwrap();
+    for new in &records {
+        let id = &new.record.notification.id;
+        assert_eq!(
+            s.ledger.record(id).await.unwrap().as_ref(),
+            Some(&new.record)
+        );
+    }
+    assert_eq!(
+        take(&s, 10, 10, 1000).await,
+        ["n1-qiuqiu", "n2-qiuqiu", "n3-qiuqiu"]
+    );
+}
+
+async fn aggregate_joins_in_one_call_apply_in_order(s: Subject) {
+    let join = |user: &str, notification: &str| AggregateJoin {
+        user: user.into(),
+        kind: "friend_request".into(),
+        notification: notification.into(),
+        route: Route::Qiuqiu,
+        due_ms: 1000,
+    };
+    let joined = s
+        .ledger
+        .aggregate(&[join("alice", "n1"), join("alice", "n2"), join("bob", "n3")])
+        .await
+        .unwrap();
+    let seen: Vec<(&str, u32, bool)> = joined
+        .iter()
+        .map(|(job, new)| (job.notification.as_str(), job.count, *new))
+        .collect();
+    assert_eq!(seen, [("n1", 1, true), ("n1", 2, false), ("n3", 1, true)]);
 }
 
 async fn a_record_round_trips_and_queues_its_jobs(s: Subject) {
@@ -188,7 +303,7 @@ async fn a_record_round_trips_and_queues_its_jobs(s: Subject) {
         (job("n1", "alice", Route::Wechat), 1000),
         (job("n1", "alice", Route::Qiuqiu), 2000),
     ];
-    s.ledger.create(&stored, &jobs).await.unwrap();
+    create(&s.ledger, &stored, &jobs).await;
     assert_eq!(s.ledger.record("n1").await.unwrap(), Some(stored));
     assert_eq!(s.ledger.record("n2").await.unwrap(), None);
     assert_depth(&s, 2).await;
@@ -271,32 +386,20 @@ async fn settling_records_the_route_and_requeues_or_removes_the_job(s: Subject) 
 
 async fn aggregates_join_until_their_job_is_taken(s: Subject) {
     let l = &s.ledger;
-    let (first, new) = l
-        .aggregate("alice", "friend_request", "n1", Route::Qiuqiu, 1000)
-        .await
-        .unwrap();
+    let (first, new) = aggregate(l, "alice", "friend_request", "n1", Route::Qiuqiu, 1000).await;
     assert!(new);
     assert_eq!(
         (first.notification.as_str(), first.count, first.route),
         ("n1", 1, Route::Qiuqiu)
     );
     for (id, count) in [("n2", 2), ("n3", 3)] {
-        let (joined, new) = l
-            .aggregate("alice", "friend_request", id, Route::Qiuqiu, 1500)
-            .await
-            .unwrap();
+        let (joined, new) = aggregate(l, "alice", "friend_request", id, Route::Qiuqiu, 1500).await;
         assert!(!new);
         assert_eq!((joined.notification.as_str(), joined.count), ("n1", count));
     }
-    let (other_kind, new) = l
-        .aggregate("alice", "like", "n4", Route::Qiuqiu, 1000)
-        .await
-        .unwrap();
+    let (other_kind, new) = aggregate(l, "alice", "like", "n4", Route::Qiuqiu, 1000).await;
     assert!(new && other_kind.count == 1);
-    let (_, new) = l
-        .aggregate("bob", "friend_request", "n5", Route::Qiuqiu, 1000)
-        .await
-        .unwrap();
+    let (_, new) = aggregate(l, "bob", "friend_request", "n5", Route::Qiuqiu, 1000).await;
     assert!(new, "one aggregate per user");
 
     let taken = l.take_due(1000, 10, 10_000).await.unwrap();
@@ -304,10 +407,7 @@ async fn aggregates_join_until_their_job_is_taken(s: Subject) {
     assert_eq!(n1.count, 3, "sent as one push for three");
     assert_eq!(taken.len(), 3);
 
-    let (after, new) = l
-        .aggregate("alice", "friend_request", "n6", Route::Qiuqiu, 2000)
-        .await
-        .unwrap();
+    let (after, new) = aggregate(l, "alice", "friend_request", "n6", Route::Qiuqiu, 2000).await;
     assert!(new, "taking the job freed the slot");
     assert_eq!((after.notification.as_str(), after.count), ("n6", 1));
 }
@@ -364,9 +464,7 @@ async fn a_quota_never_counts_past_its_limit(s: Subject) {
 
 async fn preferences_round_trip_and_bindings_are_sealed(s: Subject) {
     let l = &s.ledger;
-    assert_eq!(l.quiet_hours("alice").await.unwrap(), None);
-    assert_eq!(l.consent("alice").await.unwrap(), Consent::default());
-    assert_eq!(l.bindings("alice").await.unwrap(), Bindings::default());
+    assert_eq!(preferences(l, "alice").await, Preferences::default());
 
     let hours = QuietHours {
         time_zone: "Asia/Shanghai".into(),
@@ -387,11 +485,17 @@ async fn preferences_round_trip_and_bindings_are_sealed(s: Subject) {
     l.set_quiet_hours("alice", &hours).await.unwrap();
     l.set_consent("alice", &consent).await.unwrap();
     l.set_bindings("alice", &bindings).await.unwrap();
-    assert_eq!(l.quiet_hours("alice").await.unwrap(), Some(hours));
-    assert_eq!(l.consent("alice").await.unwrap(), consent);
-    assert_eq!(l.bindings("alice").await.unwrap(), bindings);
-    assert_eq!(l.quiet_hours("bob").await.unwrap(), None);
-    assert_eq!(l.bindings("bob").await.unwrap(), Bindings::default());
+    let alice = Preferences {
+        quiet_hours: Some(hours),
+        consent,
+        bindings,
+    };
+    // Several users in one read, in the order asked.
+    let users = ["bob".to_string(), "alice".into(), "bob".into()];
+    assert_eq!(
+        l.preferences(&users).await.unwrap(),
+        [Preferences::default(), alice, Preferences::default()]
+    );
 
     if let Some(server) = &s.redis {
         let stored = Resp::to(server)
@@ -417,10 +521,7 @@ async fn the_queue_depth_counts_queued_and_leased_jobs(s: Subject) {
         .await
         .unwrap();
     assert_depth(&s, 2).await;
-    s.ledger
-        .aggregate("bob", "like", "n3", Route::Qiuqiu, 100)
-        .await
-        .unwrap();
+    aggregate(&s.ledger, "bob", "like", "n3", Route::Qiuqiu, 100).await;
     assert_depth(&s, 3).await;
 }
 
@@ -451,12 +552,10 @@ async fn deleting_a_user_leaves_no_preferences_claims_or_jobs(s: Subject) {
             ..Bindings::default()
         };
         l.set_bindings(user, &bindings).await.unwrap();
-        assert!(l.claim_dedup(user, "k:1", now, 60_000).await.unwrap());
-        assert!(l.claim_dedup(user, "k:2", now, 60_000).await.unwrap());
+        assert!(claim(l, user, "k:1", now, 60_000).await);
+        assert!(claim(l, user, "k:2", now, 60_000).await);
         queued(&s, &format!("{user}-n1"), user, &[Route::Wechat], 100).await;
-        l.aggregate(user, "like", &format!("{user}-n2"), Route::Qiuqiu, 100)
-            .await
-            .unwrap();
+        aggregate(l, user, "like", &format!("{user}-n2"), Route::Qiuqiu, 100).await;
     }
     // One of bob's jobs taken and waiting to be retried, one just queued.
     assert_eq!(take(&s, 100, 1, 1000).await, ["alice-n1-wechat"]);
@@ -482,27 +581,28 @@ async fn deleting_a_user_leaves_no_preferences_claims_or_jobs(s: Subject) {
             );
         }
     }
-    assert_eq!(l.quiet_hours("bob").await.unwrap(), None);
-    assert_eq!(l.consent("bob").await.unwrap(), Consent::default());
-    assert_eq!(l.bindings("bob").await.unwrap(), Bindings::default());
-    assert!(l.claim_dedup("bob", "k:1", now, 60_000).await.unwrap());
-    assert!(l.claim_dedup("bob", "k:2", now, 60_000).await.unwrap());
+    assert_eq!(preferences(l, "bob").await.quiet_hours, None);
+    assert_eq!(preferences(l, "bob").await.consent, Consent::default());
+    assert_eq!(preferences(l, "bob").await.bindings, Bindings::default());
+    assert!(claim(l, "bob", "k:1", now, 60_000).await);
+    assert!(claim(l, "bob", "k:2", now, 60_000).await);
     assert_depth(&s, 2).await;
     assert_eq!(
         take(&s, u64::MAX / 4, 100, 1000).await,
         ["alice-n1-wechat", "alice-n2-qiuqiu"]
     );
-    let (_, new) = l
-        .aggregate("bob", "like", "bob-n3", Route::Qiuqiu, 100)
-        .await
-        .unwrap();
+    let (_, new) = aggregate(l, "bob", "like", "bob-n3", Route::Qiuqiu, 100).await;
     assert!(new, "the aggregate slot went with its job");
 
     // Nothing of alice's went.
-    assert!(!l.claim_dedup("alice", "k:1", now, 60_000).await.unwrap());
-    assert!(l.quiet_hours("alice").await.unwrap().is_some());
+    assert!(!claim(l, "alice", "k:1", now, 60_000).await);
+    assert!(preferences(l, "alice").await.quiet_hours.is_some());
     assert_eq!(
-        l.bindings("alice").await.unwrap().qiuqiu_alias.as_deref(),
+        preferences(l, "alice")
+            .await
+            .bindings
+            .qiuqiu_alias
+            .as_deref(),
         Some("alice")
     );
 }
@@ -524,12 +624,12 @@ async fn nodes_claiming_one_key_at_once_get_one_claim() {
     let claims: Vec<_> = (0..64)
         .map(|i| {
             let node = nodes[i % 2].clone();
-            tokio::spawn(async move { node.claim_dedup("alice", "k:same", now, 60_000).await })
+            tokio::spawn(async move { claim(&node, "alice", "k:same", now, 60_000).await })
         })
         .collect();
     let mut won = 0;
     for claim in claims {
-        won += usize::from(claim.await.unwrap().unwrap());
+        won += usize::from(claim.await.unwrap());
     }
     assert_eq!(won, 1);
 }
@@ -546,7 +646,7 @@ async fn nodes_taking_due_jobs_at_once_never_take_one_twice() {
             (job(&id, &user, Route::Qiuqiu), i),
         ];
         let record = record(&id, &user, &[Route::Wechat, Route::Qiuqiu]);
-        nodes[0].create(&record, &jobs).await.unwrap();
+        create(&nodes[0], &record, &jobs).await;
     }
     let takers: Vec<_> = (0..8)
         .map(|i| {
@@ -583,7 +683,7 @@ async fn nodes_settling_the_routes_of_one_notification_at_once_keep_both() {
             (job(id, "alice", Route::Qiuqiu), 100),
         ];
         let record = record(id, "alice", &[Route::Wechat, Route::Qiuqiu]);
-        nodes[0].create(&record, &jobs).await.unwrap();
+        create(&nodes[0], &record, &jobs).await;
     }
     let settles: Vec<_> = ids
         .iter()

@@ -255,6 +255,63 @@ async fn the_same_content_is_pushed_once_within_the_window() {
 }
 
 #[tokio::test]
+async fn a_batch_is_routed_item_by_item_in_one_request() {
+    let doubles = Doubles::start().await;
+    let gw = TestGateway::start_with(doubles.options().with("NOTIFY__MAX_PER_REQUEST", "5")).await;
+    reachable_user(&gw, "bea").await;
+    let like = json!({"user": "bea", "kind": "social_interaction", "title": "eve liked your photo", "body": "❤"});
+    let batch = json!({"notifications": [
+        like,
+        {"user": "bea", "kind": "no_such_kind", "title": "t", "body": "b"},
+        like,
+        {"user": "not a user!", "kind": "social_interaction", "title": "t", "body": "b"},
+        {"user": "bea", "kind": "payment_success", "title": "Paid", "body": "¥30"},
+    ]});
+    let (status, body) = gw
+        .api(Method::POST, "/v1/notifications/batch", Some(batch))
+        .await;
+    assert_eq!(status, 202, "{body}");
+    let results = body["results"].as_array().unwrap();
+    assert_eq!(
+        results.len(),
+        5,
+        "one answer per notification, in order: {body}"
+    );
+    assert_eq!(results[0]["routes"]["qiuqiu"]["status"], "queued");
+    assert_eq!(results[1]["error"]["code"], "invalid_request");
+    assert_eq!(
+        results[2]["routes"]["qiuqiu"]["status"], "deduplicated",
+        "the same content twice in one batch goes out once"
+    );
+    assert_eq!(results[3]["error"]["code"], "invalid_request");
+    assert_eq!(results[4]["routes"]["wechat"]["status"], "queued", "{body}");
+    settled(&gw, results[0]["id"].as_str().unwrap()).await;
+    settled(&gw, results[4]["id"].as_str().unwrap()).await;
+    // The like once, and the payment's silent balance update.
+    assert_eq!(doubles.qiuqiu.pushes().len(), 2);
+    assert_eq!(doubles.wechat.sends().len(), 1);
+
+    let six = json!({"notifications": vec![like; 6]});
+    let (status, body) = gw
+        .api(Method::POST, "/v1/notifications/batch", Some(six))
+        .await;
+    assert_eq!(status, 413, "{body}");
+    assert_eq!(body["error"]["code"], "too_large");
+    let (status, body) = gw
+        .api(
+            Method::POST,
+            "/v1/notifications/batch",
+            Some(json!({"notes": []})),
+        )
+        .await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (422, Some("bad_json")),
+        "{body}"
+    );
+}
+
+#[tokio::test]
 async fn quiet_hours_hold_pushes_but_not_urgent_ones() {
     let doubles = Doubles::start().await;
     let gw = TestGateway::start_with(doubles.options()).await;

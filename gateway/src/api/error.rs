@@ -39,6 +39,13 @@ impl ApiError {
     }
 }
 
+impl ApiError {
+    /// The JSON body alone: one item's error inside a batch's answer.
+    pub fn into_body(self) -> ErrorBody {
+        self.body
+    }
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         (self.status, Json(self.body)).into_response()

@@ -27,6 +27,7 @@ pub fn router(gw: Arc<Gateway>) -> Router {
     let recorded = Router::new()
         .route("/messages", post(messages::post))
         .route("/notifications", post(notifications::post))
+        .route("/notifications/batch", post(notifications::post_batch))
         .route_layer(middleware::from_fn_with_state(
             gw.clone(),
             recording::record_call,

@@ -13,6 +13,7 @@ use crate::notify::NotificationInput;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::Json;
+use protocol::error_code::ErrorBody;
 use protocol::ErrorCode;
 use serde::{Deserialize, Serialize};
 use sha1::{Digest, Sha1};
@@ -40,13 +41,80 @@ pub async fn post(
 ) -> Result<(StatusCode, Json<Routed>), ApiError> {
     let notification = input.into_notification().map_err(ApiError::invalid)?;
     let record = gw.notifications.submit(&gw, notification).await?;
-    Ok((
-        StatusCode::ACCEPTED,
-        Json(Routed {
+    Ok((StatusCode::ACCEPTED, Json(record.into())))
+}
+
+impl From<Record> for Routed {
+    fn from(record: Record) -> Self {
+        Self {
             id: record.notification.id,
             routes: record.routes,
-        }),
-    ))
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Batch {
+    notifications: Vec<NotificationInput>,
+}
+
+/// One notification's answer inside a batch: its decisions, or why it was refused.
+#[derive(Serialize)]
+#[serde(untagged)]
+pub enum BatchItem {
+    Routed(Routed),
+    Refused(ErrorBody),
+}
+
+#[derive(Serialize)]
+pub struct BatchAnswer {
+    results: Vec<BatchItem>,
+}
+
+/// Many notifications in one request (a backend's fan-out, e.g. an event to every follower):
+/// each is routed as if posted alone and answered in order; one refused does not refuse the
+/// others. They reach the router together, so they share its batches.
+pub async fn post_batch(
+    State(gw): State<Arc<Gateway>>,
+    ApiJson(batch): ApiJson<Batch>,
+) -> Result<(StatusCode, Json<BatchAnswer>), ApiError> {
+    let most = gw.config.notify.max_per_request;
+    if batch.notifications.len() > most {
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            ErrorCode::TooLarge,
+            format!(
+                "{} notifications in one request; at most {most} (notify.max_per_request)",
+                batch.notifications.len()
+            ),
+        ));
+    }
+    // The valid ones go to the router together; the others are answered where they stand.
+    let mut answers: Vec<Option<BatchItem>> = Vec::with_capacity(batch.notifications.len());
+    let mut valid = Vec::new();
+    for input in batch.notifications {
+        match input.into_notification() {
+            Ok(notification) => {
+                valid.push(notification);
+                answers.push(None);
+            }
+            Err(why) => answers.push(Some(BatchItem::Refused(ApiError::invalid(why).into_body()))),
+        }
+    }
+    let mut routed = gw.notifications.submit_all(&gw, valid).await.into_iter();
+    let results = answers
+        .into_iter()
+        .map(|answer| {
+            answer.unwrap_or_else(|| {
+                match routed.next().expect("one record per valid notification") {
+                    Ok(record) => BatchItem::Routed(record.into()),
+                    Err(refused) => BatchItem::Refused(ApiError::from(refused).into_body()),
+                }
+            })
+        })
+        .collect();
+    Ok((StatusCode::ACCEPTED, Json(BatchAnswer { results })))
 }
 
 pub async fn get(

@@ -8,11 +8,14 @@ pub mod rate;
 pub mod router;
 pub mod worker;
 
+use crate::batcher::Batcher;
 use crate::gateway::Gateway;
 use crate::store::StoreError;
+use broker_config::Notify;
+use futures_util::future::try_join_all;
 use ledger::Ledger;
 use model::{Notification, Record};
-use router::{RouteError, Router, UserState};
+use router::{RouteError, Router, Submission, UserState};
 use std::sync::Arc;
 
 /// Longest title, body, link or dedup key, in characters.
@@ -71,52 +74,97 @@ pub struct Notifications {
     pub ledger: Arc<dyn Ledger>,
     /// Sends the queued pushes; started with [`Worker::run`] when the gateway serves.
     pub worker: Arc<worker::Worker>,
+    /// Notifications handed in at the same time are routed as one batch.
+    decisions: Batcher<Notification, Result<Record, RouteError>>,
 }
 
 impl Notifications {
-    pub fn new(ledger: Arc<dyn Ledger>, worker: Arc<worker::Worker>) -> Self {
-        Self { ledger, worker }
+    pub fn new(ledger: Arc<dyn Ledger>, worker: Arc<worker::Worker>, config: &Notify) -> Self {
+        Self {
+            ledger,
+            worker,
+            decisions: Batcher::new(config.decision_batch, config.decision_batches),
+        }
     }
 
-    /// Routes a new notification and returns its record with each route's decision.
+    /// Routes a new notification and returns its record with each route's decision. Routed
+    /// together with whatever else is handed in meanwhile (see [`Router::route`]).
     pub async fn submit(
         &self,
-        gw: &Gateway,
+        gw: &Arc<Gateway>,
         notification: Notification,
     ) -> Result<Record, RouteError> {
-        let user = self.user_state(gw, &notification.user).await?;
+        let mut records = self.submit_all(gw, vec![notification]).await;
+        records.pop().expect("one record per notification")
+    }
+
+    /// Routes notifications handed in together (a batch request), each as if alone; they
+    /// share the router's batches and come back in order.
+    pub async fn submit_all(
+        &self,
+        gw: &Arc<Gateway>,
+        notifications: Vec<Notification>,
+    ) -> Vec<Result<Record, RouteError>> {
+        let gw = gw.clone();
+        let route = move |batch| {
+            let gw = gw.clone();
+            async move { Self::route(&gw, batch).await }
+        };
+        let results = self.decisions.submit_all(notifications, route).await;
+        results
+            .into_iter()
+            .map(|result| result.map_err(|lost| StoreError::Unavailable(lost.to_string()))?)
+            .collect()
+    }
+
+    async fn route(gw: &Gateway, batch: Vec<Notification>) -> Vec<Result<Record, RouteError>> {
+        let users: Vec<String> = batch.iter().map(|n| n.user.clone()).collect();
+        let states = match Self::user_states(gw, &users).await {
+            Ok(states) => states,
+            Err(e) => return batch.iter().map(|_| Err(e.clone().into())).collect(),
+        };
+        let submissions = batch
+            .into_iter()
+            .zip(states)
+            .map(|(notification, user)| Submission { notification, user })
+            .collect();
         let router = Router {
             config: &gw.config.notify,
-            ledger: self.ledger.as_ref(),
+            ledger: gw.notifications.ledger.as_ref(),
             messages: &gw.messages,
             metrics: &gw.metrics.notify,
         };
-        router.route(notification, user, chrono::Utc::now()).await
+        router.route(submissions, chrono::Utc::now()).await
     }
 
-    /// What the routing needs of the user; the reads are independent, so they run together.
-    async fn user_state(&self, gw: &Gateway, user: &str) -> Result<UserState, StoreError> {
-        let online = async {
-            Ok(match &gw.cluster {
+    /// What the routing needs of each user: their preferences in one read, and whether a
+    /// device is online.
+    async fn user_states(gw: &Gateway, users: &[String]) -> Result<Vec<UserState>, StoreError> {
+        let online = try_join_all(users.iter().map(|user| async move {
+            Ok::<_, StoreError>(match &gw.cluster {
                 Some(cluster) => !cluster.devices(user).await?.is_empty(),
                 None => !gw.sessions.devices(user).is_empty(),
             })
-        };
-        let (online, bindings, consent, quiet_hours) = tokio::try_join!(
-            online,
-            self.ledger.bindings(user),
-            self.ledger.consent(user),
-            self.ledger.quiet_hours(user),
-        )?;
+        }));
+        let (online, preferences) =
+            tokio::try_join!(online, gw.notifications.ledger.preferences(users))?;
         let wechat_apps = &gw.config.channels.wechat.apps;
-        Ok(UserState {
-            online,
-            consent,
-            quiet_hours,
-            wechat_bound: wechat_apps
-                .iter()
-                .any(|app| bindings.wechat.contains_key(&app.name)),
-            qiuqiu_bound: !bindings.qiuqiu_devices.is_empty() || bindings.qiuqiu_alias.is_some(),
-        })
+        Ok(online
+            .into_iter()
+            .zip(preferences)
+            .map(|(online, preferences)| {
+                let bindings = preferences.bindings;
+                UserState {
+                    online,
+                    consent: preferences.consent,
+                    quiet_hours: preferences.quiet_hours,
+                    wechat_bound: wechat_apps
+                        .iter()
+                        .any(|app| bindings.wechat.contains_key(&app.name)),
+                    qiuqiu_bound: !bindings.qiuqiu_devices.is_empty()
+                        || bindings.qiuqiu_alias.is_some(),
+                }
+            })
+            .collect())
     }
 }

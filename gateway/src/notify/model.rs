@@ -199,3 +199,11 @@ pub struct Bindings {
     /// 球球 alias (the user's id in the app), used when no device id is bound.
     pub qiuqiu_alias: Option<String>,
 }
+
+/// What the routing and the sending need to know of a user's choices.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Preferences {
+    pub quiet_hours: Option<QuietHours>,
+    pub consent: Consent,
+    pub bindings: Bindings,
+}

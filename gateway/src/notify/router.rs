@@ -2,7 +2,7 @@
 //! 球球 whether, when and how a push is queued — by the kind's rule, the dedup window, the
 //! user's consent, bindings and quiet hours, and whether the user is online.
 
-use super::ledger::Ledger;
+use super::ledger::{AggregateJoin, DedupClaim, Ledger, NewRecord};
 use super::model::{
     Consent, Job, Notification, Priority, QuietHours, Record, Route, RouteState, Status,
 };
@@ -80,6 +80,12 @@ pub struct UserState {
     pub qiuqiu_bound: bool,
 }
 
+/// One notification to route, with what is known of its user.
+pub struct Submission {
+    pub notification: Notification,
+    pub user: UserState,
+}
+
 pub struct Router<'a> {
     pub config: &'a Notify,
     pub ledger: &'a dyn Ledger,
@@ -87,28 +93,154 @@ pub struct Router<'a> {
     pub metrics: &'a NotifyMetrics,
 }
 
+/// A notification's decisions before they are stored.
+struct Decided {
+    record: NewRecord,
+    /// The route whose push joins (or starts) the user's aggregated push of the kind.
+    aggregate: Option<AggregateJoin>,
+}
+
 impl Router<'_> {
-    /// Routes one notification and records the decisions; returns the record.
+    /// Routes notifications together and records the decisions; returns each one's record (or
+    /// why it was refused), in order. The batch costs one dedup claim and one ledger write, and
+    /// its in-app appends share the message store's group commits: what makes many decisions a
+    /// second affordable. Decisions are the same as routing each alone, in order.
     pub async fn route(
         &self,
-        notification: Notification,
-        user: UserState,
+        submissions: Vec<Submission>,
         now: DateTime<Utc>,
-    ) -> Result<Record, RouteError> {
-        let rule = self.config.kinds.get(&notification.kind).ok_or_else(|| {
-            let known: Vec<&str> = self.config.kinds.keys().map(String::as_str).collect();
-            RouteError::UnknownKind(notification.kind.clone(), known.join(", "))
-        })?;
+    ) -> Vec<Result<Record, RouteError>> {
         let now_ms = now.timestamp_millis() as u64;
-        let fresh = self
-            .ledger
-            .claim_dedup(
-                &notification.user,
-                &dedup_key(&notification),
-                now_ms,
-                self.config.dedup_window.as_millis() as u64,
-            )
-            .await?;
+        let mut results: Vec<Option<Result<Record, RouteError>>> =
+            submissions.iter().map(|_| None).collect();
+        let mut known = Vec::with_capacity(submissions.len());
+        for (i, submission) in submissions.into_iter().enumerate() {
+            match self.config.kinds.get(&submission.notification.kind) {
+                Some(rule) => known.push((i, rule, submission)),
+                None => {
+                    let names: Vec<&str> = self.config.kinds.keys().map(String::as_str).collect();
+                    let kind = submission.notification.kind.clone();
+                    results[i] = Some(Err(RouteError::UnknownKind(kind, names.join(", "))));
+                }
+            }
+        }
+        let decided = self.decide_all(&known, now, now_ms).await;
+        let mut stored = Vec::new();
+        match decided {
+            Ok(decided) => {
+                for ((i, _, _), decided) in known.iter().zip(decided) {
+                    match decided {
+                        Ok(record) => stored.push((*i, record)),
+                        Err(e) => results[*i] = Some(Err(e)),
+                    }
+                }
+            }
+            Err(e) => {
+                for (i, _, _) in &known {
+                    results[*i] = Some(Err(e.clone().into()));
+                }
+            }
+        }
+        let records: Vec<NewRecord> = stored.iter().map(|(_, r)| r.clone()).collect();
+        let created = self.ledger.create(&records).await;
+        for (i, new) in stored {
+            results[i] = Some(match &created {
+                Ok(()) => {
+                    for (route, state) in &new.record.routes {
+                        self.metrics.count(route.as_str(), state.status.as_str());
+                    }
+                    Ok(new.record)
+                }
+                Err(e) => Err(e.clone().into()),
+            });
+        }
+        results
+            .into_iter()
+            .map(|r| r.expect("every submission is answered"))
+            .collect()
+    }
+
+    /// Claims every notification's content, appends the fresh ones in-app, and decides each
+    /// route; the aggregated pushes are joined last, all at once. An error of the whole batch
+    /// (the claim) fails all; an in-app append fails its own notification only.
+    async fn decide_all(
+        &self,
+        known: &[(usize, &KindRule, Submission)],
+        now: DateTime<Utc>,
+        now_ms: u64,
+    ) -> Result<Vec<Result<NewRecord, RouteError>>, StoreError> {
+        let claims: Vec<DedupClaim> = known
+            .iter()
+            .map(|(_, _, s)| DedupClaim {
+                user: s.notification.user.clone(),
+                key: dedup_key(&s.notification),
+            })
+            .collect();
+        let window = self.config.dedup_window.as_millis() as u64;
+        let fresh = self.ledger.claim_dedup(&claims, now_ms, window).await?;
+        // Queued all before waiting for any, so the store commits them together.
+        let in_app: Vec<_> = known
+            .iter()
+            .zip(&fresh)
+            .map(|((_, rule, s), &fresh)| {
+                (rule.in_app && fresh).then(|| {
+                    let n = &s.notification;
+                    let body = json!({ "notification": n });
+                    self.messages.accept_notification(&n.user, &n.id, &body)
+                })
+            })
+            .collect();
+        let mut decided: Vec<Result<Decided, RouteError>> = Vec::with_capacity(known.len());
+        for (((_, rule, submission), fresh), in_app) in known.iter().zip(fresh).zip(in_app) {
+            let in_app = match in_app {
+                Some(accepting) => match accepting.wait().await {
+                    Ok(stored) => Some(Some(stored[0].seq)),
+                    Err(e) => {
+                        decided.push(Err(e.into()));
+                        continue;
+                    }
+                },
+                None => rule.in_app.then_some(None),
+            };
+            decided.push(Ok(self.decide(rule, submission, fresh, in_app, now, now_ms)));
+        }
+        let joins: Vec<AggregateJoin> = decided
+            .iter()
+            .filter_map(|d| d.as_ref().ok()?.aggregate.clone())
+            .collect();
+        let mut joined = self.ledger.aggregate(&joins).await?.into_iter();
+        Ok(decided
+            .into_iter()
+            .map(|decided| {
+                let Decided {
+                    mut record,
+                    aggregate,
+                } = decided?;
+                if let Some(join) = aggregate {
+                    let (job, new) = joined.next().expect("one answer per join");
+                    let state = record.record.routes.get_mut(&join.route);
+                    if let (false, Some(state)) = (new, state) {
+                        state.status = Status::Aggregated;
+                        state.detail = Some(format!("aggregated into {}", job.notification));
+                    }
+                }
+                Ok(record)
+            })
+            .collect())
+    }
+
+    /// The routes of one notification. `fresh`: its content was claimed now; `in_app`: for a
+    /// rule that delivers in-app, the seq it was stored at (none when deduplicated).
+    fn decide(
+        &self,
+        rule: &KindRule,
+        submission: &Submission,
+        fresh: bool,
+        in_app: Option<Option<u64>>,
+        now: DateTime<Utc>,
+        now_ms: u64,
+    ) -> Decided {
+        let (notification, user) = (&submission.notification, &submission.user);
         let duplicate = || {
             RouteState::new(
                 Status::Deduplicated,
@@ -117,18 +249,11 @@ impl Router<'_> {
         };
         let mut routes = BTreeMap::new();
         let mut jobs = Vec::new();
-
-        if rule.in_app {
-            let state = if fresh {
-                let body = json!({ "notification": &notification });
-                let stored = self
-                    .messages
-                    .accept_notification(&notification.user, &notification.id, &body)
-                    .wait()
-                    .await?;
-                RouteState::new(Status::Delivered, Some(format!("seq {}", stored[0].seq)))
-            } else {
-                duplicate()
+        let mut aggregate = None;
+        if let Some(seq) = in_app {
+            let state = match seq {
+                Some(seq) => RouteState::new(Status::Delivered, Some(format!("seq {seq}"))),
+                None => duplicate(),
             };
             routes.insert(Route::InApp, state);
         }
@@ -174,50 +299,41 @@ impl Router<'_> {
                     },
                     held_until.map(|_| "quiet hours".to_string()),
                 );
-                // An aggregated push is queued (or joined) by the ledger itself; only other pushes
-                // are queued with the record.
-                let job = if route == Route::Qiuqiu && rule.qiuqiu == QiuQiuAction::Aggregate {
+                // An aggregated push is queued (or joined) by the ledger's aggregate; other
+                // pushes are queued with the record.
+                if route == Route::Qiuqiu && rule.qiuqiu == QiuQiuAction::Aggregate {
                     due = due.max(now_ms + self.config.aggregate_window.as_millis() as u64);
-                    let (job, new) = self
-                        .ledger
-                        .aggregate(
-                            &notification.user,
-                            &notification.kind,
-                            &notification.id,
-                            route,
-                            due,
-                        )
-                        .await?;
-                    if !new {
-                        state.status = Status::Aggregated;
-                        state.detail = Some(format!("aggregated into {}", job.notification));
-                    }
-                    None
+                    aggregate = Some(AggregateJoin {
+                        user: notification.user.clone(),
+                        kind: notification.kind.clone(),
+                        notification: notification.id.clone(),
+                        route,
+                        due_ms: due,
+                    });
                 } else {
-                    Some(Job {
+                    let job = Job {
                         notification: notification.id.clone(),
                         route,
                         user: notification.user.clone(),
                         attempts: 0,
                         count: 0,
-                    })
-                };
-                state.due_at = Some(due);
-                if let Some(job) = job {
+                    };
                     jobs.push((job, due));
                 }
+                state.due_at = Some(due);
                 state
             };
             routes.insert(route, state);
         }
-        let record = Record {
-            notification,
-            routes,
-        };
-        self.ledger.create(&record, &jobs).await?;
-        for (route, state) in &record.routes {
-            self.metrics.count(route.as_str(), state.status.as_str());
+        Decided {
+            record: NewRecord {
+                record: Record {
+                    notification: notification.clone(),
+                    routes,
+                },
+                jobs,
+            },
+            aggregate,
         }
-        Ok(record)
     }
 }

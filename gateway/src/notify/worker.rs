@@ -4,7 +4,9 @@
 //! the quota resets, failed for good, or dead after the last attempt.
 
 use super::ledger::Ledger;
-use super::model::{Attempt, Bindings, Job, Notification, Record, Route, RouteState, Status};
+use super::model::{
+    Attempt, Bindings, Job, Notification, Preferences, Record, Route, RouteState, Status,
+};
 use super::rate::{next_provider_midnight, provider_day, RateLimiter};
 use crate::channel::{Channel, Content, Outcome, Push, Target};
 use crate::metrics::{AttemptLabel, NotifyMetrics, RouteLabel};
@@ -98,7 +100,13 @@ impl Worker {
             .get(&job.route)
             .cloned()
             .unwrap_or_else(|| RouteState::new(Status::Queued, None));
-        let consent = self.ledger.consent(&job.user).await?;
+        let preferences = self
+            .ledger
+            .preferences(std::slice::from_ref(&job.user))
+            .await?;
+        let Preferences {
+            consent, bindings, ..
+        } = preferences.into_iter().next().unwrap_or_default();
         let consented = match job.route {
             Route::Wechat => consent.wechat,
             _ => consent.qiuqiu,
@@ -107,7 +115,6 @@ impl Worker {
             let withdrawn = RouteState::new(Status::Skipped, Some("consent withdrawn".into()));
             return self.settle_final(&job, withdrawn).await;
         }
-        let bindings = self.ledger.bindings(&job.user).await?;
         let prepared = match self.prepare(&record, &job, &bindings) {
             Ok(prepared) => prepared,
             Err(why) => {

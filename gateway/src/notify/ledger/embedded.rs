@@ -1,7 +1,9 @@
 //! The embedded ledger: fjall keyspaces in `DATA_DIR/notify`. Writes that read first (claims,
 //! settling, aggregating) are serialized by one lock: this is the single-node backend. Each
 //! write is one journal batch; the fsync that makes it durable comes after the lock is released
-//! and covers every batch written before it (group commit), and no write is answered before it.
+//! and covers every batch written before it (group commit), and no write is answered before it
+//! — except claims and aggregate joins, which become durable with the `create` that follows
+//! them (see [`Ledger::claim_dedup`]).
 //!
 //! Keyspaces (ids never contain a 0 byte):
 //! - `records` id → record (JSON, sealed: it holds the notification's text)
@@ -12,14 +14,17 @@
 //! - `aggregates` user 0 kind → key of the pending aggregated job, and `job` 0 key → that slot
 //! - `quota` quota 0 day → count (8 BE)
 
-use super::Ledger;
-use crate::notify::model::{Bindings, Consent, Job, QuietHours, Record, Route, RouteState};
+use super::{AggregateJoin, DedupClaim, Ledger, NewRecord};
+use crate::notify::model::{
+    Bindings, Consent, Job, Preferences, QuietHours, Record, Route, RouteState,
+};
 use crate::store::cipher::KeyRing;
 use crate::store::StoreError;
 use async_trait::async_trait;
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, OwnedWriteBatch, PersistMode};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
+use std::collections::HashSet;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -67,6 +72,12 @@ fn be_u64(bytes: &[u8]) -> u64 {
     u64::from_be_bytes(bytes.try_into().unwrap_or([0; 8]))
 }
 
+/// A record's key and its sealed JSON (it holds the notification's text).
+fn sealed_record(keys: &KeyRing, record: &Record) -> (String, Vec<u8>) {
+    let id = &record.notification.id;
+    (id.clone(), keys.seal(&to_json(record), id.as_bytes()))
+}
+
 fn to_json(value: &impl Serialize) -> Vec<u8> {
     serde_json::to_vec(value).expect("ledger values serialize")
 }
@@ -104,21 +115,22 @@ impl EmbeddedLedger {
         })
     }
 
-    /// Runs `work` off the async threads, holding the write lock when `exclusive`.
+    /// Runs `work` off the async threads; writes hold the write lock.
     async fn run<T: Send + 'static>(
         &self,
-        exclusive: bool,
+        access: Access,
         work: impl FnOnce(&Spaces, &KeyRing) -> Result<T, StoreError> + Send + 'static,
     ) -> Result<T, StoreError> {
         let (spaces, keys, writes) = (self.spaces.clone(), self.keys.clone(), self.writes.clone());
         tokio::task::spawn_blocking(move || {
             let result = {
-                let _guard = exclusive.then(|| writes.lock().expect("ledger write lock"));
+                let _guard =
+                    (access != Access::Read).then(|| writes.lock().expect("ledger write lock"));
                 work(&spaces, &keys)
             };
             // The fsync happens outside the write lock, so the next writer goes on meanwhile
             // and its batch is made durable by the same or the next fsync.
-            if exclusive {
+            if access == Access::Write {
                 spaces.sync()?;
             }
             result
@@ -126,6 +138,17 @@ impl EmbeddedLedger {
         .await
         .map_err(failed)?
     }
+}
+
+/// How a ledger call touches the keyspaces.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Access {
+    Read,
+    /// Writes, durable before the call returns.
+    Write,
+    /// Writes that the next durable write makes durable with it (one journal, written in
+    /// order): claims and aggregate joins, which the router always follows with `create`.
+    WriteBeforeCreate,
 }
 
 impl Spaces {
@@ -136,6 +159,9 @@ impl Spaces {
     }
 
     fn commit(&self, batch: OwnedWriteBatch) -> Result<(), StoreError> {
+        if batch.is_empty() {
+            return Ok(());
+        }
         batch.commit().map_err(failed)?;
         self.written.fetch_add(1, Ordering::AcqRel);
         Ok(())
@@ -169,23 +195,26 @@ impl Spaces {
     }
 
     fn put_record(&self, batch: &mut OwnedWriteBatch, keys: &KeyRing, record: &Record) {
-        let id = &record.notification.id;
-        batch.insert(
-            &self.records,
-            id.as_str(),
-            keys.seal(&to_json(record), id.as_bytes()),
-        );
+        let (id, sealed) = sealed_record(keys, record);
+        batch.insert(&self.records, id, sealed);
     }
 
+    /// Queues `job` for `due`, moving it if it is queued already.
     fn enqueue(&self, batch: &mut OwnedWriteBatch, job: &Job, due: u64) -> Result<(), StoreError> {
         let key = job.key();
         if let Some(old) = self.jobs.get(&key).map_err(failed)? {
             batch.remove(&self.queue, queue_key(be_u64(&old), &key));
         }
-        batch.insert(&self.queue, queue_key(due, &key), to_json(job));
-        batch.insert(&self.jobs, key.as_str(), due.to_be_bytes());
-        self.floor.fetch_min(due, Ordering::AcqRel);
+        self.enqueue_new(batch, job, due);
         Ok(())
+    }
+
+    /// Queues a job known not to be queued (a new notification's): no lookup.
+    fn enqueue_new(&self, batch: &mut OwnedWriteBatch, job: &Job, due: u64) {
+        let key = job.key();
+        batch.insert(&self.queue, queue_key(due, &key), to_json(job));
+        batch.insert(&self.jobs, key, due.to_be_bytes());
+        self.floor.fetch_min(due, Ordering::AcqRel);
     }
 
     fn dequeue(&self, batch: &mut OwnedWriteBatch, job: &Job) -> Result<(), StoreError> {
@@ -195,6 +224,40 @@ impl Spaces {
         }
         batch.remove(&self.jobs, key.as_str());
         Ok(())
+    }
+
+    /// Joins the pending aggregated push of the user's kind, or starts one.
+    fn join_aggregate(&self, join: AggregateJoin) -> Result<(Job, bool), StoreError> {
+        let slot = joined(&join.user, &join.kind);
+        if let Some(key) = self.aggregates.get(&slot).map_err(failed)? {
+            let key = String::from_utf8_lossy(&key).into_owned();
+            if let Some(due) = self.jobs.get(&key).map_err(failed)? {
+                let due = be_u64(&due);
+                if let Some(job) = self.queue.get(queue_key(due, &key)).map_err(failed)? {
+                    let mut job: Job = from_json(&job, "aggregated job")?;
+                    job.count += 1;
+                    let mut batch = self.batch();
+                    batch.insert(&self.queue, queue_key(due, &key), to_json(&job));
+                    self.commit(batch)?;
+                    return Ok((job, false));
+                }
+            }
+        }
+        let job = Job {
+            notification: join.notification,
+            route: join.route,
+            user: join.user,
+            attempts: 0,
+            count: 1,
+        };
+        let mut batch = self.batch();
+        batch.insert(&self.aggregates, slot.clone(), job.key().as_bytes());
+        // Taking the job to send it frees the slot (see `take_due`): what comes after starts
+        // the next aggregate rather than joining one already sent.
+        batch.insert(&self.aggregates, joined("job", &job.key()), slot);
+        self.enqueue(&mut batch, &job, join.due_ms)?;
+        self.commit(batch)?;
+        Ok((job, true))
     }
 
     fn pref<T: DeserializeOwned>(
@@ -238,33 +301,55 @@ impl Spaces {
 impl Ledger for EmbeddedLedger {
     async fn claim_dedup(
         &self,
-        user: &str,
-        key: &str,
+        claims: &[DedupClaim],
         now_ms: u64,
         window_ms: u64,
-    ) -> Result<bool, StoreError> {
-        let claim = joined(user, key);
-        self.run(true, move |spaces, _| {
-            if let Some(expiry) = spaces.dedup.get(&claim).map_err(failed)? {
-                if be_u64(&expiry) > now_ms {
-                    return Ok(false);
-                }
-            }
+    ) -> Result<Vec<bool>, StoreError> {
+        // An empty window holds no claim.
+        if window_ms == 0 {
+            return Ok(vec![true; claims.len()]);
+        }
+        let claims: Vec<Vec<u8>> = claims.iter().map(|c| joined(&c.user, &c.key)).collect();
+        self.run(Access::WriteBeforeCreate, move |spaces, _| {
             let mut batch = spaces.batch();
-            batch.insert(&spaces.dedup, claim, (now_ms + window_ms).to_be_bytes());
+            let mut claimed = HashSet::new();
+            let mut fresh = Vec::with_capacity(claims.len());
+            for claim in claims {
+                let held = match spaces.dedup.get(&claim).map_err(failed)? {
+                    Some(expiry) => be_u64(&expiry) > now_ms,
+                    None => false,
+                };
+                let first = !held && claimed.insert(claim.clone());
+                if first {
+                    batch.insert(&spaces.dedup, claim, (now_ms + window_ms).to_be_bytes());
+                }
+                fresh.push(first);
+            }
             spaces.commit(batch)?;
-            Ok(true)
+            Ok(fresh)
         })
         .await
     }
 
-    async fn create(&self, record: &Record, jobs: &[(Job, u64)]) -> Result<(), StoreError> {
-        let (record, jobs) = (record.clone(), jobs.to_vec());
-        self.run(true, move |spaces, keys| {
+    async fn create(&self, records: &[NewRecord]) -> Result<(), StoreError> {
+        let records = records.to_vec();
+        // Sealing is most of the work: done before taking the write lock, which other batches
+        // and the sending worker wait for.
+        let sealed = self
+            .run(Access::Read, move |_, keys| {
+                Ok(records
+                    .into_iter()
+                    .map(|new| (sealed_record(keys, &new.record), new.jobs))
+                    .collect::<Vec<_>>())
+            })
+            .await?;
+        self.run(Access::Write, move |spaces, _| {
             let mut batch = spaces.batch();
-            spaces.put_record(&mut batch, keys, &record);
-            for (job, due) in &jobs {
-                spaces.enqueue(&mut batch, job, *due)?;
+            for ((id, record), jobs) in sealed {
+                batch.insert(&spaces.records, id, record);
+                for (job, due) in &jobs {
+                    spaces.enqueue_new(&mut batch, job, *due);
+                }
             }
             spaces.commit(batch)
         })
@@ -273,7 +358,7 @@ impl Ledger for EmbeddedLedger {
 
     async fn record(&self, id: &str) -> Result<Option<Record>, StoreError> {
         let id = id.to_string();
-        self.run(false, move |spaces, keys| spaces.record(keys, &id))
+        self.run(Access::Read, move |spaces, keys| spaces.record(keys, &id))
             .await
     }
 
@@ -283,7 +368,7 @@ impl Ledger for EmbeddedLedger {
         limit: usize,
         lease_ms: u64,
     ) -> Result<Vec<Job>, StoreError> {
-        self.run(true, move |spaces, _| {
+        self.run(Access::Write, move |spaces, _| {
             let floor = spaces.floor.load(Ordering::Acquire);
             let mut due = Vec::new();
             let mut last_due = floor;
@@ -329,7 +414,7 @@ impl Ledger for EmbeddedLedger {
         next_due: Option<u64>,
     ) -> Result<(), StoreError> {
         let job = job.clone();
-        self.run(true, move |spaces, keys| {
+        self.run(Access::Write, move |spaces, keys| {
             let mut batch = spaces.batch();
             if let Some(mut record) = spaces.record(keys, &job.notification)? {
                 record.routes.insert(job.route, state);
@@ -344,47 +429,15 @@ impl Ledger for EmbeddedLedger {
         .await
     }
 
-    async fn aggregate(
-        &self,
-        user: &str,
-        kind: &str,
-        notification: &str,
-        route: Route,
-        due_ms: u64,
-    ) -> Result<(Job, bool), StoreError> {
-        let (user, kind, notification) =
-            (user.to_string(), kind.to_string(), notification.to_string());
-        self.run(true, move |spaces, _| {
-            let slot = joined(&user, &kind);
-            if let Some(key) = spaces.aggregates.get(&slot).map_err(failed)? {
-                let key = String::from_utf8_lossy(&key).into_owned();
-                if let Some(due) = spaces.jobs.get(&key).map_err(failed)? {
-                    let due = be_u64(&due);
-                    if let Some(job) = spaces.queue.get(queue_key(due, &key)).map_err(failed)? {
-                        let mut job: Job = from_json(&job, "aggregated job")?;
-                        job.count += 1;
-                        let mut batch = spaces.batch();
-                        batch.insert(&spaces.queue, queue_key(due, &key), to_json(&job));
-                        spaces.commit(batch)?;
-                        return Ok((job, false));
-                    }
-                }
-            }
-            let job = Job {
-                notification,
-                route,
-                user,
-                attempts: 0,
-                count: 1,
-            };
-            let mut batch = spaces.batch();
-            batch.insert(&spaces.aggregates, slot.clone(), job.key().as_bytes());
-            // Taking the job to send it frees the slot (see `take_due`): what comes after starts
-            // the next aggregate rather than joining one already sent.
-            batch.insert(&spaces.aggregates, joined("job", &job.key()), slot);
-            spaces.enqueue(&mut batch, &job, due_ms)?;
-            spaces.commit(batch)?;
-            Ok((job, true))
+    async fn aggregate(&self, joins: &[AggregateJoin]) -> Result<Vec<(Job, bool)>, StoreError> {
+        let joins = joins.to_vec();
+        self.run(Access::WriteBeforeCreate, move |spaces, _| {
+            // Each join is committed before the next reads, so a later one finds the push an
+            // earlier one started.
+            joins
+                .into_iter()
+                .map(|join| spaces.join_aggregate(join))
+                .collect()
         })
         .await
     }
@@ -399,7 +452,7 @@ impl Ledger for EmbeddedLedger {
             provider_id.to_string(),
             joined(notification, route.as_str()),
         );
-        self.run(true, move |spaces, _| {
+        self.run(Access::Write, move |spaces, _| {
             let mut batch = spaces.batch();
             batch.insert(&spaces.provider, provider_id.as_str(), value);
             spaces.commit(batch)
@@ -412,7 +465,7 @@ impl Ledger for EmbeddedLedger {
         provider_id: &str,
     ) -> Result<Option<(String, Route)>, StoreError> {
         let provider_id = provider_id.to_string();
-        self.run(false, move |spaces, _| {
+        self.run(Access::Read, move |spaces, _| {
             let Some(value) = spaces.provider.get(&provider_id).map_err(failed)? else {
                 return Ok(None);
             };
@@ -432,7 +485,7 @@ impl Ledger for EmbeddedLedger {
 
     async fn set_route(&self, id: &str, route: Route, state: RouteState) -> Result<(), StoreError> {
         let id = id.to_string();
-        self.run(true, move |spaces, keys| {
+        self.run(Access::Write, move |spaces, keys| {
             let Some(mut record) = spaces.record(keys, &id)? else {
                 return Ok(());
             };
@@ -446,7 +499,7 @@ impl Ledger for EmbeddedLedger {
 
     async fn count_quota(&self, quota: &str, day: &str, limit: u64) -> Result<bool, StoreError> {
         let key = joined(quota, day);
-        self.run(true, move |spaces, _| {
+        self.run(Access::Write, move |spaces, _| {
             let used = spaces
                 .quota
                 .get(&key)
@@ -463,49 +516,44 @@ impl Ledger for EmbeddedLedger {
         .await
     }
 
-    async fn quiet_hours(&self, user: &str) -> Result<Option<QuietHours>, StoreError> {
-        let user = user.to_string();
-        self.run(false, move |spaces, _| spaces.pref("quiet", &user, None))
-            .await
-    }
-
-    async fn set_quiet_hours(&self, user: &str, hours: &QuietHours) -> Result<(), StoreError> {
-        let (user, hours) = (user.to_string(), hours.clone());
-        self.run(true, move |spaces, _| {
-            spaces.set_pref("quiet", &user, &hours, None)
+    async fn preferences(&self, users: &[String]) -> Result<Vec<Preferences>, StoreError> {
+        let users = users.to_vec();
+        self.run(Access::Read, move |spaces, keys| {
+            users
+                .iter()
+                .map(|user| {
+                    Ok(Preferences {
+                        quiet_hours: spaces.pref("quiet", user, None)?,
+                        consent: spaces.pref("consent", user, None)?.unwrap_or_default(),
+                        bindings: spaces
+                            .pref("bindings", user, Some(keys))?
+                            .unwrap_or_default(),
+                    })
+                })
+                .collect()
         })
         .await
     }
 
-    async fn consent(&self, user: &str) -> Result<Consent, StoreError> {
-        let user = user.to_string();
-        self.run(false, move |spaces, _| {
-            Ok(spaces.pref("consent", &user, None)?.unwrap_or_default())
+    async fn set_quiet_hours(&self, user: &str, hours: &QuietHours) -> Result<(), StoreError> {
+        let (user, hours) = (user.to_string(), hours.clone());
+        self.run(Access::Write, move |spaces, _| {
+            spaces.set_pref("quiet", &user, &hours, None)
         })
         .await
     }
 
     async fn set_consent(&self, user: &str, consent: &Consent) -> Result<(), StoreError> {
         let (user, consent) = (user.to_string(), *consent);
-        self.run(true, move |spaces, _| {
+        self.run(Access::Write, move |spaces, _| {
             spaces.set_pref("consent", &user, &consent, None)
-        })
-        .await
-    }
-
-    async fn bindings(&self, user: &str) -> Result<Bindings, StoreError> {
-        let user = user.to_string();
-        self.run(false, move |spaces, keys| {
-            Ok(spaces
-                .pref("bindings", &user, Some(keys))?
-                .unwrap_or_default())
         })
         .await
     }
 
     async fn set_bindings(&self, user: &str, bindings: &Bindings) -> Result<(), StoreError> {
         let (user, bindings) = (user.to_string(), bindings.clone());
-        self.run(true, move |spaces, keys| {
+        self.run(Access::Write, move |spaces, keys| {
             spaces.set_pref("bindings", &user, &bindings, Some(keys))
         })
         .await
@@ -517,7 +565,7 @@ impl Ledger for EmbeddedLedger {
 
     async fn delete_user(&self, user: &str) -> Result<(), StoreError> {
         let user = user.to_string();
-        self.run(true, move |spaces, _| {
+        self.run(Access::Write, move |spaces, _| {
             let mut batch = spaces.batch();
             for kind in ["quiet", "consent", "bindings"] {
                 batch.remove(&spaces.prefs, joined(kind, &user));

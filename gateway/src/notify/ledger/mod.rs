@@ -5,24 +5,51 @@
 pub mod embedded;
 pub mod redis;
 
-use super::model::{Bindings, Consent, Job, QuietHours, Record, Route, RouteState};
+use super::model::{Bindings, Consent, Job, Preferences, QuietHours, Record, Route, RouteState};
 use crate::store::StoreError;
 use async_trait::async_trait;
 
+/// One claim of [`Ledger::claim_dedup`]: a content's dedup key, for a user.
+#[derive(Debug, Clone)]
+pub struct DedupClaim {
+    pub user: String,
+    pub key: String,
+}
+
+/// A new record with the pushes it queues, each with the time it is due.
+#[derive(Debug, Clone)]
+pub struct NewRecord {
+    pub record: Record,
+    pub jobs: Vec<(Job, u64)>,
+}
+
+/// A notification that joins its user's pending aggregated push of its kind (one per window),
+/// or starts one due at `due_ms`.
+#[derive(Debug, Clone)]
+pub struct AggregateJoin {
+    pub user: String,
+    pub kind: String,
+    pub notification: String,
+    pub route: Route,
+    pub due_ms: u64,
+}
+
 #[async_trait]
 pub trait Ledger: Send + Sync + 'static {
-    /// Claims `key` for `user` for `window_ms`: true for the first claim in the window, false
-    /// for every other (another submission, another node, a retry) until it expires.
+    /// Claims each content for its user for `window_ms`, in order: true for the first claim in
+    /// the window, false for every other (the same content earlier in `claims`, another
+    /// submission, another node, a retry) until it expires. Claims are seen at once by every
+    /// later claim, but may become durable only with the next `create`, which the router always
+    /// makes after them: a claim lost in a crash belonged to a submission never answered.
     async fn claim_dedup(
         &self,
-        user: &str,
-        key: &str,
+        claims: &[DedupClaim],
         now_ms: u64,
         window_ms: u64,
-    ) -> Result<bool, StoreError>;
+    ) -> Result<Vec<bool>, StoreError>;
 
-    /// Stores a new record and queues its jobs (each with the time it is due), together.
-    async fn create(&self, record: &Record, jobs: &[(Job, u64)]) -> Result<(), StoreError>;
+    /// Stores new records and queues their jobs, all in one durable write.
+    async fn create(&self, records: &[NewRecord]) -> Result<(), StoreError>;
 
     async fn record(&self, id: &str) -> Result<Option<Record>, StoreError>;
 
@@ -44,16 +71,10 @@ pub trait Ledger: Send + Sync + 'static {
         next_due: Option<u64>,
     ) -> Result<(), StoreError>;
 
-    /// Joins the pending aggregated push of `user`'s `kind` (one per window) or starts one due
-    /// at `due_ms`. Returns the job and whether it is new (the caller then stores its record).
-    async fn aggregate(
-        &self,
-        user: &str,
-        kind: &str,
-        notification: &str,
-        route: Route,
-        due_ms: u64,
-    ) -> Result<(Job, bool), StoreError>;
+    /// Applies each join in order (a later one can join the push an earlier one started).
+    /// Returns each one's job and whether it is new (then the caller's record owns it). Like
+    /// claims, durable at the latest with the next `create`.
+    async fn aggregate(&self, joins: &[AggregateJoin]) -> Result<Vec<(Job, bool)>, StoreError>;
 
     /// Remembers which notification a provider's id (a WeChat msgid) belongs to.
     async fn index_provider_id(
@@ -75,11 +96,10 @@ pub trait Ledger: Send + Sync + 'static {
     /// `limit` is reached.
     async fn count_quota(&self, quota: &str, day: &str, limit: u64) -> Result<bool, StoreError>;
 
-    async fn quiet_hours(&self, user: &str) -> Result<Option<QuietHours>, StoreError>;
+    /// Each user's quiet hours, consent and bindings, in the order of `users`, in one read.
+    async fn preferences(&self, users: &[String]) -> Result<Vec<Preferences>, StoreError>;
     async fn set_quiet_hours(&self, user: &str, hours: &QuietHours) -> Result<(), StoreError>;
-    async fn consent(&self, user: &str) -> Result<Consent, StoreError>;
     async fn set_consent(&self, user: &str, consent: &Consent) -> Result<(), StoreError>;
-    async fn bindings(&self, user: &str) -> Result<Bindings, StoreError>;
     async fn set_bindings(&self, user: &str, bindings: &Bindings) -> Result<(), StoreError>;
 
     /// Pushes waiting in the queue, for a gauge: exact on Redis, an estimate on the embedded

@@ -39,8 +39,10 @@
 //! by [`REQUEST_TIMEOUT`](crate::store::redis::REQUEST_TIMEOUT) and fails as unavailable while
 //! Redis is away; a request that timed out may still have been executed.
 
-use super::Ledger;
-use crate::notify::model::{Bindings, Consent, Job, QuietHours, Record, Route, RouteState};
+use super::{AggregateJoin, DedupClaim, Ledger, NewRecord};
+use crate::notify::model::{
+    Bindings, Consent, Job, Preferences, QuietHours, Record, Route, RouteState,
+};
 use crate::store::cipher::KeyRing;
 use crate::store::redis::{bounded, connect};
 use crate::store::StoreError;
@@ -317,15 +319,12 @@ impl RedisLedger {
         .await
     }
 
-    async fn pref<T: DeserializeOwned>(
-        &self,
-        key: &str,
-        what: &str,
-    ) -> Result<Option<T>, StoreError> {
-        match self.get(key).await? {
-            Some(bytes) => from_json(&bytes, what).map(Some),
-            None => Ok(None),
-        }
+    fn open_bindings(&self, user: &str, sealed: &[u8]) -> Result<Bindings, StoreError> {
+        let plain = self
+            .keys
+            .open(sealed, &bindings_aad(user))
+            .map_err(|e| StoreError::Unreadable(format!("bindings of {user}: {e}")))?;
+        from_json(&plain, "bindings")
     }
 
     /// Sets one route's state of record `id` and applies `queue`, as one write that happens only
@@ -416,43 +415,49 @@ impl Ledger for RedisLedger {
     /// node whose clock is ahead must not end another node's claim early.
     async fn claim_dedup(
         &self,
-        user: &str,
-        key: &str,
+        claims: &[DedupClaim],
         _now_ms: u64,
         window_ms: u64,
-    ) -> Result<bool, StoreError> {
+    ) -> Result<Vec<bool>, StoreError> {
         // An empty window holds no claim (as in the embedded ledger); Redis refuses PX 0.
-        if window_ms == 0 {
-            return Ok(true);
+        if window_ms == 0 || claims.is_empty() {
+            return Ok(vec![true; claims.len()]);
         }
-        let keys = UserKeys::of(user);
-        bounded(
-            CLAIM
-                .key(keys.claim(key))
-                .key(&keys.claims)
-                .arg(window_ms)
-                .arg(key)
-                .invoke_async(&mut self.redis.clone()),
-        )
-        .await
+        // One round trip; Redis runs the scripts in order, so a repeated claim finds the first.
+        let mut pipe = redis::pipe();
+        pipe.load_script(&CLAIM).ignore();
+        for claim in claims {
+            let keys = UserKeys::of(&claim.user);
+            pipe.invoke_script(
+                CLAIM
+                    .key(keys.claim(&claim.key))
+                    .key(&keys.claims)
+                    .arg(window_ms)
+                    .arg(&claim.key),
+            );
+        }
+        bounded(pipe.query_async(&mut self.redis.clone())).await
     }
 
-    async fn create(&self, record: &Record, jobs: &[(Job, u64)]) -> Result<(), StoreError> {
+    async fn create(&self, records: &[NewRecord]) -> Result<(), StoreError> {
         let mut pipe = redis::pipe();
-        pipe.atomic()
-            .set(
+        pipe.atomic();
+        for new in records {
+            let record = &new.record;
+            pipe.set(
                 record_key(&record.notification.id),
                 self.seal_record(record),
             )
             .ignore();
-        for (job, due) in jobs {
-            let key = job.key();
-            pipe.zadd(QUEUE, &key, due)
-                .ignore()
-                .hset(JOBS, &key, to_json(job))
-                .ignore()
-                .sadd(UserKeys::of(&job.user).jobs, &key)
-                .ignore();
+            for (job, due) in &new.jobs {
+                let key = job.key();
+                pipe.zadd(QUEUE, &key, due)
+                    .ignore()
+                    .hset(JOBS, &key, to_json(job))
+                    .ignore()
+                    .sadd(UserKeys::of(&job.user).jobs, &key)
+                    .ignore();
+            }
         }
         bounded(pipe.exec_async(&mut self.redis.clone())).await
     }
@@ -505,36 +510,34 @@ impl Ledger for RedisLedger {
             .await
     }
 
-    async fn aggregate(
-        &self,
-        user: &str,
-        kind: &str,
-        notification: &str,
-        route: Route,
-        due_ms: u64,
-    ) -> Result<(Job, bool), StoreError> {
-        let job = Job {
-            notification: notification.to_string(),
-            route,
-            user: user.to_string(),
-            attempts: 0,
-            count: 1,
-        };
-        let (new, job): (bool, Vec<u8>) = bounded(
-            AGGREGATE
-                .key(AGGREGATES)
-                .key(AGGREGATED)
-                .key(QUEUE)
-                .key(JOBS)
-                .key(UserKeys::of(user).jobs)
-                .arg(format!("{user}\0{kind}"))
-                .arg(job.key())
-                .arg(due_ms)
-                .arg(to_json(&job))
-                .invoke_async(&mut self.redis.clone()),
-        )
-        .await?;
-        Ok((from_json(&job, "aggregated job")?, new))
+    async fn aggregate(&self, joins: &[AggregateJoin]) -> Result<Vec<(Job, bool)>, StoreError> {
+        let mut joined = Vec::with_capacity(joins.len());
+        // One script per join, in order: a later join can find the push an earlier one started.
+        for join in joins {
+            let job = Job {
+                notification: join.notification.clone(),
+                route: join.route,
+                user: join.user.clone(),
+                attempts: 0,
+                count: 1,
+            };
+            let (new, job): (bool, Vec<u8>) = bounded(
+                AGGREGATE
+                    .key(AGGREGATES)
+                    .key(AGGREGATED)
+                    .key(QUEUE)
+                    .key(JOBS)
+                    .key(UserKeys::of(&join.user).jobs)
+                    .arg(format!("{}\0{}", join.user, join.kind))
+                    .arg(job.key())
+                    .arg(join.due_ms)
+                    .arg(to_json(&job))
+                    .invoke_async(&mut self.redis.clone()),
+            )
+            .await?;
+            joined.push((from_json(&job, "aggregated job")?, new));
+        }
+        Ok(joined)
     }
 
     async fn index_provider_id(
@@ -581,8 +584,34 @@ impl Ledger for RedisLedger {
         .await
     }
 
-    async fn quiet_hours(&self, user: &str) -> Result<Option<QuietHours>, StoreError> {
-        self.pref(&UserKeys::of(user).quiet, "quiet").await
+    async fn preferences(&self, users: &[String]) -> Result<Vec<Preferences>, StoreError> {
+        if users.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut pipe = redis::pipe();
+        for user in users {
+            let keys = UserKeys::of(user);
+            pipe.get(keys.quiet).get(keys.consent).get(keys.bindings);
+        }
+        type Stored = (Option<Vec<u8>>, Option<Vec<u8>>, Option<Vec<u8>>);
+        let stored: Vec<Stored> = bounded(pipe.query_async(&mut self.redis.clone())).await?;
+        users
+            .iter()
+            .zip(stored)
+            .map(|(user, (quiet, consent, bindings))| {
+                Ok(Preferences {
+                    quiet_hours: quiet.map(|q| from_json(&q, "quiet")).transpose()?,
+                    consent: consent
+                        .map(|c| from_json(&c, "consent"))
+                        .transpose()?
+                        .unwrap_or_default(),
+                    bindings: match bindings {
+                        Some(sealed) => self.open_bindings(user, &sealed)?,
+                        None => Bindings::default(),
+                    },
+                })
+            })
+            .collect()
     }
 
     async fn set_quiet_hours(&self, user: &str, hours: &QuietHours) -> Result<(), StoreError> {
@@ -590,27 +619,9 @@ impl Ledger for RedisLedger {
             .await
     }
 
-    async fn consent(&self, user: &str) -> Result<Consent, StoreError> {
-        Ok(self
-            .pref(&UserKeys::of(user).consent, "consent")
-            .await?
-            .unwrap_or_default())
-    }
-
     async fn set_consent(&self, user: &str, consent: &Consent) -> Result<(), StoreError> {
         self.set(&UserKeys::of(user).consent, to_json(consent).as_bytes())
             .await
-    }
-
-    async fn bindings(&self, user: &str) -> Result<Bindings, StoreError> {
-        let Some(sealed) = self.get(&UserKeys::of(user).bindings).await? else {
-            return Ok(Bindings::default());
-        };
-        let plain = self
-            .keys
-            .open(&sealed, &bindings_aad(user))
-            .map_err(|e| StoreError::Unreadable(format!("bindings of {user}: {e}")))?;
-        from_json(&plain, "bindings")
     }
 
     async fn set_bindings(&self, user: &str, bindings: &Bindings) -> Result<(), StoreError> {
