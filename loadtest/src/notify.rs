@@ -107,6 +107,10 @@ pub struct NotifyCmd {
     /// Requests in flight at once.
     #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..))]
     concurrency: u32,
+    /// Notifications per request: 1 posts each to `/v1/notifications`, more post them together
+    /// to `/v1/notifications/batch` (at most the gateway's `notify.max_per_request`).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    batch: u32,
     /// decisions: how long to submit.
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     duration: Duration,
@@ -118,6 +122,11 @@ pub struct NotifyCmd {
     /// that the deliveries after the run are not paced.
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
     rate: Option<u32>,
+    /// decisions: end once submitting ends, without waiting for the queued pushes to go out
+    /// (then only checked for duplicates so far). With --rate at a provider's real rate, the
+    /// queue would take hours to drain; this measures the routing alone.
+    #[arg(long)]
+    skip_deliveries: bool,
     /// After submitting, deliveries are over once the doubles received nothing for this long.
     #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
     drain_idle: Duration,
@@ -396,6 +405,8 @@ pub struct Delivery {
     pub seconds_after_submitting: f64,
     /// Deliveries stopped for `--drain-idle` or reached what was expected (not the timeout).
     pub settled: bool,
+    /// Whether the run waited for the deliveries (not with --skip-deliveries).
+    pub waited: bool,
 }
 
 /// The rate limit seen at the 球球 double.
@@ -487,6 +498,8 @@ pub struct NotifyResult {
     pub started_gateway: bool,
     pub users: u32,
     pub concurrency: u32,
+    /// Notifications per request.
+    pub batch: u32,
     /// `per_second` of both channels (the started gateway's; what --rate said otherwise).
     pub rate: u32,
     pub setup_seconds: f64,
@@ -540,6 +553,7 @@ pub async fn run_cmd(cmd: &NotifyCmd) -> Result<NotifyResult> {
         started_gateway: cmd.start_gateway.is_some(),
         users: cmd.users,
         concurrency: cmd.concurrency,
+        batch: cmd.batch,
         rate,
         setup_seconds,
         count: (cmd.mode == Mode::Burst).then_some(cmd.count),
@@ -609,6 +623,7 @@ async fn load(
                 api: api.clone(),
                 mode: cmd.mode,
                 users: u64::from(cmd.users),
+                batch: u64::from(cmd.batch),
                 run: run.clone(),
                 next: next.clone(),
                 limit,
@@ -634,13 +649,18 @@ async fn load(
             .unwrap_or(0)
     };
     let (expected_wechat, expected_qiuqiu) = (expected("wechat"), expected("qiuqiu"));
-    let (settled, last_call) = drain(
-        doubles,
-        (expected_wechat, expected_qiuqiu),
-        cmd.drain_idle,
-        deadline,
-    )
-    .await;
+    let waited = !(cmd.skip_deliveries && cmd.mode == Mode::Decisions);
+    let (settled, last_call) = if waited {
+        drain(
+            doubles,
+            (expected_wechat, expected_qiuqiu),
+            cmd.drain_idle,
+            deadline,
+        )
+        .await
+    } else {
+        (true, Instant::now())
+    };
     let _ = stop_tx.send(true);
     reporter.await?;
     watcher.await?;
@@ -670,6 +690,7 @@ async fn load(
         seconds_after_submitting: last_call.saturating_duration_since(submitted).as_secs_f64()
             - seconds,
         settled,
+        waited,
     };
     let rate_check = (cmd.mode == Mode::Burst).then(|| {
         let mut at: Vec<f64> = pushes
@@ -737,6 +758,7 @@ struct Submitter {
     api: Api,
     mode: Mode,
     users: u64,
+    batch: u64,
     run: String,
     /// The next notification's number, shared by all submitters.
     next: Arc<AtomicU64>,
@@ -746,75 +768,102 @@ struct Submitter {
     failed: Arc<Counter>,
 }
 
+/// What became of one notification: its routes, or an error's class and detail.
+type Answer = Result<Value, (String, String)>;
+
 impl Submitter {
     async fn submit_all(self) -> Tally {
         let mut tally = Tally::default();
         loop {
-            let n = self.next.fetch_add(1, Ordering::Relaxed);
-            if n >= self.limit || Instant::now() >= self.end {
+            let first = self.next.fetch_add(self.batch, Ordering::Relaxed);
+            if first >= self.limit || Instant::now() >= self.end {
                 return tally;
             }
-            // Consecutive numbers go to different kinds and users; every user sees every kind.
-            let (kind, user) = match self.mode {
-                Mode::Decisions => (KINDS[(n % 5) as usize], user((n / 5) % self.users)),
-                Mode::Burst => (BURST_KIND, user(n % self.users)),
-            };
-            // A distinct title per notification, so the dedup window never short-circuits.
-            let notification = json!({"user": user, "kind": kind, "title": format!("lt {} #{n}", self.run), "body": "load"});
+            let notifications: Vec<Value> = (first..(first + self.batch).min(self.limit))
+                .map(|n| self.notification(n))
+                .collect();
             let started = Instant::now();
-            let answer = self
-                .api
-                .call(reqwest::Method::POST, "/v1/notifications", &notification)
-                .await;
-            let outcome = match answer {
-                Ok(response) if response.status() == reqwest::StatusCode::ACCEPTED => {
-                    match response.json::<Value>().await {
-                        Ok(routed) => Ok(routed),
-                        Err(e) => Err(("answer".to_owned(), e.to_string())),
-                    }
-                }
-                Ok(response) => {
-                    let status = response.status();
-                    let text = response.text().await.unwrap_or_default();
-                    Err((status.as_u16().to_string(), format!("{status}: {text}")))
-                }
-                Err(e) => {
-                    let class = if e.is_timeout() {
-                        "timeout"
-                    } else if e.is_connect() {
-                        "connect"
-                    } else {
-                        "transport"
-                    };
-                    Err((class.to_owned(), e.to_string()))
-                }
+            let answers = if self.batch == 1 {
+                self.post("/v1/notifications", &notifications[0])
+                    .await
+                    .map(|routed| vec![Ok(routed)])
+            } else {
+                let batch = json!({ "notifications": notifications });
+                self.post("/v1/notifications/batch", &batch)
+                    .await
+                    .map(|answer| batch_answers(&answer))
             };
-            match outcome {
-                Ok(routed) => {
-                    self.accepted.add(1);
-                    tally
-                        .latency
-                        .saturating_record(started.elapsed().as_micros() as u64);
-                    if let Some(routes) = routed["routes"].as_object() {
-                        for (route, state) in routes {
-                            let status = state["status"].as_str().unwrap_or("?");
-                            *tally
-                                .routes
-                                .entry(route.clone())
-                                .or_default()
-                                .entry(status.to_owned())
-                                .or_default() += 1;
-                        }
+            let micros = started.elapsed().as_micros() as u64;
+            let answers = answers.unwrap_or_else(|e| vec![Err(e); notifications.len()]);
+            for answer in answers {
+                match answer {
+                    Ok(routed) => {
+                        self.accepted.add(1);
+                        tally.latency.saturating_record(micros);
+                        tally.count_routes(&routed);
                     }
-                }
-                Err((class, detail)) => {
-                    self.failed.add(1);
-                    *tally.errors.entry(class).or_default() += 1;
-                    tally.first_error.get_or_insert(detail);
+                    Err((class, detail)) => {
+                        self.failed.add(1);
+                        *tally.errors.entry(class).or_default() += 1;
+                        tally.first_error.get_or_insert(detail);
+                    }
                 }
             }
         }
     }
+
+    /// Consecutive numbers go to different kinds and users; every user sees every kind. A
+    /// distinct title per notification, so the dedup window never short-circuits.
+    fn notification(&self, n: u64) -> Value {
+        let (kind, user) = match self.mode {
+            Mode::Decisions => (KINDS[(n % 5) as usize], user((n / 5) % self.users)),
+            Mode::Burst => (BURST_KIND, user(n % self.users)),
+        };
+        json!({"user": user, "kind": kind, "title": format!("lt {} #{n}", self.run), "body": "load"})
+    }
+
+    /// Posts and reads the 202's body; anything else is an error of the whole request.
+    async fn post(&self, path: &str, body: &Value) -> Result<Value, (String, String)> {
+        match self.api.call(reqwest::Method::POST, path, body).await {
+            Ok(response) if response.status() == reqwest::StatusCode::ACCEPTED => response
+                .json::<Value>()
+                .await
+                .map_err(|e| ("answer".to_owned(), e.to_string())),
+            Ok(response) => {
+                let status = response.status();
+                let text = response.text().await.unwrap_or_default();
+                Err((status.as_u16().to_string(), format!("{status}: {text}")))
+            }
+            Err(e) => {
+                let class = if e.is_timeout() {
+                    "timeout"
+                } else if e.is_connect() {
+                    "connect"
+                } else {
+                    "transport"
+                };
+                Err((class.to_owned(), e.to_string()))
+            }
+        }
+    }
+}
+
+/// Each notification's answer in a batch's 202: its routes, or its error (classed by code).
+fn batch_answers(answer: &Value) -> Vec<Answer> {
+    let Some(results) = answer["results"].as_array() else {
+        let detail = format!("a batch answer without results: {answer}");
+        return vec![Err(("answer".to_owned(), detail))];
+    };
+    results
+        .iter()
+        .map(|item| match item.get("error") {
+            Some(error) => {
+                let code = error["code"].as_str().unwrap_or("error").to_owned();
+                Err((code, error.to_string()))
+            }
+            None => Ok(item.clone()),
+        })
+        .collect()
 }
 
 /// What the submitters saw, merged at the end.
@@ -823,6 +872,22 @@ struct Tally {
     errors: BTreeMap<String, u64>,
     first_error: Option<String>,
     routes: BTreeMap<String, BTreeMap<String, u64>>,
+}
+
+impl Tally {
+    fn count_routes(&mut self, routed: &Value) {
+        if let Some(routes) = routed["routes"].as_object() {
+            for (route, state) in routes {
+                let status = state["status"].as_str().unwrap_or("?");
+                *self
+                    .routes
+                    .entry(route.clone())
+                    .or_default()
+                    .entry(status.to_owned())
+                    .or_default() += 1;
+            }
+        }
+    }
 }
 
 impl Default for Tally {
@@ -899,7 +964,8 @@ impl NotifyResult {
             ("WeChat", d.expected_wechat, d.wechat_sends, d.wechat_unique),
             ("球球", d.expected_qiuqiu, d.qiuqiu_pushes, d.qiuqiu_unique),
         ] {
-            if delivered != expected || unique != expected {
+            let complete = delivered == expected || !d.waited;
+            if !complete || delivered > expected || unique != delivered {
                 failed.push(format!(
                     "{provider}: {expected} pushes queued, {delivered} delivered ({unique} distinct)"
                 ));
@@ -934,7 +1000,7 @@ impl Outcome for NotifyResult {
     fn print(&self) {
         let (s, d) = (&self.submission, &self.delivery);
         println!(
-            "notify {}: gateway {}{}, {} users, {} in flight, {}/s per channel, setup {:.1} s",
+            "notify {}: gateway {}{}, {} users, {} requests in flight of {} notifications, {}/s per channel, setup {:.1} s",
             self.mode.name(),
             self.gateway,
             if self.started_gateway {
@@ -944,6 +1010,7 @@ impl Outcome for NotifyResult {
             },
             self.users,
             self.concurrency,
+            self.batch,
             thousands(f64::from(self.rate)),
             self.setup_seconds
         );
@@ -1028,11 +1095,15 @@ impl Outcome for NotifyResult {
             ]);
         }
         print!("\n{}", table.render());
-        println!(
-            "deliveries went on {:.1} s after submitting{}",
-            d.seconds_after_submitting,
-            if d.settled { "" } else { " (cut by --timeout)" }
-        );
+        if d.waited {
+            println!(
+                "deliveries went on {:.1} s after submitting{}",
+                d.seconds_after_submitting,
+                if d.settled { "" } else { " (cut by --timeout)" }
+            );
+        } else {
+            println!("deliveries not waited for (--skip-deliveries): the rest stay queued");
+        }
 
         if let Some(c) = &self.rate_check {
             let mut table = Table::default();

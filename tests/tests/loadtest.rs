@@ -55,26 +55,45 @@ fn loadtest_passes(args: &[&str]) -> String {
     String::from_utf8_lossy(&output.stdout).into_owned()
 }
 
+/// Runs `loadtest notify` with `args` on a gateway it starts, and asserts it passed.
+fn notify_passes(args: &[&str]) -> String {
+    let gateway = binary();
+    let mut all = vec!["notify", "--start-gateway", gateway.to_str().unwrap()];
+    all.extend_from_slice(args);
+    let stdout = loadtest_passes(&all);
+    assert!(stdout.contains("result: PASS"), "{stdout}");
+    stdout
+}
+
 #[tokio::test]
 async fn notify_bursts_through_both_channel_doubles_at_the_configured_rate() {
-    let gateway = binary();
-    let stdout = loadtest_passes(&[
-        "notify",
-        "--start-gateway",
-        gateway.to_str().unwrap(),
+    notify_passes(&[
+        "--mode", "burst", "--count", "300", "--rate", "200", "--users", "20",
+        // A debug build beside other tests: pushes may reach the double late.
+        "--jitter", "500ms",
+    ]);
+}
+
+#[tokio::test]
+async fn notify_decisions_in_batches_are_routed_and_pushed_once() {
+    let stdout = notify_passes(&[
         "--mode",
-        "burst",
-        "--count",
-        "300",
-        "--rate",
-        "200",
+        "decisions",
+        "--batch",
+        "25",
+        "--concurrency",
+        "4",
+        "--duration",
+        "1s",
         "--users",
         "20",
-        // A debug build beside other tests: pushes may reach the double late.
-        "--jitter",
-        "500ms",
+        "--drain-idle",
+        "2s",
     ]);
-    assert!(stdout.contains("result: PASS"), "{stdout}");
+    assert!(
+        stdout.contains("4 requests in flight of 25 notifications"),
+        "{stdout}"
+    );
 }
 
 #[tokio::test]

@@ -16,7 +16,11 @@ use std::io::BufRead;
 use std::time::Duration;
 
 /// The API calls a replay sends: the ones the gateway records.
-pub const REPLAYED_CALLS: [&str; 2] = ["/v1/messages", "/v1/notifications"];
+pub const REPLAYED_CALLS: [&str; 3] = [
+    "/v1/messages",
+    "/v1/notifications",
+    "/v1/notifications/batch",
+];
 
 /// Top-level fields of a JSON payload or API body that hold a user id.
 const USER_FIELDS: [&str; 3] = ["user", "to", "from"];
@@ -153,12 +157,18 @@ impl Renamer {
         })
     }
 
-    /// Renames the user fields at the top of a JSON object; other values stay as they are.
+    /// Renames the user fields at the top of a JSON object, and of each object in a batch's
+    /// `notifications`; other values stay as they are.
     pub fn body(&self, mut body: Value) -> Result<Value> {
         if let Some(object) = body.as_object_mut() {
             for field in USER_FIELDS {
                 if let Some(Value::String(user)) = object.get_mut(field) {
                     *user = self.user(user)?;
+                }
+            }
+            if let Some(Value::Array(batch)) = object.get_mut("notifications") {
+                for item in batch {
+                    *item = self.body(item.take())?;
                 }
             }
         }
@@ -386,10 +396,11 @@ mod tests {
             json!({"t_ms": 5, "event": "subscribe", "session": 4, "topic": "u/alice/inbox", "qos": 1}),
             json!({"t_ms": 9, "event": "publish", "session": 4, "topic": "u/alice/d/phone/send", "qos": 1, "payload": {"to": "bob", "body": {"to": "x"}}}),
             json!({"t_ms": 12, "event": "api", "method": "POST", "path": "/v1/notifications", "payload": {"user": "bob", "kind": "friend_request"}}),
+            json!({"t_ms": 15, "event": "api", "method": "POST", "path": "/v1/notifications/batch", "payload": {"notifications": [{"user": "carol", "kind": "x"}, {"user": "dan", "kind": "y"}]}}),
             json!({"t_ms": 20, "event": "disconnect", "session": 4}),
         ])
         .unwrap();
-        assert_eq!(script.events, 5);
+        assert_eq!(script.events, 6);
         assert_eq!(script.span_ms, 20);
         let session = &script.sessions[0];
         assert_eq!(
@@ -421,6 +432,12 @@ mod tests {
         assert_eq!(
             script.api_calls[0].body,
             Body::Json(json!({"user": "rp1-bob", "kind": "friend_request"}))
+        );
+        assert_eq!(
+            script.api_calls[1].body,
+            Body::Json(
+                json!({"notifications": [{"user": "rp1-carol", "kind": "x"}, {"user": "rp1-dan", "kind": "y"}]})
+            )
         );
     }
 
