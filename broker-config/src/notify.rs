@@ -53,6 +53,11 @@ pub enum WeChatAction {
     Template,
     /// A subscribe message (the user subscribed to the template).
     Subscribe,
+    /// A broadcast (群发, `message/mass/sendall`) of the text to the followers under the
+    /// notification's `wechat_tag`, from the first configured app: once per tag and content
+    /// within the dedup window, however many followers' notifications carry it. The user's
+    /// consent, binding, quiet hours and online devices do not apply: following is the consent.
+    MassSend,
 }
 
 /// What the 球球 push channel does for a kind.
@@ -158,7 +163,7 @@ impl Default for Notify {
             (
                 "event_preview".to_string(),
                 rule(
-                    WeChatAction::Template,
+                    WeChatAction::MassSend,
                     QiuQiuAction::Popup,
                     Wechat,
                     false,

@@ -422,7 +422,8 @@ async fn job_reports_from_the_double_are_read_for_each_status() {
             parse_job_finish(&xml),
             Some(JobFinish {
                 msgid: msgid.clone(),
-                status: expected
+                status: expected,
+                reach: None,
             }),
             "{xml}"
         );

@@ -99,6 +99,7 @@ fn notification(id: &str, user: &str) -> Notification {
         priority: Priority::Normal,
         dedup_key: None,
         link: None,
+        wechat_tag: None,
         created_at: 1_700_000_000_000,
     }
 }

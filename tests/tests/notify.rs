@@ -137,7 +137,7 @@ async fn each_kind_follows_its_rule() {
     for kind in kinds {
         let routed = notify(
             &gw,
-            json!({"user": "ann", "kind": kind, "title": format!("{kind} title"), "body": "details", "link": "https://app.example/x"}),
+            json!({"user": "ann", "kind": kind, "title": format!("{kind} title"), "body": "details", "link": "https://app.example/x", "wechat_tag": 7}),
         )
         .await;
         records.push(settled(&gw, routed["id"].as_str().unwrap()).await);
@@ -148,10 +148,11 @@ async fn each_kind_follows_its_rule() {
         (status(&payment, "wechat"), status(&payment, "qiuqiu")),
         ("sent".into(), "sent".into())
     );
-    // event_preview: WeChat; the 球球 pop-up would be the same content again.
+    // event_preview: a broadcast to the tag's followers on WeChat, and the 球球 pop-up (the
+    // broadcast does not reach this user for sure).
     assert_eq!(
         (status(&event, "wechat"), status(&event, "qiuqiu")),
-        ("sent".into(), "deduplicated".into())
+        ("sent".into(), "sent".into())
     );
     // social_interaction: 球球 only.
     assert_eq!(
@@ -169,7 +170,16 @@ async fn each_kind_follows_its_rule() {
 
     let sends = doubles.wechat.sends();
     let templates: Vec<&str> = sends.iter().map(|s| s.template_id.as_str()).collect();
-    assert_eq!(templates, ["T-pay", "T-event", "T-security"]);
+    assert_eq!(templates, ["T-pay", "T-security"]);
+    let mass = doubles.wechat.mass_sends();
+    assert_eq!(mass.len(), 1);
+    assert_eq!(
+        (mass[0].tag_id, mass[0].text.as_str()),
+        (
+            Some(7),
+            "event_preview title\ndetails\nhttps://app.example/x"
+        )
+    );
     assert_eq!(sends[0].touser, "o-ann");
     assert_eq!(sends[0].body["url"], "https://app.example/x");
     assert_eq!(
@@ -177,23 +187,26 @@ async fn each_kind_follows_its_rule() {
         Some(format!("{}-wechat", payment["notification"]["id"].as_str().unwrap()).as_str())
     );
     let pushes = doubles.qiuqiu.pushes();
-    assert_eq!(pushes.len(), 2);
+    assert_eq!(pushes.len(), 3);
     assert!(
         matches!(&pushes[0].message, PushMessage::Transmission(_)),
         "silent balance update"
     );
     assert!(
-        matches!(&pushes[1].message, PushMessage::Notification { title, .. } if title == "social_interaction title")
+        matches!(&pushes[1].message, PushMessage::Notification { title, .. } if title == "event_preview title")
     );
-    assert_eq!(pushes[1].audience, Audience::Cid(vec!["cid-ann".into()]));
+    assert!(
+        matches!(&pushes[2].message, PushMessage::Notification { title, .. } if title == "social_interaction title")
+    );
+    assert_eq!(pushes[2].audience, Audience::Cid(vec!["cid-ann".into()]));
 
     for (sample, expected) in [
         ("routes_total{route=\"wechat\",status=\"sent\"}", 3.0),
         (
             "routes_total{route=\"qiuqiu\",status=\"deduplicated\"}",
-            2.0,
+            1.0,
         ),
-        ("attempts_total{route=\"qiuqiu\",code=\"0\"}", 2.0),
+        ("attempts_total{route=\"qiuqiu\",code=\"0\"}", 3.0),
         ("attempt_seconds_count{route=\"wechat\"}", 3.0),
     ] {
         assert_eq!(
@@ -308,6 +321,81 @@ async fn a_batch_is_routed_item_by_item_in_one_request() {
         (status, body["error"]["code"].as_str()),
         (422, Some("bad_json")),
         "{body}"
+    );
+}
+
+#[tokio::test]
+async fn an_event_preview_is_broadcast_once_per_tag_and_its_report_counts_the_followers() {
+    let doubles = Doubles::start().await;
+    // The first answer is lost (later than the gateway waits): the retry must not broadcast
+    // again, and WeChat's answer to the repeated clientmsgid names the first send.
+    doubles
+        .wechat
+        .configure(|c| c.mass_retry_gap = Duration::ZERO);
+    doubles.wechat.delay_next(1, Duration::from_millis(1500));
+    let options = doubles.options().with("CHANNELS__REQUEST_TIMEOUT", "500ms");
+    let gw = TestGateway::start_with(options).await;
+    let followers = ["fa", "fb", "fc"];
+    for user in followers {
+        reachable_user(&gw, user).await;
+    }
+    let preview = |user: &str| json!({"user": user, "kind": "event_preview", "title": "Club night", "body": "Friday 20:00", "wechat_tag": 42});
+    let batch = json!({"notifications": followers.map(preview)});
+    let (status_code, body) = gw
+        .api(Method::POST, "/v1/notifications/batch", Some(batch))
+        .await;
+    assert_eq!(status_code, 202, "{body}");
+    let wechat: Vec<&str> = body["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["routes"]["wechat"]["status"].as_str().unwrap())
+        .collect();
+    assert_eq!(wechat, ["queued", "deduplicated", "deduplicated"], "{body}");
+    let first = body["results"][0]["id"].as_str().unwrap();
+    let record = settled(&gw, first).await;
+    assert_eq!(status(&record, "wechat"), "sent", "{record}");
+    let mass = doubles.wechat.mass_sends();
+    assert_eq!(mass.len(), 1, "one broadcast, also after the retry");
+    assert_eq!(mass[0].tag_id, Some(42));
+    assert_eq!(
+        mass[0].clientmsgid.as_deref(),
+        Some(format!("{first}-wechat").as_str())
+    );
+    assert_eq!(doubles.wechat.calls("/cgi-bin/message/mass/sendall"), 2);
+    // Every follower gets the 球球 pop-up: the broadcast does not count as theirs.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(doubles.qiuqiu.pushes().len(), 3);
+
+    doubles
+        .wechat
+        .finish_mass_job(
+            &gw.url("/v1/callbacks/wechat"),
+            mass[0].msg_id,
+            "send success",
+            (120, 117, 2),
+        )
+        .await
+        .unwrap();
+    let (_, record) = gw
+        .api(Method::GET, &format!("/v1/notifications/{first}"), None)
+        .await;
+    assert_eq!(status(&record, "wechat"), "delivered", "{record}");
+    assert_eq!(
+        record["routes"]["wechat"]["detail"],
+        "sent to 117 of 120 followers, 2 failed"
+    );
+
+    // Without a tag there is no one to broadcast to.
+    let untagged = notify(
+        &gw,
+        json!({"user": "fa", "kind": "event_preview", "title": "Quiz", "body": "Sat"}),
+    )
+    .await;
+    assert_eq!(untagged["routes"]["wechat"]["status"], "skipped");
+    assert_eq!(
+        untagged["routes"]["wechat"]["detail"],
+        "no wechat_tag to broadcast to"
     );
 }
 

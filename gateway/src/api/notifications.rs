@@ -243,7 +243,15 @@ async fn record_job_finish(gw: &Gateway, body: &str) -> &'static str {
         .cloned()
         .unwrap_or_else(|| RouteState::new(Status::Sent, None));
     (state.status, state.detail) = match finish.status {
-        JobStatus::Delivered => (Status::Delivered, None),
+        JobStatus::Delivered => (
+            Status::Delivered,
+            finish.reach.map(|r| {
+                format!(
+                    "sent to {} of {} followers, {} failed",
+                    r.sent, r.total, r.errors
+                )
+            }),
+        ),
         JobStatus::UserBlock => (Status::Failed, Some("user block".into())),
         JobStatus::SystemFailed => (Status::Failed, Some("system failed".into())),
         JobStatus::Other(other) => (Status::Failed, Some(other)),

@@ -59,6 +59,8 @@ pub struct Push {
 pub enum Target {
     /// `app` is the configured app's `name` (not its appid); `openid` is the user's id in it.
     WeChat { app: String, openid: String },
+    /// The followers under a user tag of the app (`tag_id`), for a mass send.
+    WeChatTag { app: String, tag_id: u64 },
     /// 球球 device ids (`cid`).
     QiuQiuDevices(Vec<String>),
     /// The user's 球球 alias (their id in the app), for users without a bound device.
@@ -79,6 +81,8 @@ pub enum Content {
         page: Option<String>,
         fields: Vec<(String, String)>,
     },
+    /// A mass send's text message.
+    WeChatMassText { text: String },
     QiuQiuNotification {
         title: String,
         body: String,
@@ -94,8 +98,8 @@ pub enum Content {
 /// call itself, or a gateway-side reason such as `"unknown_app"`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
-    /// Accepted by the provider. WeChat template messages get a `msgid` (the key of the later
-    /// delivery report); 球球 pushes a task id.
+    /// Accepted by the provider. WeChat template messages and mass sends get a message id (the
+    /// key of the later delivery report); 球球 pushes a task id.
     Sent { provider_id: Option<String> },
     /// Transient: try again, not before `after` when given (else with the caller's back-off).
     Retry {

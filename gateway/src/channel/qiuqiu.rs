@@ -164,7 +164,7 @@ impl Channel for QiuQiuChannel {
             }
             Target::QiuQiuDevices(devices) => ("cid", json!(devices)),
             Target::QiuQiuAlias(alias) => ("alias", json!([alias])),
-            Target::WeChat { .. } => return misrouted("a WeChat user"),
+            Target::WeChat { .. } | Target::WeChatTag { .. } => return misrouted("a WeChat user"),
         };
         self.push(kind, audience, &push.key, message).await
     }

@@ -1,5 +1,6 @@
 //! The WeChat channel: Official Account template messages and subscribe messages (RESEARCH §4),
-//! and the `TEMPLATESENDJOBFINISH` delivery report that WeChat posts back later.
+//! mass sends to the followers under a tag (`message/mass/sendall`), and the
+//! `TEMPLATESENDJOBFINISH` and `MASSSENDJOBFINISH` reports that WeChat posts back later.
 
 use super::http;
 use super::token_cache::{FreshToken, TokenCache, Tokens};
@@ -84,21 +85,15 @@ impl Channel for WeChatChannel {
     }
 
     async fn send(&self, push: &Push) -> Outcome {
-        let Target::WeChat { app, openid } = &push.target else {
-            return misrouted("a target that is not a WeChat user");
-        };
-        let Some(app) = self.apps.get(app) else {
-            return Outcome::Failed {
-                code: "unknown_app".into(),
-                message: format!("no WeChat app named {app:?} is configured"),
-            };
-        };
-        let (path, body) = match &push.content {
-            Content::WeChatTemplate {
-                template_id,
-                url,
-                fields,
-            } => {
+        let (app, path, body) = match (&push.target, &push.content) {
+            (
+                Target::WeChat { app, openid },
+                Content::WeChatTemplate {
+                    template_id,
+                    url,
+                    fields,
+                },
+            ) => {
                 let mut body = json!({
                     "touser": openid,
                     "template_id": template_id,
@@ -108,15 +103,18 @@ impl Channel for WeChatChannel {
                 if let Some(url) = url {
                     body["url"] = json!(url);
                 }
-                ("template", body)
+                (app, "template/send", body)
             }
             // Subscribe messages have no `client_msg_id`: a retry after a timeout may deliver
             // twice, which WeChat gives no way to prevent.
-            Content::WeChatSubscribe {
-                template_id,
-                page,
-                fields,
-            } => {
+            (
+                Target::WeChat { app, openid },
+                Content::WeChatSubscribe {
+                    template_id,
+                    page,
+                    fields,
+                },
+            ) => {
                 let mut body = json!({
                     "touser": openid,
                     "template_id": template_id,
@@ -127,11 +125,28 @@ impl Channel for WeChatChannel {
                 if let Some(page) = page {
                     body["page"] = json!(page);
                 }
-                ("subscribe", body)
+                (app, "subscribe/send", body)
             }
-            _ => return misrouted("content that is not a WeChat message"),
+            // `clientmsgid` makes a retry safe: WeChat answers a repeat with 45065 and the
+            // first send's msg_id instead of broadcasting again.
+            (Target::WeChatTag { app, tag_id }, Content::WeChatMassText { text }) => {
+                let body = json!({
+                    "filter": {"is_to_all": false, "tag_id": tag_id},
+                    "text": {"content": text},
+                    "msgtype": "text",
+                    "clientmsgid": push.key,
+                });
+                (app, "mass/sendall", body)
+            }
+            _ => return misrouted("a target and content that do not go together"),
         };
-        let url = format!("{}/cgi-bin/message/{path}/send", self.base_url);
+        let Some(app) = self.apps.get(app) else {
+            return Outcome::Failed {
+                code: "unknown_app".into(),
+                message: format!("no WeChat app named {app:?} is configured"),
+            };
+        };
+        let url = format!("{}/cgi-bin/message/{path}", self.base_url);
         let mut refreshed = false;
         loop {
             let token = match self.tokens.get(&app.appid, || self.fetch_token(app)).await {
@@ -151,10 +166,14 @@ impl Channel for WeChatChannel {
                 Ok(errcode) => errcode,
                 Err(outcome) => return outcome,
             };
-            if errcode == 0 {
-                return Outcome::Sent {
-                    provider_id: answer.get("msgid").and_then(http::text),
+            // 45065: a mass send with this `clientmsgid` went out already (a retry whose first
+            // answer was lost); the answer names it.
+            if errcode == 0 || errcode == 45065 {
+                let provider_id = match answer.get("msg_id").and_then(http::text) {
+                    Some(mass) => Some(mass_send_id(&mass)),
+                    None => answer.get("msgid").and_then(http::text),
                 };
+                return Outcome::Sent { provider_id };
             }
             if token_rejected(errcode) && !refreshed {
                 refreshed = true;
@@ -164,6 +183,12 @@ impl Channel for WeChatChannel {
             return outcome(errcode, errmsg(&answer), SystemTime::now());
         }
     }
+}
+
+/// A mass send's id as the gateway keeps it: apart from template messages' msgids, which are
+/// another sequence.
+fn mass_send_id(msg_id: &str) -> String {
+    format!("mass:{msg_id}")
 }
 
 fn misrouted(what: &str) -> Outcome {
@@ -193,12 +218,15 @@ fn outcome(errcode: i64, errmsg: String, now: SystemTime) -> Outcome {
         // System busy; or a token rejected again right after a refresh, which is WeChat's
         // token service catching up.
         -1 | 40001 | 40014 | 42001 => Outcome::Retry { code, after: None },
-        45011 => Outcome::Retry {
+        // 45011: the per-minute limit; 45066: a mass send's `clientmsgid` repeated within a
+        // minute of the first try.
+        45011 | 45066 => Outcome::Retry {
             code,
             after: Some(NEXT_MINUTE),
         },
-        // Hot retries would only burn through tomorrow's quota the moment it resets.
-        45009 => Outcome::Park {
+        // Hot retries would only burn through tomorrow's quota the moment it resets (45028: no
+        // mass send left today).
+        45009 | 45028 => Outcome::Park {
             code,
             until: next_quota_day(now),
         },
@@ -246,29 +274,43 @@ pub fn field_value(key: &str, value: &str) -> String {
     clean.chars().take(limit).collect()
 }
 
-/// A `TEMPLATESENDJOBFINISH` event: what finally became of a template message.
+/// A `TEMPLATESENDJOBFINISH` or `MASSSENDJOBFINISH` event: what finally became of a template
+/// message or a mass send.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct JobFinish {
-    /// The `msgid` the send was answered with ([`Outcome::Sent`]'s `provider_id`).
+    /// The message id the send was answered with, as [`Outcome::Sent`]'s `provider_id` has it.
     pub msgid: String,
     pub status: JobStatus,
+    /// A mass send's counts of followers.
+    pub reach: Option<Reach>,
+}
+
+/// How many followers a mass send reached: `total` under the tag, `sent` received it, `errors`
+/// did not (WeChat filters some out before sending, e.g. those over their monthly four).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Reach {
+    pub total: u64,
+    pub sent: u64,
+    pub errors: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum JobStatus {
-    /// `success`
+    /// `success`, or a mass send's `send success`
     Delivered,
     /// `failed:user block`: the user blocked the account's messages.
     UserBlock,
     /// `failed: system failed`
     SystemFailed,
-    /// Any other status, as sent.
+    /// Any other status, as sent (a mass send's `send fail`, or `err(20001)` when its content
+    /// was refused).
     Other(String),
 }
 
-/// Reads a callback body; `None` unless it is a `TEMPLATESENDJOBFINISH` event with a `MsgID`.
-/// The callback URL receives the account's other events too, which are not this function's.
-/// Statuses are compared without case and spaces, as WeChat's spacing varies.
+/// Reads a callback body; `None` unless it is a `TEMPLATESENDJOBFINISH` or `MASSSENDJOBFINISH`
+/// event with a `MsgID`. The callback URL receives the account's other events too, which are
+/// not this function's. Statuses are compared without case and spaces, as WeChat's spacing
+/// varies.
 pub fn parse_job_finish(xml: &str) -> Option<JobFinish> {
     let fields = top_level_fields(xml)?;
     let field = |name: &str| {
@@ -277,10 +319,17 @@ pub fn parse_job_finish(xml: &str) -> Option<JobFinish> {
             .find(|(key, _)| key.eq_ignore_ascii_case(name))
             .map(|(_, value)| value.trim())
     };
-    if !field("Event")?.eq_ignore_ascii_case("TEMPLATESENDJOBFINISH") {
+    let event = field("Event")?;
+    let mass = event.eq_ignore_ascii_case("MASSSENDJOBFINISH");
+    if !mass && !event.eq_ignore_ascii_case("TEMPLATESENDJOBFINISH") {
         return None;
     }
-    let msgid = field("MsgID").filter(|id| !id.is_empty())?.to_owned();
+    let msgid = field("MsgID").filter(|id| !id.is_empty())?;
+    let msgid = if mass {
+        mass_send_id(msgid)
+    } else {
+        msgid.to_owned()
+    };
     let status = field("Status").unwrap_or_default();
     let normalized: String = status
         .chars()
@@ -288,12 +337,22 @@ pub fn parse_job_finish(xml: &str) -> Option<JobFinish> {
         .collect::<String>()
         .to_ascii_lowercase();
     let status = match normalized.as_str() {
-        "success" => JobStatus::Delivered,
+        "success" | "sendsuccess" => JobStatus::Delivered,
         "failed:userblock" => JobStatus::UserBlock,
         "failed:systemfailed" => JobStatus::SystemFailed,
         _ => JobStatus::Other(status.to_owned()),
     };
-    Some(JobFinish { msgid, status })
+    let count = |name: &str| field(name).and_then(|n| n.parse().ok());
+    let reach = mass.then(|| Reach {
+        total: count("TotalCount").unwrap_or(0),
+        sent: count("SentCount").unwrap_or(0),
+        errors: count("ErrorCount").unwrap_or(0),
+    });
+    Some(JobFinish {
+        msgid,
+        status,
+        reach,
+    })
 }
 
 /// The text of each child of the root element (`<xml><MsgID>1</MsgID>…</xml>`), CDATA and
@@ -391,15 +450,54 @@ mod tests {
                 after: Some(NEXT_MINUTE)
             }
         );
-        assert!(
-            matches!(outcome(45009, String::new(), now), Outcome::Park { until, .. } if until > now)
+        assert_eq!(
+            outcome(45066, String::new(), now),
+            Outcome::Retry {
+                code: "45066".into(),
+                after: Some(NEXT_MINUTE)
+            }
         );
+        for code in [45009, 45028] {
+            assert!(
+                matches!(outcome(code, String::new(), now), Outcome::Park { until, .. } if until > now)
+            );
+        }
         for code in [40003, 40037, 43004, 43101, 47003] {
             assert!(matches!(
                 outcome(code, String::new(), now),
                 Outcome::Failed { .. }
             ));
         }
+    }
+
+    #[test]
+    fn a_mass_send_report_carries_its_reach() {
+        let report = |status: &str| {
+            format!(
+                "<xml><ToUserName><![CDATA[gh_1]]></ToUserName><FromUserName><![CDATA[oX]]></FromUserName>\
+                 <CreateTime>1700000000</CreateTime><MsgType><![CDATA[event]]></MsgType>\
+                 <Event><![CDATA[MASSSENDJOBFINISH]]></Event><MsgID>1000001625</MsgID>\
+                 <Status><![CDATA[{status}]]></Status><TotalCount>120</TotalCount>\
+                 <FilterCount>119</FilterCount><SentCount>117</SentCount><ErrorCount>2</ErrorCount></xml>"
+            )
+        };
+        let done = parse_job_finish(&report("send success")).unwrap();
+        assert_eq!(
+            done,
+            JobFinish {
+                msgid: "mass:1000001625".into(),
+                status: JobStatus::Delivered,
+                reach: Some(Reach {
+                    total: 120,
+                    sent: 117,
+                    errors: 2
+                }),
+            }
+        );
+        let refused = parse_job_finish(&report("err(20001)")).unwrap();
+        assert_eq!(refused.status, JobStatus::Other("err(20001)".into()));
+        let template = "<xml><Event>TEMPLATESENDJOBFINISH</Event><MsgID>7</MsgID><Status>success</Status></xml>";
+        assert_eq!(parse_job_finish(template).unwrap().reach, None);
     }
 
     #[test]

@@ -35,6 +35,7 @@ pub struct NotificationInput {
     pub priority: model::Priority,
     pub dedup_key: Option<String>,
     pub link: Option<String>,
+    pub wechat_tag: Option<u64>,
 }
 
 impl NotificationInput {
@@ -64,6 +65,7 @@ impl NotificationInput {
             priority: self.priority,
             dedup_key: self.dedup_key,
             link: self.link,
+            wechat_tag: self.wechat_tag,
             created_at: crate::session_handle::unix_millis(),
         })
     }

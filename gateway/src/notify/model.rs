@@ -30,6 +30,9 @@ pub struct Notification {
     pub dedup_key: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub link: Option<String>,
+    /// The WeChat user tag whose followers a mass send (`mass_send` kinds) goes to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wechat_tag: Option<u64>,
     /// Milliseconds since the Unix epoch.
     pub created_at: u64,
 }

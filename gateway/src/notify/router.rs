@@ -46,10 +46,14 @@ pub fn external_routes(rule: &KindRule) -> Vec<Route> {
 
 /// Whether the route's action alerts the user with the notification's content: such pushes are
 /// what the dedup window keeps to one across channels. A silent update or an aggregate (which
-/// says "3 new requests", not this content) is not.
+/// says "3 new requests", not this content) is not, nor a broadcast, which reaches whoever
+/// follows its tag, not this user for sure.
 pub fn alerts(rule: &KindRule, route: Route) -> bool {
     match route {
-        Route::Wechat => rule.wechat != WeChatAction::None,
+        Route::Wechat => matches!(
+            rule.wechat,
+            WeChatAction::Template | WeChatAction::Subscribe
+        ),
         Route::Qiuqiu => matches!(rule.qiuqiu, QiuQiuAction::Push | QiuQiuAction::Popup),
         Route::InApp => false,
     }
@@ -91,6 +95,21 @@ pub struct Router<'a> {
     pub ledger: &'a dyn Ledger,
     pub messages: &'a Messages,
     pub metrics: &'a NotifyMetrics,
+}
+
+/// What a notification's claims found.
+struct Claims {
+    /// Its content was claimed now for its user.
+    fresh: bool,
+    /// For a broadcast with a tag: its content was claimed now for the tag.
+    broadcast: Option<bool>,
+    /// For a rule that delivers in-app, the seq it was stored at (none when deduplicated).
+    in_app: Option<Option<u64>>,
+}
+
+/// Who claims a broadcast's content: the tag, under a name no user id can take.
+fn broadcast_claimant(tag: u64) -> String {
+    format!("#wechat-tag:{tag}")
 }
 
 /// A notification's decisions before they are stored.
@@ -169,19 +188,36 @@ impl Router<'_> {
         now: DateTime<Utc>,
         now_ms: u64,
     ) -> Result<Vec<Result<NewRecord, RouteError>>, StoreError> {
-        let claims: Vec<DedupClaim> = known
+        let mut claims: Vec<DedupClaim> = known
             .iter()
             .map(|(_, _, s)| DedupClaim {
                 user: s.notification.user.clone(),
                 key: dedup_key(&s.notification),
             })
             .collect();
+        // A broadcast is claimed for its tag too: one mass send per tag and content, whichever
+        // follower's notification carries it.
+        let broadcasts: Vec<Option<usize>> = known
+            .iter()
+            .enumerate()
+            .map(|(i, (_, rule, s))| {
+                let tag = s.notification.wechat_tag;
+                let tag = tag.filter(|_| rule.wechat == WeChatAction::MassSend)?;
+                let key = claims[i].key.clone();
+                claims.push(DedupClaim {
+                    user: broadcast_claimant(tag),
+                    key,
+                });
+                Some(claims.len() - 1)
+            })
+            .collect();
         let window = self.config.dedup_window.as_millis() as u64;
-        let fresh = self.ledger.claim_dedup(&claims, now_ms, window).await?;
+        let claimed = self.ledger.claim_dedup(&claims, now_ms, window).await?;
+        let fresh = &claimed[..known.len()];
         // Queued all before waiting for any, so the store commits them together.
         let in_app: Vec<_> = known
             .iter()
-            .zip(&fresh)
+            .zip(fresh)
             .map(|((_, rule, s), &fresh)| {
                 (rule.in_app && fresh).then(|| {
                     let n = &s.notification;
@@ -191,7 +227,9 @@ impl Router<'_> {
             })
             .collect();
         let mut decided: Vec<Result<Decided, RouteError>> = Vec::with_capacity(known.len());
-        for (((_, rule, submission), fresh), in_app) in known.iter().zip(fresh).zip(in_app) {
+        let claims = known.iter().zip(fresh).zip(&broadcasts).zip(in_app);
+        for ((((_, rule, submission), &fresh), broadcast), in_app) in claims {
+            let broadcast = broadcast.map(|i| claimed[i]);
             let in_app = match in_app {
                 Some(accepting) => match accepting.wait().await {
                     Ok(stored) => Some(Some(stored[0].seq)),
@@ -202,7 +240,12 @@ impl Router<'_> {
                 },
                 None => rule.in_app.then_some(None),
             };
-            decided.push(Ok(self.decide(rule, submission, fresh, in_app, now, now_ms)));
+            let claims = Claims {
+                fresh,
+                broadcast,
+                in_app,
+            };
+            decided.push(Ok(self.decide(rule, submission, claims, now, now_ms)));
         }
         let joins: Vec<AggregateJoin> = decided
             .iter()
@@ -229,18 +272,28 @@ impl Router<'_> {
             .collect())
     }
 
-    /// The routes of one notification. `fresh`: its content was claimed now; `in_app`: for a
-    /// rule that delivers in-app, the seq it was stored at (none when deduplicated).
+    /// The routes of one notification, given what its claims found.
     fn decide(
         &self,
         rule: &KindRule,
         submission: &Submission,
-        fresh: bool,
-        in_app: Option<Option<u64>>,
+        claims: Claims,
         now: DateTime<Utc>,
         now_ms: u64,
     ) -> Decided {
         let (notification, user) = (&submission.notification, &submission.user);
+        let Claims {
+            fresh,
+            broadcast,
+            in_app,
+        } = claims;
+        let job = |route| Job {
+            notification: notification.id.clone(),
+            route,
+            user: notification.user.clone(),
+            attempts: 0,
+            count: 0,
+        };
         let duplicate = || {
             RouteState::new(
                 Status::Deduplicated,
@@ -272,6 +325,25 @@ impl Router<'_> {
             let skip = |why: &str| RouteState::new(Status::Skipped, Some(why.to_string()));
             let state = if !fresh {
                 duplicate()
+            } else if route == Route::Wechat && rule.wechat == WeChatAction::MassSend {
+                match (notification.wechat_tag, broadcast) {
+                    (Some(tag), Some(true)) => {
+                        jobs.push((job(route), now_ms));
+                        let mut state = RouteState::new(
+                            Status::Queued,
+                            Some(format!("a broadcast to WeChat tag {tag}")),
+                        );
+                        state.due_at = Some(now_ms);
+                        state
+                    }
+                    (Some(tag), _) => RouteState::new(
+                        Status::Deduplicated,
+                        Some(format!(
+                            "the broadcast to WeChat tag {tag} goes out with another notification"
+                        )),
+                    ),
+                    (None, _) => skip("no wechat_tag to broadcast to"),
+                }
             } else if user.online && !rule.external_when_online {
                 skip("a device is online: delivered in the app")
             } else if !consented {
@@ -311,14 +383,7 @@ impl Router<'_> {
                         due_ms: due,
                     });
                 } else {
-                    let job = Job {
-                        notification: notification.id.clone(),
-                        route,
-                        user: notification.user.clone(),
-                        attempts: 0,
-                        count: 0,
-                    };
-                    jobs.push((job, due));
+                    jobs.push((job(route), due));
                 }
                 state.due_at = Some(due);
                 state

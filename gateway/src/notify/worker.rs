@@ -111,7 +111,11 @@ impl Worker {
             Route::Wechat => consent.wechat,
             _ => consent.qiuqiu,
         };
-        if !consented {
+        // A broadcast goes to the tag's followers, whose following is their consent.
+        let broadcast = job.route == Route::Wechat
+            && (self.notify.kinds.get(&record.notification.kind))
+                .is_some_and(|rule| rule.wechat == WeChatAction::MassSend);
+        if !consented && !broadcast {
             let withdrawn = RouteState::new(Status::Skipped, Some("consent withdrawn".into()));
             return self.settle_final(&job, withdrawn).await;
         }
@@ -250,6 +254,30 @@ impl Worker {
             .ok_or_else(|| format!("kind {:?} is no longer configured", n.kind))?;
         let key = job.key();
         match job.route {
+            Route::Wechat if rule.wechat == WeChatAction::MassSend => {
+                let app = (self.channels.wechat.apps.first()).ok_or("no WeChat app configured")?;
+                let tag_id = n.wechat_tag.ok_or("no wechat_tag to broadcast to")?;
+                let text = [Some(&n.title), Some(&n.body), n.link.as_ref()]
+                    .into_iter()
+                    .flatten()
+                    .filter(|part| !part.trim().is_empty())
+                    .cloned()
+                    .collect::<Vec<_>>()
+                    .join("\n");
+                Ok(Prepared {
+                    push: Push {
+                        key,
+                        target: Target::WeChatTag {
+                            app: app.name.clone(),
+                            tag_id,
+                        },
+                        content: Content::WeChatMassText { text },
+                    },
+                    pace: format!("wechat:{}", app.name),
+                    per_second: app.per_second,
+                    daily_quota: app.daily_quota,
+                })
+            }
             Route::Wechat => {
                 let (app, openid) = self
                     .channels

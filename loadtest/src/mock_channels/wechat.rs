@@ -1,5 +1,6 @@
 //! A test double of the WeChat Official Account API: access tokens, template and subscribe
-//! messages, and the `TEMPLATESENDJOBFINISH` callback (RESEARCH §4).
+//! messages, mass sends to a tag's followers (`message/mass/sendall`), and the
+//! `TEMPLATESENDJOBFINISH` and `MASSSENDJOBFINISH` callbacks (RESEARCH §4).
 //!
 //! It keeps the provider's rules that the gateway's WeChat channel depends on — token overlap
 //! and expiry, once-only `client_msg_id`, the daily quota, the subscribe value limits, errors as
@@ -80,6 +81,11 @@ pub struct WeChatConfig {
     pub followers: IdSet,
     /// Openids that refused subscribe messages (43101).
     pub refused: HashSet<String>,
+    /// Accepted mass sends before 45028 (no mass send quota left).
+    pub mass_quota: u64,
+    /// A mass send repeating a `clientmsgid` sooner than this after the first gets 45066
+    /// ("retry after a minute"); later, 45065 with the first one's `msg_id`.
+    pub mass_retry_gap: Duration,
 }
 
 impl Default for WeChatConfig {
@@ -95,6 +101,8 @@ impl Default for WeChatConfig {
             templates: IdSet::Any,
             followers: IdSet::Prefix("o".into()),
             refused: HashSet::new(),
+            mass_quota: 100,
+            mass_retry_gap: Duration::from_secs(60),
         }
     }
 }
@@ -119,6 +127,20 @@ pub struct SentMessage {
     pub body: Value,
     /// Template messages only.
     pub msgid: Option<u64>,
+    pub at: Instant,
+}
+
+/// One accepted mass send (repeats of a `clientmsgid` are not recorded again).
+#[derive(Debug, Clone)]
+pub struct MassSend {
+    /// The tag whose followers it goes to; `None` with `is_to_all`.
+    pub tag_id: Option<u64>,
+    pub is_to_all: bool,
+    pub text: String,
+    pub clientmsgid: Option<String>,
+    pub msg_id: u64,
+    /// The whole request body.
+    pub body: Value,
     pub at: Instant,
 }
 
@@ -147,6 +169,7 @@ impl Provider for WeChatState {
             .route("/cgi-bin/stable_token", post(stable_token))
             .route("/cgi-bin/message/template/send", post(template_send))
             .route("/cgi-bin/message/subscribe/send", post(subscribe_send))
+            .route("/cgi-bin/message/mass/sendall", post(mass_sendall))
             .with_state(state)
     }
 }
@@ -182,6 +205,11 @@ impl Double<WeChatState> {
         lock(&self.state).sends.clone()
     }
 
+    /// The accepted mass sends, oldest first.
+    pub fn mass_sends(&self) -> Vec<MassSend> {
+        lock(&self.state).mass_sends.clone()
+    }
+
     /// HTTP calls to `path` (e.g. `/cgi-bin/message/template/send`), failed ones included.
     pub fn calls(&self, path: &str) -> u64 {
         self.counted(path)
@@ -211,23 +239,57 @@ impl Double<WeChatState> {
                 .map_or_else(|| "unknown".to_owned(), |send| send.touser.clone());
             (state.config.original_id.clone(), openid)
         };
-        let create_time = super::server::unix_millis() / 1000;
-        let xml = format!(
-            "<xml><ToUserName><![CDATA[{original_id}]]></ToUserName>\
-             <FromUserName><![CDATA[{openid}]]></FromUserName>\
-             <CreateTime>{create_time}</CreateTime>\
-             <MsgType><![CDATA[event]]></MsgType>\
+        let event = format!(
+            "<FromUserName><![CDATA[{openid}]]></FromUserName>\
              <Event><![CDATA[TEMPLATESENDJOBFINISH]]></Event>\
              <MsgID>{msgid}</MsgID>\
-             <Status><![CDATA[{status}]]></Status></xml>"
+             <Status><![CDATA[{status}]]></Status>"
         );
-        reqwest::Client::new()
-            .post(callback_url)
-            .header(reqwest::header::CONTENT_TYPE, "text/xml")
-            .body(xml)
-            .send()
-            .await
+        post_event(callback_url, &original_id, &event).await
     }
+
+    /// Posts the `MASSSENDJOBFINISH` event for mass send `msg_id` to `callback_url`, as WeChat
+    /// does once it went out: `status` is `send success`, `send fail` or `err(<code>)` (refused
+    /// by review); `reach` is (TotalCount, SentCount, ErrorCount), FilterCount their sum.
+    pub async fn finish_mass_job(
+        &self,
+        callback_url: &str,
+        msg_id: u64,
+        status: &str,
+        (total, sent, errors): (u64, u64, u64),
+    ) -> reqwest::Result<reqwest::Response> {
+        let original_id = lock(&self.state).config.original_id.clone();
+        let filtered = sent + errors;
+        let event = format!(
+            "<FromUserName><![CDATA[oSystem]]></FromUserName>\
+             <Event><![CDATA[MASSSENDJOBFINISH]]></Event>\
+             <MsgID>{msg_id}</MsgID>\
+             <Status><![CDATA[{status}]]></Status>\
+             <TotalCount>{total}</TotalCount><FilterCount>{filtered}</FilterCount>\
+             <SentCount>{sent}</SentCount><ErrorCount>{errors}</ErrorCount>"
+        );
+        post_event(callback_url, &original_id, &event).await
+    }
+}
+
+/// Posts an event to the account's callback URL, in WeChat's XML envelope.
+async fn post_event(
+    callback_url: &str,
+    original_id: &str,
+    event: &str,
+) -> reqwest::Result<reqwest::Response> {
+    let create_time = super::server::unix_millis() / 1000;
+    let xml = format!(
+        "<xml><ToUserName><![CDATA[{original_id}]]></ToUserName>\
+         <CreateTime>{create_time}</CreateTime>\
+         <MsgType><![CDATA[event]]></MsgType>{event}</xml>"
+    );
+    reqwest::Client::new()
+        .post(callback_url)
+        .header(reqwest::header::CONTENT_TYPE, "text/xml")
+        .body(xml)
+        .send()
+        .await
 }
 
 #[derive(Debug)]
@@ -255,6 +317,9 @@ pub struct WeChatState {
     recent: HashMap<(String, String), (u64, Instant)>,
     quota_used: HashMap<SendKind, u64>,
     next_msgid: u64,
+    mass_sends: Vec<MassSend>,
+    /// `clientmsgid` → the mass send's msg_id and when it was first tried.
+    mass_by_client: HashMap<String, (u64, Instant)>,
 }
 
 type Shared = Arc<Mutex<WeChatState>>;
@@ -269,6 +334,8 @@ impl WeChatState {
             recent: HashMap::new(),
             quota_used: HashMap::new(),
             next_msgid: 200_000_000,
+            mass_sends: Vec::new(),
+            mass_by_client: HashMap::new(),
         }
     }
 
@@ -426,6 +493,85 @@ impl WeChatState {
     }
 }
 
+impl WeChatState {
+    /// `message/mass/sendall`: text to a tag's followers (or to all), once per `clientmsgid`.
+    fn mass_send(&mut self, token: Option<&String>, body: &[u8]) -> Value {
+        let now = Instant::now();
+        if let Some(code) = self.injection.next_failure() {
+            return error(code);
+        }
+        if let Err(reply) = self.check_token(token, now) {
+            return reply;
+        }
+        let Ok(raw) = serde_json::from_slice::<Value>(body) else {
+            return error(47001);
+        };
+        let Ok(request) = MassRequest::deserialize(&raw) else {
+            return error(47001);
+        };
+        // The double takes text only; WeChat also takes mpnews, images, voice, video and cards.
+        if request.msgtype != "text" {
+            return error(40008);
+        }
+        let text = request.text.map(|t| t.content).unwrap_or_default();
+        if text.trim().is_empty() || (!request.filter.is_to_all && request.filter.tag_id.is_none())
+        {
+            return error(47001);
+        }
+        let clientmsgid = request.clientmsgid.filter(|id| !id.is_empty());
+        if let Some(id) = &clientmsgid {
+            if id.len() > 64 {
+                return error(45067);
+            }
+            if let Some(&(msg_id, first)) = self.mass_by_client.get(id) {
+                if now.duration_since(first) < self.config.mass_retry_gap {
+                    return error(45066);
+                }
+                return json!({"errcode": 45065, "errmsg": errmsg(45065), "msg_id": msg_id});
+            }
+        }
+        if self.mass_sends.len() as u64 >= self.config.mass_quota {
+            return error(45028);
+        }
+        let msg_id = self.next_msgid;
+        self.next_msgid += 1;
+        if let Some(id) = &clientmsgid {
+            self.mass_by_client.insert(id.clone(), (msg_id, now));
+        }
+        self.mass_sends.push(MassSend {
+            tag_id: request.filter.tag_id,
+            is_to_all: request.filter.is_to_all,
+            text,
+            clientmsgid,
+            msg_id,
+            body: raw,
+            at: now,
+        });
+        json!({"errcode": 0, "errmsg": "send job submission success", "msg_id": msg_id, "msg_data_id": msg_id + 1_000_000})
+    }
+}
+
+#[derive(Deserialize)]
+struct MassRequest {
+    filter: MassFilter,
+    #[serde(default)]
+    msgtype: String,
+    text: Option<MassText>,
+    clientmsgid: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct MassFilter {
+    #[serde(default)]
+    is_to_all: bool,
+    tag_id: Option<u64>,
+}
+
+#[derive(Deserialize)]
+struct MassText {
+    content: String,
+}
+
 #[derive(Deserialize)]
 struct TokenQuery {
     #[serde(default)]
@@ -552,6 +698,14 @@ async fn subscribe_send(
     answer_send(&state, &query, &body, WeChatState::subscribe).await
 }
 
+async fn mass_sendall(
+    State(state): State<Shared>,
+    Query(query): Query<HashMap<String, String>>,
+    body: Bytes,
+) -> Json<Value> {
+    answer_send(&state, &query, &body, WeChatState::mass_send).await
+}
+
 /// Answers a message send with `send`'s reply, after the delay the injected failures ask for
 /// (the state's lock is not held while waiting).
 async fn answer_send(
@@ -633,6 +787,7 @@ fn errmsg(errcode: i64) -> &'static str {
         40001 => "invalid credential, access_token is invalid or not latest",
         40002 => "invalid grant_type",
         40003 => "invalid openid",
+        40008 => "invalid message type",
         40013 => "invalid appid",
         40014 => "invalid access_token",
         40037 => "invalid template_id",
@@ -643,6 +798,10 @@ fn errmsg(errcode: i64) -> &'static str {
         43101 => "user refuse to accept the msg",
         45009 => "reach max api daily quota limit",
         45011 => "api minute-quota reach limit  mustslower  retry next minute",
+        45028 => "has no masssend quota",
+        45065 => "clientmsgid exist",
+        45066 => "clientmsgid retry too fast, please retry after 1 minute",
+        45067 => "clientmsgid size out of limit",
         47001 => "data format error",
         47003 => "argument invalid!",
         _ => "error",
