@@ -161,7 +161,11 @@ impl Router<'_> {
             }
         }
         let records: Vec<NewRecord> = stored.iter().map(|(_, r)| r.clone()).collect();
-        let created = self.ledger.create(&records).await;
+        let created = if records.is_empty() {
+            Ok(())
+        } else {
+            self.ledger.create(&records).await
+        };
         for (i, new) in stored {
             results[i] = Some(match &created {
                 Ok(()) => {
