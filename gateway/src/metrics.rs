@@ -139,6 +139,9 @@ pub struct NotifyMetrics {
     pub attempt_seconds: Family<RouteLabel, Histogram, fn() -> Histogram>,
     /// Pushes in the queue (queued, held, parked), sampled by the worker.
     pub queue_depth: Gauge,
+    /// Notifications routed together: near 1 means no load to coalesce, at
+    /// `notify.decision_batch` means the router is the bottleneck.
+    pub decision_batch: Histogram,
 }
 
 impl NotifyMetrics {
@@ -205,6 +208,7 @@ impl Metrics {
                 attempts: Family::default(),
                 attempt_seconds: Family::new_with_constructor(attempt_buckets),
                 queue_depth: Gauge::default(),
+                decision_batch: Histogram::new(exponential_buckets(1.0, 2.0, 12)),
             },
             record_events: Family::default(),
             registry: Registry::default(),
@@ -298,6 +302,11 @@ impl Metrics {
             "notify_queue_depth",
             "Pushes waiting in the notification queue (queued, held, parked)",
             metrics.notify.queue_depth.clone(),
+        );
+        registry.register(
+            "notify_decision_batch_size",
+            "Notifications routed together in one batch (one dedup claim, one ledger write)",
+            metrics.notify.decision_batch.clone(),
         );
         registry.register(
             "record_events",

@@ -303,6 +303,10 @@ async fn a_batch_is_routed_item_by_item_in_one_request() {
     // The like once, and the payment's silent balance update.
     assert_eq!(doubles.qiuqiu.pushes().len(), 2);
     assert_eq!(doubles.wechat.sends().len(), 1);
+    // The four well-formed ones went to the router together (which refused the unknown kind).
+    let batches = gw.metric("gateway_notify_decision_batch_size_count").await;
+    let routed = gw.metric("gateway_notify_decision_batch_size_sum").await;
+    assert_eq!((batches, routed), (1.0, 4.0));
 
     let six = json!({"notifications": vec![like; 6]});
     let (status, body) = gw

@@ -120,6 +120,7 @@ impl Notifications {
     }
 
     async fn route(gw: &Gateway, batch: Vec<Notification>) -> Vec<Result<Record, RouteError>> {
+        gw.metrics.notify.decision_batch.observe(batch.len() as f64);
         let users: Vec<String> = batch.iter().map(|n| n.user.clone()).collect();
         let states = match Self::user_states(gw, &users).await {
             Ok(states) => states,
