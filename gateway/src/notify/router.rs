@@ -144,12 +144,16 @@ impl Router<'_> {
             }
         }
         let decided = self.decide_all(&known, now, now_ms).await;
-        let mut stored = Vec::new();
+        // The records to store, and where each one's answer goes.
+        let (mut records, mut answers) = (Vec::new(), Vec::new());
         match decided {
             Ok(decided) => {
                 for ((i, _, _), decided) in known.iter().zip(decided) {
                     match decided {
-                        Ok(record) => stored.push((*i, record)),
+                        Ok(record) => {
+                            records.push(record);
+                            answers.push(*i);
+                        }
                         Err(e) => results[*i] = Some(Err(e)),
                     }
                 }
@@ -160,13 +164,12 @@ impl Router<'_> {
                 }
             }
         }
-        let records: Vec<NewRecord> = stored.iter().map(|(_, r)| r.clone()).collect();
         let created = if records.is_empty() {
             Ok(())
         } else {
             self.ledger.create(&records).await
         };
-        for (i, new) in stored {
+        for (i, new) in answers.into_iter().zip(records) {
             results[i] = Some(match &created {
                 Ok(()) => {
                     for (route, state) in &new.record.routes {
