@@ -260,6 +260,11 @@ impl Config {
             check(value >= 1, name, "must be at least 1");
         }
         check(
+            n.record_retention.as_secs() >= 3600,
+            "notify.record_retention",
+            "must be at least 1h",
+        );
+        check(
             n.poll_interval.as_millis() >= 10,
             "notify.poll_interval",
             "must be at least 10ms",

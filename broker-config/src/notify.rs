@@ -30,6 +30,10 @@ pub struct Notify {
     /// Aggregated pushes (friend requests on 球球) go out once per window, with a count.
     #[serde(with = "humantime_serde")]
     pub aggregate_window: Duration,
+    /// How long a notification's record (what `GET /v1/notifications/{id}` shows) is kept; the
+    /// sweeper then removes it once all its routes are settled (Redis expires it).
+    #[serde(with = "humantime_serde")]
+    pub record_retention: Duration,
     /// Trusted backends (MQTT password: an API key) publish notifications here, with the JSON
     /// of `POST /v1/notifications`.
     pub mqtt_topic: String,
@@ -194,6 +198,7 @@ impl Default for Notify {
             poll_interval: Duration::from_millis(200),
             lease: Duration::from_secs(60),
             aggregate_window: Duration::from_secs(60),
+            record_retention: Duration::from_secs(7 * 24 * 3600),
             mqtt_topic: "svc/notifications".into(),
             decision_batch: 512,
             decision_batches: 4,

@@ -77,7 +77,8 @@ impl Gateway {
         .await?;
         let ledger: Arc<dyn Ledger> = match config.store.backend {
             StoreBackend::Redis => {
-                Arc::new(RedisLedger::open(&config.store.redis_url, keys.clone()).await?)
+                let retention = config.notify.record_retention;
+                Arc::new(RedisLedger::open(&config.store.redis_url, keys.clone(), retention).await?)
             }
             StoreBackend::Embedded => {
                 Arc::new(EmbeddedLedger::open(&data.path("notify"), keys.clone())?)

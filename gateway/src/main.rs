@@ -250,7 +250,8 @@ async fn serve(config: Config, data_dir: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Cuts messages past `roaming.retention_age` and purges deleted conversations, every
+/// Cuts messages past `roaming.retention_age`, purges deleted conversations, and removes
+/// expired dedup claims and notification records past `notify.record_retention`, every
 /// `roaming.sweep_interval`.
 async fn sweep(gw: std::sync::Arc<Gateway>) {
     let roaming = gw.config.roaming.clone();
@@ -258,8 +259,21 @@ async fn sweep(gw: std::sync::Arc<Gateway>) {
     every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         every.tick().await;
-        let cutoff = gateway::session_handle::unix_millis()
-            .saturating_sub(roaming.retention_age.as_millis() as u64);
+        let now = gateway::session_handle::unix_millis();
+        let records_before =
+            now.saturating_sub(gw.config.notify.record_retention.as_millis() as u64);
+        match gw.notifications.ledger.sweep(now, records_before).await {
+            Ok(swept) if swept != Default::default() => {
+                tracing::info!(
+                    claims = swept.claims,
+                    records = swept.records,
+                    "notification ledger swept"
+                )
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!("notification ledger sweep failed: {e}"),
+        }
+        let cutoff = now.saturating_sub(roaming.retention_age.as_millis() as u64);
         match gw.store.sweep(cutoff).await {
             Ok(report) if report != Default::default() => {
                 tracing::info!(

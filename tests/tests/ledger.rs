@@ -5,7 +5,7 @@
 use e2e::redis_server::RedisServer;
 use gateway::notify::ledger::embedded::EmbeddedLedger;
 use gateway::notify::ledger::redis::RedisLedger;
-use gateway::notify::ledger::{AggregateJoin, DedupClaim, Ledger, NewRecord};
+use gateway::notify::ledger::{AggregateJoin, DedupClaim, Ledger, LedgerSweep, NewRecord};
 use gateway::notify::model::{
     Bindings, Consent, Job, Notification, Preferences, Priority, QuietHours, QuietWindow, Record,
     Route, RouteState, Status,
@@ -18,6 +18,9 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::sync::Arc;
 use std::time::Duration;
+
+/// The Redis ledger's `notify.record_retention` in these tests.
+const RETENTION: Duration = Duration::from_secs(3600);
 
 fn keys() -> Arc<KeyRing> {
     Arc::new(KeyRing::new(&["t1:000102030405060708090a0b0c0d0e0f".into()]).unwrap())
@@ -44,7 +47,9 @@ async fn embedded_ledger() -> Subject {
 /// A Redis ledger on its own `redis-server`, which lives as long as the ledger.
 async fn redis_ledger() -> Subject {
     let server = RedisServer::start();
-    let ledger = RedisLedger::open(&server.url(), keys()).await.unwrap();
+    let ledger = RedisLedger::open(&server.url(), keys(), RETENTION)
+        .await
+        .unwrap();
     Subject {
         ledger: Arc::new(ledger),
         redis: Some(server),
@@ -612,8 +617,12 @@ async fn deleting_a_user_leaves_no_preferences_claims_or_jobs(s: Subject) {
 // stand for two gateway nodes.
 
 async fn two_nodes(server: &RedisServer) -> [Arc<RedisLedger>; 2] {
-    let a = RedisLedger::open(&server.url(), keys()).await.unwrap();
-    let b = RedisLedger::open(&server.url(), keys()).await.unwrap();
+    let a = RedisLedger::open(&server.url(), keys(), RETENTION)
+        .await
+        .unwrap();
+    let b = RedisLedger::open(&server.url(), keys(), RETENTION)
+        .await
+        .unwrap();
     [Arc::new(a), Arc::new(b)]
 }
 
@@ -714,6 +723,83 @@ async fn nodes_settling_the_routes_of_one_notification_at_once_keep_both() {
     assert_eq!(nodes[0].queue_depth().await.unwrap(), 0);
 }
 
+/// A notification id made at `ms`, as `into_notification` makes them (UUIDv7).
+fn id_at(ms: u64, n: u64) -> String {
+    format!("{:08x}-{:04x}-7000-8000-{n:012x}", ms >> 16, ms & 0xffff)
+}
+
+#[tokio::test]
+async fn the_embedded_sweeper_removes_expired_claims_and_old_settled_records() {
+    let s = embedded_ledger().await;
+    let l = &s.ledger;
+    let now = unix_millis();
+    assert!(claim(l, "alice", "k:1", now, 1000).await);
+    assert!(claim(l, "bob", "k:1", now, 60_000).await);
+    // Carol's claim expires and is claimed again: the sweep keeps the new one.
+    assert!(claim(l, "carol", "k:1", now, 1000).await);
+    assert!(claim(l, "carol", "k:1", now + 2000, 60_000).await);
+    let swept = l.sweep(now + 2000, 0).await.unwrap();
+    assert_eq!(swept.claims, 1, "alice's expired claim only");
+    assert!(
+        !claim(l, "bob", "k:1", now + 2001, 60_000).await,
+        "bob's is live"
+    );
+    assert!(
+        !claim(l, "carol", "k:1", now + 2001, 60_000).await,
+        "carol's new one stays"
+    );
+    assert_eq!(l.sweep(now + 2000, 0).await.unwrap().claims, 0);
+
+    let (old, pending, young) = (
+        id_at(now - 10_000, 1),
+        id_at(now - 10_000, 2),
+        id_at(now, 3),
+    );
+    let mut sent = RouteState::new(Status::Sent, None);
+    sent.provider_id = Some("m-1".into());
+    let mut settled = record(&old, "alice", &[Route::Wechat]);
+    settled.routes.insert(Route::Wechat, sent.clone());
+    create(l, &settled, &[]).await;
+    l.index_provider_id("m-1", &old, Route::Wechat)
+        .await
+        .unwrap();
+    create(l, &record(&pending, "alice", &[Route::Qiuqiu]), &[]).await;
+    let mut recent = record(&young, "alice", &[Route::Wechat]);
+    recent.routes.insert(Route::Wechat, sent);
+    create(l, &recent, &[]).await;
+
+    let swept = l.sweep(now, now - 5_000).await.unwrap();
+    assert_eq!(swept.records, 1);
+    assert_eq!(l.record(&old).await.unwrap(), None);
+    assert_eq!(l.by_provider_id("m-1").await.unwrap(), None);
+    assert!(l.record(&pending).await.unwrap().is_some(), "still queued");
+    assert!(l.record(&young).await.unwrap().is_some(), "not old enough");
+}
+
+#[tokio::test]
+async fn redis_expires_records_and_provider_ids_after_the_retention() {
+    let s = redis_ledger().await;
+    let l = &s.ledger;
+    let jobs = [(job("n1", "alice", Route::Wechat), 0)];
+    create(l, &record("n1", "alice", &[Route::Wechat]), &jobs).await;
+    l.index_provider_id("m-9", "n1", Route::Wechat)
+        .await
+        .unwrap();
+    // A route's state rewrites the record and keeps its expiry.
+    let sent = RouteState::new(Status::Sent, None);
+    l.set_route("n1", Route::Wechat, sent).await.unwrap();
+    let mut redis = Resp::to(s.redis.as_ref().unwrap());
+    for key in ["gw:notify:record:n1", "gw:notify:provider:m-9"] {
+        let ttl = redis.call(&["PTTL", key]).integer();
+        assert!(
+            (1..=RETENTION.as_millis() as i64).contains(&ttl),
+            "{key}: {ttl}"
+        );
+    }
+    let now = unix_millis();
+    assert_eq!(l.sweep(now, now).await.unwrap(), LedgerSweep::default());
+}
+
 /// Just enough of a Redis client to look at what the ledger stored (this crate has none).
 struct Resp(BufReader<TcpStream>);
 
@@ -721,7 +807,8 @@ enum Reply {
     Nil,
     Bulk(Vec<u8>),
     Array(Vec<Reply>),
-    /// A status or an integer: nothing here reads one.
+    Integer(i64),
+    /// A status: nothing here reads one.
     Other,
 }
 
@@ -754,6 +841,7 @@ impl Resp {
                 Reply::Bulk(bytes)
             }
             "*" => Reply::Array((0..rest.parse().unwrap()).map(|_| self.reply()).collect()),
+            ":" => Reply::Integer(rest.parse().unwrap()),
             "-" => panic!("redis error: {rest}"),
             _ => Reply::Other,
         }
@@ -765,7 +853,14 @@ impl Reply {
         match self {
             Reply::Bulk(bytes) => Some(bytes),
             Reply::Nil => None,
-            Reply::Array(_) | Reply::Other => panic!("not a bulk string"),
+            Reply::Array(_) | Reply::Integer(_) | Reply::Other => panic!("not a bulk string"),
+        }
+    }
+
+    fn integer(self) -> i64 {
+        match self {
+            Reply::Integer(n) => n,
+            _ => panic!("not an integer"),
         }
     }
 

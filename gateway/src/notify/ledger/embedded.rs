@@ -9,12 +9,13 @@
 //! - `records` id → record (JSON, sealed: it holds the notification's text)
 //! - `queue` due(8 BE) key → job (JSON); `jobs` key → due(8 BE), to find a job's queue entry
 //! - `prefs` `quiet`|`consent`|`bindings` 0 user → JSON (bindings sealed: they hold openids)
-//! - `dedup` user 0 key → claim expiry (8 BE)
+//! - `dedup` user 0 key → claim expiry (8 BE); `claim_expiry` expiry (8 BE) user 0 key → (), so
+//!   the sweeper finds expired claims without reading the live ones
 //! - `provider` provider id → notification 0 route
 //! - `aggregates` user 0 kind → key of the pending aggregated job, and `job` 0 key → that slot
 //! - `quota` quota 0 day → count (8 BE)
 
-use super::{AggregateJoin, DedupClaim, Ledger, NewRecord};
+use super::{AggregateJoin, DedupClaim, Ledger, LedgerSweep, NewRecord};
 use crate::notify::model::{
     Bindings, Consent, Job, Preferences, QuietHours, Record, Route, RouteState,
 };
@@ -25,6 +26,7 @@ use fjall::{Database, Keyspace, KeyspaceCreateOptions, OwnedWriteBatch, PersistM
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use std::collections::HashSet;
+use std::ops::Bound;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -48,6 +50,7 @@ struct Spaces {
     provider: Keyspace,
     aggregates: Keyspace,
     quota: Keyspace,
+    claim_expiry: Keyspace,
 }
 
 pub struct EmbeddedLedger {
@@ -71,6 +74,23 @@ fn queue_key(due: u64, key: &str) -> Vec<u8> {
 fn be_u64(bytes: &[u8]) -> u64 {
     u64::from_be_bytes(bytes.try_into().unwrap_or([0; 8]))
 }
+
+fn open_record(keys: &KeyRing, id: &str, sealed: &[u8]) -> Result<Record, StoreError> {
+    let plain = keys
+        .open(sealed, id.as_bytes())
+        .map_err(|e| StoreError::Unreadable(format!("notification {id}: {e}")))?;
+    from_json(&plain, "notification record")
+}
+
+/// Notification ids are UUIDv7 (`into_notification`), whose text begins with the creation time
+/// in milliseconds as 12 hex digits (`xxxxxxxx-xxxx-7…`): every id made before `ms` sorts
+/// before this prefix.
+fn id_bound(ms: u64) -> String {
+    format!("{:08x}-{:04x}", (ms >> 16) & 0xffff_ffff, ms & 0xffff)
+}
+
+/// Entries a sweep takes per turn of the write lock: claims and decisions go on in between.
+const SWEEP_CHUNK: usize = 10_000;
 
 /// A record's key and its sealed JSON (it holds the notification's text).
 fn sealed_record(keys: &KeyRing, record: &Record) -> (String, Vec<u8>) {
@@ -106,6 +126,7 @@ impl EmbeddedLedger {
             provider: space("provider")?,
             aggregates: space("aggregates")?,
             quota: space("quota")?,
+            claim_expiry: space("claim_expiry")?,
             db,
         };
         Ok(Self {
@@ -188,10 +209,65 @@ impl Spaces {
         let Some(sealed) = self.records.get(id).map_err(failed)? else {
             return Ok(None);
         };
-        let plain = keys
-            .open(&sealed, id.as_bytes())
-            .map_err(|e| StoreError::Unreadable(format!("notification {id}: {e}")))?;
-        from_json(&plain, "notification record").map(Some)
+        open_record(keys, id, &sealed).map(Some)
+    }
+
+    /// Removes up to `limit` claims expired by `now_ms` (those claimed again since keep their
+    /// new expiry); returns how many it removed and whether there may be more.
+    fn sweep_claims(&self, now_ms: u64, limit: usize) -> Result<(u64, bool), StoreError> {
+        let (mut batch, mut seen, mut removed) = (self.batch(), 0, 0);
+        let end = now_ms.saturating_add(1).to_be_bytes().to_vec();
+        for entry in self.claim_expiry.range(..end).take(limit) {
+            let key = entry.key().map_err(failed)?;
+            seen += 1;
+            let (expiry, claim) = key.split_at(8);
+            let current = self.dedup.get(claim).map_err(failed)?;
+            if current.is_some_and(|current| *current == *expiry) {
+                batch.remove(&self.dedup, claim.to_vec());
+                removed += 1;
+            }
+            batch.remove(&self.claim_expiry, key.to_vec());
+        }
+        self.commit(batch)?;
+        Ok((removed, seen == limit))
+    }
+
+    /// Removes the settled records among up to `limit` made before `before` (a notification
+    /// id bound, see [`id_bound`]), after the id `from`; returns how many it removed and the id
+    /// to go on from, if there may be more.
+    fn sweep_records(
+        &self,
+        keys: &KeyRing,
+        from: Option<Vec<u8>>,
+        before: &str,
+        limit: usize,
+    ) -> Result<(u64, Option<Vec<u8>>), StoreError> {
+        let (mut batch, mut seen, mut removed, mut last) = (self.batch(), 0, 0, None);
+        let lower = from.map_or(Bound::Unbounded, Bound::Excluded);
+        let range = (lower, Bound::Excluded(before.as_bytes().to_vec()));
+        for entry in self.records.range(range).take(limit) {
+            let (id, sealed) = entry.into_inner().map_err(failed)?;
+            seen += 1;
+            last = Some(id.to_vec());
+            let id = String::from_utf8_lossy(&id).into_owned();
+            // One that cannot be read (sealed with a key no longer configured) is left alone.
+            let Ok(record) = open_record(keys, &id, &sealed) else {
+                continue;
+            };
+            if record.routes.values().all(|state| state.status.is_final()) {
+                for provider_id in record
+                    .routes
+                    .values()
+                    .filter_map(|s| s.provider_id.as_ref())
+                {
+                    batch.remove(&self.provider, provider_id.as_str());
+                }
+                batch.remove(&self.records, id);
+                removed += 1;
+            }
+        }
+        self.commit(batch)?;
+        Ok((removed, last.filter(|_| seen == limit)))
     }
 
     fn put_record(&self, batch: &mut OwnedWriteBatch, keys: &KeyRing, record: &Record) {
@@ -321,7 +397,9 @@ impl Ledger for EmbeddedLedger {
                 };
                 let first = !held && claimed.insert(claim.clone());
                 if first {
-                    batch.insert(&spaces.dedup, claim, (now_ms + window_ms).to_be_bytes());
+                    let expiry = (now_ms + window_ms).to_be_bytes();
+                    batch.insert(&spaces.claim_expiry, [&expiry[..], &claim].concat(), []);
+                    batch.insert(&spaces.dedup, claim, expiry);
                 }
                 fresh.push(first);
             }
@@ -561,6 +639,35 @@ impl Ledger for EmbeddedLedger {
 
     async fn queue_depth(&self) -> Result<u64, StoreError> {
         Ok(self.spaces.jobs.approximate_len() as u64)
+    }
+
+    async fn sweep(&self, now_ms: u64, records_before_ms: u64) -> Result<LedgerSweep, StoreError> {
+        let mut swept = LedgerSweep::default();
+        loop {
+            let (removed, more) = self
+                .run(Access::Write, move |spaces, _| {
+                    spaces.sweep_claims(now_ms, SWEEP_CHUNK)
+                })
+                .await?;
+            swept.claims += removed;
+            if !more {
+                break;
+            }
+        }
+        let (before, mut from) = (id_bound(records_before_ms), None);
+        loop {
+            let before = before.clone();
+            let (removed, next) = self
+                .run(Access::Write, move |spaces, keys| {
+                    spaces.sweep_records(keys, from, &before, SWEEP_CHUNK)
+                })
+                .await?;
+            swept.records += removed;
+            match next {
+                Some(next) => from = Some(next),
+                None => return Ok(swept),
+            }
+        }
     }
 
     async fn delete_user(&self, user: &str) -> Result<(), StoreError> {

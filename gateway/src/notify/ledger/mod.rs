@@ -23,6 +23,13 @@ pub struct NewRecord {
     pub jobs: Vec<(Job, u64)>,
 }
 
+/// What one [`Ledger::sweep`] removed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LedgerSweep {
+    pub claims: u64,
+    pub records: u64,
+}
+
 /// A notification that joins its user's pending aggregated push of its kind (one per window),
 /// or starts one due at `due_ms`.
 #[derive(Debug, Clone)]
@@ -105,6 +112,11 @@ pub trait Ledger: Send + Sync + 'static {
     /// Pushes waiting in the queue, for a gauge: exact on Redis, an estimate on the embedded
     /// ledger (its LSM keyspace counts removed entries until they are compacted away).
     async fn queue_depth(&self) -> Result<u64, StoreError>;
+
+    /// Removes the dedup claims expired by `now_ms`, and the records of notifications made
+    /// before `records_before_ms` whose routes are all settled, with their provider ids: what
+    /// would otherwise grow without end. A backend that expires them itself removes nothing.
+    async fn sweep(&self, now_ms: u64, records_before_ms: u64) -> Result<LedgerSweep, StoreError>;
 
     /// Removes the user's preferences, bindings, dedup claims and queued pushes.
     async fn delete_user(&self, user: &str) -> Result<(), StoreError>;

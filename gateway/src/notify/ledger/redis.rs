@@ -2,14 +2,15 @@
 //!
 //! Keys (`{user}` is a hash tag, as in the Redis store; ids never contain a 0 byte):
 //! - `gw:notify:record:<id>` — the record (JSON, sealed with the id as associated data, as the
-//!   embedded ledger seals it: it holds the notification's text)
+//!   embedded ledger seals it: it holds the notification's text), expiring after
+//!   `notify.record_retention`
 //! - `gw:notify:queue` — a sorted set: job key → when it is due (milliseconds). Equal times are
 //!   ordered by job key, as the embedded queue orders them.
 //! - `gw:notify:jobs` — a hash: job key → job (JSON)
 //! - `gw:notify:aggregates` — a hash: user 0 kind → key of the pending aggregated job;
 //!   `gw:notify:aggregated` — a hash: job key → that field, to free the slot when the job is
 //!   taken (or leaves the queue) and when its user is deleted
-//! - `gw:notify:provider:<provider id>` — notification 0 route
+//! - `gw:notify:provider:<provider id>` — notification 0 route, expiring like records
 //! - `gw:notify:quota:<quota>:<day>` — the day's count, expiring two days after the day's first
 //!   send (the day has no colon, so the key names one quota and day only)
 //! - `gw:{user}:notify:quiet`, `gw:{user}:notify:consent` — preferences (JSON);
@@ -39,7 +40,7 @@
 //! by [`REQUEST_TIMEOUT`](crate::store::redis::REQUEST_TIMEOUT) and fails as unavailable while
 //! Redis is away; a request that timed out may still have been executed.
 
-use super::{AggregateJoin, DedupClaim, Ledger, NewRecord};
+use super::{AggregateJoin, DedupClaim, Ledger, LedgerSweep, NewRecord};
 use crate::notify::model::{
     Bindings, Consent, Job, Preferences, QuietHours, Record, Route, RouteState,
 };
@@ -52,6 +53,7 @@ use redis::Script;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use std::sync::{Arc, LazyLock};
+use std::time::Duration;
 
 const QUEUE: &str = "gw:notify:queue";
 const JOBS: &str = "gw:notify:jobs";
@@ -72,6 +74,9 @@ const CLAIMS_PAGE: isize = 512;
 pub struct RedisLedger {
     redis: ConnectionManager,
     keys: Arc<KeyRing>,
+    /// Records and provider ids expire this long after they are written
+    /// (`notify.record_retention`); a record's rewrites keep its expiry.
+    retention_ms: u64,
 }
 
 /// The keys of one user.
@@ -178,7 +183,7 @@ static REWRITE: LazyLock<Script> = LazyLock::new(|| {
 local current = redis.call('GET', KEYS[1])
 if ARGV[1] == '1' then
   if current ~= ARGV[2] then return 0 end
-  redis.call('SET', KEYS[1], ARGV[3])
+  redis.call('SET', KEYS[1], ARGV[3], 'KEEPTTL')
 elseif current then
   return 0
 end
@@ -280,10 +285,15 @@ enum QueueChange<'a> {
 
 impl RedisLedger {
     /// Connects to the Redis at `url`, failing when it cannot be reached now.
-    pub async fn open(url: &str, keys: Arc<KeyRing>) -> anyhow::Result<Self> {
+    pub async fn open(
+        url: &str,
+        keys: Arc<KeyRing>,
+        record_retention: Duration,
+    ) -> anyhow::Result<Self> {
         Ok(Self {
             redis: connect(url).await?,
             keys,
+            retention_ms: record_retention.as_millis() as u64,
         })
     }
 
@@ -444,11 +454,12 @@ impl Ledger for RedisLedger {
         pipe.atomic();
         for new in records {
             let record = &new.record;
-            pipe.set(
-                record_key(&record.notification.id),
-                self.seal_record(record),
-            )
-            .ignore();
+            pipe.cmd("SET")
+                .arg(record_key(&record.notification.id))
+                .arg(self.seal_record(record))
+                .arg("PX")
+                .arg(self.retention_ms)
+                .ignore();
             for (job, due) in &new.jobs {
                 let key = job.key();
                 pipe.zadd(QUEUE, &key, due)
@@ -547,7 +558,15 @@ impl Ledger for RedisLedger {
         route: Route,
     ) -> Result<(), StoreError> {
         let value = format!("{notification}\0{}", route.as_str());
-        self.set(&provider_key(provider_id), value.as_bytes()).await
+        bounded(
+            redis::cmd("SET")
+                .arg(provider_key(provider_id))
+                .arg(value)
+                .arg("PX")
+                .arg(self.retention_ms)
+                .exec_async(&mut self.redis.clone()),
+        )
+        .await
     }
 
     async fn by_provider_id(
@@ -638,6 +657,12 @@ impl Ledger for RedisLedger {
                 .query_async(&mut self.redis.clone()),
         )
         .await
+    }
+
+    /// Nothing to do: claims expire by their window, records and provider ids by
+    /// `notify.record_retention`, in Redis itself.
+    async fn sweep(&self, _now_ms: u64, _before_ms: u64) -> Result<LedgerSweep, StoreError> {
+        Ok(LedgerSweep::default())
     }
 
     async fn delete_user(&self, user: &str) -> Result<(), StoreError> {
