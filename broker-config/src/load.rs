@@ -256,6 +256,7 @@ impl Config {
             (n.decision_batch, "notify.decision_batch"),
             (n.decision_batches, "notify.decision_batches"),
             (n.max_per_request, "notify.max_per_request"),
+            (n.max_waiting, "notify.max_waiting"),
         ] {
             check(value >= 1, name, "must be at least 1");
         }

@@ -44,6 +44,9 @@ pub struct Notify {
     pub decision_batches: usize,
     /// Most notifications in one `POST /v1/notifications/batch`.
     pub max_per_request: usize,
+    /// Most notifications waiting for a routing batch; past that, submissions are refused with
+    /// 503 (retry later) instead of piling up in memory.
+    pub max_waiting: usize,
     /// What each kind of notification does.
     pub kinds: BTreeMap<String, KindRule>,
 }
@@ -203,6 +206,7 @@ impl Default for Notify {
             decision_batch: 512,
             decision_batches: 4,
             max_per_request: 1000,
+            max_waiting: 100_000,
             kinds,
         }
     }

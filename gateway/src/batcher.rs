@@ -12,30 +12,40 @@ use std::future::Future;
 use std::sync::{Arc, Mutex};
 use tokio::sync::{oneshot, Semaphore};
 
-/// The batch's task ended without answering (it panicked).
+/// Why an item got no result.
 #[derive(Debug, thiserror::Error)]
-#[error("the batch this was part of failed")]
-pub struct BatchLost;
+pub enum Refused {
+    /// The batch's task ended without answering (it panicked).
+    #[error("the batch this was part of failed")]
+    Lost,
+    /// So many items wait already that these would be more than allowed.
+    #[error("{0} items are waiting to be processed already, the most allowed")]
+    Full(usize),
+}
 
 pub struct Batcher<T, R> {
     queued: Mutex<Vec<(T, oneshot::Sender<R>)>>,
     slots: Arc<Semaphore>,
     max_batch: usize,
+    max_waiting: usize,
 }
 
 impl<T: Send + 'static, R: Send + 'static> Batcher<T, R> {
-    /// At most `max_batch` items per batch and `concurrent` batches at once (both at least 1).
-    pub fn new(max_batch: usize, concurrent: usize) -> Self {
+    /// At most `max_batch` items per batch, `concurrent` batches at once, and `max_waiting`
+    /// items waiting for a batch (each at least 1): past that, submissions are refused rather
+    /// than held in memory without bound.
+    pub fn new(max_batch: usize, concurrent: usize, max_waiting: usize) -> Self {
         Self {
             queued: Mutex::new(Vec::new()),
             slots: Arc::new(Semaphore::new(concurrent.max(1))),
             max_batch: max_batch.max(1),
+            max_waiting: max_waiting.max(1),
         }
     }
 
     /// Hands `item` in and waits for its result. `process` gets a batch and answers each item,
     /// in order; it runs on whichever submitter takes the batch.
-    pub async fn submit<F, Fut>(&self, item: T, process: F) -> Result<R, BatchLost>
+    pub async fn submit<F, Fut>(&self, item: T, process: F) -> Result<R, Refused>
     where
         F: Fn(Vec<T>) -> Fut,
         Fut: Future<Output = Vec<R>> + Send + 'static,
@@ -46,13 +56,17 @@ impl<T: Send + 'static, R: Send + 'static> Batcher<T, R> {
 
     /// Hands `items` in together (they queue next to each other, so they share a batch when
     /// they fit) and waits for all their results, in order.
-    pub async fn submit_all<F, Fut>(&self, items: Vec<T>, process: F) -> Vec<Result<R, BatchLost>>
+    pub async fn submit_all<F, Fut>(&self, items: Vec<T>, process: F) -> Vec<Result<R, Refused>>
     where
         F: Fn(Vec<T>) -> Fut,
         Fut: Future<Output = Vec<R>> + Send + 'static,
     {
         let receivers: Vec<_> = {
             let mut queued = self.queued.lock().expect("batch queue lock");
+            if queued.len() + items.len() > self.max_waiting {
+                let waiting = queued.len();
+                return items.iter().map(|_| Err(Refused::Full(waiting))).collect();
+            }
             items
                 .into_iter()
                 .map(|item| {
@@ -63,10 +77,10 @@ impl<T: Send + 'static, R: Send + 'static> Batcher<T, R> {
                 .collect()
         };
         let mut results = std::pin::pin!(join_all(receivers));
-        let lost = |results: Vec<Result<R, _>>| -> Vec<Result<R, BatchLost>> {
+        let lost = |results: Vec<Result<R, _>>| -> Vec<Result<R, Refused>> {
             results
                 .into_iter()
-                .map(|r| r.map_err(|_| BatchLost))
+                .map(|r| r.map_err(|_| Refused::Lost))
                 .collect()
         };
         loop {
@@ -109,7 +123,7 @@ mod tests {
 
     #[tokio::test]
     async fn one_submission_alone_is_a_batch_of_one() {
-        let batcher = Batcher::new(8, 1);
+        let batcher = Batcher::new(8, 1, 100);
         let answer = batcher
             .submit(21, |items: Vec<u32>| async move {
                 assert_eq!(items, vec![21]);
@@ -122,7 +136,7 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn concurrent_submissions_share_batches_and_each_gets_its_own_answer() {
-        let batcher = Arc::new(Batcher::new(16, 1));
+        let batcher = Arc::new(Batcher::new(16, 1, 1000));
         let batches = Arc::new(AtomicUsize::new(0));
         let submitters: Vec<_> = (0..200u32)
             .map(|i| {
@@ -152,8 +166,37 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn past_the_most_waiting_submissions_are_refused_not_held() {
+        let batcher = Arc::new(Batcher::new(1, 1, 2));
+        let (release, gate) = tokio::sync::watch::channel(false);
+        let process = move |items: Vec<u32>| {
+            let mut gate = gate.clone();
+            async move {
+                let _ = gate.wait_for(|open| *open).await;
+                items
+            }
+        };
+        // One runs (holding the only slot) and two wait: the most allowed.
+        let running: Vec<_> = (1..=3)
+            .map(|i| {
+                let (batcher, process) = (batcher.clone(), process.clone());
+                tokio::spawn(async move { batcher.submit(i, process).await })
+            })
+            .collect();
+        while batcher.queued.lock().unwrap().len() < 2 {
+            tokio::task::yield_now().await;
+        }
+        let refused = batcher.submit(4, process.clone()).await;
+        assert!(matches!(refused, Err(Refused::Full(2))), "{refused:?}");
+        release.send(true).unwrap();
+        for (i, submitter) in running.into_iter().enumerate() {
+            assert_eq!(submitter.await.unwrap().unwrap(), i as u32 + 1);
+        }
+    }
+
+    #[tokio::test]
     async fn items_handed_in_together_share_one_batch_in_order() {
-        let batcher = Batcher::new(8, 4);
+        let batcher = Batcher::new(8, 4, 100);
         let results = batcher
             .submit_all(vec![1, 2, 3], |items: Vec<u32>| async move {
                 assert_eq!(items, vec![1, 2, 3], "one batch, in order");
@@ -166,7 +209,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_submitter_that_goes_away_does_not_lose_the_others_answers() {
-        let batcher = Arc::new(Batcher::new(8, 1));
+        let batcher = Arc::new(Batcher::new(8, 1, 100));
         let (release, gate) = tokio::sync::watch::channel(false);
         let process = move |items: Vec<u32>| {
             let mut gate = gate.clone();

@@ -85,7 +85,11 @@ impl Notifications {
         Self {
             ledger,
             worker,
-            decisions: Batcher::new(config.decision_batch, config.decision_batches),
+            decisions: Batcher::new(
+                config.decision_batch,
+                config.decision_batches,
+                config.max_waiting,
+            ),
         }
     }
 
@@ -115,7 +119,7 @@ impl Notifications {
         let results = self.decisions.submit_all(notifications, route).await;
         results
             .into_iter()
-            .map(|result| result.map_err(|lost| StoreError::Unavailable(lost.to_string()))?)
+            .map(|result| result.map_err(|refused| StoreError::Unavailable(refused.to_string()))?)
             .collect()
     }
 
