@@ -119,7 +119,26 @@ impl<T: Send + 'static, R: Send + 'static> Batcher<T, R> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use futures_util::future::BoxFuture;
+    use futures_util::FutureExt;
     use std::sync::atomic::{AtomicUsize, Ordering};
+
+    /// A batch process that answers each item with itself once `true` is sent on the sender.
+    fn gated() -> (
+        tokio::sync::watch::Sender<bool>,
+        impl Fn(Vec<u32>) -> BoxFuture<'static, Vec<u32>> + Clone,
+    ) {
+        let (release, gate) = tokio::sync::watch::channel(false);
+        let process = move |items: Vec<u32>| {
+            let mut gate = gate.clone();
+            async move {
+                let _ = gate.wait_for(|open| *open).await;
+                items
+            }
+            .boxed()
+        };
+        (release, process)
+    }
 
     #[tokio::test]
     async fn one_submission_alone_is_a_batch_of_one() {
@@ -168,14 +187,7 @@ mod tests {
     #[tokio::test]
     async fn past_the_most_waiting_submissions_are_refused_not_held() {
         let batcher = Arc::new(Batcher::new(1, 1, 2));
-        let (release, gate) = tokio::sync::watch::channel(false);
-        let process = move |items: Vec<u32>| {
-            let mut gate = gate.clone();
-            async move {
-                let _ = gate.wait_for(|open| *open).await;
-                items
-            }
-        };
+        let (release, process) = gated();
         // One runs (holding the only slot) and two wait: the most allowed.
         let running: Vec<_> = (1..=3)
             .map(|i| {
@@ -210,14 +222,7 @@ mod tests {
     #[tokio::test]
     async fn a_submitter_that_goes_away_does_not_lose_the_others_answers() {
         let batcher = Arc::new(Batcher::new(8, 1, 100));
-        let (release, gate) = tokio::sync::watch::channel(false);
-        let process = move |items: Vec<u32>| {
-            let mut gate = gate.clone();
-            async move {
-                let _ = gate.wait_for(|open| *open).await;
-                items
-            }
-        };
+        let (release, process) = gated();
         // The first submitter takes the only slot and runs a batch that waits for the gate.
         let first = tokio::spawn({
             let (batcher, process) = (batcher.clone(), process.clone());
