@@ -15,6 +15,7 @@
 //! free ports, a fresh data dir, the right `GATEWAY__*` environment), or it already runs with
 //! the environment `--print-env` prints for fixed `--doubles-port`s.
 
+use crate::procfs::{pid_listening_on, Usage, UsageWatch};
 use crate::progress::{spawn_reporter, Counter};
 use crate::report::{latency_histogram, print_verdict, thousands, LatencySummary, Outcome, Table};
 use crate::stop::stopped;
@@ -383,6 +384,8 @@ pub struct Submission {
     pub first_error: Option<String>,
     /// Route → status → how many decisions said so (`queued` ones become provider calls).
     pub routes: BTreeMap<String, BTreeMap<String, u64>>,
+    /// The gateway's CPU and memory while submitting, when its process was found.
+    pub gateway: Option<Usage>,
 }
 
 /// What reached the providers, counted at the doubles.
@@ -540,8 +543,18 @@ pub async fn run_cmd(cmd: &NotifyCmd) -> Result<NotifyResult> {
         ),
     };
     let api = Api::new(&base, api_key, cmd.concurrency as usize)?;
+    let gateway_pid = match &started {
+        Some(gateway) => gateway.child.id(),
+        None => loopback_url(&base, "--http")?
+            .port_or_known_default()
+            .and_then(pid_listening_on),
+    };
     let deadline = Instant::now() + cmd.timeout;
-    let outcome = tokio::time::timeout(cmd.timeout, load(cmd, &api, &doubles, deadline)).await;
+    let outcome = tokio::time::timeout(
+        cmd.timeout,
+        load(cmd, &api, &doubles, deadline, gateway_pid),
+    )
+    .await;
     if let Some(gateway) = started {
         gateway.stop().await;
     }
@@ -574,6 +587,7 @@ async fn load(
     api: &Api,
     doubles: &Arc<Doubles>,
     deadline: Instant,
+    gateway_pid: Option<u32>,
 ) -> Result<Measured> {
     let setup = Instant::now();
     let ready = Counter::new("users");
@@ -615,6 +629,7 @@ async fn load(
         Mode::Burst => (cmd.count, deadline),
     };
     let run = format!("{:x}", crate::payload::now_ns());
+    let gateway = gateway_pid.and_then(|pid| UsageWatch::start(pid).ok());
     let submitted = Instant::now();
     let next = Arc::new(AtomicU64::new(0));
     let submitters: Vec<JoinHandle<Tally>> = (0..cmd.concurrency)
@@ -639,7 +654,8 @@ async fn load(
         tally.merge(submitter.await?)?;
     }
     let seconds = submitted.elapsed().as_secs_f64();
-    let submission = tally.into_submission(seconds);
+    let mut submission = tally.into_submission(seconds);
+    submission.gateway = gateway.and_then(|watch| watch.finish().ok());
     let expected = |route: &str| {
         submission
             .routes
@@ -933,6 +949,7 @@ impl Tally {
             errors: self.errors,
             first_error: self.first_error,
             routes: self.routes,
+            gateway: None,
         }
     }
 }
@@ -1037,6 +1054,14 @@ impl Outcome for NotifyResult {
             table.row([format!("errors {class}"), thousands(*n as f64)]);
         }
         print!("\n{}", table.render());
+        if let Some(g) = &s.gateway {
+            println!(
+                "gateway while submitting: {:.2} cores, {:.0} MiB resident (pid {})",
+                g.cpu_cores,
+                g.rss_bytes as f64 / 1_048_576.0,
+                g.pid
+            );
+        }
 
         let mut table = Table::default();
         let statuses: Vec<&String> = s
