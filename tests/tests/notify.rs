@@ -390,7 +390,7 @@ async fn an_event_preview_is_broadcast_once_per_tag_and_its_report_counts_the_fo
         "sent to 117 of 120 followers, 2 failed"
     );
 
-    // Without a tag there is no one to broadcast to.
+    // Without a tag there is no one to broadcast to; without WeChat, nothing to send it with.
     let untagged = notify(
         &gw,
         json!({"user": "fa", "kind": "event_preview", "title": "Quiz", "body": "Sat"}),
@@ -400,6 +400,18 @@ async fn an_event_preview_is_broadcast_once_per_tag_and_its_report_counts_the_fo
     assert_eq!(
         untagged["routes"]["wechat"]["detail"],
         "no wechat_tag to broadcast to"
+    );
+    let without_wechat = TestGateway::start().await;
+    let tagged = notify(&without_wechat, preview("fa")).await;
+    assert_eq!(
+        (
+            &tagged["routes"]["wechat"]["status"],
+            &tagged["routes"]["wechat"]["detail"]
+        ),
+        (
+            &json!("skipped"),
+            &json!("no WeChat app is enabled to broadcast from")
+        )
     );
 }
 

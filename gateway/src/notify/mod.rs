@@ -135,11 +135,13 @@ impl Notifications {
             .zip(states)
             .map(|(notification, user)| Submission { notification, user })
             .collect();
+        let wechat = &gw.config.channels.wechat;
         let router = Router {
             config: &gw.config.notify,
             ledger: gw.notifications.ledger.as_ref(),
             messages: &gw.messages,
             metrics: &gw.metrics.notify,
+            can_broadcast: wechat.enabled && !wechat.apps.is_empty(),
         };
         router.route(submissions, chrono::Utc::now()).await
     }

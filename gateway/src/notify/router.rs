@@ -95,13 +95,16 @@ pub struct Router<'a> {
     pub ledger: &'a dyn Ledger,
     pub messages: &'a Messages,
     pub metrics: &'a NotifyMetrics,
+    /// The WeChat channel is enabled with an app to broadcast from.
+    pub can_broadcast: bool,
 }
 
 /// What a notification's claims found.
 struct Claims {
     /// Its content was claimed now for its user.
     fresh: bool,
-    /// For a broadcast with a tag: its content was claimed now for the tag.
+    /// For a broadcast with a tag and an app to send it: its content was claimed now for the
+    /// tag.
     broadcast: Option<bool>,
     /// For a rule that delivers in-app, the seq it was stored at (none when deduplicated).
     in_app: Option<Option<u64>>,
@@ -209,7 +212,8 @@ impl Router<'_> {
             .enumerate()
             .map(|(i, (_, rule, s))| {
                 let tag = s.notification.wechat_tag;
-                let tag = tag.filter(|_| rule.wechat == WeChatAction::MassSend)?;
+                let broadcasts = rule.wechat == WeChatAction::MassSend && self.can_broadcast;
+                let tag = tag.filter(|_| broadcasts)?;
                 let key = claims[i].key.clone();
                 claims.push(DedupClaim {
                     user: broadcast_claimant(tag),
@@ -334,6 +338,8 @@ impl Router<'_> {
                 duplicate()
             } else if route == Route::Wechat && rule.wechat == WeChatAction::MassSend {
                 match (notification.wechat_tag, broadcast) {
+                    (None, _) => skip("no wechat_tag to broadcast to"),
+                    (Some(_), None) => skip("no WeChat app is enabled to broadcast from"),
                     (Some(tag), Some(true)) => {
                         jobs.push((job(route), now_ms));
                         let mut state = RouteState::new(
@@ -343,13 +349,12 @@ impl Router<'_> {
                         state.due_at = Some(now_ms);
                         state
                     }
-                    (Some(tag), _) => RouteState::new(
+                    (Some(tag), Some(false)) => RouteState::new(
                         Status::Deduplicated,
                         Some(format!(
                             "the broadcast to WeChat tag {tag} goes out with another notification"
                         )),
                     ),
-                    (None, _) => skip("no wechat_tag to broadcast to"),
                 }
             } else if user.online && !rule.external_when_online {
                 skip("a device is online: delivered in the app")
