@@ -44,6 +44,9 @@ pub struct Notify {
     pub decision_batches: usize,
     /// Most notifications in one `POST /v1/notifications/batch`.
     pub max_per_request: usize,
+    /// Users whose preferences (quiet hours, consent, bindings) the embedded ledger keeps in
+    /// memory, about 300 bytes each; 0 reads them from disk every time.
+    pub preferences_cache: usize,
     /// Most notifications waiting for a routing batch; past that, submissions are refused with
     /// 503 (retry later) instead of piling up in memory.
     pub max_waiting: usize,
@@ -207,6 +210,7 @@ impl Default for Notify {
             decision_batches: 4,
             max_per_request: 1000,
             max_waiting: 100_000,
+            preferences_cache: 100_000,
             kinds,
         }
     }

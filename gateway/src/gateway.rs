@@ -81,7 +81,12 @@ impl Gateway {
                 Arc::new(RedisLedger::open(&config.store.redis_url, keys.clone(), retention).await?)
             }
             StoreBackend::Embedded => {
-                Arc::new(EmbeddedLedger::open(&data.path("notify"), keys.clone())?)
+                let cached_users = config.notify.preferences_cache;
+                Arc::new(EmbeddedLedger::open(
+                    &data.path("notify"),
+                    keys.clone(),
+                    cached_users,
+                )?)
             }
         };
         // Provider tokens and rate limits are shared by the nodes sharing a Redis.

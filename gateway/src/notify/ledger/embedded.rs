@@ -15,6 +15,7 @@
 //! - `aggregates` user 0 kind → key of the pending aggregated job, and `job` 0 key → that slot
 //! - `quota` quota 0 day → count (8 BE)
 
+use super::preference_cache::PreferenceCache;
 use super::{AggregateJoin, DedupClaim, Ledger, LedgerSweep, NewRecord};
 use crate::notify::model::{
     Bindings, Consent, Job, Preferences, QuietHours, Record, Route, RouteState,
@@ -41,6 +42,7 @@ struct Spaces {
     written: Arc<AtomicU64>,
     synced: Arc<AtomicU64>,
     syncing: Arc<Mutex<()>>,
+    preferences: Arc<PreferenceCache>,
     db: Database,
     records: Keyspace,
     queue: Keyspace,
@@ -107,7 +109,8 @@ fn from_json<T: DeserializeOwned>(bytes: &[u8], what: &str) -> Result<T, StoreEr
 }
 
 impl EmbeddedLedger {
-    pub fn open(path: &Path, keys: Arc<KeyRing>) -> anyhow::Result<Self> {
+    /// `cached_users`: how many users' preferences are kept in memory (`notify.preferences_cache`).
+    pub fn open(path: &Path, keys: Arc<KeyRing>, cached_users: usize) -> anyhow::Result<Self> {
         let db = Database::builder(path)
             .worker_threads(1)
             .open()
@@ -118,6 +121,7 @@ impl EmbeddedLedger {
             written: Arc::new(AtomicU64::new(0)),
             synced: Arc::new(AtomicU64::new(0)),
             syncing: Arc::new(Mutex::new(())),
+            preferences: Arc::new(PreferenceCache::new(cached_users)),
             records: space("records")?,
             queue: space("queue")?,
             jobs: space("jobs")?,
@@ -353,6 +357,23 @@ impl Spaces {
             None => bytes.to_vec(),
         };
         from_json(&plain, kind).map(Some)
+    }
+
+    /// The user's preferences as stored.
+    fn read_preferences(&self, keys: &KeyRing, user: &str) -> Result<Preferences, StoreError> {
+        Ok(Preferences {
+            quiet_hours: self.pref("quiet", user, None)?,
+            consent: self.pref("consent", user, None)?.unwrap_or_default(),
+            bindings: self.pref("bindings", user, Some(keys))?.unwrap_or_default(),
+        })
+    }
+
+    /// After a write of the user's preferences, under the write lock: the cache gets the whole
+    /// new value (see [`PreferenceCache`]).
+    fn cache_preferences(&self, keys: &KeyRing, user: &str) -> Result<(), StoreError> {
+        let written = self.read_preferences(keys, user)?;
+        self.preferences.put(user, written);
+        Ok(())
     }
 
     fn set_pref(
@@ -595,36 +616,45 @@ impl Ledger for EmbeddedLedger {
     }
 
     async fn preferences(&self, users: &[String]) -> Result<Vec<Preferences>, StoreError> {
-        let users = users.to_vec();
-        self.run(Access::Read, move |spaces, keys| {
-            users
-                .iter()
-                .map(|user| {
-                    Ok(Preferences {
-                        quiet_hours: spaces.pref("quiet", user, None)?,
-                        consent: spaces.pref("consent", user, None)?.unwrap_or_default(),
-                        bindings: spaces
-                            .pref("bindings", user, Some(keys))?
-                            .unwrap_or_default(),
-                    })
+        let cache = &self.spaces.preferences;
+        let mut found: Vec<Option<Preferences>> = users.iter().map(|u| cache.get(u)).collect();
+        let missing: Vec<(usize, String)> = (found.iter().enumerate())
+            .filter(|(_, held)| held.is_none())
+            .map(|(i, _)| (i, users[i].clone()))
+            .collect();
+        if !missing.is_empty() {
+            let read = self
+                .run(Access::Read, move |spaces, keys| {
+                    (missing.into_iter())
+                        .map(|(i, user)| {
+                            let read = spaces.read_preferences(keys, &user)?;
+                            spaces.preferences.fill(&user, read.clone());
+                            Ok((i, read))
+                        })
+                        .collect::<Result<Vec<_>, StoreError>>()
                 })
-                .collect()
-        })
-        .await
+                .await?;
+            for (i, preferences) in read {
+                found[i] = Some(preferences);
+            }
+        }
+        Ok(found.into_iter().map(Option::unwrap_or_default).collect())
     }
 
     async fn set_quiet_hours(&self, user: &str, hours: &QuietHours) -> Result<(), StoreError> {
         let (user, hours) = (user.to_string(), hours.clone());
-        self.run(Access::Write, move |spaces, _| {
-            spaces.set_pref("quiet", &user, &hours, None)
+        self.run(Access::Write, move |spaces, keys| {
+            spaces.set_pref("quiet", &user, &hours, None)?;
+            spaces.cache_preferences(keys, &user)
         })
         .await
     }
 
     async fn set_consent(&self, user: &str, consent: &Consent) -> Result<(), StoreError> {
         let (user, consent) = (user.to_string(), *consent);
-        self.run(Access::Write, move |spaces, _| {
-            spaces.set_pref("consent", &user, &consent, None)
+        self.run(Access::Write, move |spaces, keys| {
+            spaces.set_pref("consent", &user, &consent, None)?;
+            spaces.cache_preferences(keys, &user)
         })
         .await
     }
@@ -632,7 +662,8 @@ impl Ledger for EmbeddedLedger {
     async fn set_bindings(&self, user: &str, bindings: &Bindings) -> Result<(), StoreError> {
         let (user, bindings) = (user.to_string(), bindings.clone());
         self.run(Access::Write, move |spaces, keys| {
-            spaces.set_pref("bindings", &user, &bindings, Some(keys))
+            spaces.set_pref("bindings", &user, &bindings, Some(keys))?;
+            spaces.cache_preferences(keys, &user)
         })
         .await
     }
@@ -691,7 +722,9 @@ impl Ledger for EmbeddedLedger {
                     batch.remove(&spaces.jobs, job.key().as_str());
                 }
             }
-            spaces.commit(batch)
+            spaces.commit(batch)?;
+            spaces.preferences.put(&user, Preferences::default());
+            Ok(())
         })
         .await
     }

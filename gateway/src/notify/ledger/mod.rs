@@ -3,6 +3,7 @@
 //! backend, as the message store has.
 
 pub mod embedded;
+mod preference_cache;
 pub mod redis;
 
 use super::model::{Bindings, Consent, Job, Preferences, QuietHours, Record, Route, RouteState};
