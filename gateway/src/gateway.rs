@@ -81,11 +81,13 @@ impl Gateway {
                 Arc::new(RedisLedger::open(&config.store.redis_url, keys.clone(), retention).await?)
             }
             StoreBackend::Embedded => {
-                let cached_users = config.notify.preferences_cache;
+                let (path, cached_users) = (data.path("notify"), config.notify.preferences_cache);
+                let memtable = config.store.memtable_size;
                 Arc::new(EmbeddedLedger::open(
-                    &data.path("notify"),
+                    &path,
                     keys.clone(),
                     cached_users,
+                    memtable,
                 )?)
             }
         };

@@ -36,7 +36,7 @@ struct Subject {
 
 async fn embedded_ledger() -> Subject {
     let dir = tempfile::tempdir().unwrap();
-    let ledger = EmbeddedLedger::open(dir.path(), keys(), 1000).unwrap();
+    let ledger = EmbeddedLedger::open(dir.path(), keys(), 1000, 8 << 20).unwrap();
     Subject {
         ledger: Arc::new(ledger),
         redis: None,

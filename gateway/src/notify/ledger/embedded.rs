@@ -31,6 +31,7 @@ use std::ops::Bound;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use tokio::sync::Semaphore;
 
 #[derive(Clone)]
 struct Spaces {
@@ -59,7 +60,17 @@ pub struct EmbeddedLedger {
     spaces: Spaces,
     keys: Arc<KeyRing>,
     writes: Arc<Mutex<()>>,
+    /// Calls running on the blocking pool at once. Writes wait for one another anyway; without
+    /// this bound, a burst of them (a backend setting a thousand users' bindings at once) parks
+    /// one pool thread each, and every thread keeps its own allocator heap: 512 threads held
+    /// 1.5 GB after such a burst.
+    threads: Arc<Semaphore>,
 }
+
+/// At most this many ledger calls occupy blocking-pool threads at once; the rest wait as tasks.
+/// Enough for the write lock to always have a next writer ready and for reads to go on beside
+/// an fsync.
+const LEDGER_THREADS: usize = 16;
 
 fn failed(e: impl std::fmt::Display) -> StoreError {
     StoreError::Unavailable(e.to_string())
@@ -109,13 +120,21 @@ fn from_json<T: DeserializeOwned>(bytes: &[u8], what: &str) -> Result<T, StoreEr
 }
 
 impl EmbeddedLedger {
-    /// `cached_users`: how many users' preferences are kept in memory (`notify.preferences_cache`).
-    pub fn open(path: &Path, keys: Arc<KeyRing>, cached_users: usize) -> anyhow::Result<Self> {
+    /// `cached_users`: how many users' preferences are kept in memory (`notify.preferences_cache`);
+    /// `memtable_size`: bytes each keyspace holds in memory before it is flushed
+    /// (`store.memtable_size`, fixed when the ledger is created), which bounds its memory.
+    pub fn open(
+        path: &Path,
+        keys: Arc<KeyRing>,
+        cached_users: usize,
+        memtable_size: u64,
+    ) -> anyhow::Result<Self> {
         let db = Database::builder(path)
             .worker_threads(1)
             .open()
             .map_err(|e| anyhow::anyhow!("cannot open the ledger {}: {e}", path.display()))?;
-        let space = |name: &str| db.keyspace(name, KeyspaceCreateOptions::default);
+        let options = || KeyspaceCreateOptions::default().max_memtable_size(memtable_size);
+        let space = |name: &str| db.keyspace(name, options);
         let spaces = Spaces {
             floor: Arc::new(AtomicU64::new(0)),
             written: Arc::new(AtomicU64::new(0)),
@@ -137,6 +156,7 @@ impl EmbeddedLedger {
             spaces,
             keys,
             writes: Arc::new(Mutex::new(())),
+            threads: Arc::new(Semaphore::new(LEDGER_THREADS)),
         })
     }
 
@@ -147,7 +167,9 @@ impl EmbeddedLedger {
         work: impl FnOnce(&Spaces, &KeyRing) -> Result<T, StoreError> + Send + 'static,
     ) -> Result<T, StoreError> {
         let (spaces, keys, writes) = (self.spaces.clone(), self.keys.clone(), self.writes.clone());
+        let thread = self.threads.clone().acquire_owned().await.map_err(failed)?;
         tokio::task::spawn_blocking(move || {
+            let _thread = thread;
             let result = {
                 let _guard =
                     (access != Access::Read).then(|| writes.lock().expect("ledger write lock"));
