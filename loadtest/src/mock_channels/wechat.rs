@@ -13,7 +13,7 @@ use super::server::{lock, random_hex, Double, Injection, Provider};
 use axum::body::Bytes;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
-use axum::routing::{get, post};
+use axum::routing::{get, post, MethodRouter};
 use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
@@ -167,9 +167,18 @@ impl Provider for WeChatState {
         Router::new()
             .route("/cgi-bin/token", get(token))
             .route("/cgi-bin/stable_token", post(stable_token))
-            .route("/cgi-bin/message/template/send", post(template_send))
-            .route("/cgi-bin/message/subscribe/send", post(subscribe_send))
-            .route("/cgi-bin/message/mass/sendall", post(mass_sendall))
+            .route(
+                "/cgi-bin/message/template/send",
+                send_route(WeChatState::template),
+            )
+            .route(
+                "/cgi-bin/message/subscribe/send",
+                send_route(WeChatState::subscribe),
+            )
+            .route(
+                "/cgi-bin/message/mass/sendall",
+                send_route(WeChatState::mass_send),
+            )
             .with_state(state)
     }
 }
@@ -682,45 +691,25 @@ async fn stable_token(State(state): State<Shared>, body: Bytes) -> Json<Value> {
     Json(state.issue(now))
 }
 
-async fn template_send(
-    State(state): State<Shared>,
-    Query(query): Query<HashMap<String, String>>,
-    body: Bytes,
-) -> Json<Value> {
-    answer_send(&state, &query, &body, WeChatState::template).await
-}
+/// How one kind of message send answers, given the access token and the body.
+type Send = fn(&mut WeChatState, Option<&String>, &[u8]) -> Value;
 
-async fn subscribe_send(
-    State(state): State<Shared>,
-    Query(query): Query<HashMap<String, String>>,
-    body: Bytes,
-) -> Json<Value> {
-    answer_send(&state, &query, &body, WeChatState::subscribe).await
-}
-
-async fn mass_sendall(
-    State(state): State<Shared>,
-    Query(query): Query<HashMap<String, String>>,
-    body: Bytes,
-) -> Json<Value> {
-    answer_send(&state, &query, &body, WeChatState::mass_send).await
-}
-
-/// Answers a message send with `send`'s reply, after the delay the injected failures ask for
+/// The route of a message send: `send`'s reply, after the delay the injected failures ask for
 /// (the state's lock is not held while waiting).
-async fn answer_send(
-    state: &Shared,
-    query: &HashMap<String, String>,
-    body: &[u8],
-    send: fn(&mut WeChatState, Option<&String>, &[u8]) -> Value,
-) -> Json<Value> {
-    let (reply, delay) = {
-        let mut state = lock(state);
-        let delay = state.injection.next_delay();
-        (send(&mut state, query.get("access_token"), body), delay)
-    };
-    tokio::time::sleep(delay).await;
-    Json(reply)
+fn send_route(send: Send) -> MethodRouter<Shared> {
+    post(
+        move |State(state): State<Shared>,
+              Query(query): Query<HashMap<String, String>>,
+              body: Bytes| async move {
+            let (reply, delay) = {
+                let mut state = lock(&state);
+                let delay = state.injection.next_delay();
+                (send(&mut state, query.get("access_token"), &body), delay)
+            };
+            tokio::time::sleep(delay).await;
+            Json(reply)
+        },
+    )
 }
 
 fn token_reply(token: &Token, now: Instant) -> Value {
