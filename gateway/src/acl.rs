@@ -167,6 +167,7 @@ mod tests {
             "u/alice/inbox",
             "u/alice/notify",
             "u/alice/presence",
+            "u/alice/signal",
             "u/alice/d/phone/reply",
             "pub/#",
             "pub/news",
@@ -198,9 +199,15 @@ mod tests {
             a.may_publish("u/alice/d/phone/send"),
             Ok(PublishRoute::DeviceRequest(DeviceAction::Send))
         );
+        assert_eq!(
+            a.may_publish("u/alice/d/phone/signal"),
+            Ok(PublishRoute::DeviceRequest(DeviceAction::Signal))
+        );
         for denied in [
             "u/bob/d/phone/send",
+            "u/bob/d/phone/signal",
             "u/alice/d/tablet/send",
+            "u/alice/signal",
             "u/alice/inbox",
             "u/bob/inbox",
             "pub/news",

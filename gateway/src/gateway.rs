@@ -35,6 +35,8 @@ pub struct Gateway {
     pub signer: TokenSigner,
     pub api_keys: Vec<String>,
     pub hub: Arc<Hub>,
+    /// The users' topics on this node and, with a cluster, on the others.
+    pub user_topics: Arc<UserTopics>,
     pub sessions: Sessions,
     pub messages: Messages,
     pub store: SharedStore,
@@ -115,7 +117,13 @@ impl Gateway {
         let recorder = Recorder::start(&config.record, metrics.record_events.clone())?;
         Ok(Arc::new(Self {
             notifications: Notifications::new(ledger, worker, &config.notify),
-            sessions: Sessions::new(config.sessions.clone(), topics, known, cluster.clone()),
+            sessions: Sessions::new(
+                config.sessions.clone(),
+                topics.clone(),
+                known,
+                cluster.clone(),
+            ),
+            user_topics: topics,
             cluster,
             messages: Messages::new(
                 store.clone(),

@@ -162,6 +162,8 @@ pub struct Metrics {
     pub rejected: Family<RejectLabel, Counter>,
     pub disconnects: Family<DisconnectLabel, Counter>,
     pub api_messages: Counter,
+    /// Live signals relayed (each once, however many devices got it).
+    pub signals: Counter,
     pub dropped_deliveries: Counter,
     /// Log entries made durable (a device's message counts twice: recipient's and sender's log).
     pub stored: Counter,
@@ -195,6 +197,7 @@ impl Metrics {
             rejected: Family::default(),
             disconnects: Family::default(),
             api_messages: Counter::default(),
+            signals: Counter::default(),
             dropped_deliveries: Counter::default(),
             stored: Counter::default(),
             // 100 µs to about 3 s.
@@ -252,6 +255,11 @@ impl Metrics {
             "api_messages",
             "Messages accepted through POST /v1/messages",
             metrics.api_messages.clone(),
+        );
+        registry.register(
+            "signals",
+            "Live signals relayed from devices (not stored)",
+            metrics.signals.clone(),
         );
         registry.register(
             "dropped_deliveries",

@@ -3,13 +3,26 @@
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-/// What a device publishes on `u/{user}/d/{device}/send`.
+/// What a device publishes on `u/{user}/d/{device}/send` (and `.../signal`). The gateway reads
+/// the body as raw JSON (`Body = &RawValue`) where it only passes it on.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct SendRequest {
+pub struct SendRequest<Body = Value> {
     /// The user the message is for.
     pub to: String,
     /// Application content, opaque to the gateway.
-    pub body: Value,
+    pub body: Body,
+}
+
+/// A live signal as delivered on `u/{user}/signal`: no sequence, id or time, since it is not
+/// stored and never synced.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SignalMessage<Body = Value> {
+    /// The sending user.
+    pub from: String,
+    /// The device the sender used.
+    pub from_device: String,
+    /// Application content, as the sender gave it.
+    pub body: Body,
 }
 
 /// A message as delivered on `u/{user}/inbox`.

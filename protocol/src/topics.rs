@@ -1,8 +1,8 @@
 //! The topic contract.
 //!
 //! Server → device: `u/{user}/inbox`, `u/{user}/notify`, `u/{user}/presence`,
-//! `u/{user}/d/{device}/reply`, and public broadcasts under `pub/`.
-//! Device → server: `u/{user}/d/{device}/{send|ack|sync|approve}`.
+//! `u/{user}/signal`, `u/{user}/d/{device}/reply`, and public broadcasts under `pub/`.
+//! Device → server: `u/{user}/d/{device}/{send|signal|ack|sync|approve|quiet-hours}`.
 //!
 //! User and device ids are restricted to [`is_valid_id`] so that an id can never smuggle a level
 //! separator or a wildcard into a topic.
@@ -40,6 +40,12 @@ pub fn presence(user: &str) -> String {
     format!("u/{user}/presence")
 }
 
+/// Live signals to the user (typing, game moves, call set-up): relayed at once to the user's
+/// devices online now, never stored.
+pub fn signal(user: &str) -> String {
+    format!("u/{user}/signal")
+}
+
 /// Answers to one device's requests.
 pub fn reply(user: &str, device: &str) -> String {
     format!("u/{user}/d/{device}/reply")
@@ -50,6 +56,9 @@ pub fn reply(user: &str, device: &str) -> String {
 pub enum DeviceAction {
     /// Send a message: payload [`crate::envelope::SendRequest`].
     Send,
+    /// Relay a live signal, not stored: payload [`crate::envelope::SendRequest`], delivered as
+    /// a [`crate::envelope::SignalMessage`] on the recipient's [`signal`] topic.
+    Signal,
     /// Acknowledge the highest sequence held.
     Ack,
     /// Ask for everything after a cursor.
@@ -62,8 +71,9 @@ pub enum DeviceAction {
 }
 
 impl DeviceAction {
-    pub const ALL: [DeviceAction; 5] = [
+    pub const ALL: [DeviceAction; 6] = [
         Self::Send,
+        Self::Signal,
         Self::Ack,
         Self::Sync,
         Self::Approve,
@@ -73,6 +83,7 @@ impl DeviceAction {
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Send => "send",
+            Self::Signal => "signal",
             Self::Ack => "ack",
             Self::Sync => "sync",
             Self::Approve => "approve",
@@ -124,11 +135,12 @@ impl<'a> DeviceTopic<'a> {
 }
 
 /// The server → device topics a device of `user` may subscribe to, besides `pub/…`.
-pub fn own_server_topics(user: &str, device: &str) -> [String; 4] {
+pub fn own_server_topics(user: &str, device: &str) -> [String; 5] {
     [
         inbox(user),
         notify(user),
         presence(user),
+        signal(user),
         reply(user, device),
     ]
 }

@@ -45,6 +45,14 @@ impl Device {
             .await;
     }
 
+    /// Relays a live signal to `to`'s online devices (not stored).
+    pub async fn signal(&self, to: &str, body: Value) {
+        let request = json!({"to": to, "body": body}).to_string();
+        self.mqtt
+            .publish(&self.topic("signal"), request, QoS::AtLeastOnce)
+            .await;
+    }
+
     pub async fn ack(&self, seq: u64) {
         let request = json!({ "seq": seq }).to_string();
         self.mqtt

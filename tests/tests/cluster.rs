@@ -8,7 +8,9 @@ use e2e::mqtt::{Via, V5};
 use e2e::redis_server::RedisServer;
 use e2e::{Options, TestGateway, PATIENCE};
 use protocol::envelope::Platform;
+use protocol::topics;
 use reqwest::Method;
+use rumqttc::QoS;
 use serde_json::json;
 use std::time::Duration;
 
@@ -71,6 +73,18 @@ async fn two_nodes_deliver_live_share_presence_and_let_a_device_move() {
     assert_eq!(
         (roamed.seq, roamed.from_device.as_deref()),
         (2, Some("phone"))
+    );
+
+    // A live signal from node A reaches the user's device on node B, and is not stored.
+    laptop_on_b
+        .mqtt
+        .subscribe(&topics::signal("alice"), QoS::AtLeastOnce)
+        .await;
+    alice_on_a.signal("alice", json!({"typing": true})).await;
+    let signal = laptop_on_b.mqtt.message_on(&topics::signal("alice")).await;
+    assert_eq!(
+        signal,
+        json!({"from": "alice", "from_device": "phone", "body": {"typing": true}})
     );
 
     // Sequences stay gap-free and unique with both nodes writing at once.

@@ -184,6 +184,91 @@ async fn json_bridge_and_mqtt_see_each_other_both_ways() {
 }
 
 #[tokio::test]
+async fn live_signals_reach_the_devices_online_now_and_are_never_stored() {
+    let gw = TestGateway::start().await;
+    let connect = |user: &'static str, device: &'static str, platform| {
+        let token = gw.token(user, device, platform);
+        let gw = &gw;
+        async move {
+            let id = format!("{user}-{device}");
+            V4::connect(gw, Via::Tcp, &id, Some(&token), |_| {})
+                .await
+                .unwrap()
+        }
+    };
+    let mut alice_phone = connect("alice", "phone", Platform::Ios).await;
+    let mut alice_laptop = connect("alice", "laptop", Platform::Desktop).await;
+    let mut bob_phone = connect("bob", "phone", Platform::Android).await;
+    let mut bob_web =
+        JsonClient::authenticated(&gw, &gw.token("bob", "browser", Platform::Web)).await;
+    for (client, user) in [
+        (&mut alice_phone, "alice"),
+        (&mut alice_laptop, "alice"),
+        (&mut bob_phone, "bob"),
+    ] {
+        client
+            .subscribe(&topics::signal(user), QoS::AtMostOnce)
+            .await;
+    }
+    alice_phone
+        .subscribe(&topics::reply("alice", "phone"), QoS::AtLeastOnce)
+        .await;
+    let ok = bob_web
+        .request(json!({"op": "sub", "topic": "u/bob/signal"}))
+        .await;
+    assert_eq!(ok["op"], "ok", "{ok}");
+
+    let signal_topic = topics::device_topic("alice", "phone", DeviceAction::Signal);
+    let typing = json!({"to": "bob", "body": {"typing": true}}).to_string();
+    alice_phone
+        .publish(&signal_topic, typing, QoS::AtLeastOnce)
+        .await;
+    let expected = json!({"from": "alice", "from_device": "phone", "body": {"typing": true}});
+    assert_eq!(bob_phone.message_on("u/bob/signal").await, expected);
+    assert_eq!(bob_web.message_on("u/bob/signal").await, expected);
+
+    // To the sender's own user: the other devices get it, the sending one does not.
+    let moved = json!({"to": "alice", "body": {"move": "e4"}}).to_string();
+    alice_phone
+        .publish(&signal_topic, moved, QoS::AtMostOnce)
+        .await;
+    assert_eq!(
+        alice_laptop.message_on("u/alice/signal").await["body"]["move"],
+        "e4"
+    );
+    alice_phone.no_message_on("u/alice/signal").await;
+
+    // From the JSON bridge, the same request on the same topic.
+    let ok = bob_web
+        .request(json!({"op": "pub", "topic": "u/bob/d/browser/signal", "payload": {"to": "alice", "body": "hi"}}))
+        .await;
+    assert_eq!(ok["op"], "ok", "{ok}");
+    let got = alice_laptop.message_on("u/alice/signal").await;
+    assert_eq!(
+        (got["from_device"].as_str(), got["body"].as_str()),
+        (Some("browser"), Some("hi"))
+    );
+
+    // A malformed request is answered on the device's reply topic.
+    for bad in [json!({"to": "no/such", "body": 1}), json!({"body": 1})] {
+        alice_phone
+            .publish(&signal_topic, bad.to_string(), QoS::AtLeastOnce)
+            .await;
+        let reply = alice_phone.message_on("u/alice/d/phone/reply").await;
+        assert_eq!(
+            (reply["code"].as_str(), reply["action"].as_str()),
+            (Some("invalid_request"), Some("signal")),
+            "{reply}"
+        );
+    }
+
+    // Nothing went into bob's log: the first message stored for him is number 1.
+    let first = gw.post_message("bob", json!({"text": "stored"})).await;
+    assert_eq!(first["seq"], 1, "{first}");
+    bob_phone.no_message_on("u/bob/inbox").await;
+}
+
+#[tokio::test]
 async fn json_bridge_authenticates_with_an_auth_frame() {
     let gw = TestGateway::start().await;
     let mut web = JsonClient::connect(&gw, None).await;

@@ -18,10 +18,11 @@ use crate::session_handle::{Delivery, Qos, SessionHandle};
 use crate::sessions::Admission;
 use bytes::Bytes;
 use protocol::envelope::{
-    AckRequest, ApprovalDecision, Reply, SendRequest, SyncRequest, Transport,
+    AckRequest, ApprovalDecision, Reply, SendRequest, SignalMessage, SyncRequest, Transport,
 };
 use protocol::topics::{self, is_valid_id, DeviceAction};
 use protocol::ErrorCode;
+use serde_json::value::RawValue;
 use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
@@ -250,6 +251,7 @@ impl ClientSession {
                 Ok(request) => self.send(&request.to, &request.body),
                 Err(refusal) => Handled::Done(Err(refusal)),
             },
+            DeviceAction::Signal => Handled::Done(self.signal(payload)),
             DeviceAction::Approve => {
                 Handled::Done(parse::<ApprovalDecision>(payload).and_then(|decision| {
                     self.gw
@@ -277,10 +279,8 @@ impl ClientSession {
         let Identity::Device { user, device, .. } = self.identity() else {
             return Handled::Done(Err(Refusal::Forbidden));
         };
-        if !is_valid_id(to) {
-            return Handled::Done(Err(Refusal::BadPayload(
-                "`to` is not a valid user id".into(),
-            )));
+        if let Err(refusal) = recipient(to) {
+            return Handled::Done(Err(refusal));
         }
         let sender = Sender::Device {
             user,
@@ -292,6 +292,33 @@ impl ClientSession {
             ticket.wait().await?;
             Ok(())
         }))
+    }
+
+    /// Relays a live signal from this device to the devices of its recipient online now, on
+    /// this node and the others. Nothing is stored, so it is done once handed on: a device that
+    /// is offline never sees it. The body is passed on as the sender wrote it, unparsed.
+    fn signal(&self, payload: &[u8]) -> Result<(), Refusal> {
+        let Identity::Device { user, device, .. } = self.identity() else {
+            return Err(Refusal::Forbidden);
+        };
+        let request: SendRequest<&RawValue> =
+            serde_json::from_slice(payload).map_err(|e| Refusal::BadPayload(e.to_string()))?;
+        recipient(&request.to)?;
+        let signal = SignalMessage {
+            from: user.clone(),
+            from_device: device.clone(),
+            body: request.body,
+        };
+        let delivered = serde_json::to_vec(&signal).expect("a signal serializes");
+        let to = &request.to;
+        self.gw.user_topics.publish(
+            to,
+            &topics::signal(to),
+            delivered.into(),
+            Some(self.handle.id),
+        );
+        self.gw.metrics.signals.inc();
+        Ok(())
     }
 
     /// Routes a backend's notification; done once its decisions are recorded.
@@ -400,6 +427,15 @@ impl ClientSession {
             message: refusal.to_string(),
         };
         self.gw.sessions.reply(user, device, &reply);
+    }
+}
+
+/// Checks the `to` of a send or signal request.
+fn recipient(to: &str) -> Result<(), Refusal> {
+    if is_valid_id(to) {
+        Ok(())
+    } else {
+        Err(Refusal::BadPayload("`to` is not a valid user id".into()))
     }
 }
 
