@@ -6,6 +6,7 @@
 //! Exit status: 0 when every check passed, 1 when a check failed (lost QoS 1 messages, failed
 //! connections, …), 2 when the run could not be carried out at all.
 
+mod batch_publisher;
 mod catchup;
 mod compare;
 mod connect;

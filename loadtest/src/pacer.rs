@@ -36,6 +36,11 @@ impl Pacer {
         }
         self.left -= 1;
     }
+
+    /// Whether the next [`wait`](Self::wait) returns at once, within the current burst.
+    pub fn has_permit(&self) -> bool {
+        self.left > 0
+    }
 }
 
 /// The tick period and burst size for `rate` permits per second.

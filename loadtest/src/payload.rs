@@ -5,7 +5,7 @@
 //! without talking to the publisher. The body is padded so that what goes on the wire is the
 //! size asked for, which keeps gateway and plain-broker runs comparable.
 
-use protocol::envelope::{InboxMessage, SendRequest};
+use protocol::envelope::{InboxMessage, SendRequest, SignalMessage};
 use serde::{Deserialize, Serialize};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -23,6 +23,9 @@ pub enum Wire {
     /// Published as a [`SendRequest`] on the device's `send` topic, delivered as an
     /// [`InboxMessage`] whose `body` is ours.
     Gateway,
+    /// Published as a [`SendRequest`] on the device's `signal` topic, delivered as a
+    /// [`SignalMessage`] whose `body` is ours.
+    Signal,
     /// The body itself is the MQTT payload, as a plain broker passes it through untouched.
     Plain,
 }
@@ -48,6 +51,15 @@ struct Body<'a> {
 }
 
 impl Wire {
+    /// The path a run took, for its report.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Gateway => "messages",
+            Self::Signal => "signals",
+            Self::Plain => "plain",
+        }
+    }
+
     /// Reads the stamp out of a received MQTT payload.
     pub fn decode(self, payload: &[u8]) -> Result<Stamp, serde_json::Error> {
         match self {
@@ -55,6 +67,7 @@ impl Wire {
                 let message: InboxMessage = serde_json::from_slice(payload)?;
                 serde_json::from_value(message.body)
             }
+            Self::Signal => Ok(serde_json::from_slice::<SignalMessage<Stamp>>(payload)?.body),
             Self::Plain => serde_json::from_slice(payload),
         }
     }
@@ -107,7 +120,7 @@ impl PayloadBuilder {
         };
         // Serializing plain strings and integers cannot fail.
         match self.wire {
-            Wire::Gateway => serde_json::to_vec(&SendRequest {
+            Wire::Gateway | Wire::Signal => serde_json::to_vec(&SendRequest {
                 to: self.to.clone(),
                 body: serde_json::to_value(body).expect("body serializes"),
             }),
@@ -128,7 +141,7 @@ mod tests {
 
     #[test]
     fn payloads_have_the_requested_size() {
-        for wire in [Wire::Gateway, Wire::Plain] {
+        for wire in [Wire::Gateway, Wire::Signal, Wire::Plain] {
             for size in [100, 257, 4096] {
                 let builder = PayloadBuilder::new(wire, "lt-s0", "r1a2", 7, size);
                 for seq in [0, 9, 10, 99_999, 12_345_678_901] {
@@ -180,6 +193,20 @@ mod tests {
         })
         .unwrap();
         let stamp = Wire::Gateway.decode(&delivered).unwrap();
+        assert_eq!((stamp.p, stamp.seq, stamp.sent_ns), (2, 5, 77));
+    }
+
+    #[test]
+    fn gateway_signal_is_decoded_from_the_signal_envelope() {
+        let builder = PayloadBuilder::new(Wire::Signal, "lt-s1", "run", 2, 100);
+        let sent: SendRequest = serde_json::from_slice(&builder.build(5, 77)).unwrap();
+        let delivered = serde_json::to_vec(&SignalMessage {
+            from: "lt-p2".into(),
+            from_device: "d0".into(),
+            body: sent.body,
+        })
+        .unwrap();
+        let stamp = Wire::Signal.decode(&delivered).unwrap();
         assert_eq!((stamp.p, stamp.seq, stamp.sent_ns), (2, 5, 77));
     }
 }

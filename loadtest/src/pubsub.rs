@@ -3,11 +3,14 @@
 //!
 //! Publisher `i` sends to subscriber `i % subscribers`. Against the gateway, a publisher is a
 //! device of user `lt-p{i}` publishing on its `send` topic to user `lt-s{j}`, whose device
-//! listens on `u/lt-s{j}/inbox`; against a plain broker, publisher and subscriber meet on
-//! `bench/{run}/{j}`, one topic per recipient like the gateway's inbox. Every client is a
-//! rumqttc `AsyncClient` with its own event loop task; a client whose connection fails is not
+//! listens on `u/lt-s{j}/inbox` (or, with `--signals`, live signals on its `signal` topic,
+//! received on `u/lt-s{j}/signal`); against a plain broker, publisher and subscriber meet on
+//! `bench/{run}/{j}`, one topic per recipient like the gateway's inbox. Subscribers are rumqttc
+//! `AsyncClient`s with their own event loop task; publishers are [`BatchPublisher`]s, which put
+//! every publish that is ready into one write. A client whose connection fails is not
 //! reconnected, so the failure shows up as an error and as losses rather than being hidden.
 
+use crate::batch_publisher::{BatchPublisher, PublisherEvents, PublisherOptions};
 use crate::pacer::Pacer;
 use crate::payload::{now_ns, PayloadBuilder, Wire};
 use crate::progress::{spawn_reporter, Counter, Timeline};
@@ -15,13 +18,12 @@ use crate::report::{latency_histogram, print_verdict, thousands, LatencySummary,
 use crate::seq::{Arrival, SeqChecker};
 use crate::stop::stopped;
 use crate::target::{Credentials, Target, TargetArgs, TargetKind};
-use anyhow::{anyhow, bail, Result};
+use anyhow::{anyhow, bail, Context, Result};
 use clap::Args;
 use hdrhistogram::Histogram;
-use protocol::topics::{device_topic, inbox, DeviceAction};
+use protocol::topics::{device_topic, inbox, signal, DeviceAction};
 use rumqttc::{
-    AsyncClient, Event, EventLoop, MqttOptions, NetworkOptions, Outgoing, Packet, QoS,
-    SubscribeReasonCode,
+    AsyncClient, Event, EventLoop, MqttOptions, NetworkOptions, Packet, QoS, SubscribeReasonCode,
 };
 use serde::Serialize;
 use std::net::SocketAddr;
@@ -35,8 +37,7 @@ use tokio::time::{sleep, timeout, timeout_at, Instant};
 /// QoS 1 publishes a publisher may have unacknowledged: enough to fill a loopback pipe, few
 /// enough that the broker's acknowledgement pace, not our buffers, limits the publisher.
 const INFLIGHT: u16 = 100;
-/// Requests a client may queue before `publish` waits, so that publishers only wait when the
-/// broker really falls behind.
+/// Requests a subscriber may queue (its subscribe, its acknowledgements) before they wait.
 const REQUEST_CAPACITY: usize = 10_000;
 /// How long clients get to connect and subscribe before the run is called off.
 const READY_TIMEOUT: Duration = Duration::from_secs(10);
@@ -73,6 +74,10 @@ pub struct PubsubLoad {
     /// After publishing, keep waiting for deliveries until none arrive for this long.
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     pub drain_timeout: Duration,
+    /// Against the gateway, publish live signals (relayed at once, never stored) instead of
+    /// messages (stored durably in the recipient's and the sender's log before the PUBACK).
+    #[arg(long)]
+    pub signals: bool,
 }
 
 #[derive(Args, Debug)]
@@ -126,6 +131,8 @@ pub struct Losses {
 pub struct PubsubResult {
     pub target: TargetKind,
     pub addr: SocketAddr,
+    /// `messages` (stored), `signals` (live) or `plain` (a plain broker's topic).
+    pub path: &'static str,
     pub qos: u8,
     pub publishers: u32,
     pub subscribers: u32,
@@ -183,8 +190,8 @@ struct Completion {
 }
 
 impl Completion {
-    fn complete(&self) {
-        self.count.fetch_add(1, Ordering::Relaxed);
+    fn complete(&self, publishes: u64) {
+        self.count.fetch_add(publishes, Ordering::Relaxed);
         self.last_ns.store(now_ns(), Ordering::Relaxed);
     }
 }
@@ -247,6 +254,7 @@ pub async fn run(target: &Target, load: &PubsubLoad, qos: QoS) -> Result<PubsubR
     let (publishers, subscribers) = (load.publishers as usize, load.subscribers as usize);
     let run_id = format!("{:x}", now_ns());
     let wire = match target.kind() {
+        TargetKind::Gateway if load.signals => Wire::Signal,
         TargetKind::Gateway => Wire::Gateway,
         TargetKind::Mqtt => Wire::Plain,
     };
@@ -287,6 +295,7 @@ pub async fn run(target: &Target, load: &PubsubLoad, qos: QoS) -> Result<PubsubR
     for (j, credentials) in sub_credentials.into_iter().enumerate() {
         let topic = match wire {
             Wire::Gateway => inbox(&sub_users[j]),
+            Wire::Signal => signal(&sub_users[j]),
             Wire::Plain => bench_topic(&run_id, j),
         };
         let inbox = Inbox {
@@ -308,54 +317,71 @@ pub async fn run(target: &Target, load: &PubsubLoad, qos: QoS) -> Result<PubsubR
         inboxes.push(task);
         sub_ready.push(ready);
     }
-    let mut pub_clients = Vec::with_capacity(publishers);
-    let mut completions = Vec::with_capacity(publishers);
-    let mut drivers = Vec::with_capacity(publishers);
-    let mut pub_ready = Vec::with_capacity(publishers);
-    for credentials in pub_credentials {
-        let completion = Arc::new(Completion::default());
-        let options = mqtt_options(target.addr(), credentials, load.size);
-        let (client, driver, ready) = start_publisher(options, qos, completion.clone(), &shared);
-        pub_clients.push(client);
-        completions.push(completion);
-        drivers.push(driver);
-        pub_ready.push(ready);
-    }
     let ready_deadline = Instant::now() + READY_TIMEOUT;
-    for (role, readiness) in [("subscriber", sub_ready), ("publisher", pub_ready)] {
-        for (index, ready) in readiness.into_iter().enumerate() {
-            let failure = match timeout_at(ready_deadline, ready).await {
-                Ok(Ok(Ok(()))) => continue,
-                Ok(Ok(Err(refused))) => refused,
-                Ok(Err(_)) => shared
-                    .errors
-                    .first()
-                    .unwrap_or_else(|| "connection lost".into()),
-                Err(_) => format!("not ready after {READY_TIMEOUT:?}"),
-            };
-            bail!("{role} {index} against {}: {failure}", target.addr());
-        }
+    for (index, ready) in sub_ready.into_iter().enumerate() {
+        let failure = match timeout_at(ready_deadline, ready).await {
+            Ok(Ok(Ok(()))) => continue,
+            Ok(Ok(Err(refused))) => refused,
+            Ok(Err(_)) => shared
+                .errors
+                .first()
+                .unwrap_or_else(|| "connection lost".into()),
+            Err(_) => format!("not ready after {READY_TIMEOUT:?}"),
+        };
+        bail!("subscriber {index} against {}: {failure}", target.addr());
+    }
+    let mut completions = Vec::with_capacity(publishers);
+    let mut connections = Vec::with_capacity(publishers);
+    let mut pub_clients = Vec::with_capacity(publishers);
+    for (i, credentials) in pub_credentials.into_iter().enumerate() {
+        let j = i % subscribers;
+        let (topic, to) = match wire {
+            Wire::Gateway => (
+                device_topic(&pub_users[i], DEVICE, DeviceAction::Send),
+                &*sub_users[j],
+            ),
+            Wire::Signal => (
+                device_topic(&pub_users[i], DEVICE, DeviceAction::Signal),
+                &*sub_users[j],
+            ),
+            Wire::Plain => (bench_topic(&run_id, j), ""),
+        };
+        let completion = Arc::new(Completion::default());
+        let events = Arc::new(PublisherTally {
+            completion: completion.clone(),
+            errors: shared.errors.clone(),
+        });
+        let options = PublisherOptions {
+            addr: target.addr(),
+            credentials,
+            topic,
+            qos,
+            keep_alive: KEEP_ALIVE,
+            inflight: INFLIGHT,
+            max_packet: max_packet(load.size),
+        };
+        let connecting = BatchPublisher::connect(options, events, shared.stop.clone());
+        let (client, connection) = timeout_at(ready_deadline, connecting)
+            .await
+            .map_err(|_| anyhow!("not ready after {READY_TIMEOUT:?}"))
+            .and_then(|connected| connected)
+            .with_context(|| format!("publisher {i} against {}", target.addr()))?;
+        completions.push(completion);
+        connections.push(connection);
+        pub_clients.push((
+            client,
+            PayloadBuilder::new(wire, to, &run_id, i as u32, load.size),
+        ));
     }
 
     let start_ns = now_ns();
     let deadline = Instant::now() + load.duration_limit;
     let senders: Vec<JoinHandle<u64>> = pub_clients
         .into_iter()
-        .enumerate()
-        .map(|(i, client)| {
-            let j = i % subscribers;
-            let (topic, to) = match wire {
-                Wire::Gateway => (
-                    device_topic(&pub_users[i], DEVICE, DeviceAction::Send),
-                    &*sub_users[j],
-                ),
-                Wire::Plain => (bench_topic(&run_id, j), ""),
-            };
+        .map(|(client, builder)| {
             let sender = Sender {
                 client,
-                topic,
-                qos,
-                builder: PayloadBuilder::new(wire, to, &run_id, i as u32, load.size),
+                builder,
                 messages: load.messages,
                 rate: load.rate,
                 deadline,
@@ -384,8 +410,8 @@ pub async fn run(target: &Target, load: &PubsubLoad, qos: QoS) -> Result<PubsubR
         let stopped = timeout(STOP_TIMEOUT, task).await;
         seen.push(stopped.map_err(|_| anyhow!("a subscriber did not stop"))??);
     }
-    for driver in drivers {
-        let stopped = timeout(STOP_TIMEOUT, driver).await;
+    for connection in connections {
+        let stopped = timeout(STOP_TIMEOUT, connection).await;
         stopped.map_err(|_| anyhow!("a publisher did not stop"))??;
     }
     let timeline = reporter.await?;
@@ -403,6 +429,7 @@ pub async fn run(target: &Target, load: &PubsubLoad, qos: QoS) -> Result<PubsubR
     let mut result = PubsubResult {
         target: target.kind(),
         addr: target.addr(),
+        path: wire.as_str(),
         qos: qos as u8,
         publishers: load.publishers,
         subscribers: load.subscribers,
@@ -467,33 +494,24 @@ async fn start_subscriber(
     Ok((task, ready_rx))
 }
 
-/// Connects a publisher; its event loop task counts completed publishes into `completion`.
-fn start_publisher(
-    options: MqttOptions,
-    qos: QoS,
+/// Counts a publisher's completed publishes and records its connection's failure.
+struct PublisherTally {
     completion: Arc<Completion>,
-    shared: &Shared,
-) -> (AsyncClient, JoinHandle<()>, Ready) {
-    let (client, eventloop) = AsyncClient::new(options, REQUEST_CAPACITY);
-    let (ready_tx, ready_rx) = oneshot::channel();
-    let (stop, errors) = (shared.stop.clone(), shared.errors.clone());
-    let driver = tokio::spawn(async move {
-        let mut ready = Some(ready_tx);
-        drive(eventloop, stop, &errors, |event| match event {
-            Event::Incoming(Packet::ConnAck(_)) => {
-                if let Some(ready) = ready.take() {
-                    let _ = ready.send(Ok(()));
-                }
-            }
-            Event::Outgoing(Outgoing::Publish(_)) if qos == QoS::AtMostOnce => {
-                completion.complete()
-            }
-            Event::Incoming(Packet::PubAck(_)) => completion.complete(),
-            _ => {}
-        })
-        .await;
-    });
-    (client, driver, ready_rx)
+    errors: Arc<ClientErrors>,
+}
+
+impl PublisherEvents for PublisherTally {
+    fn written(&self, publishes: u64) {
+        self.completion.complete(publishes);
+    }
+
+    fn acked(&self) {
+        self.completion.complete(1);
+    }
+
+    fn failed(&self, error: String) {
+        self.errors.record(error);
+    }
 }
 
 /// Waits until all `published` messages are delivered and `completed()` (written or
@@ -571,9 +589,7 @@ fn tally(inboxes: &[Inbox], published: &[u64]) -> Result<Tally> {
 
 /// One publisher's sending side.
 struct Sender {
-    client: AsyncClient,
-    topic: String,
-    qos: QoS,
+    client: BatchPublisher,
     builder: PayloadBuilder,
     messages: u64,
     rate: u64,
@@ -584,32 +600,45 @@ struct Sender {
 
 impl Sender {
     /// Publishes up to `messages` messages, paced when `rate` > 0, until `deadline`; returns how
-    /// many were handed to the client.
-    async fn send_all(self) -> u64 {
+    /// many were handed to the client. A paced sender writes after each burst, so messages leave
+    /// at their time; at full speed they go out in full batches.
+    async fn send_all(mut self) -> u64 {
         let mut pacer = (self.rate > 0).then(|| Pacer::new(self.rate));
+        let mut handed = self.messages;
         for seq in 0..self.messages {
             if let Some(pacer) = &mut pacer {
                 if timeout_at(self.deadline, pacer.wait()).await.is_err() {
-                    return seq;
+                    handed = seq;
+                    break;
                 }
             }
             if Instant::now() >= self.deadline {
-                return seq;
+                handed = seq;
+                break;
             }
             let payload = self.builder.build(seq, now_ns());
-            let publish = self
-                .client
-                .publish(self.topic.as_str(), self.qos, false, payload);
-            match timeout_at(self.deadline, publish).await {
+            match timeout_at(self.deadline, self.client.publish(payload)).await {
                 Ok(Ok(())) => self.sent.add(1),
                 Ok(Err(error)) => {
-                    self.errors.record(format!("publish: {error}"));
+                    self.errors.record(format!("publish: {error:#}"));
                     return seq;
                 }
-                Err(_) => return seq,
+                Err(_) => {
+                    handed = seq;
+                    break;
+                }
+            }
+            if pacer.as_ref().is_some_and(|pacer| !pacer.has_permit()) {
+                if let Err(error) = self.client.flush().await {
+                    self.errors.record(format!("publish: {error:#}"));
+                    return seq + 1;
+                }
             }
         }
-        self.messages
+        if let Err(error) = self.client.flush().await {
+            self.errors.record(format!("publish: {error:#}"));
+        }
+        handed
     }
 }
 
@@ -639,10 +668,14 @@ async fn drive(
     }
 }
 
+/// Room for the payload plus the gateway's inbox envelope around it.
+fn max_packet(size: usize) -> usize {
+    size * 2 + 64 * 1024
+}
+
 fn mqtt_options(addr: SocketAddr, credentials: Credentials, size: usize) -> MqttOptions {
     let mut options = MqttOptions::new(credentials.client_id, addr.ip().to_string(), addr.port());
-    // Room for the payload plus the gateway's inbox envelope around it.
-    let max_packet = size * 2 + 64 * 1024;
+    let max_packet = max_packet(size);
     options
         .set_keep_alive(KEEP_ALIVE)
         .set_inflight(INFLIGHT)
@@ -759,10 +792,11 @@ impl Outcome for PubsubResult {
             format!("{}/s", thousands(self.rate_per_publisher as f64))
         };
         println!(
-            "pubsub qos{} against {} {}: {} publishers -> {} subscribers, {} msgs each, {} B, rate {rate}",
+            "pubsub qos{} against {} {} ({}): {} publishers -> {} subscribers, {} msgs each, {} B, rate {rate}",
             self.qos,
             self.target.as_str(),
             self.addr,
+            self.path,
             self.publishers,
             self.subscribers,
             thousands(self.messages_per_publisher as f64),

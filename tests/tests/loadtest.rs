@@ -45,6 +45,45 @@ async fn compare_runs_against_the_gateway_and_mosquitto() {
     assert!(result.is_object(), "{result}");
 }
 
+/// Live signals through the batching publishers, paced (a write per burst) and at full speed
+/// (a write per full batch), QoS 0 and 1, several publishers to fewer subscribers: every signal
+/// arrives once and in order.
+#[tokio::test]
+async fn pubsub_checks_every_live_signal_paced_and_at_full_speed() {
+    // Nothing slows a publisher of signals down to its subscriber: at full speed the subscriber
+    // needs an outbox as deep as the run (see the compare test).
+    let gw =
+        TestGateway::start_with(Options::default().with("LIMITS__OUTBOX_CAPACITY", "100000")).await;
+    let json = gw.data_dir.path().join("signals.json");
+    let json = json.to_str().unwrap();
+    for (qos, rate) in [("0", "2000"), ("1", "0")] {
+        let output = loadtest_against(
+            &gw,
+            &gw.mqtt.to_string(),
+            &[
+                "pubsub",
+                "--signals",
+                "--qos",
+                qos,
+                "--rate",
+                rate,
+                "--publishers",
+                "4",
+                "--subscribers",
+                "2",
+                "--messages",
+                "1500",
+                "--json",
+                json,
+            ],
+        );
+        assert_passed(&output);
+        let result = json_result(std::path::Path::new(json));
+        assert_eq!(result["path"], "signals", "{result}");
+        assert_eq!(result["delivered"], 6000, "{result}");
+    }
+}
+
 /// Runs `loadtest` with `args` and asserts it passed; returns its stdout.
 fn loadtest_passes(args: &[&str]) -> String {
     let output = Command::new(binary().with_file_name("loadtest"))
