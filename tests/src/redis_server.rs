@@ -51,6 +51,23 @@ impl RedisServer {
         self.port
     }
 
+    /// Runs one command on the server with `redis-cli` (which comes with redis-server) and
+    /// returns its answer; panics when the server refuses it.
+    pub fn command(&self, args: &[&str]) -> String {
+        let output = std::process::Command::new("redis-cli")
+            .args(["-p", &self.port.to_string()])
+            .args(args)
+            .output()
+            .expect("running redis-cli");
+        let answer = String::from_utf8_lossy(&output.stdout).trim().to_string();
+        assert!(
+            output.status.success() && !answer.starts_with("ERR"),
+            "redis-cli {args:?}: {answer} {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        answer
+    }
+
     /// Kills the server at once (no shutdown, as in a crash); it stays down until
     /// [`start_again`](Self::start_again).
     pub fn stop(&mut self) {

@@ -63,6 +63,7 @@ macro_rules! conformance_suite {
         conformance_suite!(@tests $backend, $open, [
             a_dedup_key_is_claimed_once_per_window,
             a_batch_of_claims_claims_each_content_once,
+            a_released_claim_is_free_again_unless_another_notification_holds_it,
             records_created_together_are_all_stored,
             aggregate_joins_in_one_call_apply_in_order,
             a_record_round_trips_and_queues_its_jobs,
@@ -148,6 +149,7 @@ async fn claim<L: Ledger + ?Sized>(
     let claims = [DedupClaim {
         user: user.into(),
         key: key.into(),
+        by: format!("n-{now}"),
     }];
     l.claim_dedup(&claims, now, window).await.unwrap()[0]
 }
@@ -230,9 +232,11 @@ async fn a_batch_of_claims_claims_each_content_once(s: Subject) {
         ("alice", "k:2"),
     ]
     .into_iter()
-    .map(|(user, key)| DedupClaim {
+    .enumerate()
+    .map(|(i, (user, key))| DedupClaim {
         user: user.into(),
         key: key.into(),
+        by: format!("n{i}"),
     })
     .collect();
     let fresh = s.ledger.claim_dedup(&claims, now, 60_000).await.unwrap();
@@ -253,6 +257,46 @@ async fn a_batch_of_claims_claims_each_content_once(s: Subject) {
         .await
         .unwrap()
         .is_empty());
+}
+
+async fn a_released_claim_is_free_again_unless_another_notification_holds_it(s: Subject) {
+    let (l, now, window) = (&s.ledger, unix_millis(), 60_000);
+    let by = |user: &str, notification: &str| DedupClaim {
+        user: user.into(),
+        key: "k:1".into(),
+        by: notification.into(),
+    };
+    assert_eq!(
+        l.claim_dedup(&[by("alice", "n1")], now, window)
+            .await
+            .unwrap(),
+        [true]
+    );
+    l.release_dedup(&[by("alice", "n2")]).await.unwrap();
+    assert_eq!(
+        l.claim_dedup(&[by("alice", "n2")], now + 1, window)
+            .await
+            .unwrap(),
+        [false],
+        "another notification's release leaves the claim alone"
+    );
+    l.release_dedup(&[by("alice", "n1"), by("bob", "n1")])
+        .await
+        .unwrap();
+    assert_eq!(
+        l.claim_dedup(&[by("alice", "n3")], now + 2, window)
+            .await
+            .unwrap(),
+        [true],
+        "released by its claimant, the content is free for the retry"
+    );
+    assert_eq!(
+        l.claim_dedup(&[by("alice", "n4")], now + 3, window)
+            .await
+            .unwrap(),
+        [false]
+    );
+    l.release_dedup(&[]).await.unwrap();
 }
 
 async fn records_created_together_are_all_stored(s: Subject) {

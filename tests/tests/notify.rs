@@ -883,6 +883,56 @@ async fn two_nodes_submitting_the_same_notification_at_once_push_it_once() {
     assert_eq!(doubles.qiuqiu.pushes().len(), 5);
 }
 
+/// A submission that fails after its content was claimed (here: Redis refuses to write the
+/// user's log, so the in-app append fails) gives its claim up: the sender's retry is routed
+/// and pushed, not deduplicated against a push that never happened.
+#[tokio::test]
+async fn a_failed_submissions_retry_is_not_deduplicated() {
+    let redis = e2e::redis_server::RedisServer::start();
+    let doubles = Doubles::start().await;
+    let gw = TestGateway::start_with(
+        doubles
+            .options()
+            .with("STORE__BACKEND", "redis")
+            .with("STORE__REDIS_URL", &redis.url()),
+    )
+    .await;
+    reachable_user(&gw, "rita").await;
+    let notification = json!({"user": "rita", "kind": "social_interaction", "title": "liked", "body": "your photo"});
+
+    // Everything writable but rita's log and its head: the claims go through, the append not.
+    redis.command(&[
+        "ACL",
+        "SETUSER",
+        "default",
+        "resetkeys",
+        "%R~*",
+        "~gw:[^{]*",
+        "~gw:{rita}:notify:*",
+        "~gw:{rita}:presence",
+        "~gw:{rita}:cursors",
+    ]);
+    let (code, body) = gw
+        .api(
+            Method::POST,
+            "/v1/notifications",
+            Some(notification.clone()),
+        )
+        .await;
+    assert_eq!(
+        (code, body["error"]["code"].as_str()),
+        (503, Some("unavailable")),
+        "{body}"
+    );
+    redis.command(&["ACL", "SETUSER", "default", "resetkeys", "~*"]);
+
+    let retried = notify(&gw, notification).await;
+    assert_eq!(status(&retried, "in_app"), "delivered", "{retried}");
+    let id = retried["id"].as_str().unwrap();
+    assert_eq!(status(&settled(&gw, id).await, "qiuqiu"), "sent");
+    assert_eq!(doubles.qiuqiu.pushes().len(), 1);
+}
+
 #[tokio::test]
 async fn wechat_callbacks_must_be_signed_when_a_token_is_set() {
     use sha1::{Digest, Sha1};

@@ -115,6 +115,15 @@ fn broadcast_claimant(tag: u64) -> String {
     format!("#wechat-tag:{tag}")
 }
 
+/// What a batch's claims found, per notification.
+struct Claimed {
+    fresh: Vec<bool>,
+    /// For a broadcast with a tag and an app to send it: whether its tag's claim is fresh.
+    broadcast: Vec<Option<bool>>,
+    /// The claims each notification took now, to give up again should it fail.
+    taken: Vec<Vec<DedupClaim>>,
+}
+
 /// A notification's decisions before they are stored.
 struct Decided {
     record: NewRecord,
@@ -146,7 +155,11 @@ impl Router<'_> {
                 }
             }
         }
-        let decided = self.decide_all(&known, now, now_ms).await;
+        let claimed = self.claim_all(&known, now_ms).await;
+        let decided = match &claimed {
+            Ok(claimed) => self.decide_all(&known, claimed, now, now_ms).await,
+            Err(e) => Err(e.clone()),
+        };
         // The records to store, and where each one's answer goes.
         let (mut records, mut answers) = (Vec::new(), Vec::new());
         match decided {
@@ -183,48 +196,101 @@ impl Router<'_> {
                 Err(e) => Err(e.clone().into()),
             });
         }
+        if let Ok(claimed) = claimed {
+            self.release_failed(&known, claimed, &results).await;
+        }
         results
             .into_iter()
             .map(|r| r.expect("every submission is answered"))
             .collect()
     }
 
-    /// Claims every notification's content, appends the fresh ones in-app, and decides each
-    /// route; the aggregated pushes are joined last, all at once. An error of the whole batch
-    /// (the claim) fails all; an in-app append fails its own notification only.
-    async fn decide_all(
+    /// Gives up the claims of the notifications that failed after claiming: their senders were
+    /// told to retry, and the retry must not find its content already claimed. A release that
+    /// fails leaves those claims to expire with their window.
+    async fn release_failed(
         &self,
         known: &[(usize, &KindRule, Submission)],
-        now: DateTime<Utc>,
+        claimed: Claimed,
+        results: &[Option<Result<Record, RouteError>>],
+    ) {
+        let unused: Vec<DedupClaim> = known
+            .iter()
+            .zip(claimed.taken)
+            .filter(|((i, _, _), _)| matches!(results[*i], Some(Err(_))))
+            .flat_map(|(_, taken)| taken)
+            .collect();
+        if unused.is_empty() {
+            return;
+        }
+        match self.ledger.release_dedup(&unused).await {
+            Ok(()) => tracing::debug!(claims = unused.len(), "gave up the claims of failed notifications"),
+            Err(e) => tracing::warn!(
+                claims = unused.len(),
+                "could not give up the dedup claims of failed notifications; they expire with their window: {e}"
+            ),
+        }
+    }
+
+    /// Claims every notification's content for its user (and a broadcast's for its tag) in
+    /// one call.
+    async fn claim_all(
+        &self,
+        known: &[(usize, &KindRule, Submission)],
         now_ms: u64,
-    ) -> Result<Vec<Result<NewRecord, RouteError>>, StoreError> {
+    ) -> Result<Claimed, StoreError> {
+        let claim = |user: String, n: &Notification| DedupClaim {
+            user,
+            key: dedup_key(n),
+            by: n.id.clone(),
+        };
         let mut claims: Vec<DedupClaim> = known
             .iter()
-            .map(|(_, _, s)| DedupClaim {
-                user: s.notification.user.clone(),
-                key: dedup_key(&s.notification),
-            })
+            .map(|(_, _, s)| claim(s.notification.user.clone(), &s.notification))
             .collect();
         // A broadcast is claimed for its tag too: one mass send per tag and content, whichever
         // follower's notification carries it.
         let broadcasts: Vec<Option<usize>> = known
             .iter()
-            .enumerate()
-            .map(|(i, (_, rule, s))| {
+            .map(|(_, rule, s)| {
                 let tag = s.notification.wechat_tag;
                 let broadcasts = rule.wechat == WeChatAction::MassSend && self.can_broadcast;
                 let tag = tag.filter(|_| broadcasts)?;
-                let key = claims[i].key.clone();
-                claims.push(DedupClaim {
-                    user: broadcast_claimant(tag),
-                    key,
-                });
+                claims.push(claim(broadcast_claimant(tag), &s.notification));
                 Some(claims.len() - 1)
             })
             .collect();
         let window = self.config.dedup_window.as_millis() as u64;
-        let claimed = self.ledger.claim_dedup(&claims, now_ms, window).await?;
-        let fresh = &claimed[..known.len()];
+        let granted = self.ledger.claim_dedup(&claims, now_ms, window).await?;
+        let broadcast: Vec<Option<bool>> =
+            broadcasts.iter().map(|b| b.map(|i| granted[i])).collect();
+        let taken = (0..known.len())
+            .map(|i| {
+                let own = granted[i].then(|| claims[i].clone());
+                let tag = broadcasts[i]
+                    .filter(|&b| granted[b])
+                    .map(|b| claims[b].clone());
+                own.into_iter().chain(tag).collect()
+            })
+            .collect();
+        Ok(Claimed {
+            fresh: granted[..known.len()].to_vec(),
+            broadcast,
+            taken,
+        })
+    }
+
+    /// Appends the fresh notifications in-app and decides each route; the aggregated pushes are
+    /// joined last, all at once. An error of the whole batch (the aggregate joins) fails all;
+    /// an in-app append fails its own notification only.
+    async fn decide_all(
+        &self,
+        known: &[(usize, &KindRule, Submission)],
+        claimed: &Claimed,
+        now: DateTime<Utc>,
+        now_ms: u64,
+    ) -> Result<Vec<Result<NewRecord, RouteError>>, StoreError> {
+        let fresh = &claimed.fresh;
         // Queued all before waiting for any, so the store commits them together.
         let in_app: Vec<_> = known
             .iter()
@@ -238,9 +304,8 @@ impl Router<'_> {
             })
             .collect();
         let mut decided: Vec<Result<Decided, RouteError>> = Vec::with_capacity(known.len());
-        let claims = known.iter().zip(fresh).zip(&broadcasts).zip(in_app);
-        for ((((_, rule, submission), &fresh), broadcast), in_app) in claims {
-            let broadcast = broadcast.map(|i| claimed[i]);
+        let claims = known.iter().zip(fresh).zip(&claimed.broadcast).zip(in_app);
+        for ((((_, rule, submission), &fresh), &broadcast), in_app) in claims {
             let in_app = match in_app {
                 Some(accepting) => match accepting.wait().await {
                     Ok(stored) => Some(Some(stored[0].seq)),

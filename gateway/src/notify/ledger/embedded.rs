@@ -9,8 +9,9 @@
 //! - `records` id → record (JSON, sealed: it holds the notification's text)
 //! - `queue` due(8 BE) key → job (JSON); `jobs` key → due(8 BE), to find a job's queue entry
 //! - `prefs` `quiet`|`consent`|`bindings` 0 user → JSON (bindings sealed: they hold openids)
-//! - `dedup` user 0 key → claim expiry (8 BE); `claim_expiry` expiry (8 BE) user 0 key → (), so
-//!   the sweeper finds expired claims without reading the live ones
+//! - `dedup` user 0 key → claim expiry (8 BE) and the claiming notification's id (absent in
+//!   claims of earlier versions); `claim_expiry` expiry (8 BE) user 0 key → (), so the sweeper
+//!   finds expired claims without reading the live ones
 //! - `provider` provider id → notification 0 route
 //! - `aggregates` user 0 kind → key of the pending aggregated job, and `job` 0 key → that slot
 //! - `quota` quota 0 day → count (8 BE)
@@ -86,6 +87,24 @@ fn queue_key(due: u64, key: &str) -> Vec<u8> {
 
 fn be_u64(bytes: &[u8]) -> u64 {
     u64::from_be_bytes(bytes.try_into().unwrap_or([0; 8]))
+}
+
+/// A `dedup` value: when the claim expires, and by whom it was taken.
+fn claim_value(expiry: u64, by: &str) -> Vec<u8> {
+    [&expiry.to_be_bytes()[..], by.as_bytes()].concat()
+}
+
+/// Each claim's `dedup` key, with its claimant.
+fn claim_entries(claims: &[DedupClaim]) -> Vec<(Vec<u8>, String)> {
+    claims
+        .iter()
+        .map(|c| (joined(&c.user, &c.key), c.by.clone()))
+        .collect()
+}
+
+/// The expiry and claimant of a `dedup` value.
+fn claim_parts(value: &[u8]) -> (&[u8], &[u8]) {
+    value.split_at(value.len().min(8))
 }
 
 fn open_record(keys: &KeyRing, id: &str, sealed: &[u8]) -> Result<Record, StoreError> {
@@ -248,7 +267,7 @@ impl Spaces {
             seen += 1;
             let (expiry, claim) = key.split_at(8);
             let current = self.dedup.get(claim).map_err(failed)?;
-            if current.is_some_and(|current| *current == *expiry) {
+            if current.is_some_and(|current| claim_parts(&current).0 == expiry) {
                 batch.remove(&self.dedup, claim.to_vec());
                 removed += 1;
             }
@@ -428,26 +447,46 @@ impl Ledger for EmbeddedLedger {
         if window_ms == 0 {
             return Ok(vec![true; claims.len()]);
         }
-        let claims: Vec<Vec<u8>> = claims.iter().map(|c| joined(&c.user, &c.key)).collect();
+        let claims = claim_entries(claims);
         self.run(Access::WriteBeforeCreate, move |spaces, _| {
             let mut batch = spaces.batch();
             let mut claimed = HashSet::new();
             let mut fresh = Vec::with_capacity(claims.len());
-            for claim in claims {
+            let expiry = now_ms + window_ms;
+            for (claim, by) in claims {
                 let held = match spaces.dedup.get(&claim).map_err(failed)? {
-                    Some(expiry) => be_u64(&expiry) > now_ms,
+                    Some(value) => be_u64(claim_parts(&value).0) > now_ms,
                     None => false,
                 };
                 let first = !held && claimed.insert(claim.clone());
                 if first {
-                    let expiry = (now_ms + window_ms).to_be_bytes();
-                    batch.insert(&spaces.claim_expiry, [&expiry[..], &claim].concat(), []);
-                    batch.insert(&spaces.dedup, claim, expiry);
+                    let expiry_key = [&expiry.to_be_bytes()[..], &claim].concat();
+                    batch.insert(&spaces.claim_expiry, expiry_key, []);
+                    batch.insert(&spaces.dedup, claim, claim_value(expiry, &by));
                 }
                 fresh.push(first);
             }
             spaces.commit(batch)?;
             Ok(fresh)
+        })
+        .await
+    }
+
+    async fn release_dedup(&self, claims: &[DedupClaim]) -> Result<(), StoreError> {
+        let claims = claim_entries(claims);
+        self.run(Access::Write, move |spaces, _| {
+            let mut batch = spaces.batch();
+            for (claim, by) in claims {
+                let Some(value) = spaces.dedup.get(&claim).map_err(failed)? else {
+                    continue;
+                };
+                let (expiry, claimant) = claim_parts(&value);
+                if claimant == by.as_bytes() {
+                    batch.remove(&spaces.claim_expiry, [expiry, &claim].concat());
+                    batch.remove(&spaces.dedup, claim);
+                }
+            }
+            spaces.commit(batch)
         })
         .await
     }

@@ -15,6 +15,8 @@ use async_trait::async_trait;
 pub struct DedupClaim {
     pub user: String,
     pub key: String,
+    /// The notification claiming it, so that [`Ledger::release_dedup`] gives up only its own.
+    pub by: String,
 }
 
 /// A new record with the pushes it queues, each with the time it is due.
@@ -55,6 +57,12 @@ pub trait Ledger: Send + Sync + 'static {
         now_ms: u64,
         window_ms: u64,
     ) -> Result<Vec<bool>, StoreError>;
+
+    /// Gives up claims that `claim_dedup` granted to a submission that then failed before its
+    /// record was stored (an in-app append or the record's write failed, and the sender was
+    /// told to retry): else the retry would be deduplicated against a push that never happened.
+    /// A claim held by another notification now (taken after this one expired) is kept.
+    async fn release_dedup(&self, claims: &[DedupClaim]) -> Result<(), StoreError>;
 
     /// Stores new records and queues their jobs, all in one durable write.
     async fn create(&self, records: &[NewRecord]) -> Result<(), StoreError>;

@@ -16,7 +16,8 @@
 //! - `gw:{user}:notify:quiet`, `gw:{user}:notify:consent` — preferences (JSON);
 //!   `gw:{user}:notify:bindings` — bindings (JSON, sealed with `bindings` 0 user as associated
 //!   data, as the embedded ledger seals them: they hold openids)
-//! - `gw:{user}:notify:dedup:<key>` — a dedup claim, expiring at the end of its window
+//! - `gw:{user}:notify:dedup:<key>` — a dedup claim (the claiming notification's id), expiring
+//!   at the end of its window
 //! - `gw:{user}:notify:claims` — a sorted set: dedup key → when its claim expires (Redis's
 //!   clock), so deleting the user finds the claims without scanning the keyspace
 //! - `gw:{user}:notify:jobs` — a set of the user's queued job keys, so deleting the user finds
@@ -132,17 +133,31 @@ fn from_json<T: DeserializeOwned>(bytes: &[u8], what: &str) -> Result<T, StoreEr
 }
 
 /// Claims a dedup key and indexes the claim under its user. KEYS: claim, claims index.
-/// ARGV: window (ms), dedup key. Returns 1 for the claim, 0 when it is held.
+/// ARGV: window (ms), dedup key, claiming notification. Returns 1 for the claim, 0 when it is
+/// held.
 static CLAIM: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
-if not redis.call('SET', KEYS[1], '1', 'NX', 'PX', ARGV[1]) then return 0 end
+if not redis.call('SET', KEYS[1], ARGV[3], 'NX', 'PX', ARGV[1]) then return 0 end
 local time = redis.call('TIME')
 local now = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
 local window = tonumber(ARGV[1])
 redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', string.format('%d', now))
 redis.call('ZADD', KEYS[2], string.format('%d', now + window), ARGV[2])
 if redis.call('PTTL', KEYS[2]) < window then redis.call('PEXPIRE', KEYS[2], ARGV[1]) end
+return 1
+",
+    )
+});
+
+/// Gives up a dedup claim if the notification that took it still holds it. KEYS: claim, claims
+/// index. ARGV: claiming notification, dedup key.
+static RELEASE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+redis.call('DEL', KEYS[1])
+redis.call('ZREM', KEYS[2], ARGV[2])
 return 1
 ",
     )
@@ -443,8 +458,29 @@ impl Ledger for RedisLedger {
                     .key(keys.claim(&claim.key))
                     .key(&keys.claims)
                     .arg(window_ms)
-                    .arg(&claim.key),
+                    .arg(&claim.key)
+                    .arg(&claim.by),
             );
+        }
+        bounded(pipe.query_async(&mut self.redis.clone())).await
+    }
+
+    async fn release_dedup(&self, claims: &[DedupClaim]) -> Result<(), StoreError> {
+        if claims.is_empty() {
+            return Ok(());
+        }
+        let mut pipe = redis::pipe();
+        pipe.load_script(&RELEASE).ignore();
+        for claim in claims {
+            let keys = UserKeys::of(&claim.user);
+            pipe.invoke_script(
+                RELEASE
+                    .key(keys.claim(&claim.key))
+                    .key(&keys.claims)
+                    .arg(&claim.by)
+                    .arg(&claim.key),
+            )
+            .ignore();
         }
         bounded(pipe.query_async(&mut self.redis.clone())).await
     }
