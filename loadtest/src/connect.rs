@@ -37,7 +37,6 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio::time::{interval_at, sleep, timeout, timeout_at, Instant};
 use tokio_rustls::client::TlsStream;
-use tokio_rustls::rustls;
 use tokio_rustls::rustls::pki_types::ServerName;
 use tokio_rustls::TlsConnector;
 use tokio_tungstenite::client_async_with_config;
@@ -656,23 +655,7 @@ const JSON_PING: &str = r#"{"op":"ping"}"#;
 
 /// A TLS client trusting the certificates in the PEM file `ca`.
 fn tls_connector(ca: &std::path::Path) -> Result<TlsConnector> {
-    // rumqttc and reqwest each link a rustls crypto provider: pick one for this process.
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let pem = std::fs::read(ca).with_context(|| format!("reading --ca {}", ca.display()))?;
-    let mut roots = rustls::RootCertStore::empty();
-    for certificate in rustls_pemfile::certs(&mut pem.as_slice()) {
-        let certificate = certificate.with_context(|| format!("parsing {}", ca.display()))?;
-        roots
-            .add(certificate)
-            .context("trusting the --ca certificate")?;
-    }
-    if roots.is_empty() {
-        bail!("--ca {}: no certificate in it", ca.display());
-    }
-    let config = rustls::ClientConfig::builder()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    Ok(TlsConnector::from(std::sync::Arc::new(config)))
+    Ok(TlsConnector::from(crate::target::tls_client_config(ca)?))
 }
 
 /// The CONNACK at the start of `input`, `None` until it is complete.

@@ -11,6 +11,7 @@ use futures_util::{stream, StreamExt, TryStreamExt};
 use serde::{Deserialize, Serialize};
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
+use tokio_rustls::rustls;
 
 /// Tokens are minted this many at a time: enough to hide HTTP round trips, few enough not to
 /// turn token minting into a load test of its own.
@@ -235,6 +236,28 @@ fn require_loopback(ip: IpAddr, flag: &str) -> Result<()> {
         bail!("{flag} {ip}: only loopback targets are allowed");
     }
     Ok(())
+}
+
+/// A TLS client configuration trusting the PEM certificate(s) in `ca` (e.g. the `cert.pem` that
+/// `gateway dev-cert` wrote).
+pub fn tls_client_config(ca: &std::path::Path) -> Result<std::sync::Arc<rustls::ClientConfig>> {
+    // rumqttc and reqwest each link a rustls crypto provider: pick one for this process.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let pem = std::fs::read(ca).with_context(|| format!("reading --ca {}", ca.display()))?;
+    let mut roots = rustls::RootCertStore::empty();
+    for certificate in rustls_pemfile::certs(&mut pem.as_slice()) {
+        let certificate = certificate.with_context(|| format!("parsing {}", ca.display()))?;
+        roots
+            .add(certificate)
+            .context("trusting the --ca certificate")?;
+    }
+    if roots.is_empty() {
+        bail!("--ca {}: no certificate in it", ca.display());
+    }
+    let config = rustls::ClientConfig::builder()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(std::sync::Arc::new(config))
 }
 
 #[cfg(test)]

@@ -390,11 +390,19 @@ fn text(output: &Output) -> String {
 #[tokio::test]
 async fn the_shipped_sample_replays_against_a_fresh_gateway() {
     let gw = TestGateway::start().await;
+    let mqtt_ws = gw.mqtt_ws.to_string();
     let (output, result) = replay(
         &gw,
         &sample(),
         &gw.api_key,
-        &["--speed", "4", "--user-prefix", "t2-"],
+        &[
+            "--speed",
+            "4",
+            "--user-prefix",
+            "t2-",
+            "--mqtt-ws",
+            &mqtt_ws,
+        ],
     );
     assert!(output.status.success(), "{}", text(&output));
     assert!(text(&output).contains("result: PASS"));
@@ -415,6 +423,11 @@ async fn the_shipped_sample_replays_against_a_fresh_gateway() {
     assert!(
         result["messages_received"].as_u64().unwrap() > 0,
         "{result}"
+    );
+    let transports = result["transports"].as_object().unwrap();
+    assert!(
+        transports.keys().all(|t| !t.contains(" as ")) && transports.contains_key("mqtt_ws"),
+        "each session on the transport it was recorded on: {result}"
     );
 
     // The replay's traffic reached the store under the renamed users, and only there.
@@ -496,6 +509,58 @@ async fn a_device_taken_over_by_its_own_reconnection_replays_cleanly() {
     assert!(output.status.success(), "{}", text(&output));
     assert_eq!(result["events"]["connect"]["replayed"], 4, "{result}");
     assert_eq!(result["events"]["disconnect"]["replayed"], 4, "{result}");
+}
+
+#[tokio::test]
+async fn sessions_replay_on_the_transport_they_were_recorded_on_when_it_is_given() {
+    let dir = tempfile::tempdir().unwrap();
+    let connect = |session: u64, device: &str, transport: &str| json!({"t_ms": 0, "event": "connect", "session": session, "user": "fay", "device": device, "transport": transport, "platform": "ios"});
+    let mut events = Vec::new();
+    for (session, device, transport) in [
+        (1, "a", "mqtt_tls"),
+        (2, "b", "mqtt_wss"),
+        (3, "c", "mqtt_ws"),
+    ] {
+        events.extend([
+            connect(session, device, transport),
+            json!({"t_ms": 10, "event": "subscribe", "session": session, "topic": "u/fay/inbox", "qos": 1}),
+            json!({"t_ms": 20, "event": "publish", "session": session, "topic": format!("u/fay/d/{device}/send"), "qos": 1, "payload": {"to": "gus", "body": {"via": transport}}}),
+            json!({"t_ms": 200, "event": "disconnect", "session": session}),
+        ]);
+    }
+    events.sort_by_key(|event| event["t_ms"].as_u64());
+    let path = hand_made(&dir, &events);
+    let gw = TestGateway::start_with(Options::default().tls()).await;
+    let ca = gw.data_dir.path().join("cert.pem");
+    let (tls, wss) = (gw.mqtt_tls.unwrap(), gw.mqtt_wss.unwrap());
+    let (output, result) = replay(
+        &gw,
+        &path,
+        &gw.api_key,
+        &[
+            "--mqtt-tls",
+            &tls.to_string(),
+            "--mqtt-wss",
+            &wss.to_string(),
+            "--ca",
+            ca.to_str().unwrap(),
+        ],
+    );
+    assert!(output.status.success(), "{}", text(&output));
+    assert_eq!(
+        result["transports"],
+        json!({"mqtt_tls": 1, "mqtt_wss": 1, "mqtt_ws as mqtt": 1}),
+        "{result}"
+    );
+    assert_eq!(result["events"]["publish"]["replayed"], 3, "{result}");
+    assert!(
+        text(&output).contains("sessions replayed on: mqtt_tls 1, mqtt_ws as mqtt 1, mqtt_wss 1")
+    );
+    // The gateway saw each publish on the transport it was replayed on.
+    for transport in ["mqtt_tls", "mqtt_wss", "mqtt"] {
+        let sample = format!("gateway_messages_in_total{{transport=\"{transport}\"}}");
+        assert_eq!(gw.metric(&sample).await, 1.0, "{sample}");
+    }
 }
 
 #[tokio::test]

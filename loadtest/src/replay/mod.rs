@@ -5,8 +5,9 @@
 //! Every recorded user `X` becomes `--user-prefix` + `X` (a fresh prefix per run by default) in
 //! logins, topics and bodies, so a replay never writes into the logs of earlier runs. Each
 //! session gets a fresh token for its user, device and platform, connects at its scaled time —
-//! JSON WebSocket sessions on `/ws`, every MQTT session (TCP, TLS, WebSocket) over MQTT 5 on TCP
-//! — and subscribes, publishes and unsubscribes at theirs; the API calls go out with the API key.
+//! JSON WebSocket sessions on `/ws`, MQTT sessions over MQTT 5 on the transport they were recorded
+//! on (TCP, TLS, WebSocket, secure WebSocket) when its listener is given, else on TCP — and
+//! subscribes, publishes and unsubscribes at theirs; the API calls go out with the API key.
 //!
 //! Every answer is checked: CONNACK success or the JSON `ok`, each subscription granted, each
 //! QoS 1 publish acknowledged with success, each API call 2xx. Any failure fails the run.
@@ -24,12 +25,12 @@ use anyhow::{bail, Context, Result};
 use clap::Args;
 use futures_util::{stream, StreamExt};
 use json_ws::JsonWsLink;
-use mqtt::MqttLink;
+use mqtt::{MqttEndpoint, MqttLink};
 use protocol::envelope::Transport;
 use script::{ApiCall, Renamer, Script, SessionScript};
 use serde::Serialize;
 use session::{Clock, Link};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::io::BufReader;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -56,6 +57,20 @@ pub struct ReplayCmd {
     /// Base URL of the JSON WebSocket (loopback only); by default `/ws` on --http's host.
     #[arg(long)]
     ws: Option<String>,
+    /// The gateway's MQTT-over-WebSocket listener: sessions recorded on it replay there. A
+    /// session whose transport's listener is not given replays over MQTT on TCP.
+    #[arg(long)]
+    mqtt_ws: Option<SocketAddr>,
+    /// The MQTT-over-TLS listener, for sessions recorded on it (with --ca).
+    #[arg(long, requires = "ca")]
+    mqtt_tls: Option<SocketAddr>,
+    /// The MQTT over secure WebSocket listener, for sessions recorded on it (with --ca).
+    #[arg(long, requires = "ca")]
+    mqtt_wss: Option<SocketAddr>,
+    /// PEM certificate(s) to trust for --mqtt-tls and --mqtt-wss, e.g. the `cert.pem` that
+    /// `gateway dev-cert` wrote.
+    #[arg(long, value_name = "PEM")]
+    ca: Option<PathBuf>,
     /// Prefix of every replayed user id; by default `rp<hex time>-`, fresh for each run.
     #[arg(long)]
     user_prefix: Option<String>,
@@ -87,13 +102,17 @@ pub struct ReplayResult {
     pub lag_us: LatencySummary,
     /// Messages the replayed sessions received.
     pub messages_received: u64,
+    /// Sessions per transport they were replayed on: `mqtt_ws`, or `mqtt_ws as mqtt` for one
+    /// recorded on a transport whose listener was not given.
+    pub transports: BTreeMap<String, usize>,
     pub wall_time_s: f64,
     pub failed_checks: Vec<String>,
 }
 
 /// Where the sessions and calls go.
 struct Endpoints {
-    mqtt: SocketAddr,
+    /// Per MQTT transport, where its sessions connect (TCP always).
+    mqtt: HashMap<Transport, MqttEndpoint>,
     ws: reqwest::Url,
     api_base: reqwest::Url,
     api_key: String,
@@ -109,7 +128,7 @@ pub async fn run_cmd(cmd: &ReplayCmd) -> Result<ReplayResult> {
         bail!("replay needs the gateway target");
     };
     let endpoints = Endpoints {
-        mqtt: *mqtt,
+        mqtt: mqtt_endpoints(cmd, *mqtt)?,
         ws: ws_url(cmd)?,
         api_base: loopback_url(&cmd.endpoint.http, "--http")?,
         api_key: cmd.endpoint.api_key.clone().unwrap_or_default(),
@@ -148,6 +167,12 @@ pub async fn run_cmd(cmd: &ReplayCmd) -> Result<ReplayResult> {
         start: Instant::now() + LEAD,
         speed: cmd.speed,
     };
+    let mut transports = BTreeMap::new();
+    for session in &script.sessions {
+        *transports
+            .entry(endpoints.replayed_as(session.transport))
+            .or_default() += 1;
+    }
     let endpoints = Arc::new(endpoints);
     let mut tasks = JoinSet::new();
     let span_ms = script.span_ms;
@@ -207,6 +232,7 @@ pub async fn run_cmd(cmd: &ReplayCmd) -> Result<ReplayResult> {
         events,
         lag_us: tally.lag(),
         messages_received: tally.received.get(),
+        transports,
         wall_time_s: wall.elapsed().as_secs_f64(),
         failed_checks,
     })
@@ -245,7 +271,7 @@ impl Run<'_> {
         } else {
             let client_id = format!("replay-{}-{}", session.recorded_as, session.user);
             let link = MqttLink::connect(
-                self.endpoints.mqtt,
+                self.endpoints.mqtt_for(session.transport),
                 &client_id,
                 &session.user,
                 &token,
@@ -283,6 +309,53 @@ async fn mint(tokens: &TokenApi, sessions: &[SessionScript]) -> Vec<Result<Strin
 
 /// The JSON WebSocket's URL: `--ws`, else `/ws` on `--http`'s host, as every scenario's devices
 /// use it.
+impl Endpoints {
+    /// Where a session recorded on `transport` connects: there, or over MQTT on TCP.
+    fn mqtt_for(&self, transport: Transport) -> &MqttEndpoint {
+        self.mqtt
+            .get(&transport)
+            .unwrap_or(&self.mqtt[&Transport::Mqtt])
+    }
+
+    /// How a session recorded on `transport` is replayed, for the report.
+    fn replayed_as(&self, transport: Transport) -> String {
+        if transport == Transport::JsonWs || self.mqtt.contains_key(&transport) {
+            transport.as_str().to_string()
+        } else {
+            format!("{} as mqtt", transport.as_str())
+        }
+    }
+}
+
+/// The MQTT listeners given, by the transport they serve.
+fn mqtt_endpoints(cmd: &ReplayCmd, tcp: SocketAddr) -> Result<HashMap<Transport, MqttEndpoint>> {
+    let tls = cmd
+        .ca
+        .as_deref()
+        .map(crate::target::tls_client_config)
+        .transpose()?;
+    let mut endpoints = HashMap::from([(Transport::Mqtt, MqttEndpoint::Tcp(tcp))]);
+    let listeners = [
+        (Transport::MqttWs, "--mqtt-ws", cmd.mqtt_ws),
+        (Transport::MqttTls, "--mqtt-tls", cmd.mqtt_tls),
+        (Transport::MqttWss, "--mqtt-wss", cmd.mqtt_wss),
+    ];
+    for (transport, flag, addr) in listeners {
+        let Some(addr) = addr else { continue };
+        if !addr.ip().is_loopback() {
+            bail!("{flag} {addr}: only loopback targets are allowed");
+        }
+        let endpoint = match (transport, &tls) {
+            (Transport::MqttWs, _) => MqttEndpoint::Ws(addr),
+            (Transport::MqttTls, Some(tls)) => MqttEndpoint::Tls(addr, tls.clone()),
+            (_, Some(tls)) => MqttEndpoint::Wss(addr, tls.clone()),
+            (_, None) => bail!("{flag} needs --ca PEM"),
+        };
+        endpoints.insert(transport, endpoint);
+    }
+    Ok(endpoints)
+}
+
 fn ws_url(cmd: &ReplayCmd) -> Result<reqwest::Url> {
     let url = match &cmd.ws {
         Some(ws) => ws.clone(),
@@ -345,6 +418,10 @@ impl Outcome for ReplayResult {
             self.scheduled_ms as f64 / 1e3,
             self.wall_time_s,
         );
+        let transports: Vec<String> = (self.transports.iter())
+            .map(|(transport, sessions)| format!("{transport} {sessions}"))
+            .collect();
+        println!("sessions replayed on: {}", transports.join(", "));
         let mut table = Table::default();
         table.row(["event", "replayed", "failed", "first failure"]);
         for (kind, count) in &self.events {

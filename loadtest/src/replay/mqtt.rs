@@ -1,6 +1,7 @@
-//! A replayed session over MQTT 5 (rumqttc), whatever MQTT transport it was recorded on: MQTT 5
-//! so that every answer carries a reason code the replay can check (a 3.1.1 PUBACK says nothing
-//! about a refused publish).
+//! A replayed session over MQTT 5 (rumqttc), on the transport it was recorded on when the replay
+//! was given that listener (TCP, TLS, WebSocket, secure WebSocket), else on TCP. MQTT 5 so that
+//! every answer carries a reason code the replay can check (a 3.1.1 PUBACK says nothing about a
+//! refused publish).
 
 use super::script::Action;
 use super::session::{Ended, Link, Pending};
@@ -11,12 +12,14 @@ use rumqttc::v5::mqttbytes::v5::{
 };
 use rumqttc::v5::mqttbytes::QoS;
 use rumqttc::v5::{AsyncClient, ConnectionError, Event, MqttOptions, StateError};
-use rumqttc::Outgoing;
+use rumqttc::{Outgoing, TlsConfiguration, Transport};
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio::time::timeout;
+use tokio_rustls::rustls::ClientConfig;
 
 const KEEP_ALIVE: Duration = Duration::from_secs(30);
 /// Sync pages run up to the gateway's `roaming.page_max_bytes` (64 KiB by default).
@@ -28,6 +31,34 @@ enum Request {
     Subscribe,
     Unsubscribe,
     Publish,
+}
+
+/// Where and how a replayed MQTT session connects.
+#[derive(Clone)]
+pub enum MqttEndpoint {
+    Tcp(SocketAddr),
+    Tls(SocketAddr, Arc<ClientConfig>),
+    Ws(SocketAddr),
+    Wss(SocketAddr, Arc<ClientConfig>),
+}
+
+impl MqttEndpoint {
+    fn options(&self, client_id: &str) -> MqttOptions {
+        let tls = |config: &Arc<ClientConfig>| TlsConfiguration::Rustls(config.clone());
+        let (host, addr, transport) = match self {
+            Self::Tcp(addr) => (addr.ip().to_string(), addr, Transport::Tcp),
+            Self::Tls(addr, config) => (addr.ip().to_string(), addr, Transport::Tls(tls(config))),
+            Self::Ws(addr) => (format!("ws://{addr}/mqtt"), addr, Transport::Ws),
+            Self::Wss(addr, config) => (
+                format!("wss://{addr}/mqtt"),
+                addr,
+                Transport::Wss(tls(config)),
+            ),
+        };
+        let mut options = MqttOptions::new(client_id, host, addr.port());
+        options.set_transport(transport);
+        options
+    }
 }
 
 pub struct MqttLink {
@@ -43,14 +74,14 @@ pub struct MqttLink {
 impl MqttLink {
     /// Connects and waits up to `patience` for a successful CONNACK.
     pub async fn connect(
-        addr: SocketAddr,
+        endpoint: &MqttEndpoint,
         client_id: &str,
         user: &str,
         token: &str,
         capacity: usize,
         patience: Duration,
     ) -> Result<Self, String> {
-        let mut options = MqttOptions::new(client_id, addr.ip().to_string(), addr.port());
+        let mut options = endpoint.options(client_id);
         options
             .set_keep_alive(KEEP_ALIVE)
             .set_max_packet_size(Some(MAX_PACKET))
