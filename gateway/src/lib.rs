@@ -19,6 +19,7 @@ pub mod recorder;
 pub mod roam;
 pub mod session_handle;
 pub mod sessions;
+pub mod signals;
 pub mod store;
 pub mod token;
 pub mod user_topics;

@@ -201,8 +201,8 @@ mod tests {
         let builder = PayloadBuilder::new(Wire::Signal, "lt-s1", "run", 2, 100);
         let sent: SendRequest = serde_json::from_slice(&builder.build(5, 77)).unwrap();
         let delivered = serde_json::to_vec(&SignalMessage {
-            from: "lt-p2".into(),
-            from_device: "d0".into(),
+            from: Some("lt-p2".into()),
+            from_device: Some("d0".into()),
             body: sent.body,
         })
         .unwrap();

@@ -17,10 +17,12 @@ pub struct SendRequest<Body = Value> {
 /// stored and never synced.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SignalMessage<Body = Value> {
-    /// The sending user.
-    pub from: String,
-    /// The device the sender used.
-    pub from_device: String,
+    /// The sending user (for a backend's signal, the `from` it gave, if any).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from: Option<String>,
+    /// The device the sender used (none for a backend's signal).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from_device: Option<String>,
     /// Application content, as the sender gave it.
     pub body: Body,
 }

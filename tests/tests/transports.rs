@@ -6,6 +6,7 @@ use e2e::mqtt::{Via, V4, V5};
 use e2e::{Options, TestGateway};
 use protocol::envelope::Platform;
 use protocol::topics::{self, DeviceAction};
+use reqwest::Method;
 use rumqttc::QoS;
 use serde_json::json;
 
@@ -259,6 +260,33 @@ async fn live_signals_reach_the_devices_online_now_and_are_never_stored() {
             (reply["code"].as_str(), reply["action"].as_str()),
             (Some("invalid_request"), Some("signal")),
             "{reply}"
+        );
+    }
+
+    // From the backend over HTTP: no device, and `from` only when given.
+    let (status, body) = gw
+        .api(
+            Method::POST,
+            "/v1/signals",
+            Some(json!({"to": "bob", "from": "game-server", "body": {"round": 3}})),
+        )
+        .await;
+    assert_eq!(status, 202, "{body}");
+    let expected = json!({"from": "game-server", "body": {"round": 3}});
+    assert_eq!(bob_phone.message_on("u/bob/signal").await, expected);
+    assert_eq!(bob_web.message_on("u/bob/signal").await, expected);
+    for (bad, answer) in [
+        (
+            json!({"to": "no/such", "body": 1}),
+            (400, "invalid_request"),
+        ),
+        (json!({"to": "bob"}), (422, "bad_json")),
+    ] {
+        let (status, body) = gw.api(Method::POST, "/v1/signals", Some(bad)).await;
+        assert_eq!(
+            (status, body["error"]["code"].as_str()),
+            (answer.0, Some(answer.1)),
+            "{body}"
         );
     }
 

@@ -1,4 +1,5 @@
-//! `POST /v1/messages`: the backend sends a message to a user's devices.
+//! `POST /v1/messages`: the backend sends a message to a user's devices; `POST /v1/signals`:
+//! a live signal, not stored.
 
 use super::error::ApiError;
 use super::json::ApiJson;
@@ -8,8 +9,10 @@ use crate::store::record::hlc_millis;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::Json;
+use protocol::envelope::SignalMessage;
 use protocol::topics::is_valid_id;
 use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
 use serde_json::Value;
 use std::sync::Arc;
 
@@ -31,20 +34,51 @@ pub struct Accepted {
     ts: u64,
 }
 
-pub async fn post(
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PostSignal {
+    to: String,
+    from: Option<String>,
+    body: Box<RawValue>,
+}
+
+/// Relays a live signal to the devices of `to` online now (see [`crate::signals`]); `202 {}`
+/// once handed on.
+pub async fn post_signal(
     State(gw): State<Arc<Gateway>>,
-    ApiJson(request): ApiJson<PostMessage>,
-) -> Result<(StatusCode, Json<Accepted>), ApiError> {
-    if !is_valid_id(&request.to) {
+    ApiJson(request): ApiJson<PostSignal>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    check_ids(&request.to, request.from.as_deref())?;
+    let signal = SignalMessage {
+        from: request.from,
+        from_device: None,
+        body: &*request.body,
+    };
+    crate::signals::relay(&gw, &request.to, &signal, None);
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(Value::Object(Default::default())),
+    ))
+}
+
+/// Checks the recipient and the optional sender of a backend's message or signal.
+fn check_ids(to: &str, from: Option<&str>) -> Result<(), ApiError> {
+    if !is_valid_id(to) {
         return Err(ApiError::invalid(
             "`to` must be a user id (letters, digits, '_', '-', '.'; 1-64)",
         ));
     }
-    if let Some(from) = &request.from {
-        if !is_valid_id(from) {
-            return Err(ApiError::invalid("`from` must be a user id"));
-        }
+    if from.is_some_and(|from| !is_valid_id(from)) {
+        return Err(ApiError::invalid("`from` must be a user id"));
     }
+    Ok(())
+}
+
+pub async fn post(
+    State(gw): State<Arc<Gateway>>,
+    ApiJson(request): ApiJson<PostMessage>,
+) -> Result<(StatusCode, Json<Accepted>), ApiError> {
+    check_ids(&request.to, request.from.as_deref())?;
     let sender = Sender::Backend {
         from: request.from.as_deref(),
     };

@@ -26,6 +26,7 @@ pub fn router(gw: Arc<Gateway>) -> Router {
     // The calls that carry traffic, which the traffic recording keeps.
     let recorded = Router::new()
         .route("/messages", post(messages::post))
+        .route("/signals", post(messages::post_signal))
         .route("/notifications", post(notifications::post))
         .route("/notifications/batch", post(notifications::post_batch))
         .route_layer(middleware::from_fn_with_state(

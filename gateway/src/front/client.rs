@@ -294,9 +294,8 @@ impl ClientSession {
         }))
     }
 
-    /// Relays a live signal from this device to the devices of its recipient online now, on
-    /// this node and the others. Nothing is stored, so it is done once handed on: a device that
-    /// is offline never sees it. The body is passed on as the sender wrote it, unparsed.
+    /// Relays a live signal from this device (see [`crate::signals`]). Nothing is stored, so it
+    /// is done once handed on: a device that is offline never sees it.
     fn signal(&self, payload: &[u8]) -> Result<(), Refusal> {
         let Identity::Device { user, device, .. } = self.identity() else {
             return Err(Refusal::Forbidden);
@@ -305,19 +304,11 @@ impl ClientSession {
             serde_json::from_slice(payload).map_err(|e| Refusal::BadPayload(e.to_string()))?;
         recipient(&request.to)?;
         let signal = SignalMessage {
-            from: user.clone(),
-            from_device: device.clone(),
+            from: Some(user.clone()),
+            from_device: Some(device.clone()),
             body: request.body,
         };
-        let delivered = serde_json::to_vec(&signal).expect("a signal serializes");
-        let to = &request.to;
-        self.gw.user_topics.publish(
-            to,
-            &topics::signal(to),
-            delivered.into(),
-            Some(self.handle.id),
-        );
-        self.gw.metrics.signals.inc();
+        crate::signals::relay(&self.gw, &request.to, &signal, Some(self.handle.id));
         Ok(())
     }
 
