@@ -285,6 +285,7 @@ pub async fn run_cmd(cmd: &FanoutCmd) -> Result<FanoutResult> {
     let in_flight = Arc::new(Semaphore::new(cmd.concurrency as usize));
     let api = Arc::new(api);
     let mut stopped_by_duration_limit = false;
+    let mut handed = 0;
     for k in 0..total {
         if Instant::now() >= deadline {
             stopped_by_duration_limit = true;
@@ -299,6 +300,7 @@ pub async fn run_cmd(cmd: &FanoutCmd) -> Result<FanoutResult> {
             Via::Send => false,
             Via::Mixed => n % 2 == 0,
         };
+        handed += 1;
         let to = format!("{run}-u{user}");
         let body = PayloadBuilder::new(Wire::Gateway, &to, &run, u32::from(!by_api), cmd.size)
             .build(k, now_ns());
@@ -319,11 +321,17 @@ pub async fn run_cmd(cmd: &FanoutCmd) -> Result<FanoutResult> {
     let _ = in_flight.acquire_many(cmd.concurrency as u32).await?;
     let send_seconds = sending_started.elapsed().as_secs_f64();
 
+    // Wait for the deliveries and for the senders' acknowledgements: a PUBACK may reach its
+    // sender after the message reached every recipient, and stopping at the last delivery would
+    // count that send as not accepted.
     let expected_deliveries = shared.connected.get() * cmd.messages;
-    let mut last = (shared.delivered.get(), Instant::now());
-    while shared.delivered.get() < expected_deliveries && last.1.elapsed() < cmd.drain_timeout {
+    let progress = || (shared.delivered.get(), shared.accepted.get());
+    let mut last = (progress(), Instant::now());
+    while (shared.delivered.get() < expected_deliveries || shared.accepted.get() < handed)
+        && last.1.elapsed() < cmd.drain_timeout
+    {
         sleep(POLL).await;
-        let now = shared.delivered.get();
+        let now = progress();
         if now != last.0 {
             last = (now, Instant::now());
         }
