@@ -311,7 +311,7 @@ async fn run_paced(
 /// The compared metrics: name and how to read it from one run.
 type Metric = (&'static str, fn(&SideRun) -> Option<f64>);
 
-const METRICS: [Metric; 10] = [
+const METRICS: [Metric; 14] = [
     ("qos0 delivered msg/s", |r| Some(r.qos0.delivered_rate)),
     ("qos0 p99 latency µs", |r| {
         Some(r.qos0.latency_us.p99_us as f64)
@@ -332,6 +332,10 @@ const METRICS: [Metric; 10] = [
     ("paced qos1 p99 latency µs", |r| {
         r.paced_qos1.as_ref().map(|p| p.latency_us.p99_us as f64)
     }),
+    ("qos0 broker cpu cores", |r| r.qos0.broker_cpu_cores),
+    ("qos0 loadtest cpu cores", |r| r.qos0.loadtest_cpu_cores),
+    ("qos1 broker cpu cores", |r| r.qos1.broker_cpu_cores),
+    ("qos1 loadtest cpu cores", |r| r.qos1.loadtest_cpu_cores),
     ("connect rate conn/s", |r| {
         r.connect.as_ref().map(|c| c.connect_rate)
     }),
@@ -394,7 +398,12 @@ impl Outcome for CompareResult {
         print!("{}", runs.render());
         println!();
         println!("medians over {} round(s):", self.rounds);
-        let value = |v: Option<f64>| v.map_or("-".to_owned(), thousands);
+        // Small values (CPU cores) keep their decimals.
+        let value = |v: Option<f64>| match v {
+            Some(v) if v.abs() < 100.0 => format!("{v:.2}"),
+            Some(v) => thousands(v),
+            None => "-".to_owned(),
+        };
         let mut table = Table::default();
         table.row(["metric", "gateway", "mosquitto", "gateway/mosquitto"]);
         for row in &self.summary {

@@ -13,6 +13,7 @@
 use crate::batch_publisher::{BatchPublisher, PublisherEvents, PublisherOptions};
 use crate::pacer::Pacer;
 use crate::payload::{now_ns, PayloadBuilder, Wire};
+use crate::procfs::UsageWatch;
 use crate::progress::{spawn_reporter, Counter, Timeline};
 use crate::report::{latency_histogram, print_verdict, thousands, LatencySummary, Outcome, Table};
 use crate::seq::{Arrival, SeqChecker};
@@ -159,6 +160,10 @@ pub struct PubsubResult {
     pub first_client_error: Option<String>,
     /// Some publisher stopped early at `--duration-limit`.
     pub stopped_by_duration_limit: bool,
+    /// CPU of the broker (the process listening on its port) and of this tool from the first
+    /// publish until the last delivery: which of the two ran out.
+    pub broker_cpu_cores: Option<f64>,
+    pub loadtest_cpu_cores: Option<f64>,
     pub failed_checks: Vec<String>,
 }
 
@@ -375,6 +380,7 @@ pub async fn run(target: &Target, load: &PubsubLoad, qos: QoS) -> Result<PubsubR
     }
 
     let start_ns = now_ns();
+    let cpu = CpuWatch::start(target.addr().port());
     let deadline = Instant::now() + load.duration_limit;
     let senders: Vec<JoinHandle<u64>> = pub_clients
         .into_iter()
@@ -403,6 +409,7 @@ pub async fn run(target: &Target, load: &PubsubLoad, qos: QoS) -> Result<PubsubR
             .sum()
     };
     drain(load, published_total, &shared.delivered, completed).await;
+    let (broker_cpu_cores, loadtest_cpu_cores) = cpu.finish();
 
     let _ = stop_tx.send(true);
     let mut seen = Vec::with_capacity(subscribers);
@@ -448,6 +455,8 @@ pub async fn run(target: &Target, load: &PubsubLoad, qos: QoS) -> Result<PubsubR
         client_errors: shared.errors.count.get(),
         first_client_error: shared.errors.first(),
         stopped_by_duration_limit: published.iter().any(|&n| n < load.messages),
+        broker_cpu_cores,
+        loadtest_cpu_cores,
         timeline,
         latency: tally.latency,
         failed_checks: Vec::new(),
@@ -492,6 +501,28 @@ async fn start_subscriber(
         inbox
     });
     Ok((task, ready_rx))
+}
+
+/// The CPU of the broker and of this tool over the measured part of a run.
+struct CpuWatch {
+    broker: Option<UsageWatch>,
+    own: Option<UsageWatch>,
+}
+
+impl CpuWatch {
+    fn start(broker_port: u16) -> Self {
+        let broker = crate::procfs::pid_listening_on(broker_port);
+        Self {
+            broker: broker.and_then(|pid| UsageWatch::start(pid).ok()),
+            own: UsageWatch::start(std::process::id()).ok(),
+        }
+    }
+
+    /// Cores used by the broker and by this tool since [`start`](Self::start).
+    fn finish(&self) -> (Option<f64>, Option<f64>) {
+        let cores = |watch: &Option<UsageWatch>| Some(watch.as_ref()?.finish().ok()?.cpu_cores);
+        (cores(&self.broker), cores(&self.own))
+    }
 }
 
 /// Counts a publisher's completed publishes and records its connection's failure.
@@ -828,6 +859,12 @@ impl Outcome for PubsubResult {
             format!("foreign {}", l.foreign),
         ]);
         table.row(["client errors".to_owned(), self.client_errors.to_string()]);
+        let cores = |cores: Option<f64>| cores.map_or("-".to_owned(), |c| format!("{c:.2}"));
+        table.row([
+            "cpu cores".to_owned(),
+            format!("broker {}", cores(self.broker_cpu_cores)),
+            format!("loadtest {}", cores(self.loadtest_cpu_cores)),
+        ]);
         print!("{}", table.render());
         if self.stopped_by_duration_limit {
             println!("publishing stopped at --duration-limit");

@@ -41,6 +41,7 @@ async fn compare_runs_against_the_gateway_and_mosquitto() {
         String::from_utf8_lossy(&output.stderr)
     );
     assert!(stdout.contains("gateway/mosquitto"), "{stdout}");
+    assert!(stdout.contains("qos1 broker cpu cores"), "{stdout}");
     let result: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
     assert!(result.is_object(), "{result}");
 }
