@@ -239,24 +239,28 @@ impl Router<'_> {
         known: &[(usize, &KindRule, Submission)],
         now_ms: u64,
     ) -> Result<Claimed, StoreError> {
-        let claim = |user: String, n: &Notification| DedupClaim {
-            user,
-            key: dedup_key(n),
-            by: n.id.clone(),
-        };
         let mut claims: Vec<DedupClaim> = known
             .iter()
-            .map(|(_, _, s)| claim(s.notification.user.clone(), &s.notification))
+            .map(|(_, _, s)| DedupClaim {
+                user: s.notification.user.clone(),
+                key: dedup_key(&s.notification),
+                by: s.notification.id.clone(),
+            })
             .collect();
         // A broadcast is claimed for its tag too: one mass send per tag and content, whichever
         // follower's notification carries it.
         let broadcasts: Vec<Option<usize>> = known
             .iter()
-            .map(|(_, rule, s)| {
+            .enumerate()
+            .map(|(i, (_, rule, s))| {
                 let tag = s.notification.wechat_tag;
                 let broadcasts = rule.wechat == WeChatAction::MassSend && self.can_broadcast;
                 let tag = tag.filter(|_| broadcasts)?;
-                claims.push(claim(broadcast_claimant(tag), &s.notification));
+                let for_tag = DedupClaim {
+                    user: broadcast_claimant(tag),
+                    ..claims[i].clone()
+                };
+                claims.push(for_tag);
                 Some(claims.len() - 1)
             })
             .collect();
