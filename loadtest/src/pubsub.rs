@@ -13,9 +13,11 @@
 use crate::batch_publisher::{BatchPublisher, PublisherEvents, PublisherOptions};
 use crate::pacer::Pacer;
 use crate::payload::{now_ns, PayloadBuilder, Wire};
-use crate::procfs::UsageWatch;
+use crate::procfs::Usage;
 use crate::progress::{spawn_reporter, Counter, Timeline};
-use crate::report::{latency_histogram, print_verdict, thousands, LatencySummary, Outcome, Table};
+use crate::report::{
+    latency_histogram, print_verdict, thousands, LatencySummary, Outcome, RunWatch, Table,
+};
 use crate::seq::{Arrival, SeqChecker};
 use crate::stop::stopped;
 use crate::target::{Credentials, Target, TargetArgs, TargetKind};
@@ -380,7 +382,7 @@ pub async fn run(target: &Target, load: &PubsubLoad, qos: QoS) -> Result<PubsubR
     }
 
     let start_ns = now_ns();
-    let cpu = CpuWatch::start(target.addr().port());
+    let cpu = RunWatch::start(Some(target.addr().port()));
     let deadline = Instant::now() + load.duration_limit;
     let senders: Vec<JoinHandle<u64>> = pub_clients
         .into_iter()
@@ -409,7 +411,9 @@ pub async fn run(target: &Target, load: &PubsubLoad, qos: QoS) -> Result<PubsubR
             .sum()
     };
     drain(load, published_total, &shared.delivered, completed).await;
-    let (broker_cpu_cores, loadtest_cpu_cores) = cpu.finish();
+    let cpu = cpu.finish();
+    let cores = |usage: Option<Usage>| usage.map(|u| u.cpu_cores);
+    let (broker_cpu_cores, loadtest_cpu_cores) = (cores(cpu.broker), cores(cpu.loadtest));
 
     let _ = stop_tx.send(true);
     let mut seen = Vec::with_capacity(subscribers);
@@ -501,28 +505,6 @@ async fn start_subscriber(
         inbox
     });
     Ok((task, ready_rx))
-}
-
-/// The CPU of the broker and of this tool over the measured part of a run.
-struct CpuWatch {
-    broker: Option<UsageWatch>,
-    own: Option<UsageWatch>,
-}
-
-impl CpuWatch {
-    fn start(broker_port: u16) -> Self {
-        let broker = crate::procfs::pid_listening_on(broker_port);
-        Self {
-            broker: broker.and_then(|pid| UsageWatch::start(pid).ok()),
-            own: UsageWatch::start(std::process::id()).ok(),
-        }
-    }
-
-    /// Cores used by the broker and by this tool since [`start`](Self::start).
-    fn finish(&self) -> (Option<f64>, Option<f64>) {
-        let cores = |watch: &Option<UsageWatch>| Some(watch.as_ref()?.finish().ok()?.cpu_cores);
-        (cores(&self.broker), cores(&self.own))
-    }
 }
 
 /// Counts a publisher's completed publishes and records its connection's failure.

@@ -200,7 +200,7 @@ impl RunWatch {
         }
     }
 
-    fn finish(&self) -> Resources {
+    pub fn finish(&self) -> Resources {
         let usage = |watch: &Option<UsageWatch>| watch.as_ref().and_then(|w| w.finish().ok());
         Resources {
             broker: usage(&self.broker),
