@@ -206,7 +206,7 @@ impl Default for Notify {
             aggregate_window: Duration::from_secs(60),
             record_retention: Duration::from_secs(7 * 24 * 3600),
             mqtt_topic: "svc/notifications".into(),
-            decision_batch: 512,
+            decision_batch: 2048,
             decision_batches: 4,
             max_per_request: 1000,
             max_waiting: 100_000,

@@ -211,7 +211,7 @@ impl Metrics {
                 attempts: Family::default(),
                 attempt_seconds: Family::new_with_constructor(attempt_buckets),
                 queue_depth: Gauge::default(),
-                decision_batch: Histogram::new(exponential_buckets(1.0, 2.0, 12)),
+                decision_batch: Histogram::new(exponential_buckets(1.0, 2.0, 13)),
             },
             record_events: Family::default(),
             registry: Registry::default(),
