@@ -27,7 +27,8 @@ use hdrhistogram::Histogram;
 use loadtest::mock_channels::qiuqiu::QiuQiuDouble;
 use loadtest::mock_channels::wechat::{self, WeChatDouble};
 use loadtest::mock_channels::{qiuqiu, QiuQiuConfig, WeChatConfig};
-use serde::Serialize;
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, HashSet};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -337,7 +338,7 @@ impl Api {
         &self,
         method: reqwest::Method,
         path: &str,
-        body: &Value,
+        body: &impl Serialize,
     ) -> reqwest::Result<reqwest::Response> {
         self.http
             .request(method, format!("{}{path}", self.base))
@@ -785,7 +786,39 @@ struct Submitter {
 }
 
 /// What became of one notification: its routes, or an error's class and detail.
-type Answer = Result<Value, (String, String)>;
+type Answer = Result<Routed, (String, String)>;
+
+/// A notification as this tool hands it in.
+#[derive(Serialize)]
+struct NewNotification {
+    user: String,
+    kind: &'static str,
+    title: String,
+    body: &'static str,
+}
+
+/// A 202's decision, read only as far as the tally needs: each route's status.
+#[derive(Deserialize)]
+struct Routed {
+    routes: BTreeMap<String, RouteStatus>,
+}
+
+#[derive(Deserialize)]
+struct RouteStatus {
+    status: String,
+}
+
+/// One notification's part of a batch's 202: its decision, or its error.
+#[derive(Deserialize)]
+struct BatchItem {
+    error: Option<Value>,
+    routes: Option<BTreeMap<String, RouteStatus>>,
+}
+
+#[derive(Deserialize)]
+struct BatchAnswer {
+    results: Vec<BatchItem>,
+}
 
 impl Submitter {
     async fn submit_all(self) -> Tally {
@@ -795,9 +828,10 @@ impl Submitter {
             if first >= self.limit || Instant::now() >= self.end {
                 return tally;
             }
-            let notifications: Vec<Value> = (first..(first + self.batch).min(self.limit))
+            let notifications: Vec<NewNotification> = (first..(first + self.batch).min(self.limit))
                 .map(|n| self.notification(n))
                 .collect();
+            let count = notifications.len();
             let started = Instant::now();
             let answers = if self.batch == 1 {
                 self.post("/v1/notifications", &notifications[0])
@@ -807,10 +841,10 @@ impl Submitter {
                 let batch = json!({ "notifications": notifications });
                 self.post("/v1/notifications/batch", &batch)
                     .await
-                    .map(|answer| batch_answers(&answer))
+                    .map(batch_answers)
             };
             let micros = started.elapsed().as_micros() as u64;
-            let answers = answers.unwrap_or_else(|e| vec![Err(e); notifications.len()]);
+            let answers = answers.unwrap_or_else(|e| (0..count).map(|_| Err(e.clone())).collect());
             for answer in answers {
                 match answer {
                     Ok(routed) => {
@@ -830,19 +864,29 @@ impl Submitter {
 
     /// Consecutive numbers go to different kinds and users; every user sees every kind. A
     /// distinct title per notification, so the dedup window never short-circuits.
-    fn notification(&self, n: u64) -> Value {
+    fn notification(&self, n: u64) -> NewNotification {
         let (kind, user) = match self.mode {
             Mode::Decisions => (KINDS[(n % 5) as usize], user((n / 5) % self.users)),
             Mode::Burst => (BURST_KIND, user(n % self.users)),
         };
-        json!({"user": user, "kind": kind, "title": format!("lt {} #{n}", self.run), "body": "load"})
+        let title = format!("lt {} #{n}", self.run);
+        NewNotification {
+            user,
+            kind,
+            title,
+            body: "load",
+        }
     }
 
     /// Posts and reads the 202's body; anything else is an error of the whole request.
-    async fn post(&self, path: &str, body: &Value) -> Result<Value, (String, String)> {
+    async fn post<T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &impl Serialize,
+    ) -> Result<T, (String, String)> {
         match self.api.call(reqwest::Method::POST, path, body).await {
             Ok(response) if response.status() == reqwest::StatusCode::ACCEPTED => response
-                .json::<Value>()
+                .json::<T>()
                 .await
                 .map_err(|e| ("answer".to_owned(), e.to_string())),
             Ok(response) => {
@@ -865,19 +909,20 @@ impl Submitter {
 }
 
 /// Each notification's answer in a batch's 202: its routes, or its error (classed by code).
-fn batch_answers(answer: &Value) -> Vec<Answer> {
-    let Some(results) = answer["results"].as_array() else {
-        let detail = format!("a batch answer without results: {answer}");
-        return vec![Err(("answer".to_owned(), detail))];
-    };
-    results
-        .iter()
-        .map(|item| match item.get("error") {
-            Some(error) => {
+fn batch_answers(answer: BatchAnswer) -> Vec<Answer> {
+    answer
+        .results
+        .into_iter()
+        .map(|item| match (item.error, item.routes) {
+            (Some(error), _) => {
                 let code = error["code"].as_str().unwrap_or("error").to_owned();
                 Err((code, error.to_string()))
             }
-            None => Ok(item.clone()),
+            (None, Some(routes)) => Ok(Routed { routes }),
+            (None, None) => Err((
+                "answer".to_owned(),
+                "an item with neither routes nor error".to_owned(),
+            )),
         })
         .collect()
 }
@@ -891,16 +936,17 @@ struct Tally {
 }
 
 impl Tally {
-    fn count_routes(&mut self, routed: &Value) {
-        if let Some(routes) = routed["routes"].as_object() {
-            for (route, state) in routes {
-                let status = state["status"].as_str().unwrap_or("?");
-                *self
-                    .routes
-                    .entry(route.clone())
-                    .or_default()
-                    .entry(status.to_owned())
-                    .or_default() += 1;
+    fn count_routes(&mut self, routed: &Routed) {
+        for (route, state) in &routed.routes {
+            let statuses = match self.routes.get_mut(route) {
+                Some(statuses) => statuses,
+                None => self.routes.entry(route.clone()).or_default(),
+            };
+            match statuses.get_mut(&state.status) {
+                Some(n) => *n += 1,
+                None => {
+                    statuses.insert(state.status.clone(), 1);
+                }
             }
         }
     }
