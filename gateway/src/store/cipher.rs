@@ -5,11 +5,11 @@
 //! associated data binds a value to where it is stored (its user and message id), so a record
 //! copied to another place does not decrypt.
 
+use super::sm4_tables::Sm4;
 use aes_gcm::aead::{Aead, AeadCore, AeadInPlace, KeyInit, Payload};
 use aes_gcm::aes::cipher::consts::U12;
 use aes_gcm::AesGcm;
 use anyhow::{bail, Context, Result};
-use sm4::Sm4;
 use std::collections::HashMap;
 
 type Sm4Gcm = AesGcm<Sm4, U12>;

@@ -12,6 +12,7 @@ pub mod cipher;
 pub mod embedded;
 pub mod record;
 pub mod redis;
+mod sm4_tables;
 
 use crate::session_handle::SessionId;
 use async_trait::async_trait;
