@@ -261,6 +261,11 @@ impl Config {
             check(value >= 1, name, "must be at least 1");
         }
         check(
+            (1 << 20..=1 << 30).contains(&n.ledger_memtable_size),
+            "notify.ledger_memtable_size",
+            "must be between 1 MiB and 1 GiB (in bytes)",
+        );
+        check(
             n.record_retention.as_secs() >= 3600,
             "notify.record_retention",
             "must be at least 1h",

@@ -207,8 +207,8 @@ pub struct Store {
     /// Embedded store: bytes of messages held in memory before they are written out as a table.
     /// Switching to a fresh memtable stalls appends for a time that grows with this size (about
     /// 40–60 ms at 64 MiB on two cores, 20 ms at 8 MiB), so it bounds the latency tail; smaller
-    /// means more tables to compact. The embedded notification ledger's keyspaces take it too,
-    /// which bounds their memory. Fixed when the data dir's store (and ledger) is created.
+    /// means more tables to compact. Fixed when the data dir's store is created. (The
+    /// notification ledger has its own, `notify.ledger_memtable_size`.)
     pub memtable_size: u64,
     /// This node's name among the nodes sharing a Redis; a random one when unset.
     pub node_id: Option<String>,

@@ -84,7 +84,7 @@ impl Gateway {
             }
             StoreBackend::Embedded => {
                 let (path, cached_users) = (data.path("notify"), config.notify.preferences_cache);
-                let memtable = config.store.memtable_size;
+                let memtable = config.notify.ledger_memtable_size;
                 Arc::new(EmbeddedLedger::open(
                     &path,
                     keys.clone(),

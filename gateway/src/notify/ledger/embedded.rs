@@ -141,7 +141,7 @@ fn from_json<T: DeserializeOwned>(bytes: &[u8], what: &str) -> Result<T, StoreEr
 impl EmbeddedLedger {
     /// `cached_users`: how many users' preferences are kept in memory (`notify.preferences_cache`);
     /// `memtable_size`: bytes each keyspace holds in memory before it is flushed
-    /// (`store.memtable_size`, fixed when the ledger is created), which bounds its memory.
+    /// (`notify.ledger_memtable_size`, fixed when the ledger is created), which bounds its memory.
     pub fn open(
         path: &Path,
         keys: Arc<KeyRing>,
