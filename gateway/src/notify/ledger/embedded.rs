@@ -27,7 +27,8 @@ use async_trait::async_trait;
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, OwnedWriteBatch, PersistMode};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
-use std::collections::HashSet;
+use std::collections::hash_map::Entry;
+use std::collections::{HashMap, HashSet};
 use std::ops::Bound;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -347,38 +348,70 @@ impl Spaces {
         Ok(())
     }
 
-    /// Joins the pending aggregated push of the user's kind, or starts one.
-    fn join_aggregate(&self, join: AggregateJoin) -> Result<(Job, bool), StoreError> {
-        let slot = joined(&join.user, &join.kind);
-        if let Some(key) = self.aggregates.get(&slot).map_err(failed)? {
-            let key = String::from_utf8_lossy(&key).into_owned();
-            if let Some(due) = self.jobs.get(&key).map_err(failed)? {
-                let due = be_u64(&due);
-                if let Some(job) = self.queue.get(queue_key(due, &key)).map_err(failed)? {
-                    let mut job: Job = from_json(&job, "aggregated job")?;
-                    job.count += 1;
-                    let mut batch = self.batch();
-                    batch.insert(&self.queue, queue_key(due, &key), to_json(&job));
-                    self.commit(batch)?;
-                    return Ok((job, false));
+    /// The aggregated push pending in `slot` (user 0 kind), with the time it is due.
+    fn pending_aggregate(&self, slot: &[u8]) -> Result<Option<(Job, u64)>, StoreError> {
+        let Some(key) = self.aggregates.get(slot).map_err(failed)? else {
+            return Ok(None);
+        };
+        let key = String::from_utf8_lossy(&key).into_owned();
+        let Some(due) = self.jobs.get(&key).map_err(failed)? else {
+            return Ok(None);
+        };
+        let due = be_u64(&due);
+        match self.queue.get(queue_key(due, &key)).map_err(failed)? {
+            Some(job) => Ok(Some((from_json(&job, "aggregated job")?, due))),
+            None => Ok(None),
+        }
+    }
+
+    /// Applies joins in order, each joining the pending aggregated push of its user's kind or
+    /// starting one, and writes what they did in one batch: a later join finds in memory the
+    /// push an earlier one started or joined.
+    fn join_aggregates(&self, joins: Vec<AggregateJoin>) -> Result<Vec<(Job, bool)>, StoreError> {
+        // By slot: the push as the joins so far left it, when it is due, and whether it is new.
+        let mut touched: HashMap<Vec<u8>, (Job, u64, bool)> = HashMap::new();
+        let mut answers = Vec::with_capacity(joins.len());
+        for join in joins {
+            let slot = joined(&join.user, &join.kind);
+            let pending = match touched.entry(slot) {
+                Entry::Occupied(entry) => entry.into_mut(),
+                Entry::Vacant(entry) => {
+                    let found = self.pending_aggregate(entry.key())?;
+                    entry.insert(match found {
+                        Some((job, due)) => (job, due, false),
+                        None => {
+                            let job = Job {
+                                notification: join.notification,
+                                route: join.route,
+                                user: join.user,
+                                attempts: 0,
+                                count: 0,
+                            };
+                            (job, join.due_ms, true)
+                        }
+                    })
                 }
+            };
+            let (job, _, new) = pending;
+            job.count += 1;
+            // Only the join that started the push owns it (its record queues it).
+            answers.push((job.clone(), *new && job.count == 1));
+        }
+        let mut batch = self.batch();
+        for (slot, (job, due, new)) in touched {
+            let key = job.key();
+            if new {
+                batch.insert(&self.aggregates, slot.clone(), key.as_bytes());
+                // Taking the job to send it frees the slot (see `take_due`): what comes after
+                // starts the next aggregate rather than joining one already sent.
+                batch.insert(&self.aggregates, joined("job", &key), slot);
+                self.enqueue(&mut batch, &job, due)?;
+            } else {
+                batch.insert(&self.queue, queue_key(due, &key), to_json(&job));
             }
         }
-        let job = Job {
-            notification: join.notification,
-            route: join.route,
-            user: join.user,
-            attempts: 0,
-            count: 1,
-        };
-        let mut batch = self.batch();
-        batch.insert(&self.aggregates, slot.clone(), job.key().as_bytes());
-        // Taking the job to send it frees the slot (see `take_due`): what comes after starts
-        // the next aggregate rather than joining one already sent.
-        batch.insert(&self.aggregates, joined("job", &job.key()), slot);
-        self.enqueue(&mut batch, &job, join.due_ms)?;
         self.commit(batch)?;
-        Ok((job, true))
+        Ok(answers)
     }
 
     fn pref<T: DeserializeOwned>(
@@ -592,12 +625,7 @@ impl Ledger for EmbeddedLedger {
     async fn aggregate(&self, joins: &[AggregateJoin]) -> Result<Vec<(Job, bool)>, StoreError> {
         let joins = joins.to_vec();
         self.run(Access::WriteBeforeCreate, move |spaces, _| {
-            // Each join is committed before the next reads, so a later one finds the push an
-            // earlier one started.
-            joins
-                .into_iter()
-                .map(|join| spaces.join_aggregate(join))
-                .collect()
+            spaces.join_aggregates(joins)
         })
         .await
     }
