@@ -8,6 +8,7 @@ use crate::store::record::{self, Content};
 use crate::store::{AppendTicket, Appended, LiveTopic, NewMessage, SharedStore, StoreError};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::histogram::Histogram;
+use serde::Serialize;
 use serde_json::Value;
 use std::sync::Arc;
 use std::time::Instant;
@@ -101,7 +102,12 @@ impl Messages {
 
     /// Queues an in-app notification into `user`'s log, delivered live on `u/{user}/notify`.
     /// `id` is the notification's id; the body carries the notification.
-    pub fn accept_notification(&self, user: &str, id: &str, body: &Value) -> Accepting {
+    pub fn accept_notification(
+        &self,
+        user: &str,
+        id: &str,
+        body: &(impl Serialize + ?Sized),
+    ) -> Accepting {
         let content = Content {
             id,
             from: None,

@@ -358,7 +358,7 @@ impl Writer {
                 from: Some(SENDER),
                 from_device: None,
                 to,
-                body: &self.body,
+                body: self.body.as_ref(),
             };
             let message = record::seal(&self.keys, to, &content, None);
             match self.store.append(vec![message]).wait().await {

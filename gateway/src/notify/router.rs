@@ -14,7 +14,7 @@ use broker_config::{
     KindRule, Notify, PreferredChannel, QiuQiuAction, QuietHoursAction, WeChatAction,
 };
 use chrono::{DateTime, Utc};
-use serde_json::json;
+use serde::Serialize;
 use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
 
@@ -73,6 +73,12 @@ pub fn dedup_key(notification: &Notification) -> String {
             format!("h:{}", hex::encode(digest))
         }
     }
+}
+
+/// The body of a notification's in-app message on `u/{user}/notify`.
+#[derive(Serialize)]
+struct InAppBody<'a> {
+    notification: &'a Notification,
 }
 
 /// What the routing needs to know about the user at the moment of the decision.
@@ -302,7 +308,7 @@ impl Router<'_> {
             .map(|((_, rule, s), &fresh)| {
                 (rule.in_app && fresh).then(|| {
                     let n = &s.notification;
-                    let body = json!({ "notification": n });
+                    let body = InAppBody { notification: n };
                     self.messages.accept_notification(&n.user, &n.id, &body)
                 })
             })

@@ -9,23 +9,24 @@ use protocol::envelope::InboxMessage;
 use serde::Serialize;
 use serde_json::Value;
 
-/// The content of a message, as sealed and as delivered (with `seq` and `ts` added).
+/// The content of a message, as sealed and as delivered (with `seq` and `ts` added). The body
+/// is any JSON: a value handed in, or a typed one serialized without building a value first.
 #[derive(Serialize)]
-pub struct Content<'a> {
+pub struct Content<'a, B: Serialize + ?Sized = Value> {
     pub id: &'a str,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub from: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub from_device: Option<&'a str>,
     pub to: &'a str,
-    pub body: &'a Value,
+    pub body: &'a B,
 }
 
 /// Seals `content` for `log`'s log.
 pub fn seal(
     keys: &KeyRing,
     log: &str,
-    content: &Content<'_>,
+    content: &Content<'_, impl Serialize + ?Sized>,
     exclude_session: Option<SessionId>,
 ) -> NewMessage {
     let plaintext = serde_json::to_vec(content).expect("message content serializes");
