@@ -261,6 +261,11 @@ impl Config {
             check(value >= 1, name, "must be at least 1");
         }
         check(
+            n.max_dedup_claims >= 2 * n.decision_batch,
+            "notify.max_dedup_claims",
+            "must be at least twice notify.decision_batch (a batch claims up to two per notification)",
+        );
+        check(
             (1 << 20..=1 << 30).contains(&n.ledger_memtable_size),
             "notify.ledger_memtable_size",
             "must be between 1 MiB and 1 GiB (in bytes)",

@@ -53,6 +53,9 @@ pub struct Notify {
     /// ~+5% at 32 MiB and ~+8% at 64 MiB against 8 MiB, for ~100 and ~250 MiB more resident
     /// under load). Fixed when the ledger is created.
     pub ledger_memtable_size: u64,
+    /// Embedded ledger: most dedup claims held at once (in memory, ~40 bytes each, for the
+    /// window they last). Past that, notifications are refused with 503 until claims expire.
+    pub max_dedup_claims: usize,
     /// Most notifications waiting for a routing batch; past that, submissions are refused with
     /// 503 (retry later) instead of piling up in memory.
     pub max_waiting: usize,
@@ -218,6 +221,7 @@ impl Default for Notify {
             max_waiting: 100_000,
             preferences_cache: 100_000,
             ledger_memtable_size: 32 << 20,
+            max_dedup_claims: 5_000_000,
             kinds,
         }
     }

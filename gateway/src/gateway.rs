@@ -83,14 +83,8 @@ impl Gateway {
                 Arc::new(RedisLedger::open(&config.store.redis_url, keys.clone(), retention).await?)
             }
             StoreBackend::Embedded => {
-                let (path, cached_users) = (data.path("notify"), config.notify.preferences_cache);
-                let memtable = config.notify.ledger_memtable_size;
-                Arc::new(EmbeddedLedger::open(
-                    &path,
-                    keys.clone(),
-                    cached_users,
-                    memtable,
-                )?)
+                let path = data.path("notify");
+                Arc::new(EmbeddedLedger::open(&path, keys.clone(), &config.notify)?)
             }
         };
         // Provider tokens and rate limits are shared by the nodes sharing a Redis.

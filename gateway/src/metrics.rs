@@ -139,6 +139,8 @@ pub struct NotifyMetrics {
     pub attempt_seconds: Family<RouteLabel, Histogram, fn() -> Histogram>,
     /// Pushes in the queue (queued, held, parked), sampled by the worker.
     pub queue_depth: Gauge,
+    /// Dedup claims the embedded ledger holds in memory, sampled by the worker.
+    pub dedup_claims: Gauge,
     /// Notifications routed together: near 1 means no load to coalesce, at
     /// `notify.decision_batch` means the router is the bottleneck.
     pub decision_batch: Histogram,
@@ -211,6 +213,7 @@ impl Metrics {
                 attempts: Family::default(),
                 attempt_seconds: Family::new_with_constructor(attempt_buckets),
                 queue_depth: Gauge::default(),
+                dedup_claims: Gauge::default(),
                 decision_batch: Histogram::new(exponential_buckets(1.0, 2.0, 13)),
             },
             record_events: Family::default(),
@@ -310,6 +313,11 @@ impl Metrics {
             "notify_queue_depth",
             "Pushes waiting in the notification queue (queued, held, parked)",
             metrics.notify.queue_depth.clone(),
+        );
+        registry.register(
+            "notify_dedup_claims",
+            "Dedup claims the embedded ledger holds in memory (notify.max_dedup_claims at most)",
+            metrics.notify.dedup_claims.clone(),
         );
         registry.register(
             "notify_decision_batch_size",

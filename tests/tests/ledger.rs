@@ -2,6 +2,7 @@
 //! the `Ledger` trait, and what only a ledger shared by several nodes must also guarantee. The
 //! Redis backend runs against a real `redis-server` started on a free port.
 
+use broker_config::Notify;
 use e2e::redis_server::RedisServer;
 use gateway::notify::ledger::embedded::EmbeddedLedger;
 use gateway::notify::ledger::redis::RedisLedger;
@@ -12,6 +13,7 @@ use gateway::notify::model::{
 };
 use gateway::session_handle::unix_millis;
 use gateway::store::cipher::KeyRing;
+use gateway::store::StoreError;
 use serde_json::json;
 use std::collections::{BTreeMap, HashSet};
 use std::io::{BufRead, BufReader, Read, Write};
@@ -34,9 +36,18 @@ struct Subject {
     _dir: Option<tempfile::TempDir>,
 }
 
+/// The embedded ledger's settings in these tests: small, as a test needs.
+fn embedded_settings() -> Notify {
+    Notify {
+        preferences_cache: 1000,
+        ledger_memtable_size: 8 << 20,
+        ..Notify::default()
+    }
+}
+
 async fn embedded_ledger() -> Subject {
     let dir = tempfile::tempdir().unwrap();
-    let ledger = EmbeddedLedger::open(dir.path(), keys(), 1000, 8 << 20).unwrap();
+    let ledger = EmbeddedLedger::open(dir.path(), keys(), &embedded_settings()).unwrap();
     Subject {
         ledger: Arc::new(ledger),
         redis: None,
@@ -818,6 +829,57 @@ async fn the_embedded_sweeper_removes_expired_claims_and_old_settled_records() {
     assert_eq!(l.by_provider_id("m-1").await.unwrap(), None);
     assert!(l.record(&pending).await.unwrap().is_some(), "still queued");
     assert!(l.record(&young).await.unwrap().is_some(), "not old enough");
+}
+
+#[tokio::test]
+async fn the_embedded_ledgers_claims_survive_a_restart_and_are_bounded() {
+    let dir = tempfile::tempdir().unwrap();
+    let settings = Notify {
+        max_dedup_claims: 4,
+        decision_batch: 2,
+        ..embedded_settings()
+    };
+    let now = unix_millis();
+    {
+        let l: Arc<dyn Ledger> =
+            Arc::new(EmbeddedLedger::open(dir.path(), keys(), &settings).unwrap());
+        assert!(claim(&l, "alice", "k:1", now, 60_000).await);
+        assert!(claim(&l, "alice", "k:2", now, 1_000).await);
+        // Claims are durable with the next create.
+        create(&l, &record("n1", "alice", &[Route::Wechat]), &[]).await;
+        assert_eq!(l.dedup_claims_held(), Some(2));
+    }
+    let l: Arc<dyn Ledger> = Arc::new(EmbeddedLedger::open(dir.path(), keys(), &settings).unwrap());
+    assert_eq!(l.dedup_claims_held(), Some(2));
+    assert!(
+        !claim(&l, "alice", "k:1", now + 1, 60_000).await,
+        "held across the restart"
+    );
+    assert!(
+        claim(&l, "alice", "k:2", now + 1_000, 60_000).await,
+        "expired"
+    );
+    assert!(claim(&l, "bob", "k:1", now + 1_000, 60_000).await);
+    assert!(claim(&l, "carol", "k:1", now + 1_000, 60_000).await);
+    let refused = l
+        .claim_dedup(
+            &[DedupClaim {
+                user: "dave".into(),
+                key: "k:1".into(),
+                by: "n9".into(),
+            }],
+            now + 1_000,
+            60_000,
+        )
+        .await;
+    assert!(
+        matches!(&refused, Err(StoreError::Unavailable(why)) if why.contains("notify.max_dedup_claims")),
+        "{refused:?}"
+    );
+    assert!(
+        claim(&l, "dave", "k:1", now + 61_000, 60_000).await,
+        "room again once claims expire"
+    );
 }
 
 #[tokio::test]

@@ -58,6 +58,9 @@ impl Worker {
     pub async fn run(self: Arc<Self>) {
         let slots = Arc::new(Semaphore::new(self.notify.concurrency));
         loop {
+            if let Some(claims) = self.ledger.dedup_claims_held() {
+                self.metrics.dedup_claims.set(claims as i64);
+            }
             let free = slots.available_permits().max(1);
             let due = self
                 .ledger

@@ -9,13 +9,14 @@
 //! - `records` id → record (JSON, sealed: it holds the notification's text)
 //! - `queue` due(8 BE) key → job (JSON); `jobs` key → due(8 BE), to find a job's queue entry
 //! - `prefs` `quiet`|`consent`|`bindings` 0 user → JSON (bindings sealed: they hold openids)
-//! - `dedup` user 0 key → claim expiry (8 BE) and the claiming notification's id (absent in
-//!   claims of earlier versions); `claim_expiry` expiry (8 BE) user 0 key → (), so the sweeper
-//!   finds expired claims without reading the live ones
+//! - `claims` expiry (8 BE) digest (16) → the claiming notification's id 0 user: the journal of
+//!   the dedup claims, which the ledger holds in memory (see [`ClaimIndex`]); the sweeper finds
+//!   expired claims at its start
 //! - `provider` provider id → notification 0 route
 //! - `aggregates` user 0 kind → key of the pending aggregated job, and `job` 0 key → that slot
 //! - `quota` quota 0 day → count (8 BE)
 
+use super::claim_index::{claim_digest, ClaimDigest, ClaimIndex};
 use super::preference_cache::PreferenceCache;
 use super::{AggregateJoin, DedupClaim, Ledger, LedgerSweep, NewRecord};
 use crate::notify::model::{
@@ -24,11 +25,12 @@ use crate::notify::model::{
 use crate::store::cipher::KeyRing;
 use crate::store::StoreError;
 use async_trait::async_trait;
+use broker_config::Notify;
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, OwnedWriteBatch, PersistMode};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use std::collections::hash_map::Entry;
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::ops::Bound;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -51,11 +53,12 @@ struct Spaces {
     queue: Keyspace,
     jobs: Keyspace,
     prefs: Keyspace,
-    dedup: Keyspace,
     provider: Keyspace,
     aggregates: Keyspace,
     quota: Keyspace,
-    claim_expiry: Keyspace,
+    claims: Keyspace,
+    /// The claims not yet expired, by digest; changed only under the write lock.
+    claim_index: Arc<Mutex<ClaimIndex>>,
 }
 
 pub struct EmbeddedLedger {
@@ -90,22 +93,26 @@ fn be_u64(bytes: &[u8]) -> u64 {
     u64::from_be_bytes(bytes.try_into().unwrap_or([0; 8]))
 }
 
-/// A `dedup` value: when the claim expires, and by whom it was taken.
-fn claim_value(expiry: u64, by: &str) -> Vec<u8> {
-    [&expiry.to_be_bytes()[..], by.as_bytes()].concat()
+/// A claim's entry in the `claims` journal: its key, and its value (claimant, user).
+fn claim_entry(expiry: u64, digest: &ClaimDigest, by: &str, user: &str) -> (Vec<u8>, Vec<u8>) {
+    let key = claim_key(expiry, digest);
+    (key, joined(by, user))
 }
 
-/// Each claim's `dedup` key, with its claimant.
-fn claim_entries(claims: &[DedupClaim]) -> Vec<(Vec<u8>, String)> {
-    claims
-        .iter()
-        .map(|c| (joined(&c.user, &c.key), c.by.clone()))
-        .collect()
+fn claim_key(expiry: u64, digest: &ClaimDigest) -> Vec<u8> {
+    [&expiry.to_be_bytes()[..], digest].concat()
 }
 
-/// The expiry and claimant of a `dedup` value.
-fn claim_parts(value: &[u8]) -> (&[u8], &[u8]) {
-    value.split_at(value.len().min(8))
+/// The expiry and digest of a `claims` key.
+fn claim_key_parts(key: &[u8]) -> Option<(u64, ClaimDigest)> {
+    let (expiry, digest) = key.split_at_checked(8)?;
+    Some((be_u64(expiry), digest.try_into().ok()?))
+}
+
+/// The claimant and user of a `claims` value.
+fn claim_value_parts(value: &[u8]) -> (&[u8], &[u8]) {
+    let split = value.iter().position(|&b| b == 0).unwrap_or(value.len());
+    (&value[..split], value.get(split + 1..).unwrap_or_default())
 }
 
 fn open_record(keys: &KeyRing, id: &str, sealed: &[u8]) -> Result<Record, StoreError> {
@@ -140,15 +147,12 @@ fn from_json<T: DeserializeOwned>(bytes: &[u8], what: &str) -> Result<T, StoreEr
 }
 
 impl EmbeddedLedger {
-    /// `cached_users`: how many users' preferences are kept in memory (`notify.preferences_cache`);
-    /// `memtable_size`: bytes each keyspace holds in memory before it is flushed
-    /// (`notify.ledger_memtable_size`, fixed when the ledger is created), which bounds its memory.
-    pub fn open(
-        path: &Path,
-        keys: Arc<KeyRing>,
-        cached_users: usize,
-        memtable_size: u64,
-    ) -> anyhow::Result<Self> {
+    /// Opens (creating when missing) the ledger in directory `path`, with what `settings` says
+    /// of its memory: `preferences_cache` users' preferences and up to `max_dedup_claims` claims
+    /// held, and `ledger_memtable_size` bytes per keyspace before it is flushed (fixed when the
+    /// ledger is created).
+    pub fn open(path: &Path, keys: Arc<KeyRing>, settings: &Notify) -> anyhow::Result<Self> {
+        let memtable_size = settings.ledger_memtable_size;
         // Two flush/compaction workers, as the message store has: under a burst of decisions a
         // table is flushed while another compaction runs, instead of after it (+3-7% decisions/s).
         let db = Database::builder(path)
@@ -162,18 +166,21 @@ impl EmbeddedLedger {
             written: Arc::new(AtomicU64::new(0)),
             synced: Arc::new(AtomicU64::new(0)),
             syncing: Arc::new(Mutex::new(())),
-            preferences: Arc::new(PreferenceCache::new(cached_users)),
+            preferences: Arc::new(PreferenceCache::new(settings.preferences_cache)),
             records: space("records")?,
             queue: space("queue")?,
             jobs: space("jobs")?,
             prefs: space("prefs")?,
-            dedup: space("dedup")?,
             provider: space("provider")?,
             aggregates: space("aggregates")?,
             quota: space("quota")?,
-            claim_expiry: space("claim_expiry")?,
+            claims: space("claims")?,
+            claim_index: Arc::new(Mutex::new(ClaimIndex::new(settings.max_dedup_claims))),
             db,
         };
+        let now_ms = crate::session_handle::unix_millis();
+        spaces.migrate_claims(now_ms)?;
+        spaces.load_claims(now_ms)?;
         Ok(Self {
             spaces,
             keys,
@@ -253,6 +260,57 @@ impl Spaces {
         Ok(())
     }
 
+    /// Holds in memory the claims of the journal that have not expired by `now_ms`.
+    fn load_claims(&self, now_ms: u64) -> anyhow::Result<()> {
+        let mut index = self.claim_index.lock().expect("claim index lock");
+        let start = now_ms.saturating_add(1).to_be_bytes();
+        for entry in self.claims.range(start..) {
+            let key = entry.key()?;
+            if let Some((expiry, digest)) = claim_key_parts(&key) {
+                index.hold(digest, expiry);
+            }
+        }
+        Ok(())
+    }
+
+    /// Moves the live claims of a ledger written before the `claims` journal (a `dedup`
+    /// keyspace of user 0 key → expiry and claimant, and a `claim_expiry` index of expiry user 0
+    /// key → ()) into the journal, and removes the two keyspaces.
+    fn migrate_claims(&self, now_ms: u64) -> anyhow::Result<()> {
+        if !self.db.keyspace_exists("dedup") {
+            return Ok(());
+        }
+        let options = KeyspaceCreateOptions::default;
+        let (dedup, index) = (
+            self.db.keyspace("dedup", options)?,
+            self.db.keyspace("claim_expiry", options)?,
+        );
+        let mut batch = self.batch();
+        let start = now_ms.saturating_add(1).to_be_bytes();
+        for entry in index.range(start..) {
+            let key = entry.key()?;
+            let (expiry, claim) = key.split_at(8);
+            let Some(split) = claim.iter().position(|&b| b == 0) else {
+                continue;
+            };
+            let user = String::from_utf8_lossy(&claim[..split]);
+            let content = String::from_utf8_lossy(&claim[split + 1..]);
+            let by = dedup
+                .get(claim)?
+                .map(|value| {
+                    String::from_utf8_lossy(value.get(8..).unwrap_or_default()).into_owned()
+                })
+                .unwrap_or_default();
+            let digest = claim_digest(&user, &content);
+            let (key, value) = claim_entry(be_u64(expiry), &digest, &by, &user);
+            batch.insert(&self.claims, key, value);
+        }
+        batch.durability(Some(PersistMode::SyncAll)).commit()?;
+        self.db.delete_keyspace(dedup)?;
+        self.db.delete_keyspace(index)?;
+        Ok(())
+    }
+
     fn record(&self, keys: &KeyRing, id: &str) -> Result<Option<Record>, StoreError> {
         let Some(sealed) = self.records.get(id).map_err(failed)? else {
             return Ok(None);
@@ -260,21 +318,22 @@ impl Spaces {
         open_record(keys, id, &sealed).map(Some)
     }
 
-    /// Removes up to `limit` claims expired by `now_ms` (those claimed again since keep their
-    /// new expiry); returns how many it removed and whether there may be more.
+    /// Removes up to `limit` claims expired by `now_ms` from the journal (and from memory, if
+    /// still there); returns how many it removed, not counting the entries of contents claimed
+    /// again since, and whether there may be more.
     fn sweep_claims(&self, now_ms: u64, limit: usize) -> Result<(u64, bool), StoreError> {
         let (mut batch, mut seen, mut removed) = (self.batch(), 0, 0);
-        let end = now_ms.saturating_add(1).to_be_bytes().to_vec();
-        for entry in self.claim_expiry.range(..end).take(limit) {
+        let mut index = self.claim_index.lock().expect("claim index lock");
+        let end = now_ms.saturating_add(1).to_be_bytes();
+        for entry in self.claims.range(..end).take(limit) {
             let key = entry.key().map_err(failed)?;
             seen += 1;
-            let (expiry, claim) = key.split_at(8);
-            let current = self.dedup.get(claim).map_err(failed)?;
-            if current.is_some_and(|current| claim_parts(&current).0 == expiry) {
-                batch.remove(&self.dedup, claim.to_vec());
-                removed += 1;
+            if let Some((expiry, digest)) = claim_key_parts(&key) {
+                let claimed_again = index.expiry(&digest).is_some_and(|held| held > expiry);
+                index.drop_claim(&digest, expiry);
+                removed += u64::from(!claimed_again);
             }
-            batch.remove(&self.claim_expiry, key.to_vec());
+            batch.remove(&self.claims, key);
         }
         self.commit(batch)?;
         Ok((removed, seen == limit))
@@ -482,25 +541,33 @@ impl Ledger for EmbeddedLedger {
         if window_ms == 0 {
             return Ok(vec![true; claims.len()]);
         }
-        let claims = claim_entries(claims);
+        let claims = claims.to_vec();
         self.run(Access::WriteBeforeCreate, move |spaces, _| {
+            let mut index = spaces.claim_index.lock().expect("claim index lock");
+            index
+                .make_room(claims.len(), now_ms, window_ms)
+                .map_err(|full| {
+                    StoreError::Unavailable(format!(
+                        "{} dedup claims are held, the most allowed (notify.max_dedup_claims): retry later",
+                        full.0
+                    ))
+                })?;
             let mut batch = spaces.batch();
-            let mut claimed = HashSet::new();
-            let mut fresh = Vec::with_capacity(claims.len());
             let expiry = now_ms + window_ms;
-            for (claim, by) in claims {
-                let held = match spaces.dedup.get(&claim).map_err(failed)? {
-                    Some(value) => be_u64(claim_parts(&value).0) > now_ms,
-                    None => false,
-                };
-                let first = !held && claimed.insert(claim.clone());
-                if first {
-                    let expiry_key = [&expiry.to_be_bytes()[..], &claim].concat();
-                    batch.insert(&spaces.claim_expiry, expiry_key, []);
-                    batch.insert(&spaces.dedup, claim, claim_value(expiry, &by));
-                }
-                fresh.push(first);
-            }
+            let fresh = claims
+                .iter()
+                .map(|claim| {
+                    let digest = claim_digest(&claim.user, &claim.key);
+                    // A content earlier in the batch is held by now too.
+                    let first = !index.held(&digest, now_ms);
+                    if first {
+                        index.hold(digest, expiry);
+                        let (key, value) = claim_entry(expiry, &digest, &claim.by, &claim.user);
+                        batch.insert(&spaces.claims, key, value);
+                    }
+                    first
+                })
+                .collect();
             spaces.commit(batch)?;
             Ok(fresh)
         })
@@ -508,17 +575,22 @@ impl Ledger for EmbeddedLedger {
     }
 
     async fn release_dedup(&self, claims: &[DedupClaim]) -> Result<(), StoreError> {
-        let claims = claim_entries(claims);
+        let claims = claims.to_vec();
         self.run(Access::Write, move |spaces, _| {
+            let mut index = spaces.claim_index.lock().expect("claim index lock");
             let mut batch = spaces.batch();
-            for (claim, by) in claims {
-                let Some(value) = spaces.dedup.get(&claim).map_err(failed)? else {
+            for claim in claims {
+                let digest = claim_digest(&claim.user, &claim.key);
+                let Some(expiry) = index.expiry(&digest) else {
                     continue;
                 };
-                let (expiry, claimant) = claim_parts(&value);
-                if claimant == by.as_bytes() {
-                    batch.remove(&spaces.claim_expiry, [expiry, &claim].concat());
-                    batch.remove(&spaces.dedup, claim);
+                let key = claim_key(expiry, &digest);
+                let Some(value) = spaces.claims.get(&key).map_err(failed)? else {
+                    continue;
+                };
+                if claim_value_parts(&value).0 == claim.by.as_bytes() {
+                    index.drop_claim(&digest, expiry);
+                    batch.remove(&spaces.claims, key);
                 }
             }
             spaces.commit(batch)
@@ -759,6 +831,11 @@ impl Ledger for EmbeddedLedger {
         .await
     }
 
+    fn dedup_claims_held(&self) -> Option<u64> {
+        let index = self.spaces.claim_index.lock().expect("claim index lock");
+        Some(index.len() as u64)
+    }
+
     async fn queue_depth(&self) -> Result<u64, StoreError> {
         Ok(self.spaces.jobs.approximate_len() as u64)
     }
@@ -799,11 +876,20 @@ impl Ledger for EmbeddedLedger {
             for kind in ["quiet", "consent", "bindings"] {
                 batch.remove(&spaces.prefs, joined(kind, &user));
             }
-            let prefix = joined(&user, "");
-            for space in [&spaces.dedup, &spaces.aggregates] {
-                for entry in space.prefix(&prefix) {
-                    batch.remove(space, entry.key().map_err(failed)?);
+            for entry in spaces.aggregates.prefix(joined(&user, "")) {
+                batch.remove(&spaces.aggregates, entry.key().map_err(failed)?);
+            }
+            // The journal is not kept by user: the user's claims are found among all of them.
+            let mut index = spaces.claim_index.lock().expect("claim index lock");
+            for entry in spaces.claims.iter() {
+                let (key, value) = entry.into_inner().map_err(failed)?;
+                if claim_value_parts(&value).1 != user.as_bytes() {
+                    continue;
                 }
+                if let Some((expiry, digest)) = claim_key_parts(&key) {
+                    index.drop_claim(&digest, expiry);
+                }
+                batch.remove(&spaces.claims, key);
             }
             for entry in spaces.queue.iter() {
                 let (key, value) = entry.into_inner().map_err(failed)?;
@@ -818,5 +904,60 @@ impl Ledger for EmbeddedLedger {
             Ok(())
         })
         .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A ledger written before the claims journal kept claims in a `dedup` keyspace with a
+    /// `claim_expiry` index: its live claims hold on after the upgrade, and both are removed.
+    #[tokio::test]
+    async fn claims_of_the_earlier_layout_are_moved_into_the_journal() {
+        let dir = tempfile::tempdir().unwrap();
+        let now = crate::session_handle::unix_millis();
+        {
+            let db = Database::builder(dir.path()).open().unwrap();
+            let dedup = db
+                .keyspace("dedup", KeyspaceCreateOptions::default)
+                .unwrap();
+            let index = db
+                .keyspace("claim_expiry", KeyspaceCreateOptions::default)
+                .unwrap();
+            for (user, expiry) in [("alice", now + 60_000), ("bob", now - 1)] {
+                let claim = joined(user, "k:1");
+                let value = [&expiry.to_be_bytes()[..], b"n1"].concat();
+                dedup.insert(&claim, value).unwrap();
+                index
+                    .insert([&expiry.to_be_bytes()[..], &claim].concat(), [])
+                    .unwrap();
+            }
+            db.persist(PersistMode::SyncAll).unwrap();
+        }
+        let keys = KeyRing::new(&["k1:000102030405060708090a0b0c0d0e0f".into()]).unwrap();
+        let ledger = EmbeddedLedger::open(dir.path(), Arc::new(keys), &Notify::default()).unwrap();
+        assert!(!ledger.spaces.db.keyspace_exists("dedup"));
+        assert!(!ledger.spaces.db.keyspace_exists("claim_expiry"));
+        assert_eq!(ledger.dedup_claims_held(), Some(1), "bob's had expired");
+        let claim = |user: &str, by: &str| DedupClaim {
+            user: user.into(),
+            key: "k:1".into(),
+            by: by.into(),
+        };
+        let fresh = ledger
+            .claim_dedup(&[claim("alice", "n2"), claim("bob", "n2")], now, 60_000)
+            .await
+            .unwrap();
+        assert_eq!(fresh, [false, true]);
+        ledger.release_dedup(&[claim("alice", "n1")]).await.unwrap();
+        assert_eq!(
+            ledger
+                .claim_dedup(&[claim("alice", "n3")], now, 60_000)
+                .await
+                .unwrap(),
+            [true],
+            "released by its claimant, named in the earlier layout"
+        );
     }
 }

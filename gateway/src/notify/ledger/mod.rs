@@ -2,6 +2,7 @@
 //! users' preferences and bindings, dedup claims and daily quotas. One trait, one file per
 //! backend, as the message store has.
 
+mod claim_index;
 pub mod embedded;
 mod preference_cache;
 pub mod redis;
@@ -121,6 +122,12 @@ pub trait Ledger: Send + Sync + 'static {
     /// Pushes waiting in the queue, for a gauge: exact on Redis, an estimate on the embedded
     /// ledger (its LSM keyspace counts removed entries until they are compacted away).
     async fn queue_depth(&self) -> Result<u64, StoreError>;
+
+    /// Dedup claims held in memory, for a gauge: the embedded ledger's (see its claim index);
+    /// none where the store keeps them (Redis).
+    fn dedup_claims_held(&self) -> Option<u64> {
+        None
+    }
 
     /// Removes the dedup claims expired by `now_ms`, and the records of notifications made
     /// before `records_before_ms` whose routes are all settled, with their provider ids: what
