@@ -170,7 +170,7 @@ async fn create<L: Ledger + ?Sized>(l: &Arc<L>, record: &Record, jobs: &[(Job, u
         record: record.clone(),
         jobs: jobs.to_vec(),
     };
-    l.create(&[new]).await.unwrap()
+    l.create(vec![new]).await.unwrap();
 }
 
 async fn aggregate<L: Ledger + ?Sized>(
@@ -320,7 +320,7 @@ async fn records_created_together_are_all_stored(s: Subject) {
             }
         })
         .collect();
-    s.ledger.create(&records).await.unwrap();
+    s.ledger.create(records.clone()).await.unwrap();
     for new in &records {
         let id = &new.record.notification.id;
         assert_eq!(

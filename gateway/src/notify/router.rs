@@ -187,20 +187,24 @@ impl Router<'_> {
             }
         }
         let created = if records.is_empty() {
-            Ok(())
+            Ok(Vec::new())
         } else {
-            self.ledger.create(&records).await
+            self.ledger.create(records).await
         };
-        for (i, new) in answers.into_iter().zip(records) {
-            results[i] = Some(match &created {
-                Ok(()) => {
-                    for (route, state) in &new.record.routes {
+        match created {
+            Ok(stored) => {
+                for (i, record) in answers.into_iter().zip(stored) {
+                    for (route, state) in &record.routes {
                         self.metrics.count(route.as_str(), state.status.as_str());
                     }
-                    Ok(new.record)
+                    results[i] = Some(Ok(record));
                 }
-                Err(e) => Err(e.clone().into()),
-            });
+            }
+            Err(e) => {
+                for i in answers {
+                    results[i] = Some(Err(e.clone().into()));
+                }
+            }
         }
         if let Ok(claimed) = claimed {
             self.release_failed(&known, claimed, &results).await;

@@ -598,27 +598,29 @@ impl Ledger for EmbeddedLedger {
         .await
     }
 
-    async fn create(&self, records: &[NewRecord]) -> Result<(), StoreError> {
-        let records = records.to_vec();
+    async fn create(&self, records: Vec<NewRecord>) -> Result<Vec<Record>, StoreError> {
         // Sealing is most of the work: done before taking the write lock, which other batches
         // and the sending worker wait for.
-        let sealed = self
+        let (sealed, records) = self
             .run(Access::Read, move |_, keys| {
-                Ok(records
-                    .into_iter()
-                    .map(|new| (sealed_record(keys, &new.record), new.jobs))
-                    .collect::<Vec<_>>())
+                let sealed: Vec<_> = (records.iter())
+                    .map(|new| sealed_record(keys, &new.record))
+                    .collect();
+                Ok((sealed, records))
             })
             .await?;
         self.run(Access::Write, move |spaces, _| {
             let mut batch = spaces.batch();
-            for ((id, record), jobs) in sealed {
+            let mut stored = Vec::with_capacity(records.len());
+            for ((id, record), new) in sealed.into_iter().zip(records) {
                 batch.insert(&spaces.records, id, record);
-                for (job, due) in &jobs {
+                for (job, due) in &new.jobs {
                     spaces.enqueue_new(&mut batch, job, *due);
                 }
+                stored.push(new.record);
             }
-            spaces.commit(batch)
+            spaces.commit(batch)?;
+            Ok(stored)
         })
         .await
     }

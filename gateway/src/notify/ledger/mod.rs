@@ -65,8 +65,10 @@ pub trait Ledger: Send + Sync + 'static {
     /// A claim held by another notification now (taken after this one expired) is kept.
     async fn release_dedup(&self, claims: &[DedupClaim]) -> Result<(), StoreError>;
 
-    /// Stores new records and queues their jobs, all in one durable write.
-    async fn create(&self, records: &[NewRecord]) -> Result<(), StoreError>;
+    /// Stores new records and queues their jobs, all in one durable write; gives the records
+    /// back once stored (a backend that writes on another thread takes them there and back
+    /// rather than copying them).
+    async fn create(&self, records: Vec<NewRecord>) -> Result<Vec<Record>, StoreError>;
 
     async fn record(&self, id: &str) -> Result<Option<Record>, StoreError>;
 

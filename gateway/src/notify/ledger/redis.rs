@@ -485,10 +485,10 @@ impl Ledger for RedisLedger {
         bounded(pipe.query_async(&mut self.redis.clone())).await
     }
 
-    async fn create(&self, records: &[NewRecord]) -> Result<(), StoreError> {
+    async fn create(&self, records: Vec<NewRecord>) -> Result<Vec<Record>, StoreError> {
         let mut pipe = redis::pipe();
         pipe.atomic();
-        for new in records {
+        for new in &records {
             let record = &new.record;
             pipe.cmd("SET")
                 .arg(record_key(&record.notification.id))
@@ -506,7 +506,8 @@ impl Ledger for RedisLedger {
                     .ignore();
             }
         }
-        bounded(pipe.exec_async(&mut self.redis.clone())).await
+        bounded(pipe.exec_async(&mut self.redis.clone())).await?;
+        Ok(records.into_iter().map(|new| new.record).collect())
     }
 
     async fn record(&self, id: &str) -> Result<Option<Record>, StoreError> {
