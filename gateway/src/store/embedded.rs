@@ -178,10 +178,21 @@ fn open_value(
     record::open(keys, user, seq, be_u64(hlc), record)
 }
 
+/// Opens (creating when missing) a fjall database, the message store's or the notification
+/// ledger's, with one flush/compaction worker.
+///
+/// One, not two: with more than one, fjall 3.1's first worker hands every compaction request it
+/// receives back to the queue for the others, and while the others are busy it takes that same
+/// request again at once, a busy loop for as long as a compaction runs (16% of a core while
+/// routing notifications). One worker flushes after a compaction rather than beside it, and
+/// measured better: durable pub/sub +10% msg/s at the same p99, routing -6% CPU per decision.
+pub fn open_database(path: &Path) -> fjall::Result<Database> {
+    Database::builder(path).worker_threads(1).open()
+}
+
 impl Keyspaces {
     fn open(path: &Path, memtable_size: u64) -> fjall::Result<Self> {
-        // Two flush/compaction workers: the machine this runs on may have as few cores.
-        let db = Database::builder(path).worker_threads(2).open()?;
+        let db = open_database(path)?;
         // Appends wait while fjall switches to a fresh memtable, for a time that grows with the
         // memtable (see `store.memtable_size`): its size bounds the latency tail.
         let options = || KeyspaceCreateOptions::default().max_memtable_size(memtable_size);

@@ -1,6 +1,6 @@
 //! Durable storage of every user's message log and every device's cursor.
 //!
-//! One trait, [`Store`], and one file per backend: [`embedded`] (redb in the data dir, the
+//! One trait, [`Store`], and one file per backend: [`embedded`] (fjall in the data dir, the
 //! default) and [`redis`] (for several nodes sharing one Redis). Both pass the same conformance
 //! suite (`tests/tests/store.rs`).
 //!

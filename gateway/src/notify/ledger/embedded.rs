@@ -23,6 +23,7 @@ use crate::notify::model::{
     Bindings, Consent, Job, Preferences, QuietHours, Record, Route, RouteState,
 };
 use crate::store::cipher::KeyRing;
+use crate::store::embedded::open_database;
 use crate::store::StoreError;
 use async_trait::async_trait;
 use broker_config::Notify;
@@ -153,11 +154,7 @@ impl EmbeddedLedger {
     /// ledger is created).
     pub fn open(path: &Path, keys: Arc<KeyRing>, settings: &Notify) -> anyhow::Result<Self> {
         let memtable_size = settings.ledger_memtable_size;
-        // Two flush/compaction workers, as the message store has: under a burst of decisions a
-        // table is flushed while another compaction runs, instead of after it (+3-7% decisions/s).
-        let db = Database::builder(path)
-            .worker_threads(2)
-            .open()
+        let db = open_database(path)
             .map_err(|e| anyhow::anyhow!("cannot open the ledger {}: {e}", path.display()))?;
         let options = || KeyspaceCreateOptions::default().max_memtable_size(memtable_size);
         let space = |name: &str| db.keyspace(name, options);
