@@ -7,6 +7,23 @@ use anyhow::{Context, Result};
 /// gateway's CPU under load.
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+/// mimalloc's `mi_option_purge_delay` (mimalloc.h, v3): how long freed memory is kept before it
+/// is returned to the system.
+const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
+
+/// Freed memory is returned to the system after a second instead of mimalloc's 10 ms: under load
+/// the gateway frees and reallocates the same memory (request buffers, batches, memtables) again
+/// within milliseconds, and each return made the next use fault the pages in and zero them again,
+/// ~6% of its CPU while routing notifications (+7% decisions/s in alternated runs, the same
+/// resident memory). `MIMALLOC_PURGE_DELAY` in the environment still decides when set.
+fn delay_returning_memory() {
+    if std::env::var_os("MIMALLOC_PURGE_DELAY").is_none() {
+        // SAFETY: sets an option of the allocator this program runs on, before any thread
+        // but this one exists; the option is read on every purge and may change at any time.
+        unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, 1000) };
+    }
+}
 use broker_config::Config;
 use clap::{Parser, Subcommand};
 use gateway::data_dir::DataDir;
@@ -84,6 +101,7 @@ fn parse_platform(s: &str) -> Result<Platform, String> {
 }
 
 fn main() -> ExitCode {
+    delay_returning_memory();
     let cli = Cli::parse();
     match run(cli) {
         Ok(code) => code,
