@@ -7,13 +7,15 @@
 //!
 //! Keyspaces (ids never contain a 0 byte):
 //! - `records` id → record (JSON, sealed: it holds the notification's text)
-//! - `queue` due(8 BE) key → job (JSON); `jobs` key → due(8 BE), to find a job's queue entry
+//! - `queue` due(8 BE) key → job (JSON); where a job taken to be sent stands in it is held in
+//!   memory until the job is settled (see [`Spaces::leased`])
 //! - `prefs` `quiet`|`consent`|`bindings` 0 user → JSON (bindings sealed: they hold openids)
 //! - `claims` expiry (8 BE) digest (16) → the claiming notification's id 0 user: the journal of
 //!   the dedup claims, which the ledger holds in memory (see [`ClaimIndex`]); the sweeper finds
 //!   expired claims at its start
 //! - `provider` provider id → notification 0 route
-//! - `aggregates` user 0 kind → key of the pending aggregated job, and `job` 0 key → that slot
+//! - `aggregates` user 0 kind → due (8 BE) and key of the pending aggregated job, and `job` 0
+//!   key → that slot
 //! - `quota` quota 0 day → count (8 BE)
 
 use super::claim_index::{claim_digest, ClaimDigest, ClaimIndex};
@@ -48,11 +50,14 @@ struct Spaces {
     written: Arc<AtomicU64>,
     synced: Arc<AtomicU64>,
     syncing: Arc<Mutex<()>>,
+    /// Where each job taken by `take_due` and not yet settled stands in the queue (its lease's
+    /// end), by key: settling it finds its entry here instead of in an index written with every
+    /// job. Changed only under the write lock; as many as the worker holds at once.
+    leased: Arc<Mutex<HashMap<String, u64>>>,
     preferences: Arc<PreferenceCache>,
     db: Database,
     records: Keyspace,
     queue: Keyspace,
-    jobs: Keyspace,
     prefs: Keyspace,
     provider: Keyspace,
     aggregates: Keyspace,
@@ -163,10 +168,10 @@ impl EmbeddedLedger {
             written: Arc::new(AtomicU64::new(0)),
             synced: Arc::new(AtomicU64::new(0)),
             syncing: Arc::new(Mutex::new(())),
+            leased: Arc::new(Mutex::new(HashMap::new())),
             preferences: Arc::new(PreferenceCache::new(settings.preferences_cache)),
             records: space("records")?,
             queue: space("queue")?,
-            jobs: space("jobs")?,
             prefs: space("prefs")?,
             provider: space("provider")?,
             aggregates: space("aggregates")?,
@@ -177,6 +182,7 @@ impl EmbeddedLedger {
         };
         let now_ms = crate::session_handle::unix_millis();
         spaces.migrate_claims(now_ms)?;
+        spaces.migrate_jobs_index()?;
         spaces.load_claims(now_ms)?;
         Ok(Self {
             spaces,
@@ -308,6 +314,29 @@ impl Spaces {
         Ok(())
     }
 
+    /// Rewrites a ledger written when every job had an entry in a `jobs` index (key → due):
+    /// each pending aggregate's slot gets its job's due, and the index is removed.
+    fn migrate_jobs_index(&self) -> anyhow::Result<()> {
+        if !self.db.keyspace_exists("jobs") {
+            return Ok(());
+        }
+        let jobs = self.db.keyspace("jobs", KeyspaceCreateOptions::default)?;
+        let mut batch = self.batch();
+        for entry in self.aggregates.iter() {
+            let (slot, key) = entry.into_inner()?;
+            if slot.starts_with(b"job\0") {
+                continue;
+            }
+            match jobs.get(&key)? {
+                Some(due) => batch.insert(&self.aggregates, slot, [&due[..], &key].concat()),
+                None => batch.remove(&self.aggregates, slot),
+            }
+        }
+        batch.durability(Some(PersistMode::SyncAll)).commit()?;
+        self.db.delete_keyspace(jobs)?;
+        Ok(())
+    }
+
     fn record(&self, keys: &KeyRing, id: &str) -> Result<Option<Record>, StoreError> {
         let Some(sealed) = self.records.get(id).map_err(failed)? else {
             return Ok(None);
@@ -379,43 +408,30 @@ impl Spaces {
         batch.insert(&self.records, id, sealed);
     }
 
-    /// Queues `job` for `due`, moving it if it is queued already.
-    fn enqueue(&self, batch: &mut OwnedWriteBatch, job: &Job, due: u64) -> Result<(), StoreError> {
-        let key = job.key();
-        if let Some(old) = self.jobs.get(&key).map_err(failed)? {
-            batch.remove(&self.queue, queue_key(be_u64(&old), &key));
-        }
-        self.enqueue_new(batch, job, due);
-        Ok(())
-    }
-
-    /// Queues a job known not to be queued (a new notification's): no lookup.
-    fn enqueue_new(&self, batch: &mut OwnedWriteBatch, job: &Job, due: u64) {
-        let key = job.key();
-        batch.insert(&self.queue, queue_key(due, &key), to_json(job));
-        batch.insert(&self.jobs, key, due.to_be_bytes());
+    /// Queues a job that is not in the queue (a new notification's, or one taken and settled).
+    fn enqueue(&self, batch: &mut OwnedWriteBatch, job: &Job, due: u64) {
+        batch.insert(&self.queue, queue_key(due, &job.key()), to_json(job));
         self.floor.fetch_min(due, Ordering::AcqRel);
     }
 
-    fn dequeue(&self, batch: &mut OwnedWriteBatch, job: &Job) -> Result<(), StoreError> {
+    /// Takes a job taken by `take_due` out of the queue (its lease's entry).
+    fn dequeue_leased(&self, batch: &mut OwnedWriteBatch, job: &Job) {
         let key = job.key();
-        if let Some(old) = self.jobs.get(&key).map_err(failed)? {
-            batch.remove(&self.queue, queue_key(be_u64(&old), &key));
+        let leased = self.leased.lock().expect("leased jobs lock").remove(&key);
+        if let Some(until) = leased {
+            batch.remove(&self.queue, queue_key(until, &key));
         }
-        batch.remove(&self.jobs, key.as_str());
-        Ok(())
     }
 
     /// The aggregated push pending in `slot` (user 0 kind), with the time it is due.
     fn pending_aggregate(&self, slot: &[u8]) -> Result<Option<(Job, u64)>, StoreError> {
-        let Some(key) = self.aggregates.get(slot).map_err(failed)? else {
+        let Some(value) = self.aggregates.get(slot).map_err(failed)? else {
             return Ok(None);
         };
-        let key = String::from_utf8_lossy(&key).into_owned();
-        let Some(due) = self.jobs.get(&key).map_err(failed)? else {
+        let Some((due, key)) = value.split_at_checked(8) else {
             return Ok(None);
         };
-        let due = be_u64(&due);
+        let (due, key) = (be_u64(due), String::from_utf8_lossy(key));
         match self.queue.get(queue_key(due, &key)).map_err(failed)? {
             Some(job) => Ok(Some((from_json(&job, "aggregated job")?, due))),
             None => Ok(None),
@@ -459,11 +475,12 @@ impl Spaces {
         for (slot, (job, due, new)) in touched {
             let key = job.key();
             if new {
-                batch.insert(&self.aggregates, slot.clone(), key.as_bytes());
+                let pending = [&due.to_be_bytes()[..], key.as_bytes()].concat();
+                batch.insert(&self.aggregates, slot.clone(), pending);
                 // Taking the job to send it frees the slot (see `take_due`): what comes after
                 // starts the next aggregate rather than joining one already sent.
                 batch.insert(&self.aggregates, joined("job", &key), slot);
-                self.enqueue(&mut batch, &job, due)?;
+                self.enqueue(&mut batch, &job, due);
             } else {
                 batch.insert(&self.queue, queue_key(due, &key), to_json(&job));
             }
@@ -612,7 +629,7 @@ impl Ledger for EmbeddedLedger {
             for ((id, record), new) in sealed.into_iter().zip(records) {
                 batch.insert(&spaces.records, id, record);
                 for (job, due) in &new.jobs {
-                    spaces.enqueue_new(&mut batch, job, *due);
+                    spaces.enqueue(&mut batch, job, *due);
                 }
                 stored.push(new.record);
             }
@@ -637,7 +654,7 @@ impl Ledger for EmbeddedLedger {
         self.run(Access::Write, move |spaces, _| {
             let floor = spaces.floor.load(Ordering::Acquire);
             let mut due = Vec::new();
-            let mut last_due = floor;
+            let (mut last_due, mut entries) = (floor, Vec::new());
             for entry in spaces
                 .queue
                 .range(queue_key(floor, "")..=queue_key(now_ms, "\u{7f}"))
@@ -646,6 +663,7 @@ impl Ledger for EmbeddedLedger {
                 let (key, value) = entry.into_inner().map_err(failed)?;
                 last_due = be_u64(&key[..8]);
                 due.push(from_json::<Job>(&value, "queued job")?);
+                entries.push(key);
             }
             // Everything due before `last_due` was taken; with fewer than `limit`, everything
             // due by now was.
@@ -659,8 +677,12 @@ impl Ledger for EmbeddedLedger {
                 return Ok(due);
             }
             let mut batch = spaces.batch();
-            for job in &due {
-                spaces.enqueue(&mut batch, job, now_ms + lease_ms)?;
+            let mut leased = spaces.leased.lock().expect("leased jobs lock");
+            let until = now_ms + lease_ms;
+            for (job, entry) in due.iter().zip(entries) {
+                batch.remove(&spaces.queue, entry);
+                spaces.enqueue(&mut batch, job, until);
+                leased.insert(job.key(), until);
                 let reverse = joined("job", &job.key());
                 if let Some(slot) = spaces.aggregates.get(&reverse).map_err(failed)? {
                     batch.remove(&spaces.aggregates, slot);
@@ -686,9 +708,9 @@ impl Ledger for EmbeddedLedger {
                 record.routes.insert(job.route, state);
                 spaces.put_record(&mut batch, keys, &record);
             }
-            match next_due {
-                Some(due) => spaces.enqueue(&mut batch, &job, due)?,
-                None => spaces.dequeue(&mut batch, &job)?,
+            spaces.dequeue_leased(&mut batch, &job);
+            if let Some(due) = next_due {
+                spaces.enqueue(&mut batch, &job, due);
             }
             spaces.commit(batch)
         })
@@ -836,7 +858,7 @@ impl Ledger for EmbeddedLedger {
     }
 
     async fn queue_depth(&self) -> Result<u64, StoreError> {
-        Ok(self.spaces.jobs.approximate_len() as u64)
+        Ok(self.spaces.queue.approximate_len() as u64)
     }
 
     async fn sweep(&self, now_ms: u64, records_before_ms: u64) -> Result<LedgerSweep, StoreError> {
@@ -895,7 +917,11 @@ impl Ledger for EmbeddedLedger {
                 let job: Job = from_json(&value, "queued job")?;
                 if job.user == user {
                     batch.remove(&spaces.queue, key);
-                    batch.remove(&spaces.jobs, job.key().as_str());
+                    spaces
+                        .leased
+                        .lock()
+                        .expect("leased jobs lock")
+                        .remove(&job.key());
                 }
             }
             spaces.commit(batch)?;
@@ -958,5 +984,49 @@ mod tests {
             [true],
             "released by its claimant, named in the earlier layout"
         );
+    }
+
+    /// A ledger written when every job had an entry in a `jobs` index: its pending aggregate
+    /// is still joined, and taken when due.
+    #[tokio::test]
+    async fn aggregates_of_the_earlier_layout_are_still_joined() {
+        use crate::notify::model::Route;
+        let dir = tempfile::tempdir().unwrap();
+        let job = Job {
+            notification: "n1".into(),
+            route: Route::Qiuqiu,
+            user: "alice".into(),
+            attempts: 0,
+            count: 1,
+        };
+        {
+            let db = Database::builder(dir.path()).open().unwrap();
+            let space = |name| db.keyspace(name, KeyspaceCreateOptions::default).unwrap();
+            let (aggregates, queue, jobs) = (space("aggregates"), space("queue"), space("jobs"));
+            let slot = joined("alice", "friend_request");
+            aggregates.insert(&slot, job.key()).unwrap();
+            aggregates.insert(joined("job", &job.key()), &slot).unwrap();
+            queue
+                .insert(queue_key(500, &job.key()), to_json(&job))
+                .unwrap();
+            jobs.insert(job.key(), 500u64.to_be_bytes()).unwrap();
+            db.persist(PersistMode::SyncAll).unwrap();
+        }
+        let keys = KeyRing::new(&["k1:000102030405060708090a0b0c0d0e0f".into()]).unwrap();
+        let ledger = EmbeddedLedger::open(dir.path(), Arc::new(keys), &Notify::default()).unwrap();
+        assert!(!ledger.spaces.db.keyspace_exists("jobs"));
+        let join = AggregateJoin {
+            user: "alice".into(),
+            kind: "friend_request".into(),
+            notification: "n2".into(),
+            route: Route::Qiuqiu,
+            due_ms: 900,
+        };
+        let joined = ledger.aggregate(&[join]).await.unwrap();
+        assert_eq!(joined[0].0.notification, "n1");
+        assert_eq!((joined[0].0.count, joined[0].1), (2, false));
+        let taken = ledger.take_due(500, 10, 1000).await.unwrap();
+        assert_eq!(taken.len(), 1);
+        assert_eq!((taken[0].key(), taken[0].count), (job.key(), 2));
     }
 }
