@@ -205,10 +205,12 @@ pub struct Store {
     /// Most appends committed together (with one fsync, or one Redis round trip).
     pub max_batch: usize,
     /// Embedded store: bytes of messages held in memory before they are written out as a table.
-    /// Switching to a fresh memtable stalls appends for a time that grows with this size (about
-    /// 40–60 ms at 64 MiB on two cores, 20 ms at 8 MiB), so it bounds the latency tail; smaller
-    /// means more tables to compact. Fixed when the data dir's store is created. (The
-    /// notification ledger has its own, `notify.ledger_memtable_size`.)
+    /// Smaller means more tables to flush and compact: every table of user-spread keys is merged
+    /// into the whole of the next level. Switching to a fresh memtable stalls appends for a
+    /// moment; with mimalloc and one flush worker 32 MiB has the same or a shorter tail than
+    /// 8 MiB (durable QoS 1 at half the maximum: p99 5.5–6.3 ms against 7.7 ms, p99.9 15 ms
+    /// against 35–45 ms) and makes routing notifications ~4% cheaper. Fixed when the data dir's
+    /// store is created. (The notification ledger has its own, `notify.ledger_memtable_size`.)
     pub memtable_size: u64,
     /// This node's name among the nodes sharing a Redis; a random one when unset.
     pub node_id: Option<String>,
@@ -227,7 +229,7 @@ impl Default for Store {
             redis_url: "redis://127.0.0.1:6379".into(),
             encryption_keys: Vec::new(),
             max_batch: 1024,
-            memtable_size: 8 << 20,
+            memtable_size: 32 << 20,
             node_id: None,
             node_heartbeat: Duration::from_secs(2),
             node_timeout: Duration::from_secs(10),
