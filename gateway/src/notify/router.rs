@@ -162,15 +162,18 @@ impl Router<'_> {
             }
         }
         let claimed = self.claim_all(&known, now_ms).await;
+        // Where each known submission's answer goes; the submissions themselves move into
+        // their records.
+        let places: Vec<usize> = known.iter().map(|(i, _, _)| *i).collect();
         let decided = match &claimed {
-            Ok(claimed) => self.decide_all(&known, claimed, now, now_ms).await,
+            Ok(claimed) => self.decide_all(known, claimed, now, now_ms).await,
             Err(e) => Err(e.clone()),
         };
         // The records to store, and where each one's answer goes.
         let (mut records, mut answers) = (Vec::new(), Vec::new());
         match decided {
             Ok(decided) => {
-                for ((i, _, _), decided) in known.iter().zip(decided) {
+                for (i, decided) in places.iter().zip(decided) {
                     match decided {
                         Ok(record) => {
                             records.push(record);
@@ -181,7 +184,7 @@ impl Router<'_> {
                 }
             }
             Err(e) => {
-                for (i, _, _) in &known {
+                for i in &places {
                     results[*i] = Some(Err(e.clone().into()));
                 }
             }
@@ -207,7 +210,7 @@ impl Router<'_> {
             }
         }
         if let Ok(claimed) = claimed {
-            self.release_failed(&known, claimed, &results).await;
+            self.release_failed(&places, claimed, &results).await;
         }
         results
             .into_iter()
@@ -220,14 +223,14 @@ impl Router<'_> {
     /// fails leaves those claims to expire with their window.
     async fn release_failed(
         &self,
-        known: &[(usize, &KindRule, Submission)],
+        places: &[usize],
         claimed: Claimed,
         results: &[Option<Result<Record, RouteError>>],
     ) {
-        let unused: Vec<DedupClaim> = known
+        let unused: Vec<DedupClaim> = places
             .iter()
             .zip(claimed.taken)
-            .filter(|((i, _, _), _)| matches!(results[*i], Some(Err(_))))
+            .filter(|(i, _)| matches!(results[**i], Some(Err(_))))
             .flat_map(|(_, taken)| taken)
             .collect();
         if unused.is_empty() {
@@ -299,7 +302,7 @@ impl Router<'_> {
     /// an in-app append fails its own notification only.
     async fn decide_all(
         &self,
-        known: &[(usize, &KindRule, Submission)],
+        known: Vec<(usize, &KindRule, Submission)>,
         claimed: &Claimed,
         now: DateTime<Utc>,
         now_ms: u64,
@@ -318,7 +321,11 @@ impl Router<'_> {
             })
             .collect();
         let mut decided: Vec<Result<Decided, RouteError>> = Vec::with_capacity(known.len());
-        let claims = known.iter().zip(fresh).zip(&claimed.broadcast).zip(in_app);
+        let claims = known
+            .into_iter()
+            .zip(fresh)
+            .zip(&claimed.broadcast)
+            .zip(in_app);
         for ((((_, rule, submission), &fresh), &broadcast), in_app) in claims {
             let in_app = match in_app {
                 Some(accepting) => match accepting.wait().await {
@@ -366,7 +373,7 @@ impl Router<'_> {
     fn decide(
         &self,
         rule: &KindRule,
-        submission: &Submission,
+        submission: Submission,
         claims: Claims,
         now: DateTime<Utc>,
         now_ms: u64,
@@ -484,7 +491,7 @@ impl Router<'_> {
         Decided {
             record: NewRecord {
                 record: Record {
-                    notification: notification.clone(),
+                    notification: submission.notification,
                     routes,
                 },
                 jobs,
