@@ -192,7 +192,7 @@ async fn aggregate<L: Ledger + ?Sized>(
 }
 
 async fn preferences<L: Ledger + ?Sized>(l: &Arc<L>, user: &str) -> Preferences {
-    l.preferences(&[user.into()]).await.unwrap().remove(0)
+    Preferences::clone(&l.preferences(&[user.into()]).await.unwrap()[0])
 }
 
 /// The keys of what `take_due` returns, in order.
@@ -553,8 +553,11 @@ async fn preferences_round_trip_and_bindings_are_sealed(s: Subject) {
     };
     // Several users in one read, in the order asked.
     let users = ["bob".to_string(), "alice".into(), "bob".into()];
+    let read: Vec<Preferences> = (l.preferences(&users).await.unwrap().iter())
+        .map(|held| Preferences::clone(held))
+        .collect();
     assert_eq!(
-        l.preferences(&users).await.unwrap(),
+        read,
         [Preferences::default(), alice, Preferences::default()]
     );
 

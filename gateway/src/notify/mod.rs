@@ -162,11 +162,11 @@ impl Notifications {
             .into_iter()
             .zip(preferences)
             .map(|(online, preferences)| {
-                let bindings = preferences.bindings;
+                let bindings = &preferences.bindings;
                 UserState {
                     online,
                     consent: preferences.consent,
-                    quiet_hours: preferences.quiet_hours,
+                    quiet_hours: preferences.quiet_hours.clone(),
                     wechat_bound: wechat_apps
                         .iter()
                         .any(|app| bindings.wechat.contains_key(&app.name)),

@@ -107,9 +107,10 @@ impl Worker {
             .ledger
             .preferences(std::slice::from_ref(&job.user))
             .await?;
+        let preferences = preferences.into_iter().next().unwrap_or_default();
         let Preferences {
             consent, bindings, ..
-        } = preferences.into_iter().next().unwrap_or_default();
+        } = preferences.as_ref();
         let consented = match job.route {
             Route::Wechat => consent.wechat,
             _ => consent.qiuqiu,
@@ -122,7 +123,7 @@ impl Worker {
             let withdrawn = RouteState::new(Status::Skipped, Some("consent withdrawn".into()));
             return self.settle_final(&job, withdrawn).await;
         }
-        let prepared = match self.prepare(&record, &job, &bindings) {
+        let prepared = match self.prepare(&record, &job, bindings) {
             Ok(prepared) => prepared,
             Err(why) => {
                 let failed = RouteState::new(Status::Failed, Some(why));

@@ -799,9 +799,9 @@ impl Ledger for EmbeddedLedger {
         .await
     }
 
-    async fn preferences(&self, users: &[String]) -> Result<Vec<Preferences>, StoreError> {
+    async fn preferences(&self, users: &[String]) -> Result<Vec<Arc<Preferences>>, StoreError> {
         let cache = &self.spaces.preferences;
-        let mut found: Vec<Option<Preferences>> = users.iter().map(|u| cache.get(u)).collect();
+        let mut found: Vec<Option<Arc<Preferences>>> = users.iter().map(|u| cache.get(u)).collect();
         let missing: Vec<(usize, String)> = (found.iter().enumerate())
             .filter(|(_, held)| held.is_none())
             .map(|(i, _)| (i, users[i].clone()))
@@ -811,7 +811,7 @@ impl Ledger for EmbeddedLedger {
                 .run(Access::Read, move |spaces, keys| {
                     (missing.into_iter())
                         .map(|(i, user)| {
-                            let read = spaces.read_preferences(keys, &user)?;
+                            let read = Arc::new(spaces.read_preferences(keys, &user)?);
                             spaces.preferences.fill(&user, read.clone());
                             Ok((i, read))
                         })

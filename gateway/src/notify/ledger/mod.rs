@@ -10,6 +10,7 @@ pub mod redis;
 use super::model::{Bindings, Consent, Job, Preferences, QuietHours, Record, Route, RouteState};
 use crate::store::StoreError;
 use async_trait::async_trait;
+use std::sync::Arc;
 
 /// One claim of [`Ledger::claim_dedup`]: a content's dedup key, for a user.
 #[derive(Debug, Clone)]
@@ -115,8 +116,9 @@ pub trait Ledger: Send + Sync + 'static {
     /// `limit` is reached.
     async fn count_quota(&self, quota: &str, day: &str, limit: u64) -> Result<bool, StoreError>;
 
-    /// Each user's quiet hours, consent and bindings, in the order of `users`, in one read.
-    async fn preferences(&self, users: &[String]) -> Result<Vec<Preferences>, StoreError>;
+    /// Each user's quiet hours, consent and bindings, in the order of `users`, in one read
+    /// (shared with a cache that holds them, where one does).
+    async fn preferences(&self, users: &[String]) -> Result<Vec<Arc<Preferences>>, StoreError>;
     async fn set_quiet_hours(&self, user: &str, hours: &QuietHours) -> Result<(), StoreError>;
     async fn set_consent(&self, user: &str, consent: &Consent) -> Result<(), StoreError>;
     async fn set_bindings(&self, user: &str, bindings: &Bindings) -> Result<(), StoreError>;

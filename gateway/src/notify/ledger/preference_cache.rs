@@ -13,9 +13,11 @@
 
 use crate::notify::model::Preferences;
 use dashmap::DashMap;
+use std::sync::Arc;
 
+/// Each value is shared with the readers (routing reads a batch's users at once), not copied.
 pub struct PreferenceCache {
-    users: DashMap<String, Preferences>,
+    users: DashMap<String, Arc<Preferences>>,
     capacity: usize,
 }
 
@@ -28,12 +30,12 @@ impl PreferenceCache {
         }
     }
 
-    pub fn get(&self, user: &str) -> Option<Preferences> {
+    pub fn get(&self, user: &str) -> Option<Arc<Preferences>> {
         self.users.get(user).map(|entry| entry.clone())
     }
 
     /// After a read from disk: fills the entry only if it is absent (and there is room).
-    pub fn fill(&self, user: &str, read: Preferences) {
+    pub fn fill(&self, user: &str, read: Arc<Preferences>) {
         if self.users.len() < self.capacity {
             self.users.entry(user.to_owned()).or_insert(read);
         }
@@ -42,6 +44,7 @@ impl PreferenceCache {
     /// After a write, under the ledger's write lock: the user's whole new value replaces what
     /// is held, or is added if there is room.
     pub fn put(&self, user: &str, written: Preferences) {
+        let written = Arc::new(written);
         if let Some(mut held) = self.users.get_mut(user) {
             *held = written;
         } else if self.users.len() < self.capacity {
@@ -70,25 +73,25 @@ mod tests {
         let cache = PreferenceCache::new(10);
         // A write lands while a read of the old value is on its way.
         cache.put("alice", consenting(false));
-        cache.fill("alice", consenting(true));
-        assert_eq!(cache.get("alice"), Some(consenting(false)));
+        cache.fill("alice", Arc::new(consenting(true)));
+        assert_eq!(cache.get("alice"), Some(Arc::new(consenting(false))));
         // And the other way round: the write replaces what the read filled.
-        cache.fill("bob", consenting(true));
+        cache.fill("bob", Arc::new(consenting(true)));
         cache.put("bob", consenting(false));
-        assert_eq!(cache.get("bob"), Some(consenting(false)));
+        assert_eq!(cache.get("bob"), Some(Arc::new(consenting(false))));
     }
 
     #[test]
     fn a_full_cache_adds_nothing_and_zero_caches_nothing() {
         let cache = PreferenceCache::new(1);
-        cache.fill("alice", consenting(true));
-        cache.fill("bob", consenting(true));
+        cache.fill("alice", Arc::new(consenting(true)));
+        cache.fill("bob", Arc::new(consenting(true)));
         cache.put("carol", consenting(true));
         assert!(cache.get("bob").is_none() && cache.get("carol").is_none());
         cache.put("alice", consenting(false));
         assert_eq!(
             cache.get("alice"),
-            Some(consenting(false)),
+            Some(Arc::new(consenting(false))),
             "held ones still change"
         );
         let off = PreferenceCache::new(0);

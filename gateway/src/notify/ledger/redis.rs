@@ -640,7 +640,7 @@ impl Ledger for RedisLedger {
         .await
     }
 
-    async fn preferences(&self, users: &[String]) -> Result<Vec<Preferences>, StoreError> {
+    async fn preferences(&self, users: &[String]) -> Result<Vec<Arc<Preferences>>, StoreError> {
         if users.is_empty() {
             return Ok(Vec::new());
         }
@@ -655,7 +655,7 @@ impl Ledger for RedisLedger {
             .iter()
             .zip(stored)
             .map(|(user, (quiet, consent, bindings))| {
-                Ok(Preferences {
+                Ok(Arc::new(Preferences {
                     quiet_hours: quiet.map(|q| from_json(&q, "quiet")).transpose()?,
                     consent: consent
                         .map(|c| from_json(&c, "consent"))
@@ -665,7 +665,7 @@ impl Ledger for RedisLedger {
                         Some(sealed) => self.open_bindings(user, &sealed)?,
                         None => Bindings::default(),
                     },
-                })
+                }))
             })
             .collect()
     }
