@@ -16,7 +16,12 @@ use broker_config::{Channels, KindRule, Notify, QiuQiuAction, WeChatAction};
 use rand::Rng;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+/// How long the worker waits for more sending slots to free up once one has, before it takes
+/// due pushes for all that are free: a push waits at most this much longer, and a busy worker
+/// takes several pushes per queue scan instead of one.
+const TAKE_LINGER: Duration = Duration::from_millis(10);
 
 pub struct Worker {
     pub notify: Notify,
@@ -61,10 +66,14 @@ impl Worker {
             if let Some(claims) = self.ledger.dedup_claims_held() {
                 self.metrics.dedup_claims.set(claims as i64);
             }
-            let free = slots.available_permits().max(1);
+            let mut permits = self.free_slots(&slots).await;
             let due = self
                 .ledger
-                .take_due(unix_millis(), free, self.notify.lease.as_millis() as u64)
+                .take_due(
+                    unix_millis(),
+                    permits.len(),
+                    self.notify.lease.as_millis() as u64,
+                )
                 .await;
             let jobs = match due {
                 Ok(jobs) => jobs,
@@ -80,8 +89,7 @@ impl Worker {
                 tokio::time::sleep(self.notify.poll_interval).await;
                 continue;
             }
-            for job in jobs {
-                let permit = slots.clone().acquire_owned().await.expect("never closed");
+            for (job, permit) in jobs.into_iter().zip(permits.drain(..)) {
                 let worker = self.clone();
                 tokio::spawn(async move {
                     if let Err(e) = worker.process(job).await {
@@ -91,6 +99,22 @@ impl Worker {
                 });
             }
         }
+    }
+
+    /// Waits for a free sending slot, then for the slots that free up within [`TAKE_LINGER`]:
+    /// one take (a queue scan and a durable write) then serves every slot free, where taking as
+    /// soon as one push ends would cost one take per push while all slots are busy.
+    async fn free_slots(&self, slots: &Arc<Semaphore>) -> Vec<OwnedSemaphorePermit> {
+        let first = slots.clone().acquire_owned().await.expect("never closed");
+        let mut permits = vec![first];
+        let until = tokio::time::Instant::now() + TAKE_LINGER;
+        while permits.len() < self.notify.concurrency {
+            match tokio::time::timeout_at(until, slots.clone().acquire_owned()).await {
+                Ok(permit) => permits.push(permit.expect("never closed")),
+                Err(_) => break,
+            }
+        }
+        permits
     }
 
     async fn process(&self, mut job: Job) -> Result<(), StoreError> {
