@@ -14,14 +14,10 @@ use crate::session_handle::unix_millis;
 use crate::store::StoreError;
 use broker_config::{Channels, KindRule, Notify, QiuQiuAction, WeChatAction};
 use rand::Rng;
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
-
-/// How long the worker waits for more sending slots to free up once one has, before it takes
-/// due pushes for all that are free: a push waits at most this much longer, and a busy worker
-/// takes several pushes per queue scan instead of one.
-const TAKE_LINGER: Duration = Duration::from_millis(10);
+use tokio::sync::Semaphore;
 
 pub struct Worker {
     pub notify: Notify,
@@ -60,61 +56,45 @@ fn millis(time: SystemTime) -> u64 {
 impl Worker {
     /// Takes due pushes and sends them, up to `notify.concurrency` at once, until the process
     /// ends. A push taken but not settled (the process died) comes back after `notify.lease`.
+    ///
+    /// Pushes are taken `notify.concurrency` at a time and handed to sending slots as they free
+    /// up: taking only as many as were free would, while every slot is busy, cost one take (a
+    /// queue scan and a durable write) per push. The ones waiting for a slot hold their lease;
+    /// they wait at most as long as that many pushes take.
     pub async fn run(self: Arc<Self>) {
         let slots = Arc::new(Semaphore::new(self.notify.concurrency));
+        let mut taken: VecDeque<Job> = VecDeque::new();
         loop {
             if let Some(claims) = self.ledger.dedup_claims_held() {
                 self.metrics.dedup_claims.set(claims as i64);
             }
-            let mut permits = self.free_slots(&slots).await;
-            let due = self
-                .ledger
-                .take_due(
-                    unix_millis(),
-                    permits.len(),
-                    self.notify.lease.as_millis() as u64,
-                )
-                .await;
-            let jobs = match due {
-                Ok(jobs) => jobs,
-                Err(e) => {
-                    tracing::warn!("cannot read the notification queue: {e}");
-                    Vec::new()
+            let permit = slots.clone().acquire_owned().await.expect("never closed");
+            if taken.is_empty() {
+                let lease = self.notify.lease.as_millis() as u64;
+                match (self.ledger)
+                    .take_due(unix_millis(), self.notify.concurrency, lease)
+                    .await
+                {
+                    Ok(jobs) => taken.extend(jobs),
+                    Err(e) => tracing::warn!("cannot read the notification queue: {e}"),
                 }
-            };
-            if jobs.is_empty() {
+            }
+            let Some(job) = taken.pop_front() else {
+                drop(permit);
                 if let Ok(depth) = self.ledger.queue_depth().await {
                     self.metrics.queue_depth.set(depth as i64);
                 }
                 tokio::time::sleep(self.notify.poll_interval).await;
                 continue;
-            }
-            for (job, permit) in jobs.into_iter().zip(permits.drain(..)) {
-                let worker = self.clone();
-                tokio::spawn(async move {
-                    if let Err(e) = worker.process(job).await {
-                        tracing::warn!("notification push not settled (it will come back): {e}");
-                    }
-                    drop(permit);
-                });
-            }
+            };
+            let worker = self.clone();
+            tokio::spawn(async move {
+                if let Err(e) = worker.process(job).await {
+                    tracing::warn!("notification push not settled (it will come back): {e}");
+                }
+                drop(permit);
+            });
         }
-    }
-
-    /// Waits for a free sending slot, then for the slots that free up within [`TAKE_LINGER`]:
-    /// one take (a queue scan and a durable write) then serves every slot free, where taking as
-    /// soon as one push ends would cost one take per push while all slots are busy.
-    async fn free_slots(&self, slots: &Arc<Semaphore>) -> Vec<OwnedSemaphorePermit> {
-        let first = slots.clone().acquire_owned().await.expect("never closed");
-        let mut permits = vec![first];
-        let until = tokio::time::Instant::now() + TAKE_LINGER;
-        while permits.len() < self.notify.concurrency {
-            match tokio::time::timeout_at(until, slots.clone().acquire_owned()).await {
-                Ok(permit) => permits.push(permit.expect("never closed")),
-                Err(_) => break,
-            }
-        }
-        permits
     }
 
     async fn process(&self, mut job: Job) -> Result<(), StoreError> {
