@@ -568,6 +568,7 @@ impl Ledger for EmbeddedLedger {
                 })?;
             let mut batch = spaces.batch();
             let expiry = now_ms + window_ms;
+            let mut taken = Vec::new();
             let fresh = claims
                 .iter()
                 .map(|claim| {
@@ -576,13 +577,21 @@ impl Ledger for EmbeddedLedger {
                     let first = !index.held(&digest, now_ms);
                     if first {
                         index.hold(digest, expiry);
+                        taken.push(digest);
                         let (key, value) = claim_entry(expiry, &digest, &claim.by, &claim.user);
                         batch.insert(&spaces.claims, key, value);
                     }
                     first
                 })
                 .collect();
-            spaces.commit(batch)?;
+            if let Err(e) = spaces.commit(batch) {
+                // Not journaled, so not held either: the sender is told to retry, and the
+                // retry must not find its content claimed.
+                for digest in &taken {
+                    index.drop_claim(digest, expiry);
+                }
+                return Err(e);
+            }
             Ok(fresh)
         })
         .await
@@ -853,7 +862,9 @@ impl Ledger for EmbeddedLedger {
     }
 
     fn dedup_claims_held(&self) -> Option<u64> {
-        let index = self.spaces.claim_index.lock().expect("claim index lock");
+        // Called on async threads: while a claim, a sweep or a user's deletion holds the index
+        // (on the blocking pool), the count is skipped rather than waited for.
+        let index = self.spaces.claim_index.try_lock().ok()?;
         Some(index.len() as u64)
     }
 

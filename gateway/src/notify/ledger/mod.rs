@@ -127,8 +127,8 @@ pub trait Ledger: Send + Sync + 'static {
     /// ledger (its LSM keyspace counts removed entries until they are compacted away).
     async fn queue_depth(&self) -> Result<u64, StoreError>;
 
-    /// Dedup claims held in memory, for a gauge: the embedded ledger's (see its claim index);
-    /// none where the store keeps them (Redis).
+    /// Dedup claims held in memory, for a gauge: the embedded ledger's (see its claim index), when
+    /// it can tell without waiting; none where the store keeps them (Redis).
     fn dedup_claims_held(&self) -> Option<u64> {
         None
     }
