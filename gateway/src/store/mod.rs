@@ -10,6 +10,7 @@
 
 pub mod cipher;
 pub mod embedded;
+pub mod group_commit;
 pub mod record;
 pub mod redis;
 mod sm4_tables;

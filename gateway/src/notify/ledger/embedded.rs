@@ -1,7 +1,8 @@
 //! The embedded ledger: fjall keyspaces in `DATA_DIR/notify`. Writes that read first (claims,
 //! settling, aggregating) are serialized by one lock: this is the single-node backend. Each
 //! write is one journal batch; the fsync that makes it durable comes after the lock is released
-//! and covers every batch written before it (group commit), and no write is answered before it
+//! and covers every batch written before it (group commit, [`GroupCommit`]: it does not hold
+//! fjall's journal lock, so the next writers commit meanwhile), and no write is answered before it
 //! — except claims and aggregate joins, which become durable with the `create` that follows
 //! them (see [`Ledger::claim_dedup`]).
 //!
@@ -26,10 +27,11 @@ use crate::notify::model::{
 };
 use crate::store::cipher::KeyRing;
 use crate::store::embedded::open_database;
+use crate::store::group_commit::GroupCommit;
 use crate::store::StoreError;
 use async_trait::async_trait;
 use broker_config::Notify;
-use fjall::{Database, Keyspace, KeyspaceCreateOptions, OwnedWriteBatch, PersistMode};
+use fjall::{Keyspace, KeyspaceCreateOptions, OwnedWriteBatch, PersistMode};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use std::collections::hash_map::Entry;
@@ -46,16 +48,13 @@ struct Spaces {
     /// of the queue, where the tombstones of every job taken or settled pile up until
     /// compaction. Lowered by every enqueue, raised by every take; both under the write lock.
     floor: Arc<AtomicU64>,
-    /// Batches written to the journal, and how many of them are known durable.
-    written: Arc<AtomicU64>,
-    synced: Arc<AtomicU64>,
-    syncing: Arc<Mutex<()>>,
+    /// Commits to the journal and the fsyncs that make them durable.
+    commits: Arc<GroupCommit>,
     /// Where each job taken by `take_due` and not yet settled stands in the queue (its lease's
     /// end), by key: settling it finds its entry here instead of in an index written with every
     /// job. Changed only under the write lock; as many as the worker holds at once.
     leased: Arc<Mutex<HashMap<String, u64>>>,
     preferences: Arc<PreferenceCache>,
-    db: Database,
     records: Keyspace,
     queue: Keyspace,
     prefs: Keyspace,
@@ -165,9 +164,7 @@ impl EmbeddedLedger {
         let space = |name: &str| db.keyspace(name, options);
         let spaces = Spaces {
             floor: Arc::new(AtomicU64::new(0)),
-            written: Arc::new(AtomicU64::new(0)),
-            synced: Arc::new(AtomicU64::new(0)),
-            syncing: Arc::new(Mutex::new(())),
+            commits: Arc::new(GroupCommit::new(db.clone(), path)),
             leased: Arc::new(Mutex::new(HashMap::new())),
             preferences: Arc::new(PreferenceCache::new(settings.preferences_cache)),
             records: space("records")?,
@@ -178,7 +175,6 @@ impl EmbeddedLedger {
             quota: space("quota")?,
             claims: space("claims")?,
             claim_index: Arc::new(Mutex::new(ClaimIndex::new(settings.max_dedup_claims))),
-            db,
         };
         let now_ms = crate::session_handle::unix_millis();
         spaces.migrate_claims(now_ms)?;
@@ -234,33 +230,17 @@ impl Spaces {
     /// A batch applied to the journal's buffers; [`Spaces::sync`] makes it durable, together
     /// with every other batch written before it.
     fn batch(&self) -> OwnedWriteBatch {
-        self.db.batch().durability(Some(PersistMode::Buffer))
+        self.commits.batch()
     }
 
     fn commit(&self, batch: OwnedWriteBatch) -> Result<(), StoreError> {
-        if batch.is_empty() {
-            return Ok(());
-        }
-        batch.commit().map_err(failed)?;
-        self.written.fetch_add(1, Ordering::AcqRel);
-        Ok(())
+        self.commits.commit(batch).map_err(failed)
     }
 
     /// Group commit: one fsync covers every batch written before it, so callers that queued
     /// behind a running fsync find their batch covered and return without another.
     fn sync(&self) -> Result<(), StoreError> {
-        let mine = self.written.load(Ordering::Acquire);
-        if self.synced.load(Ordering::Acquire) >= mine {
-            return Ok(());
-        }
-        let _one = self.syncing.lock().expect("ledger sync lock");
-        if self.synced.load(Ordering::Acquire) >= mine {
-            return Ok(());
-        }
-        let target = self.written.load(Ordering::Acquire);
-        self.db.persist(PersistMode::SyncAll).map_err(failed)?;
-        self.synced.fetch_max(target, Ordering::AcqRel);
-        Ok(())
+        self.commits.sync().map_err(failed)
     }
 
     /// Holds in memory the claims of the journal that have not expired by `now_ms`.
@@ -280,13 +260,13 @@ impl Spaces {
     /// keyspace of user 0 key → expiry and claimant, and a `claim_expiry` index of expiry user 0
     /// key → ()) into the journal, and removes the two keyspaces.
     fn migrate_claims(&self, now_ms: u64) -> anyhow::Result<()> {
-        if !self.db.keyspace_exists("dedup") {
+        if !self.commits.db().keyspace_exists("dedup") {
             return Ok(());
         }
         let options = KeyspaceCreateOptions::default;
         let (dedup, index) = (
-            self.db.keyspace("dedup", options)?,
-            self.db.keyspace("claim_expiry", options)?,
+            self.commits.db().keyspace("dedup", options)?,
+            self.commits.db().keyspace("claim_expiry", options)?,
         );
         let mut batch = self.batch();
         let start = now_ms.saturating_add(1).to_be_bytes();
@@ -309,18 +289,21 @@ impl Spaces {
             batch.insert(&self.claims, key, value);
         }
         batch.durability(Some(PersistMode::SyncAll)).commit()?;
-        self.db.delete_keyspace(dedup)?;
-        self.db.delete_keyspace(index)?;
+        self.commits.db().delete_keyspace(dedup)?;
+        self.commits.db().delete_keyspace(index)?;
         Ok(())
     }
 
     /// Rewrites a ledger written when every job had an entry in a `jobs` index (key → due):
     /// each pending aggregate's slot gets its job's due, and the index is removed.
     fn migrate_jobs_index(&self) -> anyhow::Result<()> {
-        if !self.db.keyspace_exists("jobs") {
+        if !self.commits.db().keyspace_exists("jobs") {
             return Ok(());
         }
-        let jobs = self.db.keyspace("jobs", KeyspaceCreateOptions::default)?;
+        let jobs = self
+            .commits
+            .db()
+            .keyspace("jobs", KeyspaceCreateOptions::default)?;
         let mut batch = self.batch();
         for entry in self.aggregates.iter() {
             let (slot, key) = entry.into_inner()?;
@@ -333,7 +316,7 @@ impl Spaces {
             }
         }
         batch.durability(Some(PersistMode::SyncAll)).commit()?;
-        self.db.delete_keyspace(jobs)?;
+        self.commits.db().delete_keyspace(jobs)?;
         Ok(())
     }
 
@@ -946,6 +929,7 @@ impl Ledger for EmbeddedLedger {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use fjall::Database;
 
     /// A ledger written before the claims journal kept claims in a `dedup` keyspace with a
     /// `claim_expiry` index: its live claims hold on after the upgrade, and both are removed.
@@ -973,8 +957,8 @@ mod tests {
         }
         let keys = KeyRing::new(&["k1:000102030405060708090a0b0c0d0e0f".into()]).unwrap();
         let ledger = EmbeddedLedger::open(dir.path(), Arc::new(keys), &Notify::default()).unwrap();
-        assert!(!ledger.spaces.db.keyspace_exists("dedup"));
-        assert!(!ledger.spaces.db.keyspace_exists("claim_expiry"));
+        assert!(!ledger.spaces.commits.db().keyspace_exists("dedup"));
+        assert!(!ledger.spaces.commits.db().keyspace_exists("claim_expiry"));
         assert_eq!(ledger.dedup_claims_held(), Some(1), "bob's had expired");
         let claim = |user: &str, by: &str| DedupClaim {
             user: user.into(),
@@ -1025,7 +1009,7 @@ mod tests {
         }
         let keys = KeyRing::new(&["k1:000102030405060708090a0b0c0d0e0f".into()]).unwrap();
         let ledger = EmbeddedLedger::open(dir.path(), Arc::new(keys), &Notify::default()).unwrap();
-        assert!(!ledger.spaces.db.keyspace_exists("jobs"));
+        assert!(!ledger.spaces.commits.db().keyspace_exists("jobs"));
         let join = AggregateJoin {
             user: "alice".into(),
             kind: "friend_request".into(),
