@@ -162,18 +162,25 @@ impl EmbeddedLedger {
             .map_err(|e| anyhow::anyhow!("cannot open the ledger {}: {e}", path.display()))?;
         let options = || KeyspaceCreateOptions::default().max_memtable_size(memtable_size);
         let space = |name: &str| db.keyspace(name, options);
+        // Read by ranges (a point read finds its key in the memtable, or is rare): a bloom
+        // filter per table would be built at every flush and compaction for nothing.
+        let scanned = |name: &str| {
+            db.keyspace(name, || {
+                options().filter_policy(fjall::config::FilterPolicy::disabled())
+            })
+        };
         let spaces = Spaces {
             floor: Arc::new(AtomicU64::new(0)),
             commits: Arc::new(GroupCommit::new(db.clone(), path)),
             leased: Arc::new(Mutex::new(HashMap::new())),
             preferences: Arc::new(PreferenceCache::new(settings.preferences_cache)),
             records: space("records")?,
-            queue: space("queue")?,
+            queue: scanned("queue")?,
             prefs: space("prefs")?,
             provider: space("provider")?,
             aggregates: space("aggregates")?,
             quota: space("quota")?,
-            claims: space("claims")?,
+            claims: scanned("claims")?,
             claim_index: Arc::new(Mutex::new(ClaimIndex::new(settings.max_dedup_claims))),
         };
         let now_ms = crate::session_handle::unix_millis();
@@ -393,7 +400,17 @@ impl Spaces {
 
     /// Queues a job that is not in the queue (a new notification's, or one taken and settled).
     fn enqueue(&self, batch: &mut OwnedWriteBatch, job: &Job, due: u64) {
+        self.put_job(batch, job, due);
+        self.lower_floor(due);
+    }
+
+    /// Puts `job` in the queue, due at `due`, once `batch` commits; the floor must be lowered
+    /// to `due` under the write lock before that (see [`Spaces::floor`]).
+    fn put_job(&self, batch: &mut OwnedWriteBatch, job: &Job, due: u64) {
         batch.insert(&self.queue, queue_key(due, &job.key()), to_json(job));
+    }
+
+    fn lower_floor(&self, due: u64) {
         self.floor.fetch_min(due, Ordering::AcqRel);
     }
 
@@ -538,7 +555,15 @@ impl Ledger for EmbeddedLedger {
         if window_ms == 0 {
             return Ok(vec![true; claims.len()]);
         }
-        let claims = claims.to_vec();
+        let expiry = now_ms + window_ms;
+        // Each claim's digest and journal entry, made before taking the write lock.
+        let claims: Vec<_> = claims
+            .iter()
+            .map(|claim| {
+                let digest = claim_digest(&claim.user, &claim.key);
+                (digest, claim_entry(expiry, &digest, &claim.by, &claim.user))
+            })
+            .collect();
         self.run(Access::WriteBeforeCreate, move |spaces, _| {
             let mut index = spaces.claim_index.lock().expect("claim index lock");
             index
@@ -550,18 +575,15 @@ impl Ledger for EmbeddedLedger {
                     ))
                 })?;
             let mut batch = spaces.batch();
-            let expiry = now_ms + window_ms;
             let mut taken = Vec::new();
             let fresh = claims
-                .iter()
-                .map(|claim| {
-                    let digest = claim_digest(&claim.user, &claim.key);
+                .into_iter()
+                .map(|(digest, (key, value))| {
                     // A content earlier in the batch is held by now too.
                     let first = !index.held(&digest, now_ms);
                     if first {
                         index.hold(digest, expiry);
                         taken.push(digest);
-                        let (key, value) = claim_entry(expiry, &digest, &claim.by, &claim.user);
                         batch.insert(&spaces.claims, key, value);
                     }
                     first
@@ -605,28 +627,28 @@ impl Ledger for EmbeddedLedger {
     }
 
     async fn create(&self, records: Vec<NewRecord>) -> Result<Vec<Record>, StoreError> {
-        // Sealing is most of the work: done before taking the write lock, which other batches
-        // and the sending worker wait for.
-        let (sealed, records) = self
-            .run(Access::Read, move |_, keys| {
-                let sealed: Vec<_> = (records.iter())
-                    .map(|new| sealed_record(keys, &new.record))
-                    .collect();
-                Ok((sealed, records))
+        // Sealing and filling the batch are most of the work: done before taking the write
+        // lock, which other batches and the sending worker wait for. Nothing else writes these
+        // keys: records and jobs are new.
+        let (batch, earliest, records) = self
+            .run(Access::Read, move |spaces, keys| {
+                let mut batch = spaces.batch();
+                let mut earliest = u64::MAX;
+                for new in &records {
+                    let (id, sealed) = sealed_record(keys, &new.record);
+                    batch.insert(&spaces.records, id, sealed);
+                    for (job, due) in &new.jobs {
+                        spaces.put_job(&mut batch, job, *due);
+                        earliest = earliest.min(*due);
+                    }
+                }
+                Ok((batch, earliest, records))
             })
             .await?;
         self.run(Access::Write, move |spaces, _| {
-            let mut batch = spaces.batch();
-            let mut stored = Vec::with_capacity(records.len());
-            for ((id, record), new) in sealed.into_iter().zip(records) {
-                batch.insert(&spaces.records, id, record);
-                for (job, due) in &new.jobs {
-                    spaces.enqueue(&mut batch, job, *due);
-                }
-                stored.push(new.record);
-            }
+            spaces.lower_floor(earliest);
             spaces.commit(batch)?;
-            Ok(stored)
+            Ok(records.into_iter().map(|new| new.record).collect())
         })
         .await
     }
