@@ -426,9 +426,17 @@ async fn settling_records_the_route_and_requeues_or_removes_the_job(s: Subject) 
     assert!(take(&s, 4999, 10, 1000).await.is_empty(), "due at next_due");
     assert_eq!(
         s.ledger.take_due(5000, 10, 10_000).await.unwrap(),
-        [retried],
+        [retried.clone()],
         "with its attempts"
     );
+    // Put back for the provider's rate in the state it has: queued again, the record as it was.
+    s.ledger
+        .settle(&retried, waiting.clone(), Some(6000))
+        .await
+        .unwrap();
+    let record = s.ledger.record("n1").await.unwrap().unwrap();
+    assert_eq!(record.routes[&Route::Wechat], waiting);
+    assert_eq!(take(&s, 6000, 10, 10_000).await, ["n1-wechat"]);
 
     // Without its record (gone), a job still moves in the queue.
     let ghost = job("ghost", "alice", Route::Wechat);

@@ -719,8 +719,11 @@ impl Ledger for EmbeddedLedger {
         self.run(Access::Write, move |spaces, keys| {
             let mut batch = spaces.batch();
             if let Some(mut record) = spaces.record(keys, &job.notification)? {
-                record.routes.insert(job.route, state);
-                spaces.put_record(&mut batch, keys, &record);
+                // A push put back for the provider's rate keeps its state: the record stays.
+                if record.routes.get(&job.route) != Some(&state) {
+                    record.routes.insert(job.route, state);
+                    spaces.put_record(&mut batch, keys, &record);
+                }
             }
             spaces.dequeue_leased(&mut batch, &job);
             if let Some(due) = next_due {
