@@ -1,6 +1,18 @@
 //! `gateway`: the real-time messaging gateway. See the README for the protocol and operations.
 
 use anyhow::{Context, Result};
+use broker_config::Config;
+use clap::{Parser, Subcommand};
+use gateway::data_dir::DataDir;
+use gateway::front::listener::{self, MqttListenerKind};
+use gateway::gateway::Gateway;
+use gateway::{api, dev_cert, front, token};
+use protocol::envelope::Platform;
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use tokio::net::TcpListener;
 
 /// mimalloc instead of glibc's allocator: a message's way through the gateway allocates and
 /// frees many small buffers on several threads, and glibc's malloc and free were 15% of the
@@ -24,18 +36,6 @@ fn delay_returning_memory() {
         unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, 1000) };
     }
 }
-use broker_config::Config;
-use clap::{Parser, Subcommand};
-use gateway::data_dir::DataDir;
-use gateway::front::listener::{self, MqttListenerKind};
-use gateway::gateway::Gateway;
-use gateway::{api, dev_cert, front, token};
-use protocol::envelope::Platform;
-use std::io::Write;
-use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::process::ExitCode;
-use tokio::net::TcpListener;
 
 #[derive(Parser)]
 #[command(

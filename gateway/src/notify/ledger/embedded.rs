@@ -15,8 +15,8 @@
 //!   the dedup claims, which the ledger holds in memory (see [`ClaimIndex`]); the sweeper finds
 //!   expired claims at its start
 //! - `provider` provider id → notification 0 route
-//! - `aggregates` user 0 kind → due (8 BE) and key of the pending aggregated job, and `job` 0
-//!   key → that slot
+//! - `aggregates` user 0 kind → the pending aggregated job's `queue` key (due and key), and
+//!   `job` 0 key → that slot
 //! - `quota` quota 0 day → count (8 BE)
 
 use super::claim_index::{claim_digest, ClaimDigest, ClaimIndex};
@@ -302,7 +302,8 @@ impl Spaces {
     }
 
     /// Rewrites a ledger written when every job had an entry in a `jobs` index (key → due):
-    /// each pending aggregate's slot gets its job's due, and the index is removed.
+    /// each pending aggregate's slot gets its job's queue key (the due, as stored in the index,
+    /// and the key), and the index is removed.
     fn migrate_jobs_index(&self) -> anyhow::Result<()> {
         if !self.commits.db().keyspace_exists("jobs") {
             return Ok(());
@@ -425,14 +426,13 @@ impl Spaces {
 
     /// The aggregated push pending in `slot` (user 0 kind), with the time it is due.
     fn pending_aggregate(&self, slot: &[u8]) -> Result<Option<(Job, u64)>, StoreError> {
-        let Some(value) = self.aggregates.get(slot).map_err(failed)? else {
+        let Some(queued) = self.aggregates.get(slot).map_err(failed)? else {
             return Ok(None);
         };
-        let Some((due, key)) = value.split_at_checked(8) else {
+        let Some(due) = queued.get(..8).map(be_u64) else {
             return Ok(None);
         };
-        let (due, key) = (be_u64(due), String::from_utf8_lossy(key));
-        match self.queue.get(queue_key(due, &key)).map_err(failed)? {
+        match self.queue.get(&queued).map_err(failed)? {
             Some(job) => Ok(Some((from_json(&job, "aggregated job")?, due))),
             None => Ok(None),
         }
@@ -475,8 +475,7 @@ impl Spaces {
         for (slot, (job, due, new)) in touched {
             let key = job.key();
             if new {
-                let pending = [&due.to_be_bytes()[..], key.as_bytes()].concat();
-                batch.insert(&self.aggregates, slot.clone(), pending);
+                batch.insert(&self.aggregates, slot.clone(), queue_key(due, &key));
                 // Taking the job to send it frees the slot (see `take_due`): what comes after
                 // starts the next aggregate rather than joining one already sent.
                 batch.insert(&self.aggregates, joined("job", &key), slot);
