@@ -137,6 +137,11 @@ impl Config {
             "limits.http_max_body",
             "must be at least 1024 bytes",
         );
+        check(
+            l.shutdown_grace.as_millis() >= 100,
+            "limits.shutdown_grace",
+            "must be at least 100ms",
+        );
         if let Some(secret) = &self.auth.token_secret {
             check(
                 secret.len() >= 32,

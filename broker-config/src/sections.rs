@@ -100,6 +100,10 @@ pub struct Limits {
     pub ws_ping_interval: Duration,
     /// Largest HTTP request body, in bytes.
     pub http_max_body: usize,
+    /// On SIGTERM, how long the gateway may take to stop accepting, tell its clients, finish
+    /// the requests in flight and make them durable before it exits anyway.
+    #[serde(with = "humantime_serde")]
+    pub shutdown_grace: Duration,
 }
 
 impl Default for Limits {
@@ -115,6 +119,7 @@ impl Default for Limits {
             ws_max_message: 64 * 1024,
             ws_ping_interval: Duration::from_secs(30),
             http_max_body: 1024 * 1024,
+            shutdown_grace: Duration::from_secs(10),
         }
     }
 }

@@ -1,25 +1,20 @@
 //! The gateway as a library: the binary in `main.rs` is a thin command line over it, and the
 //! end-to-end tests use it to look inside the store (e.g. that a deleted user left nothing).
+//!
+//! Layers, from the top, each importing only those below it: [`app`] (the composition root)
+//! → [`api`], [`front`] → [`cluster`] → [`notify`] → [`channel`] → [`observe`] → [`log`] →
+//! [`live`] → [`auth`] → [`store`] → [`infra`]; [`shutdown`] is used by all and uses none.
 
-pub mod acl;
 pub mod api;
-pub mod batcher;
+pub mod app;
+pub mod auth;
 pub mod channel;
 pub mod cluster;
-pub mod data_dir;
-pub mod dev_cert;
 pub mod front;
-pub mod gateway;
-pub mod hub;
-pub mod known_devices;
-pub mod messages;
-pub mod metrics;
+pub mod infra;
+pub mod live;
+pub mod log;
 pub mod notify;
-pub mod recorder;
-pub mod roam;
-pub mod session_handle;
-pub mod sessions;
-pub mod signals;
+pub mod observe;
+pub mod shutdown;
 pub mod store;
-pub mod token;
-pub mod user_topics;

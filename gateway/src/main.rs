@@ -3,16 +3,14 @@
 use anyhow::{Context, Result};
 use broker_config::Config;
 use clap::{Parser, Subcommand};
-use gateway::data_dir::DataDir;
-use gateway::front::listener::{self, MqttListenerKind};
-use gateway::gateway::Gateway;
-use gateway::{api, dev_cert, front, token};
+use gateway::api::tokens::parse_ttl;
+use gateway::app::{App, Stopped};
+use gateway::auth::secrets;
+use gateway::front::dev_cert;
+use gateway::infra::data_dir::DataDir;
 use protocol::envelope::Platform;
-use std::io::Write;
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use tokio::net::TcpListener;
 
 /// mimalloc instead of glibc's allocator: a message's way through the gateway allocates and
 /// frees many small buffers on several threads, and glibc's malloc and free were 15% of the
@@ -120,8 +118,13 @@ fn run(cli: Cli) -> Result<ExitCode> {
             let config = load_config(place.config.as_deref())?;
             init_logging(&config.log.level);
             let runtime = tokio::runtime::Runtime::new().context("starting the runtime")?;
-            runtime.block_on(serve(config, &place.data_dir))?;
-            Ok(ExitCode::SUCCESS)
+            let stopped = runtime.block_on(serve(config, &place.data_dir))?;
+            // Tasks that did not finish within the grace are not waited for again.
+            runtime.shutdown_background();
+            Ok(match stopped {
+                Stopped::Drained => ExitCode::SUCCESS,
+                Stopped::GraceExpired => ExitCode::FAILURE,
+            })
         }
         Command::Token {
             user,
@@ -132,10 +135,10 @@ fn run(cli: Cli) -> Result<ExitCode> {
             let config = load_config(place.config.as_deref())?;
             let data = DataDir::open(&place.data_dir)?;
             let ttl = match ttl {
-                Some(text) => api::tokens::parse_ttl(&text).map_err(anyhow::Error::msg)?,
+                Some(text) => parse_ttl(&text).map_err(anyhow::Error::msg)?,
                 None => config.auth.default_token_ttl,
             };
-            let signer = token::TokenSigner::new(&gateway::gateway::token_secret(&config, &data)?);
+            let signer = secrets::token_signer(&config, &data)?;
             let (token, _) = signer.sign(&user, &device, platform, ttl)?;
             println!("{token}");
             Ok(ExitCode::SUCCESS)
@@ -143,7 +146,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::ApiKey => {
             let config = load_config(place.config.as_deref())?;
             let data = DataDir::open(&place.data_dir)?;
-            println!("{}", gateway::gateway::api_keys(&config, &data)?[0]);
+            println!("{}", secrets::api_keys(&config, &data)?.first());
             Ok(ExitCode::SUCCESS)
         }
         Command::DevCert { out_dir, hosts } => {
@@ -192,125 +195,8 @@ fn init_logging(level: &str) {
         .init();
 }
 
-fn bind(name: &str, addr: SocketAddr, backlog: u32) -> Result<TcpListener> {
-    let listening = || {
-        let socket = match addr {
-            SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
-            SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
-        };
-        // As std's and tokio's own `bind` do: a restarted gateway must not wait out TIME_WAIT.
-        socket.set_reuseaddr(true)?;
-        socket.bind(addr)?;
-        socket.listen(backlog)
-    };
-    listening()
-        .with_context(|| format!("cannot listen for {name} on {addr} (set listeners.{name})"))
-}
-
-async fn serve(config: Config, data_dir: &Path) -> Result<()> {
+/// Serves until SIGTERM or Ctrl-C, then shuts down (see [`App::serve`]).
+async fn serve(config: Config, data_dir: &Path) -> Result<Stopped> {
     let data = DataDir::open(data_dir)?;
-    let gw = Gateway::new(config, &data).await?;
-    let listeners = gw.config.listeners.clone();
-    let mut bound = serde_json::Map::new();
-
-    let mut mqtt_listeners = vec![
-        ("mqtt", listeners.mqtt, MqttListenerKind::Tcp),
-        ("mqtt_ws", listeners.mqtt_ws, MqttListenerKind::WebSocket),
-    ];
-    if let Some((cert, key)) = gw.config.tls.pair() {
-        let acceptor = front::tls::acceptor(cert, key)?;
-        mqtt_listeners.push((
-            "mqtt_tls",
-            listeners.mqtt_tls,
-            MqttListenerKind::Tls(acceptor.clone()),
-        ));
-        mqtt_listeners.push((
-            "mqtt_wss",
-            listeners.mqtt_wss,
-            MqttListenerKind::SecureWebSocket(acceptor),
-        ));
-    }
-    for (name, addr, kind) in mqtt_listeners {
-        let listener = bind(name, addr, listeners.backlog)?;
-        bound.insert(name.into(), listener.local_addr()?.to_string().into());
-        tokio::spawn(listener::run(gw.clone(), listener, kind));
-    }
-    let http = bind("http", listeners.http, listeners.backlog)?;
-    bound.insert("http".into(), http.local_addr()?.to_string().into());
-    tokio::spawn(front::http_listener::run(
-        gw.clone(),
-        http,
-        api::router(gw.clone()),
-    ));
-
-    tracing::info!(listening = ?bound, data_dir = %data_dir.display(), "gateway started");
-    // One machine-readable line on stdout, so scripts and tests learn the bound ports.
-    let mut stdout = std::io::stdout().lock();
-    writeln!(stdout, "{}", serde_json::json!({ "listening": bound }))?;
-    stdout.flush()?;
-    drop(stdout);
-
-    tokio::spawn(sweep(gw.clone()));
-    tokio::spawn(gw.notifications.worker.clone().run());
-    if let Some(cluster) = &gw.cluster {
-        tokio::spawn(cluster.clone().run_inbound(gw.clone()));
-        tokio::spawn(cluster.clone().run_heartbeat(gw.clone()));
-    }
-
-    shutdown_signal().await;
-    tracing::info!("shutting down: closing sessions");
-    gw.sessions.close_all();
-    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
-    if let Some(recorder) = gw.recorder.clone() {
-        // The sessions closed above have recorded their disconnects; write them out.
-        tokio::task::spawn_blocking(move || recorder.finish()).await?;
-    }
-    Ok(())
-}
-
-/// Cuts messages past `roaming.retention_age`, purges deleted conversations, and removes
-/// expired dedup claims and notification records past `notify.record_retention`, every
-/// `roaming.sweep_interval`.
-async fn sweep(gw: std::sync::Arc<Gateway>) {
-    let roaming = gw.config.roaming.clone();
-    let mut every = tokio::time::interval(roaming.sweep_interval);
-    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        every.tick().await;
-        let now = gateway::session_handle::unix_millis();
-        let records_before =
-            now.saturating_sub(gw.config.notify.record_retention.as_millis() as u64);
-        match gw.notifications.ledger.sweep(now, records_before).await {
-            Ok(swept) if swept != Default::default() => {
-                tracing::info!(
-                    claims = swept.claims,
-                    records = swept.records,
-                    "notification ledger swept"
-                )
-            }
-            Ok(_) => {}
-            Err(e) => tracing::warn!("notification ledger sweep failed: {e}"),
-        }
-        let cutoff = now.saturating_sub(roaming.retention_age.as_millis() as u64);
-        match gw.store.sweep(cutoff).await {
-            Ok(report) if report != Default::default() => {
-                tracing::info!(
-                    expired = report.expired,
-                    purged = report.purged_contacts,
-                    "store swept"
-                )
-            }
-            Ok(_) => {}
-            Err(e) => tracing::warn!("store sweep failed: {e}"),
-        }
-    }
-}
-
-async fn shutdown_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut terminate = signal(SignalKind::terminate()).expect("installing the SIGTERM handler");
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = terminate.recv() => {}
-    }
+    App::build(config, &data).await?.serve(data_dir).await
 }

@@ -21,12 +21,12 @@ use crate::report::{latency_histogram, median, print_verdict, thousands, Latency
 use crate::report::{Outcome, Table};
 use anyhow::{bail, Context, Result};
 use clap::{Args, ValueEnum};
-use gateway::roam::clock::HybridClock;
-use gateway::store::cipher::KeyRing;
+use gateway::infra::cipher::KeyRing;
+use gateway::store::clock::HybridClock;
 use gateway::store::embedded::EmbeddedStore;
 use gateway::store::record::{self, Content};
 use gateway::store::redis::RedisStore;
-use gateway::store::{Appended, LiveFanout, Settings, SharedStore};
+use gateway::store::{Appended, CommitFeed, Settings, SharedStore};
 use hdrhistogram::Histogram;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -153,7 +153,7 @@ pub async fn run_cmd(cmd: &StoreCmd) -> Result<StoreResult> {
     }
     let keys = Arc::new(KeyRing::new(&[TEST_KEY.to_owned()]).context("the test key")?);
     let body = json!({ "text": "x".repeat(cmd.body_bytes) });
-    let run_id = format!("{:x}", gateway::session_handle::unix_millis());
+    let run_id = format!("{:x}", gateway::infra::time::unix_millis());
     let mut measured: Vec<Vec<StoreRound>> = cmd.writers.iter().map(|_| Vec::new()).collect();
     for round in 1..=cmd.rounds {
         for (series, &writers) in measured.iter_mut().zip(&cmd.writers) {
@@ -238,7 +238,7 @@ struct BatchLog {
     sizes: Mutex<Vec<u32>>,
 }
 
-impl LiveFanout for BatchLog {
+impl CommitFeed for BatchLog {
     fn committed(&self, messages: &[Appended]) {
         self.sizes
             .lock()

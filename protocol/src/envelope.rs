@@ -131,7 +131,8 @@ pub enum PresenceEvent {
     },
     Offline {
         device: String,
-        /// Why the device went offline: `disconnect`, `keepalive_timeout`, `kicked`, `taken_over`, …
+        /// Why the device went offline: a [`DisconnectReason`] name (`client_disconnect`,
+        /// `keepalive_timeout`, `taken_over`, …), or words when another node noticed it.
         reason: String,
     },
     /// The device was logged out by the server; `reason` is text an app can show.
@@ -151,6 +152,53 @@ pub enum PresenceEvent {
         /// The device that decided, or `null` when the backend decided over HTTP.
         by: Option<String>,
     },
+}
+
+/// Why a client's session ended: the `reason` of a presence `offline` event, and the label of
+/// the gateway's disconnect metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DisconnectReason {
+    /// The client said goodbye (MQTT DISCONNECT, WebSocket close).
+    ClientDisconnect,
+    /// The connection broke or was closed without a goodbye.
+    SocketClosed,
+    /// Nothing arrived within 1.5 keepalives (MQTT) or two ping intervals (JSON WebSocket).
+    KeepaliveTimeout,
+    ProtocolError,
+    PacketTooLarge,
+    /// The client read too slowly: its outbox filled up.
+    SlowConsumer,
+    /// A newer connection of the same device took over.
+    TakenOver,
+    /// Logged out by the device policy or the backend.
+    Kicked,
+    ApprovalDenied,
+    ApprovalTimeout,
+    /// The gateway is shutting down.
+    Shutdown,
+    /// A 3.1.1 client's message could not be stored; it is not acknowledged, so the client
+    /// sends it again after reconnecting.
+    StoreUnavailable,
+}
+
+impl DisconnectReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::ClientDisconnect => "client_disconnect",
+            Self::SocketClosed => "socket_closed",
+            Self::KeepaliveTimeout => "keepalive_timeout",
+            Self::ProtocolError => "protocol_error",
+            Self::PacketTooLarge => "packet_too_large",
+            Self::SlowConsumer => "slow_consumer",
+            Self::TakenOver => "taken_over",
+            Self::Kicked => "kicked",
+            Self::ApprovalDenied => "approval_denied",
+            Self::ApprovalTimeout => "approval_timeout",
+            Self::Shutdown => "shutdown",
+            Self::StoreUnavailable => "store_unavailable",
+        }
+    }
 }
 
 /// What a device publishes on `u/{user}/d/{device}/approve`, and the body of the HTTP approval.
@@ -254,6 +302,30 @@ mod tests {
             serde_json::to_value(&event).unwrap(),
             json!({"type": "kicked", "device": "p1", "reason": "logged in on another phone"})
         );
+    }
+
+    #[test]
+    fn disconnect_reasons_are_named_as_serialized() {
+        use DisconnectReason::*;
+        for reason in [
+            ClientDisconnect,
+            SocketClosed,
+            KeepaliveTimeout,
+            ProtocolError,
+            PacketTooLarge,
+            SlowConsumer,
+            TakenOver,
+            Kicked,
+            ApprovalDenied,
+            ApprovalTimeout,
+            Shutdown,
+            StoreUnavailable,
+        ] {
+            assert_eq!(
+                serde_json::to_value(reason).unwrap(),
+                json!(reason.as_str())
+            );
+        }
     }
 
     #[test]

@@ -86,6 +86,45 @@ impl RedisServer {
     }
 }
 
+impl RedisServer {
+    /// Starts the server again on the same port with nothing it had: no data, and none of the
+    /// scripts it had loaded (as a server replaced by an empty one).
+    pub fn restart_empty(&mut self) {
+        self.stop();
+        for entry in std::fs::read_dir(self.dir.path()).expect("the server's directory") {
+            let path = entry.expect("a directory entry").path();
+            if path.extension().is_none_or(|ext| ext != "log") {
+                let _ = std::fs::remove_dir_all(&path).or_else(|_| std::fs::remove_file(&path));
+            }
+        }
+        self.start_again();
+    }
+
+    /// Freezes the server (SIGSTOP): it holds its connections and answers nothing, as a
+    /// server that hangs, until [`resume`](Self::resume).
+    pub fn pause(&self) {
+        self.signal("-STOP");
+    }
+
+    pub fn resume(&self) {
+        self.signal("-CONT");
+    }
+
+    fn signal(&self, signal: &str) {
+        let pid = self
+            .child
+            .as_ref()
+            .expect("the server runs")
+            .id()
+            .to_string();
+        let sent = Command::new("kill").args([signal, &pid]).status();
+        assert!(
+            sent.is_ok_and(|status| status.success()),
+            "kill {signal} {pid}"
+        );
+    }
+}
+
 impl Drop for RedisServer {
     fn drop(&mut self) {
         self.stop();

@@ -4,16 +4,17 @@
 
 use broker_config::{QiuQiu, WeChat, WeChatApp};
 use e2e::redis_server::RedisServer;
-use gateway::channel::wechat::next_quota_day;
-use gateway::channel::{
-    parse_job_finish, CachedToken, Channel, ChannelName, Content, JobStatus, LocalTokenCache,
-    Outcome, QiuQiuChannel, RedisTokenCache, Target, TokenCache, WeChatChannel,
-};
-use gateway::channel::{JobFinish, Push};
+use gateway::channel::qiuqiu::QiuQiuChannel;
+use gateway::channel::token_cache::{CachedToken, LocalTokenCache, RedisTokenCache, TokenCache};
+use gateway::channel::wechat::callback::{parse_job_finish, JobFinish, JobStatus};
+use gateway::channel::wechat::errors::next_quota_day;
+use gateway::channel::wechat::WeChatChannel;
+use gateway::channel::{Channel, Content, Outcome, Push, Target};
 use loadtest::mock_channels::qiuqiu::{Audience, PushMessage, DEFAULT_APP_ID, DEFAULT_APP_KEY};
 use loadtest::mock_channels::qiuqiu::{QiuQiuConfig, DEFAULT_MASTER_SECRET};
 use loadtest::mock_channels::wechat::{IdSet, SendKind, DEFAULT_APPID, DEFAULT_SECRET};
 use loadtest::mock_channels::{QiuQiuDouble, WeChatDouble};
+use protocol::notification::Provider;
 use serde_json::json;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -97,12 +98,9 @@ fn failed_code(outcome: &Outcome) -> &str {
 async fn a_template_message_carries_its_key_and_values_cut_to_their_limits() {
     let double = WeChatDouble::start().await;
     let channel = wechat(&double);
-    assert_eq!(channel.name(), ChannelName::WeChat);
-    assert_eq!(
-        json!(ChannelName::WeChat),
-        json!(ChannelName::WeChat.as_str())
-    );
-    assert_eq!(json!(ChannelName::WeChat), "wechat");
+    assert_eq!(channel.provider(), Provider::Wechat);
+    assert_eq!(json!(Provider::Wechat), json!(Provider::Wechat.as_str()));
+    assert_eq!(json!(Provider::Wechat), "wechat");
     let long_thing = "您的订单已经发货，预计明天送达，请保持电话畅通谢谢";
     let outcome = channel
         .send(&template(
@@ -349,14 +347,14 @@ async fn nodes_share_one_token_through_redis() {
 
 /// A WeChat channel as on one node of a cluster: its own connection to the shared Redis.
 async fn redis_node(redis: &RedisServer, double: &WeChatDouble) -> WeChatChannel {
-    let connection = gateway::store::redis::connect(&redis.url()).await.unwrap();
+    let connection = gateway::infra::redis::connect(&redis.url()).await.unwrap();
     wechat_with(double, TIMEOUT, Arc::new(RedisTokenCache::new(connection)))
 }
 
 #[tokio::test]
 async fn the_redis_cache_expires_a_token_only_while_it_is_still_the_same() {
     let redis = RedisServer::start();
-    let connection = gateway::store::redis::connect(&redis.url()).await.unwrap();
+    let connection = gateway::infra::redis::connect(&redis.url()).await.unwrap();
     let cache = RedisTokenCache::new(connection);
     let now = SystemTime::now();
     let token = |value: &str, lives: Duration| CachedToken {
@@ -364,7 +362,7 @@ async fn the_redis_cache_expires_a_token_only_while_it_is_still_the_same() {
         expires_at: now + lives,
         refresh_at: now + lives / 2,
     };
-    let channel = ChannelName::QiuQiu;
+    let channel = Provider::Qiuqiu;
     assert_eq!(cache.get(channel, "app").await.unwrap(), None);
 
     cache
@@ -381,7 +379,7 @@ async fn the_redis_cache_expires_a_token_only_while_it_is_still_the_same() {
     };
     assert!(within(cached.expires_at, now + Duration::from_secs(600)));
     assert!(within(cached.refresh_at, now + Duration::from_secs(300)));
-    assert_eq!(cache.get(ChannelName::WeChat, "app").await.unwrap(), None);
+    assert_eq!(cache.get(Provider::Wechat, "app").await.unwrap(), None);
 
     assert!(!cache.expire_if_still(channel, "app", "t0").await.unwrap());
     assert!(cache.get(channel, "app").await.unwrap().is_some());
@@ -517,8 +515,8 @@ fn device(id: &str) -> Target {
 async fn a_signed_auth_is_accepted_and_notifications_arrive() {
     let double = QiuQiuDouble::start().await;
     let channel = qiuqiu(&double);
-    assert_eq!(channel.name(), ChannelName::QiuQiu);
-    assert_eq!(json!(ChannelName::QiuQiu), "qiuqiu");
+    assert_eq!(channel.provider(), Provider::Qiuqiu);
+    assert_eq!(json!(Provider::Qiuqiu), "qiuqiu");
     let outcome = channel
         .send(&notification(
             "chat-0001-qiuqiu",

@@ -4,16 +4,17 @@
 
 use broker_config::Notify;
 use e2e::redis_server::RedisServer;
+use gateway::infra::cipher::KeyRing;
+use gateway::infra::time::unix_millis;
 use gateway::notify::ledger::embedded::EmbeddedLedger;
 use gateway::notify::ledger::redis::RedisLedger;
 use gateway::notify::ledger::{AggregateJoin, DedupClaim, Ledger, LedgerSweep, NewRecord};
-use gateway::notify::model::{
-    Bindings, Consent, Job, Notification, Preferences, Priority, QuietHours, QuietWindow, Record,
-    Route, RouteState, Status,
-};
-use gateway::session_handle::unix_millis;
-use gateway::store::cipher::KeyRing;
+use gateway::notify::model::{Job, Preferences};
 use gateway::store::StoreError;
+use protocol::notification::{
+    Bindings, Consent, Notification, Priority, Provider, QuietHours, QuietWindow, Record, Route,
+    RouteState, Status,
+};
 use serde_json::json;
 use std::collections::{BTreeMap, HashSet};
 use std::io::{BufRead, BufReader, Read, Write};
@@ -124,10 +125,18 @@ fn notification(id: &str, user: &str) -> Notification {
 fn job(id: &str, user: &str, route: Route) -> Job {
     Job {
         notification: id.to_string(),
-        route,
+        provider: provider(route),
         user: user.to_string(),
         attempts: 0,
         count: 0,
+    }
+}
+
+/// The provider of a push route.
+fn provider(route: Route) -> Provider {
+    match route {
+        Route::Push(provider) => provider,
+        Route::InApp => panic!("no job goes in-app"),
     }
 }
 
@@ -185,7 +194,7 @@ async fn aggregate<L: Ledger + ?Sized>(
         user: user.into(),
         kind: kind.into(),
         notification: notification.into(),
-        route,
+        provider: provider(route),
         due_ms,
     };
     l.aggregate(&[join]).await.unwrap().remove(0)
@@ -315,8 +324,8 @@ async fn records_created_together_are_all_stored(s: Subject) {
         .map(|i| {
             let id = format!("n{i}");
             NewRecord {
-                record: record(&id, "alice", &[Route::Qiuqiu]),
-                jobs: vec![(job(&id, "alice", Route::Qiuqiu), i)],
+                record: record(&id, "alice", &[Route::QIUQIU]),
+                jobs: vec![(job(&id, "alice", Route::QIUQIU), i)],
             }
         })
         .collect();
@@ -339,7 +348,7 @@ async fn aggregate_joins_in_one_call_apply_in_order(s: Subject) {
         user: user.into(),
         kind: "friend_request".into(),
         notification: notification.into(),
-        route: Route::Qiuqiu,
+        provider: Provider::Qiuqiu,
         due_ms: 1000,
     };
     let joined = s
@@ -355,14 +364,14 @@ async fn aggregate_joins_in_one_call_apply_in_order(s: Subject) {
 }
 
 async fn a_record_round_trips_and_queues_its_jobs(s: Subject) {
-    let mut stored = record("n1", "alice", &[Route::InApp, Route::Wechat, Route::Qiuqiu]);
+    let mut stored = record("n1", "alice", &[Route::InApp, Route::WECHAT, Route::QIUQIU]);
     stored.routes.insert(
         Route::InApp,
         RouteState::new(Status::Delivered, Some("seq 7".into())),
     );
     let jobs = [
-        (job("n1", "alice", Route::Wechat), 1000),
-        (job("n1", "alice", Route::Qiuqiu), 2000),
+        (job("n1", "alice", Route::WECHAT), 1000),
+        (job("n1", "alice", Route::QIUQIU), 2000),
     ];
     create(&s.ledger, &stored, &jobs).await;
     assert_eq!(s.ledger.record("n1").await.unwrap(), Some(stored));
@@ -374,7 +383,7 @@ async fn a_record_round_trips_and_queues_its_jobs(s: Subject) {
 
 async fn due_jobs_come_oldest_first_and_are_leased(s: Subject) {
     for (id, due) in [("n1", 100), ("n2", 300), ("n3", 200), ("n4", 5000)] {
-        queued(&s, id, "alice", &[Route::Wechat], due).await;
+        queued(&s, id, "alice", &[Route::WECHAT], due).await;
     }
     assert!(take(&s, 500, 0, 1000).await.is_empty());
     assert_eq!(
@@ -401,11 +410,11 @@ async fn due_jobs_come_oldest_first_and_are_leased(s: Subject) {
 }
 
 async fn settling_records_the_route_and_requeues_or_removes_the_job(s: Subject) {
-    queued(&s, "n1", "alice", &[Route::Wechat, Route::Qiuqiu], 100).await;
+    queued(&s, "n1", "alice", &[Route::WECHAT, Route::QIUQIU], 100).await;
     let taken = s.ledger.take_due(100, 10, 1000).await.unwrap();
     assert_eq!(taken.len(), 2);
 
-    let mut retried = job("n1", "alice", Route::Wechat);
+    let mut retried = job("n1", "alice", Route::WECHAT);
     retried.attempts = 1;
     let mut waiting = RouteState::new(Status::Queued, Some("retrying after timeout".into()));
     waiting.due_at = Some(5000);
@@ -415,13 +424,13 @@ async fn settling_records_the_route_and_requeues_or_removes_the_job(s: Subject) 
         .unwrap();
     let sent = RouteState::new(Status::Sent, None);
     s.ledger
-        .settle(&job("n1", "alice", Route::Qiuqiu), sent.clone(), None)
+        .settle(&job("n1", "alice", Route::QIUQIU), sent.clone(), None)
         .await
         .unwrap();
 
     let record = s.ledger.record("n1").await.unwrap().unwrap();
-    assert_eq!(record.routes[&Route::Wechat], waiting);
-    assert_eq!(record.routes[&Route::Qiuqiu], sent);
+    assert_eq!(record.routes[&Route::WECHAT], waiting);
+    assert_eq!(record.routes[&Route::QIUQIU], sent);
     assert_depth(&s, 1).await;
     assert!(take(&s, 4999, 10, 1000).await.is_empty(), "due at next_due");
     assert_eq!(
@@ -435,11 +444,11 @@ async fn settling_records_the_route_and_requeues_or_removes_the_job(s: Subject) 
         .await
         .unwrap();
     let record = s.ledger.record("n1").await.unwrap().unwrap();
-    assert_eq!(record.routes[&Route::Wechat], waiting);
+    assert_eq!(record.routes[&Route::WECHAT], waiting);
     assert_eq!(take(&s, 6000, 10, 10_000).await, ["n1-wechat"]);
 
     // Without its record (gone), a job still moves in the queue.
-    let ghost = job("ghost", "alice", Route::Wechat);
+    let ghost = job("ghost", "alice", Route::WECHAT);
     s.ledger
         .settle(&ghost, sent.clone(), Some(7000))
         .await
@@ -455,20 +464,20 @@ async fn settling_records_the_route_and_requeues_or_removes_the_job(s: Subject) 
 
 async fn aggregates_join_until_their_job_is_taken(s: Subject) {
     let l = &s.ledger;
-    let (first, new) = aggregate(l, "alice", "friend_request", "n1", Route::Qiuqiu, 1000).await;
+    let (first, new) = aggregate(l, "alice", "friend_request", "n1", Route::QIUQIU, 1000).await;
     assert!(new);
     assert_eq!(
-        (first.notification.as_str(), first.count, first.route),
-        ("n1", 1, Route::Qiuqiu)
+        (first.notification.as_str(), first.count, first.route()),
+        ("n1", 1, Route::QIUQIU)
     );
     for (id, count) in [("n2", 2), ("n3", 3)] {
-        let (joined, new) = aggregate(l, "alice", "friend_request", id, Route::Qiuqiu, 1500).await;
+        let (joined, new) = aggregate(l, "alice", "friend_request", id, Route::QIUQIU, 1500).await;
         assert!(!new);
         assert_eq!((joined.notification.as_str(), joined.count), ("n1", count));
     }
-    let (other_kind, new) = aggregate(l, "alice", "like", "n4", Route::Qiuqiu, 1000).await;
+    let (other_kind, new) = aggregate(l, "alice", "like", "n4", Route::QIUQIU, 1000).await;
     assert!(new && other_kind.count == 1);
-    let (_, new) = aggregate(l, "bob", "friend_request", "n5", Route::Qiuqiu, 1000).await;
+    let (_, new) = aggregate(l, "bob", "friend_request", "n5", Route::QIUQIU, 1000).await;
     assert!(new, "one aggregate per user");
 
     let taken = l.take_due(1000, 10, 10_000).await.unwrap();
@@ -476,44 +485,44 @@ async fn aggregates_join_until_their_job_is_taken(s: Subject) {
     assert_eq!(n1.count, 3, "sent as one push for three");
     assert_eq!(taken.len(), 3);
 
-    let (after, new) = aggregate(l, "alice", "friend_request", "n6", Route::Qiuqiu, 2000).await;
+    let (after, new) = aggregate(l, "alice", "friend_request", "n6", Route::QIUQIU, 2000).await;
     assert!(new, "taking the job freed the slot");
     assert_eq!((after.notification.as_str(), after.count), ("n6", 1));
 }
 
 async fn provider_ids_lead_back_to_their_notification(s: Subject) {
     let l = &s.ledger;
-    l.index_provider_id("msg-1", "n1", Route::Wechat)
+    l.index_provider_id("msg-1", "n1", Provider::Wechat)
         .await
         .unwrap();
-    l.index_provider_id("task-9", "n2", Route::Qiuqiu)
+    l.index_provider_id("task-9", "n2", Provider::Qiuqiu)
         .await
         .unwrap();
     assert_eq!(
         l.by_provider_id("msg-1").await.unwrap(),
-        Some(("n1".to_string(), Route::Wechat))
+        Some(("n1".to_string(), Provider::Wechat))
     );
     assert_eq!(
         l.by_provider_id("task-9").await.unwrap(),
-        Some(("n2".to_string(), Route::Qiuqiu))
+        Some(("n2".to_string(), Provider::Qiuqiu))
     );
     assert_eq!(l.by_provider_id("msg-2").await.unwrap(), None);
 }
 
 async fn a_delivery_report_sets_one_route(s: Subject) {
-    queued(&s, "n1", "alice", &[Route::Wechat, Route::Qiuqiu], 100).await;
+    queued(&s, "n1", "alice", &[Route::WECHAT, Route::QIUQIU], 100).await;
     let delivered = RouteState::new(Status::Delivered, Some("user received".into()));
     s.ledger
-        .set_route("n1", Route::Wechat, delivered.clone())
+        .set_route("n1", Route::WECHAT, delivered.clone())
         .await
         .unwrap();
     let record = s.ledger.record("n1").await.unwrap().unwrap();
-    assert_eq!(record.routes[&Route::Wechat], delivered);
-    assert_eq!(record.routes[&Route::Qiuqiu].status, Status::Queued);
+    assert_eq!(record.routes[&Route::WECHAT], delivered);
+    assert_eq!(record.routes[&Route::QIUQIU].status, Status::Queued);
     assert_depth(&s, 2).await;
 
     s.ledger
-        .set_route("ghost", Route::Wechat, delivered)
+        .set_route("ghost", Route::WECHAT, delivered)
         .await
         .unwrap();
     assert_eq!(s.ledger.record("ghost").await.unwrap(), None);
@@ -582,18 +591,18 @@ async fn preferences_round_trip_and_bindings_are_sealed(s: Subject) {
 
 async fn the_queue_depth_counts_queued_and_leased_jobs(s: Subject) {
     assert_depth(&s, 0).await;
-    queued(&s, "n1", "alice", &[Route::Wechat, Route::Qiuqiu], 100).await;
-    queued(&s, "n2", "bob", &[Route::Wechat], 100).await;
+    queued(&s, "n1", "alice", &[Route::WECHAT, Route::QIUQIU], 100).await;
+    queued(&s, "n2", "bob", &[Route::WECHAT], 100).await;
     assert_depth(&s, 3).await;
     assert_eq!(take(&s, 100, 1, 1000).await.len(), 1);
     assert_depth(&s, 3).await;
     let sent = RouteState::new(Status::Sent, None);
     s.ledger
-        .settle(&job("n1", "alice", Route::Wechat), sent, None)
+        .settle(&job("n1", "alice", Route::WECHAT), sent, None)
         .await
         .unwrap();
     assert_depth(&s, 2).await;
-    aggregate(&s.ledger, "bob", "like", "n3", Route::Qiuqiu, 100).await;
+    aggregate(&s.ledger, "bob", "like", "n3", Route::QIUQIU, 100).await;
     assert_depth(&s, 3).await;
 }
 
@@ -626,8 +635,8 @@ async fn deleting_a_user_leaves_no_preferences_claims_or_jobs(s: Subject) {
         l.set_bindings(user, &bindings).await.unwrap();
         assert!(claim(l, user, "k:1", now, 60_000).await);
         assert!(claim(l, user, "k:2", now, 60_000).await);
-        queued(&s, &format!("{user}-n1"), user, &[Route::Wechat], 100).await;
-        aggregate(l, user, "like", &format!("{user}-n2"), Route::Qiuqiu, 100).await;
+        queued(&s, &format!("{user}-n1"), user, &[Route::WECHAT], 100).await;
+        aggregate(l, user, "like", &format!("{user}-n2"), Route::QIUQIU, 100).await;
     }
     // One of bob's jobs taken and waiting to be retried, one just queued.
     assert_eq!(take(&s, 100, 1, 1000).await, ["alice-n1-wechat"]);
@@ -663,7 +672,7 @@ async fn deleting_a_user_leaves_no_preferences_claims_or_jobs(s: Subject) {
         take(&s, u64::MAX / 4, 100, 1000).await,
         ["alice-n1-wechat", "alice-n2-qiuqiu"]
     );
-    let (_, new) = aggregate(l, "bob", "like", "bob-n3", Route::Qiuqiu, 100).await;
+    let (_, new) = aggregate(l, "bob", "like", "bob-n3", Route::QIUQIU, 100).await;
     assert!(new, "the aggregate slot went with its job");
 
     // Nothing of alice's went.
@@ -718,10 +727,10 @@ async fn nodes_taking_due_jobs_at_once_never_take_one_twice() {
         let user = format!("u{}", i % 7);
         let id = format!("n{i:03}");
         let jobs = [
-            (job(&id, &user, Route::Wechat), i),
-            (job(&id, &user, Route::Qiuqiu), i),
+            (job(&id, &user, Route::WECHAT), i),
+            (job(&id, &user, Route::QIUQIU), i),
         ];
-        let record = record(&id, &user, &[Route::Wechat, Route::Qiuqiu]);
+        let record = record(&id, &user, &[Route::WECHAT, Route::QIUQIU]);
         create(&nodes[0], &record, &jobs).await;
     }
     let takers: Vec<_> = (0..8)
@@ -755,16 +764,16 @@ async fn nodes_settling_the_routes_of_one_notification_at_once_keep_both() {
     let ids: Vec<String> = (0..40).map(|i| format!("n{i}")).collect();
     for id in &ids {
         let jobs = [
-            (job(id, "alice", Route::Wechat), 100),
-            (job(id, "alice", Route::Qiuqiu), 100),
+            (job(id, "alice", Route::WECHAT), 100),
+            (job(id, "alice", Route::QIUQIU), 100),
         ];
-        let record = record(id, "alice", &[Route::Wechat, Route::Qiuqiu]);
+        let record = record(id, "alice", &[Route::WECHAT, Route::QIUQIU]);
         create(&nodes[0], &record, &jobs).await;
     }
     let settles: Vec<_> = ids
         .iter()
         .flat_map(|id| {
-            [(0, Route::Wechat), (1, Route::Qiuqiu)].map(|(node, route)| {
+            [(0, Route::WECHAT), (1, Route::QIUQIU)].map(|(node, route)| {
                 let (node, id) = (nodes[node].clone(), id.clone());
                 tokio::spawn(async move {
                     let state = RouteState::new(Status::Sent, Some(format!("by {route:?}")));
@@ -778,7 +787,7 @@ async fn nodes_settling_the_routes_of_one_notification_at_once_keep_both() {
     }
     for id in &ids {
         let record = nodes[1].record(id).await.unwrap().unwrap();
-        for route in [Route::Wechat, Route::Qiuqiu] {
+        for route in [Route::WECHAT, Route::QIUQIU] {
             assert_eq!(
                 record.routes[&route].detail,
                 Some(format!("by {route:?}")),
@@ -823,15 +832,15 @@ async fn the_embedded_sweeper_removes_expired_claims_and_old_settled_records() {
     );
     let mut sent = RouteState::new(Status::Sent, None);
     sent.provider_id = Some("m-1".into());
-    let mut settled = record(&old, "alice", &[Route::Wechat]);
-    settled.routes.insert(Route::Wechat, sent.clone());
+    let mut settled = record(&old, "alice", &[Route::WECHAT]);
+    settled.routes.insert(Route::WECHAT, sent.clone());
     create(l, &settled, &[]).await;
-    l.index_provider_id("m-1", &old, Route::Wechat)
+    l.index_provider_id("m-1", &old, Provider::Wechat)
         .await
         .unwrap();
-    create(l, &record(&pending, "alice", &[Route::Qiuqiu]), &[]).await;
-    let mut recent = record(&young, "alice", &[Route::Wechat]);
-    recent.routes.insert(Route::Wechat, sent);
+    create(l, &record(&pending, "alice", &[Route::QIUQIU]), &[]).await;
+    let mut recent = record(&young, "alice", &[Route::WECHAT]);
+    recent.routes.insert(Route::WECHAT, sent);
     create(l, &recent, &[]).await;
 
     let swept = l.sweep(now, now - 5_000).await.unwrap();
@@ -857,7 +866,7 @@ async fn the_embedded_ledgers_claims_survive_a_restart_and_are_bounded() {
         assert!(claim(&l, "alice", "k:1", now, 60_000).await);
         assert!(claim(&l, "alice", "k:2", now, 1_000).await);
         // Claims are durable with the next create.
-        create(&l, &record("n1", "alice", &[Route::Wechat]), &[]).await;
+        create(&l, &record("n1", "alice", &[Route::WECHAT]), &[]).await;
         assert_eq!(l.dedup_claims_held(), Some(2));
     }
     let l: Arc<dyn Ledger> = Arc::new(EmbeddedLedger::open(dir.path(), keys(), &settings).unwrap());
@@ -897,14 +906,14 @@ async fn the_embedded_ledgers_claims_survive_a_restart_and_are_bounded() {
 async fn redis_expires_records_and_provider_ids_after_the_retention() {
     let s = redis_ledger().await;
     let l = &s.ledger;
-    let jobs = [(job("n1", "alice", Route::Wechat), 0)];
-    create(l, &record("n1", "alice", &[Route::Wechat]), &jobs).await;
-    l.index_provider_id("m-9", "n1", Route::Wechat)
+    let jobs = [(job("n1", "alice", Route::WECHAT), 0)];
+    create(l, &record("n1", "alice", &[Route::WECHAT]), &jobs).await;
+    l.index_provider_id("m-9", "n1", Provider::Wechat)
         .await
         .unwrap();
     // A route's state rewrites the record and keeps its expiry.
     let sent = RouteState::new(Status::Sent, None);
-    l.set_route("n1", Route::Wechat, sent).await.unwrap();
+    l.set_route("n1", Route::WECHAT, sent).await.unwrap();
     let mut redis = Resp::to(s.redis.as_ref().unwrap());
     for key in ["gw:notify:record:n1", "gw:notify:provider:m-9"] {
         let ttl = redis.call(&["PTTL", key]).integer();

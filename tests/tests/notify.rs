@@ -444,7 +444,7 @@ async fn quiet_hours_hold_pushes_but_not_urgent_ones() {
     assert_eq!(held["routes"]["qiuqiu"]["status"], "held");
     assert!(
         held["routes"]["qiuqiu"]["due_at"].as_u64().unwrap()
-            > gateway::session_handle::unix_millis() + 3_600_000
+            > gateway::infra::time::unix_millis() + 3_600_000
     );
     let urgent = notify(&gw, json!({"user": "dot", "kind": "social_interaction", "title": "urgent", "body": "", "priority": "urgent"})).await;
     assert_eq!(
@@ -601,7 +601,8 @@ async fn a_spent_daily_quota_parks_pushes_until_it_resets() {
                 wechat["detail"].as_str().unwrap().contains("45009"),
                 "{record}"
             );
-            let midnight = gateway::notify::rate::next_provider_midnight(chrono::Utc::now());
+            let midnight =
+                gateway::channel::provider_day::next_provider_midnight(chrono::Utc::now());
             assert_eq!(
                 wechat["due_at"].as_u64().unwrap(),
                 midnight.timestamp_millis() as u64

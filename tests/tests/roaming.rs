@@ -5,10 +5,10 @@ use e2e::device::{messages_of, seqs, Device};
 use e2e::json_ws::JsonClient;
 use e2e::{Options, TestGateway};
 use futures_util::stream::{self, StreamExt};
-use gateway::roam::clock::HybridClock;
-use gateway::store::cipher::KeyRing;
+use gateway::infra::cipher::KeyRing;
+use gateway::store::clock::HybridClock;
 use gateway::store::embedded::EmbeddedStore;
-use gateway::store::{Appended, LiveFanout, Settings, Store};
+use gateway::store::{Appended, CommitFeed, Settings, Store};
 use protocol::envelope::Platform;
 use reqwest::Method;
 use serde_json::{json, Value};
@@ -35,7 +35,7 @@ async fn history(gw: &TestGateway, query: &str) -> (u16, Value) {
 
 struct Silent;
 
-impl LiveFanout for Silent {
+impl CommitFeed for Silent {
     fn committed(&self, _: &[Appended]) {}
 }
 

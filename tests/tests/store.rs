@@ -2,12 +2,12 @@
 //! trait. The Redis backend runs against a real `redis-server` started on a free port.
 
 use e2e::redis_server::RedisServer;
-use gateway::roam::clock::HybridClock;
-use gateway::store::cipher::KeyRing;
+use gateway::infra::cipher::KeyRing;
+use gateway::store::clock::HybridClock;
 use gateway::store::embedded::EmbeddedStore;
 use gateway::store::record::{self, Content};
 use gateway::store::redis::RedisStore;
-use gateway::store::{Appended, LiveFanout, Settings, SharedStore};
+use gateway::store::{Appended, CommitFeed, Settings, SharedStore};
 use serde_json::json;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -16,7 +16,7 @@ use std::sync::{Arc, Mutex};
 #[derive(Default)]
 struct Recorder(Mutex<Vec<(String, u64, u64)>>);
 
-impl LiveFanout for Recorder {
+impl CommitFeed for Recorder {
     fn committed(&self, messages: &[Appended]) {
         let mut seen = self.0.lock().unwrap();
         seen.extend(messages.iter().map(|m| (m.log.clone(), m.seq, m.hlc)));

@@ -1,16 +1,16 @@
 //! `Authorization: Bearer <api key>` on every `/v1` route.
 
 use super::error::ApiError;
-use crate::gateway::Gateway;
-use axum::extract::{Request, State};
+use super::state::Api;
+use axum::extract::Request;
+use axum::extract::State;
 use axum::http::{header, StatusCode};
 use axum::middleware::Next;
 use axum::response::Response;
 use protocol::ErrorCode;
-use std::sync::Arc;
 
 pub async fn require_api_key(
-    State(gw): State<Arc<Gateway>>,
+    State(api): State<Api>,
     request: Request,
     next: Next,
 ) -> Result<Response, ApiError> {
@@ -21,7 +21,7 @@ pub async fn require_api_key(
         .and_then(|v| v.strip_prefix("Bearer "))
         .map(str::trim);
     match presented {
-        Some(key) if gw.is_api_key(key) => Ok(next.run(request).await),
+        Some(key) if api.auth.api_keys.contains(key) => Ok(next.run(request).await),
         Some(_) => Err(ApiError::new(
             StatusCode::UNAUTHORIZED,
             ErrorCode::Unauthorized,

@@ -2,14 +2,14 @@
 
 use super::error::ApiError;
 use super::json::{ApiJson, ApiQuery};
-use crate::gateway::Gateway;
-use axum::extract::{Path, State};
+use super::state::Api;
+use axum::extract::Path;
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::Json;
 use protocol::envelope::DeviceInfo;
 use protocol::topics::is_valid_id;
 use serde::{Deserialize, Serialize};
-use std::sync::Arc;
 
 #[derive(Serialize)]
 pub struct DeviceList {
@@ -25,14 +25,11 @@ pub fn check_ids(ids: &[&str]) -> Result<(), ApiError> {
 }
 
 pub async fn list(
-    State(gw): State<Arc<Gateway>>,
+    State(api): State<Api>,
     Path(user): Path<String>,
 ) -> Result<Json<DeviceList>, ApiError> {
     check_ids(&[&user])?;
-    let devices = match &gw.cluster {
-        Some(cluster) => cluster.devices(&user).await?,
-        None => gw.sessions.devices(&user),
-    };
+    let devices = api.registry.devices_everywhere(&user).await?;
     Ok(Json(DeviceList { user, devices }))
 }
 
@@ -43,7 +40,7 @@ pub struct KickQuery {
 }
 
 pub async fn kick(
-    State(gw): State<Arc<Gateway>>,
+    State(api): State<Api>,
     Path((user, device)): Path<(String, String)>,
     ApiQuery(query): ApiQuery<KickQuery>,
 ) -> Result<StatusCode, ApiError> {
@@ -51,11 +48,7 @@ pub async fn kick(
     let reason = query
         .reason
         .unwrap_or_else(|| "logged out by the service".to_string());
-    let kicked = match &gw.cluster {
-        _ if gw.sessions.kick(&user, &device, &reason) => true,
-        Some(cluster) => cluster.kick_elsewhere(&user, &device, &reason).await?,
-        None => false,
-    };
+    let kicked = api.registry.kick_anywhere(&user, &device, &reason).await?;
     if kicked {
         Ok(StatusCode::NO_CONTENT)
     } else {
@@ -72,12 +65,12 @@ pub struct ApprovalRequest {
 }
 
 pub async fn approve(
-    State(gw): State<Arc<Gateway>>,
+    State(api): State<Api>,
     Path((user, device)): Path<(String, String)>,
     ApiJson(request): ApiJson<ApprovalRequest>,
 ) -> Result<StatusCode, ApiError> {
     check_ids(&[&user, &device])?;
-    gw.sessions
+    api.registry
         .decide(&user, &device, request.approve, None)
         .map_err(|e| ApiError::not_found(e.to_string()))?;
     Ok(StatusCode::NO_CONTENT)

@@ -3,8 +3,8 @@
 
 use super::error::ApiError;
 use super::json::ApiJson;
-use crate::gateway::Gateway;
-use crate::messages::Sender;
+use super::state::Api;
+use crate::log::accept::Sender;
 use crate::store::record::hlc_millis;
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -14,7 +14,6 @@ use protocol::topics::is_valid_id;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use serde_json::Value;
-use std::sync::Arc;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -42,10 +41,10 @@ pub struct PostSignal {
     body: Box<RawValue>,
 }
 
-/// Relays a live signal to the devices of `to` online now (see [`crate::signals`]); `202 {}`
+/// Relays a live signal to the devices of `to` online now (see [`crate::live::signals`]); `202 {}`
 /// once handed on.
 pub async fn post_signal(
-    State(gw): State<Arc<Gateway>>,
+    State(api): State<Api>,
     ApiJson(request): ApiJson<PostSignal>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     check_ids(&request.to, request.from.as_deref())?;
@@ -54,7 +53,7 @@ pub async fn post_signal(
         from_device: None,
         body: &*request.body,
     };
-    crate::signals::relay(&gw, &request.to, &signal, None);
+    api.signals.relay(&request.to, &signal, None);
     Ok((
         StatusCode::ACCEPTED,
         Json(Value::Object(Default::default())),
@@ -75,16 +74,16 @@ fn check_ids(to: &str, from: Option<&str>) -> Result<(), ApiError> {
 }
 
 pub async fn post(
-    State(gw): State<Arc<Gateway>>,
+    State(api): State<Api>,
     ApiJson(request): ApiJson<PostMessage>,
 ) -> Result<(StatusCode, Json<Accepted>), ApiError> {
     check_ids(&request.to, request.from.as_deref())?;
     let sender = Sender::Backend {
         from: request.from.as_deref(),
     };
-    let (id, ticket) = gw.messages.accept(sender, &request.to, &request.body);
+    let (id, ticket) = api.messages.accept(sender, &request.to, &request.body);
     let appended = ticket.wait().await?;
-    gw.metrics.api_messages.inc();
+    api.metrics.api_messages.inc();
     let recipient_copy = &appended[0];
     Ok((
         StatusCode::ACCEPTED,

@@ -8,21 +8,23 @@ mod json;
 mod messages;
 mod notifications;
 mod recording;
+pub mod state;
 pub mod tokens;
 mod users;
 
 use crate::front::json_ws::{self, JsonWsState};
-use crate::gateway::Gateway;
-use axum::extract::{DefaultBodyLimit, State};
+use axum::extract::DefaultBodyLimit;
+use axum::extract::State;
 use axum::http::header;
 use axum::response::IntoResponse;
 use axum::routing::{delete, get, post, put};
 use axum::{middleware, Json, Router};
 use error::ApiError;
+use state::{Api, ApiState};
 use std::sync::Arc;
 use tokio::sync::Semaphore;
 
-pub fn router(gw: Arc<Gateway>) -> Router {
+pub fn router(api: Arc<ApiState>) -> Router {
     // The calls that carry traffic, which the traffic recording keeps.
     let recorded = Router::new()
         .route("/messages", post(messages::post))
@@ -30,7 +32,7 @@ pub fn router(gw: Arc<Gateway>) -> Router {
         .route("/notifications", post(notifications::post))
         .route("/notifications/batch", post(notifications::post_batch))
         .route_layer(middleware::from_fn_with_state(
-            gw.clone(),
+            api.clone(),
             recording::record_call,
         ));
     let v1 = Router::new()
@@ -56,40 +58,40 @@ pub fn router(gw: Arc<Gateway>) -> Router {
             post(devices::approve),
         )
         .layer(middleware::from_fn_with_state(
-            gw.clone(),
+            api.clone(),
             bearer::require_api_key,
         ))
-        .with_state(gw.clone());
+        .with_state(api.clone());
     let ws_state = JsonWsState {
-        limit: Arc::new(Semaphore::new(gw.config.limits.max_connections)),
-        gw: gw.clone(),
+        limit: Arc::new(Semaphore::new(api.config.limits.max_connections)),
+        front: api.front.clone(),
     };
     let callbacks = Router::new()
         .route(
-            &gw.config.channels.wechat.callback_path,
+            &api.config.channels.wechat.callback_path,
             post(notifications::wechat_callback),
         )
-        .with_state(gw.clone());
+        .with_state(api.clone());
     Router::new()
         .merge(callbacks)
         .nest("/v1", v1)
         .route("/ws", get(json_ws::upgrade).with_state(ws_state))
         .route("/healthz", get(healthz))
-        .route("/metrics", get(metrics).with_state(gw.clone()))
+        .route("/metrics", get(metrics).with_state(api.clone()))
         .fallback(|| async { ApiError::not_found("no such route") })
-        .layer(DefaultBodyLimit::max(gw.config.limits.http_max_body))
+        .layer(DefaultBodyLimit::max(api.config.limits.http_max_body))
 }
 
 async fn healthz() -> Json<serde_json::Value> {
     Json(serde_json::json!({"status": "ok"}))
 }
 
-async fn metrics(State(gw): State<Arc<Gateway>>) -> impl IntoResponse {
+async fn metrics(State(api): State<Api>) -> impl IntoResponse {
     (
         [(
             header::CONTENT_TYPE,
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
         )],
-        gw.metrics.render(),
+        api.metrics.render(),
     )
 }

@@ -4,21 +4,19 @@
 use super::devices::check_ids;
 use super::error::ApiError;
 use super::json::{ApiJson, ApiQuery};
-use crate::channel::{parse_job_finish, JobStatus};
-use crate::gateway::Gateway;
-use crate::notify::model::{Bindings, Consent, QuietHours, Record, Route, RouteState, Status};
+use super::state::Api;
+use crate::channel::wechat::callback::{parse_job_finish, CallbackSignature};
+use crate::notify::input::NotificationInput;
 use crate::notify::quiet_hours;
 use crate::notify::router::RouteError;
-use crate::notify::NotificationInput;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::Json;
 use protocol::error_code::ErrorBody;
+use protocol::notification::{Bindings, Consent, QuietHours, Record, Route, RouteState};
 use protocol::ErrorCode;
 use serde::{Deserialize, Serialize};
-use sha1::{Digest, Sha1};
 use std::collections::BTreeMap;
-use std::sync::Arc;
 
 #[derive(Serialize)]
 pub struct Routed {
@@ -36,11 +34,11 @@ impl From<RouteError> for ApiError {
 }
 
 pub async fn post(
-    State(gw): State<Arc<Gateway>>,
+    State(api): State<Api>,
     ApiJson(input): ApiJson<NotificationInput>,
 ) -> Result<(StatusCode, Json<Routed>), ApiError> {
     let notification = input.into_notification().map_err(ApiError::invalid)?;
-    let record = gw.notifications.submit(&gw, notification).await?;
+    let record = api.notifications.submit(notification).await?;
     Ok((StatusCode::ACCEPTED, Json(record.into())))
 }
 
@@ -76,10 +74,10 @@ pub struct BatchAnswer {
 /// each is routed as if posted alone and answered in order; one refused does not refuse the
 /// others. They reach the router together, so they share its batches.
 pub async fn post_batch(
-    State(gw): State<Arc<Gateway>>,
+    State(api): State<Api>,
     ApiJson(batch): ApiJson<Batch>,
 ) -> Result<(StatusCode, Json<BatchAnswer>), ApiError> {
-    let most = gw.config.notify.max_per_request;
+    let most = api.config.notify.max_per_request;
     if batch.notifications.len() > most {
         return Err(ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
@@ -102,7 +100,7 @@ pub async fn post_batch(
             Err(why) => answers.push(Some(BatchItem::Refused(ApiError::invalid(why).into_body()))),
         }
     }
-    let mut routed = gw.notifications.submit_all(&gw, valid).await.into_iter();
+    let mut routed = api.notifications.submit_all(valid).await.into_iter();
     let results = answers
         .into_iter()
         .map(|answer| {
@@ -117,24 +115,21 @@ pub async fn post_batch(
     Ok((StatusCode::ACCEPTED, Json(BatchAnswer { results })))
 }
 
-pub async fn get(
-    State(gw): State<Arc<Gateway>>,
-    Path(id): Path<String>,
-) -> Result<Json<Record>, ApiError> {
-    match gw.notifications.ledger.record(&id).await? {
+pub async fn get(State(api): State<Api>, Path(id): Path<String>) -> Result<Json<Record>, ApiError> {
+    match api.notifications.ledger.record(&id).await? {
         Some(record) => Ok(Json(record)),
         None => Err(ApiError::not_found(format!("no notification {id:?}"))),
     }
 }
 
 pub async fn put_quiet_hours(
-    State(gw): State<Arc<Gateway>>,
+    State(api): State<Api>,
     Path(user): Path<String>,
     ApiJson(hours): ApiJson<QuietHours>,
 ) -> Result<Json<QuietHours>, ApiError> {
     check_ids(&[&user])?;
     quiet_hours::validate(&hours).map_err(|e| ApiError::invalid(e.to_string()))?;
-    gw.notifications
+    api.notifications
         .ledger
         .set_quiet_hours(&user, &hours)
         .await?;
@@ -142,22 +137,25 @@ pub async fn put_quiet_hours(
 }
 
 pub async fn put_consent(
-    State(gw): State<Arc<Gateway>>,
+    State(api): State<Api>,
     Path(user): Path<String>,
     ApiJson(consent): ApiJson<Consent>,
 ) -> Result<Json<Consent>, ApiError> {
     check_ids(&[&user])?;
-    gw.notifications.ledger.set_consent(&user, &consent).await?;
+    api.notifications
+        .ledger
+        .set_consent(&user, &consent)
+        .await?;
     Ok(Json(consent))
 }
 
 pub async fn put_bindings(
-    State(gw): State<Arc<Gateway>>,
+    State(api): State<Api>,
     Path(user): Path<String>,
     ApiJson(bindings): ApiJson<Bindings>,
 ) -> Result<Json<Bindings>, ApiError> {
     check_ids(&[&user])?;
-    let apps = &gw.config.channels.wechat.apps;
+    let apps = &api.config.channels.wechat.apps;
     if let Some(unknown) = bindings
         .wechat
         .keys()
@@ -169,44 +167,22 @@ pub async fn put_bindings(
             format!("no WeChat app named {unknown:?} in channels.wechat.apps"),
         ));
     }
-    gw.notifications
+    api.notifications
         .ledger
         .set_bindings(&user, &bindings)
         .await?;
     Ok(Json(bindings))
 }
 
-/// WeChat's signature on a callback: `signature`, `timestamp` and `nonce` in the query.
-#[derive(Deserialize)]
-pub struct CallbackSignature {
-    signature: Option<String>,
-    timestamp: Option<String>,
-    nonce: Option<String>,
-}
-
-impl CallbackSignature {
-    /// SHA-1 over the token, `timestamp` and `nonce`, sorted and joined, as WeChat signs.
-    fn is_valid(&self, token: &str) -> bool {
-        let (Some(signature), Some(timestamp), Some(nonce)) =
-            (&self.signature, &self.timestamp, &self.nonce)
-        else {
-            return false;
-        };
-        let mut parts = [token, timestamp.as_str(), nonce.as_str()];
-        parts.sort_unstable();
-        let digest = Sha1::digest(parts.concat().as_bytes());
-        hex::encode(digest).eq_ignore_ascii_case(signature)
-    }
-}
-
-/// WeChat's `TEMPLATESENDJOBFINISH` event: a template message sent earlier was delivered, or
-/// not. WeChat wants `success` back whatever the event was (other events come here too).
+/// WeChat's `TEMPLATESENDJOBFINISH` and `MASSSENDJOBFINISH` events: a message sent earlier
+/// was delivered, or not. WeChat wants `success` back whatever the event was (other events come
+/// here too), and whether it could be recorded.
 pub async fn wechat_callback(
-    State(gw): State<Arc<Gateway>>,
+    State(api): State<Api>,
     ApiQuery(signed): ApiQuery<CallbackSignature>,
     body: String,
 ) -> Result<&'static str, ApiError> {
-    if let Some(token) = &gw.config.channels.wechat.callback_token {
+    if let Some(token) = &api.config.channels.wechat.callback_token {
         if !signed.is_valid(token) {
             return Err(ApiError::new(
                 StatusCode::UNAUTHORIZED,
@@ -215,49 +191,11 @@ pub async fn wechat_callback(
             ));
         }
     }
-    Ok(record_job_finish(&gw, &body).await)
-}
-
-async fn record_job_finish(gw: &Gateway, body: &str) -> &'static str {
-    let Some(finish) = parse_job_finish(body) else {
-        return "success";
-    };
-    let ledger = &gw.notifications.ledger;
-    let found = match ledger.by_provider_id(&finish.msgid).await {
-        Ok(found) => found,
-        Err(e) => {
-            tracing::warn!(msgid = %finish.msgid, "delivery report not recorded: {e}");
-            return "success";
+    if let Some(finish) = parse_job_finish(&body) {
+        let msgid = finish.msgid.clone();
+        if let Err(e) = api.notifications.record_delivery_report(finish).await {
+            tracing::warn!(%msgid, "delivery report not recorded: {e}");
         }
-    };
-    let Some((id, route)) = found else {
-        tracing::debug!(msgid = %finish.msgid, "delivery report for an unknown message");
-        return "success";
-    };
-    let Ok(Some(record)) = ledger.record(&id).await else {
-        return "success";
-    };
-    let mut state = record
-        .routes
-        .get(&route)
-        .cloned()
-        .unwrap_or_else(|| RouteState::new(Status::Sent, None));
-    (state.status, state.detail) = match finish.status {
-        JobStatus::Delivered => (
-            Status::Delivered,
-            finish.reach.map(|r| {
-                format!(
-                    "sent to {} of {} followers, {} failed",
-                    r.sent, r.total, r.errors
-                )
-            }),
-        ),
-        JobStatus::UserBlock => (Status::Failed, Some("user block".into())),
-        JobStatus::SystemFailed => (Status::Failed, Some("system failed".into())),
-        JobStatus::Other(other) => (Status::Failed, Some(other)),
-    };
-    if let Err(e) = ledger.set_route(&id, route, state).await {
-        tracing::warn!(msgid = %finish.msgid, "delivery report not recorded: {e}");
     }
-    "success"
+    Ok("success")
 }

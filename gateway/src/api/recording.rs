@@ -5,22 +5,22 @@
 //! never recorded.
 
 use super::error::ApiError;
-use crate::gateway::Gateway;
+use super::state::Api;
 use axum::body::Body;
-use axum::extract::{OriginalUri, Request, State};
+use axum::extract::State;
+use axum::extract::{OriginalUri, Request};
 use axum::http::StatusCode;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use protocol::recording::Event;
 use protocol::ErrorCode;
-use std::sync::Arc;
 
-pub async fn record_call(State(gw): State<Arc<Gateway>>, request: Request, next: Next) -> Response {
-    let Some(recorder) = gw.recorder.clone() else {
+pub async fn record_call(State(api): State<Api>, request: Request, next: Next) -> Response {
+    let Some(recorder) = api.recorder.clone() else {
         return next.run(request).await;
     };
     let (parts, body) = request.into_parts();
-    let limit = gw.config.limits.http_max_body;
+    let limit = api.config.limits.http_max_body;
     let Ok(bytes) = axum::body::to_bytes(body, limit).await else {
         return ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,

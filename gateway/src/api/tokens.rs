@@ -2,12 +2,11 @@
 
 use super::error::ApiError;
 use super::json::ApiJson;
-use crate::gateway::Gateway;
+use super::state::Api;
 use axum::extract::State;
 use axum::Json;
 use protocol::envelope::Platform;
 use serde::{Deserialize, Serialize};
-use std::sync::Arc;
 use std::time::Duration;
 
 #[derive(Deserialize)]
@@ -33,15 +32,14 @@ pub struct TokenResponse {
 }
 
 pub async fn issue(
-    State(gw): State<Arc<Gateway>>,
+    State(api): State<Api>,
     ApiJson(request): ApiJson<TokenRequest>,
 ) -> Result<Json<TokenResponse>, ApiError> {
     let ttl = match &request.ttl {
         Some(text) => parse_ttl(text).map_err(ApiError::invalid)?,
-        None => gw.config.auth.default_token_ttl,
+        None => api.config.auth.default_token_ttl,
     };
-    let (token, claims) = gw
-        .signer
+    let (token, claims) = (api.auth.signer)
         .sign(&request.user, &request.device, request.platform, ttl)
         .map_err(|e| ApiError::invalid(e.to_string()))?;
     Ok(Json(TokenResponse {

@@ -4,12 +4,12 @@
 use super::devices::check_ids;
 use super::error::ApiError;
 use super::json::ApiQuery;
-use crate::gateway::Gateway;
-use axum::extract::{Path, State};
+use super::state::Api;
+use axum::extract::Path;
+use axum::extract::State;
 use axum::Json;
 use protocol::envelope::InboxMessage;
 use serde::{Deserialize, Serialize};
-use std::sync::Arc;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -35,20 +35,20 @@ pub struct History {
 }
 
 pub async fn history(
-    State(gw): State<Arc<Gateway>>,
+    State(api): State<Api>,
     Path(user): Path<String>,
     ApiQuery(query): ApiQuery<HistoryQuery>,
 ) -> Result<Json<History>, ApiError> {
     check_ids(&[&user])?;
-    let max = gw.config.roaming.max_read_limit;
-    let limit = query.limit.unwrap_or(gw.config.roaming.page_size);
+    let max = api.config.roaming.max_read_limit;
+    let limit = query.limit.unwrap_or(api.config.roaming.page_size);
     if limit == 0 || limit > max {
         return Err(ApiError::invalid(format!(
             "limit must be between 1 and {max} (roaming.max_read_limit)"
         )));
     }
-    let head = gw.store.head(&user).await?;
-    let page = gw.store.read(&user, query.after, limit).await?;
+    let head = api.store.head(&user).await?;
+    let page = api.store.read(&user, query.after, limit).await?;
     let to_seq = if page.covered_to == query.after {
         head.last_seq.max(query.after)
     } else {
@@ -74,17 +74,15 @@ pub struct Deleted {
 /// preferences, bindings, dedup claims and queued pushes; the user's
 /// online sessions are logged out.
 pub async fn delete_user(
-    State(gw): State<Arc<Gateway>>,
+    State(api): State<Api>,
     Path(user): Path<String>,
 ) -> Result<Json<Deleted>, ApiError> {
     check_ids(&[&user])?;
-    gw.store.delete_user(&user).await?;
-    gw.notifications.ledger.delete_user(&user).await?;
-    if let Some(cluster) = &gw.cluster {
-        cluster.forget_user(&user).await?;
-    }
-    gw.sessions
+    api.store.delete_user(&user).await?;
+    api.notifications.ledger.delete_user(&user).await?;
+    api.registry
         .forget_user(&user, "account deleted")
+        .await
         .map_err(|e| ApiError::unavailable(format!("cannot forget the user's devices: {e:#}")))?;
     tracing::info!(%user, "user deleted");
     Ok(Json(Deleted { deleted: user }))
@@ -93,11 +91,11 @@ pub async fn delete_user(
 /// Deletes the direct messages between two users from both their logs: hidden at once, removed
 /// from disk by the sweeper within `roaming.sweep_interval`.
 pub async fn delete_contact(
-    State(gw): State<Arc<Gateway>>,
+    State(api): State<Api>,
     Path((user, other)): Path<(String, String)>,
 ) -> Result<Json<Deleted>, ApiError> {
     check_ids(&[&user, &other])?;
-    gw.store.forget_contact(&user, &other).await?;
+    api.store.forget_contact(&user, &other).await?;
     Ok(Json(Deleted {
         deleted: format!("{user}/contacts/{other}"),
     }))

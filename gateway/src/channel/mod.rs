@@ -5,44 +5,21 @@
 //! refreshing a rejected access token); scheduling retries is the caller's business, guided by
 //! the [`Outcome`]. Retries are safe because every attempt of a logical message carries the same
 //! [`Push::key`], which the providers use to drop repeats.
+//!
+//! Each provider is a folder that owns everything about it: how a notification is shaped into
+//! its push (`content.rs`), how the push is sent, what its error codes mean (`errors.rs`), and
+//! for WeChat the reports it posts back (`callback.rs`).
 
+pub mod provider_day;
 pub mod qiuqiu;
 pub mod token_cache;
 pub mod wechat;
 
 mod http;
 
-use serde::{Deserialize, Serialize};
+use broker_config::KindRule;
+use protocol::notification::{Bindings, Notification, Provider};
 use std::time::{Duration, SystemTime};
-
-pub use qiuqiu::QiuQiuChannel;
-pub use token_cache::{CachedToken, LocalTokenCache, RedisTokenCache, TokenCache};
-pub use wechat::{parse_job_finish, JobFinish, JobStatus, WeChatChannel};
-
-/// Serialized as [`ChannelName::as_str`] (`"wechat"`, `"qiuqiu"`), the names configuration,
-/// metrics and the notification routes use; plain snake case would make them `we_chat`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-pub enum ChannelName {
-    #[serde(rename = "wechat")]
-    WeChat,
-    #[serde(rename = "qiuqiu")]
-    QiuQiu,
-}
-
-impl ChannelName {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::WeChat => "wechat",
-            Self::QiuQiu => "qiuqiu",
-        }
-    }
-}
-
-impl std::fmt::Display for ChannelName {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
 
 /// One message for one channel.
 #[derive(Debug, Clone, PartialEq)]
@@ -124,9 +101,35 @@ impl Outcome {
     }
 }
 
+/// What a push is shaped from: the notification, its kind's rule, and where the user is bound.
+pub struct Shaping<'a> {
+    pub notification: &'a Notification,
+    pub rule: &'a KindRule,
+    pub bindings: &'a Bindings,
+    /// The push's [`Push::key`].
+    pub key: String,
+    /// For an aggregated push: how many notifications it stands for.
+    pub count: u32,
+}
+
+/// A push ready to send, with the provider limits it counts against.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Prepared {
+    pub push: Push,
+    /// The rate bucket and daily quota it counts against.
+    pub pace: String,
+    pub per_second: u32,
+    pub daily_quota: u64,
+}
+
 #[async_trait::async_trait]
 pub trait Channel: Send + Sync {
-    fn name(&self) -> ChannelName;
+    fn provider(&self) -> Provider;
+
+    /// The push for a notification by its kind's rule, or why it cannot be sent (no binding,
+    /// no template): a permanent failure for this push.
+    fn prepare(&self, shaping: &Shaping<'_>) -> Result<Prepared, String>;
+
     /// One delivery attempt; never panics, every failure is an [`Outcome`].
     async fn send(&self, push: &Push) -> Outcome;
 }

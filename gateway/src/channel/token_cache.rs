@@ -9,10 +9,12 @@
 //! Nodes may still fetch at the same moment; that is harmless, as WeChat's `stable_token` (without
 //! `force_refresh`) answers the same token to all of them, and 球球 keeps older tokens working.
 
-use super::{ChannelName, Outcome};
-use crate::store::redis::bounded;
+use super::Outcome;
+use crate::infra::redis::bounded;
+use crate::infra::time::millis_of;
 use crate::store::StoreError;
 use async_trait::async_trait;
+use protocol::notification::Provider;
 use redis::aio::ConnectionManager;
 use redis::Script;
 use std::collections::HashMap;
@@ -33,13 +35,12 @@ pub struct CachedToken {
 #[async_trait]
 pub trait TokenCache: Send + Sync {
     /// The app's token, unless none is cached or it has expired.
-    async fn get(&self, channel: ChannelName, app: &str)
-        -> Result<Option<CachedToken>, StoreError>;
+    async fn get(&self, provider: Provider, app: &str) -> Result<Option<CachedToken>, StoreError>;
 
     /// Replaces the app's token.
     async fn put(
         &self,
-        channel: ChannelName,
+        provider: Provider,
         app: &str,
         token: &CachedToken,
     ) -> Result<(), StoreError>;
@@ -49,7 +50,7 @@ pub trait TokenCache: Send + Sync {
     /// fetched meanwhile.
     async fn expire_if_still(
         &self,
-        channel: ChannelName,
+        provider: Provider,
         app: &str,
         token: &str,
     ) -> Result<bool, StoreError>;
@@ -58,7 +59,7 @@ pub trait TokenCache: Send + Sync {
 /// Tokens in this process only: for a gateway without Redis (one node).
 #[derive(Debug, Default)]
 pub struct LocalTokenCache {
-    tokens: Mutex<HashMap<(ChannelName, String), CachedToken>>,
+    tokens: Mutex<HashMap<(Provider, String), CachedToken>>,
 }
 
 impl LocalTokenCache {
@@ -69,36 +70,32 @@ impl LocalTokenCache {
 
 #[async_trait]
 impl TokenCache for LocalTokenCache {
-    async fn get(
-        &self,
-        channel: ChannelName,
-        app: &str,
-    ) -> Result<Option<CachedToken>, StoreError> {
+    async fn get(&self, provider: Provider, app: &str) -> Result<Option<CachedToken>, StoreError> {
         let now = SystemTime::now();
         Ok(lock(&self.tokens)
-            .get(&(channel, app.to_owned()))
+            .get(&(provider, app.to_owned()))
             .filter(|token| token.expires_at > now)
             .cloned())
     }
 
     async fn put(
         &self,
-        channel: ChannelName,
+        provider: Provider,
         app: &str,
         token: &CachedToken,
     ) -> Result<(), StoreError> {
-        lock(&self.tokens).insert((channel, app.to_owned()), token.clone());
+        lock(&self.tokens).insert((provider, app.to_owned()), token.clone());
         Ok(())
     }
 
     async fn expire_if_still(
         &self,
-        channel: ChannelName,
+        provider: Provider,
         app: &str,
         token: &str,
     ) -> Result<bool, StoreError> {
         let mut tokens = lock(&self.tokens);
-        let key = (channel, app.to_owned());
+        let key = (provider, app.to_owned());
         let still = tokens.get(&key).is_some_and(|cached| cached.value == token);
         if still {
             tokens.remove(&key);
@@ -107,7 +104,7 @@ impl TokenCache for LocalTokenCache {
     }
 }
 
-/// Tokens in Redis, shared by all nodes: a hash `gw:token:{channel}:{app}` with fields `token`
+/// Tokens in Redis, shared by all nodes: a hash `gw:token:{provider}:{app}` with fields `token`
 /// and `refresh_at` (Unix ms), which Redis deletes when the token expires (`PEXPIRE`).
 ///
 /// Tokens are kept in clear text: each lets its holder send as the app until it expires (hours),
@@ -130,25 +127,21 @@ return 0
 });
 
 impl RedisTokenCache {
-    /// Over a connection from [`crate::store::redis::connect`]; every request is bounded by
+    /// Over a connection from [`crate::infra::redis::connect`]; every request is bounded by
     /// its `REQUEST_TIMEOUT`.
     pub fn new(redis: ConnectionManager) -> Self {
         Self { redis }
     }
 
-    fn key(channel: ChannelName, app: &str) -> String {
-        format!("gw:token:{}:{app}", channel.as_str())
+    fn key(provider: Provider, app: &str) -> String {
+        format!("gw:token:{}:{app}", provider.as_str())
     }
 }
 
 #[async_trait]
 impl TokenCache for RedisTokenCache {
-    async fn get(
-        &self,
-        channel: ChannelName,
-        app: &str,
-    ) -> Result<Option<CachedToken>, StoreError> {
-        let key = Self::key(channel, app);
+    async fn get(&self, provider: Provider, app: &str) -> Result<Option<CachedToken>, StoreError> {
+        let key = Self::key(provider, app);
         let ((token, refresh_at), ttl_ms): ((Option<String>, Option<u64>), i64) = bounded(
             redis::pipe()
                 .cmd("HMGET")
@@ -174,7 +167,7 @@ impl TokenCache for RedisTokenCache {
 
     async fn put(
         &self,
-        channel: ChannelName,
+        provider: Provider,
         app: &str,
         token: &CachedToken,
     ) -> Result<(), StoreError> {
@@ -186,7 +179,7 @@ impl TokenCache for RedisTokenCache {
         if ttl_ms == 0 {
             return Ok(());
         }
-        let key = Self::key(channel, app);
+        let key = Self::key(provider, app);
         bounded(
             redis::pipe()
                 .atomic()
@@ -196,7 +189,7 @@ impl TokenCache for RedisTokenCache {
                     &key,
                     &[
                         ("token", token.value.clone()),
-                        ("refresh_at", unix_millis(token.refresh_at).to_string()),
+                        ("refresh_at", millis_of(token.refresh_at).to_string()),
                     ],
                 )
                 .ignore()
@@ -204,18 +197,19 @@ impl TokenCache for RedisTokenCache {
                 .ignore()
                 .exec_async(&mut self.redis.clone()),
         )
-        .await
+        .await?;
+        Ok(())
     }
 
     async fn expire_if_still(
         &self,
-        channel: ChannelName,
+        provider: Provider,
         app: &str,
         token: &str,
     ) -> Result<bool, StoreError> {
         let deleted: i64 = bounded(
             EXPIRE_IF_STILL
-                .key(Self::key(channel, app))
+                .key(Self::key(provider, app))
                 .arg(token)
                 .invoke_async(&mut self.redis.clone()),
         )
@@ -224,21 +218,15 @@ impl TokenCache for RedisTokenCache {
     }
 }
 
-fn unix_millis(at: SystemTime) -> u64 {
-    at.duration_since(UNIX_EPOCH).map_or(0, |since| {
-        u64::try_from(since.as_millis()).unwrap_or(u64::MAX)
-    })
-}
-
 /// A token just fetched from the provider, and how long the provider says it lives.
 pub(super) struct FreshToken {
     pub value: String,
     pub lives: Duration,
 }
 
-/// One channel's tokens: the shared cache, early refresh, and one fetch at a time per app.
+/// One provider's tokens: the shared cache, early refresh, and one fetch at a time per app.
 pub(super) struct Tokens {
-    channel: ChannelName,
+    provider: Provider,
     cache: Arc<dyn TokenCache>,
     refresh_early: Duration,
     /// One lock per app, held while fetching, so that a burst of sends that all find the token
@@ -251,9 +239,9 @@ pub(super) struct Tokens {
 }
 
 impl Tokens {
-    pub fn new(channel: ChannelName, cache: Arc<dyn TokenCache>, refresh_early: Duration) -> Self {
+    pub fn new(provider: Provider, cache: Arc<dyn TokenCache>, refresh_early: Duration) -> Self {
         Self {
-            channel,
+            provider,
             cache,
             refresh_early,
             fetching: Mutex::default(),
@@ -286,7 +274,12 @@ impl Tokens {
             Err(outcome) => {
                 return match valid {
                     Some(token) => {
-                        tracing::warn!(channel = %self.channel, app, ?outcome, "cannot refresh the token early");
+                        tracing::warn!(
+                            provider = self.provider.as_str(),
+                            app,
+                            ?outcome,
+                            "cannot refresh the token early"
+                        );
                         Ok(token.value)
                     }
                     None => Err(outcome),
@@ -304,8 +297,12 @@ impl Tokens {
             expires_at,
             refresh_at: expires_at - self.refresh_early.min(fresh.lives / 2),
         };
-        if let Err(e) = self.cache.put(self.channel, app, &token).await {
-            tracing::warn!(channel = %self.channel, app, "cannot share the new token: {e}");
+        if let Err(e) = self.cache.put(self.provider, app, &token).await {
+            tracing::warn!(
+                provider = self.provider.as_str(),
+                app,
+                "cannot share the new token: {e}"
+            );
         }
         lock(&self.last_seen).insert(app.to_owned(), token.clone());
         Ok(token.value)
@@ -320,14 +317,18 @@ impl Tokens {
                 last_seen.remove(app);
             }
         }
-        if let Err(e) = self.cache.expire_if_still(self.channel, app, token).await {
-            tracing::warn!(channel = %self.channel, app, "cannot expire a rejected token: {e}");
+        if let Err(e) = self.cache.expire_if_still(self.provider, app, token).await {
+            tracing::warn!(
+                provider = self.provider.as_str(),
+                app,
+                "cannot expire a rejected token: {e}"
+            );
         }
     }
 
     /// The cached token unless it has expired.
     async fn valid(&self, app: &str) -> Option<CachedToken> {
-        let cached = match self.cache.get(self.channel, app).await {
+        let cached = match self.cache.get(self.provider, app).await {
             Ok(cached) => {
                 let mut last_seen = lock(&self.last_seen);
                 match &cached {
@@ -337,7 +338,11 @@ impl Tokens {
                 cached
             }
             Err(e) => {
-                tracing::warn!(channel = %self.channel, app, "token cache unavailable: {e}");
+                tracing::warn!(
+                    provider = self.provider.as_str(),
+                    app,
+                    "token cache unavailable: {e}"
+                );
                 lock(&self.last_seen).get(app).cloned()
             }
         };
@@ -374,17 +379,13 @@ mod tests {
     #[tokio::test]
     async fn a_token_due_for_refresh_is_still_used_while_the_refresh_fails() {
         let cache = Arc::new(LocalTokenCache::new());
-        let tokens = Tokens::new(ChannelName::WeChat, cache.clone(), Duration::from_secs(300));
+        let tokens = Tokens::new(Provider::Wechat, cache.clone(), Duration::from_secs(300));
         let hour = Duration::from_secs(3600);
         assert_eq!(
             tokens.get("app", || async { fresh("t1", hour) }).await,
             Ok("t1".into())
         );
-        let cached = cache
-            .get(ChannelName::WeChat, "app")
-            .await
-            .unwrap()
-            .unwrap();
+        let cached = cache.get(Provider::Wechat, "app").await.unwrap().unwrap();
         assert_eq!(
             cached.expires_at.duration_since(cached.refresh_at).unwrap(),
             Duration::from_secs(300)
@@ -397,7 +398,7 @@ mod tests {
             refresh_at: SystemTime::now(),
             ..cached
         };
-        cache.put(ChannelName::WeChat, "app", &due).await.unwrap();
+        cache.put(Provider::Wechat, "app", &due).await.unwrap();
         assert_eq!(
             tokens.get("app", || async { busy() }).await,
             Ok("t1".into())
@@ -411,17 +412,13 @@ mod tests {
     #[tokio::test]
     async fn a_short_lived_token_is_refreshed_in_its_second_half_only() {
         let cache = Arc::new(LocalTokenCache::new());
-        let tokens = Tokens::new(ChannelName::WeChat, cache.clone(), Duration::from_secs(300));
+        let tokens = Tokens::new(Provider::Wechat, cache.clone(), Duration::from_secs(300));
         let lives = Duration::from_secs(240);
         tokens
             .get("app", || async { fresh("t1", lives) })
             .await
             .unwrap();
-        let cached = cache
-            .get(ChannelName::WeChat, "app")
-            .await
-            .unwrap()
-            .unwrap();
+        let cached = cache.get(Provider::Wechat, "app").await.unwrap().unwrap();
         assert_eq!(
             cached.expires_at.duration_since(cached.refresh_at).unwrap(),
             lives / 2

@@ -1,25 +1,30 @@
-//! One client's session, whatever its transport: authorization of every subscribe and publish,
+//! One connected client, whatever its transport: authorization of every subscribe and publish,
 //! its subscriptions in the hub, and handling of the device → server topics.
 //!
-//! The MQTT connection and the JSON WebSocket both drive a [`ClientSession`]; they differ only
-//! in how packets and frames are read and written.
+//! The MQTT connection and the JSON WebSocket both drive a [`Client`]; they differ only in how
+//! packets and frames are read and written.
 
-use crate::acl::{Identity, PublishRoute, Refusal};
-use crate::gateway::Gateway;
-use crate::messages::Sender;
-use crate::metrics::{DenialKind, DisconnectLabel, DisconnectReason, TransportLabel};
-use crate::notify::model::QuietHours;
+use super::in_order::InOrder;
+use super::refusal::Refusal;
+use super::Front;
+use crate::auth::acl::PublishRoute;
+use crate::auth::identity::Identity;
+use crate::live::link::{Delivery, Link, Published, Qos};
+use crate::live::registry::Admission;
+use crate::log::accept::Sender;
+use crate::log::sync;
+use crate::notify::input::NotificationInput;
 use crate::notify::quiet_hours;
 use crate::notify::router::RouteError;
-use crate::notify::NotificationInput;
-use crate::recorder::SessionRecording;
-use crate::roam::sync;
-use crate::session_handle::{Delivery, Qos, SessionHandle};
-use crate::sessions::Admission;
+use crate::observe::metrics::{DenialKind, DisconnectLabel, TransportLabel};
+use crate::observe::recorder::SessionRecording;
+use crate::store::Origin;
 use bytes::Bytes;
 use protocol::envelope::{
-    AckRequest, ApprovalDecision, Reply, SendRequest, SignalMessage, SyncRequest, Transport,
+    AckRequest, ApprovalDecision, DisconnectReason, Reply, SendRequest, SignalMessage, SyncRequest,
+    Transport,
 };
+use protocol::notification::QuietHours;
 use protocol::topics::{self, is_valid_id, DeviceAction};
 use protocol::ErrorCode;
 use serde_json::value::RawValue;
@@ -27,7 +32,7 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 
 /// How a publish was handled: at once, or by work that finishes later (a durable append, a
 /// cursor move), whose result the transport reports when it is done, in order.
@@ -64,40 +69,9 @@ impl Handled {
     }
 }
 
-/// Requests that must take effect one after another, while the connection goes on reading:
-/// each waits for the one before it to say it is done (or to be dropped).
-#[derive(Default)]
-struct InOrder {
-    last: std::sync::Mutex<Option<oneshot::Receiver<()>>>,
-}
-
-/// A request's place in an [`InOrder`] line.
-struct Turn {
-    previous: Option<oneshot::Receiver<()>>,
-    done: oneshot::Sender<()>,
-}
-
-impl InOrder {
-    fn take_turn(&self) -> Turn {
-        let (done, next) = oneshot::channel();
-        let previous = self.last.lock().expect("in-order lock").replace(next);
-        Turn { previous, done }
-    }
-}
-
-impl Turn {
-    /// Waits for the previous request; the returned sender lets the next one go when dropped.
-    async fn wait(self) -> oneshot::Sender<()> {
-        if let Some(previous) = self.previous {
-            let _ = previous.await;
-        }
-        self.done
-    }
-}
-
-pub struct ClientSession {
-    gw: Arc<Gateway>,
-    pub handle: Arc<SessionHandle>,
+pub struct Client {
+    front: Arc<Front>,
+    pub link: Arc<Link>,
     transport: Transport,
     subscriptions: HashMap<String, Qos>,
     end: DisconnectReason,
@@ -106,95 +80,82 @@ pub struct ClientSession {
     cursor_requests: InOrder,
     /// This transport's `messages_in` counter, looked up once rather than on every publish.
     messages_in: prometheus_client::metrics::counter::Counter,
-    /// What the session does that the traffic recording keeps, when recording is on; dropped
-    /// with the session, which records its disconnect.
+    /// What the client does that the traffic recording keeps, when recording is on; dropped
+    /// with the client, which records its disconnect.
     recording: Option<SessionRecording>,
 }
 
-impl ClientSession {
-    /// Registers a new session (taking over an older one of the same device, applying the
-    /// device policy) and returns it with the receiving end of its outbox.
+impl Client {
+    /// Registers a new client (taking over an older connection of the same device, applying
+    /// the device policy) and returns it with the receiving end of its outbox.
     pub fn open(
-        gw: &Arc<Gateway>,
+        front: &Arc<Front>,
         identity: Identity,
         transport: Transport,
     ) -> (Self, mpsc::Receiver<Delivery>) {
-        let admission = match &identity {
-            Identity::Device { user, device, .. } => gw.sessions.admission(user, device),
-            Identity::Anonymous { .. } | Identity::Backend { .. } => Admission::Approved,
-        };
-        let approved = admission == Admission::Approved;
-        let (handle, outbox) = SessionHandle::new(
-            gw.next_session_id(),
+        let approved = front.registry.admission(&identity) == Admission::Approved;
+        let (link, outbox) = Link::new(
+            front.link_ids.next(),
             identity,
-            gw.config.limits.outbox_capacity,
+            front.limits.outbox_capacity,
             approved,
         );
-        gw.sessions.register(&handle, transport);
-        if !approved {
-            let gw = gw.clone();
-            let pending = Arc::downgrade(&handle);
-            tokio::spawn(async move {
-                tokio::time::sleep(gw.config.sessions.approval_timeout).await;
-                if let Some(handle) = pending.upgrade() {
-                    gw.sessions.expire_pending(&handle);
-                }
-            });
-        }
-        gw.metrics
+        front.registry.register(&link, transport);
+        front
+            .metrics
             .connections
             .get_or_create(&TransportLabel::from(transport))
             .inc();
-        tracing::debug!(session = handle.id, who = %handle.identity.describe(), transport = transport.as_str(), "session opened");
-        let recording = gw
+        tracing::debug!(link = link.id, who = %link.identity.describe(), transport = transport.as_str(), "client connected");
+        let recording = front
             .recorder
             .as_ref()
-            .and_then(|recorder| recorder.session(handle.id, &handle.identity, transport));
-        let session = Self {
-            gw: gw.clone(),
-            handle,
+            .and_then(|recorder| recorder.session(link.id, &link.identity, transport));
+        let client = Self {
+            front: front.clone(),
+            link,
             transport,
             subscriptions: HashMap::new(),
-            end: DisconnectReason::socket_closed,
+            end: DisconnectReason::SocketClosed,
             cursor_requests: InOrder::default(),
-            messages_in: gw
+            messages_in: front
                 .metrics
                 .messages_in
                 .get_or_create(&TransportLabel::from(transport))
                 .clone(),
             recording,
         };
-        (session, outbox)
+        (client, outbox)
     }
 
     pub fn identity(&self) -> &Identity {
-        &self.handle.identity
+        &self.link.identity
     }
 
-    /// Records why the session ends, for presence and metrics when it is dropped.
+    /// Records why the connection ends, for presence and metrics when it is dropped.
     pub fn set_end_reason(&mut self, reason: DisconnectReason) {
         self.end = reason;
     }
 
     pub fn subscribe(&mut self, filter: &str, qos: Qos) -> Result<Qos, Refusal> {
-        if let Err(refusal) = self.identity().may_subscribe(filter) {
-            self.gw.metrics.deny(DenialKind::subscribe);
-            return Err(refusal);
+        if let Err(denied) = self.identity().may_subscribe(filter) {
+            self.front.metrics.deny(DenialKind::subscribe);
+            return Err(denied.into());
         }
         if !self.subscriptions.contains_key(filter)
-            && self.subscriptions.len() >= self.gw.config.limits.max_subscriptions
+            && self.subscriptions.len() >= self.front.limits.max_subscriptions
         {
             return Err(Refusal::TooManySubscriptions);
         }
-        self.gw.hub.subscribe(&self.handle, filter, qos);
+        self.front.hub.subscribe(&self.link, filter, qos);
         self.subscriptions.insert(filter.to_string(), qos);
         if let Some(recording) = &self.recording {
             recording.subscribed(filter, qos);
         }
         if let Identity::Device { user, device, .. } = self.identity() {
-            if !self.handle.is_approved() && filter == topics::reply(user, device) {
-                self.gw
-                    .sessions
+            if !self.link.is_approved() && filter == topics::reply(user, device) {
+                self.front
+                    .registry
                     .reply(user, device, &Reply::ApprovalPending);
             }
         }
@@ -205,7 +166,7 @@ impl ClientSession {
     pub fn unsubscribe(&mut self, filter: &str) -> bool {
         let existed = self.subscriptions.remove(filter).is_some();
         if existed {
-            self.gw.hub.unsubscribe(self.handle.id, filter);
+            self.front.hub.unsubscribe(self.link.id, filter);
             if let Some(recording) = &self.recording {
                 recording.unsubscribed(filter);
             }
@@ -219,15 +180,15 @@ impl ClientSession {
         self.messages_in.inc();
         let route = match self.identity().may_publish(topic) {
             Ok(route) => route,
-            Err(refusal) => {
-                self.gw.metrics.deny(DenialKind::publish);
-                return Handled::Done(Err(refusal));
+            Err(denied) => {
+                self.front.metrics.deny(DenialKind::publish);
+                return Handled::Done(Err(denied.into()));
             }
         };
         let recorded = (self.recording.as_ref()).map(|r| r.publish(topic, payload.clone(), qos));
         let handled = match route {
             PublishRoute::Broker => {
-                self.gw.hub.publish(topic, payload, qos, None);
+                self.front.hub.publish(topic, payload, qos, None);
                 Handled::Done(Ok(()))
             }
             PublishRoute::DeviceRequest(action) => self.device_request(action, &payload),
@@ -243,7 +204,7 @@ impl ClientSession {
         let Identity::Device { user, device, .. } = self.identity() else {
             return Handled::Done(Err(Refusal::Forbidden));
         };
-        if !self.handle.is_approved() {
+        if !self.link.is_approved() {
             return Handled::Done(Err(Refusal::ApprovalPending));
         }
         match action {
@@ -254,8 +215,8 @@ impl ClientSession {
             DeviceAction::Signal => Handled::Done(self.signal(payload)),
             DeviceAction::Approve => {
                 Handled::Done(parse::<ApprovalDecision>(payload).and_then(|decision| {
-                    self.gw
-                        .sessions
+                    self.front
+                        .registry
                         .decide(user, &decision.device, decision.approve, Some(device))
                         .map_err(|e| Refusal::BadPayload(e.to_string()))
                 }))
@@ -285,17 +246,17 @@ impl ClientSession {
         let sender = Sender::Device {
             user,
             device,
-            session: self.handle.id,
+            origin: Origin(self.link.id),
         };
-        let (_, ticket) = self.gw.messages.accept(sender, to, body);
+        let (_, ticket) = self.front.messages.accept(sender, to, body);
         Handled::Later(Box::pin(async move {
             ticket.wait().await?;
             Ok(())
         }))
     }
 
-    /// Relays a live signal from this device (see [`crate::signals`]). Nothing is stored, so it
-    /// is done once handed on: a device that is offline never sees it.
+    /// Relays a live signal from this device (see [`crate::live::signals`]). Nothing is stored,
+    /// so it is done once handed on: a device that is offline never sees it.
     fn signal(&self, payload: &[u8]) -> Result<(), Refusal> {
         let Identity::Device { user, device, .. } = self.identity() else {
             return Err(Refusal::Forbidden);
@@ -308,7 +269,7 @@ impl ClientSession {
             from_device: Some(device.clone()),
             body: request.body,
         };
-        crate::signals::relay(&self.gw, &request.to, &signal, Some(self.handle.id));
+        (self.front.signals).relay(&request.to, &signal, Some(self.link.id));
         Ok(())
     }
 
@@ -320,9 +281,9 @@ impl ClientSession {
             Ok(notification) => notification,
             Err(refusal) => return Handled::Done(Err(refusal)),
         };
-        let gw = self.gw.clone();
+        let notifications = self.front.notifications.clone();
         Handled::Later(Box::pin(async move {
-            match gw.notifications.submit(&gw, notification).await {
+            match notifications.submit(notification).await {
                 Ok(_) => Ok(()),
                 Err(RouteError::UnknownKind(..)) => {
                     Err(Refusal::BadPayload("unknown notification kind".into()))
@@ -340,7 +301,7 @@ impl ClientSession {
         if let Err(e) = quiet_hours::validate(&hours) {
             return Handled::Done(Err(Refusal::BadPayload(e.to_string())));
         }
-        let (ledger, user) = (self.gw.notifications.ledger.clone(), user.clone());
+        let (ledger, user) = (self.front.notifications.ledger.clone(), user.clone());
         Handled::Later(Box::pin(async move {
             ledger.set_quiet_hours(&user, &hours).await?;
             Ok(())
@@ -352,7 +313,7 @@ impl ClientSession {
         let Identity::Device { user, device, .. } = self.identity() else {
             return Handled::Done(Err(Refusal::Forbidden));
         };
-        let (store, user, device) = (self.gw.store.clone(), user.clone(), device.clone());
+        let (store, user, device) = (self.front.store.clone(), user.clone(), device.clone());
         let turn = self.cursor_requests.take_turn();
         Handled::Later(Box::pin(async move {
             let _done = turn.wait().await;
@@ -367,25 +328,29 @@ impl ClientSession {
         let Identity::Device { user, device, .. } = self.identity() else {
             return;
         };
-        let (gw, handle) = (self.gw.clone(), self.handle.clone());
+        let (front, link) = (self.front.clone(), self.link.clone());
         let (user, device) = (user.clone(), device.clone());
         let turn = self.cursor_requests.take_turn();
-        tokio::spawn(async move {
-            let (store, roaming) = (&gw.store, &gw.config.roaming);
+        self.front.shutdown.spawn(async move {
+            let (store, roaming) = (&front.store, &front.roaming);
             let done = turn.wait().await;
+            let reply_topic = topics::reply(&user, &device);
+            let deliver = |page: Bytes| {
+                let delivery = Delivery {
+                    message: Arc::new(Published {
+                        topic: reply_topic.clone(),
+                        payload: page,
+                    }),
+                    qos: Qos::AtLeastOnce,
+                };
+                let link = link.clone();
+                async move { link.deliver_waiting(delivery).await }
+            };
             let synced = match sync::begin(store, roaming, &user, &device, &request).await {
                 Ok(catchup) => {
                     drop(done);
-                    catchup
-                        .send(
-                            store,
-                            roaming,
-                            &handle,
-                            &user,
-                            &device,
-                            &gw.metrics.sync_pages,
-                        )
-                        .await
+                    let pages = &front.metrics.sync_pages;
+                    catchup.send(store, roaming, &user, pages, deliver).await
                 }
                 Err(e) => Err(e),
             };
@@ -396,9 +361,19 @@ impl ClientSession {
                     code: ErrorCode::Unavailable,
                     message: format!("{e}; retry the sync"),
                 };
-                gw.sessions.reply(&user, &device, &reply);
+                front.registry.reply(&user, &device, &reply);
             }
         });
+    }
+
+    /// Runs work whose answer nobody waits for (a QoS 0 publish's, a will's) to its end, also
+    /// when the gateway shuts down meanwhile.
+    pub fn finish_later<F>(&self, work: F)
+    where
+        F: Future + Send + 'static,
+        F::Output: Send + 'static,
+    {
+        self.front.shutdown.spawn(work);
     }
 
     /// Tells the device on its reply topic why a request on a device topic failed. Refusals of
@@ -417,7 +392,7 @@ impl ClientSession {
             code: refusal.error_code(),
             message: refusal.to_string(),
         };
-        self.gw.sessions.reply(user, device, &reply);
+        self.front.registry.reply(user, device, &reply);
     }
 }
 
@@ -434,23 +409,21 @@ fn parse<T: serde::de::DeserializeOwned>(payload: &[u8]) -> Result<T, Refusal> {
     serde_json::from_slice(payload).map_err(|e| Refusal::BadPayload(e.to_string()))
 }
 
-impl Drop for ClientSession {
+impl Drop for Client {
     fn drop(&mut self) {
         for filter in self.subscriptions.keys() {
-            self.gw.hub.unsubscribe(self.handle.id, filter);
+            self.front.hub.unsubscribe(self.link.id, filter);
         }
-        let reason = format!("{:?}", self.end);
-        self.gw.sessions.unregister(&self.handle, &reason);
-        self.gw
-            .metrics
+        self.front.registry.unregister(&self.link, self.end);
+        let metrics = &self.front.metrics;
+        metrics
             .connections
             .get_or_create(&TransportLabel::from(self.transport))
             .dec();
-        self.gw
-            .metrics
+        metrics
             .disconnects
-            .get_or_create(&DisconnectLabel { reason: self.end })
+            .get_or_create(&DisconnectLabel::from(self.end))
             .inc();
-        tracing::debug!(session = self.handle.id, who = %self.handle.identity.describe(), reason, "session closed");
+        tracing::debug!(link = self.link.id, who = %self.link.identity.describe(), reason = self.end.as_str(), "client disconnected");
     }
 }

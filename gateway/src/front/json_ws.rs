@@ -5,16 +5,19 @@
 //! it with 1009. Idle sockets are pinged, and one that does not answer within another interval is
 //! dropped as dead.
 
-use super::client::ClientSession;
-use crate::acl::Identity;
-use crate::gateway::Gateway;
-use crate::metrics::{DisconnectReason, RejectReason, TransportLabel};
-use crate::recorder::{json_or_base64, JsonOrBase64};
-use crate::session_handle::{Delivery, Qos};
+use super::client::Client;
+use super::Front;
+use crate::auth::identity::Identity;
+use crate::live::link::{Delivery, Qos};
+use crate::observe::metrics::{RejectReason, TransportLabel};
+use crate::observe::recorder::{json_or_base64, JsonOrBase64};
 use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{Query, State};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use protocol::envelope::Transport;
+use axum::Json;
+use protocol::envelope::{DisconnectReason, Transport};
+use protocol::error_code::ErrorBody;
 use protocol::frames::{ClientFrame, ServerFrame};
 use protocol::ErrorCode;
 use serde::Deserialize;
@@ -37,7 +40,8 @@ pub mod close_code {
 
 #[derive(Clone)]
 pub struct JsonWsState {
-    pub gw: Arc<Gateway>,
+    pub front: Arc<Front>,
+    /// Counts the bridge's connections against `limits.max_connections`.
     pub limit: Arc<Semaphore>,
 }
 
@@ -52,31 +56,36 @@ pub async fn upgrade(
     ws: WebSocketUpgrade,
 ) -> Response {
     let Ok(permit) = state.limit.clone().try_acquire_owned() else {
-        state.gw.metrics.reject(RejectReason::connection_limit);
-        return crate::api::error::ApiError::unavailable("connection limit reached")
-            .into_response();
+        state.front.metrics.reject(RejectReason::connection_limit);
+        let refusal = ErrorBody::new(ErrorCode::Unavailable, "connection limit reached");
+        return (StatusCode::SERVICE_UNAVAILABLE, Json(refusal)).into_response();
     };
-    let limits = &state.gw.config.limits;
+    // Served by a task axum spawns; held as tracked work, so shutdown waits for it.
+    let tracked = state.front.shutdown.hold();
+    let limits = &state.front.limits;
     ws.max_message_size(limits.ws_max_message)
         .max_frame_size(limits.ws_max_message)
         .read_buffer_size(4096)
         .write_buffer_size(0)
-        .on_upgrade(move |socket| serve(state.gw, socket, query.token, permit))
+        .on_upgrade(move |socket| async move {
+            serve(state.front, socket, query.token, permit).await;
+            drop(tracked);
+        })
 }
 
 async fn serve(
-    gw: Arc<Gateway>,
+    front: Arc<Front>,
     mut socket: WebSocket,
     token: Option<String>,
     _permit: OwnedSemaphorePermit,
 ) {
-    let deadline = Instant::now() + gw.config.limits.handshake_timeout;
+    let deadline = Instant::now() + front.limits.handshake_timeout;
     let identity =
-        match tokio::time::timeout_at(deadline, authenticate(&gw, &mut socket, token)).await {
+        match tokio::time::timeout_at(deadline, authenticate(&front, &mut socket, token)).await {
             Ok(Some(identity)) => identity,
             Ok(None) => return,
             Err(_) => {
-                gw.metrics.reject(RejectReason::handshake_timeout);
+                front.metrics.reject(RejectReason::handshake_timeout);
                 let frame =
                     ServerFrame::error(None, ErrorCode::NotAuthenticated, "no auth frame in time");
                 let _ = send(&mut socket, &frame).await;
@@ -89,16 +98,16 @@ async fn serve(
                 return;
             }
         };
-    let (session, outbox) = ClientSession::open(&gw, identity, Transport::JsonWs);
-    let out_counter = gw
+    let (client, outbox) = Client::open(&front, identity, Transport::JsonWs);
+    let out_counter = front
         .metrics
         .messages_out
         .get_or_create(&TransportLabel::from(Transport::JsonWs))
         .clone();
     Bridge {
         out_counter,
-        gw,
-        session,
+        ping_interval: front.limits.ws_ping_interval,
+        client,
         socket,
     }
     .run(outbox)
@@ -108,7 +117,7 @@ async fn serve(
 /// Takes the token from the URL or from the first `auth` frame. Other frames before it get a
 /// `not_authenticated` error; bad tokens get `unauthorized` and the socket closes.
 async fn authenticate(
-    gw: &Gateway,
+    front: &Front,
     socket: &mut WebSocket,
     url_token: Option<String>,
 ) -> Option<Identity> {
@@ -134,22 +143,22 @@ async fn authenticate(
             }
         },
     };
-    match gw.signer.verify(&token) {
-        Ok(claims) => {
+    match front.auth.device(&token) {
+        Ok(identity) => {
+            let Identity::Device { user, device, .. } = &identity else {
+                unreachable!("a token is a device's")
+            };
             let ok = ServerFrame::Ok {
                 id: request_id,
-                user: Some(claims.user.clone()),
-                device: Some(claims.device.clone()),
+                user: Some(user.clone()),
+                device: Some(device.clone()),
             };
             send(socket, &ok).await.ok()?;
-            Some(Identity::Device {
-                user: claims.user,
-                device: claims.device,
-                platform: claims.platform,
-            })
+            Some(identity)
         }
         Err(e) => {
-            gw.metrics
+            front
+                .metrics
                 .auth_failures
                 .get_or_create(&TransportLabel::from(Transport::JsonWs))
                 .inc();
@@ -182,16 +191,16 @@ fn bad_frame(text: &str, error: &serde_json::Error) -> ServerFrame {
 }
 
 struct Bridge {
-    gw: Arc<Gateway>,
-    session: ClientSession,
+    client: Client,
     socket: WebSocket,
+    ping_interval: std::time::Duration,
     out_counter: prometheus_client::metrics::counter::Counter,
 }
 
 impl Bridge {
     async fn run(mut self, mut outbox: mpsc::Receiver<Delivery>) {
-        let interval = self.gw.config.limits.ws_ping_interval;
-        let handle = self.session.handle.clone();
+        let interval = self.ping_interval;
+        let handle = self.client.link.clone();
         let closed = handle.closed();
         tokio::pin!(closed);
         // Idle for `interval`: ping. Still silent after another `interval`: dead.
@@ -207,10 +216,10 @@ impl Bridge {
                         let _ = self.deliver(delivery).await;
                     }
                     let code = match reason.kind {
-                        DisconnectReason::kicked | DisconnectReason::taken_over => close_code::LOGGED_OUT,
-                        DisconnectReason::approval_denied | DisconnectReason::approval_timeout => close_code::UNAUTHORIZED,
-                        DisconnectReason::slow_consumer => close_code::TRY_AGAIN_LATER,
-                        DisconnectReason::shutdown => close_code::GOING_AWAY,
+                        DisconnectReason::Kicked | DisconnectReason::TakenOver => close_code::LOGGED_OUT,
+                        DisconnectReason::ApprovalDenied | DisconnectReason::ApprovalTimeout => close_code::UNAUTHORIZED,
+                        DisconnectReason::SlowConsumer => close_code::TRY_AGAIN_LATER,
+                        DisconnectReason::Shutdown => close_code::GOING_AWAY,
                         _ => close_code::POLICY,
                     };
                     close(&mut self.socket, code, &reason.message).await;
@@ -221,26 +230,26 @@ impl Bridge {
                     pinged = false;
                     handle.touch();
                     match incoming {
-                        None | Some(Ok(Message::Close(_))) => break DisconnectReason::client_disconnect,
+                        None | Some(Ok(Message::Close(_))) => break DisconnectReason::ClientDisconnect,
                         Some(Err(e)) => {
                             if is_too_big(e) {
                                 close(&mut self.socket, close_code::TOO_BIG, "message too big").await;
-                                break DisconnectReason::packet_too_large;
+                                break DisconnectReason::PacketTooLarge;
                             }
-                            break DisconnectReason::socket_closed;
+                            break DisconnectReason::SocketClosed;
                         }
                         Some(Ok(Message::Text(text))) => {
                             let reply = self.handle_text(&text).await;
                             if let Some(reply) = reply {
                                 if send(&mut self.socket, &reply).await.is_err() {
-                                    break DisconnectReason::socket_closed;
+                                    break DisconnectReason::SocketClosed;
                                 }
                             }
                         }
                         Some(Ok(Message::Binary(_))) => {
                             let error = ServerFrame::error(None, ErrorCode::BadJson, "frames are JSON text messages");
                             if send(&mut self.socket, &error).await.is_err() {
-                                break DisconnectReason::socket_closed;
+                                break DisconnectReason::SocketClosed;
                             }
                         }
                         Some(Ok(_)) => {}
@@ -248,22 +257,22 @@ impl Bridge {
                 }
                 Some(delivery) = outbox.recv() => {
                     if self.deliver(delivery).await.is_err() {
-                        break DisconnectReason::socket_closed;
+                        break DisconnectReason::SocketClosed;
                     }
                 }
                 () = &mut idle => {
                     if pinged {
-                        break DisconnectReason::keepalive_timeout;
+                        break DisconnectReason::KeepaliveTimeout;
                     }
                     pinged = true;
                     idle.as_mut().reset(Instant::now() + interval);
                     if self.socket.send(Message::Ping(Default::default())).await.is_err() {
-                        break DisconnectReason::socket_closed;
+                        break DisconnectReason::SocketClosed;
                     }
                 }
             }
         };
-        self.session.set_end_reason(end);
+        self.client.set_end_reason(end);
     }
 
     async fn deliver(&mut self, delivery: Delivery) -> Result<(), axum::Error> {
@@ -302,22 +311,22 @@ impl Bridge {
             ClientFrame::Ping { .. } => return Some(ServerFrame::Pong { id }),
             ClientFrame::Pong { .. } => return None,
             ClientFrame::Sub { topic, .. } => {
-                self.session.subscribe(&topic, Qos::AtLeastOnce).map(drop)
+                self.client.subscribe(&topic, Qos::AtLeastOnce).map(drop)
             }
             ClientFrame::Unsub { topic, .. } => {
-                self.session.unsubscribe(&topic);
+                self.client.unsubscribe(&topic);
                 Ok(())
             }
             ClientFrame::Pub { topic, payload, .. } => {
                 let bytes = serde_json::to_vec(&payload).expect("JSON values serialize");
-                self.session
+                self.client
                     .publish(&topic, bytes.into(), Qos::AtLeastOnce)
                     .finish()
                     .await
             }
-            ClientFrame::Ack { seq, .. } => self.session.ack(seq).finish().await,
+            ClientFrame::Ack { seq, .. } => self.client.ack(seq).finish().await,
             ClientFrame::Sync { after, epoch, .. } => {
-                self.session
+                self.client
                     .sync(protocol::envelope::SyncRequest { after, epoch });
                 Ok(())
             }

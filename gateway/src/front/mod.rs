@@ -1,10 +1,48 @@
 //! The front: everything between a client's socket and the gateway's core — accept loops,
-//! TLS, WebSocket upgrades, MQTT and JSON framing, authentication and authorization.
+//! TLS, WebSocket upgrades, MQTT and JSON framing, authentication and authorization — and the
+//! HTTP listener the API is served on.
+//!
+//! [`Front`] holds the handles the front needs, built once by the composition root.
 
+pub mod accept;
 pub mod client;
-pub mod http_listener;
+pub mod dev_cert;
+pub mod http;
+mod in_order;
 pub mod json_ws;
-pub mod listener;
 pub mod mqtt;
+pub mod refusal;
 pub mod stream;
 pub mod tls;
+
+use crate::auth::Auth;
+use crate::live::hub::Hub;
+use crate::live::link::LinkIds;
+use crate::live::registry::Registry;
+use crate::live::signals::Signals;
+use crate::log::accept::Messages;
+use crate::notify::Notifications;
+use crate::observe::metrics::Metrics;
+use crate::observe::recorder::Recorder;
+use crate::shutdown::Shutdown;
+use crate::store::SharedStore;
+use broker_config::{Limits, Roaming};
+use std::sync::Arc;
+
+/// What a client connection reaches: its own layer's settings and the services below it.
+pub struct Front {
+    pub limits: Limits,
+    pub roaming: Roaming,
+    pub auth: Arc<Auth>,
+    pub link_ids: LinkIds,
+    pub registry: Arc<Registry>,
+    pub hub: Arc<Hub>,
+    pub signals: Arc<Signals>,
+    pub messages: Arc<Messages>,
+    pub store: SharedStore,
+    pub notifications: Arc<Notifications>,
+    pub metrics: Arc<Metrics>,
+    /// The traffic recording, when `record.path` is set.
+    pub recorder: Option<Recorder>,
+    pub shutdown: Shutdown,
+}

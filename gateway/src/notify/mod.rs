@@ -1,106 +1,84 @@
 //! Notification routing: each notification goes in-app and to WeChat or 球球 push by rules,
 //! past dedup, consent, quiet hours and rate limits, through a durable queue with retries.
+//!
+//! [`Notifications`] is the service the front and the API hand notifications to; [`router`]
+//! decides each route, [`dedup`] keeps the same content to one push per window, [`worker`]
+//! sends the queued pushes, and [`ledger`] keeps records, the queue and preferences.
 
+pub mod batcher;
+pub mod dedup;
+pub mod input;
 pub mod ledger;
 pub mod model;
 pub mod quiet_hours;
 pub mod rate;
 pub mod router;
+pub mod sweeper;
 pub mod worker;
 
-use crate::batcher::Batcher;
-use crate::gateway::Gateway;
+use crate::channel::wechat::callback::{JobFinish, JobStatus};
+use crate::live::registry::Registry;
+use crate::log::accept::Messages;
+use crate::observe::metrics::NotifyMetrics;
 use crate::store::StoreError;
-use broker_config::Notify;
+use batcher::Batcher;
+use broker_config::{Channels, Notify};
 use futures_util::future::try_join_all;
 use ledger::Ledger;
-use model::{Notification, Record};
+use protocol::notification::{Notification, Record, Route, RouteState, Status};
 use router::{RouteError, Router, Submission, UserState};
 use std::sync::Arc;
-
-/// Longest title, body, link or dedup key, in characters.
-pub const MAX_TEXT: usize = 4096;
-
-/// A notification as a backend hands it in, over HTTP or MQTT.
-#[derive(Debug, serde::Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct NotificationInput {
-    pub user: String,
-    pub kind: String,
-    pub title: String,
-    pub body: String,
-    #[serde(default)]
-    pub data: serde_json::Value,
-    #[serde(default)]
-    pub priority: model::Priority,
-    pub dedup_key: Option<String>,
-    pub link: Option<String>,
-    pub wechat_tag: Option<u64>,
-}
-
-impl NotificationInput {
-    /// Checks it and gives it an id and a time.
-    pub fn into_notification(self) -> Result<Notification, String> {
-        if !protocol::topics::is_valid_id(&self.user) {
-            return Err(format!("{:?} is not a valid user id", self.user));
-        }
-        let texts = [
-            Some(&self.title),
-            Some(&self.body),
-            self.link.as_ref(),
-            self.dedup_key.as_ref(),
-        ];
-        if texts.iter().flatten().any(|t| t.chars().count() > MAX_TEXT) {
-            return Err(format!(
-                "title, body, link and dedup_key hold at most {MAX_TEXT} characters"
-            ));
-        }
-        Ok(Notification {
-            id: uuid::Uuid::now_v7().to_string(),
-            user: self.user,
-            kind: self.kind,
-            title: self.title,
-            body: self.body,
-            data: self.data,
-            priority: self.priority,
-            dedup_key: self.dedup_key,
-            link: self.link,
-            wechat_tag: self.wechat_tag,
-            created_at: crate::session_handle::unix_millis(),
-        })
-    }
-}
 
 /// The notification service: routing on submission, and the ledger behind it.
 pub struct Notifications {
     pub ledger: Arc<dyn Ledger>,
-    /// Sends the queued pushes; started with [`Worker::run`] when the gateway serves.
-    pub worker: Arc<worker::Worker>,
+    routing: Arc<Routing>,
     /// Notifications handed in at the same time are routed as one batch.
     decisions: Batcher<Notification, Result<Record, RouteError>>,
 }
 
+/// What routing a batch needs.
+struct Routing {
+    config: Notify,
+    channels: Channels,
+    ledger: Arc<dyn Ledger>,
+    messages: Arc<Messages>,
+    registry: Arc<Registry>,
+    metrics: NotifyMetrics,
+}
+
 impl Notifications {
-    pub fn new(ledger: Arc<dyn Ledger>, worker: Arc<worker::Worker>, config: &Notify) -> Self {
+    pub fn new(
+        config: Notify,
+        channels: Channels,
+        ledger: Arc<dyn Ledger>,
+        messages: Arc<Messages>,
+        registry: Arc<Registry>,
+        metrics: NotifyMetrics,
+    ) -> Self {
+        let decisions = Batcher::new(
+            config.decision_batch,
+            config.decision_batches,
+            config.max_waiting,
+        );
         Self {
-            ledger,
-            worker,
-            decisions: Batcher::new(
-                config.decision_batch,
-                config.decision_batches,
-                config.max_waiting,
-            ),
+            ledger: ledger.clone(),
+            routing: Arc::new(Routing {
+                config,
+                channels,
+                ledger,
+                messages,
+                registry,
+                metrics,
+            }),
+            decisions,
         }
     }
 
     /// Routes a new notification and returns its record with each route's decision. Routed
     /// together with whatever else is handed in meanwhile (see [`Router::route`]).
-    pub async fn submit(
-        &self,
-        gw: &Arc<Gateway>,
-        notification: Notification,
-    ) -> Result<Record, RouteError> {
-        let mut records = self.submit_all(gw, vec![notification]).await;
+    pub async fn submit(&self, notification: Notification) -> Result<Record, RouteError> {
+        let mut records = self.submit_all(vec![notification]).await;
         records.pop().expect("one record per notification")
     }
 
@@ -108,13 +86,12 @@ impl Notifications {
     /// share the router's batches and come back in order.
     pub async fn submit_all(
         &self,
-        gw: &Arc<Gateway>,
         notifications: Vec<Notification>,
     ) -> Vec<Result<Record, RouteError>> {
-        let gw = gw.clone();
+        let routing = self.routing.clone();
         let route = move |batch| {
-            let gw = gw.clone();
-            async move { Self::route(&gw, batch).await }
+            let routing = routing.clone();
+            async move { routing.route(batch).await }
         };
         let results = self.decisions.submit_all(notifications, route).await;
         results
@@ -123,10 +100,46 @@ impl Notifications {
             .collect()
     }
 
-    async fn route(gw: &Gateway, batch: Vec<Notification>) -> Vec<Result<Record, RouteError>> {
-        gw.metrics.notify.decision_batch.observe(batch.len() as f64);
+    /// Records what WeChat reported of a template message or mass send sent earlier. A report
+    /// for a message the gateway does not know (or no longer keeps) is ignored.
+    pub async fn record_delivery_report(&self, finish: JobFinish) -> Result<(), StoreError> {
+        let ledger = &self.ledger;
+        let Some((id, provider)) = ledger.by_provider_id(&finish.msgid).await? else {
+            tracing::debug!(msgid = %finish.msgid, "delivery report for an unknown message");
+            return Ok(());
+        };
+        let route = Route::Push(provider);
+        let Some(record) = ledger.record(&id).await? else {
+            return Ok(());
+        };
+        let mut state = record
+            .routes
+            .get(&route)
+            .cloned()
+            .unwrap_or_else(|| RouteState::new(Status::Sent, None));
+        (state.status, state.detail) = match finish.status {
+            JobStatus::Delivered => (
+                Status::Delivered,
+                finish.reach.map(|r| {
+                    format!(
+                        "sent to {} of {} followers, {} failed",
+                        r.sent, r.total, r.errors
+                    )
+                }),
+            ),
+            JobStatus::UserBlock => (Status::Failed, Some("user block".into())),
+            JobStatus::SystemFailed => (Status::Failed, Some("system failed".into())),
+            JobStatus::Other(other) => (Status::Failed, Some(other)),
+        };
+        ledger.set_route(&id, route, state).await
+    }
+}
+
+impl Routing {
+    async fn route(&self, batch: Vec<Notification>) -> Vec<Result<Record, RouteError>> {
+        self.metrics.decision_batch.observe(batch.len() as f64);
         let users: Vec<String> = batch.iter().map(|n| n.user.clone()).collect();
-        let states = match Self::user_states(gw, &users).await {
+        let states = match self.user_states(&users).await {
             Ok(states) => states,
             Err(e) => return batch.iter().map(|_| Err(e.clone().into())).collect(),
         };
@@ -135,29 +148,25 @@ impl Notifications {
             .zip(states)
             .map(|(notification, user)| Submission { notification, user })
             .collect();
-        let wechat = &gw.config.channels.wechat;
+        let wechat = &self.channels.wechat;
         let router = Router {
-            config: &gw.config.notify,
-            ledger: gw.notifications.ledger.as_ref(),
-            messages: &gw.messages,
-            metrics: &gw.metrics.notify,
+            config: &self.config,
+            ledger: self.ledger.as_ref(),
+            messages: &self.messages,
+            metrics: &self.metrics,
             can_broadcast: wechat.enabled && !wechat.apps.is_empty(),
         };
         router.route(submissions, chrono::Utc::now()).await
     }
 
     /// What the routing needs of each user: their preferences in one read, and whether a
-    /// device is online.
-    async fn user_states(gw: &Gateway, users: &[String]) -> Result<Vec<UserState>, StoreError> {
+    /// device is online on any node.
+    async fn user_states(&self, users: &[String]) -> Result<Vec<UserState>, StoreError> {
         let online = try_join_all(users.iter().map(|user| async move {
-            Ok::<_, StoreError>(match &gw.cluster {
-                Some(cluster) => !cluster.devices(user).await?.is_empty(),
-                None => !gw.sessions.devices(user).is_empty(),
-            })
+            Ok::<_, StoreError>(!self.registry.devices_everywhere(user).await?.is_empty())
         }));
-        let (online, preferences) =
-            tokio::try_join!(online, gw.notifications.ledger.preferences(users))?;
-        let wechat_apps = &gw.config.channels.wechat.apps;
+        let (online, preferences) = tokio::try_join!(online, self.ledger.preferences(users))?;
+        let wechat_apps = &self.channels.wechat.apps;
         Ok(online
             .into_iter()
             .zip(preferences)

@@ -1,9 +1,9 @@
 //! Quiet hours: whether a moment falls in one of the user's windows, in the user's own time
 //! zone, and when that window ends. Windows may cross midnight (22:00–07:00).
 
-use super::model::QuietHours;
 use chrono::{DateTime, Duration, NaiveTime, TimeZone, Utc};
 use chrono_tz::Tz;
+use protocol::notification::QuietHours;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum QuietHoursError {
@@ -74,7 +74,7 @@ pub fn quiet_until(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::notify::model::QuietWindow;
+    use protocol::notification::QuietWindow;
 
     fn shanghai_nights() -> QuietHours {
         QuietHours {

@@ -2,20 +2,21 @@
 //! 球球 whether, when and how a push is queued — by the kind's rule, the dedup window, the
 //! user's consent, bindings and quiet hours, and whether the user is online.
 
-use super::ledger::{AggregateJoin, DedupClaim, Ledger, NewRecord};
-use super::model::{
-    Consent, Job, Notification, Priority, QuietHours, Record, Route, RouteState, Status,
-};
+use super::dedup::{self, alerts, Claimed};
+use super::ledger::{AggregateJoin, Ledger, NewRecord};
+use super::model::Job;
 use super::quiet_hours::quiet_until;
-use crate::messages::Messages;
-use crate::metrics::NotifyMetrics;
+use crate::log::accept::Messages;
+use crate::observe::metrics::NotifyMetrics;
 use crate::store::StoreError;
 use broker_config::{
     KindRule, Notify, PreferredChannel, QiuQiuAction, QuietHoursAction, WeChatAction,
 };
 use chrono::{DateTime, Utc};
+use protocol::notification::{
+    Consent, Notification, Priority, Provider, QuietHours, Record, Route, RouteState, Status,
+};
 use serde::Serialize;
-use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
 
 #[derive(Debug, thiserror::Error)]
@@ -26,53 +27,22 @@ pub enum RouteError {
     Store(#[from] StoreError),
 }
 
-/// What the routes' actions are for a rule, the preferred channel first.
-pub fn external_routes(rule: &KindRule) -> Vec<Route> {
-    let mut routes = Vec::new();
+/// The providers a rule pushes through, the preferred one first.
+pub fn push_providers(rule: &KindRule) -> Vec<Provider> {
+    let mut providers = Vec::new();
     let wechat = rule.wechat != WeChatAction::None;
     let qiuqiu = rule.qiuqiu != QiuQiuAction::None;
     match rule.prefer {
         PreferredChannel::Wechat => {
-            routes.extend(wechat.then_some(Route::Wechat));
-            routes.extend(qiuqiu.then_some(Route::Qiuqiu));
+            providers.extend(wechat.then_some(Provider::Wechat));
+            providers.extend(qiuqiu.then_some(Provider::Qiuqiu));
         }
         PreferredChannel::Qiuqiu => {
-            routes.extend(qiuqiu.then_some(Route::Qiuqiu));
-            routes.extend(wechat.then_some(Route::Wechat));
+            providers.extend(qiuqiu.then_some(Provider::Qiuqiu));
+            providers.extend(wechat.then_some(Provider::Wechat));
         }
     }
-    routes
-}
-
-/// Whether the route's action alerts the user with the notification's content: such pushes are
-/// what the dedup window keeps to one across channels. A silent update or an aggregate (which
-/// says "3 new requests", not this content) is not, nor a broadcast, which reaches whoever
-/// follows its tag, not this user for sure.
-pub fn alerts(rule: &KindRule, route: Route) -> bool {
-    match route {
-        Route::Wechat => matches!(
-            rule.wechat,
-            WeChatAction::Template | WeChatAction::Subscribe
-        ),
-        Route::Qiuqiu => matches!(rule.qiuqiu, QiuQiuAction::Push | QiuQiuAction::Popup),
-        Route::InApp => false,
-    }
-}
-
-/// The dedup key: the one given, else a hash of what the user would read.
-pub fn dedup_key(notification: &Notification) -> String {
-    match &notification.dedup_key {
-        Some(key) => format!("k:{key}"),
-        None => {
-            let mut hash = Sha256::new();
-            for part in [&notification.kind, &notification.title, &notification.body] {
-                hash.update(part.as_bytes());
-                hash.update([0]);
-            }
-            let digest = hash.finalize();
-            format!("h:{}", hex::encode(digest))
-        }
-    }
+    providers
 }
 
 /// The body of a notification's in-app message on `u/{user}/notify`.
@@ -116,20 +86,6 @@ struct Claims {
     in_app: Option<Option<u64>>,
 }
 
-/// Who claims a broadcast's content: the tag, under a name no user id can take.
-fn broadcast_claimant(tag: u64) -> String {
-    format!("#wechat-tag:{tag}")
-}
-
-/// What a batch's claims found, per notification.
-struct Claimed {
-    fresh: Vec<bool>,
-    /// For a broadcast with a tag and an app to send it: whether its tag's claim is fresh.
-    broadcast: Vec<Option<bool>>,
-    /// The claims each notification took now, to give up again should it fail.
-    taken: Vec<Vec<DedupClaim>>,
-}
-
 /// A notification's decisions before they are stored.
 struct Decided {
     record: NewRecord,
@@ -161,7 +117,14 @@ impl Router<'_> {
                 }
             }
         }
-        let claimed = self.claim_all(&known, now_ms).await;
+        let claimed = dedup::claim_all(
+            self.ledger,
+            self.config.dedup_window,
+            self.can_broadcast,
+            &known,
+            now_ms,
+        )
+        .await;
         // Where each known submission's answer goes; the submissions themselves move into
         // their records.
         let places: Vec<usize> = known.iter().map(|(i, _, _)| *i).collect();
@@ -210,91 +173,12 @@ impl Router<'_> {
             }
         }
         if let Ok(claimed) = claimed {
-            self.release_failed(&places, claimed, &results).await;
+            dedup::release_failed(self.ledger, &places, claimed, &results).await;
         }
         results
             .into_iter()
             .map(|r| r.expect("every submission is answered"))
             .collect()
-    }
-
-    /// Gives up the claims of the notifications that failed after claiming: their senders were
-    /// told to retry, and the retry must not find its content already claimed. A release that
-    /// fails leaves those claims to expire with their window.
-    async fn release_failed(
-        &self,
-        places: &[usize],
-        claimed: Claimed,
-        results: &[Option<Result<Record, RouteError>>],
-    ) {
-        let unused: Vec<DedupClaim> = places
-            .iter()
-            .zip(claimed.taken)
-            .filter(|(i, _)| matches!(results[**i], Some(Err(_))))
-            .flat_map(|(_, taken)| taken)
-            .collect();
-        if unused.is_empty() {
-            return;
-        }
-        match self.ledger.release_dedup(&unused).await {
-            Ok(()) => tracing::debug!(claims = unused.len(), "gave up the claims of failed notifications"),
-            Err(e) => tracing::warn!(
-                claims = unused.len(),
-                "could not give up the dedup claims of failed notifications; they expire with their window: {e}"
-            ),
-        }
-    }
-
-    /// Claims every notification's content for its user (and a broadcast's for its tag) in
-    /// one call.
-    async fn claim_all(
-        &self,
-        known: &[(usize, &KindRule, Submission)],
-        now_ms: u64,
-    ) -> Result<Claimed, StoreError> {
-        let mut claims: Vec<DedupClaim> = known
-            .iter()
-            .map(|(_, _, s)| DedupClaim {
-                user: s.notification.user.clone(),
-                key: dedup_key(&s.notification),
-                by: s.notification.id.clone(),
-            })
-            .collect();
-        // A broadcast is claimed for its tag too: one mass send per tag and content, whichever
-        // follower's notification carries it.
-        let broadcasts: Vec<Option<usize>> = known
-            .iter()
-            .enumerate()
-            .map(|(i, (_, rule, s))| {
-                let tag = s.notification.wechat_tag;
-                let broadcasts = rule.wechat == WeChatAction::MassSend && self.can_broadcast;
-                let tag = tag.filter(|_| broadcasts)?;
-                let for_tag = DedupClaim {
-                    user: broadcast_claimant(tag),
-                    ..claims[i].clone()
-                };
-                claims.push(for_tag);
-                Some(claims.len() - 1)
-            })
-            .collect();
-        let window = self.config.dedup_window.as_millis() as u64;
-        let granted = self.ledger.claim_dedup(&claims, now_ms, window).await?;
-        let broadcast: Vec<Option<bool>> =
-            broadcasts.iter().map(|b| b.map(|i| granted[i])).collect();
-        let taken = (0..known.len())
-            .map(|i| {
-                let own = granted[i].then(|| claims[i].clone());
-                let tag = broadcasts[i]
-                    .filter(|&b| granted[b])
-                    .map(|b| claims[b].clone());
-                own.into_iter().chain(tag).collect()
-            })
-            .collect();
-        Ok(Claimed {
-            fresh: granted[..known.len()].to_vec(),
-            broadcast,
-            taken,
-        })
     }
 
     /// Appends the fresh notifications in-app and decides each route; the aggregated pushes are
@@ -358,7 +242,7 @@ impl Router<'_> {
                 } = decided?;
                 if let Some(join) = aggregate {
                     let (job, new) = joined.next().expect("one answer per join");
-                    let state = record.record.routes.get_mut(&join.route);
+                    let state = record.record.routes.get_mut(&Route::Push(join.provider));
                     if let (false, Some(state)) = (new, state) {
                         state.status = Status::Aggregated;
                         state.detail = Some(format!("aggregated into {}", job.notification));
@@ -384,9 +268,9 @@ impl Router<'_> {
             broadcast,
             in_app,
         } = claims;
-        let job = |route| Job {
+        let job = |provider| Job {
             notification: notification.id.clone(),
-            route,
+            provider,
             user: notification.user.clone(),
             attempts: 0,
             count: 0,
@@ -414,20 +298,21 @@ impl Router<'_> {
             _ => None,
         };
         let mut alerted_on: Option<Route> = None;
-        for route in external_routes(rule) {
-            let (consented, bound) = match route {
-                Route::Wechat => (user.consent.wechat, user.wechat_bound),
-                _ => (user.consent.qiuqiu, user.qiuqiu_bound),
+        for provider in push_providers(rule) {
+            let route = Route::Push(provider);
+            let (consented, bound) = match provider {
+                Provider::Wechat => (user.consent.wechat, user.wechat_bound),
+                Provider::Qiuqiu => (user.consent.qiuqiu, user.qiuqiu_bound),
             };
             let skip = |why: &str| RouteState::new(Status::Skipped, Some(why.to_string()));
             let state = if !fresh {
                 duplicate()
-            } else if route == Route::Wechat && rule.wechat == WeChatAction::MassSend {
+            } else if provider == Provider::Wechat && rule.wechat == WeChatAction::MassSend {
                 match (notification.wechat_tag, broadcast) {
                     (None, _) => skip("no wechat_tag to broadcast to"),
                     (Some(_), None) => skip("no WeChat app is enabled to broadcast from"),
                     (Some(tag), Some(true)) => {
-                        jobs.push((job(route), now_ms));
+                        jobs.push((job(provider), now_ms));
                         let mut state = RouteState::new(
                             Status::Queued,
                             Some(format!("a broadcast to WeChat tag {tag}")),
@@ -471,17 +356,17 @@ impl Router<'_> {
                 );
                 // An aggregated push is queued (or joined) by the ledger's aggregate; other
                 // pushes are queued with the record.
-                if route == Route::Qiuqiu && rule.qiuqiu == QiuQiuAction::Aggregate {
+                if provider == Provider::Qiuqiu && rule.qiuqiu == QiuQiuAction::Aggregate {
                     due = due.max(now_ms + self.config.aggregate_window.as_millis() as u64);
                     aggregate = Some(AggregateJoin {
                         user: notification.user.clone(),
                         kind: notification.kind.clone(),
                         notification: notification.id.clone(),
-                        route,
+                        provider,
                         due_ms: due,
                     });
                 } else {
-                    jobs.push((job(route), due));
+                    jobs.push((job(provider), due));
                 }
                 state.due_at = Some(due);
                 state

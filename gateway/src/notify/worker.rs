@@ -4,71 +4,51 @@
 //! the quota resets, failed for good, or dead after the last attempt.
 
 use super::ledger::Ledger;
-use super::model::{
-    Attempt, Bindings, Job, Notification, Preferences, Record, Route, RouteState, Status,
-};
-use super::rate::{next_provider_midnight, provider_day, RateLimiter};
-use crate::channel::{Channel, Content, Outcome, Push, Target};
-use crate::metrics::{AttemptLabel, NotifyMetrics, RouteLabel};
-use crate::session_handle::unix_millis;
+use super::model::{Job, Preferences};
+use super::rate::RateLimiter;
+use crate::channel::provider_day::{next_provider_midnight, provider_day};
+use crate::channel::{Channel, Outcome, Shaping};
+use crate::infra::time::{millis_of, unix_millis};
+use crate::observe::metrics::{AttemptLabel, NotifyMetrics, RouteLabel};
+use crate::shutdown::Shutdown;
 use crate::store::StoreError;
-use broker_config::{Channels, KindRule, Notify, QiuQiuAction, WeChatAction};
+use broker_config::{Notify, WeChatAction};
+use protocol::notification::{Attempt, Provider, RouteState, Status};
 use rand::Rng;
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 use tokio::sync::Semaphore;
 
 pub struct Worker {
     pub notify: Notify,
-    pub channels: Channels,
     pub ledger: Arc<dyn Ledger>,
-    pub wechat: Option<Arc<dyn Channel>>,
-    pub qiuqiu: Option<Arc<dyn Channel>>,
+    /// The enabled channels.
+    pub channels: HashMap<Provider, Arc<dyn Channel>>,
     pub limiter: RateLimiter,
     pub metrics: NotifyMetrics,
 }
 
-/// Where a push goes and the limits that apply to it.
-struct Prepared {
-    push: Push,
-    /// The rate bucket and daily quota it counts against.
-    pace: String,
-    per_second: u32,
-    daily_quota: u64,
-}
-
-/// A push notification needs a body; a notification without one shows its title twice rather
-/// than being refused.
-fn text_or_title(n: &Notification) -> String {
-    if n.body.trim().is_empty() {
-        n.title.clone()
-    } else {
-        n.body.clone()
-    }
-}
-
-fn millis(time: SystemTime) -> u64 {
-    time.duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
-
 impl Worker {
-    /// Takes due pushes and sends them, up to `notify.concurrency` at once, until the process
-    /// ends. A push taken but not settled (the process died) comes back after `notify.lease`.
+    /// Takes due pushes and sends them, up to `notify.concurrency` at once, until shutdown; the
+    /// pushes being sent then are finished and settled (they are tracked tasks), those taken but
+    /// not yet started come back after `notify.lease`, as a push taken by a process that died.
     ///
     /// Pushes are taken `notify.concurrency` at a time and handed to sending slots as they free
     /// up: taking only as many as were free would, while every slot is busy, cost one take (a
     /// queue scan and a durable write) per push. The ones waiting for a slot hold their lease;
     /// they wait at most as long as that many pushes take.
-    pub async fn run(self: Arc<Self>) {
+    pub async fn run(self: Arc<Self>, shutdown: Shutdown) {
         let slots = Arc::new(Semaphore::new(self.notify.concurrency));
         let mut taken: VecDeque<Job> = VecDeque::new();
         loop {
             if let Some(claims) = self.ledger.dedup_claims_held() {
                 self.metrics.dedup_claims.set(claims as i64);
             }
-            let permit = slots.clone().acquire_owned().await.expect("never closed");
+            let permit = tokio::select! {
+                permit = slots.clone().acquire_owned() => permit.expect("never closed"),
+                () = shutdown.cancelled() => return,
+            };
             if taken.is_empty() {
                 let lease = self.notify.lease.as_millis() as u64;
                 match (self.ledger)
@@ -84,11 +64,13 @@ impl Worker {
                 if let Ok(depth) = self.ledger.queue_depth().await {
                     self.metrics.queue_depth.set(depth as i64);
                 }
-                tokio::time::sleep(self.notify.poll_interval).await;
-                continue;
+                tokio::select! {
+                    () = tokio::time::sleep(self.notify.poll_interval) => continue,
+                    () = shutdown.cancelled() => return,
+                }
             };
             let worker = self.clone();
-            tokio::spawn(async move {
+            shutdown.spawn(async move {
                 if let Err(e) = worker.process(job).await {
                     tracing::warn!("notification push not settled (it will come back): {e}");
                 }
@@ -104,7 +86,7 @@ impl Worker {
         };
         let mut state = record
             .routes
-            .get(&job.route)
+            .get(&job.route())
             .cloned()
             .unwrap_or_else(|| RouteState::new(Status::Queued, None));
         let preferences = self
@@ -115,19 +97,36 @@ impl Worker {
         let Preferences {
             consent, bindings, ..
         } = preferences.as_ref();
-        let consented = match job.route {
-            Route::Wechat => consent.wechat,
-            _ => consent.qiuqiu,
+        let consented = match job.provider {
+            Provider::Wechat => consent.wechat,
+            Provider::Qiuqiu => consent.qiuqiu,
         };
+        let notification = &record.notification;
+        let rule = self.notify.kinds.get(&notification.kind);
         // A broadcast goes to the tag's followers, whose following is their consent.
-        let broadcast = job.route == Route::Wechat
-            && (self.notify.kinds.get(&record.notification.kind))
-                .is_some_and(|rule| rule.wechat == WeChatAction::MassSend);
+        let broadcast = job.provider == Provider::Wechat
+            && rule.is_some_and(|rule| rule.wechat == WeChatAction::MassSend);
         if !consented && !broadcast {
             let withdrawn = RouteState::new(Status::Skipped, Some("consent withdrawn".into()));
             return self.settle_final(&job, withdrawn).await;
         }
-        let prepared = match self.prepare(&record, &job, bindings) {
+        let Some(rule) = rule else {
+            let why = format!("kind {:?} is no longer configured", notification.kind);
+            let failed = RouteState::new(Status::Failed, Some(why));
+            return self.settle_final(&job, failed).await;
+        };
+        let Some(channel) = self.channels.get(&job.provider) else {
+            let off = RouteState::new(Status::Failed, Some("channel not enabled".into()));
+            return self.settle_final(&job, off).await;
+        };
+        let shaping = Shaping {
+            notification,
+            rule,
+            bindings,
+            key: job.key(),
+            count: job.count,
+        };
+        let prepared = match channel.prepare(&shaping) {
             Ok(prepared) => prepared,
             Err(why) => {
                 let failed = RouteState::new(Status::Failed, Some(why));
@@ -162,17 +161,9 @@ impl Worker {
                 .settle(&job, state, Some(until.timestamp_millis() as u64))
                 .await;
         }
-        let channel = match job.route {
-            Route::Wechat => self.wechat.as_ref(),
-            _ => self.qiuqiu.as_ref(),
-        };
-        let Some(channel) = channel else {
-            let off = RouteState::new(Status::Failed, Some("channel not enabled".into()));
-            return self.settle_final(&job, off).await;
-        };
         let started = Instant::now();
         let outcome = channel.send(&prepared.push).await;
-        let route = job.route.as_str();
+        let route = job.provider.as_str();
         let code = outcome.code().unwrap_or("0").to_string();
         self.metrics
             .attempt_seconds
@@ -197,7 +188,7 @@ impl Worker {
                 state.due_at = None;
                 if let Some(id) = &provider_id {
                     self.ledger
-                        .index_provider_id(id, &job.notification, job.route)
+                        .index_provider_id(id, &job.notification, job.provider)
                         .await?;
                 }
                 state.provider_id = provider_id;
@@ -222,7 +213,7 @@ impl Worker {
             Outcome::Park { code, until } => {
                 state.status = Status::Queued;
                 state.detail = Some(format!("parked after {code} until the quota resets"));
-                Some(millis(until))
+                Some(millis_of(until))
             }
             Outcome::Failed { code, message } => {
                 state.status = Status::Failed;
@@ -238,7 +229,7 @@ impl Worker {
     /// Records a push's final state (not sent: skipped, failed before any call).
     async fn settle_final(&self, job: &Job, state: RouteState) -> Result<(), StoreError> {
         self.metrics
-            .count(job.route.as_str(), state.status.as_str());
+            .count(job.provider.as_str(), state.status.as_str());
         self.ledger.settle(job, state, None).await
     }
 
@@ -250,130 +241,5 @@ impl Worker {
         let capped = base.min(self.notify.retry_max.as_secs_f64());
         let jitter = rand::thread_rng().gen_range(0.0..=capped / 2.0);
         Duration::from_secs_f64(capped / 2.0 + jitter)
-    }
-
-    /// The push for a job: target from the user's bindings, content from the kind's rule.
-    fn prepare(&self, record: &Record, job: &Job, bindings: &Bindings) -> Result<Prepared, String> {
-        let n = &record.notification;
-        let rule: &KindRule = self
-            .notify
-            .kinds
-            .get(&n.kind)
-            .ok_or_else(|| format!("kind {:?} is no longer configured", n.kind))?;
-        let key = job.key();
-        match job.route {
-            Route::Wechat if rule.wechat == WeChatAction::MassSend => {
-                let app = (self.channels.wechat.apps.first()).ok_or("no WeChat app configured")?;
-                let tag_id = n.wechat_tag.ok_or("no wechat_tag to broadcast to")?;
-                let text = [Some(&n.title), Some(&n.body), n.link.as_ref()]
-                    .into_iter()
-                    .flatten()
-                    .filter(|part| !part.trim().is_empty())
-                    .cloned()
-                    .collect::<Vec<_>>()
-                    .join("\n");
-                Ok(Prepared {
-                    push: Push {
-                        key,
-                        target: Target::WeChatTag {
-                            app: app.name.clone(),
-                            tag_id,
-                        },
-                        content: Content::WeChatMassText { text },
-                    },
-                    pace: format!("wechat:{}", app.name),
-                    per_second: app.per_second,
-                    daily_quota: app.daily_quota,
-                })
-            }
-            Route::Wechat => {
-                let (app, openid) = self
-                    .channels
-                    .wechat
-                    .apps
-                    .iter()
-                    .find_map(|app| bindings.wechat.get(&app.name).map(|openid| (app, openid)))
-                    .ok_or("no WeChat binding for a configured app")?;
-                let template_id = app
-                    .templates
-                    .get(&n.kind)
-                    .ok_or_else(|| format!("app {:?} has no template for {:?}", app.name, n.kind))?
-                    .clone();
-                let mut fields = vec![
-                    ("thing1".to_string(), n.title.clone()),
-                    ("thing2".to_string(), n.body.clone()),
-                ];
-                if let Some(data) = n.data.as_object() {
-                    fields.extend(
-                        data.iter()
-                            .filter_map(|(k, v)| v.as_str().map(|v| (k.clone(), v.to_string()))),
-                    );
-                }
-                let content = match rule.wechat {
-                    WeChatAction::Subscribe => Content::WeChatSubscribe {
-                        template_id,
-                        page: n.link.clone(),
-                        fields,
-                    },
-                    _ => Content::WeChatTemplate {
-                        template_id,
-                        url: n.link.clone(),
-                        fields,
-                    },
-                };
-                Ok(Prepared {
-                    push: Push {
-                        key,
-                        target: Target::WeChat {
-                            app: app.name.clone(),
-                            openid: openid.clone(),
-                        },
-                        content,
-                    },
-                    pace: format!("wechat:{}", app.name),
-                    per_second: app.per_second,
-                    daily_quota: app.daily_quota,
-                })
-            }
-            _ => {
-                let target = if !bindings.qiuqiu_devices.is_empty() {
-                    Target::QiuQiuDevices(bindings.qiuqiu_devices.clone())
-                } else if let Some(alias) = &bindings.qiuqiu_alias {
-                    Target::QiuQiuAlias(alias.clone())
-                } else {
-                    return Err("no 球球 binding".into());
-                };
-                let notification =
-                    |title: String, body: String, badge| Content::QiuQiuNotification {
-                        title,
-                        body,
-                        url: n.link.clone(),
-                        badge,
-                    };
-                let content = match rule.qiuqiu {
-                    QiuQiuAction::Silent => Content::QiuQiuTransmission {
-                        payload: serde_json::json!({"id": n.id, "kind": n.kind, "data": n.data}),
-                    },
-                    QiuQiuAction::Popup => notification(n.title.clone(), text_or_title(n), Some(1)),
-                    QiuQiuAction::Aggregate => notification(
-                        format!("{} new {}", job.count.max(1), n.kind.replace('_', " ")),
-                        n.title.clone(),
-                        Some(job.count.max(1)),
-                    ),
-                    _ => notification(n.title.clone(), text_or_title(n), None),
-                };
-                let q = &self.channels.qiuqiu;
-                Ok(Prepared {
-                    push: Push {
-                        key,
-                        target,
-                        content,
-                    },
-                    pace: "qiuqiu".into(),
-                    per_second: q.per_second,
-                    daily_quota: q.daily_quota,
-                })
-            }
-        }
     }
 }

@@ -1,21 +1,18 @@
 //! Durable storage of every user's message log and every device's cursor.
 //!
-//! One trait, [`Store`], and one file per backend: [`embedded`] (fjall in the data dir, the
+//! One trait, [`Store`], and one folder per backend: [`embedded`] (fjall in the data dir, the
 //! default) and [`redis`] (for several nodes sharing one Redis). Both pass the same conformance
 //! suite (`tests/tests/store.rs`).
 //!
 //! Appends are queued and committed in groups: one fsync (or one Redis round trip) makes a
-//! whole batch durable. Only then are the messages handed to the [`LiveFanout`], in log order,
-//! and only then are their senders answered — nothing acknowledged is lost.
+//! whole batch durable. Only then are the entries handed to the [`CommitFeed`], in log order,
+//! and only then are their appenders answered — nothing acknowledged is lost.
 
-pub mod cipher;
+pub mod clock;
 pub mod embedded;
-pub mod group_commit;
 pub mod record;
 pub mod redis;
-mod sm4_tables;
 
-use crate::session_handle::SessionId;
 use async_trait::async_trait;
 use bytes::Bytes;
 use prometheus_client::metrics::histogram::Histogram;
@@ -47,6 +44,11 @@ impl Settings {
     }
 }
 
+/// Who appended an entry, as the appender tagged it; handed back with the committed entry, so
+/// that live delivery can leave out the sender's own connection. The store never looks inside.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Origin(pub u64);
+
 /// A message on its way into one user's log, sealed by [`record::seal`].
 #[derive(Debug, Clone)]
 pub struct NewMessage {
@@ -56,19 +58,18 @@ pub struct NewMessage {
     pub plaintext: Bytes,
     /// The record as stored: the message id in the clear and the plaintext sealed.
     pub record: Vec<u8>,
-    /// The sender's own session, which does not get its message back live.
-    pub exclude_session: Option<SessionId>,
-    /// The user's topic it is delivered live on.
-    pub live_topic: LiveTopic,
+    pub origin: Option<Origin>,
+    pub kind: EntryKind,
 }
 
-/// The topic a log entry goes out on live: messages on the inbox, in-app notifications on
-/// `u/{user}/notify`. Both are in the same log, so a sync returns both, in order.
+/// What a log entry is: a message (delivered live on the user's inbox) or an in-app
+/// notification (on `u/{user}/notify`). Both are in the same log, so a sync returns both, in
+/// order.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub enum LiveTopic {
+pub enum EntryKind {
     #[default]
-    Inbox,
-    Notify,
+    Message,
+    Notification,
 }
 
 /// A message made durable in a log.
@@ -80,13 +81,14 @@ pub struct Appended {
     pub hlc: u64,
     /// The message as JSON, with `seq` and `ts`, ready for live delivery.
     pub payload: Bytes,
-    pub exclude_session: Option<SessionId>,
-    pub live_topic: LiveTopic,
+    pub origin: Option<Origin>,
+    pub kind: EntryKind,
 }
 
-/// Where each committed batch goes, in log order, before its senders are answered.
-pub trait LiveFanout: Send + Sync + 'static {
-    fn committed(&self, messages: &[Appended]);
+/// The ordered feed of committed appends: every committed batch is handed here, in log order,
+/// before its appenders are answered. Live delivery consumes it.
+pub trait CommitFeed: Send + Sync + 'static {
+    fn committed(&self, entries: &[Appended]);
 }
 
 /// What a log holds: its epoch and the range of sequences still available.
@@ -118,6 +120,12 @@ pub enum StoreError {
     /// A stored value cannot be read back (damaged, or sealed with a key no longer configured).
     #[error("stored data unreadable: {0}")]
     Unreadable(String),
+}
+
+impl From<crate::infra::redis::Unavailable> for StoreError {
+    fn from(error: crate::infra::redis::Unavailable) -> Self {
+        Self::Unavailable(error.0)
+    }
 }
 
 /// What the sweeper did in one pass.
@@ -170,6 +178,10 @@ pub trait Store: Send + Sync + 'static {
 
     /// Cuts messages older than `older_than_ms` and purges forgotten contacts' messages.
     async fn sweep(&self, older_than_ms: u64) -> Result<SweepReport, StoreError>;
+
+    /// Commits what was queued before this call and stops: later appends are refused as
+    /// unavailable. For shutdown, once nothing appends any more.
+    async fn close(&self);
 
     /// Everything stored for the user, one line per item: `messages/{user}/{seq}`,
     /// `heads/{user}`, `cursors/{user}/{device}`, `forgotten/{user}/{other}` (and a backend's own

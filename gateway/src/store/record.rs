@@ -1,9 +1,8 @@
 //! How a message is kept at rest, the same for every backend: its id in the clear (it names
 //! nothing personal) and its content sealed with SM4-GCM, bound to its log and id.
 
-use super::cipher::KeyRing;
-use super::{LiveTopic, NewMessage, StoreError};
-use crate::session_handle::SessionId;
+use super::{EntryKind, NewMessage, Origin, StoreError};
+use crate::infra::cipher::KeyRing;
 use bytes::Bytes;
 use protocol::envelope::InboxMessage;
 use serde::Serialize;
@@ -27,7 +26,7 @@ pub fn seal(
     keys: &KeyRing,
     log: &str,
     content: &Content<'_, impl Serialize + ?Sized>,
-    exclude_session: Option<SessionId>,
+    origin: Option<Origin>,
 ) -> NewMessage {
     let plaintext = serde_json::to_vec(content).expect("message content serializes");
     let id = content.id.as_bytes();
@@ -40,8 +39,8 @@ pub fn seal(
         log: log.to_string(),
         plaintext: plaintext.into(),
         record,
-        exclude_session,
-        live_topic: LiveTopic::Inbox,
+        origin,
+        kind: EntryKind::Message,
     }
 }
 

@@ -5,7 +5,7 @@
 //! turns both versions' packets into [`Inbound`], and writes our answers in the client's version,
 //! with v5 reason codes where v5 has them.
 
-use crate::session_handle::Qos;
+use crate::live::link::Qos;
 use bytes::{Bytes, BytesMut};
 use rumqttc::mqttbytes::v4;
 use rumqttc::v5::mqttbytes::v5;

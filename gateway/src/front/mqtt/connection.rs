@@ -6,15 +6,17 @@ use super::codec::{
     peek_connect_version, read_connect, Codec, ConnackCode, ConnackInfo, ConnectRequest,
     DecodeError, DisconnectCode, Inbound, PubAckCode, SubscribeRefusal, Version, Will,
 };
-use crate::acl::{Identity, Refusal};
-use crate::front::client::{ClientSession, Handled};
+use crate::auth::identity::Identity;
+use crate::auth::Credentials;
+use crate::front::client::{Client, Handled};
+use crate::front::refusal::Refusal;
 use crate::front::stream::MqttStream;
-use crate::gateway::Gateway;
-use crate::metrics::{DisconnectReason, RejectReason, TransportLabel};
-use crate::session_handle::{Delivery, Qos};
+use crate::front::Front;
+use crate::live::link::{Delivery, Qos};
+use crate::observe::metrics::{RejectReason, TransportLabel};
 use bytes::BytesMut;
 use futures_util::stream::{FuturesOrdered, StreamExt};
-use protocol::envelope::Transport;
+use protocol::envelope::{DisconnectReason, Transport};
 use std::collections::{HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
@@ -27,12 +29,12 @@ const WRITE_BATCH: usize = 64 * 1024;
 /// Reads the CONNECT, authenticates, answers CONNACK and runs the session. The caller bounds
 /// this whole call's handshake part by the handshake timeout through `handshake_deadline`.
 pub async fn serve(
-    gw: Arc<Gateway>,
+    front: Arc<Front>,
     mut stream: MqttStream,
     transport: Transport,
     handshake_deadline: Instant,
 ) {
-    let max_packet = gw.config.limits.max_packet_size;
+    let max_packet = front.limits.max_packet_size;
     let mut rbuf = BytesMut::new();
     let connect = match tokio::time::timeout_at(
         handshake_deadline,
@@ -40,9 +42,9 @@ pub async fn serve(
     )
     .await
     {
-        Err(_) => return gw.metrics.reject(RejectReason::handshake_timeout),
+        Err(_) => return front.metrics.reject(RejectReason::handshake_timeout),
         Ok(Err(ConnectFailure::Closed)) => {
-            return gw.metrics.reject(RejectReason::handshake_failed)
+            return front.metrics.reject(RejectReason::handshake_failed)
         }
         Ok(Err(ConnectFailure::Decode(e))) => {
             tracing::debug!("refused CONNECT: {e}");
@@ -60,7 +62,7 @@ pub async fn serve(
                 );
                 let _ = stream.write_all(&out).await;
             }
-            return gw.metrics.reject(RejectReason::protocol_error);
+            return front.metrics.reject(RejectReason::protocol_error);
         }
         Ok(Ok(connect)) => connect,
     };
@@ -68,10 +70,11 @@ pub async fn serve(
         version: connect.version,
         max_packet_size: max_packet,
     };
-    let identity = match authenticate(&gw, &connect) {
+    let identity = match authenticate(&front, &connect) {
         Ok(identity) => identity,
         Err(reason) => {
-            gw.metrics
+            front
+                .metrics
                 .auth_failures
                 .get_or_create(&TransportLabel::from(transport))
                 .inc();
@@ -89,10 +92,10 @@ pub async fn serve(
     };
     let (keep_alive, server_keep_alive) = negotiate_keep_alive(
         connect.keep_alive,
-        gw.config.limits.max_keepalive,
+        front.limits.max_keepalive,
         connect.version,
     );
-    let (session, outbox) = ClientSession::open(&gw, identity, transport);
+    let (client, outbox) = Client::open(&front, identity, transport);
     let mut wbuf = BytesMut::new();
     let info = ConnackInfo {
         server_keep_alive,
@@ -100,15 +103,15 @@ pub async fn serve(
         reason: None,
     };
     codec.connack(ConnackCode::Accepted, info, &mut wbuf);
-    let out_counter = gw
+    let out_counter = front
         .metrics
         .messages_out
         .get_or_create(&TransportLabel::from(transport))
         .clone();
     let connection = Connection {
         out_counter,
-        max_inflight: gw.config.limits.max_inflight as usize,
-        session,
+        max_inflight: front.limits.max_inflight as usize,
+        client,
         codec,
         stream,
         rbuf,
@@ -150,37 +153,15 @@ async fn read_first_connect(
     }
 }
 
-/// The device token is the password. Without one, only dev mode lets a client in.
-fn authenticate(gw: &Gateway, connect: &ConnectRequest) -> Result<Identity, String> {
-    let identity = match connect.password.as_deref().filter(|p| !p.is_empty()) {
-        // A trusted backend handing in notifications authenticates with an API key.
-        Some(key) if gw.is_api_key(key) => Identity::Backend {
-            client_id: connect.client_id.clone(),
-            notify_topic: gw.config.notify.mqtt_topic.clone(),
-        },
-        Some(token) => {
-            let claims = gw.signer.verify(token).map_err(|e| e.to_string())?;
-            Identity::Device {
-                user: claims.user,
-                device: claims.device,
-                platform: claims.platform,
-            }
-        }
-        None if gw.config.auth.allow_anonymous => Identity::Anonymous {
-            client_id: if connect.client_id.is_empty() {
-                format!("anonymous-{}", gw.next_session_id())
-            } else {
-                connect.client_id.clone()
-            },
-        },
-        None => return Err("a device token is required as the password".into()),
+/// The device token is the password (see [`crate::auth::Auth::connect`]).
+fn authenticate(front: &Front, connect: &ConnectRequest) -> Result<Identity, String> {
+    let credentials = Credentials {
+        client_id: &connect.client_id,
+        password: connect.password.as_deref(),
+        will_topic: connect.will.as_ref().map(|will| will.topic.as_str()),
     };
-    if let Some(will) = &connect.will {
-        identity
-            .may_publish(&will.topic)
-            .map_err(|_| format!("this client may not publish its will on {}", will.topic))?;
-    }
-    Ok(identity)
+    let assign_id = || format!("anonymous-{}", front.link_ids.next());
+    front.auth.connect(&credentials, assign_id)
 }
 
 /// The keepalive to enforce and, for v5, the Server Keep Alive to announce. A client asking for
@@ -201,7 +182,7 @@ fn negotiate_keep_alive(
 }
 
 struct Connection {
-    session: ClientSession,
+    client: Client,
     codec: Codec,
     stream: MqttStream,
     rbuf: BytesMut,
@@ -246,7 +227,7 @@ impl Connection {
         let keep_alive_window = self.keep_alive + self.keep_alive / 2;
         let keep_alive = sleep_until(Instant::now() + keep_alive_window);
         tokio::pin!(keep_alive);
-        let handle = self.session.handle.clone();
+        let handle = self.client.link.clone();
         let closed = handle.closed();
         tokio::pin!(closed);
 
@@ -254,7 +235,7 @@ impl Connection {
             if !self.wbuf.is_empty() {
                 if self.stream.write_all(&self.wbuf).await.is_err() {
                     break Flow::End {
-                        reason: DisconnectReason::socket_closed,
+                        reason: DisconnectReason::SocketClosed,
                         notice: None,
                     };
                 }
@@ -264,15 +245,22 @@ impl Connection {
             tokio::select! {
                 biased;
                 reason = &mut closed => {
+                    if reason.kind == DisconnectReason::Shutdown {
+                        // Answer the publishes being stored first: the store commits them
+                        // before it closes, and their senders must not send them again.
+                        while let Some((answer, result)) = self.answers.next().await {
+                            let _ = self.answer(answer, result);
+                        }
+                    }
                     // Write what was queued before the close (a kick's reason, for instance).
                     while let Ok(delivery) = outbox.try_recv() {
                         self.write_delivery(delivery);
                     }
                     let code = match reason.kind {
-                        DisconnectReason::taken_over => DisconnectCode::TakenOver,
-                        DisconnectReason::slow_consumer => DisconnectCode::QuotaExceeded,
-                        DisconnectReason::approval_denied | DisconnectReason::approval_timeout => DisconnectCode::NotAuthorized,
-                        DisconnectReason::shutdown => DisconnectCode::ShuttingDown,
+                        DisconnectReason::TakenOver => DisconnectCode::TakenOver,
+                        DisconnectReason::SlowConsumer => DisconnectCode::QuotaExceeded,
+                        DisconnectReason::ApprovalDenied | DisconnectReason::ApprovalTimeout => DisconnectCode::NotAuthorized,
+                        DisconnectReason::Shutdown => DisconnectCode::ShuttingDown,
                         _ => DisconnectCode::Administrative,
                     };
                     self.codec.disconnect(code, &reason.message, &mut self.wbuf);
@@ -280,10 +268,10 @@ impl Connection {
                 }
                 read = self.stream.read_into(&mut self.rbuf) => {
                     match read {
-                        Ok(0) | Err(_) => break Flow::End { reason: DisconnectReason::socket_closed, notice: None },
+                        Ok(0) | Err(_) => break Flow::End { reason: DisconnectReason::SocketClosed, notice: None },
                         Ok(_) => {
                             keep_alive.as_mut().reset(Instant::now() + keep_alive_window);
-                            self.session.handle.touch();
+                            self.client.link.touch();
                             if let Flow::End { reason, notice } = self.handle_input() {
                                 break Flow::End { reason, notice };
                             }
@@ -306,7 +294,7 @@ impl Connection {
                 }
                 () = &mut keep_alive => {
                     break Flow::End {
-                        reason: DisconnectReason::keepalive_timeout,
+                        reason: DisconnectReason::KeepaliveTimeout,
                         notice: Some((DisconnectCode::KeepAliveTimeout, "no packet within 1.5 times the keepalive")),
                     };
                 }
@@ -323,10 +311,10 @@ impl Connection {
                 .await;
         }
         self.stream.shutdown().await;
-        if reason != DisconnectReason::client_disconnect {
+        if reason != DisconnectReason::ClientDisconnect {
             self.send_will();
         }
-        self.session.set_end_reason(reason);
+        self.client.set_end_reason(reason);
     }
 
     /// Drops buffers grown by a burst, so an idle connection holds little memory.
@@ -351,14 +339,9 @@ impl Connection {
                     }
                 }
                 Err(DecodeError::TooLarge { size, max }) => {
-                    tracing::debug!(
-                        session = self.session.handle.id,
-                        size,
-                        max,
-                        "packet too large"
-                    );
+                    tracing::debug!(link = self.client.link.id, size, max, "packet too large");
                     return Flow::End {
-                        reason: DisconnectReason::packet_too_large,
+                        reason: DisconnectReason::PacketTooLarge,
                         notice: Some((
                             DisconnectCode::PacketTooLarge,
                             "packet exceeds the maximum packet size",
@@ -366,9 +349,9 @@ impl Connection {
                     };
                 }
                 Err(e) => {
-                    tracing::debug!(session = self.session.handle.id, "protocol error: {e}");
+                    tracing::debug!(link = self.client.link.id, "protocol error: {e}");
                     return Flow::End {
-                        reason: DisconnectReason::protocol_error,
+                        reason: DisconnectReason::ProtocolError,
                         notice: Some((DisconnectCode::ProtocolError, "malformed packet")),
                     };
                 }
@@ -394,7 +377,7 @@ impl Connection {
                 } else {
                     Qos::AtLeastOnce
                 };
-                let handled = self.session.publish(&topic, payload, delivery_qos);
+                let handled = self.client.publish(&topic, payload, delivery_qos);
                 let answer = Answer { pkid, qos, topic };
                 match handled {
                     // Answers go out in the order the publishes came (MQTT 4.6), so an immediate
@@ -407,7 +390,7 @@ impl Connection {
                         .push_back(Box::pin(std::future::ready((answer, result)))),
                     Handled::Later(work) if qos == 0 => {
                         // Nobody waits for the answer, but the work must still run.
-                        tokio::spawn(work);
+                        self.client.finish_later(work);
                     }
                     Handled::Later(work) => self
                         .answers
@@ -427,7 +410,7 @@ impl Connection {
                 let results: Vec<_> = filters
                     .iter()
                     .map(|(filter, qos)| {
-                        self.session
+                        self.client
                             .subscribe(filter, *qos)
                             .map_err(|refusal| match refusal {
                                 Refusal::InvalidTopic => SubscribeRefusal::FilterInvalid,
@@ -439,19 +422,17 @@ impl Connection {
                 self.codec.suback(pkid, &results, &mut self.wbuf);
             }
             Inbound::Unsubscribe { pkid, filters } => {
-                let existed: Vec<bool> = filters
-                    .iter()
-                    .map(|f| self.session.unsubscribe(f))
-                    .collect();
+                let existed: Vec<bool> =
+                    filters.iter().map(|f| self.client.unsubscribe(f)).collect();
                 self.codec.unsuback(pkid, &existed, &mut self.wbuf);
             }
             Inbound::PingReq => self.codec.pingresp(&mut self.wbuf),
             Inbound::Disconnect { with_will } => {
                 let reason = if with_will {
-                    DisconnectReason::socket_closed
+                    DisconnectReason::SocketClosed
                 } else {
                     self.will = None;
-                    DisconnectReason::client_disconnect
+                    DisconnectReason::ClientDisconnect
                 };
                 return Flow::End {
                     reason,
@@ -459,9 +440,9 @@ impl Connection {
                 };
             }
             Inbound::Unexpected(what) => {
-                tracing::debug!(session = self.session.handle.id, "protocol error: {what}");
+                tracing::debug!(link = self.client.link.id, "protocol error: {what}");
                 return Flow::End {
-                    reason: DisconnectReason::protocol_error,
+                    reason: DisconnectReason::ProtocolError,
                     notice: Some((DisconnectCode::ProtocolError, what)),
                 };
             }
@@ -504,13 +485,13 @@ impl Connection {
     /// sends the message again after reconnecting.
     fn answer(&mut self, answer: Answer, result: Result<(), Refusal>) -> Flow {
         if let Err(refusal) = &result {
-            self.session.reply_refusal(&answer.topic, refusal);
+            self.client.reply_refusal(&answer.topic, refusal);
             if matches!(refusal, Refusal::StoreUnavailable(_))
                 && self.codec.version == Version::V311
                 && answer.qos > 0
             {
                 return Flow::End {
-                    reason: DisconnectReason::store_unavailable,
+                    reason: DisconnectReason::StoreUnavailable,
                     notice: None,
                 };
             }
@@ -527,11 +508,11 @@ impl Connection {
 
     fn send_will(&mut self) {
         if let Some(will) = self.will.take() {
-            let id = self.session.handle.id;
-            let handled = self.session.publish(&will.topic, will.payload, will.qos);
-            tokio::spawn(async move {
+            let id = self.client.link.id;
+            let handled = self.client.publish(&will.topic, will.payload, will.qos);
+            self.client.finish_later(async move {
                 if let Err(refusal) = handled.finish().await {
-                    tracing::debug!(session = id, "will refused: {refusal}");
+                    tracing::debug!(link = id, "will refused: {refusal}");
                 }
             });
         }

@@ -7,9 +7,10 @@ pub mod embedded;
 mod preference_cache;
 pub mod redis;
 
-use super::model::{Bindings, Consent, Job, Preferences, QuietHours, Record, Route, RouteState};
+use super::model::{Job, Preferences};
 use crate::store::StoreError;
 use async_trait::async_trait;
+use protocol::notification::{Bindings, Consent, Provider, QuietHours, Record, Route, RouteState};
 use std::sync::Arc;
 
 /// One claim of [`Ledger::claim_dedup`]: a content's dedup key, for a user.
@@ -42,8 +43,25 @@ pub struct AggregateJoin {
     pub user: String,
     pub kind: String,
     pub notification: String,
-    pub route: Route,
+    pub provider: Provider,
     pub due_ms: u64,
+}
+
+/// How both backends keep a provider id's entry: the notification it belongs to and the
+/// provider that gave it, as `notification 0 provider`.
+pub fn provider_entry(notification: &str, provider: Provider) -> Vec<u8> {
+    [notification.as_bytes(), b"\0", provider.as_str().as_bytes()].concat()
+}
+
+/// Reads what [`provider_entry`] wrote.
+pub fn read_provider_entry(entry: &[u8]) -> Result<(String, Provider), StoreError> {
+    let damaged = || StoreError::Unreadable("a provider id's entry is damaged".into());
+    let text = std::str::from_utf8(entry).map_err(|_| damaged())?;
+    let (notification, provider) = text.split_once('\0').ok_or_else(damaged)?;
+    match Route::parse(provider) {
+        Some(Route::Push(provider)) => Ok((notification.to_string(), provider)),
+        _ => Err(damaged()),
+    }
 }
 
 #[async_trait]
@@ -101,13 +119,13 @@ pub trait Ledger: Send + Sync + 'static {
         &self,
         provider_id: &str,
         notification: &str,
-        route: Route,
+        provider: Provider,
     ) -> Result<(), StoreError>;
 
     async fn by_provider_id(
         &self,
         provider_id: &str,
-    ) -> Result<Option<(String, Route)>, StoreError>;
+    ) -> Result<Option<(String, Provider)>, StoreError>;
 
     /// Sets one route's state of a record (a provider's delivery report).
     async fn set_route(&self, id: &str, route: Route, state: RouteState) -> Result<(), StoreError>;
@@ -140,4 +158,8 @@ pub trait Ledger: Send + Sync + 'static {
 
     /// Removes the user's preferences, bindings, dedup claims and queued pushes.
     async fn delete_user(&self, user: &str) -> Result<(), StoreError>;
+
+    /// Makes durable what is written but not yet durable (claims and aggregate joins wait for
+    /// the next write), for shutdown.
+    async fn close(&self) -> Result<(), StoreError>;
 }

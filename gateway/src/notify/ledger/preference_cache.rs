@@ -56,7 +56,7 @@ impl PreferenceCache {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::notify::model::Consent;
+    use protocol::notification::Consent;
 
     fn consenting(wechat: bool) -> Preferences {
         Preferences {

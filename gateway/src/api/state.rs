@@ -1,0 +1,31 @@
+//! What the HTTP handlers reach: the router's state, built once by the composition root.
+
+use crate::auth::Auth;
+use crate::front::Front;
+use crate::live::registry::Registry;
+use crate::live::signals::Signals;
+use crate::log::accept::Messages;
+use crate::notify::Notifications;
+use crate::observe::metrics::Metrics;
+use crate::observe::recorder::Recorder;
+use crate::store::SharedStore;
+use broker_config::Config;
+use std::sync::Arc;
+
+pub struct ApiState {
+    pub config: Arc<Config>,
+    pub auth: Arc<Auth>,
+    pub registry: Arc<Registry>,
+    pub signals: Arc<Signals>,
+    pub messages: Arc<Messages>,
+    pub store: SharedStore,
+    pub notifications: Arc<Notifications>,
+    pub metrics: Arc<Metrics>,
+    /// The traffic recording, when `record.path` is set.
+    pub recorder: Option<Recorder>,
+    /// The JSON WebSocket (`/ws`) is a client connection like the MQTT ones.
+    pub front: Arc<Front>,
+}
+
+/// The router's state, as handlers take it: `State(api): State<Api>`.
+pub type Api = Arc<ApiState>;

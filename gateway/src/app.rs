@@ -1,0 +1,380 @@
+//! The composition root: builds every service with the handles it needs, binds the listeners,
+//! runs until SIGTERM (or Ctrl-C) and then shuts down in order, within `limits.shutdown_grace`.
+//!
+//! The order of building is the order of the layers, from the bottom: the data dir's secrets
+//! and keys, the cluster membership, the live layer (hub, user topics, registry), the store
+//! (whose commit feed is the user topics), the log, the notification service and its worker,
+//! then the front and the API over all of them.
+
+use crate::api::{self, state::ApiState};
+use crate::auth::{secrets, Auth};
+use crate::channel::qiuqiu::QiuQiuChannel;
+use crate::channel::token_cache::{LocalTokenCache, RedisTokenCache, TokenCache};
+use crate::channel::wechat::WeChatChannel;
+use crate::channel::Channel;
+use crate::cluster::{self, Membership};
+use crate::front::mqtt::listener::{self as mqtt_listener, MqttListenerKind};
+use crate::front::{self, Front};
+use crate::infra::cipher::KeyRing;
+use crate::infra::data_dir::DataDir;
+use crate::live::hub::Hub;
+use crate::live::known_devices::KnownDevices;
+use crate::live::link::LinkIds;
+use crate::live::registry::Registry;
+use crate::live::signals::Signals;
+use crate::live::user_topics::UserTopics;
+use crate::log::accept::Messages;
+use crate::notify::ledger::embedded::EmbeddedLedger;
+use crate::notify::ledger::redis::RedisLedger;
+use crate::notify::ledger::Ledger;
+use crate::notify::rate::RateLimiter;
+use crate::notify::worker::Worker;
+use crate::notify::Notifications;
+use crate::observe::metrics::Metrics;
+use crate::observe::recorder::Recorder;
+use crate::shutdown::Shutdown;
+use crate::store::clock::HybridClock;
+use crate::store::embedded::EmbeddedStore;
+use crate::store::redis::RedisStore;
+use crate::store::{CommitFeed, Settings, SharedStore};
+use anyhow::{Context, Result};
+use broker_config::{Config, StoreBackend};
+use protocol::notification::Provider;
+use std::collections::HashMap;
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use tokio::net::TcpListener;
+use tokio::time::Instant;
+
+/// The running gateway's parts that shutdown has to reach.
+pub struct App {
+    config: Arc<Config>,
+    front: Arc<Front>,
+    api: Arc<ApiState>,
+    ledger: Arc<dyn Ledger>,
+    worker: Arc<Worker>,
+    cluster: Arc<dyn Membership>,
+    hub: Arc<Hub>,
+    shutdown: Shutdown,
+}
+
+/// How a shutdown ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stopped {
+    /// Everything in flight was finished and stored.
+    Drained,
+    /// `limits.shutdown_grace` ran out first.
+    GraceExpired,
+}
+
+impl App {
+    /// Builds every service over the data dir `data`.
+    pub async fn build(config: Config, data: &DataDir) -> Result<Self> {
+        let config = Arc::new(config);
+        let shutdown = Shutdown::new();
+        let metrics = Arc::new(Metrics::new());
+        let auth = Arc::new(Auth {
+            signer: secrets::token_signer(&config, data)?,
+            api_keys: secrets::api_keys(&config, data)?,
+            allow_anonymous: config.auth.allow_anonymous,
+            notify_topic: config.notify.mqtt_topic.clone(),
+        });
+        let keys = Arc::new(KeyRing::configured_or_generated(
+            &config.store.encryption_keys,
+            data,
+        )?);
+        let cluster = cluster::join(&config.store).await?;
+        let hub = Arc::new(Hub::new(metrics.dropped_deliveries.clone()));
+        let topics = Arc::new(UserTopics::new(
+            hub.clone(),
+            cluster.clone(),
+            metrics.stored.clone(),
+        ));
+        let registry = Arc::new(Registry::new(
+            config.sessions.clone(),
+            topics.clone(),
+            KnownDevices::open(&data.path("known_devices.tsv"))?,
+            shutdown.clone(),
+        ));
+        let signals = Arc::new(Signals::new(topics.clone(), metrics.signals.clone()));
+        let store = open_store(&config, data, keys.clone(), topics, &metrics).await?;
+        let messages = Arc::new(Messages::new(
+            store.clone(),
+            keys.clone(),
+            metrics.append_seconds.clone(),
+            metrics.store_failures.clone(),
+        ));
+        let ledger = open_ledger(&config, data, keys).await?;
+        let notifications = Arc::new(Notifications::new(
+            config.notify.clone(),
+            config.channels.clone(),
+            ledger.clone(),
+            messages.clone(),
+            registry.clone(),
+            metrics.notify.clone(),
+        ));
+        let worker = notify_worker(&config, ledger.clone(), &metrics).await?;
+        let recorder = Recorder::start(&config.record, metrics.record_events.clone())?;
+        let front = Arc::new(Front {
+            limits: config.limits.clone(),
+            roaming: config.roaming.clone(),
+            auth: auth.clone(),
+            link_ids: LinkIds::default(),
+            registry: registry.clone(),
+            hub: hub.clone(),
+            signals: signals.clone(),
+            messages: messages.clone(),
+            store: store.clone(),
+            notifications: notifications.clone(),
+            metrics: metrics.clone(),
+            recorder: recorder.clone(),
+            shutdown: shutdown.clone(),
+        });
+        let api = Arc::new(ApiState {
+            config: config.clone(),
+            auth,
+            registry,
+            signals,
+            messages,
+            store,
+            notifications,
+            metrics,
+            recorder,
+            front: front.clone(),
+        });
+        Ok(Self {
+            config,
+            front,
+            api,
+            ledger,
+            worker,
+            cluster,
+            hub,
+            shutdown,
+        })
+    }
+
+    /// Binds the listeners, prints their addresses as one JSON line on stdout, starts the
+    /// background work, and serves until SIGTERM or Ctrl-C; then shuts down.
+    pub async fn serve(self, data_dir: &Path) -> Result<Stopped> {
+        let bound = self.listen()?;
+        tracing::info!(listening = ?bound, data_dir = %data_dir.display(), "gateway started");
+        // One machine-readable line on stdout, so scripts and tests learn the bound ports.
+        let mut stdout = std::io::stdout().lock();
+        writeln!(stdout, "{}", serde_json::json!({ "listening": bound }))?;
+        stdout.flush()?;
+        drop(stdout);
+        self.start_background();
+        termination().await;
+        Ok(self.stop().await)
+    }
+
+    fn listen(&self) -> Result<serde_json::Map<String, serde_json::Value>> {
+        let listeners = &self.config.listeners;
+        let mut bound = serde_json::Map::new();
+        let mut mqtt = vec![
+            ("mqtt", listeners.mqtt, MqttListenerKind::Tcp),
+            ("mqtt_ws", listeners.mqtt_ws, MqttListenerKind::WebSocket),
+        ];
+        if let Some((cert, key)) = self.config.tls.pair() {
+            let acceptor = front::tls::acceptor(cert, key)?;
+            mqtt.push((
+                "mqtt_tls",
+                listeners.mqtt_tls,
+                MqttListenerKind::Tls(acceptor.clone()),
+            ));
+            mqtt.push((
+                "mqtt_wss",
+                listeners.mqtt_wss,
+                MqttListenerKind::SecureWebSocket(acceptor),
+            ));
+        }
+        for (name, addr, kind) in mqtt {
+            let listener = bind(name, addr, listeners.backlog)?;
+            bound.insert(name.into(), listener.local_addr()?.to_string().into());
+            let front = self.front.clone();
+            self.shutdown
+                .spawn(mqtt_listener::run(front, listener, kind));
+        }
+        let http = bind("http", listeners.http, listeners.backlog)?;
+        bound.insert("http".into(), http.local_addr()?.to_string().into());
+        let router = api::router(self.api.clone());
+        self.shutdown
+            .spawn(front::http::run(self.front.clone(), http, router));
+        Ok(bound)
+    }
+
+    /// The work that runs beside the listeners until shutdown: the sweepers, the notification
+    /// worker and the cluster's.
+    fn start_background(&self) {
+        let (config, shutdown) = (&self.config, &self.shutdown);
+        shutdown.spawn(crate::log::sweeper::run(
+            self.front.store.clone(),
+            config.roaming.retention_age,
+            config.roaming.sweep_interval,
+            shutdown.clone(),
+        ));
+        shutdown.spawn(crate::notify::sweeper::run(
+            self.ledger.clone(),
+            config.notify.record_retention,
+            config.roaming.sweep_interval,
+            shutdown.clone(),
+        ));
+        shutdown.spawn(self.worker.clone().run(shutdown.clone()));
+        let registry = self.front.registry.clone();
+        self.cluster
+            .clone()
+            .start(registry, self.hub.clone(), shutdown);
+    }
+
+    /// Stops accepting, tells every client the server is going away (MQTT 5 DISCONNECT 0x8B,
+    /// JSON WebSocket close 1001), waits for the connections to answer what they have in flight
+    /// and for the pushes being sent, then makes the stores durable and closed, leaves the
+    /// cluster and writes out the recording. All within `limits.shutdown_grace`.
+    async fn stop(self) -> Stopped {
+        let deadline = Instant::now() + self.config.limits.shutdown_grace;
+        tracing::info!("shutting down: closing sessions");
+        self.shutdown.begin();
+        self.front.registry.close_all();
+        let left = deadline.saturating_duration_since(Instant::now());
+        let drained = self.shutdown.wait_for_tasks(left).await;
+        if !drained {
+            tracing::warn!(
+                running = self.shutdown.running(),
+                "shutdown grace ran out with tasks still running"
+            );
+        }
+        let closing = async {
+            self.front.store.close().await;
+            if let Err(e) = self.ledger.close().await {
+                tracing::warn!("the notification ledger could not be made durable: {e}");
+            }
+            self.cluster.leave().await;
+            if let Some(recorder) = self.front.recorder.clone() {
+                // The sessions closed above have recorded their disconnects; write them out.
+                let _ = tokio::task::spawn_blocking(move || recorder.finish()).await;
+            }
+        };
+        let closed = tokio::time::timeout_at(deadline, closing).await.is_ok();
+        if drained && closed {
+            tracing::info!("shut down");
+            Stopped::Drained
+        } else {
+            Stopped::GraceExpired
+        }
+    }
+}
+
+/// Resolves at SIGTERM or Ctrl-C.
+async fn termination() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut terminate = signal(SignalKind::terminate()).expect("installing the SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = terminate.recv() => {}
+    }
+}
+
+fn bind(name: &str, addr: SocketAddr, backlog: u32) -> Result<TcpListener> {
+    let listening = || {
+        let socket = match addr {
+            SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+            SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+        };
+        // As std's and tokio's own `bind` do: a restarted gateway must not wait out TIME_WAIT.
+        socket.set_reuseaddr(true)?;
+        socket.bind(addr)?;
+        socket.listen(backlog)
+    };
+    listening()
+        .with_context(|| format!("cannot listen for {name} on {addr} (set listeners.{name})"))
+}
+
+/// The message store, handing its commits to `feed`.
+async fn open_store(
+    config: &Config,
+    data: &DataDir,
+    keys: Arc<KeyRing>,
+    feed: Arc<dyn CommitFeed>,
+    metrics: &Metrics,
+) -> Result<SharedStore> {
+    let clock = Arc::new(HybridClock::new());
+    let settings = Settings {
+        max_batch: config.store.max_batch,
+        retention_count: config.roaming.retention_count,
+        memtable_size: config.store.memtable_size,
+        commit_seconds: Some(metrics.commit_seconds.clone()),
+    };
+    Ok(match config.store.backend {
+        StoreBackend::Embedded => Arc::new(EmbeddedStore::open(
+            &data.path("store"),
+            keys,
+            clock,
+            feed,
+            settings,
+        )?),
+        StoreBackend::Redis => {
+            Arc::new(RedisStore::open(&config.store.redis_url, keys, clock, feed, settings).await?)
+        }
+    })
+}
+
+async fn open_ledger(
+    config: &Config,
+    data: &DataDir,
+    keys: Arc<KeyRing>,
+) -> Result<Arc<dyn Ledger>> {
+    Ok(match config.store.backend {
+        StoreBackend::Redis => {
+            let retention = config.notify.record_retention;
+            Arc::new(RedisLedger::open(&config.store.redis_url, keys, retention).await?)
+        }
+        StoreBackend::Embedded => Arc::new(EmbeddedLedger::open(
+            &data.path("notify"),
+            keys,
+            &config.notify,
+        )?),
+    })
+}
+
+/// The worker that sends queued pushes over the channels that are enabled. Provider tokens and
+/// rate limits are shared by the nodes sharing a Redis.
+async fn notify_worker(
+    config: &Config,
+    ledger: Arc<dyn Ledger>,
+    metrics: &Metrics,
+) -> Result<Arc<Worker>> {
+    let (cache, limiter): (Arc<dyn TokenCache>, RateLimiter) = match config.store.backend {
+        StoreBackend::Redis => {
+            let redis = crate::infra::redis::connect(&config.store.redis_url).await?;
+            (
+                Arc::new(RedisTokenCache::new(redis.clone())),
+                RateLimiter::Shared(redis),
+            )
+        }
+        StoreBackend::Embedded => (
+            Arc::new(LocalTokenCache::new()),
+            RateLimiter::Local(Default::default()),
+        ),
+    };
+    let channels = &config.channels;
+    let timeout = channels.request_timeout;
+    let mut enabled: HashMap<Provider, Arc<dyn Channel>> = HashMap::new();
+    if channels.wechat.enabled {
+        let wechat = WeChatChannel::new(&channels.wechat, timeout, cache.clone())?;
+        enabled.insert(Provider::Wechat, Arc::new(wechat));
+    }
+    if channels.qiuqiu.enabled {
+        let qiuqiu = QiuQiuChannel::new(&channels.qiuqiu, timeout, cache)?;
+        enabled.insert(Provider::Qiuqiu, Arc::new(qiuqiu));
+    }
+    Ok(Arc::new(Worker {
+        notify: config.notify.clone(),
+        ledger,
+        channels: enabled,
+        limiter,
+        metrics: metrics.notify.clone(),
+    }))
+}

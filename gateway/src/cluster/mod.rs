@@ -1,0 +1,35 @@
+//! The other gateway nodes: [`single`] when a node runs alone (nothing elsewhere), [`redis`]
+//! when nodes share a Redis. Both implement the live layer's [`OtherNodes`] and are joined,
+//! started and left the same way by the composition root.
+
+pub mod redis;
+pub mod single;
+
+use crate::live::hub::Hub;
+use crate::live::nodes::OtherNodes;
+use crate::live::registry::Registry;
+use crate::shutdown::Shutdown;
+use async_trait::async_trait;
+use broker_config::{Store, StoreBackend};
+use std::sync::Arc;
+
+/// This node's membership of the cluster.
+#[async_trait]
+pub trait Membership: OtherNodes {
+    /// Starts what keeps this node in the cluster until shutdown: receiving what the other
+    /// nodes send it (handed to `registry` and `hub`), renewing its liveness, reaping dead
+    /// nodes.
+    fn start(self: Arc<Self>, registry: Arc<Registry>, hub: Arc<Hub>, shutdown: &Shutdown);
+
+    /// Hands on what is still queued for the other nodes (the offline events of the sessions
+    /// that just closed) and leaves, so the others reap what is left of this node at once.
+    async fn leave(&self);
+}
+
+/// Joins the nodes sharing the configured Redis, or none with the embedded store.
+pub async fn join(config: &Store) -> anyhow::Result<Arc<dyn Membership>> {
+    Ok(match config.backend {
+        StoreBackend::Redis => redis::RedisNodes::join(config).await?,
+        StoreBackend::Embedded => Arc::new(single::SingleNode),
+    })
+}

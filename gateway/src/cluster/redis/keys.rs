@@ -1,0 +1,103 @@
+//! What the nodes keep in Redis and send each other: keys, presence entries, relayed items
+//! and the presence scripts.
+
+use bytes::Bytes;
+use protocol::envelope::DeviceInfo;
+use redis::Script;
+use serde::{Deserialize, Serialize};
+use std::sync::LazyLock;
+use tokio::sync::oneshot;
+
+pub(super) const NODES: &str = "gw:nodes";
+
+/// Most outgoing items handled in one batch.
+pub(super) const RELAY_BATCH: usize = 512;
+
+pub(super) fn presence_key(user: &str) -> String {
+    format!("gw:{{{user}}}:presence")
+}
+
+pub(super) fn alive_key(node: &str) -> String {
+    format!("gw:node:{node}:alive")
+}
+
+pub(super) fn devices_key(node: &str) -> String {
+    format!("gw:node:{node}:devices")
+}
+
+pub(super) fn channel(node: &str) -> String {
+    format!("gw:node:{node}")
+}
+
+/// A device in `gw:{user}:presence`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(super) struct PresenceEntry {
+    pub node: String,
+    pub info: DeviceInfo,
+}
+
+/// What one node sends another on its channel.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub(super) enum Relayed {
+    /// Publish on a topic of one of the node's users.
+    Publish { topic: String, payload: String },
+    /// A device of the node's connected elsewhere: close the session here.
+    TakeOver { user: String, device: String },
+    /// The backend logs a device of the node's out.
+    Kick {
+        user: String,
+        device: String,
+        reason: String,
+    },
+}
+
+/// Work for the outgoing task, done in order.
+pub(super) enum Outgoing {
+    ToUser {
+        user: String,
+        topic: String,
+        payload: Bytes,
+    },
+    Online {
+        user: String,
+        info: DeviceInfo,
+    },
+    Offline {
+        user: String,
+        device: String,
+    },
+    /// Everything before was handed on: answer.
+    Flush(oneshot::Sender<()>),
+}
+
+/// Sets the device online here; returns the node that held it before, when another one did.
+pub(super) static SET_ONLINE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+local before = redis.call('HGET', KEYS[1], ARGV[1])
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+redis.call('SADD', KEYS[2], ARGV[3])
+if before then
+  local node = cjson.decode(before).node
+  if node ~= ARGV[4] then return node end
+end
+return false
+",
+    )
+});
+
+/// Removes the device from presence if `node` still holds it; returns 1 when it did.
+pub(super) static SET_OFFLINE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+redis.call('SREM', KEYS[2], ARGV[2])
+local current = redis.call('HGET', KEYS[1], ARGV[1])
+if current and cjson.decode(current).node == ARGV[3] then
+  redis.call('HDEL', KEYS[1], ARGV[1])
+  return 1
+end
+return 0
+",
+    )
+});

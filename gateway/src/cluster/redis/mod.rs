@@ -1,0 +1,232 @@
+//! Several gateway nodes sharing one Redis, as one service.
+//!
+//! - **Presence**: each online device is in `gw:{user}:presence` (device → its node and
+//!   [`DeviceInfo`]), and in its node's set `gw:node:{node}:devices`, so any node lists a user's
+//!   devices on every node, and the devices of a node that died can be found and marked offline.
+//! - **Liveness**: each node renews `gw:node:{node}:alive` (with a TTL of `store.node_timeout`)
+//!   every `store.node_heartbeat` and is a member of `gw:nodes`. A node whose key expired is dead:
+//!   the first node to notice takes a short lock, removes the dead node's devices from presence and
+//!   tells their users' other devices they went offline.
+//! - **Delivery**: each node subscribes to its own channel `gw:node:{node}`. What is published to a
+//!   user's topic (a committed message, a presence event, a reply) goes to the local hub and, on
+//!   the channels of the other nodes that hold devices of that user, to theirs — addressed, never
+//!   broadcast to every node.
+//! - **Takeover across nodes**: a device that connects to node B while node A still holds it is
+//!   taken over: B tells A to close its session. A kick over HTTP on any node reaches the node that
+//!   holds the device the same way.
+//!
+//! Outgoing work (presence updates, relays) goes through one task in order, batched: a burst of
+//! messages costs one lookup round trip and one publish round trip per batch. While Redis is
+//! away the work is logged and dropped — live delivery across nodes is best effort, the log is
+//! not: every device catches up on its next sync.
+//!
+//! [`keys`] holds what is kept in Redis and sent between nodes, [`relay`] the outgoing task and
+//! the inbound subscription, [`liveness`] the heartbeat and the reaping of dead nodes.
+
+mod keys;
+mod liveness;
+mod relay;
+
+use super::Membership;
+use crate::infra::redis::{bounded, connect};
+use crate::live::hub::Hub;
+use crate::live::nodes::OtherNodes;
+use crate::live::registry::Registry;
+use crate::shutdown::Shutdown;
+use crate::store::StoreError;
+use async_trait::async_trait;
+use bytes::Bytes;
+use keys::{alive_key, presence_key, Outgoing, PresenceEntry, Relayed};
+use protocol::envelope::DeviceInfo;
+use redis::aio::ConnectionManager;
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{mpsc, oneshot};
+
+pub struct RedisNodes {
+    node: String,
+    url: String,
+    redis: ConnectionManager,
+    outgoing: mpsc::UnboundedSender<Outgoing>,
+    heartbeat: Duration,
+    timeout: Duration,
+}
+
+impl RedisNodes {
+    /// Joins the nodes sharing the Redis at `config.redis_url`, as `config.node_id` (or a random
+    /// name), and starts the outgoing task.
+    pub async fn join(config: &broker_config::Store) -> anyhow::Result<Arc<Self>> {
+        let redis = connect(&config.redis_url).await?;
+        let node = config
+            .node_id
+            .clone()
+            .unwrap_or_else(|| format!("n{}", crate::store::new_epoch()));
+        let (outgoing, queue) = mpsc::unbounded_channel();
+        liveness::renew(&redis, &node, config.node_timeout).await?;
+        let relay = relay::Relay {
+            node: node.clone(),
+            redis: redis.clone(),
+        };
+        // Not a tracked task: it runs until `leave` has flushed it, after the sessions closed.
+        tokio::spawn(relay.run(queue));
+        tracing::info!(%node, "joined the cluster");
+        Ok(Arc::new(Self {
+            node,
+            url: config.redis_url.clone(),
+            redis,
+            outgoing,
+            heartbeat: config.node_heartbeat,
+            timeout: config.node_timeout,
+        }))
+    }
+
+    pub fn node(&self) -> &str {
+        &self.node
+    }
+
+    fn queue(&self, item: Outgoing) {
+        let _ = self.outgoing.send(item);
+    }
+
+    /// Receives what other nodes send this one, reconnecting while Redis is away.
+    async fn run_inbound(
+        self: Arc<Self>,
+        registry: Arc<Registry>,
+        hub: Arc<Hub>,
+        shutdown: Shutdown,
+    ) {
+        loop {
+            tokio::select! {
+                received = relay::receive(&self.url, &self.node, &registry, &hub) => {
+                    if let Err(e) = received {
+                        tracing::warn!("cluster channel lost: {e}; reconnecting");
+                    }
+                }
+                () = shutdown.cancelled() => return,
+            }
+            tokio::select! {
+                () = tokio::time::sleep(self.heartbeat) => {}
+                () = shutdown.cancelled() => return,
+            }
+        }
+    }
+
+    /// Keeps this node alive in Redis and reaps dead nodes, every `store.node_heartbeat`.
+    async fn run_heartbeat(self: Arc<Self>, registry: Arc<Registry>, shutdown: Shutdown) {
+        let mut every = tokio::time::interval(self.heartbeat);
+        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = every.tick() => {}
+                () = shutdown.cancelled() => return,
+            }
+            if let Err(e) = liveness::renew(&self.redis, &self.node, self.timeout).await {
+                tracing::warn!("cannot renew this node's liveness in Redis: {e}");
+                continue;
+            }
+            if let Err(e) = liveness::reap(&self.redis, &self.node, self.timeout, &registry).await {
+                tracing::warn!("cannot check the other nodes' liveness: {e}");
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl OtherNodes for RedisNodes {
+    fn publish_to_user(&self, user: &str, topic: &str, payload: Bytes) {
+        self.queue(Outgoing::ToUser {
+            user: user.to_string(),
+            topic: topic.to_string(),
+            payload,
+        });
+    }
+
+    fn device_online(&self, user: &str, info: DeviceInfo) {
+        self.queue(Outgoing::Online {
+            user: user.to_string(),
+            info,
+        });
+    }
+
+    fn device_offline(&self, user: &str, device: &str) {
+        self.queue(Outgoing::Offline {
+            user: user.to_string(),
+            device: device.to_string(),
+        });
+    }
+
+    async fn devices(&self, user: &str) -> Result<Vec<DeviceInfo>, StoreError> {
+        let mut redis = self.redis.clone();
+        let entries: HashMap<String, String> = bounded(
+            redis::cmd("HGETALL")
+                .arg(presence_key(user))
+                .query_async(&mut redis),
+        )
+        .await?;
+        Ok(entries
+            .values()
+            .filter_map(|entry| serde_json::from_str::<PresenceEntry>(entry).ok())
+            .filter(|entry| entry.node != self.node)
+            .map(|entry| entry.info)
+            .collect())
+    }
+
+    async fn kick(&self, user: &str, device: &str, reason: &str) -> Result<bool, StoreError> {
+        let mut redis = self.redis.clone();
+        let entry: Option<String> = bounded(
+            redis::cmd("HGET")
+                .arg(presence_key(user))
+                .arg(device)
+                .query_async(&mut redis),
+        )
+        .await?;
+        let Some(entry) = entry.and_then(|e| serde_json::from_str::<PresenceEntry>(&e).ok()) else {
+            return Ok(false);
+        };
+        if entry.node == self.node {
+            return Ok(false);
+        }
+        let kick = Relayed::Kick {
+            user: user.to_string(),
+            device: device.to_string(),
+            reason: reason.to_string(),
+        };
+        relay::publish(&mut redis, &entry.node, &kick).await?;
+        Ok(true)
+    }
+
+    async fn forget_user(&self, user: &str) -> Result<(), StoreError> {
+        let mut redis = self.redis.clone();
+        bounded(
+            redis::cmd("DEL")
+                .arg(presence_key(user))
+                .exec_async(&mut redis),
+        )
+        .await?;
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl Membership for RedisNodes {
+    fn start(self: Arc<Self>, registry: Arc<Registry>, hub: Arc<Hub>, shutdown: &Shutdown) {
+        shutdown.spawn(
+            self.clone()
+                .run_inbound(registry.clone(), hub, shutdown.clone()),
+        );
+        shutdown.spawn(self.run_heartbeat(registry, shutdown.clone()));
+    }
+
+    async fn leave(&self) {
+        let (flushed, done) = oneshot::channel();
+        self.queue(Outgoing::Flush(flushed));
+        let _ = done.await;
+        let mut redis = self.redis.clone();
+        let mut gone = redis::cmd("DEL");
+        gone.arg(alive_key(&self.node));
+        if let Err(e) = bounded(gone.exec_async(&mut redis)).await {
+            tracing::warn!("cannot leave the cluster; the others reap this node when its liveness expires: {e}");
+        }
+    }
+}

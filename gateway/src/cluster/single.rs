@@ -1,0 +1,42 @@
+//! A node alone: no device is ever elsewhere.
+
+use super::Membership;
+use crate::live::hub::Hub;
+use crate::live::nodes::OtherNodes;
+use crate::live::registry::Registry;
+use crate::shutdown::Shutdown;
+use crate::store::StoreError;
+use async_trait::async_trait;
+use bytes::Bytes;
+use protocol::envelope::DeviceInfo;
+use std::sync::Arc;
+
+pub struct SingleNode;
+
+#[async_trait]
+impl OtherNodes for SingleNode {
+    fn publish_to_user(&self, _: &str, _: &str, _: Bytes) {}
+
+    fn device_online(&self, _: &str, _: DeviceInfo) {}
+
+    fn device_offline(&self, _: &str, _: &str) {}
+
+    async fn devices(&self, _: &str) -> Result<Vec<DeviceInfo>, StoreError> {
+        Ok(Vec::new())
+    }
+
+    async fn kick(&self, _: &str, _: &str, _: &str) -> Result<bool, StoreError> {
+        Ok(false)
+    }
+
+    async fn forget_user(&self, _: &str) -> Result<(), StoreError> {
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl Membership for SingleNode {
+    fn start(self: Arc<Self>, _: Arc<Registry>, _: Arc<Hub>, _: &Shutdown) {}
+
+    async fn leave(&self) {}
+}

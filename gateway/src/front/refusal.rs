@@ -1,0 +1,51 @@
+//! Why a client's subscribe or publish was refused, whatever refused it (the topic rules, a
+//! limit, a bad payload, the store); each transport turns it into its own code.
+
+use crate::auth::acl::Denied;
+use crate::store::StoreError;
+use protocol::ErrorCode;
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Refusal {
+    #[error("not allowed for this session")]
+    Forbidden,
+    #[error("malformed topic or filter")]
+    InvalidTopic,
+    #[error("subscription limit reached")]
+    TooManySubscriptions,
+    #[error("this device waits for approval from another device of the user")]
+    ApprovalPending,
+    #[error("bad request payload: {0}")]
+    BadPayload(String),
+    /// The store cannot take the request now; nothing was changed and it may be retried.
+    #[error("{0}; retry later")]
+    StoreUnavailable(String),
+}
+
+impl From<Denied> for Refusal {
+    fn from(denied: Denied) -> Self {
+        match denied {
+            Denied::Forbidden => Self::Forbidden,
+            Denied::InvalidTopic => Self::InvalidTopic,
+        }
+    }
+}
+
+impl From<StoreError> for Refusal {
+    fn from(error: StoreError) -> Self {
+        Self::StoreUnavailable(error.to_string())
+    }
+}
+
+impl Refusal {
+    pub fn error_code(&self) -> ErrorCode {
+        match self {
+            Self::Forbidden => ErrorCode::Forbidden,
+            Self::InvalidTopic => ErrorCode::InvalidTopic,
+            Self::TooManySubscriptions => ErrorCode::TooManySubscriptions,
+            Self::ApprovalPending => ErrorCode::ApprovalPending,
+            Self::BadPayload(_) => ErrorCode::InvalidRequest,
+            Self::StoreUnavailable(_) => ErrorCode::Unavailable,
+        }
+    }
+}

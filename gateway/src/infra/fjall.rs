@@ -1,0 +1,16 @@
+//! Opening the fjall databases the gateway keeps in its data dir: the message store's and the
+//! notification ledger's, both the same way.
+
+use fjall::Database;
+use std::path::Path;
+
+/// Opens (creating when missing) a fjall database with one flush/compaction worker.
+///
+/// One, not two: with more than one, fjall 3.1's first worker hands every compaction request it
+/// receives back to the queue for the others, and while the others are busy it takes that same
+/// request again at once, a busy loop for as long as a compaction runs (16% of a core while
+/// routing notifications). One worker flushes after a compaction rather than beside it, and
+/// measured better: durable pub/sub +10% msg/s at the same p99, routing -6% CPU per decision.
+pub fn open_database(path: &Path) -> fjall::Result<Database> {
+    Database::builder(path).worker_threads(1).open()
+}

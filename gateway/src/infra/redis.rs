@@ -1,0 +1,61 @@
+//! The Redis client every Redis user of the gateway shares the habits of: a connection that
+//! reconnects by itself, and requests that fail fast while Redis is away instead of waiting for
+//! it to come back.
+
+use anyhow::Context;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use std::future::Future;
+use std::time::Duration;
+
+/// The longest any one request to Redis may take, connecting included, before it is answered as
+/// unavailable.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// A request that failed or did not answer in time: Redis cannot be used now, and the caller may
+/// try again later.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{0}")]
+pub struct Unavailable(pub String);
+
+/// Connects to the Redis at `url`, failing when it cannot be reached now. The connection
+/// reconnects by itself afterwards; use it through [`bounded`].
+pub async fn connect(url: &str) -> anyhow::Result<ConnectionManager> {
+    let client = redis::Client::open(url).context("not a Redis URL")?;
+    // The address only: the URL may hold a password.
+    let address = client.get_connection_info().addr().to_string();
+    // Few, short reconnection attempts: a request waits for them only up to REQUEST_TIMEOUT,
+    // and the next request after a failed attempt starts a new one.
+    let config = ConnectionManagerConfig::new()
+        .set_connection_timeout(Some(REQUEST_TIMEOUT / 2))
+        .set_response_timeout(Some(REQUEST_TIMEOUT))
+        .set_number_of_retries(1)
+        .set_min_delay(Duration::from_millis(50))
+        .set_max_delay(Duration::from_millis(500));
+    let mut redis = tokio::time::timeout(
+        REQUEST_TIMEOUT * 2,
+        ConnectionManager::new_with_config(client, config),
+    )
+    .await
+    .map_err(|_| anyhow::anyhow!("timed out"))
+    .and_then(|connected| Ok(connected?))
+    .with_context(|| format!("cannot reach Redis at {address}"))?;
+    redis::cmd("PING")
+        .exec_async(&mut redis)
+        .await
+        .with_context(|| format!("Redis at {address} does not answer PING"))?;
+    Ok(redis)
+}
+
+/// Runs one request to Redis, failing it as [`Unavailable`] after [`REQUEST_TIMEOUT`]: while
+/// Redis is away the connection manager may be waiting to reconnect, and a caller must not wait
+/// with it.
+pub async fn bounded<T>(
+    request: impl Future<Output = redis::RedisResult<T>>,
+) -> Result<T, Unavailable> {
+    match tokio::time::timeout(REQUEST_TIMEOUT, request).await {
+        Ok(result) => result.map_err(|e| Unavailable(format!("redis: {e}"))),
+        Err(_) => Err(Unavailable(format!(
+            "redis did not answer within {REQUEST_TIMEOUT:?}"
+        ))),
+    }
+}

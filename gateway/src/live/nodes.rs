@@ -1,0 +1,31 @@
+//! The other gateway nodes, as the live layer sees them: where else a user's devices may be
+//! online, and how to reach them there. One node alone has none ([`crate::cluster::single`]);
+//! nodes sharing a Redis reach each other through it ([`crate::cluster::redis`]).
+
+use crate::store::StoreError;
+use async_trait::async_trait;
+use bytes::Bytes;
+use protocol::envelope::DeviceInfo;
+
+#[async_trait]
+pub trait OtherNodes: Send + Sync + 'static {
+    /// Publishes on one of `user`'s topics on the other nodes that hold devices of the user.
+    /// Best effort: a device that misses it live catches up from the log.
+    fn publish_to_user(&self, user: &str, topic: &str, payload: Bytes);
+
+    /// A device of `user` came online on this node: the others learn it, and a node that held
+    /// the same device closes its session there (takeover across nodes).
+    fn device_online(&self, user: &str, info: DeviceInfo);
+
+    /// A device of `user` on this node went offline.
+    fn device_offline(&self, user: &str, device: &str);
+
+    /// The user's devices online on the other nodes.
+    async fn devices(&self, user: &str) -> Result<Vec<DeviceInfo>, StoreError>;
+
+    /// Logs out a device held by another node; false when no other node holds it.
+    async fn kick(&self, user: &str, device: &str, reason: &str) -> Result<bool, StoreError>;
+
+    /// Forgets what is kept of a deleted user's presence.
+    async fn forget_user(&self, user: &str) -> Result<(), StoreError>;
+}

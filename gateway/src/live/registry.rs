@@ -1,0 +1,419 @@
+//! Who is online on which device: the registry of links per user, the device policy, takeover
+//! of a device's older connection, presence events, and approval of logins from new devices.
+
+use super::known_devices::KnownDevices;
+use super::link::{CloseReason, Link};
+use super::user_topics::UserTopics;
+use crate::auth::identity::Identity;
+use crate::infra::time::unix_millis;
+use crate::shutdown::Shutdown;
+use crate::store::StoreError;
+use anyhow::Result;
+use broker_config::{DevicePolicy, Sessions as SessionsConfig};
+use dashmap::DashMap;
+use protocol::envelope::{DeviceInfo, DisconnectReason, Platform, PresenceEvent, Reply, Transport};
+use protocol::topics;
+use std::sync::Arc;
+
+struct DeviceEntry {
+    device: String,
+    platform: Platform,
+    transport: Transport,
+    connected_at: u64,
+    link: Arc<Link>,
+}
+
+impl DeviceEntry {
+    fn info(&self) -> DeviceInfo {
+        DeviceInfo {
+            device: self.device.clone(),
+            platform: self.platform,
+            transport: self.transport,
+            connected_at: self.connected_at,
+            last_seen: self.link.last_seen_ms(),
+            approved: self.link.is_approved(),
+        }
+    }
+}
+
+/// The classes the one-per-class policy counts: a phone, a desktop, a browser.
+fn platform_class(platform: Platform) -> &'static str {
+    match platform {
+        Platform::Ios | Platform::Android => "phone",
+        Platform::Desktop => "desktop",
+        Platform::Web => "web",
+    }
+}
+
+/// Whether a new link may use the user's traffic at once or waits for approval.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Admission {
+    Approved,
+    PendingApproval,
+}
+
+pub struct Registry {
+    config: SessionsConfig,
+    topics: Arc<UserTopics>,
+    known: KnownDevices,
+    devices: DashMap<String, Vec<DeviceEntry>>,
+    anonymous: DashMap<String, Arc<Link>>,
+    /// Watched by the approval timers, which end early when the gateway shuts down.
+    shutdown: Shutdown,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum DecisionError {
+    #[error("no device of this user is waiting for approval under that id")]
+    NotPending,
+}
+
+impl Registry {
+    pub fn new(
+        config: SessionsConfig,
+        topics: Arc<UserTopics>,
+        known: KnownDevices,
+        shutdown: Shutdown,
+    ) -> Self {
+        Self {
+            config,
+            topics,
+            known,
+            devices: DashMap::new(),
+            anonymous: DashMap::new(),
+            shutdown,
+        }
+    }
+
+    /// Whether a device of `user` starts approved: always, unless approval of new devices is on,
+    /// the user has devices already, and this one is not among them.
+    pub fn admission(&self, identity: &Identity) -> Admission {
+        let Identity::Device { user, device, .. } = identity else {
+            return Admission::Approved;
+        };
+        if self.config.new_device_approval
+            && self.known.has_any(user)
+            && !self.known.contains(user, device)
+        {
+            Admission::PendingApproval
+        } else {
+            Admission::Approved
+        }
+    }
+
+    /// Registers a new link. An older link of the same user and device (or anonymous client id)
+    /// is taken over; under the one-per-class policy the user's other device of the same class
+    /// is kicked with a reason it can show. A link waiting for approval is closed when
+    /// `sessions.approval_timeout` passes without a decision.
+    pub fn register(&self, link: &Arc<Link>, transport: Transport) {
+        let (user, device, platform) = match &link.identity {
+            Identity::Anonymous { client_id } | Identity::Backend { client_id, .. } => {
+                if let Some(old) = self.anonymous.insert(client_id.clone(), link.clone()) {
+                    old.close(taken_over());
+                }
+                return;
+            }
+            Identity::Device {
+                user,
+                device,
+                platform,
+            } => (user, device, *platform),
+        };
+        let mut replaced = Vec::new();
+        {
+            let mut entries = self.devices.entry(user.clone()).or_default();
+            entries.retain(|e| {
+                let same_device = e.device == *device;
+                if same_device {
+                    replaced.push(e.link.clone());
+                }
+                !same_device
+            });
+            entries.push(DeviceEntry {
+                device: device.clone(),
+                platform,
+                transport,
+                connected_at: unix_millis(),
+                link: link.clone(),
+            });
+        }
+        for old in replaced {
+            old.close(taken_over());
+        }
+        if link.is_approved() {
+            self.admit(user, device, platform, link);
+        } else {
+            self.publish_presence(
+                user,
+                &PresenceEvent::ApprovalRequest {
+                    device: device.clone(),
+                    platform,
+                },
+                Some(link.id),
+            );
+            self.expire_pending_later(link);
+        }
+    }
+
+    /// Closes `link` if it still waits for approval when `sessions.approval_timeout` has passed.
+    fn expire_pending_later(&self, link: &Arc<Link>) {
+        let pending = Arc::downgrade(link);
+        let (timeout, shutdown) = (self.config.approval_timeout, self.shutdown.clone());
+        self.shutdown.spawn(async move {
+            tokio::select! {
+                () = tokio::time::sleep(timeout) => {}
+                () = shutdown.cancelled() => return,
+            }
+            if let Some(link) = pending.upgrade() {
+                if !link.is_approved() {
+                    link.close(CloseReason::new(
+                        DisconnectReason::ApprovalTimeout,
+                        "no device approved this login in time",
+                    ));
+                }
+            }
+        });
+    }
+
+    /// Removes a link that ended. Only the link that is still registered is removed, so a link
+    /// that was taken over does not remove its successor. Announces the device offline.
+    pub fn unregister(&self, link: &Link, reason: DisconnectReason) {
+        match &link.identity {
+            Identity::Anonymous { client_id } | Identity::Backend { client_id, .. } => {
+                self.anonymous.remove_if(client_id, |_, l| l.id == link.id);
+            }
+            Identity::Device { user, device, .. } => {
+                let mut removed = false;
+                self.devices.remove_if_mut(user, |_, entries| {
+                    let before = entries.len();
+                    entries.retain(|e| e.link.id != link.id);
+                    removed = entries.len() != before;
+                    entries.is_empty()
+                });
+                if removed && link.is_approved() {
+                    self.topics.nodes().device_offline(user, device);
+                    self.publish_presence(
+                        user,
+                        &PresenceEvent::Offline {
+                            device: device.clone(),
+                            reason: reason.as_str().to_string(),
+                        },
+                        Some(link.id),
+                    );
+                }
+            }
+        }
+    }
+
+    /// The user's online devices on this node.
+    pub fn devices(&self, user: &str) -> Vec<DeviceInfo> {
+        self.devices
+            .get(user)
+            .map(|entries| entries.iter().map(DeviceEntry::info).collect())
+            .unwrap_or_default()
+    }
+
+    /// The user's online devices on every node.
+    pub async fn devices_everywhere(&self, user: &str) -> Result<Vec<DeviceInfo>, StoreError> {
+        let mut devices = self.devices(user);
+        for elsewhere in self.topics.nodes().devices(user).await? {
+            if !devices.iter().any(|here| here.device == elsewhere.device) {
+                devices.push(elsewhere);
+            }
+        }
+        Ok(devices)
+    }
+
+    /// Logs a device out on the backend's request, on whichever node holds it. Returns false
+    /// when it is not online.
+    pub async fn kick_anywhere(
+        &self,
+        user: &str,
+        device: &str,
+        reason: &str,
+    ) -> Result<bool, StoreError> {
+        if self.kick(user, device, reason) {
+            return Ok(true);
+        }
+        self.topics.nodes().kick(user, device, reason).await
+    }
+
+    /// Logs a device of this node out. Returns false when it is not online here.
+    pub fn kick(&self, user: &str, device: &str, reason: &str) -> bool {
+        let mut found = None;
+        self.devices.remove_if_mut(user, |_, entries| {
+            if let Some(pos) = entries.iter().position(|e| e.device == device) {
+                found = Some(entries.remove(pos).link);
+            }
+            entries.is_empty()
+        });
+        match found {
+            Some(link) => {
+                self.kick_notice(user, device, &link, reason.to_string());
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Closes this node's link of a device that connected to another node: that node holds it
+    /// now (and announced it), so this one leaves without an offline event.
+    pub fn taken_over_elsewhere(&self, user: &str, device: &str) {
+        let mut found = None;
+        self.devices.remove_if_mut(user, |_, entries| {
+            if let Some(pos) = entries.iter().position(|e| e.device == device) {
+                found = Some(entries.remove(pos).link);
+            }
+            entries.is_empty()
+        });
+        if let Some(link) = found {
+            link.close(taken_over());
+        }
+    }
+
+    /// Tells the user's devices, on every node, of a presence change found elsewhere (a device
+    /// of a dead node).
+    pub fn announce_elsewhere(&self, user: &str, event: &PresenceEvent) {
+        self.publish_presence(user, event, None);
+    }
+
+    /// Logs out every device of a deleted user, on every node, and forgets the devices it used.
+    pub async fn forget_user(&self, user: &str, reason: &str) -> Result<()> {
+        self.topics.nodes().forget_user(user).await?;
+        if let Some((_, entries)) = self.devices.remove(user) {
+            for entry in entries {
+                self.kick_notice(user, &entry.device, &entry.link, reason.to_string());
+            }
+        }
+        self.known.forget_user(user)
+    }
+
+    /// Approves or denies a device waiting for approval. `by` is the deciding device, or `None`
+    /// when the backend decided.
+    pub fn decide(
+        &self,
+        user: &str,
+        device: &str,
+        approve: bool,
+        by: Option<&str>,
+    ) -> Result<(), DecisionError> {
+        let pending = self
+            .devices
+            .get(user)
+            .and_then(|entries| {
+                entries
+                    .iter()
+                    .find(|e| e.device == device && !e.link.is_approved())
+                    .map(|e| e.link.clone())
+            })
+            .ok_or(DecisionError::NotPending)?;
+        self.publish_presence(
+            user,
+            &PresenceEvent::ApprovalResolved {
+                device: device.to_string(),
+                approved: approve,
+                by: by.map(str::to_string),
+            },
+            Some(pending.id),
+        );
+        if approve {
+            pending.approve();
+            self.reply(user, device, &Reply::Approved);
+            let Identity::Device { platform, .. } = pending.identity else {
+                unreachable!("only devices wait for approval")
+            };
+            self.admit(user, device, platform, &pending);
+        } else {
+            self.reply(user, device, &Reply::Denied);
+            pending.close(CloseReason::new(
+                DisconnectReason::ApprovalDenied,
+                "login denied from another device",
+            ));
+        }
+        Ok(())
+    }
+
+    /// Closes every link, telling each client the server is shutting down.
+    pub fn close_all(&self) {
+        let shutdown = || CloseReason::new(DisconnectReason::Shutdown, "server shutting down");
+        for entries in self.devices.iter() {
+            entries.iter().for_each(|e| e.link.close(shutdown()));
+        }
+        self.anonymous.iter().for_each(|l| l.close(shutdown()));
+    }
+
+    /// Sends `reply` to one device's reply topic, on whichever node it is.
+    pub fn reply(&self, user: &str, device: &str, reply: &Reply) {
+        let payload = serde_json::to_vec(reply).expect("replies serialize");
+        self.topics
+            .publish(user, &topics::reply(user, device), payload.into(), None);
+    }
+
+    /// Lets an approved device in: applies the device policy (kicking the user's older device of
+    /// the same class under one-per-class), remembers the device, and announces it online.
+    fn admit(&self, user: &str, device: &str, platform: Platform, link: &Arc<Link>) {
+        let mut kicked = Vec::new();
+        if self.config.device_policy == DevicePolicy::OnePerClass {
+            if let Some(mut entries) = self.devices.get_mut(user) {
+                entries.retain(|e| {
+                    let same_class = e.link.id != link.id
+                        && platform_class(e.platform) == platform_class(platform);
+                    if same_class {
+                        kicked.push((e.device.clone(), e.link.clone()));
+                    }
+                    !same_class
+                });
+            }
+        }
+        let class = platform_class(platform);
+        for (old_device, old) in kicked {
+            let reason = format!("logged in on another {class} ({device})");
+            self.kick_notice(user, &old_device, &old, reason);
+        }
+        if let Err(e) = self.known.remember(user, device) {
+            tracing::warn!(%user, %device, "cannot record known device: {e:#}");
+        }
+        self.announce_online(user, device, link);
+    }
+
+    fn announce_online(&self, user: &str, device: &str, link: &Arc<Link>) {
+        let info = self.devices.get(user).and_then(|entries| {
+            entries
+                .iter()
+                .find(|e| e.device == device)
+                .map(DeviceEntry::info)
+        });
+        if let Some(info) = info {
+            self.topics.nodes().device_online(user, info.clone());
+            self.publish_presence(user, &PresenceEvent::Online { device: info }, Some(link.id));
+        }
+    }
+
+    /// Tells all of the user's devices (the kicked one included, so it can show why) and then
+    /// closes the kicked link once that notice is written.
+    fn kick_notice(&self, user: &str, device: &str, link: &Link, reason: String) {
+        self.topics.nodes().device_offline(user, device);
+        self.publish_presence(
+            user,
+            &PresenceEvent::Kicked {
+                device: device.to_string(),
+                reason: reason.clone(),
+            },
+            None,
+        );
+        link.close(CloseReason::new(DisconnectReason::Kicked, reason));
+    }
+
+    fn publish_presence(&self, user: &str, event: &PresenceEvent, exclude: Option<u64>) {
+        let payload = serde_json::to_vec(event).expect("presence events serialize");
+        self.topics
+            .publish(user, &topics::presence(user), payload.into(), exclude);
+    }
+}
+
+fn taken_over() -> CloseReason {
+    CloseReason::new(
+        DisconnectReason::TakenOver,
+        "a new connection of this device took over the session",
+    )
+}

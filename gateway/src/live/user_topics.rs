@@ -1,0 +1,53 @@
+//! Publishing on a user's topics (inbox, notify, presence, signals, replies) wherever the user's
+//! devices are: on this node through the hub, and on the other nodes through [`OtherNodes`].
+//! Committed log entries arrive here from the store's commit feed, in log order.
+
+use super::hub::Hub;
+use super::link::{LinkId, Qos};
+use super::nodes::OtherNodes;
+use crate::store::{Appended, CommitFeed, EntryKind};
+use bytes::Bytes;
+use prometheus_client::metrics::counter::Counter;
+use protocol::topics;
+use std::sync::Arc;
+
+pub struct UserTopics {
+    hub: Arc<Hub>,
+    nodes: Arc<dyn OtherNodes>,
+    stored: Counter,
+}
+
+impl UserTopics {
+    /// `stored` counts the committed log entries that pass through.
+    pub fn new(hub: Arc<Hub>, nodes: Arc<dyn OtherNodes>, stored: Counter) -> Self {
+        Self { hub, nodes, stored }
+    }
+
+    /// Publishes on one of `user`'s topics. `exclude` is a link of this node that does not get
+    /// it (the sender's own).
+    pub fn publish(&self, user: &str, topic: &str, payload: Bytes, exclude: Option<LinkId>) {
+        self.hub
+            .publish(topic, payload.clone(), Qos::AtLeastOnce, exclude);
+        self.nodes.publish_to_user(user, topic, payload);
+    }
+
+    pub fn nodes(&self) -> &Arc<dyn OtherNodes> {
+        &self.nodes
+    }
+}
+
+/// Committed entries go out on their user's inbox (or notify topic), in log order, to every
+/// device but the one that sent them.
+impl CommitFeed for UserTopics {
+    fn committed(&self, entries: &[Appended]) {
+        self.stored.inc_by(entries.len() as u64);
+        for entry in entries {
+            let topic = match entry.kind {
+                EntryKind::Message => topics::inbox(&entry.log),
+                EntryKind::Notification => topics::notify(&entry.log),
+            };
+            let exclude = entry.origin.map(|origin| origin.0);
+            self.publish(&entry.log, &topic, entry.payload.clone(), exclude);
+        }
+    }
+}

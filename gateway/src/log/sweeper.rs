@@ -1,0 +1,31 @@
+//! The log's sweeper: every `roaming.sweep_interval` it cuts messages past
+//! `roaming.retention_age` and removes the messages of forgotten contacts from disk.
+
+use crate::infra::time::unix_millis;
+use crate::shutdown::Shutdown;
+use crate::store::SharedStore;
+use std::time::Duration;
+
+/// Sweeps until shutdown.
+pub async fn run(store: SharedStore, retention_age: Duration, every: Duration, shutdown: Shutdown) {
+    let mut ticks = tokio::time::interval(every);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = ticks.tick() => {}
+            () = shutdown.cancelled() => return,
+        }
+        let cutoff = unix_millis().saturating_sub(retention_age.as_millis() as u64);
+        match store.sweep(cutoff).await {
+            Ok(report) if report != Default::default() => {
+                tracing::info!(
+                    expired = report.expired,
+                    purged = report.purged_contacts,
+                    "store swept"
+                )
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!("store sweep failed: {e}"),
+        }
+    }
+}

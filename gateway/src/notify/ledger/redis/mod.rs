@@ -1,0 +1,524 @@
+//! The Redis ledger: several gateway nodes share one Redis and one notification queue.
+//!
+//! Keys (`{user}` is a hash tag, as in the Redis store; ids never contain a 0 byte):
+//! - `gw:notify:record:<id>` — the record (JSON, sealed with the id as associated data, as the
+//!   embedded ledger seals it: it holds the notification's text), expiring after
+//!   `notify.record_retention`
+//! - `gw:notify:queue` — a sorted set: job key → when it is due (milliseconds). Equal times are
+//!   ordered by job key, as the embedded queue orders them.
+//! - `gw:notify:jobs` — a hash: job key → job (JSON)
+//! - `gw:notify:aggregates` — a hash: user 0 kind → key of the pending aggregated job;
+//!   `gw:notify:aggregated` — a hash: job key → that field, to free the slot when the job is
+//!   taken (or leaves the queue) and when its user is deleted
+//! - `gw:notify:provider:<provider id>` — notification 0 provider, expiring like records
+//! - `gw:notify:quota:<quota>:<day>` — the day's count, expiring two days after the day's first
+//!   send (the day has no colon, so the key names one quota and day only)
+//! - `gw:{user}:notify:quiet`, `gw:{user}:notify:consent` — preferences (JSON);
+//!   `gw:{user}:notify:bindings` — bindings (JSON, sealed with `bindings` 0 user as associated
+//!   data, as the embedded ledger seals them: they hold openids)
+//! - `gw:{user}:notify:dedup:<key>` — a dedup claim (the claiming notification's id), expiring
+//!   at the end of its window
+//! - `gw:{user}:notify:claims` — a sorted set: dedup key → when its claim expires (Redis's
+//!   clock), so deleting the user finds the claims without scanning the keyspace
+//! - `gw:{user}:notify:jobs` — a set of the user's queued job keys, so deleting the user finds
+//!   them without reading the whole queue
+//!
+//! The queue is one key that every node shares, and the scripts that keep it consistent with
+//! the records, aggregate slots and per-user sets touch several of these keys at once: the
+//! ledger needs one Redis (with replicas, or Sentinel), not a Redis Cluster. The per-user hash
+//! tags keep the scripts that touch a user's keys only (claims) valid on a cluster all the same.
+//!
+//! Atomicity across nodes: claims are `SET NX`; creating a record with its jobs is one
+//! MULTI/EXEC; taking due jobs, joining an aggregate and counting a quota are Lua scripts, so two
+//! nodes never take the same job within its lease, never start two aggregates for one user and
+//! kind, and never count past a limit. Records are sealed, so a script cannot change one in
+//! place: a route's state is changed by reading the record, then a script that writes the new
+//! record (and moves the job) only if the record is still the one read, and otherwise is
+//! retried from the read. Two nodes settling the two routes of one notification at once thus
+//! both keep their state, where a blind write would lose one.
+//!
+//! Durability and outages are as in the Redis store (`store::redis`): every request is bounded
+//! by [`REQUEST_TIMEOUT`](crate::infra::redis::REQUEST_TIMEOUT) and fails as unavailable while
+//! Redis is away; a request that timed out may still have been executed.
+
+mod keys;
+mod scripts;
+
+use super::{
+    provider_entry, read_provider_entry, AggregateJoin, DedupClaim, Ledger, LedgerSweep, NewRecord,
+};
+use crate::infra::cipher::KeyRing;
+use crate::infra::redis::{bounded, connect};
+use crate::notify::model::{Job, Preferences};
+use crate::store::StoreError;
+use async_trait::async_trait;
+use keys::*;
+use protocol::notification::{Bindings, Consent, Provider, QuietHours, Record, Route, RouteState};
+use redis::aio::ConnectionManager;
+use scripts::*;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use std::sync::Arc;
+use std::time::Duration;
+
+pub struct RedisLedger {
+    redis: ConnectionManager,
+    keys: Arc<KeyRing>,
+    /// Records and provider ids expire this long after they are written
+    /// (`notify.record_retention`); a record's rewrites keep its expiry.
+    retention_ms: u64,
+}
+
+fn to_json(value: &impl Serialize) -> String {
+    serde_json::to_string(value).expect("ledger values serialize")
+}
+
+fn from_json<T: DeserializeOwned>(bytes: &[u8], what: &str) -> Result<T, StoreError> {
+    serde_json::from_slice(bytes).map_err(|e| StoreError::Unreadable(format!("{what}: {e}")))
+}
+
+/// The keys [`REWRITE`] changes the queue with.
+fn queue_keys(call: &mut redis::ScriptInvocation<'_>, job: &Job) {
+    call.key(QUEUE)
+        .key(JOBS)
+        .key(UserKeys::of(&job.user).jobs)
+        .key(AGGREGATES)
+        .key(AGGREGATED);
+}
+
+/// What a record rewrite does to the record's job, in the same step.
+enum QueueChange<'a> {
+    None,
+    Requeue(&'a Job, u64),
+    Dequeue(&'a Job),
+}
+
+impl RedisLedger {
+    /// Connects to the Redis at `url`, failing when it cannot be reached now.
+    pub async fn open(
+        url: &str,
+        keys: Arc<KeyRing>,
+        record_retention: Duration,
+    ) -> anyhow::Result<Self> {
+        Ok(Self {
+            redis: connect(url).await?,
+            keys,
+            retention_ms: record_retention.as_millis() as u64,
+        })
+    }
+
+    fn open_record(&self, id: &str, sealed: &[u8]) -> Result<Record, StoreError> {
+        let plain = self
+            .keys
+            .open(sealed, id.as_bytes())
+            .map_err(|e| StoreError::Unreadable(format!("notification {id}: {e}")))?;
+        from_json(&plain, "notification record")
+    }
+
+    fn seal_record(&self, record: &Record) -> Vec<u8> {
+        let id = &record.notification.id;
+        self.keys.seal(to_json(record).as_bytes(), id.as_bytes())
+    }
+
+    async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        bounded(
+            redis::cmd("GET")
+                .arg(key)
+                .query_async(&mut self.redis.clone()),
+        )
+        .await
+        .map_err(StoreError::from)
+    }
+
+    async fn set(&self, key: &str, value: &[u8]) -> Result<(), StoreError> {
+        bounded(
+            redis::cmd("SET")
+                .arg(key)
+                .arg(value)
+                .exec_async(&mut self.redis.clone()),
+        )
+        .await
+        .map_err(StoreError::from)
+    }
+
+    fn open_bindings(&self, user: &str, sealed: &[u8]) -> Result<Bindings, StoreError> {
+        let plain = self
+            .keys
+            .open(sealed, &bindings_aad(user))
+            .map_err(|e| StoreError::Unreadable(format!("bindings of {user}: {e}")))?;
+        from_json(&plain, "bindings")
+    }
+
+    /// Sets one route's state of record `id` and applies `queue`, as one write that happens only
+    /// if the record did not change since it was read (else read again): see the module doc.
+    /// Without a record, the route is not set but the queue change still applies.
+    async fn rewrite(
+        &self,
+        id: &str,
+        route: Route,
+        state: &RouteState,
+        queue: QueueChange<'_>,
+    ) -> Result<(), StoreError> {
+        let key = record_key(id);
+        for _ in 0..REWRITE_ATTEMPTS {
+            let read = self.get(&key).await?;
+            let written = match &read {
+                Some(sealed) => {
+                    let mut record = self.open_record(id, sealed)?;
+                    record.routes.insert(route, state.clone());
+                    self.seal_record(&record)
+                }
+                None if matches!(queue, QueueChange::None) => return Ok(()),
+                None => Vec::new(),
+            };
+            let mut call = REWRITE.key(&key);
+            call.arg(if read.is_some() { "1" } else { "0" })
+                .arg(read.as_deref().unwrap_or_default())
+                .arg(written);
+            match queue {
+                QueueChange::None => {
+                    call.arg("");
+                }
+                QueueChange::Requeue(job, due) => {
+                    queue_keys(&mut call, job);
+                    call.arg("requeue")
+                        .arg(job.key())
+                        .arg(due)
+                        .arg(to_json(job));
+                }
+                QueueChange::Dequeue(job) => {
+                    queue_keys(&mut call, job);
+                    call.arg("dequeue").arg(job.key());
+                }
+            }
+            let done: bool = bounded(call.invoke_async(&mut self.redis.clone())).await?;
+            if done {
+                return Ok(());
+            }
+        }
+        Err(StoreError::Unavailable(format!(
+            "notification {id} kept changing while being updated ({REWRITE_ATTEMPTS} attempts)"
+        )))
+    }
+
+    /// Removes the user's dedup claims, a page at a time, until none is left: a claim made
+    /// meanwhile is indexed in the same step as it is made, so it is found by the next page.
+    async fn delete_claims(&self, keys: &UserKeys) -> Result<(), StoreError> {
+        loop {
+            let claimed: Vec<String> = bounded(
+                redis::cmd("ZRANGE")
+                    .arg(&keys.claims)
+                    .arg(0)
+                    .arg(CLAIMS_PAGE - 1)
+                    .query_async(&mut self.redis.clone()),
+            )
+            .await?;
+            if claimed.is_empty() {
+                return Ok(());
+            }
+            let claims: Vec<String> = claimed.iter().map(|key| keys.claim(key)).collect();
+            bounded(
+                redis::pipe()
+                    .atomic()
+                    .del(claims)
+                    .ignore()
+                    .zrem(&keys.claims, claimed)
+                    .ignore()
+                    .exec_async(&mut self.redis.clone()),
+            )
+            .await?;
+        }
+    }
+}
+
+#[async_trait]
+impl Ledger for RedisLedger {
+    /// The window is timed by Redis's clock, not by `now_ms`: nodes' clocks may differ, and a
+    /// node whose clock is ahead must not end another node's claim early.
+    async fn claim_dedup(
+        &self,
+        claims: &[DedupClaim],
+        _now_ms: u64,
+        window_ms: u64,
+    ) -> Result<Vec<bool>, StoreError> {
+        // An empty window holds no claim (as in the embedded ledger); Redis refuses PX 0.
+        if window_ms == 0 || claims.is_empty() {
+            return Ok(vec![true; claims.len()]);
+        }
+        // One round trip; Redis runs the scripts in order, so a repeated claim finds the first.
+        let mut pipe = redis::pipe();
+        pipe.load_script(&CLAIM).ignore();
+        for claim in claims {
+            let keys = UserKeys::of(&claim.user);
+            pipe.invoke_script(
+                CLAIM
+                    .key(keys.claim(&claim.key))
+                    .key(&keys.claims)
+                    .arg(window_ms)
+                    .arg(&claim.key)
+                    .arg(&claim.by),
+            );
+        }
+        bounded(pipe.query_async(&mut self.redis.clone()))
+            .await
+            .map_err(StoreError::from)
+    }
+
+    async fn release_dedup(&self, claims: &[DedupClaim]) -> Result<(), StoreError> {
+        if claims.is_empty() {
+            return Ok(());
+        }
+        let mut pipe = redis::pipe();
+        pipe.load_script(&RELEASE).ignore();
+        for claim in claims {
+            let keys = UserKeys::of(&claim.user);
+            pipe.invoke_script(
+                RELEASE
+                    .key(keys.claim(&claim.key))
+                    .key(&keys.claims)
+                    .arg(&claim.by)
+                    .arg(&claim.key),
+            )
+            .ignore();
+        }
+        bounded(pipe.exec_async(&mut self.redis.clone())).await?;
+        Ok(())
+    }
+
+    async fn create(&self, records: Vec<NewRecord>) -> Result<Vec<Record>, StoreError> {
+        let mut pipe = redis::pipe();
+        pipe.atomic();
+        for new in &records {
+            let record = &new.record;
+            pipe.cmd("SET")
+                .arg(record_key(&record.notification.id))
+                .arg(self.seal_record(record))
+                .arg("PX")
+                .arg(self.retention_ms)
+                .ignore();
+            for (job, due) in &new.jobs {
+                let key = job.key();
+                pipe.zadd(QUEUE, &key, due)
+                    .ignore()
+                    .hset(JOBS, &key, to_json(job))
+                    .ignore()
+                    .sadd(UserKeys::of(&job.user).jobs, &key)
+                    .ignore();
+            }
+        }
+        bounded(pipe.exec_async(&mut self.redis.clone())).await?;
+        Ok(records.into_iter().map(|new| new.record).collect())
+    }
+
+    async fn record(&self, id: &str) -> Result<Option<Record>, StoreError> {
+        match self.get(&record_key(id)).await? {
+            Some(sealed) => self.open_record(id, &sealed).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    async fn take_due(
+        &self,
+        now_ms: u64,
+        limit: usize,
+        lease_ms: u64,
+    ) -> Result<Vec<Job>, StoreError> {
+        // ZRANGEBYSCORE's LIMIT takes a count of 0 literally, but a negative one as "all".
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let taken: Vec<Vec<u8>> = bounded(
+            TAKE.key(QUEUE)
+                .key(JOBS)
+                .key(AGGREGATES)
+                .key(AGGREGATED)
+                .arg(now_ms)
+                .arg(limit)
+                .arg(now_ms + lease_ms)
+                .invoke_async(&mut self.redis.clone()),
+        )
+        .await?;
+        taken
+            .iter()
+            .map(|job| from_json(job, "queued job"))
+            .collect()
+    }
+
+    async fn settle(
+        &self,
+        job: &Job,
+        state: RouteState,
+        next_due: Option<u64>,
+    ) -> Result<(), StoreError> {
+        let queue = match next_due {
+            Some(due) => QueueChange::Requeue(job, due),
+            None => QueueChange::Dequeue(job),
+        };
+        self.rewrite(&job.notification, job.route(), &state, queue)
+            .await
+    }
+
+    async fn aggregate(&self, joins: &[AggregateJoin]) -> Result<Vec<(Job, bool)>, StoreError> {
+        let mut joined = Vec::with_capacity(joins.len());
+        // One script per join, in order: a later join can find the push an earlier one started.
+        for join in joins {
+            let job = Job {
+                notification: join.notification.clone(),
+                provider: join.provider,
+                user: join.user.clone(),
+                attempts: 0,
+                count: 1,
+            };
+            let (new, job): (bool, Vec<u8>) = bounded(
+                AGGREGATE
+                    .key(AGGREGATES)
+                    .key(AGGREGATED)
+                    .key(QUEUE)
+                    .key(JOBS)
+                    .key(UserKeys::of(&join.user).jobs)
+                    .arg(format!("{}\0{}", join.user, join.kind))
+                    .arg(job.key())
+                    .arg(join.due_ms)
+                    .arg(to_json(&job))
+                    .invoke_async(&mut self.redis.clone()),
+            )
+            .await?;
+            joined.push((from_json(&job, "aggregated job")?, new));
+        }
+        Ok(joined)
+    }
+
+    async fn index_provider_id(
+        &self,
+        provider_id: &str,
+        notification: &str,
+        provider: Provider,
+    ) -> Result<(), StoreError> {
+        bounded(
+            redis::cmd("SET")
+                .arg(provider_key(provider_id))
+                .arg(provider_entry(notification, provider))
+                .arg("PX")
+                .arg(self.retention_ms)
+                .exec_async(&mut self.redis.clone()),
+        )
+        .await?;
+        Ok(())
+    }
+
+    async fn by_provider_id(
+        &self,
+        provider_id: &str,
+    ) -> Result<Option<(String, Provider)>, StoreError> {
+        match self.get(&provider_key(provider_id)).await? {
+            Some(entry) => read_provider_entry(&entry).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    async fn set_route(&self, id: &str, route: Route, state: RouteState) -> Result<(), StoreError> {
+        self.rewrite(id, route, &state, QueueChange::None).await
+    }
+
+    async fn count_quota(&self, quota: &str, day: &str, limit: u64) -> Result<bool, StoreError> {
+        bounded(
+            QUOTA
+                .key(quota_key(quota, day))
+                .arg(limit)
+                .arg(QUOTA_TTL_SECS)
+                .invoke_async(&mut self.redis.clone()),
+        )
+        .await
+        .map_err(StoreError::from)
+    }
+
+    async fn preferences(&self, users: &[String]) -> Result<Vec<Arc<Preferences>>, StoreError> {
+        if users.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut pipe = redis::pipe();
+        for user in users {
+            let keys = UserKeys::of(user);
+            pipe.get(keys.quiet).get(keys.consent).get(keys.bindings);
+        }
+        type Stored = (Option<Vec<u8>>, Option<Vec<u8>>, Option<Vec<u8>>);
+        let stored: Vec<Stored> = bounded(pipe.query_async(&mut self.redis.clone())).await?;
+        users
+            .iter()
+            .zip(stored)
+            .map(|(user, (quiet, consent, bindings))| {
+                Ok(Arc::new(Preferences {
+                    quiet_hours: quiet.map(|q| from_json(&q, "quiet")).transpose()?,
+                    consent: consent
+                        .map(|c| from_json(&c, "consent"))
+                        .transpose()?
+                        .unwrap_or_default(),
+                    bindings: match bindings {
+                        Some(sealed) => self.open_bindings(user, &sealed)?,
+                        None => Bindings::default(),
+                    },
+                }))
+            })
+            .collect()
+    }
+
+    async fn set_quiet_hours(&self, user: &str, hours: &QuietHours) -> Result<(), StoreError> {
+        self.set(&UserKeys::of(user).quiet, to_json(hours).as_bytes())
+            .await
+    }
+
+    async fn set_consent(&self, user: &str, consent: &Consent) -> Result<(), StoreError> {
+        self.set(&UserKeys::of(user).consent, to_json(consent).as_bytes())
+            .await
+    }
+
+    async fn set_bindings(&self, user: &str, bindings: &Bindings) -> Result<(), StoreError> {
+        let sealed = self
+            .keys
+            .seal(to_json(bindings).as_bytes(), &bindings_aad(user));
+        self.set(&UserKeys::of(user).bindings, &sealed).await
+    }
+
+    async fn queue_depth(&self) -> Result<u64, StoreError> {
+        bounded(
+            redis::cmd("ZCARD")
+                .arg(QUEUE)
+                .query_async(&mut self.redis.clone()),
+        )
+        .await
+        .map_err(StoreError::from)
+    }
+
+    /// Nothing to do: claims expire by their window, records and provider ids by
+    /// `notify.record_retention`, in Redis itself.
+    async fn sweep(&self, _now_ms: u64, _before_ms: u64) -> Result<LedgerSweep, StoreError> {
+        Ok(LedgerSweep::default())
+    }
+
+    async fn delete_user(&self, user: &str) -> Result<(), StoreError> {
+        let keys = UserKeys::of(user);
+        bounded(
+            redis::cmd("DEL")
+                .arg(&[&keys.quiet, &keys.consent, &keys.bindings])
+                .exec_async(&mut self.redis.clone()),
+        )
+        .await?;
+        self.delete_claims(&keys).await?;
+        bounded(
+            DELETE_JOBS
+                .key(&keys.jobs)
+                .key(QUEUE)
+                .key(JOBS)
+                .key(AGGREGATES)
+                .key(AGGREGATED)
+                .invoke_async::<()>(&mut self.redis.clone()),
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// Nothing to do: every write is executed by Redis before it is answered.
+    async fn close(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
+}

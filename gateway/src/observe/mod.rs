@@ -1,0 +1,4 @@
+//! What operators see: Prometheus metrics (`/metrics`) and the traffic recording.
+
+pub mod metrics;
+pub mod recorder;

@@ -1,0 +1,162 @@
+//! The embedded store's keyspaces and how their keys and values are laid out.
+//!
+//! Keyspaces (ids never contain a 0 byte, so `user 0x00` is an exact prefix):
+//! - `messages` user 0x00 seq(BE) → hybrid-clock time (8 bytes, BE) + sealed record
+//! - `heads` user → first seq kept, last seq given and last time when stored (8 bytes each, BE)
+//!   + epoch
+//! - `cursors` user 0x00 device → highest sequence the device acknowledged (BE)
+//! - `forgotten` owner 0x00 other → sequence up to which their direct messages in `owner`'s log
+//!   are hidden, until the sweeper has removed them
+
+use crate::infra::cipher::KeyRing;
+use crate::infra::fjall::open_database;
+use crate::store::record;
+use crate::store::{new_epoch, StoreError};
+use fjall::{Database, Keyspace, KeyspaceCreateOptions, OwnedWriteBatch, PersistMode};
+use protocol::envelope::InboxMessage;
+use std::path::Path;
+
+/// The store's keyspaces; cheap to clone, shared by the writer and the readers.
+#[derive(Clone)]
+pub(super) struct Keyspaces {
+    pub db: Database,
+    pub messages: Keyspace,
+    pub heads: Keyspace,
+    pub cursors: Keyspace,
+    pub forgotten: Keyspace,
+}
+
+/// A log's head as kept in `heads`.
+#[derive(Debug, Clone)]
+pub(super) struct Head {
+    pub first_seq: u64,
+    pub last_seq: u64,
+    pub last_hlc: u64,
+    pub epoch: String,
+}
+
+impl Head {
+    pub(super) fn fresh() -> Self {
+        Self {
+            first_seq: 1,
+            last_seq: 0,
+            last_hlc: 0,
+            epoch: new_epoch(),
+        }
+    }
+
+    pub(super) fn encode(&self) -> Vec<u8> {
+        let mut bytes = Vec::with_capacity(24 + self.epoch.len());
+        for n in [self.first_seq, self.last_seq, self.last_hlc] {
+            bytes.extend_from_slice(&n.to_be_bytes());
+        }
+        bytes.extend_from_slice(self.epoch.as_bytes());
+        bytes
+    }
+
+    pub(super) fn decode(bytes: &[u8]) -> Result<Self, StoreError> {
+        let damaged = || StoreError::Unreadable("a log head is damaged".into());
+        if bytes.len() < 24 {
+            return Err(damaged());
+        }
+        Ok(Self {
+            first_seq: be_u64(&bytes[0..8]),
+            last_seq: be_u64(&bytes[8..16]),
+            last_hlc: be_u64(&bytes[16..24]),
+            epoch: String::from_utf8(bytes[24..].to_vec()).map_err(|_| damaged())?,
+        })
+    }
+}
+
+pub(super) fn be_u64(bytes: &[u8]) -> u64 {
+    u64::from_be_bytes(bytes.try_into().expect("8 bytes"))
+}
+
+pub(super) fn failed(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Unavailable(e.to_string())
+}
+
+pub(super) fn prefix(id: &str) -> Vec<u8> {
+    let mut key = Vec::with_capacity(id.len() + 9);
+    key.extend_from_slice(id.as_bytes());
+    key.push(0);
+    key
+}
+
+pub(super) fn log_key(user: &str, seq: u64) -> Vec<u8> {
+    let mut key = prefix(user);
+    key.extend_from_slice(&seq.to_be_bytes());
+    key
+}
+
+pub(super) fn pair_key(owner: &str, other: &str) -> Vec<u8> {
+    let mut key = prefix(owner);
+    key.extend_from_slice(other.as_bytes());
+    key
+}
+
+/// The part of a pair key after its owner's prefix.
+pub(super) fn pair_second(key: &[u8], owner: &str) -> String {
+    String::from_utf8_lossy(&key[owner.len() + 1..]).into_owned()
+}
+
+/// The owner and seq of a `messages` key.
+pub(super) fn log_position(key: &[u8]) -> (String, u64) {
+    let (user, seq) = key.split_at(key.len() - 9);
+    (
+        String::from_utf8_lossy(user).into_owned(),
+        be_u64(&seq[1..]),
+    )
+}
+
+pub(super) fn open_value(
+    keys: &KeyRing,
+    user: &str,
+    seq: u64,
+    value: &[u8],
+) -> Result<InboxMessage, StoreError> {
+    let (hlc, record) = value.split_at_checked(8).ok_or_else(|| {
+        StoreError::Unreadable(format!("record {user}/{seq} is shorter than its header"))
+    })?;
+    record::open(keys, user, seq, be_u64(hlc), record)
+}
+
+impl Keyspaces {
+    pub(super) fn open(path: &Path, memtable_size: u64) -> fjall::Result<Self> {
+        let db = open_database(path)?;
+        // Appends wait while fjall switches to a fresh memtable, for a time that grows with the
+        // memtable (see `store.memtable_size`): its size bounds the latency tail.
+        let options = || KeyspaceCreateOptions::default().max_memtable_size(memtable_size);
+        let space = |name: &str| db.keyspace(name, options);
+        Ok(Self {
+            messages: space("messages")?,
+            heads: space("heads")?,
+            cursors: space("cursors")?,
+            forgotten: space("forgotten")?,
+            db,
+        })
+    }
+
+    /// The log's head: epoch and first sequence as last written (at creation, trims and
+    /// sweeps), last sequence and time from the log's newest entry — the writer does not
+    /// rewrite the head on every append.
+    pub(super) fn head(&self, user: &str) -> Result<Option<Head>, StoreError> {
+        let Some(stored) = self.heads.get(user).map_err(failed)? else {
+            return Ok(None);
+        };
+        let mut head = Head::decode(&stored)?;
+        if let Some(newest) = self.messages.prefix(prefix(user)).next_back() {
+            let (key, value) = newest.into_inner().map_err(failed)?;
+            let seq = log_position(&key).1;
+            if seq > head.last_seq {
+                head.last_seq = seq;
+                head.last_hlc = head.last_hlc.max(value.get(..8).map_or(0, be_u64));
+            }
+        }
+        Ok(Some(head))
+    }
+
+    pub(super) fn durable_batch(&self) -> OwnedWriteBatch {
+        self.db.batch().durability(Some(PersistMode::SyncAll))
+    }
+}

@@ -1,0 +1,225 @@
+//! The embedded store: fjall (an LSM tree with a write-ahead journal) in the data dir.
+//!
+//! fjall was picked over redb by measurement on this 2-core machine (bare durable appends per
+//! second, no sealing, with 1 / 16 / 256 concurrent writers: fjall 8.9k / 49k / 168k, redb 4.6k /
+//! 19k / 57k): a group commit is one journal append and one fsync. With sealing and the heads kept
+//! per log, the writer thread's CPU is the limit (see the README's benchmarks).
+//!
+//! One writer thread does every write, in the order asked: appends queued together share one
+//! journal batch and one fsync; cursor moves ride along in the same batch; deletions and sweeps
+//! run between batches. A responder thread hands each committed batch to the commit feed and
+//! answers its appenders, in order, while the writer commits the next. Readers read the
+//! keyspaces directly.
+//!
+//! A log's head is stored when the log is created, trimmed or swept, not on every append: its
+//! last sequence and time are those of the log's newest entry when that is newer, and the writer
+//! keeps the heads of recent logs in memory. Whatever removes a log's newest entries (a sweep)
+//! stores the head first, so a sequence is never given out twice.
+//!
+//! [`layout`] holds the keyspaces and their keys, [`writer`] the writer and responder threads.
+
+mod layout;
+mod writer;
+
+use super::clock::HybridClock;
+use super::record::between;
+use super::{
+    AppendTicket, CommitFeed, LogHead, LogPage, NewMessage, Settings, Store, StoreError,
+    SweepReport,
+};
+use crate::infra::cipher::KeyRing;
+use async_trait::async_trait;
+use layout::{
+    be_u64, failed, log_key, log_position, open_value, pair_key, pair_second, prefix, Keyspaces,
+};
+use std::path::Path;
+use std::sync::Arc;
+use tokio::sync::{mpsc, oneshot};
+use writer::{Command, Reply};
+
+pub struct EmbeddedStore {
+    spaces: Keyspaces,
+    keys: Arc<KeyRing>,
+    commands: mpsc::UnboundedSender<Command>,
+}
+
+impl EmbeddedStore {
+    /// Opens (creating when missing) the store in directory `path` and starts its writer thread.
+    pub fn open(
+        path: &Path,
+        keys: Arc<KeyRing>,
+        clock: Arc<HybridClock>,
+        feed: Arc<dyn CommitFeed>,
+        settings: Settings,
+    ) -> anyhow::Result<Self> {
+        let spaces = Keyspaces::open(path, settings.memtable_size)
+            .map_err(|e| anyhow::anyhow!("cannot open the store {}: {e}", path.display()))?;
+        let commands = writer::start(spaces.clone(), keys.clone(), clock, settings, feed)?;
+        Ok(Self {
+            spaces,
+            keys,
+            commands,
+        })
+    }
+
+    /// Has the writer thread do a write and waits for its answer.
+    async fn write<T>(&self, command: impl FnOnce(Reply<T>) -> Command) -> Result<T, StoreError> {
+        let (reply, answer) = oneshot::channel();
+        self.commands
+            .send(command(reply))
+            .map_err(|_| StoreError::Unavailable("the store writer stopped".into()))?;
+        answer
+            .await
+            .unwrap_or_else(|_| Err(StoreError::Unavailable("the store writer stopped".into())))
+    }
+
+    async fn read_with<T: Send + 'static>(
+        &self,
+        work: impl FnOnce(&Keyspaces, &KeyRing) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let spaces = self.spaces.clone();
+        let keys = self.keys.clone();
+        tokio::task::spawn_blocking(move || work(&spaces, &keys))
+            .await
+            .map_err(failed)?
+    }
+}
+
+#[async_trait]
+impl Store for EmbeddedStore {
+    fn append(&self, messages: Vec<NewMessage>) -> AppendTicket {
+        let (reply, ticket) = AppendTicket::channel();
+        if let Err(refused) = self.commands.send(Command::Append { messages, reply }) {
+            if let Command::Append { reply, .. } = refused.0 {
+                let _ = reply.send(Err(StoreError::Unavailable(
+                    "the store writer stopped".into(),
+                )));
+            }
+        }
+        ticket
+    }
+
+    async fn head(&self, user: &str) -> Result<LogHead, StoreError> {
+        let user = user.to_string();
+        self.read_with(move |spaces, _| {
+            Ok(match spaces.head(&user)? {
+                Some(head) => LogHead {
+                    epoch: head.epoch,
+                    first_seq: head.first_seq,
+                    last_seq: head.last_seq,
+                },
+                None => LogHead {
+                    epoch: String::new(),
+                    first_seq: 1,
+                    last_seq: 0,
+                },
+            })
+        })
+        .await
+    }
+
+    async fn read(&self, user: &str, after: u64, limit: usize) -> Result<LogPage, StoreError> {
+        let user = user.to_string();
+        self.read_with(move |spaces, keys| {
+            let mut forgotten = Vec::new();
+            for entry in spaces.forgotten.prefix(prefix(&user)) {
+                let (key, upto) = entry.into_inner().map_err(failed)?;
+                forgotten.push((pair_second(&key, &user), be_u64(&upto)));
+            }
+            let mut page = LogPage {
+                messages: Vec::new(),
+                covered_to: after,
+            };
+            let start = log_key(&user, after.saturating_add(1));
+            for entry in spaces
+                .messages
+                .range(start..=log_key(&user, u64::MAX))
+                .take(limit)
+            {
+                let (key, value) = entry.into_inner().map_err(failed)?;
+                let seq = log_position(&key).1;
+                page.covered_to = seq;
+                let message = open_value(keys, &user, seq, &value)?;
+                let hidden = forgotten
+                    .iter()
+                    .any(|(other, upto)| seq <= *upto && between(&message, &user, other));
+                if !hidden {
+                    page.messages.push(message);
+                }
+            }
+            Ok(page)
+        })
+        .await
+    }
+
+    async fn cursor(&self, user: &str, device: &str) -> Result<Option<u64>, StoreError> {
+        let key = pair_key(user, device);
+        self.read_with(move |spaces, _| {
+            Ok(spaces.cursors.get(key).map_err(failed)?.map(|c| be_u64(&c)))
+        })
+        .await
+    }
+
+    async fn ack(&self, user: &str, device: &str, seq: u64) -> Result<u64, StoreError> {
+        let (user, device) = (user.to_string(), device.to_string());
+        self.write(|reply| Command::Ack {
+            user,
+            device,
+            seq,
+            reply,
+        })
+        .await
+    }
+
+    async fn delete_user(&self, user: &str) -> Result<(), StoreError> {
+        let user = user.to_string();
+        self.write(|reply| Command::DeleteUser { user, reply })
+            .await
+    }
+
+    async fn forget_contact(&self, user: &str, other: &str) -> Result<(), StoreError> {
+        let (user, other) = (user.to_string(), other.to_string());
+        self.write(|reply| Command::ForgetContact { user, other, reply })
+            .await
+    }
+
+    async fn sweep(&self, older_than_ms: u64) -> Result<SweepReport, StoreError> {
+        self.write(|reply| Command::Sweep {
+            older_than_ms,
+            reply,
+        })
+        .await
+    }
+
+    async fn close(&self) {
+        let (reply, closed) = oneshot::channel();
+        if self.commands.send(Command::Close { reply }).is_ok() {
+            let _ = closed.await;
+        }
+    }
+
+    async fn footprint(&self, user: &str) -> Result<Vec<String>, StoreError> {
+        let user = user.to_string();
+        self.read_with(move |spaces, _| {
+            let mut found = Vec::new();
+            for entry in spaces.messages.prefix(prefix(&user)) {
+                let key = entry.key().map_err(failed)?;
+                found.push(format!("messages/{user}/{}", log_position(&key).1));
+            }
+            if spaces.heads.get(&user).map_err(failed)?.is_some() {
+                found.push(format!("heads/{user}"));
+            }
+            for (name, space) in [
+                ("cursors", &spaces.cursors),
+                ("forgotten", &spaces.forgotten),
+            ] {
+                for entry in space.prefix(prefix(&user)) {
+                    let key = entry.key().map_err(failed)?;
+                    found.push(format!("{name}/{user}/{}", pair_second(&key, &user)));
+                }
+            }
+            Ok(found)
+        })
+        .await
+    }
+}

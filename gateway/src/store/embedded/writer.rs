@@ -1,0 +1,426 @@
+//! The embedded store's writer: one thread that does every write in the order asked, and a
+//! responder thread that hands each committed batch to the commit feed and answers its
+//! appenders while the writer commits the next.
+
+use super::layout::{
+    be_u64, failed, log_key, log_position, open_value, pair_key, pair_second, prefix, Head,
+    Keyspaces,
+};
+use crate::infra::cipher::KeyRing;
+use crate::store::clock::HybridClock;
+use crate::store::record::{self, between, hlc_millis};
+use crate::store::{Appended, CommitFeed, NewMessage, Settings, StoreError, SweepReport};
+use fjall::OwnedWriteBatch;
+use std::collections::HashMap;
+use std::sync::Arc;
+use tokio::sync::{mpsc, oneshot};
+
+pub(super) type Reply<T> = oneshot::Sender<Result<T, StoreError>>;
+
+/// The writes, each done by the writer thread in the order they were asked.
+pub(super) enum Command {
+    Append {
+        messages: Vec<NewMessage>,
+        reply: Reply<Vec<Appended>>,
+    },
+    Ack {
+        user: String,
+        device: String,
+        seq: u64,
+        reply: Reply<u64>,
+    },
+    DeleteUser {
+        user: String,
+        reply: Reply<()>,
+    },
+    ForgetContact {
+        user: String,
+        other: String,
+        reply: Reply<()>,
+    },
+    Sweep {
+        older_than_ms: u64,
+        reply: Reply<SweepReport>,
+    },
+    /// Commit what came before, answer it all, then stop.
+    Close {
+        reply: oneshot::Sender<()>,
+    },
+}
+
+/// Starts the writer and responder threads; what is sent on the returned queue is done in order.
+pub(super) fn start(
+    spaces: Keyspaces,
+    keys: Arc<KeyRing>,
+    clock: Arc<HybridClock>,
+    settings: Settings,
+    feed: Arc<dyn CommitFeed>,
+) -> std::io::Result<mpsc::UnboundedSender<Command>> {
+    let (commands, queue) = mpsc::unbounded_channel();
+    let (done, finished) = std::sync::mpsc::channel();
+    let writer = Writer {
+        spaces,
+        keys,
+        clock,
+        settings,
+        heads: HashMap::new(),
+        done,
+    };
+    std::thread::Builder::new()
+        .name("store-responder".into())
+        .spawn(move || respond(finished, feed))?;
+    std::thread::Builder::new()
+        .name("store-writer".into())
+        .spawn(move || writer.run(queue))?;
+    Ok(commands)
+}
+
+/// The one thread that writes. It takes every command queued (up to `max_batch` appends), puts
+/// the appends and cursor moves in one journal batch made durable by one fsync, hands the
+/// appended messages to the commit feed in log order, and then answers.
+struct Writer {
+    spaces: Keyspaces,
+    keys: Arc<KeyRing>,
+    clock: Arc<HybridClock>,
+    settings: Settings,
+    /// Heads of recently written logs, as committed: no lookup in the store per append.
+    heads: HashMap<String, Head>,
+    /// Committed batches go to the responder thread, which delivers them live and answers.
+    done: std::sync::mpsc::Sender<Done>,
+}
+
+/// Most heads the writer keeps in memory; past that the cache starts over.
+const HEAD_CACHE: usize = 100_000;
+
+/// A group the writer is finished with, for the responder.
+enum Done {
+    Committed {
+        group: Group,
+        appended: Vec<Appended>,
+        cursors: Vec<u64>,
+    },
+    Failed {
+        group: Group,
+        error: StoreError,
+    },
+    /// Everything before was answered: the store is closed.
+    Closed(oneshot::Sender<()>),
+}
+
+/// Hands committed entries to the feed, in log order, and answers their appenders: on its own
+/// thread, so the writer goes on to the next batch meanwhile.
+fn respond(done: std::sync::mpsc::Receiver<Done>, feed: Arc<dyn CommitFeed>) {
+    for finished in done {
+        match finished {
+            Done::Committed {
+                group,
+                mut appended,
+                cursors,
+            } => {
+                feed.committed(&appended);
+                for (messages, reply) in group.appends.into_iter().rev() {
+                    let mine = appended.split_off(appended.len() - messages.len());
+                    let _ = reply.send(Ok(mine));
+                }
+                for ((_, _, _, reply), cursor) in group.acks.into_iter().zip(cursors) {
+                    let _ = reply.send(Ok(cursor));
+                }
+            }
+            Done::Failed { group, error } => {
+                for (_, reply) in group.appends {
+                    let _ = reply.send(Err(error.clone()));
+                }
+                for (_, _, _, reply) in group.acks {
+                    let _ = reply.send(Err(error.clone()));
+                }
+            }
+            Done::Closed(reply) => {
+                let _ = reply.send(());
+                return;
+            }
+        }
+    }
+}
+
+/// Appends and cursor moves gathered into one batch.
+#[derive(Default)]
+struct Group {
+    appends: Vec<(Vec<NewMessage>, Reply<Vec<Appended>>)>,
+    acks: Vec<(String, String, u64, Reply<u64>)>,
+    messages: usize,
+}
+
+impl Writer {
+    fn run(mut self, mut queue: mpsc::UnboundedReceiver<Command>) {
+        let mut group = Group::default();
+        while let Some(first) = queue.blocking_recv() {
+            let mut next = Some(first);
+            while let Some(command) = next.take() {
+                match command {
+                    Command::Append { messages, reply } => {
+                        group.messages += messages.len();
+                        group.appends.push((messages, reply));
+                    }
+                    Command::Ack {
+                        user,
+                        device,
+                        seq,
+                        reply,
+                    } => group.acks.push((user, device, seq, reply)),
+                    Command::Close { reply } => {
+                        self.commit(std::mem::take(&mut group));
+                        let _ = self.done.send(Done::Closed(reply));
+                        return;
+                    }
+                    other => {
+                        self.commit(std::mem::take(&mut group));
+                        self.run_alone(other);
+                    }
+                }
+                if group.messages < self.settings.max_batch {
+                    next = queue.try_recv().ok();
+                }
+            }
+            self.commit(std::mem::take(&mut group));
+        }
+    }
+
+    fn commit(&mut self, group: Group) {
+        if group.appends.is_empty() && group.acks.is_empty() {
+            return;
+        }
+        let mut batch = self.spaces.durable_batch();
+        let result = self.fill(&mut batch, &group).and_then(|outcome| {
+            let committing = std::time::Instant::now();
+            batch.commit().map_err(failed)?;
+            self.settings.commit_took(committing);
+            Ok(outcome)
+        });
+        let finished = match result {
+            Ok((appended, cursors, heads)) => {
+                if self.heads.len() + heads.len() > HEAD_CACHE {
+                    self.heads.clear();
+                }
+                self.heads.extend(heads);
+                Done::Committed {
+                    group,
+                    appended,
+                    cursors,
+                }
+            }
+            Err(error) => {
+                tracing::error!("store commit failed: {error}");
+                // What the cache holds may not be what is stored now.
+                self.heads.clear();
+                Done::Failed { group, error }
+            }
+        };
+        let _ = self.done.send(finished);
+    }
+
+    /// Writes the group into `batch`: sequences and times for the appends, retention by count,
+    /// and the cursors. Returns the appended messages and the cursors, in request order, and the
+    /// heads of the logs written. A head is stored only when a log is created or trimmed.
+    #[allow(clippy::type_complexity)]
+    fn fill(
+        &self,
+        batch: &mut OwnedWriteBatch,
+        group: &Group,
+    ) -> Result<(Vec<Appended>, Vec<u64>, Vec<(String, Head)>), StoreError> {
+        let spaces = &self.spaces;
+        // Each log's head, and whether it must be stored.
+        let mut heads: HashMap<&str, (Head, bool)> = HashMap::new();
+        let mut appended = Vec::with_capacity(group.messages);
+        let mut value = Vec::new();
+        for message in group.appends.iter().flat_map(|(messages, _)| messages) {
+            let (head, _) = match heads.entry(&message.log) {
+                std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+                std::collections::hash_map::Entry::Vacant(e) => {
+                    let known = match self.heads.get(&message.log) {
+                        Some(cached) => Some(cached.clone()),
+                        None => spaces.head(&message.log)?,
+                    };
+                    e.insert(match known {
+                        Some(head) => (head, false),
+                        None => (Head::fresh(), true),
+                    })
+                }
+            };
+            head.last_seq += 1;
+            head.last_hlc = self.clock.after(head.last_hlc);
+            value.clear();
+            value.extend_from_slice(&head.last_hlc.to_be_bytes());
+            value.extend_from_slice(&message.record);
+            batch.insert(
+                &spaces.messages,
+                log_key(&message.log, head.last_seq),
+                value.as_slice(),
+            );
+            appended.push(Appended {
+                log: message.log.clone(),
+                seq: head.last_seq,
+                hlc: head.last_hlc,
+                payload: record::live_payload(&message.plaintext, head.last_seq, head.last_hlc),
+                origin: message.origin,
+                kind: message.kind,
+            });
+        }
+        for (log, (head, store)) in heads.iter_mut() {
+            let kept = head.last_seq + 1 - head.first_seq;
+            if kept > self.settings.retention_count {
+                let new_first = head.last_seq + 1 - self.settings.retention_count;
+                for seq in head.first_seq..new_first {
+                    batch.remove(&spaces.messages, log_key(log, seq));
+                }
+                head.first_seq = new_first;
+                *store = true;
+            }
+            if *store {
+                batch.insert(&spaces.heads, *log, head.encode());
+            }
+        }
+        let mut cursors: HashMap<Vec<u8>, u64> = HashMap::new();
+        let mut answers = Vec::with_capacity(group.acks.len());
+        for (user, device, seq, _) in &group.acks {
+            let last = match (heads.get(user.as_str()), self.heads.get(user)) {
+                (Some((head, _)), _) | (None, Some(head)) => head.last_seq,
+                (None, None) => spaces.head(user)?.map_or(0, |h| h.last_seq),
+            };
+            let key = pair_key(user, device);
+            let old = match cursors.get(&key) {
+                Some(cursor) => *cursor,
+                None => spaces
+                    .cursors
+                    .get(&key)
+                    .map_err(failed)?
+                    .map_or(0, |c| be_u64(&c)),
+            };
+            let new = old.max((*seq).min(last));
+            if new != old {
+                batch.insert(&spaces.cursors, key.clone(), new.to_be_bytes());
+            }
+            cursors.insert(key, new);
+            answers.push(new);
+        }
+        let heads = heads
+            .into_iter()
+            .map(|(log, (head, _))| (log.to_string(), head))
+            .collect();
+        Ok((appended, answers, heads))
+    }
+
+    fn run_alone(&mut self, command: Command) {
+        // Deletions and sweeps rewrite heads behind the cache.
+        self.heads.clear();
+        match command {
+            Command::DeleteUser { user, reply } => {
+                let _ = reply.send(self.delete_user(&user));
+            }
+            Command::ForgetContact { user, other, reply } => {
+                let _ = reply.send(self.forget_contact(&user, &other));
+            }
+            Command::Sweep {
+                older_than_ms,
+                reply,
+            } => {
+                let _ = reply.send(self.sweep(older_than_ms));
+            }
+            Command::Append { .. } | Command::Ack { .. } | Command::Close { .. } => {
+                unreachable!("appends, acks and the close are handled by the loop")
+            }
+        }
+    }
+
+    fn delete_user(&self, user: &str) -> Result<(), StoreError> {
+        let spaces = &self.spaces;
+        let mut batch = spaces.durable_batch();
+        for space in [&spaces.messages, &spaces.cursors, &spaces.forgotten] {
+            for entry in space.prefix(prefix(user)) {
+                batch.remove(space, entry.key().map_err(failed)?);
+            }
+        }
+        batch.remove(&spaces.heads, user);
+        batch.commit().map_err(failed)
+    }
+
+    fn forget_contact(&self, user: &str, other: &str) -> Result<(), StoreError> {
+        let spaces = &self.spaces;
+        let mut batch = spaces.durable_batch();
+        for (owner, contact) in [(user, other), (other, user)] {
+            let Some(head) = spaces.head(owner)? else {
+                continue;
+            };
+            let key = pair_key(owner, contact);
+            let upto = spaces
+                .forgotten
+                .get(&key)
+                .map_err(failed)?
+                .map_or(0, |u| be_u64(&u))
+                .max(head.last_seq);
+            batch.insert(&spaces.forgotten, key, upto.to_be_bytes());
+        }
+        batch.commit().map_err(failed)
+    }
+
+    fn sweep(&self, older_than_ms: u64) -> Result<SweepReport, StoreError> {
+        let spaces = &self.spaces;
+        let mut report = SweepReport::default();
+        let mut batch = spaces.durable_batch();
+        let mut written = std::collections::HashSet::new();
+        // Heads are written with their last sequence whenever messages are removed: it is then
+        // no longer found from the log's newest entry, and must never be given out again.
+        for entry in spaces.heads.iter() {
+            let user = entry.key().map_err(failed)?;
+            let user = String::from_utf8_lossy(&user).into_owned();
+            let Some(mut head) = spaces.head(&user)? else {
+                continue;
+            };
+            let mut cut_to = None;
+            for entry in spaces.messages.prefix(prefix(&user)) {
+                let (key, value) = entry.into_inner().map_err(failed)?;
+                if hlc_millis(value.get(..8).map_or(0, be_u64)) >= older_than_ms {
+                    break;
+                }
+                batch.remove(&spaces.messages, key.clone());
+                cut_to = Some(log_position(&key).1);
+                report.expired += 1;
+            }
+            if let Some(last_cut) = cut_to {
+                head.first_seq = last_cut + 1;
+                batch.insert(&spaces.heads, user.as_str(), head.encode());
+                written.insert(user);
+            }
+        }
+        for entry in spaces.forgotten.iter() {
+            let (key, upto) = entry.into_inner().map_err(failed)?;
+            let separator = key.iter().position(|&b| b == 0).unwrap_or(key.len());
+            let owner = String::from_utf8_lossy(&key[..separator]).into_owned();
+            let other = pair_second(&key, &owner);
+            let upto = be_u64(&upto);
+            if !written.contains(&owner) {
+                if let Some(head) = spaces.head(&owner)? {
+                    batch.insert(&spaces.heads, owner.as_str(), head.encode());
+                    written.insert(owner.clone());
+                }
+            }
+            for entry in spaces
+                .messages
+                .range(log_key(&owner, 0)..=log_key(&owner, upto))
+            {
+                let (message_key, value) = entry.into_inner().map_err(failed)?;
+                let seq = log_position(&message_key).1;
+                if between(
+                    &open_value(&self.keys, &owner, seq, &value)?,
+                    &owner,
+                    &other,
+                ) {
+                    batch.remove(&spaces.messages, message_key);
+                    report.purged_contacts += 1;
+                }
+            }
+            batch.remove(&spaces.forgotten, key);
+        }
+        batch.commit().map_err(failed)?;
+        Ok(report)
+    }
+}

@@ -1,0 +1,508 @@
+//! The Redis store: several gateway nodes share one Redis and see the same logs.
+//!
+//! Every key of a user carries the user as a hash tag (`gw:{alice}:…`), so a Redis Cluster
+//! would keep one user's keys on one shard, and every script touches the keys of one user only:
+//! - `gw:{user}:log` — a stream whose entry ids are `<seq>-0`, with fields `h` (the hybrid-clock
+//!   time, decimal) and `r` (the sealed record)
+//! - `gw:{user}:head` — a hash: `first_seq`, `last_seq`, `last_hlc`, `epoch`
+//! - `gw:{user}:cursors` — a hash: device → highest sequence the device acknowledged
+//! - `gw:{user}:forgotten` — a hash: other user → sequence up to which their direct messages in
+//!   this log are hidden, until the sweeper has removed them
+//! - `gw:users` — a set of the users that have a log, so the sweeper finds them without scanning
+//!   the keyspace. It is updated beside the scripts (not inside them, which would cross shards),
+//!   always after a log is created and before it is deleted, so a race can leave a member whose
+//!   log is gone (the sweeper skips it) but never a log the sweeper cannot find.
+//!
+//! Appends go through one writer task per node, as in the embedded store: it takes every queued
+//! append (up to `max_batch` messages) and sends them as one pipeline of script calls, one round
+//! trip for the whole batch. Each call atomically gives its message the log's next sequence and a
+//! time later than the log's last one, whichever node wrote that.
+//!
+//! Durability: "acknowledged" means Redis executed the batch. That is "durable" only when the
+//! server runs with `appendonly yes` and `appendfsync always`; with `appendfsync everysec` a power
+//! loss may lose the last second of acknowledged messages. A batch that fails (or times out) is
+//! answered as unavailable although Redis may have executed part or all of it (the answer was
+//! lost, not necessarily the request), so a sender that retries may store a message twice.
+//!
+//! Outages: the connection is a [`ConnectionManager`], which reconnects by itself. Every request
+//! is bounded by [`crate::infra::redis::REQUEST_TIMEOUT`], so while Redis is away each
+//! operation fails quickly with [`StoreError::Unavailable`], and works again once Redis is back.
+
+mod keys;
+mod scripts;
+mod writer;
+
+use super::clock::HybridClock;
+use super::record::{self, between, hlc_millis};
+use super::{
+    AppendTicket, Appended, CommitFeed, LogHead, LogPage, NewMessage, Settings, Store, StoreError,
+    SweepReport,
+};
+use crate::infra::cipher::KeyRing;
+use crate::infra::redis::{bounded, connect};
+use async_trait::async_trait;
+use keys::{UserKeys, SWEEP_PAGE, USERS};
+use protocol::envelope::InboxMessage;
+use redis::aio::ConnectionManager;
+use scripts::{ACK, CUT, FORGET, PURGED};
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use tokio::sync::{mpsc, oneshot};
+use writer::Writer;
+
+pub struct RedisStore {
+    redis: ConnectionManager,
+    keys: Arc<KeyRing>,
+    writes: mpsc::UnboundedSender<Write>,
+}
+
+/// What the writer task is handed, in order.
+enum Write {
+    Append(Append),
+    /// Store what came before, answer it, then stop.
+    Close(oneshot::Sender<()>),
+}
+
+/// An `append` call waiting for the writer.
+struct Append {
+    messages: Vec<NewMessage>,
+    reply: oneshot::Sender<Result<Vec<Appended>, StoreError>>,
+}
+
+/// One entry of a log stream.
+struct Entry {
+    seq: u64,
+    hlc: u64,
+    record: Vec<u8>,
+}
+
+/// A stream entry as XRANGE returns it: its id and its fields.
+type RawEntry = (String, HashMap<String, Vec<u8>>);
+
+impl Entry {
+    fn parse(user: &str, (id, mut fields): RawEntry) -> Result<Self, StoreError> {
+        let damaged = || StoreError::Unreadable(format!("log entry {user}/{id} is damaged"));
+        let seq = id
+            .strip_suffix("-0")
+            .and_then(|seq| seq.parse().ok())
+            .ok_or_else(damaged)?;
+        let hlc = fields
+            .get("h")
+            .and_then(|h| std::str::from_utf8(h).ok()?.parse().ok())
+            .ok_or_else(damaged)?;
+        let record = fields.remove("r").ok_or_else(damaged)?;
+        Ok(Self { seq, hlc, record })
+    }
+
+    fn open(&self, keys: &KeyRing, user: &str) -> Result<InboxMessage, StoreError> {
+        record::open(keys, user, self.seq, self.hlc, &self.record)
+    }
+}
+
+/// The stream id of a sequence.
+fn entry_id(seq: u64) -> String {
+    format!("{seq}-0")
+}
+
+impl RedisStore {
+    /// Connects to the Redis at `url` (failing when it cannot be reached now) and starts the
+    /// writer task. Must be called within a Tokio runtime.
+    pub async fn open(
+        url: &str,
+        keys: Arc<KeyRing>,
+        clock: Arc<HybridClock>,
+        feed: Arc<dyn CommitFeed>,
+        settings: Settings,
+    ) -> anyhow::Result<Self> {
+        let redis = connect(url).await?;
+        let (writes, queue) = mpsc::unbounded_channel();
+        let writer = Writer {
+            redis: redis.clone(),
+            clock,
+            feed,
+            settings,
+        };
+        tokio::spawn(writer.run(queue));
+        Ok(Self {
+            redis,
+            keys,
+            writes,
+        })
+    }
+
+    /// Decrypts log entries off the async threads: a page can hold hundreds of records.
+    async fn open_entries(
+        &self,
+        user: &str,
+        entries: Vec<Entry>,
+    ) -> Result<Vec<(Entry, InboxMessage)>, StoreError> {
+        let (keys, user) = (self.keys.clone(), user.to_string());
+        tokio::task::spawn_blocking(move || {
+            entries
+                .into_iter()
+                .map(|entry| {
+                    let message = entry.open(&keys, &user)?;
+                    Ok((entry, message))
+                })
+                .collect()
+        })
+        .await
+        .map_err(|e| StoreError::Unavailable(format!("decrypting a page: {e}")))?
+    }
+
+    /// Up to `count` entries of `user`'s log from `start` (an XRANGE bound) up to `end`.
+    async fn range(
+        &self,
+        user: &str,
+        start: &str,
+        end: &str,
+        count: usize,
+    ) -> Result<Vec<Entry>, StoreError> {
+        let raw: Vec<RawEntry> = bounded(
+            redis::cmd("XRANGE")
+                .arg(UserKeys::of(user).log)
+                .arg(start)
+                .arg(end)
+                .arg("COUNT")
+                .arg(count)
+                .query_async(&mut self.redis.clone()),
+        )
+        .await?;
+        raw.into_iter().map(|raw| Entry::parse(user, raw)).collect()
+    }
+
+    /// Every user that has (or recently had) a log.
+    async fn users(&self) -> Result<Vec<String>, StoreError> {
+        let mut users = HashSet::new();
+        let mut cursor = 0u64;
+        loop {
+            let (next, page): (u64, Vec<String>) = bounded(
+                redis::cmd("SSCAN")
+                    .arg(USERS)
+                    .arg(cursor)
+                    .arg("COUNT")
+                    .arg(SWEEP_PAGE)
+                    .query_async(&mut self.redis.clone()),
+            )
+            .await?;
+            users.extend(page);
+            if next == 0 {
+                return Ok(users.into_iter().collect());
+            }
+            cursor = next;
+        }
+    }
+
+    /// Cuts the start of `user`'s log older than `older_than_ms`; returns how many were cut.
+    async fn expire(&self, user: &str, older_than_ms: u64) -> Result<u64, StoreError> {
+        let keys = UserKeys::of(user);
+        let epoch: Option<String> = bounded(
+            redis::cmd("HGET")
+                .arg(&keys.head)
+                .arg("epoch")
+                .query_async(&mut self.redis.clone()),
+        )
+        .await?;
+        let Some(epoch) = epoch else {
+            return Ok(0);
+        };
+        // Times grow along a log, so the expired entries are a prefix of it.
+        let mut last_cut = None;
+        let mut start = "-".to_string();
+        'pages: loop {
+            let page = self.range(user, &start, "+", SWEEP_PAGE).await?;
+            for entry in &page {
+                if hlc_millis(entry.hlc) >= older_than_ms {
+                    break 'pages;
+                }
+                last_cut = Some(entry.seq);
+            }
+            match page.last() {
+                Some(last) if page.len() == SWEEP_PAGE => {
+                    start = format!("({}", entry_id(last.seq))
+                }
+                _ => break,
+            }
+        }
+        let Some(last_cut) = last_cut else {
+            return Ok(0);
+        };
+        bounded(
+            CUT.key(&keys.head)
+                .key(&keys.log)
+                .arg(epoch)
+                .arg(last_cut + 1)
+                .invoke_async(&mut self.redis.clone()),
+        )
+        .await
+        .map_err(StoreError::from)
+    }
+
+    /// Removes the direct messages of every contact `user` forgot; returns how many.
+    async fn purge_forgotten(&self, user: &str) -> Result<u64, StoreError> {
+        let keys = UserKeys::of(user);
+        let forgotten: HashMap<String, String> = bounded(
+            redis::cmd("HGETALL")
+                .arg(&keys.forgotten)
+                .query_async(&mut self.redis.clone()),
+        )
+        .await?;
+        let mut purged = 0;
+        for (other, upto) in forgotten {
+            let end = upto.parse::<u64>().map(entry_id).map_err(|_| {
+                StoreError::Unreadable(format!("forgotten contact {user}/{other} is damaged"))
+            })?;
+            let mut start = "-".to_string();
+            loop {
+                let page = self.range(user, &start, &end, SWEEP_PAGE).await?;
+                let full = page.len() == SWEEP_PAGE;
+                let Some(last) = page.last() else { break };
+                start = format!("({}", entry_id(last.seq));
+                let doomed: Vec<String> = self
+                    .open_entries(user, page)
+                    .await?
+                    .into_iter()
+                    .filter(|(_, message)| between(message, user, &other))
+                    .map(|(entry, _)| entry_id(entry.seq))
+                    .collect();
+                if !doomed.is_empty() {
+                    let removed: u64 = bounded(
+                        redis::cmd("XDEL")
+                            .arg(&keys.log)
+                            .arg(doomed)
+                            .query_async(&mut self.redis.clone()),
+                    )
+                    .await?;
+                    purged += removed;
+                }
+                if !full {
+                    break;
+                }
+            }
+            bounded(
+                PURGED
+                    .key(&keys.forgotten)
+                    .arg(&other)
+                    .arg(&upto)
+                    .invoke_async::<()>(&mut self.redis.clone()),
+            )
+            .await?;
+        }
+        Ok(purged)
+    }
+}
+
+#[async_trait]
+impl Store for RedisStore {
+    fn append(&self, messages: Vec<NewMessage>) -> AppendTicket {
+        let (reply, ticket) = AppendTicket::channel();
+        if let Err(refused) = self.writes.send(Write::Append(Append { messages, reply })) {
+            if let Write::Append(append) = refused.0 {
+                let _ = append.reply.send(Err(StoreError::Unavailable(
+                    "the store writer stopped".into(),
+                )));
+            }
+        }
+        ticket
+    }
+
+    async fn head(&self, user: &str) -> Result<LogHead, StoreError> {
+        let (first_seq, last_seq, epoch): (Option<u64>, Option<u64>, Option<String>) = bounded(
+            redis::cmd("HMGET")
+                .arg(UserKeys::of(user).head)
+                .arg(&["first_seq", "last_seq", "epoch"])
+                .query_async(&mut self.redis.clone()),
+        )
+        .await?;
+        match (first_seq, last_seq, epoch) {
+            (None, None, None) => Ok(LogHead {
+                epoch: String::new(),
+                first_seq: 1,
+                last_seq: 0,
+            }),
+            (Some(first_seq), Some(last_seq), Some(epoch)) => Ok(LogHead {
+                epoch,
+                first_seq,
+                last_seq,
+            }),
+            _ => Err(StoreError::Unreadable(format!(
+                "the log head of {user} is damaged"
+            ))),
+        }
+    }
+
+    async fn read(&self, user: &str, after: u64, limit: usize) -> Result<LogPage, StoreError> {
+        let mut page = LogPage {
+            messages: Vec::new(),
+            covered_to: after,
+        };
+        if limit == 0 || after == u64::MAX {
+            return Ok(page);
+        }
+        let keys = UserKeys::of(user);
+        let (forgotten, raw): (HashMap<String, u64>, Vec<RawEntry>) = bounded(
+            redis::pipe()
+                .hgetall(&keys.forgotten)
+                .cmd("XRANGE")
+                .arg(&keys.log)
+                .arg(entry_id(after + 1))
+                .arg("+")
+                .arg("COUNT")
+                .arg(limit.min(i64::MAX as usize))
+                .query_async(&mut self.redis.clone()),
+        )
+        .await?;
+        let entries = raw
+            .into_iter()
+            .map(|raw| Entry::parse(user, raw))
+            .collect::<Result<_, _>>()?;
+        for (entry, message) in self.open_entries(user, entries).await? {
+            page.covered_to = entry.seq;
+            let hidden = forgotten
+                .iter()
+                .any(|(other, upto)| entry.seq <= *upto && between(&message, user, other));
+            if !hidden {
+                page.messages.push(message);
+            }
+        }
+        Ok(page)
+    }
+
+    async fn cursor(&self, user: &str, device: &str) -> Result<Option<u64>, StoreError> {
+        bounded(
+            redis::cmd("HGET")
+                .arg(UserKeys::of(user).cursors)
+                .arg(device)
+                .query_async(&mut self.redis.clone()),
+        )
+        .await
+        .map_err(StoreError::from)
+    }
+
+    async fn ack(&self, user: &str, device: &str, seq: u64) -> Result<u64, StoreError> {
+        let keys = UserKeys::of(user);
+        bounded(
+            ACK.key(&keys.head)
+                .key(&keys.cursors)
+                .arg(device)
+                .arg(seq)
+                .invoke_async(&mut self.redis.clone()),
+        )
+        .await
+        .map_err(StoreError::from)
+    }
+
+    async fn delete_user(&self, user: &str) -> Result<(), StoreError> {
+        let keys = UserKeys::of(user);
+        // Out of the set first, then the keys: see the module documentation.
+        bounded(
+            redis::pipe()
+                .srem(USERS, user)
+                .ignore()
+                .del(&[keys.log, keys.head, keys.cursors, keys.forgotten])
+                .ignore()
+                .exec_async(&mut self.redis.clone()),
+        )
+        .await
+        .map_err(StoreError::from)
+    }
+
+    async fn forget_contact(&self, user: &str, other: &str) -> Result<(), StoreError> {
+        let mut pipe = redis::pipe();
+        // A pipelined script call is not retried on NOSCRIPT: see `Writer::store`.
+        pipe.load_script(&FORGET).ignore();
+        // One script per owner: the two logs may live on different shards.
+        for (owner, contact) in [(user, other), (other, user)] {
+            let keys = UserKeys::of(owner);
+            pipe.invoke_script(FORGET.key(&keys.head).key(&keys.forgotten).arg(contact))
+                .ignore();
+        }
+        bounded(pipe.exec_async(&mut self.redis.clone()))
+            .await
+            .map_err(StoreError::from)
+    }
+
+    async fn sweep(&self, older_than_ms: u64) -> Result<SweepReport, StoreError> {
+        let mut report = SweepReport::default();
+        for user in self.users().await? {
+            report.expired += self.expire(&user, older_than_ms).await?;
+            report.purged_contacts += self.purge_forgotten(&user).await?;
+        }
+        Ok(report)
+    }
+
+    async fn close(&self) {
+        let (reply, closed) = oneshot::channel();
+        if self.writes.send(Write::Close(reply)).is_ok() {
+            let _ = closed.await;
+        }
+    }
+
+    async fn footprint(&self, user: &str) -> Result<Vec<String>, StoreError> {
+        let mut redis = self.redis.clone();
+        let pattern = format!("gw:{{{user}}}:*");
+        let mut keys = HashSet::new();
+        let mut cursor = 0u64;
+        loop {
+            let (next, found): (u64, Vec<String>) = bounded(
+                redis::cmd("SCAN")
+                    .arg(cursor)
+                    .arg("MATCH")
+                    .arg(&pattern)
+                    .arg("COUNT")
+                    .arg(SWEEP_PAGE)
+                    .query_async(&mut redis),
+            )
+            .await?;
+            keys.extend(found);
+            if next == 0 {
+                break;
+            }
+            cursor = next;
+        }
+        let mut found = Vec::new();
+        let prefix = format!("gw:{{{user}}}:");
+        for key in keys {
+            let kind = key.strip_prefix(&prefix).unwrap_or(&key).to_string();
+            match kind.as_str() {
+                "log" => {
+                    let ids: Vec<(String, Vec<(String, Vec<u8>)>)> = bounded(
+                        redis::cmd("XRANGE")
+                            .arg(&key)
+                            .arg("-")
+                            .arg("+")
+                            .query_async(&mut redis),
+                    )
+                    .await?;
+                    for (id, _) in ids {
+                        let seq = id.split('-').next().unwrap_or(&id);
+                        found.push(format!("messages/{user}/{seq}"));
+                    }
+                }
+                "head" => found.push(format!("heads/{user}")),
+                "cursors" | "forgotten" | "presence" => {
+                    let fields: Vec<String> =
+                        bounded(redis::cmd("HKEYS").arg(&key).query_async(&mut redis)).await?;
+                    found.extend(
+                        fields
+                            .into_iter()
+                            .map(|field| format!("{kind}/{user}/{field}")),
+                    );
+                }
+                _ => found.push(key),
+            }
+        }
+        let member: bool = bounded(
+            redis::cmd("SISMEMBER")
+                .arg(USERS)
+                .arg(user)
+                .query_async(&mut redis),
+        )
+        .await?;
+        if member {
+            found.push(format!("{USERS} member {user}"));
+        }
+        found.sort();
+        Ok(found)
+    }
+}

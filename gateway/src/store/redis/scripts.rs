@@ -1,0 +1,110 @@
+//! The Lua scripts of the Redis store. Each touches the keys of one user only (one hash tag),
+//! so on Redis Cluster each runs on the shard that holds the user.
+
+use redis::Script;
+use std::sync::LazyLock;
+
+/// Lua numbers are doubles, exact only up to 2^53, and hybrid-clock times are larger: times are
+/// kept as decimal strings and compared and incremented as two exact halves of ten digits.
+const HLC_LUA: &str = r"
+local function halves(s)
+  local n = #s
+  if n <= 10 then return 0, tonumber(s) end
+  return tonumber(string.sub(s, 1, n - 10)), tonumber(string.sub(s, n - 9))
+end
+local function later(proposed, last)
+  local phi, plo = halves(proposed)
+  local lhi, llo = halves(last)
+  llo = llo + 1
+  if llo == 1e10 then lhi, llo = lhi + 1, 0 end
+  if lhi > phi or (lhi == phi and llo > plo) then phi, plo = lhi, llo end
+  if phi == 0 then return string.format('%d', plo) end
+  return string.format('%d%010d', phi, plo)
+end
+";
+
+/// Appends one message. KEYS: head, log. ARGV: the node's clock time, an epoch for a new log,
+/// the sealed record, the retention count. Returns `{seq, hlc}`.
+pub(super) static APPEND: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(&format!(
+        "{HLC_LUA}{}",
+        r"
+local head, log = KEYS[1], KEYS[2]
+if redis.call('EXISTS', head) == 0 then
+  redis.call('HSET', head, 'first_seq', '1', 'last_seq', '0', 'last_hlc', '0', 'epoch', ARGV[2])
+end
+local seq = redis.call('HINCRBY', head, 'last_seq', 1)
+local hlc = later(ARGV[1], redis.call('HGET', head, 'last_hlc'))
+redis.call('HSET', head, 'last_hlc', hlc)
+redis.call('XADD', log, string.format('%d-0', seq), 'h', hlc, 'r', ARGV[3])
+local first = tonumber(redis.call('HGET', head, 'first_seq'))
+local retention = tonumber(ARGV[4])
+if seq + 1 - first > retention then
+  first = seq + 1 - retention
+  redis.call('XTRIM', log, 'MINID', string.format('%d-0', first))
+  redis.call('HSET', head, 'first_seq', string.format('%d', first))
+end
+return {seq, hlc}
+"
+    ))
+});
+
+/// Moves a cursor forward, never back and never past the log's end. KEYS: head, cursors.
+/// ARGV: device, sequence. Returns the cursor.
+pub(super) static ACK: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+local last = tonumber(redis.call('HGET', KEYS[1], 'last_seq') or '0')
+local old = tonumber(redis.call('HGET', KEYS[2], ARGV[1]) or '0')
+local new = math.min(tonumber(ARGV[2]), last)
+if new > old then
+  redis.call('HSET', KEYS[2], ARGV[1], string.format('%d', new))
+  return new
+end
+return old
+",
+    )
+});
+
+/// Hides a contact's direct messages up to the log's end. KEYS: head, forgotten. ARGV: contact.
+pub(super) static FORGET: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+local last = redis.call('HGET', KEYS[1], 'last_seq')
+if not last then return 0 end
+local old = redis.call('HGET', KEYS[2], ARGV[1])
+if not old or tonumber(last) > tonumber(old) then
+  redis.call('HSET', KEYS[2], ARGV[1], last)
+end
+return 1
+",
+    )
+});
+
+/// Cuts a log up to a sequence, unless the log was recreated since the sweeper looked at it.
+/// KEYS: head, log. ARGV: epoch, first sequence to keep. Returns how many entries were cut.
+pub(super) static CUT: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+if redis.call('HGET', KEYS[1], 'epoch') ~= ARGV[1] then return 0 end
+local cut = redis.call('XTRIM', KEYS[2], 'MINID', ARGV[2] .. '-0')
+if tonumber(ARGV[2]) > tonumber(redis.call('HGET', KEYS[1], 'first_seq')) then
+  redis.call('HSET', KEYS[1], 'first_seq', ARGV[2])
+end
+return cut
+",
+    )
+});
+
+/// Drops a purged contact entry, unless the contact was forgotten again further meanwhile.
+/// KEYS: forgotten. ARGV: contact, the sequence purged up to.
+pub(super) static PURGED: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+if redis.call('HGET', KEYS[1], ARGV[1]) == ARGV[2] then
+  redis.call('HDEL', KEYS[1], ARGV[1])
+end
+return 0
+",
+    )
+});

@@ -1,0 +1,153 @@
+//! What only the Redis store has, being shared and remote: nodes that share one log, and
+//! outages of Redis. The contract common to every store is the conformance suite
+//! (`tests/store.rs`).
+
+use e2e::redis_server::RedisServer;
+use gateway::infra::cipher::KeyRing;
+use gateway::infra::redis::REQUEST_TIMEOUT;
+use gateway::infra::time::unix_millis;
+use gateway::store::clock::HybridClock;
+use gateway::store::record::{hlc_millis, seal, Content};
+use gateway::store::redis::RedisStore;
+use gateway::store::{Appended, CommitFeed, NewMessage, Settings, Store, StoreError};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+struct NoFeed;
+
+impl CommitFeed for NoFeed {
+    fn committed(&self, _: &[Appended]) {}
+}
+
+fn keys() -> Arc<KeyRing> {
+    Arc::new(KeyRing::new(&["k1:000102030405060708090a0b0c0d0e0f".into()]).unwrap())
+}
+
+fn message(keys: &KeyRing, to: &str, id: &str) -> NewMessage {
+    let body = serde_json::json!({"text": id});
+    let content = Content {
+        id,
+        from: Some("bob"),
+        from_device: None,
+        to,
+        body: &body,
+    };
+    seal(keys, to, &content, None)
+}
+
+async fn node(url: &str, keys: Arc<KeyRing>, clock: Arc<HybridClock>) -> RedisStore {
+    let settings = Settings {
+        max_batch: 64,
+        retention_count: 1000,
+        memtable_size: 8 << 20,
+        commit_seconds: None,
+    };
+    RedisStore::open(url, keys, clock, Arc::new(NoFeed), settings)
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn nodes_share_a_log_whose_times_never_go_back() {
+    let server = RedisServer::start();
+    let keys = keys();
+    let ahead = Arc::new(HybridClock::new());
+    ahead.observe((unix_millis() + 60_000) << 16);
+    let behind = Arc::new(HybridClock::new());
+    let a = node(&server.url(), keys.clone(), ahead).await;
+    let b = node(&server.url(), keys.clone(), behind.clone()).await;
+    let first = a.append(vec![message(&keys, "alice", "m1")]);
+    let first = first.wait().await.unwrap().remove(0);
+    let second = b.append(vec![message(&keys, "alice", "m2")]);
+    let second = second.wait().await.unwrap().remove(0);
+    assert_eq!((first.seq, second.seq), (1, 2));
+    assert_eq!(
+        second.hlc,
+        first.hlc + 1,
+        "the log's time goes on from node a's"
+    );
+    assert!(
+        behind.now() > second.hlc,
+        "node b's clock moved past the log's time"
+    );
+    let page = a.read("alice", 0, 10).await.unwrap();
+    assert_eq!(page.messages.len(), 2);
+    assert_eq!(page.messages[1].ts, hlc_millis(second.hlc));
+}
+
+#[tokio::test]
+async fn an_outage_fails_requests_quickly_and_ends_without_a_restart() {
+    let mut server = RedisServer::start();
+    let keys = keys();
+    let store = node(&server.url(), keys.clone(), Arc::new(HybridClock::new())).await;
+    store
+        .append(vec![message(&keys, "alice", "m1")])
+        .wait()
+        .await
+        .unwrap();
+
+    // A Redis that accepts nothing: every request fails within its time limit.
+    server.pause();
+    let started = Instant::now();
+    let append = store
+        .append(vec![message(&keys, "alice", "m2")])
+        .wait()
+        .await;
+    assert!(
+        matches!(append, Err(StoreError::Unavailable(_))),
+        "{append:?}"
+    );
+    assert!(matches!(
+        store.head("alice").await,
+        Err(StoreError::Unavailable(_))
+    ));
+    assert!(
+        started.elapsed() < REQUEST_TIMEOUT * 3,
+        "{:?}",
+        started.elapsed()
+    );
+    server.resume();
+
+    // A Redis that is gone and comes back empty, without the scripts it had loaded.
+    server.restart_empty();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match store
+            .append(vec![message(&keys, "alice", "m3")])
+            .wait()
+            .await
+        {
+            Ok(appended) => {
+                assert_eq!(appended[0].seq, 1);
+                break;
+            }
+            Err(e) => assert!(Instant::now() < deadline, "still failing: {e}"),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(store.ack("alice", "phone", 1).await.unwrap(), 1);
+    store.forget_contact("alice", "bob").await.unwrap();
+    assert_eq!(store.sweep(0).await.unwrap().purged_contacts, 1);
+}
+
+#[tokio::test]
+async fn opening_fails_when_redis_is_unreachable() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .unwrap()
+        .port();
+    let url = format!("redis://127.0.0.1:{port}/");
+    let clock = Arc::new(HybridClock::new());
+    let settings = Settings {
+        max_batch: 1,
+        retention_count: 1,
+        memtable_size: 8 << 20,
+        commit_seconds: None,
+    };
+    let opened = RedisStore::open(&url, keys(), clock, Arc::new(NoFeed), settings).await;
+    let error = format!("{:#}", opened.err().expect("no Redis there"));
+    assert!(
+        error.contains(&format!("cannot reach Redis at 127.0.0.1:{port}")),
+        "{error}"
+    );
+}
