@@ -1,7 +1,7 @@
 //! Graceful shutdown: one cancellation token that every long-running task watches, and one
 //! tracker of the tasks that must finish before the process exits.
 //!
-//! On SIGTERM the composition root ([`crate::app`]) cancels the token: accept loops return (the
+//! On SIGTERM the composition root (`app.rs`) cancels the token: accept loops return (the
 //! listeners close), sessions are told the server is going away, HTTP connections finish the
 //! request in flight, the notification worker stops taking pushes and the periodic tasks stop.
 //! The root then waits for every tracked task (connections with their pending answers, pushes

@@ -1,7 +1,7 @@
 //! Live delivery: who is connected (links and the registry of devices), the fan-out of a
 //! publish to the links subscribed, publishing on a user's topics wherever the user's devices
 //! are, and signals, which only ever travel live. The other nodes are a trait here
-//! ([`nodes::OtherNodes`]); [`crate::cluster`] implements it.
+//! ([`nodes::OtherNodes`]); `cluster` implements it.
 
 pub mod hub;
 pub mod known_devices;

@@ -1,6 +1,6 @@
 //! The other gateway nodes, as the live layer sees them: where else a user's devices may be
-//! online, and how to reach them there. One node alone has none ([`crate::cluster::single`]);
-//! nodes sharing a Redis reach each other through it ([`crate::cluster::redis`]).
+//! online, and how to reach them there. One node alone has none (`cluster::single`);
+//! nodes sharing a Redis reach each other through it (`cluster::redis`).
 
 use crate::store::StoreError;
 use async_trait::async_trait;

@@ -3,7 +3,6 @@
 //! content (its dedup key) for its user in the ledger; a broadcast also claims it for its tag.
 
 use super::ledger::{DedupClaim, Ledger};
-use super::router::Submission;
 use crate::store::StoreError;
 use broker_config::{KindRule, QiuQiuAction, WeChatAction};
 use protocol::notification::{Notification, Route};
@@ -55,20 +54,20 @@ pub(super) struct Claimed {
 }
 
 /// Claims every notification's content for its user (and a broadcast's for its tag) in
-/// one call.
+/// one call; each notification comes with its kind's rule.
 pub(super) async fn claim_all(
     ledger: &dyn Ledger,
     window: std::time::Duration,
     can_broadcast: bool,
-    known: &[(usize, &KindRule, Submission)],
+    known: &[(&KindRule, &Notification)],
     now_ms: u64,
 ) -> Result<Claimed, StoreError> {
     let mut claims: Vec<DedupClaim> = known
         .iter()
-        .map(|(_, _, s)| DedupClaim {
-            user: s.notification.user.clone(),
-            key: dedup_key(&s.notification),
-            by: s.notification.id.clone(),
+        .map(|(_, notification)| DedupClaim {
+            user: notification.user.clone(),
+            key: dedup_key(notification),
+            by: notification.id.clone(),
         })
         .collect();
     // A broadcast is claimed for its tag too: one mass send per tag and content, whichever
@@ -76,8 +75,8 @@ pub(super) async fn claim_all(
     let broadcasts: Vec<Option<usize>> = known
         .iter()
         .enumerate()
-        .map(|(i, (_, rule, s))| {
-            let tag = s.notification.wechat_tag;
+        .map(|(i, (rule, notification))| {
+            let tag = notification.wechat_tag;
             let broadcasts = rule.wechat == WeChatAction::MassSend && can_broadcast;
             let tag = tag.filter(|_| broadcasts)?;
             let for_tag = DedupClaim {

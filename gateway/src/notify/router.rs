@@ -117,14 +117,12 @@ impl Router<'_> {
                 }
             }
         }
-        let claimed = dedup::claim_all(
-            self.ledger,
-            self.config.dedup_window,
-            self.can_broadcast,
-            &known,
-            now_ms,
-        )
-        .await;
+        let claiming: Vec<_> = (known.iter())
+            .map(|(_, rule, s)| (*rule, &s.notification))
+            .collect();
+        let window = self.config.dedup_window;
+        let claimed =
+            dedup::claim_all(self.ledger, window, self.can_broadcast, &claiming, now_ms).await;
         // Where each known submission's answer goes; the submissions themselves move into
         // their records.
         let places: Vec<usize> = known.iter().map(|(i, _, _)| *i).collect();
