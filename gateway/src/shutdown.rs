@@ -52,6 +52,24 @@ impl Shutdown {
         self.token.is_cancelled()
     }
 
+    /// Runs `work` every `period` (the first time at once; a late run delays the next rather
+    /// than bunching them) until shutdown. For the periodic tasks: sweepers, heartbeats.
+    pub async fn every<F, Work>(&self, period: Duration, mut work: F)
+    where
+        F: FnMut() -> Work,
+        Work: Future<Output = ()>,
+    {
+        let mut ticks = tokio::time::interval(period);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = ticks.tick() => {}
+                () = self.cancelled() => return,
+            }
+            work().await;
+        }
+    }
+
     /// Starts the shutdown: every task watching the token sees it at once.
     pub fn begin(&self) {
         self.token.cancel();

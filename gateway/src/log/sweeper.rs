@@ -8,24 +8,20 @@ use std::time::Duration;
 
 /// Sweeps until shutdown.
 pub async fn run(store: SharedStore, retention_age: Duration, every: Duration, shutdown: Shutdown) {
-    let mut ticks = tokio::time::interval(every);
-    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = ticks.tick() => {}
-            () = shutdown.cancelled() => return,
-        }
-        let cutoff = unix_millis().saturating_sub(retention_age.as_millis() as u64);
-        match store.sweep(cutoff).await {
-            Ok(report) if report != Default::default() => {
-                tracing::info!(
-                    expired = report.expired,
-                    purged = report.purged_contacts,
-                    "store swept"
-                )
+    shutdown
+        .every(every, || async {
+            let cutoff = unix_millis().saturating_sub(retention_age.as_millis() as u64);
+            match store.sweep(cutoff).await {
+                Ok(report) if report != Default::default() => {
+                    tracing::info!(
+                        expired = report.expired,
+                        purged = report.purged_contacts,
+                        "store swept"
+                    )
+                }
+                Ok(_) => {}
+                Err(e) => tracing::warn!("store sweep failed: {e}"),
             }
-            Ok(_) => {}
-            Err(e) => tracing::warn!("store sweep failed: {e}"),
-        }
-    }
+        })
+        .await;
 }

@@ -14,25 +14,21 @@ pub async fn run(
     every: Duration,
     shutdown: Shutdown,
 ) {
-    let mut ticks = tokio::time::interval(every);
-    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = ticks.tick() => {}
-            () = shutdown.cancelled() => return,
-        }
-        let now = unix_millis();
-        let records_before = now.saturating_sub(record_retention.as_millis() as u64);
-        match ledger.sweep(now, records_before).await {
-            Ok(swept) if swept != Default::default() => {
-                tracing::info!(
-                    claims = swept.claims,
-                    records = swept.records,
-                    "notification ledger swept"
-                )
+    shutdown
+        .every(every, || async {
+            let now = unix_millis();
+            let records_before = now.saturating_sub(record_retention.as_millis() as u64);
+            match ledger.sweep(now, records_before).await {
+                Ok(swept) if swept != Default::default() => {
+                    tracing::info!(
+                        claims = swept.claims,
+                        records = swept.records,
+                        "notification ledger swept"
+                    )
+                }
+                Ok(_) => {}
+                Err(e) => tracing::warn!("notification ledger sweep failed: {e}"),
             }
-            Ok(_) => {}
-            Err(e) => tracing::warn!("notification ledger sweep failed: {e}"),
-        }
-    }
+        })
+        .await;
 }

@@ -114,21 +114,18 @@ impl RedisNodes {
 
     /// Keeps this node alive in Redis and reaps dead nodes, every `store.node_heartbeat`.
     async fn run_heartbeat(self: Arc<Self>, registry: Arc<Registry>, shutdown: Shutdown) {
-        let mut every = tokio::time::interval(self.heartbeat);
-        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                _ = every.tick() => {}
-                () = shutdown.cancelled() => return,
-            }
-            if let Err(e) = liveness::renew(&self.redis, &self.node, self.timeout).await {
-                tracing::warn!("cannot renew this node's liveness in Redis: {e}");
-                continue;
-            }
-            if let Err(e) = liveness::reap(&self.redis, &self.node, self.timeout, &registry).await {
-                tracing::warn!("cannot check the other nodes' liveness: {e}");
-            }
-        }
+        shutdown
+            .every(self.heartbeat, || async {
+                if let Err(e) = liveness::renew(&self.redis, &self.node, self.timeout).await {
+                    tracing::warn!("cannot renew this node's liveness in Redis: {e}");
+                    return;
+                }
+                let reaped = liveness::reap(&self.redis, &self.node, self.timeout, &registry);
+                if let Err(e) = reaped.await {
+                    tracing::warn!("cannot check the other nodes' liveness: {e}");
+                }
+            })
+            .await;
     }
 }
 
