@@ -1,13 +1,12 @@
-//! Starting and stopping the gateway binary.
+//! Starting and stopping the gateway binary for a test (the process itself is
+//! [`loadtest::gateway_process`], shared with the load generator), and what tests ask of it.
 
-use anyhow::{bail, Context, Result};
+use anyhow::Result;
+use loadtest::gateway_process::{run_subcommand, GatewayProcess};
 use protocol::envelope::Platform;
 use serde_json::Value;
-use std::net::SocketAddr;
+use std::ffi::OsString;
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::{Child, Command};
 
 /// How to start a gateway for a test.
 #[derive(Default, Clone)]
@@ -30,18 +29,22 @@ impl Options {
     }
 }
 
+/// A gateway started for a test: the process (addresses, API key, data dir, read straight off
+/// this handle through `Deref`) with what tests add to it, the dev certificate and an HTTP
+/// client for the API.
 pub struct TestGateway {
-    child: Child,
-    pub data_dir: tempfile::TempDir,
-    pub mqtt: SocketAddr,
-    pub mqtt_ws: SocketAddr,
-    pub http: SocketAddr,
-    pub mqtt_tls: Option<SocketAddr>,
-    pub mqtt_wss: Option<SocketAddr>,
+    process: GatewayProcess,
     /// The dev certificate (PEM), when started with TLS.
     pub ca_pem: Option<Vec<u8>>,
-    pub api_key: String,
     http_client: reqwest::Client,
+}
+
+impl std::ops::Deref for TestGateway {
+    type Target = GatewayProcess;
+
+    fn deref(&self) -> &GatewayProcess {
+        &self.process
+    }
 }
 
 /// The gateway binary under test.
@@ -66,20 +69,7 @@ pub fn binary() -> PathBuf {
 
 /// Runs a `gateway` subcommand with the given data dir and returns its stdout.
 pub fn run_cli(data_dir: &Path, args: &[&str]) -> Result<String> {
-    let output = std::process::Command::new(binary())
-        .args(args)
-        .arg("--data-dir")
-        .arg(data_dir)
-        .output()
-        .context("running gateway")?;
-    if !output.status.success() {
-        bail!(
-            "gateway {args:?} failed: {}{}",
-            String::from_utf8_lossy(&output.stdout),
-            String::from_utf8_lossy(&output.stderr)
-        );
-    }
-    Ok(String::from_utf8(output.stdout)?.trim().to_string())
+    run_subcommand(&binary(), data_dir, args)
 }
 
 impl TestGateway {
@@ -95,56 +85,28 @@ impl TestGateway {
 
     /// Starts (or restarts) a gateway on an existing data dir.
     pub async fn try_start(options: Options, data_dir: tempfile::TempDir) -> Result<Self> {
-        let mut command = Command::new(binary());
-        command
-            .arg("serve")
-            .arg("--data-dir")
-            .arg(data_dir.path())
-            .env("RUST_LOG", "warn")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .kill_on_drop(true);
-        for listener in ["MQTT", "MQTT_WS", "HTTP", "MQTT_TLS", "MQTT_WSS"] {
-            command.env(format!("GATEWAY__LISTENERS__{listener}"), "127.0.0.1:0");
-        }
+        let mut env: Vec<(String, OsString)> = Vec::new();
         let mut ca_pem = None;
         if options.tls {
             run_cli(data_dir.path(), &["dev-cert"])?;
-            command
-                .env("GATEWAY__TLS__CERT", data_dir.path().join("cert.pem"))
-                .env("GATEWAY__TLS__KEY", data_dir.path().join("key.pem"));
+            for (key, file) in [("CERT", "cert.pem"), ("KEY", "key.pem")] {
+                env.push((
+                    format!("GATEWAY__TLS__{key}"),
+                    data_dir.path().join(file).into(),
+                ));
+            }
             ca_pem = Some(std::fs::read(data_dir.path().join("cert.pem"))?);
         }
-        for (key, value) in &options.env {
-            command.env(format!("GATEWAY__{key}"), value);
-        }
-        let mut child = command.spawn().context("spawning the gateway")?;
-        let stdout = child.stdout.take().expect("piped stdout");
-        let mut lines = BufReader::new(stdout).lines();
-        let line = tokio::time::timeout(crate::PATIENCE * 3, lines.next_line())
-            .await
-            .context("gateway did not report its listeners in time")??
-            .context("gateway exited before listening")?;
-        // Keep draining stdout so the gateway never blocks on a full pipe.
-        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-        let listening: Value = serde_json::from_str(&line).context("listening line")?;
-        let addr = |name: &str| -> Option<SocketAddr> {
-            listening["listening"][name]
-                .as_str()
-                .and_then(|s| s.parse().ok())
-        };
-        let api_key = run_cli(data_dir.path(), &["api-key"])?;
+        // After the TLS files, so that a test can override them too.
+        env.extend(
+            options
+                .env
+                .into_iter()
+                .map(|(key, value)| (format!("GATEWAY__{key}"), value.into())),
+        );
         Ok(Self {
-            mqtt: addr("mqtt").context("mqtt address")?,
-            mqtt_ws: addr("mqtt_ws").context("mqtt_ws address")?,
-            http: addr("http").context("http address")?,
-            mqtt_tls: addr("mqtt_tls"),
-            mqtt_wss: addr("mqtt_wss"),
-            child,
-            data_dir,
+            process: GatewayProcess::start(&binary(), data_dir, env).await?,
             ca_pem,
-            api_key,
             http_client: reqwest::Client::new(),
         })
     }
@@ -246,8 +208,7 @@ impl TestGateway {
 
     /// Kills the gateway (SIGKILL: nothing is flushed or said), keeping its data dir for a
     /// restart.
-    pub async fn stop(mut self) -> tempfile::TempDir {
-        let _ = self.child.kill().await;
-        self.data_dir
+    pub async fn stop(self) -> tempfile::TempDir {
+        self.process.stop().await
     }
 }

@@ -21,7 +21,6 @@ mod gateway_env;
 mod load;
 mod rate_check;
 mod report;
-mod started_gateway;
 mod submitter;
 mod tally;
 
@@ -33,9 +32,9 @@ use clap::{Args, ValueEnum};
 use doubles::Doubles;
 use gateway_env::gateway_env;
 use load::load;
+use loadtest::gateway_process::GatewayProcess;
 use report::NotifyResult;
 use serde::Serialize;
-use started_gateway::StartedGateway;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -184,14 +183,20 @@ pub async fn run_cmd(cmd: &NotifyCmd) -> Result<NotifyResult> {
     let started = match &cmd.start_gateway {
         Some(binary) => {
             let env = gateway_env(&doubles.wechat.base_url(), &doubles.qiuqiu.base_url(), rate);
-            let gateway = StartedGateway::start(binary, &env).await?;
-            eprintln!("notify: started {} on {}", binary.display(), gateway.http);
+            let data_dir = tempfile::tempdir().context("creating the gateway's data dir")?;
+            let gateway =
+                GatewayProcess::start(binary, data_dir, env.iter().map(|(k, v)| (k, v))).await?;
+            eprintln!(
+                "notify: started {} on http://{}",
+                binary.display(),
+                gateway.http
+            );
             Some(gateway)
         }
         None => None,
     };
     let (base, api_key) = match &started {
-        Some(gateway) => (gateway.http.clone(), gateway.api_key.clone()),
+        Some(gateway) => (format!("http://{}", gateway.http), gateway.api_key.clone()),
         None => (
             cmd.http.clone(),
             cmd.api_key
@@ -201,7 +206,7 @@ pub async fn run_cmd(cmd: &NotifyCmd) -> Result<NotifyResult> {
     };
     let api = Api::new(&base, api_key, cmd.concurrency as usize)?;
     let gateway_pid = match &started {
-        Some(gateway) => gateway.child.id(),
+        Some(gateway) => gateway.pid(),
         None => loopback_url(&base, "--http")?
             .port_or_known_default()
             .and_then(pid_listening_on),
@@ -213,7 +218,8 @@ pub async fn run_cmd(cmd: &NotifyCmd) -> Result<NotifyResult> {
     )
     .await;
     if let Some(gateway) = started {
-        gateway.stop().await;
+        // Its data dir goes with it: nothing of a load run is kept.
+        drop(gateway.stop().await);
     }
     let (setup_seconds, submission, delivery, rate_check) = outcome
         .with_context(|| format!("the run took longer than --timeout {:?}", cmd.timeout))??;
