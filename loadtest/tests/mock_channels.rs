@@ -1,6 +1,7 @@
 //! The provider doubles, exercised over real HTTP the way the gateway's channels will call them.
 
 use axum::routing::post;
+use gateway::infra::time::unix_millis;
 use loadtest::mock_channels::qiuqiu::{self, Audience, PushMessage};
 use loadtest::mock_channels::wechat::{IdSet, SendKind};
 use loadtest::mock_channels::{QiuQiuDouble, WeChatConfig, WeChatDouble};
@@ -450,16 +451,9 @@ async fn auth_with(qiuqiu: &QiuQiuDouble, sign: String, timestamp: Value) -> Val
     .await
 }
 
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as u64
-}
-
 async fn qiuqiu_token(qiuqiu: &QiuQiuDouble) -> String {
     let config = qiuqiu.config();
-    let timestamp = now_ms().to_string();
+    let timestamp = unix_millis().to_string();
     let sign = qiuqiu::sign(&config.app_key, &timestamp, &config.master_secret);
     let reply = auth_with(qiuqiu, sign, json!(timestamp)).await;
     reply["data"]["token"]
@@ -501,7 +495,7 @@ fn code(reply: &Value) -> i64 {
 async fn qiuqiu_auth_checks_the_sign() {
     let qiuqiu = QiuQiuDouble::start().await;
     let config = qiuqiu.config();
-    let timestamp = now_ms();
+    let timestamp = unix_millis();
     let good = qiuqiu::sign(
         &config.app_key,
         &timestamp.to_string(),

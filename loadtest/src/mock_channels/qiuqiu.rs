@@ -11,12 +11,13 @@
 //! configuration error, not worth retrying); 10003 / 10005 per-minute limits; 20001 parameter
 //! error.
 
-use super::server::{lock, random_hex, unix_millis, Double, Injection, Provider};
+use super::server::{lock, random_hex, Double, Injection, Provider};
 use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::HeaderMap;
 use axum::routing::post;
 use axum::{Json, Router};
+use gateway::infra::time::unix_millis;
 use serde::Deserialize;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};

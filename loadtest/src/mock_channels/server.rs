@@ -141,14 +141,6 @@ pub(crate) fn random_hex(len: usize) -> String {
         .collect()
 }
 
-/// Milliseconds since the Unix epoch.
-pub(crate) fn unix_millis() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|elapsed| elapsed.as_millis() as u64)
-        .unwrap_or(0)
-}
-
 /// What a provider double's state gives the handle both doubles share ([`Double`]).
 pub trait Provider: std::fmt::Debug + Send + 'static {
     type Config: Clone + Default;

@@ -287,7 +287,7 @@ async fn post_event(
     original_id: &str,
     event: &str,
 ) -> reqwest::Result<reqwest::Response> {
-    let create_time = super::server::unix_millis() / 1000;
+    let create_time = gateway::infra::time::unix_seconds();
     let xml = format!(
         "<xml><ToUserName><![CDATA[{original_id}]]></ToUserName>\
          <CreateTime>{create_time}</CreateTime>\
