@@ -8,7 +8,8 @@
 //! CONNECT encoded by rumqttc's codec, reads the CONNACK, and then only answers the keep-alive
 //! contract: a PINGREQ every keep-alive interval, and whatever the broker sends is discarded.
 
-use crate::device::lean_websocket;
+mod connection;
+
 use crate::pacer::Pacer;
 use crate::payload::now_ns;
 use crate::procfs;
@@ -16,41 +17,26 @@ use crate::progress::{spawn_reporter, Counter};
 use crate::report::{
     describe_errors, print_verdict, thousands, ErrorCount, ErrorTally, Failure, Outcome, Table,
 };
-use crate::stop::stopped;
-use crate::target::{Credentials, Target, TargetArgs, TargetKind};
+use crate::target::{Target, TargetArgs, TargetKind};
 use anyhow::{bail, Context, Result};
-use bytes::{Bytes, BytesMut};
+use bytes::BytesMut;
 use clap::{Args, ValueEnum};
-use futures_util::{SinkExt, StreamExt};
-use nix::sys::socket::sockopt::IpBindAddressNoPort;
-use protocol::frames::ServerFrame;
-use rumqttc::mqttbytes::v4::{ConnAck, Connect, ConnectReturnCode, Packet};
+use connection::Connection;
+use rumqttc::mqttbytes::v4::Packet;
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::net::{TcpSocket, TcpStream};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
-use tokio::time::{interval_at, sleep, timeout, timeout_at, Instant};
-use tokio_rustls::client::TlsStream;
-use tokio_rustls::rustls::pki_types::ServerName;
+use tokio::time::{sleep, timeout_at, Instant};
 use tokio_rustls::TlsConnector;
-use tokio_tungstenite::client_async_with_config;
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-use tokio_tungstenite::tungstenite::http::header::SEC_WEBSOCKET_PROTOCOL;
-use tokio_tungstenite::tungstenite::http::HeaderValue;
-use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::WebSocketStream;
 
 /// Connections per source address when `--source-ips` is not given: well under the ~28k
 /// ephemeral ports Linux hands out per address by default.
 const CONNECTIONS_PER_SOURCE: u64 = 20_000;
-/// A CONNACK is 4 bytes; a broker needing more reads than this is not sending one.
-const MAX_HANDSHAKE_READS: usize = 8;
 const MAX_PACKET: usize = 1024;
 const DEVICE: &str = "d0";
 /// How often the handshake phase looks at the counters.
@@ -410,275 +396,9 @@ fn source_addr(target: SocketAddr, block: u8, k: u64) -> IpAddr {
     }
 }
 
-/// One idle client connection.
-struct Connection {
-    source: IpAddr,
-    destination: Destination,
-    keepalive: Duration,
-    connect_timeout: Duration,
-    ping: Bytes,
-    stats: Arc<Stats>,
-    stop: watch::Receiver<bool>,
-}
-
-impl Connection {
-    async fn run(mut self, credentials: Credentials) {
-        let held = match self.handshake(credentials).await {
-            Ok(held) => held,
-            Err(failure) => return self.stats.fail(failure),
-        };
-        self.stats.established.add(1);
-        self.stats
-            .last_connack_ns
-            .fetch_max(now_ns(), Ordering::Relaxed);
-        self.hold(held).await;
-    }
-
-    async fn handshake(&self, credentials: Credentials) -> Result<Held, Failure> {
-        let target = self.destination.addr;
-        let socket = match self.source {
-            IpAddr::V4(_) => TcpSocket::new_v4(),
-            IpAddr::V6(_) => TcpSocket::new_v6(),
-        }
-        .map_err(|e| Failure::io("socket", e))?;
-        // Binding a source address picks the port before the destination is known, so without
-        // SO_REUSEADDR the ports still in TIME_WAIT from an earlier round are refused (AddrInUse).
-        socket
-            .set_reuseaddr(true)
-            .map_err(|e| Failure::io("socket", e))?;
-        // Without this, binding to port 0 picks a free port by scanning every port bound on the
-        // address: the tool's own CPU then limited the connect rate (1,000/s at 19,000 held).
-        // With it the port is picked at connect time from the 4-tuple, as for unbound sockets.
-        if self.source.is_ipv4() {
-            nix::sys::socket::setsockopt(&socket, IpBindAddressNoPort, &true)
-                .map_err(|e| Failure::io("socket", e.into()))?;
-        }
-        socket
-            .bind(SocketAddr::new(self.source, 0))
-            .map_err(|e| Failure::io("bind", e))?;
-        let stream = match timeout(self.connect_timeout, socket.connect(target)).await {
-            Ok(Ok(stream)) => stream,
-            Ok(Err(e)) => return Err(Failure::io("tcp_connect", e)),
-            Err(_) => return Err(Failure::new("tcp_connect: timeout", target)),
-        };
-        // Best effort: a missing TCP_NODELAY only delays the tiny keep-alive packets.
-        let _ = stream.set_nodelay(true);
-        let login = async {
-            match self.destination.transport {
-                ConnectTransport::Mqtt => self.mqtt_login(stream, credentials).await,
-                ConnectTransport::MqttTls => self.mqtt_tls_login(stream, credentials).await,
-                ConnectTransport::MqttWs => self.mqtt_ws_login(stream, credentials).await,
-                ConnectTransport::JsonWs => self.json_login(stream, credentials).await,
-            }
-        };
-        match timeout(self.connect_timeout, login).await {
-            Ok(held) => held,
-            Err(_) => Err(Failure::new("login: timeout", target)),
-        }
-    }
-
-    fn connect_packet(&self, credentials: Credentials) -> Result<BytesMut, Failure> {
-        let mut connect = Connect::new(credentials.client_id);
-        connect.keep_alive = self.keepalive.as_secs() as u16;
-        if let Some((user, password)) = credentials.login {
-            connect.set_login(user, password);
-        }
-        let mut out = BytesMut::new();
-        Packet::Connect(connect)
-            .write(&mut out, usize::MAX)
-            .map_err(|e| Failure::new("encode", e))?;
-        Ok(out)
-    }
-
-    async fn mqtt_login(
-        &self,
-        stream: TcpStream,
-        credentials: Credentials,
-    ) -> Result<Held, Failure> {
-        let stream = self.mqtt_handshake(stream, credentials).await?;
-        Ok(Held::Mqtt(stream))
-    }
-
-    async fn mqtt_tls_login(
-        &self,
-        stream: TcpStream,
-        credentials: Credentials,
-    ) -> Result<Held, Failure> {
-        let connector = self
-            .destination
-            .tls
-            .as_ref()
-            .expect("TLS destinations have one");
-        let name = ServerName::IpAddress(self.destination.addr.ip().into());
-        let stream = connector
-            .connect(name, stream)
-            .await
-            .map_err(|e| Failure::io("tls", e))?;
-        let stream = self.mqtt_handshake(stream, credentials).await?;
-        Ok(Held::MqttTls(Box::new(stream)))
-    }
-
-    /// Sends CONNECT on `stream` and reads the CONNACK; the stream once the broker accepted.
-    async fn mqtt_handshake<S: AsyncRead + AsyncWrite + Unpin>(
-        &self,
-        mut stream: S,
-        credentials: Credentials,
-    ) -> Result<S, Failure> {
-        let out = self.connect_packet(credentials)?;
-        stream
-            .write_all(&out)
-            .await
-            .map_err(|e| Failure::io("write", e))?;
-        let mut input = BytesMut::with_capacity(16);
-        for _ in 0..MAX_HANDSHAKE_READS {
-            if let Some(ack) = read_connack(&mut input)? {
-                return accepted(ack).map(|()| stream);
-            }
-            match stream.read_buf(&mut input).await {
-                Ok(0) => return Err(Failure::new("closed before connack", "connection closed")),
-                Ok(_) => {}
-                Err(e) => return Err(Failure::io("read", e)),
-            }
-        }
-        Err(Failure::new("protocol", "no complete CONNACK"))
-    }
-
-    async fn mqtt_ws_login(
-        &self,
-        stream: TcpStream,
-        credentials: Credentials,
-    ) -> Result<Held, Failure> {
-        let mut request = self
-            .destination
-            .url
-            .as_str()
-            .into_client_request()
-            .map_err(|e| Failure::new("websocket", e))?;
-        request
-            .headers_mut()
-            .insert(SEC_WEBSOCKET_PROTOCOL, HeaderValue::from_static("mqtt"));
-        let (mut ws, _) = client_async_with_config(request, stream, Some(lean_websocket()))
-            .await
-            .map_err(|e| Failure::new("websocket upgrade", e))?;
-        let out = self.connect_packet(credentials)?;
-        ws.send(Message::Binary(out.freeze()))
-            .await
-            .map_err(|e| Failure::new("websocket", e))?;
-        let mut input = BytesMut::with_capacity(16);
-        for _ in 0..MAX_HANDSHAKE_READS {
-            if let Some(ack) = read_connack(&mut input)? {
-                return accepted(ack).map(|()| Held::MqttWs(Box::new(ws)));
-            }
-            match ws.next().await {
-                Some(Ok(Message::Binary(bytes))) => input.extend_from_slice(&bytes),
-                Some(Ok(_)) => {}
-                Some(Err(e)) => return Err(Failure::new("websocket", e)),
-                None => return Err(Failure::new("closed before connack", "socket ended")),
-            }
-        }
-        Err(Failure::new("protocol", "no complete CONNACK"))
-    }
-
-    async fn json_login(
-        &self,
-        stream: TcpStream,
-        credentials: Credentials,
-    ) -> Result<Held, Failure> {
-        let token = credentials
-            .login
-            .map(|(_, token)| token)
-            .ok_or_else(|| Failure::new("login", "the JSON bridge needs a device token"))?;
-        let url = format!("{}?token={token}", self.destination.url);
-        let (mut ws, _) = client_async_with_config(url, stream, Some(lean_websocket()))
-            .await
-            .map_err(|e| Failure::new("websocket upgrade", e))?;
-        for _ in 0..MAX_HANDSHAKE_READS {
-            match ws.next().await {
-                Some(Ok(Message::Text(text))) => {
-                    return match serde_json::from_str(&text) {
-                        Ok(ServerFrame::Ok { .. }) => Ok(Held::JsonWs(Box::new(ws))),
-                        Ok(ServerFrame::Error { code, message, .. }) => Err(Failure::new(
-                            format!("login: {code:?}"),
-                            format!("refused: {message}"),
-                        )),
-                        _ => Err(Failure::new("protocol", format!("expected ok, got {text}"))),
-                    };
-                }
-                Some(Ok(_)) => {}
-                Some(Err(e)) => return Err(Failure::new("websocket", e)),
-                None => return Err(Failure::new("closed before ok", "socket ended")),
-            }
-        }
-        Err(Failure::new("protocol", "no answer to the login"))
-    }
-
-    /// Idles until told to stop: a ping every keep-alive interval (PINGREQ, or a JSON `ping`),
-    /// whatever arrives discarded (WebSocket pings are answered as they are read).
-    async fn hold(&mut self, mut held: Held) {
-        let mut pings = interval_at(Instant::now() + self.keepalive, self.keepalive);
-        let mut scratch = [0u8; 16];
-        loop {
-            let alive = tokio::select! {
-                _ = stopped(&mut self.stop) => return,
-                _ = pings.tick() => match &mut held {
-                    Held::Mqtt(stream) => stream.write_all(&self.ping).await.is_ok(),
-                    Held::MqttTls(stream) => stream.write_all(&self.ping).await.is_ok(),
-                    Held::MqttWs(ws) => ws.send(Message::Binary(self.ping.clone())).await.is_ok(),
-                    Held::JsonWs(ws) => ws.send(Message::Text(JSON_PING.into())).await.is_ok(),
-                },
-                alive = async {
-                    match &mut held {
-                        Held::Mqtt(stream) => matches!(stream.read(&mut scratch).await, Ok(n) if n > 0),
-                        Held::MqttTls(stream) => matches!(stream.read(&mut scratch).await, Ok(n) if n > 0),
-                        Held::MqttWs(ws) | Held::JsonWs(ws) => {
-                            !matches!(ws.next().await, None | Some(Err(_)) | Some(Ok(Message::Close(_))))
-                        }
-                    }
-                } => alive,
-            };
-            if !alive {
-                return self.stats.dropped.add(1);
-            }
-        }
-    }
-}
-
-/// An established connection, held idle.
-enum Held {
-    Mqtt(TcpStream),
-    MqttTls(Box<TlsStream<TcpStream>>),
-    MqttWs(Box<WebSocketStream<TcpStream>>),
-    JsonWs(Box<WebSocketStream<TcpStream>>),
-}
-
-const JSON_PING: &str = r#"{"op":"ping"}"#;
-
 /// A TLS client trusting the certificates in the PEM file `ca`.
 fn tls_connector(ca: &std::path::Path) -> Result<TlsConnector> {
     Ok(TlsConnector::from(crate::target::tls_client_config(ca)?))
-}
-
-/// The CONNACK at the start of `input`, `None` until it is complete.
-fn read_connack(input: &mut BytesMut) -> Result<Option<ConnAck>, Failure> {
-    match Packet::read(input, MAX_PACKET) {
-        Ok(Packet::ConnAck(ack)) => Ok(Some(ack)),
-        Ok(other) => Err(Failure::new(
-            "protocol",
-            format!("expected CONNACK, got {other:?}"),
-        )),
-        Err(rumqttc::mqttbytes::Error::InsufficientBytes(_)) => Ok(None),
-        Err(e) => Err(Failure::new("protocol", e)),
-    }
-}
-
-fn accepted(ack: ConnAck) -> Result<(), Failure> {
-    if ack.code == ConnectReturnCode::Success {
-        return Ok(());
-    }
-    Err(Failure::new(
-        format!("connack: {:?}", ack.code),
-        format!("broker refused: {:?}", ack.code),
-    ))
 }
 
 impl ConnectResult {
