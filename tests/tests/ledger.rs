@@ -1,6 +1,9 @@
 //! The notification ledger's conformance suite: the same tests against every backend, through
 //! the `Ledger` trait, and what only a ledger shared by several nodes must also guarantee. The
 //! Redis backend runs against a real `redis-server` started on a free port.
+//!
+//! It is long because it is one suite: every test runs against every backend on the same
+//! fixtures, and what only one backend or several nodes must guarantee sits beside them.
 
 use broker_config::Notify;
 use e2e::redis_server::RedisServer;

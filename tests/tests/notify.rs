@@ -1,6 +1,9 @@
 //! Notification routing through the real binary, with the WeChat and 球球 push test doubles as
 //! real HTTP servers: the rule of each kind, dedup, quiet hours, consent, retries, token expiry
 //! and quota parking, counted at the doubles.
+//!
+//! It is long because it is one scenario, a test per routing behaviour, all on the same set-up
+//! (the binary pointed at both doubles, users made reachable, records awaited until settled).
 
 use e2e::device::Device;
 use e2e::{Options, TestGateway, PATIENCE};

@@ -2,6 +2,10 @@
 //! recording holds (and never holds), that the shipped sample replays cleanly against a fresh
 //! gateway, and that a replay whose checks fail exits non-zero naming the failure.
 //!
+//! It is long because recording and replay are one round trip: the conversation the recording
+//! test makes (`chat`) is what the shipped sample, which the replay tests play back, is recorded
+//! from.
+//!
 //! The sample `loadtest/samples/chat.jsonl` is made by the ignored test `record_the_sample`:
 //! `cargo build -p gateway -p loadtest && cargo test -p e2e --test record_replay -- --ignored`.
 //! The `loadtest` binary is found beside the gateway's (`scripts/test` builds both).
