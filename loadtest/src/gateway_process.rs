@@ -119,6 +119,42 @@ impl GatewayProcess {
     }
 }
 
+/// How a gateway ended after [`GatewayProcess::terminate`].
+pub struct Terminated {
+    pub status: std::process::ExitStatus,
+    /// From the signal to the process's exit.
+    pub took: Duration,
+    /// Kept for a restart on it.
+    pub data_dir: TempDir,
+}
+
+/// The longest a terminated gateway is waited for before it is killed: beyond any configured
+/// shutdown grace a test uses; this bounds a hang, it does not measure anything.
+const EXIT_TIMEOUT: Duration = Duration::from_secs(60);
+
+impl GatewayProcess {
+    /// Asks the gateway to shut down (SIGTERM) and waits for it to exit.
+    pub async fn terminate(mut self) -> Result<Terminated> {
+        let pid = self.child.id().context("the gateway has exited already")?;
+        let pid = nix::unistd::Pid::from_raw(i32::try_from(pid)?);
+        let started = std::time::Instant::now();
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM)
+            .context("sending SIGTERM to the gateway")?;
+        let status = match tokio::time::timeout(EXIT_TIMEOUT, self.child.wait()).await {
+            Ok(status) => status?,
+            Err(_) => {
+                let _ = self.child.kill().await;
+                bail!("the gateway did not exit within {EXIT_TIMEOUT:?} of SIGTERM");
+            }
+        };
+        Ok(Terminated {
+            status,
+            took: started.elapsed(),
+            data_dir: self.data_dir,
+        })
+    }
+}
+
 /// Runs a one-shot `gateway` subcommand (`api-key`, `token`, `dev-cert`, ...) on `data_dir` and
 /// returns its stdout, trimmed; its stdout and stderr are the error when it fails.
 pub fn run_subcommand(binary: &Path, data_dir: &Path, args: &[&str]) -> Result<String> {

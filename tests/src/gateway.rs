@@ -211,4 +211,9 @@ impl TestGateway {
     pub async fn stop(self) -> tempfile::TempDir {
         self.process.stop().await
     }
+
+    /// Shuts the gateway down as an operator would (SIGTERM) and waits for it to exit.
+    pub async fn terminate(self) -> loadtest::gateway_process::Terminated {
+        self.process.terminate().await.expect("the gateway exits")
+    }
 }
