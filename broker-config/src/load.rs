@@ -142,6 +142,21 @@ impl Config {
             "limits.shutdown_grace",
             "must be at least 100ms",
         );
+        check(
+            l.receive_maximum >= 1,
+            "limits.receive_maximum",
+            "must be at least 1",
+        );
+        check(
+            self.sessions.max_queued >= 1,
+            "sessions.max_queued",
+            "must be at least 1",
+        );
+        check(
+            self.sessions.max_expiry.as_secs() <= u32::MAX as u64,
+            "sessions.max_expiry",
+            "must be at most 4294967295s (MQTT's longest session expiry)",
+        );
         if let Some(secret) = &self.auth.token_secret {
             check(
                 secret.len() >= 32,

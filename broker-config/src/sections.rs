@@ -104,6 +104,14 @@ pub struct Limits {
     /// the requests in flight and make them durable before it exits anyway.
     #[serde(with = "humantime_serde")]
     pub shutdown_grace: Duration,
+    /// QoS 1 and 2 publishes one client may have unanswered (MQTT 5 Receive Maximum, told in
+    /// CONNACK): the gateway stops reading while that many are being stored, and disconnects
+    /// a client that sends more.
+    pub receive_maximum: u16,
+    /// Topic aliases a v5 client may use towards the gateway (Topic Alias Maximum).
+    pub topic_alias_maximum: u16,
+    /// Topics holding a retained message; past it, retaining on a new topic is refused.
+    pub max_retained: usize,
 }
 
 impl Default for Limits {
@@ -120,6 +128,9 @@ impl Default for Limits {
             ws_ping_interval: Duration::from_secs(30),
             http_max_body: 1024 * 1024,
             shutdown_grace: Duration::from_secs(10),
+            receive_maximum: 64,
+            topic_alias_maximum: 16,
+            max_retained: 100_000,
         }
     }
 }
@@ -139,6 +150,10 @@ pub struct Auth {
     /// Lifetime of tokens made by `gateway token` when `--ttl` is not given.
     #[serde(with = "humantime_serde")]
     pub default_token_ttl: Duration,
+    /// Topics (or filters) anonymous clients may neither subscribe to nor publish on, refused
+    /// without saying why (MQTT 5 reason 0x80, "unspecified"), as a broker that does not tell
+    /// which topics exist. For dev setups that mirror a production ACL.
+    pub anonymous_withheld: Vec<String>,
 }
 
 impl Default for Auth {
@@ -148,6 +163,7 @@ impl Default for Auth {
             token_secret: None,
             api_keys: Vec::new(),
             default_token_ttl: Duration::from_secs(24 * 3600),
+            anonymous_withheld: Vec::new(),
         }
     }
 }
@@ -174,6 +190,14 @@ pub struct Sessions {
     /// How long a new device may wait for approval before it is disconnected.
     #[serde(with = "humantime_serde")]
     pub approval_timeout: Duration,
+    /// The longest an MQTT session is kept while its client is away: a 3.1.1 client with
+    /// `clean_session = 0` gets this, a v5 client what it asks for up to this.
+    #[serde(with = "humantime_serde")]
+    pub max_expiry: Duration,
+    /// QoS 1 and 2 messages on topics outside the user's log (`pub/…`, dev mode) queued for
+    /// a session while its client is away; past it the oldest go. A device's inbox needs no
+    /// queue: the user's log is its queue.
+    pub max_queued: usize,
 }
 
 impl Default for Sessions {
@@ -182,6 +206,8 @@ impl Default for Sessions {
             device_policy: DevicePolicy::AllActive,
             new_device_approval: false,
             approval_timeout: Duration::from_secs(5 * 60),
+            max_expiry: Duration::from_secs(7 * 24 * 3600),
+            max_queued: 1000,
         }
     }
 }

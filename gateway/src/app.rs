@@ -21,6 +21,8 @@ use crate::live::hub::Hub;
 use crate::live::known_devices::KnownDevices;
 use crate::live::link::LinkIds;
 use crate::live::registry::Registry;
+use crate::live::retained::Retained;
+use crate::live::sessions::Sessions;
 use crate::live::signals::Signals;
 use crate::live::user_topics::UserTopics;
 use crate::log::accept::Messages;
@@ -45,8 +47,12 @@ use std::io::Write;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
+use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::time::Instant;
+
+/// How often sessions whose clients stayed away past their expiry are forgotten.
+const SESSION_SWEEP: Duration = Duration::from_secs(60);
 
 /// The running gateway's parts that shutdown has to reach.
 pub struct App {
@@ -80,13 +86,17 @@ impl App {
             api_keys: secrets::api_keys(&config, data)?,
             allow_anonymous: config.auth.allow_anonymous,
             notify_topic: config.notify.mqtt_topic.clone(),
+            anonymous_withheld: config.auth.anonymous_withheld.clone(),
         });
         let keys = Arc::new(KeyRing::configured_or_generated(
             &config.store.encryption_keys,
             data,
         )?);
         let cluster = cluster::join(&config.store).await?;
-        let hub = Arc::new(Hub::new(metrics.dropped_deliveries.clone()));
+        let hub = Arc::new(Hub::new(
+            metrics.dropped_deliveries.clone(),
+            metrics.deferred_deliveries.clone(),
+        ));
         let topics = Arc::new(UserTopics::new(
             hub.clone(),
             cluster.clone(),
@@ -107,6 +117,17 @@ impl App {
             metrics.store_failures.clone(),
         ));
         let ledger = open_ledger(&config, data, keys).await?;
+        let retained = Arc::new(Retained::load(store.clone(), config.limits.max_retained).await?);
+        let link_ids = Arc::new(LinkIds::default());
+        let sessions = Arc::new(Sessions::new(
+            store.clone(),
+            hub.clone(),
+            link_ids.clone(),
+            config.sessions.clone(),
+            config.limits.outbox_capacity,
+            metrics.session_queue_dropped.clone(),
+            shutdown.clone(),
+        ));
         let notifications = Arc::new(Notifications::new(
             config.notify.clone(),
             config.channels.clone(),
@@ -121,9 +142,11 @@ impl App {
             limits: config.limits.clone(),
             roaming: config.roaming.clone(),
             auth: auth.clone(),
-            link_ids: LinkIds::default(),
+            link_ids,
             registry: registry.clone(),
             hub: hub.clone(),
+            retained,
+            sessions,
             signals: signals.clone(),
             messages: messages.clone(),
             store: store.clone(),
@@ -166,7 +189,7 @@ impl App {
         writeln!(stdout, "{}", serde_json::json!({ "listening": bound }))?;
         stdout.flush()?;
         drop(stdout);
-        self.start_background();
+        self.start_background().await;
         termination().await;
         Ok(self.stop().await)
     }
@@ -208,8 +231,28 @@ impl App {
 
     /// The work that runs beside the listeners until shutdown: the sweepers, the notification
     /// worker and the cluster's.
-    fn start_background(&self) {
+    async fn start_background(&self) {
         let (config, shutdown) = (&self.config, &self.shutdown);
+        let sessions = self.front.sessions.clone();
+        match sessions.take_up_kept().await {
+            Ok(0) => {}
+            Ok(parked) => tracing::info!(
+                parked,
+                "took up the MQTT sessions kept while their clients are away"
+            ),
+            Err(e) => tracing::warn!("the kept MQTT sessions could not be read: {e}"),
+        }
+        shutdown.spawn({
+            let (sessions, shutdown) = (sessions.clone(), shutdown.clone());
+            async move {
+                shutdown
+                    .every(SESSION_SWEEP, || {
+                        let sessions = sessions.clone();
+                        async move { sessions.sweep().await }
+                    })
+                    .await
+            }
+        });
         shutdown.spawn(crate::log::sweeper::run(
             self.front.store.clone(),
             config.roaming.retention_age,
@@ -226,7 +269,7 @@ impl App {
         let registry = self.front.registry.clone();
         self.cluster
             .clone()
-            .start(registry, self.hub.clone(), shutdown);
+            .start(registry, self.hub.clone(), sessions, shutdown);
     }
 
     /// Stops accepting, tells every client the server is going away (MQTT 5 DISCONNECT 0x8B,

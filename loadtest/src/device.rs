@@ -11,7 +11,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use clap::ValueEnum;
 use futures_util::{SinkExt, StreamExt};
 use protocol::envelope::{InboxMessage, Reply, SyncPage};
-use protocol::frames::{ClientFrame, ServerFrame};
+use protocol::frames::{ClientFrame, RequestId, ServerFrame};
 use protocol::topics::{device_topic, inbox, reply, DeviceAction};
 use rumqttc::{
     AsyncClient, ConnectReturnCode, Event, EventLoop, MqttOptions, NetworkOptions, Packet, QoS,
@@ -347,8 +347,9 @@ impl Link {
         expect_ok(&mut socket, None, "login").await?;
         for (id, topic) in [("inbox", inbox(user)), ("reply", reply(user, device))] {
             let frame = ClientFrame::Sub {
-                id: Some(id.to_owned()),
+                id: Some(id.into()),
                 topic,
+                resume: false,
             };
             send_frame(&mut socket, &frame).await?;
             expect_ok(&mut socket, Some(id), "subscription").await?;
@@ -397,7 +398,9 @@ async fn next_frame(socket: &mut JsonSocket) -> Result<(ServerFrame, usize)> {
 async fn expect_ok(socket: &mut JsonSocket, id: Option<&str>, what: &str) -> Result<()> {
     loop {
         match next_frame(socket).await?.0 {
-            ServerFrame::Ok { id: answered, .. } if answered.as_deref() == id => return Ok(()),
+            ServerFrame::Ok { id: answered, .. } if answered == id.map(RequestId::from) => {
+                return Ok(())
+            }
             ServerFrame::Error { code, message, .. } => {
                 bail!("{what} refused: {code:?}: {message}")
             }

@@ -1,11 +1,59 @@
 //! The JSON WebSocket protocol (`/ws`): one JSON object per text frame, tagged by `op`.
 //!
-//! A client request carries an `id` of its choosing; the server answers it with `ok` or `error`
-//! carrying the same `id`. Messages arrive as `msg` frames. See the README for a walk-through.
+//! A client request carries an `id` of its choosing (a string or a number); the server answers
+//! it with `ok` or `error` carrying the same `id`, as sent. Messages arrive as `msg` frames. See
+//! the README for a walk-through.
 
 use crate::ErrorCode;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+
+/// A request's id as the client chose it, echoed unchanged in the answer: `"7"` stays a
+/// string, `7` a number.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum RequestId {
+    Text(String),
+    Number(serde_json::Number),
+}
+
+impl RequestId {
+    /// The id of a frame read only as JSON (one we could not parse), when it has a usable one.
+    pub fn of(frame: &Value) -> Option<Self> {
+        match frame.get("id")? {
+            Value::String(text) => Some(Self::Text(text.clone())),
+            Value::Number(number) => Some(Self::Number(number.clone())),
+            _ => None,
+        }
+    }
+}
+
+impl From<&str> for RequestId {
+    fn from(text: &str) -> Self {
+        Self::Text(text.to_string())
+    }
+}
+
+impl From<String> for RequestId {
+    fn from(text: String) -> Self {
+        Self::Text(text)
+    }
+}
+
+impl From<u64> for RequestId {
+    fn from(number: u64) -> Self {
+        Self::Number(number.into())
+    }
+}
+
+impl std::fmt::Display for RequestId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Text(text) => f.write_str(text),
+            Self::Number(number) => write!(f, "{number}"),
+        }
+    }
+}
 
 /// Frames a client sends.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -14,36 +62,40 @@ pub enum ClientFrame {
     /// Authenticate with a device token (alternative: `?token=` on the URL).
     Auth {
         #[serde(default)]
-        id: Option<String>,
+        id: Option<RequestId>,
         token: String,
     },
+    /// Subscribe to `topic`. With `resume` on the device's inbox or notifications, first
+    /// everything after the device's cursor arrives, in order, then what comes live.
     Sub {
         #[serde(default)]
-        id: Option<String>,
+        id: Option<RequestId>,
         topic: String,
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        resume: bool,
     },
     Unsub {
         #[serde(default)]
-        id: Option<String>,
+        id: Option<RequestId>,
         topic: String,
     },
     /// Publish `payload` (any JSON) on `topic`, under the same rules as an MQTT PUBLISH.
     Pub {
         #[serde(default)]
-        id: Option<String>,
+        id: Option<RequestId>,
         topic: String,
         payload: Value,
     },
     /// Acknowledge the highest sequence held (cursor).
     Ack {
         #[serde(default)]
-        id: Option<String>,
+        id: Option<RequestId>,
         seq: u64,
     },
     /// Catch up on the user's log: pages arrive on the device's reply topic.
     Sync {
         #[serde(default)]
-        id: Option<String>,
+        id: Option<RequestId>,
         #[serde(default)]
         after: Option<u64>,
         #[serde(default)]
@@ -51,17 +103,17 @@ pub enum ClientFrame {
     },
     Ping {
         #[serde(default)]
-        id: Option<String>,
+        id: Option<RequestId>,
     },
     Pong {
         #[serde(default)]
-        id: Option<String>,
+        id: Option<RequestId>,
     },
 }
 
 impl ClientFrame {
     /// The request id, echoed in the answer.
-    pub fn id(&self) -> Option<&str> {
+    pub fn id(&self) -> Option<&RequestId> {
         match self {
             Self::Auth { id, .. }
             | Self::Sub { id, .. }
@@ -70,7 +122,7 @@ impl ClientFrame {
             | Self::Ack { id, .. }
             | Self::Sync { id, .. }
             | Self::Ping { id }
-            | Self::Pong { id } => id.as_deref(),
+            | Self::Pong { id } => id.as_ref(),
         }
     }
 }
@@ -82,7 +134,7 @@ pub enum ServerFrame {
     /// The request `id` succeeded. After `auth`, `user` and `device` say who the session is.
     Ok {
         #[serde(default, skip_serializing_if = "Option::is_none")]
-        id: Option<String>,
+        id: Option<RequestId>,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         user: Option<String>,
         #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -91,7 +143,7 @@ pub enum ServerFrame {
     /// The request `id` (or the frame, when it had no readable id) failed.
     Error {
         #[serde(default, skip_serializing_if = "Option::is_none")]
-        id: Option<String>,
+        id: Option<RequestId>,
         code: ErrorCode,
         message: String,
     },
@@ -106,16 +158,16 @@ pub enum ServerFrame {
     },
     Ping {
         #[serde(default, skip_serializing_if = "Option::is_none")]
-        id: Option<String>,
+        id: Option<RequestId>,
     },
     Pong {
         #[serde(default, skip_serializing_if = "Option::is_none")]
-        id: Option<String>,
+        id: Option<RequestId>,
     },
 }
 
 impl ServerFrame {
-    pub fn ok(id: Option<String>) -> Self {
+    pub fn ok(id: Option<RequestId>) -> Self {
         Self::Ok {
             id,
             user: None,
@@ -123,7 +175,7 @@ impl ServerFrame {
         }
     }
 
-    pub fn error(id: Option<String>, code: ErrorCode, message: impl Into<String>) -> Self {
+    pub fn error(id: Option<RequestId>, code: ErrorCode, message: impl Into<String>) -> Self {
         Self::Error {
             id,
             code,
@@ -145,11 +197,26 @@ mod tests {
             frame,
             ClientFrame::Sub {
                 id: Some("1".into()),
-                topic: "u/a/inbox".into()
+                topic: "u/a/inbox".into(),
+                resume: false,
             }
         );
         let ping: ClientFrame = serde_json::from_value(json!({"op": "ping"})).unwrap();
         assert_eq!(ping.id(), None);
+        let resume: ClientFrame =
+            serde_json::from_value(json!({"op": "sub", "id": 3, "topic": "t", "resume": true}))
+                .unwrap();
+        assert_eq!(resume.id(), Some(&RequestId::from(3)));
+    }
+
+    #[test]
+    fn ids_are_echoed_as_sent() {
+        for id in [json!(7), json!("7"), json!(2.5)] {
+            let frame: ClientFrame =
+                serde_json::from_value(json!({"op": "ping", "id": id})).unwrap();
+            let answer = serde_json::to_value(ServerFrame::ok(frame.id().cloned())).unwrap();
+            assert_eq!(answer["id"], id);
+        }
     }
 
     #[test]

@@ -3,6 +3,8 @@
 //! Server → device: `u/{user}/inbox`, `u/{user}/notify`, `u/{user}/presence`,
 //! `u/{user}/signal`, `u/{user}/d/{device}/reply`, and public broadcasts under `pub/`.
 //! Device → server: `u/{user}/d/{device}/{send|signal|ack|sync|approve|quiet-hours}`.
+//! Device → backend: anything under `svc/`, which only backends (API-key clients) read, usually
+//! through a shared subscription `$share/{group}/svc/…`, each message stamped with who sent it.
 //!
 //! User and device ids are restricted to [`is_valid_id`] so that an id can never smuggle a level
 //! separator or a wildcard into a topic.
@@ -11,6 +13,8 @@
 pub const USER_PREFIX: &str = "u/";
 /// Prefix of public broadcasts, readable by every device.
 pub const PUBLIC_PREFIX: &str = "pub/";
+/// Prefix of what devices send to the app's backend services.
+pub const SERVICE_PREFIX: &str = "svc/";
 /// The filter a device uses to receive every public broadcast.
 pub const PUBLIC_FILTER: &str = "pub/#";
 /// Longest user or device id accepted.
@@ -170,6 +174,15 @@ pub fn filter_matches(filter: &str, topic: &str) -> bool {
     topic_levels.next().is_none()
 }
 
+/// A shared subscription's group and filter, from `$share/{group}/{filter}`; `None` for a filter
+/// that is not one. The group may not be empty nor hold a wildcard.
+pub fn shared_subscription(filter: &str) -> Option<(&str, &str)> {
+    let rest = filter.strip_prefix("$share/")?;
+    let (group, filter) = rest.split_once('/')?;
+    let valid = !group.is_empty() && !group.contains(['+', '#']) && is_valid_filter(filter);
+    valid.then_some((group, filter))
+}
+
 /// True when `filter` is a well-formed MQTT filter: not empty, `#` only as the whole last level,
 /// `+` only as a whole level, no NUL.
 pub fn is_valid_filter(filter: &str) -> bool {
@@ -213,6 +226,20 @@ mod tests {
     #[test]
     fn filters_match_by_mqtt_rules() {
         assert!(filter_matches("#", "u/bob/inbox"));
+        assert_eq!(
+            shared_subscription("$share/workers/svc/+/orders"),
+            Some(("workers", "svc/+/orders"))
+        );
+        for not_shared in [
+            "$share/",
+            "$share//t",
+            "$share/g+/t",
+            "$share/g",
+            "t/#",
+            "$share/g/a/#/b",
+        ] {
+            assert_eq!(shared_subscription(not_shared), None, "{not_shared}");
+        }
         assert!(filter_matches("u/+/inbox", "u/bob/inbox"));
         assert!(filter_matches("pub/#", "pub/news/today"));
         assert!(filter_matches("pub/#", "pub"));

@@ -3,13 +3,15 @@
 //!
 //! A device subscribes only to its own user's server → device topics and to `pub/…`, and publishes
 //! only on its own device → server topics, which the gateway handles itself (they never reach other
-//! clients as raw publishes). Anonymous clients (dev mode) are confined to topics outside `u/`;
-//! since their wildcards could still match `u/…`, [`Identity::may_receive`] is checked again at
-//! delivery.
+//! clients as raw publishes), and on `svc/…`, which only backends read. Anonymous clients (dev
+//! mode) are confined to topics outside `u/` and `svc/`; since their wildcards could still match
+//! those, [`Identity::may_receive`] is checked again at delivery. Shared subscriptions are for
+//! backends (how they consume `svc/…`) and dev mode.
 
 use super::identity::Identity;
 use protocol::topics::{
-    self, is_valid_filter, is_valid_topic, DeviceAction, DeviceTopic, PUBLIC_PREFIX, USER_PREFIX,
+    self, is_valid_filter, is_valid_topic, DeviceAction, DeviceTopic, PUBLIC_PREFIX,
+    SERVICE_PREFIX, USER_PREFIX,
 };
 
 /// Why a subscribe or publish was refused by the rules.
@@ -26,27 +28,45 @@ pub enum Denied {
 pub enum PublishRoute {
     /// A device asks the server for something on its own device topic.
     DeviceRequest(DeviceAction),
+    /// A device sends to the backend's services (`svc/…`), stamped with who sent it.
+    Service,
     /// A dev-mode publish routed as in a plain broker.
     Broker,
     /// A backend's notification.
     Notification,
 }
 
+/// Whether `topic` (or a filter) lies under `prefix` or is its bare first level.
+fn under(topic: &str, prefix: &str) -> bool {
+    topic.starts_with(prefix) || topic == &prefix[..prefix.len() - 1]
+}
+
+/// Topics outside what an anonymous client may touch: users' and services'.
+fn reserved(topic: &str) -> bool {
+    under(topic, USER_PREFIX) || under(topic, SERVICE_PREFIX)
+}
+
 impl Identity {
-    pub fn may_subscribe(&self, filter: &str) -> Result<(), Denied> {
+    /// May this session subscribe to `filter` (a plain filter; a shared subscription's filter
+    /// without its `$share/{group}/`)? `shared` says it is one.
+    pub fn may_subscribe(&self, filter: &str, shared: bool) -> Result<(), Denied> {
         if !is_valid_filter(filter) {
             return Err(Denied::InvalidTopic);
         }
         let allowed = match self {
             Self::Device { user, device, .. } => {
-                filter.starts_with(PUBLIC_PREFIX) && !filter[PUBLIC_PREFIX.len()..].is_empty()
-                    || topics::own_server_topics(user, device)
-                        .iter()
-                        .any(|own| own == filter)
+                !shared
+                    && (filter.starts_with(PUBLIC_PREFIX)
+                        && !filter[PUBLIC_PREFIX.len()..].is_empty()
+                        || topics::own_server_topics(user, device)
+                            .iter()
+                            .any(|own| own == filter))
             }
             // Wildcards like `#` are allowed; delivery filters out `u/…` (may_receive).
-            Self::Anonymous { .. } => !filter.starts_with(USER_PREFIX) && filter != "u",
-            Self::Backend { .. } => false,
+            Self::Anonymous { .. } => !reserved(filter),
+            Self::Backend { .. } => {
+                filter.starts_with(SERVICE_PREFIX) && !filter[SERVICE_PREFIX.len()..].is_empty()
+            }
         };
         if allowed {
             Ok(())
@@ -60,15 +80,14 @@ impl Identity {
             return Err(Denied::InvalidTopic);
         }
         match self {
+            Self::Device { .. } if topic.starts_with(SERVICE_PREFIX) => Ok(PublishRoute::Service),
             Self::Device { user, device, .. } => match DeviceTopic::parse(topic) {
                 Some(t) if t.user == user && t.device == device => {
                     Ok(PublishRoute::DeviceRequest(t.action))
                 }
                 _ => Err(Denied::Forbidden),
             },
-            Self::Anonymous { .. } if topic.starts_with(USER_PREFIX) || topic == "u" => {
-                Err(Denied::Forbidden)
-            }
+            Self::Anonymous { .. } if reserved(topic) => Err(Denied::Forbidden),
             Self::Anonymous { .. } => Ok(PublishRoute::Broker),
             Self::Backend { notify_topic, .. } if topic == notify_topic => {
                 Ok(PublishRoute::Notification)
@@ -86,8 +105,8 @@ impl Identity {
                         .iter()
                         .any(|own| own == topic)
             }
-            Self::Anonymous { .. } => !topic.starts_with(USER_PREFIX) && topic != "u",
-            Self::Backend { .. } => false,
+            Self::Anonymous { .. } => !reserved(topic),
+            Self::Backend { .. } => topic.starts_with(SERVICE_PREFIX),
         }
     }
 }
@@ -117,7 +136,7 @@ mod tests {
             "pub/#",
             "pub/news",
         ] {
-            assert_eq!(a.may_subscribe(ok), Ok(()), "{ok}");
+            assert_eq!(a.may_subscribe(ok, false), Ok(()), "{ok}");
         }
         for denied in [
             "#",
@@ -132,9 +151,13 @@ mod tests {
             "+/alice/inbox",
             "pub/",
         ] {
-            assert_eq!(a.may_subscribe(denied), Err(Denied::Forbidden), "{denied}");
+            assert_eq!(
+                a.may_subscribe(denied, false),
+                Err(Denied::Forbidden),
+                "{denied}"
+            );
         }
-        assert_eq!(a.may_subscribe("a/#/b"), Err(Denied::InvalidTopic));
+        assert_eq!(a.may_subscribe("a/#/b", false), Err(Denied::InvalidTopic));
     }
 
     #[test]
@@ -157,9 +180,11 @@ mod tests {
             "u/bob/inbox",
             "pub/news",
             "anything",
+            "svc",
         ] {
             assert_eq!(a.may_publish(denied), Err(Denied::Forbidden), "{denied}");
         }
+        assert_eq!(a.may_publish("svc/orders"), Ok(PublishRoute::Service));
         assert_eq!(a.may_publish("u/+/inbox"), Err(Denied::InvalidTopic));
     }
 
@@ -168,11 +193,41 @@ mod tests {
         let anon = Identity::Anonymous {
             client_id: "x".into(),
         };
-        assert_eq!(anon.may_subscribe("#"), Ok(()));
-        assert_eq!(anon.may_subscribe("u/bob/inbox"), Err(Denied::Forbidden));
+        assert_eq!(anon.may_subscribe("#", false), Ok(()));
+        assert_eq!(anon.may_subscribe("jobs/+", true), Ok(()));
+        assert_eq!(
+            anon.may_subscribe("u/bob/inbox", false),
+            Err(Denied::Forbidden)
+        );
+        assert_eq!(anon.may_subscribe("svc/#", true), Err(Denied::Forbidden));
         assert_eq!(anon.may_publish("sensors/1"), Ok(PublishRoute::Broker));
         assert_eq!(anon.may_publish("u/bob/inbox"), Err(Denied::Forbidden));
+        assert_eq!(anon.may_publish("svc/orders"), Err(Denied::Forbidden));
         assert!(!anon.may_receive("u/bob/inbox"));
+        assert!(!anon.may_receive("svc/orders"));
         assert!(anon.may_receive("sensors/1"));
+    }
+
+    #[test]
+    fn backends_read_what_devices_send_to_services_and_nothing_else() {
+        let backend = Identity::Backend {
+            client_id: "orders-worker".into(),
+            notify_topic: "svc-notify".into(),
+        };
+        assert_eq!(backend.may_subscribe("svc/orders/#", true), Ok(()));
+        assert_eq!(backend.may_subscribe("svc/#", false), Ok(()));
+        for denied in ["#", "u/+/inbox", "pub/#", "svc/"] {
+            assert_eq!(
+                backend.may_subscribe(denied, true),
+                Err(Denied::Forbidden),
+                "{denied}"
+            );
+        }
+        assert!(backend.may_receive("svc/orders"));
+        assert!(!backend.may_receive("u/alice/inbox"));
+        assert_eq!(
+            alice().may_subscribe("pub/news", true),
+            Err(Denied::Forbidden)
+        );
     }
 }

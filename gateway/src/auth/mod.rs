@@ -19,6 +19,8 @@ pub struct Auth {
     pub allow_anonymous: bool,
     /// Where a trusted backend client hands in notifications (`notify.mqtt_topic`).
     pub notify_topic: String,
+    /// Filters anonymous clients may not touch (`auth.anonymous_withheld`).
+    pub anonymous_withheld: Vec<String>,
 }
 
 /// What an MQTT CONNECT presents.
@@ -58,6 +60,16 @@ impl Auth {
                 .map_err(|_| format!("this client may not publish its will on {topic}"))?;
         }
         Ok(identity)
+    }
+
+    /// Whether `topic` (or a filter) is withheld from `identity`: in dev mode, the configured
+    /// topics anonymous clients may neither subscribe to nor publish on.
+    pub fn withheld(&self, identity: &Identity, topic: &str) -> bool {
+        matches!(identity, Identity::Anonymous { .. })
+            && self
+                .anonymous_withheld
+                .iter()
+                .any(|filter| filter == topic || protocol::topics::filter_matches(filter, topic))
     }
 
     /// The device a token speaks for (the JSON WebSocket's `auth`, or an MQTT password).

@@ -8,6 +8,7 @@ pub mod single;
 use crate::live::hub::Hub;
 use crate::live::nodes::OtherNodes;
 use crate::live::registry::Registry;
+use crate::live::sessions::Sessions;
 use crate::shutdown::Shutdown;
 use async_trait::async_trait;
 use broker_config::{Store, StoreBackend};
@@ -17,9 +18,15 @@ use std::sync::Arc;
 #[async_trait]
 pub trait Membership: OtherNodes {
     /// Starts what keeps this node in the cluster until shutdown: receiving what the other
-    /// nodes send it (handed to `registry` and `hub`), renewing its liveness, reaping dead
-    /// nodes.
-    fn start(self: Arc<Self>, registry: Arc<Registry>, hub: Arc<Hub>, shutdown: &Shutdown);
+    /// nodes send it (handed to `registry`, `hub` and `sessions`), renewing its liveness,
+    /// reaping dead nodes.
+    fn start(
+        self: Arc<Self>,
+        registry: Arc<Registry>,
+        hub: Arc<Hub>,
+        sessions: Arc<Sessions>,
+        shutdown: &Shutdown,
+    );
 
     /// Hands on what is still queued for the other nodes (the offline events of the sessions
     /// that just closed) and leaves, so the others reap what is left of this node at once.

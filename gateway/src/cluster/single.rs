@@ -2,12 +2,13 @@
 
 use super::Membership;
 use crate::live::hub::Hub;
+use crate::live::message::Published;
 use crate::live::nodes::OtherNodes;
 use crate::live::registry::Registry;
+use crate::live::sessions::Sessions;
 use crate::shutdown::Shutdown;
 use crate::store::StoreError;
 use async_trait::async_trait;
-use bytes::Bytes;
 use protocol::envelope::DeviceInfo;
 use std::sync::Arc;
 
@@ -15,7 +16,7 @@ pub struct SingleNode;
 
 #[async_trait]
 impl OtherNodes for SingleNode {
-    fn publish_to_user(&self, _: &str, _: &str, _: Bytes) {}
+    fn publish_to_user(&self, _: &str, _: &Published) {}
 
     fn device_online(&self, _: &str, _: DeviceInfo) {}
 
@@ -36,7 +37,7 @@ impl OtherNodes for SingleNode {
 
 #[async_trait]
 impl Membership for SingleNode {
-    fn start(self: Arc<Self>, _: Arc<Registry>, _: Arc<Hub>, _: &Shutdown) {}
+    fn start(self: Arc<Self>, _: Arc<Registry>, _: Arc<Hub>, _: Arc<Sessions>, _: &Shutdown) {}
 
     async fn leave(&self) {}
 }

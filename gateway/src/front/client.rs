@@ -9,8 +9,11 @@ use super::refusal::Refusal;
 use super::Front;
 use crate::auth::acl::PublishRoute;
 use crate::auth::identity::Identity;
-use crate::live::link::{Delivery, Link, Published, Qos};
+use crate::live::hub::SubscriptionOptions;
+use crate::live::link::{Delivery, Link, LinkId, Qos};
+use crate::live::message::{MessageProperties, Published};
 use crate::live::registry::Admission;
+use crate::live::sessions::KeptSubscription;
 use crate::log::accept::Sender;
 use crate::log::sync;
 use crate::notify::input::NotificationInput;
@@ -18,7 +21,7 @@ use crate::notify::quiet_hours;
 use crate::notify::router::RouteError;
 use crate::observe::metrics::{DenialKind, DisconnectLabel, TransportLabel};
 use crate::observe::recorder::SessionRecording;
-use crate::store::Origin;
+use crate::store::{EntryKind, Origin};
 use bytes::Bytes;
 use protocol::envelope::{
     AckRequest, ApprovalDecision, DisconnectReason, Reply, SendRequest, SignalMessage, SyncRequest,
@@ -32,6 +35,7 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 
 /// How a publish was handled: at once, or by work that finishes later (a durable append, a
@@ -73,7 +77,8 @@ pub struct Client {
     front: Arc<Front>,
     pub link: Arc<Link>,
     transport: Transport,
-    subscriptions: HashMap<String, Qos>,
+    /// The subscriptions, by the filter as the client named it (`$share/{group}/…` included).
+    subscriptions: HashMap<String, KeptSubscription>,
     end: DisconnectReason,
     /// Acks and syncs take effect in the order the device sent them: a sync right after an ack
     /// starts from the acknowledged place.
@@ -83,6 +88,59 @@ pub struct Client {
     /// What the client does that the traffic recording keeps, when recording is on; dropped
     /// with the client, which records its disconnect.
     recording: Option<SessionRecording>,
+}
+
+/// Whether a new subscription gets the retained messages it matches (MQTT 5 Retain Handling;
+/// 3.1.1 always sends them).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RetainHandling {
+    Send,
+    SendIfNew,
+    DoNotSend,
+}
+
+/// What a client asks to subscribe to.
+#[derive(Debug, Clone)]
+pub struct SubscribeRequest<'a> {
+    /// As sent: a plain filter or `$share/{group}/{filter}`.
+    pub filter: &'a str,
+    pub options: SubscriptionOptions,
+    pub retain_handling: RetainHandling,
+}
+
+/// A subscription made.
+pub struct Subscribed {
+    pub granted: Qos,
+    /// The retained messages it matches, to send after the SUBACK.
+    pub retained: Vec<Delivery>,
+    /// It follows one of the user's logged topics (inbox or notifications).
+    pub logged: Option<EntryKind>,
+}
+
+/// A message a client publishes, with what MQTT 5 lets it attach.
+#[derive(Debug, Clone)]
+pub struct Publication {
+    pub topic: String,
+    pub payload: Bytes,
+    pub qos: Qos,
+    pub retain: bool,
+    pub properties: MessageProperties,
+    /// Message Expiry Interval, seconds.
+    pub expiry: Option<u32>,
+}
+
+impl Publication {
+    /// A message with nothing but a topic and payload (the JSON bridge's).
+    pub fn plain(topic: &str, payload: Bytes, qos: Qos) -> Self {
+        Self {
+            topic: topic.to_string(),
+            payload,
+            qos,
+            retain: false,
+            properties: MessageProperties::default(),
+            expiry: None,
+        }
+    }
 }
 
 impl Client {
@@ -132,72 +190,172 @@ impl Client {
         &self.link.identity
     }
 
+    pub fn front(&self) -> &Arc<Front> {
+        &self.front
+    }
+
+    pub fn transport(&self) -> Transport {
+        self.transport
+    }
+
     /// Records why the connection ends, for presence and metrics when it is dropped.
     pub fn set_end_reason(&mut self, reason: DisconnectReason) {
         self.end = reason;
     }
 
-    pub fn subscribe(&mut self, filter: &str, qos: Qos) -> Result<Qos, Refusal> {
-        if let Err(denied) = self.identity().may_subscribe(filter) {
+    /// The subscriptions as a session keeps them.
+    pub fn subscriptions(&self) -> Vec<KeptSubscription> {
+        self.subscriptions.values().cloned().collect()
+    }
+
+    pub fn subscribe(&mut self, request: &SubscribeRequest<'_>) -> Result<Subscribed, Refusal> {
+        let (share, filter) = match topics::shared_subscription(request.filter) {
+            Some((group, filter)) => (Some(group), filter),
+            None if request.filter.starts_with("$share/") => return Err(Refusal::InvalidTopic),
+            None => (None, request.filter),
+        };
+        if let Err(denied) = self.identity().may_subscribe(filter, share.is_some()) {
             self.front.metrics.deny(DenialKind::subscribe);
             return Err(denied.into());
         }
-        if !self.subscriptions.contains_key(filter)
-            && self.subscriptions.len() >= self.front.limits.max_subscriptions
-        {
+        if self.front.auth.withheld(self.identity(), filter) {
+            self.front.metrics.deny(DenialKind::subscribe);
+            return Err(Refusal::Withheld);
+        }
+        let existed = self.subscriptions.contains_key(request.filter);
+        if !existed && self.subscriptions.len() >= self.front.limits.max_subscriptions {
             return Err(Refusal::TooManySubscriptions);
         }
-        self.front.hub.subscribe(&self.link, filter, qos);
-        self.subscriptions.insert(filter.to_string(), qos);
+        let options = request.options;
+        self.front.hub.subscribe(&self.link, filter, share, options);
+        let kept = KeptSubscription {
+            filter: filter.to_string(),
+            share: share.map(str::to_string),
+            qos: options.qos.level(),
+            no_local: options.no_local,
+            retain_as_published: options.retain_as_published,
+            id: options.id,
+        };
+        self.subscriptions.insert(request.filter.to_string(), kept);
         if let Some(recording) = &self.recording {
-            recording.subscribed(filter, qos);
+            recording.subscribed(request.filter, options.qos);
         }
+        let mut logged = None;
         if let Identity::Device { user, device, .. } = self.identity() {
             if !self.link.is_approved() && filter == topics::reply(user, device) {
                 self.front
                     .registry
                     .reply(user, device, &Reply::ApprovalPending);
             }
-        }
-        Ok(qos)
-    }
-
-    /// Returns whether the subscription existed.
-    pub fn unsubscribe(&mut self, filter: &str) -> bool {
-        let existed = self.subscriptions.remove(filter).is_some();
-        if existed {
-            self.front.hub.unsubscribe(self.link.id, filter);
-            if let Some(recording) = &self.recording {
-                recording.unsubscribed(filter);
+            if share.is_none() && filter == topics::inbox(user) {
+                logged = Some(EntryKind::Message);
+            } else if share.is_none() && filter == topics::notify(user) {
+                logged = Some(EntryKind::Notification);
             }
         }
-        existed
+        let sends_retained = match request.retain_handling {
+            RetainHandling::Send => true,
+            RetainHandling::SendIfNew => !existed,
+            RetainHandling::DoNotSend => false,
+        };
+        let retained = if share.is_none() && sends_retained {
+            self.retained_for(filter, options)
+        } else {
+            Vec::new()
+        };
+        Ok(Subscribed {
+            granted: options.qos,
+            retained,
+            logged,
+        })
     }
 
-    /// Handles a publish from this client: a device request on its own device topic, or (dev
-    /// mode) a plain broker publish.
-    pub fn publish(&self, topic: &str, payload: Bytes, qos: Qos) -> Handled {
+    /// The retained messages a new subscription to `filter` gets, at the lower of their QoS and
+    /// the subscription's, flagged as retained.
+    fn retained_for(&self, filter: &str, options: SubscriptionOptions) -> Vec<Delivery> {
+        if !self.link.is_approved() {
+            return Vec::new();
+        }
+        self.front
+            .retained
+            .matching(filter)
+            .into_iter()
+            .filter(|(message, _)| self.identity().may_receive(&message.topic))
+            .map(|(message, qos)| Delivery {
+                message,
+                qos: qos.min(options.qos),
+                retain: true,
+                subscription_ids: options.id.into_iter().collect(),
+            })
+            .collect()
+    }
+
+    /// Returns the subscription that existed under `filter` (as the client named it).
+    pub fn unsubscribe(&mut self, filter: &str) -> Option<KeptSubscription> {
+        let existed = self.subscriptions.remove(filter)?;
+        self.front
+            .hub
+            .unsubscribe(self.link.id, &existed.filter, existed.share.as_deref());
+        if let Some(recording) = &self.recording {
+            recording.unsubscribed(filter);
+        }
+        Some(existed)
+    }
+
+    /// Handles a publish from this client: a device request on its own device topic, a
+    /// device's message to the backend's services, a backend's notification, or (dev mode) a
+    /// plain broker publish.
+    pub fn publish(&self, publication: Publication) -> Handled {
         self.messages_in.inc();
+        let topic = publication.topic.as_str();
         let route = match self.identity().may_publish(topic) {
+            Ok(PublishRoute::Service) if topic == self.front.auth.notify_topic => {
+                Err(Refusal::Forbidden)
+            }
+            Ok(_) if self.front.auth.withheld(self.identity(), topic) => Err(Refusal::Withheld),
+            Ok(route) => Ok(route),
+            Err(denied) => Err(denied.into()),
+        };
+        let route = match route {
             Ok(route) => route,
-            Err(denied) => {
+            Err(refusal) => {
                 self.front.metrics.deny(DenialKind::publish);
-                return Handled::Done(Err(denied.into()));
+                return Handled::Done(Err(refusal));
             }
         };
-        let recorded = (self.recording.as_ref()).map(|r| r.publish(topic, payload.clone(), qos));
+        let recorded = (self.recording.as_ref())
+            .map(|r| r.publish(topic, publication.payload.clone(), publication.qos));
         let handled = match route {
-            PublishRoute::Broker => {
-                self.front.hub.publish(topic, payload, qos, None);
-                Handled::Done(Ok(()))
+            PublishRoute::Broker => broadcast(&self.front, self.link.id, publication),
+            PublishRoute::Service => self.to_services(publication),
+            PublishRoute::DeviceRequest(action) => {
+                self.device_request(action, &publication.payload)
             }
-            PublishRoute::DeviceRequest(action) => self.device_request(action, &payload),
-            PublishRoute::Notification => self.notification(&payload),
+            PublishRoute::Notification => self.notification(&publication.payload),
         };
         match recorded {
             Some(publish) => handled.on_success(|| publish.accepted()),
             None => handled,
         }
+    }
+
+    /// A device's message to the backend's services: stamped with the device's user and id
+    /// (replacing any the device set itself), never retained.
+    fn to_services(&self, publication: Publication) -> Handled {
+        broadcast(&self.front, self.link.id, self.stamped(publication))
+    }
+
+    /// A device's publication to the services, stamped with the device's user and id
+    /// (replacing any the device set itself), never retained.
+    fn stamped(&self, mut publication: Publication) -> Publication {
+        if let Identity::Device { user, device, .. } = self.identity() {
+            let properties = &mut publication.properties.user_properties;
+            properties.retain(|(key, _)| key != SENDER_USER && key != SENDER_DEVICE);
+            properties.push((SENDER_USER.to_string(), user.clone()));
+            properties.push((SENDER_DEVICE.to_string(), device.clone()));
+        }
+        publication.retain = false;
+        publication
     }
 
     fn device_request(&self, action: DeviceAction, payload: &[u8]) -> Handled {
@@ -336,13 +494,8 @@ impl Client {
             let done = turn.wait().await;
             let reply_topic = topics::reply(&user, &device);
             let deliver = |page: Bytes| {
-                let delivery = Delivery {
-                    message: Arc::new(Published {
-                        topic: reply_topic.clone(),
-                        payload: page,
-                    }),
-                    qos: Qos::AtLeastOnce,
-                };
+                let message = Arc::new(Published::new(reply_topic.clone(), page));
+                let delivery = Delivery::of(message, Qos::AtLeastOnce);
                 let link = link.clone();
                 async move { link.deliver_waiting(delivery).await }
             };
@@ -376,6 +529,46 @@ impl Client {
         self.front.shutdown.spawn(work);
     }
 
+    /// Publishes the client's will `delay` after its connection ended (MQTT 5 Will Delay
+    /// Interval), or when the gateway shuts down first, unless `still_away` then says its session
+    /// was taken up again. A will on a device's own request topic is handled at once, as the
+    /// device's last request.
+    pub fn publish_will(
+        &self,
+        will: Publication,
+        delay: Duration,
+        still_away: impl FnOnce() -> bool + Send + 'static,
+    ) {
+        let id = self.link.id;
+        let route = self.identity().may_publish(&will.topic);
+        let delayed = matches!(route, Ok(PublishRoute::Broker | PublishRoute::Service));
+        if delay.is_zero() || !delayed {
+            let handled = self.publish(will);
+            self.finish_later(async move {
+                if let Err(refusal) = handled.finish().await {
+                    tracing::debug!(link = id, "will refused: {refusal}");
+                }
+            });
+            return;
+        }
+        let front = self.front.clone();
+        let will = match route {
+            Ok(PublishRoute::Service) => self.stamped(will),
+            _ => will,
+        };
+        self.front.shutdown.spawn(async move {
+            tokio::select! {
+                () = tokio::time::sleep(delay) => {}
+                () = front.shutdown.cancelled() => {}
+            }
+            if still_away() {
+                if let Err(refusal) = broadcast(&front, id, will).finish().await {
+                    tracing::debug!(link = id, "will refused: {refusal}");
+                }
+            }
+        });
+    }
+
     /// Tells the device on its reply topic why a request on a device topic failed. Refusals of
     /// the topic itself (forbidden, malformed) get no reply: that topic is not the device's.
     pub fn reply_refusal(&self, topic: &str, refusal: &Refusal) {
@@ -396,6 +589,46 @@ impl Client {
     }
 }
 
+/// The user property naming the user whose device sent a message to the services.
+pub const SENDER_USER: &str = "gw-user";
+/// The user property naming the device that sent a message to the services.
+pub const SENDER_DEVICE: &str = "gw-device";
+
+/// Publishes to every matching subscription on this node, as a plain broker does (dev mode, and
+/// devices' messages to the services), retaining it when asked. Done once handed to the hub,
+/// or, for a retained message, once the store keeps it: a message that cannot be retained (the
+/// store is away, or `limits.max_retained` is reached) is still delivered, and the client told.
+fn broadcast(front: &Front, origin: LinkId, publication: Publication) -> Handled {
+    let Publication {
+        topic,
+        payload,
+        qos,
+        retain,
+        properties,
+        expiry,
+    } = publication;
+    let message = Arc::new(Published {
+        topic,
+        payload,
+        properties,
+        // An interval of 0 is read as none: delivery starts at once either way.
+        expires_at: expiry
+            .filter(|&secs| secs > 0)
+            .map(|secs| Instant::now() + Duration::from_secs(u64::from(secs))),
+        retain,
+        origin: Some(origin),
+        seq: None,
+    });
+    front.hub.publish(message.clone(), qos, None);
+    if !retain {
+        return Handled::Done(Ok(()));
+    }
+    let retained = front.retained.clone();
+    Handled::Later(Box::pin(async move {
+        retained.set(&message, qos).await.map_err(Refusal::from)
+    }))
+}
+
 /// Checks the `to` of a send or signal request.
 fn recipient(to: &str) -> Result<(), Refusal> {
     if is_valid_id(to) {
@@ -411,8 +644,8 @@ fn parse<T: serde::de::DeserializeOwned>(payload: &[u8]) -> Result<T, Refusal> {
 
 impl Drop for Client {
     fn drop(&mut self) {
-        for filter in self.subscriptions.keys() {
-            self.front.hub.unsubscribe(self.link.id, filter);
+        for kept in self.subscriptions.values() {
+            (self.front.hub).unsubscribe(self.link.id, &kept.filter, kept.share.as_deref());
         }
         self.front.registry.unregister(&self.link, self.end);
         let metrics = &self.front.metrics;

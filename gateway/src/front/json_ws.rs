@@ -5,9 +5,11 @@
 //! it with 1009. Idle sockets are pinged, and one that does not answer within another interval is
 //! dropped as dead.
 
-use super::client::Client;
+use super::client::{Client, Publication, RetainHandling, SubscribeRequest};
+use super::log_follower::{self, LogFollower, Readout, Start};
 use super::Front;
 use crate::auth::identity::Identity;
+use crate::live::hub::SubscriptionOptions;
 use crate::live::link::{Delivery, Qos};
 use crate::observe::metrics::{RejectReason, TransportLabel};
 use crate::observe::recorder::{json_or_base64, JsonOrBase64};
@@ -16,11 +18,14 @@ use axum::extract::{Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use protocol::envelope::{DisconnectReason, Transport};
+use protocol::envelope::{DisconnectReason, Reply, SyncPage, Transport};
 use protocol::error_code::ErrorBody;
-use protocol::frames::{ClientFrame, ServerFrame};
+use protocol::frames::{ClientFrame, RequestId, ServerFrame};
 use protocol::ErrorCode;
 use serde::Deserialize;
+use std::collections::VecDeque;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tokio::time::{sleep_until, Instant};
@@ -104,11 +109,18 @@ async fn serve(
         .messages_out
         .get_or_create(&TransportLabel::from(Transport::JsonWs))
         .clone();
+    let follower = match client.identity() {
+        Identity::Device { user, device, .. } => Some(LogFollower::new(user, device, false)),
+        _ => None,
+    };
     Bridge {
         out_counter,
         ping_interval: front.limits.ws_ping_interval,
         client,
         socket,
+        backlog: VecDeque::new(),
+        follower,
+        reading: None,
     }
     .run(outbox)
     .await;
@@ -128,7 +140,7 @@ async fn authenticate(
                 Ok(Message::Text(text)) => match serde_json::from_str::<ClientFrame>(&text) {
                     Ok(ClientFrame::Auth { id, token }) => break (token, id),
                     Ok(frame) => {
-                        let id = frame.id().map(str::to_string);
+                        let id = frame.id().cloned();
                         let error = ServerFrame::error(
                             id,
                             ErrorCode::NotAuthenticated,
@@ -173,11 +185,7 @@ async fn authenticate(
 /// The error frame for text that is not a frame we know: unknown `op`, or not JSON at all.
 fn bad_frame(text: &str, error: &serde_json::Error) -> ServerFrame {
     let value: Option<serde_json::Value> = serde_json::from_str(text).ok();
-    let id = value
-        .as_ref()
-        .and_then(|v| v.get("id"))
-        .and_then(|id| id.as_str())
-        .map(str::to_string);
+    let id = value.as_ref().and_then(RequestId::of);
     let known_op = value
         .as_ref()
         .and_then(|v| v.get("op"))
@@ -195,6 +203,20 @@ struct Bridge {
     socket: WebSocket,
     ping_interval: std::time::Duration,
     out_counter: prometheus_client::metrics::counter::Counter,
+    /// What goes out before the outbox: retained messages for a new subscription, pages of
+    /// the user's log.
+    backlog: VecDeque<Delivery>,
+    /// A device's inbox and notifications, followed from the store where needed.
+    follower: Option<LogFollower>,
+    reading: Option<Pin<Box<dyn Future<Output = Readout> + Send>>>,
+}
+
+/// Resolves with the read's result, or never when none is on its way.
+async fn read_done(reading: &mut Option<Pin<Box<dyn Future<Output = Readout> + Send>>>) -> Readout {
+    match reading {
+        Some(reading) => reading.await,
+        None => std::future::pending().await,
+    }
 }
 
 impl Bridge {
@@ -208,7 +230,16 @@ impl Bridge {
         tokio::pin!(idle);
         let mut pinged = false;
 
-        let end = loop {
+        let end = 'session: loop {
+            if let (Some(missed), Some(follower)) = (handle.take_missed(), &mut self.follower) {
+                follower.fell_behind(missed);
+            }
+            while let Some(delivery) = self.backlog.pop_front() {
+                if self.deliver(delivery).await.is_err() {
+                    break 'session DisconnectReason::SocketClosed;
+                }
+            }
+            self.start_reading();
             tokio::select! {
                 biased;
                 reason = &mut closed => {
@@ -255,8 +286,13 @@ impl Bridge {
                         Some(Ok(_)) => {}
                     }
                 }
+                readout = read_done(&mut self.reading) => {
+                    self.reading = None;
+                    self.take_readout(readout);
+                }
                 Some(delivery) = outbox.recv() => {
-                    if self.deliver(delivery).await.is_err() {
+                    let admitted = self.follower.as_mut().is_none_or(|f| f.admit(&delivery));
+                    if admitted && self.deliver(delivery).await.is_err() {
                         break DisconnectReason::SocketClosed;
                     }
                 }
@@ -273,6 +309,49 @@ impl Bridge {
             }
         };
         self.client.set_end_reason(end);
+    }
+
+    /// Starts the next read of the user's log, when one is due.
+    fn start_reading(&mut self) {
+        if self.reading.is_some() {
+            return;
+        }
+        let (Some(follower), Identity::Device { user, device, .. }) =
+            (&mut self.follower, self.client.identity())
+        else {
+            return;
+        };
+        if let Some(read) = follower.next_read() {
+            let front = self.client.front();
+            self.reading = Some(Box::pin(log_follower::perform(
+                front.store.clone(),
+                user.clone(),
+                device.clone(),
+                read,
+                front.roaming.page_size,
+                front.roaming.new_device_history as u64,
+            )));
+        }
+    }
+
+    fn take_readout(&mut self, readout: Readout) {
+        let Some(follower) = &mut self.follower else {
+            return;
+        };
+        let (deliveries, reset) = follower.take(readout);
+        self.backlog.extend(deliveries);
+        if let (Some(reset), Identity::Device { user, device, .. }) =
+            (reset, self.client.identity())
+        {
+            let page = SyncPage {
+                epoch: follower.epoch().unwrap_or_default().to_string(),
+                messages: Vec::new(),
+                to_seq: reset.available_from.saturating_sub(1),
+                more: true,
+                reset: Some(reset),
+            };
+            (self.client.front().registry).reply(user, device, &Reply::Sync(page));
+        }
     }
 
     async fn deliver(&mut self, delivery: Delivery) -> Result<(), axum::Error> {
@@ -299,7 +378,7 @@ impl Bridge {
             Ok(frame) => frame,
             Err(e) => return Some(bad_frame(text, &e)),
         };
-        let id = frame.id().map(str::to_string);
+        let id = frame.id().cloned();
         let result = match frame {
             ClientFrame::Auth { .. } => {
                 return Some(ServerFrame::error(
@@ -310,19 +389,21 @@ impl Bridge {
             }
             ClientFrame::Ping { .. } => return Some(ServerFrame::Pong { id }),
             ClientFrame::Pong { .. } => return None,
-            ClientFrame::Sub { topic, .. } => {
-                self.client.subscribe(&topic, Qos::AtLeastOnce).map(drop)
-            }
+            ClientFrame::Sub { topic, resume, .. } => self.subscribe(&topic, resume),
             ClientFrame::Unsub { topic, .. } => {
-                self.client.unsubscribe(&topic);
+                if let Some(existed) = self.client.unsubscribe(&topic) {
+                    if let Some(follower) = &mut self.follower {
+                        if let Some(kind) = follower.kind_of(&existed.filter) {
+                            follower.unsubscribed(kind);
+                        }
+                    }
+                }
                 Ok(())
             }
             ClientFrame::Pub { topic, payload, .. } => {
                 let bytes = serde_json::to_vec(&payload).expect("JSON values serialize");
-                self.client
-                    .publish(&topic, bytes.into(), Qos::AtLeastOnce)
-                    .finish()
-                    .await
+                let publication = Publication::plain(&topic, bytes.into(), Qos::AtLeastOnce);
+                self.client.publish(publication).finish().await
             }
             ClientFrame::Ack { seq, .. } => self.client.ack(seq).finish().await,
             ClientFrame::Sync { after, epoch, .. } => {
@@ -335,6 +416,30 @@ impl Bridge {
             Ok(()) => ServerFrame::ok(id),
             Err(refusal) => ServerFrame::error(id, refusal.error_code(), refusal.to_string()),
         })
+    }
+
+    /// Subscribes at QoS 1 (the socket is the only acknowledgement a JSON client gives); the
+    /// user's inbox or notifications are followed from the device's cursor with `resume`.
+    fn subscribe(&mut self, topic: &str, resume: bool) -> Result<(), super::refusal::Refusal> {
+        let options = SubscriptionOptions::at(Qos::AtLeastOnce);
+        let subscribed = self.client.subscribe(&SubscribeRequest {
+            filter: topic,
+            options,
+            retain_handling: RetainHandling::Send,
+        })?;
+        self.backlog.extend(subscribed.retained);
+        if let (Some(kind), Some(follower)) = (subscribed.logged, &mut self.follower) {
+            self.client.link.follow_log();
+            let start = match resume {
+                true => Start::Cursor {
+                    floor: None,
+                    epoch: None,
+                },
+                false => Start::Now,
+            };
+            follower.subscribed(kind, options, start);
+        }
+        Ok(())
     }
 }
 

@@ -10,6 +10,7 @@ pub mod dev_cert;
 pub mod http;
 mod in_order;
 pub mod json_ws;
+pub mod log_follower;
 pub mod mqtt;
 pub mod refusal;
 pub mod stream;
@@ -19,6 +20,8 @@ use crate::auth::Auth;
 use crate::live::hub::Hub;
 use crate::live::link::LinkIds;
 use crate::live::registry::Registry;
+use crate::live::retained::Retained;
+use crate::live::sessions::Sessions;
 use crate::live::signals::Signals;
 use crate::log::accept::Messages;
 use crate::notify::Notifications;
@@ -34,9 +37,11 @@ pub struct Front {
     pub limits: Limits,
     pub roaming: Roaming,
     pub auth: Arc<Auth>,
-    pub link_ids: LinkIds,
+    pub link_ids: Arc<LinkIds>,
     pub registry: Arc<Registry>,
     pub hub: Arc<Hub>,
+    pub retained: Arc<Retained>,
+    pub sessions: Arc<Sessions>,
     pub signals: Arc<Signals>,
     pub messages: Arc<Messages>,
     pub store: SharedStore,

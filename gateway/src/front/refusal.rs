@@ -2,6 +2,7 @@
 //! limit, a bad payload, the store); each transport turns it into its own code.
 
 use crate::auth::acl::Denied;
+use crate::live::retained::RetainError;
 use crate::store::StoreError;
 use protocol::ErrorCode;
 
@@ -13,6 +14,12 @@ pub enum Refusal {
     InvalidTopic,
     #[error("subscription limit reached")]
     TooManySubscriptions,
+    /// A dev-mode client touched a topic withheld from it (`auth.anonymous_withheld`).
+    #[error("refused")]
+    Withheld,
+    /// A limit other than the subscriptions' was reached (retained messages).
+    #[error("{0}")]
+    QuotaExceeded(String),
     #[error("this device waits for approval from another device of the user")]
     ApprovalPending,
     #[error("bad request payload: {0}")]
@@ -37,12 +44,23 @@ impl From<StoreError> for Refusal {
     }
 }
 
+impl From<RetainError> for Refusal {
+    fn from(error: RetainError) -> Self {
+        match error {
+            RetainError::Full(_) => Self::QuotaExceeded(error.to_string()),
+            RetainError::Store(e) => e.into(),
+        }
+    }
+}
+
 impl Refusal {
     pub fn error_code(&self) -> ErrorCode {
         match self {
             Self::Forbidden => ErrorCode::Forbidden,
             Self::InvalidTopic => ErrorCode::InvalidTopic,
             Self::TooManySubscriptions => ErrorCode::TooManySubscriptions,
+            Self::Withheld => ErrorCode::Forbidden,
+            Self::QuotaExceeded(_) => ErrorCode::Unavailable,
             Self::ApprovalPending => ErrorCode::ApprovalPending,
             Self::BadPayload(_) => ErrorCode::InvalidRequest,
             Self::StoreUnavailable(_) => ErrorCode::Unavailable,

@@ -4,6 +4,7 @@
 use bytes::BytesMut;
 use futures_util::{SinkExt, StreamExt};
 use std::io;
+use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
@@ -69,5 +70,19 @@ impl MqttStream {
             Self::Raw(stream) => stream.shutdown().await,
             Self::WebSocket(ws) => ws.as_mut().close(None).await.map_err(io::Error::other),
         };
+    }
+
+    /// Closes our side, then reads and drops what the peer still sends until it closes too, for
+    /// at most `linger`. Closing a socket with unread data resets it, and a reset can destroy
+    /// what the peer had not read yet: the DISCONNECT that says why, or the last answers.
+    pub async fn close_gracefully(&mut self, linger: Duration) {
+        self.shutdown().await;
+        let mut sink = BytesMut::new();
+        let _ = tokio::time::timeout(linger, async {
+            while let Ok(1..) = self.read_into(&mut sink).await {
+                sink.clear();
+            }
+        })
+        .await;
     }
 }

@@ -2,9 +2,9 @@
 //! signal, and the flags the fan-out reads at delivery. The connection's own task holds the
 //! receiving end of the outbox and writes what arrives to the socket.
 
+use super::message::Published;
 use crate::auth::identity::Identity;
 use crate::infra::time::unix_millis;
-use bytes::Bytes;
 use protocol::envelope::DisconnectReason;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -29,25 +29,52 @@ impl LinkIds {
     }
 }
 
-/// Quality of service of a delivery. The gateway delivers at most at QoS 1.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+/// Quality of service of a publish or a delivery.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Qos {
-    AtMostOnce,
-    AtLeastOnce,
+    AtMostOnce = 0,
+    AtLeastOnce = 1,
+    ExactlyOnce = 2,
 }
 
-/// A message as the fan-out hands it to links; shared by all receivers.
-#[derive(Debug)]
-pub struct Published {
-    pub topic: String,
-    pub payload: Bytes,
+impl Qos {
+    /// The QoS of an MQTT QoS level; `None` for a level that does not exist.
+    pub fn from_level(level: u8) -> Option<Self> {
+        match level {
+            0 => Some(Self::AtMostOnce),
+            1 => Some(Self::AtLeastOnce),
+            2 => Some(Self::ExactlyOnce),
+            _ => None,
+        }
+    }
+
+    pub fn level(self) -> u8 {
+        self as u8
+    }
 }
 
-/// One item in a link's outbox.
+/// One item in a link's outbox: a message, at the QoS and with what its subscriptions asked.
 #[derive(Debug, Clone)]
 pub struct Delivery {
     pub message: Arc<Published>,
     pub qos: Qos,
+    /// The retain flag it goes out with: set for a retained message sent at subscribe time,
+    /// and for a live one only under Retain As Published.
+    pub retain: bool,
+    /// The MQTT 5 Subscription Identifiers of the link's subscriptions that matched.
+    pub subscription_ids: Vec<u32>,
+}
+
+impl Delivery {
+    /// A delivery of what the gateway itself publishes (replies, presence, sync pages).
+    pub fn of(message: Arc<Published>, qos: Qos) -> Self {
+        Self {
+            message,
+            qos,
+            retain: false,
+            subscription_ids: Vec::new(),
+        }
+    }
 }
 
 /// What became of one delivery.
@@ -56,6 +83,9 @@ pub enum Delivered {
     Queued,
     /// The outbox was full (see [`Link::deliver`]).
     Dropped,
+    /// The outbox was full, and the entry of the user's log is left for the connection to read
+    /// from the log when it has caught up (see [`Link::follow_log`]).
+    Deferred,
     /// The connection has ended.
     Gone,
 }
@@ -65,6 +95,9 @@ pub enum Delivered {
 pub struct CloseReason {
     pub kind: DisconnectReason,
     pub message: String,
+    /// The client came back on another node, which holds its session now: this node must not
+    /// write the session back.
+    pub moved_elsewhere: bool,
 }
 
 impl CloseReason {
@@ -72,6 +105,7 @@ impl CloseReason {
         Self {
             kind,
             message: message.into(),
+            moved_elsewhere: false,
         }
     }
 }
@@ -83,6 +117,11 @@ pub struct Link {
     close_reason: OnceLock<CloseReason>,
     close_signal: Notify,
     approved: AtomicBool,
+    /// The connection reads what it missed of its user's log from the store (see
+    /// [`Link::follow_log`]).
+    follows_log: AtomicBool,
+    /// The highest entry of the log deferred since the connection last looked (0: none).
+    missed: AtomicU64,
     last_seen_ms: AtomicU64,
 }
 
@@ -101,28 +140,39 @@ impl Link {
             close_reason: OnceLock::new(),
             close_signal: Notify::new(),
             approved: AtomicBool::new(approved),
+            follows_log: AtomicBool::new(false),
+            missed: AtomicU64::new(0),
             last_seen_ms: AtomicU64::new(unix_millis()),
         });
         (handle, inbox)
     }
 
     /// Queues a delivery; memory per link stays bounded by the outbox capacity. When the
-    /// outbox is full, a QoS 0 message is dropped (at-most-once allows it) and a QoS 1 message
-    /// closes the link as too slow: it must not be dropped silently, and the device catches
-    /// up on its next sync.
+    /// outbox is full, a QoS 0 message is dropped (at-most-once allows it). An entry of the
+    /// user's log is deferred when the connection follows its log: it reads what it missed from
+    /// the store once it has caught up, so a device that falls behind is never cut off from its
+    /// messages. Any other QoS 1 or 2 message closes the link as too slow: it must not be
+    /// dropped silently.
     pub fn deliver(&self, delivery: Delivery) -> Delivered {
         let qos = delivery.qos;
+        let seq = delivery.message.seq;
         match self.outbox.try_send(delivery) {
             Ok(()) => Delivered::Queued,
-            Err(mpsc::error::TrySendError::Full(_)) if qos == Qos::AtMostOnce => Delivered::Dropped,
-            Err(mpsc::error::TrySendError::Full(_)) => {
-                self.close(CloseReason::new(
-                    DisconnectReason::SlowConsumer,
-                    "too many undelivered messages",
-                ));
-                Delivered::Dropped
-            }
             Err(mpsc::error::TrySendError::Closed(_)) => Delivered::Gone,
+            Err(mpsc::error::TrySendError::Full(_)) => match seq {
+                Some(seq) if self.follows_log() => {
+                    self.missed.fetch_max(seq, Ordering::AcqRel);
+                    Delivered::Deferred
+                }
+                _ if qos == Qos::AtMostOnce => Delivered::Dropped,
+                _ => {
+                    self.close(CloseReason::new(
+                        DisconnectReason::SlowConsumer,
+                        "too many undelivered messages",
+                    ));
+                    Delivered::Dropped
+                }
+            },
         }
     }
 
@@ -147,6 +197,25 @@ impl Link {
                 return reason.clone();
             }
             self.close_signal.notified().await;
+        }
+    }
+
+    /// From now on the connection reads its user's log from the store where it missed entries
+    /// (see [`Delivered::Deferred`]).
+    pub fn follow_log(&self) {
+        self.follows_log.store(true, Ordering::Release);
+    }
+
+    pub fn follows_log(&self) -> bool {
+        self.follows_log.load(Ordering::Acquire)
+    }
+
+    /// The highest entry of the log deferred since the last call, if any: the connection reads
+    /// up to there from the store.
+    pub fn take_missed(&self) -> Option<u64> {
+        match self.missed.swap(0, Ordering::AcqRel) {
+            0 => None,
+            seq => Some(seq),
         }
     }
 

@@ -6,7 +6,10 @@
 pub mod hub;
 pub mod known_devices;
 pub mod link;
+pub mod message;
 pub mod nodes;
 pub mod registry;
+pub mod retained;
+pub mod sessions;
 pub mod signals;
 pub mod user_topics;

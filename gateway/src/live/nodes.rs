@@ -2,16 +2,16 @@
 //! online, and how to reach them there. One node alone has none (`cluster::single`);
 //! nodes sharing a Redis reach each other through it (`cluster::redis`).
 
+use super::message::Published;
 use crate::store::StoreError;
 use async_trait::async_trait;
-use bytes::Bytes;
 use protocol::envelope::DeviceInfo;
 
 #[async_trait]
 pub trait OtherNodes: Send + Sync + 'static {
-    /// Publishes on one of `user`'s topics on the other nodes that hold devices of the user.
-    /// Best effort: a device that misses it live catches up from the log.
-    fn publish_to_user(&self, user: &str, topic: &str, payload: Bytes);
+    /// Publishes a message on one of `user`'s topics on the other nodes that hold devices of
+    /// the user. Best effort: a device that misses it live catches up from the log.
+    fn publish_to_user(&self, user: &str, message: &Published);
 
     /// A device of `user` came online on this node: the others learn it, and a node that held
     /// the same device closes its session there (takeover across nodes).

@@ -267,7 +267,10 @@ impl Registry {
             entries.is_empty()
         });
         if let Some(link) = found {
-            link.close(taken_over());
+            link.close(CloseReason {
+                moved_elsewhere: true,
+                ..taken_over()
+            });
         }
     }
 

@@ -4,6 +4,7 @@
 
 use super::hub::Hub;
 use super::link::{LinkId, Qos};
+use super::message::Published;
 use super::nodes::OtherNodes;
 use crate::store::{Appended, CommitFeed, EntryKind};
 use bytes::Bytes;
@@ -23,12 +24,19 @@ impl UserTopics {
         Self { hub, nodes, stored }
     }
 
-    /// Publishes on one of `user`'s topics. `exclude` is a link of this node that does not get
-    /// it (the sender's own).
+    /// Publishes what the gateway says on one of `user`'s topics (presence, replies, signals)
+    /// at QoS 1 at most. `exclude` is a link of this node that does not get it (the sender's
+    /// own).
     pub fn publish(&self, user: &str, topic: &str, payload: Bytes, exclude: Option<LinkId>) {
-        self.hub
-            .publish(topic, payload.clone(), Qos::AtLeastOnce, exclude);
-        self.nodes.publish_to_user(user, topic, payload);
+        let message = Arc::new(Published::new(topic, payload));
+        self.send(user, message, Qos::AtLeastOnce, exclude);
+    }
+
+    /// Hands `message` to the hub here and to the nodes holding the user's devices elsewhere.
+    /// Entries of the user's log go out at the QoS each subscription asked for, up to 2.
+    pub fn send(&self, user: &str, message: Arc<Published>, cap: Qos, exclude: Option<LinkId>) {
+        self.nodes.publish_to_user(user, &message);
+        self.hub.publish(message, cap, exclude);
     }
 
     pub fn nodes(&self) -> &Arc<dyn OtherNodes> {
@@ -46,8 +54,12 @@ impl CommitFeed for UserTopics {
                 EntryKind::Message => topics::inbox(&entry.log),
                 EntryKind::Notification => topics::notify(&entry.log),
             };
+            let message = Arc::new(Published {
+                seq: Some(entry.seq),
+                ..Published::new(topic, entry.payload.clone())
+            });
             let exclude = entry.origin.map(|origin| origin.0);
-            self.publish(&entry.log, &topic, entry.payload.clone(), exclude);
+            self.send(&entry.log, message, Qos::ExactlyOnce, exclude);
         }
     }
 }

@@ -117,8 +117,7 @@ impl Messages {
             to: user,
             body,
         };
-        let mut entry = record::seal(&self.keys, user, &content, None);
-        entry.kind = EntryKind::Notification;
+        let entry = record::seal_entry(&self.keys, user, &content, None, EntryKind::Notification);
         self.queue(vec![entry])
     }
 

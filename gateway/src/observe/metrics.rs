@@ -156,6 +156,13 @@ pub struct Metrics {
     /// Live signals relayed (each once, however many devices got it).
     pub signals: Counter,
     pub dropped_deliveries: Counter,
+    /// Entries of a user's log a client's full outbox could not take, which it then read from
+    /// the log (nothing is lost).
+    pub deferred_deliveries: Counter,
+    /// Messages not sent because they exceed the client's Maximum Packet Size (MQTT 5).
+    pub too_large_for_client: Counter,
+    /// Messages queued for away sessions that pushed older ones out (`sessions.max_queued`).
+    pub session_queue_dropped: Counter,
     /// Log entries made durable (a device's message counts twice: recipient's and sender's log).
     pub stored: Counter,
     /// Time from accepting a message to its being durable, as its sender waits.
@@ -190,6 +197,9 @@ impl Metrics {
             api_messages: Counter::default(),
             signals: Counter::default(),
             dropped_deliveries: Counter::default(),
+            deferred_deliveries: Counter::default(),
+            too_large_for_client: Counter::default(),
+            session_queue_dropped: Counter::default(),
             stored: Counter::default(),
             // 100 µs to about 3 s.
             append_seconds: Histogram::new(exponential_buckets(0.0001, 2.0, 16)),
@@ -257,6 +267,21 @@ impl Metrics {
             "dropped_deliveries",
             "QoS 0 deliveries dropped because the receiving client's outbox was full",
             metrics.dropped_deliveries.clone(),
+        );
+        registry.register(
+            "deferred_deliveries",
+            "Entries of a user's log a client's full outbox could not take; the client reads them from the log",
+            metrics.deferred_deliveries.clone(),
+        );
+        registry.register(
+            "too_large_for_client",
+            "Messages not sent because they exceed the client's MQTT 5 Maximum Packet Size",
+            metrics.too_large_for_client.clone(),
+        );
+        registry.register(
+            "session_queue_dropped",
+            "Messages queued for away MQTT sessions that pushed older ones out (sessions.max_queued)",
+            metrics.session_queue_dropped.clone(),
         );
         registry.register(
             "messages_stored",

@@ -196,7 +196,7 @@ impl SessionRecording {
         self.recorder.record(Event::Subscribe {
             session: self.session,
             topic: topic.to_string(),
-            qos: qos_number(qos),
+            qos: qos.level(),
         });
     }
 
@@ -235,7 +235,7 @@ impl PendingPublish {
         self.recorder.record(Event::Publish {
             session: self.session,
             topic: self.topic,
-            qos: qos_number(self.qos),
+            qos: self.qos.level(),
             payload: self.recorder.payload(&self.payload),
         });
     }
@@ -246,13 +246,6 @@ impl Drop for SessionRecording {
         self.recorder.record(Event::Disconnect {
             session: self.session,
         });
-    }
-}
-
-fn qos_number(qos: Qos) -> u8 {
-    match qos {
-        Qos::AtMostOnce => 0,
-        Qos::AtLeastOnce => 1,
     }
 }
 

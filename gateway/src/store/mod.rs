@@ -12,6 +12,8 @@ pub mod clock;
 pub mod embedded;
 pub mod record;
 pub mod redis;
+pub mod retained;
+pub mod sessions;
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -107,9 +109,30 @@ pub struct LogHead {
 #[derive(Debug, Clone)]
 pub struct LogPage {
     pub messages: Vec<InboxMessage>,
+    /// The sequences of the entries among `messages` that are in-app notifications (delivered
+    /// live on `u/{user}/notify`); the others are messages.
+    pub notifications: Vec<u64>,
     /// The highest sequence this page covers (messages hidden by a contact deletion leave
     /// gaps, and the page still covers them).
     pub covered_to: u64,
+}
+
+impl LogPage {
+    /// Adds the next visible entry.
+    pub fn push(&mut self, message: InboxMessage, kind: EntryKind) {
+        if kind == EntryKind::Notification {
+            self.notifications.push(message.seq);
+        }
+        self.messages.push(message);
+    }
+
+    /// What kind of entry the page's message at `seq` is.
+    pub fn kind_of(&self, seq: u64) -> EntryKind {
+        match self.notifications.binary_search(&seq) {
+            Ok(_) => EntryKind::Notification,
+            Err(_) => EntryKind::Message,
+        }
+    }
 }
 
 #[derive(Debug, Clone, thiserror::Error)]
@@ -151,8 +174,9 @@ impl AppendTicket {
     }
 }
 
+/// The message store; it also keeps MQTT sessions and retained messages, in the same backend.
 #[async_trait]
-pub trait Store: Send + Sync + 'static {
+pub trait Store: retained::RetainedStore + sessions::SessionStore {
     /// Queues messages (each for its own log) to be appended together. The order of calls is the
     /// order in the logs, so a connection's messages keep their order without waiting for each.
     fn append(&self, messages: Vec<NewMessage>) -> AppendTicket;

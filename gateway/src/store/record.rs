@@ -1,5 +1,10 @@
 //! How a message is kept at rest, the same for every backend: its id in the clear (it names
 //! nothing personal) and its content sealed with SM4-GCM, bound to its log and id.
+//!
+//! A record is `[flags and id length][id][sealed content]`: the first byte's low 7 bits are the
+//! id's length, its high bit says the entry is an in-app notification (delivered on
+//! `u/{user}/notify`) rather than a message (on the inbox). Records written before the flag
+//! existed have it clear, which is what they were: messages.
 
 use super::{EntryKind, NewMessage, Origin, StoreError};
 use crate::infra::cipher::KeyRing;
@@ -21,18 +26,36 @@ pub struct Content<'a, B: Serialize + ?Sized = Value> {
     pub body: &'a B,
 }
 
-/// Seals `content` for `log`'s log.
+/// The first byte's bit that marks an in-app notification.
+const NOTIFICATION: u8 = 0x80;
+
+/// Seals a message `content` for `log`'s log.
 pub fn seal(
     keys: &KeyRing,
     log: &str,
     content: &Content<'_, impl Serialize + ?Sized>,
     origin: Option<Origin>,
 ) -> NewMessage {
+    seal_entry(keys, log, content, origin, EntryKind::Message)
+}
+
+/// Seals `content` for `log`'s log as an entry of `kind`.
+pub fn seal_entry(
+    keys: &KeyRing,
+    log: &str,
+    content: &Content<'_, impl Serialize + ?Sized>,
+    origin: Option<Origin>,
+    kind: EntryKind,
+) -> NewMessage {
     let plaintext = serde_json::to_vec(content).expect("message content serializes");
     let id = content.id.as_bytes();
-    assert!(id.len() <= u8::MAX as usize, "message ids are short");
+    assert!(id.len() < NOTIFICATION as usize, "message ids are short");
+    let flag = match kind {
+        EntryKind::Message => 0,
+        EntryKind::Notification => NOTIFICATION,
+    };
     let mut record = Vec::with_capacity(1 + id.len() + plaintext.len() + 48);
-    record.push(id.len() as u8);
+    record.push(id.len() as u8 | flag);
     record.extend_from_slice(id);
     record.extend_from_slice(&keys.seal(&plaintext, &aad(log, content.id)));
     NewMessage {
@@ -40,29 +63,35 @@ pub fn seal(
         plaintext: plaintext.into(),
         record,
         origin,
-        kind: EntryKind::Message,
+        kind,
     }
 }
 
-/// Reads a record of `log` back into the message it was, at `seq` and time `hlc`.
+/// Reads a record of `log` back into the message it was, at `seq` and time `hlc`, and what kind
+/// of entry it is.
 pub fn open(
     keys: &KeyRing,
     log: &str,
     seq: u64,
     hlc: u64,
     record: &[u8],
-) -> Result<InboxMessage, StoreError> {
+) -> Result<(InboxMessage, EntryKind), StoreError> {
     let damaged = || StoreError::Unreadable(format!("record {log}/{seq} is damaged"));
-    let (&id_len, rest) = record.split_first().ok_or_else(damaged)?;
-    let id = rest.get(..id_len as usize).ok_or_else(damaged)?;
+    let (&first, rest) = record.split_first().ok_or_else(damaged)?;
+    let id_len = (first & !NOTIFICATION) as usize;
+    let kind = match first & NOTIFICATION {
+        0 => EntryKind::Message,
+        _ => EntryKind::Notification,
+    };
+    let id = rest.get(..id_len).ok_or_else(damaged)?;
     let id = std::str::from_utf8(id).map_err(|_| damaged())?;
     let plaintext = keys
-        .open(&rest[id_len as usize..], &aad(log, id))
+        .open(&rest[id_len..], &aad(log, id))
         .map_err(|e| StoreError::Unreadable(format!("record {log}/{seq}: {e}")))?;
     let mut message: InboxMessage = serde_json::from_slice(&plaintext).map_err(|_| damaged())?;
     message.seq = seq;
     message.ts = hlc_millis(hlc);
-    Ok(message)
+    Ok((message, kind))
 }
 
 /// The message as delivered live: the sealed JSON object with its position in front.
@@ -110,11 +139,15 @@ mod tests {
         let new = seal(&keys, "bob", &content, None);
         assert!(!String::from_utf8_lossy(&new.record).contains("secret"));
         let hlc = (1_700_000_000_000u64 << 16) | 3;
-        let opened = open(&keys, "bob", 7, hlc, &new.record).unwrap();
+        let (opened, kind) = open(&keys, "bob", 7, hlc, &new.record).unwrap();
+        assert_eq!(kind, EntryKind::Message);
         let live: InboxMessage =
             serde_json::from_slice(&live_payload(&new.plaintext, 7, hlc)).unwrap();
         assert_eq!(opened, live);
         assert_eq!((opened.seq, opened.ts), (7, 1_700_000_000_000));
         assert!(open(&keys, "alice", 7, hlc, &new.record).is_err());
+        let notification = seal_entry(&keys, "bob", &content, None, EntryKind::Notification);
+        let (_, kind) = open(&keys, "bob", 8, hlc, &notification.record).unwrap();
+        assert_eq!(kind, EntryKind::Notification);
     }
 }

@@ -5,7 +5,7 @@ use super::script::{Action, Body};
 use super::session::{Ended, Link, Pending};
 use super::tally::Tally;
 use futures_util::{SinkExt, StreamExt};
-use protocol::frames::{ClientFrame, ServerFrame};
+use protocol::frames::{ClientFrame, RequestId, ServerFrame};
 use std::collections::HashMap;
 use std::time::Duration;
 use tokio::net::TcpStream;
@@ -56,11 +56,12 @@ impl JsonWsLink {
 impl Link for JsonWsLink {
     async fn send(&mut self, action: &Action) -> Result<(), String> {
         self.next_id += 1;
-        let id = Some(self.next_id.to_string());
+        let id = Some(RequestId::from(self.next_id));
         let frame = match action {
             Action::Subscribe { topic, .. } => ClientFrame::Sub {
                 id: id.clone(),
                 topic: topic.clone(),
+                resume: false,
             },
             Action::Unsubscribe { topic } => ClientFrame::Unsub {
                 id: id.clone(),
@@ -92,14 +93,14 @@ impl Link for JsonWsLink {
     async fn receive(&mut self, tally: &Tally) -> Result<(), Ended> {
         match read_frame(&mut self.ws).await? {
             ServerFrame::Ok { id: Some(id), .. } => {
-                self.answered(&id)?;
+                self.answered(&id.to_string())?;
             }
             ServerFrame::Error {
                 id: Some(id),
                 code,
                 message,
             } => {
-                let pending = self.answered(&id)?;
+                let pending = self.answered(&id.to_string())?;
                 tally.fail(
                     pending.kind,
                     format!("{}: error {code:?}: {message}", pending.what),

@@ -7,8 +7,8 @@ use super::script::Action;
 use super::session::{Ended, Link, Pending};
 use super::tally::Tally;
 use rumqttc::v5::mqttbytes::v5::{
-    ConnectReturnCode, DisconnectReasonCode, Packet, PubAckReason, SubscribeReasonCode,
-    UnsubAckReason,
+    ConnectReturnCode, DisconnectReasonCode, Packet, PubAckReason, PubCompReason, PubRecReason,
+    SubscribeReasonCode, UnsubAckReason,
 };
 use rumqttc::v5::mqttbytes::QoS;
 use rumqttc::v5::{AsyncClient, ConnectionError, Event, MqttOptions, StateError};
@@ -217,6 +217,22 @@ impl Link for MqttLink {
                     );
                 }
             }
+            Event::Incoming(Packet::PubRec(rec)) if rec.reason != PubRecReason::Success => {
+                let pending = self.answered(Request::Publish, rec.pkid)?;
+                tally.fail(
+                    pending.kind,
+                    format!("{}: PUBREC {:?}", pending.what, rec.reason),
+                );
+            }
+            Event::Incoming(Packet::PubComp(comp)) => {
+                let pending = self.answered(Request::Publish, comp.pkid)?;
+                if comp.reason != PubCompReason::Success {
+                    tally.fail(
+                        pending.kind,
+                        format!("{}: PUBCOMP {:?}", pending.what, comp.reason),
+                    );
+                }
+            }
             Event::Incoming(Packet::Publish(_)) => tally.received.add(1),
             _ => {}
         }
@@ -246,7 +262,8 @@ impl Link for MqttLink {
 fn qos_of(level: u8) -> QoS {
     match level {
         0 => QoS::AtMostOnce,
-        _ => QoS::AtLeastOnce,
+        1 => QoS::AtLeastOnce,
+        _ => QoS::ExactlyOnce,
     }
 }
 

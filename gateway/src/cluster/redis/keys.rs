@@ -40,8 +40,14 @@ pub(super) struct PresenceEntry {
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub(super) enum Relayed {
-    /// Publish on a topic of one of the node's users.
-    Publish { topic: String, payload: String },
+    /// Publish on a topic of one of the node's users; `seq` when it is an entry of the user's
+    /// log.
+    Publish {
+        topic: String,
+        payload: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        seq: Option<u64>,
+    },
     /// A device of the node's connected elsewhere: close the session here.
     TakeOver { user: String, device: String },
     /// The backend logs a device of the node's out.
@@ -58,6 +64,7 @@ pub(super) enum Outgoing {
         user: String,
         topic: String,
         payload: Bytes,
+        seq: Option<u64>,
     },
     Online {
         user: String,

@@ -30,12 +30,13 @@ mod relay;
 use super::Membership;
 use crate::infra::redis::{bounded, connect};
 use crate::live::hub::Hub;
+use crate::live::message::Published;
 use crate::live::nodes::OtherNodes;
 use crate::live::registry::Registry;
+use crate::live::sessions::Sessions;
 use crate::shutdown::Shutdown;
 use crate::store::StoreError;
 use async_trait::async_trait;
-use bytes::Bytes;
 use keys::{alive_key, presence_key, Outgoing, PresenceEntry, Relayed};
 use protocol::envelope::DeviceInfo;
 use redis::aio::ConnectionManager;
@@ -94,11 +95,12 @@ impl RedisNodes {
         self: Arc<Self>,
         registry: Arc<Registry>,
         hub: Arc<Hub>,
+        sessions: Arc<Sessions>,
         shutdown: Shutdown,
     ) {
         loop {
             tokio::select! {
-                received = relay::receive(&self.url, &self.node, &registry, &hub) => {
+                received = relay::receive(&self.url, &self.node, &registry, &hub, &sessions) => {
                     if let Err(e) = received {
                         tracing::warn!("cluster channel lost: {e}; reconnecting");
                     }
@@ -131,11 +133,12 @@ impl RedisNodes {
 
 #[async_trait]
 impl OtherNodes for RedisNodes {
-    fn publish_to_user(&self, user: &str, topic: &str, payload: Bytes) {
+    fn publish_to_user(&self, user: &str, message: &Published) {
         self.queue(Outgoing::ToUser {
             user: user.to_string(),
-            topic: topic.to_string(),
-            payload,
+            topic: message.topic.clone(),
+            payload: message.payload.clone(),
+            seq: message.seq,
         });
     }
 
@@ -207,10 +210,16 @@ impl OtherNodes for RedisNodes {
 
 #[async_trait]
 impl Membership for RedisNodes {
-    fn start(self: Arc<Self>, registry: Arc<Registry>, hub: Arc<Hub>, shutdown: &Shutdown) {
+    fn start(
+        self: Arc<Self>,
+        registry: Arc<Registry>,
+        hub: Arc<Hub>,
+        sessions: Arc<Sessions>,
+        shutdown: &Shutdown,
+    ) {
         shutdown.spawn(
             self.clone()
-                .run_inbound(registry.clone(), hub, shutdown.clone()),
+                .run_inbound(registry.clone(), hub, sessions, shutdown.clone()),
         );
         shutdown.spawn(self.run_heartbeat(registry, shutdown.clone()));
     }

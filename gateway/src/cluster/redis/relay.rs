@@ -8,12 +8,16 @@ use super::keys::{
 use crate::infra::redis::bounded;
 use crate::live::hub::Hub;
 use crate::live::link::Qos;
+use crate::live::message::Published;
 use crate::live::registry::Registry;
+use crate::live::sessions::Sessions;
+use crate::store::sessions::SessionKey;
 use crate::store::StoreError;
 use bytes::Bytes;
 use futures_util::StreamExt;
 use redis::aio::ConnectionManager;
 use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
 use tokio::sync::mpsc;
 
 /// The outgoing task: presence updates and relays, in order, in batches.
@@ -90,6 +94,7 @@ impl Relay {
                     user,
                     topic,
                     payload,
+                    seq,
                 } => {
                     lookups.insert(user);
                     relays.push((
@@ -97,6 +102,7 @@ impl Relay {
                         Relayed::Publish {
                             topic: topic.clone(),
                             payload: String::from_utf8_lossy(payload).into_owned(),
+                            seq: *seq,
                         },
                     ));
                 }
@@ -172,6 +178,7 @@ pub(super) async fn receive(
     node: &str,
     registry: &Registry,
     hub: &Hub,
+    sessions: &Sessions,
 ) -> anyhow::Result<()> {
     let client = redis::Client::open(url)?;
     let mut pubsub = client.get_async_pubsub().await?;
@@ -186,11 +193,25 @@ pub(super) async fn receive(
             }
         };
         match relayed {
-            Relayed::Publish { topic, payload } => {
-                hub.publish(&topic, Bytes::from(payload), Qos::AtLeastOnce, None);
+            Relayed::Publish {
+                topic,
+                payload,
+                seq,
+            } => {
+                // The sending node capped the QoS already: a log entry may go out at 2.
+                let cap = match seq {
+                    Some(_) => Qos::ExactlyOnce,
+                    None => Qos::AtLeastOnce,
+                };
+                let message = Published {
+                    seq,
+                    ..Published::new(topic, Bytes::from(payload))
+                };
+                hub.publish(Arc::new(message), cap, None);
             }
             Relayed::TakeOver { user, device } => {
                 registry.taken_over_elsewhere(&user, &device);
+                sessions.moved_elsewhere(&SessionKey::Device { user, device });
             }
             Relayed::Kick {
                 user,

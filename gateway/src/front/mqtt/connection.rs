@@ -1,203 +1,84 @@
-//! One MQTT connection, from CONNECT to close: authentication, keepalive, the inbound packet
-//! handling, and writing the session's outbox with at most `max_inflight` unacknowledged QoS 1
-//! messages.
+//! One established MQTT connection: the packet loop between the socket, the client's outbox
+//! and the work its publishes start. It reads while fewer than the Receive Maximum of the
+//! client's publishes are being handled, answers them in order, sends the outbox no faster than
+//! the client acknowledges, follows the user's log where the live path cannot keep up, and
+//! keeps the session's state as it changes.
 
 use super::codec::{
-    peek_connect_version, read_connect, Codec, ConnackCode, ConnackInfo, ConnectRequest,
-    DecodeError, DisconnectCode, Inbound, PubAckCode, SubscribeRefusal, Version, Will,
+    AckCode, Codec, ConnectRequest, DecodeError, DisconnectCode, FilterRequest, Inbound,
+    SubscribeRefusal, Version,
 };
+use super::inbound::{Admission, InboundState, Violation};
+use super::outbound::{Outbound, Written};
 use crate::auth::identity::Identity;
-use crate::auth::Credentials;
-use crate::front::client::{Client, Handled};
+use crate::front::client::{Client, Handled, Publication, RetainHandling, SubscribeRequest};
+use crate::front::log_follower::{self, LogFollower, Readout, Start};
 use crate::front::refusal::Refusal;
 use crate::front::stream::MqttStream;
-use crate::front::Front;
+use crate::live::hub::SubscriptionOptions;
 use crate::live::link::{Delivery, Qos};
-use crate::observe::metrics::{RejectReason, TransportLabel};
+use crate::live::sessions::{Claim, SessionState};
+use crate::observe::metrics::TransportLabel;
 use bytes::BytesMut;
 use futures_util::stream::{FuturesOrdered, StreamExt};
-use protocol::envelope::{DisconnectReason, Transport};
-use std::collections::{HashSet, VecDeque};
+use protocol::envelope::{DisconnectReason, Reply, SyncPage};
+use std::collections::VecDeque;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
 use tokio::time::{sleep_until, Instant};
 
-/// Write buffer size above which the connection flushes before taking more from its outbox.
+/// Write buffer size above which the connection flushes before taking more to send.
 const WRITE_BATCH: usize = 64 * 1024;
 
-/// Reads the CONNECT, authenticates, answers CONNACK and runs the session. The caller bounds
-/// this whole call's handshake part by the handshake timeout through `handshake_deadline`.
-pub async fn serve(
-    front: Arc<Front>,
-    mut stream: MqttStream,
-    transport: Transport,
-    handshake_deadline: Instant,
-) {
-    let max_packet = front.limits.max_packet_size;
-    let mut rbuf = BytesMut::new();
-    let connect = match tokio::time::timeout_at(
-        handshake_deadline,
-        read_first_connect(&mut stream, &mut rbuf, max_packet),
-    )
-    .await
-    {
-        Err(_) => return front.metrics.reject(RejectReason::handshake_timeout),
-        Ok(Err(ConnectFailure::Closed)) => {
-            return front.metrics.reject(RejectReason::handshake_failed)
-        }
-        Ok(Err(ConnectFailure::Decode(e))) => {
-            tracing::debug!("refused CONNECT: {e}");
-            if let DecodeError::UnsupportedVersion(_) = e {
-                let mut out = BytesMut::new();
-                // Answered in 3.1.1 framing, which every MQTT client understands.
-                Codec {
-                    version: Version::V311,
-                    max_packet_size: max_packet,
-                }
-                .connack(
-                    ConnackCode::UnsupportedVersion,
-                    ConnackInfo::default(),
-                    &mut out,
-                );
-                let _ = stream.write_all(&out).await;
-            }
-            return front.metrics.reject(RejectReason::protocol_error);
-        }
-        Ok(Ok(connect)) => connect,
-    };
-    let codec = Codec {
-        version: connect.version,
-        max_packet_size: max_packet,
-    };
-    let identity = match authenticate(&front, &connect) {
-        Ok(identity) => identity,
-        Err(reason) => {
-            front
-                .metrics
-                .auth_failures
-                .get_or_create(&TransportLabel::from(transport))
-                .inc();
-            tracing::info!(client_id = %connect.client_id, transport = transport.as_str(), "CONNECT refused: {reason}");
-            let mut out = BytesMut::new();
-            let info = ConnackInfo {
-                reason: Some(reason),
-                ..ConnackInfo::default()
-            };
-            codec.connack(ConnackCode::NotAuthorized, info, &mut out);
-            let _ = stream.write_all(&out).await;
-            stream.shutdown().await;
-            return;
-        }
-    };
-    let (keep_alive, server_keep_alive) = negotiate_keep_alive(
-        connect.keep_alive,
-        front.limits.max_keepalive,
-        connect.version,
-    );
-    let (client, outbox) = Client::open(&front, identity, transport);
-    let mut wbuf = BytesMut::new();
-    let info = ConnackInfo {
-        server_keep_alive,
-        max_packet_size: Some(max_packet),
-        reason: None,
-    };
-    codec.connack(ConnackCode::Accepted, info, &mut wbuf);
-    let out_counter = front
-        .metrics
-        .messages_out
-        .get_or_create(&TransportLabel::from(transport))
-        .clone();
-    let connection = Connection {
-        out_counter,
-        max_inflight: front.limits.max_inflight as usize,
-        client,
-        codec,
-        stream,
-        rbuf,
-        wbuf,
-        inflight: VecDeque::new(),
-        qos2_received: HashSet::new(),
-        next_pkid: 0,
-        keep_alive,
-        will: connect.will,
-        answers: FuturesOrdered::new(),
-    };
-    connection.run(outbox).await;
-}
+/// How long a client told why it is disconnected may go on sending before its socket closes.
+const VIOLATION_LINGER: Duration = Duration::from_secs(2);
 
-enum ConnectFailure {
-    Closed,
-    Decode(DecodeError),
-}
+type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 
-async fn read_first_connect(
-    stream: &mut MqttStream,
-    rbuf: &mut BytesMut,
-    max_packet: u32,
-) -> Result<ConnectRequest, ConnectFailure> {
-    loop {
-        if let Some(version) =
-            peek_connect_version(rbuf, max_packet).map_err(ConnectFailure::Decode)?
-        {
-            if let Some(connect) =
-                read_connect(version, rbuf, max_packet).map_err(ConnectFailure::Decode)?
-            {
-                return Ok(connect);
-            }
-        }
-        match stream.read_into(rbuf).await {
-            Ok(0) | Err(_) => return Err(ConnectFailure::Closed),
-            Ok(_) => {}
-        }
-    }
-}
-
-/// The device token is the password (see [`crate::auth::Auth::connect`]).
-fn authenticate(front: &Front, connect: &ConnectRequest) -> Result<Identity, String> {
-    let credentials = Credentials {
-        client_id: &connect.client_id,
-        password: connect.password.as_deref(),
-        will_topic: connect.will.as_ref().map(|will| will.topic.as_str()),
-    };
-    let assign_id = || format!("anonymous-{}", front.link_ids.next());
-    front.auth.connect(&credentials, assign_id)
-}
-
-/// The keepalive to enforce and, for v5, the Server Keep Alive to announce. A client asking for
-/// more than allowed (or for none) gets the maximum: dead devices must be noticed. 3.1.1 clients
-/// cannot be told, so the maximum is enforced silently for them.
-fn negotiate_keep_alive(
-    requested: u16,
-    max: Duration,
-    version: Version,
-) -> (Duration, Option<u16>) {
-    let max_secs = max.as_secs().min(u16::MAX as u64) as u16;
-    if requested == 0 || requested > max_secs {
-        let announce = (version == Version::V5).then_some(max_secs);
-        (Duration::from_secs(max_secs as u64), announce)
-    } else {
-        (Duration::from_secs(requested as u64), None)
-    }
-}
-
-struct Connection {
+pub struct Connection {
     client: Client,
     codec: Codec,
     stream: MqttStream,
     rbuf: BytesMut,
     wbuf: BytesMut,
-    /// Packet ids of QoS 1 deliveries not yet acknowledged, oldest first.
-    inflight: VecDeque<u16>,
-    /// QoS 2 publishes received and delivered, waiting for their PUBREL.
-    qos2_received: HashSet<u16>,
-    next_pkid: u16,
-    max_inflight: usize,
+    outbound: Outbound,
+    inbound: InboundState,
+    /// What goes out before the outbox: the retained messages of a new subscription, what was
+    /// queued for the session while its client was away, pages of the user's log.
+    backlog: VecDeque<Delivery>,
+    /// A device's inbox and notifications, followed from the store where needed.
+    follower: Option<LogFollower>,
+    reading: Option<BoxFuture<Readout>>,
+    cursor_write: Option<JoinHandle<()>>,
+    /// The session, held until the connection ends.
+    claim: Claim,
+    /// Seconds the session is kept once the client leaves; 0: it ends with the connection.
+    expiry: u32,
+    /// The session's subscriptions changed since it was last kept in the store.
+    session_changed: bool,
+    session_write: Option<JoinHandle<()>>,
     keep_alive: Duration,
-    will: Option<Will>,
-    out_counter: prometheus_client::metrics::counter::Counter,
+    /// Whether the will is published when the connection ends (not after a normal DISCONNECT).
+    with_will: bool,
     /// Answers to publishes still being handled, in the order the publishes came.
     answers: FuturesOrdered<PendingAnswer>,
+}
+
+/// How a connection ended, for the handshake to hand the session back and send the will.
+pub struct Ending {
+    pub client: Client,
+    pub claim: Claim,
+    /// The session's state to keep; `None` when it ends with the connection.
+    pub state: Option<SessionState>,
+    /// The client came back on another node, which holds the session now.
+    pub moved: bool,
+    pub with_will: bool,
+    /// Seconds the session is kept (the client may have changed it as it left).
+    pub expiry: u32,
 }
 
 /// Which publish an answer is for.
@@ -208,40 +89,171 @@ struct Answer {
 }
 
 /// A publish whose answer waits for work still running (a durable append).
-type PendingAnswer =
-    std::pin::Pin<Box<dyn std::future::Future<Output = (Answer, Result<(), Refusal>)> + Send>>;
+type PendingAnswer = BoxFuture<(Answer, Result<(), Refusal>)>;
 
 /// What handling a packet asks of the loop.
 enum Flow {
     Continue,
-    /// End the session; the will is sent unless the client disconnected normally.
     End {
         reason: DisconnectReason,
-        notice: Option<(DisconnectCode, &'static str)>,
+        notice: Option<Violation>,
     },
 }
 
+impl Flow {
+    fn violation((code, text): Violation) -> Self {
+        let reason = match code {
+            DisconnectCode::PacketTooLarge => DisconnectReason::PacketTooLarge,
+            _ => DisconnectReason::ProtocolError,
+        };
+        Self::End {
+            reason,
+            notice: Some((code, text)),
+        }
+    }
+}
+
+/// Resolves with `future`'s output, or never when there is none.
+async fn maybe<T>(future: &mut Option<BoxFuture<T>>) -> T {
+    match future {
+        Some(future) => future.await,
+        None => std::future::pending().await,
+    }
+}
+
 impl Connection {
-    async fn run(mut self, mut outbox: mpsc::Receiver<Delivery>) {
+    /// A connection for `client`, whose CONNACK is in `wbuf`, taking up the session `claim`
+    /// holds: its subscriptions, what it had in flight and what was queued for it.
+    #[allow(clippy::too_many_arguments)]
+    pub fn start(
+        client: Client,
+        codec: Codec,
+        stream: MqttStream,
+        rbuf: BytesMut,
+        wbuf: BytesMut,
+        connect: &ConnectRequest,
+        keep_alive: Duration,
+        mut claim: Claim,
+        expiry: u32,
+    ) -> Self {
+        let front = client.front().clone();
+        let limits = &front.limits;
+        let window = usize::from(
+            limits
+                .max_inflight
+                .min(connect.receive_maximum.unwrap_or(u16::MAX)),
+        );
+        let transport = TransportLabel::from(client.transport());
+        let outbound = Outbound::new(
+            codec,
+            window,
+            connect.max_packet_size,
+            connect.topic_alias_maximum,
+            front.metrics.messages_out.get_or_create(&transport).clone(),
+            front.metrics.too_large_for_client.clone(),
+        );
+        let inbound = InboundState::new(
+            codec.version,
+            limits.receive_maximum,
+            limits.topic_alias_maximum,
+        );
+        let follower = match client.identity() {
+            Identity::Device { user, device, .. } => {
+                Some(LogFollower::new(user, device, expiry > 0))
+            }
+            _ => None,
+        };
+        let queued = std::mem::take(&mut claim.queued);
+        let kept = claim.state.take();
+        let mut connection = Self {
+            client,
+            codec,
+            stream,
+            rbuf,
+            wbuf,
+            outbound,
+            inbound,
+            backlog: queued
+                .into_iter()
+                .map(|(message, qos)| Delivery::of(Arc::new(message), qos))
+                .collect(),
+            follower,
+            reading: None,
+            cursor_write: None,
+            claim,
+            expiry,
+            session_changed: false,
+            session_write: None,
+            keep_alive,
+            with_will: true,
+            answers: FuturesOrdered::new(),
+        };
+        if let Some(state) = kept {
+            connection.resume(state);
+        }
+        connection
+    }
+
+    /// Takes up a kept session: what was in flight goes again first (MQTT 4.4), then its
+    /// subscriptions are made again, the user's log followed from the device's cursor.
+    fn resume(&mut self, state: SessionState) {
+        let (sent, unsent): (Vec<_>, Vec<_>) =
+            state.unacknowledged.into_iter().partition(|k| k.pkid != 0);
+        let resent = self.outbound.resend(sent, &mut self.wbuf);
+        self.backlog
+            .extend(unsent.into_iter().map(|kept| kept.delivery()));
+        self.inbound.resume(&state.awaiting_release);
+        if let Some(follower) = &mut self.follower {
+            for &seq in &resent {
+                follower.sent(seq, Qos::AtLeastOnce);
+            }
+        }
+        // Entries sent again are past the cursor already.
+        let floor = state.log_from.into_iter().chain(resent).max();
+        for kept in &state.subscriptions {
+            let requested = kept.requested();
+            let request = SubscribeRequest {
+                filter: &requested,
+                options: kept.options(),
+                retain_handling: RetainHandling::DoNotSend,
+            };
+            let start = Start::Cursor {
+                floor,
+                epoch: state.log_epoch.clone(),
+            };
+            if let Err(refusal) = self.subscribe(&request, start) {
+                tracing::info!(link = self.client.link.id, filter = %requested, "a kept subscription is no longer allowed: {refusal}");
+            }
+        }
+    }
+
+    pub async fn run(mut self, mut outbox: mpsc::Receiver<Delivery>) -> Ending {
         // Keepalive is enforced at 1.5 times the negotiated interval (MQTT 3.1.1 §3.1.2.10).
         let keep_alive_window = self.keep_alive + self.keep_alive / 2;
         let keep_alive = sleep_until(Instant::now() + keep_alive_window);
         tokio::pin!(keep_alive);
-        let handle = self.client.link.clone();
-        let closed = handle.closed();
+        let link = self.client.link.clone();
+        let closed = link.closed();
         tokio::pin!(closed);
+        let mut moved = false;
 
-        let flow = loop {
+        let (reason, notice) = loop {
+            if let (Some(missed), Some(follower)) = (link.take_missed(), &mut self.follower) {
+                follower.fell_behind(missed);
+            }
+            self.write_backlog();
+            self.start_background_work();
             if !self.wbuf.is_empty() {
                 if self.stream.write_all(&self.wbuf).await.is_err() {
-                    break Flow::End {
-                        reason: DisconnectReason::SocketClosed,
-                        notice: None,
-                    };
+                    break (DisconnectReason::SocketClosed, None);
                 }
-                self.recycle_write_buffer();
+                self.recycle_buffers();
+                if self.backlog.front().is_some_and(|d| self.outbound.takes(d)) {
+                    continue;
+                }
             }
-            let can_send = self.inflight.len() < self.max_inflight;
+            let takes_outbox = self.backlog.is_empty() && self.outbound.has_room();
+            let reads = !self.inbound.is_full();
             tokio::select! {
                 biased;
                 reason = &mut closed => {
@@ -252,9 +264,10 @@ impl Connection {
                             let _ = self.answer(answer, result);
                         }
                     }
-                    // Write what was queued before the close (a kick's reason, for instance).
+                    // What was queued before the close (a kick's reason, for instance) goes
+                    // out; for a kept session it stays in flight and is sent again.
                     while let Ok(delivery) = outbox.try_recv() {
-                        self.write_delivery(delivery);
+                        self.deliver(delivery);
                     }
                     let code = match reason.kind {
                         DisconnectReason::TakenOver => DisconnectCode::TakenOver,
@@ -264,44 +277,50 @@ impl Connection {
                         _ => DisconnectCode::Administrative,
                     };
                     self.codec.disconnect(code, &reason.message, &mut self.wbuf);
-                    break Flow::End { reason: reason.kind, notice: None };
+                    moved = reason.moved_elsewhere;
+                    break (reason.kind, None);
                 }
-                read = self.stream.read_into(&mut self.rbuf) => {
+                read = self.stream.read_into(&mut self.rbuf), if reads => {
                     match read {
-                        Ok(0) | Err(_) => break Flow::End { reason: DisconnectReason::SocketClosed, notice: None },
+                        Ok(0) | Err(_) => break (DisconnectReason::SocketClosed, None),
                         Ok(_) => {
                             keep_alive.as_mut().reset(Instant::now() + keep_alive_window);
-                            self.client.link.touch();
+                            link.touch();
                             if let Flow::End { reason, notice } = self.handle_input() {
-                                break Flow::End { reason, notice };
+                                break (reason, notice);
                             }
                         }
                     }
                 }
                 Some((answer, result)) = self.answers.next(), if !self.answers.is_empty() => {
                     if let Flow::End { reason, notice } = self.answer(answer, result) {
-                        break Flow::End { reason, notice };
+                        break (reason, notice);
+                    }
+                    if self.inbound.is_full() {
+                        // Not reading is not the client's silence.
+                        keep_alive.as_mut().reset(Instant::now() + keep_alive_window);
                     }
                 }
-                Some(delivery) = outbox.recv(), if can_send => {
-                    self.write_delivery(delivery);
-                    while self.inflight.len() < self.max_inflight && self.wbuf.len() < WRITE_BATCH {
+                readout = maybe(&mut self.reading) => {
+                    self.reading = None;
+                    self.take_readout(readout);
+                }
+                Some(delivery) = outbox.recv(), if takes_outbox => {
+                    self.deliver(delivery);
+                    while self.outbound.has_room() && self.wbuf.len() < WRITE_BATCH {
                         match outbox.try_recv() {
-                            Ok(delivery) => self.write_delivery(delivery),
+                            Ok(delivery) => self.deliver(delivery),
                             Err(_) => break,
                         }
                     }
                 }
                 () = &mut keep_alive => {
-                    break Flow::End {
-                        reason: DisconnectReason::KeepaliveTimeout,
-                        notice: Some((DisconnectCode::KeepAliveTimeout, "no packet within 1.5 times the keepalive")),
-                    };
+                    break (
+                        DisconnectReason::KeepaliveTimeout,
+                        Some((DisconnectCode::KeepAliveTimeout, "no packet within 1.5 times the keepalive")),
+                    );
                 }
             }
-        };
-        let Flow::End { reason, notice } = flow else {
-            unreachable!("the loop only breaks with End")
         };
         if let Some((code, text)) = notice {
             self.codec.disconnect(code, text, &mut self.wbuf);
@@ -310,15 +329,198 @@ impl Connection {
             let _ = tokio::time::timeout(Duration::from_secs(1), self.stream.write_all(&self.wbuf))
                 .await;
         }
-        self.stream.shutdown().await;
-        if reason != DisconnectReason::ClientDisconnect {
-            self.send_will();
+        match notice {
+            // A client in breach is told why; it may still be sending.
+            Some(_) => self.stream.close_gracefully(VIOLATION_LINGER).await,
+            None => self.stream.shutdown().await,
+        }
+        // What never went out stays with a kept session.
+        while let Ok(delivery) = outbox.try_recv() {
+            if self.follower.as_mut().is_none_or(|f| f.admit(&delivery)) {
+                self.backlog.push_back(delivery);
+            }
         }
         self.client.set_end_reason(reason);
+        self.finish(moved).await
+    }
+
+    /// Stores the cursor where the client left it and waits for the session's last write, so
+    /// the state handed back is the newest.
+    async fn finish(mut self, moved: bool) -> Ending {
+        if let Some(write) = self.cursor_write.take() {
+            let _ = write.await;
+        }
+        if let Some(write) = self.store_cursor() {
+            let _ = write.await;
+        }
+        if let Some(write) = self.session_write.take() {
+            let _ = write.await;
+        }
+        let state = (self.expiry > 0).then(|| self.state());
+        Ending {
+            state,
+            moved,
+            with_will: self.with_will,
+            expiry: self.expiry,
+            client: self.client,
+            claim: self.claim,
+        }
+    }
+
+    /// The session as it stands.
+    fn state(&self) -> SessionState {
+        let mut unacknowledged = self.outbound.keep();
+        unacknowledged.extend(
+            (self.backlog.iter())
+                .filter(|d| d.qos != Qos::AtMostOnce && d.message.seq.is_none())
+                .map(|d| crate::live::sessions::KeptDelivery {
+                    pkid: 0,
+                    qos: d.qos.level(),
+                    released: false,
+                    message: d.message.keep(None),
+                    retain: d.retain,
+                    subscription_ids: d.subscription_ids.clone(),
+                }),
+        );
+        SessionState {
+            expiry_secs: self.expiry,
+            subscriptions: self.client.subscriptions(),
+            awaiting_release: self.inbound.awaiting_release(),
+            unacknowledged,
+            log_from: self.follower.as_ref().and_then(LogFollower::floor),
+            log_epoch: self
+                .follower
+                .as_ref()
+                .and_then(|f| f.epoch().map(str::to_string)),
+        }
+    }
+
+    /// Starts what runs beside the loop when it is due: the next read of the user's log once
+    /// what the last one gave went out, storing the device's cursor, keeping the session.
+    fn start_background_work(&mut self) {
+        let front = self.client.front().clone();
+        if self.reading.is_none() && self.backlog.is_empty() {
+            let user_device = match self.client.identity() {
+                Identity::Device { user, device, .. } => Some((user.clone(), device.clone())),
+                _ => None,
+            };
+            if let (Some(follower), Some((user, device))) = (&mut self.follower, user_device) {
+                if let Some(read) = follower.next_read() {
+                    self.reading = Some(Box::pin(log_follower::perform(
+                        front.store.clone(),
+                        user,
+                        device,
+                        read,
+                        front.roaming.page_size,
+                        front.roaming.new_device_history as u64,
+                    )));
+                }
+            }
+        }
+        if self
+            .cursor_write
+            .as_ref()
+            .is_none_or(JoinHandle::is_finished)
+        {
+            self.cursor_write = self.store_cursor().map(|write| front.shutdown.spawn(write));
+        }
+        let persistent = self.expiry > 0;
+        if persistent
+            && self.session_changed
+            && self
+                .session_write
+                .as_ref()
+                .is_none_or(JoinHandle::is_finished)
+        {
+            self.session_changed = false;
+            self.claim.stored = true;
+            let (sessions, key, state) =
+                (front.sessions.clone(), self.claim.key.clone(), self.state());
+            self.session_write = Some(front.shutdown.spawn(async move {
+                if let Err(e) = sessions.keep(&key, &state).await {
+                    tracing::warn!("a session change is kept in memory only: {e}");
+                }
+            }));
+        }
+    }
+
+    /// The write of the device's cursor, when acknowledgements moved it.
+    fn store_cursor(&mut self) -> Option<impl Future<Output = ()> + Send + 'static> {
+        let seq = self.follower.as_mut()?.cursor_to_store()?;
+        let Identity::Device { user, device, .. } = self.client.identity() else {
+            return None;
+        };
+        let (store, user, device) = (
+            self.client.front().store.clone(),
+            user.clone(),
+            device.clone(),
+        );
+        Some(async move {
+            if let Err(e) = store.ack(&user, &device, seq).await {
+                tracing::warn!(%user, %device, "the device's cursor was not moved: {e}");
+            }
+        })
+    }
+
+    fn take_readout(&mut self, readout: Readout) {
+        let Some(follower) = &mut self.follower else {
+            return;
+        };
+        let started = matches!(readout, Readout::Started { .. });
+        let (deliveries, reset) = follower.take(readout);
+        self.backlog.extend(deliveries);
+        if started {
+            // Where the session began to follow the log is part of it.
+            self.session_changed = true;
+        }
+        if let (Some(reset), Identity::Device { user, device, .. }) =
+            (reset, self.client.identity())
+        {
+            // A client that knows nothing of sync learns it on its reply topic.
+            let page = SyncPage {
+                epoch: follower.epoch().unwrap_or_default().to_string(),
+                messages: Vec::new(),
+                to_seq: reset.available_from.saturating_sub(1),
+                more: true,
+                reset: Some(reset),
+            };
+            (self.client.front().registry).reply(user, device, &Reply::Sync(page));
+        }
+    }
+
+    /// Writes what waits in the backlog while the client takes more.
+    fn write_backlog(&mut self) {
+        while let Some(next) = self.backlog.front() {
+            if !self.outbound.takes(next) || self.wbuf.len() >= WRITE_BATCH {
+                break;
+            }
+            let delivery = self.backlog.pop_front().expect("looked at it");
+            self.write(delivery);
+        }
+    }
+
+    /// A delivery from the outbox: entries of the log the follower already gave, or reads from
+    /// the store, are left out.
+    fn deliver(&mut self, delivery: Delivery) {
+        if self.follower.as_mut().is_none_or(|f| f.admit(&delivery)) {
+            self.write(delivery);
+        }
+    }
+
+    fn write(&mut self, delivery: Delivery) {
+        let (seq, qos) = (delivery.message.seq, delivery.qos);
+        let written = self.outbound.write(delivery, &mut self.wbuf);
+        if let (Some(seq), Some(follower)) = (seq, &mut self.follower) {
+            match written {
+                Written::Sent => follower.sent(seq, qos),
+                // A skipped entry is as good as delivered: the cursor passes it.
+                Written::Skipped => follower.sent(seq, Qos::AtMostOnce),
+            }
+        }
     }
 
     /// Drops buffers grown by a burst, so an idle connection holds little memory.
-    fn recycle_write_buffer(&mut self) {
+    fn recycle_buffers(&mut self) {
         if self.wbuf.capacity() > WRITE_BATCH * 2 {
             self.wbuf = BytesMut::new();
         } else {
@@ -330,7 +532,8 @@ impl Connection {
     }
 
     fn handle_input(&mut self) -> Flow {
-        loop {
+        // Packets past the Receive Maximum wait in the buffer until answers go out.
+        while !self.inbound.is_full() {
             match self.codec.read(&mut self.rbuf) {
                 Ok(None) => return Flow::Continue,
                 Ok(Some(packet)) => {
@@ -340,44 +543,51 @@ impl Connection {
                 }
                 Err(DecodeError::TooLarge { size, max }) => {
                     tracing::debug!(link = self.client.link.id, size, max, "packet too large");
-                    return Flow::End {
-                        reason: DisconnectReason::PacketTooLarge,
-                        notice: Some((
-                            DisconnectCode::PacketTooLarge,
-                            "packet exceeds the maximum packet size",
-                        )),
-                    };
+                    return Flow::violation((
+                        DisconnectCode::PacketTooLarge,
+                        "packet exceeds the maximum packet size",
+                    ));
                 }
                 Err(e) => {
                     tracing::debug!(link = self.client.link.id, "protocol error: {e}");
-                    return Flow::End {
-                        reason: DisconnectReason::ProtocolError,
-                        notice: Some((DisconnectCode::ProtocolError, "malformed packet")),
-                    };
+                    return Flow::violation((DisconnectCode::ProtocolError, "malformed packet"));
                 }
             }
         }
+        Flow::Continue
     }
 
     fn handle_packet(&mut self, packet: Inbound) -> Flow {
         match packet {
-            Inbound::Publish {
-                topic,
-                payload,
-                qos,
-                pkid,
-            } => {
-                if qos == 2 && !self.qos2_received.insert(pkid) {
-                    // A retransmission of a QoS 2 publish already handled: acknowledge only.
-                    self.codec.pubrec(pkid, &mut self.wbuf);
-                    return Flow::Continue;
+            Inbound::Publish(mut publish) => {
+                if publish.has_subscription_ids {
+                    return Flow::violation((
+                        DisconnectCode::ProtocolError,
+                        "a client may not send subscription identifiers",
+                    ));
                 }
-                let delivery_qos = if qos == 0 {
-                    Qos::AtMostOnce
-                } else {
-                    Qos::AtLeastOnce
-                };
-                let handled = self.client.publish(&topic, payload, delivery_qos);
+                if let Err(violation) = self.inbound.resolve_topic(&mut publish) {
+                    return Flow::violation(violation);
+                }
+                let (pkid, qos) = (publish.pkid, publish.qos);
+                match self.inbound.admit(qos, pkid) {
+                    Err(violation) => return Flow::violation(violation),
+                    Ok(Admission::Repeat) => {
+                        self.codec.pubrec(pkid, AckCode::Success, &mut self.wbuf);
+                        return Flow::Continue;
+                    }
+                    Ok(Admission::Pending) => return Flow::Continue,
+                    Ok(Admission::New) => {}
+                }
+                let topic = publish.topic.clone();
+                let handled = self.client.publish(Publication {
+                    topic: publish.topic,
+                    payload: publish.payload,
+                    qos: Qos::from_level(qos).unwrap_or(Qos::ExactlyOnce),
+                    retain: publish.retain,
+                    properties: publish.properties,
+                    expiry: publish.expiry,
+                });
                 let answer = Answer { pkid, qos, topic };
                 match handled {
                     // Answers go out in the order the publishes came (MQTT 4.6), so an immediate
@@ -398,41 +608,51 @@ impl Connection {
                 }
             }
             Inbound::PubAck(pkid) => {
-                if let Some(pos) = self.inflight.iter().position(|&p| p == pkid) {
-                    self.inflight.remove(pos);
-                }
+                let received = self.outbound.acknowledged(pkid);
+                self.received(received);
             }
+            Inbound::PubRec(pkid) => {
+                let received = self.outbound.received(pkid, false, &mut self.wbuf);
+                self.received(received);
+            }
+            Inbound::PubComp(pkid) => self.outbound.completed(pkid),
             Inbound::PubRel(pkid) => {
-                self.qos2_received.remove(&pkid);
-                self.codec.pubcomp(pkid, &mut self.wbuf);
+                let known = self.inbound.released(pkid);
+                self.codec.pubcomp(pkid, known, &mut self.wbuf);
             }
-            Inbound::Subscribe { pkid, filters } => {
+            Inbound::Subscribe { pkid, filters, id } => {
                 let results: Vec<_> = filters
                     .iter()
-                    .map(|(filter, qos)| {
-                        self.client
-                            .subscribe(filter, *qos)
-                            .map_err(|refusal| match refusal {
-                                Refusal::InvalidTopic => SubscribeRefusal::FilterInvalid,
-                                Refusal::TooManySubscriptions => SubscribeRefusal::QuotaExceeded,
-                                _ => SubscribeRefusal::NotAuthorized,
-                            })
-                    })
+                    .map(|filter| self.subscribe(&subscribe_request(filter, id), Start::Now))
+                    .map(|result| result.map_err(subscribe_refusal))
                     .collect();
                 self.codec.suback(pkid, &results, &mut self.wbuf);
+                self.session_changed = true;
             }
             Inbound::Unsubscribe { pkid, filters } => {
-                let existed: Vec<bool> =
-                    filters.iter().map(|f| self.client.unsubscribe(f)).collect();
+                let existed: Vec<bool> = filters.iter().map(|f| self.unsubscribe(f)).collect();
                 self.codec.unsuback(pkid, &existed, &mut self.wbuf);
+                self.session_changed = true;
             }
             Inbound::PingReq => self.codec.pingresp(&mut self.wbuf),
-            Inbound::Disconnect { with_will } => {
-                let reason = if with_will {
-                    DisconnectReason::SocketClosed
-                } else {
-                    self.will = None;
-                    DisconnectReason::ClientDisconnect
+            Inbound::Disconnect {
+                with_will,
+                session_expiry,
+            } => {
+                if let Some(expiry) = session_expiry {
+                    if self.expiry == 0 && expiry > 0 {
+                        // MQTT 5 3.14.2.2.2: a session that was to end cannot be kept now.
+                        return Flow::violation((
+                            DisconnectCode::ProtocolError,
+                            "session expiry set at DISCONNECT after 0 at CONNECT",
+                        ));
+                    }
+                    self.expiry = expiry.min(self.client.front().sessions.max_expiry_secs());
+                }
+                self.with_will = with_will;
+                let reason = match with_will {
+                    true => DisconnectReason::SocketClosed,
+                    false => DisconnectReason::ClientDisconnect,
                 };
                 return Flow::End {
                     reason,
@@ -441,48 +661,47 @@ impl Connection {
             }
             Inbound::Unexpected(what) => {
                 tracing::debug!(link = self.client.link.id, "protocol error: {what}");
-                return Flow::End {
-                    reason: DisconnectReason::ProtocolError,
-                    notice: Some((DisconnectCode::ProtocolError, what)),
-                };
+                return Flow::violation((DisconnectCode::ProtocolError, what));
             }
         }
         Flow::Continue
     }
 
-    fn write_delivery(&mut self, delivery: Delivery) {
-        let pkid = match delivery.qos {
-            Qos::AtMostOnce => 0,
-            Qos::AtLeastOnce => {
-                let pkid = self.allocate_pkid();
-                self.inflight.push_back(pkid);
-                pkid
-            }
-        };
-        let message = &delivery.message;
-        self.codec.publish(
-            &message.topic,
-            message.payload.clone(),
-            delivery.qos,
-            pkid,
-            &mut self.wbuf,
-        );
-        self.out_counter.inc();
-    }
-
-    fn allocate_pkid(&mut self) -> u16 {
-        loop {
-            self.next_pkid = self.next_pkid.wrapping_add(1).max(1);
-            if !self.inflight.contains(&self.next_pkid) {
-                return self.next_pkid;
-            }
+    /// The client holds an entry of its log now: the cursor may move past it.
+    fn received(&mut self, entry: Option<u64>) {
+        if let (Some(seq), Some(follower)) = (entry, &mut self.follower) {
+            follower.acknowledged(seq);
         }
     }
 
-    /// Answers a publish once it was handled: PUBACK (with the reason for v5) or PUBREC, and a
+    /// Subscribes; a subscription to the user's inbox or notifications follows the log from
+    /// `start`.
+    fn subscribe(&mut self, request: &SubscribeRequest<'_>, start: Start) -> Result<Qos, Refusal> {
+        let subscribed = self.client.subscribe(request)?;
+        self.backlog.extend(subscribed.retained);
+        if let (Some(kind), Some(follower)) = (subscribed.logged, &mut self.follower) {
+            self.client.link.follow_log();
+            follower.subscribed(kind, request.options, start);
+        }
+        Ok(subscribed.granted)
+    }
+
+    fn unsubscribe(&mut self, filter: &str) -> bool {
+        let Some(existed) = self.client.unsubscribe(filter) else {
+            return false;
+        };
+        if let Some(follower) = &mut self.follower {
+            if let (None, Some(kind)) = (&existed.share, follower.kind_of(&existed.filter)) {
+                follower.unsubscribed(kind);
+            }
+        }
+        true
+    }
+
+    /// Answers a publish once it was handled: PUBACK or PUBREC (with the reason for v5), and a
     /// reply on the device's reply topic for a refused device request. A 3.1.1 client cannot be
-    /// told that the store is unavailable, so it is disconnected without the PUBACK and
-    /// sends the message again after reconnecting.
+    /// told that the store is unavailable, so it is disconnected without the answer and sends
+    /// the message again after reconnecting.
     fn answer(&mut self, answer: Answer, result: Result<(), Refusal>) -> Flow {
         if let Err(refusal) = &result {
             self.client.reply_refusal(&answer.topic, refusal);
@@ -496,63 +715,53 @@ impl Connection {
                 };
             }
         }
+        // A 3.1.1 client cannot be told a QoS 2 publish was refused: it releases it as usual.
+        let taken = result.is_ok() || self.codec.version == Version::V311;
+        self.inbound.answered(answer.qos, answer.pkid, taken);
+        let code = ack_code(&result);
         match answer.qos {
             0 => {}
-            1 => self
-                .codec
-                .puback(answer.pkid, puback_code(&result), &mut self.wbuf),
-            _ => self.codec.pubrec(answer.pkid, &mut self.wbuf),
+            1 => self.codec.puback(answer.pkid, code, &mut self.wbuf),
+            _ => self.codec.pubrec(answer.pkid, code, &mut self.wbuf),
         }
         Flow::Continue
     }
+}
 
-    fn send_will(&mut self) {
-        if let Some(will) = self.will.take() {
-            let id = self.client.link.id;
-            let handled = self.client.publish(&will.topic, will.payload, will.qos);
-            self.client.finish_later(async move {
-                if let Err(refusal) = handled.finish().await {
-                    tracing::debug!(link = id, "will refused: {refusal}");
-                }
-            });
-        }
+fn subscribe_request(filter: &FilterRequest, id: Option<u32>) -> SubscribeRequest<'_> {
+    SubscribeRequest {
+        filter: &filter.filter,
+        options: SubscriptionOptions {
+            qos: filter.qos,
+            no_local: filter.no_local,
+            retain_as_published: filter.retain_as_published,
+            id,
+        },
+        retain_handling: match filter.retain_handling {
+            0 => RetainHandling::Send,
+            1 => RetainHandling::SendIfNew,
+            _ => RetainHandling::DoNotSend,
+        },
     }
 }
 
-fn puback_code(result: &Result<(), Refusal>) -> PubAckCode {
+fn subscribe_refusal(refusal: Refusal) -> SubscribeRefusal {
+    match refusal {
+        Refusal::InvalidTopic => SubscribeRefusal::FilterInvalid,
+        Refusal::TooManySubscriptions => SubscribeRefusal::QuotaExceeded,
+        Refusal::Withheld => SubscribeRefusal::Unspecified,
+        _ => SubscribeRefusal::NotAuthorized,
+    }
+}
+
+fn ack_code(result: &Result<(), Refusal>) -> AckCode {
     match result {
-        Ok(()) => PubAckCode::Success,
-        Err(Refusal::Forbidden | Refusal::ApprovalPending) => PubAckCode::NotAuthorized,
-        Err(Refusal::InvalidTopic) => PubAckCode::TopicNameInvalid,
-        Err(Refusal::BadPayload(_)) => PubAckCode::PayloadFormatInvalid,
-        Err(Refusal::TooManySubscriptions | Refusal::StoreUnavailable(_)) => {
-            PubAckCode::Unavailable
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    const MAX: Duration = Duration::from_secs(1200);
-
-    #[test]
-    fn keep_alive_is_capped_and_announced_to_v5() {
-        assert_eq!(
-            negotiate_keep_alive(60, MAX, Version::V5),
-            (Duration::from_secs(60), None)
-        );
-        assert_eq!(
-            negotiate_keep_alive(900, MAX, Version::V311),
-            (Duration::from_secs(900), None),
-            "15-minute mobile heartbeats are accepted"
-        );
-        assert_eq!(
-            negotiate_keep_alive(3600, MAX, Version::V5),
-            (MAX, Some(1200))
-        );
-        assert_eq!(negotiate_keep_alive(0, MAX, Version::V5), (MAX, Some(1200)));
-        assert_eq!(negotiate_keep_alive(3600, MAX, Version::V311), (MAX, None));
+        Ok(()) => AckCode::Success,
+        Err(Refusal::Forbidden | Refusal::ApprovalPending) => AckCode::NotAuthorized,
+        Err(Refusal::InvalidTopic) => AckCode::TopicNameInvalid,
+        Err(Refusal::BadPayload(_)) => AckCode::PayloadFormatInvalid,
+        Err(Refusal::QuotaExceeded(_)) => AckCode::QuotaExceeded,
+        Err(Refusal::Withheld) => AckCode::Unspecified,
+        Err(Refusal::TooManySubscriptions | Refusal::StoreUnavailable(_)) => AckCode::Unavailable,
     }
 }

@@ -1,7 +1,7 @@
 //! The MQTT listeners (TCP, TLS, WebSocket, secure WebSocket): every handshake (TLS, WebSocket
 //! upgrade, CONNECT) runs in the connection's own task under the handshake timeout.
 
-use super::connection;
+use super::handshake;
 use crate::front::accept::accept_loop;
 use crate::front::stream::{BoxStream, MqttStream};
 use crate::front::Front;
@@ -52,7 +52,7 @@ pub async fn run(front: Arc<Front>, listener: TcpListener, kind: MqttListenerKin
                 let deadline = Instant::now() + front.limits.handshake_timeout;
                 let transport = kind.transport();
                 match tokio::time::timeout_at(deadline, handshake(&front, socket, kind)).await {
-                    Ok(Ok(stream)) => connection::serve(front, stream, transport, deadline).await,
+                    Ok(Ok(stream)) => handshake::serve(front, stream, transport, deadline).await,
                     Ok(Err(e)) => {
                         tracing::debug!(%peer, transport = transport.as_str(), "handshake failed: {e}");
                         front.metrics.reject(RejectReason::handshake_failed);

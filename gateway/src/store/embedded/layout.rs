@@ -7,11 +7,14 @@
 //! - `cursors` user 0x00 device → highest sequence the device acknowledged (BE)
 //! - `forgotten` owner 0x00 other → sequence up to which their direct messages in `owner`'s log
 //!   are hidden, until the sweeper has removed them
+//! - `sessions` session name → expiry (8 bytes, BE, ms) + sealed state (see `sessions.rs`)
+//! - `session_queues` session name 0x00 position (8 bytes, BE) → sealed message
+//! - `retained` topic → sealed message
 
 use crate::infra::cipher::KeyRing;
 use crate::infra::fjall::open_database;
 use crate::store::record;
-use crate::store::{new_epoch, StoreError};
+use crate::store::{new_epoch, EntryKind, StoreError};
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, OwnedWriteBatch, PersistMode};
 use protocol::envelope::InboxMessage;
 use std::path::Path;
@@ -24,6 +27,9 @@ pub(super) struct Keyspaces {
     pub heads: Keyspace,
     pub cursors: Keyspace,
     pub forgotten: Keyspace,
+    pub sessions: Keyspace,
+    pub session_queues: Keyspace,
+    pub retained: Keyspace,
 }
 
 /// A log's head as kept in `heads`.
@@ -114,7 +120,7 @@ pub(super) fn open_value(
     user: &str,
     seq: u64,
     value: &[u8],
-) -> Result<InboxMessage, StoreError> {
+) -> Result<(InboxMessage, EntryKind), StoreError> {
     let (hlc, record) = value.split_at_checked(8).ok_or_else(|| {
         StoreError::Unreadable(format!("record {user}/{seq} is shorter than its header"))
     })?;
@@ -133,6 +139,9 @@ impl Keyspaces {
             heads: space("heads")?,
             cursors: space("cursors")?,
             forgotten: space("forgotten")?,
+            sessions: space("sessions")?,
+            session_queues: space("session_queues")?,
+            retained: space("retained")?,
             db,
         })
     }

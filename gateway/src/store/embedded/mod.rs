@@ -16,9 +16,11 @@
 //! keeps the heads of recent logs in memory. Whatever removes a log's newest entries (a sweep)
 //! stores the head first, so a sequence is never given out twice.
 //!
-//! [`layout`] holds the keyspaces and their keys, [`writer`] the writer and responder threads.
+//! [`layout`] holds the keyspaces and their keys, [`writer`] the writer and responder threads,
+//! `sessions.rs` the MQTT sessions kept for clients that are away and the retained messages.
 
 mod layout;
+mod sessions;
 mod writer;
 
 use super::clock::HybridClock;
@@ -128,6 +130,7 @@ impl Store for EmbeddedStore {
             }
             let mut page = LogPage {
                 messages: Vec::new(),
+                notifications: Vec::new(),
                 covered_to: after,
             };
             let start = log_key(&user, after.saturating_add(1));
@@ -139,12 +142,12 @@ impl Store for EmbeddedStore {
                 let (key, value) = entry.into_inner().map_err(failed)?;
                 let seq = log_position(&key).1;
                 page.covered_to = seq;
-                let message = open_value(keys, &user, seq, &value)?;
+                let (message, kind) = open_value(keys, &user, seq, &value)?;
                 let hidden = forgotten
                     .iter()
                     .any(|(other, upto)| seq <= *upto && between(&message, &user, other));
                 if !hidden {
-                    page.messages.push(message);
+                    page.push(message, kind);
                 }
             }
             Ok(page)
@@ -172,8 +175,11 @@ impl Store for EmbeddedStore {
     }
 
     async fn delete_user(&self, user: &str) -> Result<(), StoreError> {
+        let owner = user.to_string();
+        self.write(|reply| Command::DeleteUser { user: owner, reply })
+            .await?;
         let user = user.to_string();
-        self.write(|reply| Command::DeleteUser { user, reply })
+        self.read_with(move |spaces, _| spaces.forget_user_sessions(&user))
             .await
     }
 
@@ -218,6 +224,7 @@ impl Store for EmbeddedStore {
                     found.push(format!("{name}/{user}/{}", pair_second(&key, &user)));
                 }
             }
+            found.extend(spaces.session_names(&user)?);
             Ok(found)
         })
         .await

@@ -410,7 +410,7 @@ impl Writer {
                 let (message_key, value) = entry.into_inner().map_err(failed)?;
                 let seq = log_position(&message_key).1;
                 if between(
-                    &open_value(&self.keys, &owner, seq, &value)?,
+                    &open_value(&self.keys, &owner, seq, &value)?.0,
                     &owner,
                     &other,
                 ) {

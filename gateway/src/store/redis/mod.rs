@@ -30,13 +30,14 @@
 
 mod keys;
 mod scripts;
+mod sessions;
 mod writer;
 
 use super::clock::HybridClock;
 use super::record::{self, between, hlc_millis};
 use super::{
-    AppendTicket, Appended, CommitFeed, LogHead, LogPage, NewMessage, Settings, Store, StoreError,
-    SweepReport,
+    AppendTicket, Appended, CommitFeed, EntryKind, LogHead, LogPage, NewMessage, Settings, Store,
+    StoreError, SweepReport,
 };
 use crate::infra::cipher::KeyRing;
 use crate::infra::redis::{bounded, connect};
@@ -94,7 +95,7 @@ impl Entry {
         Ok(Self { seq, hlc, record })
     }
 
-    fn open(&self, keys: &KeyRing, user: &str) -> Result<InboxMessage, StoreError> {
+    fn open(&self, keys: &KeyRing, user: &str) -> Result<(InboxMessage, EntryKind), StoreError> {
         record::open(keys, user, self.seq, self.hlc, &self.record)
     }
 }
@@ -135,7 +136,7 @@ impl RedisStore {
         &self,
         user: &str,
         entries: Vec<Entry>,
-    ) -> Result<Vec<(Entry, InboxMessage)>, StoreError> {
+    ) -> Result<Vec<(Entry, (InboxMessage, EntryKind))>, StoreError> {
         let (keys, user) = (self.keys.clone(), user.to_string());
         tokio::task::spawn_blocking(move || {
             entries
@@ -262,7 +263,7 @@ impl RedisStore {
                     .open_entries(user, page)
                     .await?
                     .into_iter()
-                    .filter(|(_, message)| between(message, user, &other))
+                    .filter(|(_, (message, _))| between(message, user, &other))
                     .map(|(entry, _)| entry_id(entry.seq))
                     .collect();
                 if !doomed.is_empty() {
@@ -334,6 +335,7 @@ impl Store for RedisStore {
     async fn read(&self, user: &str, after: u64, limit: usize) -> Result<LogPage, StoreError> {
         let mut page = LogPage {
             messages: Vec::new(),
+            notifications: Vec::new(),
             covered_to: after,
         };
         if limit == 0 || after == u64::MAX {
@@ -356,13 +358,13 @@ impl Store for RedisStore {
             .into_iter()
             .map(|raw| Entry::parse(user, raw))
             .collect::<Result<_, _>>()?;
-        for (entry, message) in self.open_entries(user, entries).await? {
+        for (entry, (message, kind)) in self.open_entries(user, entries).await? {
             page.covered_to = entry.seq;
             let hidden = forgotten
                 .iter()
                 .any(|(other, upto)| entry.seq <= *upto && between(&message, user, other));
             if !hidden {
-                page.messages.push(message);
+                page.push(message, kind);
             }
         }
         Ok(page)
@@ -403,8 +405,8 @@ impl Store for RedisStore {
                 .ignore()
                 .exec_async(&mut self.redis.clone()),
         )
-        .await
-        .map_err(StoreError::from)
+        .await?;
+        self.forget_user_sessions(user).await
     }
 
     async fn forget_contact(&self, user: &str, other: &str) -> Result<(), StoreError> {

@@ -3,12 +3,14 @@
 //! The packet encoding itself is rumqttc's `mqttbytes` (symmetric: it reads and writes every
 //! packet type, with public fields). This module detects the protocol level from the CONNECT,
 //! turns both versions' packets into [`Inbound`], and writes our answers in the client's version,
-//! with v5 reason codes where v5 has them: [`v4`] and [`v5`] translate, this file dispatches.
+//! with v5 reason codes and properties where v5 has them: [`v4`] and [`v5`] translate, this file
+//! holds the vocabulary and dispatches.
 
 mod v4;
 mod v5;
 
 use crate::live::link::Qos;
+use crate::live::message::MessageProperties;
 use bytes::{Bytes, BytesMut};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -24,6 +26,16 @@ pub struct ConnectRequest {
     pub client_id: String,
     pub keep_alive: u16,
     pub password: Option<String>,
+    /// 3.1.1 Clean Session, v5 Clean Start: no session is taken up.
+    pub clean_start: bool,
+    /// v5 Session Expiry Interval in seconds (absent: 0); 3.1.1 has none.
+    pub session_expiry: Option<u32>,
+    /// How many QoS 1 and 2 messages the client takes unacknowledged (v5; absent: 65,535).
+    pub receive_maximum: Option<u16>,
+    /// The largest packet the client takes (v5; absent: no limit).
+    pub max_packet_size: Option<u32>,
+    /// How many topic aliases the client takes from us (v5; absent: 0).
+    pub topic_alias_maximum: u16,
     pub will: Option<Will>,
 }
 
@@ -32,35 +44,88 @@ pub struct Will {
     pub topic: String,
     pub payload: Bytes,
     pub qos: Qos,
+    pub retain: bool,
+    pub properties: MessageProperties,
+    /// v5 Will Delay Interval, seconds.
+    pub delay: u32,
+    /// v5 Message Expiry Interval, seconds.
+    pub expiry: Option<u32>,
+}
+
+/// A PUBLISH from a client.
+#[derive(Debug, Clone)]
+pub struct PublishIn {
+    /// Empty when the client names the topic by its alias only.
+    pub topic: String,
+    pub payload: Bytes,
+    /// 0, 1 or 2, as the client sent it (3 is malformed).
+    pub qos: u8,
+    pub pkid: u16,
+    pub retain: bool,
+    pub dup: bool,
+    pub properties: MessageProperties,
+    /// v5 Message Expiry Interval, seconds.
+    pub expiry: Option<u32>,
+    pub topic_alias: Option<u16>,
+    /// A client may not send Subscription Identifiers (v5 3.3.4): a protocol error.
+    pub has_subscription_ids: bool,
+}
+
+/// One filter of a SUBSCRIBE, with its options (3.1.1 has only the QoS).
+#[derive(Debug, Clone)]
+pub struct FilterRequest {
+    pub filter: String,
+    pub qos: Qos,
+    pub no_local: bool,
+    pub retain_as_published: bool,
+    /// 0: send retained messages at subscribe; 1: only for a new subscription; 2: never.
+    pub retain_handling: u8,
 }
 
 /// A packet from an established client.
 #[derive(Debug)]
 pub enum Inbound {
-    Publish {
-        topic: String,
-        payload: Bytes,
-        /// 0, 1 or 2, as the client sent it.
-        qos: u8,
-        pkid: u16,
-    },
+    Publish(PublishIn),
     PubAck(u16),
+    PubRec(u16),
     PubRel(u16),
+    PubComp(u16),
     Subscribe {
         pkid: u16,
-        filters: Vec<(String, Qos)>,
+        filters: Vec<FilterRequest>,
+        /// The v5 Subscription Identifier given to all of them.
+        id: Option<u32>,
     },
     Unsubscribe {
         pkid: u16,
         filters: Vec<String>,
     },
     PingReq,
-    /// `with_will`: a v5 client asked for its will to be sent anyway (reason 0x04).
+    /// `with_will`: a v5 client asked for its will to be sent anyway (reason 0x04);
+    /// `session_expiry`: it changes its Session Expiry Interval as it leaves.
     Disconnect {
         with_will: bool,
+        session_expiry: Option<u32>,
     },
     /// A packet a client must not send now (a second CONNECT, a CONNACK, …).
     Unexpected(&'static str),
+}
+
+/// A PUBLISH to a client.
+#[derive(Debug, Clone)]
+pub struct PublishOut<'a> {
+    /// Empty when the client knows the topic by `topic_alias` already.
+    pub topic: &'a str,
+    pub payload: Bytes,
+    pub qos: Qos,
+    pub pkid: u16,
+    pub dup: bool,
+    pub retain: bool,
+    pub properties: &'a MessageProperties,
+    /// The seconds of the message's expiry interval left.
+    pub expiry_left: Option<u32>,
+    pub subscription_ids: &'a [u32],
+    pub topic_alias: Option<u16>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -81,24 +146,41 @@ pub enum ConnackCode {
     Accepted,
     NotAuthorized,
     UnsupportedVersion,
+    /// 3.1.1: an empty client id asked for a session to be kept.
+    ClientIdRejected,
+    /// The session could not be taken up now (its previous connection did not hand it back
+    /// in time, or the store is away): retry.
+    Unavailable,
 }
 
-/// What a v5 CONNACK tells the client about our limits.
+/// What a CONNACK tells the client about its session and (v5) our limits.
 #[derive(Debug, Clone, Default)]
 pub struct ConnackInfo {
+    pub session_present: bool,
     pub server_keep_alive: Option<u16>,
     pub max_packet_size: Option<u32>,
+    pub receive_maximum: Option<u16>,
+    pub topic_alias_maximum: Option<u16>,
+    /// The session expiry granted, when it is less than asked for.
+    pub session_expiry: Option<u32>,
+    pub assigned_client_id: Option<String>,
     pub reason: Option<String>,
 }
 
-/// Why a publish was not taken, for the v5 PUBACK reason.
+/// How a publish was taken, for the v5 PUBACK or PUBREC reason.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum PubAckCode {
+pub enum AckCode {
     Success,
     NotAuthorized,
     TopicNameInvalid,
+    /// The packet id is in use by a QoS 2 publish still waiting for its PUBREL.
+    PacketIdInUse,
+    QuotaExceeded,
     PayloadFormatInvalid,
+    /// The gateway cannot take it now (the store is away): retry later.
     Unavailable,
+    /// Refused without saying why (`auth.anonymous_withheld`).
+    Unspecified,
 }
 
 /// Why the server closes, for the v5 DISCONNECT reason.
@@ -110,8 +192,21 @@ pub enum DisconnectCode {
     PacketTooLarge,
     ProtocolError,
     QuotaExceeded,
+    ReceiveMaximumExceeded,
+    TopicAliasInvalid,
     Administrative,
     ShuttingDown,
+}
+
+/// Why one filter of a SUBSCRIBE was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SubscribeRefusal {
+    NotAuthorized,
+    FilterInvalid,
+    QuotaExceeded,
+    SharedNotSupported,
+    /// Refused without saying why (`auth.anonymous_withheld`).
+    Unspecified,
 }
 
 /// The protocol level of the CONNECT at the start of `buf`, or `None` when more bytes are needed.
@@ -162,13 +257,9 @@ pub fn peek_connect_version(
     }
 }
 
-/// The delivery QoS of a packet's QoS level (the gateway delivers at most at QoS 1).
+/// The QoS of a level a client sent, where 3 is malformed (the codec refuses it before).
 fn qos_of(level: u8) -> Qos {
-    if level == 0 {
-        Qos::AtMostOnce
-    } else {
-        Qos::AtLeastOnce
-    }
+    Qos::from_level(level).unwrap_or(Qos::ExactlyOnce)
 }
 
 /// Reads the CONNECT once [`peek_connect_version`] found its version. `Ok(None)`: need more bytes.
@@ -206,37 +297,54 @@ impl Codec {
 
     pub fn connack(&self, code: ConnackCode, info: ConnackInfo, out: &mut BytesMut) {
         match self.version {
-            Version::V311 => v4::connack(code, out),
+            Version::V311 => v4::connack(code, info.session_present, out),
             Version::V5 => v5::connack(code, info, out),
         }
     }
 
-    pub fn publish(&self, topic: &str, payload: Bytes, qos: Qos, pkid: u16, out: &mut BytesMut) {
+    /// Writes a PUBLISH; returns its size, or `None` (nothing written) when it is larger than
+    /// `client_max`, the largest packet the client takes.
+    pub fn publish(
+        &self,
+        publish: &PublishOut<'_>,
+        client_max: Option<u32>,
+        out: &mut BytesMut,
+    ) -> Option<usize> {
         match self.version {
-            Version::V311 => v4::publish(topic, payload, qos, pkid, out),
-            Version::V5 => v5::publish(topic, payload, qos, pkid, out),
+            Version::V311 => v4::publish(publish, out),
+            Version::V5 => v5::publish(publish, client_max, out),
         }
     }
 
-    pub fn puback(&self, pkid: u16, code: PubAckCode, out: &mut BytesMut) {
+    pub fn puback(&self, pkid: u16, code: AckCode, out: &mut BytesMut) {
         match self.version {
             Version::V311 => v4::puback(pkid, out),
             Version::V5 => v5::puback(pkid, code, out),
         }
     }
 
-    /// QoS 2 from a client: PUBREC on the publish (delivered once), PUBCOMP on its PUBREL.
-    pub fn pubrec(&self, pkid: u16, out: &mut BytesMut) {
+    /// The answer to a QoS 2 publish: it is taken (or refused, v5), and its PUBREL is awaited.
+    pub fn pubrec(&self, pkid: u16, code: AckCode, out: &mut BytesMut) {
         match self.version {
             Version::V311 => v4::pubrec(pkid, out),
-            Version::V5 => v5::pubrec(pkid, out),
+            Version::V5 => v5::pubrec(pkid, code, out),
         }
     }
 
-    pub fn pubcomp(&self, pkid: u16, out: &mut BytesMut) {
+    /// The release of a QoS 2 delivery the client received (its PUBREC came).
+    pub fn pubrel(&self, pkid: u16, out: &mut BytesMut) {
+        match self.version {
+            Version::V311 => v4::pubrel(pkid, out),
+            Version::V5 => v5::pubrel(pkid, out),
+        }
+    }
+
+    /// The end of a QoS 2 publish from the client (its PUBREL came); `known` is false when no
+    /// publish waited under that packet id (v5: reason 0x92).
+    pub fn pubcomp(&self, pkid: u16, known: bool, out: &mut BytesMut) {
         match self.version {
             Version::V311 => v4::pubcomp(pkid, out),
-            Version::V5 => v5::pubcomp(pkid, out),
+            Version::V5 => v5::pubcomp(pkid, known, out),
         }
     }
 
@@ -269,14 +377,6 @@ impl Codec {
             v5::disconnect(code, reason, out);
         }
     }
-}
-
-/// Why one filter of a SUBSCRIBE was refused.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SubscribeRefusal {
-    NotAuthorized,
-    FilterInvalid,
-    QuotaExceeded,
 }
 
 #[cfg(test)]

@@ -1,11 +1,12 @@
 //! MQTT 5 on the wire: our vocabulary to and from rumqttc's v5 packets, with reason codes and
-//! the properties the gateway announces.
+//! the properties a client and the gateway tell each other.
 
 use super::{
-    qos_of, ConnackCode, ConnackInfo, ConnectRequest, DecodeError, DisconnectCode, Inbound,
-    PubAckCode, SubscribeRefusal, Version, Will,
+    qos_of, AckCode, ConnackCode, ConnackInfo, ConnectRequest, DecodeError, DisconnectCode,
+    FilterRequest, Inbound, PublishIn, PublishOut, SubscribeRefusal, Version, Will,
 };
 use crate::live::link::Qos;
+use crate::live::message::MessageProperties;
 use bytes::{Bytes, BytesMut};
 use rumqttc::v5::mqttbytes::v5;
 use rumqttc::v5::mqttbytes::QoS;
@@ -15,17 +16,43 @@ pub(super) fn read_connect(
     max: u32,
 ) -> Result<Option<ConnectRequest>, DecodeError> {
     match v5::Packet::read(buf, Some(max)) {
-        Ok(v5::Packet::Connect(c, will, login)) => Ok(Some(ConnectRequest {
-            version: Version::V5,
-            client_id: c.client_id,
-            keep_alive: c.keep_alive,
-            password: login.map(|l| l.password),
-            will: will.map(|w| Will {
-                topic: String::from_utf8_lossy(&w.topic).into_owned(),
-                payload: w.message,
-                qos: qos_of(w.qos as u8),
-            }),
-        })),
+        Ok(v5::Packet::Connect(c, will, login)) => {
+            let properties = c.properties.unwrap_or_default();
+            Ok(Some(ConnectRequest {
+                version: Version::V5,
+                client_id: c.client_id,
+                keep_alive: c.keep_alive,
+                password: login.map(|l| l.password),
+                clean_start: c.clean_start,
+                session_expiry: properties.session_expiry_interval,
+                receive_maximum: properties.receive_maximum,
+                max_packet_size: properties.max_packet_size,
+                topic_alias_maximum: properties.topic_alias_max.unwrap_or(0),
+                will: will.map(|w| {
+                    let mut will = Will {
+                        topic: String::from_utf8_lossy(&w.topic).into_owned(),
+                        payload: w.message,
+                        qos: qos_of(w.qos as u8),
+                        retain: w.retain,
+                        delay: 0,
+                        expiry: None,
+                        properties: MessageProperties::default(),
+                    };
+                    if let Some(p) = w.properties {
+                        will.delay = p.delay_interval.unwrap_or(0);
+                        will.expiry = p.message_expiry_interval;
+                        will.properties = MessageProperties {
+                            payload_format_indicator: p.payload_format_indicator,
+                            content_type: p.content_type,
+                            response_topic: p.response_topic,
+                            correlation_data: p.correlation_data,
+                            user_properties: p.user_properties,
+                        };
+                    }
+                    will
+                }),
+            }))
+        }
         Ok(_) => Err(DecodeError::NotConnect),
         Err(e) => error(e),
     }
@@ -52,20 +79,51 @@ fn error<T>(e: rumqttc::v5::mqttbytes::Error) -> Result<Option<T>, DecodeError> 
 
 fn inbound(packet: v5::Packet) -> Inbound {
     match packet {
-        v5::Packet::Publish(p) => Inbound::Publish {
-            topic: String::from_utf8_lossy(&p.topic).into_owned(),
-            payload: p.payload,
-            qos: p.qos as u8,
-            pkid: p.pkid,
-        },
+        v5::Packet::Publish(p) => {
+            let properties = p.properties.unwrap_or_default();
+            Inbound::Publish(PublishIn {
+                topic: String::from_utf8_lossy(&p.topic).into_owned(),
+                payload: p.payload,
+                qos: p.qos as u8,
+                pkid: p.pkid,
+                retain: p.retain,
+                dup: p.dup,
+                expiry: properties.message_expiry_interval,
+                topic_alias: properties.topic_alias,
+                has_subscription_ids: !properties.subscription_identifiers.is_empty(),
+                properties: MessageProperties {
+                    payload_format_indicator: properties.payload_format_indicator,
+                    content_type: properties.content_type,
+                    response_topic: properties.response_topic,
+                    correlation_data: properties.correlation_data,
+                    user_properties: properties.user_properties,
+                },
+            })
+        }
         v5::Packet::PubAck(a) => Inbound::PubAck(a.pkid),
+        v5::Packet::PubRec(r) => Inbound::PubRec(r.pkid),
         v5::Packet::PubRel(r) => Inbound::PubRel(r.pkid),
+        v5::Packet::PubComp(c) => Inbound::PubComp(c.pkid),
         v5::Packet::Subscribe(s) => Inbound::Subscribe {
             pkid: s.pkid,
+            id: s
+                .properties
+                .and_then(|p| p.id)
+                .map(|id| u32::try_from(id).unwrap_or(u32::MAX)),
             filters: s
                 .filters
                 .into_iter()
-                .map(|f| (f.path, qos_of(f.qos as u8)))
+                .map(|f| FilterRequest {
+                    filter: f.path,
+                    qos: qos_of(f.qos as u8),
+                    no_local: f.nolocal,
+                    retain_as_published: f.preserve_retain,
+                    retain_handling: match f.retain_forward_rule {
+                        v5::RetainForwardRule::OnEverySubscribe => 0,
+                        v5::RetainForwardRule::OnNewSubscribe => 1,
+                        v5::RetainForwardRule::Never => 2,
+                    },
+                })
                 .collect(),
         },
         v5::Packet::Unsubscribe(u) => Inbound::Unsubscribe {
@@ -75,19 +133,21 @@ fn inbound(packet: v5::Packet) -> Inbound {
         v5::Packet::PingReq(_) => Inbound::PingReq,
         v5::Packet::Disconnect(d) => Inbound::Disconnect {
             with_will: d.reason_code == v5::DisconnectReasonCode::DisconnectWithWillMessage,
+            session_expiry: d.properties.and_then(|p| p.session_expiry_interval),
         },
         v5::Packet::Connect(..) => Inbound::Unexpected("second CONNECT"),
-        v5::Packet::PubRec(_) | v5::Packet::PubComp(_) => {
-            Inbound::Unexpected("QoS 2 acknowledgement for a message never sent at QoS 2")
-        }
         _ => Inbound::Unexpected("server-to-client packet sent by a client"),
     }
 }
 
-fn write(packet: v5::Packet, out: &mut BytesMut) {
+fn write(packet: v5::Packet, out: &mut BytesMut) -> Option<usize> {
     // Only our own, size-checked packets are written; an error here is a bug.
-    if let Err(e) = packet.write(out, None) {
-        tracing::error!("cannot encode MQTT 5 packet: {e}");
+    match packet.write(out, None) {
+        Ok(size) => Some(size),
+        Err(e) => {
+            tracing::error!("cannot encode MQTT 5 packet: {e}");
+            None
+        }
     }
 }
 
@@ -95,6 +155,7 @@ fn qos(qos: Qos) -> QoS {
     match qos {
         Qos::AtMostOnce => QoS::AtMostOnce,
         Qos::AtLeastOnce => QoS::AtLeastOnce,
+        Qos::ExactlyOnce => QoS::ExactlyOnce,
     }
 }
 
@@ -103,22 +164,35 @@ pub(super) fn connack(code: ConnackCode, info: ConnackInfo, out: &mut BytesMut) 
         ConnackCode::Accepted => v5::ConnectReturnCode::Success,
         ConnackCode::NotAuthorized => v5::ConnectReturnCode::NotAuthorized,
         ConnackCode::UnsupportedVersion => v5::ConnectReturnCode::UnsupportedProtocolVersion,
+        ConnackCode::ClientIdRejected => v5::ConnectReturnCode::ClientIdentifierNotValid,
+        ConnackCode::Unavailable => v5::ConnectReturnCode::ServerUnavailable,
     };
     let accepted = code == v5::ConnectReturnCode::Success;
+    // What the gateway supports is said only to an accepted client; absent means "yes" for
+    // retained messages, wildcards, subscription identifiers and shared subscriptions, and
+    // QoS 2 for the maximum QoS.
     let properties = v5::ConnAckProperties {
-        server_keep_alive: info.server_keep_alive,
+        session_expiry_interval: info.session_expiry,
+        receive_max: info.receive_maximum,
+        max_qos: None,
+        retain_available: None,
         max_packet_size: info.max_packet_size,
+        assigned_client_identifier: info.assigned_client_id,
+        topic_alias_max: info.topic_alias_maximum.filter(|_| accepted),
         reason_string: info.reason,
-        max_qos: accepted.then_some(1),
-        retain_available: accepted.then_some(0),
-        shared_subscription_available: accepted.then_some(0),
-        subscription_identifiers_available: accepted.then_some(0),
-        topic_alias_max: None,
-        ..empty_connack_properties()
+        user_properties: Vec::new(),
+        wildcard_subscription_available: None,
+        subscription_identifiers_available: None,
+        shared_subscription_available: None,
+        server_keep_alive: info.server_keep_alive,
+        response_information: None,
+        server_reference: None,
+        authentication_method: None,
+        authentication_data: None,
     };
     write(
         v5::Packet::ConnAck(v5::ConnAck {
-            session_present: false,
+            session_present: info.session_present && accepted,
             code,
             properties: Some(properties),
         }),
@@ -126,48 +200,53 @@ pub(super) fn connack(code: ConnackCode, info: ConnackInfo, out: &mut BytesMut) 
     );
 }
 
-fn empty_connack_properties() -> v5::ConnAckProperties {
-    v5::ConnAckProperties {
-        session_expiry_interval: None,
-        receive_max: None,
-        max_qos: None,
-        retain_available: None,
-        max_packet_size: None,
-        assigned_client_identifier: None,
-        topic_alias_max: None,
-        reason_string: None,
-        user_properties: Vec::new(),
-        wildcard_subscription_available: None,
-        subscription_identifiers_available: None,
-        shared_subscription_available: None,
-        server_keep_alive: None,
-        response_information: None,
-        server_reference: None,
-        authentication_method: None,
-        authentication_data: None,
-    }
-}
-
-pub(super) fn publish(topic: &str, payload: Bytes, at: Qos, pkid: u16, out: &mut BytesMut) {
-    let publish = v5::Publish {
-        dup: false,
-        qos: qos(at),
-        retain: false,
-        topic: Bytes::copy_from_slice(topic.as_bytes()),
-        pkid,
-        payload,
-        properties: None,
+/// Writes the PUBLISH unless it is larger than `client_max`.
+pub(super) fn publish(
+    publish: &PublishOut<'_>,
+    client_max: Option<u32>,
+    out: &mut BytesMut,
+) -> Option<usize> {
+    let given = publish.properties;
+    let properties = v5::PublishProperties {
+        payload_format_indicator: given.payload_format_indicator,
+        message_expiry_interval: publish.expiry_left,
+        topic_alias: publish.topic_alias,
+        response_topic: given.response_topic.clone(),
+        correlation_data: given.correlation_data.clone(),
+        user_properties: given.user_properties.clone(),
+        subscription_identifiers: publish
+            .subscription_ids
+            .iter()
+            .map(|&id| id as usize)
+            .collect(),
+        content_type: given.content_type.clone(),
     };
-    write(v5::Packet::Publish(publish), out);
+    let empty = properties == v5::PublishProperties::default();
+    let packet = v5::Publish {
+        dup: publish.dup,
+        qos: qos(publish.qos),
+        retain: publish.retain,
+        topic: Bytes::copy_from_slice(publish.topic.as_bytes()),
+        pkid: publish.pkid,
+        payload: publish.payload.clone(),
+        properties: (!empty).then_some(properties),
+    };
+    if client_max.is_some_and(|max| packet.size() > max as usize) {
+        return None;
+    }
+    write(v5::Packet::Publish(packet), out)
 }
 
-pub(super) fn puback(pkid: u16, code: PubAckCode, out: &mut BytesMut) {
+pub(super) fn puback(pkid: u16, code: AckCode, out: &mut BytesMut) {
     let reason = match code {
-        PubAckCode::Success => v5::PubAckReason::Success,
-        PubAckCode::NotAuthorized => v5::PubAckReason::NotAuthorized,
-        PubAckCode::TopicNameInvalid => v5::PubAckReason::TopicNameInvalid,
-        PubAckCode::PayloadFormatInvalid => v5::PubAckReason::PayloadFormatInvalid,
-        PubAckCode::Unavailable => v5::PubAckReason::ImplementationSpecificError,
+        AckCode::Success => v5::PubAckReason::Success,
+        AckCode::NotAuthorized => v5::PubAckReason::NotAuthorized,
+        AckCode::TopicNameInvalid => v5::PubAckReason::TopicNameInvalid,
+        AckCode::PacketIdInUse => v5::PubAckReason::PacketIdentifierInUse,
+        AckCode::QuotaExceeded => v5::PubAckReason::QuotaExceeded,
+        AckCode::PayloadFormatInvalid => v5::PubAckReason::PayloadFormatInvalid,
+        AckCode::Unavailable => v5::PubAckReason::ImplementationSpecificError,
+        AckCode::Unspecified => v5::PubAckReason::UnspecifiedError,
     };
     write(
         v5::Packet::PubAck(v5::PubAck {
@@ -179,12 +258,44 @@ pub(super) fn puback(pkid: u16, code: PubAckCode, out: &mut BytesMut) {
     );
 }
 
-pub(super) fn pubrec(pkid: u16, out: &mut BytesMut) {
-    write(v5::Packet::PubRec(v5::PubRec::new(pkid, None)), out);
+pub(super) fn pubrec(pkid: u16, code: AckCode, out: &mut BytesMut) {
+    let reason = match code {
+        AckCode::Success => v5::PubRecReason::Success,
+        AckCode::NotAuthorized => v5::PubRecReason::NotAuthorized,
+        AckCode::TopicNameInvalid => v5::PubRecReason::TopicNameInvalid,
+        AckCode::PacketIdInUse => v5::PubRecReason::PacketIdentifierInUse,
+        AckCode::QuotaExceeded => v5::PubRecReason::QuotaExceeded,
+        AckCode::PayloadFormatInvalid => v5::PubRecReason::PayloadFormatInvalid,
+        AckCode::Unavailable => v5::PubRecReason::ImplementationSpecificError,
+        AckCode::Unspecified => v5::PubRecReason::UnspecifiedError,
+    };
+    write(
+        v5::Packet::PubRec(v5::PubRec {
+            pkid,
+            reason,
+            properties: None,
+        }),
+        out,
+    );
 }
 
-pub(super) fn pubcomp(pkid: u16, out: &mut BytesMut) {
-    write(v5::Packet::PubComp(v5::PubComp::new(pkid, None)), out);
+pub(super) fn pubrel(pkid: u16, out: &mut BytesMut) {
+    write(v5::Packet::PubRel(v5::PubRel::new(pkid, None)), out);
+}
+
+pub(super) fn pubcomp(pkid: u16, known: bool, out: &mut BytesMut) {
+    let reason = match known {
+        true => v5::PubCompReason::Success,
+        false => v5::PubCompReason::PacketIdentifierNotFound,
+    };
+    write(
+        v5::Packet::PubComp(v5::PubComp {
+            pkid,
+            reason,
+            properties: None,
+        }),
+        out,
+    );
 }
 
 pub(super) fn suback(pkid: u16, results: &[Result<Qos, SubscribeRefusal>], out: &mut BytesMut) {
@@ -195,6 +306,10 @@ pub(super) fn suback(pkid: u16, results: &[Result<Qos, SubscribeRefusal>], out: 
             Err(SubscribeRefusal::NotAuthorized) => v5::SubscribeReasonCode::NotAuthorized,
             Err(SubscribeRefusal::FilterInvalid) => v5::SubscribeReasonCode::TopicFilterInvalid,
             Err(SubscribeRefusal::QuotaExceeded) => v5::SubscribeReasonCode::QuotaExceeded,
+            Err(SubscribeRefusal::SharedNotSupported) => {
+                v5::SubscribeReasonCode::SharedSubscriptionsNotSupported
+            }
+            Err(SubscribeRefusal::Unspecified) => v5::SubscribeReasonCode::Unspecified,
         })
         .collect();
     write(
@@ -238,6 +353,8 @@ pub(super) fn disconnect(code: DisconnectCode, reason: &str, out: &mut BytesMut)
         DisconnectCode::PacketTooLarge => R::PacketTooLarge,
         DisconnectCode::ProtocolError => R::ProtocolError,
         DisconnectCode::QuotaExceeded => R::QuotaExceeded,
+        DisconnectCode::ReceiveMaximumExceeded => R::ReceiveMaximumExceeded,
+        DisconnectCode::TopicAliasInvalid => R::TopicAliasInvalid,
         DisconnectCode::Administrative => R::AdministrativeAction,
         DisconnectCode::ShuttingDown => R::ServerShuttingDown,
     };

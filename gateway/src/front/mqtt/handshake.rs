@@ -1,0 +1,265 @@
+//! From a new MQTT socket to a running connection: the CONNECT, authentication, taking up the
+//! client's session, the CONNACK; and, when the connection ends, handing the session back and
+//! the will.
+
+use super::codec::{
+    peek_connect_version, read_connect, Codec, ConnackCode, ConnackInfo, ConnectRequest,
+    DecodeError, Version,
+};
+use super::connection::{Connection, Ending};
+use crate::auth::identity::Identity;
+use crate::auth::Credentials;
+use crate::front::client::{Client, Publication};
+use crate::front::stream::MqttStream;
+use crate::front::Front;
+use crate::live::sessions::{session_key, ClaimError};
+use crate::observe::metrics::{RejectReason, TransportLabel};
+use bytes::BytesMut;
+use protocol::envelope::Transport;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::time::Instant;
+
+/// Reads the CONNECT, authenticates, takes up the session, answers CONNACK and runs the
+/// connection. The caller bounds the handshake by `handshake_deadline`.
+pub async fn serve(
+    front: Arc<Front>,
+    mut stream: MqttStream,
+    transport: Transport,
+    handshake_deadline: Instant,
+) {
+    let max_packet = front.limits.max_packet_size;
+    let mut rbuf = BytesMut::new();
+    let connect = match tokio::time::timeout_at(
+        handshake_deadline,
+        read_first_connect(&mut stream, &mut rbuf, max_packet),
+    )
+    .await
+    {
+        Err(_) => return front.metrics.reject(RejectReason::handshake_timeout),
+        Ok(Err(ConnectFailure::Closed)) => {
+            return front.metrics.reject(RejectReason::handshake_failed)
+        }
+        Ok(Err(ConnectFailure::Decode(e))) => {
+            tracing::debug!("refused CONNECT: {e}");
+            if let DecodeError::UnsupportedVersion(_) = e {
+                // Answered in 3.1.1 framing, which every MQTT client understands.
+                let codec = Codec {
+                    version: Version::V311,
+                    max_packet_size: max_packet,
+                };
+                refuse(&mut stream, codec, ConnackCode::UnsupportedVersion, None).await;
+            }
+            return front.metrics.reject(RejectReason::protocol_error);
+        }
+        Ok(Ok(connect)) => connect,
+    };
+    let codec = Codec {
+        version: connect.version,
+        max_packet_size: max_packet,
+    };
+    if connect.version == Version::V311 && connect.client_id.is_empty() && !connect.clean_start {
+        // MQTT-3.1.3-8: a session cannot be kept for a client without an id.
+        let reason = "an empty client id needs clean session";
+        refuse(
+            &mut stream,
+            codec,
+            ConnackCode::ClientIdRejected,
+            Some(reason),
+        )
+        .await;
+        return front.metrics.reject(RejectReason::protocol_error);
+    }
+    let identity = match authenticate(&front, &connect) {
+        Ok(identity) => identity,
+        Err(reason) => {
+            front
+                .metrics
+                .auth_failures
+                .get_or_create(&TransportLabel::from(transport))
+                .inc();
+            tracing::info!(client_id = %connect.client_id, transport = transport.as_str(), "CONNECT refused: {reason}");
+            refuse(
+                &mut stream,
+                codec,
+                ConnackCode::NotAuthorized,
+                Some(&reason),
+            )
+            .await;
+            return;
+        }
+    };
+    let assigned_client_id = connect.client_id.is_empty().then(|| match &identity {
+        Identity::Device { device, .. } => device.clone(),
+        Identity::Anonymous { client_id } | Identity::Backend { client_id, .. } => {
+            client_id.clone()
+        }
+    });
+    // 3.1.1 keeps a session as long as the gateway keeps any; v5 says how long it wants.
+    let asked_expiry = match connect.version {
+        Version::V311 if connect.clean_start => 0,
+        Version::V311 => u32::MAX,
+        Version::V5 => connect.session_expiry.unwrap_or(0),
+    };
+    let expiry = asked_expiry.min(front.sessions.max_expiry_secs());
+    let key = session_key(&identity);
+    // Opening the client closes an older connection of the same client, which then hands the
+    // session back.
+    let (client, outbox) = Client::open(&front, identity, transport);
+    let wait = front.limits.handshake_timeout;
+    let claim = match front.sessions.claim(key, connect.clean_start, wait).await {
+        Ok(claim) => claim,
+        Err(e) => {
+            tracing::warn!(link = client.link.id, "session not taken up: {e}");
+            let reason = match e {
+                ClaimError::Busy => "the session is still held by another connection",
+                ClaimError::Store(_) => "the session store is unavailable",
+            };
+            refuse(&mut stream, codec, ConnackCode::Unavailable, Some(reason)).await;
+            return;
+        }
+    };
+    let (keep_alive, server_keep_alive) = negotiate_keep_alive(
+        connect.keep_alive,
+        front.limits.max_keepalive,
+        connect.version,
+    );
+    let mut wbuf = BytesMut::new();
+    let info = ConnackInfo {
+        session_present: claim.state.is_some(),
+        server_keep_alive,
+        max_packet_size: Some(max_packet),
+        receive_maximum: Some(front.limits.receive_maximum),
+        topic_alias_maximum: Some(front.limits.topic_alias_maximum),
+        session_expiry: (connect.version == Version::V5 && expiry < asked_expiry).then_some(expiry),
+        assigned_client_id,
+        reason: None,
+    };
+    codec.connack(ConnackCode::Accepted, info, &mut wbuf);
+    let will = connect.will.clone();
+    let connection = Connection::start(
+        client, codec, stream, rbuf, wbuf, &connect, keep_alive, claim, expiry,
+    );
+    let Ending {
+        client,
+        claim,
+        state,
+        moved,
+        with_will,
+        expiry,
+    } = connection.run(outbox).await;
+    if let (Some(will), true) = (will, with_will) {
+        // The will waits for its delay, but not past the session's end (MQTT 5 3.1.3.2.2).
+        let delay = Duration::from_secs(u64::from(will.delay.min(expiry)));
+        let publication = Publication {
+            topic: will.topic,
+            payload: will.payload,
+            qos: will.qos,
+            retain: will.retain,
+            properties: will.properties,
+            expiry: will.expiry,
+        };
+        let (sessions, key, generation) =
+            (front.sessions.clone(), claim.key.clone(), claim.generation);
+        client.publish_will(publication, delay, move || {
+            sessions.still_away(&key, generation)
+        });
+    }
+    // The client is gone for presence and metrics before its session is written back.
+    let identity = client.identity().clone();
+    drop(client);
+    front.sessions.release(claim, state, &identity, moved).await;
+}
+
+/// Answers a CONNECT with a refusal and closes.
+async fn refuse(stream: &mut MqttStream, codec: Codec, code: ConnackCode, reason: Option<&str>) {
+    let mut out = BytesMut::new();
+    let info = ConnackInfo {
+        reason: reason.map(str::to_string),
+        ..ConnackInfo::default()
+    };
+    codec.connack(code, info, &mut out);
+    let _ = stream.write_all(&out).await;
+    stream.shutdown().await;
+}
+
+enum ConnectFailure {
+    Closed,
+    Decode(DecodeError),
+}
+
+async fn read_first_connect(
+    stream: &mut MqttStream,
+    rbuf: &mut BytesMut,
+    max_packet: u32,
+) -> Result<ConnectRequest, ConnectFailure> {
+    loop {
+        if let Some(version) =
+            peek_connect_version(rbuf, max_packet).map_err(ConnectFailure::Decode)?
+        {
+            if let Some(connect) =
+                read_connect(version, rbuf, max_packet).map_err(ConnectFailure::Decode)?
+            {
+                return Ok(connect);
+            }
+        }
+        match stream.read_into(rbuf).await {
+            Ok(0) | Err(_) => return Err(ConnectFailure::Closed),
+            Ok(_) => {}
+        }
+    }
+}
+
+/// The device token is the password (see [`crate::auth::Auth::connect`]).
+fn authenticate(front: &Front, connect: &ConnectRequest) -> Result<Identity, String> {
+    let credentials = Credentials {
+        client_id: &connect.client_id,
+        password: connect.password.as_deref(),
+        will_topic: connect.will.as_ref().map(|will| will.topic.as_str()),
+    };
+    let assign_id = || format!("anonymous-{}", front.link_ids.next());
+    front.auth.connect(&credentials, assign_id)
+}
+
+/// The keepalive to enforce and, for v5, the Server Keep Alive to announce. A client asking for
+/// more than allowed (or for none) gets the maximum: dead devices must be noticed. 3.1.1 clients
+/// cannot be told, so the maximum is enforced silently for them.
+fn negotiate_keep_alive(
+    requested: u16,
+    max: Duration,
+    version: Version,
+) -> (Duration, Option<u16>) {
+    let max_secs = max.as_secs().min(u16::MAX as u64) as u16;
+    if requested == 0 || requested > max_secs {
+        let announce = (version == Version::V5).then_some(max_secs);
+        (Duration::from_secs(max_secs as u64), announce)
+    } else {
+        (Duration::from_secs(requested as u64), None)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MAX: Duration = Duration::from_secs(1200);
+
+    #[test]
+    fn keep_alive_is_capped_and_announced_to_v5() {
+        assert_eq!(
+            negotiate_keep_alive(60, MAX, Version::V5),
+            (Duration::from_secs(60), None)
+        );
+        assert_eq!(
+            negotiate_keep_alive(900, MAX, Version::V311),
+            (Duration::from_secs(900), None),
+            "15-minute mobile heartbeats are accepted"
+        );
+        assert_eq!(
+            negotiate_keep_alive(3600, MAX, Version::V5),
+            (MAX, Some(1200))
+        );
+        assert_eq!(negotiate_keep_alive(0, MAX, Version::V5), (MAX, Some(1200)));
+        assert_eq!(negotiate_keep_alive(3600, MAX, Version::V311), (MAX, None));
+    }
+}

@@ -1,0 +1,564 @@
+//! MQTT sessions that outlive a connection (3.1.1 `clean_session = 0`, or a v5 Session Expiry
+//! Interval): what they hold, how a new connection takes one up, and where it waits meanwhile.
+//!
+//! A session is held by at most one connection at a time: each has a slot whose lock the
+//! connection holds for as long as it runs, so a connection that takes over (the same device
+//! reconnecting) gets the session only once the one before has handed it back, with every
+//! delivery it had left unacknowledged. While its client is away, a session with subscriptions
+//! outside the user's log (`pub/…`, dev mode) is *parked*: a link of its own stays subscribed
+//! in the hub and queues what arrives at QoS 1 and 2 in the store, bounded by
+//! `sessions.max_queued`. Subscriptions to the user's inbox and notifications need no queue: the
+//! user's log is the queue, read from the device's cursor when it comes back.
+//!
+//! Every session is kept in the store too (on every change of its subscriptions, and when its
+//! client leaves), so it survives a restart and can be taken up on another node.
+
+use super::hub::{Hub, SubscriptionOptions};
+use super::link::{Link, LinkIds, Qos};
+use super::message::{KeptMessage, Published};
+use crate::auth::identity::Identity;
+use crate::infra::time::unix_millis;
+use crate::shutdown::Shutdown;
+use crate::store::sessions::{SessionKey, SessionStore};
+use crate::store::StoreError;
+use dashmap::DashMap;
+use prometheus_client::metrics::counter::Counter;
+use protocol::topics;
+use serde::{Deserialize, Serialize};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::{Mutex, OwnedMutexGuard};
+
+/// A subscription as a session keeps it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeptSubscription {
+    pub filter: String,
+    /// The group of a shared subscription (`$share/{group}/{filter}`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub share: Option<String>,
+    pub qos: u8,
+    #[serde(default)]
+    pub no_local: bool,
+    #[serde(default)]
+    pub retain_as_published: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<u32>,
+}
+
+impl KeptSubscription {
+    /// The filter as the client named it: `$share/{group}/{filter}` for a shared one.
+    pub fn requested(&self) -> String {
+        match &self.share {
+            Some(group) => format!("$share/{group}/{}", self.filter),
+            None => self.filter.clone(),
+        }
+    }
+
+    pub fn options(&self) -> SubscriptionOptions {
+        SubscriptionOptions {
+            qos: Qos::from_level(self.qos).unwrap_or(Qos::AtLeastOnce),
+            no_local: self.no_local,
+            retain_as_published: self.retain_as_published,
+            id: self.id,
+        }
+    }
+
+    /// A subscription to one of the user's logged topics (inbox, notify): delivered from the
+    /// user's log, so it needs no queue while its client is away.
+    pub fn follows_log(&self) -> bool {
+        self.share.is_none() && logged_topic(&self.filter)
+    }
+}
+
+/// Whether `topic` is a user's inbox or notification topic, whose messages are entries of the
+/// user's log.
+pub fn logged_topic(topic: &str) -> bool {
+    let mut levels = topic.split('/');
+    matches!(
+        (levels.next(), levels.next(), levels.next(), levels.next()),
+        (Some("u"), Some(user), Some("inbox" | "notify"), None) if topics::is_valid_id(user)
+    )
+}
+
+/// The session a client's identity holds: a device's own, or one per MQTT client id for
+/// anonymous clients and backends (each kind apart, so neither can take the other's).
+pub fn session_key(identity: &Identity) -> SessionKey {
+    match identity {
+        Identity::Device { user, device, .. } => SessionKey::Device {
+            user: user.clone(),
+            device: device.clone(),
+        },
+        Identity::Anonymous { client_id } => SessionKey::Client(format!("anonymous:{client_id}")),
+        Identity::Backend { client_id, .. } => SessionKey::Client(format!("backend:{client_id}")),
+    }
+}
+
+/// Who a session kept in the store belongs to, for the link that holds it while its client is
+/// away (which only receives: a backend's notification topic and a device's platform do not
+/// matter to it).
+fn identity_of(key: &SessionKey) -> Option<Identity> {
+    Some(match key {
+        SessionKey::Device { user, device } => Identity::Device {
+            user: user.clone(),
+            device: device.clone(),
+            platform: protocol::envelope::Platform::Android,
+        },
+        SessionKey::Client(name) => match name.split_once(':')? {
+            ("anonymous", client_id) => Identity::Anonymous {
+                client_id: client_id.to_string(),
+            },
+            ("backend", client_id) => Identity::Backend {
+                client_id: client_id.to_string(),
+                notify_topic: String::new(),
+            },
+            _ => return None,
+        },
+    })
+}
+
+/// A delivery the client had not acknowledged when it left, sent again (DUP) when it comes back.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct KeptDelivery {
+    pub pkid: u16,
+    pub qos: u8,
+    /// A QoS 2 delivery whose PUBREC came: only its PUBREL is sent again.
+    pub released: bool,
+    pub message: KeptMessage,
+    #[serde(default)]
+    pub retain: bool,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub subscription_ids: Vec<u32>,
+}
+
+/// What a session holds between connections.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct SessionState {
+    /// How long it is kept after its client leaves.
+    pub expiry_secs: u32,
+    pub subscriptions: Vec<KeptSubscription>,
+    /// Packet ids of QoS 2 publishes the client sent and the gateway answered (PUBREC), whose
+    /// PUBREL has not come: a publish sent again under one of them is not taken twice.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub awaiting_release: Vec<u16>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub unacknowledged: Vec<KeptDelivery>,
+    /// For a device following its user's log: where the session began to (no entry before it
+    /// is the session's), in the log of `log_epoch`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub log_from: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub log_epoch: Option<String>,
+}
+
+impl KeptDelivery {
+    /// The delivery as it was, to be sent again.
+    pub fn delivery(self) -> super::link::Delivery {
+        let (message, _) = Published::unkeep(self.message);
+        super::link::Delivery {
+            message: std::sync::Arc::new(message),
+            qos: Qos::from_level(self.qos).unwrap_or(Qos::AtLeastOnce),
+            retain: self.retain,
+            subscription_ids: self.subscription_ids,
+        }
+    }
+}
+
+impl SessionState {
+    fn encode(&self) -> Vec<u8> {
+        serde_json::to_vec(self).expect("a session serializes")
+    }
+
+    fn decode(bytes: &[u8]) -> Option<Self> {
+        serde_json::from_slice(bytes).ok()
+    }
+
+    fn parks(&self) -> bool {
+        self.subscriptions.iter().any(|s| !s.follows_log())
+    }
+}
+
+/// One session's place: the lock a connection holds while it runs, and what is kept between.
+#[derive(Default)]
+struct Slot {
+    held: Arc<Mutex<Held>>,
+    /// Counts the connections that took the session up: a delayed will is published only if
+    /// no new connection took it up meanwhile.
+    generation: AtomicU64,
+}
+
+#[derive(Default)]
+struct Held {
+    /// The state handed back by the last connection, when it is still in memory.
+    state: Option<SessionState>,
+    /// When the state (in memory or in the store) stops being kept.
+    expires: Option<Instant>,
+    parked: Option<Parked>,
+}
+
+/// A parked session's link and the task that queues what it gets.
+struct Parked {
+    link: Arc<Link>,
+    done: tokio::task::JoinHandle<()>,
+}
+
+/// A session taken up by a connection; hand it back with [`Sessions::release`].
+pub struct Claim {
+    pub key: SessionKey,
+    held: OwnedMutexGuard<Held>,
+    /// The session's state, when one was kept (CONNACK's Session Present).
+    pub state: Option<SessionState>,
+    /// What was queued for it while its client was away, with the QoS it was queued at.
+    pub queued: Vec<(Published, Qos)>,
+    /// Which connection of the session this is (see [`Sessions::still_away`]).
+    pub generation: u64,
+    /// The store may hold a state of the session (one was taken up, or the connection kept
+    /// one): a session that ends must then be dropped from it.
+    pub stored: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClaimError {
+    #[error("the connection holding this session did not hand it back in time")]
+    Busy,
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+pub struct Sessions {
+    slots: Arc<DashMap<SessionKey, Arc<Slot>>>,
+    store: Arc<dyn SessionStore>,
+    hub: Arc<Hub>,
+    link_ids: Arc<LinkIds>,
+    config: broker_config::Sessions,
+    outbox_capacity: usize,
+    /// Messages queued for away sessions that pushed older ones out.
+    dropped: Counter,
+    shutdown: Shutdown,
+}
+
+impl Sessions {
+    pub fn new(
+        store: Arc<dyn SessionStore>,
+        hub: Arc<Hub>,
+        link_ids: Arc<LinkIds>,
+        config: broker_config::Sessions,
+        outbox_capacity: usize,
+        dropped: Counter,
+        shutdown: Shutdown,
+    ) -> Self {
+        Self {
+            slots: Arc::default(),
+            store,
+            hub,
+            link_ids,
+            config,
+            outbox_capacity,
+            dropped,
+            shutdown,
+        }
+    }
+
+    /// The longest a session is kept (`sessions.max_expiry`), in seconds.
+    pub fn max_expiry_secs(&self) -> u32 {
+        u32::try_from(self.config.max_expiry.as_secs()).unwrap_or(u32::MAX)
+    }
+
+    fn slot(&self, key: &SessionKey) -> Arc<Slot> {
+        self.slots.entry(key.clone()).or_default().clone()
+    }
+
+    /// Takes the session up for a new connection, waiting up to `wait` for a connection that
+    /// still holds it to hand it back. `clean_start` discards what was kept.
+    pub async fn claim(
+        &self,
+        key: SessionKey,
+        clean_start: bool,
+        wait: Duration,
+    ) -> Result<Claim, ClaimError> {
+        let slot = self.slot(&key);
+        let mut held = tokio::time::timeout(wait, slot.held.clone().lock_owned())
+            .await
+            .map_err(|_| ClaimError::Busy)?;
+        let generation = slot.generation.fetch_add(1, Ordering::AcqRel) + 1;
+        if let Some(parked) = held.parked.take() {
+            parked.link.close(super::link::CloseReason::new(
+                protocol::envelope::DisconnectReason::TakenOver,
+                "the session's client is back",
+            ));
+            let _ = parked.done.await;
+        }
+        // The store's copy is the truth (another node may have held the session since);
+        // the one in memory stands in while the store is away.
+        let remembered = held
+            .state
+            .take()
+            .filter(|_| held.expires.is_none_or(|at| at > Instant::now()));
+        held.expires = None;
+        let kept = match self.store.session(&key).await {
+            Ok(bytes) => bytes.and_then(|bytes| SessionState::decode(&bytes)),
+            Err(e) => match remembered {
+                Some(state) => {
+                    tracing::warn!("taking up a session from memory, the store is away: {e}");
+                    Some(state)
+                }
+                None => return Err(e.into()),
+            },
+        };
+        let (state, queued) = match (kept, clean_start) {
+            (Some(_), true) => {
+                self.store.drop_session(&key).await?;
+                (None, Vec::new())
+            }
+            (None, _) => (None, Vec::new()),
+            (Some(state), false) if !state.parks() => (Some(state), Vec::new()),
+            (Some(state), false) => {
+                let queued = self.store.take_queued(&key).await?;
+                let now = Instant::now();
+                let queued = queued
+                    .iter()
+                    .filter_map(|bytes| Published::decode(bytes))
+                    .filter(|(message, _)| !message.is_expired(now))
+                    .map(|(message, qos)| {
+                        let qos = qos.and_then(Qos::from_level).unwrap_or(Qos::AtLeastOnce);
+                        (message, qos)
+                    })
+                    .collect();
+                (Some(state), queued)
+            }
+        };
+        Ok(Claim {
+            key,
+            held,
+            stored: state.is_some(),
+            state,
+            queued,
+            generation,
+        })
+    }
+
+    /// Keeps a persistent session's state in the store while its connection runs, so that a
+    /// change of its subscriptions holds across a crash and on another node.
+    pub async fn keep(&self, key: &SessionKey, state: &SessionState) -> Result<(), StoreError> {
+        let expires = unix_millis() + u64::from(self.config_expiry(state)) * 1000;
+        // While the connection runs it may live longer than the expiry: keep it at least as
+        // long as the longest session, and set the real expiry when the client leaves.
+        let expires = expires.max(unix_millis() + self.config.max_expiry.as_millis() as u64);
+        self.store.put_session(key, &state.encode(), expires).await
+    }
+
+    fn config_expiry(&self, state: &SessionState) -> u32 {
+        state.expiry_secs.min(self.max_expiry_secs())
+    }
+
+    /// Hands a session back as its connection ends: kept (in memory, in the store, and parked
+    /// when it has subscriptions outside the user's log) when `state` is given and its expiry
+    /// is not 0, else forgotten. `identity` is the client's, for the parked link. `moved` is
+    /// true when another node took the session over: that node holds it now.
+    pub async fn release(
+        &self,
+        mut claim: Claim,
+        state: Option<SessionState>,
+        identity: &Identity,
+        moved: bool,
+    ) {
+        if moved {
+            return;
+        }
+        let key = claim.key.clone();
+        let state = state.filter(|state| state.expiry_secs > 0);
+        let Some(state) = state else {
+            if claim.stored {
+                if let Err(e) = self.store.drop_session(&key).await {
+                    tracing::warn!("a session ended but stays in the store until it expires: {e}");
+                }
+            }
+            drop(claim);
+            self.slots
+                .remove_if(&key, |_, slot| slot.held.try_lock().is_ok());
+            return;
+        };
+        let expiry = Duration::from_secs(u64::from(self.config_expiry(&state)));
+        let expires_at_ms = unix_millis() + expiry.as_millis() as u64;
+        if let Err(e) = self
+            .store
+            .put_session(&key, &state.encode(), expires_at_ms)
+            .await
+        {
+            tracing::warn!("a session is kept in memory only, the store is away: {e}");
+        }
+        if state.parks() && !self.shutdown.is_cancelled() {
+            claim.held.parked = Some(self.park(&key, &state, identity, expiry));
+        }
+        claim.held.expires = Some(Instant::now() + expiry);
+        claim.held.state = Some(state);
+    }
+
+    /// Whether no connection took the session up since `generation`: a delayed will goes out
+    /// only then.
+    pub fn still_away(&self, key: &SessionKey, generation: u64) -> bool {
+        self.slots
+            .get(key)
+            .is_some_and(|slot| slot.generation.load(Ordering::Acquire) == generation)
+    }
+
+    /// Subscribes a link of the session's own in the hub, and queues what it gets in the store
+    /// until the client is back or the session expires.
+    fn park(
+        &self,
+        key: &SessionKey,
+        state: &SessionState,
+        identity: &Identity,
+        expiry: Duration,
+    ) -> Parked {
+        let (link, mut outbox) = Link::new(
+            self.link_ids.next(),
+            identity.clone(),
+            self.outbox_capacity,
+            true,
+        );
+        let parked: Vec<_> = state
+            .subscriptions
+            .iter()
+            .filter(|s| !s.follows_log())
+            .cloned()
+            .collect();
+        for s in &parked {
+            self.hub
+                .subscribe(&link, &s.filter, s.share.as_deref(), s.options());
+        }
+        let (store, hub, key) = (self.store.clone(), self.hub.clone(), key.clone());
+        let (most, dropped, holder) = (self.config.max_queued, self.dropped.clone(), link.clone());
+        let slots = self.slots.clone();
+        let done = self.shutdown.spawn(async move {
+            let expired = tokio::time::sleep(expiry);
+            tokio::pin!(expired);
+            let closed = holder.closed();
+            tokio::pin!(closed);
+            let mut expired_now = false;
+            loop {
+                tokio::select! {
+                    Some(delivery) = outbox.recv() => {
+                        queue(&*store, &key, &delivery.message, delivery.qos, most, &dropped).await;
+                    }
+                    _ = &mut closed => break,
+                    () = &mut expired => {
+                        expired_now = true;
+                        break;
+                    }
+                }
+            }
+            for s in &parked {
+                hub.unsubscribe(holder.id, &s.filter, s.share.as_deref());
+            }
+            while let Ok(delivery) = outbox.try_recv() {
+                queue(
+                    &*store,
+                    &key,
+                    &delivery.message,
+                    delivery.qos,
+                    most,
+                    &dropped,
+                )
+                .await;
+            }
+            if expired_now {
+                if let Err(e) = store.drop_session(&key).await {
+                    tracing::warn!("an expired session stays in the store: {e}");
+                }
+                slots.remove_if(&key, |_, slot| slot.held.try_lock().is_ok());
+            }
+        });
+        Parked { link, done }
+    }
+
+    /// Takes up the sessions kept in the store when the gateway starts: those with
+    /// subscriptions outside the user's log are parked again.
+    pub async fn take_up_kept(&self) -> Result<usize, StoreError> {
+        let kept = self.store.kept_sessions().await?;
+        let mut parked = 0;
+        for (key, bytes) in kept {
+            let Some(state) = SessionState::decode(&bytes) else {
+                continue;
+            };
+            if !state.parks() {
+                continue;
+            }
+            let Some(identity) = identity_of(&key) else {
+                continue;
+            };
+            let slot = self.slot(&key);
+            let mut held = slot.held.clone().lock_owned().await;
+            let expiry = Duration::from_secs(u64::from(self.config_expiry(&state)));
+            held.parked = Some(self.park(&key, &state, &identity, expiry));
+            held.expires = Some(Instant::now() + expiry);
+            held.state = Some(state);
+            parked += 1;
+        }
+        Ok(parked)
+    }
+
+    /// Forgets the sessions whose clients stayed away past their expiry, in memory and in the
+    /// store (a parked session forgets itself when it expires).
+    pub async fn sweep(&self) {
+        let now = Instant::now();
+        let expired: Vec<SessionKey> = self
+            .slots
+            .iter()
+            .filter(|slot| {
+                slot.held.try_lock().is_ok_and(|held| {
+                    held.parked.is_none() && held.expires.is_some_and(|at| at <= now)
+                })
+            })
+            .map(|slot| slot.key().clone())
+            .collect();
+        for key in expired {
+            self.slots.remove_if(&key, |_, slot| {
+                slot.held
+                    .try_lock()
+                    .is_ok_and(|held| held.expires.is_some_and(|at| at <= now))
+            });
+            if let Err(e) = self.store.drop_session(&key).await {
+                tracing::warn!("an expired session stays in the store: {e}");
+            }
+        }
+    }
+
+    /// Closes what a session parked here holds when its device came back on another node.
+    pub fn moved_elsewhere(&self, key: &SessionKey) {
+        if let Some(slot) = self.slots.get(key) {
+            if let Ok(mut held) = slot.held.try_lock() {
+                if let Some(parked) = held.parked.take() {
+                    parked.link.close(super::link::CloseReason::new(
+                        protocol::envelope::DisconnectReason::TakenOver,
+                        "the session's client is back on another node",
+                    ));
+                }
+                held.state = None;
+            }
+        }
+    }
+}
+
+/// Queues one message for an away session (QoS 0 is not queued, nor what expired).
+async fn queue(
+    store: &dyn SessionStore,
+    key: &SessionKey,
+    message: &Published,
+    qos: Qos,
+    most: usize,
+    dropped: &Counter,
+) {
+    if qos == Qos::AtMostOnce || message.is_expired(Instant::now()) {
+        return;
+    }
+    match store
+        .enqueue(key, &message.encode(Some(qos.level())), most)
+        .await
+    {
+        Ok(pushed_out) => {
+            dropped.inc_by(pushed_out);
+        }
+        Err(e) => tracing::warn!("a message for an away session is lost: {e}"),
+    }
+}
