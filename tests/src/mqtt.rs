@@ -116,6 +116,8 @@ fn transport(gw: &TestGateway, via: Via) -> (String, u16, Transport) {
 pub struct V4 {
     pub client: rumqttc::AsyncClient,
     pub inbox: Inbox<v4p::Packet>,
+    /// What the CONNACK said of the session.
+    pub session_present: bool,
 }
 
 impl V4 {
@@ -164,14 +166,20 @@ impl V4 {
         };
         let connack = inbox
             .wait_for("CONNACK", |i| match i {
-                Incoming::Packet(v4p::Packet::ConnAck(ack)) => Some(Ok(ack.code)),
+                Incoming::Packet(v4p::Packet::ConnAck(ack)) => {
+                    Some(Ok((ack.code, ack.session_present)))
+                }
                 Incoming::Closed(reason) => Some(Err(reason.clone())),
                 _ => None,
             })
             .await;
         match connack {
-            Ok(rumqttc::ConnectReturnCode::Success) => Ok(Self { client, inbox }),
-            Ok(code) => Err(code),
+            Ok((rumqttc::ConnectReturnCode::Success, session_present)) => Ok(Self {
+                client,
+                inbox,
+                session_present,
+            }),
+            Ok((code, _)) => Err(code),
             Err(reason) => match parse_refusal(&reason) {
                 Some(code) => Err(code),
                 None => panic!("connection failed without CONNACK: {reason}"),

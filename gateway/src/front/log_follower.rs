@@ -361,14 +361,17 @@ async fn starting_point(
         }),
         Start::Cursor { floor, epoch } => {
             let cursor = store.cursor(user, device).await?;
-            let same_epoch = epoch.as_deref().is_none_or(|e| e == head.epoch);
+            // A session that began before the log existed knew no epoch (""): any is its log.
+            let same_epoch = epoch
+                .as_deref()
+                .is_none_or(|e| e.is_empty() || e == head.epoch);
             let from = match (cursor, floor.filter(|_| same_epoch)) {
                 (Some(cursor), Some(floor)) => Some(cursor.max(floor)),
                 (cursor, floor) => cursor.or(floor),
             };
             let request = SyncRequest {
                 after: from,
-                epoch: epoch.clone(),
+                epoch: epoch.clone().filter(|_| !same_epoch),
             };
             let start = sync_start(&head, &request, None, new_device_history);
             if start.new_device {

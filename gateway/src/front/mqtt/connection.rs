@@ -37,6 +37,9 @@ const WRITE_BATCH: usize = 64 * 1024;
 /// How long a client told why it is disconnected may go on sending before its socket closes.
 const VIOLATION_LINGER: Duration = Duration::from_secs(2);
 
+/// How long a leaving client's session waits to learn where it began to follow the log.
+const STARTING_READ: Duration = Duration::from_secs(5);
+
 type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 
 pub struct Connection {
@@ -347,6 +350,14 @@ impl Connection {
     /// Stores the cursor where the client left it and waits for the session's last write, so
     /// the state handed back is the newest.
     async fn finish(mut self, moved: bool) -> Ending {
+        let starting = self.follower.as_ref().is_some_and(|f| f.floor().is_none());
+        if let (true, Some(reading)) = (starting && self.expiry > 0, self.reading.take()) {
+            // A kept session must know where it began to follow the log, or it would start
+            // from the device's cursor, which may be far older, when it comes back.
+            if let Ok(readout) = tokio::time::timeout(STARTING_READ, reading).await {
+                self.take_readout(readout);
+            }
+        }
         if let Some(write) = self.cursor_write.take() {
             let _ = write.await;
         }
@@ -356,7 +367,7 @@ impl Connection {
         if let Some(write) = self.session_write.take() {
             let _ = write.await;
         }
-        let state = (self.expiry > 0).then(|| self.state());
+        let state = (self.expiry > 0).then(|| self.state(true));
         Ending {
             state,
             moved,
@@ -367,10 +378,27 @@ impl Connection {
         }
     }
 
-    /// The session as it stands.
-    fn state(&self) -> SessionState {
-        let mut unacknowledged = self.outbound.keep();
-        unacknowledged.extend(
+    /// The session as it stands; `in_flight` adds what is in flight both ways, which only the
+    /// state handed back at the end carries: kept on every change, it would be stale at the
+    /// next, and after a crash a stale copy would send again what the client completed.
+    fn state(&self, in_flight: bool) -> SessionState {
+        let mut state = SessionState {
+            expiry_secs: self.expiry,
+            subscriptions: self.client.subscriptions(),
+            awaiting_release: Vec::new(),
+            unacknowledged: Vec::new(),
+            log_from: self.follower.as_ref().and_then(LogFollower::floor),
+            log_epoch: self
+                .follower
+                .as_ref()
+                .and_then(|f| f.epoch().map(str::to_string)),
+        };
+        if !in_flight {
+            return state;
+        }
+        state.awaiting_release = self.inbound.awaiting_release();
+        state.unacknowledged = self.outbound.keep();
+        state.unacknowledged.extend(
             (self.backlog.iter())
                 .filter(|d| d.qos != Qos::AtMostOnce && d.message.seq.is_none())
                 .map(|d| crate::live::sessions::KeptDelivery {
@@ -382,17 +410,7 @@ impl Connection {
                     subscription_ids: d.subscription_ids.clone(),
                 }),
         );
-        SessionState {
-            expiry_secs: self.expiry,
-            subscriptions: self.client.subscriptions(),
-            awaiting_release: self.inbound.awaiting_release(),
-            unacknowledged,
-            log_from: self.follower.as_ref().and_then(LogFollower::floor),
-            log_epoch: self
-                .follower
-                .as_ref()
-                .and_then(|f| f.epoch().map(str::to_string)),
-        }
+        state
     }
 
     /// Starts what runs beside the loop when it is due: the next read of the user's log once
@@ -434,8 +452,11 @@ impl Connection {
         {
             self.session_changed = false;
             self.claim.stored = true;
-            let (sessions, key, state) =
-                (front.sessions.clone(), self.claim.key.clone(), self.state());
+            let (sessions, key, state) = (
+                front.sessions.clone(),
+                self.claim.key.clone(),
+                self.state(false),
+            );
             self.session_write = Some(front.shutdown.spawn(async move {
                 if let Err(e) = sessions.keep(&key, &state).await {
                     tracing::warn!("a session change is kept in memory only: {e}");
