@@ -82,9 +82,9 @@ pub async fn post(
         from: request.from.as_deref(),
     };
     let (id, ticket) = api.messages.accept(sender, &request.to, &request.body);
-    let appended = ticket.wait().await?;
+    let stored = ticket.wait().await?;
     api.metrics.api_messages.inc();
-    let recipient_copy = &appended[0];
+    let recipient_copy = &stored.entries[0];
     Ok((
         StatusCode::ACCEPTED,
         Json(Accepted {

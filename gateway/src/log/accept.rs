@@ -4,9 +4,7 @@
 
 use crate::infra::cipher::KeyRing;
 use crate::store::record::{self, Content};
-use crate::store::{
-    AppendTicket, Appended, EntryKind, NewMessage, Origin, SharedStore, StoreError,
-};
+use crate::store::{AppendTicket, EntryKind, NewMessage, Origin, SharedStore, StoreError, Stored};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::histogram::Histogram;
 use serde::Serialize;
@@ -45,7 +43,7 @@ pub struct Accepting {
 
 impl Accepting {
     /// The message's entries (the recipient's first), once durable.
-    pub async fn wait(self) -> Result<Vec<Appended>, StoreError> {
+    pub async fn wait(self) -> Result<Stored, StoreError> {
         let stored = self.ticket.wait().await;
         match &stored {
             Ok(_) => self
@@ -125,7 +123,7 @@ impl Messages {
     fn queue(&self, logs: Vec<NewMessage>) -> Accepting {
         Accepting {
             since: Instant::now(),
-            ticket: self.store.append(logs),
+            ticket: self.store.append(logs, None),
             append_seconds: self.append_seconds.clone(),
             failures: self.failures.clone(),
         }

@@ -52,17 +52,44 @@ pub fn open(
     hlc: u64,
     record: &[u8],
 ) -> Result<InboxMessage, StoreError> {
-    let damaged = || StoreError::Unreadable(format!("record {log}/{seq} is damaged"));
-    let (&id_len, rest) = record.split_first().ok_or_else(damaged)?;
-    let id = rest.get(..id_len as usize).ok_or_else(damaged)?;
-    let id = std::str::from_utf8(id).map_err(|_| damaged())?;
-    let plaintext = keys
-        .open(&rest[id_len as usize..], &aad(log, id))
-        .map_err(|e| StoreError::Unreadable(format!("record {log}/{seq}: {e}")))?;
-    let mut message: InboxMessage = serde_json::from_slice(&plaintext).map_err(|_| damaged())?;
+    let plaintext = unseal(keys, log, seq, record)?;
+    let mut message: InboxMessage = serde_json::from_slice(&plaintext)
+        .map_err(|_| StoreError::Unreadable(format!("record {log}/{seq} is damaged")))?;
     message.seq = seq;
     message.ts = hlc_millis(hlc);
     Ok(message)
+}
+
+/// A record of `log` at `seq` and time `hlc` as it was delivered live: what an append repeating
+/// the one that stored it is answered with.
+pub fn reopen_live(
+    keys: &KeyRing,
+    log: &str,
+    seq: u64,
+    hlc: u64,
+    record: &[u8],
+) -> Result<Bytes, StoreError> {
+    Ok(live_payload(&unseal(keys, log, seq, record)?, seq, hlc))
+}
+
+/// The message id a record carries in the clear.
+pub fn id_of(record: &[u8]) -> Option<&str> {
+    split(record).map(|(id, _)| id)
+}
+
+/// A record's message id and its sealed content.
+fn split(record: &[u8]) -> Option<(&str, &[u8])> {
+    let (&id_len, rest) = record.split_first()?;
+    let (id, sealed) = rest.split_at_checked(id_len as usize)?;
+    Some((std::str::from_utf8(id).ok()?, sealed))
+}
+
+/// The content of a record of `log` at `seq`, as it was sealed.
+fn unseal(keys: &KeyRing, log: &str, seq: u64, record: &[u8]) -> Result<Vec<u8>, StoreError> {
+    let (id, sealed) = split(record)
+        .ok_or_else(|| StoreError::Unreadable(format!("record {log}/{seq} is damaged")))?;
+    keys.open(sealed, &aad(log, id))
+        .map_err(|e| StoreError::Unreadable(format!("record {log}/{seq}: {e}")))
 }
 
 /// The message as delivered live: the sealed JSON object with its position in front.
@@ -115,6 +142,9 @@ mod tests {
             serde_json::from_slice(&live_payload(&new.plaintext, 7, hlc)).unwrap();
         assert_eq!(opened, live);
         assert_eq!((opened.seq, opened.ts), (7, 1_700_000_000_000));
+        let reopened = reopen_live(&keys, "bob", 7, hlc, &new.record).unwrap();
+        assert_eq!(reopened, live_payload(&new.plaintext, 7, hlc));
+        assert_eq!(id_of(&new.record), Some("m1"));
         assert!(open(&keys, "alice", 7, hlc, &new.record).is_err());
     }
 }
