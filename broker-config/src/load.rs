@@ -251,6 +251,11 @@ impl Config {
             "roaming.max_read_limit",
             "must be at least 1",
         );
+        check(
+            r.idempotency_window.as_secs() >= 1 && r.idempotency_window.as_secs() <= 30 * 24 * 3600,
+            "roaming.idempotency_window",
+            "must be between 1s and 30d",
+        );
         match (&self.tls.cert, &self.tls.key) {
             (Some(cert), Some(key)) => {
                 for (name, path) in [("tls.cert", cert), ("tls.key", key)] {
@@ -503,7 +508,8 @@ mod tests {
     #[test]
     fn semantic_errors_after_types_are_fine() {
         let text = "[listeners]\nbacklog = 0\n[limits]\nmax_keepalive = \"1m\"\nmax_inflight = 0\n\
-                    [tls]\ncert = \"/nope.pem\"\n[store]\nmemtable_size = 1000\n";
+                    [tls]\ncert = \"/nope.pem\"\n[store]\nmemtable_size = 1000\n\
+                    [roaming]\nidempotency_window = \"500ms\"\n";
         let errors = Config::from_toml_str(text, no_env()).unwrap_err();
         let keys: Vec<&str> = errors.iter().map(|e| e.key.as_str()).collect();
         assert_eq!(
@@ -513,6 +519,7 @@ mod tests {
                 "limits.max_inflight",
                 "limits.max_keepalive",
                 "store.memtable_size",
+                "roaming.idempotency_window",
                 "tls.key"
             ]
         );

@@ -291,6 +291,14 @@ pub struct Roaming {
     pub sweep_interval: Duration,
     /// Largest `limit` of `GET /v1/users/{user}/messages`.
     pub max_read_limit: usize,
+    /// How long a client message id (a send's `client_msg_id`, the `Idempotency-Key` of
+    /// `POST /v1/messages`) is remembered: a repeat within it is answered as the first send
+    /// was and not stored again. A day outlasts a phone's retries across a day offline (an
+    /// app's outbox, an MQTT session resuming its unacknowledged publishes), which is what
+    /// payment and notification APIs settled on; every key is kept that long, so the store's
+    /// cost grows with window × sends (see the README).
+    #[serde(with = "humantime_serde")]
+    pub idempotency_window: Duration,
 }
 
 impl Default for Roaming {
@@ -303,6 +311,7 @@ impl Default for Roaming {
             retention_age: Duration::from_secs(30 * 24 * 3600),
             sweep_interval: Duration::from_secs(3600),
             max_read_limit: 1000,
+            idempotency_window: Duration::from_secs(24 * 3600),
         }
     }
 }

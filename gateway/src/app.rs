@@ -113,6 +113,7 @@ impl App {
         let messages = Arc::new(Messages::new(
             store.clone(),
             keys.clone(),
+            config.roaming.idempotency_window,
             metrics.append_seconds.clone(),
             metrics.store_failures.clone(),
         ));

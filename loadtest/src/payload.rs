@@ -123,6 +123,7 @@ impl PayloadBuilder {
             Wire::Gateway | Wire::Signal => serde_json::to_vec(&SendRequest {
                 to: self.to.clone(),
                 body: serde_json::to_value(body).expect("body serializes"),
+                client_msg_id: None,
             }),
             Wire::Plain => serde_json::to_vec(&body),
         }

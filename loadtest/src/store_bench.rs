@@ -361,7 +361,7 @@ impl Writer {
                 body: self.body.as_ref(),
             };
             let message = record::seal(&self.keys, to, &content, None);
-            match self.store.append(vec![message]).wait().await {
+            match self.store.append(vec![message], None).wait().await {
                 Ok(_) => {
                     self.appended.add(1);
                     tally

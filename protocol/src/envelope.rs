@@ -11,6 +11,59 @@ pub struct SendRequest<Body = Value> {
     pub to: String,
     /// Application content, opaque to the gateway.
     pub body: Body,
+    /// The sender's own id for the message, so that sending it again (after a lost answer, a
+    /// reconnect or a crash) stores it once. A signal's is not used: signals are never stored.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_msg_id: Option<ClientMsgId>,
+}
+
+/// A sender's own id for a message (`client_msg_id` of a send, the `Idempotency-Key` header of
+/// `POST /v1/messages`): a repeat within the gateway's window is answered as the first send was
+/// and stored no second time. 1 to [`ClientMsgId::MAX_LEN`] visible ASCII characters (no spaces),
+/// which fits every UUID, ULID and base64 form, and bounds what the store keeps per key.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct ClientMsgId(String);
+
+impl ClientMsgId {
+    pub const MAX_LEN: usize = 128;
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// Why a string is not a [`ClientMsgId`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InvalidClientMsgId;
+
+impl std::fmt::Display for InvalidClientMsgId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "a client message id must be 1-{} visible ASCII characters, without spaces",
+            ClientMsgId::MAX_LEN
+        )
+    }
+}
+
+impl TryFrom<String> for ClientMsgId {
+    type Error = InvalidClientMsgId;
+
+    fn try_from(id: String) -> Result<Self, Self::Error> {
+        let visible = id.bytes().all(|b| b.is_ascii_graphic());
+        if visible && (1..=Self::MAX_LEN).contains(&id.len()) {
+            Ok(Self(id))
+        } else {
+            Err(InvalidClientMsgId)
+        }
+    }
+}
+
+impl From<ClientMsgId> for String {
+    fn from(id: ClientMsgId) -> Self {
+        id.0
+    }
 }
 
 /// A live signal as delivered on `u/{user}/signal`: no sequence, id or time, since it is not
@@ -326,6 +379,24 @@ mod tests {
                 json!(reason.as_str())
             );
         }
+    }
+
+    #[test]
+    fn a_client_message_id_is_short_visible_ascii() {
+        let request: SendRequest =
+            serde_json::from_value(json!({"to": "bob", "body": 1, "client_msg_id": "m-1"}))
+                .unwrap();
+        assert_eq!(request.client_msg_id.unwrap().as_str(), "m-1");
+        let long = "x".repeat(ClientMsgId::MAX_LEN + 1);
+        for bad in ["", "two words", "caf\u{e9}", "tab\t", long.as_str()] {
+            let refused = serde_json::from_value::<SendRequest>(
+                json!({"to": "bob", "body": 1, "client_msg_id": bad}),
+            )
+            .unwrap_err();
+            assert!(refused.to_string().contains("client message id"), "{bad:?}");
+        }
+        let plain: SendRequest = serde_json::from_value(json!({"to": "bob", "body": 1})).unwrap();
+        assert_eq!(plain.client_msg_id, None);
     }
 
     #[test]

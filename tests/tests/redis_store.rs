@@ -56,10 +56,10 @@ async fn nodes_share_a_log_whose_times_never_go_back() {
     let behind = Arc::new(HybridClock::new());
     let a = node(&server.url(), keys.clone(), ahead).await;
     let b = node(&server.url(), keys.clone(), behind.clone()).await;
-    let first = a.append(vec![message(&keys, "alice", "m1")]);
-    let first = first.wait().await.unwrap().remove(0);
-    let second = b.append(vec![message(&keys, "alice", "m2")]);
-    let second = second.wait().await.unwrap().remove(0);
+    let first = a.append(vec![message(&keys, "alice", "m1")], None);
+    let first = first.wait().await.unwrap().entries.remove(0);
+    let second = b.append(vec![message(&keys, "alice", "m2")], None);
+    let second = second.wait().await.unwrap().entries.remove(0);
     assert_eq!((first.seq, second.seq), (1, 2));
     assert_eq!(
         second.hlc,
@@ -81,7 +81,7 @@ async fn an_outage_fails_requests_quickly_and_ends_without_a_restart() {
     let keys = keys();
     let store = node(&server.url(), keys.clone(), Arc::new(HybridClock::new())).await;
     store
-        .append(vec![message(&keys, "alice", "m1")])
+        .append(vec![message(&keys, "alice", "m1")], None)
         .wait()
         .await
         .unwrap();
@@ -90,7 +90,7 @@ async fn an_outage_fails_requests_quickly_and_ends_without_a_restart() {
     server.pause();
     let started = Instant::now();
     let append = store
-        .append(vec![message(&keys, "alice", "m2")])
+        .append(vec![message(&keys, "alice", "m2")], None)
         .wait()
         .await;
     assert!(
@@ -113,12 +113,12 @@ async fn an_outage_fails_requests_quickly_and_ends_without_a_restart() {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         match store
-            .append(vec![message(&keys, "alice", "m3")])
+            .append(vec![message(&keys, "alice", "m3")], None)
             .wait()
             .await
         {
             Ok(appended) => {
-                assert_eq!(appended[0].seq, 1);
+                assert_eq!(appended.entries[0].seq, 1);
                 break;
             }
             Err(e) => assert!(Instant::now() < deadline, "still failing: {e}"),

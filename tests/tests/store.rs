@@ -1,5 +1,11 @@
 //! The storage conformance suite: the same tests against every backend, through the `Store`
 //! trait. The Redis backend runs against a real `redis-server` started on a free port.
+//!
+//! Idempotency keys have their own file of the suite, [`idempotency`].
+
+// Beside this file rather than in `tests/`, where it would be a test target of its own.
+#[path = "store/idempotency.rs"]
+mod idempotency;
 
 use e2e::redis_server::RedisServer;
 use gateway::infra::cipher::KeyRing;
@@ -7,10 +13,11 @@ use gateway::store::clock::HybridClock;
 use gateway::store::embedded::EmbeddedStore;
 use gateway::store::record::{self, Content};
 use gateway::store::redis::RedisStore;
-use gateway::store::{Appended, CommitFeed, Settings, SharedStore};
+use gateway::store::{Appended, CommitFeed, IdempotencyKey, Settings, SharedStore, Stored};
 use serde_json::json;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 /// Records what the store hands to live delivery, in order.
 #[derive(Default)]
@@ -48,11 +55,51 @@ impl Subject {
             body: &body,
         };
         self.store
-            .append(vec![record::seal(&self.keys, to, &content, None)])
+            .append(vec![record::seal(&self.keys, to, &content, None)], None)
+    }
+
+    /// Appends a message from `from` to `to` as a device sends it, into both users' logs, with
+    /// idempotency key `key` (scoped to the sender and the recipient, as the gateway scopes a
+    /// device's `client_msg_id`), remembered for `window`.
+    fn keyed(
+        &self,
+        from: &str,
+        to: &str,
+        text: &str,
+        key: &str,
+        window: Duration,
+    ) -> gateway::store::AppendTicket {
+        let id = uuid_like(from, to, text);
+        let body = json!({ "text": text });
+        let content = Content {
+            id: &id,
+            from: Some(from),
+            from_device: Some("phone"),
+            to,
+            body: &body,
+        };
+        let messages = [to, from].map(|log| record::seal(&self.keys, log, &content, None));
+        let key = IdempotencyKey {
+            scope: format!("{from}>{to}"),
+            key: key.to_string(),
+            window,
+        };
+        self.store.append(messages.into(), Some(key))
+    }
+
+    /// [`keyed`](Self::keyed) with a day's window, once durable.
+    async fn send_keyed(&self, from: &str, to: &str, text: &str, key: &str) -> Stored {
+        let day = Duration::from_secs(24 * 3600);
+        self.keyed(from, to, text, key, day).wait().await.unwrap()
+    }
+
+    /// How many entries were handed to live delivery.
+    fn delivered(&self) -> usize {
+        self.live.0.lock().unwrap().len()
     }
 
     async fn sent(&self, from: &str, to: &str, text: &str) -> u64 {
-        self.send(from, to, text).wait().await.unwrap()[0].seq
+        self.send(from, to, text).wait().await.unwrap().entries[0].seq
     }
 
     async fn texts(&self, user: &str) -> Vec<String> {
@@ -93,53 +140,43 @@ async fn embedded_store(retention_count: u64) -> Subject {
     }
 }
 
-/// Runs every conformance test against one backend, given `open(retention_count)`.
+/// Runs every conformance test against one backend, given `open(retention_count)`: each test,
+/// by the module that has it, with the retention its store is opened with.
 macro_rules! conformance_suite {
     ($backend:ident, $open:expr) => {
         mod $backend {
             use super::*;
 
-            #[tokio::test]
-            async fn appends_take_sequences_in_call_order() {
-                super::appends_take_sequences_in_call_order($open(1000).await).await
-            }
-            #[tokio::test]
-            async fn concurrent_writers_get_unique_gap_free_sequences() {
-                super::concurrent_writers_get_unique_gap_free_sequences($open(100_000).await).await
-            }
-            #[tokio::test]
-            async fn reads_page_through_a_log() {
-                super::reads_page_through_a_log($open(1000).await).await
-            }
-            #[tokio::test]
-            async fn retention_keeps_the_newest_messages() {
-                super::retention_keeps_the_newest_messages($open(10).await).await
-            }
-            #[tokio::test]
-            async fn cursors_only_move_forward_within_the_log() {
-                super::cursors_only_move_forward_within_the_log($open(1000).await).await
-            }
-            #[tokio::test]
-            async fn deleting_a_user_leaves_nothing_and_a_new_epoch() {
-                super::deleting_a_user_leaves_nothing_and_a_new_epoch($open(1000).await).await
-            }
-            #[tokio::test]
-            async fn a_forgotten_contact_is_hidden_at_once_and_purged_by_the_sweeper() {
-                super::a_forgotten_contact_is_hidden_at_once_and_purged_by_the_sweeper(
-                    $open(1000).await,
-                )
-                .await
-            }
-            #[tokio::test]
-            async fn purging_the_newest_messages_never_reuses_their_sequences() {
-                super::purging_the_newest_messages_never_reuses_their_sequences($open(1000).await)
-                    .await
-            }
-            #[tokio::test]
-            async fn the_sweeper_cuts_by_age() {
-                super::the_sweeper_cuts_by_age($open(1000).await).await
+            conformance_tests! { $open;
+                super: appends_take_sequences_in_call_order(1000),
+                super: concurrent_writers_get_unique_gap_free_sequences(100_000),
+                super: reads_page_through_a_log(1000),
+                super: retention_keeps_the_newest_messages(10),
+                super: cursors_only_move_forward_within_the_log(1000),
+                super: deleting_a_user_leaves_nothing_and_a_new_epoch(1000),
+                super: a_forgotten_contact_is_hidden_at_once_and_purged_by_the_sweeper(1000),
+                super: purging_the_newest_messages_never_reuses_their_sequences(1000),
+                super: the_sweeper_cuts_by_age(1000),
+                idempotency: a_repeated_key_stores_nothing_and_answers_with_the_original(1000),
+                idempotency: repeats_queued_together_are_stored_once(1000),
+                idempotency: after_its_window_a_key_stores_anew_and_is_swept(1000),
+                idempotency: keys_are_scoped_per_sender_and_recipient(1000),
+                idempotency: a_repeat_of_a_trimmed_message_still_gets_its_seq(3),
+                idempotency: deleting_a_user_removes_the_keys_in_its_log(1000),
             }
         }
+    };
+}
+
+/// One `#[tokio::test]` per `module: test(retention_count)`, on a store from `open`.
+macro_rules! conformance_tests {
+    ($open:expr; $($module:ident: $test:ident($retention:expr)),* $(,)?) => {
+        $(
+            #[tokio::test]
+            async fn $test() {
+                $module::$test($open($retention).await).await
+            }
+        )*
     };
 }
 
@@ -180,7 +217,7 @@ async fn appends_take_sequences_in_call_order(s: Subject) {
         .collect();
     let mut per_log: HashMap<String, Vec<(u64, String)>> = HashMap::new();
     for (i, ticket) in tickets.into_iter().enumerate() {
-        let appended = ticket.wait().await.unwrap();
+        let appended = ticket.wait().await.unwrap().entries;
         assert_eq!(appended.len(), 1);
         let to = ["bob", "carol", "dave"][i % 3];
         assert_eq!(appended[0].log, to);

@@ -1,5 +1,6 @@
-//! `POST /v1/messages`: the backend sends a message to a user's devices; `POST /v1/signals`:
-//! a live signal, not stored.
+//! `POST /v1/messages`: the backend sends a message to a user's devices (once per
+//! `Idempotency-Key` within `roaming.idempotency_window`); `POST /v1/signals`: a live signal,
+//! not stored.
 
 use super::error::ApiError;
 use super::json::ApiJson;
@@ -7,9 +8,9 @@ use super::state::Api;
 use crate::log::accept::Sender;
 use crate::store::record::hlc_millis;
 use axum::extract::State;
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use axum::Json;
-use protocol::envelope::SignalMessage;
+use protocol::envelope::{ClientMsgId, SignalMessage};
 use protocol::topics::is_valid_id;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
@@ -73,24 +74,51 @@ fn check_ids(to: &str, from: Option<&str>) -> Result<(), ApiError> {
     Ok(())
 }
 
+/// The request header that makes a message's sending safe to retry.
+const IDEMPOTENCY_KEY: HeaderName = HeaderName::from_static("idempotency-key");
+
+/// The answer header that says a request repeated an earlier one's `Idempotency-Key`: the
+/// answer is the earlier one's, and nothing was stored.
+const REPLAYED: HeaderName = HeaderName::from_static("idempotent-replayed");
+
 pub async fn post(
     State(api): State<Api>,
+    headers: HeaderMap,
     ApiJson(request): ApiJson<PostMessage>,
-) -> Result<(StatusCode, Json<Accepted>), ApiError> {
+) -> Result<(StatusCode, HeaderMap, Json<Accepted>), ApiError> {
     check_ids(&request.to, request.from.as_deref())?;
+    let key = idempotency_key(&headers)?;
     let sender = Sender::Backend {
         from: request.from.as_deref(),
     };
-    let (id, ticket) = api.messages.accept(sender, &request.to, &request.body);
-    let appended = ticket.wait().await?;
+    let (id, ticket) = api
+        .messages
+        .accept(sender, &request.to, &request.body, key.as_ref());
+    let stored = ticket.wait().await?;
     api.metrics.api_messages.inc();
-    let recipient_copy = &appended[0];
+    let mut answer = HeaderMap::new();
+    if stored.repeat_of.is_some() {
+        answer.insert(REPLAYED, HeaderValue::from_static("true"));
+    }
+    let recipient_copy = &stored.entries[0];
     Ok((
         StatusCode::ACCEPTED,
+        answer,
         Json(Accepted {
-            id,
+            id: stored.repeat_of.unwrap_or(id),
             seq: recipient_copy.seq,
             ts: hlc_millis(recipient_copy.hlc),
         }),
     ))
+}
+
+/// The request's `Idempotency-Key`, if it has a valid one.
+fn idempotency_key(headers: &HeaderMap) -> Result<Option<ClientMsgId>, ApiError> {
+    let Some(value) = headers.get(IDEMPOTENCY_KEY) else {
+        return Ok(None);
+    };
+    let text = value.to_str().map(str::to_string).unwrap_or_default();
+    ClientMsgId::try_from(text)
+        .map(Some)
+        .map_err(|e| ApiError::invalid(format!("`Idempotency-Key`: {e}")))
 }

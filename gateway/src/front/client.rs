@@ -24,8 +24,8 @@ use crate::observe::recorder::SessionRecording;
 use crate::store::{EntryKind, Origin};
 use bytes::Bytes;
 use protocol::envelope::{
-    AckRequest, ApprovalDecision, DisconnectReason, Reply, SendRequest, SignalMessage, SyncRequest,
-    Transport,
+    AckRequest, ApprovalDecision, ClientMsgId, DisconnectReason, Reply, SendRequest, SignalMessage,
+    SyncRequest, Transport,
 };
 use protocol::notification::QuietHours;
 use protocol::topics::{self, is_valid_id, DeviceAction};
@@ -367,7 +367,7 @@ impl Client {
         }
         match action {
             DeviceAction::Send => match parse::<SendRequest>(payload) {
-                Ok(request) => self.send(&request.to, &request.body),
+                Ok(request) => self.send(&request.to, &request.body, request.client_msg_id),
                 Err(refusal) => Handled::Done(Err(refusal)),
             },
             DeviceAction::Signal => Handled::Done(self.signal(payload)),
@@ -393,8 +393,9 @@ impl Client {
         }
     }
 
-    /// Sends a message from this device to user `to`; done once it is durable in the logs.
-    pub fn send(&self, to: &str, body: &serde_json::Value) -> Handled {
+    /// Sends a message from this device to user `to`; done once it is durable in the logs (or
+    /// found there: a `client_msg_id` sent before within the window is not stored again).
+    pub fn send(&self, to: &str, body: &serde_json::Value, id: Option<ClientMsgId>) -> Handled {
         let Identity::Device { user, device, .. } = self.identity() else {
             return Handled::Done(Err(Refusal::Forbidden));
         };
@@ -406,7 +407,7 @@ impl Client {
             device,
             origin: Origin(self.link.id),
         };
-        let (_, ticket) = self.front.messages.accept(sender, to, body);
+        let (_, ticket) = self.front.messages.accept(sender, to, body, id.as_ref());
         Handled::Later(Box::pin(async move {
             ticket.wait().await?;
             Ok(())

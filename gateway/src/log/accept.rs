@@ -1,18 +1,23 @@
 //! Accepting a message for a user: seal it, append it to the recipient's log (and, for a
 //! device's message, to the sender's own log, so the sender's other devices see it), and answer
 //! once it is durable. Live delivery follows the commit (see [`crate::store::CommitFeed`]).
+//!
+//! A message sent with a client message id is appended with an idempotency key, so that the
+//! sender may send it again until it gets an answer: a repeat within `roaming.idempotency_window`
+//! is answered with the first one's entries and stored no second time.
 
 use crate::infra::cipher::KeyRing;
 use crate::store::record::{self, Content};
 use crate::store::{
-    AppendTicket, Appended, EntryKind, NewMessage, Origin, SharedStore, StoreError,
+    AppendTicket, EntryKind, IdempotencyKey, NewMessage, Origin, SharedStore, StoreError, Stored,
 };
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::histogram::Histogram;
+use protocol::envelope::ClientMsgId;
 use serde::Serialize;
 use serde_json::Value;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 /// Who sent a message.
 #[derive(Debug, Clone, Copy)]
@@ -28,9 +33,26 @@ pub enum Sender<'a> {
     },
 }
 
+impl Sender<'_> {
+    /// What a client message id is unique within: this sender's messages to `to`. A user's
+    /// ids are compared across all of the user's devices, and the backend's across all its API
+    /// keys. `to` is part of it because the id is marked in both logs the message goes to, and
+    /// the sender's own log must tell apart the same id reused for another recipient (which is
+    /// then another message, not half of one). `*` stands for the backend: user ids hold
+    /// neither `*` nor `>`.
+    fn idempotency_scope(&self, to: &str) -> String {
+        match self {
+            Self::Backend { .. } => format!("*>{to}"),
+            Self::Device { user, .. } => format!("{user}>{to}"),
+        }
+    }
+}
+
 pub struct Messages {
     store: SharedStore,
     keys: Arc<KeyRing>,
+    /// How long a client message id is remembered (`roaming.idempotency_window`).
+    idempotency_window: Duration,
     append_seconds: Histogram,
     failures: Counter,
 }
@@ -44,8 +66,9 @@ pub struct Accepting {
 }
 
 impl Accepting {
-    /// The message's entries (the recipient's first), once durable.
-    pub async fn wait(self) -> Result<Vec<Appended>, StoreError> {
+    /// The message's entries (the recipient's first), once durable; for a repeated client
+    /// message id, those of the message first sent with it.
+    pub async fn wait(self) -> Result<Stored, StoreError> {
         let stored = self.ticket.wait().await;
         match &stored {
             Ok(_) => self
@@ -63,20 +86,29 @@ impl Messages {
     pub fn new(
         store: SharedStore,
         keys: Arc<KeyRing>,
+        idempotency_window: Duration,
         append_seconds: Histogram,
         failures: Counter,
     ) -> Self {
         Self {
             store,
             keys,
+            idempotency_window,
             append_seconds,
             failures,
         }
     }
 
     /// Queues `body` for user `to`'s log and returns its id and what resolves once it is
-    /// durable.
-    pub fn accept(&self, sender: Sender<'_>, to: &str, body: &Value) -> (String, Accepting) {
+    /// durable. With a `client_msg_id` the sender has used before, within the window, nothing is
+    /// stored and the answer is the first message's ([`Stored::repeat_of`] is its id).
+    pub fn accept(
+        &self,
+        sender: Sender<'_>,
+        to: &str,
+        body: &Value,
+        client_msg_id: Option<&ClientMsgId>,
+    ) -> (String, Accepting) {
         let id = uuid::Uuid::now_v7().to_string();
         let (from, from_device, origin) = match sender {
             Sender::Backend { from } => (from, None, None),
@@ -99,7 +131,12 @@ impl Messages {
                 logs.push(record::seal(&self.keys, user, &content, origin));
             }
         }
-        (id, self.queue(logs))
+        let key = client_msg_id.map(|key| IdempotencyKey {
+            scope: sender.idempotency_scope(to),
+            key: key.as_str().to_string(),
+            window: self.idempotency_window,
+        });
+        (id, self.queue(logs, key))
     }
 
     /// Queues an in-app notification into `user`'s log, delivered live on `u/{user}/notify`.
@@ -118,13 +155,13 @@ impl Messages {
             body,
         };
         let entry = record::seal_entry(&self.keys, user, &content, None, EntryKind::Notification);
-        self.queue(vec![entry])
+        self.queue(vec![entry], None)
     }
 
-    fn queue(&self, logs: Vec<NewMessage>) -> Accepting {
+    fn queue(&self, logs: Vec<NewMessage>, key: Option<IdempotencyKey>) -> Accepting {
         Accepting {
             since: Instant::now(),
-            ticket: self.store.append(logs),
+            ticket: self.store.append(logs, key),
             append_seconds: self.append_seconds.clone(),
             failures: self.failures.clone(),
         }

@@ -1,5 +1,6 @@
 //! The log's sweeper: every `roaming.sweep_interval` it cuts messages past
-//! `roaming.retention_age` and removes the messages of forgotten contacts from disk.
+//! `roaming.retention_age`, removes the messages of forgotten contacts from disk, and the
+//! idempotency markers whose `roaming.idempotency_window` has ended.
 
 use crate::infra::time::unix_millis;
 use crate::shutdown::Shutdown;
@@ -16,6 +17,7 @@ pub async fn run(store: SharedStore, retention_age: Duration, every: Duration, s
                     tracing::info!(
                         expired = report.expired,
                         purged = report.purged_contacts,
+                        markers = report.expired_markers,
                         "store swept"
                     )
                 }

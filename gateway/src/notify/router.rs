@@ -211,7 +211,7 @@ impl Router<'_> {
         for ((((_, rule, submission), &fresh), &broadcast), in_app) in claims {
             let in_app = match in_app {
                 Some(accepting) => match accepting.wait().await {
-                    Ok(stored) => Some(Some(stored[0].seq)),
+                    Ok(stored) => Some(Some(stored.entries[0].seq)),
                     Err(e) => {
                         decided.push(Err(e.into()));
                         continue;

@@ -7,9 +7,16 @@
 //! Appends are queued and committed in groups: one fsync (or one Redis round trip) makes a
 //! whole batch durable. Only then are the entries handed to the [`CommitFeed`], in log order,
 //! and only then are their appenders answered — nothing acknowledged is lost.
+//!
+//! An append may carry an [`IdempotencyKey`]: the store keeps it as a marker beside each entry
+//! it makes, in the entry's log, written in the same atomic step as the entry, so no crash
+//! leaves an entry without its marker or a marker without its entry. An append whose key is
+//! marked in a log within its window adds nothing to that log and is answered with the marked
+//! entry: nothing is stored twice, and a repeat is never delivered live again.
 
 pub mod clock;
 pub mod embedded;
+mod outcome;
 pub mod record;
 pub mod redis;
 pub mod retained;
@@ -20,6 +27,7 @@ use bytes::Bytes;
 use prometheus_client::metrics::histogram::Histogram;
 use protocol::envelope::InboxMessage;
 use std::sync::Arc;
+use std::time::Duration;
 use tokio::sync::oneshot;
 
 /// How a store commits and keeps logs, the same for every backend.
@@ -74,6 +82,31 @@ pub enum EntryKind {
     Notification,
 }
 
+/// Makes an append happen once: an append carrying the key of an earlier one, within `window`
+/// of it, stores nothing and is answered with the earlier one's entries.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IdempotencyKey {
+    /// What the key is unique within (e.g. a sender's messages to one user): keys of different
+    /// scopes never match. Opaque to the store; no spaces.
+    pub scope: String,
+    /// The sender's own id for the message; no spaces.
+    pub key: String,
+    /// How long the key is remembered, from the first append, by the store's clock (Redis's
+    /// for the Redis store, so that nodes whose clocks differ agree).
+    pub window: Duration,
+}
+
+impl IdempotencyKey {
+    /// What the key is marked under in a log: scope and key, which hold no spaces.
+    fn marker(&self) -> String {
+        format!("{} {}", self.scope, self.key)
+    }
+
+    fn window_ms(&self) -> u64 {
+        self.window.as_millis().try_into().unwrap_or(u64::MAX)
+    }
+}
+
 /// A message made durable in a log.
 #[derive(Debug, Clone)]
 pub struct Appended {
@@ -85,6 +118,34 @@ pub struct Appended {
     pub payload: Bytes,
     pub origin: Option<Origin>,
     pub kind: EntryKind,
+}
+
+impl Appended {
+    /// `message` as the entry at `seq` and time `hlc` of its log.
+    fn of(message: &NewMessage, seq: u64, hlc: u64, payload: Bytes) -> Self {
+        Self {
+            log: message.log.clone(),
+            seq,
+            hlc,
+            payload,
+            origin: message.origin,
+            kind: message.kind,
+        }
+    }
+}
+
+/// What one append came to, once durable.
+#[derive(Debug, Clone)]
+pub struct Stored {
+    /// One entry per message handed in, in that order.
+    pub entries: Vec<Appended>,
+    /// Set when the append repeated an idempotency key within its window: the id of the message
+    /// first appended with it. The entries are then the first append's (its seq, time and
+    /// payload; the payload is empty when retention or a contact deletion has removed the entry
+    /// since), and they are not handed to the commit feed again. An entry the first append never
+    /// made, or that left with its log (a failure between the two logs of a Redis batch, a user
+    /// deleted since), is made now, with this append's message.
+    pub repeat_of: Option<String>,
 }
 
 /// The ordered feed of committed appends: every committed batch is handed here, in log order,
@@ -156,18 +217,20 @@ impl From<crate::infra::redis::Unavailable> for StoreError {
 pub struct SweepReport {
     pub expired: u64,
     pub purged_contacts: u64,
+    /// Idempotency markers whose window had ended.
+    pub expired_markers: u64,
 }
 
 /// The answer to an append, resolved once the batch holding it is durable.
-pub struct AppendTicket(oneshot::Receiver<Result<Vec<Appended>, StoreError>>);
+pub struct AppendTicket(oneshot::Receiver<Result<Stored, StoreError>>);
 
 impl AppendTicket {
-    pub fn channel() -> (oneshot::Sender<Result<Vec<Appended>, StoreError>>, Self) {
+    pub fn channel() -> (oneshot::Sender<Result<Stored, StoreError>>, Self) {
         let (tx, rx) = oneshot::channel();
         (tx, Self(rx))
     }
 
-    pub async fn wait(self) -> Result<Vec<Appended>, StoreError> {
+    pub async fn wait(self) -> Result<Stored, StoreError> {
         self.0
             .await
             .unwrap_or_else(|_| Err(StoreError::Unavailable("the store shut down".into())))
@@ -179,7 +242,9 @@ impl AppendTicket {
 pub trait Store: retained::RetainedStore + sessions::SessionStore {
     /// Queues messages (each for its own log) to be appended together. The order of calls is the
     /// order in the logs, so a connection's messages keep their order without waiting for each.
-    fn append(&self, messages: Vec<NewMessage>) -> AppendTicket;
+    /// With a `key`, a log that holds the key's marker within its window is not appended to (see
+    /// [`Stored::repeat_of`]).
+    fn append(&self, messages: Vec<NewMessage>, key: Option<IdempotencyKey>) -> AppendTicket;
 
     async fn head(&self, user: &str) -> Result<LogHead, StoreError>;
 
@@ -200,7 +265,8 @@ pub trait Store: retained::RetainedStore + sessions::SessionStore {
     /// their logs.
     async fn forget_contact(&self, user: &str, other: &str) -> Result<(), StoreError>;
 
-    /// Cuts messages older than `older_than_ms` and purges forgotten contacts' messages.
+    /// Cuts messages older than `older_than_ms`, purges forgotten contacts' messages and
+    /// removes idempotency markers whose window has ended.
     async fn sweep(&self, older_than_ms: u64) -> Result<SweepReport, StoreError>;
 
     /// Commits what was queued before this call and stops: later appends are refused as
@@ -208,9 +274,9 @@ pub trait Store: retained::RetainedStore + sessions::SessionStore {
     async fn close(&self);
 
     /// Everything stored for the user, one line per item: `messages/{user}/{seq}`,
-    /// `heads/{user}`, `cursors/{user}/{device}`, `forgotten/{user}/{other}` (and a backend's own
-    /// index entries, named as it keeps them). For operators, and for checking that a deletion
-    /// left nothing.
+    /// `heads/{user}`, `cursors/{user}/{device}`, `forgotten/{user}/{other}`,
+    /// `idempotency/{user}/{scope} {key}` (and a backend's own index entries, named as it keeps
+    /// them). For operators, and for checking that a deletion left nothing.
     async fn footprint(&self, user: &str) -> Result<Vec<String>, StoreError>;
 }
 

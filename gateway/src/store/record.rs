@@ -76,22 +76,52 @@ pub fn open(
     hlc: u64,
     record: &[u8],
 ) -> Result<(InboxMessage, EntryKind), StoreError> {
-    let damaged = || StoreError::Unreadable(format!("record {log}/{seq} is damaged"));
-    let (&first, rest) = record.split_first().ok_or_else(damaged)?;
-    let id_len = (first & !NOTIFICATION) as usize;
+    let (_, kind, _) = split(record).ok_or_else(|| damaged(log, seq))?;
+    let plaintext = unseal(keys, log, seq, record)?;
+    let mut message: InboxMessage =
+        serde_json::from_slice(&plaintext).map_err(|_| damaged(log, seq))?;
+    message.seq = seq;
+    message.ts = hlc_millis(hlc);
+    Ok((message, kind))
+}
+
+/// A record of `log` at `seq` and time `hlc` as it was delivered live: what an append repeating
+/// the one that stored it is answered with.
+pub fn reopen_live(
+    keys: &KeyRing,
+    log: &str,
+    seq: u64,
+    hlc: u64,
+    record: &[u8],
+) -> Result<Bytes, StoreError> {
+    Ok(live_payload(&unseal(keys, log, seq, record)?, seq, hlc))
+}
+
+/// The message id a record carries in the clear.
+pub fn id_of(record: &[u8]) -> Option<&str> {
+    split(record).map(|(id, _, _)| id)
+}
+
+/// A record's message id, the kind of entry it is, and its sealed content.
+fn split(record: &[u8]) -> Option<(&str, EntryKind, &[u8])> {
+    let (&first, rest) = record.split_first()?;
     let kind = match first & NOTIFICATION {
         0 => EntryKind::Message,
         _ => EntryKind::Notification,
     };
-    let id = rest.get(..id_len).ok_or_else(damaged)?;
-    let id = std::str::from_utf8(id).map_err(|_| damaged())?;
-    let plaintext = keys
-        .open(&rest[id_len..], &aad(log, id))
-        .map_err(|e| StoreError::Unreadable(format!("record {log}/{seq}: {e}")))?;
-    let mut message: InboxMessage = serde_json::from_slice(&plaintext).map_err(|_| damaged())?;
-    message.seq = seq;
-    message.ts = hlc_millis(hlc);
-    Ok((message, kind))
+    let (id, sealed) = rest.split_at_checked(usize::from(first & !NOTIFICATION))?;
+    Some((std::str::from_utf8(id).ok()?, kind, sealed))
+}
+
+/// The content of a record of `log` at `seq`, as it was sealed.
+fn unseal(keys: &KeyRing, log: &str, seq: u64, record: &[u8]) -> Result<Vec<u8>, StoreError> {
+    let (id, _, sealed) = split(record).ok_or_else(|| damaged(log, seq))?;
+    keys.open(sealed, &aad(log, id))
+        .map_err(|e| StoreError::Unreadable(format!("record {log}/{seq}: {e}")))
+}
+
+fn damaged(log: &str, seq: u64) -> StoreError {
+    StoreError::Unreadable(format!("record {log}/{seq} is damaged"))
 }
 
 /// The message as delivered live: the sealed JSON object with its position in front.
@@ -146,6 +176,9 @@ mod tests {
         assert_eq!(opened, live);
         assert_eq!((opened.seq, opened.ts), (7, 1_700_000_000_000));
         assert!(open(&keys, "alice", 7, hlc, &new.record).is_err());
+        let reopened = reopen_live(&keys, "bob", 7, hlc, &new.record).unwrap();
+        assert_eq!(reopened, live_payload(&new.plaintext, 7, hlc));
+        assert_eq!(id_of(&new.record), Some("m1"));
         let notification = seal_entry(&keys, "bob", &content, None, EntryKind::Notification);
         let (_, kind) = open(&keys, "bob", 8, hlc, &notification.record).unwrap();
         assert_eq!(kind, EntryKind::Notification);

@@ -10,6 +10,10 @@
 //! - `sessions` session name → expiry (8 bytes, BE, ms) + sealed state (see `sessions.rs`)
 //! - `session_queues` session name 0x00 position (8 bytes, BE) → sealed message
 //! - `retained` topic → sealed message
+//! - `idempotency` user 0x00 marker → the entry an append with that idempotency key made in
+//!   the user's log, and when the key's window ends (see [`super::markers`])
+//! - `idempotency_expiry` window end (BE) + the `idempotency` key → nothing: the markers in
+//!   order of expiry, for the sweeper
 
 use crate::infra::cipher::KeyRing;
 use crate::infra::fjall::open_database;
@@ -30,6 +34,8 @@ pub(super) struct Keyspaces {
     pub sessions: Keyspace,
     pub session_queues: Keyspace,
     pub retained: Keyspace,
+    pub idempotency: Keyspace,
+    pub idempotency_expiry: Keyspace,
 }
 
 /// A log's head as kept in `heads`.
@@ -52,26 +58,38 @@ impl Head {
     }
 
     pub(super) fn encode(&self) -> Vec<u8> {
-        let mut bytes = Vec::with_capacity(24 + self.epoch.len());
-        for n in [self.first_seq, self.last_seq, self.last_hlc] {
-            bytes.extend_from_slice(&n.to_be_bytes());
-        }
-        bytes.extend_from_slice(self.epoch.as_bytes());
-        bytes
+        encode_numbers_and_text([self.first_seq, self.last_seq, self.last_hlc], &self.epoch)
     }
 
     pub(super) fn decode(bytes: &[u8]) -> Result<Self, StoreError> {
-        let damaged = || StoreError::Unreadable("a log head is damaged".into());
-        if bytes.len() < 24 {
-            return Err(damaged());
-        }
+        let ([first_seq, last_seq, last_hlc], epoch) = decode_numbers_and_text(bytes)
+            .ok_or_else(|| StoreError::Unreadable("a log head is damaged".into()))?;
         Ok(Self {
-            first_seq: be_u64(&bytes[0..8]),
-            last_seq: be_u64(&bytes[8..16]),
-            last_hlc: be_u64(&bytes[16..24]),
-            epoch: String::from_utf8(bytes[24..].to_vec()).map_err(|_| damaged())?,
+            first_seq,
+            last_seq,
+            last_hlc,
+            epoch,
         })
     }
+}
+
+/// Three numbers (8 bytes each, big-endian) and then a text: how a head and an idempotency
+/// marker are kept.
+pub(super) fn encode_numbers_and_text(numbers: [u64; 3], text: &str) -> Vec<u8> {
+    let mut bytes = Vec::with_capacity(24 + text.len());
+    for n in numbers {
+        bytes.extend_from_slice(&n.to_be_bytes());
+    }
+    bytes.extend_from_slice(text.as_bytes());
+    bytes
+}
+
+/// What [`encode_numbers_and_text`] wrote; `None` when damaged.
+pub(super) fn decode_numbers_and_text(bytes: &[u8]) -> Option<([u64; 3], String)> {
+    let (numbers, text) = bytes.split_at_checked(24)?;
+    let number = |i: usize| be_u64(&numbers[i * 8..i * 8 + 8]);
+    let text = String::from_utf8(text.to_vec()).ok()?;
+    Some(([number(0), number(1), number(2)], text))
 }
 
 pub(super) fn be_u64(bytes: &[u8]) -> u64 {
@@ -142,6 +160,8 @@ impl Keyspaces {
             sessions: space("sessions")?,
             session_queues: space("session_queues")?,
             retained: space("retained")?,
+            idempotency: space("idempotency")?,
+            idempotency_expiry: space("idempotency_expiry")?,
             db,
         })
     }

@@ -16,18 +16,22 @@
 //! keeps the heads of recent logs in memory. Whatever removes a log's newest entries (a sweep)
 //! stores the head first, so a sequence is never given out twice.
 //!
+//! Idempotency keys are marked beside the entries they made ([`markers`]), in the same journal
+//! batch; the writer looks them up before appending, also among the appends of its own batch.
+//!
 //! [`layout`] holds the keyspaces and their keys, [`writer`] the writer and responder threads,
 //! `sessions.rs` the MQTT sessions kept for clients that are away and the retained messages.
 
 mod layout;
+mod markers;
 mod sessions;
 mod writer;
 
 use super::clock::HybridClock;
 use super::record::between;
 use super::{
-    AppendTicket, CommitFeed, LogHead, LogPage, NewMessage, Settings, Store, StoreError,
-    SweepReport,
+    AppendTicket, CommitFeed, IdempotencyKey, LogHead, LogPage, NewMessage, Settings, Store,
+    StoreError, SweepReport,
 };
 use crate::infra::cipher::KeyRing;
 use async_trait::async_trait;
@@ -37,7 +41,7 @@ use layout::{
 use std::path::Path;
 use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot};
-use writer::{Command, Reply};
+use writer::{Call, Command, Reply};
 
 pub struct EmbeddedStore {
     spaces: Keyspaces,
@@ -89,11 +93,16 @@ impl EmbeddedStore {
 
 #[async_trait]
 impl Store for EmbeddedStore {
-    fn append(&self, messages: Vec<NewMessage>) -> AppendTicket {
+    fn append(&self, messages: Vec<NewMessage>, key: Option<IdempotencyKey>) -> AppendTicket {
         let (reply, ticket) = AppendTicket::channel();
-        if let Err(refused) = self.commands.send(Command::Append { messages, reply }) {
-            if let Command::Append { reply, .. } = refused.0 {
-                let _ = reply.send(Err(StoreError::Unavailable(
+        let call = Call {
+            messages,
+            key,
+            reply,
+        };
+        if let Err(refused) = self.commands.send(Command::Append(call)) {
+            if let Command::Append(call) = refused.0 {
+                let _ = call.reply.send(Err(StoreError::Unavailable(
                     "the store writer stopped".into(),
                 )));
             }
@@ -218,6 +227,7 @@ impl Store for EmbeddedStore {
             for (name, space) in [
                 ("cursors", &spaces.cursors),
                 ("forgotten", &spaces.forgotten),
+                ("idempotency", &spaces.idempotency),
             ] {
                 for entry in space.prefix(prefix(&user)) {
                     let key = entry.key().map_err(failed)?;

@@ -6,10 +6,15 @@ use super::layout::{
     be_u64, failed, log_key, log_position, open_value, pair_key, pair_second, prefix, Head,
     Keyspaces,
 };
+use super::markers::{marker_key, Marker};
 use crate::infra::cipher::KeyRing;
+use crate::infra::time::unix_millis;
 use crate::store::clock::HybridClock;
+use crate::store::outcome::{self, Outcome};
 use crate::store::record::{self, between, hlc_millis};
-use crate::store::{Appended, CommitFeed, NewMessage, Settings, StoreError, SweepReport};
+use crate::store::{
+    Appended, CommitFeed, IdempotencyKey, NewMessage, Settings, StoreError, Stored, SweepReport,
+};
 use fjall::OwnedWriteBatch;
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -19,10 +24,7 @@ pub(super) type Reply<T> = oneshot::Sender<Result<T, StoreError>>;
 
 /// The writes, each done by the writer thread in the order they were asked.
 pub(super) enum Command {
-    Append {
-        messages: Vec<NewMessage>,
-        reply: Reply<Vec<Appended>>,
-    },
+    Append(Call),
     Ack {
         user: String,
         device: String,
@@ -92,11 +94,18 @@ struct Writer {
 /// Most heads the writer keeps in memory; past that the cache starts over.
 const HEAD_CACHE: usize = 100_000;
 
+/// An append call, waiting for its group to be committed.
+pub(super) struct Call {
+    pub messages: Vec<NewMessage>,
+    pub key: Option<IdempotencyKey>,
+    pub reply: Reply<Stored>,
+}
+
 /// A group the writer is finished with, for the responder.
 enum Done {
     Committed {
         group: Group,
-        appended: Vec<Appended>,
+        outcome: Outcome,
         cursors: Vec<u64>,
     },
     Failed {
@@ -114,21 +123,18 @@ fn respond(done: std::sync::mpsc::Receiver<Done>, feed: Arc<dyn CommitFeed>) {
         match finished {
             Done::Committed {
                 group,
-                mut appended,
+                outcome,
                 cursors,
             } => {
-                feed.committed(&appended);
-                for (messages, reply) in group.appends.into_iter().rev() {
-                    let mine = appended.split_off(appended.len() - messages.len());
-                    let _ = reply.send(Ok(mine));
-                }
+                let replies = group.appends.into_iter().map(|call| call.reply).collect();
+                outcome.answer(&*feed, replies);
                 for ((_, _, _, reply), cursor) in group.acks.into_iter().zip(cursors) {
                     let _ = reply.send(Ok(cursor));
                 }
             }
             Done::Failed { group, error } => {
-                for (_, reply) in group.appends {
-                    let _ = reply.send(Err(error.clone()));
+                for call in group.appends {
+                    let _ = call.reply.send(Err(error.clone()));
                 }
                 for (_, _, _, reply) in group.acks {
                     let _ = reply.send(Err(error.clone()));
@@ -145,7 +151,7 @@ fn respond(done: std::sync::mpsc::Receiver<Done>, feed: Arc<dyn CommitFeed>) {
 /// Appends and cursor moves gathered into one batch.
 #[derive(Default)]
 struct Group {
-    appends: Vec<(Vec<NewMessage>, Reply<Vec<Appended>>)>,
+    appends: Vec<Call>,
     acks: Vec<(String, String, u64, Reply<u64>)>,
     messages: usize,
 }
@@ -157,9 +163,9 @@ impl Writer {
             let mut next = Some(first);
             while let Some(command) = next.take() {
                 match command {
-                    Command::Append { messages, reply } => {
-                        group.messages += messages.len();
-                        group.appends.push((messages, reply));
+                    Command::Append(call) => {
+                        group.messages += call.messages.len();
+                        group.appends.push(call);
                     }
                     Command::Ack {
                         user,
@@ -197,14 +203,14 @@ impl Writer {
             Ok(outcome)
         });
         let finished = match result {
-            Ok((appended, cursors, heads)) => {
+            Ok((outcome, cursors, heads)) => {
                 if self.heads.len() + heads.len() > HEAD_CACHE {
                     self.heads.clear();
                 }
                 self.heads.extend(heads);
                 Done::Committed {
                     group,
-                    appended,
+                    outcome,
                     cursors,
                 }
             }
@@ -218,52 +224,84 @@ impl Writer {
         let _ = self.done.send(finished);
     }
 
-    /// Writes the group into `batch`: sequences and times for the appends, retention by count,
-    /// and the cursors. Returns the appended messages and the cursors, in request order, and the
-    /// heads of the logs written. A head is stored only when a log is created or trimmed.
+    /// Writes the group into `batch`: sequences and times for the appends, their idempotency
+    /// markers, retention by count, and the cursors. Returns every call's entries, the cursors
+    /// in request order, and the heads of the logs written. A head is stored only when a log is
+    /// created or trimmed.
     #[allow(clippy::type_complexity)]
     fn fill(
         &self,
         batch: &mut OwnedWriteBatch,
         group: &Group,
-    ) -> Result<(Vec<Appended>, Vec<u64>, Vec<(String, Head)>), StoreError> {
+    ) -> Result<(Outcome, Vec<u64>, Vec<(String, Head)>), StoreError> {
         let spaces = &self.spaces;
         // Each log's head, and whether it must be stored.
         let mut heads: HashMap<&str, (Head, bool)> = HashMap::new();
-        let mut appended = Vec::with_capacity(group.messages);
+        let mut outcome = Outcome::with_capacity(group.messages);
+        // The markers this group writes, by key: the entry each marks, and its message's id.
+        let mut marked: HashMap<Vec<u8>, (usize, String)> = HashMap::new();
+        let now_ms = unix_millis();
         let mut value = Vec::new();
-        for message in group.appends.iter().flat_map(|(messages, _)| messages) {
-            let (head, _) = match heads.entry(&message.log) {
-                std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
-                std::collections::hash_map::Entry::Vacant(e) => {
-                    let known = match self.heads.get(&message.log) {
-                        Some(cached) => Some(cached.clone()),
-                        None => spaces.head(&message.log)?,
-                    };
-                    e.insert(match known {
-                        Some(head) => (head, false),
-                        None => (Head::fresh(), true),
-                    })
+        for call in &group.appends {
+            outcome.next_call();
+            let name = call.key.as_ref().map(IdempotencyKey::marker);
+            for message in &call.messages {
+                let key = name.as_deref().map(|name| marker_key(&message.log, name));
+                let mut expired = None;
+                if let Some(key) = &key {
+                    if let Some((index, id)) = marked.get(key) {
+                        outcome.repeated(outcome.entry(*index).clone(), id);
+                        continue;
+                    }
+                    match spaces.marker(key)? {
+                        Some(marker) if marker.expiry > now_ms => {
+                            let entry = self.original(message, &marker)?;
+                            outcome.repeated(entry, &marker.id);
+                            continue;
+                        }
+                        stale => expired = stale,
+                    }
                 }
-            };
-            head.last_seq += 1;
-            head.last_hlc = self.clock.after(head.last_hlc);
-            value.clear();
-            value.extend_from_slice(&head.last_hlc.to_be_bytes());
-            value.extend_from_slice(&message.record);
-            batch.insert(
-                &spaces.messages,
-                log_key(&message.log, head.last_seq),
-                value.as_slice(),
-            );
-            appended.push(Appended {
-                log: message.log.clone(),
-                seq: head.last_seq,
-                hlc: head.last_hlc,
-                payload: record::live_payload(&message.plaintext, head.last_seq, head.last_hlc),
-                origin: message.origin,
-                kind: message.kind,
-            });
+                let (head, _) = match heads.entry(&message.log) {
+                    std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+                    std::collections::hash_map::Entry::Vacant(e) => {
+                        let known = match self.heads.get(&message.log) {
+                            Some(cached) => Some(cached.clone()),
+                            None => spaces.head(&message.log)?,
+                        };
+                        e.insert(match known {
+                            Some(head) => (head, false),
+                            None => (Head::fresh(), true),
+                        })
+                    }
+                };
+                head.last_seq += 1;
+                head.last_hlc = self.clock.after(head.last_hlc);
+                value.clear();
+                value.extend_from_slice(&head.last_hlc.to_be_bytes());
+                value.extend_from_slice(&message.record);
+                batch.insert(
+                    &spaces.messages,
+                    log_key(&message.log, head.last_seq),
+                    value.as_slice(),
+                );
+                let payload =
+                    record::live_payload(&message.plaintext, head.last_seq, head.last_hlc);
+                let index =
+                    outcome.made(Appended::of(message, head.last_seq, head.last_hlc, payload));
+                if let (Some(key), Some(idempotency)) = (key, &call.key) {
+                    let marker = Marker {
+                        expiry: now_ms.saturating_add(idempotency.window_ms()),
+                        seq: head.last_seq,
+                        hlc: head.last_hlc,
+                        id: record::id_of(&message.record)
+                            .unwrap_or_default()
+                            .to_string(),
+                    };
+                    spaces.mark(batch, key.clone(), &marker, expired.as_ref());
+                    marked.insert(key, (index, marker.id));
+                }
+            }
         }
         for (log, (head, store)) in heads.iter_mut() {
             let kept = head.last_seq + 1 - head.first_seq;
@@ -306,7 +344,16 @@ impl Writer {
             .into_iter()
             .map(|(log, (head, _))| (log.to_string(), head))
             .collect();
-        Ok((appended, answers, heads))
+        Ok((outcome, answers, heads))
+    }
+
+    /// The entry an earlier append made for `message`'s log under `marker`, read back.
+    fn original(&self, message: &NewMessage, marker: &Marker) -> Result<Appended, StoreError> {
+        let key = log_key(&message.log, marker.seq);
+        let stored = self.spaces.messages.get(key).map_err(failed)?;
+        let record = stored.as_deref().and_then(|value| value.get(8..));
+        let (seq, hlc) = (marker.seq, marker.hlc);
+        Ok(outcome::original(&self.keys, message, seq, hlc, record))
     }
 
     fn run_alone(&mut self, command: Command) {
@@ -325,7 +372,7 @@ impl Writer {
             } => {
                 let _ = reply.send(self.sweep(older_than_ms));
             }
-            Command::Append { .. } | Command::Ack { .. } | Command::Close { .. } => {
+            Command::Append(_) | Command::Ack { .. } | Command::Close { .. } => {
                 unreachable!("appends, acks and the close are handled by the loop")
             }
         }
@@ -340,6 +387,7 @@ impl Writer {
             }
         }
         batch.remove(&spaces.heads, user);
+        spaces.unmark(&mut batch, user)?;
         batch.commit().map_err(failed)
     }
 
@@ -420,6 +468,7 @@ impl Writer {
             }
             batch.remove(&spaces.forgotten, key);
         }
+        report.expired_markers = spaces.sweep_markers(&mut batch, unix_millis())?;
         batch.commit().map_err(failed)?;
         Ok(report)
     }

@@ -12,6 +12,8 @@ pub(super) struct UserKeys {
     pub head: String,
     pub cursors: String,
     pub forgotten: String,
+    pub markers: String,
+    pub marker_expiry: String,
 }
 
 impl UserKeys {
@@ -21,6 +23,8 @@ impl UserKeys {
             head: format!("gw:{{{user}}}:head"),
             cursors: format!("gw:{{{user}}}:cursors"),
             forgotten: format!("gw:{{{user}}}:forgotten"),
+            markers: format!("gw:{{{user}}}:idempotency"),
+            marker_expiry: format!("gw:{{{user}}}:idempotency:expiry"),
         }
     }
 }

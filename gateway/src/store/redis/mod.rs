@@ -8,6 +8,9 @@
 //! - `gw:{user}:cursors` — a hash: device → highest sequence the device acknowledged
 //! - `gw:{user}:forgotten` — a hash: other user → sequence up to which their direct messages in
 //!   this log are hidden, until the sweeper has removed them
+//! - `gw:{user}:idempotency` — a hash: marker (idempotency scope and key) → `seq hlc id` of the
+//!   entry an append with that key made in this log; `gw:{user}:idempotency:expiry` — a sorted
+//!   set: marker → end of its window (Redis's clock), which the sweeper prunes by
 //! - `gw:users` — a set of the users that have a log, so the sweeper finds them without scanning
 //!   the keyspace. It is updated beside the scripts (not inside them, which would cross shards),
 //!   always after a log is created and before it is deleted, so a race can leave a member whose
@@ -18,11 +21,22 @@
 //! trip for the whole batch. Each call atomically gives its message the log's next sequence and a
 //! time later than the log's last one, whichever node wrote that.
 //!
+//! Idempotency: a message goes into two logs (the recipient's and its sender's own), which may
+//! be on two shards of a Redis Cluster, so no script can check one key against both appends.
+//! Each log is marked instead: the append script checks the key's marker in its own log and
+//! either returns the marked entry or appends and marks, atomically, in the log's own slot. A
+//! log thus holds a message of one idempotency key once within the window, whatever crashes,
+//! timeouts and retries happen on any node, with no reservation that a crash could leave
+//! behind and no extra round trip. A batch that failed between its two logs is completed by
+//! the retry: the log that has the message answers with it, the other gets it now (under the
+//! retry's message id, since the first one's never reached it).
+//!
 //! Durability: "acknowledged" means Redis executed the batch. That is "durable" only when the
 //! server runs with `appendonly yes` and `appendfsync always`; with `appendfsync everysec` a power
 //! loss may lose the last second of acknowledged messages. A batch that fails (or times out) is
 //! answered as unavailable although Redis may have executed part or all of it (the answer was
-//! lost, not necessarily the request), so a sender that retries may store a message twice.
+//! lost, not necessarily the request), so a sender that retries without an idempotency key may
+//! store a message twice.
 //!
 //! Outages: the connection is a [`ConnectionManager`], which reconnects by itself. Every request
 //! is bounded by [`crate::infra::redis::REQUEST_TIMEOUT`], so while Redis is away each
@@ -36,8 +50,8 @@ mod writer;
 use super::clock::HybridClock;
 use super::record::{self, between, hlc_millis};
 use super::{
-    AppendTicket, Appended, CommitFeed, EntryKind, LogHead, LogPage, NewMessage, Settings, Store,
-    StoreError, SweepReport,
+    AppendTicket, CommitFeed, EntryKind, IdempotencyKey, LogHead, LogPage, NewMessage,
+    Settings, Store, StoreError, Stored, SweepReport,
 };
 use crate::infra::cipher::KeyRing;
 use crate::infra::redis::{bounded, connect};
@@ -45,7 +59,7 @@ use async_trait::async_trait;
 use keys::{UserKeys, SWEEP_PAGE, USERS};
 use protocol::envelope::InboxMessage;
 use redis::aio::ConnectionManager;
-use scripts::{ACK, CUT, FORGET, PURGED};
+use scripts::{ACK, CUT, FORGET, PRUNE, PURGED};
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot};
@@ -67,7 +81,8 @@ enum Write {
 /// An `append` call waiting for the writer.
 struct Append {
     messages: Vec<NewMessage>,
-    reply: oneshot::Sender<Result<Vec<Appended>, StoreError>>,
+    key: Option<IdempotencyKey>,
+    reply: oneshot::Sender<Result<Stored, StoreError>>,
 }
 
 /// One entry of a log stream.
@@ -120,6 +135,7 @@ impl RedisStore {
         let writer = Writer {
             redis: redis.clone(),
             clock,
+            keys: keys.clone(),
             feed,
             settings,
         };
@@ -291,13 +307,38 @@ impl RedisStore {
         }
         Ok(purged)
     }
+
+    /// Removes `user`'s idempotency markers whose window has ended; returns how many.
+    async fn prune_markers(&self, user: &str) -> Result<u64, StoreError> {
+        let keys = UserKeys::of(user);
+        let mut pruned = 0;
+        loop {
+            let removed: u64 = bounded(
+                PRUNE
+                    .key(&keys.markers)
+                    .key(&keys.marker_expiry)
+                    .arg(SWEEP_PAGE)
+                    .invoke_async(&mut self.redis.clone()),
+            )
+            .await?;
+            pruned += removed;
+            if removed < SWEEP_PAGE as u64 {
+                return Ok(pruned);
+            }
+        }
+    }
 }
 
 #[async_trait]
 impl Store for RedisStore {
-    fn append(&self, messages: Vec<NewMessage>) -> AppendTicket {
+    fn append(&self, messages: Vec<NewMessage>, key: Option<IdempotencyKey>) -> AppendTicket {
         let (reply, ticket) = AppendTicket::channel();
-        if let Err(refused) = self.writes.send(Write::Append(Append { messages, reply })) {
+        let append = Append {
+            messages,
+            key,
+            reply,
+        };
+        if let Err(refused) = self.writes.send(Write::Append(append)) {
             if let Write::Append(append) = refused.0 {
                 let _ = append.reply.send(Err(StoreError::Unavailable(
                     "the store writer stopped".into(),
@@ -401,7 +442,14 @@ impl Store for RedisStore {
             redis::pipe()
                 .srem(USERS, user)
                 .ignore()
-                .del(&[keys.log, keys.head, keys.cursors, keys.forgotten])
+                .del(&[
+                    keys.log,
+                    keys.head,
+                    keys.cursors,
+                    keys.forgotten,
+                    keys.markers,
+                    keys.marker_expiry,
+                ])
                 .ignore()
                 .exec_async(&mut self.redis.clone()),
         )
@@ -429,6 +477,7 @@ impl Store for RedisStore {
         for user in self.users().await? {
             report.expired += self.expire(&user, older_than_ms).await?;
             report.purged_contacts += self.purge_forgotten(&user).await?;
+            report.expired_markers += self.prune_markers(&user).await?;
         }
         Ok(report)
     }
@@ -482,7 +531,7 @@ impl Store for RedisStore {
                     }
                 }
                 "head" => found.push(format!("heads/{user}")),
-                "cursors" | "forgotten" | "presence" => {
+                "cursors" | "forgotten" | "presence" | "idempotency" => {
                     let fields: Vec<String> =
                         bounded(redis::cmd("HKEYS").arg(&key).query_async(&mut redis)).await?;
                     found.extend(

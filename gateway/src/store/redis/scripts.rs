@@ -23,13 +23,45 @@ local function later(proposed, last)
 end
 ";
 
-/// Appends one message. KEYS: head, log. ARGV: the node's clock time, an epoch for a new log,
-/// the sealed record, the retention count. Returns `{seq, hlc}`.
+/// Milliseconds since the Unix epoch by Redis's clock, which every node shares: the windows of
+/// idempotency keys are timed by it, so that a node whose clock is ahead never ends one early.
+const NOW_LUA: &str = r"
+local function now_ms()
+  local time = redis.call('TIME')
+  return tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
+end
+";
+
+/// Appends one message, unless its idempotency key is marked in the log within its window.
+/// KEYS: head, log, markers, marker expiry. ARGV: the node's clock time, an epoch for a new log,
+/// the sealed record, the retention count, the key's marker name (empty for none), its window
+/// in milliseconds, the message id. Returns `{seq, hlc, false, false}` for an entry appended
+/// now; for a marked one `{seq, hlc, id, record}` of the entry marked, its record `false` when
+/// the log no longer holds it. The markers are a hash (name → `seq hlc id`) and a sorted set
+/// (name → end of window), which the sweeper prunes.
 pub(super) static APPEND: LazyLock<Script> = LazyLock::new(|| {
     Script::new(&format!(
-        "{HLC_LUA}{}",
+        "{HLC_LUA}{NOW_LUA}{}",
         r"
-local head, log = KEYS[1], KEYS[2]
+local head, log, markers, expiries = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local name, now = ARGV[5], 0
+if name ~= '' then
+  now = now_ms()
+  local expiry = redis.call('ZSCORE', expiries, name)
+  local marker = redis.call('HGET', markers, name)
+  if expiry and marker and tonumber(expiry) > now then
+    local seq, hlc, id = string.match(marker, '^(%d+) (%d+) (.*)$')
+    local record = false
+    local found = redis.call('XRANGE', log, seq .. '-0', seq .. '-0')
+    if found[1] then
+      local fields = found[1][2]
+      for i = 1, #fields, 2 do
+        if fields[i] == 'r' then record = fields[i + 1] end
+      end
+    end
+    return {seq, hlc, id, record}
+  end
+end
 if redis.call('EXISTS', head) == 0 then
   redis.call('HSET', head, 'first_seq', '1', 'last_seq', '0', 'last_hlc', '0', 'epoch', ARGV[2])
 end
@@ -44,7 +76,28 @@ if seq + 1 - first > retention then
   redis.call('XTRIM', log, 'MINID', string.format('%d-0', first))
   redis.call('HSET', head, 'first_seq', string.format('%d', first))
 end
-return {seq, hlc}
+if name ~= '' then
+  redis.call('HSET', markers, name, string.format('%d %s %s', seq, hlc, ARGV[7]))
+  redis.call('ZADD', expiries, string.format('%d', now + tonumber(ARGV[6])), name)
+end
+return {seq, hlc, false, false}
+"
+    ))
+});
+
+/// Removes up to a page of the idempotency markers whose window has ended. KEYS: markers,
+/// marker expiry. ARGV: the page size. Returns how many were removed.
+pub(super) static PRUNE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(&format!(
+        "{NOW_LUA}{}",
+        r"
+local ended = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', string.format('%d', now_ms()),
+  'LIMIT', 0, tonumber(ARGV[1]))
+if #ended > 0 then
+  redis.call('HDEL', KEYS[1], unpack(ended))
+  redis.call('ZREM', KEYS[2], unpack(ended))
+end
+return #ended
 "
     ))
 });

@@ -3,9 +3,11 @@
 use super::keys::{UserKeys, USERS};
 use super::scripts::APPEND;
 use super::{Append, Write};
+use crate::infra::cipher::KeyRing;
 use crate::infra::redis::bounded;
 use crate::store::clock::HybridClock;
-use crate::store::{new_epoch, record, Appended, CommitFeed, NewMessage, Settings, StoreError};
+use crate::store::outcome::{original, Outcome};
+use crate::store::{new_epoch, record, Appended, CommitFeed, Settings, StoreError};
 use redis::aio::ConnectionManager;
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -15,6 +17,8 @@ use tokio::sync::mpsc;
 pub(super) struct Writer {
     pub redis: ConnectionManager,
     pub clock: Arc<HybridClock>,
+    /// Opens the records of earlier appends that a repeated idempotency key is answered with.
+    pub keys: Arc<KeyRing>,
     pub feed: Arc<dyn CommitFeed>,
     pub settings: Settings,
 }
@@ -54,12 +58,9 @@ impl Writer {
     /// Stores a batch, hands its entries to the commit feed in log order, then answers each call.
     async fn commit(&mut self, batch: Vec<Append>) {
         match self.store(&batch).await {
-            Ok(mut appended) => {
-                self.feed.committed(&appended);
-                for Append { messages, reply } in batch.into_iter().rev() {
-                    let mine = appended.split_off(appended.len() - messages.len());
-                    let _ = reply.send(Ok(mine));
-                }
+            Ok(outcome) => {
+                let replies = batch.into_iter().map(|append| append.reply).collect();
+                outcome.answer(&*self.feed, replies);
             }
             Err(e) => {
                 tracing::error!("store commit failed: {e}");
@@ -70,50 +71,93 @@ impl Writer {
         }
     }
 
-    /// Sends the batch as one pipeline and returns the appended messages in order.
-    async fn store(&mut self, batch: &[Append]) -> Result<Vec<Appended>, StoreError> {
-        let messages: Vec<&NewMessage> = batch.iter().flat_map(|a| &a.messages).collect();
-        if messages.is_empty() {
-            return Ok(Vec::new());
+    /// Stores the batch and returns every call's entries.
+    async fn store(&mut self, batch: &[Append]) -> Result<Outcome, StoreError> {
+        let count = batch.iter().map(|a| a.messages.len()).sum();
+        let mut outcome = Outcome::with_capacity(count);
+        let positions = if count == 0 {
+            Vec::new()
+        } else {
+            self.send(batch).await?
+        };
+        let mut positions = positions.into_iter();
+        for append in batch {
+            outcome.next_call();
+            for message in &append.messages {
+                let (seq, hlc, marked, record) = positions.next().ok_or_else(|| {
+                    StoreError::Unavailable("Redis answered fewer appends than asked".into())
+                })?;
+                match marked {
+                    None => {
+                        let payload = record::live_payload(&message.plaintext, seq, hlc);
+                        outcome.made(Appended::of(message, seq, hlc, payload));
+                    }
+                    Some(id) => {
+                        let original = original(&self.keys, message, seq, hlc, record.as_deref());
+                        outcome.repeated(original, &id);
+                    }
+                }
+            }
         }
+        Ok(outcome)
+    }
+
+    /// Sends the batch's appends as one pipeline; returns where each landed.
+    async fn send(&mut self, batch: &[Append]) -> Result<Vec<Position>, StoreError> {
         let mut pipe = redis::pipe();
         // A pipelined script call is not retried on NOSCRIPT (a restarted Redis has forgotten
         // its scripts), so every batch loads the script first: for a known script that is a
         // lookup by its hash.
         pipe.load_script(&APPEND).ignore();
-        for message in &messages {
-            let keys = UserKeys::of(&message.log);
-            pipe.invoke_script(
-                APPEND
-                    .key(&keys.head)
-                    .key(&keys.log)
-                    .arg(self.clock.now())
-                    .arg(new_epoch())
-                    .arg(&message.record)
-                    .arg(self.settings.retention_count),
-            );
+        for append in batch {
+            let marker = append
+                .key
+                .as_ref()
+                .map(|key| (key.marker(), key.window_ms()));
+            for message in &append.messages {
+                // The message id is what a repeat is answered with; only a marker keeps it.
+                let (name, window_ms, id) = match &marker {
+                    Some((name, window_ms)) => {
+                        let id = record::id_of(&message.record).unwrap_or_default();
+                        (name.as_str(), *window_ms, id)
+                    }
+                    None => ("", 0, ""),
+                };
+                let keys = UserKeys::of(&message.log);
+                pipe.invoke_script(
+                    APPEND
+                        .key(&keys.head)
+                        .key(&keys.log)
+                        .key(&keys.markers)
+                        .key(&keys.marker_expiry)
+                        .arg(self.clock.now())
+                        .arg(new_epoch())
+                        .arg(&message.record)
+                        .arg(self.settings.retention_count)
+                        .arg(name)
+                        .arg(window_ms)
+                        .arg(id),
+                );
+            }
         }
-        let logs: HashSet<&str> = messages.iter().map(|m| m.log.as_str()).collect();
+        let logs: HashSet<&str> = batch
+            .iter()
+            .flat_map(|a| &a.messages)
+            .map(|m| m.log.as_str())
+            .collect();
         for log in logs {
             pipe.sadd(USERS, log).ignore();
         }
         let committing = std::time::Instant::now();
-        let positions: Vec<(u64, u64)> = bounded(pipe.query_async(&mut self.redis)).await?;
+        let positions: Vec<Position> = bounded(pipe.query_async(&mut self.redis)).await?;
         self.settings.commit_took(committing);
-        if let Some(latest) = positions.iter().map(|(_, hlc)| *hlc).max() {
+        if let Some(latest) = positions.iter().map(|(_, hlc, ..)| *hlc).max() {
             self.clock.observe(latest);
         }
-        Ok(messages
-            .into_iter()
-            .zip(positions)
-            .map(|(message, (seq, hlc))| Appended {
-                log: message.log.clone(),
-                seq,
-                hlc,
-                payload: record::live_payload(&message.plaintext, seq, hlc),
-                origin: message.origin,
-                kind: message.kind,
-            })
-            .collect())
+        Ok(positions)
     }
 }
+
+/// What the append script answers: seq and time, and for an entry an earlier append made, its
+/// message id and its record if the log still holds it.
+type Position = (u64, u64, Option<String>, Option<Vec<u8>>);
