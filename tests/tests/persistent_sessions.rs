@@ -274,61 +274,71 @@ async fn read_packet(socket: &mut TcpStream, buf: &mut bytes::BytesMut) -> v4p::
     }
 }
 
+/// A raw MQTT 3.1.1 connection of alice's phone with a kept session, after its CONNACK.
+async fn raw_phone(gw: &TestGateway) -> (TcpStream, bytes::BytesMut) {
+    let mut connect = v4p::Connect::new("phone");
+    connect.clean_session = false;
+    let token = gw.token("alice", "phone", Platform::Android);
+    connect.login = Some(v4p::Login::new("device", token));
+    let mut socket = TcpStream::connect(gw.mqtt).await.unwrap();
+    socket
+        .write_all(&packet(v4p::Packet::Connect(connect)))
+        .await
+        .unwrap();
+    let mut buf = bytes::BytesMut::new();
+    assert!(matches!(
+        read_packet(&mut socket, &mut buf).await,
+        v4p::Packet::ConnAck(_)
+    ));
+    (socket, buf)
+}
+
+/// The texts of the messages in `user`'s log.
+async fn stored_texts(gw: &TestGateway, user: &str) -> Vec<serde_json::Value> {
+    let (status, history) = gw
+        .api(Method::GET, &format!("/v1/users/{user}/messages"), None)
+        .await;
+    assert_eq!(status, 200, "{history}");
+    history["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["body"]["text"].clone())
+        .collect()
+}
+
+fn send(qos: QoS, pkid: u16, text: &str) -> v4p::Publish {
+    let body = json!({"to": "bob", "body": {"text": text}}).to_string();
+    let mut publish = v4p::Publish::new("u/alice/d/phone/send", qos, body);
+    publish.pkid = pkid;
+    publish
+}
+
 #[tokio::test]
 async fn a_qos_2_send_is_stored_once_however_often_it_is_sent_again() {
     let gw = TestGateway::start().await;
-    let token = gw.token("alice", "phone", Platform::Android);
-    let open = || async {
-        let mut connect = v4p::Connect::new("phone");
-        connect.clean_session = false;
-        connect.login = Some(v4p::Login::new("device", token.clone()));
-        let mut socket = TcpStream::connect(gw.mqtt).await.unwrap();
-        socket
-            .write_all(&packet(v4p::Packet::Connect(connect)))
-            .await
-            .unwrap();
-        let mut buf = bytes::BytesMut::new();
-        assert!(matches!(
-            read_packet(&mut socket, &mut buf).await,
-            v4p::Packet::ConnAck(_)
-        ));
-        (socket, buf)
-    };
-    let mut publish = v4p::Publish::new(
-        "u/alice/d/phone/send",
-        QoS::ExactlyOnce,
-        json!({"to": "bob", "body": {"text": "once"}}).to_string(),
-    );
-    publish.pkid = 7;
-    let (mut socket, mut buf) = open().await;
+    let mut publish = send(QoS::ExactlyOnce, 7, "once");
+    let (mut socket, mut buf) = raw_phone(&gw).await;
+    let pubrec = v4p::Packet::PubRec(v4p::PubRec::new(7));
     socket
         .write_all(&packet(v4p::Packet::Publish(publish.clone())))
         .await
         .unwrap();
-    assert_eq!(
-        read_packet(&mut socket, &mut buf).await,
-        v4p::Packet::PubRec(v4p::PubRec::new(7))
-    );
+    assert_eq!(read_packet(&mut socket, &mut buf).await, pubrec);
     // Sent again on the same connection, then after a reconnect, before the release.
     publish.dup = true;
     socket
         .write_all(&packet(v4p::Packet::Publish(publish.clone())))
         .await
         .unwrap();
-    assert_eq!(
-        read_packet(&mut socket, &mut buf).await,
-        v4p::Packet::PubRec(v4p::PubRec::new(7))
-    );
+    assert_eq!(read_packet(&mut socket, &mut buf).await, pubrec);
     drop(socket);
-    let (mut socket, mut buf) = open().await;
+    let (mut socket, mut buf) = raw_phone(&gw).await;
     socket
         .write_all(&packet(v4p::Packet::Publish(publish)))
         .await
         .unwrap();
-    assert_eq!(
-        read_packet(&mut socket, &mut buf).await,
-        v4p::Packet::PubRec(v4p::PubRec::new(7))
-    );
+    assert_eq!(read_packet(&mut socket, &mut buf).await, pubrec);
     socket
         .write_all(&packet(v4p::Packet::PubRel(v4p::PubRel::new(7))))
         .await
@@ -337,16 +347,44 @@ async fn a_qos_2_send_is_stored_once_however_often_it_is_sent_again() {
         read_packet(&mut socket, &mut buf).await,
         v4p::Packet::PubComp(v4p::PubComp::new(7))
     );
+    assert_eq!(
+        stored_texts(&gw, "bob").await,
+        [json!("once")],
+        "stored once"
+    );
+}
 
-    let (status, history) = gw.api(Method::GET, "/v1/users/bob/messages", None).await;
-    assert_eq!(status, 200, "{history}");
-    let texts: Vec<_> = history["messages"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|m| m["body"]["text"].clone())
-        .collect();
-    assert_eq!(texts, [json!("once")], "stored once");
+#[tokio::test]
+async fn a_qos_1_send_whose_answer_was_lost_is_stored_once_when_sent_again_with_dup() {
+    let gw = TestGateway::start().await;
+    // The phone sends and loses its connection before the PUBACK reaches it.
+    let (mut socket, _) = raw_phone(&gw).await;
+    socket
+        .write_all(&packet(v4p::Packet::Publish(send(
+            QoS::AtLeastOnce,
+            3,
+            "first",
+        ))))
+        .await
+        .unwrap();
+    drop(socket);
+    // Coming back, it sends it again with DUP, then a new message under the same packet id.
+    let (mut socket, mut buf) = raw_phone(&gw).await;
+    let mut again = send(QoS::AtLeastOnce, 3, "first");
+    again.dup = true;
+    let puback = v4p::Packet::PubAck(v4p::PubAck::new(3));
+    for publish in [again, send(QoS::AtLeastOnce, 3, "second")] {
+        socket
+            .write_all(&packet(v4p::Packet::Publish(publish)))
+            .await
+            .unwrap();
+        assert_eq!(read_packet(&mut socket, &mut buf).await, puback);
+    }
+    assert_eq!(
+        stored_texts(&gw, "bob").await,
+        [json!("first"), json!("second")],
+        "the one sent again is stored once, the new one under the same id too"
+    );
 }
 
 #[tokio::test]

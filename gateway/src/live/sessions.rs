@@ -141,6 +141,10 @@ pub struct SessionState {
     /// PUBREL has not come: a publish sent again under one of them is not taken twice.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub awaiting_release: Vec<u16>,
+    /// The last QoS 1 publishes the client sent and the gateway took, by packet id and
+    /// fingerprint: one sent again with DUP after a reconnect is answered, not taken twice.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub answered: Vec<(u16, u64)>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub unacknowledged: Vec<KeptDelivery>,
     /// For a device following its user's log: where the session began to (no entry before it

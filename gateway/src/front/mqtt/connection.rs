@@ -8,7 +8,7 @@ use super::codec::{
     AckCode, Codec, ConnectRequest, DecodeError, DisconnectCode, FilterRequest, Inbound,
     SubscribeRefusal, Version,
 };
-use super::inbound::{Admission, InboundState, Violation};
+use super::inbound::{self, Admission, InboundState, Violation};
 use super::outbound::{Outbound, Written};
 use crate::auth::identity::Identity;
 use crate::front::client::{Client, Handled, Publication, RetainHandling, SubscribeRequest};
@@ -37,8 +37,9 @@ const WRITE_BATCH: usize = 64 * 1024;
 /// How long a client told why it is disconnected may go on sending before its socket closes.
 const VIOLATION_LINGER: Duration = Duration::from_secs(2);
 
-/// How long a leaving client's session waits to learn where it began to follow the log.
-const STARTING_READ: Duration = Duration::from_secs(5);
+/// How long a leaving connection waits for its work in progress: publishes being stored, and
+/// learning where its session began to follow the log.
+const FINISHING: Duration = Duration::from_secs(5);
 
 type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 
@@ -89,6 +90,8 @@ struct Answer {
     pkid: u16,
     qos: u8,
     topic: String,
+    /// For QoS 1: what tells it from another publish under the same packet id.
+    fingerprint: u64,
 }
 
 /// A publish whose answer waits for work still running (a durable append).
@@ -205,7 +208,8 @@ impl Connection {
         let resent = self.outbound.resend(sent, &mut self.wbuf);
         self.backlog
             .extend(unsent.into_iter().map(|kept| kept.delivery()));
-        self.inbound.resume(&state.awaiting_release);
+        self.inbound
+            .resume(&state.awaiting_release, &state.answered);
         if let Some(follower) = &mut self.follower {
             for &seq in &resent {
                 follower.sent(seq, Qos::AtLeastOnce);
@@ -296,12 +300,17 @@ impl Connection {
                     }
                 }
                 Some((answer, result)) = self.answers.next(), if !self.answers.is_empty() => {
+                    let was_full = self.inbound.is_full();
                     if let Flow::End { reason, notice } = self.answer(answer, result) {
                         break (reason, notice);
                     }
-                    if self.inbound.is_full() {
-                        // Not reading is not the client's silence.
+                    if was_full {
+                        // Not reading was not the client's silence; and what it sent meanwhile
+                        // may be waiting in the buffer already.
                         keep_alive.as_mut().reset(Instant::now() + keep_alive_window);
+                        if let Flow::End { reason, notice } = self.handle_input() {
+                            break (reason, notice);
+                        }
                     }
                 }
                 readout = maybe(&mut self.reading) => {
@@ -350,11 +359,19 @@ impl Connection {
     /// Stores the cursor where the client left it and waits for the session's last write, so
     /// the state handed back is the newest.
     async fn finish(mut self, moved: bool) -> Ending {
+        // Publishes still being stored are taken once they are: the client, which had no
+        // answer, sends them again, and is answered then without their being taken twice.
+        let deadline = Instant::now() + FINISHING;
+        while let Ok(Some((answer, result))) =
+            tokio::time::timeout_at(deadline, self.answers.next()).await
+        {
+            (self.inbound).answered(answer.qos, answer.pkid, result.is_ok(), answer.fingerprint);
+        }
         let starting = self.follower.as_ref().is_some_and(|f| f.floor().is_none());
         if let (true, Some(reading)) = (starting && self.expiry > 0, self.reading.take()) {
             // A kept session must know where it began to follow the log, or it would start
             // from the device's cursor, which may be far older, when it comes back.
-            if let Ok(readout) = tokio::time::timeout(STARTING_READ, reading).await {
+            if let Ok(readout) = tokio::time::timeout(FINISHING, reading).await {
                 self.take_readout(readout);
             }
         }
@@ -386,6 +403,7 @@ impl Connection {
             expiry_secs: self.expiry,
             subscriptions: self.client.subscriptions(),
             awaiting_release: Vec::new(),
+            answered: Vec::new(),
             unacknowledged: Vec::new(),
             log_from: self.follower.as_ref().and_then(LogFollower::floor),
             log_epoch: self
@@ -397,6 +415,7 @@ impl Connection {
             return state;
         }
         state.awaiting_release = self.inbound.awaiting_release();
+        state.answered = self.inbound.recently_answered();
         state.unacknowledged = self.outbound.keep();
         state.unacknowledged.extend(
             (self.backlog.iter())
@@ -591,8 +610,16 @@ impl Connection {
                     return Flow::violation(violation);
                 }
                 let (pkid, qos) = (publish.pkid, publish.qos);
-                match self.inbound.admit(qos, pkid) {
+                let fingerprint = match qos {
+                    1 => inbound::fingerprint(&publish.topic, &publish.payload),
+                    _ => 0,
+                };
+                match self.inbound.admit(qos, pkid, publish.dup, fingerprint) {
                     Err(violation) => return Flow::violation(violation),
+                    Ok(Admission::Repeat) if qos == 1 => {
+                        self.codec.puback(pkid, AckCode::Success, &mut self.wbuf);
+                        return Flow::Continue;
+                    }
                     Ok(Admission::Repeat) => {
                         self.codec.pubrec(pkid, AckCode::Success, &mut self.wbuf);
                         return Flow::Continue;
@@ -609,7 +636,12 @@ impl Connection {
                     properties: publish.properties,
                     expiry: publish.expiry,
                 });
-                let answer = Answer { pkid, qos, topic };
+                let answer = Answer {
+                    pkid,
+                    qos,
+                    topic,
+                    fingerprint,
+                };
                 match handled {
                     // Answers go out in the order the publishes came (MQTT 4.6), so an immediate
                     // result waits behind earlier ones still being stored.
@@ -738,7 +770,8 @@ impl Connection {
         }
         // A 3.1.1 client cannot be told a QoS 2 publish was refused: it releases it as usual.
         let taken = result.is_ok() || self.codec.version == Version::V311;
-        self.inbound.answered(answer.qos, answer.pkid, taken);
+        self.inbound
+            .answered(answer.qos, answer.pkid, taken, answer.fingerprint);
         let code = ack_code(&result);
         match answer.qos {
             0 => {}

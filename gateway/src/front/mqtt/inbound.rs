@@ -1,9 +1,10 @@
 //! What one MQTT client sends the gateway and is not finished yet: QoS 1 and 2 publishes being
 //! handled, QoS 2 publishes waiting for their PUBREL, counted against the Receive Maximum the
-//! gateway announced, and the topic aliases the client set.
+//! gateway announced, the last QoS 1 publishes answered (a client that did not get the answer
+//! sends them again with DUP), and the topic aliases the client set.
 
 use super::codec::{DisconnectCode, PublishIn, Version};
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 
 /// How a QoS 2 publish from the client stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -19,7 +20,8 @@ enum Exactly {
 pub enum Admission {
     /// Handle it.
     New,
-    /// A QoS 2 publish sent again that was taken already: answer PUBREC again, take it no more.
+    /// A publish sent again that was taken already (QoS 2 awaiting its release, or QoS 1 with
+    /// DUP matching one just answered): answer it again, take it no more.
     Repeat,
     /// A QoS 2 publish sent again while the first is still being handled: its answer will come.
     Pending,
@@ -34,6 +36,9 @@ pub struct InboundState {
     /// QoS 1 and 2 publishes being handled.
     unanswered: usize,
     exactly: HashMap<u16, Exactly>,
+    /// The last QoS 1 publishes taken, by packet id and fingerprint, at most the Receive
+    /// Maximum of them: the client may not have had their PUBACKs.
+    answered: VecDeque<(u16, u64)>,
     /// Topic aliases the client set, by alias.
     aliases: HashMap<u16, String>,
     alias_maximum: u16,
@@ -46,6 +51,7 @@ impl InboundState {
             receive_maximum: usize::from(receive_maximum.max(1)),
             unanswered: 0,
             exactly: HashMap::new(),
+            answered: VecDeque::new(),
             aliases: HashMap::new(),
             alias_maximum,
         }
@@ -86,8 +92,18 @@ impl InboundState {
     }
 
     /// Counts a publish in; a v5 client past the Receive Maximum (publishes being handled and
-    /// QoS 2 ones not yet released) is in breach of it.
-    pub fn admit(&mut self, qos: u8, pkid: u16) -> Result<Admission, Violation> {
+    /// QoS 2 ones not yet released) is in breach of it. `fingerprint` tells a QoS 1 publish
+    /// sent again (`dup`) from a new one under the same packet id.
+    pub fn admit(
+        &mut self,
+        qos: u8,
+        pkid: u16,
+        dup: bool,
+        fingerprint: u64,
+    ) -> Result<Admission, Violation> {
+        if qos == 1 && dup && self.answered.contains(&(pkid, fingerprint)) {
+            return Ok(Admission::Repeat);
+        }
         if qos == 2 {
             match self.exactly.get(&pkid) {
                 Some(Exactly::Received) => return Ok(Admission::Repeat),
@@ -116,12 +132,20 @@ impl InboundState {
         Ok(Admission::New)
     }
 
-    /// A publish was answered: a QoS 2 one taken now waits for its PUBREL.
-    pub fn answered(&mut self, qos: u8, pkid: u16, taken: bool) {
+    /// A publish was answered: a QoS 2 one taken now waits for its PUBREL, a QoS 1 one taken
+    /// is remembered for a while.
+    pub fn answered(&mut self, qos: u8, pkid: u16, taken: bool, fingerprint: u64) {
         if qos == 0 {
             return;
         }
         self.unanswered = self.unanswered.saturating_sub(1);
+        if qos == 1 && taken {
+            self.answered.retain(|(id, _)| *id != pkid);
+            if self.answered.len() == self.receive_maximum {
+                self.answered.pop_front();
+            }
+            self.answered.push_back((pkid, fingerprint));
+        }
         if qos == 2 {
             if taken {
                 self.exactly.insert(pkid, Exactly::Received);
@@ -152,12 +176,31 @@ impl InboundState {
         pkids
     }
 
-    /// Takes up the QoS 2 publishes a session kept waiting for their PUBREL.
-    pub fn resume(&mut self, awaiting_release: &[u16]) {
+    /// The last QoS 1 publishes taken, as a session keeps them.
+    pub fn recently_answered(&self) -> Vec<(u16, u64)> {
+        self.answered.iter().copied().collect()
+    }
+
+    /// Takes up what a session kept: QoS 2 publishes waiting for their PUBREL, and the last
+    /// QoS 1 publishes taken.
+    pub fn resume(&mut self, awaiting_release: &[u16], answered: &[(u16, u64)]) {
         for &pkid in awaiting_release {
             self.exactly.insert(pkid, Exactly::Received);
         }
+        self.answered
+            .extend(answered.iter().take(self.receive_maximum));
     }
+}
+
+/// What tells a QoS 1 publish sent again from another under the same packet id: a hash of its
+/// topic and payload. (std's SipHash with fixed keys: the same in every process of one build; a
+/// mismatch after an upgrade only lets one DUP through as new.)
+pub fn fingerprint(topic: &str, payload: &[u8]) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::hash::DefaultHasher::new();
+    topic.hash(&mut hasher);
+    payload.hash(&mut hasher);
+    hasher.finish()
 }
 
 #[cfg(test)]
@@ -167,26 +210,50 @@ mod tests {
     #[test]
     fn qos_2_is_taken_once_and_unreleased_ones_count_against_the_receive_maximum() {
         let mut state = InboundState::new(Version::V5, 2, 0);
-        assert_eq!(state.admit(2, 7), Ok(Admission::New));
-        assert_eq!(state.admit(2, 7), Ok(Admission::Pending));
-        state.answered(2, 7, true);
-        assert_eq!(state.admit(2, 7), Ok(Admission::Repeat));
-        assert_eq!(state.admit(1, 8), Ok(Admission::New));
+        assert_eq!(state.admit(2, 7, false, 0), Ok(Admission::New));
+        assert_eq!(state.admit(2, 7, true, 0), Ok(Admission::Pending));
+        state.answered(2, 7, true, 0);
+        assert_eq!(state.admit(2, 7, true, 0), Ok(Admission::Repeat));
+        assert_eq!(state.admit(1, 8, false, 0), Ok(Admission::New));
         assert!(!state.is_full(), "one publish is being handled");
-        let breach = state.admit(2, 9).unwrap_err();
+        let breach = state.admit(2, 9, false, 0).unwrap_err();
         assert_eq!(breach.0, DisconnectCode::ReceiveMaximumExceeded);
         assert!(state.released(7));
         assert!(!state.released(7), "released once");
-        state.answered(1, 8, true);
-        assert_eq!(state.admit(2, 9), Ok(Admission::New));
+        state.answered(1, 8, true, 0);
+        assert_eq!(state.admit(2, 9, false, 0), Ok(Admission::New));
+    }
+
+    #[test]
+    fn a_qos_1_publish_sent_again_with_dup_is_taken_once() {
+        let mut state = InboundState::new(Version::V311, 2, 0);
+        let (a, b) = (fingerprint("t", b"a"), fingerprint("t", b"b"));
+        assert_eq!(state.admit(1, 1, false, a), Ok(Admission::New));
+        state.answered(1, 1, true, a);
+        assert_eq!(state.admit(1, 1, true, a), Ok(Admission::Repeat));
+        assert_eq!(
+            state.admit(1, 1, true, b),
+            Ok(Admission::New),
+            "another message"
+        );
+        state.answered(1, 1, true, b);
+        assert_eq!(
+            state.admit(1, 1, false, b),
+            Ok(Admission::New),
+            "not sent again"
+        );
+        state.answered(1, 1, true, b);
+        let mut resumed = InboundState::new(Version::V311, 2, 0);
+        resumed.resume(&[], &state.recently_answered());
+        assert_eq!(resumed.admit(1, 1, true, b), Ok(Admission::Repeat));
     }
 
     #[test]
     fn a_3_1_1_client_is_never_in_breach_it_waits() {
         let mut state = InboundState::new(Version::V311, 1, 0);
-        assert_eq!(state.admit(1, 1), Ok(Admission::New));
+        assert_eq!(state.admit(1, 1, false, 0), Ok(Admission::New));
         assert!(state.is_full());
-        assert_eq!(state.admit(1, 2), Ok(Admission::New));
+        assert_eq!(state.admit(1, 2, false, 0), Ok(Admission::New));
     }
 
     #[test]

@@ -50,8 +50,8 @@ mod writer;
 use super::clock::HybridClock;
 use super::record::{self, between, hlc_millis};
 use super::{
-    AppendTicket, CommitFeed, EntryKind, IdempotencyKey, LogHead, LogPage, NewMessage,
-    Settings, Store, StoreError, Stored, SweepReport,
+    AppendTicket, CommitFeed, EntryKind, IdempotencyKey, LogHead, LogPage, NewMessage, Settings,
+    Store, StoreError, Stored, SweepReport,
 };
 use crate::infra::cipher::KeyRing;
 use crate::infra::redis::{bounded, connect};
