@@ -198,6 +198,8 @@ pub struct Sessions {
     /// a session while its client is away; past it the oldest go. A device's inbox needs no
     /// queue: the user's log is its queue.
     pub max_queued: usize,
+    /// The most bytes those queued messages take (as stored, sealed); past it the oldest go.
+    pub max_queued_bytes: usize,
 }
 
 impl Default for Sessions {
@@ -208,6 +210,7 @@ impl Default for Sessions {
             approval_timeout: Duration::from_secs(5 * 60),
             max_expiry: Duration::from_secs(7 * 24 * 3600),
             max_queued: 1000,
+            max_queued_bytes: 1024 * 1024,
         }
     }
 }

@@ -43,14 +43,22 @@ fn paho(gw: &TestGateway, action: &str, version: u8, extra: &[&str]) -> Option<V
         String::from_utf8_lossy(&output.stderr)
     );
     let stdout = String::from_utf8_lossy(&output.stdout);
-    stdout.lines().last().map(|line| serde_json::from_str(line).unwrap())
+    stdout
+        .lines()
+        .last()
+        .map(|line| serde_json::from_str(line).unwrap())
 }
 
 async fn misses_1000_and_gets_them_all(version: u8) {
     let gw = TestGateway::start().await;
     paho(&gw, "subscribe", version, &[]);
     for chunk in (0..1000).collect::<Vec<_>>().chunks(50) {
-        join_all(chunk.iter().map(|n| gw.post_message("alice", json!({"n": n})))).await;
+        join_all(
+            chunk
+                .iter()
+                .map(|n| gw.post_message("alice", json!({"n": n}))),
+        )
+        .await;
     }
     let (gw_ref, count) = (&gw, "1000");
     let received = tokio::task::block_in_place(|| {
@@ -58,7 +66,11 @@ async fn misses_1000_and_gets_them_all(version: u8) {
     });
     assert_eq!(received["session_present"], true);
     let seqs: Vec<u64> = serde_json::from_value(received["seqs"].clone()).unwrap();
-    assert_eq!(seqs, (1..=1000).collect::<Vec<u64>>(), "all, in order, once");
+    assert_eq!(
+        seqs,
+        (1..=1000).collect::<Vec<u64>>(),
+        "all, in order, once"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -1,11 +1,14 @@
 //! The storage conformance suite: the same tests against every backend, through the `Store`
 //! trait. The Redis backend runs against a real `redis-server` started on a free port.
 //!
-//! Idempotency keys have their own file of the suite, [`idempotency`].
+//! Idempotency keys, and MQTT sessions with retained messages, have their own files of the
+//! suite, [`idempotency`] and [`sessions`].
 
-// Beside this file rather than in `tests/`, where it would be a test target of its own.
+// Beside this file rather than in `tests/`, where they would be test targets of their own.
 #[path = "store/idempotency.rs"]
 mod idempotency;
+#[path = "store/sessions.rs"]
+mod sessions;
 
 use e2e::redis_server::RedisServer;
 use gateway::infra::cipher::KeyRing;
@@ -163,6 +166,10 @@ macro_rules! conformance_suite {
                 idempotency: keys_are_scoped_per_sender_and_recipient(1000),
                 idempotency: a_repeat_of_a_trimmed_message_still_gets_its_seq(3),
                 idempotency: deleting_a_user_removes_the_keys_in_its_log(1000),
+                sessions: a_session_is_kept_until_it_expires_or_is_dropped(1000),
+                sessions: a_queue_keeps_the_newest_within_its_count_and_bytes(1000),
+                sessions: deleting_a_user_drops_its_devices_sessions(1000),
+                sessions: retained_messages_are_set_replaced_and_cleared(1000),
             }
         }
     };

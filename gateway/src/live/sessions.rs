@@ -19,7 +19,7 @@ use super::message::{KeptMessage, Published};
 use crate::auth::identity::Identity;
 use crate::infra::time::unix_millis;
 use crate::shutdown::Shutdown;
-use crate::store::sessions::{SessionKey, SessionStore};
+use crate::store::sessions::{QueueBound, SessionKey, SessionStore};
 use crate::store::StoreError;
 use dashmap::DashMap;
 use prometheus_client::metrics::counter::Counter;
@@ -432,7 +432,11 @@ impl Sessions {
                 .subscribe(&link, &s.filter, s.share.as_deref(), s.options());
         }
         let (store, hub, key) = (self.store.clone(), self.hub.clone(), key.clone());
-        let (most, dropped, holder) = (self.config.max_queued, self.dropped.clone(), link.clone());
+        let most = QueueBound {
+            messages: self.config.max_queued,
+            bytes: self.config.max_queued_bytes,
+        };
+        let (dropped, holder) = (self.dropped.clone(), link.clone());
         let slots = self.slots.clone();
         let done = self.shutdown.spawn(async move {
             let expired = tokio::time::sleep(expiry);
@@ -550,7 +554,7 @@ async fn queue(
     key: &SessionKey,
     message: &Published,
     qos: Qos,
-    most: usize,
+    most: QueueBound,
     dropped: &Counter,
 ) {
     if qos == Qos::AtMostOnce || message.is_expired(Instant::now()) {

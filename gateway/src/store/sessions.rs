@@ -37,6 +37,14 @@ impl SessionKey {
     }
 }
 
+/// How much a session's queue holds at most.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QueueBound {
+    pub messages: usize,
+    /// The messages' bytes as queued.
+    pub bytes: usize,
+}
+
 #[async_trait]
 pub trait SessionStore: Send + Sync + 'static {
     /// Keeps `state` as the session's, until `expires_at_ms` (then it is as if absent).
@@ -53,13 +61,13 @@ pub trait SessionStore: Send + Sync + 'static {
     /// Forgets the session and what is queued for it.
     async fn drop_session(&self, key: &SessionKey) -> Result<(), StoreError>;
 
-    /// Queues a message for the session while its client is away, keeping at most `max` (the
-    /// oldest go first); returns how many were dropped to make room.
+    /// Queues a message for the session while its client is away, within `bound` (the oldest
+    /// go first; the newest always stays); returns how many were dropped to make room.
     async fn enqueue(
         &self,
         key: &SessionKey,
         message: &[u8],
-        max: usize,
+        bound: QueueBound,
     ) -> Result<u64, StoreError>;
 
     /// Takes everything queued for the session, oldest first, leaving none.

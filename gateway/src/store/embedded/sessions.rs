@@ -7,7 +7,7 @@ use super::EmbeddedStore;
 use crate::infra::cipher::KeyRing;
 use crate::infra::time::unix_millis;
 use crate::store::retained::RetainedStore;
-use crate::store::sessions::{SessionKey, SessionStore};
+use crate::store::sessions::{QueueBound, SessionKey, SessionStore};
 use crate::store::StoreError;
 use async_trait::async_trait;
 
@@ -141,29 +141,37 @@ impl SessionStore for EmbeddedStore {
         &self,
         key: &SessionKey,
         message: &[u8],
-        max: usize,
+        bound: QueueBound,
     ) -> Result<u64, StoreError> {
         let (name, message) = (key.name(), message.to_vec());
         self.read_with(move |spaces, keys| {
-            let queued: Vec<_> = spaces
-                .session_queues
-                .prefix(queue_prefix(&name))
-                .map(|entry| entry.key().map_err(failed))
-                .collect::<Result<_, _>>()?;
+            let mut queued = Vec::new();
+            for entry in spaces.session_queues.prefix(queue_prefix(&name)) {
+                let (key, sealed) = entry.into_inner().map_err(failed)?;
+                queued.push((key, sealed.len()));
+            }
             let next = queued
                 .last()
-                .and_then(|key| key.get(key.len() - 8..))
+                .and_then(|(key, _)| key.get(key.len() - 8..))
                 .map_or(0, |position| be_u64(position) + 1);
-            let mut batch = spaces.durable_batch();
-            let dropped = (queued.len() + 1).saturating_sub(max.max(1));
-            for oldest in &queued[..dropped] {
-                batch.remove(&spaces.session_queues, oldest.clone());
-            }
             let entry = queued_key(&name, next);
             let sealed = keys.seal(&message, &entry);
+            let mut batch = spaces.durable_batch();
+            let (mut count, mut bytes) = (
+                queued.len() + 1,
+                queued.iter().map(|(_, len)| len).sum::<usize>() + sealed.len(),
+            );
+            let mut dropped = 0;
+            for (oldest, len) in &queued {
+                if count <= bound.messages.max(1) && bytes <= bound.bytes {
+                    break;
+                }
+                batch.remove(&spaces.session_queues, oldest.clone());
+                (count, bytes, dropped) = (count - 1, bytes - len, dropped + 1);
+            }
             batch.insert(&spaces.session_queues, entry, sealed);
             batch.commit().map_err(failed)?;
-            Ok(dropped as u64)
+            Ok(dropped)
         })
         .await
     }

@@ -8,7 +8,7 @@
 use super::RedisStore;
 use crate::infra::redis::bounded;
 use crate::store::retained::RetainedStore;
-use crate::store::sessions::{SessionKey, SessionStore};
+use crate::store::sessions::{QueueBound, SessionKey, SessionStore};
 use crate::store::StoreError;
 use async_trait::async_trait;
 use redis::Script;
@@ -20,10 +20,11 @@ const SESSIONS: &str = "gw:sessions";
 /// The retained messages, by topic.
 const RETAINED: &str = "gw:retained";
 
-/// The keys of one session: its state and its queue.
+/// The keys of one session: its state, its queue and the queue's bytes.
 pub(super) struct SessionKeys {
     pub state: String,
     pub queue: String,
+    pub queued_bytes: String,
 }
 
 impl SessionKeys {
@@ -34,6 +35,7 @@ impl SessionKeys {
         };
         Self {
             queue: format!("{base}:queue"),
+            queued_bytes: format!("{base}:queued_bytes"),
             state: base,
         }
     }
@@ -44,20 +46,28 @@ impl SessionKeys {
     }
 }
 
-/// Queues a message, trims the queue to its most, and gives it the session's expiry. KEYS: the
-/// session, its queue. ARGV: the sealed message, the most kept. Returns how many were dropped.
+/// Queues a message, drops the oldest while the queue holds more than its most messages or
+/// bytes (the newest always stays), and gives it the session's expiry. KEYS: the session, its
+/// queue, the queue's bytes. ARGV: the sealed message, the most messages, the most bytes.
+/// Returns how many were dropped.
 static ENQUEUE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
 local n = redis.call('RPUSH', KEYS[2], ARGV[1])
-local most = tonumber(ARGV[2])
+local bytes = redis.call('INCRBY', KEYS[3], #ARGV[1])
+local most, most_bytes = tonumber(ARGV[2]), tonumber(ARGV[3])
 local dropped = 0
-if n > most then
-  dropped = n - most
-  redis.call('LTRIM', KEYS[2], dropped, -1)
+while n > 1 and (n > most or bytes > most_bytes) do
+  local oldest = redis.call('LPOP', KEYS[2])
+  bytes = redis.call('DECRBY', KEYS[3], #oldest)
+  n = n - 1
+  dropped = dropped + 1
 end
 local at = redis.call('PEXPIRETIME', KEYS[1])
-if at > 0 then redis.call('PEXPIREAT', KEYS[2], at) end
+if at > 0 then
+  redis.call('PEXPIREAT', KEYS[2], at)
+  redis.call('PEXPIREAT', KEYS[3], at)
+end
 return dropped
 ",
     )
@@ -86,7 +96,7 @@ impl RedisStore {
                 let names: Vec<String> = found
                     .iter()
                     .filter_map(|key| key.strip_prefix(&prefix))
-                    .filter(|device| !device.ends_with(":queue"))
+                    .filter(|device| !device.contains(':'))
                     .map(|device| {
                         let device = device.to_string();
                         SessionKey::Device {
@@ -135,6 +145,10 @@ impl SessionStore for RedisStore {
                 .arg(&keys.queue)
                 .arg(expires_at_ms)
                 .ignore()
+                .cmd("PEXPIREAT")
+                .arg(&keys.queued_bytes)
+                .arg(expires_at_ms)
+                .ignore()
                 .sadd(SESSIONS, key.name())
                 .ignore()
                 .exec_async(&mut redis),
@@ -159,7 +173,7 @@ impl SessionStore for RedisStore {
         let mut redis = self.redis.clone();
         bounded(
             redis::pipe()
-                .del(&[&keys.state, &keys.queue])
+                .del(&[&keys.state, &keys.queue, &keys.queued_bytes])
                 .ignore()
                 .srem(SESSIONS, key.name())
                 .ignore()
@@ -173,7 +187,7 @@ impl SessionStore for RedisStore {
         &self,
         key: &SessionKey,
         message: &[u8],
-        max: usize,
+        bound: QueueBound,
     ) -> Result<u64, StoreError> {
         let keys = SessionKeys::of(key);
         let sealed = self.keys.seal(message, keys.queue.as_bytes());
@@ -182,8 +196,10 @@ impl SessionStore for RedisStore {
             ENQUEUE
                 .key(&keys.state)
                 .key(&keys.queue)
+                .key(&keys.queued_bytes)
                 .arg(sealed)
-                .arg(max.max(1))
+                .arg(bound.messages.max(1))
+                .arg(bound.bytes)
                 .invoke_async(&mut redis),
         )
         .await?;
@@ -193,11 +209,11 @@ impl SessionStore for RedisStore {
     async fn take_queued(&self, key: &SessionKey) -> Result<Vec<Vec<u8>>, StoreError> {
         let keys = SessionKeys::of(key);
         let mut redis = self.redis.clone();
-        let (sealed, ()): (Vec<Vec<u8>>, ()) = bounded(
+        let (sealed,): (Vec<Vec<u8>>,) = bounded(
             redis::pipe()
                 .atomic()
                 .lrange(&keys.queue, 0, -1)
-                .del(&keys.queue)
+                .del(&[&keys.queue, &keys.queued_bytes])
                 .ignore()
                 .query_async(&mut redis),
         )
