@@ -183,6 +183,15 @@ impl App {
     /// Binds the listeners, prints their addresses as one JSON line on stdout, starts the
     /// background work, and serves until SIGTERM or Ctrl-C; then shuts down.
     pub async fn serve(self, data_dir: &Path) -> Result<Stopped> {
+        // Before any client connects: what is published from the start reaches them.
+        match self.front.sessions.take_up_kept().await {
+            Ok(0) => {}
+            Ok(parked) => tracing::info!(
+                parked,
+                "took up the MQTT sessions kept while their clients are away"
+            ),
+            Err(e) => tracing::warn!("the kept MQTT sessions could not be read: {e}"),
+        }
         let bound = self.listen()?;
         tracing::info!(listening = ?bound, data_dir = %data_dir.display(), "gateway started");
         // One machine-readable line on stdout, so scripts and tests learn the bound ports.
@@ -190,7 +199,7 @@ impl App {
         writeln!(stdout, "{}", serde_json::json!({ "listening": bound }))?;
         stdout.flush()?;
         drop(stdout);
-        self.start_background().await;
+        self.start_background();
         termination().await;
         Ok(self.stop().await)
     }
@@ -230,19 +239,12 @@ impl App {
         Ok(bound)
     }
 
-    /// The work that runs beside the listeners until shutdown: the sweepers, the notification
-    /// worker and the cluster's.
-    async fn start_background(&self) {
+    /// The work that runs beside the listeners until shutdown: the sweepers (of logs, of
+    /// notification records, of expired MQTT sessions), the notification worker and the
+    /// cluster's.
+    fn start_background(&self) {
         let (config, shutdown) = (&self.config, &self.shutdown);
         let sessions = self.front.sessions.clone();
-        match sessions.take_up_kept().await {
-            Ok(0) => {}
-            Ok(parked) => tracing::info!(
-                parked,
-                "took up the MQTT sessions kept while their clients are away"
-            ),
-            Err(e) => tracing::warn!("the kept MQTT sessions could not be read: {e}"),
-        }
         shutdown.spawn({
             let (sessions, shutdown) = (sessions.clone(), shutdown.clone());
             async move {

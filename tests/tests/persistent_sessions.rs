@@ -433,7 +433,7 @@ async fn a_slow_device_catches_up_from_the_log_without_being_cut_off() {
 async fn retained_messages_outlive_a_crash_and_shared_subscriptions_take_turns() {
     let options = Options::default().with("AUTH__ALLOW_ANONYMOUS", "true");
     let gw = TestGateway::start_with(options.clone()).await;
-    let publisher = V4::connect(&gw, Via::Tcp, "station", None, |_| {})
+    let mut publisher = V4::connect(&gw, Via::Tcp, "station", None, |_| {})
         .await
         .unwrap();
     publisher
@@ -441,6 +441,14 @@ async fn retained_messages_outlive_a_crash_and_shared_subscriptions_take_turns()
         .publish("weather/paris", QoS::AtLeastOnce, true, "sunny")
         .await
         .unwrap();
+    // Answered once retained.
+    publisher
+        .inbox
+        .wait_for("the PUBACK", |i| match i {
+            Incoming::Packet(v4p::Packet::PubAck(_)) => Some(()),
+            _ => None,
+        })
+        .await;
     let mut watcher = V4::connect(&gw, Via::Tcp, "watcher", None, |_| {})
         .await
         .unwrap();
@@ -621,4 +629,84 @@ async fn a_web_client_resumes_its_inbox_from_the_device_cursor() {
     }
     assert_all_in_order(&missed, 3, 20);
     assert_eq!(missed[0].seq, last + 1);
+}
+
+#[tokio::test]
+async fn an_away_session_queues_other_topics_within_its_bound_across_a_restart() {
+    let options = Options::default()
+        .with("AUTH__ALLOW_ANONYMOUS", "true")
+        .with("SESSIONS__MAX_QUEUED", "3");
+    let gw = TestGateway::start_with(options.clone()).await;
+    let mut reader = V4::connect(&gw, Via::Tcp, "reader", None, |o| {
+        o.set_clean_session(false);
+    })
+    .await
+    .unwrap();
+    reader.subscribe("news/#", QoS::AtLeastOnce).await;
+    reader.client.disconnect().await.unwrap();
+    reader.inbox.closed().await;
+
+    let publish = |gw: &TestGateway, from: u32, to: u32| {
+        let gw_mqtt = gw.mqtt;
+        async move {
+            let mut writer = rumqttc::MqttOptions::new("writer", "127.0.0.1", gw_mqtt.port());
+            writer.set_clean_session(true);
+            let (client, mut events) = rumqttc::AsyncClient::new(writer, 100);
+            for n in from..to {
+                client
+                    .publish(format!("news/{n}"), QoS::AtLeastOnce, false, n.to_string())
+                    .await
+                    .unwrap();
+            }
+            // Until every PUBACK is in: then each was queued.
+            let mut acked = 0;
+            while acked < to - from {
+                if let rumqttc::Event::Incoming(v4p::Packet::PubAck(_)) =
+                    events.poll().await.unwrap()
+                {
+                    acked += 1;
+                }
+            }
+        }
+    };
+    publish(&gw, 0, 2).await;
+    // Stopped as an operator would: what the parked session took is queued before it exits.
+    let stopped = gw.terminate().await;
+    assert!(
+        stopped.status.success(),
+        "a parked session does not hold the shutdown up"
+    );
+    let gw = TestGateway::try_start(options, stopped.data_dir)
+        .await
+        .unwrap();
+    publish(&gw, 2, 5).await;
+
+    let mut reader = V4::connect(&gw, Via::Tcp, "reader", None, |o| {
+        o.set_clean_session(false);
+    })
+    .await
+    .unwrap();
+    assert!(reader.session_present);
+    let mut topics = Vec::new();
+    for _ in 0..3 {
+        let publish = reader
+            .inbox
+            .wait_for("a queued message", |i| match i {
+                Incoming::Packet(v4p::Packet::Publish(p)) => Some(p.topic.clone()),
+                _ => None,
+            })
+            .await;
+        topics.push(publish);
+    }
+    assert_eq!(
+        topics,
+        ["news/2", "news/3", "news/4"],
+        "the newest three, in order"
+    );
+    reader.no_message_on("news/#").await;
+    assert_eq!(
+        gw.metric("gateway_session_queue_dropped_total").await,
+        2.0,
+        "the two oldest pushed out after the restart"
+    );
 }

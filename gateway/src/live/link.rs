@@ -122,6 +122,9 @@ pub struct Link {
     follows_log: AtomicBool,
     /// The highest entry of the log deferred since the connection last looked (0: none).
     missed: AtomicU64,
+    /// A full outbox drops what does not fit rather than close the link (a parked session's:
+    /// its queue drops the oldest anyway).
+    drops_when_full: AtomicBool,
     last_seen_ms: AtomicU64,
 }
 
@@ -142,6 +145,7 @@ impl Link {
             approved: AtomicBool::new(approved),
             follows_log: AtomicBool::new(false),
             missed: AtomicU64::new(0),
+            drops_when_full: AtomicBool::new(false),
             last_seen_ms: AtomicU64::new(unix_millis()),
         });
         (handle, inbox)
@@ -164,7 +168,9 @@ impl Link {
                     self.missed.fetch_max(seq, Ordering::AcqRel);
                     Delivered::Deferred
                 }
-                _ if qos == Qos::AtMostOnce => Delivered::Dropped,
+                _ if qos == Qos::AtMostOnce || self.drops_when_full.load(Ordering::Relaxed) => {
+                    Delivered::Dropped
+                }
                 _ => {
                     self.close(CloseReason::new(
                         DisconnectReason::SlowConsumer,
@@ -208,6 +214,11 @@ impl Link {
 
     pub fn follows_log(&self) -> bool {
         self.follows_log.load(Ordering::Acquire)
+    }
+
+    /// From now on a full outbox drops what does not fit, whatever its QoS.
+    pub fn drop_when_full(&self) {
+        self.drops_when_full.store(true, Ordering::Relaxed);
     }
 
     /// The highest entry of the log deferred since the last call, if any: the connection reads

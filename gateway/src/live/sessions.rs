@@ -5,16 +5,18 @@
 //! connection holds for as long as it runs, so a connection that takes over (the same device
 //! reconnecting) gets the session only once the one before has handed it back, with every
 //! delivery it had left unacknowledged. While its client is away, a session with subscriptions
-//! outside the user's log (`pub/…`, dev mode) is *parked*: a link of its own stays subscribed
-//! in the hub and queues what arrives at QoS 1 and 2 in the store, bounded by
-//! `sessions.max_queued`. Subscriptions to the user's inbox and notifications need no queue: the
-//! user's log is the queue, read from the device's cursor when it comes back.
+//! outside the users' topics (`pub/…`, `svc/…`, dev mode) is *parked*: a link of its own stays
+//! subscribed in the hub and queues what arrives at QoS 1 and 2 in the store, bounded by
+//! `sessions.max_queued` and `max_queued_bytes`. Subscriptions to the user's inbox and
+//! notifications need no queue: the user's log is the queue, read from the device's cursor when
+//! it comes back. The user's presence, signals and replies are live only (a signal is never
+//! kept, by design): those subscriptions are simply made again.
 //!
 //! Every session is kept in the store too (on every change of its subscriptions, and when its
 //! client leaves), so it survives a restart and can be taken up on another node.
 
 use super::hub::{Hub, SubscriptionOptions};
-use super::link::{Link, LinkIds, Qos};
+use super::link::{Delivery, Link, LinkIds, Qos};
 use super::message::{KeptMessage, Published};
 use crate::auth::identity::Identity;
 use crate::infra::time::unix_millis;
@@ -28,7 +30,10 @@ use serde::{Deserialize, Serialize};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::sync::{Mutex, OwnedMutexGuard};
+use tokio::sync::{mpsc, Mutex, OwnedMutexGuard};
+
+/// How long a parked session empties its connection's outbox at most.
+const LEFTOVER: Duration = Duration::from_secs(5);
 
 /// A subscription as a session keeps it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -64,21 +69,12 @@ impl KeptSubscription {
         }
     }
 
-    /// A subscription to one of the user's logged topics (inbox, notify): delivered from the
-    /// user's log, so it needs no queue while its client is away.
-    pub fn follows_log(&self) -> bool {
-        self.share.is_none() && logged_topic(&self.filter)
+    /// Whether what the subscription gets is queued while its client is away: anything but the
+    /// users' own topics, which the log covers (inbox, notifications) or which are live only
+    /// (presence, signals, replies).
+    pub fn queues_while_away(&self) -> bool {
+        self.share.is_some() || !self.filter.starts_with(topics::USER_PREFIX)
     }
-}
-
-/// Whether `topic` is a user's inbox or notification topic, whose messages are entries of the
-/// user's log.
-pub fn logged_topic(topic: &str) -> bool {
-    let mut levels = topic.split('/');
-    matches!(
-        (levels.next(), levels.next(), levels.next(), levels.next()),
-        (Some("u"), Some(user), Some("inbox" | "notify"), None) if topics::is_valid_id(user)
-    )
 }
 
 /// The session a client's identity holds: a device's own, or one per MQTT client id for
@@ -157,9 +153,9 @@ pub struct SessionState {
 
 impl KeptDelivery {
     /// The delivery as it was, to be sent again.
-    pub fn delivery(self) -> super::link::Delivery {
+    pub fn delivery(self) -> Delivery {
         let (message, _) = Published::unkeep(self.message);
-        super::link::Delivery {
+        Delivery {
             message: std::sync::Arc::new(message),
             qos: Qos::from_level(self.qos).unwrap_or(Qos::AtLeastOnce),
             retain: self.retain,
@@ -178,7 +174,9 @@ impl SessionState {
     }
 
     fn parks(&self) -> bool {
-        self.subscriptions.iter().any(|s| !s.follows_log())
+        self.subscriptions
+            .iter()
+            .any(KeptSubscription::queues_while_away)
     }
 }
 
@@ -356,14 +354,17 @@ impl Sessions {
     }
 
     /// Hands a session back as its connection ends: kept (in memory, in the store, and parked
-    /// when it has subscriptions outside the user's log) when `state` is given and its expiry
-    /// is not 0, else forgotten. `identity` is the client's, for the parked link. `moved` is
-    /// true when another node took the session over: that node holds it now.
+    /// when it has subscriptions to queue for) when `state` is given and its expiry is not 0,
+    /// else forgotten. `identity` is the client's, for the parked link; `leftover` its outbox,
+    /// which the parked session empties into its queue, so that nothing published between the
+    /// connection's end and the parking is lost (call this before the client's subscriptions
+    /// go). `moved` is true when another node took the session over: that node holds it now.
     pub async fn release(
         &self,
         mut claim: Claim,
         state: Option<SessionState>,
         identity: &Identity,
+        leftover: mpsc::Receiver<Delivery>,
         moved: bool,
     ) {
         if moved {
@@ -392,10 +393,36 @@ impl Sessions {
             tracing::warn!("a session is kept in memory only, the store is away: {e}");
         }
         if state.parks() && !self.shutdown.is_cancelled() {
-            claim.held.parked = Some(self.park(&key, &state, identity, expiry));
+            let parked = self.park(&key, &state, identity, expiry, Some(leftover));
+            claim.held.parked = Some(parked);
+        } else if state.parks() {
+            // Shutting down: no parking, but what the client was not sent yet is queued, to be
+            // sent when it comes back after the restart.
+            let mut leftover = leftover;
+            while let Ok(delivery) = leftover.try_recv() {
+                if delivery.message.seq.is_none() {
+                    let (message, qos) = (&delivery.message, delivery.qos);
+                    queue(
+                        &*self.store,
+                        &key,
+                        message,
+                        qos,
+                        self.queue_bound(),
+                        &self.dropped,
+                    )
+                    .await;
+                }
+            }
         }
         claim.held.expires = Some(Instant::now() + expiry);
         claim.held.state = Some(state);
+    }
+
+    fn queue_bound(&self) -> QueueBound {
+        QueueBound {
+            messages: self.config.max_queued,
+            bytes: self.config.max_queued_bytes,
+        }
     }
 
     /// Whether no connection took the session up since `generation`: a delayed will goes out
@@ -414,6 +441,7 @@ impl Sessions {
         state: &SessionState,
         identity: &Identity,
         expiry: Duration,
+        leftover: Option<mpsc::Receiver<Delivery>>,
     ) -> Parked {
         let (link, mut outbox) = Link::new(
             self.link_ids.next(),
@@ -421,10 +449,11 @@ impl Sessions {
             self.outbox_capacity,
             true,
         );
+        link.drop_when_full();
         let parked: Vec<_> = state
             .subscriptions
             .iter()
-            .filter(|s| !s.follows_log())
+            .filter(|s| s.queues_while_away())
             .cloned()
             .collect();
         for s in &parked {
@@ -432,13 +461,32 @@ impl Sessions {
                 .subscribe(&link, &s.filter, s.share.as_deref(), s.options());
         }
         let (store, hub, key) = (self.store.clone(), self.hub.clone(), key.clone());
-        let most = QueueBound {
-            messages: self.config.max_queued,
-            bytes: self.config.max_queued_bytes,
-        };
+        let most = self.queue_bound();
         let (dropped, holder) = (self.dropped.clone(), link.clone());
         let slots = self.slots.clone();
+        let shutdown = self.shutdown.clone();
         let done = self.shutdown.spawn(async move {
+            // First what the connection's outbox still holds or gets until its link is gone
+            // (entries of the user's log are the cursor's, not the queue's).
+            if let Some(mut leftover) = leftover {
+                let drained = async {
+                    while let Some(delivery) = leftover.recv().await {
+                        if delivery.message.seq.is_none() {
+                            queue(
+                                &*store,
+                                &key,
+                                &delivery.message,
+                                delivery.qos,
+                                most,
+                                &dropped,
+                            )
+                            .await;
+                        }
+                    }
+                };
+                // The link is gone once its client is: this is a bound, not a wait.
+                let _ = tokio::time::timeout(LEFTOVER, drained).await;
+            }
             let expired = tokio::time::sleep(expiry);
             tokio::pin!(expired);
             let closed = holder.closed();
@@ -450,6 +498,8 @@ impl Sessions {
                         queue(&*store, &key, &delivery.message, delivery.qos, most, &dropped).await;
                     }
                     _ = &mut closed => break,
+                    // What arrived is queued; the session is taken up again at the next start.
+                    () = shutdown.cancelled() => break,
                     () = &mut expired => {
                         expired_now = true;
                         break;
@@ -498,7 +548,7 @@ impl Sessions {
             let slot = self.slot(&key);
             let mut held = slot.held.clone().lock_owned().await;
             let expiry = Duration::from_secs(u64::from(self.config_expiry(&state)));
-            held.parked = Some(self.park(&key, &state, &identity, expiry));
+            held.parked = Some(self.park(&key, &state, &identity, expiry, None));
             held.expires = Some(Instant::now() + expiry);
             held.state = Some(state);
             parked += 1;

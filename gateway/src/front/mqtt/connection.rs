@@ -83,6 +83,8 @@ pub struct Ending {
     pub with_will: bool,
     /// Seconds the session is kept (the client may have changed it as it left).
     pub expiry: u32,
+    /// The client's outbox, for a parked session to empty.
+    pub outbox: mpsc::Receiver<Delivery>,
 }
 
 /// Which publish an answer is for.
@@ -346,19 +348,15 @@ impl Connection {
             Some(_) => self.stream.close_gracefully(VIOLATION_LINGER).await,
             None => self.stream.shutdown().await,
         }
-        // What never went out stays with a kept session.
-        while let Ok(delivery) = outbox.try_recv() {
-            if self.follower.as_mut().is_none_or(|f| f.admit(&delivery)) {
-                self.backlog.push_back(delivery);
-            }
-        }
+        // What is still in the outbox stays there: a parked session queues it (entries of the
+        // user's log are the cursor's to bring back).
         self.client.set_end_reason(reason);
-        self.finish(moved).await
+        self.finish(moved, outbox).await
     }
 
     /// Stores the cursor where the client left it and waits for the session's last write, so
     /// the state handed back is the newest.
-    async fn finish(mut self, moved: bool) -> Ending {
+    async fn finish(mut self, moved: bool, outbox: mpsc::Receiver<Delivery>) -> Ending {
         // Publishes still being stored are taken once they are: the client, which had no
         // answer, sends them again, and is answered then without their being taken twice.
         let deadline = Instant::now() + FINISHING;
@@ -392,6 +390,7 @@ impl Connection {
             expiry: self.expiry,
             client: self.client,
             claim: self.claim,
+            outbox,
         }
     }
 
@@ -625,6 +624,11 @@ impl Connection {
                         return Flow::Continue;
                     }
                     Ok(Admission::Pending) => return Flow::Continue,
+                    Ok(Admission::InUse) => {
+                        self.codec
+                            .puback(pkid, AckCode::PacketIdInUse, &mut self.wbuf);
+                        return Flow::Continue;
+                    }
                     Ok(Admission::New) => {}
                 }
                 let topic = publish.topic.clone();

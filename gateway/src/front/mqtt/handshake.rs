@@ -147,6 +147,7 @@ pub async fn serve(
         moved,
         with_will,
         expiry,
+        outbox,
     } = connection.run(outbox).await;
     if let (Some(will), true) = (will, with_will) {
         // The will waits for its delay, but not past the session's end (MQTT 5 3.1.3.2.2).
@@ -165,10 +166,13 @@ pub async fn serve(
             sessions.still_away(&key, generation)
         });
     }
-    // The client is gone for presence and metrics before its session is written back.
+    // The session is parked before the client's subscriptions go, so nothing published
+    // meanwhile is lost; then the client is gone for presence and metrics.
     let identity = client.identity().clone();
+    (front.sessions)
+        .release(claim, state, &identity, outbox, moved)
+        .await;
     drop(client);
-    front.sessions.release(claim, state, &identity, moved).await;
 }
 
 /// Answers a CONNECT with a refusal and closes.

@@ -25,6 +25,9 @@ pub enum Admission {
     Repeat,
     /// A QoS 2 publish sent again while the first is still being handled: its answer will come.
     Pending,
+    /// A v5 client's QoS 1 publish under the packet id of its QoS 2 publish still in flight:
+    /// the client's state and ours disagree (PUBACK 0x91).
+    InUse,
 }
 
 /// Why the connection must end.
@@ -103,6 +106,9 @@ impl InboundState {
     ) -> Result<Admission, Violation> {
         if qos == 1 && dup && self.answered.contains(&(pkid, fingerprint)) {
             return Ok(Admission::Repeat);
+        }
+        if qos == 1 && self.version == Version::V5 && self.exactly.contains_key(&pkid) {
+            return Ok(Admission::InUse);
         }
         if qos == 2 {
             match self.exactly.get(&pkid) {
@@ -214,6 +220,12 @@ mod tests {
         assert_eq!(state.admit(2, 7, true, 0), Ok(Admission::Pending));
         state.answered(2, 7, true, 0);
         assert_eq!(state.admit(2, 7, true, 0), Ok(Admission::Repeat));
+        assert_eq!(
+            state.admit(2, 7, false, 0),
+            Ok(Admission::Repeat),
+            "DUP or not"
+        );
+        assert_eq!(state.admit(1, 7, false, 0), Ok(Admission::InUse));
         assert_eq!(state.admit(1, 8, false, 0), Ok(Admission::New));
         assert!(!state.is_full(), "one publish is being handled");
         let breach = state.admit(2, 9, false, 0).unwrap_err();
