@@ -8,7 +8,8 @@
 //! `limits.max_keepalive`, which is at least 15 minutes by design (mobile heartbeats).
 //! `test_subscribe_failure` (both suites) needs the server to refuse a SUBSCRIBE to the filter
 //! they hard-code, `test/nosubscribe`, with reason 0x80 exactly (the MQTT 5 suite's client takes
-//! any other failure code, 0x87 included, for a malformed SUBACK).
+//! any other failure code, 0x87 included, for a malformed SUBACK): the gateway withholds it from
+//! anonymous clients (`auth.anonymous_withheld`), which it refuses with 0x80.
 //!
 //! Each suite test runs in a process of its own (run.py kills it after 60 s: some spin forever
 //! when a feature is missing), one after the other: they all use the same client ids and clear
@@ -23,6 +24,13 @@ use tokio::process::Command;
 
 /// Over how many gateways, side by side, the MQTT 5 suite is split.
 const V5_GATEWAYS: usize = 2;
+
+/// MQTT 5 tests that race their own clients: B subscribes, then the test waits for A's SUBACK,
+/// which it already has, instead of B's, and A publishes at once. Two connections are two tasks
+/// here, and on a busy machine A's publish may be handled before B's subscription (mosquitto,
+/// one thread reading sockets in turn, wins that race). A test of these that fails is run once
+/// more; a second failure fails.
+const RACY: [&str; 2] = ["test_request_response", "test_subscribe_options"];
 
 fn runner() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("paho/run.py")
@@ -58,8 +66,11 @@ struct Run {
 
 /// Runs `tests` of `suite` against a gateway of their own.
 async fn run(suite: &str, tests: &[String]) -> Run {
-    let gw =
-        TestGateway::start_with(Options::default().with("AUTH__ALLOW_ANONYMOUS", "true")).await;
+    // The filter the suites expect refused, as a production ACL would (see the module doc).
+    let options = Options::default()
+        .with("AUTH__ALLOW_ANONYMOUS", "true")
+        .with("AUTH__ANONYMOUS_WITHHELD", r#"["test/nosubscribe"]"#);
+    let gw = TestGateway::start_with(options).await;
     let json = gw.data_dir.path().join(format!("paho-{suite}.json"));
     let output = python3()
         .args([
@@ -159,8 +170,20 @@ async fn paho_mqtt_5_interoperability_suite_passes_but_for_the_server_keep_alive
         results.extend(run.results);
         reports.push_str(&run.report);
     }
+    assert_eq!(results.len(), names.len(), "{}", table(&results, &reports));
+    // The tests that race their own clients get a second chance, on a gateway of their own.
+    let again: Vec<String> = not_passed(&results)
+        .into_iter()
+        .filter(|test| RACY.contains(test))
+        .map(str::to_owned)
+        .collect();
+    if !again.is_empty() {
+        let rerun = run("v5", &again).await;
+        reports.push_str(&rerun.report);
+        eprintln!("run again, racing their own clients:\n{}", rerun.report);
+        results.extend(rerun.results);
+    }
     let report = table(&results, &reports);
-    assert_eq!(results.len(), names.len(), "{report}");
     assert_eq!(
         not_passed(&results),
         ["test_server_keep_alive"],
