@@ -196,3 +196,51 @@ async fn json_bridge_applies_the_same_rules() {
     alice.no_message().await;
     bob.no_message_on("u/bob/inbox").await;
 }
+
+#[tokio::test]
+async fn shared_subscriptions_and_topic_aliases_go_through_the_same_rules() {
+    let gw = TestGateway::start().await;
+    let (mut alice, _) = V5::connect(
+        &gw,
+        Via::Tcp,
+        "alice",
+        Some(&gw.token("alice", "phone", Platform::Ios)),
+        |_| {},
+    )
+    .await
+    .unwrap();
+    use rumqttc::v5::mqttbytes::v5::PublishProperties;
+    use rumqttc::v5::mqttbytes::QoS as Q5;
+    for filter in hostile_filters()
+        .iter()
+        .chain(&["pub/#".to_string(), "u/alice/inbox".to_string()])
+    {
+        assert_eq!(
+            alice
+                .subscribe(&format!("$share/g/{filter}"), Q5::AtLeastOnce)
+                .await,
+            vec![V5Code::NotAuthorized],
+            "a device shares no subscription: {filter}"
+        );
+    }
+    let mut bob = bob_traffic(&gw).await;
+    // An alias set on bob's topic, then used alone: refused both times.
+    let alias = |topic_alias| PublishProperties {
+        topic_alias: Some(topic_alias),
+        ..Default::default()
+    };
+    let body = json!({"to": "bob", "body": {}}).to_string();
+    for topic in ["u/bob/d/phone/send", ""] {
+        alice
+            .client
+            .publish_with_properties(topic, Q5::AtLeastOnce, true, body.clone(), alias(1))
+            .await
+            .unwrap();
+        assert_eq!(
+            alice.puback().await,
+            PubAckReason::NotAuthorized,
+            "{topic:?}"
+        );
+    }
+    bob.no_message_on("#").await;
+}
