@@ -38,6 +38,17 @@ fn inbox_message_v4(
     }
 }
 
+/// The next PUBLISH a 3.1.1 client receives.
+async fn next_publish(client: &mut V4, what: &str) -> v4p::Publish {
+    client
+        .inbox
+        .wait_for(what, |i| match i {
+            Incoming::Packet(v4p::Packet::Publish(p)) => Some(p.clone()),
+            _ => None,
+        })
+        .await
+}
+
 /// The next `count` inbox messages a 3.1.1 client receives.
 async fn inbox_v4(client: &mut V4, user: &str, count: usize) -> Vec<InboxMessage> {
     let topic = format!("u/{user}/inbox");
@@ -234,13 +245,7 @@ async fn what_the_device_had_not_acknowledged_is_sent_again_with_dup() {
     let mut phone = connect(false).await;
     let mut again = Vec::new();
     for _ in 0..5 {
-        let publish = phone
-            .inbox
-            .wait_for("a message sent again", |i| match i {
-                Incoming::Packet(v4p::Packet::Publish(p)) => Some(p.clone()),
-                _ => None,
-            })
-            .await;
+        let publish = next_publish(&mut phone, "a message sent again").await;
         assert!(publish.dup, "sent again with DUP");
         again.push(serde_json::from_slice::<InboxMessage>(&publish.payload).unwrap());
     }
@@ -453,13 +458,7 @@ async fn retained_messages_outlive_a_crash_and_shared_subscriptions_take_turns()
         .await
         .unwrap();
     watcher.subscribe("weather/+", QoS::AtLeastOnce).await;
-    let retained = watcher
-        .inbox
-        .wait_for("the retained message", |i| match i {
-            Incoming::Packet(v4p::Packet::Publish(p)) => Some(p.clone()),
-            _ => None,
-        })
-        .await;
+    let retained = next_publish(&mut watcher, "the retained message").await;
     assert_eq!(
         (&retained.payload[..], retained.retain),
         (&b"sunny"[..], true)
@@ -471,13 +470,7 @@ async fn retained_messages_outlive_a_crash_and_shared_subscriptions_take_turns()
         .await
         .unwrap();
     late.subscribe("weather/#", QoS::AtLeastOnce).await;
-    let retained = late
-        .inbox
-        .wait_for("the retained message after the crash", |i| match i {
-            Incoming::Packet(v4p::Packet::Publish(p)) => Some(p.clone()),
-            _ => None,
-        })
-        .await;
+    let retained = next_publish(&mut late, "the retained message after the crash").await;
     assert_eq!(
         (&retained.payload[..], retained.retain),
         (&b"sunny"[..], true)

@@ -18,7 +18,7 @@ use axum::extract::{Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use protocol::envelope::{DisconnectReason, Reply, SyncPage, Transport};
+use protocol::envelope::{DisconnectReason, Transport};
 use protocol::error_code::ErrorBody;
 use protocol::frames::{ClientFrame, RequestId, ServerFrame};
 use protocol::ErrorCode;
@@ -343,14 +343,8 @@ impl Bridge {
         if let (Some(reset), Identity::Device { user, device, .. }) =
             (reset, self.client.identity())
         {
-            let page = SyncPage {
-                epoch: follower.epoch().unwrap_or_default().to_string(),
-                messages: Vec::new(),
-                to_seq: reset.available_from.saturating_sub(1),
-                more: true,
-                reset: Some(reset),
-            };
-            (self.client.front().registry).reply(user, device, &Reply::Sync(page));
+            let reply = follower.reset_reply(reset);
+            (self.client.front().registry).reply(user, device, &reply);
         }
     }
 

@@ -18,7 +18,7 @@ use crate::live::link::{Delivery, Qos};
 use crate::live::message::Published;
 use crate::log::sync::sync_start;
 use crate::store::{EntryKind, LogHead, LogPage, SharedStore, StoreError};
-use protocol::envelope::{HistoryReset, SyncRequest};
+use protocol::envelope::{HistoryReset, Reply, SyncPage, SyncRequest};
 use protocol::topics;
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -279,6 +279,18 @@ impl LogFollower {
                 })
             })
             .collect()
+    }
+
+    /// What a device that knows nothing of sync is told, on its reply topic, of history it
+    /// lost: a sync page with the reset and no messages (they follow on the topics).
+    pub fn reset_reply(&self, reset: HistoryReset) -> Reply {
+        Reply::Sync(SyncPage {
+            epoch: self.epoch.clone().unwrap_or_default(),
+            messages: Vec::new(),
+            to_seq: reset.available_from.saturating_sub(1),
+            more: true,
+            reset: Some(reset),
+        })
     }
 
     /// An entry went out to the client at `qos`.

@@ -59,3 +59,31 @@ pub async fn bounded<T>(
         ))),
     }
 }
+
+/// Every key matching `pattern`, by SCAN (a page of `page` keys a request, each request bounded);
+/// a key may come twice, as SCAN promises no more.
+pub async fn scan(
+    redis: &mut ConnectionManager,
+    pattern: &str,
+    page: usize,
+) -> Result<Vec<String>, Unavailable> {
+    let mut keys = Vec::new();
+    let mut cursor = 0u64;
+    loop {
+        let (next, found): (u64, Vec<String>) = bounded(
+            redis::cmd("SCAN")
+                .arg(cursor)
+                .arg("MATCH")
+                .arg(pattern)
+                .arg("COUNT")
+                .arg(page)
+                .query_async(redis),
+        )
+        .await?;
+        keys.extend(found);
+        if next == 0 {
+            return Ok(keys);
+        }
+        cursor = next;
+    }
+}

@@ -399,29 +399,21 @@ impl Sessions {
             // Shutting down: no parking, but what the client was not sent yet is queued, to be
             // sent when it comes back after the restart.
             let mut leftover = leftover;
-            while let Ok(delivery) = leftover.try_recv() {
-                if delivery.message.seq.is_none() {
-                    let (message, qos) = (&delivery.message, delivery.qos);
-                    queue(
-                        &*self.store,
-                        &key,
-                        message,
-                        qos,
-                        self.queue_bound(),
-                        &self.dropped,
-                    )
-                    .await;
-                }
-            }
+            self.queue(&key).put_all(&mut leftover).await;
         }
         claim.held.expires = Some(Instant::now() + expiry);
         claim.held.state = Some(state);
     }
 
-    fn queue_bound(&self) -> QueueBound {
-        QueueBound {
-            messages: self.config.max_queued,
-            bytes: self.config.max_queued_bytes,
+    fn queue(&self, key: &SessionKey) -> SessionQueue {
+        SessionQueue {
+            store: self.store.clone(),
+            key: key.clone(),
+            bound: QueueBound {
+                messages: self.config.max_queued,
+                bytes: self.config.max_queued_bytes,
+            },
+            dropped: self.dropped.clone(),
         }
     }
 
@@ -460,28 +452,21 @@ impl Sessions {
             self.hub
                 .subscribe(&link, &s.filter, s.share.as_deref(), s.options());
         }
-        let (store, hub, key) = (self.store.clone(), self.hub.clone(), key.clone());
-        let most = self.queue_bound();
-        let (dropped, holder) = (self.dropped.clone(), link.clone());
+        let (store, hub, key, queue) = (
+            self.store.clone(),
+            self.hub.clone(),
+            key.clone(),
+            self.queue(key),
+        );
+        let holder = link.clone();
         let slots = self.slots.clone();
         let shutdown = self.shutdown.clone();
         let done = self.shutdown.spawn(async move {
-            // First what the connection's outbox still holds or gets until its link is gone
-            // (entries of the user's log are the cursor's, not the queue's).
+            // First what the connection's outbox still holds or gets until its link is gone.
             if let Some(mut leftover) = leftover {
                 let drained = async {
                     while let Some(delivery) = leftover.recv().await {
-                        if delivery.message.seq.is_none() {
-                            queue(
-                                &*store,
-                                &key,
-                                &delivery.message,
-                                delivery.qos,
-                                most,
-                                &dropped,
-                            )
-                            .await;
-                        }
+                        queue.put(&delivery).await;
                     }
                 };
                 // The link is gone once its client is: this is a bound, not a wait.
@@ -494,9 +479,7 @@ impl Sessions {
             let mut expired_now = false;
             loop {
                 tokio::select! {
-                    Some(delivery) = outbox.recv() => {
-                        queue(&*store, &key, &delivery.message, delivery.qos, most, &dropped).await;
-                    }
+                    Some(delivery) = outbox.recv() => queue.put(&delivery).await,
                     _ = &mut closed => break,
                     // What arrived is queued; the session is taken up again at the next start.
                     () = shutdown.cancelled() => break,
@@ -509,17 +492,7 @@ impl Sessions {
             for s in &parked {
                 hub.unsubscribe(holder.id, &s.filter, s.share.as_deref());
             }
-            while let Ok(delivery) = outbox.try_recv() {
-                queue(
-                    &*store,
-                    &key,
-                    &delivery.message,
-                    delivery.qos,
-                    most,
-                    &dropped,
-                )
-                .await;
-            }
+            queue.put_all(&mut outbox).await;
             if expired_now {
                 if let Err(e) = store.drop_session(&key).await {
                     tracing::warn!("an expired session stays in the store: {e}");
@@ -598,25 +571,39 @@ impl Sessions {
     }
 }
 
-/// Queues one message for an away session (QoS 0 is not queued, nor what expired).
-async fn queue(
-    store: &dyn SessionStore,
-    key: &SessionKey,
-    message: &Published,
-    qos: Qos,
-    most: QueueBound,
-    dropped: &Counter,
-) {
-    if qos == Qos::AtMostOnce || message.is_expired(Instant::now()) {
-        return;
-    }
-    match store
-        .enqueue(key, &message.encode(Some(qos.level())), most)
-        .await
-    {
-        Ok(pushed_out) => {
-            dropped.inc_by(pushed_out);
+/// An away session's queue in the store, within its bound, counting what the bound pushes out.
+#[derive(Clone)]
+struct SessionQueue {
+    store: Arc<dyn SessionStore>,
+    key: SessionKey,
+    bound: QueueBound,
+    dropped: Counter,
+}
+
+impl SessionQueue {
+    /// Queues one delivery: not at QoS 0, nor expired, nor an entry of the user's log (the
+    /// cursor brings those back).
+    async fn put(&self, delivery: &Delivery) {
+        let message = &delivery.message;
+        if delivery.qos == Qos::AtMostOnce
+            || message.seq.is_some()
+            || message.is_expired(Instant::now())
+        {
+            return;
         }
-        Err(e) => tracing::warn!("a message for an away session is lost: {e}"),
+        let bytes = message.encode(Some(delivery.qos.level()));
+        match self.store.enqueue(&self.key, &bytes, self.bound).await {
+            Ok(pushed_out) => {
+                self.dropped.inc_by(pushed_out);
+            }
+            Err(e) => tracing::warn!("a message for an away session is lost: {e}"),
+        }
+    }
+
+    /// Queues what `outbox` holds now.
+    async fn put_all(&self, outbox: &mut mpsc::Receiver<Delivery>) {
+        while let Ok(delivery) = outbox.try_recv() {
+            self.put(&delivery).await;
+        }
     }
 }

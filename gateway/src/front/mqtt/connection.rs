@@ -21,7 +21,7 @@ use crate::live::sessions::{Claim, SessionState};
 use crate::observe::metrics::TransportLabel;
 use bytes::BytesMut;
 use futures_util::stream::{FuturesOrdered, StreamExt};
-use protocol::envelope::{DisconnectReason, Reply, SyncPage};
+use protocol::envelope::DisconnectReason;
 use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
@@ -516,14 +516,8 @@ impl Connection {
             (reset, self.client.identity())
         {
             // A client that knows nothing of sync learns it on its reply topic.
-            let page = SyncPage {
-                epoch: follower.epoch().unwrap_or_default().to_string(),
-                messages: Vec::new(),
-                to_seq: reset.available_from.saturating_sub(1),
-                more: true,
-                reset: Some(reset),
-            };
-            (self.client.front().registry).reply(user, device, &Reply::Sync(page));
+            let reply = follower.reset_reply(reset);
+            (self.client.front().registry).reply(user, device, &reply);
         }
     }
 

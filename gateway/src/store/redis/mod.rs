@@ -54,7 +54,7 @@ use super::{
     Store, StoreError, Stored, SweepReport,
 };
 use crate::infra::cipher::KeyRing;
-use crate::infra::redis::{bounded, connect};
+use crate::infra::redis::{bounded, connect, scan};
 use async_trait::async_trait;
 use keys::{UserKeys, SWEEP_PAGE, USERS};
 use protocol::envelope::InboxMessage;
@@ -492,25 +492,10 @@ impl Store for RedisStore {
     async fn footprint(&self, user: &str) -> Result<Vec<String>, StoreError> {
         let mut redis = self.redis.clone();
         let pattern = format!("gw:{{{user}}}:*");
-        let mut keys = HashSet::new();
-        let mut cursor = 0u64;
-        loop {
-            let (next, found): (u64, Vec<String>) = bounded(
-                redis::cmd("SCAN")
-                    .arg(cursor)
-                    .arg("MATCH")
-                    .arg(&pattern)
-                    .arg("COUNT")
-                    .arg(SWEEP_PAGE)
-                    .query_async(&mut redis),
-            )
-            .await?;
-            keys.extend(found);
-            if next == 0 {
-                break;
-            }
-            cursor = next;
-        }
+        let keys: HashSet<String> = scan(&mut redis, &pattern, SWEEP_PAGE)
+            .await?
+            .into_iter()
+            .collect();
         let mut found = Vec::new();
         let prefix = format!("gw:{{{user}}}:");
         for key in keys {

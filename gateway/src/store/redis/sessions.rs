@@ -6,7 +6,7 @@
 //! found.
 
 use super::RedisStore;
-use crate::infra::redis::bounded;
+use crate::infra::redis::{bounded, scan};
 use crate::store::retained::RetainedStore;
 use crate::store::sessions::{QueueBound, SessionKey, SessionStore};
 use crate::store::StoreError;
@@ -16,6 +16,9 @@ use std::sync::LazyLock;
 
 /// The names of the sessions kept.
 const SESSIONS: &str = "gw:sessions";
+
+/// Keys a SCAN request looks at.
+const SCAN_PAGE: usize = 1000;
 
 /// The retained messages, by topic.
 const RETAINED: &str = "gw:retained";
@@ -81,43 +84,31 @@ impl RedisStore {
     /// Removes the sessions of a deleted user's devices, their queues and their names.
     pub(super) async fn forget_user_sessions(&self, user: &str) -> Result<(), StoreError> {
         let mut redis = self.redis.clone();
-        let prefix = format!("gw:{{{user}}}:session:");
-        let mut cursor = 0u64;
-        loop {
-            let (next, found): (u64, Vec<String>) = bounded(
-                redis::cmd("SCAN")
-                    .arg(cursor)
-                    .arg("MATCH")
-                    .arg(SessionKeys::of_user(user))
-                    .query_async(&mut redis),
-            )
-            .await?;
-            if !found.is_empty() {
-                let names: Vec<String> = found
-                    .iter()
-                    .filter_map(|key| key.strip_prefix(&prefix))
-                    .filter(|device| !device.contains(':'))
-                    .map(|device| {
-                        let device = device.to_string();
-                        SessionKey::Device {
-                            user: user.to_string(),
-                            device,
-                        }
-                        .name()
-                    })
-                    .collect();
-                let mut pipe = redis::pipe();
-                pipe.del(&found).ignore();
-                if !names.is_empty() {
-                    pipe.srem(SESSIONS, names).ignore();
-                }
-                bounded(pipe.exec_async(&mut redis)).await?;
-            }
-            if next == 0 {
-                return Ok(());
-            }
-            cursor = next;
+        let found = scan(&mut redis, &SessionKeys::of_user(user), SCAN_PAGE).await?;
+        if found.is_empty() {
+            return Ok(());
         }
+        let prefix = format!("gw:{{{user}}}:session:");
+        let names: Vec<String> = found
+            .iter()
+            .filter_map(|key| key.strip_prefix(&prefix))
+            .filter(|device| !device.contains(':'))
+            .map(|device| {
+                let device = device.to_string();
+                SessionKey::Device {
+                    user: user.to_string(),
+                    device,
+                }
+                .name()
+            })
+            .collect();
+        let mut pipe = redis::pipe();
+        pipe.del(&found).ignore();
+        if !names.is_empty() {
+            pipe.srem(SESSIONS, names).ignore();
+        }
+        bounded(pipe.exec_async(&mut redis)).await?;
+        Ok(())
     }
 }
 
