@@ -191,7 +191,7 @@ struct Slot {
 
 #[derive(Default)]
 struct Held {
-    /// The state handed back by the last connection, when it is still in memory.
+    /// The state handed back by the last connection, when the store could not take it.
     state: Option<SessionState>,
     /// When the state (in memory or in the store) stops being kept.
     expires: Option<Instant>,
@@ -385,13 +385,16 @@ impl Sessions {
         };
         let expiry = Duration::from_secs(u64::from(self.config_expiry(&state)));
         let expires_at_ms = unix_millis() + expiry.as_millis() as u64;
-        if let Err(e) = self
-            .store
+        let stored = match (self.store)
             .put_session(&key, &state.encode(), expires_at_ms)
             .await
         {
-            tracing::warn!("a session is kept in memory only, the store is away: {e}");
-        }
+            Ok(()) => true,
+            Err(e) => {
+                tracing::warn!("a session is kept in memory only, the store is away: {e}");
+                false
+            }
+        };
         if state.parks() && !self.shutdown.is_cancelled() {
             let parked = self.park(&key, &state, identity, expiry, Some(leftover));
             claim.held.parked = Some(parked);
@@ -402,7 +405,8 @@ impl Sessions {
             self.queue(&key).put_all(&mut leftover).await;
         }
         claim.held.expires = Some(Instant::now() + expiry);
-        claim.held.state = Some(state);
+        // The store holds it: memory keeps only what the store could not take.
+        claim.held.state = (!stored).then_some(state);
     }
 
     fn queue(&self, key: &SessionKey) -> SessionQueue {
@@ -523,7 +527,6 @@ impl Sessions {
             let expiry = Duration::from_secs(u64::from(self.config_expiry(&state)));
             held.parked = Some(self.park(&key, &state, &identity, expiry, None));
             held.expires = Some(Instant::now() + expiry);
-            held.state = Some(state);
             parked += 1;
         }
         Ok(parked)
