@@ -29,12 +29,12 @@ use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 /// Sync pages run up to the gateway's `roaming.page_max_bytes` (64 KiB by default): room for
 /// them and for larger configured pages.
-const MAX_PACKET: usize = 1 << 20;
-const KEEP_ALIVE: Duration = Duration::from_secs(30);
+pub(crate) const MAX_PACKET: usize = 1 << 20;
+pub(crate) const KEEP_ALIVE: Duration = Duration::from_secs(30);
 /// Requests a client may queue before `publish` waits.
-const REQUEST_CAPACITY: usize = 64;
+pub(crate) const REQUEST_CAPACITY: usize = 64;
 /// How long closing a connection politely may take before it is simply dropped.
-const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
+pub(crate) const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Serialize)]
 #[serde(rename_all = "kebab-case")]
@@ -293,12 +293,7 @@ impl Link {
             options.set_credentials(login, password);
         }
         let (client, mut events) = AsyncClient::new(options, REQUEST_CAPACITY);
-        let mut network = NetworkOptions::new();
-        network.set_tcp_nodelay(true);
-        // rumqttc gives up on the TCP connect and CONNACK after 5 s by default; in a reconnect
-        // storm a dropped SYN alone costs 1 s + 2 s + 4 s of retransmits.
-        network.set_connection_timeout(limit.as_secs().max(1));
-        events.set_network_options(network);
+        events.set_network_options(network_options(limit));
         client
             .subscribe_many([
                 SubscribeFilter::new(inbox(user), QoS::AtLeastOnce),
@@ -356,6 +351,16 @@ impl Link {
         }
         Ok(Self::JsonWs { socket })
     }
+}
+
+/// TCP_NODELAY, and the TCP connect and CONNACK given up on after `limit`: rumqttc gives up
+/// after 5 s by default, and in a reconnect storm a dropped SYN alone costs 1 s + 2 s + 4 s of
+/// retransmits.
+pub(crate) fn network_options(limit: Duration) -> NetworkOptions {
+    let mut network = NetworkOptions::new();
+    network.set_tcp_nodelay(true);
+    network.set_connection_timeout(limit.as_secs().max(1));
+    network
 }
 
 type JsonSocket = WebSocketStream<MaybeTlsStream<TcpStream>>;

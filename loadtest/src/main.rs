@@ -25,6 +25,7 @@ mod replay;
 mod report;
 mod roam;
 mod seq;
+mod session_device;
 mod stop;
 mod store_bench;
 mod target;
@@ -58,8 +59,9 @@ enum Command {
     /// Users with several devices (MQTT and JSON WebSocket) each get messages from the API and
     /// from devices: delivery to every device, latency, losses.
     Fanout(fanout::FanoutCmd),
-    /// A reconnect storm: devices drop, messages pile up, all reconnect at once and sync;
-    /// time until all caught up, and nothing missing or repeated.
+    /// A reconnect storm: devices drop, messages pile up, all reconnect at once and sync (or,
+    /// with --sessions, get them from their persistent MQTT sessions); time until all caught
+    /// up, and nothing missing or repeated.
     Roam(roam::RoamCmd),
     /// Many idle connections: connect rate, failures, broker memory per connection.
     Connect(connect::ConnectCmd),

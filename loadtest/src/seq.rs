@@ -134,6 +134,35 @@ pub fn check_log_sequence(seqs: &[u64], count: u64) -> Result<(), String> {
     Ok(())
 }
 
+/// How the sequences a device received for its log's 1..=count fall.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LogTally {
+    /// Sequences of 1..=count received at least once.
+    pub unique: u64,
+    /// Receptions of a sequence received before.
+    pub repeated: u64,
+    /// Sequences outside 1..=count.
+    pub unexpected: u64,
+}
+
+pub fn tally_log_sequence(seqs: &[u64], count: u64) -> LogTally {
+    let mut checker = SeqChecker::new(count);
+    let mut zero = 0;
+    for &seq in seqs {
+        match seq.checked_sub(1) {
+            Some(index) => {
+                checker.record(index);
+            }
+            None => zero += 1,
+        }
+    }
+    LogTally {
+        unique: checker.unique,
+        repeated: checker.duplicates,
+        unexpected: checker.out_of_range + zero,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -228,5 +257,25 @@ mod tests {
         assert!(problem(&[1, 2, 2, 3, 4]).contains("duplicate or out-of-order seq 2"));
         assert!(problem(&[1, 3, 2, 4]).contains("first missing seq 2"));
         assert!(problem(&[1, 2, 3, 4, 5]).contains("unexpected seq 5"));
+    }
+
+    #[test]
+    fn tallies_a_log_sequence() {
+        assert_eq!(
+            tally_log_sequence(&[1, 2, 3], 3),
+            LogTally {
+                unique: 3,
+                repeated: 0,
+                unexpected: 0
+            }
+        );
+        assert_eq!(
+            tally_log_sequence(&[0, 1, 3, 3, 1, 9], 4),
+            LogTally {
+                unique: 2,
+                repeated: 2,
+                unexpected: 2
+            }
+        );
     }
 }

@@ -259,6 +259,82 @@ async fn roam_storm_catches_every_device_up_with_nothing_missing() {
     assert!(svg.contains("latency by percentile"), "{svg:.200}");
 }
 
+#[tokio::test]
+async fn roam_storm_with_persistent_sessions_delivers_what_each_device_missed() {
+    let gw = TestGateway::start().await;
+    for version in ["3.1.1", "5"] {
+        let json = gw
+            .data_dir
+            .path()
+            .join(format!("roam-sessions-{version}.json"));
+        let output = loadtest_against(
+            &gw,
+            &gw.mqtt.to_string(),
+            &[
+                "roam",
+                "--sessions",
+                "--mqtt-version",
+                version,
+                "--devices",
+                "200",
+                "--missed",
+                "30",
+                "--linger",
+                "300ms",
+                "--json",
+                json.to_str().unwrap(),
+            ],
+        );
+        assert_passed(&output);
+        let result = json_result(&json);
+        assert_eq!(
+            result["catch_up"],
+            format!("mqtt-session-{version}"),
+            "{result}"
+        );
+        assert_eq!(result["caught_up"], 200, "{result}");
+        assert_eq!(result["session_present"], 200, "{result}");
+        assert_eq!(result["synced"], 200 * 30, "{result}");
+        assert_eq!(result["missing"], 0, "{result}");
+        assert_eq!(result["repeated"], 0, "{result}");
+    }
+}
+
+#[tokio::test]
+async fn connect_holds_connections_with_persistent_sessions() {
+    let gw = TestGateway::start().await;
+    for transport in ["mqtt", "mqtt-ws"] {
+        let json = gw
+            .data_dir
+            .path()
+            .join(format!("connect-sessions-{transport}.json"));
+        let output = loadtest_against(
+            &gw,
+            &gw.mqtt.to_string(),
+            &[
+                "connect",
+                "--sessions",
+                "--transport",
+                transport,
+                "--mqtt-ws",
+                &gw.mqtt_ws.to_string(),
+                "--user-prefix",
+                &format!("{transport}-u"),
+                "--connections",
+                "200",
+                "--hold",
+                "1s",
+                "--json",
+                json.to_str().unwrap(),
+            ],
+        );
+        assert_passed(&output);
+        let result = json_result(&json);
+        assert_eq!(result["established"], 200, "{result}");
+        assert_eq!(result["sessions"], true, "{result}");
+    }
+}
+
 /// The tool's loss detection is real: a proxy between the gateway and the clients swallows one
 /// delivered message, and the run fails naming it. Multi-threaded: the proxy runs while this
 /// test's thread waits for the loadtest process.

@@ -12,7 +12,10 @@ use bytes::{Bytes, BytesMut};
 use futures_util::{SinkExt, StreamExt};
 use nix::sys::socket::sockopt::IpBindAddressNoPort;
 use protocol::frames::ServerFrame;
-use rumqttc::mqttbytes::v4::{ConnAck, Connect, ConnectReturnCode, Packet};
+use rumqttc::mqttbytes::v4::{
+    ConnAck, Connect, ConnectReturnCode, Packet, SubAck, Subscribe, SubscribeReasonCode,
+};
+use rumqttc::mqttbytes::QoS;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -30,8 +33,10 @@ use tokio_tungstenite::tungstenite::http::HeaderValue;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
 
-/// A CONNACK is 4 bytes; a broker needing more reads than this is not sending one.
+/// A CONNACK is 4 bytes (a SUBACK 5); a broker needing more reads than this is not sending one.
 const MAX_HANDSHAKE_READS: usize = 8;
+/// The packet id of the inbox subscription (`--sessions`).
+const SUBSCRIBE_PKID: u16 = 1;
 
 /// One idle client connection.
 pub(super) struct Connection {
@@ -40,6 +45,8 @@ pub(super) struct Connection {
     pub(super) keepalive: Duration,
     pub(super) connect_timeout: Duration,
     pub(super) ping: Bytes,
+    /// `--sessions`: the inbox to subscribe to, with a persistent session.
+    pub(super) inbox: Option<String>,
     pub(super) stats: Arc<Stats>,
     pub(super) stop: watch::Receiver<bool>,
 }
@@ -103,6 +110,7 @@ impl Connection {
     fn connect_packet(&self, credentials: Credentials) -> Result<BytesMut, Failure> {
         let mut connect = Connect::new(credentials.client_id);
         connect.keep_alive = self.keepalive.as_secs() as u16;
+        connect.clean_session = self.inbox.is_none();
         if let Some((user, password)) = credentials.login {
             connect.set_login(user, password);
         }
@@ -141,7 +149,22 @@ impl Connection {
         Ok(Held::MqttTls(Box::new(stream)))
     }
 
-    /// Sends CONNECT on `stream` and reads the CONNACK; the stream once the broker accepted.
+    /// The SUBSCRIBE to the inbox, for `--sessions`.
+    fn subscribe_packet(&self) -> Result<Option<BytesMut>, Failure> {
+        let Some(inbox) = &self.inbox else {
+            return Ok(None);
+        };
+        let mut subscribe = Subscribe::new(inbox.as_str(), QoS::AtLeastOnce);
+        subscribe.pkid = SUBSCRIBE_PKID;
+        let mut out = BytesMut::new();
+        Packet::Subscribe(subscribe)
+            .write(&mut out, usize::MAX)
+            .map_err(|e| Failure::new("encode", e))?;
+        Ok(Some(out))
+    }
+
+    /// Sends CONNECT on `stream` and reads the CONNACK, then with `--sessions` subscribes to the
+    /// inbox and reads the SUBACK; the stream once the broker accepted.
     async fn mqtt_handshake<S: AsyncRead + AsyncWrite + Unpin>(
         &self,
         mut stream: S,
@@ -153,17 +176,17 @@ impl Connection {
             .await
             .map_err(|e| Failure::io("write", e))?;
         let mut input = BytesMut::with_capacity(16);
-        for _ in 0..MAX_HANDSHAKE_READS {
-            if let Some(ack) = read_connack(&mut input)? {
-                return accepted(ack).map(|()| stream);
-            }
-            match stream.read_buf(&mut input).await {
-                Ok(0) => return Err(Failure::new("closed before connack", "connection closed")),
-                Ok(_) => {}
-                Err(e) => return Err(Failure::io("read", e)),
-            }
+        let ack = read_stream_packet(&mut stream, &mut input, "connack", read_connack).await?;
+        accepted(ack)?;
+        if let Some(out) = self.subscribe_packet()? {
+            stream
+                .write_all(&out)
+                .await
+                .map_err(|e| Failure::io("write", e))?;
+            let ack = read_stream_packet(&mut stream, &mut input, "suback", read_suback).await?;
+            subscribed(ack)?;
         }
-        Err(Failure::new("protocol", "no complete CONNACK"))
+        Ok(stream)
     }
 
     async fn mqtt_ws_login(
@@ -188,18 +211,16 @@ impl Connection {
             .await
             .map_err(|e| Failure::new("websocket", e))?;
         let mut input = BytesMut::with_capacity(16);
-        for _ in 0..MAX_HANDSHAKE_READS {
-            if let Some(ack) = read_connack(&mut input)? {
-                return accepted(ack).map(|()| Held::MqttWs(Box::new(ws)));
-            }
-            match ws.next().await {
-                Some(Ok(Message::Binary(bytes))) => input.extend_from_slice(&bytes),
-                Some(Ok(_)) => {}
-                Some(Err(e)) => return Err(Failure::new("websocket", e)),
-                None => return Err(Failure::new("closed before connack", "socket ended")),
-            }
+        let ack = read_ws_packet(&mut ws, &mut input, "connack", read_connack).await?;
+        accepted(ack)?;
+        if let Some(out) = self.subscribe_packet()? {
+            ws.send(Message::Binary(out.freeze()))
+                .await
+                .map_err(|e| Failure::new("websocket", e))?;
+            let ack = read_ws_packet(&mut ws, &mut input, "suback", read_suback).await?;
+            subscribed(ack)?;
         }
-        Err(Failure::new("protocol", "no complete CONNACK"))
+        Ok(Held::MqttWs(Box::new(ws)))
     }
 
     async fn json_login(
@@ -276,6 +297,57 @@ enum Held {
 
 const JSON_PING: &str = r#"{"op":"ping"}"#;
 
+/// Reads `stream` into `input` until `parse` finds its packet there; `what` names it.
+async fn read_stream_packet<S: AsyncRead + Unpin, T>(
+    stream: &mut S,
+    input: &mut BytesMut,
+    what: &str,
+    parse: fn(&mut BytesMut) -> Result<Option<T>, Failure>,
+) -> Result<T, Failure> {
+    for _ in 0..MAX_HANDSHAKE_READS {
+        if let Some(packet) = parse(input)? {
+            return Ok(packet);
+        }
+        match stream.read_buf(input).await {
+            Ok(0) => {
+                return Err(Failure::new(
+                    format!("closed before {what}"),
+                    "connection closed",
+                ))
+            }
+            Ok(_) => {}
+            Err(e) => return Err(Failure::io("read", e)),
+        }
+    }
+    Err(Failure::new("protocol", format!("no complete {what}")))
+}
+
+/// The same over MQTT-over-WebSocket: the packets' bytes come in binary messages.
+async fn read_ws_packet<T>(
+    ws: &mut WebSocketStream<TcpStream>,
+    input: &mut BytesMut,
+    what: &str,
+    parse: fn(&mut BytesMut) -> Result<Option<T>, Failure>,
+) -> Result<T, Failure> {
+    for _ in 0..MAX_HANDSHAKE_READS {
+        if let Some(packet) = parse(input)? {
+            return Ok(packet);
+        }
+        match ws.next().await {
+            Some(Ok(Message::Binary(bytes))) => input.extend_from_slice(&bytes),
+            Some(Ok(_)) => {}
+            Some(Err(e)) => return Err(Failure::new("websocket", e)),
+            None => {
+                return Err(Failure::new(
+                    format!("closed before {what}"),
+                    "socket ended",
+                ))
+            }
+        }
+    }
+    Err(Failure::new("protocol", format!("no complete {what}")))
+}
+
 /// The CONNACK at the start of `input`, `None` until it is complete.
 fn read_connack(input: &mut BytesMut) -> Result<Option<ConnAck>, Failure> {
     match Packet::read(input, MAX_PACKET) {
@@ -286,6 +358,32 @@ fn read_connack(input: &mut BytesMut) -> Result<Option<ConnAck>, Failure> {
         )),
         Err(rumqttc::mqttbytes::Error::InsufficientBytes(_)) => Ok(None),
         Err(e) => Err(Failure::new("protocol", e)),
+    }
+}
+
+/// The SUBACK at the start of `input`, `None` until it is complete.
+fn read_suback(input: &mut BytesMut) -> Result<Option<SubAck>, Failure> {
+    match Packet::read(input, MAX_PACKET) {
+        Ok(Packet::SubAck(ack)) => Ok(Some(ack)),
+        Ok(other) => Err(Failure::new(
+            "protocol",
+            format!("expected SUBACK, got {other:?}"),
+        )),
+        Err(rumqttc::mqttbytes::Error::InsufficientBytes(_)) => Ok(None),
+        Err(e) => Err(Failure::new("protocol", e)),
+    }
+}
+
+fn subscribed(ack: SubAck) -> Result<(), Failure> {
+    match ack.return_codes.as_slice() {
+        [SubscribeReasonCode::Success(_)] if ack.pkid == SUBSCRIBE_PKID => Ok(()),
+        codes => Err(Failure::new(
+            "suback",
+            format!(
+                "inbox subscription refused: {codes:?} (packet id {})",
+                ack.pkid
+            ),
+        )),
     }
 }
 

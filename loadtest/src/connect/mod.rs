@@ -7,6 +7,10 @@
 //! 127.0.0.1..127.0.0.K (each source address has its own ~28k ephemeral ports), which sends a
 //! CONNECT encoded by rumqttc's codec, reads the CONNACK, and then only answers the keep-alive
 //! contract: a PINGREQ every keep-alive interval, and whatever the broker sends is discarded.
+//!
+//! With `--sessions` each connection is a device keeping a persistent session: its CONNECT has
+//! `clean_session = 0`, and once accepted it subscribes to its user's inbox `u/{user}/inbox` at
+//! QoS 1, so that the broker's memory per connection covers a kept session.
 
 mod connection;
 
@@ -67,6 +71,10 @@ pub struct ConnectLoad {
     /// Give up on a TCP connect, and separately on a CONNACK, after this long.
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     pub connect_timeout: Duration,
+    /// Connections keep persistent sessions, as devices do: CONNECT with `clean_session = 0`,
+    /// then SUBSCRIBE to the user's inbox `u/{user}/inbox` at QoS 1 (MQTT transports only).
+    #[arg(long)]
+    pub sessions: bool,
 }
 
 #[derive(Args, Debug)]
@@ -197,6 +205,8 @@ pub struct ConnectResult {
     pub source_ips: u8,
     pub hold_seconds: f64,
     pub keepalive_seconds: u16,
+    /// Each connection kept a persistent session subscribed to its user's inbox.
+    pub sessions: bool,
     /// Time spent minting the gateway's tokens, before connecting.
     pub token_seconds: Option<f64>,
     pub established: u64,
@@ -246,6 +256,9 @@ pub async fn run(
     pid: Option<u32>,
 ) -> Result<ConnectResult> {
     let n = load.connections;
+    if load.sessions && destination.transport == ConnectTransport::JsonWs {
+        bail!("--sessions needs an MQTT transport: the JSON bridge keeps no MQTT session");
+    }
     procfs::ensure_open_files(n)?;
     let keepalive_secs = u16::try_from(load.keepalive.as_secs())
         .ok()
@@ -309,6 +322,9 @@ pub async fn run(
             keepalive,
             connect_timeout: load.connect_timeout,
             ping: ping.clone(),
+            inbox: load
+                .sessions
+                .then(|| protocol::topics::inbox(&format!("{}{i}", load.user_prefix))),
             stats: stats.clone(),
             stop: stop_rx.clone(),
         };
@@ -355,6 +371,7 @@ pub async fn run(
         source_ips,
         hold_seconds: load.hold.as_secs_f64(),
         keepalive_seconds: keepalive_secs,
+        sessions: load.sessions,
         token_seconds,
         established,
         failed,
@@ -441,9 +458,14 @@ impl ConnectResult {
 impl Outcome for ConnectResult {
     fn print(&self) {
         println!(
-            "connect {:?} against {} {}: {} connections at {}/s from {} source address(es), \
+            "connect {:?}{} against {} {}: {} connections at {}/s from {} source address(es), \
              hold {} s, keepalive {} s",
             self.transport,
+            if self.sessions {
+                " with persistent sessions subscribed to their inbox"
+            } else {
+                ""
+            },
             self.target.as_str(),
             self.addr,
             thousands(self.connections as f64),
