@@ -105,6 +105,44 @@ async fn a_normal_disconnect_sends_no_will() {
     laptop.no_message_on("u/alice/inbox").await;
 }
 
+/// MQTT 5 lets a client leave out the reason code and properties of a normal DISCONNECT (two
+/// bytes, `E0 00`), as Paho and MQTT.js do: that is a normal disconnection, with no will.
+#[tokio::test]
+async fn a_bare_v5_disconnect_is_normal_and_sends_no_will() {
+    use rumqttc::v5::mqttbytes::v5 as v5p;
+    let gw = TestGateway::start().await;
+    let mut laptop = watcher(&gw, "alice", "laptop", Platform::Desktop).await;
+    let connect = v5p::Connect {
+        keep_alive: 60,
+        client_id: "phone".into(),
+        clean_start: true,
+        properties: None,
+    };
+    let will = v5p::LastWill::new(
+        "u/alice/d/phone/send",
+        r#"{"to":"alice","body":{"will":"phone lost"}}"#,
+        rumqttc::v5::mqttbytes::QoS::AtLeastOnce,
+        false,
+        None,
+    );
+    let login = v5p::Login::new("alice", gw.token("alice", "phone", Platform::Ios));
+    let mut buf = bytes::BytesMut::new();
+    v5p::Packet::Connect(connect, Some(will), Some(login))
+        .write(&mut buf, Some(1 << 20))
+        .unwrap();
+    let mut phone = TcpStream::connect(gw.mqtt).await.unwrap();
+    phone.write_all(&buf).await.unwrap();
+    let mut connack = [0u8; 2];
+    phone.read_exact(&mut connack).await.unwrap();
+    assert_eq!(connack[0], 0x20, "CONNACK");
+    laptop.message_on("u/alice/presence").await;
+
+    phone.write_all(&[0xE0, 0x00]).await.unwrap();
+    let offline = laptop.message_on("u/alice/presence").await;
+    assert_eq!(offline["reason"], "client_disconnect");
+    laptop.no_message_on("u/alice/inbox").await;
+}
+
 #[tokio::test]
 async fn long_mobile_keepalives_are_accepted_and_excess_is_capped_for_v5() {
     let gw = TestGateway::start().await;

@@ -58,7 +58,19 @@ pub(super) fn read_connect(
     }
 }
 
+/// A DISCONNECT with no reason code and no properties: MQTT 5 3.14.2.1 lets a client leave both
+/// out for a normal disconnection (Paho and MQTT.js do), which rumqttc's reader refuses as a
+/// packet without payload.
+const BARE_DISCONNECT: [u8; 2] = [0xE0, 0x00];
+
 pub(super) fn read(buf: &mut BytesMut, max: u32) -> Result<Option<Inbound>, DecodeError> {
+    if buf.starts_with(&BARE_DISCONNECT) {
+        let _ = buf.split_to(BARE_DISCONNECT.len());
+        return Ok(Some(Inbound::Disconnect {
+            with_will: false,
+            session_expiry: None,
+        }));
+    }
     match v5::Packet::read(buf, Some(max)) {
         Ok(packet) => Ok(Some(inbound(packet))),
         Err(e) => error(e),
