@@ -148,6 +148,16 @@ impl Config {
             "must be at least 1",
         );
         check(
+            (1..=4096).contains(&l.blocking_threads),
+            "limits.blocking_threads",
+            "must be between 1 and 4096",
+        );
+        check(
+            self.sessions.max_queued_bytes >= 1024,
+            "sessions.max_queued_bytes",
+            "must be at least 1024",
+        );
+        check(
             self.sessions.max_queued >= 1,
             "sessions.max_queued",
             "must be at least 1",

@@ -112,6 +112,9 @@ pub struct Limits {
     pub topic_alias_maximum: u16,
     /// Topics holding a retained message; past it, retaining on a new topic is refused.
     pub max_retained: usize,
+    /// Threads for blocking work (the embedded store's reads, MQTT sessions, retained
+    /// messages); more would only queue for the cores.
+    pub blocking_threads: usize,
 }
 
 impl Default for Limits {
@@ -131,6 +134,7 @@ impl Default for Limits {
             receive_maximum: 64,
             topic_alias_maximum: 16,
             max_retained: 100_000,
+            blocking_threads: 32,
         }
     }
 }

@@ -117,7 +117,14 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Serve => {
             let config = load_config(place.config.as_deref())?;
             init_logging(&config.log.level);
-            let runtime = tokio::runtime::Runtime::new().context("starting the runtime")?;
+            // Blocking work (the embedded store's reads, sessions and retained messages) runs on
+            // a pool of bounded size: a reconnect storm must not start hundreds of threads,
+            // each with an allocator heap of its own, to wait on two cores.
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .max_blocking_threads(config.limits.blocking_threads)
+                .build()
+                .context("starting the runtime")?;
             let stopped = runtime.block_on(serve(config, &place.data_dir))?;
             // Tasks that did not finish within the grace are not waited for again.
             runtime.shutdown_background();

@@ -611,7 +611,7 @@ fn broadcast(front: &Front, origin: LinkId, publication: Publication) -> Handled
     let message = Arc::new(Published {
         topic,
         payload,
-        properties,
+        properties: properties.boxed(),
         // An interval of 0 is read as none: delivery starts at once either way.
         expires_at: expiry
             .filter(|&secs| secs > 0)

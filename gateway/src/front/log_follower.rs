@@ -156,8 +156,9 @@ impl LogFollower {
         }
     }
 
-    pub fn is_following(&self) -> bool {
-        self.mode != Mode::Idle
+    /// Whether it still waits to learn where it starts.
+    pub fn is_starting(&self) -> bool {
+        self.mode == Mode::Starting
     }
 
     /// The log's epoch as last read, for a persistent session to keep.
@@ -226,7 +227,9 @@ impl LogFollower {
                 self.epoch = Some(head.epoch);
                 self.floor = Some(after);
                 self.delivered_to = after;
-                self.mode = Mode::Catching;
+                // From the log's end with nothing set aside since: live at once, no read.
+                let at_end = after >= head.last_seq && self.highest_set_aside <= after;
+                self.mode = if at_end { Mode::Live } else { Mode::Catching };
                 if let Some(cursor) = &mut self.cursor {
                     cursor.sent_to = after;
                     cursor.stored = cursor.stored.max(after);
@@ -435,11 +438,12 @@ mod tests {
         Delivery::of(Arc::new(published), Qos::AtLeastOnce)
     }
 
-    fn started(follower: &mut LogFollower, after: u64) {
+    /// The follower learned it starts after `after`, in a log whose last entry is `last_seq`.
+    fn started(follower: &mut LogFollower, after: u64, last_seq: u64) {
         let head = LogHead {
             epoch: "e".into(),
             first_seq: 1,
-            last_seq: after,
+            last_seq,
         };
         let read = follower.next_read().unwrap();
         assert!(matches!(read, Read::Start(_)));
@@ -463,7 +467,7 @@ mod tests {
             epoch: None,
         };
         follower.subscribed(EntryKind::Message, options, start);
-        started(&mut follower, 10);
+        started(&mut follower, 10, 14);
         // Entry 15 arrives live while the follower reads: set aside.
         assert!(!follower.admit(&live(15)));
         assert_eq!(follower.next_read(), Some(Read::Page { after: 10 }));
@@ -498,7 +502,12 @@ mod tests {
         let mut follower = LogFollower::new("alice", "phone", true);
         let options = SubscriptionOptions::at(Qos::AtLeastOnce);
         follower.subscribed(EntryKind::Message, options, Start::Now);
-        started(&mut follower, 4);
+        started(&mut follower, 4, 4);
+        assert_eq!(
+            follower.next_read(),
+            None,
+            "at the log's end: live, no read"
+        );
         assert_eq!(follower.cursor_to_store(), None);
         for seq in [5, 6, 7] {
             follower.sent(seq, Qos::AtLeastOnce);
@@ -517,7 +526,7 @@ mod tests {
         let mut follower = LogFollower::new("alice", "phone", false);
         let options = SubscriptionOptions::at(Qos::ExactlyOnce);
         follower.subscribed(EntryKind::Message, options, Start::Now);
-        started(&mut follower, 0);
+        started(&mut follower, 0, 5);
         let mut page = page(1..=2);
         page.push(entry(3, Some("phone")), EntryKind::Message);
         page.push(entry(4, None), EntryKind::Notification);

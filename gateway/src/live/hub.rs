@@ -235,7 +235,7 @@ impl Hub {
                     message: message.clone(),
                     qos: target.qos,
                     retain: target.retain,
-                    subscription_ids: target.subscription_ids,
+                    subscription_ids: target.subscription_ids.into(),
                 };
                 match target.link.deliver(delivery) {
                     Delivered::Queued => 1,
@@ -375,7 +375,7 @@ mod tests {
         hub.publish(message("t/x", "m"), Qos::ExactlyOnce, None);
         let got = rx.try_recv().unwrap();
         assert_eq!(got.qos, Qos::ExactlyOnce);
-        let mut ids = got.subscription_ids.clone();
+        let mut ids = got.subscription_ids.as_slice().to_vec();
         ids.sort();
         assert_eq!(ids, [1, 2]);
         assert!(rx.try_recv().is_err(), "one copy");

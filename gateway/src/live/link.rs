@@ -62,7 +62,33 @@ pub struct Delivery {
     /// and for a live one only under Retain As Published.
     pub retain: bool,
     /// The MQTT 5 Subscription Identifiers of the link's subscriptions that matched.
-    pub subscription_ids: Vec<u32>,
+    pub subscription_ids: SubscriptionIds,
+}
+
+/// The MQTT 5 Subscription Identifiers a delivery carries: none for nearly every delivery, so
+/// they take a pointer in it (an outbox holds many deliveries per connection).
+// A box of a Vec is one pointer where a boxed slice is two: the extra allocation is paid only by
+// the rare delivery that has identifiers, the smaller slot by every delivery.
+#[allow(clippy::box_collection)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SubscriptionIds(Option<Box<Vec<u32>>>);
+
+impl SubscriptionIds {
+    pub fn as_slice(&self) -> &[u32] {
+        self.0.as_deref().map_or(&[], Vec::as_slice)
+    }
+}
+
+impl From<Vec<u32>> for SubscriptionIds {
+    fn from(ids: Vec<u32>) -> Self {
+        Self((!ids.is_empty()).then(|| Box::new(ids)))
+    }
+}
+
+impl FromIterator<u32> for SubscriptionIds {
+    fn from_iter<I: IntoIterator<Item = u32>>(ids: I) -> Self {
+        Vec::from_iter(ids).into()
+    }
 }
 
 impl Delivery {
@@ -72,7 +98,7 @@ impl Delivery {
             message,
             qos,
             retain: false,
-            subscription_ids: Vec::new(),
+            subscription_ids: SubscriptionIds::default(),
         }
     }
 }

@@ -23,9 +23,23 @@ pub struct MessageProperties {
     pub user_properties: Vec<(String, String)>,
 }
 
+/// A message without properties.
+static NO_PROPERTIES: MessageProperties = MessageProperties {
+    payload_format_indicator: None,
+    content_type: None,
+    response_topic: None,
+    correlation_data: None,
+    user_properties: Vec::new(),
+};
+
 impl MessageProperties {
     pub fn is_empty(&self) -> bool {
-        *self == Self::default()
+        *self == NO_PROPERTIES
+    }
+
+    /// As a [`Published`] holds them: nothing for none, which most messages have.
+    pub fn boxed(self) -> Option<Box<Self>> {
+        (!self.is_empty()).then(|| Box::new(self))
     }
 }
 
@@ -34,7 +48,8 @@ impl MessageProperties {
 pub struct Published {
     pub topic: String,
     pub payload: Bytes,
-    pub properties: MessageProperties,
+    /// Boxed: most messages have none, and every message is allocated once per publish.
+    pub properties: Option<Box<MessageProperties>>,
     /// When the message is no longer delivered (its MQTT 5 Message Expiry Interval); a
     /// subscriber gets the time that is left.
     pub expires_at: Option<Instant>,
@@ -55,6 +70,10 @@ impl Published {
             payload,
             ..Self::default()
         }
+    }
+
+    pub fn properties(&self) -> &MessageProperties {
+        self.properties.as_deref().unwrap_or(&NO_PROPERTIES)
     }
 
     pub fn is_expired(&self, now: Instant) -> bool {
@@ -97,7 +116,7 @@ impl Published {
         KeptMessage {
             topic: self.topic.clone(),
             payload: Some(self.payload.clone()),
-            properties: self.properties.clone(),
+            properties: self.properties().clone(),
             expires_at_ms: self
                 .expires_at
                 .map(|at| unix_millis() + at.saturating_duration_since(now).as_millis() as u64),
@@ -128,7 +147,7 @@ impl Published {
         let message = Self {
             topic: kept.topic,
             payload: kept.payload.unwrap_or_default(),
-            properties: kept.properties,
+            properties: kept.properties.boxed(),
             expires_at,
             retain: kept.retain,
             origin: None,
@@ -172,12 +191,12 @@ mod tests {
     #[test]
     fn a_kept_message_comes_back_as_it_was_with_its_time_left() {
         let message = Published {
-            properties: MessageProperties {
+            properties: MessageProperties::boxed(MessageProperties {
                 content_type: Some("text/plain".into()),
                 correlation_data: Some(Bytes::from_static(&[0, 1, 2])),
                 user_properties: vec![("k".into(), "v".into())],
                 ..MessageProperties::default()
-            },
+            }),
             expires_at: Some(Instant::now() + Duration::from_secs(30)),
             retain: true,
             ..Published::new("t/1", Bytes::from_static(b"\x00\xffpayload"))

@@ -159,7 +159,7 @@ impl KeptDelivery {
             message: std::sync::Arc::new(message),
             qos: Qos::from_level(self.qos).unwrap_or(Qos::AtLeastOnce),
             retain: self.retain,
-            subscription_ids: self.subscription_ids,
+            subscription_ids: self.subscription_ids.into(),
         }
     }
 }
@@ -207,16 +207,21 @@ struct Parked {
 /// A session taken up by a connection; hand it back with [`Sessions::release`].
 pub struct Claim {
     pub key: SessionKey,
-    held: OwnedMutexGuard<Held>,
-    /// The session's state, when one was kept (CONNACK's Session Present).
-    pub state: Option<SessionState>,
-    /// What was queued for it while its client was away, with the QoS it was queued at.
-    pub queued: Vec<(Published, Qos)>,
+    /// The session's lock; `None` once let go (see [`Sessions::let_go`]).
+    held: Option<OwnedMutexGuard<Held>>,
     /// Which connection of the session this is (see [`Sessions::still_away`]).
     pub generation: u64,
     /// The store may hold a state of the session (one was taken up, or the connection kept
     /// one): a session that ends must then be dropped from it.
     pub stored: bool,
+}
+
+/// What a claim takes up of a session kept while its client was away.
+pub struct TakenUp {
+    /// The session's state, when one was kept (CONNACK's Session Present).
+    pub state: Option<SessionState>,
+    /// What was queued for it while its client was away, with the QoS it was queued at.
+    pub queued: Vec<(Published, Qos)>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -277,7 +282,7 @@ impl Sessions {
         key: SessionKey,
         clean_start: bool,
         wait: Duration,
-    ) -> Result<Claim, ClaimError> {
+    ) -> Result<(Claim, TakenUp), ClaimError> {
         let slot = self.slot(&key);
         let mut held = tokio::time::timeout(wait, slot.held.clone().lock_owned())
             .await
@@ -329,14 +334,13 @@ impl Sessions {
                 (Some(state), queued)
             }
         };
-        Ok(Claim {
+        let claim = Claim {
             key,
-            held,
-            stored: state.is_some(),
-            state,
-            queued,
+            held: Some(held),
             generation,
-        })
+            stored: state.is_some(),
+        };
+        Ok((claim, TakenUp { state, queued }))
     }
 
     /// Keeps a persistent session's state in the store while its connection runs, so that a
@@ -372,15 +376,13 @@ impl Sessions {
         }
         let key = claim.key.clone();
         let state = state.filter(|state| state.expiry_secs > 0);
-        let Some(state) = state else {
+        let (Some(state), Some(mut held)) = (state, claim.held.take()) else {
             if claim.stored {
                 if let Err(e) = self.store.drop_session(&key).await {
                     tracing::warn!("a session ended but stays in the store until it expires: {e}");
                 }
             }
-            drop(claim);
-            self.slots
-                .remove_if(&key, |_, slot| slot.held.try_lock().is_ok());
+            self.let_go(&mut claim);
             return;
         };
         let expiry = Duration::from_secs(u64::from(self.config_expiry(&state)));
@@ -397,16 +399,25 @@ impl Sessions {
         };
         if state.parks() && !self.shutdown.is_cancelled() {
             let parked = self.park(&key, &state, identity, expiry, Some(leftover));
-            claim.held.parked = Some(parked);
+            held.parked = Some(parked);
         } else if state.parks() {
             // Shutting down: no parking, but what the client was not sent yet is queued, to be
             // sent when it comes back after the restart.
             let mut leftover = leftover;
             self.queue(&key).put_all(&mut leftover).await;
         }
-        claim.held.expires = Some(Instant::now() + expiry);
+        held.expires = Some(Instant::now() + expiry);
         // The store holds it: memory keeps only what the store could not take.
-        claim.held.state = (!stored).then_some(state);
+        held.state = (!stored).then_some(state);
+    }
+
+    /// Lets go of a session that ends with its connection (a clean one): nothing will be handed
+    /// over when it ends, so a new connection of the client need not wait for it, and an idle
+    /// connection holds no slot.
+    pub fn let_go(&self, claim: &mut Claim) {
+        if claim.held.take().is_some() {
+            (self.slots).remove_if(&claim.key, |_, slot| slot.held.try_lock().is_ok());
+        }
     }
 
     fn queue(&self, key: &SessionKey) -> SessionQueue {

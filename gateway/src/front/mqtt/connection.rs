@@ -17,8 +17,9 @@ use crate::front::refusal::Refusal;
 use crate::front::stream::MqttStream;
 use crate::live::hub::SubscriptionOptions;
 use crate::live::link::{Delivery, Qos};
-use crate::live::sessions::{Claim, SessionState};
+use crate::live::sessions::{Claim, SessionState, TakenUp};
 use crate::observe::metrics::TransportLabel;
+use crate::shutdown::Shutdown;
 use bytes::BytesMut;
 use futures_util::stream::{FuturesOrdered, StreamExt};
 use protocol::envelope::DisconnectReason;
@@ -27,8 +28,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::mpsc;
-use tokio::task::JoinHandle;
+use tokio::sync::{mpsc, oneshot};
 use tokio::time::{sleep_until, Instant};
 
 /// Write buffer size above which the connection flushes before taking more to send.
@@ -57,14 +57,14 @@ pub struct Connection {
     /// A device's inbox and notifications, followed from the store where needed.
     follower: Option<LogFollower>,
     reading: Option<BoxFuture<Readout>>,
-    cursor_write: Option<JoinHandle<()>>,
+    cursor_write: Background,
     /// The session, held until the connection ends.
     claim: Claim,
     /// Seconds the session is kept once the client leaves; 0: it ends with the connection.
     expiry: u32,
     /// The session's subscriptions changed since it was last kept in the store.
     session_changed: bool,
-    session_write: Option<JoinHandle<()>>,
+    session_write: Background,
     keep_alive: Duration,
     /// Whether the will is published when the connection ends (not after a normal DISCONNECT).
     with_will: bool,
@@ -121,6 +121,44 @@ impl Flow {
     }
 }
 
+/// Work the connection starts beside its loop, one at a time (a write of its cursor or of its
+/// session). Holds only a signal of its end, not the task: an idle connection keeps no finished
+/// task's memory.
+#[derive(Default)]
+struct Background(Option<oneshot::Receiver<()>>);
+
+impl Background {
+    fn start(&mut self, shutdown: &Shutdown, work: impl Future<Output = ()> + Send + 'static) {
+        let (done, finished) = oneshot::channel();
+        shutdown.spawn(async move {
+            work.await;
+            let _ = done.send(());
+        });
+        self.0 = Some(finished);
+    }
+
+    /// Whether the work started last is still running.
+    fn busy(&mut self) -> bool {
+        match &mut self.0 {
+            Some(finished) => match finished.try_recv() {
+                Err(oneshot::error::TryRecvError::Empty) => true,
+                _ => {
+                    self.0 = None;
+                    false
+                }
+            },
+            None => false,
+        }
+    }
+
+    /// Waits for the work started last to end.
+    async fn finished(&mut self) {
+        if let Some(finished) = self.0.take() {
+            let _ = finished.await;
+        }
+    }
+}
+
 /// Resolves with `future`'s output, or never when there is none.
 async fn maybe<T>(future: &mut Option<BoxFuture<T>>) -> T {
     match future {
@@ -141,7 +179,8 @@ impl Connection {
         wbuf: BytesMut,
         connect: &ConnectRequest,
         keep_alive: Duration,
-        mut claim: Claim,
+        claim: Claim,
+        taken_up: TakenUp,
         expiry: u32,
     ) -> Self {
         let front = client.front().clone();
@@ -171,8 +210,10 @@ impl Connection {
             }
             _ => None,
         };
-        let queued = std::mem::take(&mut claim.queued);
-        let kept = claim.state.take();
+        let TakenUp {
+            state: kept,
+            queued,
+        } = taken_up;
         let mut connection = Self {
             client,
             codec,
@@ -187,11 +228,11 @@ impl Connection {
                 .collect(),
             follower,
             reading: None,
-            cursor_write: None,
+            cursor_write: Background::default(),
             claim,
             expiry,
             session_changed: false,
-            session_write: None,
+            session_write: Background::default(),
             keep_alive,
             with_will: true,
             answers: FuturesOrdered::new(),
@@ -351,12 +392,13 @@ impl Connection {
         // What is still in the outbox stays there: a parked session queues it (entries of the
         // user's log are the cursor's to bring back).
         self.client.set_end_reason(reason);
-        self.finish(moved, outbox).await
+        self.finish().await;
+        self.ending(moved, outbox)
     }
 
     /// Stores the cursor where the client left it and waits for the session's last write, so
     /// the state handed back is the newest.
-    async fn finish(mut self, moved: bool, outbox: mpsc::Receiver<Delivery>) -> Ending {
+    async fn finish(&mut self) {
         // Publishes still being stored are taken once they are: the client, which had no
         // answer, sends them again, and is answered then without their being taken twice.
         let deadline = Instant::now() + FINISHING;
@@ -373,18 +415,17 @@ impl Connection {
                 self.take_readout(readout);
             }
         }
-        if let Some(write) = self.cursor_write.take() {
-            let _ = write.await;
-        }
+        self.cursor_write.finished().await;
         if let Some(write) = self.store_cursor() {
-            let _ = write.await;
+            write.await;
         }
-        if let Some(write) = self.session_write.take() {
-            let _ = write.await;
-        }
-        let state = (self.expiry > 0).then(|| self.state(true));
+        self.session_write.finished().await;
+    }
+
+    /// How the connection ended, for the handshake.
+    fn ending(self, moved: bool, outbox: mpsc::Receiver<Delivery>) -> Ending {
         Ending {
-            state,
+            state: (self.expiry > 0).then(|| self.state(true)),
             moved,
             with_will: self.with_will,
             expiry: self.expiry,
@@ -425,7 +466,7 @@ impl Connection {
                     released: false,
                     message: d.message.keep(None),
                     retain: d.retain,
-                    subscription_ids: d.subscription_ids.clone(),
+                    subscription_ids: d.subscription_ids.as_slice().to_vec(),
                 }),
         );
         state
@@ -453,21 +494,15 @@ impl Connection {
                 }
             }
         }
-        if self
-            .cursor_write
-            .as_ref()
-            .is_none_or(JoinHandle::is_finished)
-        {
-            self.cursor_write = self.store_cursor().map(|write| front.shutdown.spawn(write));
+        if !self.cursor_write.busy() {
+            if let Some(write) = self.store_cursor() {
+                self.cursor_write.start(&front.shutdown, write);
+            }
         }
         let persistent = self.expiry > 0;
-        if persistent
-            && self.session_changed
-            && self
-                .session_write
-                .as_ref()
-                .is_none_or(JoinHandle::is_finished)
-        {
+        // A session that began to follow the log is kept once it knows where it began.
+        let starting = self.follower.as_ref().is_some_and(|f| f.is_starting());
+        if persistent && self.session_changed && !starting && !self.session_write.busy() {
             self.session_changed = false;
             self.claim.stored = true;
             let (sessions, key, state) = (
@@ -475,11 +510,11 @@ impl Connection {
                 self.claim.key.clone(),
                 self.state(false),
             );
-            self.session_write = Some(front.shutdown.spawn(async move {
+            self.session_write.start(&front.shutdown, async move {
                 if let Err(e) = sessions.keep(&key, &state).await {
                     tracing::warn!("a session change is kept in memory only: {e}");
                 }
-            }));
+            });
         }
     }
 
@@ -603,9 +638,10 @@ impl Connection {
                     return Flow::violation(violation);
                 }
                 let (pkid, qos) = (publish.pkid, publish.qos);
+                // Only a kept session can see a publish again after a reconnect.
                 let fingerprint = match qos {
-                    1 => inbound::fingerprint(&publish.topic, &publish.payload),
-                    _ => 0,
+                    1 if self.expiry > 0 => inbound::fingerprint(&publish.topic, &publish.payload),
+                    _ => inbound::NOT_REMEMBERED,
                 };
                 match self.inbound.admit(qos, pkid, publish.dup, fingerprint) {
                     Err(violation) => return Flow::violation(violation),

@@ -4,7 +4,7 @@
 
 use super::codec::{
     peek_connect_version, read_connect, Codec, ConnackCode, ConnackInfo, ConnectRequest,
-    DecodeError, Version,
+    DecodeError, Version, Will,
 };
 use super::connection::{Connection, Ending};
 use crate::auth::identity::Identity;
@@ -12,134 +12,35 @@ use crate::auth::Credentials;
 use crate::front::client::{Client, Publication};
 use crate::front::stream::MqttStream;
 use crate::front::Front;
+use crate::live::link::Delivery;
 use crate::live::sessions::{session_key, ClaimError};
 use crate::observe::metrics::{RejectReason, TransportLabel};
 use bytes::BytesMut;
 use protocol::envelope::Transport;
 use std::sync::Arc;
 use std::time::Duration;
+use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 /// Reads the CONNECT, authenticates, takes up the session, answers CONNACK and runs the
-/// connection. The caller bounds the handshake by `handshake_deadline`.
+/// connection; then hands the session back and sends the will. The caller bounds the handshake
+/// by `handshake_deadline`.
 pub async fn serve(
     front: Arc<Front>,
-    mut stream: MqttStream,
+    stream: MqttStream,
     transport: Transport,
     handshake_deadline: Instant,
 ) {
-    let max_packet = front.limits.max_packet_size;
-    let mut rbuf = BytesMut::new();
-    let connect = match tokio::time::timeout_at(
-        handshake_deadline,
-        read_first_connect(&mut stream, &mut rbuf, max_packet),
-    )
-    .await
-    {
-        Err(_) => return front.metrics.reject(RejectReason::handshake_timeout),
-        Ok(Err(ConnectFailure::Closed)) => {
-            return front.metrics.reject(RejectReason::handshake_failed)
-        }
-        Ok(Err(ConnectFailure::Decode(e))) => {
-            tracing::debug!("refused CONNECT: {e}");
-            if let DecodeError::UnsupportedVersion(_) = e {
-                // Answered in 3.1.1 framing, which every MQTT client understands.
-                let codec = Codec {
-                    version: Version::V311,
-                    max_packet_size: max_packet,
-                };
-                refuse(&mut stream, codec, ConnackCode::UnsupportedVersion, None).await;
-            }
-            return front.metrics.reject(RejectReason::protocol_error);
-        }
-        Ok(Ok(connect)) => connect,
+    // The handshake's own state (the CONNECT among it) is gone before the connection runs: an
+    // idle connection holds only what it needs.
+    let Some(Opened {
+        connection,
+        outbox,
+        will,
+    }) = open(&front, stream, transport, handshake_deadline).await
+    else {
+        return;
     };
-    let codec = Codec {
-        version: connect.version,
-        max_packet_size: max_packet,
-    };
-    if connect.version == Version::V311 && connect.client_id.is_empty() && !connect.clean_start {
-        // MQTT-3.1.3-8: a session cannot be kept for a client without an id.
-        let reason = "an empty client id needs clean session";
-        refuse(
-            &mut stream,
-            codec,
-            ConnackCode::ClientIdRejected,
-            Some(reason),
-        )
-        .await;
-        return front.metrics.reject(RejectReason::protocol_error);
-    }
-    let identity = match authenticate(&front, &connect) {
-        Ok(identity) => identity,
-        Err(reason) => {
-            front
-                .metrics
-                .auth_failures
-                .get_or_create(&TransportLabel::from(transport))
-                .inc();
-            tracing::info!(client_id = %connect.client_id, transport = transport.as_str(), "CONNECT refused: {reason}");
-            refuse(
-                &mut stream,
-                codec,
-                ConnackCode::NotAuthorized,
-                Some(&reason),
-            )
-            .await;
-            return;
-        }
-    };
-    let assigned_client_id = connect.client_id.is_empty().then(|| match &identity {
-        Identity::Device { device, .. } => device.clone(),
-        Identity::Anonymous { client_id } | Identity::Backend { client_id, .. } => {
-            client_id.clone()
-        }
-    });
-    // 3.1.1 keeps a session as long as the gateway keeps any; v5 says how long it wants.
-    let asked_expiry = match connect.version {
-        Version::V311 if connect.clean_start => 0,
-        Version::V311 => u32::MAX,
-        Version::V5 => connect.session_expiry.unwrap_or(0),
-    };
-    let expiry = asked_expiry.min(front.sessions.max_expiry_secs());
-    let key = session_key(&identity);
-    // Opening the client closes an older connection of the same client, which then hands the
-    // session back.
-    let (client, outbox) = Client::open(&front, identity, transport);
-    let wait = front.limits.handshake_timeout;
-    let claim = match front.sessions.claim(key, connect.clean_start, wait).await {
-        Ok(claim) => claim,
-        Err(e) => {
-            tracing::warn!(link = client.link.id, "session not taken up: {e}");
-            let reason = match e {
-                ClaimError::Busy => "the session is still held by another connection",
-                ClaimError::Store(_) => "the session store is unavailable",
-            };
-            refuse(&mut stream, codec, ConnackCode::Unavailable, Some(reason)).await;
-            return;
-        }
-    };
-    let (keep_alive, server_keep_alive) = negotiate_keep_alive(
-        connect.keep_alive,
-        front.limits.max_keepalive,
-        connect.version,
-    );
-    let mut wbuf = BytesMut::new();
-    let info = ConnackInfo {
-        session_present: claim.state.is_some(),
-        server_keep_alive,
-        max_packet_size: Some(max_packet),
-        receive_maximum: Some(front.limits.receive_maximum),
-        topic_alias_maximum: Some(front.limits.topic_alias_maximum),
-        session_expiry: (connect.version == Version::V5 && expiry < asked_expiry).then_some(expiry),
-        assigned_client_id,
-        reason: None,
-    };
-    codec.connack(ConnackCode::Accepted, info, &mut wbuf);
-    let will = connect.will.clone();
-    let connection = Connection::start(
-        client, codec, stream, rbuf, wbuf, &connect, keep_alive, claim, expiry,
-    );
     let Ending {
         client,
         claim,
@@ -173,6 +74,147 @@ pub async fn serve(
         .release(claim, state, &identity, outbox, moved)
         .await;
     drop(client);
+}
+
+/// A connection past its CONNACK, with its outbox and its will.
+struct Opened {
+    connection: Connection,
+    outbox: mpsc::Receiver<Delivery>,
+    will: Option<Box<Will>>,
+}
+
+/// The handshake: `None` when the connection was refused or went away.
+async fn open(
+    front: &Arc<Front>,
+    mut stream: MqttStream,
+    transport: Transport,
+    handshake_deadline: Instant,
+) -> Option<Opened> {
+    let max_packet = front.limits.max_packet_size;
+    let mut rbuf = BytesMut::new();
+    let connect = match tokio::time::timeout_at(
+        handshake_deadline,
+        read_first_connect(&mut stream, &mut rbuf, max_packet),
+    )
+    .await
+    {
+        Err(_) => {
+            front.metrics.reject(RejectReason::handshake_timeout);
+            return None;
+        }
+        Ok(Err(ConnectFailure::Closed)) => {
+            front.metrics.reject(RejectReason::handshake_failed);
+            return None;
+        }
+        Ok(Err(ConnectFailure::Decode(e))) => {
+            tracing::debug!("refused CONNECT: {e}");
+            if let DecodeError::UnsupportedVersion(_) = e {
+                // Answered in 3.1.1 framing, which every MQTT client understands.
+                let codec = Codec {
+                    version: Version::V311,
+                    max_packet_size: max_packet,
+                };
+                refuse(&mut stream, codec, ConnackCode::UnsupportedVersion, None).await;
+            }
+            front.metrics.reject(RejectReason::protocol_error);
+            return None;
+        }
+        Ok(Ok(connect)) => connect,
+    };
+    let codec = Codec {
+        version: connect.version,
+        max_packet_size: max_packet,
+    };
+    if connect.version == Version::V311 && connect.client_id.is_empty() && !connect.clean_start {
+        // MQTT-3.1.3-8: a session cannot be kept for a client without an id.
+        let reason = "an empty client id needs clean session";
+        refuse(
+            &mut stream,
+            codec,
+            ConnackCode::ClientIdRejected,
+            Some(reason),
+        )
+        .await;
+        front.metrics.reject(RejectReason::protocol_error);
+        return None;
+    }
+    let identity = match authenticate(front, &connect) {
+        Ok(identity) => identity,
+        Err(reason) => {
+            front
+                .metrics
+                .auth_failures
+                .get_or_create(&TransportLabel::from(transport))
+                .inc();
+            tracing::info!(client_id = %connect.client_id, transport = transport.as_str(), "CONNECT refused: {reason}");
+            refuse(
+                &mut stream,
+                codec,
+                ConnackCode::NotAuthorized,
+                Some(&reason),
+            )
+            .await;
+            return None;
+        }
+    };
+    let assigned_client_id = connect.client_id.is_empty().then(|| match &identity {
+        Identity::Device { device, .. } => device.clone(),
+        Identity::Anonymous { client_id } | Identity::Backend { client_id, .. } => {
+            client_id.clone()
+        }
+    });
+    // 3.1.1 keeps a session as long as the gateway keeps any; v5 says how long it wants.
+    let asked_expiry = match connect.version {
+        Version::V311 if connect.clean_start => 0,
+        Version::V311 => u32::MAX,
+        Version::V5 => connect.session_expiry.unwrap_or(0),
+    };
+    let expiry = asked_expiry.min(front.sessions.max_expiry_secs());
+    let key = session_key(&identity);
+    // Opening the client closes an older connection of the same client, which then hands the
+    // session back.
+    let (client, outbox) = Client::open(front, identity, transport);
+    let wait = front.limits.handshake_timeout;
+    let (mut claim, taken_up) = match front.sessions.claim(key, connect.clean_start, wait).await {
+        Ok(claimed) => claimed,
+        Err(e) => {
+            tracing::warn!(link = client.link.id, "session not taken up: {e}");
+            let reason = match e {
+                ClaimError::Busy => "the session is still held by another connection",
+                ClaimError::Store(_) => "the session store is unavailable",
+            };
+            refuse(&mut stream, codec, ConnackCode::Unavailable, Some(reason)).await;
+            return None;
+        }
+    };
+    if expiry == 0 {
+        front.sessions.let_go(&mut claim);
+    }
+    let (keep_alive, server_keep_alive) = negotiate_keep_alive(
+        connect.keep_alive,
+        front.limits.max_keepalive,
+        connect.version,
+    );
+    let mut wbuf = BytesMut::new();
+    let info = ConnackInfo {
+        session_present: taken_up.state.is_some(),
+        server_keep_alive,
+        max_packet_size: Some(max_packet),
+        receive_maximum: Some(front.limits.receive_maximum),
+        topic_alias_maximum: Some(front.limits.topic_alias_maximum),
+        session_expiry: (connect.version == Version::V5 && expiry < asked_expiry).then_some(expiry),
+        assigned_client_id,
+        reason: None,
+    };
+    codec.connack(ConnackCode::Accepted, info, &mut wbuf);
+    let connection = Connection::start(
+        client, codec, stream, rbuf, wbuf, &connect, keep_alive, claim, taken_up, expiry,
+    );
+    Some(Opened {
+        connection,
+        outbox,
+        will: connect.will.map(Box::new),
+    })
 }
 
 /// Answers a CONNECT with a refusal and closes.

@@ -145,8 +145,9 @@ impl InboundState {
             return;
         }
         self.unanswered = self.unanswered.saturating_sub(1);
-        if qos == 1 && taken {
-            self.answered.retain(|(id, _)| *id != pkid);
+        if qos == 1 && taken && fingerprint != NOT_REMEMBERED {
+            // An older entry under the same packet id may stay: it was taken too, so a DUP
+            // matching it is as much a repeat.
             if self.answered.len() == self.receive_maximum {
                 self.answered.pop_front();
             }
@@ -198,6 +199,10 @@ impl InboundState {
     }
 }
 
+/// The fingerprint of a publish not remembered: a clean session's, which no reconnect sends
+/// again (its client drops what it had in flight with the session).
+pub const NOT_REMEMBERED: u64 = 0;
+
 /// What tells a QoS 1 publish sent again from another under the same packet id: a hash of its
 /// topic and payload. (std's SipHash with fixed keys: the same in every process of one build; a
 /// mismatch after an upgrade only lets one DUP through as new.)
@@ -206,7 +211,7 @@ pub fn fingerprint(topic: &str, payload: &[u8]) -> u64 {
     let mut hasher = std::hash::DefaultHasher::new();
     topic.hash(&mut hasher);
     payload.hash(&mut hasher);
-    hasher.finish()
+    hasher.finish().max(1)
 }
 
 #[cfg(test)]

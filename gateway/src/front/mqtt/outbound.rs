@@ -99,9 +99,9 @@ impl Outbound {
             pkid,
             dup: false,
             retain: delivery.retain,
-            properties: &message.properties,
+            properties: message.properties(),
             expiry_left: message.expiry_left(now),
-            subscription_ids: &delivery.subscription_ids,
+            subscription_ids: delivery.subscription_ids.as_slice(),
             topic_alias,
         };
         if self
@@ -151,10 +151,12 @@ impl Outbound {
     }
 
     fn take(&mut self, pkid: u16, released: bool) -> Option<InFlight> {
-        let at = self
-            .inflight
-            .iter()
-            .position(|f| f.pkid == pkid && f.released == released)?;
+        let matches = |f: &InFlight| f.pkid == pkid && f.released == released;
+        // Acknowledgements mostly come in the order of the sends.
+        if self.inflight.front().is_some_and(matches) {
+            return self.inflight.pop_front();
+        }
+        let at = self.inflight.iter().position(matches)?;
         self.inflight.remove(at)
     }
 
@@ -198,7 +200,7 @@ impl Outbound {
                 released: f.released,
                 message: f.delivery.message.keep(None),
                 retain: f.delivery.retain,
-                subscription_ids: f.delivery.subscription_ids.clone(),
+                subscription_ids: f.delivery.subscription_ids.as_slice().to_vec(),
             })
             .collect()
     }
@@ -226,7 +228,7 @@ impl Outbound {
                     pkid: kept.pkid,
                     dup: true,
                     retain: kept.retain,
-                    properties: &message.properties,
+                    properties: message.properties(),
                     expiry_left: message.expiry_left(now),
                     subscription_ids: &kept.subscription_ids,
                     topic_alias: None,
@@ -247,7 +249,7 @@ impl Outbound {
                     message: Arc::new(message),
                     qos,
                     retain: kept.retain,
-                    subscription_ids: kept.subscription_ids,
+                    subscription_ids: kept.subscription_ids.into(),
                 },
                 released: kept.released,
             });

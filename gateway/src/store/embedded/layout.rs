@@ -19,9 +19,11 @@ use crate::infra::cipher::KeyRing;
 use crate::infra::fjall::open_database;
 use crate::store::record;
 use crate::store::{new_epoch, EntryKind, StoreError};
+use dashmap::DashSet;
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, OwnedWriteBatch, PersistMode};
 use protocol::envelope::InboxMessage;
 use std::path::Path;
+use std::sync::Arc;
 
 /// The store's keyspaces; cheap to clone, shared by the writer and the readers.
 #[derive(Clone)]
@@ -36,6 +38,9 @@ pub(super) struct Keyspaces {
     pub retained: Keyspace,
     pub idempotency: Keyspace,
     pub idempotency_expiry: Keyspace,
+    /// The names of the sessions in `sessions`: a client connecting afresh (most do) learns
+    /// it has none without a read on a blocking thread.
+    pub session_names: Arc<DashSet<String>>,
 }
 
 /// A log's head as kept in `heads`.
@@ -152,16 +157,22 @@ impl Keyspaces {
         // memtable (see `store.memtable_size`): its size bounds the latency tail.
         let options = || KeyspaceCreateOptions::default().max_memtable_size(memtable_size);
         let space = |name: &str| db.keyspace(name, options);
+        let sessions = space("sessions")?;
+        let session_names = DashSet::new();
+        for entry in sessions.iter() {
+            session_names.insert(String::from_utf8_lossy(&entry.key()?).into_owned());
+        }
         Ok(Self {
             messages: space("messages")?,
             heads: space("heads")?,
             cursors: space("cursors")?,
             forgotten: space("forgotten")?,
-            sessions: space("sessions")?,
+            sessions,
             session_queues: space("session_queues")?,
             retained: space("retained")?,
             idempotency: space("idempotency")?,
             idempotency_expiry: space("idempotency_expiry")?,
+            session_names: Arc::new(session_names),
             db,
         })
     }
@@ -187,5 +198,10 @@ impl Keyspaces {
 
     pub(super) fn durable_batch(&self) -> OwnedWriteBatch {
         self.db.batch().durability(Some(PersistMode::SyncAll))
+    }
+
+    /// A batch written to the operating system when committed, made durable by the next fsync.
+    pub(super) fn buffered_batch(&self) -> OwnedWriteBatch {
+        self.db.batch().durability(Some(PersistMode::Buffer))
     }
 }

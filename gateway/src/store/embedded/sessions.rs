@@ -1,6 +1,14 @@
 //! The embedded store's MQTT sessions, their queues and the retained messages: written straight
-//! to their keyspaces, each write its own durable batch (they touch no log, so they need not go
-//! through the writer thread), everything sealed under where it is kept.
+//! to their keyspaces (they touch no log, so they need not go through the writer thread),
+//! everything sealed under where it is kept.
+//!
+//! A session's state and queue are written to the operating system at once, so a crash of the
+//! gateway loses none of them, and made durable on disk by the store's next fsync (the next group
+//! commit of messages, within milliseconds under traffic): an fsync each would cost a blocking
+//! thread per connecting or leaving client in a reconnect storm. A power cut may thus lose a
+//! session's last change, and its client is told no session is present (it subscribes again);
+//! messages are never at stake, they are in the logs. Retained messages and deletions are synced
+//! at once.
 
 use super::layout::{be_u64, failed, Keyspaces};
 use super::EmbeddedStore;
@@ -59,11 +67,17 @@ impl Keyspaces {
     pub(super) fn forget_user_sessions(&self, user: &str) -> Result<(), StoreError> {
         let prefix = user_sessions_prefix(user);
         let mut batch = self.durable_batch();
+        let mut names = Vec::new();
         for entry in self.sessions.prefix(&prefix) {
-            let name = entry.key().map_err(failed)?;
-            self.drop_session_into(&mut batch, &String::from_utf8_lossy(&name))?;
+            let name = String::from_utf8_lossy(&entry.key().map_err(failed)?).into_owned();
+            self.drop_session_into(&mut batch, &name)?;
+            names.push(name);
         }
-        batch.commit().map_err(failed)
+        batch.commit().map_err(failed)?;
+        for name in names {
+            self.session_names.remove(&name);
+        }
+        Ok(())
     }
 
     /// What is kept of the user's devices' sessions, named for a footprint
@@ -109,15 +123,20 @@ impl SessionStore for EmbeddedStore {
                 &keys.seal(&state, name.as_bytes()),
             ]
             .concat();
-            let mut batch = spaces.durable_batch();
+            let mut batch = spaces.buffered_batch();
             batch.insert(&spaces.sessions, name.as_str(), value);
-            batch.commit().map_err(failed)
+            batch.commit().map_err(failed)?;
+            spaces.session_names.insert(name);
+            Ok(())
         })
         .await
     }
 
     async fn session(&self, key: &SessionKey) -> Result<Option<Vec<u8>>, StoreError> {
         let name = key.name();
+        if !self.spaces.session_names.contains(&name) {
+            return Ok(None);
+        }
         self.read_with(
             move |spaces, keys| match spaces.sessions.get(&name).map_err(failed)? {
                 Some(value) => live_session(keys, &name, &value, unix_millis()),
@@ -129,10 +148,16 @@ impl SessionStore for EmbeddedStore {
 
     async fn drop_session(&self, key: &SessionKey) -> Result<(), StoreError> {
         let name = key.name();
+        if !self.spaces.session_names.contains(&name) {
+            // Nothing kept, nothing queued (a queue lives only with its session).
+            return Ok(());
+        }
         self.read_with(move |spaces, _| {
-            let mut batch = spaces.durable_batch();
+            let mut batch = spaces.buffered_batch();
             spaces.drop_session_into(&mut batch, &name)?;
-            batch.commit().map_err(failed)
+            batch.commit().map_err(failed)?;
+            spaces.session_names.remove(&name);
+            Ok(())
         })
         .await
     }
@@ -156,7 +181,7 @@ impl SessionStore for EmbeddedStore {
                 .map_or(0, |position| be_u64(position) + 1);
             let entry = queued_key(&name, next);
             let sealed = keys.seal(&message, &entry);
-            let mut batch = spaces.durable_batch();
+            let mut batch = spaces.buffered_batch();
             let (mut count, mut bytes) = (
                 queued.len() + 1,
                 queued.iter().map(|(_, len)| len).sum::<usize>() + sealed.len(),
@@ -179,7 +204,7 @@ impl SessionStore for EmbeddedStore {
     async fn take_queued(&self, key: &SessionKey) -> Result<Vec<Vec<u8>>, StoreError> {
         let name = key.name();
         self.read_with(move |spaces, keys| {
-            let mut batch = spaces.durable_batch();
+            let mut batch = spaces.buffered_batch();
             let mut taken = Vec::new();
             for entry in spaces.session_queues.prefix(queue_prefix(&name)) {
                 let (key, sealed) = entry.into_inner().map_err(failed)?;
