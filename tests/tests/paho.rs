@@ -26,10 +26,11 @@ use tokio::process::Command;
 const V5_GATEWAYS: usize = 2;
 
 /// MQTT 5 tests that race their own clients: B subscribes, then the test waits for A's SUBACK,
-/// which it already has, instead of B's, and A publishes at once. Two connections are two tasks
-/// here, and on a busy machine A's publish may be handled before B's subscription (mosquitto,
-/// one thread reading sockets in turn, wins that race). A test of these that fails is run once
-/// more; a second failure fails.
+/// which it already has, instead of B's, and A publishes at once. The gateway handles packets
+/// that reach two connections at once in the order they came (a publisher yields first), but two
+/// connections are two tasks on two cores, and a busy machine can still run A's before B's
+/// (mosquitto, one thread reading sockets in turn, always wins that race). A test of these that
+/// fails is run once more; a second failure fails.
 const RACY: [&str; 2] = ["test_request_response", "test_subscribe_options"];
 
 fn runner() -> PathBuf {

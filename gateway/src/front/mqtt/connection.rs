@@ -5,7 +5,7 @@
 //! keeps the session's state as it changes.
 
 use super::codec::{
-    AckCode, Codec, ConnectRequest, DecodeError, DisconnectCode, FilterRequest, Inbound,
+    self, AckCode, Codec, ConnectRequest, DecodeError, DisconnectCode, FilterRequest, Inbound,
     SubscribeRefusal, Version,
 };
 use super::inbound::{self, Admission, InboundState, Violation};
@@ -336,6 +336,14 @@ impl Connection {
                         Ok(_) => {
                             keep_alive.as_mut().reset(Instant::now() + keep_alive_window);
                             link.touch();
+                            // Packets that reach two connections at once are handled in the
+                            // order they came: the runtime runs the task it woke last first, so
+                            // a PUBLISH would be routed before a SUBSCRIBE another client sent
+                            // just before it (as Paho's test_subscribe_options does). A publisher
+                            // lets the tasks woken with it run first.
+                            if codec::holds_publish(&self.rbuf) {
+                                tokio::task::yield_now().await;
+                            }
                             if let Flow::End { reason, notice } = self.handle_input() {
                                 break (reason, notice);
                             }

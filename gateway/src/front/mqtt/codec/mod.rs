@@ -274,6 +274,35 @@ pub fn read_connect(
     }
 }
 
+/// Whether the packets at the start of `buf` (the last one may be incomplete) include a PUBLISH.
+/// Only the fixed headers are read: packet type and remaining length, the same in both versions.
+pub fn holds_publish(buf: &[u8]) -> bool {
+    const PUBLISH: u8 = 3;
+    let mut at = 0;
+    while let Some(&first) = buf.get(at) {
+        if first >> 4 == PUBLISH {
+            return true;
+        }
+        let (mut remaining, mut shift, mut header) = (0usize, 0, 1);
+        loop {
+            let Some(&byte) = buf.get(at + header) else {
+                return false;
+            };
+            remaining |= usize::from(byte & 0x7F) << shift;
+            header += 1;
+            if byte & 0x80 == 0 {
+                break;
+            }
+            shift += 7;
+            if shift > 21 {
+                return false;
+            }
+        }
+        at += header + remaining;
+    }
+    false
+}
+
 /// Reads and writes packets of one established connection in its protocol version.
 #[derive(Debug, Clone, Copy)]
 pub struct Codec {
@@ -396,6 +425,25 @@ mod tests {
             out[8] = level_bytes[0];
         }
         out
+    }
+
+    #[test]
+    fn finds_a_publish_behind_other_packets() {
+        let pingreq = [0xC0, 0x00];
+        let puback = [0x40, 0x02, 0x00, 0x01];
+        let publish = [0x30, 0x03, 0x00, 0x01, b'a'];
+        assert!(!holds_publish(&[]));
+        assert!(!holds_publish(&[pingreq, pingreq].concat()));
+        assert!(holds_publish(&[&pingreq[..], &puback, &publish].concat()));
+        assert!(
+            holds_publish(&publish[..1]),
+            "the type is in the first byte"
+        );
+        assert!(!holds_publish(&[0x82, 0xFF]), "an incomplete length");
+        assert!(
+            !holds_publish(&[0x82, 0x80, 0x01, 0x30]),
+            "inside a SUBSCRIBE's body"
+        );
     }
 
     #[test]
