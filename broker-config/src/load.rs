@@ -148,6 +148,11 @@ impl Config {
             "must be at least 1",
         );
         check(
+            l.write_timeout.as_millis() >= 100,
+            "limits.write_timeout",
+            "must be at least 100ms",
+        );
+        check(
             (1..=4096).contains(&l.blocking_threads),
             "limits.blocking_threads",
             "must be between 1 and 4096",

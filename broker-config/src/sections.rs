@@ -115,6 +115,12 @@ pub struct Limits {
     /// Threads for blocking work (the embedded store's reads, MQTT sessions, retained
     /// messages); more would only queue for the cores.
     pub blocking_threads: usize,
+    /// Longest a write to a client may take. A client that stops reading fills its socket's
+    /// buffers, and its next write waits: past this it is disconnected (`write_timeout`), so a
+    /// stalled peer holds neither its task nor its session. Kicks, takeovers and shutdown are
+    /// seen while a write waits.
+    #[serde(with = "humantime_serde")]
+    pub write_timeout: Duration,
 }
 
 impl Default for Limits {
@@ -135,6 +141,7 @@ impl Default for Limits {
             topic_alias_maximum: 16,
             max_retained: 100_000,
             blocking_threads: 32,
+            write_timeout: Duration::from_secs(30),
         }
     }
 }

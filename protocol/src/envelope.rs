@@ -218,6 +218,8 @@ pub enum DisconnectReason {
     SocketClosed,
     /// Nothing arrived within 1.5 keepalives (MQTT) or two ping intervals (JSON WebSocket).
     KeepaliveTimeout,
+    /// The client took nothing of what was sent to it within the write timeout.
+    WriteTimeout,
     ProtocolError,
     PacketTooLarge,
     /// The client read too slowly: its outbox filled up.
@@ -241,6 +243,7 @@ impl DisconnectReason {
             Self::ClientDisconnect => "client_disconnect",
             Self::SocketClosed => "socket_closed",
             Self::KeepaliveTimeout => "keepalive_timeout",
+            Self::WriteTimeout => "write_timeout",
             Self::ProtocolError => "protocol_error",
             Self::PacketTooLarge => "packet_too_large",
             Self::SlowConsumer => "slow_consumer",
@@ -364,6 +367,7 @@ mod tests {
             ClientDisconnect,
             SocketClosed,
             KeepaliveTimeout,
+            WriteTimeout,
             ProtocolError,
             PacketTooLarge,
             SlowConsumer,

@@ -9,8 +9,9 @@ use super::client::{Client, Publication, RetainHandling, SubscribeRequest};
 use super::log_follower::{self, LogFollower, Readout, Start};
 use super::Front;
 use crate::auth::identity::Identity;
+use crate::front::write_deadline::{watched, Watched, CLOSING_WRITE};
 use crate::live::hub::SubscriptionOptions;
-use crate::live::link::{Delivery, Qos};
+use crate::live::link::{CloseReason, Delivery, Qos};
 use crate::observe::metrics::{RejectReason, TransportLabel};
 use crate::observe::recorder::{json_or_base64, JsonOrBase64};
 use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
@@ -93,12 +94,15 @@ async fn serve(
                 front.metrics.reject(RejectReason::handshake_timeout);
                 let frame =
                     ServerFrame::error(None, ErrorCode::NotAuthenticated, "no auth frame in time");
-                let _ = send(&mut socket, &frame).await;
-                close(
-                    &mut socket,
-                    close_code::UNAUTHORIZED,
-                    "authentication timed out",
-                )
+                let _ = tokio::time::timeout(CLOSING_WRITE, async {
+                    let _ = send(&mut socket, &frame).await;
+                    close(
+                        &mut socket,
+                        close_code::UNAUTHORIZED,
+                        "authentication timed out",
+                    )
+                    .await;
+                })
                 .await;
                 return;
             }
@@ -219,6 +223,13 @@ async fn read_done(reading: &mut Option<Pin<Box<dyn Future<Output = Readout> + S
     }
 }
 
+/// Why the bridge stops: the socket failed, stalled or was closed by the client, or the gateway
+/// closed the link.
+enum Stop {
+    Ended(DisconnectReason),
+    Closed(CloseReason),
+}
+
 impl Bridge {
     async fn run(mut self, mut outbox: mpsc::Receiver<Delivery>) {
         let interval = self.ping_interval;
@@ -230,60 +241,41 @@ impl Bridge {
         tokio::pin!(idle);
         let mut pinged = false;
 
-        let end = 'session: loop {
+        let stop = 'session: loop {
             if let (Some(missed), Some(follower)) = (handle.take_missed(), &mut self.follower) {
                 follower.fell_behind(missed);
             }
             while let Some(delivery) = self.backlog.pop_front() {
-                if self.deliver(delivery).await.is_err() {
-                    break 'session DisconnectReason::SocketClosed;
+                if let Err(stop) = self.deliver(delivery, closed.as_mut()).await {
+                    break 'session stop;
                 }
             }
             self.start_reading();
             tokio::select! {
                 biased;
-                reason = &mut closed => {
-                    while let Ok(delivery) = outbox.try_recv() {
-                        let _ = self.deliver(delivery).await;
-                    }
-                    let code = match reason.kind {
-                        DisconnectReason::Kicked | DisconnectReason::TakenOver => close_code::LOGGED_OUT,
-                        DisconnectReason::ApprovalDenied | DisconnectReason::ApprovalTimeout => close_code::UNAUTHORIZED,
-                        DisconnectReason::SlowConsumer => close_code::TRY_AGAIN_LATER,
-                        DisconnectReason::Shutdown => close_code::GOING_AWAY,
-                        _ => close_code::POLICY,
-                    };
-                    close(&mut self.socket, code, &reason.message).await;
-                    break reason.kind;
-                }
+                reason = &mut closed => break Stop::Closed(reason),
                 incoming = self.socket.recv() => {
                     idle.as_mut().reset(Instant::now() + interval);
                     pinged = false;
                     handle.touch();
-                    match incoming {
-                        None | Some(Ok(Message::Close(_))) => break DisconnectReason::ClientDisconnect,
+                    let reply = match incoming {
+                        None | Some(Ok(Message::Close(_))) => break Stop::Ended(DisconnectReason::ClientDisconnect),
                         Some(Err(e)) => {
                             if is_too_big(e) {
-                                close(&mut self.socket, close_code::TOO_BIG, "message too big").await;
-                                break DisconnectReason::PacketTooLarge;
+                                let closing = close(&mut self.socket, close_code::TOO_BIG, "message too big");
+                                let _ = tokio::time::timeout(CLOSING_WRITE, closing).await;
+                                break Stop::Ended(DisconnectReason::PacketTooLarge);
                             }
-                            break DisconnectReason::SocketClosed;
+                            break Stop::Ended(DisconnectReason::SocketClosed);
                         }
-                        Some(Ok(Message::Text(text))) => {
-                            let reply = self.handle_text(&text).await;
-                            if let Some(reply) = reply {
-                                if send(&mut self.socket, &reply).await.is_err() {
-                                    break DisconnectReason::SocketClosed;
-                                }
-                            }
+                        Some(Ok(Message::Text(text))) => self.handle_text(&text).await,
+                        Some(Ok(Message::Binary(_))) => Some(ServerFrame::error(None, ErrorCode::BadJson, "frames are JSON text messages")),
+                        Some(Ok(_)) => None,
+                    };
+                    if let Some(reply) = reply {
+                        if let Err(stop) = self.transmit(text_of(&reply), closed.as_mut()).await {
+                            break stop;
                         }
-                        Some(Ok(Message::Binary(_))) => {
-                            let error = ServerFrame::error(None, ErrorCode::BadJson, "frames are JSON text messages");
-                            if send(&mut self.socket, &error).await.is_err() {
-                                break DisconnectReason::SocketClosed;
-                            }
-                        }
-                        Some(Ok(_)) => {}
                     }
                 }
                 readout = read_done(&mut self.reading) => {
@@ -292,23 +284,71 @@ impl Bridge {
                 }
                 Some(delivery) = outbox.recv() => {
                     let admitted = self.follower.as_mut().is_none_or(|f| f.admit(&delivery));
-                    if admitted && self.deliver(delivery).await.is_err() {
-                        break DisconnectReason::SocketClosed;
+                    if admitted {
+                        if let Err(stop) = self.deliver(delivery, closed.as_mut()).await {
+                            break stop;
+                        }
                     }
                 }
                 () = &mut idle => {
                     if pinged {
-                        break DisconnectReason::KeepaliveTimeout;
+                        break Stop::Ended(DisconnectReason::KeepaliveTimeout);
                     }
                     pinged = true;
                     idle.as_mut().reset(Instant::now() + interval);
-                    if self.socket.send(Message::Ping(Default::default())).await.is_err() {
-                        break DisconnectReason::SocketClosed;
+                    if let Err(stop) = self.transmit(Message::Ping(Default::default()), closed.as_mut()).await {
+                        break stop;
                     }
                 }
             }
         };
+        let end = match stop {
+            Stop::Ended(reason) => reason,
+            Stop::Closed(reason) => {
+                let closing = self.closing(&reason, &mut outbox);
+                let _ = tokio::time::timeout(CLOSING_WRITE, closing).await;
+                reason.kind
+            }
+        };
         self.client.set_end_reason(end);
+    }
+
+    /// The link was closed by the gateway (a kick, a takeover, shutdown): what was queued
+    /// before the close goes out (a kick's reason, for instance), then a close frame that says
+    /// why.
+    async fn closing(&mut self, reason: &CloseReason, outbox: &mut mpsc::Receiver<Delivery>) {
+        while let Ok(delivery) = outbox.try_recv() {
+            self.out_counter.inc();
+            if send(&mut self.socket, &frame_of(&delivery)).await.is_err() {
+                return;
+            }
+        }
+        let code = match reason.kind {
+            DisconnectReason::Kicked | DisconnectReason::TakenOver => close_code::LOGGED_OUT,
+            DisconnectReason::ApprovalDenied | DisconnectReason::ApprovalTimeout => {
+                close_code::UNAUTHORIZED
+            }
+            DisconnectReason::SlowConsumer => close_code::TRY_AGAIN_LATER,
+            DisconnectReason::Shutdown => close_code::GOING_AWAY,
+            _ => close_code::POLICY,
+        };
+        close(&mut self.socket, code, &reason.message).await;
+    }
+
+    /// Sends one message within the write timeout, watching the link's close meanwhile. A send
+    /// cut off leaves no part of a frame behind: the WebSocket buffers whole frames.
+    async fn transmit(
+        &mut self,
+        message: Message,
+        closed: Pin<&mut impl Future<Output = CloseReason>>,
+    ) -> Result<(), Stop> {
+        let deadline = Instant::now() + self.client.front().limits.write_timeout;
+        match watched(self.socket.send(message), deadline, closed).await {
+            Watched::Finished(Ok(())) => Ok(()),
+            Watched::Finished(Err(_)) => Err(Stop::Ended(DisconnectReason::SocketClosed)),
+            Watched::TimedOut => Err(Stop::Ended(DisconnectReason::WriteTimeout)),
+            Watched::Closed { reason, .. } => Err(Stop::Closed(reason)),
+        }
     }
 
     /// Starts the next read of the user's log, when one is due.
@@ -348,22 +388,13 @@ impl Bridge {
         }
     }
 
-    async fn deliver(&mut self, delivery: Delivery) -> Result<(), axum::Error> {
-        let message = &delivery.message;
-        let frame = match json_or_base64(&message.payload) {
-            JsonOrBase64::Json(json) => ServerFrame::Msg {
-                topic: message.topic.clone(),
-                payload: Some(json),
-                payload_base64: None,
-            },
-            JsonOrBase64::Base64(text) => ServerFrame::Msg {
-                topic: message.topic.clone(),
-                payload: None,
-                payload_base64: Some(text),
-            },
-        };
+    async fn deliver(
+        &mut self,
+        delivery: Delivery,
+        closed: Pin<&mut impl Future<Output = CloseReason>>,
+    ) -> Result<(), Stop> {
         self.out_counter.inc();
-        send(&mut self.socket, &frame).await
+        self.transmit(text_of(&frame_of(&delivery)), closed).await
     }
 
     /// Answers one text frame; `None` when no answer is due (a `pong`).
@@ -445,9 +476,33 @@ fn is_too_big(error: axum::Error) -> bool {
         .is_ok_and(|e| matches!(*e, Error::Capacity(_)))
 }
 
+/// The `msg` frame of a delivery: its payload as JSON where it is JSON, else in base64.
+fn frame_of(delivery: &Delivery) -> ServerFrame {
+    let message = &delivery.message;
+    match json_or_base64(&message.payload) {
+        JsonOrBase64::Json(json) => ServerFrame::Msg {
+            topic: message.topic.clone(),
+            payload: Some(json),
+            payload_base64: None,
+        },
+        JsonOrBase64::Base64(text) => ServerFrame::Msg {
+            topic: message.topic.clone(),
+            payload: None,
+            payload_base64: Some(text),
+        },
+    }
+}
+
+fn text_of(frame: &ServerFrame) -> Message {
+    Message::Text(
+        serde_json::to_string(frame)
+            .expect("frames serialize")
+            .into(),
+    )
+}
+
 async fn send(socket: &mut WebSocket, frame: &ServerFrame) -> Result<(), axum::Error> {
-    let text = serde_json::to_string(frame).expect("frames serialize");
-    socket.send(Message::Text(text.into())).await
+    socket.send(text_of(frame)).await
 }
 
 async fn close(socket: &mut WebSocket, code: u16, reason: &str) {

@@ -15,6 +15,7 @@ pub mod mqtt;
 pub mod refusal;
 pub mod stream;
 pub mod tls;
+pub mod write_deadline;
 
 use crate::auth::Auth;
 use crate::live::hub::Hub;

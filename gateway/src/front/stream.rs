@@ -72,13 +72,14 @@ impl MqttStream {
         };
     }
 
-    /// Closes our side, then reads and drops what the peer still sends until it closes too, for
-    /// at most `linger`. Closing a socket with unread data resets it, and a reset can destroy
+    /// Closes our side, then reads and drops what the peer still sends until it closes too, all
+    /// in at most `linger`. Closing a socket with unread data resets it, and a reset can destroy
     /// what the peer had not read yet: the DISCONNECT that says why, or the last answers.
     pub async fn close_gracefully(&mut self, linger: Duration) {
-        self.shutdown().await;
         let mut sink = BytesMut::new();
         let _ = tokio::time::timeout(linger, async {
+            // Within the linger too: closing TLS or a WebSocket writes to the peer.
+            self.shutdown().await;
             while let Ok(1..) = self.read_into(&mut sink).await {
                 sink.clear();
             }

@@ -15,8 +15,9 @@ use crate::front::client::{Client, Handled, Publication, RetainHandling, Subscri
 use crate::front::log_follower::{self, LogFollower, Readout, Start};
 use crate::front::refusal::Refusal;
 use crate::front::stream::MqttStream;
+use crate::front::write_deadline::{watched, Watched, CLOSING_WRITE};
 use crate::live::hub::SubscriptionOptions;
-use crate::live::link::{Delivery, Qos};
+use crate::live::link::{CloseReason, Delivery, Qos};
 use crate::live::sessions::{Claim, SessionState, TakenUp};
 use crate::observe::metrics::TransportLabel;
 use crate::shutdown::Shutdown;
@@ -70,6 +71,9 @@ pub struct Connection {
     with_will: bool,
     /// Answers to publishes still being handled, in the order the publishes came.
     answers: FuturesOrdered<PendingAnswer>,
+    /// A write was cut off (its deadline passed, or the link closed meanwhile): the stream may
+    /// hold part of a packet, so nothing more is written to it.
+    interrupted: bool,
 }
 
 /// How a connection ended, for the handshake to hand the session back and send the will.
@@ -236,6 +240,7 @@ impl Connection {
             keep_alive,
             with_will: true,
             answers: FuturesOrdered::new(),
+            interrupted: false,
         };
         if let Some(state) = kept {
             connection.resume(state);
@@ -294,8 +299,21 @@ impl Connection {
             self.write_backlog();
             self.start_background_work();
             if !self.wbuf.is_empty() {
-                if self.stream.write_all(&self.wbuf).await.is_err() {
-                    break (DisconnectReason::SocketClosed, None);
+                let deadline = Instant::now() + self.client.front().limits.write_timeout;
+                let write = self.stream.write_all(&self.wbuf);
+                match watched(write, deadline, closed.as_mut()).await {
+                    Watched::Finished(Ok(())) => {}
+                    Watched::Finished(Err(_)) => break (DisconnectReason::SocketClosed, None),
+                    Watched::TimedOut => {
+                        self.interrupted = true;
+                        break (DisconnectReason::WriteTimeout, None);
+                    }
+                    Watched::Closed { reason, started } => {
+                        self.interrupted = started;
+                        self.closing(&reason, &mut outbox).await;
+                        moved = reason.moved_elsewhere;
+                        break (reason.kind, None);
+                    }
                 }
                 self.recycle_buffers();
                 if self.backlog.front().is_some_and(|d| self.outbound.takes(d)) {
@@ -307,26 +325,7 @@ impl Connection {
             tokio::select! {
                 biased;
                 reason = &mut closed => {
-                    if reason.kind == DisconnectReason::Shutdown {
-                        // Answer the publishes being stored first: the store commits them
-                        // before it closes, and their senders must not send them again.
-                        while let Some((answer, result)) = self.answers.next().await {
-                            let _ = self.answer(answer, result);
-                        }
-                    }
-                    // What was queued before the close (a kick's reason, for instance) goes
-                    // out; for a kept session it stays in flight and is sent again.
-                    while let Ok(delivery) = outbox.try_recv() {
-                        self.deliver(delivery);
-                    }
-                    let code = match reason.kind {
-                        DisconnectReason::TakenOver => DisconnectCode::TakenOver,
-                        DisconnectReason::SlowConsumer => DisconnectCode::QuotaExceeded,
-                        DisconnectReason::ApprovalDenied | DisconnectReason::ApprovalTimeout => DisconnectCode::NotAuthorized,
-                        DisconnectReason::Shutdown => DisconnectCode::ShuttingDown,
-                        _ => DisconnectCode::Administrative,
-                    };
-                    self.codec.disconnect(code, &reason.message, &mut self.wbuf);
+                    self.closing(&reason, &mut outbox).await;
                     moved = reason.moved_elsewhere;
                     break (reason.kind, None);
                 }
@@ -388,20 +387,58 @@ impl Connection {
         if let Some((code, text)) = notice {
             self.codec.disconnect(code, text, &mut self.wbuf);
         }
-        if !self.wbuf.is_empty() {
-            let _ = tokio::time::timeout(Duration::from_secs(1), self.stream.write_all(&self.wbuf))
-                .await;
-        }
-        match notice {
-            // A client in breach is told why; it may still be sending.
-            Some(_) => self.stream.close_gracefully(VIOLATION_LINGER).await,
-            None => self.stream.shutdown().await,
+        if !self.interrupted {
+            self.say_goodbye(notice.is_some()).await;
         }
         // What is still in the outbox stays there: a parked session queues it (entries of the
         // user's log are the cursor's to bring back).
         self.client.set_end_reason(reason);
         self.finish().await;
         self.ending(moved, outbox)
+    }
+
+    /// The link was closed by the gateway (a kick, a takeover, shutdown): what is due goes out
+    /// with a DISCONNECT that says why (v5).
+    async fn closing(&mut self, reason: &CloseReason, outbox: &mut mpsc::Receiver<Delivery>) {
+        if reason.kind == DisconnectReason::Shutdown {
+            // Answer the publishes being stored first: the store commits them before it
+            // closes, and their senders must not send them again.
+            while let Some((answer, result)) = self.answers.next().await {
+                let _ = self.answer(answer, result);
+            }
+        }
+        // What was queued before the close (a kick's reason, for instance) goes out; for a
+        // kept session it stays in flight and is sent again.
+        while let Ok(delivery) = outbox.try_recv() {
+            self.deliver(delivery);
+        }
+        let code = match reason.kind {
+            DisconnectReason::TakenOver => DisconnectCode::TakenOver,
+            DisconnectReason::SlowConsumer => DisconnectCode::QuotaExceeded,
+            DisconnectReason::ApprovalDenied | DisconnectReason::ApprovalTimeout => {
+                DisconnectCode::NotAuthorized
+            }
+            DisconnectReason::Shutdown => DisconnectCode::ShuttingDown,
+            _ => DisconnectCode::Administrative,
+        };
+        self.codec.disconnect(code, &reason.message, &mut self.wbuf);
+    }
+
+    /// Writes what is still due and closes the socket, each within [`CLOSING_WRITE`]. A client
+    /// in breach (`lingers`) is told why and may still be sending: its socket is drained first.
+    async fn say_goodbye(&mut self, lingers: bool) {
+        if !self.wbuf.is_empty() {
+            let write = self.stream.write_all(&self.wbuf);
+            if !matches!(tokio::time::timeout(CLOSING_WRITE, write).await, Ok(Ok(()))) {
+                return;
+            }
+        }
+        match lingers {
+            true => self.stream.close_gracefully(VIOLATION_LINGER).await,
+            false => {
+                let _ = tokio::time::timeout(CLOSING_WRITE, self.stream.shutdown()).await;
+            }
+        }
     }
 
     /// Stores the cursor where the client left it and waits for the session's last write, so
