@@ -36,10 +36,18 @@ pub struct WeChat {
     pub refresh_early: Duration,
     /// Where WeChat posts `TEMPLATESENDJOBFINISH` events (on the HTTP listener).
     pub callback_path: String,
-    /// The token set in the Official Account's server configuration. When set, a callback must
-    /// carry WeChat's `signature` (SHA-1 of the sorted token, `timestamp` and `nonce`) or it is
-    /// refused; without it, anyone who finds the path could mark messages delivered.
+    /// The token set in the Official Account's server configuration: a callback must carry
+    /// WeChat's `signature` (SHA-1 of the sorted token, `timestamp` and `nonce`) or it is
+    /// refused. Required when WeChat is enabled (anyone who finds the path could otherwise mark
+    /// messages delivered); without it callbacks are refused.
     pub callback_token: Option<String>,
+    /// A callback's `timestamp` must be within this of the gateway's clock, and its nonce is
+    /// remembered for twice as long, so a callback seen once is refused when replayed.
+    #[serde(with = "humantime_serde")]
+    pub callback_window: Duration,
+    /// Nonces remembered at most (this node); when they are all within the window, further
+    /// callbacks are refused with 503 until the oldest expire.
+    pub callback_max_nonces: usize,
     /// The Official Accounts (or mini programs) the gateway sends as.
     pub apps: Vec<WeChatApp>,
 }
@@ -52,6 +60,8 @@ impl Default for WeChat {
             refresh_early: Duration::from_secs(5 * 60),
             callback_path: "/v1/callbacks/wechat".into(),
             callback_token: None,
+            callback_window: Duration::from_secs(5 * 60),
+            callback_max_nonces: 1_000_000,
             apps: Vec::new(),
         }
     }

@@ -147,6 +147,17 @@ impl Config {
             "limits.receive_maximum",
             "must be at least 1",
         );
+        let wechat = &self.channels.wechat;
+        check(
+            !wechat.enabled || wechat.callback_token.as_deref().is_some_and(|t| !t.is_empty()),
+            "channels.wechat.callback_token",
+            "required when channels.wechat.enabled: the account's server token, which signs WeChat's callbacks",
+        );
+        check(
+            wechat.callback_window.as_secs() >= 1 && wechat.callback_max_nonces >= 1,
+            "channels.wechat.callback_window",
+            "must be at least 1s, with callback_max_nonces at least 1",
+        );
         check(
             l.write_timeout.as_millis() >= 100,
             "limits.write_timeout",
@@ -538,6 +549,16 @@ mod tests {
                 "tls.key"
             ]
         );
+    }
+
+    #[test]
+    fn an_enabled_wechat_needs_the_token_that_signs_its_callbacks() {
+        let text = "[channels.wechat]\nenabled = true\n";
+        let errors = Config::from_toml_str(text, no_env()).unwrap_err();
+        let keys: Vec<&str> = errors.iter().map(|e| e.key.as_str()).collect();
+        assert_eq!(keys, ["channels.wechat.callback_token"]);
+        let text = "[channels.wechat]\nenabled = true\ncallback_token = \"t\"\n";
+        assert!(Config::from_toml_str(text, no_env()).is_ok());
     }
 
     #[test]

@@ -10,6 +10,7 @@ use crate::api::{self, state::ApiState};
 use crate::auth::{secrets, Auth};
 use crate::channel::qiuqiu::QiuQiuChannel;
 use crate::channel::token_cache::{LocalTokenCache, RedisTokenCache, TokenCache};
+use crate::channel::wechat::callback::CallbackGuard;
 use crate::channel::wechat::WeChatChannel;
 use crate::channel::Channel;
 use crate::cluster::{self, Membership};
@@ -167,6 +168,15 @@ impl App {
             metrics,
             recorder,
             front: front.clone(),
+            wechat_callbacks: config
+                .channels
+                .wechat
+                .callback_token
+                .as_deref()
+                .map(|token| {
+                    let wechat = &config.channels.wechat;
+                    CallbackGuard::new(token, wechat.callback_window, wechat.callback_max_nonces)
+                }),
         });
         Ok(Self {
             config,

@@ -43,8 +43,9 @@ impl Doubles {
             .with(
                 "CHANNELS__WECHAT",
                 &format!(
-                    "{{enabled = true, base_url = \"{}\", apps = [{{name = \"main\", appid = \"{}\", secret = \"{}\", templates = {templates}}}]{extra}}}",
+                    "{{enabled = true, base_url = \"{}\", callback_token = \"{}\", apps = [{{name = \"main\", appid = \"{}\", secret = \"{}\", templates = {templates}}}]{extra}}}",
                     self.wechat.base_url(),
+                    wechat::DEFAULT_CALLBACK_TOKEN,
                     wechat::DEFAULT_APPID,
                     wechat::DEFAULT_SECRET
                 ),
@@ -937,38 +938,54 @@ async fn a_failed_submissions_retry_is_not_deduplicated() {
     assert_eq!(doubles.qiuqiu.pushes().len(), 1);
 }
 
+/// WeChat's callbacks fail closed: unsigned, forged, stale and replayed callbacks are refused
+/// (401 with a JSON body), and the double's, signed as WeChat signs, are taken.
 #[tokio::test]
-async fn wechat_callbacks_must_be_signed_when_a_token_is_set() {
-    use sha1::{Digest, Sha1};
+async fn wechat_callbacks_must_be_signed_fresh_and_new() {
+    use gateway::channel::wechat::callback::signature;
     let doubles = Doubles::start().await;
-    let gw =
-        TestGateway::start_with(doubles.options_with(", callback_token = \"tok3n\"", "")).await;
+    let gw = TestGateway::start_with(doubles.options_with(", callback_window = \"60s\"", "")).await;
     let event = "<xml><Event><![CDATA[TEMPLATESENDJOBFINISH]]></Event><MsgID>1</MsgID><Status><![CDATA[success]]></Status></xml>";
     let client = reqwest::Client::new();
-    let unsigned = client
-        .post(gw.url("/v1/callbacks/wechat"))
-        .body(event)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(unsigned.status().as_u16(), 401);
-    let (timestamp, nonce) = ("1700000000", "n0nce");
-    let mut parts = ["tok3n", timestamp, nonce];
-    parts.sort_unstable();
-    let signature: String = Sha1::digest(parts.concat())
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
-    let signed = client
-        .post(gw.url(&format!(
-            "/v1/callbacks/wechat?signature={signature}&timestamp={timestamp}&nonce={nonce}"
-        )))
-        .body(event)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(signed.status().as_u16(), 200);
-    assert_eq!(signed.text().await.unwrap(), "success");
+    let post = |query: String| {
+        client
+            .post(gw.url(&format!("/v1/callbacks/wechat{query}")))
+            .body(event)
+            .send()
+    };
+    let signed = |token: &str, timestamp: u64, nonce: &str| {
+        let timestamp = timestamp.to_string();
+        let signature = signature(token, &timestamp, nonce);
+        format!("?signature={signature}&timestamp={timestamp}&nonce={nonce}")
+    };
+    let now = gateway::infra::time::unix_seconds();
+    let token = wechat::DEFAULT_CALLBACK_TOKEN;
+    for (what, query, reason) in [
+        ("unsigned", String::new(), "missing or malformed"),
+        (
+            "forged",
+            signed("guess", now, "1"),
+            "wrong WeChat signature",
+        ),
+        (
+            "stale",
+            signed(token, now - 120, "2"),
+            "timestamp is outside",
+        ),
+    ] {
+        let refused = post(query).await.unwrap();
+        assert_eq!(refused.status().as_u16(), 401, "{what}");
+        let body: serde_json::Value = refused.json().await.unwrap();
+        assert_eq!(body["error"]["code"], "unauthorized", "{what}");
+        let message = body["error"]["message"].as_str().unwrap();
+        assert!(message.contains(reason), "{what}: {message}");
+    }
+    let fresh = signed(token, now, "3");
+    let taken = post(fresh.clone()).await.unwrap();
+    assert_eq!(taken.status().as_u16(), 200);
+    assert_eq!(taken.text().await.unwrap(), "success");
+    let replayed = post(fresh).await.unwrap();
+    assert_eq!(replayed.status().as_u16(), 401, "replayed");
 }
 
 /// Two nodes on one Redis, sharing node A's secrets as nodes of one service do, with extra

@@ -5,7 +5,7 @@ use super::devices::check_ids;
 use super::error::ApiError;
 use super::json::{ApiJson, ApiQuery};
 use super::state::Api;
-use crate::channel::wechat::callback::{parse_job_finish, CallbackSignature};
+use crate::channel::wechat::callback::{parse_job_finish, CallbackRefusal, CallbackSignature};
 use crate::notify::input::NotificationInput;
 use crate::notify::quiet_hours;
 use crate::notify::router::RouteError;
@@ -182,14 +182,17 @@ pub async fn wechat_callback(
     ApiQuery(signed): ApiQuery<CallbackSignature>,
     body: String,
 ) -> Result<&'static str, ApiError> {
-    if let Some(token) = &api.config.channels.wechat.callback_token {
-        if !signed.is_valid(token) {
-            return Err(ApiError::new(
-                StatusCode::UNAUTHORIZED,
-                ErrorCode::Unauthorized,
-                "missing or wrong WeChat signature",
-            ));
-        }
+    let admitted = match &api.wechat_callbacks {
+        Some(guard) => guard.admit(&signed, crate::infra::time::unix_seconds()),
+        None => Err(CallbackRefusal::NotConfigured),
+    };
+    if let Err(refusal) = admitted {
+        let (status, code) = match refusal {
+            CallbackRefusal::NotConfigured => (StatusCode::NOT_FOUND, ErrorCode::NotFound),
+            CallbackRefusal::TooMany => (StatusCode::SERVICE_UNAVAILABLE, ErrorCode::Unavailable),
+            _ => (StatusCode::UNAUTHORIZED, ErrorCode::Unauthorized),
+        };
+        return Err(ApiError::new(status, code, refusal.to_string()));
     }
     if let Some(finish) = parse_job_finish(&body) {
         let msgid = finish.msgid.clone();

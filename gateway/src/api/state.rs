@@ -1,6 +1,7 @@
 //! What the HTTP handlers reach: the router's state, built once by the composition root.
 
 use crate::auth::Auth;
+use crate::channel::wechat::callback::CallbackGuard;
 use crate::front::Front;
 use crate::live::registry::Registry;
 use crate::live::signals::Signals;
@@ -25,6 +26,9 @@ pub struct ApiState {
     pub recorder: Option<Recorder>,
     /// The JSON WebSocket (`/ws`) is a client connection like the MQTT ones.
     pub front: Arc<Front>,
+    /// Checks WeChat's callbacks; `None` without a `channels.wechat.callback_token`, and then
+    /// every callback is refused.
+    pub wechat_callbacks: Option<CallbackGuard>,
 }
 
 /// The router's state, as handlers take it: `State(api): State<Api>`.

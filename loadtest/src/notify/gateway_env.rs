@@ -17,7 +17,8 @@ pub(super) fn gateway_env(wechat_url: &str, qiuqiu_url: &str, rate: u32) -> Vec<
         .collect::<Vec<_>>()
         .join(", ");
     let wechat = format!(
-        "{{enabled = true, base_url = \"{wechat_url}\", apps = [{{name = \"{WECHAT_APP}\", appid = \"{}\", secret = \"{}\", templates = {{{templates}}}, per_second = {rate}, daily_quota = {NO_QUOTA}}}]}}",
+        "{{enabled = true, base_url = \"{wechat_url}\", callback_token = \"{}\", apps = [{{name = \"{WECHAT_APP}\", appid = \"{}\", secret = \"{}\", templates = {{{templates}}}, per_second = {rate}, daily_quota = {NO_QUOTA}}}]}}",
+        wechat::DEFAULT_CALLBACK_TOKEN,
         wechat::DEFAULT_APPID,
         wechat::DEFAULT_SECRET,
     );

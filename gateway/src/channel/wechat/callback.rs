@@ -4,6 +4,10 @@
 
 use quick_xml::events::Event;
 use sha1::{Digest, Sha1};
+use std::collections::{HashSet, VecDeque};
+use std::sync::Mutex;
+use std::time::Duration;
+use subtle::ConstantTimeEq;
 
 /// WeChat's signature on a callback: `signature`, `timestamp` and `nonce` in the query.
 #[derive(Debug, Clone, Default, serde::Deserialize)]
@@ -13,18 +17,118 @@ pub struct CallbackSignature {
     pub nonce: Option<String>,
 }
 
+/// Longest nonce accepted: WeChat's are short numbers; a longer one is not WeChat's.
+const MAX_NONCE: usize = 64;
+
+/// WeChat's signature of a callback: SHA-1 over the token, `timestamp` and `nonce`, sorted and
+/// joined, in lowercase hex.
+pub fn signature(token: &str, timestamp: &str, nonce: &str) -> String {
+    let mut parts = [token, timestamp, nonce];
+    parts.sort_unstable();
+    hex::encode(Sha1::digest(parts.concat().as_bytes()))
+}
+
 impl CallbackSignature {
-    /// SHA-1 over the token, `timestamp` and `nonce`, sorted and joined, as WeChat signs.
-    pub fn is_valid(&self, token: &str) -> bool {
-        let (Some(signature), Some(timestamp), Some(nonce)) =
-            (&self.signature, &self.timestamp, &self.nonce)
-        else {
+    /// Whether the signature is WeChat's with `token`, compared in constant time.
+    fn signed_with(&self, token: &str, timestamp: &str, nonce: &str) -> bool {
+        let Some(signature) = &self.signature else {
             return false;
         };
-        let mut parts = [token, timestamp.as_str(), nonce.as_str()];
-        parts.sort_unstable();
-        let digest = Sha1::digest(parts.concat().as_bytes());
-        hex::encode(digest).eq_ignore_ascii_case(signature)
+        let digest = self::signature(token, timestamp, nonce);
+        bool::from(
+            digest
+                .as_bytes()
+                .ct_eq(signature.to_ascii_lowercase().as_bytes()),
+        )
+    }
+}
+
+/// Why a callback was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum CallbackRefusal {
+    #[error("no WeChat callback_token is configured: callbacks are refused")]
+    NotConfigured,
+    #[error("missing or malformed WeChat signature, timestamp or nonce")]
+    Unsigned,
+    #[error("the callback's timestamp is outside channels.wechat.callback_window")]
+    Stale,
+    #[error("wrong WeChat signature")]
+    BadSignature,
+    #[error("this callback (timestamp and nonce) was already received")]
+    Replayed,
+    #[error("too many callbacks within channels.wechat.callback_window; try again later")]
+    TooMany,
+}
+
+/// Checks WeChat's callbacks: signed with the account's token, timestamped within the window of
+/// our clock, and each (timestamp, nonce) taken once, so a callback overheard cannot be replayed
+/// to mark messages delivered again or flood the ledger.
+pub struct CallbackGuard {
+    token: String,
+    window: Duration,
+    seen: Mutex<SeenNonces>,
+}
+
+/// The (timestamp, nonce) pairs taken within the last two windows, oldest first. A pair must be
+/// remembered as long as its timestamp is acceptable: at most a window past the time it came
+/// plus the window it may have been early by.
+struct SeenNonces {
+    order: VecDeque<(u64, String)>,
+    keys: HashSet<String>,
+    max: usize,
+}
+
+impl CallbackGuard {
+    pub fn new(token: &str, window: Duration, max_nonces: usize) -> Self {
+        Self {
+            token: token.to_owned(),
+            window,
+            seen: Mutex::new(SeenNonces {
+                order: VecDeque::new(),
+                keys: HashSet::new(),
+                max: max_nonces,
+            }),
+        }
+    }
+
+    /// Takes the callback signed by `signed` at `now` (Unix seconds), or says why not.
+    pub fn admit(&self, signed: &CallbackSignature, now: u64) -> Result<(), CallbackRefusal> {
+        let (Some(timestamp), Some(nonce)) = (&signed.timestamp, &signed.nonce) else {
+            return Err(CallbackRefusal::Unsigned);
+        };
+        let Ok(at) = timestamp.parse::<u64>() else {
+            return Err(CallbackRefusal::Unsigned);
+        };
+        if nonce.is_empty() || nonce.len() > MAX_NONCE {
+            return Err(CallbackRefusal::Unsigned);
+        }
+        if at.abs_diff(now) > self.window.as_secs() {
+            return Err(CallbackRefusal::Stale);
+        }
+        if !signed.signed_with(&self.token, timestamp, nonce) {
+            return Err(CallbackRefusal::BadSignature);
+        }
+        let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
+        let remembered_for = 2 * self.window.as_secs();
+        while seen
+            .order
+            .front()
+            .is_some_and(|(came, _)| came + remembered_for < now)
+        {
+            if let Some((_, key)) = seen.order.pop_front() {
+                seen.keys.remove(&key);
+            }
+        }
+        let key = format!("{at}:{nonce}");
+        if seen.keys.contains(&key) {
+            return Err(CallbackRefusal::Replayed);
+        }
+        if seen.keys.len() >= seen.max {
+            return Err(CallbackRefusal::TooMany);
+        }
+        seen.keys.insert(key.clone());
+        seen.order.push_back((now, key));
+        Ok(())
     }
 }
 
@@ -160,6 +264,70 @@ fn top_level_fields(xml: &str) -> Option<Vec<(String, String)>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const NOW: u64 = 1_800_000_000;
+
+    fn signed(token: &str, timestamp: u64, nonce: &str) -> CallbackSignature {
+        let signature = signature(token, &timestamp.to_string(), nonce);
+        CallbackSignature {
+            signature: Some(signature.to_uppercase()),
+            timestamp: Some(timestamp.to_string()),
+            nonce: Some(nonce.to_owned()),
+        }
+    }
+
+    fn guard(max_nonces: usize) -> CallbackGuard {
+        CallbackGuard::new("tok3n", Duration::from_secs(300), max_nonces)
+    }
+
+    #[test]
+    fn a_signed_fresh_callback_is_taken_once() {
+        let guard = guard(10);
+        assert_eq!(guard.admit(&signed("tok3n", NOW - 10, "1"), NOW), Ok(()));
+        assert_eq!(
+            guard.admit(&signed("tok3n", NOW - 10, "1"), NOW + 5),
+            Err(CallbackRefusal::Replayed)
+        );
+        assert_eq!(guard.admit(&signed("tok3n", NOW - 10, "2"), NOW), Ok(()));
+    }
+
+    #[test]
+    fn unsigned_stale_and_forged_callbacks_are_refused() {
+        let guard = guard(10);
+        let mut unsigned = signed("tok3n", NOW, "1");
+        unsigned.nonce = None;
+        assert_eq!(guard.admit(&unsigned, NOW), Err(CallbackRefusal::Unsigned));
+        assert_eq!(
+            guard.admit(&signed("tok3n", NOW, &"9".repeat(65)), NOW),
+            Err(CallbackRefusal::Unsigned)
+        );
+        assert_eq!(
+            guard.admit(&signed("tok3n", NOW - 301, "1"), NOW),
+            Err(CallbackRefusal::Stale)
+        );
+        assert_eq!(
+            guard.admit(&signed("tok3n", NOW + 301, "1"), NOW),
+            Err(CallbackRefusal::Stale)
+        );
+        assert_eq!(
+            guard.admit(&signed("other", NOW, "1"), NOW),
+            Err(CallbackRefusal::BadSignature)
+        );
+    }
+
+    #[test]
+    fn nonces_are_bounded_and_forgotten_after_two_windows() {
+        let guard = guard(2);
+        assert_eq!(guard.admit(&signed("tok3n", NOW, "1"), NOW), Ok(()));
+        assert_eq!(guard.admit(&signed("tok3n", NOW, "2"), NOW), Ok(()));
+        assert_eq!(
+            guard.admit(&signed("tok3n", NOW, "3"), NOW),
+            Err(CallbackRefusal::TooMany)
+        );
+        let later = NOW + 601;
+        assert_eq!(guard.admit(&signed("tok3n", later, "3"), later), Ok(()));
+        assert_eq!(guard.seen.lock().unwrap().keys.len(), 1);
+    }
 
     #[test]
     fn a_mass_send_report_carries_its_reach() {

@@ -1,8 +1,9 @@
 //! The callbacks WeChat posts to the account's server once a send is done, which tests have
 //! the double post: `TEMPLATESENDJOBFINISH` and `MASSSENDJOBFINISH`, in WeChat's XML envelope.
 
-use super::WeChatState;
+use super::{WeChatConfig, WeChatState};
 use crate::mock_channels::server::{lock, Double};
+use gateway::channel::wechat::callback;
 
 impl Double<WeChatState> {
     /// Posts the `TEMPLATESENDJOBFINISH` event for `msgid` to `callback_url`, as WeChat does
@@ -15,14 +16,14 @@ impl Double<WeChatState> {
         msgid: u64,
         status: &str,
     ) -> reqwest::Result<reqwest::Response> {
-        let (original_id, openid) = {
+        let (config, openid) = {
             let state = lock(&self.state);
             let openid = state
                 .sends
                 .iter()
                 .find(|send| send.msgid == Some(msgid))
                 .map_or_else(|| "unknown".to_owned(), |send| send.touser.clone());
-            (state.config.original_id.clone(), openid)
+            (state.config.clone(), openid)
         };
         let event = format!(
             "<FromUserName><![CDATA[{openid}]]></FromUserName>\
@@ -30,7 +31,7 @@ impl Double<WeChatState> {
              <MsgID>{msgid}</MsgID>\
              <Status><![CDATA[{status}]]></Status>"
         );
-        post_event(callback_url, &original_id, &event).await
+        post_event(callback_url, &config, &event).await
     }
 
     /// Posts the `MASSSENDJOBFINISH` event for mass send `msg_id` to `callback_url`, as WeChat
@@ -43,7 +44,7 @@ impl Double<WeChatState> {
         status: &str,
         (total, sent, errors): (u64, u64, u64),
     ) -> reqwest::Result<reqwest::Response> {
-        let original_id = lock(&self.state).config.original_id.clone();
+        let config = lock(&self.state).config.clone();
         let filtered = sent + errors;
         let event = format!(
             "<FromUserName><![CDATA[oSystem]]></FromUserName>\
@@ -53,17 +54,21 @@ impl Double<WeChatState> {
              <TotalCount>{total}</TotalCount><FilterCount>{filtered}</FilterCount>\
              <SentCount>{sent}</SentCount><ErrorCount>{errors}</ErrorCount>"
         );
-        post_event(callback_url, &original_id, &event).await
+        post_event(callback_url, &config, &event).await
     }
 }
 
-/// Posts an event to the account's callback URL, in WeChat's XML envelope.
+/// Posts an event to the account's callback URL, in WeChat's XML envelope, signed as WeChat
+/// signs: `signature`, `timestamp` and a fresh `nonce` in the query.
 async fn post_event(
     callback_url: &str,
-    original_id: &str,
+    config: &WeChatConfig,
     event: &str,
 ) -> reqwest::Result<reqwest::Response> {
     let create_time = gateway::infra::time::unix_seconds();
+    let (timestamp, nonce) = (create_time.to_string(), rand::random::<u32>().to_string());
+    let signature = callback::signature(&config.callback_token, &timestamp, &nonce);
+    let original_id = &config.original_id;
     let xml = format!(
         "<xml><ToUserName><![CDATA[{original_id}]]></ToUserName>\
          <CreateTime>{create_time}</CreateTime>\
@@ -71,6 +76,11 @@ async fn post_event(
     );
     reqwest::Client::new()
         .post(callback_url)
+        .query(&[
+            ("signature", signature),
+            ("timestamp", timestamp),
+            ("nonce", nonce),
+        ])
         .header(reqwest::header::CONTENT_TYPE, "text/xml")
         .body(xml)
         .send()

@@ -34,6 +34,7 @@ pub const DEFAULT_APPID: &str = "wx00000000d0ub1e00";
 pub const DEFAULT_SECRET: &str = "wechat-double-secret";
 /// The default original id of the account (`ToUserName` of callback events).
 pub const DEFAULT_ORIGINAL_ID: &str = "gh_d0ub1e000000";
+pub const DEFAULT_CALLBACK_TOKEN: &str = "d0ub1e-callback-token";
 
 /// Which ids (openids, template ids) the double knows.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -72,6 +73,9 @@ pub struct WeChatConfig {
     pub secret: String,
     /// The account's original id (`gh_…`), the `ToUserName` of callback events.
     pub original_id: String,
+    /// The token of the account's server configuration, which signs the callbacks the double
+    /// posts (the gateway's `channels.wechat.callback_token`).
+    pub callback_token: String,
     /// Lifetime of a new token (`expires_in`, 7200 s at WeChat).
     pub token_ttl: Duration,
     /// How long a replaced token keeps working (5 min at WeChat; tests usually want 0).
@@ -101,6 +105,7 @@ impl Default for WeChatConfig {
             appid: DEFAULT_APPID.into(),
             secret: DEFAULT_SECRET.into(),
             original_id: DEFAULT_ORIGINAL_ID.into(),
+            callback_token: DEFAULT_CALLBACK_TOKEN.into(),
             token_ttl: Duration::from_secs(7200),
             token_overlap: Duration::from_secs(5 * 60),
             daily_quota: 100_000,
