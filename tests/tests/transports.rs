@@ -7,6 +7,8 @@ use e2e::{Options, TestGateway};
 use protocol::envelope::Platform;
 use protocol::topics::{self, DeviceAction};
 use reqwest::Method;
+use rumqttc::v5::mqttbytes::v5::PubAckReason;
+use rumqttc::v5::mqttbytes::QoS as V5QoS;
 use rumqttc::QoS;
 use serde_json::json;
 
@@ -366,4 +368,49 @@ async fn anonymous_dev_mode_is_a_plain_broker_outside_user_topics() {
         .publish("u/alice/inbox", b"{}".to_vec(), QoS::AtLeastOnce)
         .await;
     alice.no_message_on("u/alice/inbox").await;
+}
+
+/// Dev mode lets strangers in: they may read `pub/` broadcasts but not send them (only backends
+/// and the API broadcast), and one that takes a backend's client id does not take over the
+/// backend's connection.
+#[tokio::test]
+async fn anonymous_clients_neither_broadcast_nor_take_over_a_backend() {
+    let gw =
+        TestGateway::start_with(Options::default().with("AUTH__ALLOW_ANONYMOUS", "true")).await;
+    let mut phone = V4::connect(
+        &gw,
+        Via::Tcp,
+        "phone",
+        Some(&gw.token("alice", "phone", Platform::Ios)),
+        |_| {},
+    )
+    .await
+    .unwrap();
+    phone.subscribe("pub/news", QoS::AtLeastOnce).await;
+    let (mut stranger, _) = V5::connect(&gw, Via::Tcp, "orders-1", None, |_| {})
+        .await
+        .unwrap();
+    stranger
+        .publish("pub/news", b"{\"fake\":1}".to_vec(), V5QoS::AtLeastOnce)
+        .await;
+    assert_eq!(stranger.puback().await, PubAckReason::NotAuthorized);
+    phone.no_message_on("pub/news").await;
+
+    let (mut backend, _) = V5::connect(&gw, Via::Tcp, "worker", Some(&gw.api_key), |_| {})
+        .await
+        .unwrap();
+    backend.subscribe("svc/orders", V5QoS::AtLeastOnce).await;
+    let (_impostor, _) = V5::connect(&gw, Via::Tcp, "worker", None, |_| {})
+        .await
+        .unwrap();
+    phone
+        .publish("svc/orders", br#"{"order":1}"#.to_vec(), QoS::AtLeastOnce)
+        .await;
+    let order = backend.message_on("svc/orders").await;
+    assert_eq!(order["order"], 1, "the backend still reads its services");
+    assert_eq!(
+        gw.metric("gateway_disconnects_total{reason=\"taken_over\"}")
+            .await,
+        0.0
+    );
 }

@@ -4,8 +4,9 @@
 //! A device subscribes only to its own user's server → device topics and to `pub/…`, and publishes
 //! only on its own device → server topics, which the gateway handles itself (they never reach other
 //! clients as raw publishes), and on `svc/…`, which only backends read. Anonymous clients (dev
-//! mode) are confined to topics outside `u/` and `svc/`; since their wildcards could still match
-//! those, [`Identity::may_receive`] is checked again at delivery. Shared subscriptions are for
+//! mode) are confined to topics outside `u/` and `svc/`, and may read `pub/` broadcasts but not
+//! send them; since their wildcards could still match those, [`Identity::may_receive`] is checked
+//! again at delivery. Shared subscriptions are for
 //! backends (how they consume `svc/…`) and dev mode.
 
 use super::identity::Identity;
@@ -87,7 +88,10 @@ impl Identity {
                 }
                 _ => Err(Denied::Forbidden),
             },
-            Self::Anonymous { .. } if reserved(topic) => Err(Denied::Forbidden),
+            // Broadcasts under `pub/` reach every device: only backends (the API) send them.
+            Self::Anonymous { .. } if reserved(topic) || under(topic, PUBLIC_PREFIX) => {
+                Err(Denied::Forbidden)
+            }
             Self::Anonymous { .. } => Ok(PublishRoute::Broker),
             Self::Backend { notify_topic, .. } if topic == notify_topic => {
                 Ok(PublishRoute::Notification)
@@ -189,7 +193,7 @@ mod tests {
     }
 
     #[test]
-    fn anonymous_clients_stay_out_of_user_topics() {
+    fn anonymous_clients_stay_out_of_user_topics_and_send_no_broadcasts() {
         let anon = Identity::Anonymous {
             client_id: "x".into(),
         };
@@ -203,6 +207,10 @@ mod tests {
         assert_eq!(anon.may_publish("sensors/1"), Ok(PublishRoute::Broker));
         assert_eq!(anon.may_publish("u/bob/inbox"), Err(Denied::Forbidden));
         assert_eq!(anon.may_publish("svc/orders"), Err(Denied::Forbidden));
+        assert_eq!(anon.may_subscribe("pub/news", false), Ok(()));
+        assert_eq!(anon.may_publish("pub/news"), Err(Denied::Forbidden));
+        assert_eq!(anon.may_publish("pub"), Err(Denied::Forbidden));
+        assert!(anon.may_receive("pub/news"));
         assert!(!anon.may_receive("u/bob/inbox"));
         assert!(!anon.may_receive("svc/orders"));
         assert!(anon.may_receive("sensors/1"));

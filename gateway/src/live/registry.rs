@@ -3,10 +3,12 @@
 
 use super::known_devices::KnownDevices;
 use super::link::{CloseReason, Link};
+use super::sessions::session_key;
 use super::user_topics::UserTopics;
 use crate::auth::identity::Identity;
 use crate::infra::time::unix_millis;
 use crate::shutdown::Shutdown;
+use crate::store::sessions::SessionKey;
 use crate::store::StoreError;
 use anyhow::Result;
 use broker_config::{DevicePolicy, Sessions as SessionsConfig};
@@ -57,7 +59,10 @@ pub struct Registry {
     topics: Arc<UserTopics>,
     known: KnownDevices,
     devices: DashMap<String, Vec<DeviceEntry>>,
-    anonymous: DashMap<String, Arc<Link>>,
+    /// Links of clients known by their client id (dev mode, backends), by their session's key:
+    /// an anonymous client and a backend with the same client id are two clients, and neither
+    /// takes over the other.
+    clients: DashMap<SessionKey, Arc<Link>>,
     /// Watched by the approval timers, which end early when the gateway shuts down.
     shutdown: Shutdown,
 }
@@ -80,7 +85,7 @@ impl Registry {
             topics,
             known,
             devices: DashMap::new(),
-            anonymous: DashMap::new(),
+            clients: DashMap::new(),
             shutdown,
         }
     }
@@ -107,8 +112,9 @@ impl Registry {
     /// `sessions.approval_timeout` passes without a decision.
     pub fn register(&self, link: &Arc<Link>, transport: Transport) {
         let (user, device, platform) = match &link.identity {
-            Identity::Anonymous { client_id } | Identity::Backend { client_id, .. } => {
-                if let Some(old) = self.anonymous.insert(client_id.clone(), link.clone()) {
+            Identity::Anonymous { .. } | Identity::Backend { .. } => {
+                let key = session_key(&link.identity);
+                if let Some(old) = self.clients.insert(key, link.clone()) {
                     old.close(taken_over());
                 }
                 return;
@@ -179,8 +185,9 @@ impl Registry {
     /// that was taken over does not remove its successor. Announces the device offline.
     pub fn unregister(&self, link: &Link, reason: DisconnectReason) {
         match &link.identity {
-            Identity::Anonymous { client_id } | Identity::Backend { client_id, .. } => {
-                self.anonymous.remove_if(client_id, |_, l| l.id == link.id);
+            Identity::Anonymous { .. } | Identity::Backend { .. } => {
+                let key = session_key(&link.identity);
+                self.clients.remove_if(&key, |_, l| l.id == link.id);
             }
             Identity::Device { user, device, .. } => {
                 let mut removed = false;
@@ -342,7 +349,7 @@ impl Registry {
         for entries in self.devices.iter() {
             entries.iter().for_each(|e| e.link.close(shutdown()));
         }
-        self.anonymous.iter().for_each(|l| l.close(shutdown()));
+        self.clients.iter().for_each(|l| l.close(shutdown()));
     }
 
     /// Sends `reply` to one device's reply topic, on whichever node it is.
