@@ -20,16 +20,35 @@ pub enum MqttStream {
     WebSocket(Box<WebSocketStream<BoxStream>>),
 }
 
-/// Spare room kept in the read buffer before each read; small, so idle connections stay cheap.
-const READ_CHUNK: usize = 2048;
+/// Spare room kept in the read buffer of a connection that sends little; small, so idle
+/// connections stay cheap.
+pub const READ_CHUNK: usize = 2048;
+
+/// Most spare room a connection that sends a lot reads into at once: fewer reads (and wake-ups)
+/// per packet.
+pub const MAX_READ_CHUNK: usize = 64 * 1024;
+
+/// The room for the next read after one of `read` bytes into `room`: doubled while reads fill
+/// half of it or more, halved when they use less than an eighth, within
+/// [`READ_CHUNK`]..=[`MAX_READ_CHUNK`].
+pub fn next_read_room(room: usize, read: usize) -> usize {
+    if read >= room / 2 {
+        (room * 2).min(MAX_READ_CHUNK)
+    } else if read < room / 8 {
+        (room / 2).max(READ_CHUNK)
+    } else {
+        room
+    }
+}
 
 impl MqttStream {
-    /// Appends what arrives to `buf`. `Ok(0)`: the peer closed. Cancel-safe.
-    pub async fn read_into(&mut self, buf: &mut BytesMut) -> io::Result<usize> {
+    /// Appends what arrives to `buf`, with at least half of `room` spare for it. `Ok(0)`: the
+    /// peer closed. Cancel-safe.
+    pub async fn read_into(&mut self, buf: &mut BytesMut, room: usize) -> io::Result<usize> {
         match self {
             Self::Raw(stream) => {
-                if buf.capacity() - buf.len() < READ_CHUNK / 2 {
-                    buf.reserve(READ_CHUNK);
+                if buf.capacity() - buf.len() < room / 2 {
+                    buf.reserve(room);
                 }
                 stream.read_buf(buf).await
             }
@@ -80,10 +99,27 @@ impl MqttStream {
         let _ = tokio::time::timeout(linger, async {
             // Within the linger too: closing TLS or a WebSocket writes to the peer.
             self.shutdown().await;
-            while let Ok(1..) = self.read_into(&mut sink).await {
+            while let Ok(1..) = self.read_into(&mut sink, READ_CHUNK).await {
                 sink.clear();
             }
         })
         .await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_read_room_grows_for_busy_connections_and_shrinks_back() {
+        assert_eq!(next_read_room(READ_CHUNK, READ_CHUNK), 2 * READ_CHUNK);
+        assert_eq!(
+            next_read_room(MAX_READ_CHUNK, MAX_READ_CHUNK),
+            MAX_READ_CHUNK
+        );
+        assert_eq!(next_read_room(8192, 3000), 8192);
+        assert_eq!(next_read_room(8192, 100), 4096);
+        assert_eq!(next_read_room(READ_CHUNK, 2), READ_CHUNK);
     }
 }

@@ -14,7 +14,7 @@ use crate::auth::identity::Identity;
 use crate::front::client::{Client, Handled, Publication, RetainHandling, SubscribeRequest};
 use crate::front::log_follower::{self, LogFollower, Readout, Start};
 use crate::front::refusal::Refusal;
-use crate::front::stream::MqttStream;
+use crate::front::stream::{next_read_room, MqttStream, MAX_READ_CHUNK, READ_CHUNK};
 use crate::front::write_deadline::{watched, Watched, CLOSING_WRITE};
 use crate::live::hub::SubscriptionOptions;
 use crate::live::link::{CloseReason, Delivery, Qos};
@@ -74,6 +74,8 @@ pub struct Connection {
     /// A write was cut off (its deadline passed, or the link closed meanwhile): the stream may
     /// hold part of a packet, so nothing more is written to it.
     interrupted: bool,
+    /// Room for the next read: small for a quiet client, larger for a busy one.
+    read_room: usize,
 }
 
 /// How a connection ended, for the handshake to hand the session back and send the will.
@@ -241,6 +243,7 @@ impl Connection {
             with_will: true,
             answers: FuturesOrdered::new(),
             interrupted: false,
+            read_room: READ_CHUNK,
         };
         if let Some(state) = kept {
             connection.resume(state);
@@ -329,10 +332,11 @@ impl Connection {
                     moved = reason.moved_elsewhere;
                     break (reason.kind, None);
                 }
-                read = self.stream.read_into(&mut self.rbuf), if reads => {
+                read = self.stream.read_into(&mut self.rbuf, self.read_room), if reads => {
                     match read {
                         Ok(0) | Err(_) => break (DisconnectReason::SocketClosed, None),
-                        Ok(_) => {
+                        Ok(read) => {
+                            self.read_room = next_read_room(self.read_room, read);
                             keep_alive.as_mut().reset(Instant::now() + keep_alive_window);
                             link.touch();
                             // Packets that reach two connections at once are handled in the
@@ -639,7 +643,7 @@ impl Connection {
         } else {
             self.wbuf.clear();
         }
-        if self.rbuf.is_empty() && self.rbuf.capacity() > WRITE_BATCH {
+        if self.rbuf.is_empty() && self.rbuf.capacity() > 2 * MAX_READ_CHUNK {
             self.rbuf = BytesMut::new();
         }
     }

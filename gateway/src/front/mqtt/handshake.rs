@@ -10,7 +10,7 @@ use super::connection::{Connection, Ending};
 use crate::auth::identity::Identity;
 use crate::auth::Credentials;
 use crate::front::client::{Client, Publication};
-use crate::front::stream::MqttStream;
+use crate::front::stream::{MqttStream, READ_CHUNK};
 use crate::front::Front;
 use crate::live::link::Delivery;
 use crate::live::sessions::{session_key, ClaimError};
@@ -249,7 +249,7 @@ async fn read_first_connect(
                 return Ok(connect);
             }
         }
-        match stream.read_into(rbuf).await {
+        match stream.read_into(rbuf, READ_CHUNK).await {
             Ok(0) | Err(_) => return Err(ConnectFailure::Closed),
             Ok(_) => {}
         }
