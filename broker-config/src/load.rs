@@ -159,6 +159,16 @@ impl Config {
             "must be at least 1s, with callback_max_nonces at least 1",
         );
         check(
+            l.max_topic_length >= 64,
+            "limits.max_topic_length",
+            "must be at least 64 (user topics hold a user and a device id)",
+        );
+        check(
+            l.http_request_timeout.as_millis() >= 100,
+            "limits.http_request_timeout",
+            "must be at least 100ms",
+        );
+        check(
             l.write_timeout.as_millis() >= 100,
             "limits.write_timeout",
             "must be at least 100ms",

@@ -87,6 +87,9 @@ pub struct Limits {
     pub max_inflight: u16,
     /// Subscriptions one client may hold.
     pub max_subscriptions: usize,
+    /// Longest topic or filter, in bytes (a shared subscription's `$share/{group}/` included);
+    /// longer ones are refused as invalid (SUBACK `0x8F`, PUBACK `0x90`, JSON `invalid_topic`).
+    pub max_topic_length: usize,
     /// Longest keepalive accepted; v5 clients asking for more get this as Server Keep Alive.
     #[serde(with = "humantime_serde")]
     pub max_keepalive: Duration,
@@ -100,6 +103,11 @@ pub struct Limits {
     pub ws_ping_interval: Duration,
     /// Largest HTTP request body, in bytes.
     pub http_max_body: usize,
+    /// Longest an HTTP request may take from its headers to its answer, its body included: a
+    /// client that trickles its body gets 408 (the headers have `handshake_timeout`, which also
+    /// bounds an idle keep-alive connection's wait for its next request).
+    #[serde(with = "humantime_serde")]
+    pub http_request_timeout: Duration,
     /// On SIGTERM, how long the gateway may take to stop accepting, tell its clients, finish
     /// the requests in flight and make them durable before it exits anyway.
     #[serde(with = "humantime_serde")]
@@ -131,11 +139,13 @@ impl Default for Limits {
             max_packet_size: 256 * 1024,
             max_inflight: 64,
             max_subscriptions: 32,
+            max_topic_length: 256,
             max_keepalive: Duration::from_secs(20 * 60),
             outbox_capacity: 1024,
             ws_max_message: 64 * 1024,
             ws_ping_interval: Duration::from_secs(30),
             http_max_body: 1024 * 1024,
+            http_request_timeout: Duration::from_secs(30),
             shutdown_grace: Duration::from_secs(10),
             receive_maximum: 64,
             topic_alias_maximum: 16,

@@ -30,6 +30,8 @@ pub enum ErrorCode {
     TooLarge,
     /// The server is temporarily unable to take the request; retry later.
     Unavailable,
+    /// The request, its body included, did not arrive in time.
+    Timeout,
     /// An unexpected server-side failure.
     Internal,
 }
@@ -49,6 +51,7 @@ impl ErrorCode {
             Self::ApprovalPending => "approval_pending",
             Self::TooLarge => "too_large",
             Self::Unavailable => "unavailable",
+            Self::Timeout => "timeout",
             Self::Internal => "internal",
         }
     }

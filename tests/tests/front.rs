@@ -155,6 +155,76 @@ async fn idle_sockets_are_closed_after_the_handshake_timeout() {
     );
 }
 
+/// Every route that takes a body, with the method it takes it on; the WeChat callback needs no
+/// key.
+const ROUTES_WITH_BODIES: [(&str, &str); 10] = [
+    ("POST", "/v1/messages"),
+    ("POST", "/v1/signals"),
+    ("POST", "/v1/notifications"),
+    ("POST", "/v1/notifications/batch"),
+    ("POST", "/v1/tokens"),
+    ("PUT", "/v1/users/alice/quiet-hours"),
+    ("PUT", "/v1/users/alice/consent"),
+    ("PUT", "/v1/users/alice/bindings"),
+    ("POST", "/v1/users/alice/devices/phone/approval"),
+    ("POST", "/v1/callbacks/wechat"),
+];
+
+/// The status line and body of what the gateway answered on `socket`, read until it closes.
+async fn answer_then_close(socket: &mut TcpStream) -> String {
+    let mut answer = Vec::new();
+    let read = tokio::time::timeout(PATIENCE, socket.read_to_end(&mut answer)).await;
+    assert!(read.is_ok(), "the connection was not closed");
+    String::from_utf8_lossy(&answer).into_owned()
+}
+
+#[tokio::test]
+async fn trickled_bodies_get_408_on_every_route_and_the_connection_closes() {
+    let gw =
+        TestGateway::start_with(Options::default().with("LIMITS__HTTP_REQUEST_TIMEOUT", "500ms"))
+            .await;
+    let mut trickling = Vec::new();
+    for (method, path) in ROUTES_WITH_BODIES {
+        let mut socket = TcpStream::connect(gw.http).await.unwrap();
+        let head = format!(
+            "{method} {path} HTTP/1.1\r\nhost: gateway\r\nauthorization: Bearer {}\r\n\
+             content-type: application/json\r\ncontent-length: 1000\r\n\r\n{{\"to\":",
+            gw.api_key
+        );
+        socket.write_all(head.as_bytes()).await.unwrap();
+        trickling.push((path, socket));
+    }
+    // One byte more now and then, never the whole body.
+    for _ in 0..3 {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        for (_, socket) in &mut trickling {
+            let _ = socket.write_all(b" ").await;
+        }
+    }
+    for (path, mut socket) in trickling {
+        let answer = answer_then_close(&mut socket).await;
+        assert!(answer.starts_with("HTTP/1.1 408"), "{path}: {answer}");
+        assert!(answer.contains(r#""code":"timeout""#), "{path}: {answer}");
+    }
+    let (status, _) = gw
+        .api(reqwest::Method::GET, "/v1/users/alice/devices", None)
+        .await;
+    assert_eq!(status, 200, "the API still answers");
+}
+
+#[tokio::test]
+async fn an_idle_keep_alive_connection_is_closed_after_the_handshake_timeout() {
+    let gw = TestGateway::start_with(Options::default().with("LIMITS__HANDSHAKE_TIMEOUT", "300ms"))
+        .await;
+    let mut socket = TcpStream::connect(gw.http).await.unwrap();
+    socket
+        .write_all(b"GET /healthz HTTP/1.1\r\nhost: gateway\r\n\r\n")
+        .await
+        .unwrap();
+    let answer = answer_then_close(&mut socket).await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+}
+
 #[tokio::test]
 async fn connection_limit_closes_surplus_sockets() {
     let gw = TestGateway::start_with(Options::default().with("LIMITS__MAX_CONNECTIONS", "2")).await;
@@ -239,6 +309,41 @@ async fn subscription_limit_refuses_further_filters() {
         client.subscribe("u/a/inbox", Q::AtMostOnce).await[0],
         Code::Success(_)
     ));
+}
+
+/// Topics and filters longer than `limits.max_topic_length` are refused as invalid on MQTT 5
+/// (SUBACK 0x8F, PUBACK 0x90) and on the JSON bridge (`invalid_topic`).
+#[tokio::test]
+async fn overlong_topics_and_filters_are_refused() {
+    let gw = TestGateway::start_with(
+        Options::default()
+            .with("LIMITS__MAX_TOPIC_LENGTH", "64")
+            .with("AUTH__ALLOW_ANONYMOUS", "true"),
+    )
+    .await;
+    use rumqttc::v5::mqttbytes::v5::{PubAckReason, SubscribeReasonCode as Code};
+    use rumqttc::v5::mqttbytes::QoS as Q;
+    let (mut client, _) = V5::connect(&gw, Via::Tcp, "long", None, |_| {})
+        .await
+        .unwrap();
+    let long = format!("sensors/{}", "x".repeat(60));
+    assert_eq!(
+        client.subscribe(&long, Q::AtLeastOnce).await,
+        vec![Code::TopicFilterInvalid]
+    );
+    assert!(matches!(
+        client.subscribe("sensors/+", Q::AtLeastOnce).await[0],
+        Code::Success(_)
+    ));
+    client.publish(&long, b"{}".to_vec(), Q::AtLeastOnce).await;
+    assert_eq!(client.puback().await, PubAckReason::TopicNameInvalid);
+
+    let token = gw.token("alice", "web", Platform::Web);
+    let mut web = JsonClient::authenticated(&gw, &token).await;
+    let answer = web
+        .request(json!({"op": "sub", "topic": format!("pub/{}", "x".repeat(61))}))
+        .await;
+    assert_eq!(answer["code"], "invalid_topic", "{answer}");
 }
 
 #[tokio::test]

@@ -2,6 +2,7 @@
 //! and `/metrics` and `/healthz` for operations.
 
 mod bearer;
+mod deadline;
 mod devices;
 pub mod error;
 mod json;
@@ -80,6 +81,10 @@ pub fn router(api: Arc<ApiState>) -> Router {
         .route("/metrics", get(metrics).with_state(api.clone()))
         .fallback(|| async { ApiError::not_found("no such route") })
         .layer(DefaultBodyLimit::max(api.config.limits.http_max_body))
+        .layer(middleware::from_fn_with_state(
+            api.config.limits.http_request_timeout,
+            deadline::within,
+        ))
 }
 
 async fn healthz() -> Json<serde_json::Value> {

@@ -22,11 +22,43 @@ pub enum Identity {
 
 impl Identity {
     /// A short name for logs and the metrics of this session.
+    /// A client id is the client's to choose: it is shown escaped and cut to
+    /// [`LOGGED_ID_CHARS`], so it can neither forge log lines nor fill them.
     pub fn describe(&self) -> String {
         match self {
             Self::Device { user, device, .. } => format!("{user}/{device}"),
-            Self::Anonymous { client_id } => format!("anonymous:{client_id}"),
-            Self::Backend { client_id, .. } => format!("backend:{client_id}"),
+            Self::Anonymous { client_id } => format!("anonymous:{}", for_logs(client_id)),
+            Self::Backend { client_id, .. } => format!("backend:{}", for_logs(client_id)),
         }
+    }
+}
+
+/// Characters of a client-chosen id that logs show.
+pub const LOGGED_ID_CHARS: usize = 64;
+
+/// A client-chosen id as logs show it: control characters and quotes escaped, at most
+/// [`LOGGED_ID_CHARS`] characters of it, then `…` when it was longer.
+pub fn for_logs(id: &str) -> String {
+    let mut shown: String = id
+        .chars()
+        .take(LOGGED_ID_CHARS)
+        .flat_map(char::escape_debug)
+        .collect();
+    if id.chars().nth(LOGGED_ID_CHARS).is_some() {
+        shown.push('…');
+    }
+    shown
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn client_ids_are_escaped_and_cut_for_logs() {
+        assert_eq!(for_logs("phone-1"), "phone-1");
+        assert_eq!(for_logs("a\nINFO forged"), "a\\nINFO forged");
+        let long = "x".repeat(1000);
+        assert_eq!(for_logs(&long), format!("{}…", "x".repeat(LOGGED_ID_CHARS)));
     }
 }

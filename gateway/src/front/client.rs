@@ -209,6 +209,10 @@ impl Client {
     }
 
     pub fn subscribe(&mut self, request: &SubscribeRequest<'_>) -> Result<Subscribed, Refusal> {
+        if !self.within_topic_limit(request.filter) {
+            self.front.metrics.deny(DenialKind::subscribe);
+            return Err(Refusal::InvalidTopic);
+        }
         let (share, filter) = match topics::shared_subscription(request.filter) {
             Some((group, filter)) => (Some(group), filter),
             None if request.filter.starts_with("$share/") => return Err(Refusal::InvalidTopic),
@@ -291,6 +295,12 @@ impl Client {
     }
 
     /// Returns the subscription that existed under `filter` (as the client named it).
+    /// Topics and filters are at most `limits.max_topic_length` bytes: they are kept per
+    /// subscription and session, logged and matched against every publish.
+    fn within_topic_limit(&self, topic: &str) -> bool {
+        topic.len() <= self.front.limits.max_topic_length
+    }
+
     pub fn unsubscribe(&mut self, filter: &str) -> Option<KeptSubscription> {
         let existed = self.subscriptions.remove(filter)?;
         self.front
@@ -309,6 +319,7 @@ impl Client {
         self.messages_in.inc();
         let topic = publication.topic.as_str();
         let route = match self.identity().may_publish(topic) {
+            _ if !self.within_topic_limit(topic) => Err(Refusal::InvalidTopic),
             Ok(PublishRoute::Service) if topic == self.front.auth.notify_topic => {
                 Err(Refusal::Forbidden)
             }

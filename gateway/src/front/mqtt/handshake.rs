@@ -7,7 +7,7 @@ use super::codec::{
     DecodeError, Version, Will,
 };
 use super::connection::{Connection, Ending};
-use crate::auth::identity::Identity;
+use crate::auth::identity::{for_logs, Identity};
 use crate::auth::Credentials;
 use crate::front::client::{Client, Publication};
 use crate::front::stream::{MqttStream, READ_CHUNK};
@@ -146,7 +146,7 @@ async fn open(
                 .auth_failures
                 .get_or_create(&TransportLabel::from(transport))
                 .inc();
-            tracing::info!(client_id = %connect.client_id, transport = transport.as_str(), "CONNECT refused: {reason}");
+            tracing::info!(client_id = %for_logs(&connect.client_id), transport = transport.as_str(), "CONNECT refused: {reason}");
             refuse(
                 &mut stream,
                 codec,
