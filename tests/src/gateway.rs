@@ -206,6 +206,20 @@ impl TestGateway {
             .unwrap_or(0.0)
     }
 
+    /// The metric `sample` once it reaches `at_least`, or as it is after [`crate::PATIENCE`]:
+    /// what a connection's end counts is counted after its socket closed, so a test that saw the
+    /// close may still be ahead of the count.
+    pub async fn metric_reaching(&self, sample: &str, at_least: f64) -> f64 {
+        let deadline = tokio::time::Instant::now() + crate::PATIENCE;
+        loop {
+            let seen = self.metric(sample).await;
+            if seen >= at_least || tokio::time::Instant::now() >= deadline {
+                return seen;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+    }
+
     /// Kills the gateway (SIGKILL: nothing is flushed or said), keeping its data dir for a
     /// restart.
     pub async fn stop(self) -> tempfile::TempDir {

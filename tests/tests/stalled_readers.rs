@@ -14,7 +14,6 @@ use rumqttc::mqttbytes::v4::{Connect, Login, Packet, Subscribe};
 use rumqttc::QoS;
 use serde_json::json;
 use std::net::SocketAddr;
-use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
@@ -145,14 +144,7 @@ async fn closed_by_gateway(mut socket: impl AsyncRead + Unpin) {
 /// Nothing is read from the stalled sockets meanwhile: reading would unblock the write.
 async fn disconnects_reaching(gw: &TestGateway, reason: &str, count: f64) -> f64 {
     let sample = format!("gateway_disconnects_total{{reason=\"{reason}\"}}");
-    let deadline = tokio::time::Instant::now() + PATIENCE;
-    loop {
-        let seen = gw.metric(&sample).await;
-        if seen >= count || tokio::time::Instant::now() >= deadline {
-            return seen;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    gw.metric_reaching(&sample, count).await
 }
 
 #[tokio::test]
