@@ -231,6 +231,11 @@ impl Config {
             "must be between 1 and 65536",
         );
         check(
+            st.max_queued_writes >= st.max_batch,
+            "store.max_queued_writes",
+            "must be at least store.max_batch",
+        );
+        check(
             (1 << 20..=1 << 30).contains(&st.memtable_size),
             "store.memtable_size",
             "must be between 1 MiB and 1 GiB (in bytes)",

@@ -259,6 +259,11 @@ pub struct Store {
     pub encryption_keys: Vec<String>,
     /// Most appends committed together (with one fsync, or one Redis round trip).
     pub max_batch: usize,
+    /// Writes waiting for the store's writer at most. Past it a new message is refused as the
+    /// store being unavailable (MQTT 5 PUBACK `0x83`, JSON `unavailable`, HTTP 503) rather than
+    /// queued without bound, and the sender sends it again later; cursor and session writes
+    /// wait for room.
+    pub max_queued_writes: usize,
     /// Embedded store: bytes of messages held in memory before they are written out as a table.
     /// Smaller means more tables to flush and compact: every table of user-spread keys is merged
     /// into the whole of the next level. Switching to a fresh memtable stalls appends for a
@@ -284,6 +289,7 @@ impl Default for Store {
             redis_url: "redis://127.0.0.1:6379".into(),
             encryption_keys: Vec::new(),
             max_batch: 1024,
+            max_queued_writes: 65_536,
             memtable_size: 32 << 20,
             node_id: None,
             node_heartbeat: Duration::from_secs(2),

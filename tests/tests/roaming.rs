@@ -52,6 +52,7 @@ async fn footprint(data_dir: &Path, user: &str) -> Vec<String> {
             retention_count: 1000,
             memtable_size: 8 << 20,
             commit_seconds: None,
+            max_queued_writes: 65_536,
         },
     )
     .expect("opening the stopped gateway's store");

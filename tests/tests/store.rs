@@ -16,7 +16,9 @@ use gateway::store::clock::HybridClock;
 use gateway::store::embedded::EmbeddedStore;
 use gateway::store::record::{self, Content};
 use gateway::store::redis::RedisStore;
-use gateway::store::{Appended, CommitFeed, IdempotencyKey, Settings, SharedStore, Stored};
+use gateway::store::{
+    Appended, CommitFeed, IdempotencyKey, Settings, SharedStore, StoreError, Stored,
+};
 use serde_json::json;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -119,6 +121,11 @@ fn uuid_like(from: &str, to: &str, text: &str) -> String {
 }
 
 async fn embedded_store(retention_count: u64) -> Subject {
+    embedded_store_queueing(retention_count, 65_536).await
+}
+
+/// An embedded store whose writer takes at most `max_queued_writes` waiting writes.
+async fn embedded_store_queueing(retention_count: u64, max_queued_writes: usize) -> Subject {
     let dir = tempfile::tempdir().unwrap();
     let live = Arc::new(Recorder::default());
     let keys = keys();
@@ -132,6 +139,7 @@ async fn embedded_store(retention_count: u64) -> Subject {
             retention_count,
             memtable_size: 8 << 20,
             commit_seconds: None,
+            max_queued_writes,
         },
     )
     .unwrap();
@@ -189,6 +197,11 @@ macro_rules! conformance_tests {
 
 /// A Redis store on its own `redis-server`, which lives as long as the store.
 async fn redis_store(retention_count: u64) -> Subject {
+    redis_store_queueing(retention_count, 65_536).await
+}
+
+/// A Redis store whose writer takes at most `max_queued_writes` waiting writes.
+async fn redis_store_queueing(retention_count: u64, max_queued_writes: usize) -> Subject {
     let server = RedisServer::start();
     let live = Arc::new(Recorder::default());
     let keys = keys();
@@ -202,6 +215,7 @@ async fn redis_store(retention_count: u64) -> Subject {
             retention_count,
             memtable_size: 8 << 20,
             commit_seconds: None,
+            max_queued_writes,
         },
     )
     .await
@@ -216,6 +230,43 @@ async fn redis_store(retention_count: u64) -> Subject {
 
 conformance_suite!(embedded, embedded_store);
 conformance_suite!(redis, redis_store);
+
+#[tokio::test]
+async fn embedded_a_full_write_queue_refuses_appends_as_unavailable() {
+    a_full_write_queue_refuses_appends_as_unavailable(embedded_store_queueing(1000, 1).await).await
+}
+
+#[tokio::test]
+async fn redis_a_full_write_queue_refuses_appends_as_unavailable() {
+    a_full_write_queue_refuses_appends_as_unavailable(redis_store_queueing(1000, 1).await).await
+}
+
+/// Appends queued faster than the writer commits them, into a queue of one: those past the
+/// bound are refused as unavailable (the sender sends them again), and what was taken is stored
+/// in order.
+async fn a_full_write_queue_refuses_appends_as_unavailable(s: Subject) {
+    let tickets: Vec<_> = (0..300)
+        .map(|i| s.send("alice", "bob", &format!("m{i}")))
+        .collect();
+    let (mut stored, mut refused) = (Vec::new(), 0);
+    for (i, ticket) in tickets.into_iter().enumerate() {
+        match ticket.wait().await {
+            Ok(_) => stored.push(format!("m{i}")),
+            Err(StoreError::Unavailable(why)) => {
+                assert!(why.contains("store.max_queued_writes"), "{why}");
+                refused += 1;
+            }
+            Err(other) => panic!("{other:?}"),
+        }
+    }
+    assert!(refused > 0, "300 appends at once overflow a queue of one");
+    assert!(!stored.is_empty());
+    assert_eq!(s.texts("bob").await, stored);
+    assert_eq!(
+        s.sent("alice", "bob", "later").await,
+        stored.len() as u64 + 1
+    );
+}
 
 async fn appends_take_sequences_in_call_order(s: Subject) {
     // Queued without waiting, as a connection pipelines its messages.

@@ -28,13 +28,16 @@ use prometheus_client::metrics::histogram::Histogram;
 use protocol::envelope::InboxMessage;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::oneshot;
+use tokio::sync::{mpsc, oneshot};
 
 /// How a store commits and keeps logs, the same for every backend.
 #[derive(Debug, Clone)]
 pub struct Settings {
     /// Most appends committed together.
     pub max_batch: usize,
+    /// Writes waiting for the writer at most (`store.max_queued_writes`): past it an append is
+    /// refused as unavailable, and the other writes wait for room.
+    pub max_queued_writes: usize,
     /// Messages kept per log; older ones are cut as new ones arrive.
     pub retention_count: u64,
     /// Embedded store only: bytes of messages in memory before they become a table
@@ -51,6 +54,18 @@ impl Settings {
         if let Some(histogram) = &self.commit_seconds {
             histogram.observe(started.elapsed().as_secs_f64());
         }
+    }
+}
+
+/// Why a write could not be queued for the store's writer, with the write handed back: the
+/// queue is full (`store.max_queued_writes`: the sender retries later) or the writer stopped.
+pub(crate) fn queue_refusal<T>(refused: mpsc::error::TrySendError<T>) -> (&'static str, T) {
+    match refused {
+        mpsc::error::TrySendError::Full(write) => (
+            "the store's write queue is full (store.max_queued_writes)",
+            write,
+        ),
+        mpsc::error::TrySendError::Closed(write) => ("the store writer stopped", write),
     }
 }
 

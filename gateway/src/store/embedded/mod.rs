@@ -30,8 +30,8 @@ mod writer;
 use super::clock::HybridClock;
 use super::record::between;
 use super::{
-    AppendTicket, CommitFeed, IdempotencyKey, LogHead, LogPage, NewMessage, Settings, Store,
-    StoreError, SweepReport,
+    queue_refusal, AppendTicket, CommitFeed, IdempotencyKey, LogHead, LogPage, NewMessage,
+    Settings, Store, StoreError, SweepReport,
 };
 use crate::infra::cipher::KeyRing;
 use async_trait::async_trait;
@@ -46,7 +46,7 @@ use writer::{Call, Command, Reply};
 pub struct EmbeddedStore {
     spaces: Keyspaces,
     keys: Arc<KeyRing>,
-    commands: mpsc::UnboundedSender<Command>,
+    commands: mpsc::Sender<Command>,
 }
 
 impl EmbeddedStore {
@@ -73,6 +73,7 @@ impl EmbeddedStore {
         let (reply, answer) = oneshot::channel();
         self.commands
             .send(command(reply))
+            .await
             .map_err(|_| StoreError::Unavailable("the store writer stopped".into()))?;
         answer
             .await
@@ -100,11 +101,10 @@ impl Store for EmbeddedStore {
             key,
             reply,
         };
-        if let Err(refused) = self.commands.send(Command::Append(call)) {
-            if let Command::Append(call) = refused.0 {
-                let _ = call.reply.send(Err(StoreError::Unavailable(
-                    "the store writer stopped".into(),
-                )));
+        if let Err(refused) = self.commands.try_send(Command::Append(call)) {
+            let (why, command) = queue_refusal(refused);
+            if let Command::Append(call) = command {
+                let _ = call.reply.send(Err(StoreError::Unavailable(why.into())));
             }
         }
         ticket
@@ -208,7 +208,7 @@ impl Store for EmbeddedStore {
 
     async fn close(&self) {
         let (reply, closed) = oneshot::channel();
-        if self.commands.send(Command::Close { reply }).is_ok() {
+        if self.commands.send(Command::Close { reply }).await.is_ok() {
             let _ = closed.await;
         }
     }

@@ -57,8 +57,8 @@ pub(super) fn start(
     clock: Arc<HybridClock>,
     settings: Settings,
     feed: Arc<dyn CommitFeed>,
-) -> std::io::Result<mpsc::UnboundedSender<Command>> {
-    let (commands, queue) = mpsc::unbounded_channel();
+) -> std::io::Result<mpsc::Sender<Command>> {
+    let (commands, queue) = mpsc::channel(settings.max_queued_writes);
     let (done, finished) = std::sync::mpsc::channel();
     let writer = Writer {
         spaces,
@@ -157,7 +157,7 @@ struct Group {
 }
 
 impl Writer {
-    fn run(mut self, mut queue: mpsc::UnboundedReceiver<Command>) {
+    fn run(mut self, mut queue: mpsc::Receiver<Command>) {
         let mut group = Group::default();
         while let Some(first) = queue.blocking_recv() {
             let mut next = Some(first);

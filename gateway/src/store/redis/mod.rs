@@ -50,8 +50,8 @@ mod writer;
 use super::clock::HybridClock;
 use super::record::{self, between, hlc_millis};
 use super::{
-    AppendTicket, CommitFeed, EntryKind, IdempotencyKey, LogHead, LogPage, NewMessage, Settings,
-    Store, StoreError, Stored, SweepReport,
+    queue_refusal, AppendTicket, CommitFeed, EntryKind, IdempotencyKey, LogHead, LogPage,
+    NewMessage, Settings, Store, StoreError, Stored, SweepReport,
 };
 use crate::infra::cipher::KeyRing;
 use crate::infra::redis::{bounded, connect, scan};
@@ -68,7 +68,7 @@ use writer::Writer;
 pub struct RedisStore {
     redis: ConnectionManager,
     keys: Arc<KeyRing>,
-    writes: mpsc::UnboundedSender<Write>,
+    writes: mpsc::Sender<Write>,
 }
 
 /// What the writer task is handed, in order.
@@ -131,7 +131,7 @@ impl RedisStore {
         settings: Settings,
     ) -> anyhow::Result<Self> {
         let redis = connect(url).await?;
-        let (writes, queue) = mpsc::unbounded_channel();
+        let (writes, queue) = mpsc::channel(settings.max_queued_writes);
         let writer = Writer {
             redis: redis.clone(),
             clock,
@@ -338,11 +338,10 @@ impl Store for RedisStore {
             key,
             reply,
         };
-        if let Err(refused) = self.writes.send(Write::Append(append)) {
-            if let Write::Append(append) = refused.0 {
-                let _ = append.reply.send(Err(StoreError::Unavailable(
-                    "the store writer stopped".into(),
-                )));
+        if let Err(refused) = self.writes.try_send(Write::Append(append)) {
+            let (why, write) = queue_refusal(refused);
+            if let Write::Append(append) = write {
+                let _ = append.reply.send(Err(StoreError::Unavailable(why.into())));
             }
         }
         ticket
@@ -484,7 +483,7 @@ impl Store for RedisStore {
 
     async fn close(&self) {
         let (reply, closed) = oneshot::channel();
-        if self.writes.send(Write::Close(reply)).is_ok() {
+        if self.writes.send(Write::Close(reply)).await.is_ok() {
             let _ = closed.await;
         }
     }

@@ -24,7 +24,7 @@ pub(super) struct Writer {
 }
 
 impl Writer {
-    pub(super) async fn run(mut self, mut queue: mpsc::UnboundedReceiver<Write>) {
+    pub(super) async fn run(mut self, mut queue: mpsc::Receiver<Write>) {
         let mut closing = None;
         while let Some(first) = queue.recv().await {
             let mut batch = Vec::new();
