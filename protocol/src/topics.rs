@@ -50,6 +50,14 @@ pub fn signal(user: &str) -> String {
     format!("u/{user}/signal")
 }
 
+/// Whether `topic` is a user's [`signal`] topic.
+pub fn is_signal(topic: &str) -> bool {
+    topic
+        .strip_prefix("u/")
+        .and_then(|rest| rest.strip_suffix("/signal"))
+        .is_some_and(is_valid_id)
+}
+
 /// Answers to one device's requests.
 pub fn reply(user: &str, device: &str) -> String {
     format!("u/{user}/d/{device}/reply")
@@ -207,6 +215,14 @@ pub fn is_valid_topic(topic: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn signal_topics_are_told_apart() {
+        assert!(is_signal(&signal("alice")));
+        assert!(!is_signal("u/alice/inbox"));
+        assert!(!is_signal("u/alice/d/phone/signal"));
+        assert!(!is_signal("pub/signal"));
+    }
 
     #[test]
     fn device_topics_round_trip() {

@@ -31,9 +31,9 @@ async fn small_window(addr: SocketAddr) -> TcpStream {
     socket.connect(addr).await.unwrap()
 }
 
-/// The MQTT CONNECT and SUBSCRIBE (QoS 0, so no in-flight window stops the gateway first) of a
-/// device of alice that follows her signals.
-fn mqtt_hello(gw: &TestGateway, device: &str) -> (Vec<u8>, Vec<u8>) {
+/// The MQTT CONNECT and SUBSCRIBE of a device of alice that follows her signals (which go out
+/// at QoS 0 whatever the subscription asks, so no in-flight window stops the gateway first).
+fn mqtt_hello(gw: &TestGateway, device: &str, qos: QoS) -> (Vec<u8>, Vec<u8>) {
     let mut connect = Connect::new(device);
     connect.keep_alive = 600;
     connect.login = Some(Login::new(
@@ -43,15 +43,15 @@ fn mqtt_hello(gw: &TestGateway, device: &str) -> (Vec<u8>, Vec<u8>) {
     let mut hello = bytes::BytesMut::new();
     Packet::Connect(connect).write(&mut hello, 1 << 20).unwrap();
     let mut subscribe = bytes::BytesMut::new();
-    Packet::Subscribe(Subscribe::new("u/alice/signal", QoS::AtMostOnce))
+    Packet::Subscribe(Subscribe::new("u/alice/signal", qos))
         .write(&mut subscribe, 1 << 20)
         .unwrap();
     (hello.to_vec(), subscribe.to_vec())
 }
 
 /// An MQTT client over TCP that subscribed and then stops reading.
-async fn stalled_mqtt(gw: &TestGateway, device: &str) -> TcpStream {
-    let (connect, subscribe) = mqtt_hello(gw, device);
+async fn stalled_mqtt(gw: &TestGateway, device: &str, qos: QoS) -> TcpStream {
+    let (connect, subscribe) = mqtt_hello(gw, device, qos);
     let mut socket = small_window(gw.mqtt).await;
     socket.write_all(&connect).await.unwrap();
     let mut connack = [0u8; 4];
@@ -81,7 +81,7 @@ async fn small_window_ws(addr: SocketAddr, url: &str, subprotocol: Option<&str>)
 
 /// An MQTT client over WebSocket that subscribed and then stops reading.
 async fn stalled_mqtt_ws(gw: &TestGateway, device: &str) -> Ws {
-    let (connect, subscribe) = mqtt_hello(gw, device);
+    let (connect, subscribe) = mqtt_hello(gw, device, QoS::AtMostOnce);
     let url = format!("ws://{}/mqtt", gw.mqtt_ws);
     let mut ws = small_window_ws(gw.mqtt_ws, &url, Some("mqtt")).await;
     ws.send(Message::binary(connect)).await.unwrap();
@@ -161,7 +161,7 @@ async fn a_stalled_reader_on_each_listener_is_dropped_at_its_write_deadline() {
         .unwrap();
     bob.subscribe("u/bob/inbox", QoS::AtLeastOnce).await;
 
-    let mqtt = stalled_mqtt(&gw, "tcp").await;
+    let mqtt = stalled_mqtt(&gw, "tcp", QoS::AtMostOnce).await;
     let mqtt_ws = stalled_mqtt_ws(&gw, "mqtt-ws").await;
     let json = stalled_json(&gw, "json").await;
     flood_alice(&gw).await;
@@ -188,7 +188,7 @@ async fn a_kick_reaches_a_connection_whose_write_waits() {
             .with("LIMITS__OUTBOX_CAPACITY", "4096"),
     )
     .await;
-    let mqtt = stalled_mqtt(&gw, "tcp").await;
+    let mqtt = stalled_mqtt(&gw, "tcp", QoS::AtMostOnce).await;
     let json = stalled_json(&gw, "json").await;
     flood_alice(&gw).await;
     for device in ["tcp", "json"] {
@@ -205,4 +205,25 @@ async fn a_kick_reaches_a_connection_whose_write_waits() {
     closed_by_gateway(mqtt).await;
     closed_by_gateway(json.into_inner()).await;
     assert_eq!(disconnects_reaching(&gw, "write_timeout", 0.0).await, 0.0);
+}
+
+/// Signals go out at QoS 0 whatever the subscription asked: a device whose outbox is full loses
+/// them (counted), and is neither disconnected as too slow nor queued for.
+#[tokio::test]
+async fn a_device_behind_on_signals_loses_them_and_stays_connected() {
+    let gw = TestGateway::start_with(
+        Options::default()
+            .with("LIMITS__WRITE_TIMEOUT", "10m")
+            .with("LIMITS__OUTBOX_CAPACITY", "16"),
+    )
+    .await;
+    let _phone = stalled_mqtt(&gw, "tcp", QoS::AtLeastOnce).await;
+    flood_alice(&gw).await;
+    assert!(
+        gw.metric_reaching("gateway_dropped_deliveries_total", 1.0)
+            .await
+            >= 1.0
+    );
+    assert_eq!(gw.devices("alice").await, vec!["tcp"]);
+    assert_eq!(disconnects_reaching(&gw, "slow_consumer", 0.0).await, 0.0);
 }

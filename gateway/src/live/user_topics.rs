@@ -29,7 +29,7 @@ impl UserTopics {
     /// own).
     pub fn publish(&self, user: &str, topic: &str, payload: Bytes, exclude: Option<LinkId>) {
         let message = Arc::new(Published::new(topic, payload));
-        self.send(user, message, Qos::AtLeastOnce, exclude);
+        self.send(user, message, cap_of(topic), exclude);
     }
 
     /// Hands `message` to the hub here and to the nodes holding the user's devices elsewhere.
@@ -41,6 +41,17 @@ impl UserTopics {
 
     pub fn nodes(&self) -> &Arc<dyn OtherNodes> {
         &self.nodes
+    }
+}
+
+/// The highest QoS a message on a user topic that is not an entry of the user's log goes out
+/// at: signals at 0 (a signal is worth nothing late, so one that finds its device's outbox
+/// full is dropped and counted, never queued or the device disconnected for it), presence and
+/// replies at 1. Nodes relaying a message to each other derive it the same way.
+pub fn cap_of(topic: &str) -> Qos {
+    match topics::is_signal(topic) {
+        true => Qos::AtMostOnce,
+        false => Qos::AtLeastOnce,
     }
 }
 

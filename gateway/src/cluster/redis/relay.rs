@@ -11,6 +11,7 @@ use crate::live::link::Qos;
 use crate::live::message::Published;
 use crate::live::registry::Registry;
 use crate::live::sessions::Sessions;
+use crate::live::user_topics::cap_of;
 use crate::store::sessions::SessionKey;
 use crate::store::StoreError;
 use bytes::Bytes;
@@ -201,7 +202,7 @@ pub(super) async fn receive(
                 // The sending node capped the QoS already: a log entry may go out at 2.
                 let cap = match seq {
                     Some(_) => Qos::ExactlyOnce,
-                    None => Qos::AtLeastOnce,
+                    None => cap_of(&topic),
                 };
                 let message = Published {
                     seq,
