@@ -703,3 +703,54 @@ async fn an_away_session_queues_other_topics_within_its_bound_across_a_restart()
         "the two oldest pushed out after the restart"
     );
 }
+
+/// Messages published while a client's connection is ending reach both its connection and the
+/// session parked for it: each is queued once, in order.
+#[tokio::test]
+async fn what_arrives_while_a_session_parks_is_queued_once() {
+    let gw = TestGateway::start_with(
+        Options::default()
+            .with("AUTH__ALLOW_ANONYMOUS", "true")
+            .with("SESSIONS__MAX_QUEUED", "1000"),
+    )
+    .await;
+    let mut reader = V4::connect(&gw, Via::Tcp, "reader", None, |o| {
+        o.set_clean_session(false);
+    })
+    .await
+    .unwrap();
+    reader.subscribe("news/#", QoS::AtLeastOnce).await;
+    let writer = V4::connect(&gw, Via::Tcp, "writer", None, |_| {})
+        .await
+        .unwrap();
+    // The reader leaves while the writer publishes: the first ones reach its connection.
+    reader.client.disconnect().await.unwrap();
+    for n in 0..200 {
+        writer
+            .publish(&format!("news/{n}"), n.to_string(), QoS::AtLeastOnce)
+            .await;
+    }
+    reader.inbox.closed().await;
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+
+    let mut reader = V4::connect(&gw, Via::Tcp, "reader", None, |o| {
+        o.set_clean_session(false);
+    })
+    .await
+    .unwrap();
+    assert!(reader.session_present);
+    let mut topics = Vec::new();
+    for _ in 0..200 {
+        let publish = reader
+            .inbox
+            .wait_for("a queued message", |i| match i {
+                Incoming::Packet(v4p::Packet::Publish(p)) => Some(p.topic.clone()),
+                _ => None,
+            })
+            .await;
+        topics.push(publish);
+    }
+    let expected: Vec<String> = (0..200).map(|n| format!("news/{n}")).collect();
+    assert_eq!(topics, expected, "each once, in order");
+    reader.no_message_on("news/#").await;
+}

@@ -478,15 +478,30 @@ impl Sessions {
         let shutdown = self.shutdown.clone();
         let done = self.shutdown.spawn(async move {
             // First what the connection's outbox still holds or gets until its link is gone.
+            // Until then both links are subscribed, and a message published meanwhile reaches
+            // both: the one the parked link got as well is kept, to be queued once.
+            let mut taken_from_leftover: Vec<Arc<Published>> = Vec::new();
             if let Some(mut leftover) = leftover {
                 let drained = async {
                     while let Some(delivery) = leftover.recv().await {
                         queue.put(&delivery).await;
+                        taken_from_leftover.push(delivery.message);
                     }
                 };
                 // The link is gone once its client is: this is a bound, not a wait.
                 let _ = tokio::time::timeout(LEFTOVER, drained).await;
             }
+            // One publish put both twins: those of what the leftover held are in this outbox
+            // by now.
+            while let Ok(delivery) = outbox.try_recv() {
+                let twin = (taken_from_leftover.iter())
+                    .position(|taken| Arc::ptr_eq(taken, &delivery.message));
+                match twin {
+                    Some(at) => drop(taken_from_leftover.swap_remove(at)),
+                    None => queue.put(&delivery).await,
+                }
+            }
+            drop(taken_from_leftover);
             let expired = tokio::time::sleep(expiry);
             tokio::pin!(expired);
             let closed = holder.closed();
