@@ -228,6 +228,9 @@ pub enum DisconnectReason {
     TakenOver,
     /// Logged out by the device policy or the backend.
     Kicked,
+    /// The user's account was deleted: the session ends with the connection, and its will is
+    /// not published (it would write into what was deleted).
+    AccountDeleted,
     ApprovalDenied,
     ApprovalTimeout,
     /// The gateway is shutting down.
@@ -249,6 +252,7 @@ impl DisconnectReason {
             Self::SlowConsumer => "slow_consumer",
             Self::TakenOver => "taken_over",
             Self::Kicked => "kicked",
+            Self::AccountDeleted => "account_deleted",
             Self::ApprovalDenied => "approval_denied",
             Self::ApprovalTimeout => "approval_timeout",
             Self::Shutdown => "shutdown",
@@ -373,6 +377,7 @@ mod tests {
             SlowConsumer,
             TakenOver,
             Kicked,
+            AccountDeleted,
             ApprovalDenied,
             ApprovalTimeout,
             Shutdown,

@@ -269,6 +269,45 @@ async fn deleting_a_user_leaves_nothing_in_the_store() {
     );
 }
 
+/// A deleted user's connections end before the deletion, without their wills and without
+/// keeping their sessions: nothing they leave behind re-creates what was deleted.
+#[tokio::test]
+async fn a_deleted_users_devices_leave_no_will_and_no_session_behind() {
+    use e2e::mqtt::{Via, V4};
+    use rumqttc::{LastWill, QoS};
+    let gw = TestGateway::start().await;
+    let token = gw.token("ivy", "phone", Platform::Android);
+    let mut phone = V4::connect(&gw, Via::Tcp, "phone", Some(&token), |o| {
+        o.set_clean_session(false);
+        o.set_last_will(LastWill::new(
+            "u/ivy/d/phone/send",
+            r#"{"to":"ivy","body":{"will":"phone lost"}}"#,
+            QoS::AtLeastOnce,
+            false,
+        ));
+    })
+    .await
+    .unwrap();
+    phone.subscribe("u/ivy/inbox", QoS::AtLeastOnce).await;
+    gw.post_message("ivy", json!({"text": "before"})).await;
+    phone.message_on("u/ivy/inbox").await;
+
+    let (status, _) = gw.api(Method::DELETE, "/v1/users/ivy", None).await;
+    assert_eq!(status, 200);
+    phone.inbox.closed().await;
+    // Time for a will to be stored, were one sent.
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    let (_, page) = history(&gw, "ivy/messages").await;
+    assert_eq!(page["messages"], json!([]), "no will re-created the log");
+    assert_eq!(
+        gw.metric("gateway_disconnects_total{reason=\"account_deleted\"}")
+            .await,
+        1.0
+    );
+    let data = gw.stop().await;
+    assert_eq!(footprint(data.path(), "ivy").await, Vec::<String>::new());
+}
+
 #[tokio::test]
 async fn message_bodies_are_sealed_at_rest() {
     let gw = TestGateway::start().await;

@@ -203,6 +203,10 @@ impl Client {
         self.end = reason;
     }
 
+    pub fn end_reason(&self) -> DisconnectReason {
+        self.end
+    }
+
     /// The subscriptions as a session keeps them.
     pub fn subscriptions(&self) -> Vec<KeptSubscription> {
         self.subscriptions.values().cloned().collect()

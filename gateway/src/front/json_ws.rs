@@ -324,7 +324,9 @@ impl Bridge {
             }
         }
         let code = match reason.kind {
-            DisconnectReason::Kicked | DisconnectReason::TakenOver => close_code::LOGGED_OUT,
+            DisconnectReason::Kicked
+            | DisconnectReason::TakenOver
+            | DisconnectReason::AccountDeleted => close_code::LOGGED_OUT,
             DisconnectReason::ApprovalDenied | DisconnectReason::ApprovalTimeout => {
                 close_code::UNAUTHORIZED
             }

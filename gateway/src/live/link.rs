@@ -214,6 +214,12 @@ impl Link {
         self.outbox.send(delivery).await.is_ok()
     }
 
+    /// Resolves once the connection let go of its outbox: it ended, and its last writes (its
+    /// cursor, its session) are done.
+    pub async fn ended(&self) {
+        self.outbox.closed().await;
+    }
+
     /// Asks the connection to close. It first writes what is already in its outbox, so a
     /// notice queued before the close (a kick's reason on the presence topic) still arrives.
     pub fn close(&self, reason: CloseReason) {

@@ -287,15 +287,23 @@ impl Registry {
         self.publish_presence(user, event, None);
     }
 
-    /// Logs out every device of a deleted user, on every node, and forgets the devices it used.
-    pub async fn forget_user(&self, user: &str, reason: &str) -> Result<()> {
+    /// Closes every connection of a deleted user on this node (as `account_deleted`: no will,
+    /// no session kept) and forgets the devices it used; returns the closed links, whose end
+    /// the caller waits for before it deletes. Other nodes drop the user's presence, but do
+    /// not close their connections of the user yet.
+    pub async fn forget_user(&self, user: &str, reason: &str) -> Result<Vec<Arc<Link>>> {
         self.topics.nodes().forget_user(user).await?;
+        let mut closed = Vec::new();
         if let Some((_, entries)) = self.devices.remove(user) {
             for entry in entries {
-                self.kick_notice(user, &entry.device, &entry.link, reason.to_string());
+                self.topics.nodes().device_offline(user, &entry.device);
+                let reason = CloseReason::new(DisconnectReason::AccountDeleted, reason);
+                entry.link.close(reason);
+                closed.push(entry.link);
             }
         }
-        self.known.forget_user(user)
+        self.known.forget_user(user)?;
+        Ok(closed)
     }
 
     /// Approves or denies a device waiting for approval. `by` is the deciding device, or `None`

@@ -473,10 +473,13 @@ impl Connection {
 
     /// How the connection ended, for the handshake.
     fn ending(self, moved: bool, outbox: mpsc::Receiver<Delivery>) -> Ending {
+        // A deleted account keeps no session and sends no will: both would write into what was
+        // deleted.
+        let deleted = self.client.end_reason() == DisconnectReason::AccountDeleted;
         Ending {
-            state: (self.expiry > 0).then(|| self.state(true)),
+            state: (self.expiry > 0 && !deleted).then(|| self.state(true)),
             moved,
-            with_will: self.with_will,
+            with_will: self.with_will && !deleted,
             expiry: self.expiry,
             client: self.client,
             claim: self.claim,
