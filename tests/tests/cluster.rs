@@ -131,6 +131,44 @@ async fn two_nodes_deliver_live_share_presence_and_let_a_device_move() {
     .await;
 }
 
+/// A user deleted through one node is logged out on the others too: their connections end
+/// without the will, which would write into the deleted log.
+#[tokio::test]
+async fn deleting_a_user_closes_its_connections_on_every_node() {
+    use e2e::mqtt::V4;
+    let redis = RedisServer::start();
+    let a = node(&redis, "node-a", None).await;
+    let b = node(&redis, "node-b", Some(&a)).await;
+    let token = b.token("ivy", "phone", Platform::Android);
+    let mut phone_on_b = V4::connect(&b, Via::Tcp, "phone", Some(&token), |o| {
+        o.set_last_will(rumqttc::LastWill::new(
+            "u/ivy/d/phone/send",
+            r#"{"to":"ivy","body":{"will":"phone lost"}}"#,
+            QoS::AtLeastOnce,
+            false,
+        ));
+    })
+    .await
+    .unwrap();
+    eventually("node A sees the phone on node B", || async {
+        a.devices("ivy").await == ["phone"]
+    })
+    .await;
+
+    let (status, _) = a.api(Method::DELETE, "/v1/users/ivy", None).await;
+    assert_eq!(status, 200);
+    phone_on_b.inbox.closed().await;
+    assert_eq!(
+        b.metric_reaching("gateway_disconnects_total{reason=\"account_deleted\"}", 1.0)
+            .await,
+        1.0
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (_, page) = a.api(Method::GET, "/v1/users/ivy/messages", None).await;
+    assert_eq!(page["messages"], json!([]), "no will re-created the log");
+    assert!(b.devices("ivy").await.is_empty());
+}
+
 #[tokio::test]
 async fn a_dead_nodes_devices_go_offline() {
     let redis = RedisServer::start();

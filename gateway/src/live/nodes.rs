@@ -26,6 +26,8 @@ pub trait OtherNodes: Send + Sync + 'static {
     /// Logs out a device held by another node; false when no other node holds it.
     async fn kick(&self, user: &str, device: &str, reason: &str) -> Result<bool, StoreError>;
 
-    /// Forgets what is kept of a deleted user's presence.
+    /// Has the other nodes holding devices of a deleted user close their connections (as
+    /// [`super::registry::Registry::forget_user_here`] does here), and forgets what is kept of
+    /// the user's presence.
     async fn forget_user(&self, user: &str) -> Result<(), StoreError>;
 }

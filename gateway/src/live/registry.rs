@@ -287,12 +287,17 @@ impl Registry {
         self.publish_presence(user, event, None);
     }
 
-    /// Closes every connection of a deleted user on this node (as `account_deleted`: no will,
-    /// no session kept) and forgets the devices it used; returns the closed links, whose end
-    /// the caller waits for before it deletes. Other nodes drop the user's presence, but do
-    /// not close their connections of the user yet.
+    /// Closes every connection of a deleted user, here and (told over the cluster) on the
+    /// other nodes, and forgets the devices it used; returns the links closed here, whose end
+    /// the caller waits for before it deletes (the other nodes' ends are not waited for).
     pub async fn forget_user(&self, user: &str, reason: &str) -> Result<Vec<Arc<Link>>> {
         self.topics.nodes().forget_user(user).await?;
+        self.forget_user_here(user, reason)
+    }
+
+    /// Closes this node's connections of a deleted user as `account_deleted` (no will, no
+    /// session kept) and forgets the devices it used here.
+    pub fn forget_user_here(&self, user: &str, reason: &str) -> Result<Vec<Arc<Link>>> {
         let mut closed = Vec::new();
         if let Some((_, entries)) = self.devices.remove(user) {
             for entry in entries {

@@ -50,6 +50,8 @@ pub(super) enum Relayed {
     },
     /// A device of the node's connected elsewhere: close the session here.
     TakeOver { user: String, device: String },
+    /// A user whose devices the node holds was deleted: close their connections.
+    ForgetUser { user: String },
     /// The backend logs a device of the node's out.
     Kick {
         user: String,

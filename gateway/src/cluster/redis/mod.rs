@@ -40,7 +40,7 @@ use async_trait::async_trait;
 use keys::{alive_key, presence_key, Outgoing, PresenceEntry, Relayed};
 use protocol::envelope::DeviceInfo;
 use redis::aio::ConnectionManager;
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
@@ -55,6 +55,22 @@ pub struct RedisNodes {
 }
 
 impl RedisNodes {
+    /// The user's devices that other nodes hold, as the presence hash has them.
+    async fn presence_elsewhere(&self, user: &str) -> Result<Vec<PresenceEntry>, StoreError> {
+        let mut redis = self.redis.clone();
+        let entries: HashMap<String, String> = bounded(
+            redis::cmd("HGETALL")
+                .arg(presence_key(user))
+                .query_async(&mut redis),
+        )
+        .await?;
+        Ok(entries
+            .values()
+            .filter_map(|entry| serde_json::from_str::<PresenceEntry>(entry).ok())
+            .filter(|entry| entry.node != self.node)
+            .collect())
+    }
+
     /// Joins the nodes sharing the Redis at `config.redis_url`, as `config.node_id` (or a random
     /// name), and starts the outgoing task.
     pub async fn join(config: &broker_config::Store) -> anyhow::Result<Arc<Self>> {
@@ -157,17 +173,10 @@ impl OtherNodes for RedisNodes {
     }
 
     async fn devices(&self, user: &str) -> Result<Vec<DeviceInfo>, StoreError> {
-        let mut redis = self.redis.clone();
-        let entries: HashMap<String, String> = bounded(
-            redis::cmd("HGETALL")
-                .arg(presence_key(user))
-                .query_async(&mut redis),
-        )
-        .await?;
-        Ok(entries
-            .values()
-            .filter_map(|entry| serde_json::from_str::<PresenceEntry>(entry).ok())
-            .filter(|entry| entry.node != self.node)
+        Ok(self
+            .presence_elsewhere(user)
+            .await?
+            .into_iter()
             .map(|entry| entry.info)
             .collect())
     }
@@ -197,7 +206,17 @@ impl OtherNodes for RedisNodes {
     }
 
     async fn forget_user(&self, user: &str) -> Result<(), StoreError> {
+        let nodes: BTreeSet<String> = (self.presence_elsewhere(user).await?)
+            .into_iter()
+            .map(|entry| entry.node)
+            .collect();
         let mut redis = self.redis.clone();
+        let forget = Relayed::ForgetUser {
+            user: user.to_string(),
+        };
+        for node in &nodes {
+            relay::publish(&mut redis, node, &forget).await?;
+        }
         bounded(
             redis::cmd("DEL")
                 .arg(presence_key(user))

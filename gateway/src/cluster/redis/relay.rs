@@ -221,6 +221,11 @@ pub(super) async fn receive(
             } => {
                 registry.kick(&user, &device, &reason);
             }
+            Relayed::ForgetUser { user } => {
+                if let Err(e) = registry.forget_user_here(&user, "account deleted") {
+                    tracing::warn!(%user, "a deleted user's devices are not all forgotten here: {e:#}");
+                }
+            }
         }
     }
     anyhow::bail!("the subscription ended")
