@@ -7,6 +7,17 @@ use rumqttc::{mqttbytes::v4 as v4p, TlsConfiguration, Transport};
 use std::collections::VecDeque;
 use tokio::sync::mpsc;
 
+/// The will of a device of `user`: a message to the user itself on the device's `.../send`,
+/// which the gateway would store in the user's log if it were published.
+pub fn will_to_self(user: &str, device: &str) -> rumqttc::LastWill {
+    rumqttc::LastWill::new(
+        format!("u/{user}/d/{device}/send"),
+        format!(r#"{{"to":"{user}","body":{{"will":"{device} lost"}}}}"#),
+        rumqttc::QoS::AtLeastOnce,
+        false,
+    )
+}
+
 /// Which listener a client uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Via {

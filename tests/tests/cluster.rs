@@ -135,18 +135,13 @@ async fn two_nodes_deliver_live_share_presence_and_let_a_device_move() {
 /// without the will, which would write into the deleted log.
 #[tokio::test]
 async fn deleting_a_user_closes_its_connections_on_every_node() {
-    use e2e::mqtt::V4;
+    use e2e::mqtt::{will_to_self, V4};
     let redis = RedisServer::start();
     let a = node(&redis, "node-a", None).await;
     let b = node(&redis, "node-b", Some(&a)).await;
     let token = b.token("ivy", "phone", Platform::Android);
     let mut phone_on_b = V4::connect(&b, Via::Tcp, "phone", Some(&token), |o| {
-        o.set_last_will(rumqttc::LastWill::new(
-            "u/ivy/d/phone/send",
-            r#"{"to":"ivy","body":{"will":"phone lost"}}"#,
-            QoS::AtLeastOnce,
-            false,
-        ));
+        o.set_last_will(will_to_self("ivy", "phone"));
     })
     .await
     .unwrap();

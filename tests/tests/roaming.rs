@@ -273,18 +273,13 @@ async fn deleting_a_user_leaves_nothing_in_the_store() {
 /// keeping their sessions: nothing they leave behind re-creates what was deleted.
 #[tokio::test]
 async fn a_deleted_users_devices_leave_no_will_and_no_session_behind() {
-    use e2e::mqtt::{Via, V4};
-    use rumqttc::{LastWill, QoS};
+    use e2e::mqtt::{will_to_self, Via, V4};
+    use rumqttc::QoS;
     let gw = TestGateway::start().await;
     let token = gw.token("ivy", "phone", Platform::Android);
     let mut phone = V4::connect(&gw, Via::Tcp, "phone", Some(&token), |o| {
         o.set_clean_session(false);
-        o.set_last_will(LastWill::new(
-            "u/ivy/d/phone/send",
-            r#"{"to":"ivy","body":{"will":"phone lost"}}"#,
-            QoS::AtLeastOnce,
-            false,
-        ));
+        o.set_last_will(will_to_self("ivy", "phone"));
     })
     .await
     .unwrap();
