@@ -674,23 +674,7 @@ async fn an_away_session_queues_other_topics_within_its_bound_across_a_restart()
         .unwrap();
     publish(&gw, 2, 5).await;
 
-    let mut reader = V4::connect(&gw, Via::Tcp, "reader", None, |o| {
-        o.set_clean_session(false);
-    })
-    .await
-    .unwrap();
-    assert!(reader.session_present);
-    let mut topics = Vec::new();
-    for _ in 0..3 {
-        let publish = reader
-            .inbox
-            .wait_for("a queued message", |i| match i {
-                Incoming::Packet(v4p::Packet::Publish(p)) => Some(p.topic.clone()),
-                _ => None,
-            })
-            .await;
-        topics.push(publish);
-    }
+    let (mut reader, topics) = queued_for_reader(&gw, 3).await;
     assert_eq!(
         topics,
         ["news/2", "news/3", "news/4"],
@@ -733,14 +717,23 @@ async fn what_arrives_while_a_session_parks_is_queued_once() {
     reader.inbox.closed().await;
     tokio::time::sleep(std::time::Duration::from_millis(500)).await;
 
-    let mut reader = V4::connect(&gw, Via::Tcp, "reader", None, |o| {
+    let (mut reader, topics) = queued_for_reader(&gw, 200).await;
+    let expected: Vec<String> = (0..200).map(|n| format!("news/{n}")).collect();
+    assert_eq!(topics, expected, "each once, in order");
+    reader.no_message_on("news/#").await;
+}
+
+/// Reconnects the dev-mode client `reader` to its kept session and reads the topics of the
+/// `count` messages queued for it.
+async fn queued_for_reader(gw: &TestGateway, count: usize) -> (V4, Vec<String>) {
+    let mut reader = V4::connect(gw, Via::Tcp, "reader", None, |o| {
         o.set_clean_session(false);
     })
     .await
     .unwrap();
     assert!(reader.session_present);
     let mut topics = Vec::new();
-    for _ in 0..200 {
+    for _ in 0..count {
         let publish = reader
             .inbox
             .wait_for("a queued message", |i| match i {
@@ -750,7 +743,5 @@ async fn what_arrives_while_a_session_parks_is_queued_once() {
             .await;
         topics.push(publish);
     }
-    let expected: Vec<String> = (0..200).map(|n| format!("news/{n}")).collect();
-    assert_eq!(topics, expected, "each once, in order");
-    reader.no_message_on("news/#").await;
+    (reader, topics)
 }

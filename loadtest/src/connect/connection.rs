@@ -350,25 +350,35 @@ async fn read_ws_packet<T>(
 
 /// The CONNACK at the start of `input`, `None` until it is complete.
 fn read_connack(input: &mut BytesMut) -> Result<Option<ConnAck>, Failure> {
-    match Packet::read(input, MAX_PACKET) {
-        Ok(Packet::ConnAck(ack)) => Ok(Some(ack)),
-        Ok(other) => Err(Failure::new(
-            "protocol",
-            format!("expected CONNACK, got {other:?}"),
-        )),
-        Err(rumqttc::mqttbytes::Error::InsufficientBytes(_)) => Ok(None),
-        Err(e) => Err(Failure::new("protocol", e)),
-    }
+    read_expected(input, "CONNACK", |packet| match packet {
+        Packet::ConnAck(ack) => Some(ack.clone()),
+        _ => None,
+    })
 }
 
 /// The SUBACK at the start of `input`, `None` until it is complete.
 fn read_suback(input: &mut BytesMut) -> Result<Option<SubAck>, Failure> {
+    read_expected(input, "SUBACK", |packet| match packet {
+        Packet::SubAck(ack) => Some(ack.clone()),
+        _ => None,
+    })
+}
+
+/// The packet at the start of `input` if `pick` takes it (`expected` names it when not),
+/// `None` until it is complete.
+fn read_expected<T>(
+    input: &mut BytesMut,
+    expected: &str,
+    pick: fn(&Packet) -> Option<T>,
+) -> Result<Option<T>, Failure> {
     match Packet::read(input, MAX_PACKET) {
-        Ok(Packet::SubAck(ack)) => Ok(Some(ack)),
-        Ok(other) => Err(Failure::new(
-            "protocol",
-            format!("expected SUBACK, got {other:?}"),
-        )),
+        Ok(packet) => match pick(&packet) {
+            Some(picked) => Ok(Some(picked)),
+            None => Err(Failure::new(
+                "protocol",
+                format!("expected {expected}, got {packet:?}"),
+            )),
+        },
         Err(rumqttc::mqttbytes::Error::InsufficientBytes(_)) => Ok(None),
         Err(e) => Err(Failure::new("protocol", e)),
     }
