@@ -256,7 +256,7 @@ impl Registry {
         });
         match found {
             Some(link) => {
-                self.kick_notice(user, device, &link, reason.to_string());
+                self.kick_notice(user, device, &link, kicked_for(reason));
                 true
             }
             None => false,
@@ -301,9 +301,8 @@ impl Registry {
         let mut closed = Vec::new();
         if let Some((_, entries)) = self.devices.remove(user) {
             for entry in entries {
-                self.topics.nodes().device_offline(user, &entry.device);
                 let reason = CloseReason::new(DisconnectReason::AccountDeleted, reason);
-                entry.link.close(reason);
+                self.kick_notice(user, &entry.device, &entry.link, reason);
                 closed.push(entry.link);
             }
         }
@@ -391,7 +390,7 @@ impl Registry {
         let class = platform_class(platform);
         for (old_device, old) in kicked {
             let reason = format!("logged in on another {class} ({device})");
-            self.kick_notice(user, &old_device, &old, reason);
+            self.kick_notice(user, &old_device, &old, kicked_for(reason));
         }
         if let Err(e) = self.known.remember(user, device) {
             tracing::warn!(%user, %device, "cannot record known device: {e:#}");
@@ -414,17 +413,17 @@ impl Registry {
 
     /// Tells all of the user's devices (the kicked one included, so it can show why) and then
     /// closes the kicked link once that notice is written.
-    fn kick_notice(&self, user: &str, device: &str, link: &Link, reason: String) {
+    fn kick_notice(&self, user: &str, device: &str, link: &Link, reason: CloseReason) {
         self.topics.nodes().device_offline(user, device);
         self.publish_presence(
             user,
             &PresenceEvent::Kicked {
                 device: device.to_string(),
-                reason: reason.clone(),
+                reason: reason.message.clone(),
             },
             None,
         );
-        link.close(CloseReason::new(DisconnectReason::Kicked, reason));
+        link.close(reason);
     }
 
     fn publish_presence(&self, user: &str, event: &PresenceEvent, exclude: Option<u64>) {
@@ -432,6 +431,10 @@ impl Registry {
         self.topics
             .publish(user, &topics::presence(user), payload.into(), exclude);
     }
+}
+
+fn kicked_for(reason: impl Into<String>) -> CloseReason {
+    CloseReason::new(DisconnectReason::Kicked, reason)
 }
 
 fn taken_over() -> CloseReason {
