@@ -208,9 +208,9 @@ impl Config {
             );
         }
         check(
-            self.auth.default_token_ttl.as_secs() >= 1,
+            (1..=366 * 24 * 3600).contains(&self.auth.default_token_ttl.as_secs()),
             "auth.default_token_ttl",
-            "must be at least 1s",
+            "must be between 1s and 366d (a revocation is kept that long)",
         );
         check(
             self.sessions.approval_timeout.as_secs() >= 1,

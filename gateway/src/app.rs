@@ -82,13 +82,6 @@ impl App {
         let config = Arc::new(config);
         let shutdown = Shutdown::new();
         let metrics = Arc::new(Metrics::new());
-        let auth = Arc::new(Auth {
-            signer: secrets::token_signer(&config, data)?,
-            api_keys: secrets::api_keys(&config, data)?,
-            allow_anonymous: config.auth.allow_anonymous,
-            notify_topic: config.notify.mqtt_topic.clone(),
-            anonymous_withheld: config.auth.anonymous_withheld.clone(),
-        });
         let keys = Arc::new(KeyRing::configured_or_generated(
             &config.store.encryption_keys,
             data,
@@ -111,6 +104,14 @@ impl App {
         ));
         let signals = Arc::new(Signals::new(topics.clone(), metrics.signals.clone()));
         let store = open_store(&config, data, keys.clone(), topics, &metrics).await?;
+        let auth = Arc::new(Auth {
+            signer: secrets::token_signer(&config, data)?,
+            revocations: store.clone(),
+            api_keys: secrets::api_keys(&config, data)?,
+            allow_anonymous: config.auth.allow_anonymous,
+            notify_topic: config.notify.mqtt_topic.clone(),
+            anonymous_withheld: config.auth.anonymous_withheld.clone(),
+        });
         let messages = Arc::new(Messages::new(
             store.clone(),
             keys.clone(),

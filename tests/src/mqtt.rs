@@ -336,6 +336,7 @@ impl V5 {
                     NotAuthorized,
                     BadUserNamePassword,
                     UnsupportedProtocolVersion,
+                    ServerUnavailable,
                 ]
                 .into_iter()
                 .find(|code| reason.contains(&format!("ConnectionRefused({code:?})")))

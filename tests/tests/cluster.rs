@@ -4,7 +4,7 @@
 
 use e2e::device::{messages_of, seqs, Device};
 use e2e::json_ws::JsonClient;
-use e2e::mqtt::{Via, V5};
+use e2e::mqtt::{Via, V4, V5};
 use e2e::redis_server::RedisServer;
 use e2e::{Options, TestGateway, PATIENCE};
 use protocol::envelope::Platform;
@@ -135,7 +135,7 @@ async fn two_nodes_deliver_live_share_presence_and_let_a_device_move() {
 /// without the will, which would write into the deleted log.
 #[tokio::test]
 async fn deleting_a_user_closes_its_connections_on_every_node() {
-    use e2e::mqtt::{will_to_self, V4};
+    use e2e::mqtt::will_to_self;
     let redis = RedisServer::start();
     let a = node(&redis, "node-a", None).await;
     let b = node(&redis, "node-b", Some(&a)).await;
@@ -162,6 +162,38 @@ async fn deleting_a_user_closes_its_connections_on_every_node() {
     let (_, page) = a.api(Method::GET, "/v1/users/ivy/messages", None).await;
     assert_eq!(page["messages"], json!([]), "no will re-created the log");
     assert!(b.devices("ivy").await.is_empty());
+}
+
+/// A revocation made through one node holds on the others: the store they share is where every
+/// connection checks it.
+#[tokio::test]
+async fn revoked_and_deleted_users_tokens_are_refused_on_every_node() {
+    let redis = RedisServer::start();
+    let a = node(&redis, "node-a", None).await;
+    let b = node(&redis, "node-b", Some(&a)).await;
+    let revoked = b.token("judy", "phone", Platform::Android);
+    let deleted = b.token("kate", "phone", Platform::Android);
+    let mut judy_on_b = JsonClient::authenticated(&b, &revoked).await;
+    JsonClient::authenticated(&b, &deleted).await;
+
+    let (status, _) = a.api(Method::POST, "/v1/users/judy/logout", None).await;
+    assert_eq!(status, 200);
+    assert_eq!(judy_on_b.closed().await.reason, "logged out on all devices");
+    let (status, _) = a.api(Method::DELETE, "/v1/users/kate", None).await;
+    assert_eq!(status, 200);
+
+    for gw in [&a, &b] {
+        for token in [&revoked, &deleted] {
+            let mut client = JsonClient::connect(gw, Some(token)).await;
+            let answer = client
+                .frame_where(|f| f["op"] == "ok" || f["op"] == "error")
+                .await;
+            assert_eq!(answer["code"], "unauthorized", "{answer}");
+            assert!(V4::connect(gw, Via::Tcp, "phone", Some(token), |_| {})
+                .await
+                .is_err());
+        }
+    }
 }
 
 #[tokio::test]
@@ -245,6 +277,19 @@ async fn a_redis_outage_is_a_retryable_error_and_recovers_by_itself() {
     assert_eq!(body["error"]["code"], "unavailable");
     let (status, _) = gw.api(Method::GET, "/v1/users/emma/messages", None).await;
     assert_eq!(status, 503);
+    // A token cannot be checked against its revocations: refused, never admitted unchecked.
+    let unchecked = V5::connect(
+        &gw,
+        Via::Tcp,
+        "emma-watch",
+        Some(&gw.token("emma", "watch", Platform::Android)),
+        |_| {},
+    )
+    .await;
+    assert_eq!(
+        unchecked.err(),
+        Some(rumqttc::v5::mqttbytes::v5::ConnectReturnCode::ServerUnavailable)
+    );
 
     redis.start_again();
     eventually("writes work again", || async {

@@ -261,7 +261,11 @@ async fn deleting_a_user_leaves_nothing_in_the_store() {
     let data = gw.stop().await;
     let known = std::fs::read_to_string(data.path().join("known_devices.tsv")).unwrap();
     assert!(!known.contains("gina"), "{known}");
-    assert_eq!(footprint(data.path(), "gina").await, Vec::<String>::new());
+    assert_eq!(
+        footprint(data.path(), "gina").await,
+        ["revocations/gina"],
+        "only what keeps the deleted user's tokens refused"
+    );
     assert_eq!(
         footprint(data.path(), "hank").await.len(),
         2,
@@ -300,7 +304,7 @@ async fn a_deleted_users_devices_leave_no_will_and_no_session_behind() {
         1.0
     );
     let data = gw.stop().await;
-    assert_eq!(footprint(data.path(), "ivy").await, Vec::<String>::new());
+    assert_eq!(footprint(data.path(), "ivy").await, ["revocations/ivy"]);
 }
 
 #[tokio::test]

@@ -1,12 +1,14 @@
 //! The storage conformance suite: the same tests against every backend, through the `Store`
 //! trait. The Redis backend runs against a real `redis-server` started on a free port.
 //!
-//! Idempotency keys, and MQTT sessions with retained messages, have their own files of the
-//! suite, [`idempotency`] and [`sessions`].
+//! Idempotency keys, MQTT sessions with retained messages, and revoked tokens have their own
+//! files of the suite, [`idempotency`], [`sessions`] and [`revocations`].
 
 // Beside this file rather than in `tests/`, where they would be test targets of their own.
 #[path = "store/idempotency.rs"]
 mod idempotency;
+#[path = "store/revocations.rs"]
+mod revocations;
 #[path = "store/sessions.rs"]
 mod sessions;
 
@@ -178,6 +180,8 @@ macro_rules! conformance_suite {
                 sessions: a_queue_keeps_the_newest_within_its_count_and_bytes(1000),
                 sessions: deleting_a_user_drops_its_devices_sessions(1000),
                 sessions: retained_messages_are_set_replaced_and_cleared(1000),
+                revocations: a_revocation_covers_its_scope_and_only_moves_forward(1000),
+                revocations: a_deleted_users_revocation_outlives_the_deletion(1000),
             }
         }
     };
@@ -230,6 +234,26 @@ async fn redis_store_queueing(retention_count: u64, max_queued_writes: usize) ->
 
 conformance_suite!(embedded, embedded_store);
 conformance_suite!(redis, redis_store);
+
+/// Redis forgets a revocation by its key's expiry; the embedded store by the sweeper, once no
+/// token it refuses can still be alive.
+#[tokio::test]
+async fn embedded_the_sweeper_forgets_revocations_older_than_any_token() {
+    use gateway::infra::time::unix_millis;
+    use gateway::store::revocations::{Revoked, LONGEST_TOKEN_LIFE};
+    let s = embedded_store(1000).await;
+    let now = unix_millis();
+    let too_old = now - LONGEST_TOKEN_LIFE.as_millis() as u64 - 1;
+    s.store
+        .revoke(Revoked::User("alice"), too_old)
+        .await
+        .unwrap();
+    s.store.revoke(Revoked::User("bob"), now).await.unwrap();
+    let report = s.store.sweep(0).await.unwrap();
+    assert_eq!(report.expired_revocations, 1);
+    assert_eq!(s.store.revoked_until("alice", "phone").await.unwrap(), 0);
+    assert_eq!(s.store.revoked_until("bob", "phone").await.unwrap(), now);
+}
 
 #[tokio::test]
 async fn embedded_a_full_write_queue_refuses_appends_as_unavailable() {

@@ -3,6 +3,8 @@
 use super::error::ApiError;
 use super::json::{ApiJson, ApiQuery};
 use super::state::Api;
+use crate::infra::time::unix_millis;
+use crate::store::revocations::Revoked;
 use axum::extract::Path;
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -34,11 +36,17 @@ pub async fn list(
 }
 
 #[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct KickQuery {
     /// Shown to the user of the kicked device.
     reason: Option<String>,
+    /// Also refuse the tokens the device holds, on every node, so it must sign in again.
+    #[serde(default)]
+    revoke: bool,
 }
 
+/// Logs a device out. With `revoke=true` its tokens are refused from now on, and the answer is
+/// 204 whether or not it was online; without, a device that is not online is 404.
 pub async fn kick(
     State(api): State<Api>,
     Path((user, device)): Path<(String, String)>,
@@ -48,14 +56,32 @@ pub async fn kick(
     let reason = query
         .reason
         .unwrap_or_else(|| "logged out by the service".to_string());
+    if query.revoke {
+        revoke_now(
+            &api,
+            Revoked::Device {
+                user: &user,
+                device: &device,
+            },
+        )
+        .await?;
+    }
     let kicked = api.registry.kick_anywhere(&user, &device, &reason).await?;
-    if kicked {
+    if kicked || query.revoke {
         Ok(StatusCode::NO_CONTENT)
     } else {
         Err(ApiError::not_found(format!(
             "{user}/{device} is not online"
         )))
     }
+}
+
+/// Refuses, from now on, the tokens signed until now for `whose`; returns the moment.
+pub async fn revoke_now(api: &Api, whose: Revoked<'_>) -> Result<u64, ApiError> {
+    let moment = unix_millis();
+    api.store.revoke(whose, moment).await?;
+    tracing::info!(?whose, "tokens revoked");
+    Ok(moment)
 }
 
 #[derive(Deserialize)]

@@ -47,6 +47,7 @@ pub fn router(api: Arc<ApiState>) -> Router {
         .route("/users/{user}/consent", put(notifications::put_consent))
         .route("/users/{user}/bindings", put(notifications::put_bindings))
         .route("/users/{user}", delete(users::delete_user))
+        .route("/users/{user}/logout", post(users::logout))
         .route("/users/{user}/messages", get(users::history))
         .route(
             "/users/{user}/contacts/{other}",

@@ -3,6 +3,7 @@
 use super::error::ApiError;
 use super::json::ApiJson;
 use super::state::Api;
+use crate::store::revocations::LONGEST_TOKEN_LIFE;
 use axum::extract::State;
 use axum::Json;
 use protocol::envelope::Platform;
@@ -51,8 +52,9 @@ pub async fn issue(
 /// Parses a token lifetime such as `24h`; shared with `gateway token --ttl`.
 pub fn parse_ttl(text: &str) -> Result<Duration, String> {
     let ttl = humantime::parse_duration(text).map_err(|e| format!("ttl {text:?}: {e}"))?;
-    if ttl.is_zero() || ttl > Duration::from_secs(366 * 24 * 3600) {
-        return Err(format!("ttl {text:?} must be between 1s and 366d"));
+    if ttl.is_zero() || ttl > LONGEST_TOKEN_LIFE {
+        let longest = humantime::format_duration(LONGEST_TOKEN_LIFE);
+        return Err(format!("ttl {text:?} must be between 1s and {longest}"));
     }
     Ok(ttl)
 }

@@ -1,10 +1,11 @@
 //! A user's history and the user's right to be forgotten: read the log, delete the user, delete
 //! a conversation.
 
-use super::devices::check_ids;
+use super::devices::{check_ids, revoke_now};
 use super::error::ApiError;
 use super::json::ApiQuery;
 use super::state::Api;
+use crate::store::revocations::Revoked;
 use axum::extract::Path;
 use axum::extract::State;
 use axum::Json;
@@ -74,13 +75,16 @@ pub struct Deleted {
 const CONNECTIONS_END: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Deletes everything kept for the user: log, cursors, presence, known devices, notification
-/// preferences, bindings, dedup claims and queued pushes; the user's online sessions on this
-/// node are logged out first.
+/// preferences, bindings, dedup claims and queued pushes. The user's tokens are revoked first
+/// and the user's online sessions logged out (on every node) before anything is deleted; the
+/// revocation itself is kept, so the deleted user's tokens stay refused.
 pub async fn delete_user(
     State(api): State<Api>,
     Path(user): Path<String>,
 ) -> Result<Json<Deleted>, ApiError> {
     check_ids(&[&user])?;
+    // Revoked first, so no device of the user signs in again while the rest goes, on any node.
+    revoke_now(&api, Revoked::User(&user)).await?;
     // The user's connections end first, without a will or a kept session, and their last
     // writes (a cursor, a session) land before the deletion, so none of it comes back.
     let closed = api
@@ -96,6 +100,51 @@ pub async fn delete_user(
     api.notifications.ledger.delete_user(&user).await?;
     tracing::info!(%user, "user deleted");
     Ok(Json(Deleted { deleted: user }))
+}
+
+#[derive(Serialize)]
+pub struct LoggedOut {
+    user: String,
+    /// Tokens signed up to this moment (ms since the Unix epoch) are refused.
+    revoked_until: u64,
+    /// The devices logged out that were online.
+    devices: Vec<String>,
+}
+
+/// Logs the user out everywhere: every token signed until now is refused on every node, and
+/// every online device is kicked with `reason` (the default says why in words an app can show).
+pub async fn logout(
+    State(api): State<Api>,
+    Path(user): Path<String>,
+    ApiQuery(query): ApiQuery<LogoutQuery>,
+) -> Result<Json<LoggedOut>, ApiError> {
+    check_ids(&[&user])?;
+    let revoked_until = revoke_now(&api, Revoked::User(&user)).await?;
+    let reason = query
+        .reason
+        .unwrap_or_else(|| "logged out on all devices".to_string());
+    let mut devices = Vec::new();
+    for online in api.registry.devices_everywhere(&user).await? {
+        if api
+            .registry
+            .kick_anywhere(&user, &online.device, &reason)
+            .await?
+        {
+            devices.push(online.device);
+        }
+    }
+    Ok(Json(LoggedOut {
+        user,
+        revoked_until,
+        devices,
+    }))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogoutQuery {
+    /// Shown to the user of each kicked device.
+    reason: Option<String>,
 }
 
 /// Deletes the direct messages between two users from both their logs: hidden at once, removed

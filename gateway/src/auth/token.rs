@@ -4,7 +4,7 @@
 //! counts). It is the MQTT password and the JSON WebSocket `auth` token. Verification is
 //! constant-time and checks expiry; ids are checked so a token cannot carry topic syntax.
 
-use crate::infra::time::unix_seconds;
+use crate::infra::time::{unix_millis, unix_seconds};
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use hmac::{Hmac, Mac};
@@ -27,6 +27,11 @@ pub struct DeviceClaims {
     pub platform: Platform,
     /// Expiry, seconds since the Unix epoch.
     pub exp: u64,
+    /// When the token was signed, milliseconds since the Unix epoch: a revocation refuses the
+    /// tokens signed up to its moment. Tokens from before this field read as 0, so any
+    /// revocation refuses them.
+    #[serde(rename = "i", default)]
+    pub issued_at_ms: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -39,6 +44,8 @@ pub enum TokenError {
     Expired,
     #[error("user and device ids may hold only letters, digits, '_', '-', '.' (1-64)")]
     InvalidId,
+    #[error("token was revoked (logged out, or the account deleted); sign in again")]
+    Revoked,
 }
 
 #[derive(Clone)]
@@ -73,6 +80,7 @@ impl TokenSigner {
             device: device.to_string(),
             platform,
             exp: unix_seconds().saturating_add(ttl.as_secs()),
+            issued_at_ms: unix_millis(),
         };
         let body = URL_SAFE_NO_PAD.encode(serde_json::to_vec(&claims).expect("claims serialize"));
         let signed = format!("{VERSION}.{body}");

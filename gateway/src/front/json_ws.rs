@@ -9,6 +9,7 @@ use super::client::{Client, Publication, RetainHandling, SubscribeRequest};
 use super::log_follower::{self, LogFollower, Readout, Start};
 use super::Front;
 use crate::auth::identity::Identity;
+use crate::auth::Refusal;
 use crate::front::write_deadline::{watched, Watched, CLOSING_WRITE};
 use crate::live::hub::SubscriptionOptions;
 use crate::live::link::{CloseReason, Delivery, Qos};
@@ -159,7 +160,7 @@ async fn authenticate(
             }
         },
     };
-    match front.auth.device(&token) {
+    match front.auth.device(&token).await {
         Ok(identity) => {
             let Identity::Device { user, device, .. } = &identity else {
                 unreachable!("a token is a device's")
@@ -172,15 +173,21 @@ async fn authenticate(
             send(socket, &ok).await.ok()?;
             Some(identity)
         }
-        Err(e) => {
+        Err(Refusal::NotAuthorized(reason)) => {
             front
                 .metrics
                 .auth_failures
                 .get_or_create(&TransportLabel::from(Transport::JsonWs))
                 .inc();
-            let error = ServerFrame::error(request_id, ErrorCode::Unauthorized, e.to_string());
+            let error = ServerFrame::error(request_id, ErrorCode::Unauthorized, reason);
             let _ = send(socket, &error).await;
             close(socket, close_code::UNAUTHORIZED, "unauthorized").await;
+            None
+        }
+        Err(refusal @ Refusal::Unavailable(_)) => {
+            let error = ServerFrame::error(request_id, ErrorCode::Unavailable, refusal.to_string());
+            let _ = send(socket, &error).await;
+            close(socket, close_code::TRY_AGAIN_LATER, "unavailable").await;
             None
         }
     }

@@ -18,6 +18,7 @@ pub async fn run(store: SharedStore, retention_age: Duration, every: Duration, s
                         expired = report.expired,
                         purged = report.purged_contacts,
                         markers = report.expired_markers,
+                        revocations = report.expired_revocations,
                         "store swept"
                     )
                 }

@@ -20,6 +20,7 @@ mod outcome;
 pub mod record;
 pub mod redis;
 pub mod retained;
+pub mod revocations;
 pub mod sessions;
 
 use async_trait::async_trait;
@@ -234,6 +235,8 @@ pub struct SweepReport {
     pub purged_contacts: u64,
     /// Idempotency markers whose window had ended.
     pub expired_markers: u64,
+    /// Revocations older than the longest life of a token.
+    pub expired_revocations: u64,
 }
 
 /// The answer to an append, resolved once the batch holding it is durable.
@@ -254,7 +257,9 @@ impl AppendTicket {
 
 /// The message store; it also keeps MQTT sessions and retained messages, in the same backend.
 #[async_trait]
-pub trait Store: retained::RetainedStore + sessions::SessionStore {
+pub trait Store:
+    retained::RetainedStore + sessions::SessionStore + revocations::RevocationStore
+{
     /// Queues messages (each for its own log) to be appended together. The order of calls is the
     /// order in the logs, so a connection's messages keep their order without waiting for each.
     /// With a `key`, a log that holds the key's marker within its window is not appended to (see
@@ -273,7 +278,9 @@ pub trait Store: retained::RetainedStore + sessions::SessionStore {
     /// returns where it is.
     async fn ack(&self, user: &str, device: &str, seq: u64) -> Result<u64, StoreError>;
 
-    /// Removes the user's log, cursors and everything else kept for the user.
+    /// Removes the user's log, cursors and everything else kept for the user, except the
+    /// user's revocations (see [`revocations`]): revoke first, so the deleted user's tokens
+    /// stay refused.
     async fn delete_user(&self, user: &str) -> Result<(), StoreError>;
 
     /// Hides at once, and has the sweeper remove, the direct messages between two users in both
@@ -290,8 +297,8 @@ pub trait Store: retained::RetainedStore + sessions::SessionStore {
 
     /// Everything stored for the user, one line per item: `messages/{user}/{seq}`,
     /// `heads/{user}`, `cursors/{user}/{device}`, `forgotten/{user}/{other}`,
-    /// `idempotency/{user}/{scope} {key}` (and a backend's own index entries, named as it keeps
-    /// them). For operators, and for checking that a deletion left nothing.
+    /// `idempotency/{user}/{scope} {key}`, `revocations/{user}[/{device}]` (and a backend's own
+    /// index entries, named as it keeps them). For operators, and for checking that a deletion left nothing.
     async fn footprint(&self, user: &str) -> Result<Vec<String>, StoreError>;
 }
 

@@ -8,7 +8,7 @@ use super::codec::{
 };
 use super::connection::{Connection, Ending};
 use crate::auth::identity::{for_logs, Identity};
-use crate::auth::Credentials;
+use crate::auth::{Credentials, Refusal};
 use crate::front::client::{Client, Publication};
 use crate::front::stream::{MqttStream, READ_CHUNK};
 use crate::front::Front;
@@ -138,22 +138,22 @@ async fn open(
         front.metrics.reject(RejectReason::protocol_error);
         return None;
     }
-    let identity = match authenticate(front, &connect) {
+    let identity = match authenticate(front, &connect).await {
         Ok(identity) => identity,
-        Err(reason) => {
-            front
-                .metrics
-                .auth_failures
-                .get_or_create(&TransportLabel::from(transport))
-                .inc();
-            tracing::info!(client_id = %for_logs(&connect.client_id), transport = transport.as_str(), "CONNECT refused: {reason}");
-            refuse(
-                &mut stream,
-                codec,
-                ConnackCode::NotAuthorized,
-                Some(&reason),
-            )
-            .await;
+        Err(refusal) => {
+            let code = match refusal {
+                Refusal::NotAuthorized(_) => {
+                    front
+                        .metrics
+                        .auth_failures
+                        .get_or_create(&TransportLabel::from(transport))
+                        .inc();
+                    ConnackCode::NotAuthorized
+                }
+                Refusal::Unavailable(_) => ConnackCode::Unavailable,
+            };
+            tracing::info!(client_id = %for_logs(&connect.client_id), transport = transport.as_str(), "CONNECT refused: {refusal}");
+            refuse(&mut stream, codec, code, Some(&refusal.to_string())).await;
             return None;
         }
     };
@@ -257,14 +257,14 @@ async fn read_first_connect(
 }
 
 /// The device token is the password (see [`crate::auth::Auth::connect`]).
-fn authenticate(front: &Front, connect: &ConnectRequest) -> Result<Identity, String> {
+async fn authenticate(front: &Front, connect: &ConnectRequest) -> Result<Identity, Refusal> {
     let credentials = Credentials {
         client_id: &connect.client_id,
         password: connect.password.as_deref(),
         will_topic: connect.will.as_ref().map(|will| will.topic.as_str()),
     };
     let assign_id = || format!("anonymous-{}", front.link_ids.next());
-    front.auth.connect(&credentials, assign_id)
+    front.auth.connect(&credentials, assign_id).await
 }
 
 /// The keepalive to enforce and, for v5, the Server Keep Alive to announce. A client asking for

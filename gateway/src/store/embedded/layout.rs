@@ -14,6 +14,8 @@
 //!   the user's log, and when the key's window ends (see [`super::markers`])
 //! - `idempotency_expiry` window end (BE) + the `idempotency` key → nothing: the markers in
 //!   order of expiry, for the sweeper
+//! - `revocations` user 0x00 [device] → the moment up to which the user's (or the device's)
+//!   tokens are refused (see [`super::revocations`])
 
 use crate::infra::cipher::KeyRing;
 use crate::infra::fjall::open_database;
@@ -38,6 +40,12 @@ pub(super) struct Keyspaces {
     pub retained: Keyspace,
     pub idempotency: Keyspace,
     pub idempotency_expiry: Keyspace,
+    pub revocations: Keyspace,
+    /// Everything in `revocations`, read on every connection (see [`super::revocations`]).
+    pub revoked: Arc<super::revocations::RevokedMoments>,
+    /// Revocations are rare and written one at a time, so the moment on disk is always the
+    /// later of two revocations of one scope racing each other.
+    pub revoking: Arc<std::sync::Mutex<()>>,
     /// The names of the sessions in `sessions`: a client connecting afresh (most do) learns
     /// it has none without a read on a blocking thread.
     pub session_names: Arc<DashSet<String>>,
@@ -162,7 +170,12 @@ impl Keyspaces {
         for entry in sessions.iter() {
             session_names.insert(String::from_utf8_lossy(&entry.key()?).into_owned());
         }
+        let revocations = space("revocations")?;
+        let revoked = Self::load_revocations(&revocations)?;
         Ok(Self {
+            revocations,
+            revoked: Arc::new(revoked),
+            revoking: Arc::default(),
             messages: space("messages")?,
             heads: space("heads")?,
             cursors: space("cursors")?,

@@ -24,6 +24,7 @@
 
 mod layout;
 mod markers;
+mod revocations;
 mod sessions;
 mod writer;
 
@@ -34,6 +35,7 @@ use super::{
     Settings, Store, StoreError, SweepReport,
 };
 use crate::infra::cipher::KeyRing;
+use crate::infra::time::unix_millis;
 use async_trait::async_trait;
 use layout::{
     be_u64, failed, log_key, log_position, open_value, pair_key, pair_second, prefix, Keyspaces,
@@ -199,11 +201,16 @@ impl Store for EmbeddedStore {
     }
 
     async fn sweep(&self, older_than_ms: u64) -> Result<SweepReport, StoreError> {
-        self.write(|reply| Command::Sweep {
-            older_than_ms,
-            reply,
-        })
-        .await
+        let mut report = self
+            .write(|reply| Command::Sweep {
+                older_than_ms,
+                reply,
+            })
+            .await?;
+        report.expired_revocations = self
+            .read_with(|spaces, _| spaces.forget_old_revocations(unix_millis()))
+            .await?;
+        Ok(report)
     }
 
     async fn close(&self) {
@@ -235,6 +242,7 @@ impl Store for EmbeddedStore {
                 }
             }
             found.extend(spaces.session_names(&user)?);
+            found.extend(spaces.revocation_names(&user));
             Ok(found)
         })
         .await

@@ -14,6 +14,7 @@ pub(super) struct UserKeys {
     pub forgotten: String,
     pub markers: String,
     pub marker_expiry: String,
+    pub revoked: String,
 }
 
 impl UserKeys {
@@ -25,6 +26,7 @@ impl UserKeys {
             forgotten: format!("gw:{{{user}}}:forgotten"),
             markers: format!("gw:{{{user}}}:idempotency"),
             marker_expiry: format!("gw:{{{user}}}:idempotency:expiry"),
+            revoked: format!("gw:{{{user}}}:revoked"),
         }
     }
 }

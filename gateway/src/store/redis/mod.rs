@@ -11,6 +11,9 @@
 //! - `gw:{user}:idempotency` — a hash: marker (idempotency scope and key) → `seq hlc id` of the
 //!   entry an append with that key made in this log; `gw:{user}:idempotency:expiry` — a sorted
 //!   set: marker → end of its window (Redis's clock), which the sweeper prunes by
+//! - `gw:{user}:revoked` — a hash: `*` (every device) or a device → the moment (ms) up to which
+//!   its tokens are refused; it outlives a deletion of the user (see [`crate::store::revocations`])
+//!   and expires once every token it refuses has
 //! - `gw:users` — a set of the users that have a log, so the sweeper finds them without scanning
 //!   the keyspace. It is updated beside the scripts (not inside them, which would cross shards),
 //!   always after a log is created and before it is deleted, so a race can leave a member whose
@@ -43,6 +46,7 @@
 //! operation fails quickly with [`StoreError::Unavailable`], and works again once Redis is back.
 
 mod keys;
+mod revocations;
 mod scripts;
 mod sessions;
 mod writer;
@@ -515,6 +519,14 @@ impl Store for RedisStore {
                     }
                 }
                 "head" => found.push(format!("heads/{user}")),
+                "revoked" => {
+                    let fields: Vec<String> =
+                        bounded(redis::cmd("HKEYS").arg(&key).query_async(&mut redis)).await?;
+                    found.extend(fields.into_iter().map(|field| match field.as_str() {
+                        revocations::WHOLE_USER => format!("revocations/{user}"),
+                        device => format!("revocations/{user}/{device}"),
+                    }));
+                }
                 "cursors" | "forgotten" | "presence" | "idempotency" => {
                     let fields: Vec<String> =
                         bounded(redis::cmd("HKEYS").arg(&key).query_async(&mut redis)).await?;
