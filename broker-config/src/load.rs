@@ -200,6 +200,30 @@ impl Config {
                 "must be at least 32 characters",
             );
         }
+        check(
+            self.auth.token_secret.is_none() || self.auth.token_keys.is_empty(),
+            "auth.token_keys",
+            "set either auth.token_secret or auth.token_keys, not both (token_secret is key id 0)",
+        );
+        for (i, key) in self.auth.token_keys.iter().enumerate() {
+            let valid = key
+                .split_once(':')
+                .is_some_and(|(id, secret)| is_key_id(id) && secret.len() >= 32);
+            check(
+                valid,
+                &format!("auth.token_keys[{i}]"),
+                "must be \"id:secret\": an id of 1-32 letters, digits, '_' or '-', a secret of at least 32 characters",
+            );
+        }
+        let ids: Vec<&str> = (self.auth.token_keys.iter())
+            .filter_map(|key| key.split_once(':').map(|(id, _)| id))
+            .collect();
+        check(
+            (1..ids.len()).all(|i| !ids[..i].contains(&ids[i])),
+            "auth.token_keys",
+            "key ids must differ",
+        );
+        self.check_jwt(&mut check);
         for (i, key) in self.auth.api_keys.iter().enumerate() {
             check(
                 key.len() >= 16 && !key.contains(char::is_whitespace),
@@ -452,6 +476,70 @@ fn parse_env_value(raw: &str) -> toml::Value {
         .unwrap_or_else(|| toml::Value::String(raw.to_string()))
 }
 
+/// A token key's id: short, and free of the `.` and `:` that separate it.
+fn is_key_id(id: &str) -> bool {
+    (1..=32).contains(&id.len())
+        && id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+}
+
+/// The JWT algorithms the gateway verifies, by their JOSE names.
+pub const JWT_ALGORITHMS: [&str; 12] = [
+    "HS256", "HS384", "HS512", "RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256",
+    "ES384", "EdDSA",
+];
+
+impl Config {
+    fn check_jwt(&self, check: &mut impl FnMut(bool, &str, &str)) {
+        let jwt = &self.jwt;
+        if !jwt.enabled {
+            return;
+        }
+        check(
+            !jwt.algorithms.is_empty(),
+            "jwt.algorithms",
+            "name at least one algorithm",
+        );
+        for (i, algorithm) in jwt.algorithms.iter().enumerate() {
+            check(
+                JWT_ALGORITHMS.contains(&algorithm.as_str()),
+                &format!("jwt.algorithms[{i}]"),
+                &format!("must be one of {}", JWT_ALGORITHMS.join(", ")),
+            );
+        }
+        let hmac = jwt.algorithms.iter().any(|a| a.starts_with("HS"));
+        let public = jwt.algorithms.iter().any(|a| !a.starts_with("HS"));
+        check(
+            !hmac || jwt.hmac_secret.as_ref().is_some_and(|s| s.len() >= 32),
+            "jwt.hmac_secret",
+            "required (at least 32 characters) when jwt.algorithms has an HMAC algorithm",
+        );
+        check(
+            !public || (jwt.jwks_file.is_some() != jwt.jwks_url.is_some()),
+            "jwt.jwks_file",
+            "set one of jwt.jwks_file and jwt.jwks_url when jwt.algorithms has a public-key algorithm",
+        );
+        check(
+            ["ios", "android", "web", "desktop"].contains(&jwt.default_platform.as_str()),
+            "jwt.default_platform",
+            "must be ios, android, web or desktop",
+        );
+        for (key, claim) in [
+            ("jwt.user_claim", &jwt.user_claim),
+            ("jwt.device_claim", &jwt.device_claim),
+            ("jwt.platform_claim", &jwt.platform_claim),
+        ] {
+            check(!claim.is_empty(), key, "must name a claim");
+        }
+        check(
+            jwt.jwks_refresh.as_secs() >= 1 && jwt.jwks_min_refetch.as_secs() >= 1,
+            "jwt.jwks_refresh",
+            "jwt.jwks_refresh and jwt.jwks_min_refetch must be at least 1s",
+        );
+    }
+}
+
 /// Checks every key on its own, so that all bad keys are reported rather than the first.
 fn check_keys(table: &toml::Table, errors: &mut Vec<ConfigError>) {
     for (section, value) in table {
@@ -460,6 +548,7 @@ fn check_keys(table: &toml::Table, errors: &mut Vec<ConfigError>) {
             "tls" => check_section::<Tls>,
             "limits" => check_section::<Limits>,
             "auth" => check_section::<Auth>,
+            "jwt" => check_section::<Jwt>,
             "sessions" => check_section::<Sessions>,
             "store" => check_section::<Store>,
             "roaming" => check_section::<Roaming>,
@@ -470,7 +559,7 @@ fn check_keys(table: &toml::Table, errors: &mut Vec<ConfigError>) {
             _ => {
                 errors.push(ConfigError::new(
                     section.clone(),
-                    "unknown section (expected listeners, tls, limits, auth, sessions, store, roaming, channels, notify, record or log)",
+                    "unknown section (expected listeners, tls, limits, auth, jwt, sessions, store, roaming, channels, notify, record or log)",
                 ));
                 continue;
             }
@@ -574,6 +663,60 @@ mod tests {
         assert_eq!(keys, ["channels.wechat.callback_token"]);
         let text = "[channels.wechat]\nenabled = true\ncallback_token = \"t\"\n";
         assert!(Config::from_toml_str(text, no_env()).is_ok());
+    }
+
+    #[test]
+    fn token_keys_and_jwt_settings_are_checked() {
+        let keys = |text: &str| -> Vec<String> {
+            match Config::from_toml_str(text, no_env()) {
+                Ok(_) => Vec::new(),
+                Err(errors) => errors.into_iter().map(|e| e.key).collect(),
+            }
+        };
+        let secret = "s".repeat(32);
+        assert_eq!(
+            keys(&format!(
+                "[auth]\ntoken_secret = \"{secret}\"\ntoken_keys = [\"a:{secret}\"]\n"
+            )),
+            ["auth.token_keys"]
+        );
+        assert_eq!(
+            keys(&format!(
+                "[auth]\ntoken_keys = [\"a.b:{secret}\", \"c:short\", \"{secret}\"]\n"
+            )),
+            [
+                "auth.token_keys[0]",
+                "auth.token_keys[1]",
+                "auth.token_keys[2]"
+            ]
+        );
+        assert_eq!(
+            keys(&format!(
+                "[auth]\ntoken_keys = [\"a:{secret}\", \"a:{secret}x\"]\n"
+            )),
+            ["auth.token_keys"]
+        );
+        assert!(keys(&format!(
+            "[auth]\ntoken_keys = [\"k-2:{secret}\", \"k_1:{secret}\"]\n"
+        ))
+        .is_empty());
+
+        assert_eq!(
+            keys("[jwt]\nenabled = true\nalgorithms = [\"HS256\", \"RS256\", \"none\"]\n"),
+            ["jwt.algorithms[2]", "jwt.hmac_secret", "jwt.jwks_file"]
+        );
+        assert_eq!(
+            keys(
+                "[jwt]\nenabled = true\njwks_url = \"https://idp/jwks\"\njwks_file = \"k.json\"\n"
+            ),
+            ["jwt.jwks_file"],
+            "one source of keys"
+        );
+        assert!(keys("[jwt]\nenabled = true\njwks_url = \"https://idp/jwks\"\n").is_empty());
+        assert!(
+            keys("[jwt]\nalgorithms = [\"none\"]\n").is_empty(),
+            "checked only when enabled"
+        );
     }
 
     #[test]

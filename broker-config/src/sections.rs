@@ -13,6 +13,7 @@ pub struct Config {
     pub tls: Tls,
     pub limits: Limits,
     pub auth: Auth,
+    pub jwt: Jwt,
     pub sessions: Sessions,
     pub store: Store,
     pub roaming: Roaming,
@@ -162,9 +163,13 @@ pub struct Auth {
     /// Dev mode, as in mosquitto: clients without a token may connect, confined to topics that
     /// do not start with `u/`.
     pub allow_anonymous: bool,
-    /// Secret that signs device tokens (at least 32 characters). When unset, one is generated
-    /// once into the data dir.
+    /// Secret that signs device tokens (at least 32 characters), as key id `0`. When neither
+    /// it nor `token_keys` is set, one is generated once into the data dir.
     pub token_secret: Option<String>,
+    /// Token keys as `"id:secret"` (id: 1-32 letters, digits, `_`, `-`; secret: at least 32
+    /// characters), instead of `token_secret`: the first signs, every one verifies, so a new
+    /// secret can be rolled in before the old one is removed, without logging anyone out.
+    pub token_keys: Vec<String>,
     /// Bearer keys for the backend HTTP API. When empty, one is generated into the data dir
     /// (`gateway api-key` prints it).
     pub api_keys: Vec<String>,
@@ -182,9 +187,70 @@ impl Default for Auth {
         Self {
             allow_anonymous: false,
             token_secret: None,
+            token_keys: Vec::new(),
             api_keys: Vec::new(),
             default_token_ttl: Duration::from_secs(24 * 3600),
             anonymous_withheld: Vec::new(),
+        }
+    }
+}
+
+/// Standard JWTs from a team's identity provider, accepted as device tokens beside the
+/// gateway's own (which start with `v1.`), so an app can hand the gateway the token it already has.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Jwt {
+    pub enabled: bool,
+    /// The signature algorithms accepted: `HS256`, `HS384`, `HS512`, `RS256`, `RS384`, `RS512`,
+    /// `PS256`, `PS384`, `PS512`, `ES256`, `ES384`, `EdDSA`. A token's `alg` must be one of them.
+    pub algorithms: Vec<String>,
+    /// The shared secret of the HMAC algorithms (at least 32 characters).
+    pub hmac_secret: Option<String>,
+    /// The public keys of the other algorithms, as a JWKS file: read at start and again every
+    /// `jwks_refresh`.
+    pub jwks_file: Option<PathBuf>,
+    /// Or as a JWKS URL (`https://…/.well-known/jwks.json`): fetched at start and every
+    /// `jwks_refresh`, and at once when a token names a key id not held (at most once per
+    /// `jwks_min_refetch`), so the provider's key rotation needs no restart.
+    pub jwks_url: Option<String>,
+    #[serde(with = "humantime_serde")]
+    pub jwks_refresh: Duration,
+    #[serde(with = "humantime_serde")]
+    pub jwks_min_refetch: Duration,
+    /// The `iss` a token must carry, when set.
+    pub issuer: Option<String>,
+    /// The `aud` a token must carry, when set.
+    pub audience: Option<String>,
+    /// The claim that names the user (its value must be a valid id, as any user id).
+    pub user_claim: String,
+    /// The claim that names the device.
+    pub device_claim: String,
+    /// The claim that names the platform (`ios`, `android`, `web`, `desktop`); when a token has
+    /// none, `default_platform`.
+    pub platform_claim: String,
+    pub default_platform: String,
+    /// Clock difference allowed when checking `exp` and `nbf`.
+    #[serde(with = "humantime_serde")]
+    pub leeway: Duration,
+}
+
+impl Default for Jwt {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            algorithms: vec!["RS256".into(), "ES256".into(), "EdDSA".into()],
+            hmac_secret: None,
+            jwks_file: None,
+            jwks_url: None,
+            jwks_refresh: Duration::from_secs(600),
+            jwks_min_refetch: Duration::from_secs(30),
+            issuer: None,
+            audience: None,
+            user_claim: "sub".into(),
+            device_claim: "device_id".into(),
+            platform_claim: "platform".into(),
+            default_platform: "android".into(),
+            leeway: Duration::from_secs(30),
         }
     }
 }

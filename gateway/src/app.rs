@@ -7,6 +7,7 @@
 //! then the front and the API over all of them.
 
 use crate::api::{self, state::ApiState};
+use crate::auth::jwt::JwtVerifier;
 use crate::auth::{secrets, Auth};
 use crate::channel::qiuqiu::QiuQiuChannel;
 use crate::channel::token_cache::{LocalTokenCache, RedisTokenCache, TokenCache};
@@ -106,6 +107,7 @@ impl App {
         let store = open_store(&config, data, keys.clone(), topics, &metrics).await?;
         let auth = Arc::new(Auth {
             signer: secrets::token_signer(&config, data)?,
+            jwt: JwtVerifier::configured(&config.jwt).await?,
             revocations: store.clone(),
             api_keys: secrets::api_keys(&config, data)?,
             allow_anonymous: config.auth.allow_anonymous,

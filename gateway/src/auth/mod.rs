@@ -4,18 +4,22 @@
 pub mod acl;
 pub mod api_keys;
 pub mod identity;
+pub mod jwt;
 pub mod secrets;
 pub mod token;
 
 use crate::store::revocations::RevocationStore;
 use api_keys::ApiKeys;
 use identity::Identity;
+use jwt::JwtVerifier;
 use std::sync::Arc;
 use token::{TokenError, TokenSigner};
 
 /// Authenticates connections and API calls.
 pub struct Auth {
     pub signer: TokenSigner,
+    /// Standard JWTs, when `[jwt]` is enabled.
+    pub jwt: Option<JwtVerifier>,
     /// Which tokens were revoked, as every node sees it.
     pub revocations: Arc<dyn RevocationStore>,
     pub api_keys: ApiKeys,
@@ -98,10 +102,13 @@ impl Auth {
                 .any(|filter| filter == topic || protocol::topics::filter_matches(filter, topic))
     }
 
-    /// The device a token speaks for (the JSON WebSocket's `auth`, or an MQTT password), unless
-    /// the token was revoked.
+    /// The device a token speaks for (the JSON WebSocket's `auth`, or an MQTT password): one of
+    /// ours, or a standard JWT when they are accepted; unless the token was revoked.
     pub async fn device(&self, token: &str) -> Result<Identity, Refusal> {
-        let claims = self.signer.verify(token)?;
+        let claims = match &self.jwt {
+            Some(jwt) if !TokenSigner::is_ours(token) => jwt.verify(token).await?,
+            _ => self.signer.verify(token)?,
+        };
         let revoked_until = (self.revocations)
             .revoked_until(&claims.user, &claims.device)
             .await

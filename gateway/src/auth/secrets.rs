@@ -8,8 +8,14 @@ use crate::infra::data_dir::DataDir;
 use anyhow::Result;
 use broker_config::Config;
 
-/// The signer of device tokens, with `auth.token_secret` or the data dir's secret.
+/// The signer of device tokens, with `auth.token_keys`, or `auth.token_secret`, or the data
+/// dir's secret.
 pub fn token_signer(config: &Config, data: &DataDir) -> Result<TokenSigner> {
+    if !config.auth.token_keys.is_empty() {
+        let keys = (config.auth.token_keys.iter())
+            .map(|key| key.split_once(':').expect("checked with the configuration"));
+        return Ok(TokenSigner::with_keys(keys));
+    }
     let secret = match &config.auth.token_secret {
         Some(secret) => secret.clone(),
         None => data.secret("token_secret")?,
