@@ -439,7 +439,7 @@ impl Default for Record {
             path: None,
             max_bytes: 1024 * 1024 * 1024,
             queue: 65536,
-            payloads: true,
+            payloads: false,
             flush_interval: Duration::from_millis(100),
         }
     }

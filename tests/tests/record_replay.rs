@@ -29,7 +29,12 @@ fn sample() -> PathBuf {
 
 /// A gateway recording its traffic into `path`.
 async fn recording_gateway(path: &Path) -> TestGateway {
-    TestGateway::start_with(Options::default().with("RECORD__PATH", path.to_str().unwrap())).await
+    TestGateway::start_with(
+        Options::default()
+            .with("RECORD__PATH", path.to_str().unwrap())
+            .with("RECORD__PAYLOADS", "true"),
+    )
+    .await
 }
 
 /// An MQTT 3.1.1 device of `user`, subscribed to `topics` (each must be granted).
@@ -219,6 +224,9 @@ async fn recording_captures_sessions_publishes_and_api_calls_and_no_secrets() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("traffic.jsonl");
     let gw = recording_gateway(&path).await;
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600, "readable by the gateway's user only");
 
     // What the gateway refuses is not recorded: a subscription to another user's inbox, a
     // publish on another user's topic, a malformed message, an API call with a bad body.

@@ -23,6 +23,7 @@ use protocol::envelope::Transport;
 use protocol::recording::{Event, Header, Line, Payload};
 use std::fs::File;
 use std::io::{BufWriter, Write};
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, RecvTimeoutError, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex};
@@ -61,8 +62,17 @@ impl Recorder {
         let Some(path) = &config.path else {
             return Ok(None);
         };
-        let file = File::create(path)
+        // Only the gateway's user may read it: it holds who talked to whom, and with
+        // `record.payloads` what they said.
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(path)
             .with_context(|| format!("cannot create record.path {}", path.display()))?;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+            .with_context(|| format!("cannot restrict record.path {}", path.display()))?;
         let mut out = BufWriter::new(file);
         let header = Header {
             recording: protocol::recording::KIND.into(),
@@ -87,7 +97,13 @@ impl Recorder {
             .name("recorder".into())
             .spawn(move || writer.run(commands))
             .context("starting the recorder thread")?;
-        tracing::info!(path = %path.display(), "recording traffic");
+        tracing::warn!(
+            path = %path.display(),
+            payloads = config.payloads,
+            "recording traffic: the file holds user and device ids, topics and times (and, with \
+             record.payloads, message bodies); deleting a user does not remove them from it, so \
+             delete the file when done"
+        );
         Ok(Some(Self {
             inner: Arc::new(Inner {
                 started: Instant::now(),
@@ -359,11 +375,12 @@ mod tests {
         Record {
             path: Some(path.to_path_buf()),
             flush_interval: Duration::from_millis(10),
+            payloads: true,
             ..Record::default()
         }
     }
 
-    /// A recorder with the default settings into `t.jsonl` in `dir`, and that path.
+    /// A recorder keeping payloads into `t.jsonl` in `dir`, and that path.
     fn started(dir: &tempfile::TempDir) -> (Recorder, std::path::PathBuf) {
         let path = dir.path().join("t.jsonl");
         let recorder = Recorder::start(&config(&path), Family::default())
