@@ -90,7 +90,7 @@ macro_rules! conformance_suite {
             a_quota_never_counts_past_its_limit,
             preferences_round_trip_and_bindings_are_sealed,
             the_queue_depth_counts_queued_and_leased_jobs,
-            deleting_a_user_leaves_no_preferences_claims_or_jobs,
+            deleting_a_user_leaves_no_preferences_claims_jobs_or_records,
         ]);
     };
     (@tests $backend:ident, $open:expr, [$($test:ident),* $(,)?]) => {
@@ -609,7 +609,7 @@ async fn the_queue_depth_counts_queued_and_leased_jobs(s: Subject) {
     assert_depth(&s, 3).await;
 }
 
-async fn deleting_a_user_leaves_no_preferences_claims_or_jobs(s: Subject) {
+async fn deleting_a_user_leaves_no_preferences_claims_jobs_or_records(s: Subject) {
     let l = &s.ledger;
     let now = unix_millis();
     for user in ["alice", "bob"] {
@@ -646,8 +646,28 @@ async fn deleting_a_user_leaves_no_preferences_claims_or_jobs(s: Subject) {
     assert_eq!(take(&s, 100, 1, 1000).await, ["alice-n2-qiuqiu"]);
     assert_eq!(take(&s, 100, 1, 1000).await, ["bob-n1-wechat"]);
     assert_depth(&s, 4).await;
+    // What was done for each of their notifications, with the provider's id of a push.
+    for user in ["alice", "bob"] {
+        let id = format!("{user}-n1");
+        let sent = RouteState {
+            provider_id: Some(format!("msgid-{user}")),
+            ..RouteState::new(Status::Sent, None)
+        };
+        l.set_route(&id, Route::WECHAT, sent).await.unwrap();
+        l.index_provider_id(&format!("msgid-{user}"), &id, Provider::Wechat)
+            .await
+            .unwrap();
+    }
 
     l.delete_user("bob").await.unwrap();
+    assert_eq!(l.record("bob-n1").await.unwrap(), None);
+    assert_eq!(l.record("bob-n2").await.unwrap(), None);
+    assert_eq!(l.by_provider_id("msgid-bob").await.unwrap(), None);
+    assert!(
+        l.record("alice-n1").await.unwrap().is_some(),
+        "alice's stay"
+    );
+    assert!(l.by_provider_id("msgid-alice").await.unwrap().is_some());
 
     if let Some(server) = &s.redis {
         let mut redis = Resp::to(server);

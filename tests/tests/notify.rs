@@ -221,6 +221,32 @@ async fn each_kind_follows_its_rule() {
     }
 }
 
+/// A deleted user's notifications are forgotten with the user: what was sent, to whom, and the
+/// providers' ids of it.
+#[tokio::test]
+async fn deleting_a_user_forgets_the_users_notifications() {
+    let doubles = Doubles::start().await;
+    let gw = TestGateway::start_with(doubles.options()).await;
+    reachable_user(&gw, "zoe").await;
+    let routed = notify(
+        &gw,
+        json!({"user": "zoe", "kind": "payment_success", "title": "paid", "body": "42 yuan"}),
+    )
+    .await;
+    let id = routed["id"].as_str().unwrap();
+    settled(&gw, id).await;
+
+    let (status, _) = gw.api(Method::DELETE, "/v1/users/zoe", None).await;
+    assert_eq!(status, 200);
+    let (status, body) = gw
+        .api(Method::GET, &format!("/v1/notifications/{id}"), None)
+        .await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (404, Some("not_found"))
+    );
+}
+
 #[tokio::test]
 async fn friend_requests_are_aggregated_on_qiuqiu() {
     let doubles = Doubles::start().await;

@@ -75,7 +75,7 @@ pub struct Deleted {
 const CONNECTIONS_END: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Deletes everything kept for the user: log, cursors, presence, known devices, notification
-/// preferences, bindings, dedup claims and queued pushes. The user's tokens are revoked first
+/// preferences, bindings, dedup claims, queued pushes and notification records. The user's tokens are revoked first
 /// and the user's online sessions logged out (on every node) before anything is deleted; the
 /// revocation itself is kept, so the deleted user's tokens stay refused.
 pub async fn delete_user(

@@ -156,7 +156,9 @@ pub trait Ledger: Send + Sync + 'static {
     /// would otherwise grow without end. A backend that expires them itself removes nothing.
     async fn sweep(&self, now_ms: u64, records_before_ms: u64) -> Result<LedgerSweep, StoreError>;
 
-    /// Removes the user's preferences, bindings, dedup claims and queued pushes.
+    /// Removes the user's preferences, bindings, dedup claims, queued pushes, and the records of
+    /// the user's notifications with their provider ids (`GET /v1/notifications/{id}` knows
+    /// them no more).
     async fn delete_user(&self, user: &str) -> Result<(), StoreError>;
 
     /// Makes durable what is written but not yet durable (claims and aggregate joins wait for

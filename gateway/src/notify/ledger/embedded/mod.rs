@@ -318,8 +318,9 @@ impl Ledger for EmbeddedLedger {
 
     async fn delete_user(&self, user: &str) -> Result<(), StoreError> {
         let user = user.to_string();
-        self.run(Access::Write, move |spaces, _| {
+        self.run(Access::Write, move |spaces, keys| {
             let mut batch = spaces.batch();
+            spaces.forget_user_records(&mut batch, keys, &user)?;
             spaces.forget_user_preferences(&mut batch, &user);
             spaces.forget_user_aggregates(&mut batch, &user)?;
             spaces.forget_user_claims(&mut batch, &user)?;

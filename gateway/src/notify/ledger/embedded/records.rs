@@ -29,6 +29,11 @@ pub(super) fn id_bound(ms: u64) -> String {
     format!("{:08x}-{:04x}", (ms >> 16) & 0xffff_ffff, ms & 0xffff)
 }
 
+/// A record's key in its user's index.
+fn user_record_key(user: &str, id: &str) -> Vec<u8> {
+    [user.as_bytes(), b"\0", id.as_bytes()].concat()
+}
+
 /// New records and their jobs in one batch, sealed and filled (the costly part, done without
 /// the write lock), with the earliest time one of the jobs is due.
 pub(super) struct FilledBatch {
@@ -46,7 +51,52 @@ impl Spaces {
 
     pub fn put_record(&self, batch: &mut OwnedWriteBatch, keys: &KeyRing, record: &Record) {
         let (id, sealed) = sealed_record(keys, record);
+        batch.insert(
+            &self.user_records,
+            user_record_key(&record.notification.user, &id),
+            [],
+        );
         batch.insert(&self.records, id, sealed);
+    }
+
+    /// Adds to `batch` the removal of a record, its entry in its user's index and its provider
+    /// ids.
+    fn remove_record(&self, batch: &mut OwnedWriteBatch, record: &Record) {
+        let id = &record.notification.id;
+        for provider_id in record
+            .routes
+            .values()
+            .filter_map(|s| s.provider_id.as_ref())
+        {
+            batch.remove(&self.provider, provider_id.as_str());
+        }
+        batch.remove(
+            &self.user_records,
+            user_record_key(&record.notification.user, id),
+        );
+        batch.remove(&self.records, id.as_str());
+    }
+
+    /// Adds to `batch` the removal of every record of a deleted user and their provider ids.
+    pub fn forget_user_records(
+        &self,
+        batch: &mut OwnedWriteBatch,
+        keys: &KeyRing,
+        user: &str,
+    ) -> Result<(), StoreError> {
+        let prefix = user_record_key(user, "");
+        for entry in self.user_records.prefix(&prefix) {
+            let key = entry.key().map_err(failed)?;
+            let id = String::from_utf8_lossy(&key[prefix.len()..]).into_owned();
+            match self.record(keys, &id) {
+                Ok(Some(record)) => self.remove_record(batch, &record),
+                // Unreadable (sealed with a key no longer configured): its provider ids cannot
+                // be found, but the record goes.
+                Ok(None) | Err(_) => batch.remove(&self.records, id.as_str()),
+            }
+            batch.remove(&self.user_records, key);
+        }
+        Ok(())
     }
 
     /// Seals new records and queues their jobs into one batch. Nothing else writes these keys
@@ -129,14 +179,7 @@ impl Spaces {
                 continue;
             };
             if record.routes.values().all(|state| state.status.is_final()) {
-                for provider_id in record
-                    .routes
-                    .values()
-                    .filter_map(|s| s.provider_id.as_ref())
-                {
-                    batch.remove(&self.provider, provider_id.as_str());
-                }
-                batch.remove(&self.records, id);
+                self.remove_record(&mut batch, &record);
                 removed += 1;
             }
         }

@@ -2,6 +2,7 @@
 //!
 //! Keyspaces (ids never contain a 0 byte):
 //! - `records` id → record (JSON, sealed: it holds the notification's text)
+//! - `user_records` user 0 id → nothing: the user's records, for deleting the user
 //! - `queue` due(8 BE) key → job (JSON); where a job taken to be sent stands in it is held in
 //!   memory until the job is settled (see [`Spaces::leased`])
 //! - `prefs` `quiet`|`consent`|`bindings` 0 user → JSON (bindings sealed: they hold openids)
@@ -43,6 +44,7 @@ pub(super) struct Spaces {
     pub leased: Arc<Mutex<HashMap<String, u64>>>,
     pub preferences: Arc<PreferenceCache>,
     pub records: Keyspace,
+    pub user_records: Keyspace,
     pub queue: Keyspace,
     pub prefs: Keyspace,
     pub provider: Keyspace,
@@ -75,6 +77,7 @@ impl Spaces {
             leased: Arc::new(Mutex::new(HashMap::new())),
             preferences: Arc::new(PreferenceCache::new(settings.preferences_cache)),
             records: space("records")?,
+            user_records: scanned("user_records")?,
             queue: scanned("queue")?,
             prefs: space("prefs")?,
             provider: space("provider")?,

@@ -24,6 +24,8 @@ pub(super) struct UserKeys {
     pub bindings: String,
     pub claims: String,
     pub jobs: String,
+    /// The ids of the user's notification records, for deleting the user.
+    pub records: String,
 }
 
 impl UserKeys {
@@ -35,6 +37,7 @@ impl UserKeys {
             bindings: format!("gw:{{{user}}}:notify:bindings"),
             claims: format!("gw:{{{user}}}:notify:claims"),
             jobs: format!("gw:{{{user}}}:notify:jobs"),
+            records: format!("gw:{{{user}}}:notify:records"),
         }
     }
 

@@ -149,6 +149,37 @@ impl RedisLedger {
         from_json(&plain, "bindings")
     }
 
+    /// Removes the user's notification records and their provider ids (each a key of its own,
+    /// on whichever shard), then the index of them.
+    async fn delete_records(&self, keys: &UserKeys) -> Result<(), StoreError> {
+        let mut redis = self.redis.clone();
+        let ids: Vec<String> = bounded(
+            redis::cmd("SMEMBERS")
+                .arg(&keys.records)
+                .query_async(&mut redis),
+        )
+        .await?;
+        for id in ids {
+            let mut doomed = vec![record_key(&id)];
+            // One that cannot be read (expired, or sealed with a key no longer configured) has
+            // no provider ids to find.
+            if let Some(Ok(record)) =
+                (self.get(&doomed[0]).await?).map(|sealed| self.open_record(&id, &sealed))
+            {
+                doomed.extend(
+                    (record.routes.values())
+                        .filter_map(|state| state.provider_id.as_deref())
+                        .map(provider_key),
+                );
+            }
+            for key in doomed {
+                bounded(redis::cmd("DEL").arg(key).exec_async(&mut redis)).await?;
+            }
+        }
+        bounded(redis::cmd("DEL").arg(&keys.records).exec_async(&mut redis)).await?;
+        Ok(())
+    }
+
     /// Sets one route's state of record `id` and applies `queue`, as one write that happens only
     /// if the record did not change since it was read (else read again): see the module doc.
     /// Without a record, the route is not set but the queue change still applies.
@@ -290,11 +321,16 @@ impl Ledger for RedisLedger {
         pipe.atomic();
         for new in &records {
             let record = &new.record;
+            let index = UserKeys::of(&record.notification.user).records;
             pipe.cmd("SET")
                 .arg(record_key(&record.notification.id))
                 .arg(self.seal_record(record))
                 .arg("PX")
                 .arg(self.retention_ms)
+                .ignore()
+                .sadd(&index, &record.notification.id)
+                .ignore()
+                .pexpire(&index, self.retention_ms as i64)
                 .ignore();
             for (job, due) in &new.jobs {
                 let key = job.key();
@@ -504,6 +540,7 @@ impl Ledger for RedisLedger {
         )
         .await?;
         self.delete_claims(&keys).await?;
+        self.delete_records(&keys).await?;
         bounded(
             DELETE_JOBS
                 .key(&keys.jobs)
