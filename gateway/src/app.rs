@@ -19,6 +19,7 @@ use crate::front::mqtt::listener::{self as mqtt_listener, MqttListenerKind};
 use crate::front::{self, Front};
 use crate::infra::cipher::KeyRing;
 use crate::infra::data_dir::DataDir;
+use crate::infra::fatal;
 use crate::live::hub::Hub;
 use crate::live::known_devices::KnownDevices;
 use crate::live::link::LinkIds;
@@ -75,6 +76,9 @@ pub enum Stopped {
     Drained,
     /// `limits.shutdown_grace` ran out first.
     GraceExpired,
+    /// A write to the disk failed, which does not heal while the process runs (see
+    /// [`fatal`]): stopped so that a restart recovers from the journals.
+    Failed(&'static str),
 }
 
 impl App {
@@ -213,8 +217,15 @@ impl App {
         stdout.flush()?;
         drop(stdout);
         self.start_background();
-        termination().await;
-        Ok(self.stop().await)
+        let failure = tokio::select! {
+            () = termination() => None,
+            reason = fatal::raised() => Some(reason),
+        };
+        let stopped = self.stop().await;
+        Ok(match failure {
+            Some(reason) => Stopped::Failed(reason),
+            None => stopped,
+        })
     }
 
     fn listen(&self) -> Result<serde_json::Map<String, serde_json::Value>> {

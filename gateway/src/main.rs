@@ -131,6 +131,10 @@ fn run(cli: Cli) -> Result<ExitCode> {
             Ok(match stopped {
                 Stopped::Drained => ExitCode::SUCCESS,
                 Stopped::GraceExpired => ExitCode::FAILURE,
+                Stopped::Failed(reason) => {
+                    eprintln!("error: {reason}");
+                    ExitCode::from(gateway::infra::fatal::EXIT_CODE)
+                }
             })
         }
         Command::Token {

@@ -122,7 +122,7 @@ impl GatewayProcess {
 /// How a gateway ended after [`GatewayProcess::terminate`].
 pub struct Terminated {
     pub status: std::process::ExitStatus,
-    /// From the signal to the process's exit.
+    /// From the signal (or the start of the wait) to the process's exit.
     pub took: Duration,
     /// Kept for a restart on it.
     pub data_dir: TempDir,
@@ -134,17 +134,22 @@ const EXIT_TIMEOUT: Duration = Duration::from_secs(60);
 
 impl GatewayProcess {
     /// Asks the gateway to shut down (SIGTERM) and waits for it to exit.
-    pub async fn terminate(mut self) -> Result<Terminated> {
+    pub async fn terminate(self) -> Result<Terminated> {
         let pid = self.child.id().context("the gateway has exited already")?;
         let pid = nix::unistd::Pid::from_raw(i32::try_from(pid)?);
-        let started = std::time::Instant::now();
         nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM)
             .context("sending SIGTERM to the gateway")?;
+        self.exited().await
+    }
+
+    /// Waits for the gateway to exit (after a signal, or by itself).
+    pub async fn exited(mut self) -> Result<Terminated> {
+        let started = std::time::Instant::now();
         let status = match tokio::time::timeout(EXIT_TIMEOUT, self.child.wait()).await {
             Ok(status) => status?,
             Err(_) => {
                 let _ = self.child.kill().await;
-                bail!("the gateway did not exit within {EXIT_TIMEOUT:?} of SIGTERM");
+                bail!("the gateway did not exit within {EXIT_TIMEOUT:?}");
             }
         };
         Ok(Terminated {

@@ -226,6 +226,11 @@ impl TestGateway {
         self.process.stop().await
     }
 
+    /// Waits for the gateway to exit by itself.
+    pub async fn exited(self) -> loadtest::gateway_process::Terminated {
+        self.process.exited().await.expect("the gateway exits")
+    }
+
     /// Shuts the gateway down as an operator would (SIGTERM) and waits for it to exit.
     pub async fn terminate(self) -> loadtest::gateway_process::Terminated {
         self.process.terminate().await.expect("the gateway exits")

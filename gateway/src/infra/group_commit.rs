@@ -56,14 +56,21 @@ impl GroupCommit {
         if batch.is_empty() {
             return Ok(());
         }
-        batch.commit()?;
+        super::fjall::commit(batch)?;
         self.committed.fetch_add(1, Ordering::AcqRel);
         Ok(())
     }
 
     /// Makes every batch committed before this call durable: at once if an fsync since has
     /// covered it, else with one fsync for it and every other batch committed by then.
+    /// A failure stops the process (see [`super::fatal`]): the next fsync of the same file could
+    /// succeed with the data gone.
     pub fn sync(&self) -> io::Result<()> {
+        self.sync_once()
+            .inspect_err(|e| super::fatal::raise(format!("an fsync failed: {e}")))
+    }
+
+    fn sync_once(&self) -> io::Result<()> {
         let mine = self.committed.load(Ordering::Acquire);
         if self.synced.load(Ordering::Acquire) >= mine {
             return Ok(());

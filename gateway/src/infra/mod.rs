@@ -1,9 +1,10 @@
 //! What the layers above build on and that knows nothing of messages or users: time, the data
 //! directory, the Redis client, opening fjall databases and committing them in groups, and the
-//! cipher that seals data at rest.
+//! cipher that seals data at rest, and the signal that a failed write must stop the process.
 
 pub mod cipher;
 pub mod data_dir;
+pub mod fatal;
 pub mod fjall;
 pub mod group_commit;
 pub mod redis;

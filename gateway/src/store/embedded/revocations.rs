@@ -5,6 +5,7 @@
 
 use super::layout::{failed, pair_key, prefix, Keyspaces};
 use super::EmbeddedStore;
+use crate::infra::fjall::commit as commit_to_disk;
 use crate::store::revocations::{RevocationStore, Revoked, LONGEST_TOKEN_LIFE};
 use crate::store::StoreError;
 use async_trait::async_trait;
@@ -51,7 +52,7 @@ impl Keyspaces {
         for key in &old {
             batch.remove(&self.revocations, key.as_slice());
         }
-        batch.commit().map_err(failed)?;
+        commit_to_disk(batch).map_err(failed)?;
         for key in &old {
             self.revoked
                 .remove_if(key, |_, moment| *moment < oldest_kept);
@@ -89,7 +90,7 @@ impl RevocationStore for EmbeddedStore {
                 .max(until_ms);
             let mut batch = spaces.durable_batch();
             batch.insert(&spaces.revocations, key.as_slice(), moment.to_be_bytes());
-            batch.commit().map_err(failed)?;
+            commit_to_disk(batch).map_err(failed)?;
             spaces.revoked.insert(key, moment);
             Ok(())
         })

@@ -13,6 +13,7 @@
 use super::layout::{be_u64, failed, Keyspaces};
 use super::EmbeddedStore;
 use crate::infra::cipher::KeyRing;
+use crate::infra::fjall::commit as commit_to_disk;
 use crate::infra::time::unix_millis;
 use crate::store::retained::RetainedStore;
 use crate::store::sessions::{QueueBound, SessionKey, SessionStore};
@@ -73,7 +74,7 @@ impl Keyspaces {
             self.drop_session_into(&mut batch, &name)?;
             names.push(name);
         }
-        batch.commit().map_err(failed)?;
+        commit_to_disk(batch).map_err(failed)?;
         for name in names {
             self.session_names.remove(&name);
         }
@@ -125,7 +126,7 @@ impl SessionStore for EmbeddedStore {
             .concat();
             let mut batch = spaces.buffered_batch();
             batch.insert(&spaces.sessions, name.as_str(), value);
-            batch.commit().map_err(failed)?;
+            commit_to_disk(batch).map_err(failed)?;
             spaces.session_names.insert(name);
             Ok(())
         })
@@ -155,7 +156,7 @@ impl SessionStore for EmbeddedStore {
         self.read_with(move |spaces, _| {
             let mut batch = spaces.buffered_batch();
             spaces.drop_session_into(&mut batch, &name)?;
-            batch.commit().map_err(failed)?;
+            commit_to_disk(batch).map_err(failed)?;
             spaces.session_names.remove(&name);
             Ok(())
         })
@@ -195,7 +196,7 @@ impl SessionStore for EmbeddedStore {
                 (count, bytes, dropped) = (count - 1, bytes - len, dropped + 1);
             }
             batch.insert(&spaces.session_queues, entry, sealed);
-            batch.commit().map_err(failed)?;
+            commit_to_disk(batch).map_err(failed)?;
             Ok(dropped)
         })
         .await
@@ -211,7 +212,7 @@ impl SessionStore for EmbeddedStore {
                 taken.push(open_sealed(keys, &sealed, &key)?);
                 batch.remove(&spaces.session_queues, key);
             }
-            batch.commit().map_err(failed)?;
+            commit_to_disk(batch).map_err(failed)?;
             Ok(taken)
         })
         .await
@@ -251,7 +252,7 @@ impl RetainedStore for EmbeddedStore {
                 }
                 None => batch.remove(&spaces.retained, topic.as_str()),
             }
-            batch.commit().map_err(failed)
+            commit_to_disk(batch).map_err(failed)
         })
         .await
     }

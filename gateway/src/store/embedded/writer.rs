@@ -8,6 +8,7 @@ use super::layout::{
 };
 use super::markers::{marker_key, Marker};
 use crate::infra::cipher::KeyRing;
+use crate::infra::fjall::commit as commit_to_disk;
 use crate::infra::time::unix_millis;
 use crate::store::clock::HybridClock;
 use crate::store::outcome::{self, Outcome};
@@ -198,7 +199,7 @@ impl Writer {
         let mut batch = self.spaces.durable_batch();
         let result = self.fill(&mut batch, &group).and_then(|outcome| {
             let committing = std::time::Instant::now();
-            batch.commit().map_err(failed)?;
+            commit_to_disk(batch).map_err(failed)?;
             self.settings.commit_took(committing);
             Ok(outcome)
         });
@@ -388,7 +389,7 @@ impl Writer {
         }
         batch.remove(&spaces.heads, user);
         spaces.unmark(&mut batch, user)?;
-        batch.commit().map_err(failed)
+        commit_to_disk(batch).map_err(failed)
     }
 
     fn forget_contact(&self, user: &str, other: &str) -> Result<(), StoreError> {
@@ -407,7 +408,7 @@ impl Writer {
                 .max(head.last_seq);
             batch.insert(&spaces.forgotten, key, upto.to_be_bytes());
         }
-        batch.commit().map_err(failed)
+        commit_to_disk(batch).map_err(failed)
     }
 
     fn sweep(&self, older_than_ms: u64) -> Result<SweepReport, StoreError> {
@@ -469,7 +470,7 @@ impl Writer {
             batch.remove(&spaces.forgotten, key);
         }
         report.expired_markers = spaces.sweep_markers(&mut batch, unix_millis())?;
-        batch.commit().map_err(failed)?;
+        commit_to_disk(batch).map_err(failed)?;
         Ok(report)
     }
 }
