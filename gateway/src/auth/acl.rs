@@ -239,3 +239,159 @@ mod tests {
         );
     }
 }
+
+/// Invariant 3 as properties: whatever topic or filter string a client sends (crafted from the
+/// pieces of real topics, wildcards, look-alike ids and control characters, or arbitrary), what
+/// the rules let through never reaches another user's or another device's topics.
+#[cfg(test)]
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+    use protocol::envelope::Platform;
+    use protocol::topics::{device_topic, filter_matches, own_server_topics, DeviceAction};
+
+    fn device(user: &str, device: &str) -> Identity {
+        Identity::Device {
+            user: user.into(),
+            device: device.into(),
+            platform: Platform::Ios,
+        }
+    }
+
+    /// Every topic that belongs to someone other than alice's phone: bob's server and device
+    /// topics, and the device topics and reply topic of alice's tablet.
+    fn not_alices_phone() -> Vec<String> {
+        let mut topics: Vec<String> = own_server_topics("bob", "phone").into();
+        topics.push(own_server_topics("alice", "tablet")[4].clone());
+        for (user, device) in [("bob", "phone"), ("alice", "tablet")] {
+            topics.extend(DeviceAction::ALL.map(|action| device_topic(user, device, action)));
+        }
+        topics
+    }
+
+    /// Topic and filter strings built from the pieces an attacker would try, or anything.
+    fn topic_like() -> impl Strategy<Value = String> {
+        let level = prop::sample::select(vec![
+            "u",
+            "alice",
+            "bob",
+            "phone",
+            "tablet",
+            "d",
+            "inbox",
+            "notify",
+            "presence",
+            "signal",
+            "reply",
+            "send",
+            "sync",
+            "ack",
+            "approve",
+            "quiet-hours",
+            "svc",
+            "pub",
+            "+",
+            "#",
+            "",
+            "$share",
+            "g",
+            "al+ce",
+            "alice\0",
+            "ALICE",
+            " alice",
+            "alice ",
+            "..",
+            "u/",
+            "é",
+        ]);
+        // Most strings start where the rules draw their lines, so the ones that matter (such as
+        // `u/+/inbox`) come up often.
+        let start = prop::sample::select(vec![
+            "u/alice/",
+            "u/bob/",
+            "u/+/",
+            "u/#",
+            "+/",
+            "#",
+            "u/alice/d/",
+            "u/alice/d/+/",
+            "u/alice/d/phone/",
+            "u/alice/d/tablet/",
+            "u/bob/d/phone/",
+            "svc/",
+            "pub/",
+            "$share/g/",
+        ]);
+        prop_oneof![
+            3 => (start, prop::collection::vec(level.clone(), 0..4))
+                .prop_map(|(start, levels)| format!("{start}{}", levels.join("/"))),
+            2 => prop::collection::vec(level, 1..8).prop_map(|levels| levels.join("/")),
+            1 => "\\PC{0,40}",
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(4096))]
+
+        #[test]
+        fn a_device_subscribes_to_nothing_of_anyone_else(filter in topic_like()) {
+            let alice = device("alice", "phone");
+            if alice.may_subscribe(&filter, false).is_ok() {
+                for topic in not_alices_phone() {
+                    prop_assert!(!filter_matches(&filter, &topic), "{filter:?} reaches {topic}");
+                }
+            }
+            prop_assert!(alice.may_subscribe(&filter, true).is_err(), "shared: {filter:?}");
+        }
+
+        #[test]
+        fn a_device_publishes_only_as_itself(topic in topic_like()) {
+            let alice = device("alice", "phone");
+            match alice.may_publish(&topic) {
+                Ok(PublishRoute::DeviceRequest(action)) => {
+                    prop_assert_eq!(topic, device_topic("alice", "phone", action))
+                }
+                Ok(PublishRoute::Service) => prop_assert!(topic.starts_with(SERVICE_PREFIX)),
+                Ok(route) => prop_assert!(false, "{topic:?} routed as {route:?}"),
+                Err(_) => {}
+            }
+        }
+
+        #[test]
+        fn a_device_receives_only_its_own_and_broadcasts(topic in topic_like()) {
+            if device("alice", "phone").may_receive(&topic) {
+                prop_assert!(
+                    topic.starts_with(PUBLIC_PREFIX)
+                        || own_server_topics("alice", "phone").contains(&topic),
+                    "{topic:?}"
+                );
+            }
+        }
+
+        #[test]
+        fn anonymous_and_backend_clients_never_touch_user_topics(text in topic_like()) {
+            let anonymous = Identity::Anonymous { client_id: "x".into() };
+            let backend = Identity::Backend {
+                client_id: "b".into(),
+                notify_topic: "svc/notify".into(),
+            };
+            let users = not_alices_phone()
+                .into_iter()
+                .chain(own_server_topics("alice", "phone"))
+                .filter(|topic| topic.starts_with(USER_PREFIX));
+            for topic in users {
+                prop_assert!(!anonymous.may_receive(&topic));
+                prop_assert!(!backend.may_receive(&topic));
+                if backend.may_subscribe(&text, false).is_ok() {
+                    prop_assert!(!filter_matches(&text, &topic), "backend {text:?} reaches {topic}");
+                }
+            }
+            if anonymous.may_publish(&text).is_ok() {
+                prop_assert!(!reserved(&text) && !under(&text, PUBLIC_PREFIX), "{text:?}");
+            }
+            if backend.may_publish(&text).is_ok() {
+                prop_assert_eq!(text, "svc/notify");
+            }
+        }
+    }
+}
