@@ -191,7 +191,7 @@ pub struct RateLimits {
     /// Calls to the HTTP API (`/v1/…`) per API key. A backend speaks for all its users: this
     /// is about what one node's API serves, so it catches a runaway job, not normal load.
     pub api_key: Rate,
-    /// Devices whose buckets are kept at most (~250 bytes each). A device's buckets are
+    /// Devices whose buckets are kept at most (~350 bytes each). A device's buckets are
     /// forgotten once they are full again (a full bucket is a fresh one) and it is not
     /// connected, so this bounds memory under a flood of short-lived devices only; past it, a
     /// new device's buckets last as long as its connection.
