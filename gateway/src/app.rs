@@ -160,10 +160,7 @@ impl App {
             recorder: recorder.clone(),
             shutdown: shutdown.clone(),
         });
-        let rate_limits = &config.rate_limits;
-        let key_rates = (rate_limits.enabled)
-            .then(|| ApiKeyRates::new(rate_limits.api_key, auth.api_keys.count()))
-            .flatten();
+        let key_rates = ApiKeyRates::new(&config.rate_limits, auth.api_keys.count());
         let api = Arc::new(ApiState {
             config: config.clone(),
             auth,

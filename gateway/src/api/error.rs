@@ -1,7 +1,7 @@
 //! HTTP errors: a status and a JSON body `{"error": {"code", "message"}}` with a protocol error
 //! code, and `Retry-After` when the client is to wait.
 
-use crate::front::refusal::millis_up;
+use crate::infra::token_bucket::millis_up;
 use crate::store::StoreError;
 use axum::extract::rejection::JsonRejection;
 use axum::http::{header, StatusCode};

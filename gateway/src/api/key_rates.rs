@@ -2,18 +2,19 @@
 //! configuration, so the buckets are too: one per key, by its place among them.
 
 use crate::infra::token_bucket::TokenBucket;
-use broker_config::Rate;
+use broker_config::RateLimits;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 pub struct ApiKeyRates(Vec<Mutex<TokenBucket>>);
 
 impl ApiKeyRates {
-    /// Buckets for `keys` keys at `rate`, or `None` when the rate is unlimited.
-    pub fn new(rate: Rate, keys: usize) -> Option<Self> {
-        let now = Instant::now();
+    /// Buckets for `keys` keys, or `None` when the limits are off or the API key's unlimited.
+    pub fn new(config: &RateLimits, keys: usize) -> Option<Self> {
+        let (rate, now) = (config.api_key, Instant::now());
         let bucket = || Mutex::new(TokenBucket::new(rate.per_second, rate.burst, now));
-        (!rate.is_unlimited()).then(|| Self((0..keys).map(|_| bucket()).collect()))
+        (config.enabled && !rate.is_unlimited())
+            .then(|| Self((0..keys).map(|_| bucket()).collect()))
     }
 
     /// Takes a token for the key at `index`, or says how long until there is one.

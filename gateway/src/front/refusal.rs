@@ -2,6 +2,7 @@
 //! limit, a bad payload, the store); each transport turns it into its own code.
 
 use crate::auth::acl::Denied;
+use crate::infra::token_bucket::millis_up;
 use crate::live::retained::RetainError;
 use crate::store::StoreError;
 use protocol::ErrorCode;
@@ -37,11 +38,6 @@ pub enum Refusal {
     /// A sync of this device is still being answered.
     #[error("a sync of this device is still being answered; ask again after its last page")]
     SyncInFlight,
-}
-
-/// Whole milliseconds, rounded up: retrying after them is never too early.
-pub fn millis_up(duration: Duration) -> u64 {
-    duration.as_nanos().div_ceil(1_000_000) as u64
 }
 
 impl From<Denied> for Refusal {

@@ -52,6 +52,12 @@ impl TokenBucket {
     }
 }
 
+/// A wait in whole milliseconds, rounded up, as clients are told it: retrying after them is
+/// never too early.
+pub fn millis_up(wait: Duration) -> u64 {
+    wait.as_nanos().div_ceil(1_000_000) as u64
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
