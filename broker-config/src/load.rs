@@ -147,6 +147,26 @@ impl Config {
             "limits.receive_maximum",
             "must be at least 1",
         );
+        let rl = &self.rate_limits;
+        for (rate, name) in [
+            (rl.send, "rate_limits.send"),
+            (rl.signal, "rate_limits.signal"),
+            (rl.ack, "rate_limits.ack"),
+            (rl.sync, "rate_limits.sync"),
+            (rl.quiet_hours, "rate_limits.quiet_hours"),
+            (rl.api_key, "rate_limits.api_key"),
+        ] {
+            check(
+                rate.is_unlimited() || rate.burst >= 1,
+                &format!("{name}.burst"),
+                "must be at least 1 when per_second is set (per_second = 0 means no limit)",
+            );
+        }
+        check(
+            rl.max_devices >= 1,
+            "rate_limits.max_devices",
+            "must be at least 1",
+        );
         let wechat = &self.channels.wechat;
         check(
             !wechat.enabled || wechat.callback_token.as_deref().is_some_and(|t| !t.is_empty()),
@@ -547,6 +567,7 @@ fn check_keys(table: &toml::Table, errors: &mut Vec<ConfigError>) {
             "listeners" => check_section::<Listeners>,
             "tls" => check_section::<Tls>,
             "limits" => check_section::<Limits>,
+            "rate_limits" => check_section::<RateLimits>,
             "auth" => check_section::<Auth>,
             "jwt" => check_section::<Jwt>,
             "sessions" => check_section::<Sessions>,
@@ -559,7 +580,7 @@ fn check_keys(table: &toml::Table, errors: &mut Vec<ConfigError>) {
             _ => {
                 errors.push(ConfigError::new(
                     section.clone(),
-                    "unknown section (expected listeners, tls, limits, auth, jwt, sessions, store, roaming, channels, notify, record or log)",
+                    "unknown section (expected listeners, tls, limits, rate_limits, auth, jwt, sessions, store, roaming, channels, notify, record or log)",
                 ));
                 continue;
             }
@@ -760,6 +781,29 @@ mod tests {
             ]
         );
         assert!(errors[0].message.contains("/no/such/dir"), "{}", errors[0]);
+    }
+
+    #[test]
+    fn rate_limits_take_inline_tables_and_need_a_burst_when_limited() {
+        let env = vec![(
+            "GATEWAY__RATE_LIMITS__SEND".into(),
+            "{ per_second = 0, burst = 0 }".into(),
+        )];
+        let config =
+            Config::from_toml_str("[rate_limits]\nack = { per_second = 3, burst = 9 }\n", env)
+                .unwrap();
+        assert!(config.rate_limits.send.is_unlimited());
+        assert_eq!(config.rate_limits.ack, Rate::new(3, 9));
+        let text = "[rate_limits]\nsync = { per_second = 1, burst = 0 }\nmax_devices = 0\n";
+        let errors = Config::from_toml_str(text, no_env()).unwrap_err();
+        let keys: Vec<&str> = errors.iter().map(|e| e.key.as_str()).collect();
+        assert_eq!(keys, ["rate_limits.sync.burst", "rate_limits.max_devices"]);
+        let text = "[rate_limits]\nsend = { per_second = 1 }\n";
+        let errors = Config::from_toml_str(text, no_env()).unwrap_err();
+        assert_eq!(
+            errors[0].key, "rate_limits.send",
+            "both fields are required"
+        );
     }
 
     #[test]

@@ -12,6 +12,7 @@ pub struct Config {
     pub listeners: Listeners,
     pub tls: Tls,
     pub limits: Limits,
+    pub rate_limits: RateLimits,
     pub auth: Auth,
     pub jwt: Jwt,
     pub sessions: Sessions,
@@ -154,6 +155,81 @@ impl Default for Limits {
             blocking_threads: 32,
             write_timeout: Duration::from_secs(30),
         }
+    }
+}
+
+/// How often one device may do each thing, and one backend API key call the HTTP API: a token
+/// bucket each, holding `burst` requests and refilled at `per_second`. Without them any device
+/// could send a user 100,000 junk messages in a minute, pushing the user's real history out of
+/// `roaming.retention_count`; with them that takes the better part of an hour and shows in the
+/// `rate_limited` metric. Refusals say when to retry (MQTT 5 PUBACK `0x97` and a `rate_limited`
+/// reply, JSON `rate_limited` with `retry_after_ms`, HTTP 429 with `Retry-After`).
+///
+/// A device's buckets outlive its connection, so reconnecting does not refill them; they are
+/// kept on the node the device is connected to (a device that moves to another node starts
+/// full there), and an API key's on each node (N nodes serve N times its rate).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RateLimits {
+    /// Off for benchmarks and load tools, which push from a few devices far beyond what a
+    /// person does; every limit of this section (the one-sync-at-a-time rule too) is lifted.
+    pub enabled: bool,
+    /// Messages a device sends (`u/{user}/d/{device}/send`, JSON `pub` there). A person types
+    /// far below one a second; the burst lets an app flush the outbox it filled offline (100 at
+    /// once, then 20 a second: a thousand queued messages go in under a minute).
+    pub send: Rate,
+    /// Live signals a device relays (typing, call setup: a call's ICE candidates come in dozens
+    /// within a second).
+    pub signal: Rate,
+    /// Acknowledgements a device sends (`…/ack`, JSON `ack`): one per message or page at most.
+    pub ack: Rate,
+    /// Syncs a device asks for (`…/sync`, JSON `sync`): one answers with every page the device
+    /// lacks, so an app needs one per reconnect or resume. Besides the rate, a device has one
+    /// sync answered at a time; a second one meanwhile is refused as `busy`.
+    pub sync: Rate,
+    /// Quiet-hours updates from a device (`…/quiet_hours`): a settings screen's saves.
+    pub quiet_hours: Rate,
+    /// Calls to the HTTP API (`/v1/…`) per API key. A backend speaks for all its users: this
+    /// is about what one node's API serves, so it catches a runaway job, not normal load.
+    pub api_key: Rate,
+    /// Devices whose buckets are kept at most (~350 bytes each). A device's buckets are
+    /// forgotten once they are full again (a full bucket is a fresh one) and it is not
+    /// connected, so this bounds memory under a flood of short-lived devices only; past it, a
+    /// new device's buckets last as long as its connection.
+    pub max_devices: usize,
+}
+
+impl Default for RateLimits {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            send: Rate::new(20, 100),
+            signal: Rate::new(50, 200),
+            ack: Rate::new(100, 500),
+            sync: Rate::new(5, 20),
+            quiet_hours: Rate::new(1, 5),
+            api_key: Rate::new(2000, 4000),
+            max_devices: 500_000,
+        }
+    }
+}
+
+/// A token bucket's settings: `burst` requests at once, then `per_second`. A `per_second` of 0
+/// means no limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Rate {
+    pub per_second: u32,
+    pub burst: u32,
+}
+
+impl Rate {
+    pub const fn new(per_second: u32, burst: u32) -> Self {
+        Self { per_second, burst }
+    }
+
+    pub fn is_unlimited(&self) -> bool {
+        self.per_second == 0
     }
 }
 

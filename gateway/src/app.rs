@@ -6,6 +6,7 @@
 //! (whose commit feed is the user topics), the log, the notification service and its worker,
 //! then the front and the API over all of them.
 
+use crate::api::key_rates::ApiKeyRates;
 use crate::api::{self, state::ApiState};
 use crate::auth::jwt::JwtVerifier;
 use crate::auth::{secrets, Auth};
@@ -16,6 +17,7 @@ use crate::channel::wechat::WeChatChannel;
 use crate::channel::Channel;
 use crate::cluster::{self, Membership};
 use crate::front::mqtt::listener::{self as mqtt_listener, MqttListenerKind};
+use crate::front::rate_limits::{self, DeviceRateLimits};
 use crate::front::{self, Front};
 use crate::infra::cipher::KeyRing;
 use crate::infra::data_dir::DataDir;
@@ -161,12 +163,15 @@ impl App {
             store: store.clone(),
             notifications: notifications.clone(),
             metrics: metrics.clone(),
+            rate_limits: DeviceRateLimits::new(&config.rate_limits),
             recorder: recorder.clone(),
             shutdown: shutdown.clone(),
         });
+        let key_rates = ApiKeyRates::new(&config.rate_limits, auth.api_keys.count());
         let api = Arc::new(ApiState {
             config: config.clone(),
             auth,
+            key_rates,
             registry,
             signals,
             messages,
@@ -264,8 +269,8 @@ impl App {
     }
 
     /// The work that runs beside the listeners until shutdown: the sweepers (of logs, of
-    /// notification records, of expired MQTT sessions), the notification worker and the
-    /// cluster's.
+    /// notification records, of expired MQTT sessions, of idle rate-limit buckets), the
+    /// notification worker and the cluster's.
     fn start_background(&self) {
         let (config, shutdown) = (&self.config, &self.shutdown);
         let sessions = self.front.sessions.clone();
@@ -293,6 +298,21 @@ impl App {
             shutdown.clone(),
         ));
         shutdown.spawn(self.worker.clone().run(shutdown.clone()));
+        shutdown.spawn({
+            let (front, shutdown) = (self.front.clone(), shutdown.clone());
+            async move {
+                let Some(limits) = &front.rate_limits else {
+                    return;
+                };
+                shutdown
+                    .every(rate_limits::SWEEP_EVERY, || {
+                        limits.sweep();
+                        front.metrics.rate_limit_devices.set(limits.kept() as i64);
+                        std::future::ready(())
+                    })
+                    .await
+            }
+        });
         let registry = self.front.registry.clone();
         self.cluster
             .clone()

@@ -26,6 +26,11 @@ pub const START_TIMEOUT: Duration = Duration::from_secs(30);
 /// The TLS ones are only bound when TLS is configured (`GATEWAY__TLS__CERT` and `__KEY`).
 const LISTENERS: [&str; 5] = ["MQTT", "MQTT_WS", "HTTP", "MQTT_TLS", "MQTT_WSS"];
 
+/// The gateway's per-device and per-API-key rate limits are lifted: the load scenarios push
+/// from a few devices and one API key far beyond what a person does, and the tests do the
+/// same in a hurry. The tests of the limits set it back.
+const RATE_LIMITS_OFF: (&str, &str) = ("GATEWAY__RATE_LIMITS__ENABLED", "false");
+
 /// A running `gateway serve`. Dropping it kills the process (SIGKILL) and then removes its data
 /// dir; [`stop`](Self::stop) kills it and keeps the data dir, for a restart on it.
 ///
@@ -48,8 +53,8 @@ pub struct GatewayProcess {
 
 impl GatewayProcess {
     /// Starts `binary serve` on `data_dir` with `env` (full names: `GATEWAY__SECTION__KEY`,
-    /// applied after the listeners' and `RUST_LOG`, so they can override both) and returns once
-    /// it listens and its API key is known.
+    /// applied after the listeners', `RUST_LOG` and [`RATE_LIMITS_OFF`], so they can override
+    /// them) and returns once it listens and its API key is known.
     pub async fn start<K, V>(
         binary: &Path,
         data_dir: TempDir,
@@ -72,6 +77,7 @@ impl GatewayProcess {
         for listener in LISTENERS {
             command.env(format!("GATEWAY__LISTENERS__{listener}"), "127.0.0.1:0");
         }
+        command.env(RATE_LIMITS_OFF.0, RATE_LIMITS_OFF.1);
         command.envs(env);
         let mut child = command
             .spawn()

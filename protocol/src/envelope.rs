@@ -284,6 +284,9 @@ pub enum Reply {
         action: String,
         code: crate::ErrorCode,
         message: String,
+        /// For `rate_limited`: when the request may succeed again, in milliseconds.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        retry_after_ms: Option<u64>,
     },
     /// This device is held until another device of the user approves it.
     ApprovalPending,

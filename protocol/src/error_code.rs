@@ -30,6 +30,12 @@ pub enum ErrorCode {
     TooLarge,
     /// The server is temporarily unable to take the request; retry later.
     Unavailable,
+    /// Too many requests of this kind from this device (or API key): retry after the time
+    /// given (`retry_after_ms`, HTTP `Retry-After`).
+    RateLimited,
+    /// The same request of this device is still being answered (a sync: its last page has
+    /// `more: false`); ask again once it is.
+    Busy,
     /// The request, its body included, did not arrive in time.
     Timeout,
     /// An unexpected server-side failure.
@@ -51,6 +57,8 @@ impl ErrorCode {
             Self::ApprovalPending => "approval_pending",
             Self::TooLarge => "too_large",
             Self::Unavailable => "unavailable",
+            Self::RateLimited => "rate_limited",
+            Self::Busy => "busy",
             Self::Timeout => "timeout",
             Self::Internal => "internal",
         }
@@ -67,6 +75,9 @@ pub struct ErrorBody {
 pub struct ErrorDetail {
     pub code: ErrorCode,
     pub message: String,
+    /// For `rate_limited`: when the request may succeed again, in milliseconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_after_ms: Option<u64>,
 }
 
 impl ErrorBody {
@@ -75,6 +86,7 @@ impl ErrorBody {
             error: ErrorDetail {
                 code,
                 message: message.into(),
+                retry_after_ms: None,
             },
         }
     }
@@ -90,6 +102,7 @@ mod tests {
             ErrorCode::BadJson,
             ErrorCode::TooManySubscriptions,
             ErrorCode::ApprovalPending,
+            ErrorCode::RateLimited,
         ] {
             assert_eq!(serde_json::to_value(code).unwrap(), code.as_str());
         }

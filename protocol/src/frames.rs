@@ -146,6 +146,9 @@ pub enum ServerFrame {
         id: Option<RequestId>,
         code: ErrorCode,
         message: String,
+        /// For `rate_limited`: when the request may succeed again, in milliseconds.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        retry_after_ms: Option<u64>,
     },
     /// A message on a subscribed topic. `payload` is the message's JSON; a payload that is not
     /// JSON arrives base64-encoded in `payload_base64` instead.
@@ -180,6 +183,7 @@ impl ServerFrame {
             id,
             code,
             message: message.into(),
+            retry_after_ms: None,
         }
     }
 }

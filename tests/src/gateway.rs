@@ -8,7 +8,8 @@ use serde_json::Value;
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 
-/// How to start a gateway for a test.
+/// How to start a gateway for a test. Its rate limits are off (tests push in a hurry), unless
+/// the test turns them on with [`rate_limited`](Self::rate_limited).
 #[derive(Default, Clone)]
 pub struct Options {
     /// `GATEWAY__SECTION__KEY` overrides, e.g. `("SESSIONS__DEVICE_POLICY", "one_per_class")`.
@@ -21,6 +22,11 @@ impl Options {
     pub fn with(mut self, key: &str, value: &str) -> Self {
         self.env.push((key.to_string(), value.to_string()));
         self
+    }
+
+    /// The `[rate_limits]` on, at their defaults unless `with` sets them.
+    pub fn rate_limited(self) -> Self {
+        self.with("RATE_LIMITS__ENABLED", "true")
     }
 
     pub fn tls(mut self) -> Self {

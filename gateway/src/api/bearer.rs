@@ -1,7 +1,8 @@
-//! `Authorization: Bearer <api key>` on every `/v1` route.
+//! `Authorization: Bearer <api key>` on every `/v1` route, and the key's rate limit.
 
 use super::error::ApiError;
 use super::state::Api;
+use crate::observe::metrics::RateLimited;
 use axum::extract::Request;
 use axum::extract::State;
 use axum::http::{header, StatusCode};
@@ -20,9 +21,17 @@ pub async fn require_api_key(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .map(str::trim);
-    match presented {
-        Some(key) if api.auth.api_keys.contains(key) => Ok(next.run(request).await),
-        Some(_) => Err(ApiError::new(
+    match presented.map(|key| api.auth.api_keys.position(key)) {
+        Some(Some(key)) => {
+            if let Some(rates) = &api.key_rates {
+                rates.take(key).map_err(|retry_after| {
+                    api.metrics.rate_limit(RateLimited::api_key);
+                    ApiError::rate_limited(retry_after)
+                })?;
+            }
+            Ok(next.run(request).await)
+        }
+        Some(None) => Err(ApiError::new(
             StatusCode::UNAUTHORIZED,
             ErrorCode::Unauthorized,
             "unknown API key",

@@ -1,17 +1,22 @@
-//! HTTP errors: a status and a JSON body `{"error": {"code", "message"}}` with a protocol error code.
+//! HTTP errors: a status and a JSON body `{"error": {"code", "message"}}` with a protocol error
+//! code, and `Retry-After` when the client is to wait.
 
+use crate::infra::token_bucket::millis_up;
 use crate::store::StoreError;
 use axum::extract::rejection::JsonRejection;
-use axum::http::StatusCode;
+use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use protocol::error_code::ErrorBody;
 use protocol::ErrorCode;
+use std::time::Duration;
 
 #[derive(Debug)]
 pub struct ApiError {
     status: StatusCode,
     body: ErrorBody,
+    /// Seconds for `Retry-After`.
+    retry_after: Option<u64>,
 }
 
 impl ApiError {
@@ -19,7 +24,23 @@ impl ApiError {
         Self {
             status,
             body: ErrorBody::new(code, message),
+            retry_after: None,
         }
+    }
+
+    /// 429: the API key used up its bucket (`rate_limits.api_key`). `Retry-After` has whole
+    /// seconds, rounded up so a client that keeps to it is not refused again; the body has
+    /// the milliseconds.
+    pub fn rate_limited(retry_after: Duration) -> Self {
+        let millis = millis_up(retry_after);
+        let mut error = Self::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            ErrorCode::RateLimited,
+            format!("too many requests with this API key; retry in {millis} ms"),
+        );
+        error.body.error.retry_after_ms = Some(millis);
+        error.retry_after = Some(millis.div_ceil(1000));
+        error
     }
 
     pub fn invalid(message: impl Into<String>) -> Self {
@@ -48,7 +69,13 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (self.status, Json(self.body)).into_response()
+        let mut response = (self.status, Json(self.body)).into_response();
+        if let Some(seconds) = self.retry_after {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, seconds.into());
+        }
+        response
     }
 }
 

@@ -6,6 +6,7 @@ mod deadline;
 mod devices;
 pub mod error;
 mod json;
+pub mod key_rates;
 mod messages;
 mod notifications;
 mod recording;

@@ -1,5 +1,6 @@
 //! What the HTTP handlers reach: the router's state, built once by the composition root.
 
+use super::key_rates::ApiKeyRates;
 use crate::auth::Auth;
 use crate::channel::wechat::callback::CallbackGuard;
 use crate::front::Front;
@@ -29,6 +30,8 @@ pub struct ApiState {
     /// Checks WeChat's callbacks; `None` without a `channels.wechat.callback_token`, and then
     /// every callback is refused.
     pub wechat_callbacks: Option<CallbackGuard>,
+    /// Each API key's rate limit; `None` when off.
+    pub key_rates: Option<ApiKeyRates>,
 }
 
 /// The router's state, as handlers take it: `State(api): State<Api>`.

@@ -1,7 +1,7 @@
 //! The backend's API keys: the HTTP API's bearer keys, and the MQTT password of a trusted
 //! backend client.
 
-use subtle::ConstantTimeEq;
+use subtle::{ConditionallySelectable, ConstantTimeEq};
 
 pub struct ApiKeys(Vec<String>);
 
@@ -13,9 +13,23 @@ impl ApiKeys {
     /// Whether `presented` is one of the keys. Every key is compared in constant time, so the
     /// response time does not reveal how much of a key matched, nor which key.
     pub fn contains(&self, presented: &str) -> bool {
-        self.0.iter().fold(false, |found, key| {
-            found | bool::from(key.as_bytes().ct_eq(presented.as_bytes()))
-        })
+        self.position(presented).is_some()
+    }
+
+    /// Which key `presented` is, by its place in the configuration (each has its own rate
+    /// limit), found in constant time as [`contains`](Self::contains) says.
+    pub fn position(&self, presented: &str) -> Option<usize> {
+        let mut found = u64::MAX;
+        for (index, key) in self.0.iter().enumerate() {
+            let matches = key.as_bytes().ct_eq(presented.as_bytes());
+            found.conditional_assign(&(index as u64), matches);
+        }
+        (found != u64::MAX).then_some(found as usize)
+    }
+
+    /// How many keys there are.
+    pub fn count(&self) -> usize {
+        self.0.len()
     }
 
     /// The first key: what `gateway api-key` prints.
@@ -37,5 +51,7 @@ mod tests {
         assert!(!keys.contains("abcd"));
         assert!(!keys.contains("ab"));
         assert!(!keys.contains(""));
+        assert_eq!(keys.position("xyz"), Some(1));
+        assert_eq!(keys.position("xy"), None);
     }
 }

@@ -5,6 +5,7 @@
 //! packets and frames are read and written.
 
 use super::in_order::InOrder;
+use super::rate_limits::DeviceBuckets;
 use super::refusal::Refusal;
 use super::Front;
 use crate::auth::acl::PublishRoute;
@@ -19,7 +20,7 @@ use crate::log::sync;
 use crate::notify::input::NotificationInput;
 use crate::notify::quiet_hours;
 use crate::notify::router::RouteError;
-use crate::observe::metrics::{DenialKind, DisconnectLabel, TransportLabel};
+use crate::observe::metrics::{DenialKind, DisconnectLabel, RateLimited, TransportLabel};
 use crate::observe::recorder::SessionRecording;
 use crate::store::{EntryKind, Origin};
 use bytes::Bytes;
@@ -83,6 +84,8 @@ pub struct Client {
     /// Acks and syncs take effect in the order the device sent them: a sync right after an ack
     /// starts from the acknowledged place.
     cursor_requests: InOrder,
+    /// The device's rate-limit buckets, when `[rate_limits]` is on and the client is a device.
+    rate: Option<Arc<DeviceBuckets>>,
     /// This transport's `messages_in` counter, looked up once rather than on every publish.
     messages_in: prometheus_client::metrics::counter::Counter,
     /// What the client does that the traffic recording keeps, when recording is on; dropped
@@ -169,6 +172,10 @@ impl Client {
             .recorder
             .as_ref()
             .and_then(|recorder| recorder.session(link.id, &link.identity, transport));
+        let rate = match (&front.rate_limits, &link.identity) {
+            (Some(limits), Identity::Device { user, device, .. }) => Some(limits.of(user, device)),
+            _ => None,
+        };
         let client = Self {
             front: front.clone(),
             link,
@@ -176,6 +183,7 @@ impl Client {
             subscriptions: HashMap::new(),
             end: DisconnectReason::SocketClosed,
             cursor_requests: InOrder::default(),
+            rate,
             messages_in: front
                 .metrics
                 .messages_in
@@ -402,9 +410,9 @@ impl Client {
                 Ok(hours) => self.set_quiet_hours(hours),
                 Err(refusal) => Handled::Done(Err(refusal)),
             },
-            DeviceAction::Sync => Handled::Done(parse::<SyncRequest>(payload).map(|request| {
-                self.sync(request);
-            })),
+            DeviceAction::Sync => {
+                Handled::Done(parse::<SyncRequest>(payload).and_then(|request| self.sync(request)))
+            }
         }
     }
 
@@ -414,7 +422,10 @@ impl Client {
         let Identity::Device { user, device, .. } = self.identity() else {
             return Handled::Done(Err(Refusal::Forbidden));
         };
-        if let Err(refusal) = recipient(to) {
+        if let Err(refusal) = self
+            .within_rate(DeviceAction::Send)
+            .and_then(|()| recipient(to))
+        {
             return Handled::Done(Err(refusal));
         }
         let sender = Sender::Device {
@@ -435,6 +446,7 @@ impl Client {
         let Identity::Device { user, device, .. } = self.identity() else {
             return Err(Refusal::Forbidden);
         };
+        self.within_rate(DeviceAction::Signal)?;
         let request: SendRequest<&RawValue> =
             serde_json::from_slice(payload).map_err(|e| Refusal::BadPayload(e.to_string()))?;
         recipient(&request.to)?;
@@ -472,6 +484,9 @@ impl Client {
         let Identity::Device { user, .. } = self.identity() else {
             return Handled::Done(Err(Refusal::Forbidden));
         };
+        if let Err(refusal) = self.within_rate(DeviceAction::QuietHours) {
+            return Handled::Done(Err(refusal));
+        }
         if let Err(e) = quiet_hours::validate(&hours) {
             return Handled::Done(Err(Refusal::BadPayload(e.to_string())));
         }
@@ -487,6 +502,9 @@ impl Client {
         let Identity::Device { user, device, .. } = self.identity() else {
             return Handled::Done(Err(Refusal::Forbidden));
         };
+        if let Err(refusal) = self.within_rate(DeviceAction::Ack) {
+            return Handled::Done(Err(refusal));
+        }
         let (store, user, device) = (self.front.store.clone(), user.clone(), device.clone());
         let turn = self.cursor_requests.take_turn();
         Handled::Later(Box::pin(async move {
@@ -497,15 +515,25 @@ impl Client {
     }
 
     /// Starts catching this device up, after the device's earlier cursor requests; the pages
-    /// arrive on its reply topic, and a failure is reported there too.
-    pub fn sync(&self, request: SyncRequest) {
+    /// arrive on its reply topic, and a failure is reported there too. A device has one sync
+    /// answered at a time: a second one meanwhile would read the same pages again.
+    pub fn sync(&self, request: SyncRequest) -> Result<(), Refusal> {
         let Identity::Device { user, device, .. } = self.identity() else {
-            return;
+            return Err(Refusal::Forbidden);
         };
+        let in_flight = match &self.rate {
+            Some(buckets) => Some(buckets.start_sync().ok_or_else(|| {
+                self.front.metrics.rate_limit(RateLimited::sync_in_flight);
+                Refusal::SyncInFlight
+            })?),
+            None => None,
+        };
+        self.within_rate(DeviceAction::Sync)?;
         let (front, link) = (self.front.clone(), self.link.clone());
         let (user, device) = (user.clone(), device.clone());
         let turn = self.cursor_requests.take_turn();
         self.front.shutdown.spawn(async move {
+            let _in_flight = in_flight;
             let (store, roaming) = (&front.store, &front.roaming);
             let done = turn.wait().await;
             let reply_topic = topics::reply(&user, &device);
@@ -529,10 +557,28 @@ impl Client {
                     action: DeviceAction::Sync.as_str().to_string(),
                     code: ErrorCode::Unavailable,
                     message: format!("{e}; retry the sync"),
+                    retry_after_ms: None,
                 };
                 front.registry.reply(&user, &device, &reply);
             }
         });
+        Ok(())
+    }
+
+    /// Takes a token for `action` from this device's bucket (`[rate_limits]`).
+    fn within_rate(&self, action: DeviceAction) -> Result<(), Refusal> {
+        let Some(buckets) = &self.rate else {
+            return Ok(());
+        };
+        buckets.take(action).map_err(|retry_after| {
+            if let Some(kind) = RateLimited::of(action) {
+                self.front.metrics.rate_limit(kind);
+            }
+            Refusal::RateLimited {
+                action: action.as_str(),
+                retry_after,
+            }
+        })
     }
 
     /// Runs work whose answer nobody waits for (a QoS 0 publish's, a will's) to its end, also
@@ -600,6 +646,7 @@ impl Client {
             action: request.action.as_str().to_string(),
             code: refusal.error_code(),
             message: refusal.to_string(),
+            retry_after_ms: refusal.retry_after_ms(),
         };
         self.front.registry.reply(user, device, &reply);
     }

@@ -440,15 +440,18 @@ impl Bridge {
                 self.client.publish(publication).finish().await
             }
             ClientFrame::Ack { seq, .. } => self.client.ack(seq).finish().await,
-            ClientFrame::Sync { after, epoch, .. } => {
-                self.client
-                    .sync(protocol::envelope::SyncRequest { after, epoch });
-                Ok(())
-            }
+            ClientFrame::Sync { after, epoch, .. } => self
+                .client
+                .sync(protocol::envelope::SyncRequest { after, epoch }),
         };
         Some(match result {
             Ok(()) => ServerFrame::ok(id),
-            Err(refusal) => ServerFrame::error(id, refusal.error_code(), refusal.to_string()),
+            Err(refusal) => ServerFrame::Error {
+                id,
+                code: refusal.error_code(),
+                message: refusal.to_string(),
+                retry_after_ms: refusal.retry_after_ms(),
+            },
         })
     }
 

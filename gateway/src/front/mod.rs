@@ -12,6 +12,7 @@ mod in_order;
 pub mod json_ws;
 pub mod log_follower;
 pub mod mqtt;
+pub mod rate_limits;
 pub mod refusal;
 pub mod stream;
 pub mod tls;
@@ -48,6 +49,8 @@ pub struct Front {
     pub store: SharedStore,
     pub notifications: Arc<Notifications>,
     pub metrics: Arc<Metrics>,
+    /// The devices' rate-limit buckets; `None` when `rate_limits.enabled` is off.
+    pub rate_limits: Option<rate_limits::DeviceRateLimits>,
     /// The traffic recording, when `record.path` is set.
     pub recorder: Option<Recorder>,
     pub shutdown: Shutdown,

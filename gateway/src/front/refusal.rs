@@ -2,9 +2,11 @@
 //! limit, a bad payload, the store); each transport turns it into its own code.
 
 use crate::auth::acl::Denied;
+use crate::infra::token_bucket::millis_up;
 use crate::live::retained::RetainError;
 use crate::store::StoreError;
 use protocol::ErrorCode;
+use std::time::Duration;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Refusal {
@@ -27,6 +29,15 @@ pub enum Refusal {
     /// The store cannot take the request now; nothing was changed and it may be retried.
     #[error("{0}; retry later")]
     StoreUnavailable(String),
+    /// The device used up its bucket for this action (`[rate_limits]`); nothing was done.
+    #[error("too many {action} requests from this device; retry in {} ms", millis_up(*.retry_after))]
+    RateLimited {
+        action: &'static str,
+        retry_after: Duration,
+    },
+    /// A sync of this device is still being answered.
+    #[error("a sync of this device is still being answered; ask again after its last page")]
+    SyncInFlight,
 }
 
 impl From<Denied> for Refusal {
@@ -64,6 +75,16 @@ impl Refusal {
             Self::ApprovalPending => ErrorCode::ApprovalPending,
             Self::BadPayload(_) => ErrorCode::InvalidRequest,
             Self::StoreUnavailable(_) => ErrorCode::Unavailable,
+            Self::RateLimited { .. } => ErrorCode::RateLimited,
+            Self::SyncInFlight => ErrorCode::Busy,
+        }
+    }
+
+    /// When the request may succeed again, in milliseconds, for a rate-limited one.
+    pub fn retry_after_ms(&self) -> Option<u64> {
+        match self {
+            Self::RateLimited { retry_after, .. } => Some(millis_up(*retry_after)),
+            _ => None,
         }
     }
 }

@@ -10,3 +10,4 @@ pub mod group_commit;
 pub mod redis;
 mod sm4_tables;
 pub mod time;
+pub mod token_bucket;

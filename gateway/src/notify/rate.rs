@@ -3,6 +3,7 @@
 //! quotas count by the providers' day ([`crate::channel::provider_day`]).
 
 use crate::infra::redis::bounded;
+use crate::infra::token_bucket::TokenBucket;
 use redis::aio::ConnectionManager;
 use redis::Script;
 use std::collections::HashMap;
@@ -19,12 +20,7 @@ pub enum RateLimiter {
 
 #[derive(Default)]
 pub struct LocalBuckets {
-    buckets: Mutex<HashMap<String, Bucket>>,
-}
-
-struct Bucket {
-    tokens: f64,
-    refilled: Instant,
+    buckets: Mutex<HashMap<String, TokenBucket>>,
 }
 
 /// A token bucket in Redis, timed by Redis's clock so nodes' clocks do not matter. KEYS: the
@@ -84,22 +80,11 @@ impl RateLimiter {
 impl LocalBuckets {
     /// Takes a token from bucket `name` (refilled at `per_second`), or says how long until one.
     pub fn try_acquire(&self, name: &str, per_second: u32) -> Result<(), Duration> {
-        let rate = f64::from(per_second.max(1));
         let now = Instant::now();
         let mut buckets = self.buckets.lock().expect("rate limiter lock");
-        let bucket = buckets.entry(name.to_string()).or_insert(Bucket {
-            tokens: rate,
-            refilled: now,
-        });
-        let elapsed = now.duration_since(bucket.refilled).as_secs_f64();
-        bucket.tokens = (bucket.tokens + elapsed * rate).min(rate);
-        bucket.refilled = now;
-        if bucket.tokens >= 1.0 {
-            bucket.tokens -= 1.0;
-            Ok(())
-        } else {
-            Err(Duration::from_secs_f64((1.0 - bucket.tokens) / rate))
-        }
+        (buckets.entry(name.to_string()))
+            .or_insert_with(|| TokenBucket::new(per_second, per_second, now))
+            .take(now)
     }
 }
 

@@ -7,6 +7,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 use protocol::envelope::{DisconnectReason, Transport};
+use protocol::topics::DeviceAction;
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct TransportLabel {
@@ -46,6 +47,39 @@ pub struct DenialLabel {
 pub enum DenialKind {
     subscribe,
     publish,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RateLimitedLabel {
+    pub kind: RateLimited,
+}
+
+/// What a rate limit refused (`[rate_limits]`): a device's action, a device's second sync
+/// while its first is answered, or an API key's call.
+#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq, EncodeLabelValue)]
+#[allow(non_camel_case_types)]
+pub enum RateLimited {
+    send,
+    signal,
+    ack,
+    sync,
+    quiet_hours,
+    sync_in_flight,
+    api_key,
+}
+
+impl RateLimited {
+    /// The limit a device's `action` met; approvals have none.
+    pub fn of(action: DeviceAction) -> Option<Self> {
+        match action {
+            DeviceAction::Send => Some(Self::send),
+            DeviceAction::Signal => Some(Self::signal),
+            DeviceAction::Ack => Some(Self::ack),
+            DeviceAction::Sync => Some(Self::sync),
+            DeviceAction::QuietHours => Some(Self::quiet_hours),
+            DeviceAction::Approve => None,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -150,6 +184,11 @@ pub struct Metrics {
     pub messages_out: Family<TransportLabel, Counter>,
     pub auth_failures: Family<TransportLabel, Counter>,
     pub acl_denials: Family<DenialLabel, Counter>,
+    /// Requests refused by `[rate_limits]`, by what was limited.
+    pub rate_limited: Family<RateLimitedLabel, Counter>,
+    /// Devices whose rate-limit buckets are kept (see `front::rate_limits`), as of the last
+    /// sweep.
+    pub rate_limit_devices: Gauge,
     pub rejected: Family<RejectLabel, Counter>,
     pub disconnects: Family<DisconnectLabel, Counter>,
     pub api_messages: Counter,
@@ -192,6 +231,8 @@ impl Metrics {
             messages_out: Family::default(),
             auth_failures: Family::default(),
             acl_denials: Family::default(),
+            rate_limited: Family::default(),
+            rate_limit_devices: Gauge::default(),
             rejected: Family::default(),
             disconnects: Family::default(),
             api_messages: Counter::default(),
@@ -242,6 +283,16 @@ impl Metrics {
             "acl_denials",
             "Subscribes and publishes refused by authorization",
             metrics.acl_denials.clone(),
+        );
+        registry.register(
+            "rate_limited",
+            "Requests refused by a rate limit, by what was limited",
+            metrics.rate_limited.clone(),
+        );
+        registry.register(
+            "rate_limit_devices",
+            "Devices whose rate-limit buckets are kept in memory",
+            metrics.rate_limit_devices.clone(),
         );
         registry.register(
             "rejected_sockets",
@@ -355,6 +406,12 @@ impl Metrics {
 
     pub fn deny(&self, kind: DenialKind) {
         self.acl_denials.get_or_create(&DenialLabel { kind }).inc();
+    }
+
+    pub fn rate_limit(&self, kind: RateLimited) {
+        self.rate_limited
+            .get_or_create(&RateLimitedLabel { kind })
+            .inc();
     }
 
     pub fn render(&self) -> String {

@@ -99,6 +99,7 @@ impl Link for JsonWsLink {
                 id: Some(id),
                 code,
                 message,
+                ..
             } => {
                 let pending = self.answered(&id.to_string())?;
                 tally.fail(

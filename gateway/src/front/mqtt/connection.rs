@@ -900,7 +900,11 @@ fn ack_code(result: &Result<(), Refusal>) -> AckCode {
         Err(Refusal::Forbidden | Refusal::ApprovalPending) => AckCode::NotAuthorized,
         Err(Refusal::InvalidTopic) => AckCode::TopicNameInvalid,
         Err(Refusal::BadPayload(_)) => AckCode::PayloadFormatInvalid,
-        Err(Refusal::QuotaExceeded(_)) => AckCode::QuotaExceeded,
+        // MQTT 5 has "Message rate too high" (0x96) for DISCONNECT only; a PUBACK or PUBREC
+        // says a limit was met with "Quota exceeded", and the reply topic says which.
+        Err(Refusal::QuotaExceeded(_) | Refusal::RateLimited { .. } | Refusal::SyncInFlight) => {
+            AckCode::QuotaExceeded
+        }
         Err(Refusal::Withheld) => AckCode::Unspecified,
         Err(Refusal::TooManySubscriptions | Refusal::StoreUnavailable(_)) => AckCode::Unavailable,
     }
