@@ -232,6 +232,24 @@ impl TestGateway {
         self.process.stop().await
     }
 
+    /// Every message in `user`'s log, through the API, page by page.
+    pub async fn whole_log(&self, user: &str) -> Vec<protocol::envelope::InboxMessage> {
+        let mut messages = Vec::new();
+        let mut after = 0;
+        loop {
+            let path = format!("/v1/users/{user}/messages?after={after}&limit=500");
+            let (status, page) = self.api(reqwest::Method::GET, &path, None).await;
+            assert_eq!(status, 200, "{page}");
+            let batch: Vec<protocol::envelope::InboxMessage> =
+                serde_json::from_value(page["messages"].clone()).expect("a page of messages");
+            messages.extend(batch);
+            after = page["to_seq"].as_u64().expect("to_seq");
+            if page["more"] != serde_json::json!(true) {
+                return messages;
+            }
+        }
+    }
+
     /// Waits for the gateway to exit by itself.
     pub async fn exited(self) -> loadtest::gateway_process::Terminated {
         self.process.exited().await.expect("the gateway exits")

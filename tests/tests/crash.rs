@@ -1,5 +1,6 @@
 //! Crash safety: the gateway is killed with SIGKILL while messages pour in; after a restart,
-//! every message it acknowledged reaches every device of its user exactly once, in order.
+//! every message it acknowledged reaches every device of its user exactly once, in order; and
+//! twenty such kills in a row lose nothing acknowledged.
 
 use e2e::device::{messages_of, seqs, Device};
 use e2e::TestGateway;
@@ -107,5 +108,64 @@ async fn every_acknowledged_message_survives_a_kill_9_exactly_once_in_order() {
                 "{device}: acknowledged message {id} (seq {seq}) is missing"
             );
         }
+    }
+}
+
+/// The gateway killed 20 times, each time while eight senders pour messages in: after the last
+/// restart the log holds every acknowledged message once, at the sequence it was acknowledged
+/// with, and its sequences have no gap.
+#[tokio::test]
+async fn twenty_kill_9_cycles_under_load_lose_nothing_acknowledged() {
+    let acknowledged = Arc::new(Mutex::new(Vec::new()));
+    let mut data_dir = tempfile::tempdir().unwrap();
+    for cycle in 0..20 {
+        let gw = TestGateway::try_start(Default::default(), data_dir)
+            .await
+            .unwrap_or_else(|e| panic!("restart {cycle}: {e:#}"));
+        let before = acknowledged.lock().unwrap().len();
+        let posters: Vec<_> = (0..8)
+            .map(|_| {
+                tokio::spawn(post_until_killed(
+                    gw.url("/v1/messages"),
+                    gw.api_key.clone(),
+                    "noa",
+                    acknowledged.clone(),
+                ))
+            })
+            .collect();
+        // Killed once messages flow, at a different point of the stream each cycle.
+        let deadline = tokio::time::Instant::now() + e2e::PATIENCE;
+        while acknowledged.lock().unwrap().len() < before + 20 + cycle * 7 {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "cycle {cycle}: no traffic"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        data_dir = gw.stop().await; // SIGKILL
+        for poster in posters {
+            poster.await.unwrap();
+        }
+    }
+
+    let gw = TestGateway::try_start(Default::default(), data_dir)
+        .await
+        .expect("the last restart");
+    let log = gw.whole_log("noa").await;
+    let acknowledged = acknowledged.lock().unwrap().clone();
+    eprintln!("acknowledged {}, stored {}", acknowledged.len(), log.len());
+    assert_eq!(
+        seqs(&log),
+        (1..=log.len() as u64).collect::<Vec<_>>(),
+        "every sequence once, in order"
+    );
+    let by_id: HashMap<&str, u64> = log.iter().map(|m| (m.id.as_str(), m.seq)).collect();
+    assert_eq!(by_id.len(), log.len(), "no message twice");
+    for (id, seq) in &acknowledged {
+        assert_eq!(
+            by_id.get(id.as_str()),
+            Some(seq),
+            "acknowledged {id} (seq {seq}) is missing"
+        );
     }
 }
