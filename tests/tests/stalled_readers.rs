@@ -1,5 +1,6 @@
 //! Clients that stop reading: every write to a client has a deadline (`limits.write_timeout`),
-//! a stalled reader on each listener is dropped within it while other clients' round trips go
+//! a stalled reader on each listener (MQTT over TCP, TLS, WebSocket and secure WebSocket, and the
+//! JSON bridge) is dropped within it while other clients' round trips go
 //! on, and a kick reaches a connection whose write is waiting.
 //!
 //! A stalled reader here is a real socket with a small receive buffer that subscribes to its
@@ -64,26 +65,70 @@ async fn stalled_mqtt(gw: &TestGateway, device: &str, qos: QoS) -> TcpStream {
     socket
 }
 
-type Ws = tokio_tungstenite::WebSocketStream<TcpStream>;
+type Tls = tokio_rustls::client::TlsStream<TcpStream>;
 
-async fn small_window_ws(addr: SocketAddr, url: &str, subprotocol: Option<&str>) -> Ws {
+/// A TLS connection with a small receive window to `addr`, trusting the gateway's dev
+/// certificate (which names `localhost`).
+async fn small_window_tls(gw: &TestGateway, addr: SocketAddr) -> Tls {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let mut roots = rustls::RootCertStore::empty();
+    let pem = gw.ca_pem.clone().expect("gateway started with TLS");
+    for cert in rustls_pemfile::certs(&mut pem.as_slice()) {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    let config = rustls::ClientConfig::builder()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    connector
+        .connect(name, small_window(addr).await)
+        .await
+        .unwrap()
+}
+
+/// An MQTT client over TLS that subscribed and then stops reading.
+async fn stalled_mqtt_tls(gw: &TestGateway, device: &str) -> Tls {
+    let mut socket = small_window_tls(gw, gw.mqtt_tls.expect("TLS listener")).await;
+    let (connect, subscribe) = mqtt_hello(gw, device, QoS::AtMostOnce);
+    socket.write_all(&connect).await.unwrap();
+    let mut connack = [0u8; 4];
+    socket.read_exact(&mut connack).await.unwrap();
+    assert_eq!(connack, [0x20, 2, 0, 0]);
+    socket.write_all(&subscribe).await.unwrap();
+    let mut suback = [0u8; 5];
+    socket.read_exact(&mut suback).await.unwrap();
+    assert_eq!(suback[0], 0x90, "SUBACK");
+    socket
+}
+
+type Ws<S = TcpStream> = tokio_tungstenite::WebSocketStream<S>;
+
+/// A WebSocket over `socket` (a connection with a small receive window).
+async fn websocket<S>(socket: S, url: &str, subprotocol: Option<&str>) -> Ws<S>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
     let mut request = url.into_client_request().unwrap();
     if let Some(subprotocol) = subprotocol {
         request
             .headers_mut()
             .insert("Sec-WebSocket-Protocol", subprotocol.parse().unwrap());
     }
-    let (ws, _) = tokio_tungstenite::client_async(request, small_window(addr).await)
+    let (ws, _) = tokio_tungstenite::client_async(request, socket)
         .await
         .unwrap();
     ws
 }
 
-/// An MQTT client over WebSocket that subscribed and then stops reading.
-async fn stalled_mqtt_ws(gw: &TestGateway, device: &str) -> Ws {
+/// An MQTT client over WebSocket (over TLS when `socket` is) that subscribed and then stops
+/// reading.
+async fn stalled_mqtt_ws<S>(gw: &TestGateway, device: &str, socket: S, url: &str) -> Ws<S>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
     let (connect, subscribe) = mqtt_hello(gw, device, QoS::AtMostOnce);
-    let url = format!("ws://{}/mqtt", gw.mqtt_ws);
-    let mut ws = small_window_ws(gw.mqtt_ws, &url, Some("mqtt")).await;
+    let mut ws = websocket(socket, url, Some("mqtt")).await;
     ws.send(Message::binary(connect)).await.unwrap();
     let connack = ws.next().await.unwrap().unwrap().into_data();
     assert_eq!(&connack[..], [0x20, 2, 0, 0]);
@@ -97,7 +142,7 @@ async fn stalled_mqtt_ws(gw: &TestGateway, device: &str) -> Ws {
 async fn stalled_json(gw: &TestGateway, device: &str) -> Ws {
     let token = gw.token("alice", device, Platform::Web);
     let url = format!("ws://{}/ws?token={token}", gw.http);
-    let mut ws = small_window_ws(gw.http, &url, None).await;
+    let mut ws = websocket(small_window(gw.http).await, &url, None).await;
     let ok: serde_json::Value =
         serde_json::from_slice(&ws.next().await.unwrap().unwrap().into_data()).unwrap();
     assert_eq!(ok["op"], "ok", "{ok}");
@@ -151,6 +196,7 @@ async fn disconnects_reaching(gw: &TestGateway, reason: &str, count: f64) -> f64
 async fn a_stalled_reader_on_each_listener_is_dropped_at_its_write_deadline() {
     let gw = TestGateway::start_with(
         Options::default()
+            .tls()
             .with("LIMITS__WRITE_TIMEOUT", "2s")
             .with("LIMITS__OUTBOX_CAPACITY", "4096"),
     )
@@ -162,19 +208,26 @@ async fn a_stalled_reader_on_each_listener_is_dropped_at_its_write_deadline() {
     bob.subscribe("u/bob/inbox", QoS::AtLeastOnce).await;
 
     let mqtt = stalled_mqtt(&gw, "tcp", QoS::AtMostOnce).await;
-    let mqtt_ws = stalled_mqtt_ws(&gw, "mqtt-ws").await;
+    let ws_url = format!("ws://{}/mqtt", gw.mqtt_ws);
+    let mqtt_ws = stalled_mqtt_ws(&gw, "ws", small_window(gw.mqtt_ws).await, &ws_url).await;
     let json = stalled_json(&gw, "json").await;
+    let mqtt_tls = stalled_mqtt_tls(&gw, "tls").await;
+    let wss = gw.mqtt_wss.expect("WSS listener");
+    let wss_url = format!("wss://localhost:{}/mqtt", wss.port());
+    let mqtt_wss = stalled_mqtt_ws(&gw, "wss", small_window_tls(&gw, wss).await, &wss_url).await;
     flood_alice(&gw).await;
     bob_round_trips(&gw, &mut bob, 5).await;
 
     assert_eq!(
-        disconnects_reaching(&gw, "write_timeout", 3.0).await,
-        3.0,
+        disconnects_reaching(&gw, "write_timeout", 5.0).await,
+        5.0,
         "each stalled reader dropped as write_timeout"
     );
     assert_eq!(gw.devices("alice").await, Vec::<String>::new());
     closed_by_gateway(mqtt).await;
+    closed_by_gateway(mqtt_tls).await;
     closed_by_gateway(mqtt_ws.into_inner()).await;
+    closed_by_gateway(mqtt_wss.into_inner()).await;
     closed_by_gateway(json.into_inner()).await;
     bob_round_trips(&gw, &mut bob, 5).await;
 }
