@@ -280,6 +280,11 @@ impl Config {
             "must be at least store.max_batch",
         );
         check(
+            st.relay_queue >= 1,
+            "store.relay_queue",
+            "must be at least 1",
+        );
+        check(
             (1 << 20..=1 << 30).contains(&st.memtable_size),
             "store.memtable_size",
             "must be between 1 MiB and 1 GiB (in bytes)",

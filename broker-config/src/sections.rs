@@ -406,6 +406,10 @@ pub struct Store {
     /// queued without bound, and the sender sends it again later; cursor and session writes
     /// wait for room.
     pub max_queued_writes: usize,
+    /// Many nodes: presence changes and relays waiting to go to the other nodes. Past it (Redis
+    /// slow or away) new ones are dropped and counted: live delivery across nodes is best
+    /// effort, every device catches up from the log.
+    pub relay_queue: usize,
     /// Embedded store: bytes of messages held in memory before they are written out as a table.
     /// Smaller means more tables to flush and compact: every table of user-spread keys is merged
     /// into the whole of the next level. Switching to a fresh memtable stalls appends for a
@@ -432,6 +436,7 @@ impl Default for Store {
             encryption_keys: Vec::new(),
             max_batch: 1024,
             max_queued_writes: 65_536,
+            relay_queue: 65_536,
             memtable_size: 32 << 20,
             node_id: None,
             node_heartbeat: Duration::from_secs(2),

@@ -93,7 +93,8 @@ impl App {
             &config.store.encryption_keys,
             data,
         )?);
-        let cluster = cluster::join(&config.store).await?;
+        let cluster =
+            cluster::join(&config.store, keys.clone(), metrics.dropped_relays.clone()).await?;
         let hub = Arc::new(Hub::new(
             metrics.dropped_deliveries.clone(),
             metrics.deferred_deliveries.clone(),

@@ -280,6 +280,29 @@ async fn redis_restarted_under_load_loses_nothing_acknowledged() {
     }
 }
 
+/// Whoever can write to Redis but holds none of the nodes' keys cannot make a node act: a kick
+/// published in the clear on a node's channel is ignored (and counted nowhere as a kick).
+#[tokio::test]
+async fn a_relay_not_sealed_by_a_node_is_ignored() {
+    let redis = RedisServer::start();
+    let a = node(&redis, "node-a", None).await;
+    let b = node(&redis, "node-b", Some(&a)).await;
+    let mut web = JsonClient::authenticated(&b, &b.token("lena", "web", Platform::Web)).await;
+    let forged = json!({"kind": "kick", "user": "lena", "device": "web", "reason": "forged"});
+    let receivers = redis.command(&["PUBLISH", "gw:node:node-b", &forged.to_string()]);
+    assert_eq!(receivers, "1", "node B listens on its channel");
+    // A genuine kick through node A still works, and is the first thing the client sees.
+    let (status, _) = a
+        .api(
+            Method::DELETE,
+            "/v1/users/lena/devices/web?reason=genuine",
+            None,
+        )
+        .await;
+    assert_eq!(status, 204);
+    assert_eq!(web.closed().await.reason, "genuine");
+}
+
 #[tokio::test]
 async fn a_dead_nodes_devices_go_offline() {
     let redis = RedisServer::start();

@@ -5,6 +5,7 @@
 pub mod redis;
 pub mod single;
 
+use crate::infra::cipher::KeyRing;
 use crate::live::hub::Hub;
 use crate::live::nodes::OtherNodes;
 use crate::live::registry::Registry;
@@ -12,6 +13,7 @@ use crate::live::sessions::Sessions;
 use crate::shutdown::Shutdown;
 use async_trait::async_trait;
 use broker_config::{Store, StoreBackend};
+use prometheus_client::metrics::counter::Counter;
 use std::sync::Arc;
 
 /// This node's membership of the cluster.
@@ -33,10 +35,15 @@ pub trait Membership: OtherNodes {
     async fn leave(&self);
 }
 
-/// Joins the nodes sharing the configured Redis, or none with the embedded store.
-pub async fn join(config: &Store) -> anyhow::Result<Arc<dyn Membership>> {
+/// Joins the nodes sharing the configured Redis, or none with the embedded store. `keys` seal
+/// what goes between the nodes; `dropped` counts what a full outgoing queue dropped.
+pub async fn join(
+    config: &Store,
+    keys: Arc<KeyRing>,
+    dropped: Counter,
+) -> anyhow::Result<Arc<dyn Membership>> {
     Ok(match config.backend {
-        StoreBackend::Redis => redis::RedisNodes::join(config).await?,
+        StoreBackend::Redis => redis::RedisNodes::join(config, keys, dropped).await?,
         StoreBackend::Embedded => Arc::new(single::SingleNode),
     })
 }

@@ -195,6 +195,8 @@ pub struct Metrics {
     /// Live signals relayed (each once, however many devices got it).
     pub signals: Counter,
     pub dropped_deliveries: Counter,
+    /// Many nodes: relays and presence changes a full `store.relay_queue` dropped.
+    pub dropped_relays: Counter,
     /// Entries of a user's log a client's full outbox could not take, which it then read from
     /// the log (nothing is lost).
     pub deferred_deliveries: Counter,
@@ -238,6 +240,7 @@ impl Metrics {
             api_messages: Counter::default(),
             signals: Counter::default(),
             dropped_deliveries: Counter::default(),
+            dropped_relays: Counter::default(),
             deferred_deliveries: Counter::default(),
             too_large_for_client: Counter::default(),
             session_queue_dropped: Counter::default(),
@@ -318,6 +321,11 @@ impl Metrics {
             "dropped_deliveries",
             "QoS 0 deliveries dropped because the receiving client's outbox was full",
             metrics.dropped_deliveries.clone(),
+        );
+        registry.register(
+            "cluster_dropped_relays",
+            "Relays and presence changes for other nodes dropped because store.relay_queue was full",
+            metrics.dropped_relays.clone(),
         );
         registry.register(
             "deferred_deliveries",

@@ -36,6 +36,21 @@ pub(super) struct PresenceEntry {
     pub info: DeviceInfo,
 }
 
+/// What is published on a node's channel: a [`Relayed`] and when it was sent, sealed with the
+/// at-rest key ring the nodes share (associated data [`RELAY_AAD`]). Whoever can write to Redis
+/// but holds no key can neither read relays nor make one a node would act on; a captured relay
+/// is acted on again only within [`RELAY_MAX_AGE`].
+#[derive(Debug, Serialize, Deserialize)]
+pub(super) struct Envelope {
+    pub at_ms: u64,
+    pub relayed: Relayed,
+}
+
+pub(super) const RELAY_AAD: &[u8] = b"gw relay";
+
+/// How old (or how far ahead, between clocks) a relay may be and still be acted on.
+pub(super) const RELAY_MAX_AGE: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// What one node sends another on its channel.
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]

@@ -11,6 +11,10 @@
 //!   user's topic (a committed message, a presence event, a reply) goes to the local hub and, on
 //!   the channels of the other nodes that hold devices of that user, to theirs — addressed, never
 //!   broadcast to every node.
+//! - **Sealed relays**: what goes on a channel is sealed with the at-rest keys the nodes share,
+//!   with the time it was sent: a Redis writer without them cannot make a node kick, close or
+//!   deliver anything (see [`keys::Envelope`]). The outgoing queue is bounded by
+//!   `store.relay_queue`; past it, work is dropped and counted.
 //! - **Takeover across nodes**: a device that connects to node B while node A still holds it is
 //!   taken over: B tells A to close its session. A kick over HTTP on any node reaches the node that
 //!   holds the device the same way.
@@ -28,6 +32,7 @@ mod liveness;
 mod relay;
 
 use super::Membership;
+use crate::infra::cipher::KeyRing;
 use crate::infra::redis::{bounded, connect};
 use crate::live::hub::Hub;
 use crate::live::message::Published;
@@ -38,6 +43,7 @@ use crate::shutdown::Shutdown;
 use crate::store::StoreError;
 use async_trait::async_trait;
 use keys::{alive_key, presence_key, Outgoing, PresenceEntry, Relayed};
+use prometheus_client::metrics::counter::Counter;
 use protocol::envelope::DeviceInfo;
 use redis::aio::ConnectionManager;
 use std::collections::{BTreeSet, HashMap};
@@ -49,7 +55,10 @@ pub struct RedisNodes {
     node: String,
     url: String,
     redis: ConnectionManager,
-    outgoing: mpsc::UnboundedSender<Outgoing>,
+    outgoing: mpsc::Sender<Outgoing>,
+    /// Relays and presence changes dropped because `store.relay_queue` was full.
+    dropped: Counter,
+    keys: Arc<KeyRing>,
     heartbeat: Duration,
     timeout: Duration,
 }
@@ -73,17 +82,22 @@ impl RedisNodes {
 
     /// Joins the nodes sharing the Redis at `config.redis_url`, as `config.node_id` (or a random
     /// name), and starts the outgoing task.
-    pub async fn join(config: &broker_config::Store) -> anyhow::Result<Arc<Self>> {
+    pub async fn join(
+        config: &broker_config::Store,
+        keys: Arc<KeyRing>,
+        dropped: Counter,
+    ) -> anyhow::Result<Arc<Self>> {
         let redis = connect(&config.redis_url).await?;
         let node = config
             .node_id
             .clone()
             .unwrap_or_else(|| format!("n{}", crate::store::new_epoch()));
-        let (outgoing, queue) = mpsc::unbounded_channel();
+        let (outgoing, queue) = mpsc::channel(config.relay_queue);
         liveness::renew(&redis, &node, config.node_timeout).await?;
         let relay = relay::Relay {
             node: node.clone(),
             redis: redis.clone(),
+            keys: keys.clone(),
         };
         // Not a tracked task: it runs until `leave` has flushed it, after the sessions closed.
         tokio::spawn(relay.run(queue));
@@ -93,6 +107,8 @@ impl RedisNodes {
             url: config.redis_url.clone(),
             redis,
             outgoing,
+            dropped,
+            keys,
             heartbeat: config.node_heartbeat,
             timeout: config.node_timeout,
         }))
@@ -102,8 +118,14 @@ impl RedisNodes {
         &self.node
     }
 
+    /// Queues work for the other nodes without waiting: when `store.relay_queue` is full (Redis
+    /// slow or away) the item is dropped and counted. What is lost is live delivery across
+    /// nodes, which the log makes up for, or a presence change, which a reconnect or the reaping
+    /// of a dead node sets right.
     fn queue(&self, item: Outgoing) {
-        let _ = self.outgoing.send(item);
+        if let Err(mpsc::error::TrySendError::Full(_)) = self.outgoing.try_send(item) {
+            self.dropped.inc();
+        }
     }
 
     /// Receives what other nodes send this one, reconnecting while Redis is away.
@@ -116,7 +138,7 @@ impl RedisNodes {
     ) {
         loop {
             tokio::select! {
-                received = relay::receive(&self.url, &self.node, &registry, &hub, &sessions) => {
+                received = relay::receive(&self.url, &self.node, &self.keys, &registry, &hub, &sessions) => {
                     if let Err(e) = received {
                         tracing::warn!("cluster channel lost: {e}; reconnecting");
                     }
@@ -201,7 +223,7 @@ impl OtherNodes for RedisNodes {
             device: device.to_string(),
             reason: reason.to_string(),
         };
-        relay::publish(&mut redis, &entry.node, &kick).await?;
+        relay::publish(&mut redis, &self.keys, &entry.node, kick).await?;
         Ok(true)
     }
 
@@ -211,11 +233,11 @@ impl OtherNodes for RedisNodes {
             .map(|entry| entry.node)
             .collect();
         let mut redis = self.redis.clone();
-        let forget = Relayed::ForgetUser {
-            user: user.to_string(),
-        };
         for node in &nodes {
-            relay::publish(&mut redis, node, &forget).await?;
+            let forget = Relayed::ForgetUser {
+                user: user.to_string(),
+            };
+            relay::publish(&mut redis, &self.keys, node, forget).await?;
         }
         bounded(
             redis::cmd("DEL")
@@ -245,8 +267,10 @@ impl Membership for RedisNodes {
 
     async fn leave(&self) {
         let (flushed, done) = oneshot::channel();
-        self.queue(Outgoing::Flush(flushed));
-        let _ = done.await;
+        // Waits for room: everything queued before is handed on first.
+        if self.outgoing.send(Outgoing::Flush(flushed)).await.is_ok() {
+            let _ = done.await;
+        }
         let mut redis = self.redis.clone();
         let mut gone = redis::cmd("DEL");
         gone.arg(alive_key(&self.node));

@@ -2,10 +2,12 @@
 //! batches) and the inbound subscription to this node's channel.
 
 use super::keys::{
-    channel, devices_key, presence_key, Outgoing, PresenceEntry, Relayed, RELAY_BATCH, SET_OFFLINE,
-    SET_ONLINE,
+    channel, devices_key, presence_key, Envelope, Outgoing, PresenceEntry, Relayed, RELAY_AAD,
+    RELAY_BATCH, RELAY_MAX_AGE, SET_OFFLINE, SET_ONLINE,
 };
+use crate::infra::cipher::KeyRing;
 use crate::infra::redis::bounded;
+use crate::infra::time::unix_millis;
 use crate::live::hub::Hub;
 use crate::live::link::Qos;
 use crate::live::message::Published;
@@ -25,11 +27,41 @@ use tokio::sync::mpsc;
 pub(super) struct Relay {
     pub node: String,
     pub redis: ConnectionManager,
+    pub keys: Arc<KeyRing>,
+}
+
+/// A relay as published: sealed, with the time it was sent (see [`Envelope`]).
+pub(super) fn seal(keys: &KeyRing, relayed: Relayed) -> Vec<u8> {
+    let envelope = Envelope {
+        at_ms: unix_millis(),
+        relayed,
+    };
+    keys.seal(
+        &serde_json::to_vec(&envelope).expect("relays serialize"),
+        RELAY_AAD,
+    )
+}
+
+/// The relay in what was published on this node's channel, unless it was not sealed with the
+/// nodes' keys, is damaged, or is not of now (a replay).
+pub(super) fn open(keys: &KeyRing, published: &[u8]) -> Result<Relayed, String> {
+    let plain = keys
+        .open(published, RELAY_AAD)
+        .map_err(|e| format!("not sealed by a node of this service: {e}"))?;
+    let envelope: Envelope =
+        serde_json::from_slice(&plain).map_err(|e| format!("unreadable: {e}"))?;
+    let age = unix_millis().abs_diff(envelope.at_ms);
+    if age > RELAY_MAX_AGE.as_millis() as u64 {
+        return Err(format!(
+            "sent {age} ms away from now: a replay, or clocks apart"
+        ));
+    }
+    Ok(envelope.relayed)
 }
 
 impl Relay {
     /// Runs until every sender is gone.
-    pub(super) async fn run(self, mut queue: mpsc::UnboundedReceiver<Outgoing>) {
+    pub(super) async fn run(self, mut queue: mpsc::Receiver<Outgoing>) {
         let mut batch = Vec::with_capacity(RELAY_BATCH);
         while queue.recv_many(&mut batch, RELAY_BATCH).await > 0 {
             if let Err(e) = self.handle(&batch).await {
@@ -74,7 +106,7 @@ impl Relay {
                             user: user.clone(),
                             device: info.device.clone(),
                         };
-                        publish(&mut redis, &node, &take_over).await?;
+                        publish(&mut redis, &self.keys, &node, take_over).await?;
                     }
                 }
                 Outgoing::Offline { user, device } => {
@@ -142,9 +174,15 @@ impl Relay {
         let mut sends = redis::pipe();
         let mut any = false;
         for (user, relayed) in relays.drain(..) {
-            let text = serde_json::to_string(&relayed).expect("relays serialize");
-            for node in nodes_of.get(user).into_iter().flatten() {
-                sends.cmd("PUBLISH").arg(channel(node)).arg(&text).ignore();
+            let nodes = nodes_of.get(user).filter(|nodes| !nodes.is_empty());
+            let Some(nodes) = nodes else { continue };
+            let sealed = seal(&self.keys, relayed);
+            for node in nodes {
+                sends
+                    .cmd("PUBLISH")
+                    .arg(channel(node))
+                    .arg(&sealed)
+                    .ignore();
                 any = true;
             }
         }
@@ -158,14 +196,14 @@ impl Relay {
 /// Sends one item to one node's channel.
 pub(super) async fn publish(
     redis: &mut ConnectionManager,
+    keys: &KeyRing,
     node: &str,
-    relayed: &Relayed,
+    relayed: Relayed,
 ) -> Result<(), StoreError> {
-    let text = serde_json::to_string(relayed).expect("relays serialize");
     bounded(
         redis::cmd("PUBLISH")
             .arg(channel(node))
-            .arg(text)
+            .arg(seal(keys, relayed))
             .exec_async(redis),
     )
     .await?;
@@ -177,6 +215,7 @@ pub(super) async fn publish(
 pub(super) async fn receive(
     url: &str,
     node: &str,
+    keys: &KeyRing,
     registry: &Registry,
     hub: &Hub,
     sessions: &Sessions,
@@ -186,10 +225,10 @@ pub(super) async fn receive(
     pubsub.subscribe(channel(node)).await?;
     let mut messages = pubsub.on_message();
     while let Some(message) = messages.next().await {
-        let relayed: Relayed = match serde_json::from_slice(message.get_payload_bytes()) {
+        let relayed = match open(keys, message.get_payload_bytes()) {
             Ok(relayed) => relayed,
             Err(e) => {
-                tracing::warn!("unreadable message on the cluster channel: {e}");
+                tracing::warn!("a message on the cluster channel is ignored: {e}");
                 continue;
             }
         };
@@ -229,4 +268,45 @@ pub(super) async fn receive(
         }
     }
     anyhow::bail!("the subscription ended")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn keys() -> KeyRing {
+        KeyRing::new(&["n1:000102030405060708090a0b0c0d0e0f".into()]).unwrap()
+    }
+
+    fn kick() -> Relayed {
+        Relayed::Kick {
+            user: "alice".into(),
+            device: "phone".into(),
+            reason: "r".into(),
+        }
+    }
+
+    #[test]
+    fn only_a_fresh_relay_sealed_with_the_nodes_keys_is_acted_on() {
+        let keys = keys();
+        assert!(matches!(
+            open(&keys, &seal(&keys, kick())),
+            Ok(Relayed::Kick { .. })
+        ));
+
+        // What a Redis writer without the keys can publish: the relay in the clear, or sealed
+        // with a key of its own.
+        let plain = serde_json::to_vec(&kick()).unwrap();
+        assert!(open(&keys, &plain).is_err());
+        let stranger = KeyRing::new(&["n1:f0f1f2f3f4f5f6f7f8f9fafbfcfdfeff".into()]).unwrap();
+        assert!(open(&keys, &seal(&stranger, kick())).is_err());
+
+        // A relay captured and published again later.
+        let stale = Envelope {
+            at_ms: unix_millis() - RELAY_MAX_AGE.as_millis() as u64 - 1000,
+            relayed: kick(),
+        };
+        let replayed = keys.seal(&serde_json::to_vec(&stale).unwrap(), RELAY_AAD);
+        assert!(open(&keys, &replayed).unwrap_err().contains("replay"));
+    }
 }
