@@ -393,8 +393,12 @@ pub enum StoreBackend {
 #[serde(default, deny_unknown_fields)]
 pub struct Store {
     pub backend: StoreBackend,
-    /// Used when `backend = "redis"`.
+    /// Used when `backend = "redis"`: `redis://[user:password@]host:port/`, or `rediss://…` for
+    /// TLS. A user and password are Redis ACL credentials.
     pub redis_url: String,
+    /// With `rediss://`: the CA certificate (PEM) that signed the server's, when it is not one
+    /// the system trusts.
+    pub redis_ca: Option<PathBuf>,
     /// SM4-GCM keys for data at rest, as `"id:32 hex digits"`. The first one encrypts; all of
     /// them decrypt, so a key is rotated by putting a new one first and keeping the old ones.
     /// When empty, one is generated once into the data dir (`at_rest_key`).
@@ -433,6 +437,7 @@ impl Default for Store {
         Self {
             backend: StoreBackend::Embedded,
             redis_url: "redis://127.0.0.1:6379".into(),
+            redis_ca: None,
             encryption_keys: Vec::new(),
             max_batch: 1024,
             max_queued_writes: 65_536,

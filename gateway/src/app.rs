@@ -93,6 +93,14 @@ impl App {
             &config.store.encryption_keys,
             data,
         )?);
+        // The process's TLS provider, for the clients that take the default (Redis over TLS):
+        // ring, as the listeners use.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        if let Some(path) = &config.store.redis_ca {
+            let pem = std::fs::read(path)
+                .with_context(|| format!("store.redis_ca {}", path.display()))?;
+            crate::infra::redis::trust_ca(pem);
+        }
         let cluster =
             cluster::join(&config.store, keys.clone(), metrics.dropped_relays.clone()).await?;
         let hub = Arc::new(Hub::new(

@@ -19,21 +19,58 @@ pub struct RedisServer {
     port: u16,
     dir: tempfile::TempDir,
     child: Option<Child>,
+    /// More arguments for `redis-server` (TLS, ACL users), kept for a restart.
+    extra: Vec<String>,
 }
 
 impl RedisServer {
     /// Starts a server (append-only file, fsync on every write) and waits until it answers PING.
     pub fn start() -> Self {
+        Self::start_with(Vec::new())
+    }
+
+    /// As [`start`](Self::start), and also listening with TLS on a port of its own (see
+    /// [`tls_port`](Self::tls_port)) with `cert` and `key`, and with the ACL user `user` who has
+    /// `password` and may do everything. The plain port stays open to the default user, for the
+    /// test's own checks.
+    pub fn start_tls(cert: &Path, key: &Path, user: &str, password: &str) -> (Self, u16) {
+        let tls_port = free_port();
+        let extra = [
+            "--tls-port",
+            &tls_port.to_string(),
+            "--tls-cert-file",
+            cert.to_str().unwrap(),
+            "--tls-key-file",
+            key.to_str().unwrap(),
+            "--tls-auth-clients",
+            "no",
+            // The rule's words are arguments of their own on the command line.
+            "--user",
+            user,
+            "on",
+            &format!(">{password}"),
+            "~*",
+            "&*",
+            "+@all",
+        ];
+        (
+            Self::start_with(extra.map(str::to_string).to_vec()),
+            tls_port,
+        )
+    }
+
+    fn start_with(extra: Vec<String>) -> Self {
         let dir = tempfile::tempdir().expect("a temporary directory for redis-server");
         let mut failures = Vec::new();
         for _ in 0..PORT_ATTEMPTS {
             let port = free_port();
-            match launch(port, dir.path()) {
+            match launch(port, dir.path(), &extra) {
                 Ok(child) => {
                     return Self {
                         port,
                         dir,
                         child: Some(child),
+                        extra,
                     }
                 }
                 Err(e) => failures.push(e),
@@ -80,7 +117,7 @@ impl RedisServer {
     /// Starts the server again on the same port with the same directory, after [`stop`](Self::stop).
     pub fn start_again(&mut self) {
         self.stop();
-        let child = launch(self.port, self.dir.path())
+        let child = launch(self.port, self.dir.path(), &self.extra)
             .unwrap_or_else(|e| panic!("redis-server did not start again: {e}"));
         self.child = Some(child);
     }
@@ -141,7 +178,7 @@ fn free_port() -> u16 {
 
 /// Starts `redis-server` on `port` and waits until it answers PING. On failure the server is
 /// killed and the reason (with the end of its log) returned.
-fn launch(port: u16, dir: &Path) -> Result<Child, String> {
+fn launch(port: u16, dir: &Path, extra: &[String]) -> Result<Child, String> {
     let log = dir.join(format!("redis-{port}.log"));
     let mut child = Command::new("redis-server")
         .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
@@ -159,6 +196,7 @@ fn launch(port: u16, dir: &Path) -> Result<Child, String> {
         .arg(dir)
         .arg("--logfile")
         .arg(&log)
+        .args(extra)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null())

@@ -5,6 +5,7 @@
 use anyhow::Context;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use std::future::Future;
+use std::sync::OnceLock;
 use std::time::Duration;
 
 /// The longest any one request to Redis may take, connecting included, before it is answered as
@@ -17,10 +18,36 @@ pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
 #[error("{0}")]
 pub struct Unavailable(pub String);
 
+/// The CA that signed the Redis server's certificate (`store.redis_ca`), for `rediss://` URLs:
+/// set once at start, for every connection the process makes to Redis.
+static TRUSTED_CA: OnceLock<Vec<u8>> = OnceLock::new();
+
+/// Trusts `pem` (a CA certificate) for `rediss://` connections instead of the system's roots.
+/// Called once at start, before any connection.
+pub fn trust_ca(pem: Vec<u8>) {
+    let _ = TRUSTED_CA.set(pem);
+}
+
+/// A client for `url`: over TLS for `rediss://` (with [`trust_ca`]'s CA when set), with the
+/// ACL user and password the URL holds.
+pub fn client(url: &str) -> anyhow::Result<redis::Client> {
+    match TRUSTED_CA.get() {
+        Some(ca) if url.starts_with("rediss://") => redis::Client::build_with_tls(
+            url,
+            redis::TlsCertificates {
+                client_tls: None,
+                root_cert: Some(ca.clone()),
+            },
+        ),
+        _ => redis::Client::open(url),
+    }
+    .context("not a Redis URL")
+}
+
 /// Connects to the Redis at `url`, failing when it cannot be reached now. The connection
 /// reconnects by itself afterwards; use it through [`bounded`].
 pub async fn connect(url: &str) -> anyhow::Result<ConnectionManager> {
-    let client = redis::Client::open(url).context("not a Redis URL")?;
+    let client = client(url)?;
     // The address only: the URL may hold a password.
     let address = client.get_connection_info().addr().to_string();
     // Few, short reconnection attempts: a request waits for them only up to REQUEST_TIMEOUT,

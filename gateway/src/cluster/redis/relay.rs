@@ -220,7 +220,7 @@ pub(super) async fn receive(
     hub: &Hub,
     sessions: &Sessions,
 ) -> anyhow::Result<()> {
-    let client = redis::Client::open(url)?;
+    let client = crate::infra::redis::client(url)?;
     let mut pubsub = client.get_async_pubsub().await?;
     pubsub.subscribe(channel(node)).await?;
     let mut messages = pubsub.on_message();
