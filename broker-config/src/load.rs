@@ -280,6 +280,11 @@ impl Config {
             "must be at least store.max_batch",
         );
         check(
+            st.redis_wait_replicas == 0 || st.redis_wait_timeout.as_millis() >= 1,
+            "store.redis_wait_timeout",
+            "must be at least 1ms when store.redis_wait_replicas is set (0 would wait forever)",
+        );
+        check(
             st.relay_queue >= 1,
             "store.relay_queue",
             "must be at least 1",

@@ -399,6 +399,14 @@ pub struct Store {
     /// With `rediss://`: the CA certificate (PEM) that signed the server's, when it is not one
     /// the system trusts.
     pub redis_ca: Option<PathBuf>,
+    /// Redis replicas every batch of appends must reach (`WAIT`) before it is acknowledged; 0
+    /// acknowledges once the primary executed it. With replicas, a failover to one of them
+    /// loses nothing acknowledged.
+    pub redis_wait_replicas: u32,
+    /// How long a batch waits for `redis_wait_replicas`; past it the batch is answered as
+    /// unavailable (it may be stored: a retry with an idempotency key stores it once).
+    #[serde(with = "humantime_serde")]
+    pub redis_wait_timeout: Duration,
     /// SM4-GCM keys for data at rest, as `"id:32 hex digits"`. The first one encrypts; all of
     /// them decrypt, so a key is rotated by putting a new one first and keeping the old ones.
     /// When empty, one is generated once into the data dir (`at_rest_key`).
@@ -438,6 +446,8 @@ impl Default for Store {
             backend: StoreBackend::Embedded,
             redis_url: "redis://127.0.0.1:6379".into(),
             redis_ca: None,
+            redis_wait_replicas: 0,
+            redis_wait_timeout: Duration::from_secs(1),
             encryption_keys: Vec::new(),
             max_batch: 1024,
             max_queued_writes: 65_536,

@@ -43,7 +43,7 @@ use crate::shutdown::Shutdown;
 use crate::store::clock::HybridClock;
 use crate::store::embedded::EmbeddedStore;
 use crate::store::redis::RedisStore;
-use crate::store::{CommitFeed, Settings, SharedStore};
+use crate::store::{CommitFeed, Replicas, Settings, SharedStore};
 use anyhow::{Context, Result};
 use broker_config::{Config, StoreBackend};
 use protocol::notification::Provider;
@@ -406,6 +406,10 @@ async fn open_store(
         memtable_size: config.store.memtable_size,
         max_queued_writes: config.store.max_queued_writes,
         commit_seconds: Some(metrics.commit_seconds.clone()),
+        replicas: Replicas {
+            count: config.store.redis_wait_replicas,
+            timeout: config.store.redis_wait_timeout,
+        },
     };
     Ok(match config.store.backend {
         StoreBackend::Embedded => Arc::new(EmbeddedStore::open(

@@ -216,6 +216,7 @@ async fn open(
         retention_count: RETENTION_COUNT,
         memtable_size: MEMTABLE_SIZE,
         commit_seconds: None,
+        replicas: Default::default(),
         max_queued_writes: 65_536,
     };
     Ok(match cmd.backend {

@@ -303,6 +303,48 @@ async fn a_relay_not_sealed_by_a_node_is_ignored() {
     assert_eq!(web.closed().await.reason, "genuine");
 }
 
+/// With `store.redis_wait_replicas`, a message is acknowledged only once a replica has it: while
+/// the replica is away, sends are answered `503 unavailable` (retryable), and they are
+/// acknowledged again once it is back.
+#[tokio::test]
+async fn acknowledgements_wait_for_the_configured_replicas() {
+    let redis = RedisServer::start();
+    let mut replica = RedisServer::start();
+    let port = redis.port().to_string();
+    let follow = |replica: &RedisServer| {
+        replica.command(&["REPLICAOF", "127.0.0.1", &port]);
+    };
+    follow(&replica);
+    let gw = TestGateway::start_with(
+        Options::default()
+            .with("STORE__BACKEND", "redis")
+            .with("STORE__REDIS_URL", &redis.url())
+            .with("STORE__REDIS_WAIT_REPLICAS", "1")
+            .with("STORE__REDIS_WAIT_TIMEOUT", "300ms"),
+    )
+    .await;
+    let send = |n: u32| {
+        gw.api(
+            Method::POST,
+            "/v1/messages",
+            Some(json!({"to": "rita", "body": {"n": n}})),
+        )
+    };
+    eventually("the replica confirms", || async { send(0).await.0 == 202 }).await;
+
+    replica.stop();
+    let (status, body) = send(1).await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (503, Some("unavailable")),
+        "{body}"
+    );
+
+    replica.start_again();
+    follow(&replica);
+    eventually("acknowledged again", || async { send(2).await.0 == 202 }).await;
+}
+
 #[tokio::test]
 async fn a_dead_nodes_devices_go_offline() {
     let redis = RedisServer::start();

@@ -41,6 +41,7 @@ async fn node(url: &str, keys: Arc<KeyRing>, clock: Arc<HybridClock>) -> RedisSt
         retention_count: 1000,
         memtable_size: 8 << 20,
         commit_seconds: None,
+        replicas: Default::default(),
         max_queued_writes: 65_536,
     };
     RedisStore::open(url, keys, clock, Arc::new(NoFeed), settings)
@@ -144,6 +145,7 @@ async fn opening_fails_when_redis_is_unreachable() {
         retention_count: 1,
         memtable_size: 8 << 20,
         commit_seconds: None,
+        replicas: Default::default(),
         max_queued_writes: 65_536,
     };
     let opened = RedisStore::open(&url, keys(), clock, Arc::new(NoFeed), settings).await;

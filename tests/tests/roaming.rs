@@ -52,6 +52,7 @@ async fn footprint(data_dir: &Path, user: &str) -> Vec<String> {
             retention_count: 1000,
             memtable_size: 8 << 20,
             commit_seconds: None,
+            replicas: Default::default(),
             max_queued_writes: 65_536,
         },
     )

@@ -141,6 +141,7 @@ async fn embedded_store_queueing(retention_count: u64, max_queued_writes: usize)
             retention_count,
             memtable_size: 8 << 20,
             commit_seconds: None,
+            replicas: Default::default(),
             max_queued_writes,
         },
     )
@@ -219,6 +220,7 @@ async fn redis_store_queueing(retention_count: u64, max_queued_writes: usize) ->
             retention_count,
             memtable_size: 8 << 20,
             commit_seconds: None,
+            replicas: Default::default(),
             max_queued_writes,
         },
     )

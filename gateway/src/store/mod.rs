@@ -47,6 +47,17 @@ pub struct Settings {
     /// Where the time to make one batch durable (one fsync, or one Redis round trip) is
     /// recorded, when it is measured: the part of an append's latency the backend itself costs.
     pub commit_seconds: Option<Histogram>,
+    /// Redis store only: the replicas a batch must reach before it is acknowledged.
+    pub replicas: Replicas,
+}
+
+/// How many replicas must have a batch (Redis `WAIT`) before it is acknowledged, and how long
+/// to wait for them: a batch they did not confirm in time is answered as unavailable (it may
+/// be stored; a retry with an idempotency key stores it once). None (`count` 0) by default.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Replicas {
+    pub count: u32,
+    pub timeout: std::time::Duration,
 }
 
 impl Settings {

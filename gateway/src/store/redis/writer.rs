@@ -148,8 +148,31 @@ impl Writer {
         for log in logs {
             pipe.sadd(USERS, log).ignore();
         }
+        let replicas = self.settings.replicas;
+        if replicas.count > 0 {
+            // Waits, on this connection, for every write above to reach the replicas.
+            pipe.cmd("WAIT")
+                .arg(replicas.count)
+                .arg(replicas.timeout.as_millis() as u64);
+        }
         let committing = std::time::Instant::now();
-        let positions: Vec<Position> = bounded(pipe.query_async(&mut self.redis)).await?;
+        let mut replies: Vec<redis::Value> = bounded(pipe.query_async(&mut self.redis)).await?;
+        if replicas.count > 0 {
+            let reached: u32 = replies
+                .pop()
+                .and_then(|reply| redis::from_redis_value(reply).ok())
+                .unwrap_or(0);
+            if reached < replicas.count {
+                return Err(StoreError::Unavailable(format!(
+                    "{reached} of {} Redis replicas confirmed the batch within {:?}",
+                    replicas.count, replicas.timeout
+                )));
+            }
+        }
+        let positions: Vec<Position> = (replies.into_iter())
+            .map(redis::from_redis_value)
+            .collect::<Result<_, _>>()
+            .map_err(|e| StoreError::Unavailable(format!("an append's answer: {e}")))?;
         self.settings.commit_took(committing);
         if let Some(latest) = positions.iter().map(|(_, hlc, ..)| *hlc).max() {
             self.clock.observe(latest);
