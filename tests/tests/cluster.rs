@@ -131,8 +131,8 @@ async fn two_nodes_deliver_live_share_presence_and_let_a_device_move() {
     .await;
 }
 
-/// A user deleted through one node is logged out on the others too: their connections end
-/// without the will, which would write into the deleted log.
+/// A user deleted through one node is logged out on the others too, before the deletion: their
+/// connections end, without the will, which would write into the deleted log.
 #[tokio::test]
 async fn deleting_a_user_closes_its_connections_on_every_node() {
     use e2e::mqtt::will_to_self;

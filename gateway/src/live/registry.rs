@@ -54,6 +54,9 @@ pub enum Admission {
     PendingApproval,
 }
 
+/// How long a deletion waits for the user's connections to end.
+pub const CONNECTIONS_END: std::time::Duration = std::time::Duration::from_secs(5);
+
 pub struct Registry {
     config: SessionsConfig,
     topics: Arc<UserTopics>,
@@ -287,12 +290,37 @@ impl Registry {
         self.publish_presence(user, event, None);
     }
 
-    /// Closes every connection of a deleted user, here and (told over the cluster) on the
-    /// other nodes, and forgets the devices it used; returns the links closed here, whose end
-    /// the caller waits for before it deletes (the other nodes' ends are not waited for).
-    pub async fn forget_user(&self, user: &str, reason: &str) -> Result<Vec<Arc<Link>>> {
+    /// Closes every connection of a deleted user, on the other nodes (told over the cluster)
+    /// and here, and forgets the devices it used; returns once they ended (each node's waited
+    /// for up to [`CONNECTIONS_END`]), their last writes (a cursor, a session) done, so a
+    /// deletion that follows leaves nothing they would write back.
+    pub async fn forget_user(&self, user: &str, reason: &str) -> Result<()> {
         self.topics.nodes().forget_user(user).await?;
-        self.forget_user_here(user, reason)
+        self.forget_user_and_wait(user, reason).await?;
+        Ok(())
+    }
+
+    /// Closes this node's connections of the user as [`forget_user_here`](Self::forget_user_here)
+    /// does and waits, up to [`CONNECTIONS_END`], for them to end; returns them.
+    async fn forget_user_and_wait(&self, user: &str, reason: &str) -> Result<Vec<Arc<Link>>> {
+        let closed = self.forget_user_here(user, reason)?;
+        let ended = futures_util::future::join_all(closed.iter().map(|link| link.ended()));
+        if tokio::time::timeout(CONNECTIONS_END, ended).await.is_err() {
+            tracing::warn!(%user, "a connection of a deleted user did not end in time");
+        }
+        Ok(closed)
+    }
+
+    /// For another node deleting the user: closes this node's connections of the user, waits
+    /// for them to end, then takes their devices out of the cluster's presence, which is what
+    /// the deleting node waits for before it deletes.
+    pub async fn forget_user_for_another_node(&self, user: &str, reason: &str) -> Result<()> {
+        for link in &self.forget_user_and_wait(user, reason).await? {
+            if let Identity::Device { device, .. } = &link.identity {
+                self.topics.nodes().device_offline(user, device);
+            }
+        }
+        Ok(())
     }
 
     /// Closes this node's connections of a deleted user as `account_deleted` (no will, no

@@ -37,7 +37,7 @@ use crate::infra::redis::{bounded, connect};
 use crate::live::hub::Hub;
 use crate::live::message::Published;
 use crate::live::nodes::OtherNodes;
-use crate::live::registry::Registry;
+use crate::live::registry::{Registry, CONNECTIONS_END};
 use crate::live::sessions::Sessions;
 use crate::shutdown::Shutdown;
 use crate::store::StoreError;
@@ -238,6 +238,16 @@ impl OtherNodes for RedisNodes {
                 user: user.to_string(),
             };
             relay::publish(&mut redis, &self.keys, node, forget).await?;
+        }
+        // Each of those nodes takes its devices out of presence once their connections ended
+        // (see `Registry::forget_user_for_another_node`): wait for that, within bounds.
+        let deadline = tokio::time::Instant::now() + CONNECTIONS_END + Duration::from_secs(1);
+        while !nodes.is_empty() && !self.presence_elsewhere(user).await?.is_empty() {
+            if tokio::time::Instant::now() > deadline {
+                tracing::warn!(%user, "another node's connections of a deleted user did not end in time");
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
         bounded(
             redis::cmd("DEL")

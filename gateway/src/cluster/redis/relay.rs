@@ -216,7 +216,7 @@ pub(super) async fn receive(
     url: &str,
     node: &str,
     keys: &KeyRing,
-    registry: &Registry,
+    registry: &Arc<Registry>,
     hub: &Hub,
     sessions: &Sessions,
 ) -> anyhow::Result<()> {
@@ -261,9 +261,16 @@ pub(super) async fn receive(
                 registry.kick(&user, &device, &reason);
             }
             Relayed::ForgetUser { user } => {
-                if let Err(e) = registry.forget_user_here(&user, "account deleted") {
-                    tracing::warn!(%user, "a deleted user's devices are not all forgotten here: {e:#}");
-                }
+                // Not waited for here: the channel's other relays go on meanwhile.
+                let registry = registry.clone();
+                tokio::spawn(async move {
+                    let forgotten = registry
+                        .forget_user_for_another_node(&user, "account deleted")
+                        .await;
+                    if let Err(e) = forgotten {
+                        tracing::warn!(%user, "a deleted user's devices are not all forgotten here: {e:#}");
+                    }
+                });
             }
         }
     }
