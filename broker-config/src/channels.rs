@@ -48,6 +48,10 @@ pub struct WeChat {
     /// Nonces remembered at most (this node); when they are all within the window, further
     /// callbacks are refused with 503 until the oldest expire.
     pub callback_max_nonces: usize,
+    /// The account's EncodingAESKey (43 characters) for WeChat's safe mode (安全模式): when set,
+    /// a callback must come encrypted (`encrypt_type=aes`) with a valid `msg_signature`, and
+    /// plain callbacks are refused.
+    pub encoding_aes_key: Option<String>,
     /// The Official Accounts (or mini programs) the gateway sends as.
     pub apps: Vec<WeChatApp>,
 }
@@ -62,6 +66,7 @@ impl Default for WeChat {
             callback_token: None,
             callback_window: Duration::from_secs(5 * 60),
             callback_max_nonces: 1_000_000,
+            encoding_aes_key: None,
             apps: Vec::new(),
         }
     }

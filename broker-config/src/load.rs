@@ -168,6 +168,16 @@ impl Config {
             "must be at least 1",
         );
         let wechat = &self.channels.wechat;
+        if let Some(key) = &wechat.encoding_aes_key {
+            check(
+                key.len() == 43
+                    && key
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || c == '+' || c == '/'),
+                "channels.wechat.encoding_aes_key",
+                "must be the account's 43-character EncodingAESKey",
+            );
+        }
         check(
             !wechat.enabled || wechat.callback_token.as_deref().is_some_and(|t| !t.is_empty()),
             "channels.wechat.callback_token",

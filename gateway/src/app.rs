@@ -13,6 +13,7 @@ use crate::auth::{secrets, Auth};
 use crate::channel::qiuqiu::QiuQiuChannel;
 use crate::channel::token_cache::{LocalTokenCache, RedisTokenCache, TokenCache};
 use crate::channel::wechat::callback::CallbackGuard;
+use crate::channel::wechat::safe_mode::SafeMode;
 use crate::channel::wechat::WeChatChannel;
 use crate::channel::Channel;
 use crate::cluster::{self, Membership};
@@ -189,15 +190,7 @@ impl App {
             metrics,
             recorder,
             front: front.clone(),
-            wechat_callbacks: config
-                .channels
-                .wechat
-                .callback_token
-                .as_deref()
-                .map(|token| {
-                    let wechat = &config.channels.wechat;
-                    CallbackGuard::new(token, wechat.callback_window, wechat.callback_max_nonces)
-                }),
+            wechat_callbacks: wechat_callbacks(&config.channels.wechat)?,
         });
         Ok(Self {
             config,
@@ -392,6 +385,22 @@ fn bind(name: &str, addr: SocketAddr, backlog: u32) -> Result<TcpListener> {
 }
 
 /// The message store, handing its commits to `feed`.
+/// What checks WeChat's callbacks: none without a `callback_token` (they are all refused), and
+/// in safe mode with an `encoding_aes_key`.
+fn wechat_callbacks(wechat: &broker_config::WeChat) -> Result<Option<CallbackGuard>> {
+    let Some(token) = wechat.callback_token.as_deref() else {
+        return Ok(None);
+    };
+    let guard = CallbackGuard::new(token, wechat.callback_window, wechat.callback_max_nonces);
+    Ok(Some(match &wechat.encoding_aes_key {
+        Some(key) => {
+            let appids = wechat.apps.iter().map(|app| app.appid.clone()).collect();
+            guard.in_safe_mode(SafeMode::new(key, appids)?)
+        }
+        None => guard,
+    }))
+}
+
 async fn open_store(
     config: &Config,
     data: &DataDir,

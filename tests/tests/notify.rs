@@ -1014,6 +1014,59 @@ async fn wechat_callbacks_must_be_signed_fresh_and_new() {
     assert_eq!(replayed.status().as_u16(), 401, "replayed");
 }
 
+/// WeChat's safe mode (安全模式): with an EncodingAESKey configured, a callback is taken only
+/// encrypted, for the configured app, with WeChat's `msg_signature` over the ciphertext.
+#[tokio::test]
+async fn in_safe_mode_only_encrypted_wechat_callbacks_are_taken() {
+    use gateway::channel::wechat::callback::signature;
+    use gateway::channel::wechat::safe_mode::{msg_signature, SafeMode};
+    const KEY: &str = "jWmYm7qr5nMoAUwZRjGtBxmz3KA1tkAj3ykkR6q2B2C";
+    let doubles = Doubles::start().await;
+    let gw = TestGateway::start_with(
+        doubles.options_with(&format!(", encoding_aes_key = \"{KEY}\""), ""),
+    )
+    .await;
+    let event = "<xml><Event><![CDATA[TEMPLATESENDJOBFINISH]]></Event><MsgID>1</MsgID><Status><![CDATA[success]]></Status></xml>";
+    let mode = SafeMode::new(KEY, vec![wechat::DEFAULT_APPID.into()]).unwrap();
+    let token = wechat::DEFAULT_CALLBACK_TOKEN;
+    let client = reqwest::Client::new();
+    let post = |nonce: &str, encrypted: &str, forged: bool, body: String| {
+        let now = gateway::infra::time::unix_seconds().to_string();
+        let plain = signature(token, &now, nonce);
+        let over = msg_signature(if forged { "guess" } else { token }, &now, nonce, encrypted);
+        let query = format!(
+            "?signature={plain}&timestamp={now}&nonce={nonce}&encrypt_type=aes&msg_signature={over}"
+        );
+        client
+            .post(gw.url(&format!("/v1/callbacks/wechat{query}")))
+            .body(body)
+            .send()
+    };
+    let encrypted = mode.seal(event, wechat::DEFAULT_APPID, [9; 16]);
+    let wrapped = format!("<xml><ToUserName><![CDATA[gh_1]]></ToUserName><Encrypt><![CDATA[{encrypted}]]></Encrypt></xml>");
+
+    let taken = post("1", &encrypted, false, wrapped.clone()).await.unwrap();
+    assert_eq!(taken.status().as_u16(), 200);
+    assert_eq!(taken.text().await.unwrap(), "success");
+
+    let forged = post("2", &encrypted, true, wrapped).await.unwrap();
+    assert_eq!(forged.status().as_u16(), 401);
+    let plain = post("3", "", false, event.to_string()).await.unwrap();
+    assert_eq!(plain.status().as_u16(), 400);
+    let body: serde_json::Value = plain.json().await.unwrap();
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("must be encrypted"),
+        "{body}"
+    );
+    let foreign = mode.seal(event, "wx-someone-else", [9; 16]);
+    let wrapped = format!("<xml><Encrypt><![CDATA[{foreign}]]></Encrypt></xml>");
+    let refused = post("4", &foreign, false, wrapped).await.unwrap();
+    assert_eq!(refused.status().as_u16(), 401, "another app's callback");
+}
+
 /// Two nodes on one Redis, sharing node A's secrets as nodes of one service do, with extra
 /// `[channels.qiuqiu]` keys.
 async fn two_nodes(

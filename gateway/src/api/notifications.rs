@@ -182,18 +182,23 @@ pub async fn wechat_callback(
     ApiQuery(signed): ApiQuery<CallbackSignature>,
     body: String,
 ) -> Result<&'static str, ApiError> {
-    let admitted = match &api.wechat_callbacks {
-        Some(guard) => guard.admit(&signed, crate::infra::time::unix_seconds()),
+    let opened = match &api.wechat_callbacks {
+        Some(guard) => guard
+            .admit(&signed, crate::infra::time::unix_seconds())
+            .and_then(|()| guard.open(&signed, body)),
         None => Err(CallbackRefusal::NotConfigured),
     };
-    if let Err(refusal) = admitted {
+    let body = opened.map_err(|refusal| {
         let (status, code) = match refusal {
             CallbackRefusal::NotConfigured => (StatusCode::NOT_FOUND, ErrorCode::NotFound),
             CallbackRefusal::TooMany => (StatusCode::SERVICE_UNAVAILABLE, ErrorCode::Unavailable),
+            CallbackRefusal::NotEncrypted | CallbackRefusal::Undecryptable => {
+                (StatusCode::BAD_REQUEST, ErrorCode::InvalidRequest)
+            }
             _ => (StatusCode::UNAUTHORIZED, ErrorCode::Unauthorized),
         };
-        return Err(ApiError::new(status, code, refusal.to_string()));
-    }
+        ApiError::new(status, code, refusal.to_string())
+    })?;
     if let Some(finish) = parse_job_finish(&body) {
         let msgid = finish.msgid.clone();
         if let Err(e) = api.notifications.record_delivery_report(finish).await {

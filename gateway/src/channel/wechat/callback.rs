@@ -2,6 +2,7 @@
 //! WeChat, and the `TEMPLATESENDJOBFINISH` / `MASSSENDJOBFINISH` events that say what finally
 //! became of a template message or a mass send.
 
+use super::safe_mode::SafeMode;
 use quick_xml::events::Event;
 use sha1::{Digest, Sha1};
 use std::collections::{HashSet, VecDeque};
@@ -15,6 +16,9 @@ pub struct CallbackSignature {
     pub signature: Option<String>,
     pub timestamp: Option<String>,
     pub nonce: Option<String>,
+    /// Safe mode: `aes`, with `msg_signature` over the encrypted body.
+    pub encrypt_type: Option<String>,
+    pub msg_signature: Option<String>,
 }
 
 /// Longest nonce accepted: WeChat's are short numbers; a longer one is not WeChat's.
@@ -58,6 +62,12 @@ pub enum CallbackRefusal {
     Replayed,
     #[error("too many callbacks within channels.wechat.callback_window; try again later")]
     TooMany,
+    #[error("safe mode is configured: the callback must be encrypted (encrypt_type=aes, msg_signature, Encrypt)")]
+    NotEncrypted,
+    #[error("the callback's Encrypt does not decrypt with channels.wechat.encoding_aes_key")]
+    Undecryptable,
+    #[error("the callback is for an app this gateway does not send as")]
+    ForeignApp,
 }
 
 /// Checks WeChat's callbacks: signed with the account's token, timestamped within the window of
@@ -67,6 +77,8 @@ pub struct CallbackGuard {
     token: String,
     window: Duration,
     seen: Mutex<SeenNonces>,
+    /// When `channels.wechat.encoding_aes_key` is set: only encrypted callbacks are taken.
+    safe_mode: Option<SafeMode>,
 }
 
 /// The (timestamp, nonce) pairs taken within the last two windows, oldest first. A pair must be
@@ -88,7 +100,41 @@ impl CallbackGuard {
                 keys: HashSet::new(),
                 max: max_nonces,
             }),
+            safe_mode: None,
         }
+    }
+
+    /// Takes only callbacks encrypted in WeChat's safe mode, with `safe_mode`.
+    pub fn in_safe_mode(self, safe_mode: SafeMode) -> Self {
+        Self {
+            safe_mode: Some(safe_mode),
+            ..self
+        }
+    }
+
+    /// The callback's XML: `body` itself, or in safe mode what its `Encrypt` holds, once
+    /// `msg_signature` is WeChat's over it. For a callback [`admit`](Self::admit)ted.
+    pub fn open(
+        &self,
+        signed: &CallbackSignature,
+        body: String,
+    ) -> Result<String, CallbackRefusal> {
+        let Some(safe_mode) = &self.safe_mode else {
+            return Ok(body);
+        };
+        let encrypted = top_level_fields(&body)
+            .and_then(|fields| fields.into_iter().find(|(name, _)| name == "Encrypt"))
+            .map(|(_, encrypted)| encrypted);
+        let (Some("aes"), Some(signature), Some(encrypted), Some(timestamp), Some(nonce)) = (
+            signed.encrypt_type.as_deref(),
+            signed.msg_signature.as_deref(),
+            encrypted,
+            signed.timestamp.as_deref(),
+            signed.nonce.as_deref(),
+        ) else {
+            return Err(CallbackRefusal::NotEncrypted);
+        };
+        safe_mode.open(&self.token, (timestamp, nonce), signature, &encrypted)
     }
 
     /// Takes the callback signed by `signed` at `now` (Unix seconds), or says why not.
@@ -273,6 +319,7 @@ mod tests {
             signature: Some(signature.to_uppercase()),
             timestamp: Some(timestamp.to_string()),
             nonce: Some(nonce.to_owned()),
+            ..CallbackSignature::default()
         }
     }
 

@@ -6,6 +6,7 @@
 pub mod callback;
 mod content;
 pub mod errors;
+pub mod safe_mode;
 
 use super::http;
 use super::token_cache::{FreshToken, TokenCache, Tokens};
