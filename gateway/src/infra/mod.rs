@@ -7,5 +7,5 @@ pub mod data_dir;
 pub mod fjall;
 pub mod group_commit;
 pub mod redis;
-mod sm4_tables;
+mod sm4_ct;
 pub mod time;
