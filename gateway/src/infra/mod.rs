@@ -8,6 +8,6 @@ pub mod fatal;
 pub mod fjall;
 pub mod group_commit;
 pub mod redis;
-mod sm4_tables;
+mod sm4_ct;
 pub mod time;
 pub mod token_bucket;
