@@ -5,14 +5,25 @@
 //! A sealed value is `[id length][key id][12-byte nonce][ciphertext and 16-byte tag]`. The
 //! associated data binds a value to where it is stored (its user and message id), so a record
 //! copied to another place does not decrypt.
+//!
+//! Nonces are random (96 bits), which GCM allows for at most 2³² values under one key; a busy
+//! gateway seals that many in hours. So no configured key seals directly: each hour's values are
+//! sealed under a key derived from it for that hour (HMAC-SHA256 of the key over the hour's
+//! number), named `{key id}.{hour}` in the value. An hour of even a million seals a second is
+//! 2^31.7, under the bound. Values sealed directly with a configured key (named by its id alone,
+//! before hourly keys) still open.
 
 use super::data_dir::DataDir;
 use super::sm4_ct::Sm4;
+use super::time::unix_seconds;
 use aes_gcm::aead::{Aead, AeadCore, AeadInPlace, KeyInit, Payload};
 use aes_gcm::aes::cipher::consts::U12;
 use aes_gcm::AesGcm;
 use anyhow::{bail, Context, Result};
+use hmac::{Hmac, Mac};
+use sha2::Sha256;
 use std::collections::HashMap;
+use std::sync::{Arc, Mutex, RwLock};
 
 type Sm4Gcm = AesGcm<Sm4, U12>;
 
@@ -29,7 +40,34 @@ pub enum CipherError {
 
 pub struct KeyRing {
     active_id: String,
-    keys: HashMap<String, Sm4Gcm>,
+    /// The configured keys, by id: what the hourly keys derive from, and what values sealed
+    /// before hourly keys were sealed with.
+    keys: HashMap<String, ConfiguredKey>,
+    /// The hour and key this ring seals with now.
+    sealing: RwLock<(u64, Arc<Sm4Gcm>)>,
+    /// Hourly keys derived to open values, by their name; cleared when it holds
+    /// [`MAX_DERIVED`].
+    derived: Mutex<HashMap<String, Arc<Sm4Gcm>>>,
+}
+
+struct ConfiguredKey {
+    secret: [u8; 16],
+    cipher: Sm4Gcm,
+}
+
+/// Hourly keys kept for opening at most: a key schedule is cheap to redo.
+const MAX_DERIVED: usize = 4096;
+
+const SECONDS_PER_HOUR: u64 = 3600;
+
+impl ConfiguredKey {
+    /// The key for `hour` (hours since the Unix epoch).
+    fn hourly(&self, hour: u64) -> Sm4Gcm {
+        let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(&self.secret).expect("any key length");
+        mac.update(b"gw sm4-gcm hourly key\0");
+        mac.update(&hour.to_be_bytes());
+        Sm4Gcm::new_from_slice(&mac.finalize().into_bytes()[..16]).expect("16 bytes")
+    }
 }
 
 impl KeyRing {
@@ -46,8 +84,12 @@ impl KeyRing {
                 "at-rest key {id:?} must be an id of 1-16 letters or digits and 32 hex digits"
             );
             let bytes = hex::decode(digits).with_context(|| format!("at-rest key {id:?}"))?;
-            let cipher = Sm4Gcm::new_from_slice(&bytes).expect("SM4 keys are 16 bytes");
-            if keys.insert(id.to_string(), cipher).is_some() {
+            let secret: [u8; 16] = bytes.try_into().expect("checked: 32 hex digits");
+            let cipher = Sm4Gcm::new_from_slice(&secret).expect("SM4 keys are 16 bytes");
+            if keys
+                .insert(id.to_string(), ConfiguredKey { secret, cipher })
+                .is_some()
+            {
                 bail!("at-rest key id {id:?} appears twice");
             }
             active_id.get_or_insert_with(|| id.to_string());
@@ -55,7 +97,52 @@ impl KeyRing {
         let Some(active_id) = active_id else {
             bail!("at least one at-rest key is needed")
         };
-        Ok(Self { active_id, keys })
+        let hour = unix_seconds() / SECONDS_PER_HOUR;
+        let sealing = Arc::new(keys[&active_id].hourly(hour));
+        Ok(Self {
+            active_id,
+            keys,
+            sealing: RwLock::new((hour, sealing)),
+            derived: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// The key to seal with in `hour`, derived when the hour changed.
+    fn sealing_key(&self, hour: u64) -> Arc<Sm4Gcm> {
+        {
+            let sealing = self.sealing.read().unwrap_or_else(|p| p.into_inner());
+            if sealing.0 == hour {
+                return sealing.1.clone();
+            }
+        }
+        let key = Arc::new(self.keys[&self.active_id].hourly(hour));
+        *self.sealing.write().unwrap_or_else(|p| p.into_inner()) = (hour, key.clone());
+        key
+    }
+
+    /// The cipher of a sealed value's key name: a configured key's hourly key
+    /// (`{id}.{hour}`), or a configured key itself (a value from before hourly keys).
+    fn opening_key(&self, name: &str) -> Result<Arc<Sm4Gcm>, CipherError> {
+        let unknown = || CipherError::UnknownKey(name.to_string());
+        let Some((id, hour)) = name.split_once('.') else {
+            let key = self.keys.get(name).ok_or_else(unknown)?;
+            return Ok(Arc::new(key.cipher.clone()));
+        };
+        let hour: u64 = hour.parse().map_err(|_| CipherError::Damaged)?;
+        let key = self
+            .keys
+            .get(id)
+            .ok_or_else(|| CipherError::UnknownKey(id.to_string()))?;
+        let mut derived = self.derived.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(cipher) = derived.get(name) {
+            return Ok(cipher.clone());
+        }
+        if derived.len() >= MAX_DERIVED {
+            derived.clear();
+        }
+        let cipher = Arc::new(key.hourly(hour));
+        derived.insert(name.to_string(), cipher.clone());
+        Ok(cipher)
     }
 
     /// The keys of `store.encryption_keys` when any are configured, else one generated once
@@ -70,14 +157,20 @@ impl KeyRing {
     }
 
     pub fn seal(&self, plaintext: &[u8], aad: &[u8]) -> Vec<u8> {
-        let cipher = &self.keys[&self.active_id];
+        self.seal_in(unix_seconds() / SECONDS_PER_HOUR, plaintext, aad)
+    }
+
+    /// Seals under the hourly key of `hour`.
+    fn seal_in(&self, hour: u64, plaintext: &[u8], aad: &[u8]) -> Vec<u8> {
+        let cipher = self.sealing_key(hour);
+        let name = format!("{}.{hour}", self.active_id);
         // The thread's CSPRNG (ChaCha, seeded and reseeded from the OS): a random nonce without
         // a system call per value.
         let nonce = Sm4Gcm::generate_nonce(&mut rand::thread_rng());
-        let header = 1 + self.active_id.len() + NONCE_LEN;
+        let header = 1 + name.len() + NONCE_LEN;
         let mut sealed = Vec::with_capacity(header + plaintext.len() + TAG_LEN);
-        sealed.push(self.active_id.len() as u8);
-        sealed.extend_from_slice(self.active_id.as_bytes());
+        sealed.push(name.len() as u8);
+        sealed.extend_from_slice(name.as_bytes());
         sealed.extend_from_slice(&nonce);
         sealed.extend_from_slice(plaintext);
         let tag = cipher
@@ -96,11 +189,7 @@ impl KeyRing {
         let (id, rest) = rest.split_at(id_len);
         let (nonce, ciphertext) = rest.split_at(NONCE_LEN);
         let id = std::str::from_utf8(id).map_err(|_| CipherError::Damaged)?;
-        let cipher = self
-            .keys
-            .get(id)
-            .ok_or_else(|| CipherError::UnknownKey(id.to_string()))?;
-        cipher
+        self.opening_key(id)?
             .decrypt(
                 nonce.into(),
                 Payload {
@@ -144,6 +233,53 @@ mod tests {
             )
             .unwrap();
         assert_eq!(sealed, expected);
+    }
+
+    #[test]
+    fn each_hour_seals_under_a_key_of_its_own_and_every_hour_opens() {
+        let ring = KeyRing::new(&["k1:000102030405060708090a0b0c0d0e0f".into()]).unwrap();
+        let (now, later) = (493_000, 493_001);
+        let first = ring.seal_in(now, b"hello", b"alice/m1");
+        let second = ring.seal_in(later, b"hello", b"alice/m1");
+        let name = |sealed: &[u8]| String::from_utf8(sealed[1..1 + sealed[0] as usize].to_vec());
+        assert_eq!(name(&first).unwrap(), "k1.493000");
+        assert_eq!(name(&second).unwrap(), "k1.493001");
+        // The same plaintext under two keys: nothing in common past the header.
+        assert_ne!(
+            first[1 + first[0] as usize..],
+            second[1 + second[0] as usize..]
+        );
+        for sealed in [&first, &second] {
+            assert_eq!(ring.open(sealed, b"alice/m1").unwrap(), b"hello");
+        }
+        // A value sealed under another hour's key and relabelled does not open.
+        let mut relabelled = second.clone();
+        let end = 1 + relabelled[0] as usize;
+        relabelled[1..end].copy_from_slice(b"k1.493000");
+        assert!(matches!(
+            ring.open(&relabelled, b"alice/m1"),
+            Err(CipherError::Damaged)
+        ));
+    }
+
+    /// Values sealed before hourly keys (directly with a configured key, named by its id) still
+    /// open.
+    #[test]
+    fn values_from_before_hourly_keys_open() {
+        let ring = KeyRing::new(&["k1:000102030405060708090a0b0c0d0e0f".into()]).unwrap();
+        let nonce = [7u8; NONCE_LEN];
+        let cipher = &ring.keys["k1"].cipher;
+        let ciphertext = cipher
+            .encrypt(
+                (&nonce).into(),
+                Payload {
+                    msg: b"old",
+                    aad: b"alice/m0",
+                },
+            )
+            .unwrap();
+        let sealed = [&[2u8][..], b"k1", &nonce, &ciphertext].concat();
+        assert_eq!(ring.open(&sealed, b"alice/m0").unwrap(), b"old");
     }
 
     #[test]
