@@ -3,6 +3,7 @@
 use super::error::ApiError;
 use super::json::ApiJson;
 use super::state::Api;
+use crate::auth::token::{DeviceClaims, TokenSigner};
 use crate::store::revocations::LONGEST_TOKEN_LIFE;
 use axum::extract::State;
 use axum::Json;
@@ -21,6 +22,23 @@ pub struct TokenRequest {
     ttl: Option<String>,
 }
 
+impl TokenRequest {
+    /// The token asked for, valid for the request's `ttl` or else `default_ttl`.
+    pub(crate) fn sign(
+        &self,
+        signer: &TokenSigner,
+        default_ttl: Duration,
+    ) -> Result<(String, DeviceClaims), ApiError> {
+        let ttl = match &self.ttl {
+            Some(text) => parse_ttl(text).map_err(ApiError::invalid)?,
+            None => default_ttl,
+        };
+        signer
+            .sign(&self.user, &self.device, self.platform, ttl)
+            .map_err(|e| ApiError::invalid(e.to_string()))
+    }
+}
+
 fn default_platform() -> Platform {
     Platform::Android
 }
@@ -36,13 +54,7 @@ pub async fn issue(
     State(api): State<Api>,
     ApiJson(request): ApiJson<TokenRequest>,
 ) -> Result<Json<TokenResponse>, ApiError> {
-    let ttl = match &request.ttl {
-        Some(text) => parse_ttl(text).map_err(ApiError::invalid)?,
-        None => api.config.auth.default_token_ttl,
-    };
-    let (token, claims) = (api.auth.signer)
-        .sign(&request.user, &request.device, request.platform, ttl)
-        .map_err(|e| ApiError::invalid(e.to_string()))?;
+    let (token, claims) = request.sign(&api.auth.signer, api.config.auth.default_token_ttl)?;
     Ok(Json(TokenResponse {
         token,
         expires_at: claims.exp * 1000,
