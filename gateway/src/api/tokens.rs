@@ -64,9 +64,28 @@ pub async fn issue(
 /// Parses a token lifetime such as `24h`; shared with `gateway token --ttl`.
 pub fn parse_ttl(text: &str) -> Result<Duration, String> {
     let ttl = humantime::parse_duration(text).map_err(|e| format!("ttl {text:?}: {e}"))?;
-    if ttl.is_zero() || ttl > LONGEST_TOKEN_LIFE {
+    // Expiry is kept in whole seconds: a token for less than one would be expired when issued.
+    if ttl < Duration::from_secs(1) || ttl > LONGEST_TOKEN_LIFE {
         let longest = humantime::format_duration(LONGEST_TOKEN_LIFE);
         return Err(format!("ttl {text:?} must be between 1s and {longest}"));
     }
     Ok(ttl)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Found by the `http_bodies` fuzz target: `POST /v1/tokens` with a `ttl` under a second
+    /// issued a token that had expired already (its expiry is in whole seconds).
+    #[test]
+    fn a_ttl_under_a_second_is_refused() {
+        crate::fuzzing::http_bodies(
+            b"\x04\x01{\"user\":\"bob\",\"device\":\"web-bbbbbb1\",\"ttl\":\"3us\"}",
+        );
+        for ttl in ["3us", "999ms", "0s"] {
+            assert!(parse_ttl(ttl).is_err(), "{ttl}");
+        }
+        assert_eq!(parse_ttl("1s"), Ok(Duration::from_secs(1)));
+    }
 }
