@@ -11,6 +11,8 @@ pub mod auth;
 pub mod channel;
 pub mod cluster;
 pub mod front;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod infra;
 pub mod live;
 pub mod log;

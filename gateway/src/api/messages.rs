@@ -24,6 +24,13 @@ pub struct PostMessage {
     body: Value,
 }
 
+impl PostMessage {
+    /// The checks a message passes before it is accepted.
+    pub(crate) fn check(&self) -> Result<(), ApiError> {
+        check_ids(&self.to, self.from.as_deref())
+    }
+}
+
 /// The message is in the recipient's log (durably) when this is sent.
 #[derive(Serialize)]
 pub struct Accepted {
@@ -42,13 +49,20 @@ pub struct PostSignal {
     body: Box<RawValue>,
 }
 
+impl PostSignal {
+    /// The checks a signal passes before it is relayed.
+    pub(crate) fn check(&self) -> Result<(), ApiError> {
+        check_ids(&self.to, self.from.as_deref())
+    }
+}
+
 /// Relays a live signal to the devices of `to` online now (see [`crate::live::signals`]); `202 {}`
 /// once handed on.
 pub async fn post_signal(
     State(api): State<Api>,
     ApiJson(request): ApiJson<PostSignal>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
-    check_ids(&request.to, request.from.as_deref())?;
+    request.check()?;
     let signal = SignalMessage {
         from: request.from,
         from_device: None,
@@ -86,7 +100,7 @@ pub async fn post(
     headers: HeaderMap,
     ApiJson(request): ApiJson<PostMessage>,
 ) -> Result<(StatusCode, HeaderMap, Json<Accepted>), ApiError> {
-    check_ids(&request.to, request.from.as_deref())?;
+    request.check()?;
     let key = idempotency_key(&headers)?;
     let sender = Sender::Backend {
         from: request.from.as_deref(),

@@ -1,14 +1,16 @@
 //! The HTTP listener: the backend API under `/v1` (bearer API key), the JSON WebSocket on `/ws`,
 //! and `/metrics` and `/healthz` for operations.
 
+// The modules with request bodies are `pub(crate)` for `crate::fuzzing`, which parses bodies
+// as their handlers do.
 mod bearer;
 mod deadline;
-mod devices;
+pub(crate) mod devices;
 pub mod error;
-mod json;
+pub(crate) mod json;
 pub mod key_rates;
-mod messages;
-mod notifications;
+pub(crate) mod messages;
+pub(crate) mod notifications;
 mod recording;
 pub mod state;
 pub mod tokens;

@@ -54,7 +54,7 @@ impl From<Record> for Routed {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Batch {
-    notifications: Vec<NotificationInput>,
+    pub(crate) notifications: Vec<NotificationInput>,
 }
 
 /// One notification's answer inside a batch: its decisions, or why it was refused.

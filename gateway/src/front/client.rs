@@ -657,6 +657,15 @@ pub const SENDER_USER: &str = "gw-user";
 /// The user property naming the device that sent a message to the services.
 pub const SENDER_DEVICE: &str = "gw-device";
 
+/// When a message published with the Message Expiry Interval `expiry` (seconds) expires. An
+/// interval of 0 is read as none: delivery starts at once either way. `pub(crate)` for
+/// [`crate::fuzzing`].
+pub(crate) fn expires_at(expiry: Option<u32>) -> Option<Instant> {
+    expiry
+        .filter(|&secs| secs > 0)
+        .map(|secs| Instant::now() + Duration::from_secs(u64::from(secs)))
+}
+
 /// Publishes to every matching subscription on this node, as a plain broker does (dev mode, and
 /// devices' messages to the services), retaining it when asked. Done once handed to the hub,
 /// or, for a retained message, once the store keeps it: a message that cannot be retained (the
@@ -674,10 +683,7 @@ fn broadcast(front: &Front, origin: LinkId, publication: Publication) -> Handled
         topic,
         payload,
         properties: properties.boxed(),
-        // An interval of 0 is read as none: delivery starts at once either way.
-        expires_at: expiry
-            .filter(|&secs| secs > 0)
-            .map(|secs| Instant::now() + Duration::from_secs(u64::from(secs))),
+        expires_at: expires_at(expiry),
         retain,
         origin: Some(origin),
         seq: None,

@@ -142,7 +142,7 @@ async fn authenticate(
         Some(token) => (token, None),
         None => loop {
             match socket.recv().await? {
-                Ok(Message::Text(text)) => match serde_json::from_str::<ClientFrame>(&text) {
+                Ok(Message::Text(text)) => match read_frame(&text) {
                     Ok(ClientFrame::Auth { id, token }) => break (token, id),
                     Ok(frame) => {
                         let id = frame.id().cloned();
@@ -153,7 +153,7 @@ async fn authenticate(
                         );
                         send(socket, &error).await.ok()?;
                     }
-                    Err(e) => send(socket, &bad_frame(&text, &e)).await.ok()?,
+                    Err(bad) => send(socket, &bad).await.ok()?,
                 },
                 Ok(Message::Close(_)) | Err(_) => return None,
                 Ok(_) => {}
@@ -191,6 +191,12 @@ async fn authenticate(
             None
         }
     }
+}
+
+/// A client's text frame, or the error frame that answers it when it is not one we know.
+/// `pub(crate)` for [`crate::fuzzing`].
+pub(crate) fn read_frame(text: &str) -> Result<ClientFrame, ServerFrame> {
+    serde_json::from_str(text).map_err(|e| bad_frame(text, &e))
 }
 
 /// The error frame for text that is not a frame we know: unknown `op`, or not JSON at all.
@@ -408,9 +414,9 @@ impl Bridge {
 
     /// Answers one text frame; `None` when no answer is due (a `pong`).
     async fn handle_text(&mut self, text: &str) -> Option<ServerFrame> {
-        let frame = match serde_json::from_str::<ClientFrame>(text) {
+        let frame = match read_frame(text) {
             Ok(frame) => frame,
-            Err(e) => return Some(bad_frame(text, &e)),
+            Err(bad) => return Some(bad),
         };
         let id = frame.id().cloned();
         let result = match frame {
@@ -489,7 +495,8 @@ fn is_too_big(error: axum::Error) -> bool {
 }
 
 /// The `msg` frame of a delivery: its payload as JSON where it is JSON, else in base64.
-fn frame_of(delivery: &Delivery) -> ServerFrame {
+/// `pub(crate)` for [`crate::fuzzing`], with [`text_of`].
+pub(crate) fn frame_of(delivery: &Delivery) -> ServerFrame {
     let message = &delivery.message;
     match json_or_base64(&message.payload) {
         JsonOrBase64::Json(json) => ServerFrame::Msg {
@@ -505,7 +512,7 @@ fn frame_of(delivery: &Delivery) -> ServerFrame {
     }
 }
 
-fn text_of(frame: &ServerFrame) -> Message {
+pub(crate) fn text_of(frame: &ServerFrame) -> Message {
     Message::Text(
         serde_json::to_string(frame)
             .expect("frames serialize")

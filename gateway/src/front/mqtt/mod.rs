@@ -4,6 +4,7 @@
 pub mod codec;
 mod connection;
 pub mod handshake;
-mod inbound;
+// `pub(crate)` (not private) for `crate::fuzzing`, which drives their state machines.
+pub(crate) mod inbound;
 pub mod listener;
-mod outbound;
+pub(crate) mod outbound;

@@ -318,10 +318,16 @@ impl Codec {
             Version::V311 => v4::read(buf, max),
             Version::V5 => v5::read(buf, max),
         };
-        read.map_err(|e| match e {
-            DecodeError::TooLarge { size, .. } => DecodeError::TooLarge { size, max },
+        match read {
+            // rumqttc reads an UNSUBSCRIBE without topic filters (it refuses such a SUBSCRIBE),
+            // which MQTT forbids (3.1.1 and 5, 3.10.3): its v5 UNSUBACK would carry no reason
+            // code, which clients cannot read.
+            Ok(Some(Inbound::Unsubscribe { filters, .. })) if filters.is_empty() => Err(
+                DecodeError::Malformed("UNSUBSCRIBE without topic filters".into()),
+            ),
+            Err(DecodeError::TooLarge { size, .. }) => Err(DecodeError::TooLarge { size, max }),
             other => other,
-        })
+        }
     }
 
     pub fn connack(&self, code: ConnackCode, info: ConnackInfo, out: &mut BytesMut) {
@@ -472,6 +478,31 @@ mod tests {
             .unwrap();
         assert_eq!(connect.password.as_deref(), Some("token"));
         assert!(buf.is_empty());
+    }
+
+    /// Found by the `mqtt` fuzz target: a v5 UNSUBSCRIBE with no topic filter (and a
+    /// remaining length in two bytes) was answered with an UNSUBACK without reason codes.
+    #[test]
+    fn an_unsubscribe_without_filters_is_malformed() {
+        let crash =
+            b"\x10F\x00\x04MQTT\x05\xd6\x00\x1e\x10\x11\x00?\x0e\x10!\x00\x02'\x00\x00\x01\x00\
+            \x22\x00\x03\x00\x02c6\x0a\x18\x00\x00\x00\x05\x02\x00\x00\x00\x1e\x00\x08pub/wi\
+            ll\x00\x04gone\x00\x05alice\x00\x03to\x02\xad\x83\x00\x01\x04\x00";
+        crate::fuzzing::mqtt(crash);
+        for (version, unsubscribe) in [
+            (Version::V5, &[0xA2, 0x03, 0x00, 0x01, 0x00][..]),
+            (Version::V311, &[0xA2, 0x02, 0x00, 0x01][..]),
+        ] {
+            let codec = Codec {
+                version,
+                max_packet_size: 1024,
+            };
+            let mut buf = BytesMut::from(unsubscribe);
+            assert!(
+                matches!(codec.read(&mut buf), Err(DecodeError::Malformed(_))),
+                "{version:?}"
+            );
+        }
     }
 
     #[test]
