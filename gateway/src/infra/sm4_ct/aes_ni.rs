@@ -9,24 +9,12 @@
 //! depends on the data. Four blocks per register (lane i of register j: word j of block i),
 //! four registers side by side.
 
-use super::{affine_linear, AFFINE_CONSTANT};
+use super::{affine_linear, change_basis, change_basis_back, gf256_mul, AFFINE_CONSTANT};
 use std::arch::x86_64::*;
 
 /// Multiplication in AES's field GF(2)[x]/(x⁸+x⁴+x³+x+1).
 const fn aes_mul(a: u8, b: u8) -> u8 {
-    let (mut a, mut b, mut product) = (a, b, 0u8);
-    while b != 0 {
-        if b & 1 != 0 {
-            product ^= a;
-        }
-        b >>= 1;
-        let carry = a & 0x80 != 0;
-        a <<= 1;
-        if carry {
-            a ^= 0x1b;
-        }
-    }
-    product
+    gf256_mul(a, b, 0x1b)
 }
 
 /// γ⁰…γ⁷ for a root γ of SM4's polynomial in AES's field: x ↦ γ is the isomorphism ψ.
@@ -56,22 +44,11 @@ const GAMMA_POWERS: [u8; 8] = {
 };
 
 const fn to_aes(x: u8) -> u8 {
-    let (mut y, mut i) = (0u8, 0);
-    while i < 8 {
-        if (x >> i) & 1 != 0 {
-            y ^= GAMMA_POWERS[i];
-        }
-        i += 1;
-    }
-    y
+    change_basis(&GAMMA_POWERS, x)
 }
 
 const fn from_aes(y: u8) -> u8 {
-    let mut x = 0u8;
-    while to_aes(x) != y {
-        x += 1;
-    }
-    x
+    change_basis_back(&GAMMA_POWERS, y)
 }
 
 /// The inverse of the linear part B of AES's S-box affine map (B is b ⊕ b⋘1 ⊕ b⋘2 ⊕ b⋘3 ⊕ b⋘4).

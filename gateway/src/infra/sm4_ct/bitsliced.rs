@@ -8,7 +8,7 @@
 //! definitions, and the tests hold the circuit to the algebraic S-box on all 256 inputs. The
 //! circuit is only XOR, AND and NOT of whole words, in an order fixed at compile time.
 
-use super::{affine_linear, AFFINE_CONSTANT};
+use super::{affine_linear, change_basis, change_basis_back, AFFINE_CONSTANT};
 use std::ops::{BitAnd, BitXor, Not};
 
 // The tower field, for computing the circuit's constants at compile time (and checking them in
@@ -82,23 +82,12 @@ const BETA_POWERS: [u8; 8] = {
 
 /// From SM4's basis to the tower field's.
 const fn to_tower(x: u8) -> u8 {
-    let (mut y, mut i) = (0u8, 0);
-    while i < 8 {
-        if (x >> i) & 1 != 0 {
-            y ^= BETA_POWERS[i];
-        }
-        i += 1;
-    }
-    y
+    change_basis(&BETA_POWERS, x)
 }
 
 /// From the tower field's basis back to SM4's.
 const fn from_tower(y: u8) -> u8 {
-    let mut x = 0u8;
-    while to_tower(x) != y {
-        x += 1;
-    }
-    x
+    change_basis_back(&BETA_POWERS, y)
 }
 
 /// The rows of a linear map's bit matrix from its images of the 8 basis bytes: bit j of row r is

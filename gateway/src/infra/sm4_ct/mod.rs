@@ -50,6 +50,47 @@ const fn affine_linear(x: u8) -> u8 {
 
 const AFFINE_CONSTANT: u8 = 0xd3;
 
+/// Multiplication in GF(2⁸) modulo x⁸ + `reduction` (the modulus without its x⁸ term): SM4's
+/// field (0xf5) and AES's (0x1b), for the constants the two implementations compute at compile
+/// time and their tests.
+const fn gf256_mul(a: u8, b: u8, reduction: u8) -> u8 {
+    let (mut a, mut b, mut product) = (a, b, 0u8);
+    while b != 0 {
+        if b & 1 != 0 {
+            product ^= a;
+        }
+        b >>= 1;
+        let carry = a & 0x80 != 0;
+        a <<= 1;
+        if carry {
+            a ^= reduction;
+        }
+    }
+    product
+}
+
+/// The change of basis that sends bit i of `x` to `images[i]` (the powers of a root of SM4's
+/// polynomial in another representation of the field).
+const fn change_basis(images: &[u8; 8], x: u8) -> u8 {
+    let (mut y, mut i) = (0u8, 0);
+    while i < 8 {
+        if (x >> i) & 1 != 0 {
+            y ^= images[i];
+        }
+        i += 1;
+    }
+    y
+}
+
+/// The inverse of [`change_basis`] with `images`, found by search (at compile time only).
+const fn change_basis_back(images: &[u8; 8], y: u8) -> u8 {
+    let mut x = 0u8;
+    while change_basis(images, x) != y {
+        x += 1;
+    }
+    x
+}
+
 /// The key schedule's linear transform L'.
 fn linear_key(b: u32) -> u32 {
     b ^ b.rotate_left(13) ^ b.rotate_left(23)
@@ -277,20 +318,8 @@ pub(crate) mod tests {
     use rand::RngCore;
 
     /// Multiplication in SM4's field, as the standard defines it.
-    pub(crate) fn field_mul(mut a: u8, mut b: u8) -> u8 {
-        let mut product = 0u8;
-        while b != 0 {
-            if b & 1 != 0 {
-                product ^= a;
-            }
-            b >>= 1;
-            let carry = a & 0x80 != 0;
-            a <<= 1;
-            if carry {
-                a ^= 0xf5;
-            }
-        }
-        product
+    pub(crate) fn field_mul(a: u8, b: u8) -> u8 {
+        gf256_mul(a, b, 0xf5)
     }
 
     /// The S-box in algebraic form: S(x) = A(A(x)⁻¹), the inverse x²⁵⁴ (0 for 0).
