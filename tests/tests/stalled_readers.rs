@@ -52,8 +52,15 @@ fn mqtt_hello(gw: &TestGateway, device: &str, qos: QoS) -> (Vec<u8>, Vec<u8>) {
 
 /// An MQTT client over TCP that subscribed and then stops reading.
 async fn stalled_mqtt(gw: &TestGateway, device: &str, qos: QoS) -> TcpStream {
+    subscribed(small_window(gw.mqtt).await, gw, device, qos).await
+}
+
+/// `socket` after an MQTT CONNECT and SUBSCRIBE of alice's `device`, answered.
+async fn subscribed<S>(mut socket: S, gw: &TestGateway, device: &str, qos: QoS) -> S
+where
+    S: AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
     let (connect, subscribe) = mqtt_hello(gw, device, qos);
-    let mut socket = small_window(gw.mqtt).await;
     socket.write_all(&connect).await.unwrap();
     let mut connack = [0u8; 4];
     socket.read_exact(&mut connack).await.unwrap();
@@ -89,17 +96,8 @@ async fn small_window_tls(gw: &TestGateway, addr: SocketAddr) -> Tls {
 
 /// An MQTT client over TLS that subscribed and then stops reading.
 async fn stalled_mqtt_tls(gw: &TestGateway, device: &str) -> Tls {
-    let mut socket = small_window_tls(gw, gw.mqtt_tls.expect("TLS listener")).await;
-    let (connect, subscribe) = mqtt_hello(gw, device, QoS::AtMostOnce);
-    socket.write_all(&connect).await.unwrap();
-    let mut connack = [0u8; 4];
-    socket.read_exact(&mut connack).await.unwrap();
-    assert_eq!(connack, [0x20, 2, 0, 0]);
-    socket.write_all(&subscribe).await.unwrap();
-    let mut suback = [0u8; 5];
-    socket.read_exact(&mut suback).await.unwrap();
-    assert_eq!(suback[0], 0x90, "SUBACK");
-    socket
+    let socket = small_window_tls(gw, gw.mqtt_tls.expect("TLS listener")).await;
+    subscribed(socket, gw, device, QoS::AtMostOnce).await
 }
 
 type Ws<S = TcpStream> = tokio_tungstenite::WebSocketStream<S>;
