@@ -98,3 +98,28 @@ pub fn messages_of(pages: &[Value]) -> Vec<InboxMessage> {
 pub fn seqs(messages: &[InboxMessage]) -> Vec<u64> {
     messages.iter().map(|m| m.seq).collect()
 }
+
+/// What a log (or what a device holds of it) must be after crashes and outages: every sequence
+/// once and in order with no gap, no message twice, and every acknowledged `(id, seq)` in it at
+/// its sequence. `what` names it in a failure.
+pub fn assert_holds_every_acknowledged_once(
+    what: &str,
+    messages: &[InboxMessage],
+    acknowledged: &[(String, u64)],
+) {
+    assert_eq!(
+        seqs(messages),
+        (1..=messages.len() as u64).collect::<Vec<_>>(),
+        "{what}: every sequence once, in order"
+    );
+    let by_id: std::collections::HashMap<&str, u64> =
+        messages.iter().map(|m| (m.id.as_str(), m.seq)).collect();
+    assert_eq!(by_id.len(), messages.len(), "{what}: no message twice");
+    for (id, seq) in acknowledged {
+        assert_eq!(
+            by_id.get(id.as_str()),
+            Some(seq),
+            "{what}: acknowledged message {id} (seq {seq}) is missing"
+        );
+    }
+}

@@ -2,7 +2,7 @@
 //! nodes, a device moving between nodes, a dead node's devices going offline, and Redis
 //! outages answered with a retryable error and recovered from.
 
-use e2e::device::{messages_of, seqs, Device};
+use e2e::device::{assert_holds_every_acknowledged_once, messages_of, seqs, Device};
 use e2e::json_ws::JsonClient;
 use e2e::mqtt::{Via, V4, V5};
 use e2e::redis_server::RedisServer;
@@ -263,21 +263,8 @@ async fn redis_restarted_under_load_loses_nothing_acknowledged() {
     assert!(refused > 0, "the outage was seen");
 
     let log = gw.whole_log("olga").await;
-    assert_eq!(
-        seqs(&log),
-        (1..=log.len() as u64).collect::<Vec<_>>(),
-        "every sequence once, in order"
-    );
-    let by_id: std::collections::HashMap<&str, u64> =
-        log.iter().map(|m| (m.id.as_str(), m.seq)).collect();
-    assert_eq!(by_id.len(), log.len(), "no message twice");
-    for (id, seq) in acknowledged.lock().unwrap().iter() {
-        assert_eq!(
-            by_id.get(id.as_str()),
-            Some(seq),
-            "acknowledged {id} (seq {seq}) is missing"
-        );
-    }
+    let acknowledged = acknowledged.lock().unwrap().clone();
+    assert_holds_every_acknowledged_once("olga's log", &log, &acknowledged);
 }
 
 /// Whoever can write to Redis but holds none of the nodes' keys cannot make a node act: a kick

@@ -2,11 +2,10 @@
 //! every message it acknowledged reaches every device of its user exactly once, in order; and
 //! twenty such kills in a row lose nothing acknowledged.
 
-use e2e::device::{messages_of, seqs, Device};
+use e2e::device::{assert_holds_every_acknowledged_once, messages_of, Device};
 use e2e::TestGateway;
 use protocol::envelope::{InboxMessage, Platform};
 use serde_json::json;
-use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -93,21 +92,7 @@ async fn every_acknowledged_message_survives_a_kill_9_exactly_once_in_order() {
         everything.len()
     );
     for (device, messages) in [("phone", &held), ("laptop", &everything)] {
-        let seqs = seqs(messages);
-        assert_eq!(
-            seqs,
-            (1..=seqs.len() as u64).collect::<Vec<_>>(),
-            "{device}: every sequence once, in order"
-        );
-        let by_id: HashMap<&str, u64> = messages.iter().map(|m| (m.id.as_str(), m.seq)).collect();
-        assert_eq!(by_id.len(), messages.len(), "{device}: no message twice");
-        for (id, seq) in &acknowledged {
-            assert_eq!(
-                by_id.get(id.as_str()),
-                Some(seq),
-                "{device}: acknowledged message {id} (seq {seq}) is missing"
-            );
-        }
+        assert_holds_every_acknowledged_once(device, messages, &acknowledged);
     }
 }
 
@@ -154,18 +139,5 @@ async fn twenty_kill_9_cycles_under_load_lose_nothing_acknowledged() {
     let log = gw.whole_log("noa").await;
     let acknowledged = acknowledged.lock().unwrap().clone();
     eprintln!("acknowledged {}, stored {}", acknowledged.len(), log.len());
-    assert_eq!(
-        seqs(&log),
-        (1..=log.len() as u64).collect::<Vec<_>>(),
-        "every sequence once, in order"
-    );
-    let by_id: HashMap<&str, u64> = log.iter().map(|m| (m.id.as_str(), m.seq)).collect();
-    assert_eq!(by_id.len(), log.len(), "no message twice");
-    for (id, seq) in &acknowledged {
-        assert_eq!(
-            by_id.get(id.as_str()),
-            Some(seq),
-            "acknowledged {id} (seq {seq}) is missing"
-        );
-    }
+    assert_holds_every_acknowledged_once("noa's log", &log, &acknowledged);
 }
