@@ -43,8 +43,8 @@ pub struct KeyRing {
     /// The configured keys, by id: what the hourly keys derive from, and what values sealed
     /// before hourly keys were sealed with.
     keys: HashMap<String, ConfiguredKey>,
-    /// The hour and key this ring seals with now.
-    sealing: RwLock<(u64, Arc<Sm4Gcm>)>,
+    /// The hourly key this ring seals with now.
+    sealing: RwLock<Arc<HourlyKey>>,
     /// Hourly keys derived to open values, by their name; cleared when it holds
     /// [`MAX_DERIVED`].
     derived: Mutex<HashMap<String, Arc<Sm4Gcm>>>,
@@ -52,13 +52,28 @@ pub struct KeyRing {
 
 struct ConfiguredKey {
     secret: [u8; 16],
-    cipher: Sm4Gcm,
+    cipher: Arc<Sm4Gcm>,
+}
+
+/// An hour's sealing key, with the name sealed values give it (`{key id}.{hour}`).
+struct HourlyKey {
+    hour: u64,
+    name: String,
+    cipher: Arc<Sm4Gcm>,
 }
 
 /// Hourly keys kept for opening at most: a key schedule is cheap to redo.
 const MAX_DERIVED: usize = 4096;
 
 const SECONDS_PER_HOUR: u64 = 3600;
+
+fn hourly_key(id: &str, key: &ConfiguredKey, hour: u64) -> HourlyKey {
+    HourlyKey {
+        hour,
+        name: format!("{id}.{hour}"),
+        cipher: Arc::new(key.hourly(hour)),
+    }
+}
 
 impl ConfiguredKey {
     /// The key for `hour` (hours since the Unix epoch).
@@ -85,7 +100,7 @@ impl KeyRing {
             );
             let bytes = hex::decode(digits).with_context(|| format!("at-rest key {id:?}"))?;
             let secret: [u8; 16] = bytes.try_into().expect("checked: 32 hex digits");
-            let cipher = Sm4Gcm::new_from_slice(&secret).expect("SM4 keys are 16 bytes");
+            let cipher = Arc::new(Sm4Gcm::new_from_slice(&secret).expect("SM4 keys are 16 bytes"));
             if keys
                 .insert(id.to_string(), ConfiguredKey { secret, cipher })
                 .is_some()
@@ -97,26 +112,33 @@ impl KeyRing {
         let Some(active_id) = active_id else {
             bail!("at least one at-rest key is needed")
         };
-        let hour = unix_seconds() / SECONDS_PER_HOUR;
-        let sealing = Arc::new(keys[&active_id].hourly(hour));
+        let sealing = hourly_key(
+            &active_id,
+            &keys[&active_id],
+            unix_seconds() / SECONDS_PER_HOUR,
+        );
         Ok(Self {
             active_id,
             keys,
-            sealing: RwLock::new((hour, sealing)),
+            sealing: RwLock::new(Arc::new(sealing)),
             derived: Mutex::new(HashMap::new()),
         })
     }
 
     /// The key to seal with in `hour`, derived when the hour changed.
-    fn sealing_key(&self, hour: u64) -> Arc<Sm4Gcm> {
+    fn sealing_key(&self, hour: u64) -> Arc<HourlyKey> {
         {
             let sealing = self.sealing.read().unwrap_or_else(|p| p.into_inner());
-            if sealing.0 == hour {
-                return sealing.1.clone();
+            if sealing.hour == hour {
+                return sealing.clone();
             }
         }
-        let key = Arc::new(self.keys[&self.active_id].hourly(hour));
-        *self.sealing.write().unwrap_or_else(|p| p.into_inner()) = (hour, key.clone());
+        let key = Arc::new(hourly_key(
+            &self.active_id,
+            &self.keys[&self.active_id],
+            hour,
+        ));
+        *self.sealing.write().unwrap_or_else(|p| p.into_inner()) = key.clone();
         key
     }
 
@@ -126,7 +148,7 @@ impl KeyRing {
         let unknown = || CipherError::UnknownKey(name.to_string());
         let Some((id, hour)) = name.split_once('.') else {
             let key = self.keys.get(name).ok_or_else(unknown)?;
-            return Ok(Arc::new(key.cipher.clone()));
+            return Ok(key.cipher.clone());
         };
         let hour: u64 = hour.parse().map_err(|_| CipherError::Damaged)?;
         let key = self
@@ -162,8 +184,7 @@ impl KeyRing {
 
     /// Seals under the hourly key of `hour`.
     fn seal_in(&self, hour: u64, plaintext: &[u8], aad: &[u8]) -> Vec<u8> {
-        let cipher = self.sealing_key(hour);
-        let name = format!("{}.{hour}", self.active_id);
+        let HourlyKey { name, cipher, .. } = &*self.sealing_key(hour);
         // The thread's CSPRNG (ChaCha, seeded and reseeded from the OS): a random nonce without
         // a system call per value.
         let nonce = Sm4Gcm::generate_nonce(&mut rand::thread_rng());
