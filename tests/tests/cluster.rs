@@ -4,9 +4,9 @@
 
 use e2e::device::{assert_holds_every_acknowledged_once, messages_of, seqs, Device};
 use e2e::json_ws::JsonClient;
-use e2e::mqtt::{Via, V4, V5};
+use e2e::mqtt::{Incoming, Via, V4, V5};
 use e2e::redis_server::RedisServer;
-use e2e::{Options, TestGateway, PATIENCE};
+use e2e::{Options, TestGateway, PATIENCE, QUIET};
 use protocol::envelope::Platform;
 use protocol::topics;
 use reqwest::Method;
@@ -381,8 +381,33 @@ async fn a_redis_outage_is_a_retryable_error_and_recovers_by_itself() {
     .await
     .unwrap();
     let mut web = JsonClient::authenticated(&gw, &gw.token("emma", "web", Platform::Web)).await;
+    let mut laptop = V4::connect(
+        &gw,
+        Via::Tcp,
+        "emma-laptop",
+        Some(&gw.token("emma", "laptop", Platform::Desktop)),
+        |_| {},
+    )
+    .await
+    .unwrap();
 
     redis.stop();
+    // A subscription to the inbox is answered once the gateway knows where the log is now, so
+    // that whatever is appended after the SUBACK reaches the device.
+    laptop
+        .client
+        .subscribe("u/emma/inbox", QoS::AtLeastOnce)
+        .await
+        .unwrap();
+    let suback = |i: &Incoming<rumqttc::Packet>| {
+        matches!(i, Incoming::Packet(rumqttc::Packet::SubAck(_))).then_some(())
+    };
+    laptop.inbox.expect_none("SUBACK", suback).await;
+    web.send_text(r#"{"op": "sub", "topic": "u/emma/inbox", "id": "inbox"}"#)
+        .await;
+    let answered = |f: &serde_json::Value| f["id"] == "inbox";
+    let early = tokio::time::timeout(QUIET, web.frame_where(answered)).await;
+    assert!(early.is_err(), "answered during the outage: {early:?}");
     // Every way in is told the store is unavailable and to retry, nothing is silently dropped.
     v5_phone
         .publish(
@@ -448,4 +473,14 @@ async fn a_redis_outage_is_a_retryable_error_and_recovers_by_itself() {
     );
     let (_, history) = gw.api(Method::GET, "/v1/users/emma/messages", None).await;
     assert_eq!(history["messages"][0]["body"], json!({"text": "before"}));
+
+    laptop.inbox.wait_for("SUBACK", suback).await;
+    assert_eq!(web.frame_where(answered).await["op"], "ok");
+    gw.post_message("emma", json!({"text": "later"})).await;
+    assert_eq!(
+        laptop.message_on("u/emma/inbox").await["body"],
+        json!({"text": "later"})
+    );
+    web.frame_where(|f| f["op"] == "msg" && f["payload"]["body"] == json!({"text": "later"}))
+        .await;
 }

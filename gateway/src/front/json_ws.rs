@@ -126,6 +126,7 @@ async fn serve(
         backlog: VecDeque::new(),
         follower,
         reading: None,
+        held_answers: VecDeque::new(),
     }
     .run(outbox)
     .await;
@@ -226,6 +227,9 @@ struct Bridge {
     /// A device's inbox and notifications, followed from the store where needed.
     follower: Option<LogFollower>,
     reading: Option<Pin<Box<dyn Future<Output = Readout> + Send>>>,
+    /// `ok` answers to `sub` held while the follower learns where the log is now: once a client has
+    /// its answer, every entry appended after it reaches the client.
+    held_answers: VecDeque<ServerFrame>,
 }
 
 /// Resolves with the read's result, or never when none is on its way.
@@ -261,6 +265,13 @@ impl Bridge {
             while let Some(delivery) = self.backlog.pop_front() {
                 if let Err(stop) = self.deliver(delivery, closed.as_mut()).await {
                     break 'session stop;
+                }
+            }
+            if !self.follower_is_starting() {
+                while let Some(answer) = self.held_answers.pop_front() {
+                    if let Err(stop) = self.transmit(text_of(&answer), closed.as_mut()).await {
+                        break 'session stop;
+                    }
                 }
             }
             self.start_reading();
@@ -366,6 +377,10 @@ impl Bridge {
         }
     }
 
+    fn follower_is_starting(&self) -> bool {
+        self.follower.as_ref().is_some_and(|f| f.is_starting())
+    }
+
     /// Starts the next read of the user's log, when one is due.
     fn start_reading(&mut self) {
         if self.reading.is_some() {
@@ -429,7 +444,16 @@ impl Bridge {
             }
             ClientFrame::Ping { .. } => return Some(ServerFrame::Pong { id }),
             ClientFrame::Pong { .. } => return None,
-            ClientFrame::Sub { topic, resume, .. } => self.subscribe(&topic, resume),
+            ClientFrame::Sub { topic, resume, .. } => {
+                let result = self.subscribe(&topic, resume);
+                // Held behind earlier held ones too, so they keep their order.
+                if result.is_ok() && (self.follower_is_starting() || !self.held_answers.is_empty())
+                {
+                    self.held_answers.push_back(ServerFrame::ok(id));
+                    return None;
+                }
+                result
+            }
             ClientFrame::Unsub { topic, .. } => {
                 if let Some(existed) = self.client.unsubscribe(&topic) {
                     if let Some(follower) = &mut self.follower {

@@ -27,7 +27,9 @@ use std::time::Duration;
 /// Where following the log begins.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Start {
-    /// From now on: the entries appended after the subscription.
+    /// From now on: the entries appended after the log's head is read. The front holds its
+    /// answer to the subscription until then, so a client that has the answer misses nothing
+    /// appended after it.
     Now,
     /// From the device's cursor, no earlier than `floor` (where its session began following the
     /// log) in the log of `epoch`; a device with neither gets the latest entries, as a first

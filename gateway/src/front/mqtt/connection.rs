@@ -58,6 +58,10 @@ pub struct Connection {
     /// A device's inbox and notifications, followed from the store where needed.
     follower: Option<LogFollower>,
     reading: Option<BoxFuture<Readout>>,
+    /// SUBACKs held while the follower learns where the log is now: once a client has its
+    /// SUBACK, every entry appended after it reaches the client (MQTT 3.8.4 lets the matching
+    /// PUBLISHes come before the SUBACK, never the other way round).
+    held_subacks: BytesMut,
     cursor_write: Background,
     /// The session, held until the connection ends.
     claim: Claim,
@@ -234,6 +238,7 @@ impl Connection {
                 .collect(),
             follower,
             reading: None,
+            held_subacks: BytesMut::new(),
             cursor_write: Background::default(),
             claim,
             expiry,
@@ -300,6 +305,10 @@ impl Connection {
                 follower.fell_behind(missed);
             }
             self.write_backlog();
+            if !self.held_subacks.is_empty() && !self.follower_is_starting() {
+                let held = self.held_subacks.split();
+                self.wbuf.unsplit(held);
+            }
             self.start_background_work();
             if !self.wbuf.is_empty() {
                 let deadline = Instant::now() + self.client.front().limits.write_timeout;
@@ -553,7 +562,7 @@ impl Connection {
         }
         let persistent = self.expiry > 0;
         // A session that began to follow the log is kept once it knows where it began.
-        let starting = self.follower.as_ref().is_some_and(|f| f.is_starting());
+        let starting = self.follower_is_starting();
         if persistent && self.session_changed && !starting && !self.session_write.busy() {
             self.session_changed = false;
             self.claim.stored = true;
@@ -586,6 +595,10 @@ impl Connection {
                 tracing::warn!(%user, %device, "the device's cursor was not moved: {e}");
             }
         })
+    }
+
+    fn follower_is_starting(&self) -> bool {
+        self.follower.as_ref().is_some_and(|f| f.is_starting())
     }
 
     fn take_readout(&mut self, readout: Readout) {
@@ -765,7 +778,12 @@ impl Connection {
                     .map(|filter| self.subscribe(&subscribe_request(filter, id), Start::Now))
                     .map(|result| result.map_err(subscribe_refusal))
                     .collect();
-                self.codec.suback(pkid, &results, &mut self.wbuf);
+                // Held behind earlier held ones too, so SUBACKs keep their order.
+                let out = match self.follower_is_starting() || !self.held_subacks.is_empty() {
+                    true => &mut self.held_subacks,
+                    false => &mut self.wbuf,
+                };
+                self.codec.suback(pkid, &results, out);
                 self.session_changed = true;
             }
             Inbound::Unsubscribe { pkid, filters } => {
