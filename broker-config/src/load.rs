@@ -295,6 +295,11 @@ impl Config {
             "must be at least 1ms when store.redis_wait_replicas is set (0 would wait forever)",
         );
         check(
+            st.data_key_cache >= 1,
+            "store.data_key_cache",
+            "must be at least 1",
+        );
+        check(
             st.relay_queue >= 1,
             "store.relay_queue",
             "must be at least 1",

@@ -422,6 +422,11 @@ pub struct Store {
     /// slow or away) new ones are dropped and counted: live delivery across nodes is best
     /// effort, every device catches up from the log.
     pub relay_queue: usize,
+    /// Users' data keys held unwrapped in memory for sealing, at most. Each user's log entries
+    /// are sealed under a key of the user's own, stored wrapped under `encryption_keys` and
+    /// destroyed when the user is deleted; past this many, the held keys are dropped and
+    /// unwrapped again as they are needed.
+    pub data_key_cache: usize,
     /// Embedded store: bytes of messages held in memory before they are written out as a table.
     /// Smaller means more tables to flush and compact: every table of user-spread keys is merged
     /// into the whole of the next level. Switching to a fresh memtable stalls appends for a
@@ -452,6 +457,7 @@ impl Default for Store {
             max_batch: 1024,
             max_queued_writes: 65_536,
             relay_queue: 65_536,
+            data_key_cache: 100_000,
             memtable_size: 32 << 20,
             node_id: None,
             node_heartbeat: Duration::from_secs(2),

@@ -42,6 +42,7 @@ use crate::observe::metrics::Metrics;
 use crate::observe::recorder::Recorder;
 use crate::shutdown::Shutdown;
 use crate::store::clock::HybridClock;
+use crate::store::data_keys::DataKeys;
 use crate::store::embedded::EmbeddedStore;
 use crate::store::redis::RedisStore;
 use crate::store::{CommitFeed, Replicas, Settings, SharedStore};
@@ -120,7 +121,8 @@ impl App {
             shutdown.clone(),
         ));
         let signals = Arc::new(Signals::new(topics.clone(), metrics.signals.clone()));
-        let store = open_store(&config, data, keys.clone(), topics, &metrics).await?;
+        let data_keys = Arc::new(DataKeys::new(keys.clone(), config.store.data_key_cache));
+        let store = open_store(&config, data, data_keys.clone(), topics, &metrics).await?;
         let auth = Arc::new(Auth {
             signer: secrets::token_signer(&config, data)?,
             jwt: JwtVerifier::configured(&config.jwt).await?,
@@ -132,7 +134,7 @@ impl App {
         });
         let messages = Arc::new(Messages::new(
             store.clone(),
-            keys.clone(),
+            data_keys,
             config.roaming.idempotency_window,
             metrics.append_seconds.clone(),
             metrics.store_failures.clone(),
@@ -291,6 +293,7 @@ impl App {
             self.front.store.clone(),
             config.roaming.retention_age,
             config.roaming.sweep_interval,
+            self.front.metrics.rewrapped_keys.clone(),
             shutdown.clone(),
         ));
         shutdown.spawn(crate::notify::sweeper::run(
@@ -404,7 +407,7 @@ fn wechat_callbacks(wechat: &broker_config::WeChat) -> Result<Option<CallbackGua
 async fn open_store(
     config: &Config,
     data: &DataDir,
-    keys: Arc<KeyRing>,
+    keys: Arc<DataKeys>,
     feed: Arc<dyn CommitFeed>,
     metrics: &Metrics,
 ) -> Result<SharedStore> {

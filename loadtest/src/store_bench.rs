@@ -23,6 +23,7 @@ use anyhow::{bail, Context, Result};
 use clap::{Args, ValueEnum};
 use gateway::infra::cipher::KeyRing;
 use gateway::store::clock::HybridClock;
+use gateway::store::data_keys::DataKeys;
 use gateway::store::embedded::EmbeddedStore;
 use gateway::store::record::{self, Content};
 use gateway::store::redis::RedisStore;
@@ -151,7 +152,9 @@ pub async fn run_cmd(cmd: &StoreCmd) -> Result<StoreResult> {
     if cmd.writers.is_empty() {
         bail!("--writers needs at least one count");
     }
-    let keys = Arc::new(KeyRing::new(&[TEST_KEY.to_owned()]).context("the test key")?);
+    let ring = Arc::new(KeyRing::new(&[TEST_KEY.to_owned()]).context("the test key")?);
+    // As the gateway holds them: each user's data key, unwrapped once.
+    let keys = Arc::new(DataKeys::new(ring, 100_000));
     let body = json!({ "text": "x".repeat(cmd.body_bytes) });
     let run_id = format!("{:x}", gateway::infra::time::unix_millis());
     let mut measured: Vec<Vec<StoreRound>> = cmd.writers.iter().map(|_| Vec::new()).collect();
@@ -206,7 +209,7 @@ pub async fn run_cmd(cmd: &StoreCmd) -> Result<StoreResult> {
 
 async fn open(
     cmd: &StoreCmd,
-    keys: &Arc<KeyRing>,
+    keys: &Arc<DataKeys>,
     batches: Arc<BatchLog>,
     scratch: &std::path::Path,
 ) -> Result<SharedStore> {
@@ -258,7 +261,7 @@ impl BatchLog {
 /// One measurement's inputs.
 struct Load<'a> {
     store: &'a SharedStore,
-    keys: &'a Arc<KeyRing>,
+    keys: &'a Arc<DataKeys>,
     users: &'a [String],
     body: &'a Value,
     writers: u32,
@@ -336,7 +339,7 @@ impl Load<'_> {
 /// One concurrent writer: seal, append, wait until durable, again, until the deadline.
 struct Writer {
     store: SharedStore,
-    keys: Arc<KeyRing>,
+    keys: Arc<DataKeys>,
     users: Arc<[String]>,
     body: Arc<Value>,
     deadline: Instant,

@@ -7,6 +7,7 @@ use gateway::infra::cipher::KeyRing;
 use gateway::infra::redis::REQUEST_TIMEOUT;
 use gateway::infra::time::unix_millis;
 use gateway::store::clock::HybridClock;
+use gateway::store::data_keys::DataKeys;
 use gateway::store::record::{hlc_millis, seal, Content};
 use gateway::store::redis::RedisStore;
 use gateway::store::{Appended, CommitFeed, NewMessage, Settings, Store, StoreError};
@@ -19,11 +20,13 @@ impl CommitFeed for NoFeed {
     fn committed(&self, _: &[Appended]) {}
 }
 
-fn keys() -> Arc<KeyRing> {
-    Arc::new(KeyRing::new(&["k1:000102030405060708090a0b0c0d0e0f".into()]).unwrap())
+/// A node's users' data keys: each node holds its own.
+fn keys() -> Arc<DataKeys> {
+    let ring = KeyRing::new(&["k1:000102030405060708090a0b0c0d0e0f".into()]).unwrap();
+    Arc::new(DataKeys::new(Arc::new(ring), 1000))
 }
 
-fn message(keys: &KeyRing, to: &str, id: &str) -> NewMessage {
+fn message(keys: &DataKeys, to: &str, id: &str) -> NewMessage {
     let body = serde_json::json!({"text": id});
     let content = Content {
         id,
@@ -35,7 +38,7 @@ fn message(keys: &KeyRing, to: &str, id: &str) -> NewMessage {
     seal(keys, to, &content, None)
 }
 
-async fn node(url: &str, keys: Arc<KeyRing>, clock: Arc<HybridClock>) -> RedisStore {
+async fn node(url: &str, keys: Arc<DataKeys>, clock: Arc<HybridClock>) -> RedisStore {
     let settings = Settings {
         max_batch: 64,
         retention_count: 1000,
@@ -154,4 +157,36 @@ async fn opening_fails_when_redis_is_unreachable() {
         error.contains(&format!("cannot reach Redis at 127.0.0.1:{port}")),
         "{error}"
     );
+}
+
+/// A node holding a user's data key after another node deleted the user seals under the
+/// destroyed key: the store refuses that record, and the node seals the message again under
+/// the user's new key, so nothing sent after a deletion is lost and the old key opens nothing
+/// of the new log.
+#[tokio::test]
+async fn a_key_held_after_another_node_deleted_its_user_is_replaced_not_used() {
+    let server = RedisServer::start();
+    let clock = Arc::new(HybridClock::new());
+    let (a_keys, b_keys) = (keys(), keys());
+    let a = node(&server.url(), a_keys.clone(), clock.clone()).await;
+    let b = node(&server.url(), b_keys.clone(), clock).await;
+    a.append(vec![message(&a_keys, "alice", "m1")], None)
+        .wait()
+        .await
+        .unwrap();
+    let old_key = a_keys
+        .held("alice")
+        .expect("the writer holds the key it made");
+
+    b.delete_user("alice").await.unwrap();
+    let stale = message(&a_keys, "alice", "m2");
+    assert_eq!(stale.sealed.as_ref().unwrap().key.id(), old_key.id());
+    let stored = a.append(vec![stale], None).wait().await.unwrap();
+    assert_eq!(stored.entries[0].seq, 1, "a new log");
+
+    let page = b.read("alice", 0, 10).await.unwrap();
+    let ids: Vec<&str> = page.messages.iter().map(|m| m.id.as_str()).collect();
+    assert_eq!(ids, ["m2"]);
+    let new_key = a_keys.held("alice").unwrap();
+    assert_ne!(new_key.id(), old_key.id());
 }

@@ -7,6 +7,7 @@ use e2e::{Options, TestGateway};
 use futures_util::stream::{self, StreamExt};
 use gateway::infra::cipher::KeyRing;
 use gateway::store::clock::HybridClock;
+use gateway::store::data_keys::DataKeys;
 use gateway::store::embedded::EmbeddedStore;
 use gateway::store::{Appended, CommitFeed, Settings, Store};
 use protocol::envelope::Platform;
@@ -44,7 +45,7 @@ async fn footprint(data_dir: &Path, user: &str) -> Vec<String> {
     let keys = KeyRing::new(&["x:000102030405060708090a0b0c0d0e0f".into()]).unwrap();
     let store = EmbeddedStore::open(
         &data_dir.join("store"),
-        Arc::new(keys),
+        Arc::new(DataKeys::new(Arc::new(keys), 16)),
         Arc::new(HybridClock::new()),
         Arc::new(Silent),
         Settings {
@@ -269,8 +270,8 @@ async fn deleting_a_user_leaves_nothing_in_the_store() {
     );
     assert_eq!(
         footprint(data.path(), "hank").await.len(),
-        2,
-        "hank's message and head"
+        3,
+        "hank's message, head and data key"
     );
 }
 
@@ -406,6 +407,9 @@ async fn json_clients_send_ack_and_sync() {
     assert_eq!(page["messages"][0]["from_device"], "browser");
 }
 
+/// Rotating `store.encryption_keys`: messages are sealed under each user's data key, which is
+/// stored wrapped under the configured keys; the sweeper wraps every data key again under the
+/// new key (no message is rewritten), and from then on the old key can go.
 #[tokio::test]
 async fn the_at_rest_key_rotates_without_losing_old_messages() {
     let gw = TestGateway::start().await;
@@ -414,35 +418,36 @@ async fn the_at_rest_key_rotates_without_losing_old_messages() {
     let new_key = "k2:00112233445566778899aabbccddeeff";
     let data = gw.stop().await;
 
-    // The new key goes first (it seals from now on), the old one stays to open what it sealed.
-    let keys = format!("[\"{new_key}\", \"{old_key}\"]");
-    let rotated = Options::default().with("STORE__ENCRYPTION_KEYS", &keys);
-    let gw = TestGateway::try_start(rotated, data).await.unwrap();
-    gw.post_message("olga", json!({"text": "second key"})).await;
-    let (status, page) = history(&gw, "olga/messages").await;
-    assert_eq!(status, 200, "{page}");
-    assert_eq!(page["messages"][0]["body"]["text"], "first key");
-    assert_eq!(page["messages"][1]["body"]["text"], "second key");
-    let data = gw.stop().await;
-
-    // Dropping the old key too early is an error naming the key, never a silent gap.
+    // Dropping the old key before the data keys are wrapped again is an error naming the key,
+    // never a silent gap.
     let only_new = Options::default().with("STORE__ENCRYPTION_KEYS", &format!("[\"{new_key}\"]"));
-    let gw = TestGateway::try_start(only_new, data).await.unwrap();
+    let gw = TestGateway::try_start(only_new.clone(), data)
+        .await
+        .unwrap();
     let (status, body) = history(&gw, "olga/messages").await;
     assert_eq!(
         (status, body["error"]["code"].as_str()),
         (500, Some("internal"))
     );
-    assert!(
-        body["error"]["message"]
-            .as_str()
-            .unwrap()
-            .contains("\"d0\""),
-        "{body}"
-    );
-    let (status, page) = history(&gw, "olga/messages?after=1").await;
-    assert_eq!(
-        (status, page["messages"][0]["body"]["text"].as_str()),
-        (200, Some("second key"))
-    );
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(message.contains("\"d0\""), "{body}");
+    let data = gw.stop().await;
+
+    // The new key goes first (it seals from now on), the old one stays to open what it sealed
+    // until the sweeper has wrapped olga's data key again.
+    let keys = format!("[\"{new_key}\", \"{old_key}\"]");
+    let rotated = Options::default().with("STORE__ENCRYPTION_KEYS", &keys);
+    let gw = TestGateway::try_start(rotated, data).await.unwrap();
+    let rewrapped = gw
+        .metric_reaching("gateway_store_rewrapped_keys_total", 1.0)
+        .await;
+    assert_eq!(rewrapped, 1.0);
+    gw.post_message("olga", json!({"text": "second key"})).await;
+    let data = gw.stop().await;
+
+    let gw = TestGateway::try_start(only_new, data).await.unwrap();
+    let (status, page) = history(&gw, "olga/messages").await;
+    assert_eq!(status, 200, "{page}");
+    assert_eq!(page["messages"][0]["body"]["text"], "first key");
+    assert_eq!(page["messages"][1]["body"]["text"], "second key");
 }

@@ -14,12 +14,14 @@ mod sessions;
 
 use e2e::redis_server::RedisServer;
 use gateway::infra::cipher::KeyRing;
+use gateway::infra::data_key::DataKey;
 use gateway::store::clock::HybridClock;
+use gateway::store::data_keys::DataKeys;
 use gateway::store::embedded::EmbeddedStore;
-use gateway::store::record::{self, Content};
+use gateway::store::record::{self, Content, Keys};
 use gateway::store::redis::RedisStore;
 use gateway::store::{
-    Appended, CommitFeed, IdempotencyKey, Settings, SharedStore, StoreError, Stored,
+    Appended, CommitFeed, IdempotencyKey, NewMessage, Settings, SharedStore, StoreError, Stored,
 };
 use serde_json::json;
 use std::collections::HashMap;
@@ -37,32 +39,32 @@ impl CommitFeed for Recorder {
     }
 }
 
-fn keys() -> Arc<KeyRing> {
-    Arc::new(KeyRing::new(&["t1:000102030405060708090a0b0c0d0e0f".into()]).unwrap())
+const T1: &str = "t1:000102030405060708090a0b0c0d0e0f";
+const T2: &str = "t2:f0f1f2f3f4f5f6f7f8f9fafbfcfdfeff";
+
+/// Users' data keys, wrapped under the configured keys `ring` (the first seals).
+fn data_keys(ring: &[&str]) -> Arc<DataKeys> {
+    let ring: Vec<String> = ring.iter().map(|key| key.to_string()).collect();
+    Arc::new(DataKeys::new(Arc::new(KeyRing::new(&ring).unwrap()), 1000))
+}
+
+fn keys() -> Arc<DataKeys> {
+    data_keys(&[T1])
 }
 
 /// A store under test, with what it delivered live and what keeps it alive.
 struct Subject {
     store: SharedStore,
     live: Arc<Recorder>,
-    keys: Arc<KeyRing>,
+    keys: Arc<DataKeys>,
     _keep: Box<dyn std::any::Any + Send + Sync>,
 }
 
 impl Subject {
     /// Appends a message from `from` to `to` (into `to`'s log only).
     fn send(&self, from: &str, to: &str, text: &str) -> gateway::store::AppendTicket {
-        let id = uuid_like(from, to, text);
-        let body = json!({ "text": text });
-        let content = Content {
-            id: &id,
-            from: Some(from),
-            from_device: None,
-            to,
-            body: &body,
-        };
         self.store
-            .append(vec![record::seal(&self.keys, to, &content, None)], None)
+            .append(vec![message(&self.keys, from, to, text)], None)
     }
 
     /// Appends a message from `from` to `to` as a device sends it, into both users' logs, with
@@ -118,6 +120,21 @@ impl Subject {
     }
 }
 
+/// A message from `from` into `to`'s log, sealed (when `to`'s data key is held) as the front
+/// seals it.
+fn message(keys: &DataKeys, from: &str, to: &str, text: &str) -> NewMessage {
+    let id = uuid_like(from, to, text);
+    let body = json!({ "text": text });
+    let content = Content {
+        id: &id,
+        from: Some(from),
+        from_device: None,
+        to,
+        body: &body,
+    };
+    record::seal(keys, to, &content, None)
+}
+
 fn uuid_like(from: &str, to: &str, text: &str) -> String {
     format!("{from}-{to}-{text}")
 }
@@ -131,26 +148,44 @@ async fn embedded_store_queueing(retention_count: u64, max_queued_writes: usize)
     let dir = tempfile::tempdir().unwrap();
     let live = Arc::new(Recorder::default());
     let keys = keys();
-    let store = EmbeddedStore::open(
-        dir.path(),
-        keys.clone(),
-        Arc::new(HybridClock::new()),
-        live.clone(),
-        Settings {
-            max_batch: 1024,
-            retention_count,
-            memtable_size: 8 << 20,
-            commit_seconds: None,
-            replicas: Default::default(),
-            max_queued_writes,
-        },
-    )
-    .unwrap();
+    let settings = settings(retention_count, max_queued_writes);
+    let store = open_embedded(dir.path(), keys.clone(), live.clone(), settings);
     Subject {
         store: Arc::new(store),
         live,
         keys,
         _keep: Box::new(dir),
+    }
+}
+
+fn open_embedded(
+    dir: &std::path::Path,
+    keys: Arc<DataKeys>,
+    live: Arc<Recorder>,
+    settings: Settings,
+) -> EmbeddedStore {
+    EmbeddedStore::open(dir, keys, Arc::new(HybridClock::new()), live, settings).unwrap()
+}
+
+async fn open_redis(
+    url: &str,
+    keys: Arc<DataKeys>,
+    live: Arc<Recorder>,
+    settings: Settings,
+) -> RedisStore {
+    RedisStore::open(url, keys, Arc::new(HybridClock::new()), live, settings)
+        .await
+        .unwrap()
+}
+
+fn settings(retention_count: u64, max_queued_writes: usize) -> Settings {
+    Settings {
+        max_batch: 1024,
+        retention_count,
+        memtable_size: 8 << 20,
+        commit_seconds: None,
+        replicas: Default::default(),
+        max_queued_writes,
     }
 }
 
@@ -168,6 +203,7 @@ macro_rules! conformance_suite {
                 super: retention_keeps_the_newest_messages(10),
                 super: cursors_only_move_forward_within_the_log(1000),
                 super: deleting_a_user_leaves_nothing_and_a_new_epoch(1000),
+                super: deleting_a_user_destroys_the_key_its_entries_were_sealed_under(1000),
                 super: a_forgotten_contact_is_hidden_at_once_and_purged_by_the_sweeper(1000),
                 super: purging_the_newest_messages_never_reuses_their_sequences(1000),
                 super: the_sweeper_cuts_by_age(1000),
@@ -210,22 +246,8 @@ async fn redis_store_queueing(retention_count: u64, max_queued_writes: usize) ->
     let server = RedisServer::start();
     let live = Arc::new(Recorder::default());
     let keys = keys();
-    let store = RedisStore::open(
-        &server.url(),
-        keys.clone(),
-        Arc::new(HybridClock::new()),
-        live.clone(),
-        Settings {
-            max_batch: 1024,
-            retention_count,
-            memtable_size: 8 << 20,
-            commit_seconds: None,
-            replicas: Default::default(),
-            max_queued_writes,
-        },
-    )
-    .await
-    .unwrap();
+    let settings = settings(retention_count, max_queued_writes);
+    let store = open_redis(&server.url(), keys.clone(), live.clone(), settings).await;
     Subject {
         store: Arc::new(store),
         live,
@@ -434,6 +456,112 @@ async fn deleting_a_user_leaves_nothing_and_a_new_epoch(s: Subject) {
 
     assert_eq!(s.sent("alice", "bob", "again").await, 1, "a new log");
     assert_ne!(s.store.head("bob").await.unwrap().epoch, old_epoch);
+}
+
+/// Crypto-shredding: a deleted user's entries were sealed under a key of the user's own, and
+/// the deletion destroys it, so a copy of a record that survives anywhere (a table not yet
+/// compacted, a journal, an append-only file, a backup) opens no more. A message sealed under
+/// the destroyed key after the deletion (by a node that still held it) is sealed again under
+/// the user's new key, not lost.
+async fn deleting_a_user_destroys_the_key_its_entries_were_sealed_under(s: Subject) {
+    s.sent("alice", "bob", "first").await;
+    let key = s
+        .keys
+        .held("bob")
+        .expect("the writer holds the key it made");
+    let copy = message(&s.keys, "alice", "bob", "second");
+    let record = copy.record().to_vec();
+    s.store.append(vec![copy], None).wait().await.unwrap();
+    assert_eq!(s.texts("bob").await, ["first", "second"]);
+    fn with<'a>(keys: &'a DataKeys, data_key: Option<&'a DataKey>) -> Keys<'a> {
+        Keys {
+            ring: keys.ring(),
+            data_key,
+        }
+    }
+    assert!(
+        record::open(with(&s.keys, Some(&key)), "bob", 2, 0, &record)
+            .unwrap()
+            .is_some()
+    );
+    assert!(s
+        .store
+        .footprint("bob")
+        .await
+        .unwrap()
+        .contains(&"data_keys/bob".to_string()));
+
+    let stale = message(&s.keys, "alice", "bob", "after");
+    s.store.delete_user("bob").await.unwrap();
+    assert_eq!(s.keys.held("bob").map(|k| k.id().to_string()), None);
+    // With every configured key, and no key of bob's: nothing of the copy opens.
+    assert!(record::open(with(&s.keys, None), "bob", 2, 0, &record)
+        .unwrap()
+        .is_none());
+
+    assert_eq!(stale.sealed.as_ref().unwrap().key.id(), key.id());
+    s.store.append(vec![stale], None).wait().await.unwrap();
+    assert_eq!(s.texts("bob").await, ["after"]);
+    let new_key = s.keys.held("bob").unwrap();
+    assert_ne!(new_key.id(), key.id());
+    assert!(
+        record::open(with(&s.keys, Some(&new_key)), "bob", 2, 0, &record)
+            .unwrap()
+            .is_none()
+    );
+}
+
+/// Rotating the configured keys: the sweeper wraps every data key again under the new key and
+/// rewrites no entry, after which the old configured key can go.
+async fn rotating_the_configured_keys_rewraps_data_keys<F, Fut>(open: F)
+where
+    F: Fn(Arc<DataKeys>) -> Fut,
+    Fut: std::future::Future<Output = SharedStore>,
+{
+    let keys = data_keys(&[T1]);
+    let store = open(keys.clone()).await;
+    for to in ["bob", "carol"] {
+        let message = message(&keys, "alice", to, "before the rotation");
+        store.append(vec![message], None).wait().await.unwrap();
+    }
+    store.close().await;
+    drop(store);
+
+    let store = open(data_keys(&[T2, T1])).await;
+    assert_eq!(store.sweep(0).await.unwrap().rewrapped_keys, 2);
+    assert_eq!(store.sweep(0).await.unwrap().rewrapped_keys, 0);
+    store.close().await;
+    drop(store);
+
+    let store = open(data_keys(&[T2])).await;
+    for user in ["bob", "carol"] {
+        let page = store.read(user, 0, 10).await.unwrap();
+        assert_eq!(page.messages[0].body["text"], "before the rotation");
+    }
+}
+
+#[tokio::test]
+async fn embedded_rotating_the_configured_keys_rewraps_data_keys() {
+    let dir = tempfile::tempdir().unwrap();
+    let open = |keys| {
+        let store = open_embedded(dir.path(), keys, Arc::default(), settings(1000, 1024));
+        std::future::ready(Arc::new(store) as SharedStore)
+    };
+    rotating_the_configured_keys_rewraps_data_keys(open).await;
+}
+
+#[tokio::test]
+async fn redis_rotating_the_configured_keys_rewraps_data_keys() {
+    let server = RedisServer::start();
+    let url = server.url();
+    let open = |keys| {
+        let url = url.clone();
+        async move {
+            let settings = settings(1000, 1024);
+            Arc::new(open_redis(&url, keys, Arc::default(), settings).await) as SharedStore
+        }
+    };
+    rotating_the_configured_keys_rewraps_data_keys(open).await;
 }
 
 async fn a_forgotten_contact_is_hidden_at_once_and_purged_by_the_sweeper(s: Subject) {

@@ -25,7 +25,7 @@ use sha2::Sha256;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, RwLock};
 
-type Sm4Gcm = AesGcm<Sm4, U12>;
+pub(super) type Sm4Gcm = AesGcm<Sm4, U12>;
 
 const NONCE_LEN: usize = 12;
 const TAG_LEN: usize = 16;
@@ -36,6 +36,10 @@ pub enum CipherError {
     UnknownKey(String),
     #[error("sealed value is damaged or was sealed for another place")]
     Damaged,
+    /// Sealed under a user's data key that is no longer the user's: destroyed when the user
+    /// was deleted (see [`super::data_key`]).
+    #[error("sealed under a data key that was destroyed")]
+    Shredded,
 }
 
 pub struct KeyRing {
@@ -56,34 +60,88 @@ struct ConfiguredKey {
 }
 
 /// An hour's sealing key, with the name sealed values give it (`{key id}.{hour}`).
-struct HourlyKey {
-    hour: u64,
-    name: String,
-    cipher: Arc<Sm4Gcm>,
+pub(super) struct HourlyKey {
+    pub hour: u64,
+    pub name: String,
+    pub cipher: Arc<Sm4Gcm>,
+}
+
+impl HourlyKey {
+    /// The key of `hour` derived from `secret`, named `{id}.{hour}`.
+    pub(super) fn derive(id: &str, secret: &[u8; 16], hour: u64) -> Self {
+        Self {
+            hour,
+            name: format!("{id}.{hour}"),
+            cipher: Arc::new(hourly(secret, hour)),
+        }
+    }
+
+    pub(super) fn seal(&self, plaintext: &[u8], aad: &[u8]) -> Vec<u8> {
+        seal_named(&self.name, &self.cipher, plaintext, aad)
+    }
+}
+
+/// The hour of now, in hours since the Unix epoch: what sealing keys are derived for.
+pub(super) fn this_hour() -> u64 {
+    unix_seconds() / SECONDS_PER_HOUR
+}
+
+/// The SM4-GCM key for `hour` (hours since the Unix epoch) derived from `secret`.
+fn hourly(secret: &[u8; 16], hour: u64) -> Sm4Gcm {
+    let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(secret).expect("any key length");
+    mac.update(b"gw sm4-gcm hourly key\0");
+    mac.update(&hour.to_be_bytes());
+    Sm4Gcm::new_from_slice(&mac.finalize().into_bytes()[..16]).expect("16 bytes")
+}
+
+/// Seals `plaintext` under `cipher`, naming its key `name` in the value.
+fn seal_named(name: &str, cipher: &Sm4Gcm, plaintext: &[u8], aad: &[u8]) -> Vec<u8> {
+    // The thread's CSPRNG (ChaCha, seeded and reseeded from the OS): a random nonce without a
+    // system call per value.
+    let nonce = Sm4Gcm::generate_nonce(&mut rand::thread_rng());
+    let header = 1 + name.len() + NONCE_LEN;
+    let mut sealed = Vec::with_capacity(header + plaintext.len() + TAG_LEN);
+    sealed.push(name.len() as u8);
+    sealed.extend_from_slice(name.as_bytes());
+    sealed.extend_from_slice(&nonce);
+    sealed.extend_from_slice(plaintext);
+    let tag = cipher
+        .encrypt_in_place_detached(&nonce, aad, &mut sealed[header..])
+        .expect("SM4-GCM encryption of an in-memory buffer cannot fail");
+    sealed.extend_from_slice(&tag);
+    sealed
+}
+
+/// A sealed value's key name, and the rest: nonce, ciphertext and tag.
+pub(super) fn key_name(sealed: &[u8]) -> Result<(&str, &[u8]), CipherError> {
+    let (&name_len, rest) = sealed.split_first().ok_or(CipherError::Damaged)?;
+    let (name, rest) = rest
+        .split_at_checked(usize::from(name_len))
+        .ok_or(CipherError::Damaged)?;
+    let name = std::str::from_utf8(name).map_err(|_| CipherError::Damaged)?;
+    Ok((name, rest))
+}
+
+/// Opens the nonce, ciphertext and tag `rest` of a value under `cipher`.
+pub(super) fn open_with(cipher: &Sm4Gcm, rest: &[u8], aad: &[u8]) -> Result<Vec<u8>, CipherError> {
+    let (nonce, ciphertext) = rest
+        .split_at_checked(NONCE_LEN)
+        .ok_or(CipherError::Damaged)?;
+    cipher
+        .decrypt(
+            nonce.into(),
+            Payload {
+                msg: ciphertext,
+                aad,
+            },
+        )
+        .map_err(|_| CipherError::Damaged)
 }
 
 /// Hourly keys kept for opening at most: a key schedule is cheap to redo.
 const MAX_DERIVED: usize = 4096;
 
 const SECONDS_PER_HOUR: u64 = 3600;
-
-fn hourly_key(id: &str, key: &ConfiguredKey, hour: u64) -> HourlyKey {
-    HourlyKey {
-        hour,
-        name: format!("{id}.{hour}"),
-        cipher: Arc::new(key.hourly(hour)),
-    }
-}
-
-impl ConfiguredKey {
-    /// The key for `hour` (hours since the Unix epoch).
-    fn hourly(&self, hour: u64) -> Sm4Gcm {
-        let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(&self.secret).expect("any key length");
-        mac.update(b"gw sm4-gcm hourly key\0");
-        mac.update(&hour.to_be_bytes());
-        Sm4Gcm::new_from_slice(&mac.finalize().into_bytes()[..16]).expect("16 bytes")
-    }
-}
 
 impl KeyRing {
     /// Builds the ring from `"id:32 hex digits"` entries; the first one seals.
@@ -112,11 +170,7 @@ impl KeyRing {
         let Some(active_id) = active_id else {
             bail!("at least one at-rest key is needed")
         };
-        let sealing = hourly_key(
-            &active_id,
-            &keys[&active_id],
-            unix_seconds() / SECONDS_PER_HOUR,
-        );
+        let sealing = HourlyKey::derive(&active_id, &keys[&active_id].secret, this_hour());
         Ok(Self {
             active_id,
             keys,
@@ -133,9 +187,9 @@ impl KeyRing {
                 return sealing.clone();
             }
         }
-        let key = Arc::new(hourly_key(
+        let key = Arc::new(HourlyKey::derive(
             &self.active_id,
-            &self.keys[&self.active_id],
+            &self.keys[&self.active_id].secret,
             hour,
         ));
         *self.sealing.write().unwrap_or_else(|p| p.into_inner()) = key.clone();
@@ -162,7 +216,7 @@ impl KeyRing {
         if derived.len() >= MAX_DERIVED {
             derived.clear();
         }
-        let cipher = Arc::new(key.hourly(hour));
+        let cipher = Arc::new(hourly(&key.secret, hour));
         derived.insert(name.to_string(), cipher.clone());
         Ok(cipher)
     }
@@ -179,46 +233,25 @@ impl KeyRing {
     }
 
     pub fn seal(&self, plaintext: &[u8], aad: &[u8]) -> Vec<u8> {
-        self.seal_in(unix_seconds() / SECONDS_PER_HOUR, plaintext, aad)
+        self.seal_in(this_hour(), plaintext, aad)
     }
 
     /// Seals under the hourly key of `hour`.
     fn seal_in(&self, hour: u64, plaintext: &[u8], aad: &[u8]) -> Vec<u8> {
-        let HourlyKey { name, cipher, .. } = &*self.sealing_key(hour);
-        // The thread's CSPRNG (ChaCha, seeded and reseeded from the OS): a random nonce without
-        // a system call per value.
-        let nonce = Sm4Gcm::generate_nonce(&mut rand::thread_rng());
-        let header = 1 + name.len() + NONCE_LEN;
-        let mut sealed = Vec::with_capacity(header + plaintext.len() + TAG_LEN);
-        sealed.push(name.len() as u8);
-        sealed.extend_from_slice(name.as_bytes());
-        sealed.extend_from_slice(&nonce);
-        sealed.extend_from_slice(plaintext);
-        let tag = cipher
-            .encrypt_in_place_detached(&nonce, aad, &mut sealed[header..])
-            .expect("SM4-GCM encryption of an in-memory buffer cannot fail");
-        sealed.extend_from_slice(&tag);
-        sealed
+        self.sealing_key(hour).seal(plaintext, aad)
     }
 
     pub fn open(&self, sealed: &[u8], aad: &[u8]) -> Result<Vec<u8>, CipherError> {
-        let (&id_len, rest) = sealed.split_first().ok_or(CipherError::Damaged)?;
-        let id_len = id_len as usize;
-        if rest.len() < id_len + NONCE_LEN {
-            return Err(CipherError::Damaged);
-        }
-        let (id, rest) = rest.split_at(id_len);
-        let (nonce, ciphertext) = rest.split_at(NONCE_LEN);
-        let id = std::str::from_utf8(id).map_err(|_| CipherError::Damaged)?;
-        self.opening_key(id)?
-            .decrypt(
-                nonce.into(),
-                Payload {
-                    msg: ciphertext,
-                    aad,
-                },
-            )
-            .map_err(|_| CipherError::Damaged)
+        let (name, rest) = key_name(sealed)?;
+        open_with(&*self.opening_key(name)?, rest, aad)
+    }
+
+    /// Whether `sealed` was sealed under the key that seals now (or an hour's key of it): a
+    /// value sealed under an older key is to be sealed again before that key is removed.
+    pub fn seals_with_active_key(&self, sealed: &[u8]) -> bool {
+        key_name(sealed).is_ok_and(|(name, _)| {
+            name.split_once('.').map_or(name, |(id, _)| id) == self.active_id
+        })
     }
 }
 

@@ -4,6 +4,7 @@
 
 pub mod cipher;
 pub mod data_dir;
+pub mod data_key;
 pub mod fatal;
 pub mod fjall;
 pub mod group_commit;

@@ -6,7 +6,7 @@
 //! sender may send it again until it gets an answer: a repeat within `roaming.idempotency_window`
 //! is answered with the first one's entries and stored no second time.
 
-use crate::infra::cipher::KeyRing;
+use crate::store::data_keys::DataKeys;
 use crate::store::record::{self, Content};
 use crate::store::{
     AppendTicket, EntryKind, IdempotencyKey, NewMessage, Origin, SharedStore, StoreError, Stored,
@@ -50,7 +50,8 @@ impl Sender<'_> {
 
 pub struct Messages {
     store: SharedStore,
-    keys: Arc<KeyRing>,
+    /// Each user's data key, which the user's entries are sealed under.
+    keys: Arc<DataKeys>,
     /// How long a client message id is remembered (`roaming.idempotency_window`).
     idempotency_window: Duration,
     append_seconds: Histogram,
@@ -85,7 +86,7 @@ impl Accepting {
 impl Messages {
     pub fn new(
         store: SharedStore,
-        keys: Arc<KeyRing>,
+        keys: Arc<DataKeys>,
         idempotency_window: Duration,
         append_seconds: Histogram,
         failures: Counter,

@@ -212,6 +212,9 @@ pub struct Metrics {
     pub commit_seconds: Histogram,
     /// Appends the store could not take (the sender got a retryable error).
     pub store_failures: Counter,
+    /// Users' data keys the sweeper wrapped again under a new `store.encryption_keys` key:
+    /// once it stays still after a rotation, the old configured key opens no data key.
+    pub rewrapped_keys: Counter,
     pub sync_pages: Counter,
     pub notify: NotifyMetrics,
     /// Events offered to the traffic recorder, by what became of them.
@@ -250,6 +253,7 @@ impl Metrics {
             // 50 µs to about 1.6 s.
             commit_seconds: Histogram::new(exponential_buckets(0.00005, 2.0, 16)),
             store_failures: Counter::default(),
+            rewrapped_keys: Counter::default(),
             sync_pages: Counter::default(),
             notify: NotifyMetrics {
                 routes: Family::default(),
@@ -361,6 +365,11 @@ impl Metrics {
             "store_failures",
             "Messages refused with a retryable error because the store could not take them",
             metrics.store_failures.clone(),
+        );
+        registry.register(
+            "store_rewrapped_keys",
+            "Users' data keys wrapped again under the sealing key of store.encryption_keys",
+            metrics.rewrapped_keys.clone(),
         );
         registry.register(
             "sync_pages",

@@ -15,6 +15,7 @@
 //! entry: nothing is stored twice, and a repeat is never delivered live again.
 
 pub mod clock;
+pub mod data_keys;
 pub mod embedded;
 mod outcome;
 pub mod record;
@@ -23,6 +24,7 @@ pub mod retained;
 pub mod revocations;
 pub mod sessions;
 
+use crate::infra::data_key::DataKey;
 use async_trait::async_trait;
 use bytes::Bytes;
 use prometheus_client::metrics::histogram::Histogram;
@@ -86,17 +88,40 @@ pub(crate) fn queue_refusal<T>(refused: mpsc::error::TrySendError<T>) -> (&'stat
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Origin(pub u64);
 
-/// A message on its way into one user's log, sealed by [`record::seal`].
+/// A message on its way into one user's log, made by [`record::seal`].
 #[derive(Debug, Clone)]
 pub struct NewMessage {
     /// Whose log it goes to.
     pub log: String,
+    /// The message's id, in the clear in its record.
+    pub id: String,
     /// The message as JSON without `seq` and `ts`, which the store assigns.
     pub plaintext: Bytes,
-    /// The record as stored: the message id in the clear and the plaintext sealed.
-    pub record: Vec<u8>,
+    /// The record as stored, once sealed under the log owner's data key: by the front when it
+    /// holds the key, else by the store's writer.
+    pub sealed: Option<Sealed>,
     pub origin: Option<Origin>,
     pub kind: EntryKind,
+}
+
+/// A message's record, and the data key it is sealed under.
+#[derive(Debug, Clone)]
+pub struct Sealed {
+    /// The message id in the clear and the plaintext sealed.
+    pub record: Vec<u8>,
+    /// The store appends the record only while this is still the log owner's key.
+    pub key: Arc<DataKey>,
+}
+
+impl NewMessage {
+    /// The record as stored: writers seal every message before they write it.
+    pub fn record(&self) -> &[u8] {
+        &self
+            .sealed
+            .as_ref()
+            .expect("sealed before it is written")
+            .record
+    }
 }
 
 /// What a log entry is: a message (delivered live on the user's inbox) or an in-app
@@ -248,6 +273,8 @@ pub struct SweepReport {
     pub expired_markers: u64,
     /// Revocations older than the longest life of a token.
     pub expired_revocations: u64,
+    /// Users' data keys wrapped again under the sealing one of `store.encryption_keys`.
+    pub rewrapped_keys: u64,
 }
 
 /// The answer to an append, resolved once the batch holding it is durable.

@@ -81,12 +81,18 @@ impl Outcome {
 /// retention, purged after a contact deletion) or can no longer be opened: the repeat is still
 /// answered with the seq and time, which is what its sender needs.
 pub(super) fn original(
-    keys: &KeyRing,
+    ring: &KeyRing,
     message: &NewMessage,
     seq: u64,
     hlc: u64,
     record: Option<&[u8]>,
 ) -> Appended {
+    // Sealed under the log owner's key, as the original was (unless the owner was deleted
+    // since, which leaves the original unreadable).
+    let keys = record::Keys {
+        ring,
+        data_key: message.sealed.as_ref().map(|sealed| &*sealed.key),
+    };
     let payload = record.map_or_else(Bytes::new, |record| {
         record::reopen_live(keys, &message.log, seq, hlc, record).unwrap_or_else(|e| {
             tracing::warn!("a repeated append's original cannot be opened: {e}");

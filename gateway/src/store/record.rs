@@ -1,17 +1,23 @@
 //! How a message is kept at rest, the same for every backend: its id in the clear (it names
-//! nothing personal) and its content sealed with SM4-GCM, bound to its log and id.
+//! nothing personal) and its content sealed with SM4-GCM under the log owner's data key (see
+//! [`super::data_keys`]), bound to its log and id. Records from before data keys were sealed
+//! under the configured keys themselves, and still open.
 //!
 //! A record is `[flags and id length][id][sealed content]`: the first byte's low 7 bits are the
 //! id's length, its high bit says the entry is an in-app notification (delivered on
 //! `u/{user}/notify`) rather than a message (on the inbox). Records written before the flag
 //! existed have it clear, which is what they were: messages.
 
+use super::data_keys::DataKeys;
+use super::Sealed;
 use super::{EntryKind, NewMessage, Origin, StoreError};
-use crate::infra::cipher::KeyRing;
+use crate::infra::cipher::{CipherError, KeyRing};
+use crate::infra::data_key::{is_sealed_under_a_data_key, DataKey};
 use bytes::Bytes;
 use protocol::envelope::InboxMessage;
 use serde::Serialize;
 use serde_json::Value;
+use std::sync::Arc;
 
 /// The content of a message, as sealed and as delivered (with `seq` and `ts` added). The body
 /// is any JSON: a value handed in, or a typed one serialized without building a value first.
@@ -26,12 +32,20 @@ pub struct Content<'a, B: Serialize + ?Sized = Value> {
     pub body: &'a B,
 }
 
+/// What opens the records of one log: its owner's data key, when the owner has one, and the
+/// configured keys (for records sealed before data keys).
+#[derive(Clone, Copy)]
+pub struct Keys<'a> {
+    pub ring: &'a KeyRing,
+    pub data_key: Option<&'a DataKey>,
+}
+
 /// The first byte's bit that marks an in-app notification.
 const NOTIFICATION: u8 = 0x80;
 
-/// Seals a message `content` for `log`'s log.
+/// Seals a message `content` for `log`'s log (see [`seal_entry`]).
 pub fn seal(
-    keys: &KeyRing,
+    keys: &DataKeys,
     log: &str,
     content: &Content<'_, impl Serialize + ?Sized>,
     origin: Option<Origin>,
@@ -39,62 +53,85 @@ pub fn seal(
     seal_entry(keys, log, content, origin, EntryKind::Message)
 }
 
-/// Seals `content` for `log`'s log as an entry of `kind`.
+/// Seals `content` for `log`'s log as an entry of `kind`, under the log owner's data key when
+/// it is held; else the store's writer seals it, in order, once it has the key.
 pub fn seal_entry(
-    keys: &KeyRing,
+    keys: &DataKeys,
     log: &str,
     content: &Content<'_, impl Serialize + ?Sized>,
     origin: Option<Origin>,
     kind: EntryKind,
 ) -> NewMessage {
-    let plaintext = serde_json::to_vec(content).expect("message content serializes");
-    let id = content.id.as_bytes();
-    assert!(id.len() < NOTIFICATION as usize, "message ids are short");
-    let flag = match kind {
+    assert!(
+        content.id.len() < NOTIFICATION as usize,
+        "message ids are short"
+    );
+    let mut message = NewMessage {
+        log: log.to_string(),
+        id: content.id.to_string(),
+        plaintext: serde_json::to_vec(content)
+            .expect("message content serializes")
+            .into(),
+        sealed: None,
+        origin,
+        kind,
+    };
+    if let Some(key) = keys.held(log) {
+        seal_under(&mut message, key);
+    }
+    message
+}
+
+/// Seals `message` under `key`, its log owner's data key (again, when it was sealed under a key
+/// the owner no longer has).
+pub fn seal_under(message: &mut NewMessage, key: Arc<DataKey>) {
+    let flag = match message.kind {
         EntryKind::Message => 0,
         EntryKind::Notification => NOTIFICATION,
     };
-    let mut record = Vec::with_capacity(1 + id.len() + plaintext.len() + 48);
+    let id = message.id.as_bytes();
+    let mut record = Vec::with_capacity(1 + id.len() + message.plaintext.len() + 48);
     record.push(id.len() as u8 | flag);
     record.extend_from_slice(id);
-    record.extend_from_slice(&keys.seal(&plaintext, &aad(log, content.id)));
-    NewMessage {
-        log: log.to_string(),
-        plaintext: plaintext.into(),
-        record,
-        origin,
-        kind,
-    }
+    record.extend_from_slice(&key.seal(&message.plaintext, &aad(&message.log, &message.id)));
+    message.sealed = Some(Sealed { record, key });
 }
 
 /// Reads a record of `log` back into the message it was, at `seq` and time `hlc`, and what kind
-/// of entry it is.
+/// of entry it is; `None` for a record sealed under a data key that was destroyed (a message
+/// that reached the log while its owner was being deleted): reads leave it out, as the
+/// deletion would have.
 pub fn open(
-    keys: &KeyRing,
+    keys: Keys<'_>,
     log: &str,
     seq: u64,
     hlc: u64,
     record: &[u8],
-) -> Result<(InboxMessage, EntryKind), StoreError> {
+) -> Result<Option<(InboxMessage, EntryKind)>, StoreError> {
     let (_, kind, _) = split(record).ok_or_else(|| damaged(log, seq))?;
-    let plaintext = unseal(keys, log, seq, record)?;
+    let Some(plaintext) = unseal(keys, log, seq, record)? else {
+        return Ok(None);
+    };
     let mut message: InboxMessage =
         serde_json::from_slice(&plaintext).map_err(|_| damaged(log, seq))?;
     message.seq = seq;
     message.ts = hlc_millis(hlc);
-    Ok((message, kind))
+    Ok(Some((message, kind)))
 }
 
 /// A record of `log` at `seq` and time `hlc` as it was delivered live: what an append repeating
 /// the one that stored it is answered with.
 pub fn reopen_live(
-    keys: &KeyRing,
+    keys: Keys<'_>,
     log: &str,
     seq: u64,
     hlc: u64,
     record: &[u8],
 ) -> Result<Bytes, StoreError> {
-    Ok(live_payload(&unseal(keys, log, seq, record)?, seq, hlc))
+    let plaintext = unseal(keys, log, seq, record)?.ok_or_else(|| {
+        StoreError::Unreadable(format!("record {log}/{seq}: {}", CipherError::Shredded))
+    })?;
+    Ok(live_payload(&plaintext, seq, hlc))
 }
 
 /// The message id a record carries in the clear.
@@ -113,11 +150,26 @@ fn split(record: &[u8]) -> Option<(&str, EntryKind, &[u8])> {
     Some((std::str::from_utf8(id).ok()?, kind, sealed))
 }
 
-/// The content of a record of `log` at `seq`, as it was sealed.
-fn unseal(keys: &KeyRing, log: &str, seq: u64, record: &[u8]) -> Result<Vec<u8>, StoreError> {
+/// The content of a record of `log` at `seq`, as it was sealed; `None` when it was sealed under
+/// a data key that was destroyed.
+fn unseal(
+    keys: Keys<'_>,
+    log: &str,
+    seq: u64,
+    record: &[u8],
+) -> Result<Option<Vec<u8>>, StoreError> {
     let (id, _, sealed) = split(record).ok_or_else(|| damaged(log, seq))?;
-    keys.open(sealed, &aad(log, id))
-        .map_err(|e| StoreError::Unreadable(format!("record {log}/{seq}: {e}")))
+    let aad = aad(log, id);
+    let opened = match (is_sealed_under_a_data_key(sealed), keys.data_key) {
+        (true, Some(key)) => key.open(sealed, &aad),
+        (true, None) => Err(CipherError::Shredded),
+        (false, _) => keys.ring.open(sealed, &aad),
+    };
+    match opened {
+        Ok(plaintext) => Ok(Some(plaintext)),
+        Err(CipherError::Shredded) => Ok(None),
+        Err(e) => Err(StoreError::Unreadable(format!("record {log}/{seq}: {e}"))),
+    }
 }
 
 fn damaged(log: &str, seq: u64) -> StoreError {
@@ -157,7 +209,14 @@ mod tests {
 
     #[test]
     fn a_record_opens_to_the_message_delivered_live() {
-        let keys = KeyRing::new(&["k1:000102030405060708090a0b0c0d0e0f".into()]).unwrap();
+        let ring = Arc::new(KeyRing::new(&["k1:000102030405060708090a0b0c0d0e0f".into()]).unwrap());
+        let data_keys = DataKeys::new(ring.clone(), 10);
+        let key = Arc::new(DataKey::generate());
+        data_keys.hold("bob", key.clone());
+        let keys = Keys {
+            ring: &ring,
+            data_key: Some(&key),
+        };
         let body = json!({"text": "secret words"});
         let content = Content {
             id: "m1",
@@ -166,21 +225,56 @@ mod tests {
             to: "bob",
             body: &body,
         };
-        let new = seal(&keys, "bob", &content, None);
-        assert!(!String::from_utf8_lossy(&new.record).contains("secret"));
+        let new = seal(&data_keys, "bob", &content, None);
+        assert!(!String::from_utf8_lossy(new.record()).contains("secret"));
         let hlc = (1_700_000_000_000u64 << 16) | 3;
-        let (opened, kind) = open(&keys, "bob", 7, hlc, &new.record).unwrap();
+        let (opened, kind) = open(keys, "bob", 7, hlc, new.record()).unwrap().unwrap();
         assert_eq!(kind, EntryKind::Message);
         let live: InboxMessage =
             serde_json::from_slice(&live_payload(&new.plaintext, 7, hlc)).unwrap();
         assert_eq!(opened, live);
         assert_eq!((opened.seq, opened.ts), (7, 1_700_000_000_000));
-        assert!(open(&keys, "alice", 7, hlc, &new.record).is_err());
-        let reopened = reopen_live(&keys, "bob", 7, hlc, &new.record).unwrap();
+        assert!(open(keys, "alice", 7, hlc, new.record()).is_err());
+        let reopened = reopen_live(keys, "bob", 7, hlc, new.record()).unwrap();
         assert_eq!(reopened, live_payload(&new.plaintext, 7, hlc));
-        assert_eq!(id_of(&new.record), Some("m1"));
-        let notification = seal_entry(&keys, "bob", &content, None, EntryKind::Notification);
-        let (_, kind) = open(&keys, "bob", 8, hlc, &notification.record).unwrap();
+        assert_eq!(id_of(new.record()), Some("m1"));
+        let notification = seal_entry(&data_keys, "bob", &content, None, EntryKind::Notification);
+        let (_, kind) = open(keys, "bob", 8, hlc, notification.record())
+            .unwrap()
+            .unwrap();
         assert_eq!(kind, EntryKind::Notification);
+        // Under bob's next data key (after bob was deleted), the record is gone; without a
+        // data key, too.
+        let next = DataKey::generate();
+        let shredded = Keys {
+            ring: &ring,
+            data_key: Some(&next),
+        };
+        assert!(open(shredded, "bob", 7, hlc, new.record())
+            .unwrap()
+            .is_none());
+        let keyless = Keys {
+            ring: &ring,
+            data_key: None,
+        };
+        assert!(open(keyless, "bob", 7, hlc, new.record())
+            .unwrap()
+            .is_none());
+    }
+
+    /// Records sealed under the configured keys, before data keys, still open.
+    #[test]
+    fn records_from_before_data_keys_open() {
+        let ring = KeyRing::new(&["k1:000102030405060708090a0b0c0d0e0f".into()]).unwrap();
+        let mut record = vec![2u8];
+        record.extend_from_slice(b"m1");
+        let plaintext = br#"{"id":"m1","to":"bob","body":1}"#;
+        record.extend_from_slice(&ring.seal(plaintext, &aad("bob", "m1")));
+        let keys = Keys {
+            ring: &ring,
+            data_key: None,
+        };
+        let (message, _) = open(keys, "bob", 1, 0, &record).unwrap().unwrap();
+        assert_eq!(message.body, json!(1));
     }
 }

@@ -16,10 +16,12 @@
 //!   order of expiry, for the sweeper
 //! - `revocations` user 0x00 [device] → the moment up to which the user's (or the device's)
 //!   tokens are refused (see [`super::revocations`])
+//! - `data_keys` user → the user's data key, wrapped (see [`crate::store::data_keys`])
 
-use crate::infra::cipher::KeyRing;
+use crate::infra::data_key::DataKey;
 use crate::infra::fjall::open_database;
-use crate::store::record;
+use crate::store::data_keys::DataKeys;
+use crate::store::record::{self, Keys};
 use crate::store::{new_epoch, EntryKind, StoreError};
 use dashmap::DashSet;
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, OwnedWriteBatch, PersistMode};
@@ -41,6 +43,7 @@ pub(super) struct Keyspaces {
     pub idempotency: Keyspace,
     pub idempotency_expiry: Keyspace,
     pub revocations: Keyspace,
+    pub data_keys: Keyspace,
     /// Everything in `revocations`, read on every connection (see [`super::revocations`]).
     pub revoked: Arc<super::revocations::RevokedMoments>,
     /// Revocations are rare and written one at a time, so the moment on disk is always the
@@ -146,12 +149,14 @@ pub(super) fn log_position(key: &[u8]) -> (String, u64) {
     )
 }
 
+/// A `messages` value of `user`'s log at `seq` opened; `None` when it was sealed under a data
+/// key that was destroyed.
 pub(super) fn open_value(
-    keys: &KeyRing,
+    keys: Keys<'_>,
     user: &str,
     seq: u64,
     value: &[u8],
-) -> Result<(InboxMessage, EntryKind), StoreError> {
+) -> Result<Option<(InboxMessage, EntryKind)>, StoreError> {
     let (hlc, record) = value.split_at_checked(8).ok_or_else(|| {
         StoreError::Unreadable(format!("record {user}/{seq} is shorter than its header"))
     })?;
@@ -176,6 +181,7 @@ impl Keyspaces {
             revocations,
             revoked: Arc::new(revoked),
             revoking: Arc::default(),
+            data_keys: space("data_keys")?,
             messages: space("messages")?,
             heads: space("heads")?,
             cursors: space("cursors")?,
@@ -207,6 +213,18 @@ impl Keyspaces {
             }
         }
         Ok(Some(head))
+    }
+
+    /// The user's data key as stored, if the user has one.
+    pub(super) fn data_key(
+        &self,
+        keys: &DataKeys,
+        user: &str,
+    ) -> Result<Option<Arc<DataKey>>, StoreError> {
+        match self.data_keys.get(user).map_err(failed)? {
+            Some(wrapped) => keys.unwrap(user, &wrapped).map(Some),
+            None => Ok(None),
+        }
     }
 
     pub(super) fn durable_batch(&self) -> OwnedWriteBatch {

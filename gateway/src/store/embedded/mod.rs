@@ -29,7 +29,9 @@ mod sessions;
 mod writer;
 
 use super::clock::HybridClock;
+use super::data_keys::DataKeys;
 use super::record::between;
+use super::record::Keys;
 use super::{
     queue_refusal, AppendTicket, CommitFeed, IdempotencyKey, LogHead, LogPage, NewMessage,
     Settings, Store, StoreError, SweepReport,
@@ -47,7 +49,7 @@ use writer::{Call, Command, Reply};
 
 pub struct EmbeddedStore {
     spaces: Keyspaces,
-    keys: Arc<KeyRing>,
+    keys: Arc<DataKeys>,
     commands: mpsc::Sender<Command>,
 }
 
@@ -55,7 +57,7 @@ impl EmbeddedStore {
     /// Opens (creating when missing) the store in directory `path` and starts its writer thread.
     pub fn open(
         path: &Path,
-        keys: Arc<KeyRing>,
+        keys: Arc<DataKeys>,
         clock: Arc<HybridClock>,
         feed: Arc<dyn CommitFeed>,
         settings: Settings,
@@ -82,9 +84,20 @@ impl EmbeddedStore {
             .unwrap_or_else(|_| Err(StoreError::Unavailable("the store writer stopped".into())))
     }
 
+    /// Runs `work` on a blocking thread, with the configured keys (what sessions and retained
+    /// messages are sealed under).
     async fn read_with<T: Send + 'static>(
         &self,
         work: impl FnOnce(&Keyspaces, &KeyRing) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        self.read_with_data_keys(move |spaces, data_keys| work(spaces, data_keys.ring()))
+            .await
+    }
+
+    /// Runs `work` on a blocking thread, with the users' data keys.
+    async fn read_with_data_keys<T: Send + 'static>(
+        &self,
+        work: impl FnOnce(&Keyspaces, &DataKeys) -> Result<T, StoreError> + Send + 'static,
     ) -> Result<T, StoreError> {
         let spaces = self.spaces.clone();
         let keys = self.keys.clone();
@@ -133,7 +146,12 @@ impl Store for EmbeddedStore {
 
     async fn read(&self, user: &str, after: u64, limit: usize) -> Result<LogPage, StoreError> {
         let user = user.to_string();
-        self.read_with(move |spaces, keys| {
+        self.read_with_data_keys(move |spaces, data_keys| {
+            let data_key = spaces.data_key(data_keys, &user)?;
+            let keys = Keys {
+                ring: data_keys.ring(),
+                data_key: data_key.as_deref(),
+            };
             let mut forgotten = Vec::new();
             for entry in spaces.forgotten.prefix(prefix(&user)) {
                 let (key, upto) = entry.into_inner().map_err(failed)?;
@@ -153,7 +171,9 @@ impl Store for EmbeddedStore {
                 let (key, value) = entry.into_inner().map_err(failed)?;
                 let seq = log_position(&key).1;
                 page.covered_to = seq;
-                let (message, kind) = open_value(keys, &user, seq, &value)?;
+                let Some((message, kind)) = open_value(keys, &user, seq, &value)? else {
+                    continue;
+                };
                 let hidden = forgotten
                     .iter()
                     .any(|(other, upto)| seq <= *upto && between(&message, &user, other));
@@ -228,8 +248,10 @@ impl Store for EmbeddedStore {
                 let key = entry.key().map_err(failed)?;
                 found.push(format!("messages/{user}/{}", log_position(&key).1));
             }
-            if spaces.heads.get(&user).map_err(failed)?.is_some() {
-                found.push(format!("heads/{user}"));
+            for (name, space) in [("heads", &spaces.heads), ("data_keys", &spaces.data_keys)] {
+                if space.get(&user).map_err(failed)?.is_some() {
+                    found.push(format!("{name}/{user}"));
+                }
             }
             for (name, space) in [
                 ("cursors", &spaces.cursors),

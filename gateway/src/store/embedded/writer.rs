@@ -7,12 +7,13 @@ use super::layout::{
     Keyspaces,
 };
 use super::markers::{marker_key, Marker};
-use crate::infra::cipher::KeyRing;
+use crate::infra::data_key::DataKey;
 use crate::infra::fjall::commit as commit_to_disk;
 use crate::infra::time::unix_millis;
 use crate::store::clock::HybridClock;
+use crate::store::data_keys::DataKeys;
 use crate::store::outcome::{self, Outcome};
-use crate::store::record::{self, between, hlc_millis};
+use crate::store::record::{self, between, hlc_millis, Keys};
 use crate::store::{
     Appended, CommitFeed, IdempotencyKey, NewMessage, Settings, StoreError, Stored, SweepReport,
 };
@@ -54,7 +55,7 @@ pub(super) enum Command {
 /// Starts the writer and responder threads; what is sent on the returned queue is done in order.
 pub(super) fn start(
     spaces: Keyspaces,
-    keys: Arc<KeyRing>,
+    keys: Arc<DataKeys>,
     clock: Arc<HybridClock>,
     settings: Settings,
     feed: Arc<dyn CommitFeed>,
@@ -67,6 +68,7 @@ pub(super) fn start(
         clock,
         settings,
         heads: HashMap::new(),
+        data_keys: HashMap::new(),
         done,
     };
     std::thread::Builder::new()
@@ -83,11 +85,14 @@ pub(super) fn start(
 /// appended messages to the commit feed in log order, and then answers.
 struct Writer {
     spaces: Keyspaces,
-    keys: Arc<KeyRing>,
+    keys: Arc<DataKeys>,
     clock: Arc<HybridClock>,
     settings: Settings,
     /// Heads of recently written logs, as committed: no lookup in the store per append.
     heads: HashMap<String, Head>,
+    /// The data keys of recently written logs, as committed: what every record appended to
+    /// them must be sealed under. Bounded like `heads`.
+    data_keys: HashMap<String, Arc<DataKey>>,
     /// Committed batches go to the responder thread, which delivers them live and answers.
     done: std::sync::mpsc::Sender<Done>,
 }
@@ -192,17 +197,19 @@ impl Writer {
         }
     }
 
-    fn commit(&mut self, group: Group) {
+    fn commit(&mut self, mut group: Group) {
         if group.appends.is_empty() && group.acks.is_empty() {
             return;
         }
         let mut batch = self.spaces.durable_batch();
-        let result = self.fill(&mut batch, &group).and_then(|outcome| {
-            let committing = std::time::Instant::now();
-            commit_to_disk(batch).map_err(failed)?;
-            self.settings.commit_took(committing);
-            Ok(outcome)
-        });
+        let result = (self.seal(&mut batch, &mut group))
+            .and_then(|()| self.fill(&mut batch, &group))
+            .and_then(|outcome| {
+                let committing = std::time::Instant::now();
+                commit_to_disk(batch).map_err(failed)?;
+                self.settings.commit_took(committing);
+                Ok(outcome)
+            });
         let finished = match result {
             Ok((outcome, cursors, heads)) => {
                 if self.heads.len() + heads.len() > HEAD_CACHE {
@@ -217,12 +224,49 @@ impl Writer {
             }
             Err(error) => {
                 tracing::error!("store commit failed: {error}");
-                // What the cache holds may not be what is stored now.
+                // What the caches hold may not be what is stored now.
                 self.heads.clear();
+                self.data_keys.clear();
+                self.keys.drop_all_held();
                 Done::Failed { group, error }
             }
         };
         let _ = self.done.send(finished);
+    }
+
+    /// Seals every message of the group under its log owner's data key, the one stored (made
+    /// now, into `batch`, for a log that has none): a message the front did not seal, or sealed
+    /// under a key the owner no longer has (deleted meanwhile), is sealed here.
+    fn seal(&mut self, batch: &mut OwnedWriteBatch, group: &mut Group) -> Result<(), StoreError> {
+        for message in group.appends.iter_mut().flat_map(|call| &mut call.messages) {
+            let key = match self.data_keys.get(&message.log) {
+                Some(key) => key.clone(),
+                None => {
+                    let key = match self.spaces.data_key(&self.keys, &message.log)? {
+                        Some(key) => key,
+                        None => {
+                            let (key, wrapped) = self.keys.generate(&message.log);
+                            batch.insert(&self.spaces.data_keys, message.log.as_str(), wrapped);
+                            key
+                        }
+                    };
+                    if self.data_keys.len() >= HEAD_CACHE {
+                        self.data_keys.clear();
+                    }
+                    self.data_keys.insert(message.log.clone(), key.clone());
+                    self.keys.hold(&message.log, key.clone());
+                    key
+                }
+            };
+            if message
+                .sealed
+                .as_ref()
+                .is_none_or(|s| s.key.id() != key.id())
+            {
+                record::seal_under(message, key);
+            }
+        }
+        Ok(())
     }
 
     /// Writes the group into `batch`: sequences and times for the appends, their idempotency
@@ -280,7 +324,7 @@ impl Writer {
                 head.last_hlc = self.clock.after(head.last_hlc);
                 value.clear();
                 value.extend_from_slice(&head.last_hlc.to_be_bytes());
-                value.extend_from_slice(&message.record);
+                value.extend_from_slice(message.record());
                 batch.insert(
                     &spaces.messages,
                     log_key(&message.log, head.last_seq),
@@ -295,9 +339,7 @@ impl Writer {
                         expiry: now_ms.saturating_add(idempotency.window_ms()),
                         seq: head.last_seq,
                         hlc: head.last_hlc,
-                        id: record::id_of(&message.record)
-                            .unwrap_or_default()
-                            .to_string(),
+                        id: message.id.clone(),
                     };
                     spaces.mark(batch, key.clone(), &marker, expired.as_ref());
                     marked.insert(key, (index, marker.id));
@@ -354,7 +396,13 @@ impl Writer {
         let stored = self.spaces.messages.get(key).map_err(failed)?;
         let record = stored.as_deref().and_then(|value| value.get(8..));
         let (seq, hlc) = (marker.seq, marker.hlc);
-        Ok(outcome::original(&self.keys, message, seq, hlc, record))
+        Ok(outcome::original(
+            self.keys.ring(),
+            message,
+            seq,
+            hlc,
+            record,
+        ))
     }
 
     fn run_alone(&mut self, command: Command) {
@@ -379,7 +427,9 @@ impl Writer {
         }
     }
 
-    fn delete_user(&self, user: &str) -> Result<(), StoreError> {
+    /// Removes the user's log and everything beside it, and destroys the user's data key: what
+    /// the log held cannot be read again from anything left on disk.
+    fn delete_user(&mut self, user: &str) -> Result<(), StoreError> {
         let spaces = &self.spaces;
         let mut batch = spaces.durable_batch();
         for space in [&spaces.messages, &spaces.cursors, &spaces.forgotten] {
@@ -388,7 +438,10 @@ impl Writer {
             }
         }
         batch.remove(&spaces.heads, user);
+        batch.remove(&spaces.data_keys, user);
         spaces.unmark(&mut batch, user)?;
+        self.data_keys.remove(user);
+        self.keys.drop_held(user);
         commit_to_disk(batch).map_err(failed)
     }
 
@@ -446,6 +499,11 @@ impl Writer {
             let owner = String::from_utf8_lossy(&key[..separator]).into_owned();
             let other = pair_second(&key, &owner);
             let upto = be_u64(&upto);
+            let data_key = spaces.data_key(&self.keys, &owner)?;
+            let keys = Keys {
+                ring: self.keys.ring(),
+                data_key: data_key.as_deref(),
+            };
             if !written.contains(&owner) {
                 if let Some(head) = spaces.head(&owner)? {
                     batch.insert(&spaces.heads, owner.as_str(), head.encode());
@@ -458,11 +516,8 @@ impl Writer {
             {
                 let (message_key, value) = entry.into_inner().map_err(failed)?;
                 let seq = log_position(&message_key).1;
-                if between(
-                    &open_value(&self.keys, &owner, seq, &value)?.0,
-                    &owner,
-                    &other,
-                ) {
+                let opened = open_value(keys, &owner, seq, &value)?;
+                if opened.is_some_and(|(message, _)| between(&message, &owner, &other)) {
                     batch.remove(&spaces.messages, message_key);
                     report.purged_contacts += 1;
                 }
@@ -470,6 +525,19 @@ impl Writer {
             batch.remove(&spaces.forgotten, key);
         }
         report.expired_markers = spaces.sweep_markers(&mut batch, unix_millis())?;
+        for entry in spaces.data_keys.iter() {
+            let (user, wrapped) = entry.into_inner().map_err(failed)?;
+            let user = String::from_utf8_lossy(&user);
+            match self.keys.rewrapped(&user, &wrapped) {
+                Ok(Some(rewrapped)) => {
+                    batch.insert(&spaces.data_keys, user.as_ref(), rewrapped);
+                    report.rewrapped_keys += 1;
+                }
+                Ok(None) => {}
+                // The rest of the sweep goes on; reading the user's log names the key.
+                Err(e) => tracing::warn!("a data key is not wrapped again: {e}"),
+            }
+        }
         commit_to_disk(batch).map_err(failed)?;
         Ok(report)
     }

@@ -15,6 +15,7 @@ pub(super) struct UserKeys {
     pub markers: String,
     pub marker_expiry: String,
     pub revoked: String,
+    pub data_key: String,
 }
 
 impl UserKeys {
@@ -27,6 +28,7 @@ impl UserKeys {
             markers: format!("gw:{{{user}}}:idempotency"),
             marker_expiry: format!("gw:{{{user}}}:idempotency:expiry"),
             revoked: format!("gw:{{{user}}}:revoked"),
+            data_key: format!("gw:{{{user}}}:data_key"),
         }
     }
 }

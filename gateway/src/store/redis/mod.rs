@@ -52,18 +52,19 @@ mod sessions;
 mod writer;
 
 use super::clock::HybridClock;
+use super::data_keys::DataKeys;
+use super::record::Keys;
 use super::record::{self, between, hlc_millis};
 use super::{
     queue_refusal, AppendTicket, CommitFeed, EntryKind, IdempotencyKey, LogHead, LogPage,
     NewMessage, Settings, Store, StoreError, Stored, SweepReport,
 };
-use crate::infra::cipher::KeyRing;
 use crate::infra::redis::{bounded, connect, scan};
 use async_trait::async_trait;
 use keys::{UserKeys, SWEEP_PAGE, USERS};
 use protocol::envelope::InboxMessage;
 use redis::aio::ConnectionManager;
-use scripts::{ACK, CUT, FORGET, PRUNE, PURGED};
+use scripts::{ACK, CUT, FORGET, PRUNE, PURGED, REWRAP};
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot};
@@ -71,7 +72,7 @@ use writer::Writer;
 
 pub struct RedisStore {
     redis: ConnectionManager,
-    keys: Arc<KeyRing>,
+    keys: Arc<DataKeys>,
     writes: mpsc::Sender<Write>,
 }
 
@@ -114,7 +115,11 @@ impl Entry {
         Ok(Self { seq, hlc, record })
     }
 
-    fn open(&self, keys: &KeyRing, user: &str) -> Result<(InboxMessage, EntryKind), StoreError> {
+    fn open(
+        &self,
+        keys: Keys<'_>,
+        user: &str,
+    ) -> Result<Option<(InboxMessage, EntryKind)>, StoreError> {
         record::open(keys, user, self.seq, self.hlc, &self.record)
     }
 }
@@ -129,7 +134,7 @@ impl RedisStore {
     /// writer task. Must be called within a Tokio runtime.
     pub async fn open(
         url: &str,
-        keys: Arc<KeyRing>,
+        keys: Arc<DataKeys>,
         clock: Arc<HybridClock>,
         feed: Arc<dyn CommitFeed>,
         settings: Settings,
@@ -151,18 +156,27 @@ impl RedisStore {
         })
     }
 
-    /// Decrypts log entries off the async threads: a page can hold hundreds of records.
+    /// Decrypts log entries off the async threads: a page can hold hundreds of records. The
+    /// entries sealed under a destroyed data key come back without their message.
     async fn open_entries(
         &self,
         user: &str,
+        wrapped_key: Option<Vec<u8>>,
         entries: Vec<Entry>,
-    ) -> Result<Vec<(Entry, (InboxMessage, EntryKind))>, StoreError> {
-        let (keys, user) = (self.keys.clone(), user.to_string());
+    ) -> Result<Vec<(Entry, Option<(InboxMessage, EntryKind)>)>, StoreError> {
+        let (data_keys, user) = (self.keys.clone(), user.to_string());
         tokio::task::spawn_blocking(move || {
+            let data_key = (wrapped_key.as_deref())
+                .map(|wrapped| data_keys.unwrap(&user, wrapped))
+                .transpose()?;
+            let keys = Keys {
+                ring: data_keys.ring(),
+                data_key: data_key.as_deref(),
+            };
             entries
                 .into_iter()
                 .map(|entry| {
-                    let message = entry.open(&keys, &user)?;
+                    let message = entry.open(keys, &user)?;
                     Ok((entry, message))
                 })
                 .collect()
@@ -262,9 +276,10 @@ impl RedisStore {
     /// Removes the direct messages of every contact `user` forgot; returns how many.
     async fn purge_forgotten(&self, user: &str) -> Result<u64, StoreError> {
         let keys = UserKeys::of(user);
-        let forgotten: HashMap<String, String> = bounded(
-            redis::cmd("HGETALL")
-                .arg(&keys.forgotten)
+        let (forgotten, wrapped_key): (HashMap<String, String>, Option<Vec<u8>>) = bounded(
+            redis::pipe()
+                .hgetall(&keys.forgotten)
+                .get(&keys.data_key)
                 .query_async(&mut self.redis.clone()),
         )
         .await?;
@@ -280,10 +295,14 @@ impl RedisStore {
                 let Some(last) = page.last() else { break };
                 start = format!("({}", entry_id(last.seq));
                 let doomed: Vec<String> = self
-                    .open_entries(user, page)
+                    .open_entries(user, wrapped_key.clone(), page)
                     .await?
                     .into_iter()
-                    .filter(|(_, (message, _))| between(message, user, &other))
+                    .filter(|(_, opened)| {
+                        opened
+                            .as_ref()
+                            .is_some_and(|(message, _)| between(message, user, &other))
+                    })
                     .map(|(entry, _)| entry_id(entry.seq))
                     .collect();
                 if !doomed.is_empty() {
@@ -310,6 +329,35 @@ impl RedisStore {
             .await?;
         }
         Ok(purged)
+    }
+
+    /// Wraps `user`'s data key again when it is wrapped under an older configured key; returns
+    /// whether it did.
+    async fn rewrap(&self, user: &str) -> Result<bool, StoreError> {
+        let key = UserKeys::of(user).data_key;
+        let wrapped: Option<Vec<u8>> = bounded(
+            redis::cmd("GET")
+                .arg(&key)
+                .query_async(&mut self.redis.clone()),
+        )
+        .await?;
+        let Some(rewrapped) = wrapped
+            .as_deref()
+            .map(|wrapped| self.keys.rewrapped(user, wrapped))
+            .transpose()?
+            .flatten()
+        else {
+            return Ok(false);
+        };
+        let replaced: u32 = bounded(
+            REWRAP
+                .key(&key)
+                .arg(wrapped)
+                .arg(rewrapped)
+                .invoke_async(&mut self.redis.clone()),
+        )
+        .await?;
+        Ok(replaced == 1)
     }
 
     /// Removes `user`'s idempotency markers whose window has ended; returns how many.
@@ -386,24 +434,29 @@ impl Store for RedisStore {
             return Ok(page);
         }
         let keys = UserKeys::of(user);
-        let (forgotten, raw): (HashMap<String, u64>, Vec<RawEntry>) = bounded(
-            redis::pipe()
-                .hgetall(&keys.forgotten)
-                .cmd("XRANGE")
-                .arg(&keys.log)
-                .arg(entry_id(after + 1))
-                .arg("+")
-                .arg("COUNT")
-                .arg(limit.min(i64::MAX as usize))
-                .query_async(&mut self.redis.clone()),
-        )
-        .await?;
+        let (forgotten, wrapped_key, raw): (HashMap<String, u64>, Option<Vec<u8>>, Vec<RawEntry>) =
+            bounded(
+                redis::pipe()
+                    .hgetall(&keys.forgotten)
+                    .get(&keys.data_key)
+                    .cmd("XRANGE")
+                    .arg(&keys.log)
+                    .arg(entry_id(after + 1))
+                    .arg("+")
+                    .arg("COUNT")
+                    .arg(limit.min(i64::MAX as usize))
+                    .query_async(&mut self.redis.clone()),
+            )
+            .await?;
         let entries = raw
             .into_iter()
             .map(|raw| Entry::parse(user, raw))
             .collect::<Result<_, _>>()?;
-        for (entry, (message, kind)) in self.open_entries(user, entries).await? {
+        for (entry, opened) in self.open_entries(user, wrapped_key, entries).await? {
             page.covered_to = entry.seq;
+            let Some((message, kind)) = opened else {
+                continue;
+            };
             let hidden = forgotten
                 .iter()
                 .any(|(other, upto)| entry.seq <= *upto && between(&message, user, other));
@@ -452,11 +505,15 @@ impl Store for RedisStore {
                     keys.forgotten,
                     keys.markers,
                     keys.marker_expiry,
+                    keys.data_key,
                 ])
                 .ignore()
                 .exec_async(&mut self.redis.clone()),
         )
         .await?;
+        // Another node may still hold the destroyed key: the append script refuses what it
+        // seals (see `data_keys`).
+        self.keys.drop_held(user);
         self.forget_user_sessions(user).await
     }
 
@@ -481,6 +538,14 @@ impl Store for RedisStore {
             report.expired += self.expire(&user, older_than_ms).await?;
             report.purged_contacts += self.purge_forgotten(&user).await?;
             report.expired_markers += self.prune_markers(&user).await?;
+            match self.rewrap(&user).await {
+                Ok(done) => report.rewrapped_keys += u64::from(done),
+                // The rest of the sweep goes on; reading the user's log names the key.
+                Err(StoreError::Unreadable(e)) => {
+                    tracing::warn!("a data key is not wrapped again: {e}")
+                }
+                Err(e) => return Err(e),
+            }
         }
         Ok(report)
     }
@@ -519,6 +584,7 @@ impl Store for RedisStore {
                     }
                 }
                 "head" => found.push(format!("heads/{user}")),
+                "data_key" => found.push(format!("data_keys/{user}")),
                 "revoked" => {
                     let fields: Vec<String> =
                         bounded(redis::cmd("HKEYS").arg(&key).query_async(&mut redis)).await?;

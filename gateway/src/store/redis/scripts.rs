@@ -33,12 +33,15 @@ end
 ";
 
 /// Appends one message, unless its idempotency key is marked in the log within its window.
-/// KEYS: head, log, markers, marker expiry. ARGV: the node's clock time, an epoch for a new log,
-/// the sealed record, the retention count, the key's marker name (empty for none), its window
-/// in milliseconds, the message id. Returns `{seq, hlc, false, false}` for an entry appended
-/// now; for a marked one `{seq, hlc, id, record}` of the entry marked, its record `false` when
-/// the log no longer holds it. The markers are a hash (name → `seq hlc id`) and a sorted set
-/// (name → end of window), which the sweeper prunes.
+/// KEYS: head, log, markers, marker expiry, the user's data key. ARGV: the node's clock time, an
+/// epoch for a new log, the sealed record, the retention count, the key's marker name (empty
+/// for none), its window in milliseconds, the message id, the id of the data key the record is
+/// sealed under. Returns `{seq, hlc, false, false}` for an entry appended now; for a marked one
+/// `{seq, hlc, id, record}` of the entry marked, its record `false` when the log no longer holds
+/// it; `{0, 0, false, false}` when the record is not sealed under the user's data key (the user
+/// was deleted since the key was read): it is sealed again and sent again. The markers are a
+/// hash (name → `seq hlc id`) and a sorted set (name → end of window), which the sweeper
+/// prunes. A wrapped data key starts with its id's length and its id.
 pub(super) static APPEND: LazyLock<Script> = LazyLock::new(|| {
     Script::new(&format!(
         "{HLC_LUA}{NOW_LUA}{}",
@@ -62,6 +65,10 @@ if name ~= '' then
     return {seq, hlc, id, record}
   end
 end
+local wrapped = redis.call('GET', KEYS[5])
+if not wrapped or string.sub(wrapped, 2, 1 + string.byte(wrapped, 1)) ~= ARGV[8] then
+  return {0, 0, false, false}
+end
 if redis.call('EXISTS', head) == 0 then
   redis.call('HSET', head, 'first_seq', '1', 'last_seq', '0', 'last_hlc', '0', 'epoch', ARGV[2])
 end
@@ -83,6 +90,18 @@ end
 return {seq, hlc, false, false}
 "
     ))
+});
+
+/// Replaces a user's wrapped data key by the same key wrapped again, unless it changed
+/// meanwhile. KEYS: data key. ARGV: the wrapped key as read, rewrapped.
+pub(super) static REWRAP: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+redis.call('SET', KEYS[1], ARGV[2])
+return 1
+",
+    )
 });
 
 /// Removes up to a page of the idempotency markers whose window has ended. KEYS: markers,

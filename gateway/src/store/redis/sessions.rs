@@ -121,7 +121,7 @@ impl SessionStore for RedisStore {
         expires_at_ms: u64,
     ) -> Result<(), StoreError> {
         let keys = SessionKeys::of(key);
-        let sealed = self.keys.seal(state, keys.state.as_bytes());
+        let sealed = self.keys.ring().seal(state, keys.state.as_bytes());
         let mut redis = self.redis.clone();
         // The name after the session: a name without a session is dropped when found.
         bounded(
@@ -154,7 +154,7 @@ impl SessionStore for RedisStore {
         let sealed: Option<Vec<u8>> =
             bounded(redis::cmd("GET").arg(&keys.state).query_async(&mut redis)).await?;
         sealed
-            .map(|sealed| self.keys.open(&sealed, keys.state.as_bytes()))
+            .map(|sealed| self.keys.ring().open(&sealed, keys.state.as_bytes()))
             .transpose()
             .map_err(unreadable)
     }
@@ -181,7 +181,7 @@ impl SessionStore for RedisStore {
         bound: QueueBound,
     ) -> Result<u64, StoreError> {
         let keys = SessionKeys::of(key);
-        let sealed = self.keys.seal(message, keys.queue.as_bytes());
+        let sealed = self.keys.ring().seal(message, keys.queue.as_bytes());
         let mut redis = self.redis.clone();
         let dropped: u64 = bounded(
             ENQUEUE
@@ -211,7 +211,7 @@ impl SessionStore for RedisStore {
         .await?;
         sealed
             .iter()
-            .map(|message| self.keys.open(message, keys.queue.as_bytes()))
+            .map(|message| self.keys.ring().open(message, keys.queue.as_bytes()))
             .collect::<Result<_, _>>()
             .map_err(unreadable)
     }
@@ -248,7 +248,7 @@ impl RetainedStore for RedisStore {
         let mut redis = self.redis.clone();
         let command = match message {
             Some(message) => {
-                let sealed = self.keys.seal(message, topic.as_bytes());
+                let sealed = self.keys.ring().seal(message, topic.as_bytes());
                 let mut set = redis::cmd("HSET");
                 set.arg(RETAINED).arg(topic).arg(sealed);
                 set
@@ -271,6 +271,7 @@ impl RetainedStore for RedisStore {
             .map(|(topic, sealed)| {
                 let message = self
                     .keys
+                    .ring()
                     .open(&sealed, topic.as_bytes())
                     .map_err(unreadable)?;
                 Ok((topic, message))

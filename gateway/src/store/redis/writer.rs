@@ -3,13 +3,14 @@
 use super::keys::{UserKeys, USERS};
 use super::scripts::APPEND;
 use super::{Append, Write};
-use crate::infra::cipher::KeyRing;
+use crate::infra::data_key::DataKey;
 use crate::infra::redis::bounded;
 use crate::store::clock::HybridClock;
+use crate::store::data_keys::DataKeys;
 use crate::store::outcome::{original, Outcome};
-use crate::store::{new_epoch, record, Appended, CommitFeed, Settings, StoreError};
+use crate::store::{new_epoch, record, Appended, CommitFeed, NewMessage, Settings, StoreError};
 use redis::aio::ConnectionManager;
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use tokio::sync::mpsc;
 
@@ -17,8 +18,9 @@ use tokio::sync::mpsc;
 pub(super) struct Writer {
     pub redis: ConnectionManager,
     pub clock: Arc<HybridClock>,
-    /// Opens the records of earlier appends that a repeated idempotency key is answered with.
-    pub keys: Arc<KeyRing>,
+    /// Seals what the front did not, and opens the records of earlier appends that a repeated
+    /// idempotency key is answered with.
+    pub keys: Arc<DataKeys>,
     pub feed: Arc<dyn CommitFeed>,
     pub settings: Settings,
 }
@@ -56,8 +58,8 @@ impl Writer {
     }
 
     /// Stores a batch, hands its entries to the commit feed in log order, then answers each call.
-    async fn commit(&mut self, batch: Vec<Append>) {
-        match self.store(&batch).await {
+    async fn commit(&mut self, mut batch: Vec<Append>) {
+        match self.store(&mut batch).await {
             Ok(outcome) => {
                 let replies = batch.into_iter().map(|append| append.reply).collect();
                 outcome.answer(&*self.feed, replies);
@@ -72,14 +74,45 @@ impl Writer {
     }
 
     /// Stores the batch and returns every call's entries.
-    async fn store(&mut self, batch: &[Append]) -> Result<Outcome, StoreError> {
+    async fn store(&mut self, batch: &mut [Append]) -> Result<Outcome, StoreError> {
         let count = batch.iter().map(|a| a.messages.len()).sum();
         let mut outcome = Outcome::with_capacity(count);
-        let positions = if count == 0 {
-            Vec::new()
-        } else {
-            self.send(batch).await?
-        };
+        let mut positions = Vec::new();
+        if count > 0 {
+            let mut keys = HashMap::new();
+            for message in batch.iter_mut().flat_map(|a| &mut a.messages) {
+                if message.sealed.is_none() {
+                    let key = self.data_key(&mut keys, &message.log).await?;
+                    record::seal_under(message, key);
+                }
+            }
+            positions = self.send(batch, None).await?;
+            // Sealed under a key its owner no longer has (deleted meanwhile): sealed again
+            // under the stored one, and sent again.
+            let stale: Vec<usize> = (positions.iter().enumerate())
+                .filter(|(_, (seq, ..))| *seq == 0)
+                .map(|(index, _)| index)
+                .collect();
+            if !stale.is_empty() {
+                let mut keys = HashMap::new();
+                let mut messages: Vec<&mut NewMessage> =
+                    batch.iter_mut().flat_map(|a| &mut a.messages).collect();
+                for &index in &stale {
+                    self.keys.drop_held(&messages[index].log);
+                    let key = self.data_key(&mut keys, &messages[index].log).await?;
+                    record::seal_under(messages[index], key);
+                }
+                let again = self.send(batch, Some(&stale)).await?;
+                for (&index, position) in stale.iter().zip(again) {
+                    if position.0 == 0 {
+                        return Err(StoreError::Unavailable(
+                            "a user's data key changed twice during one append".into(),
+                        ));
+                    }
+                    positions[index] = position;
+                }
+            }
+        }
         let mut positions = positions.into_iter();
         for append in batch {
             outcome.next_call();
@@ -93,7 +126,8 @@ impl Writer {
                         outcome.made(Appended::of(message, seq, hlc, payload));
                     }
                     Some(id) => {
-                        let original = original(&self.keys, message, seq, hlc, record.as_deref());
+                        let original =
+                            original(self.keys.ring(), message, seq, hlc, record.as_deref());
                         outcome.repeated(original, &id);
                     }
                 }
@@ -102,27 +136,73 @@ impl Writer {
         Ok(outcome)
     }
 
-    /// Sends the batch's appends as one pipeline; returns where each landed.
-    async fn send(&mut self, batch: &[Append]) -> Result<Vec<Position>, StoreError> {
+    /// The user's data key as stored (made and stored now when the user has none), read once
+    /// per batch (`read`), and held for the front to seal with.
+    async fn data_key(
+        &mut self,
+        read: &mut HashMap<String, Arc<DataKey>>,
+        user: &str,
+    ) -> Result<Arc<DataKey>, StoreError> {
+        if let Some(key) = read.get(user) {
+            return Ok(key.clone());
+        }
+        let name = UserKeys::of(user).data_key;
+        let (fresh, wrapped) = self.keys.generate(user);
+        // Made unless there is one: then the one there is the user's.
+        let (made, stored): (bool, Option<Vec<u8>>) = bounded(
+            redis::pipe()
+                .cmd("SET")
+                .arg(&name)
+                .arg(&wrapped)
+                .arg("NX")
+                .cmd("GET")
+                .arg(&name)
+                .query_async(&mut self.redis),
+        )
+        .await?;
+        let key = match (made, stored) {
+            (true, _) => fresh,
+            (false, Some(stored)) => self.keys.unwrap(user, &stored)?,
+            (false, None) => {
+                return Err(StoreError::Unavailable(format!(
+                    "the data key of {user} was deleted while it was made"
+                )))
+            }
+        };
+        self.keys.hold(user, key.clone());
+        read.insert(user.to_string(), key.clone());
+        Ok(key)
+    }
+
+    /// Sends the batch's appends (those at the indexes `only`, when given, counting the
+    /// messages of every call in order) as one pipeline; returns where each landed.
+    async fn send(
+        &mut self,
+        batch: &[Append],
+        only: Option<&[usize]>,
+    ) -> Result<Vec<Position>, StoreError> {
         let mut pipe = redis::pipe();
         // A pipelined script call is not retried on NOSCRIPT (a restarted Redis has forgotten
         // its scripts), so every batch loads the script first: for a known script that is a
         // lookup by its hash.
         pipe.load_script(&APPEND).ignore();
+        let mut index = 0;
         for append in batch {
             let marker = append
                 .key
                 .as_ref()
                 .map(|key| (key.marker(), key.window_ms()));
             for message in &append.messages {
+                index += 1;
+                if only.is_some_and(|only| only.binary_search(&(index - 1)).is_err()) {
+                    continue;
+                }
                 // The message id is what a repeat is answered with; only a marker keeps it.
                 let (name, window_ms, id) = match &marker {
-                    Some((name, window_ms)) => {
-                        let id = record::id_of(&message.record).unwrap_or_default();
-                        (name.as_str(), *window_ms, id)
-                    }
+                    Some((name, window_ms)) => (name.as_str(), *window_ms, message.id.as_str()),
                     None => ("", 0, ""),
                 };
+                let sealed = message.sealed.as_ref().expect("sealed before it is sent");
                 let keys = UserKeys::of(&message.log);
                 pipe.invoke_script(
                     APPEND
@@ -130,13 +210,15 @@ impl Writer {
                         .key(&keys.log)
                         .key(&keys.markers)
                         .key(&keys.marker_expiry)
+                        .key(&keys.data_key)
                         .arg(self.clock.now())
                         .arg(new_epoch())
-                        .arg(&message.record)
+                        .arg(&sealed.record)
                         .arg(self.settings.retention_count)
                         .arg(name)
                         .arg(window_ms)
-                        .arg(id),
+                        .arg(id)
+                        .arg(sealed.key.id()),
                 );
             }
         }
