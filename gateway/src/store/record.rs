@@ -134,11 +134,6 @@ pub fn reopen_live(
     Ok(live_payload(&plaintext, seq, hlc))
 }
 
-/// The message id a record carries in the clear.
-pub fn id_of(record: &[u8]) -> Option<&str> {
-    split(record).map(|(id, _, _)| id)
-}
-
 /// A record's message id, the kind of entry it is, and its sealed content.
 fn split(record: &[u8]) -> Option<(&str, EntryKind, &[u8])> {
     let (&first, rest) = record.split_first()?;
@@ -237,7 +232,6 @@ mod tests {
         assert!(open(keys, "alice", 7, hlc, new.record()).is_err());
         let reopened = reopen_live(keys, "bob", 7, hlc, new.record()).unwrap();
         assert_eq!(reopened, live_payload(&new.plaintext, 7, hlc));
-        assert_eq!(id_of(new.record()), Some("m1"));
         let notification = seal_entry(&data_keys, "bob", &content, None, EntryKind::Notification);
         let (_, kind) = open(keys, "bob", 8, hlc, notification.record())
             .unwrap()
