@@ -33,15 +33,15 @@ end
 ";
 
 /// Appends one message, unless its idempotency key is marked in the log within its window.
-/// KEYS: head, log, markers, marker expiry, the user's data key. ARGV: the node's clock time, an
-/// epoch for a new log, the sealed record, the retention count, the key's marker name (empty
-/// for none), its window in milliseconds, the message id, the id of the data key the record is
-/// sealed under. Returns `{seq, hlc, false, false}` for an entry appended now; for a marked one
-/// `{seq, hlc, id, record}` of the entry marked, its record `false` when the log no longer holds
-/// it; `{0, 0, false, false}` when the record is not sealed under the user's data key (the user
-/// was deleted since the key was read): it is sealed again and sent again. The markers are a
-/// hash (name → `seq hlc id`) and a sorted set (name → end of window), which the sweeper
-/// prunes. A wrapped data key starts with its id's length and its id.
+/// KEYS: head, log, markers, marker expiry. ARGV: the node's clock time, an epoch for a new log,
+/// the sealed record, the retention count, the key's marker name (empty for none), its window
+/// in milliseconds, the message id, the id of the data key the record is sealed under. Returns
+/// `{seq, hlc, false, false}` for an entry appended now; for a marked one `{seq, hlc, id,
+/// record}` of the entry marked, its record `false` when the log no longer holds it; `{0, 0,
+/// false, false}` when the record is not sealed under the user's data key, whose id the head
+/// keeps (see [`MAKE_DATA_KEY`]; the user was deleted since the key was read): it is sealed
+/// again and sent again. The head is read and written once. The markers are a hash (name →
+/// `seq hlc id`) and a sorted set (name → end of window), which the sweeper prunes.
 pub(super) static APPEND: LazyLock<Script> = LazyLock::new(|| {
     Script::new(&format!(
         "{HLC_LUA}{NOW_LUA}{}",
@@ -65,24 +65,25 @@ if name ~= '' then
     return {seq, hlc, id, record}
   end
 end
-local wrapped = redis.call('GET', KEYS[5])
-if not wrapped or string.sub(wrapped, 2, 1 + string.byte(wrapped, 1)) ~= ARGV[8] then
+local state = redis.call('HMGET', head, 'last_seq', 'last_hlc', 'first_seq', 'kid')
+if state[4] ~= ARGV[8] then
   return {0, 0, false, false}
 end
-if redis.call('EXISTS', head) == 0 then
-  redis.call('HSET', head, 'first_seq', '1', 'last_seq', '0', 'last_hlc', '0', 'epoch', ARGV[2])
+local seq, last_hlc, first = 1, '0', 1
+if state[1] then
+  seq, last_hlc, first = tonumber(state[1]) + 1, state[2], tonumber(state[3])
+else
+  redis.call('HSET', head, 'epoch', ARGV[2])
 end
-local seq = redis.call('HINCRBY', head, 'last_seq', 1)
-local hlc = later(ARGV[1], redis.call('HGET', head, 'last_hlc'))
-redis.call('HSET', head, 'last_hlc', hlc)
+local hlc = later(ARGV[1], last_hlc)
 redis.call('XADD', log, string.format('%d-0', seq), 'h', hlc, 'r', ARGV[3])
-local first = tonumber(redis.call('HGET', head, 'first_seq'))
 local retention = tonumber(ARGV[4])
 if seq + 1 - first > retention then
   first = seq + 1 - retention
   redis.call('XTRIM', log, 'MINID', string.format('%d-0', first))
-  redis.call('HSET', head, 'first_seq', string.format('%d', first))
 end
+redis.call('HSET', head, 'last_seq', string.format('%d', seq), 'last_hlc', hlc,
+  'first_seq', string.format('%d', first))
 if name ~= '' then
   redis.call('HSET', markers, name, string.format('%d %s %s', seq, hlc, ARGV[7]))
   redis.call('ZADD', expiries, string.format('%d', now + tonumber(ARGV[6])), name)
@@ -90,6 +91,22 @@ end
 return {seq, hlc, false, false}
 "
     ))
+});
+
+/// Stores a user's new data key, wrapped, unless the user has one, and its id in the head of
+/// the user's log, which the append script checks every record against. KEYS: data key, head.
+/// ARGV: the wrapped key, its id. Returns `{1, false}` when stored, else `{0, the wrapped key
+/// there}`.
+pub(super) static MAKE_DATA_KEY: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+if redis.call('SET', KEYS[1], ARGV[1], 'NX') then
+  redis.call('HSET', KEYS[2], 'kid', ARGV[2])
+  return {1, false}
+end
+return {0, redis.call('GET', KEYS[1])}
+",
+    )
 });
 
 /// Replaces a user's wrapped data key by the same key wrapped again, unless it changed

@@ -1,7 +1,7 @@
 //! The Redis store's writer: one task per node that sends each batch of appends as one pipeline.
 
 use super::keys::{UserKeys, USERS};
-use super::scripts::APPEND;
+use super::scripts::{APPEND, MAKE_DATA_KEY};
 use super::{Append, Write};
 use crate::infra::data_key::DataKey;
 use crate::infra::redis::bounded;
@@ -79,11 +79,13 @@ impl Writer {
         let mut outcome = Outcome::with_capacity(count);
         let mut positions = Vec::new();
         if count > 0 {
-            let mut keys = HashMap::new();
+            let unsealed = (batch.iter().flat_map(|a| &a.messages))
+                .filter(|message| message.sealed.is_none())
+                .map(|message| message.log.as_str());
+            let keys = self.data_keys(unsealed).await?;
             for message in batch.iter_mut().flat_map(|a| &mut a.messages) {
                 if message.sealed.is_none() {
-                    let key = self.data_key(&mut keys, &message.log).await?;
-                    record::seal_under(message, key);
+                    record::seal_under(message, keys[&message.log].clone());
                 }
             }
             positions = self.send(batch, None).await?;
@@ -94,13 +96,14 @@ impl Writer {
                 .map(|(index, _)| index)
                 .collect();
             if !stale.is_empty() {
-                let mut keys = HashMap::new();
                 let mut messages: Vec<&mut NewMessage> =
                     batch.iter_mut().flat_map(|a| &mut a.messages).collect();
-                for &index in &stale {
-                    self.keys.drop_held(&messages[index].log);
-                    let key = self.data_key(&mut keys, &messages[index].log).await?;
-                    record::seal_under(messages[index], key);
+                let logs: Vec<String> = (stale.iter())
+                    .map(|&index| messages[index].log.clone())
+                    .collect();
+                let keys = self.data_keys(logs.iter().map(String::as_str)).await?;
+                for (&index, log) in stale.iter().zip(&logs) {
+                    record::seal_under(messages[index], keys[log].clone());
                 }
                 let again = self.send(batch, Some(&stale)).await?;
                 for (&index, position) in stale.iter().zip(again) {
@@ -136,42 +139,50 @@ impl Writer {
         Ok(outcome)
     }
 
-    /// The user's data key as stored (made and stored now when the user has none), read once
-    /// per batch (`read`), and held for the front to seal with.
-    async fn data_key(
+    /// The data keys of `users` as stored (made and stored now for a user who has none), in
+    /// one round trip, and held for the front to seal with.
+    async fn data_keys<'a>(
         &mut self,
-        read: &mut HashMap<String, Arc<DataKey>>,
-        user: &str,
-    ) -> Result<Arc<DataKey>, StoreError> {
-        if let Some(key) = read.get(user) {
-            return Ok(key.clone());
+        users: impl Iterator<Item = &'a str>,
+    ) -> Result<HashMap<String, Arc<DataKey>>, StoreError> {
+        let users: Vec<&str> = users.collect::<HashSet<_>>().into_iter().collect();
+        if users.is_empty() {
+            return Ok(HashMap::new());
         }
-        let name = UserKeys::of(user).data_key;
-        let (fresh, wrapped) = self.keys.generate(user);
-        // Made unless there is one: then the one there is the user's.
-        let (made, stored): (bool, Option<Vec<u8>>) = bounded(
-            redis::pipe()
-                .cmd("SET")
-                .arg(&name)
-                .arg(&wrapped)
-                .arg("NX")
-                .cmd("GET")
-                .arg(&name)
-                .query_async(&mut self.redis),
-        )
-        .await?;
-        let key = match (made, stored) {
-            (true, _) => fresh,
-            (false, Some(stored)) => self.keys.unwrap(user, &stored)?,
-            (false, None) => {
-                return Err(StoreError::Unavailable(format!(
-                    "the data key of {user} was deleted while it was made"
-                )))
-            }
-        };
-        self.keys.hold(user, key.clone());
-        read.insert(user.to_string(), key.clone());
-        Ok(key)
+        let mut pipe = redis::pipe();
+        // A pipelined script call is not retried on NOSCRIPT: see `send`.
+        pipe.load_script(&MAKE_DATA_KEY).ignore();
+        let mut made = Vec::with_capacity(users.len());
+        for user in &users {
+            let keys = UserKeys::of(user);
+            let (fresh, wrapped) = self.keys.generate(user);
+            // Made unless there is one: then the one there is the user's.
+            pipe.invoke_script(
+                MAKE_DATA_KEY
+                    .key(&keys.data_key)
+                    .key(&keys.head)
+                    .arg(&wrapped)
+                    .arg(fresh.id()),
+            );
+            made.push(fresh);
+        }
+        let replies: Vec<(bool, Option<Vec<u8>>)> =
+            bounded(pipe.query_async(&mut self.redis)).await?;
+        let mut keys = HashMap::with_capacity(users.len());
+        for ((user, fresh), (set, stored)) in users.into_iter().zip(made).zip(replies) {
+            let key = match (set, stored) {
+                (true, _) => fresh,
+                (false, Some(stored)) => self.keys.unwrap(user, &stored)?,
+                (false, None) => {
+                    return Err(StoreError::Unavailable(format!(
+                        "the data key of {user} was deleted while it was made"
+                    )))
+                }
+            };
+            self.keys.hold(user, key.clone());
+            keys.insert(user.to_string(), key);
+        }
+        Ok(keys)
     }
 
     /// Sends the batch's appends (those at the indexes `only`, when given, counting the
@@ -210,7 +221,6 @@ impl Writer {
                         .key(&keys.log)
                         .key(&keys.markers)
                         .key(&keys.marker_expiry)
-                        .key(&keys.data_key)
                         .arg(self.clock.now())
                         .arg(new_epoch())
                         .arg(&sealed.record)
