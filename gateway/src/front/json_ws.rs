@@ -126,7 +126,7 @@ async fn serve(
         backlog: VecDeque::new(),
         follower,
         reading: None,
-        held_answers: VecDeque::new(),
+        held_answer: None,
     }
     .run(outbox)
     .await;
@@ -227,9 +227,10 @@ struct Bridge {
     /// A device's inbox and notifications, followed from the store where needed.
     follower: Option<LogFollower>,
     reading: Option<Pin<Box<dyn Future<Output = Readout> + Send>>>,
-    /// `ok` answers to `sub` held while the follower learns where the log is now: once a client has
-    /// its answer, every entry appended after it reaches the client.
-    held_answers: VecDeque<ServerFrame>,
+    /// The `ok` to a `sub`, held while the follower learns where the log is now: once a client
+    /// has its answer, every entry appended after it reaches the client. Nothing more is read
+    /// while it is held.
+    held_answer: Option<ServerFrame>,
 }
 
 /// Resolves with the read's result, or never when none is on its way.
@@ -267,18 +268,20 @@ impl Bridge {
                     break 'session stop;
                 }
             }
-            if !self.follower_is_starting() {
-                while let Some(answer) = self.held_answers.pop_front() {
-                    if let Err(stop) = self.transmit(text_of(&answer), closed.as_mut()).await {
-                        break 'session stop;
-                    }
+            if self.held_answer.is_some() && !self.follower_is_starting() {
+                // Not reading meanwhile was not the client's silence.
+                idle.as_mut().reset(Instant::now() + interval);
+                pinged = false;
+                let answer = self.held_answer.take().expect("checked");
+                if let Err(stop) = self.transmit(text_of(&answer), closed.as_mut()).await {
+                    break 'session stop;
                 }
             }
             self.start_reading();
             tokio::select! {
                 biased;
                 reason = &mut closed => break Stop::Closed(reason),
-                incoming = self.socket.recv() => {
+                incoming = self.socket.recv(), if self.held_answer.is_none() => {
                     idle.as_mut().reset(Instant::now() + interval);
                     pinged = false;
                     handle.touch();
@@ -446,10 +449,8 @@ impl Bridge {
             ClientFrame::Pong { .. } => return None,
             ClientFrame::Sub { topic, resume, .. } => {
                 let result = self.subscribe(&topic, resume);
-                // Held behind earlier held ones too, so they keep their order.
-                if result.is_ok() && (self.follower_is_starting() || !self.held_answers.is_empty())
-                {
-                    self.held_answers.push_back(ServerFrame::ok(id));
+                if result.is_ok() && self.follower_is_starting() {
+                    self.held_answer = Some(ServerFrame::ok(id));
                     return None;
                 }
                 result

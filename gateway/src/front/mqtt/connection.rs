@@ -60,7 +60,8 @@ pub struct Connection {
     reading: Option<BoxFuture<Readout>>,
     /// SUBACKs held while the follower learns where the log is now: once a client has its
     /// SUBACK, every entry appended after it reaches the client (MQTT 3.8.4 lets the matching
-    /// PUBLISHes come before the SUBACK, never the other way round).
+    /// PUBLISHes come before the SUBACK, never the other way round). The socket is not read
+    /// while any is held, which bounds them.
     held_subacks: BytesMut,
     cursor_write: Background,
     /// The session, held until the connection ends.
@@ -308,6 +309,10 @@ impl Connection {
             if !self.held_subacks.is_empty() && !self.follower_is_starting() {
                 let held = self.held_subacks.split();
                 self.wbuf.unsplit(held);
+                // Not reading meanwhile was not the client's silence.
+                keep_alive
+                    .as_mut()
+                    .reset(Instant::now() + keep_alive_window);
             }
             self.start_background_work();
             if !self.wbuf.is_empty() {
@@ -333,7 +338,8 @@ impl Connection {
                 }
             }
             let takes_outbox = self.backlog.is_empty() && self.outbound.has_room();
-            let reads = !self.inbound.is_full();
+            // Nothing more is read while a SUBACK is held: what is held stays within one read.
+            let reads = !self.inbound.is_full() && self.held_subacks.is_empty();
             tokio::select! {
                 biased;
                 reason = &mut closed => {
