@@ -418,6 +418,7 @@ async fn open_store(
         memtable_size: config.store.memtable_size,
         max_queued_writes: config.store.max_queued_writes,
         commit_seconds: Some(metrics.commit_seconds.clone()),
+        budget: metrics.budget.clone(),
         replicas: Replicas {
             count: config.store.redis_wait_replicas,
             timeout: config.store.redis_wait_timeout,

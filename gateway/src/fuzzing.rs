@@ -22,6 +22,7 @@ use crate::front::mqtt::codec::{
 };
 use crate::front::mqtt::inbound::{self, Admission, InboundState, Violation};
 use crate::front::mqtt::outbound::Outbound;
+use crate::infra::latency_budget::LatencyBudget;
 use crate::infra::time::unix_seconds;
 use crate::live::link::{Delivery, Qos};
 use crate::live::message::Published;
@@ -97,6 +98,7 @@ pub fn mqtt(data: &[u8]) {
             connect.topic_alias_maximum,
             Counter::default(),
             Counter::default(),
+            LatencyBudget::default(),
         ),
         subscriptions: HashMap::new(),
         unanswered: VecDeque::new(),

@@ -113,11 +113,32 @@ pub struct SummaryRow {
     pub ratio: Option<f64>,
 }
 
+/// One stage of the gateway's durable path: the median over the rounds of its p99, per
+/// pub/sub scenario (see [`SCENARIOS`]).
+#[derive(Debug, Serialize)]
+pub struct StageRow {
+    pub stage: String,
+    pub p99_us: [Option<f64>; 4],
+}
+
+/// A pub/sub scenario of a round: its name and its result.
+type Scenario = (&'static str, fn(&SideRun) -> Option<&PubsubResult>);
+
+/// The pub/sub scenarios of a round, as the stage table's columns name them.
+const SCENARIOS: [Scenario; 4] = [
+    ("qos0", |r| Some(&r.qos0)),
+    ("qos1", |r| Some(&r.qos1)),
+    ("paced qos0", |r| r.paced_qos0.as_ref()),
+    ("paced qos1", |r| r.paced_qos1.as_ref()),
+];
+
 #[derive(Debug, Serialize)]
 pub struct CompareResult {
     pub rounds: u32,
     pub runs: Vec<SideRun>,
     pub summary: Vec<SummaryRow>,
+    /// Where the gateway's time went, stage by stage (empty when it was not measured).
+    pub gateway_stages: Vec<StageRow>,
     pub failed_checks: Vec<String>,
 }
 
@@ -203,6 +224,7 @@ async fn compare(cmd: &CompareCmd, brokers: &[Broker]) -> Result<CompareResult> 
         }
     }
     let summary = summarize(&runs);
+    let gateway_stages = stage_medians(&runs);
     let failed_checks = runs
         .iter()
         .flat_map(|run| {
@@ -232,6 +254,7 @@ async fn compare(cmd: &CompareCmd, brokers: &[Broker]) -> Result<CompareResult> 
         rounds: cmd.rounds,
         runs,
         summary,
+        gateway_stages,
         failed_checks,
     })
 }
@@ -365,6 +388,35 @@ fn summarize(runs: &[SideRun]) -> Vec<SummaryRow> {
         .collect()
 }
 
+/// Each stage's p99 per scenario, median over the gateway's rounds, stages in path order.
+fn stage_medians(runs: &[SideRun]) -> Vec<StageRow> {
+    let gateway: Vec<&SideRun> = runs.iter().filter(|r| r.side == Side::Gateway).collect();
+    let mut stages: Vec<&str> = Vec::new();
+    for run in &gateway {
+        for (_, scenario) in SCENARIOS {
+            for stage in scenario(run).iter().flat_map(|r| &r.stages) {
+                if !stages.contains(&stage.stage.as_str()) {
+                    stages.push(&stage.stage);
+                }
+            }
+        }
+    }
+    (stages.into_iter())
+        .map(|stage| StageRow {
+            stage: stage.to_owned(),
+            p99_us: SCENARIOS.map(|(_, scenario)| {
+                let p99s = (gateway.iter())
+                    .filter_map(|run| scenario(run))
+                    .flat_map(|result| &result.stages)
+                    .filter(|s| s.stage == stage)
+                    .map(|s| s.p99_us)
+                    .collect();
+                median(p99s)
+            }),
+        })
+        .collect()
+}
+
 fn summary_row(metric: &'static str, gateway: Vec<f64>, mosquitto: Vec<f64>) -> SummaryRow {
     let (gateway, mosquitto) = (median(gateway), median(mosquitto));
     let ratio = match (gateway, mosquitto) {
@@ -415,6 +467,22 @@ impl Outcome for CompareResult {
             ]);
         }
         print!("{}", table.render());
+        if !self.gateway_stages.is_empty() {
+            println!();
+            println!(
+                "the gateway's p99 per stage of the durable path, µs (medians over the rounds):"
+            );
+            let mut stages = Table::default();
+            let mut header = vec!["stage".to_owned()];
+            header.extend(SCENARIOS.map(|(name, _)| name.to_owned()));
+            stages.row(header);
+            for row in &self.gateway_stages {
+                let mut cells = vec![row.stage.clone()];
+                cells.extend(row.p99_us.map(|p99| p99.map_or("-".to_owned(), thousands)));
+                stages.row(cells);
+            }
+            print!("{}", stages.render());
+        }
         print_verdict(&self.failed_checks);
     }
 

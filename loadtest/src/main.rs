@@ -26,6 +26,7 @@ mod report;
 mod roam;
 mod seq;
 mod session_device;
+mod stages;
 mod stop;
 mod store_bench;
 mod target;

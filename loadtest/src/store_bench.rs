@@ -219,6 +219,7 @@ async fn open(
         retention_count: RETENTION_COUNT,
         memtable_size: MEMTABLE_SIZE,
         commit_seconds: None,
+        budget: Default::default(),
         replicas: Default::default(),
         max_queued_writes: 65_536,
     };
@@ -244,7 +245,7 @@ struct BatchLog {
 }
 
 impl CommitFeed for BatchLog {
-    fn committed(&self, messages: &[Appended]) {
+    fn committed(&self, messages: &[Appended], _: std::time::Instant) {
         self.sizes
             .lock()
             .expect("batch log poisoned")

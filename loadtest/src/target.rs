@@ -5,6 +5,7 @@
 //! floods them with messages, which is only acceptable against a broker on the same machine.
 
 use crate::progress::Counter;
+use crate::stages::{self, StageSnapshot};
 use anyhow::{bail, Context, Result};
 use clap::{Args, ValueEnum};
 use futures_util::{stream, StreamExt, TryStreamExt};
@@ -53,8 +54,14 @@ pub struct TargetArgs {
 }
 
 pub enum Target {
-    Gateway { mqtt: SocketAddr, tokens: TokenApi },
-    Mqtt { addr: SocketAddr },
+    /// The API is boxed: a plain broker's target needs none of its room.
+    Gateway {
+        mqtt: SocketAddr,
+        api: Box<GatewayApi>,
+    },
+    Mqtt {
+        addr: SocketAddr,
+    },
 }
 
 /// The MQTT client id and credentials of one simulated device.
@@ -89,7 +96,7 @@ impl Target {
         };
         Ok(Self::Gateway {
             mqtt: endpoint.mqtt,
-            tokens: TokenApi::new(&endpoint.http, api_key)?,
+            api: Box::new(GatewayApi::new(&endpoint.http, api_key)?),
         })
     }
 
@@ -112,6 +119,18 @@ impl Target {
         }
     }
 
+    /// The gateway's per-stage histograms now; `None` for a plain broker, or when they cannot
+    /// be read (the run goes on without them, and says so).
+    pub async fn stages(&self) -> Option<StageSnapshot> {
+        let Self::Gateway { api, .. } = self else {
+            return None;
+        };
+        stages::scrape(&api.http, &api.metrics)
+            .await
+            .inspect_err(|e| eprintln!("no per-stage latency: {e:#}"))
+            .ok()
+    }
+
     /// Credentials for each `(user, device)`, in order. The gateway's need a token each,
     /// minted concurrently; `minted` counts them for the progress line.
     pub async fn credentials(
@@ -120,10 +139,10 @@ impl Target {
         minted: &Counter,
     ) -> Result<Vec<Credentials>> {
         match self {
-            Self::Gateway { tokens, .. } => {
+            Self::Gateway { api, .. } => {
                 stream::iter(devices)
                     .map(|(user, device)| async move {
-                        let token = tokens.mint(user, device, PLATFORM).await?;
+                        let token = api.mint(user, device, PLATFORM).await?;
                         minted.add(1);
                         Ok::<_, anyhow::Error>(Credentials {
                             client_id: format!("{user}:{device}"),
@@ -145,10 +164,11 @@ impl Target {
     }
 }
 
-/// The gateway's `POST /v1/tokens`.
-pub struct TokenApi {
+/// The gateway's HTTP API as the tool uses it: `POST /v1/tokens` and `/metrics`.
+pub struct GatewayApi {
     http: reqwest::Client,
-    url: reqwest::Url,
+    tokens: reqwest::Url,
+    metrics: reqwest::Url,
     api_key: String,
 }
 
@@ -165,24 +185,32 @@ struct TokenResponse {
     token: String,
 }
 
-impl TokenApi {
+impl GatewayApi {
     fn new(base: &str, api_key: String) -> Result<Self> {
         let base = loopback_url(base, "--http")?;
-        let url = format!("{}/v1/tokens", base.as_str().trim_end_matches('/'))
-            .parse()
-            .context("building the token URL")?;
+        let url = |path: &str| {
+            format!("{}{path}", base.as_str().trim_end_matches('/'))
+                .parse::<reqwest::Url>()
+                .with_context(|| format!("building the URL of {path}"))
+        };
+        let (tokens, metrics) = (url("/v1/tokens")?, url("/metrics")?);
         let http = reqwest::Client::builder()
             .timeout(Duration::from_secs(10))
             .build()
             .context("building the HTTP client")?;
-        Ok(Self { http, url, api_key })
+        Ok(Self {
+            http,
+            tokens,
+            metrics,
+            api_key,
+        })
     }
 
     /// A token for `device` of `user`, claiming `platform` (`ios`, `android`, `web`, `desktop`).
     pub(crate) async fn mint(&self, user: &str, device: &str, platform: &str) -> Result<String> {
         let response = self
             .http
-            .post(self.url.clone())
+            .post(self.tokens.clone())
             .bearer_auth(&self.api_key)
             .json(&TokenRequest {
                 user,
@@ -191,8 +219,8 @@ impl TokenApi {
             })
             .send()
             .await
-            .with_context(|| format!("POST {} for {user}/{device}", self.url))?;
-        let request = format!("POST {} for {user}/{device}", self.url);
+            .with_context(|| format!("POST {} for {user}/{device}", self.tokens))?;
+        let request = format!("POST {} for {user}/{device}", self.tokens);
         let response = crate::report::successful(response, &request).await?;
         let answer: TokenResponse = response
             .json()

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 struct NoFeed;
 
 impl CommitFeed for NoFeed {
-    fn committed(&self, _: &[Appended]) {}
+    fn committed(&self, _: &[Appended], _: std::time::Instant) {}
 }
 
 /// A node's users' data keys: each node holds its own.
@@ -44,6 +44,7 @@ async fn node(url: &str, keys: Arc<DataKeys>, clock: Arc<HybridClock>) -> RedisS
         retention_count: 1000,
         memtable_size: 8 << 20,
         commit_seconds: None,
+        budget: Default::default(),
         replicas: Default::default(),
         max_queued_writes: 65_536,
     };
@@ -148,6 +149,7 @@ async fn opening_fails_when_redis_is_unreachable() {
         retention_count: 1,
         memtable_size: 8 << 20,
         commit_seconds: None,
+        budget: Default::default(),
         replicas: Default::default(),
         max_queued_writes: 65_536,
     };

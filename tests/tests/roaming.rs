@@ -37,7 +37,7 @@ async fn history(gw: &TestGateway, query: &str) -> (u16, Value) {
 struct Silent;
 
 impl CommitFeed for Silent {
-    fn committed(&self, _: &[Appended]) {}
+    fn committed(&self, _: &[Appended], _: std::time::Instant) {}
 }
 
 /// What the stopped gateway's store holds for `user`, read from its files directly.
@@ -53,6 +53,7 @@ async fn footprint(data_dir: &Path, user: &str) -> Vec<String> {
             retention_count: 1000,
             memtable_size: 8 << 20,
             commit_seconds: None,
+            budget: Default::default(),
             replicas: Default::default(),
             max_queued_writes: 65_536,
         },
@@ -145,6 +146,24 @@ async fn sync_after_10000_missed_messages_is_complete_and_in_order() {
     // Group commit: the 10,000 appends took at least one durable batch, at most one each.
     let commits = gw.metric("gateway_store_commit_seconds_count").await;
     assert!((1.0..=10_000.0).contains(&commits), "{commits} commits");
+}
+
+#[tokio::test]
+async fn every_stage_of_a_stored_message_is_accounted_for() {
+    let gw = TestGateway::start().await;
+    let mut phone = Device::connect(&gw, "zoe", "phone", Platform::Android).await;
+    post_many(&gw, "zoe", 5, 1).await;
+    for _ in 0..5 {
+        phone.next_message().await;
+    }
+    let stage = |name: &str| format!("gateway_durable_stage_seconds_count{{stage=\"{name}\"}}");
+    for name in ["queued", "sealed", "written", "fsynced"] {
+        assert_eq!(gw.metric(&stage(name)).await, 5.0, "{name}");
+    }
+    // Each message was delivered live to the phone, and acknowledged by it (rumqttc sends the
+    // PUBACK once it handed the message over, so the count may still be on its way).
+    assert_eq!(gw.metric_reaching(&stage("delivered"), 5.0).await, 5.0);
+    assert_eq!(gw.metric_reaching(&stage("acknowledged"), 5.0).await, 5.0);
 }
 
 #[tokio::test]

@@ -33,7 +33,7 @@ use std::time::Duration;
 struct Recorder(Mutex<Vec<(String, u64, u64)>>);
 
 impl CommitFeed for Recorder {
-    fn committed(&self, messages: &[Appended]) {
+    fn committed(&self, messages: &[Appended], _: std::time::Instant) {
         let mut seen = self.0.lock().unwrap();
         seen.extend(messages.iter().map(|m| (m.log.clone(), m.seq, m.hlc)));
     }
@@ -184,6 +184,7 @@ fn settings(retention_count: u64, max_queued_writes: usize) -> Settings {
         retention_count,
         memtable_size: 8 << 20,
         commit_seconds: None,
+        budget: Default::default(),
         replicas: Default::default(),
         max_queued_writes,
     }

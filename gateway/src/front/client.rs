@@ -687,6 +687,7 @@ fn broadcast(front: &Front, origin: LinkId, publication: Publication) -> Handled
         retain,
         origin: Some(origin),
         seq: None,
+        durable_at: None,
     });
     front.hub.publish(message.clone(), qos, None);
     if !retain {

@@ -11,6 +11,7 @@ use super::Front;
 use crate::auth::identity::Identity;
 use crate::auth::Refusal;
 use crate::front::write_deadline::{watched, Watched, CLOSING_WRITE};
+use crate::infra::latency_budget::Stage;
 use crate::live::hub::SubscriptionOptions;
 use crate::live::link::{CloseReason, Delivery, Qos};
 use crate::observe::metrics::{RejectReason, TransportLabel};
@@ -427,7 +428,12 @@ impl Bridge {
         closed: Pin<&mut impl Future<Output = CloseReason>>,
     ) -> Result<(), Stop> {
         self.out_counter.inc();
-        self.transmit(text_of(&frame_of(&delivery)), closed).await
+        self.transmit(text_of(&frame_of(&delivery)), closed).await?;
+        if let Some(durable_at) = delivery.message.durable_at {
+            let budget = &self.client.front().metrics.budget;
+            budget.observe(Stage::delivered, durable_at, std::time::Instant::now());
+        }
+        Ok(())
     }
 
     /// Answers one text frame; `None` when no answer is due (a `pong`).

@@ -8,6 +8,7 @@ pub mod data_key;
 pub mod fatal;
 pub mod fjall;
 pub mod group_commit;
+pub mod latency_budget;
 pub mod redis;
 mod sm4_ct;
 pub mod time;

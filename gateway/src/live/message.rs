@@ -60,6 +60,9 @@ pub struct Published {
     /// For an entry of a user's log (inbox, in-app notifications): its sequence, by which a
     /// device following its log sees what it already has and what it missed.
     pub seq: Option<u64>,
+    /// For an entry just committed to a user's log: when it became durable, where the stages
+    /// of its delivery begin (see [`crate::infra::latency_budget`]).
+    pub durable_at: Option<Instant>,
 }
 
 impl Published {
@@ -152,6 +155,7 @@ impl Published {
             retain: kept.retain,
             origin: None,
             seq: kept.seq,
+            durable_at: None,
         };
         (message, kept.qos)
     }

@@ -65,6 +65,7 @@ impl Retained {
             retain: true,
             origin: None,
             seq: None,
+            durable_at: None,
             topic: topic.clone(),
             payload: message.payload.clone(),
             properties: message.properties.clone(),

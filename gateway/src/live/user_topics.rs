@@ -11,6 +11,7 @@ use bytes::Bytes;
 use prometheus_client::metrics::counter::Counter;
 use protocol::topics;
 use std::sync::Arc;
+use std::time::Instant;
 
 pub struct UserTopics {
     hub: Arc<Hub>,
@@ -58,7 +59,7 @@ pub fn cap_of(topic: &str) -> Qos {
 /// Committed entries go out on their user's inbox (or notify topic), in log order, to every
 /// device but the one that sent them.
 impl CommitFeed for UserTopics {
-    fn committed(&self, entries: &[Appended]) {
+    fn committed(&self, entries: &[Appended], durable_at: Instant) {
         self.stored.inc_by(entries.len() as u64);
         for entry in entries {
             let topic = match entry.kind {
@@ -67,6 +68,7 @@ impl CommitFeed for UserTopics {
             };
             let message = Arc::new(Published {
                 seq: Some(entry.seq),
+                durable_at: Some(durable_at),
                 ..Published::new(topic, entry.payload.clone())
             });
             let exclude = entry.origin.map(|origin| origin.0);

@@ -1,5 +1,6 @@
 //! Prometheus metrics, served on `/metrics`.
 
+use crate::infra::latency_budget::LatencyBudget;
 use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -210,6 +211,8 @@ pub struct Metrics {
     pub append_seconds: Histogram,
     /// One batch made durable by the store: one fsync, or one Redis round trip.
     pub commit_seconds: Histogram,
+    /// Each stored message's time, stage by stage.
+    pub budget: LatencyBudget,
     /// Appends the store could not take (the sender got a retryable error).
     pub store_failures: Counter,
     /// Users' data keys the sweeper wrapped again under a new `store.encryption_keys` key:
@@ -252,6 +255,7 @@ impl Metrics {
             append_seconds: Histogram::new(exponential_buckets(0.0001, 2.0, 16)),
             // 50 µs to about 1.6 s.
             commit_seconds: Histogram::new(exponential_buckets(0.00005, 2.0, 16)),
+            budget: LatencyBudget::default(),
             store_failures: Counter::default(),
             rewrapped_keys: Counter::default(),
             sync_pages: Counter::default(),
@@ -361,6 +365,7 @@ impl Metrics {
             "Time the store took to make one batch of appends durable (one fsync, or one Redis round trip)",
             metrics.commit_seconds.clone(),
         );
+        metrics.budget.register(&mut registry);
         registry.register(
             "store_failures",
             "Messages refused with a retryable error because the store could not take them",

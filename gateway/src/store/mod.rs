@@ -25,12 +25,13 @@ pub mod revocations;
 pub mod sessions;
 
 use crate::infra::data_key::DataKey;
+use crate::infra::latency_budget::LatencyBudget;
 use async_trait::async_trait;
 use bytes::Bytes;
 use prometheus_client::metrics::histogram::Histogram;
 use protocol::envelope::InboxMessage;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot};
 
 /// How a store commits and keeps logs, the same for every backend.
@@ -49,6 +50,8 @@ pub struct Settings {
     /// Where the time to make one batch durable (one fsync, or one Redis round trip) is
     /// recorded, when it is measured: the part of an append's latency the backend itself costs.
     pub commit_seconds: Option<Histogram>,
+    /// Where each appended message's time in the writer's stages is recorded.
+    pub budget: LatencyBudget,
     /// Redis store only: the replicas a batch must reach before it is acknowledged.
     pub replicas: Replicas,
 }
@@ -102,6 +105,8 @@ pub struct NewMessage {
     pub sealed: Option<Sealed>,
     pub origin: Option<Origin>,
     pub kind: EntryKind,
+    /// When the gateway accepted it: where its durable path's first stage begins.
+    pub accepted_at: Instant,
 }
 
 /// A message's record, and the data key it is sealed under.
@@ -203,7 +208,8 @@ pub struct Stored {
 /// The ordered feed of committed appends: every committed batch is handed here, in log order,
 /// before its appenders are answered. Live delivery consumes it.
 pub trait CommitFeed: Send + Sync + 'static {
-    fn committed(&self, entries: &[Appended]);
+    /// `entries` of a batch that became durable at `durable_at`.
+    fn committed(&self, entries: &[Appended], durable_at: Instant);
 }
 
 /// What a log holds: its epoch and the range of sequences still available.

@@ -5,6 +5,7 @@
 use super::{record, Appended, CommitFeed, NewMessage, StoreError, Stored};
 use crate::infra::cipher::KeyRing;
 use bytes::Bytes;
+use std::time::Instant;
 use tokio::sync::oneshot;
 
 /// The entries of a group of append calls, call after call, and which repeat earlier appends.
@@ -54,6 +55,7 @@ impl Outcome {
         self,
         feed: &dyn CommitFeed,
         replies: Vec<oneshot::Sender<Result<Stored, StoreError>>>,
+        durable_at: Instant,
     ) {
         let Self {
             mut entries,
@@ -61,13 +63,13 @@ impl Outcome {
             repeats,
         } = self;
         if repeats.is_empty() {
-            feed.committed(&entries);
+            feed.committed(&entries, durable_at);
         } else {
             let made: Vec<Appended> = (entries.iter().enumerate())
                 .filter(|(index, _)| repeats.binary_search(index).is_err())
                 .map(|(_, entry)| entry.clone())
                 .collect();
-            feed.committed(&made);
+            feed.committed(&made, durable_at);
         }
         for ((start, repeat_of), reply) in calls.into_iter().zip(replies).rev() {
             let entries = entries.split_off(start);

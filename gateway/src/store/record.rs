@@ -18,6 +18,7 @@ use protocol::envelope::InboxMessage;
 use serde::Serialize;
 use serde_json::Value;
 use std::sync::Arc;
+use std::time::Instant;
 
 /// The content of a message, as sealed and as delivered (with `seq` and `ts` added). The body
 /// is any JSON: a value handed in, or a typed one serialized without building a value first.
@@ -62,6 +63,7 @@ pub fn seal_entry(
     origin: Option<Origin>,
     kind: EntryKind,
 ) -> NewMessage {
+    let accepted_at = Instant::now();
     assert!(
         content.id.len() < NOTIFICATION as usize,
         "message ids are short"
@@ -75,6 +77,7 @@ pub fn seal_entry(
         sealed: None,
         origin,
         kind,
+        accepted_at,
     };
     if let Some(key) = keys.held(log) {
         seal_under(&mut message, key);

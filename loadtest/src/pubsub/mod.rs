@@ -242,6 +242,7 @@ pub async fn run(target: &Target, load: &PubsubLoad, qos: QoS) -> Result<PubsubR
         ));
     }
 
+    let stages_before = target.stages().await;
     let start_ns = now_ns();
     let cpu = RunWatch::start(Some(target.addr().port()));
     let deadline = Instant::now() + load.duration_limit;
@@ -275,6 +276,10 @@ pub async fn run(target: &Target, load: &PubsubLoad, qos: QoS) -> Result<PubsubR
     let cpu = cpu.finish();
     let cores = |usage: Option<Usage>| usage.map(|u| u.cpu_cores);
     let (broker_cpu_cores, loadtest_cpu_cores) = (cores(cpu.broker), cores(cpu.loadtest));
+    let stages = match (stages_before, target.stages().await) {
+        (Some(before), Some(after)) => after.since(&before),
+        _ => Vec::new(),
+    };
 
     let _ = stop_tx.send(true);
     let mut seen = Vec::with_capacity(subscribers);
@@ -322,6 +327,7 @@ pub async fn run(target: &Target, load: &PubsubLoad, qos: QoS) -> Result<PubsubR
         stopped_by_duration_limit: published.iter().any(|&n| n < load.messages),
         broker_cpu_cores,
         loadtest_cpu_cores,
+        stages,
         timeline,
         latency: tally.latency,
         failed_checks: Vec::new(),

@@ -4,6 +4,7 @@
 use super::subscriber::{Losses, SeqRef};
 use crate::progress::Timeline;
 use crate::report::{print_verdict, thousands, LatencySummary, Outcome, Table};
+use crate::stages::{p99_line, StageLatency};
 use crate::target::TargetKind;
 use hdrhistogram::Histogram;
 use serde::Serialize;
@@ -45,6 +46,10 @@ pub struct PubsubResult {
     /// publish until the last delivery: which of the two ran out.
     pub broker_cpu_cores: Option<f64>,
     pub loadtest_cpu_cores: Option<f64>,
+    /// The gateway's own account of where a stored message's time went during the run, stage
+    /// by stage (empty for a plain broker, and for messages the gateway does not store).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub stages: Vec<StageLatency>,
     pub failed_checks: Vec<String>,
 }
 
@@ -181,6 +186,9 @@ impl Outcome for PubsubResult {
             format!("loadtest {}", cores(self.loadtest_cpu_cores)),
         ]);
         print!("{}", table.render());
+        if !self.stages.is_empty() {
+            println!("gateway p99 by stage, µs: {}", p99_line(&self.stages));
+        }
         if self.stopped_by_duration_limit {
             println!("publishing stopped at --duration-limit");
         }

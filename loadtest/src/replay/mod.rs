@@ -20,7 +20,7 @@ mod tally;
 
 use crate::progress::spawn_reporter;
 use crate::report::{print_verdict, successful, thousands, LatencySummary, Outcome, Table};
-use crate::target::{loopback_url, EndpointArgs, Target, TokenApi, MINT_CONCURRENCY};
+use crate::target::{loopback_url, EndpointArgs, GatewayApi, Target, MINT_CONCURRENCY};
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use futures_util::{stream, StreamExt};
@@ -124,7 +124,7 @@ pub async fn run_cmd(cmd: &ReplayCmd) -> Result<ReplayResult> {
         bail!("--speed {}: must be between 0.001 and 1000", cmd.speed);
     }
     let target = Target::gateway(&cmd.endpoint)?;
-    let Target::Gateway { mqtt, tokens } = &target else {
+    let Target::Gateway { mqtt, api } = &target else {
         bail!("replay needs the gateway target");
     };
     let endpoints = Endpoints {
@@ -161,7 +161,7 @@ pub async fn run_cmd(cmd: &ReplayCmd) -> Result<ReplayResult> {
         ],
         stop_rx,
     );
-    let tokens = mint(tokens, &script.sessions).await;
+    let tokens = mint(api, &script.sessions).await;
     let wall = Instant::now();
     let clock = Clock {
         start: Instant::now() + LEAD,
@@ -299,9 +299,9 @@ impl Run<'_> {
 /// A fresh token for each session's user, device and platform, minted before the clock starts
 /// so that minting does not skew the timing. A failure is the session's, reported as its
 /// connect's.
-async fn mint(tokens: &TokenApi, sessions: &[SessionScript]) -> Vec<Result<String>> {
+async fn mint(api: &GatewayApi, sessions: &[SessionScript]) -> Vec<Result<String>> {
     stream::iter(sessions)
-        .map(|s| tokens.mint(&s.user, &s.device, s.platform.as_str()))
+        .map(|s| api.mint(&s.user, &s.device, s.platform.as_str()))
         .buffered(MINT_CONCURRENCY)
         .collect()
         .await

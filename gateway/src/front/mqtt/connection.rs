@@ -209,6 +209,7 @@ impl Connection {
             connect.topic_alias_maximum,
             front.metrics.messages_out.get_or_create(&transport).clone(),
             front.metrics.too_large_for_client.clone(),
+            front.metrics.budget.clone(),
         );
         let inbound = InboundState::new(
             codec.version,

@@ -4,6 +4,7 @@
 //! and its Maximum Packet Size.
 
 use super::codec::{Codec, PublishOut};
+use crate::infra::latency_budget::{LatencyBudget, Stage};
 use crate::live::link::{Delivery, Qos};
 use crate::live::message::Published;
 use crate::live::sessions::KeptDelivery;
@@ -19,6 +20,9 @@ struct InFlight {
     delivery: Delivery,
     /// QoS 2: the PUBREC came and the PUBREL went; only the PUBCOMP is awaited.
     released: bool,
+    /// When it was sent, for an entry just committed to a user's log: its acknowledgement ends
+    /// the last stage of its durable path.
+    sent_at: Option<Instant>,
 }
 
 /// What a delivery became.
@@ -46,6 +50,7 @@ pub struct Outbound {
     alias_maximum: u16,
     sent: Counter,
     too_large: Counter,
+    budget: LatencyBudget,
 }
 
 impl Outbound {
@@ -56,6 +61,7 @@ impl Outbound {
         alias_maximum: u16,
         sent: Counter,
         too_large: Counter,
+        budget: LatencyBudget,
     ) -> Self {
         Self {
             codec,
@@ -67,6 +73,7 @@ impl Outbound {
             alias_maximum,
             sent,
             too_large,
+            budget,
         }
     }
 
@@ -116,11 +123,16 @@ impl Outbound {
             self.aliases.insert(message.topic.as_str().into(), alias);
         }
         self.sent.inc();
+        if let Some(durable_at) = message.durable_at {
+            self.budget.observe(Stage::delivered, durable_at, now);
+        }
         if delivery.qos != Qos::AtMostOnce {
+            let sent_at = message.durable_at.map(|_| now);
             self.inflight.push_back(InFlight {
                 pkid,
                 delivery,
                 released: false,
+                sent_at,
             });
         }
         Written::Sent
@@ -150,14 +162,21 @@ impl Outbound {
         }
     }
 
+    /// Ends the delivery `pkid` (`released`: a QoS 2 one whose PUBCOMP came).
     fn take(&mut self, pkid: u16, released: bool) -> Option<InFlight> {
         let matches = |f: &InFlight| f.pkid == pkid && f.released == released;
         // Acknowledgements mostly come in the order of the sends.
-        if self.inflight.front().is_some_and(matches) {
-            return self.inflight.pop_front();
+        let done = match self.inflight.front().is_some_and(matches) {
+            true => self.inflight.pop_front(),
+            false => {
+                let at = self.inflight.iter().position(matches)?;
+                self.inflight.remove(at)
+            }
+        }?;
+        if let Some(sent_at) = done.sent_at {
+            (self.budget).observe(Stage::acknowledged, sent_at, Instant::now());
         }
-        let at = self.inflight.iter().position(matches)?;
-        self.inflight.remove(at)
+        Some(done)
     }
 
     /// A PUBACK came: the QoS 1 delivery is done.
@@ -252,6 +271,7 @@ impl Outbound {
                     subscription_ids: kept.subscription_ids.into(),
                 },
                 released: kept.released,
+                sent_at: None,
             });
         }
         entries
@@ -275,6 +295,7 @@ mod tests {
             aliases,
             Counter::default(),
             Counter::default(),
+            LatencyBudget::default(),
         )
     }
 

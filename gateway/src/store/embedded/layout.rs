@@ -235,4 +235,9 @@ impl Keyspaces {
     pub(super) fn buffered_batch(&self) -> OwnedWriteBatch {
         self.db.batch().durability(Some(PersistMode::Buffer))
     }
+
+    /// Makes every batch committed so far durable (one fsync).
+    pub(super) fn sync(&self) -> Result<(), StoreError> {
+        crate::infra::fjall::sync(&self.db).map_err(failed)
+    }
 }

@@ -9,6 +9,7 @@ use super::layout::{
 use super::markers::{marker_key, Marker};
 use crate::infra::data_key::DataKey;
 use crate::infra::fjall::commit as commit_to_disk;
+use crate::infra::latency_budget::Stage;
 use crate::infra::time::unix_millis;
 use crate::store::clock::HybridClock;
 use crate::store::data_keys::DataKeys;
@@ -20,6 +21,7 @@ use crate::store::{
 use fjall::OwnedWriteBatch;
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Instant;
 use tokio::sync::{mpsc, oneshot};
 
 pub(super) type Reply<T> = oneshot::Sender<Result<T, StoreError>>;
@@ -113,6 +115,7 @@ enum Done {
         group: Group,
         outcome: Outcome,
         cursors: Vec<u64>,
+        durable_at: Instant,
     },
     Failed {
         group: Group,
@@ -131,9 +134,10 @@ fn respond(done: std::sync::mpsc::Receiver<Done>, feed: Arc<dyn CommitFeed>) {
                 group,
                 outcome,
                 cursors,
+                durable_at,
             } => {
                 let replies = group.appends.into_iter().map(|call| call.reply).collect();
-                outcome.answer(&*feed, replies);
+                outcome.answer(&*feed, replies, durable_at);
                 for ((_, _, _, reply), cursor) in group.acks.into_iter().zip(cursors) {
                     let _ = reply.send(Ok(cursor));
                 }
@@ -201,17 +205,30 @@ impl Writer {
         if group.appends.is_empty() && group.acks.is_empty() {
             return;
         }
-        let mut batch = self.spaces.durable_batch();
+        let taken = Instant::now();
+        let budget = self.settings.budget.clone();
+        for message in group.appends.iter().flat_map(|call| &call.messages) {
+            budget.observe(Stage::queued, message.accepted_at, taken);
+        }
+        // Written, then fsynced, as one durable batch would be, to see which of the two the
+        // time goes to.
+        let mut batch = self.spaces.buffered_batch();
         let result = (self.seal(&mut batch, &mut group))
             .and_then(|()| self.fill(&mut batch, &group))
             .and_then(|outcome| {
-                let committing = std::time::Instant::now();
+                let sealed = Instant::now();
+                budget.observe_batch(Stage::sealed, taken, sealed, group.messages);
                 commit_to_disk(batch).map_err(failed)?;
-                self.settings.commit_took(committing);
-                Ok(outcome)
+                let written = Instant::now();
+                budget.observe_batch(Stage::written, sealed, written, group.messages);
+                self.spaces.sync()?;
+                let durable_at = Instant::now();
+                budget.observe_batch(Stage::fsynced, written, durable_at, group.messages);
+                self.settings.commit_took(sealed);
+                Ok((outcome, durable_at))
             });
         let finished = match result {
-            Ok((outcome, cursors, heads)) => {
+            Ok(((outcome, cursors, heads), durable_at)) => {
                 if self.heads.len() + heads.len() > HEAD_CACHE {
                     self.heads.clear();
                 }
@@ -220,6 +237,7 @@ impl Writer {
                     group,
                     outcome,
                     cursors,
+                    durable_at,
                 }
             }
             Err(error) => {

@@ -4,6 +4,7 @@ use super::keys::{UserKeys, USERS};
 use super::scripts::{APPEND, MAKE_DATA_KEY};
 use super::{Append, Write};
 use crate::infra::data_key::DataKey;
+use crate::infra::latency_budget::Stage;
 use crate::infra::redis::bounded;
 use crate::store::clock::HybridClock;
 use crate::store::data_keys::DataKeys;
@@ -12,6 +13,7 @@ use crate::store::{new_epoch, record, Appended, CommitFeed, NewMessage, Settings
 use redis::aio::ConnectionManager;
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
+use std::time::Instant;
 use tokio::sync::mpsc;
 
 /// The one task per node that writes appends, batch after batch, in the order they were asked.
@@ -59,10 +61,14 @@ impl Writer {
 
     /// Stores a batch, hands its entries to the commit feed in log order, then answers each call.
     async fn commit(&mut self, mut batch: Vec<Append>) {
-        match self.store(&mut batch).await {
+        let taken = Instant::now();
+        for message in batch.iter().flat_map(|a| &a.messages) {
+            (self.settings.budget).observe(Stage::queued, message.accepted_at, taken);
+        }
+        match self.store(&mut batch, taken).await {
             Ok(outcome) => {
                 let replies = batch.into_iter().map(|append| append.reply).collect();
-                outcome.answer(&*self.feed, replies);
+                outcome.answer(&*self.feed, replies, Instant::now());
             }
             Err(e) => {
                 tracing::error!("store commit failed: {e}");
@@ -73,8 +79,8 @@ impl Writer {
         }
     }
 
-    /// Stores the batch and returns every call's entries.
-    async fn store(&mut self, batch: &mut [Append]) -> Result<Outcome, StoreError> {
+    /// Stores the batch, which the writer took at `taken`, and returns every call's entries.
+    async fn store(&mut self, batch: &mut [Append], taken: Instant) -> Result<Outcome, StoreError> {
         let count = batch.iter().map(|a| a.messages.len()).sum();
         let mut outcome = Outcome::with_capacity(count);
         let mut positions = Vec::new();
@@ -88,6 +94,8 @@ impl Writer {
                     record::seal_under(message, keys[&message.log].clone());
                 }
             }
+            let sealed = Instant::now();
+            (self.settings.budget).observe_batch(Stage::sealed, taken, sealed, count);
             positions = self.send(batch, None).await?;
             // Sealed under a key its owner no longer has (deleted meanwhile): sealed again
             // under the stored one, and sent again.
@@ -115,6 +123,7 @@ impl Writer {
                     positions[index] = position;
                 }
             }
+            (self.settings.budget).observe_batch(Stage::written, sealed, Instant::now(), count);
         }
         let mut positions = positions.into_iter();
         for append in batch {
