@@ -20,6 +20,7 @@
 
 use crate::infra::data_key::DataKey;
 use crate::infra::fjall::open_database;
+use crate::infra::group_commit::GroupCommit;
 use crate::store::data_keys::DataKeys;
 use crate::store::record::{self, Keys};
 use crate::store::{new_epoch, EntryKind, StoreError};
@@ -33,6 +34,9 @@ use std::sync::Arc;
 #[derive(Clone)]
 pub(super) struct Keyspaces {
     pub db: Database,
+    /// How the writer's batches are written and then fsynced apart, so that it assembles and
+    /// writes the next batch while the last one is fsynced.
+    pub commits: Arc<GroupCommit>,
     pub messages: Keyspace,
     pub heads: Keyspace,
     pub cursors: Keyspace,
@@ -192,6 +196,7 @@ impl Keyspaces {
             idempotency: space("idempotency")?,
             idempotency_expiry: space("idempotency_expiry")?,
             session_names: Arc::new(session_names),
+            commits: Arc::new(GroupCommit::new(db.clone(), path)),
             db,
         })
     }
@@ -234,10 +239,5 @@ impl Keyspaces {
     /// A batch written to the operating system when committed, made durable by the next fsync.
     pub(super) fn buffered_batch(&self) -> OwnedWriteBatch {
         self.db.batch().durability(Some(PersistMode::Buffer))
-    }
-
-    /// Makes every batch committed so far durable (one fsync).
-    pub(super) fn sync(&self) -> Result<(), StoreError> {
-        crate::infra::fjall::sync(&self.db).map_err(failed)
     }
 }
