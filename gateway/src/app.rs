@@ -23,6 +23,7 @@ use crate::front::{self, Front};
 use crate::infra::cipher::KeyRing;
 use crate::infra::data_dir::DataDir;
 use crate::infra::fatal;
+use crate::infra::rate_limiter::RateLimiter;
 use crate::live::hub::Hub;
 use crate::live::known_devices::KnownDevices;
 use crate::live::link::LinkIds;
@@ -35,7 +36,6 @@ use crate::log::accept::Messages;
 use crate::notify::ledger::embedded::EmbeddedLedger;
 use crate::notify::ledger::redis::RedisLedger;
 use crate::notify::ledger::Ledger;
-use crate::notify::rate::RateLimiter;
 use crate::notify::worker::Worker;
 use crate::notify::Notifications;
 use crate::observe::metrics::Metrics;
@@ -179,7 +179,11 @@ impl App {
             recorder: recorder.clone(),
             shutdown: shutdown.clone(),
         });
-        let key_rates = ApiKeyRates::new(&config.rate_limits, auth.api_keys.count());
+        let key_rates = ApiKeyRates::new(
+            &config.rate_limits,
+            &auth.api_keys,
+            rate_limiter(&config).await?,
+        );
         let api = Arc::new(ApiState {
             config: config.clone(),
             auth,
@@ -456,6 +460,16 @@ async fn open_ledger(
     })
 }
 
+/// Token buckets shared by the nodes of one Redis, or this process's own.
+async fn rate_limiter(config: &Config) -> Result<RateLimiter> {
+    Ok(match config.store.backend {
+        StoreBackend::Redis => {
+            RateLimiter::Shared(crate::infra::redis::connect(&config.store.redis_url).await?)
+        }
+        StoreBackend::Embedded => RateLimiter::Local(Default::default()),
+    })
+}
+
 /// The worker that sends queued pushes over the channels that are enabled. Provider tokens and
 /// rate limits are shared by the nodes sharing a Redis.
 async fn notify_worker(
@@ -463,19 +477,13 @@ async fn notify_worker(
     ledger: Arc<dyn Ledger>,
     metrics: &Metrics,
 ) -> Result<Arc<Worker>> {
-    let (cache, limiter): (Arc<dyn TokenCache>, RateLimiter) = match config.store.backend {
-        StoreBackend::Redis => {
-            let redis = crate::infra::redis::connect(&config.store.redis_url).await?;
-            (
-                Arc::new(RedisTokenCache::new(redis.clone())),
-                RateLimiter::Shared(redis),
-            )
-        }
-        StoreBackend::Embedded => (
-            Arc::new(LocalTokenCache::new()),
-            RateLimiter::Local(Default::default()),
-        ),
+    let cache: Arc<dyn TokenCache> = match config.store.backend {
+        StoreBackend::Redis => Arc::new(RedisTokenCache::new(
+            crate::infra::redis::connect(&config.store.redis_url).await?,
+        )),
+        StoreBackend::Embedded => Arc::new(LocalTokenCache::new()),
     };
+    let limiter = rate_limiter(config).await?;
     let channels = &config.channels;
     let timeout = channels.request_timeout;
     let mut enabled: HashMap<Provider, Arc<dyn Channel>> = HashMap::new();

@@ -16,7 +16,17 @@ use std::time::Duration;
 
 /// A node of the cluster on `redis`, named `node`.
 async fn node(redis: &RedisServer, node: &str, shared: Option<&TestGateway>) -> TestGateway {
-    let options = Options::default()
+    node_with(redis, node, shared, Options::default()).await
+}
+
+/// A node of the cluster on `redis`, named `node`, started with `options` besides.
+async fn node_with(
+    redis: &RedisServer,
+    node: &str,
+    shared: Option<&TestGateway>,
+    options: Options,
+) -> TestGateway {
+    let options = options
         .with("STORE__BACKEND", "redis")
         .with("STORE__REDIS_URL", &redis.url())
         .with("STORE__NODE_ID", node)
@@ -42,6 +52,26 @@ async fn eventually<F: std::future::Future<Output = bool>>(what: &str, check: im
         assert!(tokio::time::Instant::now() < deadline, "timed out: {what}");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// An API key's rate limit is the service's, not each node's: the nodes of one Redis share the
+/// key's bucket, so calls spread over them get no more than its burst.
+#[tokio::test]
+async fn an_api_keys_rate_limit_is_shared_by_the_nodes() {
+    let redis = RedisServer::start();
+    let limited = || {
+        Options::default()
+            .rate_limited()
+            .with("RATE_LIMITS__API_KEY", "{ per_second = 1, burst = 4 }")
+    };
+    let a = node_with(&redis, "node-a", None, limited()).await;
+    let b = node_with(&redis, "node-b", Some(&a), limited()).await;
+    let mut statuses = Vec::new();
+    for gw in [&a, &b, &a, &b, &a, &b] {
+        let (status, _) = gw.api(Method::GET, "/v1/users/alice/devices", None).await;
+        statuses.push(status);
+    }
+    assert_eq!(statuses, [200, 200, 200, 200, 429, 429]);
 }
 
 #[tokio::test]

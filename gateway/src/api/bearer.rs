@@ -2,6 +2,7 @@
 
 use super::error::ApiError;
 use super::state::Api;
+use crate::infra::rate_limiter::NoToken;
 use crate::observe::metrics::RateLimited;
 use axum::extract::Request;
 use axum::extract::State;
@@ -24,9 +25,14 @@ pub async fn require_api_key(
     match presented.map(|key| api.auth.api_keys.position(key)) {
         Some(Some(key)) => {
             if let Some(rates) = &api.key_rates {
-                rates.take(key).map_err(|retry_after| {
-                    api.metrics.rate_limit(RateLimited::api_key);
-                    ApiError::rate_limited(retry_after)
+                rates.take(key).await.map_err(|no_token| match no_token {
+                    NoToken::Wait(retry_after) => {
+                        api.metrics.rate_limit(RateLimited::api_key);
+                        ApiError::rate_limited(retry_after)
+                    }
+                    NoToken::Unavailable(e) => ApiError::unavailable(format!(
+                        "the shared rate limit cannot be checked ({e}); retry later"
+                    )),
                 })?;
             }
             Ok(next.run(request).await)

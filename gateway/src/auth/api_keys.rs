@@ -1,6 +1,7 @@
 //! The backend's API keys: the HTTP API's bearer keys, and the MQTT password of a trusted
 //! backend client.
 
+use sha2::Digest;
 use subtle::{ConditionallySelectable, ConstantTimeEq};
 
 pub struct ApiKeys(Vec<String>);
@@ -30,6 +31,13 @@ impl ApiKeys {
     /// How many keys there are.
     pub fn count(&self) -> usize {
         self.0.len()
+    }
+
+    /// What names the key at `index` where the key must not be shown (a rate-limit bucket kept
+    /// in Redis): the first 64 bits of its SHA-256, the same on every node.
+    pub fn fingerprint(&self, index: usize) -> String {
+        let digest = sha2::Sha256::digest(self.0[index].as_bytes());
+        hex::encode(&digest[..8])
     }
 
     /// The first key: what `gateway api-key` prints.

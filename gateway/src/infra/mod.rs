@@ -9,6 +9,7 @@ pub mod fatal;
 pub mod fjall;
 pub mod group_commit;
 pub mod latency_budget;
+pub mod rate_limiter;
 pub mod redis;
 mod sm4_ct;
 pub mod time;

@@ -11,7 +11,6 @@ pub mod input;
 pub mod ledger;
 pub mod model;
 pub mod quiet_hours;
-pub mod rate;
 pub mod router;
 pub mod sweeper;
 pub mod worker;

@@ -5,9 +5,9 @@
 
 use super::ledger::Ledger;
 use super::model::{Job, Preferences};
-use super::rate::RateLimiter;
 use crate::channel::provider_day::{next_provider_midnight, provider_day};
 use crate::channel::{Channel, Outcome, Shaping};
+use crate::infra::rate_limiter::{NoToken, Rate, RateLimiter};
 use crate::infra::time::{millis_of, unix_millis};
 use crate::observe::metrics::{AttemptLabel, NotifyMetrics, RouteLabel};
 use crate::shutdown::Shutdown;
@@ -134,11 +134,20 @@ impl Worker {
             }
         };
         let now = unix_millis();
-        if let Err(wait) = self
-            .limiter
-            .try_acquire(&prepared.pace, prepared.per_second)
-            .await
-        {
+        // A bucket per channel and app holding at most one second's worth of sends, shared by
+        // the nodes of one Redis.
+        let pace = Rate {
+            per_second: prepared.per_second,
+            burst: prepared.per_second,
+        };
+        if let Err(no_token) = self.limiter.try_acquire(&prepared.pace, pace).await {
+            let wait = match no_token {
+                NoToken::Wait(wait) => wait,
+                NoToken::Unavailable(e) => {
+                    tracing::warn!("shared rate limit unavailable, holding pushes: {e}");
+                    Duration::from_millis(500)
+                }
+            };
             // Over the provider's rate: not an attempt, just later.
             state.status = Status::Queued;
             let due = now + wait.as_millis() as u64 + 1;
