@@ -14,6 +14,8 @@ use std::path::{Path, PathBuf};
 pub struct Options {
     /// `GATEWAY__SECTION__KEY` overrides, e.g. `("SESSIONS__DEVICE_POLICY", "one_per_class")`.
     pub env: Vec<(String, String)>,
+    /// Variables of the process's own besides, e.g. `LD_PRELOAD`.
+    pub process_env: Vec<(String, OsString)>,
     /// Generate a dev certificate and serve the TLS listeners.
     pub tls: bool,
 }
@@ -21,6 +23,12 @@ pub struct Options {
 impl Options {
     pub fn with(mut self, key: &str, value: &str) -> Self {
         self.env.push((key.to_string(), value.to_string()));
+        self
+    }
+
+    /// `key` set to `value` in the gateway process's environment, as it is named.
+    pub fn with_process_env(mut self, key: &str, value: impl Into<OsString>) -> Self {
+        self.process_env.push((key.to_string(), value.into()));
         self
     }
 
@@ -110,6 +118,7 @@ impl TestGateway {
                 .into_iter()
                 .map(|(key, value)| (format!("GATEWAY__{key}"), value.into())),
         );
+        env.extend(options.process_env);
         Ok(Self {
             process: GatewayProcess::start(&binary(), data_dir, env).await?,
             ca_pem,

@@ -82,9 +82,9 @@ impl IntoResponse for ApiError {
 impl From<StoreError> for ApiError {
     fn from(error: StoreError) -> Self {
         match error {
-            StoreError::Unavailable(_) => {
-                Self::unavailable(format!("{error}; nothing was stored, retry later"))
-            }
+            StoreError::Unavailable(_) => Self::unavailable(format!(
+                "{error}; retry later (with the same Idempotency-Key it is stored once)"
+            )),
             StoreError::Unreadable(_) => Self::new(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 ErrorCode::Internal,
