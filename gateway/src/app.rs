@@ -25,7 +25,6 @@ use crate::infra::data_dir::DataDir;
 use crate::infra::fatal;
 use crate::infra::rate_limiter::RateLimiter;
 use crate::live::hub::Hub;
-use crate::live::known_devices::KnownDevices;
 use crate::live::link::LinkIds;
 use crate::live::registry::Registry;
 use crate::live::retained::Retained;
@@ -44,6 +43,7 @@ use crate::shutdown::Shutdown;
 use crate::store::clock::HybridClock;
 use crate::store::data_keys::DataKeys;
 use crate::store::embedded::EmbeddedStore;
+use crate::store::known_devices;
 use crate::store::redis::RedisStore;
 use crate::store::{CommitFeed, Replicas, Settings, SharedStore};
 use anyhow::{Context, Result};
@@ -114,15 +114,16 @@ impl App {
             cluster.clone(),
             metrics.stored.clone(),
         ));
-        let registry = Arc::new(Registry::new(
-            config.sessions.clone(),
-            topics.clone(),
-            KnownDevices::open(&data.path("known_devices.tsv"))?,
-            shutdown.clone(),
-        ));
         let signals = Arc::new(Signals::new(topics.clone(), metrics.signals.clone()));
         let data_keys = Arc::new(DataKeys::new(keys.clone(), config.store.data_key_cache));
-        let store = open_store(&config, data, data_keys.clone(), topics, &metrics).await?;
+        let store = open_store(&config, data, data_keys.clone(), topics.clone(), &metrics).await?;
+        known_devices::import_file(&*store, &data.path("known_devices.tsv")).await?;
+        let registry = Arc::new(Registry::new(
+            config.sessions.clone(),
+            topics,
+            store.clone(),
+            shutdown.clone(),
+        ));
         let auth = Arc::new(Auth {
             signer: secrets::token_signer(&config, data)?,
             jwt: JwtVerifier::configured(&config.jwt).await?,

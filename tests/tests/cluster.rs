@@ -74,6 +74,58 @@ async fn an_api_keys_rate_limit_is_shared_by_the_nodes() {
     assert_eq!(statuses, [200, 200, 200, 200, 429, 429]);
 }
 
+/// Known devices are the service's, not a node's: a node that never saw a user still knows its
+/// devices, so a new device waits for approval wherever it logs in, and once approved it is
+/// known on every node.
+#[tokio::test]
+async fn a_device_known_on_one_node_is_known_on_the_other() {
+    let redis = RedisServer::start();
+    let approval = || Options::default().with("SESSIONS__NEW_DEVICE_APPROVAL", "true");
+    let a = node_with(&redis, "node-a", None, approval()).await;
+    let b = node_with(&redis, "node-b", Some(&a), approval()).await;
+    async fn connect(gw: &TestGateway, device: &str, platform: Platform) -> V4 {
+        let token = gw.token("hana", device, platform);
+        let mut client = V4::connect(gw, Via::Tcp, device, Some(&token), |_| {})
+            .await
+            .unwrap();
+        client
+            .subscribe(&format!("u/hana/d/{device}/reply"), QoS::AtLeastOnce)
+            .await;
+        client.subscribe("u/hana/inbox", QoS::AtLeastOnce).await;
+        client
+    }
+    // The user's first device, on node A, is in at once.
+    let mut phone = connect(&a, "phone", Platform::Ios).await;
+    a.post_message("hana", json!({"n": 1})).await;
+    assert_eq!(phone.message_on("u/hana/inbox").await["body"]["n"], 1);
+
+    // Node B never saw the user, and still asks for approval of a new device.
+    let mut laptop = connect(&b, "laptop", Platform::Desktop).await;
+    assert_eq!(
+        laptop.message_on("u/hana/d/laptop/reply").await,
+        json!({"type": "approval_pending"})
+    );
+    let (status, _) = b
+        .api(
+            Method::POST,
+            "/v1/users/hana/devices/laptop/approval",
+            Some(json!({"approve": true})),
+        )
+        .await;
+    assert_eq!(status, 204);
+    assert_eq!(
+        laptop.message_on("u/hana/d/laptop/reply").await,
+        json!({"type": "approved"})
+    );
+    drop(laptop);
+
+    // Approved on node B, the laptop is known on node A: in at once.
+    let mut laptop = connect(&a, "laptop", Platform::Desktop).await;
+    a.post_message("hana", json!({"n": 2})).await;
+    assert_eq!(laptop.message_on("u/hana/inbox").await["body"]["n"], 2);
+    laptop.no_message_on("u/hana/d/laptop/reply").await;
+}
+
 #[tokio::test]
 async fn two_nodes_deliver_live_share_presence_and_let_a_device_move() {
     let redis = RedisServer::start();

@@ -302,6 +302,49 @@ async fn the_backend_can_kick_a_device() {
     );
 }
 
+/// Before the store kept known devices, a node kept them in `known_devices.tsv` in its data
+/// dir: the first start after the upgrade moves them into the store.
+#[tokio::test]
+async fn known_devices_kept_in_the_old_file_are_moved_into_the_store() {
+    let data_dir = tempfile::tempdir().unwrap();
+    let file = data_dir.path().join("known_devices.tsv");
+    std::fs::write(&file, "ivy\tphone\nivy\twatch\n").unwrap();
+    let gw = TestGateway::try_start(
+        Options::default().with("SESSIONS__NEW_DEVICE_APPROVAL", "true"),
+        data_dir,
+    )
+    .await
+    .unwrap();
+    assert!(!file.exists());
+    assert!(file.with_extension("tsv.imported").exists());
+    // The watch was known: in at once, not asked to wait.
+    let mut watch = watcher(&gw, "ivy", "watch", Platform::Android).await;
+    gw.post_message("ivy", json!({"n": 1})).await;
+    assert_eq!(watch.message_on("u/ivy/inbox").await["body"]["n"], 1);
+    // The user has devices, so a new one waits.
+    waiting_for_approval(&gw, "ivy", "laptop", Platform::Desktop).await;
+}
+
+/// A device `user` never used before, connected and told to wait for approval.
+async fn waiting_for_approval(
+    gw: &TestGateway,
+    user: &str,
+    device: &str,
+    platform: Platform,
+) -> V4 {
+    let token = gw.token(user, device, platform);
+    let mut client = V4::connect(gw, Via::Tcp, device, Some(&token), |_| {})
+        .await
+        .unwrap();
+    let reply = format!("u/{user}/d/{device}/reply");
+    client.subscribe(&reply, QoS::AtLeastOnce).await;
+    assert_eq!(
+        client.message_on(&reply).await,
+        json!({"type": "approval_pending"})
+    );
+    client
+}
+
 #[tokio::test]
 async fn a_new_device_waits_for_approval_from_a_known_one() {
     let gw =
@@ -310,22 +353,7 @@ async fn a_new_device_waits_for_approval_from_a_known_one() {
     // The first device a user ever uses needs no approval.
     let mut phone = watcher(&gw, "alice", "phone", Platform::Ios).await;
 
-    let mut laptop = V4::connect(
-        &gw,
-        Via::Tcp,
-        "laptop",
-        Some(&gw.token("alice", "laptop", Platform::Desktop)),
-        |_| {},
-    )
-    .await
-    .unwrap();
-    laptop
-        .subscribe("u/alice/d/laptop/reply", QoS::AtLeastOnce)
-        .await;
-    assert_eq!(
-        laptop.message_on("u/alice/d/laptop/reply").await,
-        json!({"type": "approval_pending"})
-    );
+    let mut laptop = waiting_for_approval(&gw, "alice", "laptop", Platform::Desktop).await;
     laptop.subscribe("u/alice/inbox", QoS::AtLeastOnce).await;
     let request = phone.message_on("u/alice/presence").await;
     assert_eq!(

@@ -7,6 +7,8 @@
 // Beside this file rather than in `tests/`, where they would be test targets of their own.
 #[path = "store/idempotency.rs"]
 mod idempotency;
+#[path = "store/known_devices.rs"]
+mod known_devices;
 #[path = "store/revocations.rs"]
 mod revocations;
 #[path = "store/sessions.rs"]
@@ -220,6 +222,8 @@ macro_rules! conformance_suite {
                 sessions: retained_messages_are_set_replaced_and_cleared(1000),
                 revocations: a_revocation_covers_its_scope_and_only_moves_forward(1000),
                 revocations: a_deleted_users_revocation_outlives_the_deletion(1000),
+                known_devices: a_users_first_device_is_decided_once_and_others_are_new_until_remembered(1000),
+                known_devices: deleting_a_user_forgets_its_devices(1000),
             }
         }
     };

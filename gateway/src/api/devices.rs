@@ -98,6 +98,7 @@ pub async fn approve(
     check_ids(&[&user, &device])?;
     api.registry
         .decide(&user, &device, request.approve, None)
+        .await
         .map_err(|e| ApiError::not_found(e.to_string()))?;
     Ok(StatusCode::NO_CONTENT)
 }

@@ -153,8 +153,9 @@ impl Client {
         front: &Arc<Front>,
         identity: Identity,
         transport: Transport,
+        admission: Admission,
     ) -> (Self, mpsc::Receiver<Delivery>) {
-        let approved = front.registry.admission(&identity) == Admission::Approved;
+        let approved = admission == Admission::Approved;
         let (link, outbox) = Link::new(
             front.link_ids.next(),
             identity,
@@ -394,14 +395,18 @@ impl Client {
                 Err(refusal) => Handled::Done(Err(refusal)),
             },
             DeviceAction::Signal => Handled::Done(self.signal(payload)),
-            DeviceAction::Approve => {
-                Handled::Done(parse::<ApprovalDecision>(payload).and_then(|decision| {
-                    self.front
-                        .registry
-                        .decide(user, &decision.device, decision.approve, Some(device))
-                        .map_err(|e| Refusal::BadPayload(e.to_string()))
-                }))
-            }
+            DeviceAction::Approve => match parse::<ApprovalDecision>(payload) {
+                Ok(decision) => {
+                    let registry = self.front.registry.clone();
+                    let (user, by) = (user.clone(), device.clone());
+                    Handled::Later(Box::pin(async move {
+                        (registry.decide(&user, &decision.device, decision.approve, Some(&by)))
+                            .await
+                            .map_err(|e| Refusal::BadPayload(e.to_string()))
+                    }))
+                }
+                Err(refusal) => Handled::Done(Err(refusal)),
+            },
             DeviceAction::Ack => match parse::<AckRequest>(payload) {
                 Ok(request) => self.ack(request.seq),
                 Err(refusal) => Handled::Done(Err(refusal)),

@@ -14,6 +14,7 @@ use crate::front::write_deadline::{watched, Watched, CLOSING_WRITE};
 use crate::infra::latency_budget::Stage;
 use crate::live::hub::SubscriptionOptions;
 use crate::live::link::{CloseReason, Delivery, Qos};
+use crate::live::registry::Admission;
 use crate::observe::metrics::{RejectReason, TransportLabel};
 use crate::observe::recorder::{json_or_base64, JsonOrBase64};
 use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
@@ -88,9 +89,9 @@ async fn serve(
     _permit: OwnedSemaphorePermit,
 ) {
     let deadline = Instant::now() + front.limits.handshake_timeout;
-    let identity =
+    let (identity, admission) =
         match tokio::time::timeout_at(deadline, authenticate(&front, &mut socket, token)).await {
-            Ok(Some(identity)) => identity,
+            Ok(Some(admitted)) => admitted,
             Ok(None) => return,
             Err(_) => {
                 front.metrics.reject(RejectReason::handshake_timeout);
@@ -109,7 +110,7 @@ async fn serve(
                 return;
             }
         };
-    let (client, outbox) = Client::open(&front, identity, Transport::JsonWs);
+    let (client, outbox) = Client::open(&front, identity, Transport::JsonWs, admission);
     let out_counter = front
         .metrics
         .messages_out
@@ -139,7 +140,7 @@ async fn authenticate(
     front: &Front,
     socket: &mut WebSocket,
     url_token: Option<String>,
-) -> Option<Identity> {
+) -> Option<(Identity, Admission)> {
     let (token, request_id) = match url_token {
         Some(token) => (token, None),
         None => loop {
@@ -162,8 +163,14 @@ async fn authenticate(
             }
         },
     };
-    match front.auth.device(&token).await {
-        Ok(identity) => {
+    let admitted = match front.auth.device(&token).await {
+        Ok(identity) => (front.registry.admission(&identity).await)
+            .map(|admission| (identity, admission))
+            .map_err(|e| Refusal::Unavailable(e.to_string())),
+        Err(refusal) => Err(refusal),
+    };
+    match admitted {
+        Ok((identity, admission)) => {
             let Identity::Device { user, device, .. } = &identity else {
                 unreachable!("a token is a device's")
             };
@@ -173,7 +180,7 @@ async fn authenticate(
                 device: Some(device.clone()),
             };
             send(socket, &ok).await.ok()?;
-            Some(identity)
+            Some((identity, admission))
         }
         Err(Refusal::NotAuthorized(reason)) => {
             front

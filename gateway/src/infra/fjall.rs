@@ -1,7 +1,7 @@
 //! Opening the fjall databases the gateway keeps in its data dir (the message store's and the
 //! notification ledger's, both the same way), and committing to them.
 
-use fjall::{Database, OwnedWriteBatch};
+use fjall::{Database, OwnedWriteBatch, PersistMode};
 use std::path::Path;
 
 /// Opens (creating when missing) a fjall database with one flush/compaction worker.
@@ -21,4 +21,11 @@ pub fn commit(batch: OwnedWriteBatch) -> fjall::Result<()> {
     batch
         .commit()
         .inspect_err(|e| super::fatal::raise(format!("a write to the disk failed: {e}")))
+}
+
+/// Makes everything committed to `db` durable: one fsync of its journal. A failure stops the
+/// process, as for [`commit`].
+pub fn sync(db: &Database) -> fjall::Result<()> {
+    db.persist(PersistMode::SyncAll)
+        .inspect_err(|e| super::fatal::raise(format!("an fsync failed: {e}")))
 }

@@ -4,7 +4,6 @@
 //! ([`nodes::OtherNodes`]); `cluster` implements it.
 
 pub mod hub;
-pub mod known_devices;
 pub mod link;
 pub mod message;
 pub mod nodes;

@@ -1,15 +1,15 @@
 //! Who is online on which device: the registry of links per user, the device policy, takeover
 //! of a device's older connection, presence events, and approval of logins from new devices.
 
-use super::known_devices::KnownDevices;
 use super::link::{CloseReason, Link};
 use super::sessions::session_key;
 use super::user_topics::UserTopics;
 use crate::auth::identity::Identity;
 use crate::infra::time::unix_millis;
 use crate::shutdown::Shutdown;
+use crate::store::known_devices::Standing;
 use crate::store::sessions::SessionKey;
-use crate::store::StoreError;
+use crate::store::{SharedStore, StoreError};
 use anyhow::Result;
 use broker_config::{DevicePolicy, Sessions as SessionsConfig};
 use dashmap::DashMap;
@@ -60,7 +60,8 @@ pub const CONNECTIONS_END: std::time::Duration = std::time::Duration::from_secs(
 pub struct Registry {
     config: SessionsConfig,
     topics: Arc<UserTopics>,
-    known: KnownDevices,
+    /// Where each user's known devices are kept (see [`crate::store::known_devices`]).
+    store: SharedStore,
     devices: DashMap<String, Vec<DeviceEntry>>,
     /// Links of clients known by their client id (dev mode, backends), by their session's key:
     /// an anonymous client and a backend with the same client id are two clients, and neither
@@ -80,13 +81,13 @@ impl Registry {
     pub fn new(
         config: SessionsConfig,
         topics: Arc<UserTopics>,
-        known: KnownDevices,
+        store: SharedStore,
         shutdown: Shutdown,
     ) -> Self {
         Self {
             config,
             topics,
-            known,
+            store,
             devices: DashMap::new(),
             clients: DashMap::new(),
             shutdown,
@@ -94,18 +95,19 @@ impl Registry {
     }
 
     /// Whether a device of `user` starts approved: always, unless approval of new devices is on,
-    /// the user has devices already, and this one is not among them.
-    pub fn admission(&self, identity: &Identity) -> Admission {
+    /// the user has devices already, and this one is not among them. With approval off a new
+    /// device is remembered at once, so that turning approval on later knows it.
+    pub async fn admission(&self, identity: &Identity) -> Result<Admission, StoreError> {
         let Identity::Device { user, device, .. } = identity else {
-            return Admission::Approved;
+            return Ok(Admission::Approved);
         };
-        if self.config.new_device_approval
-            && self.known.has_any(user)
-            && !self.known.contains(user, device)
-        {
-            Admission::PendingApproval
-        } else {
-            Admission::Approved
+        match self.store.standing(user, device).await? {
+            Standing::First | Standing::Known => Ok(Admission::Approved),
+            Standing::New if self.config.new_device_approval => Ok(Admission::PendingApproval),
+            Standing::New => {
+                self.store.remember_device(user, device).await?;
+                Ok(Admission::Approved)
+            }
         }
     }
 
@@ -334,13 +336,13 @@ impl Registry {
                 closed.push(entry.link);
             }
         }
-        self.known.forget_user(user)?;
         Ok(closed)
     }
 
     /// Approves or denies a device waiting for approval. `by` is the deciding device, or `None`
-    /// when the backend decided.
-    pub fn decide(
+    /// when the backend decided. An approved device is remembered as one of the user's before
+    /// this returns.
+    pub async fn decide(
         &self,
         user: &str,
         device: &str,
@@ -373,6 +375,11 @@ impl Registry {
                 unreachable!("only devices wait for approval")
             };
             self.admit(user, device, platform, &pending);
+            // The device is in now; should the store not take it, its next login asks for
+            // approval again.
+            if let Err(e) = self.store.remember_device(user, device).await {
+                tracing::warn!(%user, %device, "cannot record an approved device: {e}");
+            }
         } else {
             self.reply(user, device, &Reply::Denied);
             pending.close(CloseReason::new(
@@ -419,9 +426,6 @@ impl Registry {
         for (old_device, old) in kicked {
             let reason = format!("logged in on another {class} ({device})");
             self.kick_notice(user, &old_device, &old, kicked_for(reason));
-        }
-        if let Err(e) = self.known.remember(user, device) {
-            tracing::warn!(%user, %device, "cannot record known device: {e:#}");
         }
         self.announce_online(user, device, link);
     }

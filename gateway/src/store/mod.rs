@@ -17,6 +17,7 @@
 pub mod clock;
 pub mod data_keys;
 pub mod embedded;
+pub mod known_devices;
 mod outcome;
 pub mod record;
 pub mod redis;
@@ -302,7 +303,10 @@ impl AppendTicket {
 /// The message store; it also keeps MQTT sessions and retained messages, in the same backend.
 #[async_trait]
 pub trait Store:
-    retained::RetainedStore + sessions::SessionStore + revocations::RevocationStore
+    retained::RetainedStore
+    + sessions::SessionStore
+    + revocations::RevocationStore
+    + known_devices::KnownDeviceStore
 {
     /// Queues messages (each for its own log) to be appended together. The order of calls is the
     /// order in the logs, so a connection's messages keep their order without waiting for each.

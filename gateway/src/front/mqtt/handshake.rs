@@ -13,6 +13,7 @@ use crate::front::client::{Client, Publication};
 use crate::front::stream::{MqttStream, READ_CHUNK};
 use crate::front::Front;
 use crate::live::link::Delivery;
+use crate::live::registry::Admission;
 use crate::live::sessions::{session_key, ClaimError};
 use crate::observe::metrics::{RejectReason, TransportLabel};
 use bytes::BytesMut;
@@ -138,8 +139,8 @@ async fn open(
         front.metrics.reject(RejectReason::protocol_error);
         return None;
     }
-    let identity = match authenticate(front, &connect).await {
-        Ok(identity) => identity,
+    let (identity, admission) = match authenticate(front, &connect).await {
+        Ok(admitted) => admitted,
         Err(refusal) => {
             let code = match refusal {
                 Refusal::NotAuthorized(_) => {
@@ -173,7 +174,7 @@ async fn open(
     let key = session_key(&identity);
     // Opening the client closes an older connection of the same client, which then hands the
     // session back.
-    let (client, outbox) = Client::open(front, identity, transport);
+    let (client, outbox) = Client::open(front, identity, transport, admission);
     let wait = front.limits.handshake_timeout;
     let (mut claim, taken_up) = match front.sessions.claim(key, connect.clean_start, wait).await {
         Ok(claimed) => claimed,
@@ -257,14 +258,22 @@ async fn read_first_connect(
 }
 
 /// The device token is the password (see [`crate::auth::Auth::connect`]).
-async fn authenticate(front: &Front, connect: &ConnectRequest) -> Result<Identity, Refusal> {
+/// Who the client is, and whether it starts approved (a device the user never used before may
+/// wait for approval).
+async fn authenticate(
+    front: &Front,
+    connect: &ConnectRequest,
+) -> Result<(Identity, Admission), Refusal> {
     let credentials = Credentials {
         client_id: &connect.client_id,
         password: connect.password.as_deref(),
         will_topic: connect.will.as_ref().map(|will| will.topic.as_str()),
     };
     let assign_id = || format!("anonymous-{}", front.link_ids.next());
-    front.auth.connect(&credentials, assign_id).await
+    let identity = front.auth.connect(&credentials, assign_id).await?;
+    let admission = (front.registry.admission(&identity).await)
+        .map_err(|e| Refusal::Unavailable(e.to_string()))?;
+    Ok((identity, admission))
 }
 
 /// The keepalive to enforce and, for v5, the Server Keep Alive to announce. A client asking for

@@ -20,7 +20,6 @@
 
 use crate::infra::data_key::DataKey;
 use crate::infra::fjall::open_database;
-use crate::infra::group_commit::GroupCommit;
 use crate::store::data_keys::DataKeys;
 use crate::store::record::{self, Keys};
 use crate::store::{new_epoch, EntryKind, StoreError};
@@ -34,9 +33,6 @@ use std::sync::Arc;
 #[derive(Clone)]
 pub(super) struct Keyspaces {
     pub db: Database,
-    /// How the writer's batches are written and then fsynced apart, so that it assembles and
-    /// writes the next batch while the last one is fsynced.
-    pub commits: Arc<GroupCommit>,
     pub messages: Keyspace,
     pub heads: Keyspace,
     pub cursors: Keyspace,
@@ -48,6 +44,10 @@ pub(super) struct Keyspaces {
     pub idempotency_expiry: Keyspace,
     pub revocations: Keyspace,
     pub data_keys: Keyspace,
+    /// The devices each user has logged in from (see [`super::known_devices`]).
+    pub known_devices: Keyspace,
+    /// Decisions on a device's standing go one at a time: a user's first device is decided once.
+    pub admitting: Arc<std::sync::Mutex<()>>,
     /// Everything in `revocations`, read on every connection (see [`super::revocations`]).
     pub revoked: Arc<super::revocations::RevokedMoments>,
     /// Revocations are rare and written one at a time, so the moment on disk is always the
@@ -186,6 +186,8 @@ impl Keyspaces {
             revoked: Arc::new(revoked),
             revoking: Arc::default(),
             data_keys: space("data_keys")?,
+            known_devices: space("known_devices")?,
+            admitting: Arc::default(),
             messages: space("messages")?,
             heads: space("heads")?,
             cursors: space("cursors")?,
@@ -196,7 +198,6 @@ impl Keyspaces {
             idempotency: space("idempotency")?,
             idempotency_expiry: space("idempotency_expiry")?,
             session_names: Arc::new(session_names),
-            commits: Arc::new(GroupCommit::new(db.clone(), path)),
             db,
         })
     }
@@ -239,5 +240,10 @@ impl Keyspaces {
     /// A batch written to the operating system when committed, made durable by the next fsync.
     pub(super) fn buffered_batch(&self) -> OwnedWriteBatch {
         self.db.batch().durability(Some(PersistMode::Buffer))
+    }
+
+    /// Makes every batch committed so far durable (one fsync).
+    pub(super) fn sync(&self) -> Result<(), StoreError> {
+        crate::infra::fjall::sync(&self.db).map_err(failed)
     }
 }

@@ -22,6 +22,7 @@
 //! [`layout`] holds the keyspaces and their keys, [`writer`] the writer and responder threads,
 //! `sessions.rs` the MQTT sessions kept for clients that are away and the retained messages.
 
+mod known_devices;
 mod layout;
 mod markers;
 mod revocations;
@@ -257,6 +258,7 @@ impl Store for EmbeddedStore {
                 ("cursors", &spaces.cursors),
                 ("forgotten", &spaces.forgotten),
                 ("idempotency", &spaces.idempotency),
+                ("known_devices", &spaces.known_devices),
             ] {
                 for entry in space.prefix(prefix(&user)) {
                     let key = entry.key().map_err(failed)?;

@@ -9,7 +9,6 @@ use super::layout::{
 use super::markers::{marker_key, Marker};
 use crate::infra::data_key::DataKey;
 use crate::infra::fjall::commit as commit_to_disk;
-use crate::infra::group_commit::GroupCommit;
 use crate::infra::latency_budget::Stage;
 use crate::infra::time::unix_millis;
 use crate::store::clock::HybridClock;
@@ -64,12 +63,7 @@ pub(super) fn start(
     feed: Arc<dyn CommitFeed>,
 ) -> std::io::Result<mpsc::Sender<Command>> {
     let (commands, queue) = mpsc::channel(settings.max_queued_writes);
-    let (done, finished) = std::sync::mpsc::sync_channel(WRITTEN_AHEAD);
-    let responder = Responder {
-        commits: spaces.commits.clone(),
-        settings: settings.clone(),
-        feed,
-    };
+    let (done, finished) = std::sync::mpsc::channel();
     let writer = Writer {
         spaces,
         keys,
@@ -81,7 +75,7 @@ pub(super) fn start(
     };
     std::thread::Builder::new()
         .name("store-responder".into())
-        .spawn(move || responder.run(finished))?;
+        .spawn(move || respond(finished, feed))?;
     std::thread::Builder::new()
         .name("store-writer".into())
         .spawn(move || writer.run(queue))?;
@@ -89,10 +83,8 @@ pub(super) fn start(
 }
 
 /// The one thread that writes. It takes every command queued (up to `max_batch` appends), puts
-/// the appends and cursor moves in one journal batch and writes it; the responder thread makes
-/// it durable with one fsync (which may cover later batches too), hands the appended messages to
-/// the commit feed in log order, and then answers. The writer goes on to the next batch while
-/// the last one is fsynced.
+/// the appends and cursor moves in one journal batch made durable by one fsync, hands the
+/// appended messages to the commit feed in log order, and then answers.
 struct Writer {
     spaces: Keyspaces,
     keys: Arc<DataKeys>,
@@ -103,12 +95,9 @@ struct Writer {
     /// The data keys of recently written logs, as committed: what every record appended to
     /// them must be sealed under. Bounded like `heads`.
     data_keys: HashMap<String, Arc<DataKey>>,
-    /// Written batches go to the responder thread, which fsyncs, delivers them live and answers.
-    done: std::sync::mpsc::SyncSender<Done>,
+    /// Committed batches go to the responder thread, which delivers them live and answers.
+    done: std::sync::mpsc::Sender<Done>,
 }
-
-/// Most batches written and not yet answered: past it the writer waits for the fsyncs.
-const WRITTEN_AHEAD: usize = 4;
 
 /// Most heads the writer keeps in memory; past that the cache starts over.
 const HEAD_CACHE: usize = 100_000;
@@ -122,14 +111,11 @@ pub(super) struct Call {
 
 /// A group the writer is finished with, for the responder.
 enum Done {
-    /// Written to the journal, not yet fsynced.
-    Written {
+    Committed {
         group: Group,
         outcome: Outcome,
         cursors: Vec<u64>,
-        /// When its batch was assembled, and when written.
-        sealed_at: Instant,
-        written_at: Instant,
+        durable_at: Instant,
     },
     Failed {
         group: Group,
@@ -139,64 +125,36 @@ enum Done {
     Closed(oneshot::Sender<()>),
 }
 
-/// Makes written batches durable, hands their entries to the feed, in log order, and answers
-/// their appenders: on its own thread, so the writer goes on to the next batch meanwhile.
-struct Responder {
-    commits: Arc<GroupCommit>,
-    settings: Settings,
-    feed: Arc<dyn CommitFeed>,
-}
-
-impl Responder {
-    fn run(self, done: std::sync::mpsc::Receiver<Done>) {
-        for finished in done {
-            match finished {
-                Done::Written {
-                    group,
-                    outcome,
-                    cursors,
-                    sealed_at,
-                    written_at,
-                } => {
-                    // At once when an fsync since the batch was written covered it.
-                    if let Err(e) = self.commits.sync() {
-                        fail(
-                            group,
-                            StoreError::Unavailable(format!("an fsync failed: {e}")),
-                        );
-                        continue;
-                    }
-                    let durable_at = Instant::now();
-                    (self.settings.budget).observe_batch(
-                        Stage::fsynced,
-                        written_at,
-                        durable_at,
-                        group.messages,
-                    );
-                    self.settings.commit_took(sealed_at);
-                    let replies = group.appends.into_iter().map(|call| call.reply).collect();
-                    outcome.answer(&*self.feed, replies, durable_at);
-                    for ((_, _, _, reply), cursor) in group.acks.into_iter().zip(cursors) {
-                        let _ = reply.send(Ok(cursor));
-                    }
-                }
-                Done::Failed { group, error } => fail(group, error),
-                Done::Closed(reply) => {
-                    let _ = reply.send(());
-                    return;
+/// Hands committed entries to the feed, in log order, and answers their appenders: on its own
+/// thread, so the writer goes on to the next batch meanwhile.
+fn respond(done: std::sync::mpsc::Receiver<Done>, feed: Arc<dyn CommitFeed>) {
+    for finished in done {
+        match finished {
+            Done::Committed {
+                group,
+                outcome,
+                cursors,
+                durable_at,
+            } => {
+                let replies = group.appends.into_iter().map(|call| call.reply).collect();
+                outcome.answer(&*feed, replies, durable_at);
+                for ((_, _, _, reply), cursor) in group.acks.into_iter().zip(cursors) {
+                    let _ = reply.send(Ok(cursor));
                 }
             }
+            Done::Failed { group, error } => {
+                for call in group.appends {
+                    let _ = call.reply.send(Err(error.clone()));
+                }
+                for (_, _, _, reply) in group.acks {
+                    let _ = reply.send(Err(error.clone()));
+                }
+            }
+            Done::Closed(reply) => {
+                let _ = reply.send(());
+                return;
+            }
         }
-    }
-}
-
-/// Answers every call of `group` with `error`.
-fn fail(group: Group, error: StoreError) {
-    for call in group.appends {
-        let _ = call.reply.send(Err(error.clone()));
-    }
-    for (_, _, _, reply) in group.acks {
-        let _ = reply.send(Err(error.clone()));
     }
 }
 
@@ -252,29 +210,34 @@ impl Writer {
         for message in group.appends.iter().flat_map(|call| &call.messages) {
             budget.observe(Stage::queued, message.accepted_at, taken);
         }
-        let mut batch = self.spaces.commits.batch();
+        // Written, then fsynced, as one durable batch would be, to see which of the two the
+        // time goes to.
+        let mut batch = self.spaces.buffered_batch();
         let result = (self.seal(&mut batch, &mut group))
             .and_then(|()| self.fill(&mut batch, &group))
             .and_then(|outcome| {
-                let sealed_at = Instant::now();
-                budget.observe_batch(Stage::sealed, taken, sealed_at, group.messages);
-                self.spaces.commits.commit(batch).map_err(failed)?;
-                let written_at = Instant::now();
-                budget.observe_batch(Stage::written, sealed_at, written_at, group.messages);
-                Ok((outcome, sealed_at, written_at))
+                let sealed = Instant::now();
+                budget.observe_batch(Stage::sealed, taken, sealed, group.messages);
+                commit_to_disk(batch).map_err(failed)?;
+                let written = Instant::now();
+                budget.observe_batch(Stage::written, sealed, written, group.messages);
+                self.spaces.sync()?;
+                let durable_at = Instant::now();
+                budget.observe_batch(Stage::fsynced, written, durable_at, group.messages);
+                self.settings.commit_took(sealed);
+                Ok((outcome, durable_at))
             });
         let finished = match result {
-            Ok(((outcome, cursors, heads), sealed_at, written_at)) => {
+            Ok(((outcome, cursors, heads), durable_at)) => {
                 if self.heads.len() + heads.len() > HEAD_CACHE {
                     self.heads.clear();
                 }
                 self.heads.extend(heads);
-                Done::Written {
+                Done::Committed {
                     group,
                     outcome,
                     cursors,
-                    sealed_at,
-                    written_at,
+                    durable_at,
                 }
             }
             Err(error) => {
@@ -487,7 +450,12 @@ impl Writer {
     fn delete_user(&mut self, user: &str) -> Result<(), StoreError> {
         let spaces = &self.spaces;
         let mut batch = spaces.durable_batch();
-        for space in [&spaces.messages, &spaces.cursors, &spaces.forgotten] {
+        for space in [
+            &spaces.messages,
+            &spaces.cursors,
+            &spaces.forgotten,
+            &spaces.known_devices,
+        ] {
             for entry in space.prefix(prefix(user)) {
                 batch.remove(space, entry.key().map_err(failed)?);
             }

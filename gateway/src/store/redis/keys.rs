@@ -16,6 +16,7 @@ pub(super) struct UserKeys {
     pub marker_expiry: String,
     pub revoked: String,
     pub data_key: String,
+    pub devices: String,
 }
 
 impl UserKeys {
@@ -29,6 +30,7 @@ impl UserKeys {
             marker_expiry: format!("gw:{{{user}}}:idempotency:expiry"),
             revoked: format!("gw:{{{user}}}:revoked"),
             data_key: format!("gw:{{{user}}}:data_key"),
+            devices: format!("gw:{{{user}}}:devices"),
         }
     }
 }

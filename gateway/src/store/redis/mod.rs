@@ -46,6 +46,7 @@
 //! operation fails quickly with [`StoreError::Unavailable`], and works again once Redis is back.
 
 mod keys;
+mod known_devices;
 mod revocations;
 mod scripts;
 mod sessions;
@@ -506,6 +507,7 @@ impl Store for RedisStore {
                     keys.markers,
                     keys.marker_expiry,
                     keys.data_key,
+                    keys.devices,
                 ])
                 .ignore()
                 .exec_async(&mut self.redis.clone()),
@@ -584,6 +586,14 @@ impl Store for RedisStore {
                     }
                 }
                 "head" => found.push(format!("heads/{user}")),
+                "devices" => {
+                    let devices: Vec<String> =
+                        bounded(redis::cmd("SMEMBERS").arg(&key).query_async(&mut redis)).await?;
+                    found.extend(
+                        (devices.into_iter())
+                            .map(|device| format!("known_devices/{user}/{device}")),
+                    );
+                }
                 "data_key" => found.push(format!("data_keys/{user}")),
                 "revoked" => {
                     let fields: Vec<String> =
