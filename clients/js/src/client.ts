@@ -131,6 +131,8 @@ export class GatewayClient extends Emitter<GatewayClientEvents> {
   private wakeFromSleep: (() => void) | undefined;
   private sync: { done: () => void; fail: (error: Error) => void; touch: () => void } | undefined;
   private approval: { pending: boolean; approved: (() => void) | undefined } = { pending: false, approved: undefined };
+  /** Set by `close()` until the next `connect()`: sends are refused rather than queued for ever. */
+  private closedByApp = false;
 
   constructor(private readonly options: GatewayClientOptions) {
     super();
@@ -172,6 +174,7 @@ export class GatewayClient extends Emitter<GatewayClientEvents> {
     if (this.currentState !== "idle" && this.currentState !== "disconnected") return;
     if (this.currentState === "disconnected") this.tokens.restart();
     const run = ++this.run;
+    this.closedByApp = false;
     this.wakeFromSleep?.();
     void this.keepConnected(run);
   }
@@ -179,6 +182,7 @@ export class GatewayClient extends Emitter<GatewayClientEvents> {
   /** Closes the connection and stops reconnecting; sends still waiting fail with `closed`. */
   async close(): Promise<void> {
     this.run += 1;
+    this.closedByApp = true;
     this.wakeFromSleep?.();
     this.acks.flush();
     this.acks.stop();
@@ -201,6 +205,7 @@ export class GatewayClient extends Emitter<GatewayClientEvents> {
     if (!isValidClientMsgId(clientMsgId)) {
       throw new TypeError("a client message id is 1-128 visible ASCII characters, without spaces");
     }
+    if (this.closedByApp) throw new ClientError("closed", "the client was closed");
     await this.outbox.add({ to, body, client_msg_id: clientMsgId });
     return { clientMsgId };
   }
