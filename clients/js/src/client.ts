@@ -225,10 +225,13 @@ export class GatewayClient extends Emitter<GatewayClientEvents> {
     await this.deviceRequest("quiet-hours", hours);
   }
 
-  /** Subscribes to a public topic or filter under `pub/`; kept across reconnects. */
+  /**
+   * Subscribes to a public topic or filter under `pub/`; kept across reconnects. One the gateway
+   * refuses is not kept: asked again on every reconnect, it would be refused every time.
+   */
   async subscribe(topic: string): Promise<void> {
-    this.publicTopics.add(topic);
     if (this.connection?.isOpen) await this.connection.request({ op: "sub", topic });
+    this.publicTopics.add(topic);
   }
 
   async unsubscribe(topic: string): Promise<void> {
@@ -344,13 +347,30 @@ export class GatewayClient extends Emitter<GatewayClientEvents> {
   private async resume(connection: Connection, log: UserLog): Promise<void> {
     const { user, device } = connection;
     await connection.request({ op: "sub", topic: topics.reply(user, device) });
-    const subscriptions = [topics.inbox(user), topics.notify(user), topics.presence(user), topics.signal(user), ...this.publicTopics];
-    await Promise.all(subscriptions.map((topic) => connection.request({ op: "sub", topic })));
+    const userTopics = [topics.inbox(user), topics.notify(user), topics.presence(user), topics.signal(user)];
+    await Promise.all([
+      ...userTopics.map((topic) => connection.request({ op: "sub", topic })),
+      ...[...this.publicTopics].map((topic) => this.resubscribe(connection, topic)),
+    ]);
     this.outbox.connect((request) =>
       connection.request({ op: "pub", topic: topics.request(user, device, "send"), payload: request }),
     );
     await log.load(this.options.cursorStore);
     await this.catchUp(connection, log);
+  }
+
+  /**
+   * Subscribes again to a public topic the app asked for, perhaps while disconnected: one the
+   * gateway refuses is dropped and reported, rather than failing every connection.
+   */
+  private async resubscribe(connection: Connection, topic: string): Promise<void> {
+    try {
+      await connection.request({ op: "sub", topic });
+    } catch (error) {
+      if (!(error instanceof GatewayError)) throw error;
+      this.publicTopics.delete(topic);
+      this.emit("error", error);
+    }
   }
 
   /** Syncs until the last page (`more: false`), then releases what came live meanwhile and acks. */

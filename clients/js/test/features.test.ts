@@ -88,6 +88,14 @@ test("quiet hours, and errors carrying the gateway's code", { timeout: 60_000 },
     owen.client.subscribe("u/someone-else/inbox"),
     (e) => e instanceof GatewayError && e.code === "forbidden",
   );
+  await owen.client.subscribe("pub/news/#");
+  // Back after a restart, with the public subscription and without the refused one.
+  await gateway.restart();
+  await owen.until(() => owen.client.state !== "live", "the client noticing the restart");
+  await owen.until(() => owen.client.state === "live", "the client live again");
+  const subscriptionsTo = (topic: string) => owen.network.sent.filter((f) => f.op === "sub" && f.topic === topic).length;
+  assert.equal(subscriptionsTo("pub/news/#"), 2);
+  assert.equal(subscriptionsTo("u/someone-else/inbox"), 1);
   await owen.close();
   await assert.rejects(owen.client.send("pat", {}), (e) => e instanceof ClientError && e.code === "closed");
 });
