@@ -5,20 +5,13 @@
  */
 
 import assert from "node:assert/strict";
-import { after, before, test } from "node:test";
+import { test } from "node:test";
 import { MemoryCursorStore, WebStorageCursorStore, type CursorStore, type LogPosition } from "../src/index.js";
-import { TestGateway } from "./gateway.js";
+import { gatewayForThisFile } from "./file-gateway.js";
 import { RecordingClient } from "./recording-client.js";
 import { sleep } from "./wait.js";
 
-let gateway: TestGateway;
-before(async () => {
-  gateway = await TestGateway.start();
-});
-after(async () => {
-  await RecordingClient.closeAll();
-  await gateway?.stop();
-});
+const gateway = gatewayForThisFile();
 
 /**
  * A cursor store that is slow to load, as IndexedDB can be: while it loads, after the client has
@@ -38,13 +31,13 @@ class SlowStore implements CursorStore {
 }
 
 test("entries that come live and in the sync are delivered once", { timeout: 60_000 }, async () => {
-  for (let i = 1; i <= 3; i++) await gateway.postMessage("frank", { i });
+  for (let i = 1; i <= 3; i++) await gateway().postMessage("frank", { i });
   const store = new SlowStore(async () => {
-    for (let i = 4; i <= 8; i++) await gateway.postMessage("frank", { i });
+    for (let i = 4; i <= 8; i++) await gateway().postMessage("frank", { i });
   });
-  const frank = new RecordingClient(gateway, { token: () => gateway.token("frank", "browser"), cursorStore: store });
+  const frank = new RecordingClient(gateway(), { token: () => gateway().token("frank", "browser"), cursorStore: store });
   await frank.live();
-  await gateway.postMessage("frank", { i: 9 });
+  await gateway().postMessage("frank", { i: 9 });
   await frank.until(() => frank.messages.length >= 9, "nine messages");
   await sleep(200); // a repeat would arrive now
 
@@ -56,30 +49,30 @@ test("entries that come live and in the sync are delivered once", { timeout: 60_
 test("a place kept in Web Storage resumes a new page where the last one left off", { timeout: 60_000 }, async () => {
   const entries = new Map<string, string>();
   const storage = { getItem: (key: string) => entries.get(key) ?? null, setItem: (key: string, value: string) => void entries.set(key, value) };
-  const token = (device: string) => () => gateway.token("gina", device);
-  const firstPage = new RecordingClient(gateway, { token: token("tab-1"), cursorStore: new WebStorageCursorStore(storage) });
+  const token = (device: string) => () => gateway().token("gina", device);
+  const firstPage = new RecordingClient(gateway(), { token: token("tab-1"), cursorStore: new WebStorageCursorStore(storage) });
   await firstPage.live();
-  for (let i = 1; i <= 4; i++) await gateway.postMessage("gina", { i });
+  for (let i = 1; i <= 4; i++) await gateway().postMessage("gina", { i });
   await firstPage.until(() => firstPage.messages.length === 4, "four messages");
   await firstPage.close();
-  await gateway.postMessage("gina", { i: 5 });
+  await gateway().postMessage("gina", { i: 5 });
 
   // Another device id: the gateway keeps no cursor for it, so only the stored place avoids a repeat.
-  const nextPage = new RecordingClient(gateway, { token: token("tab-2"), cursorStore: new WebStorageCursorStore(storage) });
+  const nextPage = new RecordingClient(gateway(), { token: token("tab-2"), cursorStore: new WebStorageCursorStore(storage) });
   await nextPage.live();
   assert.deepEqual(nextPage.seqs, [5]);
   await nextPage.close();
 });
 
 test("a send repeated with its client message id is stored once", { timeout: 60_000 }, async () => {
-  const hank = new RecordingClient(gateway, { token: () => gateway.token("hank", "browser") });
+  const hank = new RecordingClient(gateway(), { token: () => gateway().token("hank", "browser") });
   await hank.live();
   const first = await hank.client.send("ivy", { text: "once" }, { clientMsgId: "hank-msg-1" });
   const again = await hank.client.send("ivy", { text: "once" }, { clientMsgId: "hank-msg-1" });
   assert.deepEqual(first, again);
   const generated = await hank.client.send("ivy", { text: "other" });
   assert.match(generated.clientMsgId, /^[0-9a-f-]{36}$/);
-  const log = await gateway.wholeLog("ivy");
+  const log = await gateway().wholeLog("ivy");
   assert.deepEqual(log.map((m) => m.body.text), ["once", "other"]);
   await hank.close();
 });

@@ -5,25 +5,18 @@
  */
 
 import assert from "node:assert/strict";
-import { after, before, test } from "node:test";
+import { test } from "node:test";
 import { ClientError, GatewayError } from "../src/index.js";
-import { TestGateway } from "./gateway.js";
+import { gatewayForThisFile } from "./file-gateway.js";
 import { RecordingClient } from "./recording-client.js";
 
-let gateway: TestGateway;
-before(async () => {
-  gateway = await TestGateway.start({ env: { SESSIONS__NEW_DEVICE_APPROVAL: "true" } });
-});
-after(async () => {
-  await RecordingClient.closeAll();
-  await gateway?.stop();
-});
+const gateway = gatewayForThisFile({ env: { SESSIONS__NEW_DEVICE_APPROVAL: "true" } });
 
 test("a new device waits for approval, then catches up and hears its user's other devices", { timeout: 60_000 }, async () => {
   // The user's first device is trusted.
-  const phone = new RecordingClient(gateway, { token: () => gateway.token("mia", "phone") });
+  const phone = new RecordingClient(gateway(), { token: () => gateway().token("mia", "phone") });
   await phone.live();
-  const notified = await gateway.api("POST", "/v1/notifications", {
+  const notified = await gateway().api("POST", "/v1/notifications", {
     user: "mia",
     kind: "social_interaction",
     title: "nora liked your photo",
@@ -33,14 +26,14 @@ test("a new device waits for approval, then catches up and hears its user's othe
   await phone.until(() => phone.notifications.length === 1, "the notification, live");
   assert.equal(phone.notifications[0]!.title, "nora liked your photo");
 
-  const laptop = new RecordingClient(gateway, { token: () => gateway.token("mia", "laptop") });
+  const laptop = new RecordingClient(gateway(), { token: () => gateway().token("mia", "laptop") });
   laptop.client.connect();
   await laptop.until(() => laptop.approvals.includes("pending"), "approval pending");
   await phone.until(
     () => phone.presence.some((e) => e.type === "approval_request" && e.device === "laptop"),
     "the approval request",
   );
-  await gateway.postMessage("mia", { text: "while the laptop waited" });
+  await gateway().postMessage("mia", { text: "while the laptop waited" });
   assert.equal(laptop.messages.length, 0, "nothing reaches a device waiting for approval");
 
   await phone.client.approveDevice("laptop", true);
@@ -59,7 +52,7 @@ test("a new device waits for approval, then catches up and hears its user's othe
   assert.deepEqual(laptop.signals[0], { from: "mia", from_device: "phone", body: { typing: true } });
 
   // A third device is denied: it is told, and does not come back by itself.
-  const tv = new RecordingClient(gateway, { token: () => gateway.token("mia", "tv") });
+  const tv = new RecordingClient(gateway(), { token: () => gateway().token("mia", "tv") });
   tv.client.connect();
   await tv.until(() => tv.approvals.includes("pending"), "the tv waiting");
   await laptop.client.approveDevice("tv", false);
@@ -72,7 +65,7 @@ test("a new device waits for approval, then catches up and hears its user's othe
 });
 
 test("quiet hours, and errors carrying the gateway's code", { timeout: 60_000 }, async () => {
-  const owen = new RecordingClient(gateway, { token: () => gateway.token("owen", "browser") });
+  const owen = new RecordingClient(gateway(), { token: () => gateway().token("owen", "browser") });
   await assert.rejects(owen.client.signal("owen", {}), (e) => e instanceof ClientError && e.code === "not_connected");
   await owen.live();
   await owen.client.setQuietHours({ time_zone: "Asia/Shanghai", windows: [{ start: "22:00", end: "07:00" }] });
@@ -90,7 +83,7 @@ test("quiet hours, and errors carrying the gateway's code", { timeout: 60_000 },
   );
   await owen.client.subscribe("pub/news/#");
   // Back after a restart, with the public subscription and without the refused one.
-  await gateway.restart();
+  await gateway().restart();
   await owen.until(() => owen.client.state !== "live", "the client noticing the restart");
   await owen.until(() => owen.client.state === "live", "the client live again");
   const subscriptionsTo = (topic: string) => owen.network.sent.filter((f) => f.op === "sub" && f.topic === topic).length;

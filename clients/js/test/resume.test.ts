@@ -6,19 +6,12 @@
  */
 
 import assert from "node:assert/strict";
-import { after, before, test } from "node:test";
-import { TestGateway } from "./gateway.js";
+import { test } from "node:test";
+import { gatewayForThisFile } from "./file-gateway.js";
 import { RecordingClient } from "./recording-client.js";
 import { sleep, withTimeout } from "./wait.js";
 
-let gateway: TestGateway;
-before(async () => {
-  gateway = await TestGateway.start();
-});
-after(async () => {
-  await RecordingClient.closeAll();
-  await gateway?.stop();
-});
+const gateway = gatewayForThisFile();
 
 /**
  * Posts message `i` until the gateway took it (it may be restarting); a retry repeats the
@@ -27,7 +20,7 @@ after(async () => {
 async function postUntilStored(to: string, i: number): Promise<void> {
   for (let attempt = 0; attempt < 300; attempt++) {
     try {
-      await gateway.postMessage(to, { i }, `stream-${to}-${i}`);
+      await gateway().postMessage(to, { i }, `stream-${to}-${i}`);
       return;
     } catch {
       await sleep(50);
@@ -41,13 +34,13 @@ async function postRange(to: string, from: number, through: number): Promise<voi
 }
 
 test("restarts mid-stream lose nothing and repeat nothing", { timeout: 90_000 }, async () => {
-  const alice = new RecordingClient(gateway, { token: () => gateway.token("alice", "browser") });
+  const alice = new RecordingClient(gateway(), { token: () => gateway().token("alice", "browser") });
   await alice.live();
   await postRange("alice", 1, 20);
 
   // The gateway restarts while the client's network is down: 21–40 are stored while it is away.
   alice.network.cut = true;
-  await gateway.restart();
+  await gateway().restart();
   await alice.until(() => alice.client.state !== "live", "the client noticing the restart");
   await postRange("alice", 21, 40);
   assert.ok(alice.seqs.every((seq) => seq <= 20), "nothing stored while away arrived live");
@@ -55,7 +48,7 @@ test("restarts mid-stream lose nothing and repeat nothing", { timeout: 90_000 },
 
   // Back: it syncs while 41–60 stream in, and the gateway restarts once more mid-stream.
   await postRange("alice", 41, 50);
-  await gateway.restart();
+  await gateway().restart();
   await postRange("alice", 51, 60);
   await alice.until(() => alice.messages.length >= 60, "all 60 messages");
   await alice.until(() => alice.client.state === "live", "the client live again");
@@ -71,7 +64,7 @@ test("restarts mid-stream lose nothing and repeat nothing", { timeout: 90_000 },
 });
 
 test("a send whose answer was lost is sent again with its client message id and stored once", { timeout: 60_000 }, async () => {
-  const bob = new RecordingClient(gateway, { token: () => gateway.token("bob", "phone") });
+  const bob = new RecordingClient(gateway(), { token: () => gateway().token("bob", "phone") });
   await bob.live();
   const isSend = (frame: { topic?: string }) => frame.topic === "u/bob/d/phone/send";
   await bob.client.send("carol", { i: 1 }, { clientMsgId: "bob-to-carol-1" });
@@ -81,7 +74,7 @@ test("a send whose answer was lost is sent again with its client message id and 
   bob.network.dropAfterFrame(isSend);
   const second = bob.client.send("carol", { i: 2 }, { clientMsgId: "bob-to-carol-2" });
   await bob.until(() => bob.client.state !== "live", "the drop");
-  const stored = async () => (await gateway.wholeLog("carol")).map((m) => m.body.i);
+  const stored = async () => (await gateway().wholeLog("carol")).map((m) => m.body.i);
   for (let wait = 0; !(await stored()).includes(2); wait++) {
     assert.ok(wait < 300, "the second message stored before the drop");
     await sleep(50);
