@@ -126,6 +126,56 @@ async fn a_device_known_on_one_node_is_known_on_the_other() {
     laptop.no_message_on("u/hana/d/laptop/reply").await;
 }
 
+/// One phone per user whichever node each is on: a new phone on node B logs out the older phone
+/// on node A, which is told why; the user's desktop stays.
+#[tokio::test]
+async fn one_per_class_kicks_the_older_phone_on_another_node() {
+    let redis = RedisServer::start();
+    let policy = || Options::default().with("SESSIONS__DEVICE_POLICY", "one_per_class");
+    let a = node_with(&redis, "node-a", None, policy()).await;
+    let b = node_with(&redis, "node-b", Some(&a), policy()).await;
+    let _desktop = Device::connect(&a, "ines", "desktop", Platform::Desktop).await;
+    let (mut old_phone, _) = V5::connect(
+        &a,
+        Via::Tcp,
+        "iphone",
+        Some(&a.token("ines", "iphone", Platform::Ios)),
+        |_| {},
+    )
+    .await
+    .unwrap();
+    old_phone
+        .subscribe("u/ines/presence", rumqttc::v5::mqttbytes::QoS::AtLeastOnce)
+        .await;
+    eventually("node B sees both devices", || async {
+        b.devices("ines").await == ["desktop", "iphone"]
+    })
+    .await;
+
+    let _new_phone = Device::connect(&b, "ines", "android", Platform::Android).await;
+    let notice = old_phone.message_on("u/ines/presence").await;
+    assert_eq!(
+        (notice["type"].as_str(), notice["device"].as_str()),
+        (Some("kicked"), Some("iphone")),
+        "{notice}"
+    );
+    assert!(
+        notice["reason"]
+            .as_str()
+            .unwrap()
+            .contains("another phone (android)"),
+        "{notice}"
+    );
+    assert_eq!(
+        old_phone.disconnect_reason().await,
+        rumqttc::v5::mqttbytes::v5::DisconnectReasonCode::AdministrativeAction
+    );
+    eventually("the desktop and the new phone stay", || async {
+        a.devices("ines").await == ["android", "desktop"]
+    })
+    .await;
+}
+
 #[tokio::test]
 async fn two_nodes_deliver_live_share_presence_and_let_a_device_move() {
     let redis = RedisServer::start();

@@ -427,7 +427,39 @@ impl Registry {
             let reason = format!("logged in on another {class} ({device})");
             self.kick_notice(user, &old_device, &old, kicked_for(reason));
         }
+        if self.config.device_policy == DevicePolicy::OnePerClass {
+            self.kick_same_class_elsewhere(user, device, platform);
+        }
         self.announce_online(user, device, link);
+    }
+
+    /// Under one-per-class, logs out the user's devices of `platform`'s class that other nodes
+    /// hold and that came online before this one: in the background, as the device is in
+    /// already. Of two phones logging in at once on two nodes, the later one stays.
+    fn kick_same_class_elsewhere(&self, user: &str, device: &str, platform: Platform) {
+        let nodes = self.topics.nodes().clone();
+        let (user, device) = (user.to_string(), device.to_string());
+        let (class, admitted_at) = (platform_class(platform), unix_millis());
+        tokio::spawn(async move {
+            let elsewhere = match nodes.devices(&user).await {
+                Ok(devices) => devices,
+                Err(e) => {
+                    tracing::warn!(%user, %device, "cannot apply the device policy on other nodes: {e}");
+                    return;
+                }
+            };
+            let older = elsewhere.into_iter().filter(|other| {
+                other.device != device
+                    && platform_class(other.platform) == class
+                    && other.connected_at <= admitted_at
+            });
+            for other in older {
+                let reason = format!("logged in on another {class} ({device})");
+                if let Err(e) = nodes.kick(&user, &other.device, &reason).await {
+                    tracing::warn!(%user, device = %other.device, "cannot log out an older {class}: {e}");
+                }
+            }
+        });
     }
 
     fn announce_online(&self, user: &str, device: &str, link: &Arc<Link>) {
