@@ -75,8 +75,8 @@ async fn an_api_keys_rate_limit_is_shared_by_the_nodes() {
 }
 
 /// Known devices are the service's, not a node's: a node that never saw a user still knows its
-/// devices, so a new device waits for approval wherever it logs in, and once approved it is
-/// known on every node.
+/// devices, so a new device waits for approval wherever it logs in, a device on another node
+/// approves it, and once approved it is known on every node.
 #[tokio::test]
 async fn a_device_known_on_one_node_is_known_on_the_other() {
     let redis = RedisServer::start();
@@ -99,20 +99,20 @@ async fn a_device_known_on_one_node_is_known_on_the_other() {
     a.post_message("hana", json!({"n": 1})).await;
     assert_eq!(phone.message_on("u/hana/inbox").await["body"]["n"], 1);
 
-    // Node B never saw the user, and still asks for approval of a new device.
+    // Node B never saw the user, and still asks for approval of a new device; the phone on
+    // node A approves it, and the decision reaches node B.
     let mut laptop = connect(&b, "laptop", Platform::Desktop).await;
     assert_eq!(
         laptop.message_on("u/hana/d/laptop/reply").await,
         json!({"type": "approval_pending"})
     );
-    let (status, _) = b
-        .api(
-            Method::POST,
-            "/v1/users/hana/devices/laptop/approval",
-            Some(json!({"approve": true})),
+    phone
+        .publish(
+            "u/hana/d/phone/approve",
+            r#"{"device":"laptop","approve":true}"#,
+            QoS::AtLeastOnce,
         )
         .await;
-    assert_eq!(status, 204);
     assert_eq!(
         laptop.message_on("u/hana/d/laptop/reply").await,
         json!({"type": "approved"})

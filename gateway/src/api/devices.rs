@@ -4,6 +4,7 @@ use super::error::ApiError;
 use super::json::{ApiJson, ApiQuery};
 use super::state::Api;
 use crate::infra::time::unix_millis;
+use crate::live::registry::DecisionError;
 use crate::store::revocations::Revoked;
 use axum::extract::Path;
 use axum::extract::State;
@@ -99,6 +100,9 @@ pub async fn approve(
     api.registry
         .decide(&user, &device, request.approve, None)
         .await
-        .map_err(|e| ApiError::not_found(e.to_string()))?;
+        .map_err(|e| match e {
+            DecisionError::NotPending => ApiError::not_found(e.to_string()),
+            DecisionError::Unavailable(why) => ApiError::unavailable(why),
+        })?;
     Ok(StatusCode::NO_CONTENT)
 }

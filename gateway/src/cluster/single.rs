@@ -30,6 +30,10 @@ impl OtherNodes for SingleNode {
         Ok(false)
     }
 
+    async fn decide(&self, _: &str, _: &str, _: bool, _: Option<&str>) -> Result<bool, StoreError> {
+        Ok(false)
+    }
+
     async fn forget_user(&self, _: &str) -> Result<(), StoreError> {
         Ok(())
     }

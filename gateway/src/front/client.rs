@@ -13,7 +13,7 @@ use crate::auth::identity::Identity;
 use crate::live::hub::SubscriptionOptions;
 use crate::live::link::{Delivery, Link, LinkId, Qos};
 use crate::live::message::{MessageProperties, Published};
-use crate::live::registry::Admission;
+use crate::live::registry::{Admission, DecisionError};
 use crate::live::sessions::KeptSubscription;
 use crate::log::accept::Sender;
 use crate::log::sync;
@@ -402,7 +402,10 @@ impl Client {
                     Handled::Later(Box::pin(async move {
                         (registry.decide(&user, &decision.device, decision.approve, Some(&by)))
                             .await
-                            .map_err(|e| Refusal::BadPayload(e.to_string()))
+                            .map_err(|e| match e {
+                                DecisionError::NotPending => Refusal::BadPayload(e.to_string()),
+                                DecisionError::Unavailable(why) => Refusal::StoreUnavailable(why),
+                            })
                     }))
                 }
                 Err(refusal) => Handled::Done(Err(refusal)),

@@ -26,6 +26,16 @@ pub trait OtherNodes: Send + Sync + 'static {
     /// Logs out a device held by another node; false when no other node holds it.
     async fn kick(&self, user: &str, device: &str, reason: &str) -> Result<bool, StoreError>;
 
+    /// Hands an approval decision (`by` the deciding device, or `None` for the backend) to the
+    /// node where the device waits for it; false when it waits on no other node.
+    async fn decide(
+        &self,
+        user: &str,
+        device: &str,
+        approve: bool,
+        by: Option<&str>,
+    ) -> Result<bool, StoreError>;
+
     /// Has the other nodes holding devices of a deleted user close their connections (as
     /// [`super::registry::Registry::forget_user_here`] does here), and forgets what is kept of
     /// the user's presence.

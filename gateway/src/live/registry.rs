@@ -71,10 +71,13 @@ pub struct Registry {
     shutdown: Shutdown,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum DecisionError {
     #[error("no device of this user is waiting for approval under that id")]
     NotPending,
+    /// The other nodes, where the device may wait, cannot be reached now.
+    #[error("{0}")]
+    Unavailable(String),
 }
 
 impl Registry {
@@ -154,6 +157,9 @@ impl Registry {
         if link.is_approved() {
             self.admit(user, device, platform, link);
         } else {
+            if let Some(info) = self.info(user, device) {
+                self.topics.nodes().device_online(user, info);
+            }
             self.publish_presence(
                 user,
                 &PresenceEvent::ApprovalRequest {
@@ -202,8 +208,12 @@ impl Registry {
                     removed = entries.len() != before;
                     entries.is_empty()
                 });
-                if removed && link.is_approved() {
+                if removed {
+                    // Other nodes know a device waiting for approval too, so that a decision
+                    // made there reaches it.
                     self.topics.nodes().device_offline(user, device);
+                }
+                if removed && link.is_approved() {
                     self.publish_presence(
                         user,
                         &PresenceEvent::Offline {
@@ -349,16 +359,18 @@ impl Registry {
         approve: bool,
         by: Option<&str>,
     ) -> Result<(), DecisionError> {
-        let pending = self
-            .devices
-            .get(user)
-            .and_then(|entries| {
-                entries
-                    .iter()
-                    .find(|e| e.device == device && !e.link.is_approved())
-                    .map(|e| e.link.clone())
-            })
-            .ok_or(DecisionError::NotPending)?;
+        let pending = self.devices.get(user).and_then(|entries| {
+            entries
+                .iter()
+                .find(|e| e.device == device && !e.link.is_approved())
+                .map(|e| e.link.clone())
+        });
+        let Some(pending) = pending else {
+            // It may wait on another node.
+            let relayed = (self.topics.nodes().decide(user, device, approve, by).await)
+                .map_err(|e| DecisionError::Unavailable(e.to_string()))?;
+            return relayed.then_some(()).ok_or(DecisionError::NotPending);
+        };
         self.publish_presence(
             user,
             &PresenceEvent::ApprovalResolved {
@@ -462,14 +474,18 @@ impl Registry {
         });
     }
 
-    fn announce_online(&self, user: &str, device: &str, link: &Arc<Link>) {
-        let info = self.devices.get(user).and_then(|entries| {
+    /// What this node says of `user`'s `device`, when it holds it.
+    fn info(&self, user: &str, device: &str) -> Option<DeviceInfo> {
+        self.devices.get(user).and_then(|entries| {
             entries
                 .iter()
                 .find(|e| e.device == device)
                 .map(DeviceEntry::info)
-        });
-        if let Some(info) = info {
+        })
+    }
+
+    fn announce_online(&self, user: &str, device: &str, link: &Arc<Link>) {
+        if let Some(info) = self.info(user, device) {
             self.topics.nodes().device_online(user, info.clone());
             self.publish_presence(user, &PresenceEvent::Online { device: info }, Some(link.id));
         }

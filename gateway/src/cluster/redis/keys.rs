@@ -73,6 +73,13 @@ pub(super) enum Relayed {
         device: String,
         reason: String,
     },
+    /// A device of the node's waiting for approval was approved or denied elsewhere.
+    Decide {
+        user: String,
+        device: String,
+        approve: bool,
+        by: Option<String>,
+    },
 }
 
 /// Work for the outgoing task, done in order.

@@ -227,6 +227,37 @@ impl OtherNodes for RedisNodes {
         Ok(true)
     }
 
+    async fn decide(
+        &self,
+        user: &str,
+        device: &str,
+        approve: bool,
+        by: Option<&str>,
+    ) -> Result<bool, StoreError> {
+        let mut redis = self.redis.clone();
+        let entry: Option<String> = bounded(
+            redis::cmd("HGET")
+                .arg(presence_key(user))
+                .arg(device)
+                .query_async(&mut redis),
+        )
+        .await?;
+        let Some(entry) = entry.and_then(|e| serde_json::from_str::<PresenceEntry>(&e).ok()) else {
+            return Ok(false);
+        };
+        if entry.node == self.node || entry.info.approved {
+            return Ok(false);
+        }
+        let decide = Relayed::Decide {
+            user: user.to_string(),
+            device: device.to_string(),
+            approve,
+            by: by.map(str::to_string),
+        };
+        relay::publish(&mut redis, &self.keys, &entry.node, decide).await?;
+        Ok(true)
+    }
+
     async fn forget_user(&self, user: &str) -> Result<(), StoreError> {
         let nodes: BTreeSet<String> = (self.presence_elsewhere(user).await?)
             .into_iter()

@@ -260,6 +260,23 @@ pub(super) async fn receive(
             } => {
                 registry.kick(&user, &device, &reason);
             }
+            Relayed::Decide {
+                user,
+                device,
+                approve,
+                by,
+            } => {
+                // Not waited for here: remembering an approved device is a write to the store.
+                let registry = registry.clone();
+                tokio::spawn(async move {
+                    let decided = registry
+                        .decide(&user, &device, approve, by.as_deref())
+                        .await;
+                    if let Err(e) = decided {
+                        tracing::debug!(%user, %device, "a decision relayed here found nothing: {e}");
+                    }
+                });
+            }
             Relayed::ForgetUser { user } => {
                 // Not waited for here: the channel's other relays go on meanwhile.
                 let registry = registry.clone();
