@@ -80,6 +80,27 @@ impl RedisNodes {
             .collect())
     }
 
+    /// The other node that holds `user`'s `device`, as the presence hash has it, when `accept`
+    /// likes what it says of the device.
+    async fn node_elsewhere(
+        &self,
+        user: &str,
+        device: &str,
+        accept: impl Fn(&DeviceInfo) -> bool + Send,
+    ) -> Result<Option<String>, StoreError> {
+        let entry: Option<String> = bounded(
+            redis::cmd("HGET")
+                .arg(presence_key(user))
+                .arg(device)
+                .query_async(&mut self.redis.clone()),
+        )
+        .await?;
+        Ok(entry
+            .and_then(|entry| serde_json::from_str::<PresenceEntry>(&entry).ok())
+            .filter(|entry| entry.node != self.node && accept(&entry.info))
+            .map(|entry| entry.node))
+    }
+
     /// Joins the nodes sharing the Redis at `config.redis_url`, as `config.node_id` (or a random
     /// name), and starts the outgoing task.
     pub async fn join(
@@ -204,26 +225,15 @@ impl OtherNodes for RedisNodes {
     }
 
     async fn kick(&self, user: &str, device: &str, reason: &str) -> Result<bool, StoreError> {
-        let mut redis = self.redis.clone();
-        let entry: Option<String> = bounded(
-            redis::cmd("HGET")
-                .arg(presence_key(user))
-                .arg(device)
-                .query_async(&mut redis),
-        )
-        .await?;
-        let Some(entry) = entry.and_then(|e| serde_json::from_str::<PresenceEntry>(&e).ok()) else {
+        let Some(node) = self.node_elsewhere(user, device, |_| true).await? else {
             return Ok(false);
         };
-        if entry.node == self.node {
-            return Ok(false);
-        }
         let kick = Relayed::Kick {
             user: user.to_string(),
             device: device.to_string(),
             reason: reason.to_string(),
         };
-        relay::publish(&mut redis, &self.keys, &entry.node, kick).await?;
+        relay::publish(&mut self.redis.clone(), &self.keys, &node, kick).await?;
         Ok(true)
     }
 
@@ -234,27 +244,17 @@ impl OtherNodes for RedisNodes {
         approve: bool,
         by: Option<&str>,
     ) -> Result<bool, StoreError> {
-        let mut redis = self.redis.clone();
-        let entry: Option<String> = bounded(
-            redis::cmd("HGET")
-                .arg(presence_key(user))
-                .arg(device)
-                .query_async(&mut redis),
-        )
-        .await?;
-        let Some(entry) = entry.and_then(|e| serde_json::from_str::<PresenceEntry>(&e).ok()) else {
+        let waiting = |info: &DeviceInfo| !info.approved;
+        let Some(node) = self.node_elsewhere(user, device, waiting).await? else {
             return Ok(false);
         };
-        if entry.node == self.node || entry.info.approved {
-            return Ok(false);
-        }
         let decide = Relayed::Decide {
             user: user.to_string(),
             device: device.to_string(),
             approve,
             by: by.map(str::to_string),
         };
-        relay::publish(&mut redis, &self.keys, &entry.node, decide).await?;
+        relay::publish(&mut self.redis.clone(), &self.keys, &node, decide).await?;
         Ok(true)
     }
 
