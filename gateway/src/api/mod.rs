@@ -82,6 +82,7 @@ pub fn router(api: Arc<ApiState>) -> Router {
         .nest("/v1", v1)
         .route("/ws", get(json_ws::upgrade).with_state(ws_state))
         .route("/healthz", get(healthz))
+        .route(CLIENT_BUNDLE_PATH, get(client_bundle))
         .route("/metrics", get(metrics).with_state(api.clone()))
         .fallback(|| async { ApiError::not_found("no such route") })
         .layer(DefaultBodyLimit::max(api.config.limits.http_max_body))
@@ -89,6 +90,22 @@ pub fn router(api: Arc<ApiState>) -> Router {
             api.config.limits.http_request_timeout,
             deadline::within,
         ))
+}
+
+/// Where the JavaScript client (`clients/js`) is served, as one ES module a page imports.
+pub const CLIENT_BUNDLE_PATH: &str = "/client/gateway-client.js";
+
+/// The JavaScript client, built from `clients/js` into `gateway/assets` (`npm run bundle`; the
+/// client's tests check that it is up to date), so that building the gateway needs no Node.
+/// Revalidated on every load: the path stays when the gateway is upgraded.
+async fn client_bundle() -> impl IntoResponse {
+    (
+        [
+            (header::CONTENT_TYPE, "text/javascript; charset=utf-8"),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
+        include_str!("../../assets/gateway-client.js"),
+    )
 }
 
 async fn healthz() -> Json<serde_json::Value> {
