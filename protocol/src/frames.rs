@@ -112,6 +112,11 @@ pub enum ClientFrame {
 }
 
 impl ClientFrame {
+    /// Every `op` a client may send: a frame with one of these that does not parse is an
+    /// invalid request, any other `op` an unknown one.
+    pub const OPS: [&'static str; 8] =
+        ["auth", "sub", "unsub", "pub", "ack", "sync", "ping", "pong"];
+
     /// The request id, echoed in the answer.
     pub fn id(&self) -> Option<&RequestId> {
         match self {
@@ -192,6 +197,47 @@ impl ServerFrame {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn every_op_a_client_frame_has_is_listed() {
+        let frames = [
+            ClientFrame::Auth {
+                id: None,
+                token: String::new(),
+            },
+            ClientFrame::Sub {
+                id: None,
+                topic: String::new(),
+                resume: false,
+            },
+            ClientFrame::Unsub {
+                id: None,
+                topic: String::new(),
+            },
+            ClientFrame::Pub {
+                id: None,
+                topic: String::new(),
+                payload: Value::Null,
+            },
+            ClientFrame::Ack { id: None, seq: 0 },
+            ClientFrame::Sync {
+                id: None,
+                after: None,
+                epoch: None,
+            },
+            ClientFrame::Ping { id: None },
+            ClientFrame::Pong { id: None },
+        ];
+        let ops: Vec<String> = (frames.iter())
+            .map(|frame| {
+                serde_json::to_value(frame).unwrap()["op"]
+                    .as_str()
+                    .unwrap()
+                    .to_string()
+            })
+            .collect();
+        assert_eq!(ops, ClientFrame::OPS);
+    }
 
     #[test]
     fn client_frames_parse_from_documented_json() {

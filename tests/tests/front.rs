@@ -363,6 +363,10 @@ async fn json_bridge_answers_bad_frames_and_lives_on() {
     assert_eq!(unknown["code"], "unknown_op");
     let missing = web.request(json!({"op": "sub"})).await;
     assert_eq!(missing["code"], "invalid_request");
+    let bad_sync = web
+        .request(json!({"op": "sync", "after": "yesterday"}))
+        .await;
+    assert_eq!(bad_sync["code"], "invalid_request");
     let bad_send = web
         .request(json!({"op": "pub", "topic": "u/alice/d/web/send", "payload": {"no_to": 1}}))
         .await;

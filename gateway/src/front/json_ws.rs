@@ -216,7 +216,7 @@ fn bad_frame(text: &str, error: &serde_json::Error) -> ServerFrame {
         .as_ref()
         .and_then(|v| v.get("op"))
         .and_then(|op| op.as_str())
-        .is_some_and(|op| ["auth", "sub", "unsub", "pub", "ack", "ping", "pong"].contains(&op));
+        .is_some_and(|op| ClientFrame::OPS.contains(&op));
     match value {
         None => ServerFrame::error(id, ErrorCode::BadJson, format!("not JSON: {error}")),
         Some(_) if known_op => ServerFrame::error(id, ErrorCode::InvalidRequest, error.to_string()),
