@@ -323,6 +323,10 @@ pub struct SyncPage {
     /// The log's epoch; the device keeps it for its next sync.
     pub epoch: String,
     pub messages: Vec<InboxMessage>,
+    /// The sequences of the entries among `messages` that are in-app notifications (they go
+    /// out live on `u/{user}/notify`); the others are messages. Left out when there are none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub notifications: Vec<u64>,
     /// The highest sequence this page covers: the device's cursor once it holds the page.
     pub to_seq: u64,
     /// More pages follow.

@@ -668,6 +668,15 @@ async fn in_app_delivery_is_live_and_an_online_user_is_not_pushed_when_the_rule_
         live["seq"].as_u64().unwrap() >= 1,
         "roamed like any message: {live}"
     );
+    // A sync says which of its entries are notifications.
+    let message = gw.post_message("ivy", json!({"text": "hi"})).await;
+    let pages = phone.sync(json!({"after": 0})).await;
+    assert_eq!(pages.len(), 1);
+    assert_eq!(pages[0]["notifications"], json!([live["seq"]]));
+    let seqs: Vec<&Value> = (pages[0]["messages"].as_array().unwrap().iter())
+        .map(|m| &m["seq"])
+        .collect();
+    assert_eq!(seqs, [&live["seq"], &message["seq"]]);
 
     let (status_code, body) = gw
         .api(

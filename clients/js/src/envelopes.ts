@@ -85,6 +85,8 @@ export interface SyncPage {
   type: "sync";
   epoch: string;
   messages: InboxMessage[];
+  /** The `seq`s of the entries among `messages` that are in-app notifications; absent when none. */
+  notifications?: number[];
   /** The highest sequence this page covers: the device's place once it holds the page. */
   to_seq: number;
   more: boolean;
@@ -110,21 +112,4 @@ export type Reply =
 export interface QuietHours {
   time_zone: string;
   windows: { start: string; end: string }[];
-}
-
-/**
- * Whether a log entry is an in-app notification. A sync page does not say which of its entries
- * are notifications, but the gateway stores a notification under the notification's own id,
- * which no other entry can have: the gateway assigns message ids itself.
- */
-export function isNotificationEntry(entry: InboxMessage): entry is NotificationEntry {
-  const body = entry.body as { notification?: { id?: unknown } } | null;
-  return (
-    entry.from === undefined &&
-    typeof body === "object" &&
-    body !== null &&
-    typeof body.notification === "object" &&
-    body.notification !== null &&
-    body.notification.id === entry.id
-  );
 }

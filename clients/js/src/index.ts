@@ -19,7 +19,6 @@ export type { AckOptions } from "./ack-batcher.js";
 export type { BackoffOptions } from "./backoff.js";
 export { MemoryCursorStore, WebStorageCursorStore, type CursorStore, type KeyValueStorage, type LogPosition } from "./cursor-store.js";
 export {
-  isNotificationEntry,
   type DeviceInfo,
   type HistoryLoss,
   type HistoryReset,

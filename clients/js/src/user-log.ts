@@ -9,7 +9,7 @@
  */
 
 import type { CursorStore, LogPosition } from "./cursor-store.js";
-import { isNotificationEntry, type HistoryReset, type InboxMessage, type SyncPage } from "./envelopes.js";
+import type { HistoryReset, InboxMessage, SyncPage } from "./envelopes.js";
 
 export type EntryKind = "message" | "notification";
 
@@ -91,8 +91,9 @@ export class UserLog {
       this.events.reset(event);
     }
     this.epoch = page.epoch;
+    const notifications = new Set(page.notifications ?? []);
     for (const entry of page.messages) {
-      this.take(entry, isNotificationEntry(entry) ? "notification" : "message");
+      this.take(entry, notifications.has(entry.seq) ? "notification" : "message");
     }
     if (this.seq === undefined || page.to_seq > this.seq) {
       this.seq = page.to_seq;

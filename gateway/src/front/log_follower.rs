@@ -292,6 +292,7 @@ impl LogFollower {
         Reply::Sync(SyncPage {
             epoch: self.epoch.clone().unwrap_or_default(),
             messages: Vec::new(),
+            notifications: Vec::new(),
             to_seq: reset.available_from.saturating_sub(1),
             more: true,
             reset: Some(reset),

@@ -2,7 +2,7 @@
 //! pages, telling it when history it asked for is gone. The caller hands the pages to the
 //! device (on its reply topic).
 
-use crate::store::{LogHead, SharedStore, StoreError};
+use crate::store::{EntryKind, LogHead, SharedStore, StoreError};
 use bytes::Bytes;
 use prometheus_client::metrics::counter::Counter;
 use protocol::envelope::{HistoryLoss, HistoryReset, Reply, SyncPage, SyncRequest};
@@ -112,7 +112,7 @@ impl Catchup {
         let mut after = start.after;
         let mut reset = start.reset;
         loop {
-            let page = store.read(user, after, config.page_size).await?;
+            let mut page = store.read(user, after, config.page_size).await?;
             let mut covered_to = if page.covered_to == after {
                 // Nothing left up to the head read at the start (it may have been cut meanwhile).
                 head.last_seq.max(after)
@@ -120,20 +120,25 @@ impl Catchup {
                 page.covered_to
             };
             let mut messages = Vec::with_capacity(page.messages.len());
+            let mut notifications = Vec::new();
             let mut bytes = 0;
-            for message in page.messages {
+            for message in std::mem::take(&mut page.messages) {
                 let size = serde_json::to_string(&message).map_or(0, |s| s.len());
                 if !messages.is_empty() && bytes + size > config.page_max_bytes {
                     covered_to = message.seq - 1;
                     break;
                 }
                 bytes += size;
+                if page.kind_of(message.seq) == EntryKind::Notification {
+                    notifications.push(message.seq);
+                }
                 messages.push(message);
             }
             let more = covered_to < head.last_seq;
             let reply = Reply::Sync(SyncPage {
                 epoch: head.epoch.clone(),
                 messages,
+                notifications,
                 to_seq: covered_to,
                 more,
                 reset: reset.take(),
