@@ -1,6 +1,9 @@
 //! The embedded store's known devices: keyspace `known_devices`, key user 0x00 device, empty
-//! value. Written durably at once, one decision at a time, so that a user's first device is
-//! decided once.
+//! value. Decided one at a time, so that a user's first device is decided once, and written
+//! without an fsync of their own (a connect storm of new users would queue behind one fsync
+//! each): the next fsync of the store's journal, at most a group commit away while messages
+//! flow, makes them durable. A crash before it forgets the devices that came online since,
+//! which then count as new again.
 
 use super::layout::{failed, pair_key, prefix};
 use super::EmbeddedStore;
@@ -25,7 +28,7 @@ impl KnownDeviceStore for EmbeddedStore {
             if spaces.known_devices.prefix(prefix(&user)).next().is_some() {
                 return Ok(Standing::New);
             }
-            let mut batch = spaces.durable_batch();
+            let mut batch = spaces.buffered_batch();
             batch.insert(&spaces.known_devices, key, []);
             commit_to_disk(batch).map_err(failed)?;
             Ok(Standing::First)
@@ -36,7 +39,7 @@ impl KnownDeviceStore for EmbeddedStore {
     async fn remember_device(&self, user: &str, device: &str) -> Result<(), StoreError> {
         let key = pair_key(user, device);
         self.read_with(move |spaces, _| {
-            let mut batch = spaces.durable_batch();
+            let mut batch = spaces.buffered_batch();
             batch.insert(&spaces.known_devices, key, []);
             commit_to_disk(batch).map_err(failed)
         })
