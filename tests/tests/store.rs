@@ -555,6 +555,37 @@ async fn embedded_rotating_the_configured_keys_rewraps_data_keys() {
     rotating_the_configured_keys_rewraps_data_keys(open).await;
 }
 
+/// The embedded store decides a device's standing in memory and writes it with the writer's next
+/// batch: what it decided is there after it is closed and opened again.
+#[tokio::test]
+async fn embedded_known_devices_survive_reopening() {
+    use gateway::store::known_devices::{KnownDeviceStore, Standing};
+    use gateway::store::Store;
+    let dir = tempfile::tempdir().unwrap();
+    let open = || open_embedded(dir.path(), keys(), Arc::default(), settings(1000, 1024));
+    let store = open();
+    assert_eq!(
+        store.standing("ann", "phone").await.unwrap(),
+        Standing::First
+    );
+    store.remember_device("ann", "laptop").await.unwrap();
+    store.close().await;
+    drop(store);
+    let store = open();
+    assert_eq!(
+        store.standing("ann", "laptop").await.unwrap(),
+        Standing::Known
+    );
+    assert_eq!(
+        store.standing("ann", "phone").await.unwrap(),
+        Standing::Known
+    );
+    assert_eq!(
+        store.standing("ann", "tablet").await.unwrap(),
+        Standing::New
+    );
+}
+
 #[tokio::test]
 async fn redis_rotating_the_configured_keys_rewraps_data_keys() {
     let server = RedisServer::start();

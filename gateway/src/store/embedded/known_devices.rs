@@ -1,48 +1,84 @@
 //! The embedded store's known devices: keyspace `known_devices`, key user 0x00 device, empty
-//! value. Decided one at a time, so that a user's first device is decided once, and written
-//! without an fsync of their own (a connect storm of new users would queue behind one fsync
-//! each): the next fsync of the store's journal, at most a group commit away while messages
-//! flow, makes them durable. A crash before it forgets the devices that came online since,
-//! which then count as new again.
+//! value. All of them are also kept in memory, where a device's standing is decided (one user's
+//! devices at a time, so that a user's first device is decided once): a connecting device
+//! learns it without a read on a blocking thread. What is decided goes to the writer thread, to
+//! be written with its next batch and made durable by that batch's fsync; a crash before it
+//! forgets the devices that came online since, which then count as new again.
 
-use super::layout::{failed, pair_key, prefix};
+use super::layout::Keyspaces;
+use super::writer::Command;
 use super::EmbeddedStore;
-use crate::infra::fjall::commit as commit_to_disk;
 use crate::store::known_devices::{KnownDeviceStore, Standing};
 use crate::store::StoreError;
 use async_trait::async_trait;
+use dashmap::mapref::entry::Entry;
+use dashmap::DashMap;
+use std::collections::HashSet;
+
+/// Each user's known devices, as the keyspace holds them.
+pub(super) type KnownInMemory = DashMap<String, HashSet<String>>;
+
+impl Keyspaces {
+    /// Reads every known device into memory, for [`Keyspaces::open`].
+    pub(super) fn load_known_devices(space: &fjall::Keyspace) -> fjall::Result<KnownInMemory> {
+        let known = KnownInMemory::new();
+        for entry in space.iter() {
+            let key = entry.key()?;
+            let separator = key.iter().position(|&b| b == 0).unwrap_or(key.len());
+            let (user, device) = (
+                &key[..separator],
+                key.get(separator + 1..).unwrap_or_default(),
+            );
+            (known
+                .entry(String::from_utf8_lossy(user).into_owned())
+                .or_default())
+            .insert(String::from_utf8_lossy(device).into_owned());
+        }
+        Ok(known)
+    }
+}
+
+impl EmbeddedStore {
+    /// Has the writer write `device` as one of `user`'s, once memory knows it.
+    fn write_device(&self, user: &str, device: &str) -> Result<(), StoreError> {
+        let command = Command::RememberDevice {
+            user: user.to_string(),
+            device: device.to_string(),
+        };
+        (self.commands.try_send(command)).map_err(|refused| {
+            let (why, _) = crate::store::queue_refusal(refused);
+            StoreError::Unavailable(why.to_string())
+        })
+    }
+}
 
 #[async_trait]
 impl KnownDeviceStore for EmbeddedStore {
     async fn standing(&self, user: &str, device: &str) -> Result<Standing, StoreError> {
-        let (user, device) = (user.to_string(), device.to_string());
-        self.read_with(move |spaces, _| {
-            let key = pair_key(&user, &device);
-            let _one_at_a_time = spaces
-                .admitting
-                .lock()
-                .unwrap_or_else(|poisoned| poisoned.into_inner());
-            if spaces.known_devices.contains_key(&key).map_err(failed)? {
-                return Ok(Standing::Known);
+        let standing = match self.spaces.known.entry(user.to_string()) {
+            Entry::Occupied(devices) if devices.get().contains(device) => {
+                return Ok(Standing::Known)
             }
-            if spaces.known_devices.prefix(prefix(&user)).next().is_some() {
-                return Ok(Standing::New);
+            Entry::Occupied(devices) if !devices.get().is_empty() => return Ok(Standing::New),
+            Entry::Occupied(mut devices) => {
+                devices.get_mut().insert(device.to_string());
+                Standing::First
             }
-            let mut batch = spaces.buffered_batch();
-            batch.insert(&spaces.known_devices, key, []);
-            commit_to_disk(batch).map_err(failed)?;
-            Ok(Standing::First)
-        })
-        .await
+            Entry::Vacant(devices) => {
+                devices.insert(HashSet::from([device.to_string()]));
+                Standing::First
+            }
+        };
+        self.write_device(user, device)?;
+        Ok(standing)
     }
 
     async fn remember_device(&self, user: &str, device: &str) -> Result<(), StoreError> {
-        let key = pair_key(user, device);
-        self.read_with(move |spaces, _| {
-            let mut batch = spaces.buffered_batch();
-            batch.insert(&spaces.known_devices, key, []);
-            commit_to_disk(batch).map_err(failed)
-        })
-        .await
+        let added =
+            (self.spaces.known.entry(user.to_string()).or_default()).insert(device.to_string());
+        if added {
+            self.write_device(user, device)?;
+        }
+        Ok(())
     }
 }

@@ -46,8 +46,8 @@ pub(super) struct Keyspaces {
     pub data_keys: Keyspace,
     /// The devices each user has logged in from (see [`super::known_devices`]).
     pub known_devices: Keyspace,
-    /// Decisions on a device's standing go one at a time: a user's first device is decided once.
-    pub admitting: Arc<std::sync::Mutex<()>>,
+    /// Everything in `known_devices` (see [`super::known_devices`]).
+    pub known: Arc<super::known_devices::KnownInMemory>,
     /// Everything in `revocations`, read on every connection (see [`super::revocations`]).
     pub revoked: Arc<super::revocations::RevokedMoments>,
     /// Revocations are rare and written one at a time, so the moment on disk is always the
@@ -180,14 +180,15 @@ impl Keyspaces {
             session_names.insert(String::from_utf8_lossy(&entry.key()?).into_owned());
         }
         let revocations = space("revocations")?;
+        let known_devices = space("known_devices")?;
         let revoked = Self::load_revocations(&revocations)?;
         Ok(Self {
             revocations,
             revoked: Arc::new(revoked),
             revoking: Arc::default(),
             data_keys: space("data_keys")?,
-            known_devices: space("known_devices")?,
-            admitting: Arc::default(),
+            known: Arc::new(Self::load_known_devices(&known_devices)?),
+            known_devices,
             messages: space("messages")?,
             heads: space("heads")?,
             cursors: space("cursors")?,

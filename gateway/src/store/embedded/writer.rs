@@ -35,6 +35,12 @@ pub(super) enum Command {
         seq: u64,
         reply: Reply<u64>,
     },
+    /// Remember a device as one of the user's (decided already, in memory): written with the
+    /// next batch, answered by nobody.
+    RememberDevice {
+        user: String,
+        device: String,
+    },
     DeleteUser {
         user: String,
         reply: Reply<()>,
@@ -163,6 +169,8 @@ fn respond(done: std::sync::mpsc::Receiver<Done>, feed: Arc<dyn CommitFeed>) {
 struct Group {
     appends: Vec<Call>,
     acks: Vec<(String, String, u64, Reply<u64>)>,
+    /// Known devices to write: user and device.
+    devices: Vec<(String, String)>,
     messages: usize,
 }
 
@@ -183,6 +191,7 @@ impl Writer {
                         seq,
                         reply,
                     } => group.acks.push((user, device, seq, reply)),
+                    Command::RememberDevice { user, device } => group.devices.push((user, device)),
                     Command::Close { reply } => {
                         self.commit(std::mem::take(&mut group));
                         let _ = self.done.send(Done::Closed(reply));
@@ -202,7 +211,7 @@ impl Writer {
     }
 
     fn commit(&mut self, mut group: Group) {
-        if group.appends.is_empty() && group.acks.is_empty() {
+        if group.appends.is_empty() && group.acks.is_empty() && group.devices.is_empty() {
             return;
         }
         let taken = Instant::now();
@@ -378,6 +387,9 @@ impl Writer {
                 batch.insert(&spaces.heads, *log, head.encode());
             }
         }
+        for (user, device) in &group.devices {
+            batch.insert(&spaces.known_devices, pair_key(user, device), []);
+        }
         let mut cursors: HashMap<Vec<u8>, u64> = HashMap::new();
         let mut answers = Vec::with_capacity(group.acks.len());
         for (user, device, seq, _) in &group.acks {
@@ -439,8 +451,11 @@ impl Writer {
             } => {
                 let _ = reply.send(self.sweep(older_than_ms));
             }
-            Command::Append(_) | Command::Ack { .. } | Command::Close { .. } => {
-                unreachable!("appends, acks and the close are handled by the loop")
+            Command::Append(_)
+            | Command::Ack { .. }
+            | Command::RememberDevice { .. }
+            | Command::Close { .. } => {
+                unreachable!("appends, acks, devices and the close are handled by the loop")
             }
         }
     }
