@@ -83,8 +83,7 @@ test("quiet hours, and errors carrying the gateway's code", { timeout: 60_000 },
   );
   await owen.client.subscribe("pub/news/#");
   // Back after a restart, with the public subscription and without the refused one.
-  await gateway().restart();
-  await owen.until(() => owen.client.state !== "live", "the client noticing the restart");
+  await owen.disconnectedBy(() => gateway().restart(), "the client noticing the restart");
   await owen.until(() => owen.client.state === "live", "the client live again");
   const subscriptionsTo = (topic: string) => owen.network.sent.filter((f) => f.op === "sub" && f.topic === topic).length;
   assert.equal(subscriptionsTo("pub/news/#"), 2);

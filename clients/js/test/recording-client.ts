@@ -65,6 +65,16 @@ export class RecordingClient {
     return this;
   }
 
+  /**
+   * Runs `cause` (a restart, a drop) and waits until the client was disconnected by it, however
+   * soon it came back: by the time `cause` returns, the client may be live again.
+   */
+  async disconnectedBy(cause: () => Promise<unknown> | void, what: string): Promise<void> {
+    const before = this.states.length;
+    await cause();
+    await this.until(() => this.states.slice(before).some((s) => s.state === "disconnected"), what);
+  }
+
   get seqs(): number[] {
     return this.messages.map((m) => m.seq);
   }

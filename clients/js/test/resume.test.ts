@@ -40,8 +40,7 @@ test("restarts mid-stream lose nothing and repeat nothing", { timeout: 90_000 },
 
   // The gateway restarts while the client's network is down: 21–40 are stored while it is away.
   alice.network.cut = true;
-  await gateway().restart();
-  await alice.until(() => alice.client.state !== "live", "the client noticing the restart");
+  await alice.disconnectedBy(() => gateway().restart(), "the client noticing the restart");
   await postRange("alice", 21, 40);
   assert.ok(alice.seqs.every((seq) => seq <= 20), "nothing stored while away arrived live");
   alice.network.cut = false;
@@ -72,8 +71,10 @@ test("a send whose answer was lost is sent again with its client message id and 
   // The connection drops right after the second send went out: the gateway stores it, the
   // answer is lost, and the client cannot tell.
   bob.network.dropAfterFrame(isSend);
-  const second = bob.client.send("carol", { i: 2 }, { clientMsgId: "bob-to-carol-2" });
-  await bob.until(() => bob.client.state !== "live", "the drop");
+  let second!: Promise<unknown>;
+  await bob.disconnectedBy(() => {
+    second = bob.client.send("carol", { i: 2 }, { clientMsgId: "bob-to-carol-2" });
+  }, "the drop");
   const stored = async () => (await gateway().wholeLog("carol")).map((m) => m.body.i);
   for (let wait = 0; !(await stored()).includes(2); wait++) {
     assert.ok(wait < 300, "the second message stored before the drop");
