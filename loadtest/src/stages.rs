@@ -6,21 +6,11 @@
 //! falls in: at most 1.5× the true value.
 
 use anyhow::{Context, Result};
+use gateway::infra::latency_budget::Stage;
 use serde::Serialize;
 use std::collections::BTreeMap;
 
 const FAMILY: &str = "gateway_durable_stage_seconds";
-
-/// The stages in the order a message goes through them; those the gateway reports and this
-/// list lacks come after, by name.
-const ORDER: [&str; 6] = [
-    "queued",
-    "sealed",
-    "written",
-    "fsynced",
-    "delivered",
-    "acknowledged",
-];
 
 /// Cumulative bucket counts per stage, as one scrape found them.
 #[derive(Debug, Default, Clone, PartialEq)]
@@ -90,11 +80,11 @@ impl StageSnapshot {
     /// nothing observed are left out.
     pub fn since(&self, before: &Self) -> Vec<StageLatency> {
         let mut stages: Vec<&String> = self.buckets.keys().collect();
+        // In the order a message goes through them; any this build does not know come after.
         let rank = |stage: &str| {
-            ORDER
-                .iter()
-                .position(|s| *s == stage)
-                .unwrap_or(ORDER.len())
+            (Stage::ALL.iter())
+                .position(|s| s.name() == stage)
+                .unwrap_or(Stage::ALL.len())
         };
         stages.sort_by_key(|stage| (rank(stage), stage.to_string()));
         let mut out = Vec::new();

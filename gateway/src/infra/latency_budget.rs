@@ -42,6 +42,18 @@ impl Stage {
         Stage::delivered,
         Stage::acknowledged,
     ];
+
+    /// The stage's name, as its label value on `/metrics` says it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Stage::queued => "queued",
+            Stage::sealed => "sealed",
+            Stage::written => "written",
+            Stage::fsynced => "fsynced",
+            Stage::delivered => "delivered",
+            Stage::acknowledged => "acknowledged",
+        }
+    }
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -114,5 +126,9 @@ mod tests {
         assert!(text.contains(r#"gateway_durable_stage_seconds_count{stage="queued"} 1"#));
         assert!(text.contains(r#"gateway_durable_stage_seconds_count{stage="fsynced"} 3"#));
         assert!(text.contains(r#"gateway_durable_stage_seconds_count{stage="acknowledged"} 0"#));
+        for stage in Stage::ALL {
+            let label = format!(r#"{{stage="{}"}}"#, stage.name());
+            assert!(text.contains(&label), "{label} in {text}");
+        }
     }
 }
