@@ -5,7 +5,7 @@
 //! be written with its next batch and made durable by that batch's fsync; a crash before it
 //! forgets the devices that came online since, which then count as new again.
 
-use super::layout::Keyspaces;
+use super::layout::{pair_of, Keyspaces};
 use super::writer::Command;
 use super::EmbeddedStore;
 use crate::store::known_devices::{KnownDeviceStore, Standing};
@@ -23,32 +23,23 @@ impl Keyspaces {
     pub(super) fn load_known_devices(space: &fjall::Keyspace) -> fjall::Result<KnownInMemory> {
         let known = KnownInMemory::new();
         for entry in space.iter() {
-            let key = entry.key()?;
-            let separator = key.iter().position(|&b| b == 0).unwrap_or(key.len());
-            let (user, device) = (
-                &key[..separator],
-                key.get(separator + 1..).unwrap_or_default(),
-            );
-            (known
-                .entry(String::from_utf8_lossy(user).into_owned())
-                .or_default())
-            .insert(String::from_utf8_lossy(device).into_owned());
+            let (user, device) = pair_of(&entry.key()?);
+            known.entry(user).or_default().insert(device);
         }
         Ok(known)
     }
 }
 
 impl EmbeddedStore {
-    /// Has the writer write `device` as one of `user`'s, once memory knows it.
-    fn write_device(&self, user: &str, device: &str) -> Result<(), StoreError> {
+    /// Has the writer write `device` as one of `user`'s, once memory knows it; waits for room in
+    /// its queue (an import of many devices at start outruns it).
+    async fn write_device(&self, user: &str, device: &str) -> Result<(), StoreError> {
         let command = Command::RememberDevice {
             user: user.to_string(),
             device: device.to_string(),
         };
-        (self.commands.try_send(command)).map_err(|refused| {
-            let (why, _) = crate::store::queue_refusal(refused);
-            StoreError::Unavailable(why.to_string())
-        })
+        (self.commands.send(command).await)
+            .map_err(|_| StoreError::Unavailable("the store writer stopped".into()))
     }
 }
 
@@ -69,7 +60,7 @@ impl KnownDeviceStore for EmbeddedStore {
                 Standing::First
             }
         };
-        self.write_device(user, device)?;
+        self.write_device(user, device).await?;
         Ok(standing)
     }
 
@@ -77,7 +68,7 @@ impl KnownDeviceStore for EmbeddedStore {
         let added =
             (self.spaces.known.entry(user.to_string()).or_default()).insert(device.to_string());
         if added {
-            self.write_device(user, device)?;
+            self.write_device(user, device).await?;
         }
         Ok(())
     }

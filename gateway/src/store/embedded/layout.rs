@@ -144,6 +144,16 @@ pub(super) fn pair_second(key: &[u8], owner: &str) -> String {
     String::from_utf8_lossy(&key[owner.len() + 1..]).into_owned()
 }
 
+/// The owner and the second part of a pair key (the inverse of [`pair_key`]).
+pub(super) fn pair_of(key: &[u8]) -> (String, String) {
+    let separator = key.iter().position(|&b| b == 0).unwrap_or(key.len());
+    let second = key.get(separator + 1..).unwrap_or_default();
+    (
+        String::from_utf8_lossy(&key[..separator]).into_owned(),
+        String::from_utf8_lossy(second).into_owned(),
+    )
+}
+
 /// The owner and seq of a `messages` key.
 pub(super) fn log_position(key: &[u8]) -> (String, u64) {
     let (user, seq) = key.split_at(key.len() - 9);

@@ -210,7 +210,6 @@ impl Store for EmbeddedStore {
         let owner = user.to_string();
         self.write(|reply| Command::DeleteUser { user: owner, reply })
             .await?;
-        self.spaces.known.remove(user);
         let user = user.to_string();
         self.read_with(move |spaces, _| spaces.forget_user_sessions(&user))
             .await

@@ -3,8 +3,7 @@
 //! appenders while the writer commits the next.
 
 use super::layout::{
-    be_u64, failed, log_key, log_position, open_value, pair_key, pair_second, prefix, Head,
-    Keyspaces,
+    be_u64, failed, log_key, log_position, open_value, pair_key, pair_of, prefix, Head, Keyspaces,
 };
 use super::markers::{marker_key, Marker};
 use crate::infra::data_key::DataKey;
@@ -480,7 +479,9 @@ impl Writer {
         spaces.unmark(&mut batch, user)?;
         self.data_keys.remove(user);
         self.keys.drop_held(user);
-        commit_to_disk(batch).map_err(failed)
+        commit_to_disk(batch).map_err(failed)?;
+        spaces.known.remove(user);
+        Ok(())
     }
 
     fn forget_contact(&self, user: &str, other: &str) -> Result<(), StoreError> {
@@ -533,9 +534,7 @@ impl Writer {
         }
         for entry in spaces.forgotten.iter() {
             let (key, upto) = entry.into_inner().map_err(failed)?;
-            let separator = key.iter().position(|&b| b == 0).unwrap_or(key.len());
-            let owner = String::from_utf8_lossy(&key[..separator]).into_owned();
-            let other = pair_second(&key, &owner);
+            let (owner, other) = pair_of(&key);
             let upto = be_u64(&upto);
             let data_key = spaces.data_key(&self.keys, &owner)?;
             let keys = Keys {
