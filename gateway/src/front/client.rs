@@ -13,6 +13,7 @@ use crate::auth::identity::Identity;
 use crate::live::hub::SubscriptionOptions;
 use crate::live::link::{Delivery, Link, LinkId, Qos};
 use crate::live::message::{MessageProperties, Published};
+use crate::live::outbox::Outbox;
 use crate::live::registry::{Admission, DecisionError};
 use crate::live::sessions::KeptSubscription;
 use crate::log::accept::Sender;
@@ -32,12 +33,10 @@ use protocol::notification::QuietHours;
 use protocol::topics::{self, is_valid_id, DeviceAction};
 use protocol::ErrorCode;
 use serde_json::value::RawValue;
-use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::sync::mpsc;
 
 /// How a publish was handled: at once, or by work that finishes later (a durable append, a
 /// cursor move), whose result the transport reports when it is done, in order.
@@ -78,8 +77,10 @@ pub struct Client {
     front: Arc<Front>,
     pub link: Arc<Link>,
     transport: Transport,
-    /// The subscriptions, by the filter as the client named it (`$share/{group}/…` included).
-    subscriptions: HashMap<String, KeptSubscription>,
+    /// The subscriptions, in the order they were made: a list, not a map, as there are few
+    /// (`limits.max_subscriptions`) and an idle connection holds one or two, for which a hash
+    /// table's smallest allocation was bigger than the subscriptions themselves.
+    subscriptions: Vec<KeptSubscription>,
     end: DisconnectReason,
     /// Acks and syncs take effect in the order the device sent them: a sync right after an ack
     /// starts from the acknowledged place.
@@ -154,7 +155,7 @@ impl Client {
         identity: Identity,
         transport: Transport,
         admission: Admission,
-    ) -> (Self, mpsc::Receiver<Delivery>) {
+    ) -> (Self, Outbox) {
         let approved = admission == Admission::Approved;
         let (link, outbox) = Link::new(
             front.link_ids.next(),
@@ -181,7 +182,7 @@ impl Client {
             front: front.clone(),
             link,
             transport,
-            subscriptions: HashMap::new(),
+            subscriptions: Vec::new(),
             end: DisconnectReason::SocketClosed,
             cursor_requests: InOrder::default(),
             rate,
@@ -218,7 +219,7 @@ impl Client {
 
     /// The subscriptions as a session keeps them.
     pub fn subscriptions(&self) -> Vec<KeptSubscription> {
-        self.subscriptions.values().cloned().collect()
+        self.subscriptions.clone()
     }
 
     pub fn subscribe(&mut self, request: &SubscribeRequest<'_>) -> Result<Subscribed, Refusal> {
@@ -239,8 +240,8 @@ impl Client {
             self.front.metrics.deny(DenialKind::subscribe);
             return Err(Refusal::Withheld);
         }
-        let existed = self.subscriptions.contains_key(request.filter);
-        if !existed && self.subscriptions.len() >= self.front.limits.max_subscriptions {
+        let existing = (self.subscriptions.iter()).position(|kept| kept.is_named(request.filter));
+        if existing.is_none() && self.subscriptions.len() >= self.front.limits.max_subscriptions {
             return Err(Refusal::TooManySubscriptions);
         }
         let options = request.options;
@@ -253,7 +254,13 @@ impl Client {
             retain_as_published: options.retain_as_published,
             id: options.id,
         };
-        self.subscriptions.insert(request.filter.to_string(), kept);
+        match existing {
+            Some(index) => self.subscriptions[index] = kept,
+            None => {
+                self.subscriptions.reserve_exact(1);
+                self.subscriptions.push(kept);
+            }
+        }
         if let Some(recording) = &self.recording {
             recording.subscribed(request.filter, options.qos);
         }
@@ -272,7 +279,7 @@ impl Client {
         }
         let sends_retained = match request.retain_handling {
             RetainHandling::Send => true,
-            RetainHandling::SendIfNew => !existed,
+            RetainHandling::SendIfNew => existing.is_none(),
             RetainHandling::DoNotSend => false,
         };
         let retained = if share.is_none() && sends_retained {
@@ -307,15 +314,16 @@ impl Client {
             .collect()
     }
 
-    /// Returns the subscription that existed under `filter` (as the client named it).
     /// Topics and filters are at most `limits.max_topic_length` bytes: they are kept per
     /// subscription and session, logged and matched against every publish.
     fn within_topic_limit(&self, topic: &str) -> bool {
         topic.len() <= self.front.limits.max_topic_length
     }
 
+    /// Returns the subscription that existed under `filter` (as the client named it).
     pub fn unsubscribe(&mut self, filter: &str) -> Option<KeptSubscription> {
-        let existed = self.subscriptions.remove(filter)?;
+        let index = (self.subscriptions.iter()).position(|kept| kept.is_named(filter))?;
+        let existed = self.subscriptions.remove(index);
         self.front
             .hub
             .unsubscribe(self.link.id, &existed.filter, existed.share.as_deref());
@@ -722,7 +730,7 @@ fn parse<T: serde::de::DeserializeOwned>(payload: &[u8]) -> Result<T, Refusal> {
 
 impl Drop for Client {
     fn drop(&mut self) {
-        for kept in self.subscriptions.values() {
+        for kept in &self.subscriptions {
             (self.front.hub).unsubscribe(self.link.id, &kept.filter, kept.share.as_deref());
         }
         self.front.registry.unregister(&self.link, self.end);

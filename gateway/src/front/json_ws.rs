@@ -14,6 +14,7 @@ use crate::front::write_deadline::{watched, Watched, CLOSING_WRITE};
 use crate::infra::latency_budget::Stage;
 use crate::live::hub::SubscriptionOptions;
 use crate::live::link::{CloseReason, Delivery, Qos};
+use crate::live::outbox::Outbox;
 use crate::live::registry::Admission;
 use crate::observe::metrics::{RejectReason, TransportLabel};
 use crate::observe::recorder::{json_or_base64, JsonOrBase64};
@@ -31,7 +32,7 @@ use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::{sleep_until, Instant};
 
 /// WebSocket close codes the bridge uses (RFC 6455 §7.4.1, and 4000+ for the application).
@@ -257,7 +258,7 @@ enum Stop {
 }
 
 impl Bridge {
-    async fn run(mut self, mut outbox: mpsc::Receiver<Delivery>) {
+    async fn run(mut self, mut outbox: Outbox) {
         let interval = self.ping_interval;
         let handle = self.client.link.clone();
         let closed = handle.closed();
@@ -351,8 +352,8 @@ impl Bridge {
     /// The link was closed by the gateway (a kick, a takeover, shutdown): what was queued
     /// before the close goes out (a kick's reason, for instance), then a close frame that says
     /// why.
-    async fn closing(&mut self, reason: &CloseReason, outbox: &mut mpsc::Receiver<Delivery>) {
-        while let Ok(delivery) = outbox.try_recv() {
+    async fn closing(&mut self, reason: &CloseReason, outbox: &mut Outbox) {
+        while let Some(delivery) = outbox.try_recv() {
             self.out_counter.inc();
             if send(&mut self.socket, &frame_of(&delivery)).await.is_err() {
                 return;

@@ -3,12 +3,13 @@
 //! receiving end of the outbox and writes what arrives to the socket.
 
 use super::message::Published;
+use super::outbox::{outbox, Outbox, OutboxSender, Refused};
 use crate::auth::identity::Identity;
 use crate::infra::time::unix_millis;
 use protocol::envelope::DisconnectReason;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
-use tokio::sync::{mpsc, Notify};
+use tokio::sync::Notify;
 
 /// Names one link for as long as the process runs; never reused.
 pub type LinkId = u64;
@@ -139,7 +140,7 @@ impl CloseReason {
 pub struct Link {
     pub id: LinkId,
     pub identity: Identity,
-    outbox: mpsc::Sender<Delivery>,
+    outbox: OutboxSender,
     close_reason: OnceLock<CloseReason>,
     close_signal: Notify,
     approved: AtomicBool,
@@ -160,8 +161,8 @@ impl Link {
         identity: Identity,
         outbox_capacity: usize,
         approved: bool,
-    ) -> (Arc<Self>, mpsc::Receiver<Delivery>) {
-        let (outbox, inbox) = mpsc::channel(outbox_capacity);
+    ) -> (Arc<Self>, Outbox) {
+        let (outbox, inbox) = outbox(outbox_capacity);
         let handle = Arc::new(Self {
             id,
             identity,
@@ -188,8 +189,8 @@ impl Link {
         let seq = delivery.message.seq;
         match self.outbox.try_send(delivery) {
             Ok(()) => Delivered::Queued,
-            Err(mpsc::error::TrySendError::Closed(_)) => Delivered::Gone,
-            Err(mpsc::error::TrySendError::Full(_)) => match seq {
+            Err(Refused::Closed) => Delivered::Gone,
+            Err(Refused::Full) => match seq {
                 Some(seq) if self.follows_log() => {
                     self.missed.fetch_max(seq, Ordering::AcqRel);
                     Delivered::Deferred
@@ -211,7 +212,7 @@ impl Link {
     /// Queues a delivery, waiting for room in the outbox: for catch-up pages, which must not be
     /// dropped and may be many. Returns false when the link is gone.
     pub async fn deliver_waiting(&self, delivery: Delivery) -> bool {
-        self.outbox.send(delivery).await.is_ok()
+        self.outbox.send(delivery).await
     }
 
     /// Resolves once the connection let go of its outbox: it ended, and its last writes (its

@@ -7,6 +7,7 @@ pub mod hub;
 pub mod link;
 pub mod message;
 pub mod nodes;
+pub mod outbox;
 pub mod registry;
 pub mod retained;
 pub mod sessions;

@@ -18,6 +18,7 @@
 use super::hub::{Hub, SubscriptionOptions};
 use super::link::{Delivery, Link, LinkIds, Qos};
 use super::message::{KeptMessage, Published};
+use super::outbox::Outbox;
 use crate::auth::identity::Identity;
 use crate::infra::time::unix_millis;
 use crate::shutdown::Shutdown;
@@ -30,7 +31,7 @@ use serde::{Deserialize, Serialize};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::sync::{mpsc, Mutex, OwnedMutexGuard};
+use tokio::sync::{Mutex, OwnedMutexGuard};
 
 /// How long a parked session empties its connection's outbox at most.
 const LEFTOVER: Duration = Duration::from_secs(5);
@@ -57,6 +58,15 @@ impl KeptSubscription {
         match &self.share {
             Some(group) => format!("$share/{group}/{}", self.filter),
             None => self.filter.clone(),
+        }
+    }
+
+    /// Whether the client named this subscription `requested` (see [`Self::requested`]).
+    pub fn is_named(&self, requested: &str) -> bool {
+        match &self.share {
+            Some(group) => topics::shared_subscription(requested)
+                .is_some_and(|(named, filter)| named == group && filter == self.filter),
+            None => requested == self.filter,
         }
     }
 
@@ -368,7 +378,7 @@ impl Sessions {
         mut claim: Claim,
         state: Option<SessionState>,
         identity: &Identity,
-        leftover: mpsc::Receiver<Delivery>,
+        leftover: Outbox,
         moved: bool,
     ) {
         if moved {
@@ -448,7 +458,7 @@ impl Sessions {
         state: &SessionState,
         identity: &Identity,
         expiry: Duration,
-        leftover: Option<mpsc::Receiver<Delivery>>,
+        leftover: Option<Outbox>,
     ) -> Parked {
         let (link, mut outbox) = Link::new(
             self.link_ids.next(),
@@ -493,7 +503,7 @@ impl Sessions {
             }
             // One publish put both twins: those of what the leftover held are in this outbox
             // by now.
-            while let Ok(delivery) = outbox.try_recv() {
+            while let Some(delivery) = outbox.try_recv() {
                 let twin = (taken_from_leftover.iter())
                     .position(|taken| Arc::ptr_eq(taken, &delivery.message));
                 match twin {
@@ -630,8 +640,8 @@ impl SessionQueue {
     }
 
     /// Queues what `outbox` holds now.
-    async fn put_all(&self, outbox: &mut mpsc::Receiver<Delivery>) {
-        while let Ok(delivery) = outbox.try_recv() {
+    async fn put_all(&self, outbox: &mut Outbox) {
+        while let Some(delivery) = outbox.try_recv() {
             self.put(&delivery).await;
         }
     }

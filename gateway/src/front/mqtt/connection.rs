@@ -14,10 +14,11 @@ use crate::auth::identity::Identity;
 use crate::front::client::{Client, Handled, Publication, RetainHandling, SubscribeRequest};
 use crate::front::log_follower::{self, LogFollower, Readout, Start};
 use crate::front::refusal::Refusal;
-use crate::front::stream::{next_read_room, MqttStream, MAX_READ_CHUNK, READ_CHUNK};
+use crate::front::stream::{MqttStream, READ_CHUNK};
 use crate::front::write_deadline::{watched, Watched, CLOSING_WRITE};
 use crate::live::hub::SubscriptionOptions;
 use crate::live::link::{CloseReason, Delivery, Qos};
+use crate::live::outbox::Outbox;
 use crate::live::sessions::{Claim, SessionState, TakenUp};
 use crate::observe::metrics::TransportLabel;
 use crate::shutdown::Shutdown;
@@ -29,7 +30,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 use tokio::time::{sleep_until, Instant};
 
 /// Write buffer size above which the connection flushes before taking more to send.
@@ -79,8 +80,6 @@ pub struct Connection {
     /// A write was cut off (its deadline passed, or the link closed meanwhile): the stream may
     /// hold part of a packet, so nothing more is written to it.
     interrupted: bool,
-    /// Room for the next read: small for a quiet client, larger for a busy one.
-    read_room: usize,
 }
 
 /// How a connection ended, for the handshake to hand the session back and send the will.
@@ -95,7 +94,7 @@ pub struct Ending {
     /// Seconds the session is kept (the client may have changed it as it left).
     pub expiry: u32,
     /// The client's outbox, for a parked session to empty.
-    pub outbox: mpsc::Receiver<Delivery>,
+    pub outbox: Outbox,
 }
 
 /// Which publish an answer is for.
@@ -250,7 +249,6 @@ impl Connection {
             with_will: true,
             answers: FuturesOrdered::new(),
             interrupted: false,
-            read_room: READ_CHUNK,
         };
         if let Some(state) = kept {
             connection.resume(state);
@@ -292,7 +290,7 @@ impl Connection {
         }
     }
 
-    pub async fn run(mut self, mut outbox: mpsc::Receiver<Delivery>) -> Ending {
+    pub async fn run(mut self, mut outbox: Outbox) -> Ending {
         // Keepalive is enforced at 1.5 times the negotiated interval (MQTT 3.1.1 §3.1.2.10).
         let keep_alive_window = self.keep_alive + self.keep_alive / 2;
         let keep_alive = sleep_until(Instant::now() + keep_alive_window);
@@ -348,11 +346,10 @@ impl Connection {
                     moved = reason.moved_elsewhere;
                     break (reason.kind, None);
                 }
-                read = self.stream.read_into(&mut self.rbuf, self.read_room), if reads => {
+                read = self.stream.read_into(&mut self.rbuf), if reads => {
                     match read {
                         Ok(0) | Err(_) => break (DisconnectReason::SocketClosed, None),
-                        Ok(read) => {
-                            self.read_room = next_read_room(self.read_room, read);
+                        Ok(_) => {
                             keep_alive.as_mut().reset(Instant::now() + keep_alive_window);
                             link.touch();
                             // Packets that reach two connections at once are handled in the
@@ -391,8 +388,8 @@ impl Connection {
                     self.deliver(delivery);
                     while self.outbound.has_room() && self.wbuf.len() < WRITE_BATCH {
                         match outbox.try_recv() {
-                            Ok(delivery) => self.deliver(delivery),
-                            Err(_) => break,
+                            Some(delivery) => self.deliver(delivery),
+                            None => break,
                         }
                     }
                 }
@@ -419,7 +416,7 @@ impl Connection {
 
     /// The link was closed by the gateway (a kick, a takeover, shutdown): what is due goes out
     /// with a DISCONNECT that says why (v5).
-    async fn closing(&mut self, reason: &CloseReason, outbox: &mut mpsc::Receiver<Delivery>) {
+    async fn closing(&mut self, reason: &CloseReason, outbox: &mut Outbox) {
         if reason.kind == DisconnectReason::Shutdown {
             // Answer the publishes being stored first: the store commits them before it
             // closes, and their senders must not send them again.
@@ -429,7 +426,7 @@ impl Connection {
         }
         // What was queued before the close (a kick's reason, for instance) goes out; for a
         // kept session it stays in flight and is sent again.
-        while let Ok(delivery) = outbox.try_recv() {
+        while let Some(delivery) = outbox.try_recv() {
             self.deliver(delivery);
         }
         let code = match reason.kind {
@@ -488,7 +485,7 @@ impl Connection {
     }
 
     /// How the connection ended, for the handshake.
-    fn ending(self, moved: bool, outbox: mpsc::Receiver<Delivery>) -> Ending {
+    fn ending(self, moved: bool, outbox: Outbox) -> Ending {
         // A deleted account keeps no session and sends no will: both would write into what was
         // deleted.
         let deleted = self.client.end_reason() == DisconnectReason::AccountDeleted;
@@ -666,7 +663,7 @@ impl Connection {
         } else {
             self.wbuf.clear();
         }
-        if self.rbuf.is_empty() && self.rbuf.capacity() > 2 * MAX_READ_CHUNK {
+        if self.rbuf.is_empty() && self.rbuf.capacity() > 2 * READ_CHUNK {
             self.rbuf = BytesMut::new();
         }
     }

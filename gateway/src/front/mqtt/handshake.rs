@@ -10,9 +10,9 @@ use super::connection::{Connection, Ending};
 use crate::auth::identity::{for_logs, Identity};
 use crate::auth::{Credentials, Refusal};
 use crate::front::client::{Client, Publication};
-use crate::front::stream::{MqttStream, READ_CHUNK};
+use crate::front::stream::MqttStream;
 use crate::front::Front;
-use crate::live::link::Delivery;
+use crate::live::outbox::Outbox;
 use crate::live::registry::Admission;
 use crate::live::sessions::{session_key, ClaimError};
 use crate::observe::metrics::{RejectReason, TransportLabel};
@@ -20,7 +20,7 @@ use bytes::BytesMut;
 use protocol::envelope::Transport;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::mpsc;
+
 use tokio::time::Instant;
 
 /// Reads the CONNECT, authenticates, takes up the session, answers CONNACK and runs the
@@ -80,7 +80,7 @@ pub async fn serve(
 /// A connection past its CONNACK, with its outbox and its will.
 struct Opened {
     connection: Connection,
-    outbox: mpsc::Receiver<Delivery>,
+    outbox: Outbox,
     will: Option<Box<Will>>,
 }
 
@@ -250,7 +250,7 @@ async fn read_first_connect(
                 return Ok(connect);
             }
         }
-        match stream.read_into(rbuf, READ_CHUNK).await {
+        match stream.read_into(rbuf).await {
             Ok(0) | Err(_) => return Err(ConnectFailure::Closed),
             Ok(_) => {}
         }
