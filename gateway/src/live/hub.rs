@@ -305,8 +305,8 @@ fn admitted(link: &Link, topic: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::live::outbox::Outbox;
     use crate::auth::identity::Identity;
+    use crate::live::outbox::Outbox;
     use protocol::envelope::Platform;
 
     fn device(id: LinkId, user: &str) -> (Arc<Link>, Outbox) {

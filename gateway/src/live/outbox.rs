@@ -22,6 +22,8 @@ struct Shared {
     arrived: Notify,
     /// Wakes senders waiting for room: a delivery was taken, or the connection let go.
     taken: Notify,
+    /// Wakes those waiting for the connection to let go.
+    left: Notify,
 }
 
 struct State {
@@ -30,6 +32,8 @@ struct State {
     link_alive: bool,
     /// The connection (the receiving side) still takes deliveries.
     open: bool,
+    /// Senders waiting for room: only then does taking a delivery wake anyone.
+    waiting: usize,
 }
 
 impl Shared {
@@ -38,6 +42,15 @@ impl Shared {
         self.state
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+/// A sender counted as waiting for room, until it stops waiting (also when its wait is dropped).
+struct Waiting<'a>(&'a Shared);
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.state().waiting -= 1;
     }
 }
 
@@ -67,10 +80,12 @@ pub fn outbox(capacity: usize) -> (OutboxSender, Outbox) {
             queue: VecDeque::new(),
             link_alive: true,
             open: true,
+            waiting: 0,
         }),
         capacity: capacity.max(1),
         arrived: Notify::new(),
         taken: Notify::new(),
+        left: Notify::new(),
     });
     (
         OutboxSender {
@@ -115,21 +130,20 @@ impl OutboxSender {
                     self.shared.arrived.notify_one();
                     return true;
                 }
+                state.waiting += 1;
             }
+            let _counted = Waiting(&self.shared);
             taken.await;
         }
     }
 
     /// Resolves once the connection let go of its outbox.
     pub async fn closed(&self) {
-        loop {
-            let taken = self.shared.taken.notified();
-            tokio::pin!(taken);
-            taken.as_mut().enable();
-            if !self.shared.state().open {
-                return;
-            }
-            taken.await;
+        let left = self.shared.left.notified();
+        tokio::pin!(left);
+        left.as_mut().enable();
+        if self.shared.state().open {
+            left.await;
         }
     }
 }
@@ -171,7 +185,9 @@ impl Outbox {
         if state.queue.is_empty() && state.queue.capacity() > KEPT_ROOM {
             state.queue = VecDeque::new();
         }
-        self.shared.taken.notify_waiters();
+        if state.waiting > 0 {
+            self.shared.taken.notify_waiters();
+        }
         Some(delivery)
     }
 }
@@ -187,6 +203,7 @@ impl Drop for Outbox {
         // payload.
         drop(queue);
         self.shared.taken.notify_waiters();
+        self.shared.left.notify_waiters();
     }
 }
 
