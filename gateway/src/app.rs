@@ -271,6 +271,7 @@ impl App {
         }
         let http = bind("http", listeners.http, listeners.backlog)?;
         bound.insert("http".into(), http.local_addr()?.to_string().into());
+        api::pages::announce(&self.config.web, http.local_addr()?);
         let router = api::router(self.api.clone());
         self.shutdown
             .spawn(front::http::run(self.front.clone(), http, router));
