@@ -16,6 +16,7 @@ pub(crate) mod notifications;
 pub mod pages;
 mod recording;
 pub mod state;
+mod stats;
 pub mod tokens;
 mod users;
 
@@ -45,16 +46,23 @@ pub fn router(api: Arc<ApiState>) -> Router {
     let v1 = Router::new()
         .merge(recorded)
         .route("/tokens", post(tokens::issue))
+        .route("/stats", get(stats::stats))
+        .route("/nodes", get(stats::nodes))
         .route("/notifications/{id}", get(notifications::get))
         .route(
             "/users/{user}/quiet-hours",
             put(notifications::put_quiet_hours),
         )
         .route("/users/{user}/consent", put(notifications::put_consent))
+        .route(
+            "/users/{user}/preferences",
+            get(notifications::get_preferences),
+        )
         .route("/users/{user}/bindings", put(notifications::put_bindings))
         .route("/users/{user}", delete(users::delete_user))
         .route("/users/{user}/logout", post(users::logout))
         .route("/users/{user}/messages", get(users::history))
+        .route("/users/{user}/recent", get(users::recent))
         .route(
             "/users/{user}/contacts/{other}",
             delete(users::delete_contact),

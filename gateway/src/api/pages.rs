@@ -1,6 +1,6 @@
 //! The gateway's own web pages and the JavaScript client they are built on, taken into the
 //! binary when it is built (so building the gateway needs no Node), and served from memory: the
-//! demo chat at `/` (`web.demo`).
+//! demo chat at `/` (`web.demo`) and the operations console at `/console` (`web.console`).
 
 use axum::http::header;
 use axum::response::IntoResponse;
@@ -53,11 +53,27 @@ const DEMO: &[Asset] = &[
     Asset::new("/web/demo.js", JS, include_str!("../../assets/web/demo.js")),
 ];
 
+const CONSOLE: &[Asset] = &[
+    Asset::new(
+        "/console",
+        HTML,
+        include_str!("../../assets/web/console.html"),
+    ),
+    Asset::new(
+        "/web/console.js",
+        JS,
+        include_str!("../../assets/web/console.js"),
+    ),
+];
+
 /// The routes of the pages `web` turns on.
 pub fn routes<S: Clone + Send + Sync + 'static>(web: &Web) -> Router<S> {
     let mut assets: Vec<&'static Asset> = SHARED.iter().collect();
     if web.demo() {
         assets.extend(DEMO);
+    }
+    if web.console {
+        assets.extend(CONSOLE);
     }
     assets.into_iter().fold(Router::new(), |router, asset| {
         router.route(asset.path, get(move || serve(asset)))
@@ -89,5 +105,8 @@ pub fn announce(web: &Web, http: SocketAddr) {
         tracing::warn!(
             "dev mode: POST /dev/tokens signs anyone in as any user; set web.dev_mode = false (or run with a configuration file) where others can reach this port"
         );
+    }
+    if web.console {
+        tracing::info!("operations console at http://{shown}/console");
     }
 }
