@@ -9,6 +9,7 @@ import { mkdir } from "node:fs/promises";
 import { join, resolve } from "node:path";
 import { after, before } from "node:test";
 import puppeteer, { type Browser, type Page } from "puppeteer-core";
+import { PATIENCE_MS } from "../wait.js";
 
 export function chromiumBinary(): string {
   return process.env.CHROMIUM_BIN ?? "/usr/bin/chromium";
@@ -36,6 +37,16 @@ export function browserForThisFile(): () => Browser {
     if (browser === undefined) throw new Error("the file's browser has not started");
     return browser;
   };
+}
+
+/** Waits until the element at `selector` holds `text`. */
+export async function waitForText(page: Page, selector: string, text: string): Promise<void> {
+  await page.waitForFunction(
+    (selector, text) => document.querySelector(selector)?.textContent?.includes(text) ?? false,
+    { timeout: PATIENCE_MS },
+    selector,
+    text,
+  );
 }
 
 /** Fails the test on anything the page throws or logs as an error. */

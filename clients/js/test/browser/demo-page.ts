@@ -6,7 +6,7 @@
 import type { Browser, Page } from "puppeteer-core";
 import type { TestGateway } from "../gateway.js";
 import { PATIENCE_MS } from "../wait.js";
-import { DESKTOP, watchForErrors } from "./browser.js";
+import { DESKTOP, waitForText, watchForErrors } from "./browser.js";
 
 export interface ShownMessage {
   seq: number | undefined;
@@ -23,6 +23,13 @@ export class DemoPage {
 
   /** Opens the demo and signs in through dev mode's token route; resolves once live. */
   static async signIn(browser: Browser, gateway: TestGateway, user: string, device: string, viewport = DESKTOP): Promise<DemoPage> {
+    const demo = await DemoPage.startSignIn(browser, gateway, user, device, viewport);
+    await demo.waitForState("live");
+    return demo;
+  }
+
+  /** Opens the demo and presses "Sign in", without waiting for the connection to go live. */
+  static async startSignIn(browser: Browser, gateway: TestGateway, user: string, device: string, viewport = DESKTOP): Promise<DemoPage> {
     // A context of its own: two pages of one browser are two devices, as two tabs would be.
     const context = await browser.createBrowserContext();
     const demo = new DemoPage(await context.newPage());
@@ -31,7 +38,6 @@ export class DemoPage {
     await demo.fill("#user", user);
     await demo.fill("#device", device);
     await demo.page.click("#sign-in button[type=submit]");
-    await demo.waitForState("live");
     return demo;
   }
 
@@ -84,13 +90,8 @@ export class DemoPage {
     );
   }
 
-  async waitForText(selector: string, text: string): Promise<void> {
-    await this.page.waitForFunction(
-      (selector, text) => document.querySelector(selector)?.textContent?.includes(text) ?? false,
-      { timeout: PATIENCE_MS },
-      selector,
-      text,
-    );
+  waitForText(selector: string, text: string): Promise<void> {
+    return waitForText(this.page, selector, text);
   }
 
   /** The "Go offline" button: the socket is closed; pressed again, it reconnects and syncs. */

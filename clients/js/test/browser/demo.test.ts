@@ -77,3 +77,13 @@ test("a page that goes offline and back shows the messages it missed, in order",
   assert.deepEqual(page.errors, []);
   await page.close();
 });
+
+test("a page shows why it was logged out", { timeout: 60_000 }, async () => {
+  const page = await DemoPage.signIn(browser(), gateway(), "dave", "web");
+  const kicked = await gateway().api("DELETE", "/v1/users/dave/devices/web?reason=signed%20in%20elsewhere");
+  assert.equal(kicked.status, 204, JSON.stringify(kicked.body));
+  await page.waitForText("#notice", "signed in elsewhere");
+  await page.waitForState("disconnected");
+  assert.deepEqual(page.errors, []);
+  await page.close();
+});
