@@ -8,11 +8,13 @@ mod channels;
 mod load;
 mod notify;
 mod sections;
+mod web;
 
 pub use channels::*;
 pub use load::{is_at_rest_key, ConfigError, ENV_PREFIX};
 pub use notify::*;
 pub use sections::*;
+pub use web::*;
 
 /// The documented default configuration file, every key at its default value.
 pub const DEFAULT_TOML: &str = include_str!("../gateway.toml");

@@ -49,7 +49,12 @@ impl Config {
             })?,
             None => String::new(),
         };
-        Self::from_toml_str(&text, env)
+        let env: Vec<(String, String)> = env.into_iter().collect();
+        let on_defaults_alone =
+            file.is_none() && !env.iter().any(|(name, _)| name.starts_with(ENV_PREFIX));
+        let mut config = Self::from_toml_str(&text, env)?;
+        config.web.dev_mode.get_or_insert(on_defaults_alone);
+        Ok(config)
     }
 
     /// Like [`Config::load`], from TOML text.
@@ -602,10 +607,11 @@ fn check_keys(table: &toml::Table, errors: &mut Vec<ConfigError>) {
             "notify" => check_section::<crate::notify::Notify>,
             "record" => check_section::<Record>,
             "log" => check_section::<Log>,
+            "web" => check_section::<crate::web::Web>,
             _ => {
                 errors.push(ConfigError::new(
                     section.clone(),
-                    "unknown section (expected listeners, tls, limits, rate_limits, auth, jwt, sessions, store, roaming, channels, notify, record or log)",
+                    "unknown section (expected listeners, tls, limits, rate_limits, auth, jwt, sessions, store, roaming, channels, notify, record, log or web)",
                 ));
                 continue;
             }
@@ -656,6 +662,23 @@ mod tests {
             Config::from_toml_str(crate::DEFAULT_TOML, no_env()).unwrap(),
             Config::default()
         );
+    }
+
+    /// The quick start (no file, no variable) is in dev mode; anything configured is not,
+    /// unless it says so.
+    #[test]
+    fn dev_mode_is_on_for_the_defaults_alone() {
+        assert!(Config::load(None, no_env()).unwrap().web.dev_mode());
+        let one_variable = vec![("GATEWAY__LOG__LEVEL".to_string(), "warn".to_string())];
+        assert!(!Config::load(None, one_variable).unwrap().web.dev_mode());
+        let asked = vec![("GATEWAY__WEB__DEV_MODE".to_string(), "true".to_string())];
+        let config = Config::load(None, asked).unwrap();
+        assert!(config.web.dev_mode() && config.web.demo());
+        let file = std::env::temp_dir().join(format!("web-{}.toml", std::process::id()));
+        std::fs::write(&file, "").unwrap();
+        let from_file = Config::load(Some(&file), no_env()).unwrap();
+        std::fs::remove_file(&file).unwrap();
+        assert!(!from_file.web.dev_mode() && !from_file.web.demo());
     }
 
     #[test]

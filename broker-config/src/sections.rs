@@ -22,6 +22,7 @@ pub struct Config {
     pub notify: crate::notify::Notify,
     pub record: Record,
     pub log: Log,
+    pub web: crate::web::Web,
 }
 
 /// Where each listener binds. Port 0 picks a free port; the bound addresses are printed at start.

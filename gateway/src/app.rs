@@ -39,6 +39,7 @@ use crate::notify::worker::Worker;
 use crate::notify::Notifications;
 use crate::observe::metrics::Metrics;
 use crate::observe::recorder::Recorder;
+use crate::observe::throughput::{self, Throughput};
 use crate::shutdown::Shutdown;
 use crate::store::clock::HybridClock;
 use crate::store::data_keys::DataKeys;
@@ -186,6 +187,8 @@ impl App {
             rate_limiter(&config).await?,
         );
         let api = Arc::new(ApiState {
+            throughput: Arc::new(Throughput::new(metrics.clone())),
+            cluster: cluster.clone(),
             config: config.clone(),
             auth,
             key_rates,
@@ -271,6 +274,7 @@ impl App {
         }
         let http = bind("http", listeners.http, listeners.backlog)?;
         bound.insert("http".into(), http.local_addr()?.to_string().into());
+        api::pages::announce(&self.config.web, http.local_addr()?);
         let router = api::router(self.api.clone());
         self.shutdown
             .spawn(front::http::run(self.front.clone(), http, router));
@@ -279,7 +283,7 @@ impl App {
 
     /// The work that runs beside the listeners until shutdown: the sweepers (of logs, of
     /// notification records, of expired MQTT sessions, of idle rate-limit buckets), the
-    /// notification worker and the cluster's.
+    /// notification worker, the console's sampling of rates, and the cluster's.
     fn start_background(&self) {
         let (config, shutdown) = (&self.config, &self.shutdown);
         let sessions = self.front.sessions.clone();
@@ -318,6 +322,17 @@ impl App {
                     .every(rate_limits::SWEEP_EVERY, || {
                         limits.sweep();
                         front.metrics.rate_limit_devices.set(limits.kept() as i64);
+                        std::future::ready(())
+                    })
+                    .await
+            }
+        });
+        shutdown.spawn({
+            let (throughput, shutdown) = (self.api.throughput.clone(), shutdown.clone());
+            async move {
+                shutdown
+                    .every(throughput::SAMPLE_EVERY, || {
+                        throughput.sample();
                         std::future::ready(())
                     })
                     .await

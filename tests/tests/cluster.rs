@@ -479,6 +479,14 @@ async fn a_dead_nodes_devices_go_offline() {
         b.devices("dora").await == ["phone", "watch"]
     })
     .await;
+    let nodes = || async { b.api(reqwest::Method::GET, "/v1/nodes", None).await.1 };
+    assert_eq!(
+        nodes().await,
+        json!({"nodes": [
+            {"node": "node-a", "this": false, "alive": true},
+            {"node": "node-b", "this": true, "alive": true},
+        ]})
+    );
 
     drop(a.stop().await); // SIGKILL: node A says nothing
                           // The phone's online event, relayed from node A, may still arrive after the subscribe.
@@ -493,6 +501,15 @@ async fn a_dead_nodes_devices_go_offline() {
         (Some("offline"), Some("phone"))
     );
     assert_eq!(b.devices("dora").await, ["watch"]);
+    // Not alive, and once reaped not listed.
+    eventually("node A gone from the nodes", || async {
+        !nodes().await["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|node| node["node"] == "node-a" && node["alive"] == true)
+    })
+    .await;
 }
 
 #[tokio::test]

@@ -16,13 +16,7 @@ test("a new device waits for approval, then catches up and hears its user's othe
   // The user's first device is trusted.
   const phone = new RecordingClient(gateway(), { token: () => gateway().token("mia", "phone") });
   await phone.live();
-  const notified = await gateway().api("POST", "/v1/notifications", {
-    user: "mia",
-    kind: "social_interaction",
-    title: "nora liked your photo",
-    body: "tap to see",
-  });
-  assert.equal(notified.status, 202, JSON.stringify(notified.body));
+  await gateway().notify({ user: "mia", kind: "social_interaction", title: "nora liked your photo", body: "tap to see" });
   await phone.until(() => phone.notifications.length === 1, "the notification, live");
   assert.equal(phone.notifications[0]!.title, "nora liked your photo");
 

@@ -34,6 +34,8 @@ export class TestGateway {
     readonly dataDir: string,
     /** `host:port` of the HTTP listener (API and `/ws`). */
     readonly http: string,
+    /** `host:port` of the MQTT listener (TCP), as first bound: a restart may move it. */
+    readonly mqtt: string,
     readonly apiKey: string,
     private readonly env: Record<string, string>,
   ) {}
@@ -66,9 +68,9 @@ export class TestGateway {
     const line = await withTimeout(Promise.race([first, exited]), START_TIMEOUT_MS, "the gateway printing its listeners");
     // Keep reading, so the gateway never blocks on a full pipe.
     lines.on("line", () => {});
-    const listening = (JSON.parse(line) as { listening: { http: string } }).listening;
+    const listening = (JSON.parse(line) as { listening: { http: string; mqtt: string } }).listening;
     const apiKey = await cli(dataDir, ["api-key"]);
-    return new TestGateway(child, dataDir, listening.http, apiKey, env);
+    return new TestGateway(child, dataDir, listening.http, listening.mqtt, apiKey, env);
   }
 
   get wsUrl(): string {
@@ -76,8 +78,8 @@ export class TestGateway {
   }
 
   /** A device token from `gateway token`, as an operator would make one. */
-  token(user: string, device: string, ttl?: string): Promise<string> {
-    const args = ["token", "--user", user, "--device", device, "--platform", "web"];
+  token(user: string, device: string, ttl?: string, platform = "web"): Promise<string> {
+    const args = ["token", "--user", user, "--device", device, "--platform", platform];
     if (ttl) args.push("--ttl", ttl);
     return cli(this.dataDir, args);
   }
@@ -100,6 +102,13 @@ export class TestGateway {
     const headers: Record<string, string> = idempotencyKey ? { "idempotency-key": idempotencyKey } : {};
     const answer = await this.api("POST", "/v1/messages", { to, from: "backend", body }, headers);
     if (answer.status !== 202) throw new Error(`POST /v1/messages: ${answer.status} ${JSON.stringify(answer.body)}`);
+    return answer.body;
+  }
+
+  /** `POST /v1/notifications` from the backend; the notification's `{id, routes}`. */
+  async notify(notification: { user: string; kind: string; title: string; body: string }): Promise<{ id: string; routes: Record<string, { status: string }> }> {
+    const answer = await this.api("POST", "/v1/notifications", notification);
+    if (answer.status !== 202) throw new Error(`POST /v1/notifications: ${answer.status} ${JSON.stringify(answer.body)}`);
     return answer.body;
   }
 

@@ -26,6 +26,17 @@ export async function waitFor(condition: () => boolean, what: string, ms = PATIE
   }
 }
 
+/** Asks `probe` again until it gives something, or fails after `ms`. */
+export async function poll<T>(probe: () => Promise<T | undefined>, what: string, ms = PATIENCE_MS): Promise<T> {
+  const deadline = Date.now() + ms;
+  for (;;) {
+    const found = await probe();
+    if (found !== undefined) return found;
+    if (Date.now() > deadline) throw new Error(`timed out after ${ms} ms waiting for ${what}`);
+    await sleep(50);
+  }
+}
+
 export function sleep(ms: number): Promise<void> {
   return new Promise((resolve) => setTimeout(resolve, ms));
 }

@@ -1,18 +1,22 @@
 //! The HTTP listener: the backend API under `/v1` (bearer API key), the JSON WebSocket on `/ws`,
-//! and `/metrics` and `/healthz` for operations.
+//! the web pages and the JavaScript client (`pages`), `/dev/tokens` in dev mode, and `/metrics`
+//! and `/healthz` for operations.
 
 // The modules with request bodies are `pub(crate)` for `crate::fuzzing`, which parses bodies
 // as their handlers do.
 mod bearer;
 mod deadline;
+mod dev_tokens;
 pub(crate) mod devices;
 pub mod error;
 pub(crate) mod json;
 pub mod key_rates;
 pub(crate) mod messages;
 pub(crate) mod notifications;
+pub mod pages;
 mod recording;
 pub mod state;
+mod stats;
 pub mod tokens;
 mod users;
 
@@ -42,16 +46,23 @@ pub fn router(api: Arc<ApiState>) -> Router {
     let v1 = Router::new()
         .merge(recorded)
         .route("/tokens", post(tokens::issue))
+        .route("/stats", get(stats::stats))
+        .route("/nodes", get(stats::nodes))
         .route("/notifications/{id}", get(notifications::get))
         .route(
             "/users/{user}/quiet-hours",
             put(notifications::put_quiet_hours),
         )
         .route("/users/{user}/consent", put(notifications::put_consent))
+        .route(
+            "/users/{user}/preferences",
+            get(notifications::get_preferences),
+        )
         .route("/users/{user}/bindings", put(notifications::put_bindings))
         .route("/users/{user}", delete(users::delete_user))
         .route("/users/{user}/logout", post(users::logout))
         .route("/users/{user}/messages", get(users::history))
+        .route("/users/{user}/recent", get(users::recent))
         .route(
             "/users/{user}/contacts/{other}",
             delete(users::delete_contact),
@@ -81,8 +92,12 @@ pub fn router(api: Arc<ApiState>) -> Router {
         .merge(callbacks)
         .nest("/v1", v1)
         .route("/ws", get(json_ws::upgrade).with_state(ws_state))
+        .route(
+            "/dev/tokens",
+            post(dev_tokens::issue).with_state(api.clone()),
+        )
         .route("/healthz", get(healthz))
-        .route(CLIENT_BUNDLE_PATH, get(client_bundle))
+        .merge(pages::routes(&api.config.web))
         .route("/metrics", get(metrics).with_state(api.clone()))
         .fallback(|| async { ApiError::not_found("no such route") })
         .layer(DefaultBodyLimit::max(api.config.limits.http_max_body))
@@ -90,22 +105,6 @@ pub fn router(api: Arc<ApiState>) -> Router {
             api.config.limits.http_request_timeout,
             deadline::within,
         ))
-}
-
-/// Where the JavaScript client (`clients/js`) is served, as one ES module a page imports.
-pub const CLIENT_BUNDLE_PATH: &str = "/client/gateway-client.js";
-
-/// The JavaScript client, built from `clients/js` into `gateway/assets` (`npm run bundle`; the
-/// client's tests check that it is up to date), so that building the gateway needs no Node.
-/// Revalidated on every load: the path stays when the gateway is upgraded.
-async fn client_bundle() -> impl IntoResponse {
-    (
-        [
-            (header::CONTENT_TYPE, "text/javascript; charset=utf-8"),
-            (header::CACHE_CONTROL, "no-cache"),
-        ],
-        include_str!("../../assets/gateway-client.js"),
-    )
 }
 
 async fn healthz() -> Json<serde_json::Value> {

@@ -7,6 +7,7 @@ use super::json::{ApiJson, ApiQuery};
 use super::state::Api;
 use crate::channel::wechat::callback::{parse_job_finish, CallbackRefusal, CallbackSignature};
 use crate::notify::input::NotificationInput;
+use crate::notify::model::Preferences;
 use crate::notify::quiet_hours;
 use crate::notify::router::RouteError;
 use axum::extract::{Path, State};
@@ -120,6 +121,18 @@ pub async fn get(State(api): State<Api>, Path(id): Path<String>) -> Result<Json<
         Some(record) => Ok(Json(record)),
         None => Err(ApiError::not_found(format!("no notification {id:?}"))),
     }
+}
+
+/// The user's quiet hours, consent and bindings, as the router sees them.
+pub async fn get_preferences(
+    State(api): State<Api>,
+    Path(user): Path<String>,
+) -> Result<Json<Preferences>, ApiError> {
+    check_ids(&[&user])?;
+    let kept = api.notifications.ledger.preferences(&[user]).await?;
+    Ok(Json(
+        kept.first().map(|p| (**p).clone()).unwrap_or_default(),
+    ))
 }
 
 pub async fn put_quiet_hours(

@@ -3,6 +3,7 @@
 use super::key_rates::ApiKeyRates;
 use crate::auth::Auth;
 use crate::channel::wechat::callback::CallbackGuard;
+use crate::cluster::Membership;
 use crate::front::Front;
 use crate::live::registry::Registry;
 use crate::live::signals::Signals;
@@ -10,6 +11,7 @@ use crate::log::accept::Messages;
 use crate::notify::Notifications;
 use crate::observe::metrics::Metrics;
 use crate::observe::recorder::Recorder;
+use crate::observe::throughput::Throughput;
 use crate::store::SharedStore;
 use broker_config::Config;
 use std::sync::Arc;
@@ -23,6 +25,10 @@ pub struct ApiState {
     pub store: SharedStore,
     pub notifications: Arc<Notifications>,
     pub metrics: Arc<Metrics>,
+    /// The recent rates the console charts.
+    pub throughput: Arc<Throughput>,
+    /// The nodes, for their health.
+    pub cluster: Arc<dyn Membership>,
     /// The traffic recording, when `record.path` is set.
     pub recorder: Option<Recorder>,
     /// The JSON WebSocket (`/ws`) is a client connection like the MQTT ones.

@@ -1,11 +1,12 @@
-//! A user's history and the user's right to be forgotten: read the log, delete the user, delete
-//! a conversation.
+//! A user's history and the user's right to be forgotten: read the log (or, for operators, the
+//! latest entries' metadata), delete the user, delete a conversation.
 
 use super::devices::{check_ids, revoke_now};
 use super::error::ApiError;
 use super::json::ApiQuery;
 use super::state::Api;
 use crate::store::revocations::Revoked;
+use crate::store::EntryKind;
 use axum::extract::Path;
 use axum::extract::State;
 use axum::Json;
@@ -41,13 +42,7 @@ pub async fn history(
     ApiQuery(query): ApiQuery<HistoryQuery>,
 ) -> Result<Json<History>, ApiError> {
     check_ids(&[&user])?;
-    let max = api.config.roaming.max_read_limit;
-    let limit = query.limit.unwrap_or(api.config.roaming.page_size);
-    if limit == 0 || limit > max {
-        return Err(ApiError::invalid(format!(
-            "limit must be between 1 and {max} (roaming.max_read_limit)"
-        )));
-    }
+    let limit = read_limit(&api, query.limit)?;
     let head = api.store.head(&user).await?;
     let page = api.store.read(&user, query.after, limit).await?;
     let to_seq = if page.covered_to == query.after {
@@ -63,6 +58,91 @@ pub async fn history(
         messages: page.messages,
         to_seq,
         more: to_seq < head.last_seq,
+    }))
+}
+
+/// A read's `limit`, the sync page size when absent.
+fn read_limit(api: &Api, limit: Option<usize>) -> Result<usize, ApiError> {
+    let max = api.config.roaming.max_read_limit;
+    match limit.unwrap_or(api.config.roaming.page_size) {
+        limit @ 1.. if limit <= max => Ok(limit),
+        _ => Err(ApiError::invalid(format!(
+            "limit must be between 1 and {max} (roaming.max_read_limit)"
+        ))),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RecentQuery {
+    limit: Option<usize>,
+}
+
+#[derive(Serialize)]
+pub struct Recent {
+    user: String,
+    epoch: String,
+    first_seq: u64,
+    last_seq: u64,
+    /// Newest first.
+    entries: Vec<EntrySummary>,
+}
+
+/// An entry of a log as an operator sees it: who, when, what kind and how big; the body only
+/// with `web.show_bodies`.
+#[derive(Serialize)]
+pub struct EntrySummary {
+    seq: u64,
+    ts: u64,
+    id: String,
+    kind: EntryKind,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    from: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    from_device: Option<String>,
+    /// The body's size as JSON, in bytes.
+    bytes: usize,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    body: Option<serde_json::Value>,
+}
+
+/// The latest `limit` entries of the user's log (the sync page size when absent), newest
+/// first, as metadata: what the console shows of a user without reading people's messages.
+pub async fn recent(
+    State(api): State<Api>,
+    Path(user): Path<String>,
+    ApiQuery(query): ApiQuery<RecentQuery>,
+) -> Result<Json<Recent>, ApiError> {
+    check_ids(&[&user])?;
+    let limit = read_limit(&api, query.limit)?;
+    let head = api.store.head(&user).await?;
+    let after = head
+        .last_seq
+        .saturating_sub(limit as u64)
+        .max(head.first_seq.saturating_sub(1));
+    let page = api.store.read(&user, after, limit).await?;
+    let show_bodies = api.config.web.show_bodies;
+    let entries = page
+        .messages
+        .iter()
+        .rev()
+        .map(|message| EntrySummary {
+            seq: message.seq,
+            ts: message.ts,
+            id: message.id.clone(),
+            kind: page.kind_of(message.seq),
+            from: message.from.clone(),
+            from_device: message.from_device.clone(),
+            bytes: message.body.to_string().len(),
+            body: show_bodies.then(|| message.body.clone()),
+        })
+        .collect();
+    Ok(Json(Recent {
+        user,
+        epoch: head.epoch,
+        first_seq: head.first_seq,
+        last_seq: head.last_seq,
+        entries,
     }))
 }
 

@@ -11,9 +11,11 @@ use crate::live::nodes::OtherNodes;
 use crate::live::registry::Registry;
 use crate::live::sessions::Sessions;
 use crate::shutdown::Shutdown;
+use crate::store::StoreError;
 use async_trait::async_trait;
 use broker_config::{Store, StoreBackend};
 use prometheus_client::metrics::counter::Counter;
+use serde::Serialize;
 use std::sync::Arc;
 
 /// This node's membership of the cluster.
@@ -33,6 +35,20 @@ pub trait Membership: OtherNodes {
     /// Hands on what is still queued for the other nodes (the offline events of the sessions
     /// that just closed) and leaves, so the others reap what is left of this node at once.
     async fn leave(&self);
+
+    /// Every node of the cluster, this one among them, and whether each is alive.
+    async fn nodes(&self) -> Result<Vec<NodeHealth>, StoreError>;
+}
+
+/// A node as operators see it.
+#[derive(Debug, Clone, Serialize)]
+pub struct NodeHealth {
+    pub node: String,
+    /// The node answering.
+    pub this: bool,
+    /// Whether it renewed its liveness within `store.node_timeout`; a node that stopped
+    /// answering is listed until another node reaps it.
+    pub alive: bool,
 }
 
 /// Joins the nodes sharing the configured Redis, or none with the embedded store. `keys` seal
@@ -44,6 +60,8 @@ pub async fn join(
 ) -> anyhow::Result<Arc<dyn Membership>> {
     Ok(match config.backend {
         StoreBackend::Redis => redis::RedisNodes::join(config, keys, dropped).await?,
-        StoreBackend::Embedded => Arc::new(single::SingleNode),
+        StoreBackend::Embedded => Arc::new(single::SingleNode {
+            name: config.node_id.clone().unwrap_or_else(|| "local".into()),
+        }),
     })
 }

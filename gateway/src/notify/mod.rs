@@ -137,6 +137,7 @@ impl Notifications {
 impl Routing {
     async fn route(&self, batch: Vec<Notification>) -> Vec<Result<Record, RouteError>> {
         self.metrics.decision_batch.observe(batch.len() as f64);
+        self.metrics.routed.inc_by(batch.len() as u64);
         let users: Vec<String> = batch.iter().map(|n| n.user.clone()).collect();
         let states = match self.user_states(&users).await {
             Ok(states) => states,

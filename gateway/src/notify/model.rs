@@ -31,8 +31,9 @@ impl Job {
     }
 }
 
-/// What the routing and the sending need to know of a user's choices.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+/// What the routing and the sending need to know of a user's choices; `GET
+/// /v1/users/{user}/preferences` shows them as they are.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
 pub struct Preferences {
     pub quiet_hours: Option<QuietHours>,
     pub consent: Consent,

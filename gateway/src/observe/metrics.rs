@@ -168,6 +168,8 @@ pub struct NotifyMetrics {
     /// Notifications routed together: near 1 means no load to coalesce, at
     /// `notify.decision_batch` means the router is the bottleneck.
     pub decision_batch: Histogram,
+    /// Notifications routed (each once, whatever its routes did).
+    pub routed: Counter,
 }
 
 impl NotifyMetrics {
@@ -266,6 +268,7 @@ impl Metrics {
                 queue_depth: Gauge::default(),
                 dedup_claims: Gauge::default(),
                 decision_batch: Histogram::new(exponential_buckets(1.0, 2.0, 13)),
+                routed: Counter::default(),
             },
             record_events: Family::default(),
             registry: Registry::default(),
@@ -412,6 +415,11 @@ impl Metrics {
             metrics.notify.decision_batch.clone(),
         );
         registry.register(
+            "notify_routed",
+            "Notifications routed",
+            metrics.notify.routed.clone(),
+        );
+        registry.register(
             "record_events",
             "Events offered to the traffic recorder: written, dropped (queue full), stopped (limit reached)",
             metrics.record_events.clone(),
@@ -434,6 +442,29 @@ impl Metrics {
         self.rate_limited
             .get_or_create(&RateLimitedLabel { kind })
             .inc();
+    }
+
+    /// Open sessions per transport, without adding a zero series for a transport never used.
+    pub fn connections_now(&self) -> Vec<(Transport, i64)> {
+        Transport::ALL
+            .into_iter()
+            .map(|transport| {
+                let label = TransportLabel::from(transport);
+                let open = self.connections.get(&label).map_or(0, |gauge| gauge.get());
+                (transport, open)
+            })
+            .collect()
+    }
+
+    /// Messages written to clients, on every transport.
+    pub fn delivered_total(&self) -> u64 {
+        Transport::ALL
+            .into_iter()
+            .filter_map(|transport| {
+                let label = TransportLabel::from(transport);
+                self.messages_out.get(&label).map(|counter| counter.get())
+            })
+            .sum()
     }
 
     pub fn render(&self) -> String {

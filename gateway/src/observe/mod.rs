@@ -1,4 +1,6 @@
-//! What operators see: Prometheus metrics (`/metrics`) and the traffic recording.
+//! What operators see: Prometheus metrics (`/metrics`), the console's recent rates, and the
+//! traffic recording.
 
 pub mod metrics;
 pub mod recorder;
+pub mod throughput;

@@ -87,6 +87,11 @@ pub(crate) fn queue_refusal<T>(refused: mpsc::error::TrySendError<T>) -> (&'stat
     }
 }
 
+/// Writes waiting in a writer's queue: the store's backlog, as operators watch it.
+pub(crate) fn queued<T>(queue: &mpsc::Sender<T>) -> usize {
+    queue.max_capacity() - queue.capacity()
+}
+
 /// Who appended an entry, as the appender tagged it; handed back with the committed entry, so
 /// that live delivery can leave out the sender's own connection. The store never looks inside.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -133,7 +138,8 @@ impl NewMessage {
 /// What a log entry is: a message (delivered live on the user's inbox) or an in-app
 /// notification (on `u/{user}/notify`). Both are in the same log, so a sync returns both, in
 /// order.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
 pub enum EntryKind {
     #[default]
     Message,
@@ -342,6 +348,10 @@ pub trait Store:
     /// Commits what was queued before this call and stops: later appends are refused as
     /// unavailable. For shutdown, once nothing appends any more.
     async fn close(&self);
+
+    /// Writes waiting for the writer (at most `store.max_queued_writes`, past which appends are
+    /// refused): near the maximum, the store is what holds senders back.
+    fn queued_writes(&self) -> usize;
 
     /// Everything stored for the user, one line per item: `messages/{user}/{seq}`,
     /// `heads/{user}`, `cursors/{user}/{device}`, `forgotten/{user}/{other}`,

@@ -2,6 +2,7 @@
 //! is dead, and the first node to notice marks its devices offline.
 
 use super::keys::{alive_key, devices_key, presence_key, NODES, SET_OFFLINE};
+use crate::cluster::NodeHealth;
 use crate::infra::redis::bounded;
 use crate::live::registry::Registry;
 use crate::store::StoreError;
@@ -32,6 +33,34 @@ pub(super) async fn renew(
     )
     .await?;
     Ok(())
+}
+
+/// The nodes that joined and were not reaped yet, each with whether its liveness key is there.
+pub(super) async fn nodes(
+    redis: &ConnectionManager,
+    me: &str,
+) -> Result<Vec<NodeHealth>, StoreError> {
+    let mut redis = redis.clone();
+    let mut names: Vec<String> =
+        bounded(redis::cmd("SMEMBERS").arg(NODES).query_async(&mut redis)).await?;
+    if names.is_empty() {
+        return Ok(Vec::new());
+    }
+    names.sort();
+    let mut alive = redis::pipe();
+    for node in &names {
+        alive.cmd("EXISTS").arg(alive_key(node));
+    }
+    let alive: Vec<bool> = bounded(alive.query_async(&mut redis)).await?;
+    Ok(names
+        .into_iter()
+        .zip(alive)
+        .map(|(node, alive)| NodeHealth {
+            this: node == me,
+            node,
+            alive,
+        })
+        .collect())
 }
 
 /// Marks the devices of dead nodes offline, each dead node once (under a short lock), and tells

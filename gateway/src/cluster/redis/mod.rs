@@ -31,7 +31,7 @@ mod keys;
 mod liveness;
 mod relay;
 
-use super::Membership;
+use super::{Membership, NodeHealth};
 use crate::infra::cipher::KeyRing;
 use crate::infra::redis::{bounded, connect};
 use crate::live::hub::Hub;
@@ -318,5 +318,9 @@ impl Membership for RedisNodes {
         if let Err(e) = bounded(gone.exec_async(&mut redis)).await {
             tracing::warn!("cannot leave the cluster; the others reap this node when its liveness expires: {e}");
         }
+    }
+
+    async fn nodes(&self) -> Result<Vec<NodeHealth>, StoreError> {
+        liveness::nodes(&self.redis, &self.node).await
     }
 }

@@ -234,6 +234,10 @@ impl Store for EmbeddedStore {
         Ok(report)
     }
 
+    fn queued_writes(&self) -> usize {
+        super::queued(&self.commands)
+    }
+
     async fn close(&self) {
         let (reply, closed) = oneshot::channel();
         if self.commands.send(Command::Close { reply }).await.is_ok() {

@@ -552,6 +552,10 @@ impl Store for RedisStore {
         Ok(report)
     }
 
+    fn queued_writes(&self) -> usize {
+        super::queued(&self.writes)
+    }
+
     async fn close(&self) {
         let (reply, closed) = oneshot::channel();
         if self.writes.send(Write::Close(reply)).await.is_ok() {
