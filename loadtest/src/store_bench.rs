@@ -22,6 +22,7 @@ use crate::report::{Outcome, Table};
 use anyhow::{bail, Context, Result};
 use clap::{Args, ValueEnum};
 use gateway::infra::cipher::KeyRing;
+use gateway::infra::redis::Endpoint;
 use gateway::store::clock::HybridClock;
 use gateway::store::data_keys::DataKeys;
 use gateway::store::embedded::EmbeddedStore;
@@ -232,7 +233,14 @@ async fn open(
             settings,
         )?),
         Backend::Redis => Arc::new(
-            RedisStore::open(&cmd.redis_url, keys.clone(), clock, batches, settings).await?,
+            RedisStore::open(
+                &Endpoint::single(&cmd.redis_url),
+                keys.clone(),
+                clock,
+                batches,
+                settings,
+            )
+            .await?,
         ),
     })
 }

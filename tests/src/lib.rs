@@ -10,6 +10,7 @@ pub mod dropping_proxy;
 pub mod gateway;
 pub mod json_ws;
 pub mod mqtt;
+pub mod redis_cluster;
 pub mod redis_server;
 
 pub use gateway::{Options, TestGateway};

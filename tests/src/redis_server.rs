@@ -59,7 +59,8 @@ impl RedisServer {
         )
     }
 
-    fn start_with(extra: Vec<String>) -> Self {
+    /// As [`start`](Self::start), with more arguments for `redis-server`.
+    pub fn start_with(extra: Vec<String>) -> Self {
         let dir = tempfile::tempdir().expect("a temporary directory for redis-server");
         let mut failures = Vec::new();
         for _ in 0..PORT_ATTEMPTS {
@@ -169,7 +170,7 @@ impl Drop for RedisServer {
 }
 
 /// A port nothing listens on now (the OS picks it; it is released for the server to take).
-fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .and_then(|listener| listener.local_addr())
         .expect("a free loopback port")

@@ -33,7 +33,7 @@ mod relay;
 
 use super::Membership;
 use crate::infra::cipher::KeyRing;
-use crate::infra::redis::{bounded, connect};
+use crate::infra::redis::{bounded, connect, Endpoint, Redis};
 use crate::live::hub::Hub;
 use crate::live::message::Published;
 use crate::live::nodes::OtherNodes;
@@ -45,7 +45,6 @@ use async_trait::async_trait;
 use keys::{alive_key, presence_key, Outgoing, PresenceEntry, Relayed};
 use prometheus_client::metrics::counter::Counter;
 use protocol::envelope::DeviceInfo;
-use redis::aio::ConnectionManager;
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
@@ -53,8 +52,10 @@ use tokio::sync::{mpsc, oneshot};
 
 pub struct RedisNodes {
     node: String,
-    url: String,
-    redis: ConnectionManager,
+    endpoint: Endpoint,
+    /// Relays from other nodes waiting to be handled, at most (`store.relay_queue`).
+    inbound_capacity: usize,
+    redis: Redis,
     outgoing: mpsc::Sender<Outgoing>,
     /// Relays and presence changes dropped because `store.relay_queue` was full.
     dropped: Counter,
@@ -108,7 +109,8 @@ impl RedisNodes {
         keys: Arc<KeyRing>,
         dropped: Counter,
     ) -> anyhow::Result<Arc<Self>> {
-        let redis = connect(&config.redis_url).await?;
+        let endpoint = Endpoint::of(config);
+        let redis = connect(&endpoint).await?;
         let node = config
             .node_id
             .clone()
@@ -125,7 +127,8 @@ impl RedisNodes {
         tracing::info!(%node, "joined the cluster");
         Ok(Arc::new(Self {
             node,
-            url: config.redis_url.clone(),
+            endpoint,
+            inbound_capacity: config.relay_queue,
             redis,
             outgoing,
             dropped,
@@ -159,7 +162,7 @@ impl RedisNodes {
     ) {
         loop {
             tokio::select! {
-                received = relay::receive(&self.url, &self.node, &self.keys, &registry, &hub, &sessions) => {
+                received = relay::receive(&self.endpoint, self.inbound_capacity, &self.node, &self.keys, &registry, &hub, &sessions) => {
                     if let Err(e) = received {
                         tracing::warn!("cluster channel lost: {e}; reconnecting");
                     }
