@@ -12,6 +12,7 @@ pub mod json_ws;
 pub mod mqtt;
 pub mod redis_cluster;
 pub mod redis_server;
+pub mod shared_redis;
 
 pub use gateway::{Options, TestGateway};
 

@@ -1,11 +1,14 @@
 //! Several nodes sharing one real `redis-server`: live delivery across nodes, presence across
 //! nodes, a device moving between nodes, a dead node's devices going offline, and Redis
-//! outages answered with a retryable error and recovered from.
+//! outages answered with a retryable error and recovered from. What holds across nodes is also
+//! shown on a real Redis Cluster (three primaries, three replicas): those tests run on both.
 
 use e2e::device::{assert_holds_every_acknowledged_once, messages_of, seqs, Device};
 use e2e::json_ws::JsonClient;
 use e2e::mqtt::{Incoming, Via, V4, V5};
+use e2e::redis_cluster::RedisCluster;
 use e2e::redis_server::RedisServer;
+use e2e::shared_redis::SharedRedis;
 use e2e::{Options, TestGateway, PATIENCE, QUIET};
 use protocol::envelope::Platform;
 use protocol::topics;
@@ -15,20 +18,19 @@ use serde_json::json;
 use std::time::Duration;
 
 /// A node of the cluster on `redis`, named `node`.
-async fn node(redis: &RedisServer, node: &str, shared: Option<&TestGateway>) -> TestGateway {
+async fn node(redis: &impl SharedRedis, node: &str, shared: Option<&TestGateway>) -> TestGateway {
     node_with(redis, node, shared, Options::default()).await
 }
 
 /// A node of the cluster on `redis`, named `node`, started with `options` besides.
 async fn node_with(
-    redis: &RedisServer,
+    redis: &impl SharedRedis,
     node: &str,
     shared: Option<&TestGateway>,
     options: Options,
 ) -> TestGateway {
-    let options = options
-        .with("STORE__BACKEND", "redis")
-        .with("STORE__REDIS_URL", &redis.url())
+    let options = redis
+        .gateway_options(options)
         .with("STORE__NODE_ID", node)
         .with("STORE__NODE_HEARTBEAT", "200ms")
         .with("STORE__NODE_TIMEOUT", "1s");
@@ -45,6 +47,37 @@ async fn node_with(
         .expect("starting a node")
 }
 
+/// Each scenario as a test on its own `redis-server` (`one_redis::…`) and one on its own Redis
+/// Cluster (`redis_cluster::…`).
+macro_rules! on_one_redis_and_a_cluster {
+    ($($scenario:ident),* $(,)?) => {
+        mod one_redis {
+            $(
+                #[tokio::test]
+                async fn $scenario() {
+                    super::$scenario(super::RedisServer::start()).await
+                }
+            )*
+        }
+        mod redis_cluster {
+            $(
+                #[tokio::test]
+                async fn $scenario() {
+                    super::$scenario(super::RedisCluster::start()).await
+                }
+            )*
+        }
+    };
+}
+
+on_one_redis_and_a_cluster!(
+    an_api_keys_rate_limit_is_shared_by_the_nodes,
+    a_device_known_on_one_node_is_known_on_the_other,
+    one_per_class_kicks_the_older_phone_on_another_node,
+    three_nodes_deliver_live_share_presence_and_let_a_device_move,
+    a_dead_nodes_devices_go_offline,
+);
+
 /// Polls until `check` holds, for at most [`PATIENCE`].
 async fn eventually<F: std::future::Future<Output = bool>>(what: &str, check: impl Fn() -> F) {
     let deadline = tokio::time::Instant::now() + PATIENCE;
@@ -56,9 +89,7 @@ async fn eventually<F: std::future::Future<Output = bool>>(what: &str, check: im
 
 /// An API key's rate limit is the service's, not each node's: the nodes of one Redis share the
 /// key's bucket, so calls spread over them get no more than its burst.
-#[tokio::test]
-async fn an_api_keys_rate_limit_is_shared_by_the_nodes() {
-    let redis = RedisServer::start();
+async fn an_api_keys_rate_limit_is_shared_by_the_nodes(redis: impl SharedRedis) {
     let limited = || {
         Options::default()
             .rate_limited()
@@ -77,9 +108,7 @@ async fn an_api_keys_rate_limit_is_shared_by_the_nodes() {
 /// Known devices are the service's, not a node's: a node that never saw a user still knows its
 /// devices, so a new device waits for approval wherever it logs in, a device on another node
 /// approves it, and once approved it is known on every node.
-#[tokio::test]
-async fn a_device_known_on_one_node_is_known_on_the_other() {
-    let redis = RedisServer::start();
+async fn a_device_known_on_one_node_is_known_on_the_other(redis: impl SharedRedis) {
     let approval = || Options::default().with("SESSIONS__NEW_DEVICE_APPROVAL", "true");
     let a = node_with(&redis, "node-a", None, approval()).await;
     let b = node_with(&redis, "node-b", Some(&a), approval()).await;
@@ -128,9 +157,7 @@ async fn a_device_known_on_one_node_is_known_on_the_other() {
 
 /// One phone per user whichever node each is on: a new phone on node B logs out the older phone
 /// on node A, which is told why; the user's desktop stays.
-#[tokio::test]
-async fn one_per_class_kicks_the_older_phone_on_another_node() {
-    let redis = RedisServer::start();
+async fn one_per_class_kicks_the_older_phone_on_another_node(redis: impl SharedRedis) {
     let policy = || Options::default().with("SESSIONS__DEVICE_POLICY", "one_per_class");
     let a = node_with(&redis, "node-a", None, policy()).await;
     let b = node_with(&redis, "node-b", Some(&a), policy()).await;
@@ -176,21 +203,23 @@ async fn one_per_class_kicks_the_older_phone_on_another_node() {
     .await;
 }
 
-#[tokio::test]
-async fn two_nodes_deliver_live_share_presence_and_let_a_device_move() {
-    let redis = RedisServer::start();
+async fn three_nodes_deliver_live_share_presence_and_let_a_device_move(redis: impl SharedRedis) {
     let a = node(&redis, "node-a", None).await;
     let b = node(&redis, "node-b", Some(&a)).await;
+    let c = node(&redis, "node-c", Some(&a)).await;
 
     let mut alice_on_a = Device::connect(&a, "alice", "phone", Platform::Ios).await;
     let mut laptop_on_b = Device::connect(&b, "alice", "laptop", Platform::Desktop).await;
-    eventually("presence lists both nodes' devices", || async {
-        a.devices("alice").await == ["laptop", "phone"]
-            && b.devices("alice").await == ["laptop", "phone"]
+    let mut tablet_on_c = Device::connect(&c, "alice", "tablet", Platform::Android).await;
+    eventually("presence lists every node's devices", || async {
+        let all = ["laptop", "phone", "tablet"];
+        a.devices("alice").await == all
+            && b.devices("alice").await == all
+            && c.devices("alice").await == all
     })
     .await;
 
-    // Accepted on node B, live on node A (and on B).
+    // Accepted on node B, live on nodes A and C (and on B).
     let posted = b.post_message("alice", json!({"text": "via b"})).await;
     let on_a = alice_on_a.next_message().await;
     assert_eq!(
@@ -198,6 +227,8 @@ async fn two_nodes_deliver_live_share_presence_and_let_a_device_move() {
         (1, posted["id"].as_str().unwrap())
     );
     assert_eq!(laptop_on_b.next_message().await.seq, 1);
+    assert_eq!(tablet_on_c.next_message().await.seq, 1);
+    drop(tablet_on_c);
 
     // A device's own message roams to the user's device on the other node.
     alice_on_a.send("bob", json!({"text": "hi bob"})).await;
@@ -464,9 +495,7 @@ async fn acknowledgements_wait_for_the_configured_replicas() {
     eventually("acknowledged again", || async { send(2).await.0 == 202 }).await;
 }
 
-#[tokio::test]
-async fn a_dead_nodes_devices_go_offline() {
-    let redis = RedisServer::start();
+async fn a_dead_nodes_devices_go_offline(redis: impl SharedRedis) {
     let a = node(&redis, "node-a", None).await;
     let b = node(&redis, "node-b", Some(&a)).await;
     let _phone_on_a = Device::connect(&a, "dora", "phone", Platform::Ios).await;
