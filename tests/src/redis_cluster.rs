@@ -1,6 +1,6 @@
 //! A real Redis Cluster for a test: three primaries and three replicas, each a `redis-server`
 //! ([`RedisServer`]) on a free loopback port, joined by `redis-cli --cluster create`. A primary
-//! can be killed or failed over to its replica, to see the gateway follow.
+//! can be killed, for its replica to take over, to see the gateway follow.
 //!
 //! Everything here blocks, as in [`crate::redis_server`].
 
@@ -67,10 +67,10 @@ impl RedisCluster {
         self.nodes.iter().map(RedisServer::url).collect()
     }
 
-    /// The nodes that are primaries now.
+    /// The running nodes that are primaries now.
     pub fn primaries(&self) -> Vec<&RedisServer> {
         (self.nodes.iter())
-            .filter(|node| node.command(&["ROLE"]).starts_with("master"))
+            .filter(|node| node.is_running() && node.command(&["ROLE"]).starts_with("master"))
             .collect()
     }
 
@@ -81,23 +81,20 @@ impl RedisCluster {
             .collect()
     }
 
-    /// The replica of the primary that serves `key`'s slot takes over from it
-    /// (`CLUSTER FAILOVER`, coordinated: nothing the primary acknowledged is lost), and the
-    /// cluster agrees on it.
-    pub fn fail_over(&self, key: &str) {
-        let primary = self.owner(key);
-        let replica = (self.nodes.iter())
-            .find(|node| {
-                let role = node.command(&["ROLE"]);
-                role.starts_with("slave") && role.contains(&format!("\n{}\n", primary.port()))
-            })
-            .expect("a replica of the primary");
-        replica.command(&["CLUSTER", "FAILOVER"]);
-        let deadline = Instant::now() + PATIENCE;
-        while !replica.command(&["ROLE"]).starts_with("master") {
-            assert!(Instant::now() < deadline, "the replica did not take over");
-            std::thread::sleep(Duration::from_millis(50));
-        }
+    /// Kills (no shutdown) the primary that serves `key`'s slot, waits until the cluster has
+    /// promoted its replica and serves every slot again, then starts the killed one again: it
+    /// comes back as the new primary's replica, as an operator brings back a failed machine.
+    pub fn kill_primary_of(&mut self, key: &str) {
+        let port = self.owner(key).port();
+        let primary = (self.nodes.iter_mut())
+            .find(|node| node.port() == port)
+            .expect("the primary is a node");
+        primary.stop();
+        self.wait_until_ready();
+        let killed = (self.nodes.iter_mut())
+            .find(|node| node.port() == port)
+            .expect("the primary is a node");
+        killed.start_again();
         self.wait_until_ready();
     }
 
@@ -110,11 +107,11 @@ impl RedisCluster {
             .expect("a primary owns every slot")
     }
 
-    /// Waits until every node says the cluster is whole and knows all six nodes.
+    /// Waits until every running node says the cluster is whole and knows all six nodes.
     fn wait_until_ready(&self) {
         let deadline = Instant::now() + PATIENCE * 3;
         loop {
-            let ready = self.nodes.iter().all(|node| {
+            let ready = (self.nodes.iter().filter(|node| node.is_running())).all(|node| {
                 let info = node.command(&["CLUSTER", "INFO"]);
                 info.contains("cluster_state:ok")
                     && info.contains("cluster_slots_ok:16384")

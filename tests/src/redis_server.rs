@@ -106,6 +106,11 @@ impl RedisServer {
         answer
     }
 
+    /// Whether the server runs (it was not [`stop`](Self::stop)ped).
+    pub fn is_running(&self) -> bool {
+        self.child.is_some()
+    }
+
     /// Kills the server at once (no shutdown, as in a crash); it stays down until
     /// [`start_again`](Self::start_again).
     pub fn stop(&mut self) {
