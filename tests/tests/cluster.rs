@@ -36,17 +36,11 @@ async fn node_with(
         .with("STORE__NODE_ID", node)
         .with("STORE__NODE_HEARTBEAT", "200ms")
         .with("STORE__NODE_TIMEOUT", "1s");
-    // Nodes of one service share their secrets (token key, API key, at-rest key), here by
-    // starting from a copy of the first node's.
-    let data_dir = tempfile::tempdir().unwrap();
-    if let Some(first) = shared {
-        for secret in ["token_secret", "api_key", "at_rest_key"] {
-            std::fs::write(data_dir.path().join(secret), first.secret(secret)).unwrap();
-        }
+    match shared {
+        Some(first) => TestGateway::start_beside(first, options).await,
+        None => TestGateway::try_start(options, tempfile::tempdir().unwrap()).await,
     }
-    TestGateway::try_start(options, data_dir)
-        .await
-        .expect("starting a node")
+    .expect("starting a node")
 }
 
 /// Each scenario as a test on its own `redis-server` (`one_redis::…`) and one on its own Redis

@@ -1100,11 +1100,7 @@ async fn two_nodes(
             .with("STORE__NODE_ID", node)
     };
     let a = TestGateway::start_with(on_redis("node-a")).await;
-    let b_dir = tempfile::tempdir().unwrap();
-    for secret in ["token_secret", "api_key", "at_rest_key"] {
-        std::fs::write(b_dir.path().join(secret), a.secret(secret)).unwrap();
-    }
-    let b = TestGateway::try_start(on_redis("node-b"), b_dir)
+    let b = TestGateway::start_beside(&a, on_redis("node-b"))
         .await
         .unwrap();
     (a, b)
