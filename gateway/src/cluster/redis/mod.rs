@@ -3,11 +3,14 @@
 //! - **Presence**: each online device is in `gw:{user}:presence` (device → its node and
 //!   [`DeviceInfo`]), and in its node's set `gw:node:{node}:devices`, so any node lists a user's
 //!   devices on every node, and the devices of a node that died can be found and marked offline.
+//!   The two are in different slots of a Redis Cluster, so they are written side by side in one
+//!   round trip: into the node's set before presence, out of presence before the node's set.
 //! - **Liveness**: each node renews `gw:node:{node}:alive` (with a TTL of `store.node_timeout`)
 //!   every `store.node_heartbeat` and is a member of `gw:nodes`. A node whose key expired is dead:
 //!   the first node to notice takes a short lock, removes the dead node's devices from presence and
 //!   tells their users' other devices they went offline.
-//! - **Delivery**: each node subscribes to its own channel `gw:node:{node}`. What is published to a
+//! - **Delivery**: each node subscribes to its own channel `gw:node:{node}` (on a Redis Cluster a
+//!   sharded channel, see [`crate::infra::redis::subscribe`]). What is published to a
 //!   user's topic (a committed message, a presence event, a reply) goes to the local hub and, on
 //!   the channels of the other nodes that hold devices of that user, to theirs — addressed, never
 //!   broadcast to every node.

@@ -2,7 +2,7 @@
 //! reconnects by itself, and requests that fail fast while Redis is away instead of waiting for
 //! it to come back.
 //!
-//! One Redis (a primary, possibly behind Sentinel's failover of its address) or a Redis Cluster:
+//! One Redis (a primary at one address) or a Redis Cluster:
 //! [`Redis`] serves both, so the store, the ledger, the token cache, the rate limiter and the
 //! node relays send the same requests either way. What a cluster needs of them is that every
 //! script and transaction touches keys of one hash slot; a pipeline may span slots (see

@@ -1,7 +1,7 @@
 //! The Redis store: several gateway nodes share one Redis and see the same logs.
 //!
 //! Every key of a user carries the user as a hash tag (`gw:{alice}:…`), so a Redis Cluster
-//! would keep one user's keys on one shard, and every script touches the keys of one user only:
+//! keeps one user's keys in one slot, and every script touches the keys of one user only:
 //! - `gw:{user}:log` — a stream whose entry ids are `<seq>-0`, with fields `h` (the hybrid-clock
 //!   time, decimal) and `r` (the sealed record)
 //! - `gw:{user}:head` — a hash: `first_seq`, `last_seq`, `last_hlc`, `epoch`
