@@ -81,6 +81,9 @@ pub struct StoreCmd {
     /// their own), never remove any: use a throwaway server.
     #[arg(long, default_value = "redis://127.0.0.1:6379/")]
     redis_url: String,
+    /// `--redis-url` is a node of a Redis Cluster: measure the store on the whole cluster.
+    #[arg(long)]
+    redis_cluster: bool,
     /// Concurrent writers, one measurement each, e.g. 1,16,256.
     #[arg(long, value_delimiter = ',', default_value = "1,16,256",
           value_parser = clap::value_parser!(u32).range(1..=100_000))]
@@ -234,7 +237,10 @@ async fn open(
         )?),
         Backend::Redis => Arc::new(
             RedisStore::open(
-                &Endpoint::single(&cmd.redis_url),
+                &match cmd.redis_cluster {
+                    false => Endpoint::single(&cmd.redis_url),
+                    true => Endpoint::cluster(vec![cmd.redis_url.clone()]),
+                },
                 keys.clone(),
                 clock,
                 batches,
