@@ -27,8 +27,8 @@
 //! - `gw:{user}:notify:records` — a set of the ids of the user's records, for deleting the user
 //!
 //! Every script and transaction touches the keys of one hash slot — a user's, or one queue
-//! shard's — so the ledger runs on one Redis and on a Redis Cluster alike. Workers take from
-//! every shard in turn (see [`RedisLedger::take_due`]).
+//! shard's — so the ledger runs on one Redis and on a Redis Cluster alike. Workers take the
+//! oldest due pushes of all shards together (see `take_due`).
 //!
 //! Atomicity across nodes: claims are `SET NX`; taking due jobs, joining an aggregate, moving a
 //! job and counting a quota are Lua scripts, so two nodes never take the same job within its
