@@ -194,8 +194,8 @@ impl RedisLedger {
     }
 
     /// Sets one route's state of record `id` if the record did not change since it was read
-    /// (else reads it again: see the module doc), then applies `queue`. Without a record, the
-    /// route is not set but the queue change still applies.
+    /// (else reads it again: see the module doc), then applies `queue`. Without a record, or
+    /// when the route already has that state, only the queue change applies.
     async fn rewrite(
         &self,
         id: &str,
@@ -211,7 +211,11 @@ impl RedisLedger {
                 break;
             };
             let mut record = self.open_record(id, &read)?;
-            record.routes.insert(route, state.clone());
+            // A push put back unchanged (over the provider's rate) only moves in the queue.
+            if record.routes.insert(route, state.clone()).as_ref() == Some(state) {
+                written = true;
+                break;
+            }
             let mut rewrite = REWRITE.key(&key);
             rewrite.arg(&read).arg(self.seal_record(&record));
             if bounded(rewrite.invoke_async(&mut self.redis.clone())).await? {
