@@ -295,6 +295,16 @@ impl Config {
             "must be at least store.max_batch",
         );
         check(
+            (1..=1024).contains(&st.redis_queue_shards),
+            "store.redis_queue_shards",
+            "must be between 1 and 1024",
+        );
+        check(
+            st.redis_seeds.is_empty() || st.redis_cluster,
+            "store.redis_seeds",
+            "are for a Redis Cluster: set store.redis_cluster = true",
+        );
+        check(
             st.redis_wait_replicas == 0 || st.redis_wait_timeout.as_millis() >= 1,
             "store.redis_wait_timeout",
             "must be at least 1ms when store.redis_wait_replicas is set (0 would wait forever)",

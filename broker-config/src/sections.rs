@@ -400,6 +400,17 @@ pub struct Store {
     /// With `rediss://`: the CA certificate (PEM) that signed the server's, when it is not one
     /// the system trusts.
     pub redis_ca: Option<PathBuf>,
+    /// `redis_url` names one node of a Redis Cluster, not a single Redis: the gateway learns the
+    /// cluster's slots from it and follows them (redirections, failovers, resharding).
+    pub redis_cluster: bool,
+    /// With `redis_cluster`: more nodes to learn the cluster from, tried when `redis_url`'s node
+    /// is down at start (same form as `redis_url`).
+    pub redis_seeds: Vec<String>,
+    /// How many hash slots the Redis notification queue is spread over (`gw:notify:{queue:N}:…`);
+    /// each user's pushes are in one of them, and workers take from all in turn. On a Redis
+    /// Cluster more shards spread the queue's load over more primaries. Change it only while the
+    /// queue is empty: a push stays in the shard it was queued in.
+    pub redis_queue_shards: u32,
     /// Redis replicas every batch of appends must reach (`WAIT`) before it is acknowledged; 0
     /// acknowledges once the primary executed it. With replicas, a failover to one of them
     /// loses nothing acknowledged.
@@ -452,6 +463,9 @@ impl Default for Store {
             backend: StoreBackend::Embedded,
             redis_url: "redis://127.0.0.1:6379".into(),
             redis_ca: None,
+            redis_cluster: false,
+            redis_seeds: Vec::new(),
+            redis_queue_shards: 16,
             redis_wait_replicas: 0,
             redis_wait_timeout: Duration::from_secs(1),
             encryption_keys: Vec::new(),

@@ -24,6 +24,7 @@ use crate::infra::cipher::KeyRing;
 use crate::infra::data_dir::DataDir;
 use crate::infra::fatal;
 use crate::infra::rate_limiter::RateLimiter;
+use crate::infra::redis::{connect, Endpoint};
 use crate::live::hub::Hub;
 use crate::live::link::LinkIds;
 use crate::live::registry::Registry;
@@ -452,9 +453,9 @@ async fn open_store(
             feed,
             settings,
         )?),
-        StoreBackend::Redis => {
-            Arc::new(RedisStore::open(&config.store.redis_url, keys, clock, feed, settings).await?)
-        }
+        StoreBackend::Redis => Arc::new(
+            RedisStore::open(&Endpoint::of(&config.store), keys, clock, feed, settings).await?,
+        ),
     })
 }
 
@@ -466,7 +467,8 @@ async fn open_ledger(
     Ok(match config.store.backend {
         StoreBackend::Redis => {
             let retention = config.notify.record_retention;
-            Arc::new(RedisLedger::open(&config.store.redis_url, keys, retention).await?)
+            let (endpoint, shards) = (Endpoint::of(&config.store), config.store.redis_queue_shards);
+            Arc::new(RedisLedger::open(&endpoint, shards, keys, retention).await?)
         }
         StoreBackend::Embedded => Arc::new(EmbeddedLedger::open(
             &data.path("notify"),
@@ -479,9 +481,7 @@ async fn open_ledger(
 /// Token buckets shared by the nodes of one Redis, or this process's own.
 async fn rate_limiter(config: &Config) -> Result<RateLimiter> {
     Ok(match config.store.backend {
-        StoreBackend::Redis => {
-            RateLimiter::Shared(crate::infra::redis::connect(&config.store.redis_url).await?)
-        }
+        StoreBackend::Redis => RateLimiter::Shared(connect(&Endpoint::of(&config.store)).await?),
         StoreBackend::Embedded => RateLimiter::Local(Default::default()),
     })
 }
@@ -495,7 +495,7 @@ async fn notify_worker(
 ) -> Result<Arc<Worker>> {
     let cache: Arc<dyn TokenCache> = match config.store.backend {
         StoreBackend::Redis => Arc::new(RedisTokenCache::new(
-            crate::infra::redis::connect(&config.store.redis_url).await?,
+            connect(&Endpoint::of(&config.store)).await?,
         )),
         StoreBackend::Embedded => Arc::new(LocalTokenCache::new()),
     };

@@ -195,9 +195,12 @@ fn check_config(file: &Path) -> ExitCode {
 
 fn init_logging(level: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        // The embedded store's engine logs every flush at info; keep it to warnings.
+        // The embedded store's engine logs every flush at info; keep it to warnings. The Redis
+        // Cluster client warns of every attempt to reach a node that is down (hundreds a second
+        // during a failover); the gateway's own warnings name the outage, once per failed request.
         .or_else(|_| {
-            tracing_subscriber::EnvFilter::try_new(format!("{level},fjall=warn,lsm_tree=warn"))
+            let quiet = "fjall=warn,lsm_tree=warn,redis=error";
+            tracing_subscriber::EnvFilter::try_new(format!("{level},{quiet}"))
         })
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     tracing_subscriber::fmt()

@@ -22,6 +22,7 @@ use crate::report::{Outcome, Table};
 use anyhow::{bail, Context, Result};
 use clap::{Args, ValueEnum};
 use gateway::infra::cipher::KeyRing;
+use gateway::infra::redis::Endpoint;
 use gateway::store::clock::HybridClock;
 use gateway::store::data_keys::DataKeys;
 use gateway::store::embedded::EmbeddedStore;
@@ -80,6 +81,9 @@ pub struct StoreCmd {
     /// their own), never remove any: use a throwaway server.
     #[arg(long, default_value = "redis://127.0.0.1:6379/")]
     redis_url: String,
+    /// `--redis-url` is a node of a Redis Cluster: measure the store on the whole cluster.
+    #[arg(long)]
+    redis_cluster: bool,
     /// Concurrent writers, one measurement each, e.g. 1,16,256.
     #[arg(long, value_delimiter = ',', default_value = "1,16,256",
           value_parser = clap::value_parser!(u32).range(1..=100_000))]
@@ -232,7 +236,17 @@ async fn open(
             settings,
         )?),
         Backend::Redis => Arc::new(
-            RedisStore::open(&cmd.redis_url, keys.clone(), clock, batches, settings).await?,
+            RedisStore::open(
+                &match cmd.redis_cluster {
+                    false => Endpoint::single(&cmd.redis_url),
+                    true => Endpoint::cluster(vec![cmd.redis_url.clone()]),
+                },
+                keys.clone(),
+                clock,
+                batches,
+                settings,
+            )
+            .await?,
         ),
     })
 }

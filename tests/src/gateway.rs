@@ -126,6 +126,17 @@ impl TestGateway {
         })
     }
 
+    /// Another node of `first`'s service, started with `options`: nodes of one service share
+    /// their secrets (token key, API key, at-rest key), here by starting from a copy of
+    /// `first`'s.
+    pub async fn start_beside(first: &TestGateway, options: Options) -> Result<Self> {
+        let data_dir = tempfile::tempdir()?;
+        for secret in ["token_secret", "api_key", "at_rest_key"] {
+            std::fs::write(data_dir.path().join(secret), first.secret(secret))?;
+        }
+        Self::try_start(options, data_dir).await
+    }
+
     /// A device token from `gateway token`, as an operator would make one.
     pub fn token(&self, user: &str, device: &str, platform: Platform) -> String {
         run_cli(

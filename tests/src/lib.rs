@@ -10,7 +10,9 @@ pub mod dropping_proxy;
 pub mod gateway;
 pub mod json_ws;
 pub mod mqtt;
+pub mod redis_cluster;
 pub mod redis_server;
+pub mod shared_redis;
 
 pub use gateway::{Options, TestGateway};
 

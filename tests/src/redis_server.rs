@@ -59,7 +59,8 @@ impl RedisServer {
         )
     }
 
-    fn start_with(extra: Vec<String>) -> Self {
+    /// As [`start`](Self::start), with more arguments for `redis-server`.
+    pub fn start_with(extra: Vec<String>) -> Self {
         let dir = tempfile::tempdir().expect("a temporary directory for redis-server");
         let mut failures = Vec::new();
         for _ in 0..PORT_ATTEMPTS {
@@ -103,6 +104,11 @@ impl RedisServer {
             String::from_utf8_lossy(&output.stderr)
         );
         answer
+    }
+
+    /// Whether the server runs (it was not [`stop`](Self::stop)ped).
+    pub fn is_running(&self) -> bool {
+        self.child.is_some()
     }
 
     /// Kills the server at once (no shutdown, as in a crash); it stays down until
@@ -169,7 +175,7 @@ impl Drop for RedisServer {
 }
 
 /// A port nothing listens on now (the OS picks it; it is released for the server to take).
-fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .and_then(|listener| listener.local_addr())
         .expect("a free loopback port")

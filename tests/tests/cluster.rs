@@ -1,49 +1,78 @@
 //! Several nodes sharing one real `redis-server`: live delivery across nodes, presence across
 //! nodes, a device moving between nodes, a dead node's devices going offline, and Redis
-//! outages answered with a retryable error and recovered from.
+//! outages answered with a retryable error and recovered from. What holds across nodes is also
+//! shown on a real Redis Cluster (three primaries, three replicas): those tests run on both.
 
 use e2e::device::{assert_holds_every_acknowledged_once, messages_of, seqs, Device};
 use e2e::json_ws::JsonClient;
 use e2e::mqtt::{Incoming, Via, V4, V5};
+use e2e::redis_cluster::RedisCluster;
 use e2e::redis_server::RedisServer;
+use e2e::shared_redis::SharedRedis;
 use e2e::{Options, TestGateway, PATIENCE, QUIET};
 use protocol::envelope::Platform;
 use protocol::topics;
 use reqwest::Method;
 use rumqttc::QoS;
 use serde_json::json;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 /// A node of the cluster on `redis`, named `node`.
-async fn node(redis: &RedisServer, node: &str, shared: Option<&TestGateway>) -> TestGateway {
+async fn node(redis: &impl SharedRedis, node: &str, shared: Option<&TestGateway>) -> TestGateway {
     node_with(redis, node, shared, Options::default()).await
 }
 
 /// A node of the cluster on `redis`, named `node`, started with `options` besides.
 async fn node_with(
-    redis: &RedisServer,
+    redis: &impl SharedRedis,
     node: &str,
     shared: Option<&TestGateway>,
     options: Options,
 ) -> TestGateway {
-    let options = options
-        .with("STORE__BACKEND", "redis")
-        .with("STORE__REDIS_URL", &redis.url())
+    let options = redis
+        .gateway_options(options)
         .with("STORE__NODE_ID", node)
         .with("STORE__NODE_HEARTBEAT", "200ms")
         .with("STORE__NODE_TIMEOUT", "1s");
-    // Nodes of one service share their secrets (token key, API key, at-rest key), here by
-    // starting from a copy of the first node's.
-    let data_dir = tempfile::tempdir().unwrap();
-    if let Some(first) = shared {
-        for secret in ["token_secret", "api_key", "at_rest_key"] {
-            std::fs::write(data_dir.path().join(secret), first.secret(secret)).unwrap();
-        }
+    match shared {
+        Some(first) => TestGateway::start_beside(first, options).await,
+        None => TestGateway::try_start(options, tempfile::tempdir().unwrap()).await,
     }
-    TestGateway::try_start(options, data_dir)
-        .await
-        .expect("starting a node")
+    .expect("starting a node")
 }
+
+/// Each scenario as a test on its own `redis-server` (`one_redis::…`) and one on its own Redis
+/// Cluster (`redis_cluster::…`).
+macro_rules! on_one_redis_and_a_cluster {
+    ($($scenario:ident),* $(,)?) => {
+        mod one_redis {
+            $(
+                #[tokio::test]
+                async fn $scenario() {
+                    super::$scenario(super::RedisServer::start()).await
+                }
+            )*
+        }
+        mod redis_cluster {
+            $(
+                #[tokio::test]
+                async fn $scenario() {
+                    super::$scenario(super::RedisCluster::start()).await
+                }
+            )*
+        }
+    };
+}
+
+on_one_redis_and_a_cluster!(
+    an_api_keys_rate_limit_is_shared_by_the_nodes,
+    a_device_known_on_one_node_is_known_on_the_other,
+    one_per_class_kicks_the_older_phone_on_another_node,
+    three_nodes_deliver_live_share_presence_and_let_a_device_move,
+    a_dead_nodes_devices_go_offline,
+);
 
 /// Polls until `check` holds, for at most [`PATIENCE`].
 async fn eventually<F: std::future::Future<Output = bool>>(what: &str, check: impl Fn() -> F) {
@@ -56,9 +85,7 @@ async fn eventually<F: std::future::Future<Output = bool>>(what: &str, check: im
 
 /// An API key's rate limit is the service's, not each node's: the nodes of one Redis share the
 /// key's bucket, so calls spread over them get no more than its burst.
-#[tokio::test]
-async fn an_api_keys_rate_limit_is_shared_by_the_nodes() {
-    let redis = RedisServer::start();
+async fn an_api_keys_rate_limit_is_shared_by_the_nodes(redis: impl SharedRedis) {
     let limited = || {
         Options::default()
             .rate_limited()
@@ -77,9 +104,7 @@ async fn an_api_keys_rate_limit_is_shared_by_the_nodes() {
 /// Known devices are the service's, not a node's: a node that never saw a user still knows its
 /// devices, so a new device waits for approval wherever it logs in, a device on another node
 /// approves it, and once approved it is known on every node.
-#[tokio::test]
-async fn a_device_known_on_one_node_is_known_on_the_other() {
-    let redis = RedisServer::start();
+async fn a_device_known_on_one_node_is_known_on_the_other(redis: impl SharedRedis) {
     let approval = || Options::default().with("SESSIONS__NEW_DEVICE_APPROVAL", "true");
     let a = node_with(&redis, "node-a", None, approval()).await;
     let b = node_with(&redis, "node-b", Some(&a), approval()).await;
@@ -128,9 +153,7 @@ async fn a_device_known_on_one_node_is_known_on_the_other() {
 
 /// One phone per user whichever node each is on: a new phone on node B logs out the older phone
 /// on node A, which is told why; the user's desktop stays.
-#[tokio::test]
-async fn one_per_class_kicks_the_older_phone_on_another_node() {
-    let redis = RedisServer::start();
+async fn one_per_class_kicks_the_older_phone_on_another_node(redis: impl SharedRedis) {
     let policy = || Options::default().with("SESSIONS__DEVICE_POLICY", "one_per_class");
     let a = node_with(&redis, "node-a", None, policy()).await;
     let b = node_with(&redis, "node-b", Some(&a), policy()).await;
@@ -176,21 +199,23 @@ async fn one_per_class_kicks_the_older_phone_on_another_node() {
     .await;
 }
 
-#[tokio::test]
-async fn two_nodes_deliver_live_share_presence_and_let_a_device_move() {
-    let redis = RedisServer::start();
+async fn three_nodes_deliver_live_share_presence_and_let_a_device_move(redis: impl SharedRedis) {
     let a = node(&redis, "node-a", None).await;
     let b = node(&redis, "node-b", Some(&a)).await;
+    let c = node(&redis, "node-c", Some(&a)).await;
 
     let mut alice_on_a = Device::connect(&a, "alice", "phone", Platform::Ios).await;
     let mut laptop_on_b = Device::connect(&b, "alice", "laptop", Platform::Desktop).await;
-    eventually("presence lists both nodes' devices", || async {
-        a.devices("alice").await == ["laptop", "phone"]
-            && b.devices("alice").await == ["laptop", "phone"]
+    let mut tablet_on_c = Device::connect(&c, "alice", "tablet", Platform::Android).await;
+    eventually("presence lists every node's devices", || async {
+        let all = ["laptop", "phone", "tablet"];
+        a.devices("alice").await == all
+            && b.devices("alice").await == all
+            && c.devices("alice").await == all
     })
     .await;
 
-    // Accepted on node B, live on node A (and on B).
+    // Accepted on node B, live on nodes A and C (and on B).
     let posted = b.post_message("alice", json!({"text": "via b"})).await;
     let on_a = alice_on_a.next_message().await;
     assert_eq!(
@@ -198,6 +223,8 @@ async fn two_nodes_deliver_live_share_presence_and_let_a_device_move() {
         (1, posted["id"].as_str().unwrap())
     );
     assert_eq!(laptop_on_b.next_message().await.seq, 1);
+    assert_eq!(tablet_on_c.next_message().await.seq, 1);
+    drop(tablet_on_c);
 
     // A device's own message roams to the user's device on the other node.
     alice_on_a.send("bob", json!({"text": "hi bob"})).await;
@@ -328,75 +355,132 @@ async fn revoked_and_deleted_users_tokens_are_refused_on_every_node() {
     }
 }
 
+/// Senders pouring messages into users' logs through one node, each retrying after a refusal,
+/// until [`finish`](Self::finish): what was acknowledged, by user, as `(id, seq)`.
+struct Load {
+    acknowledged: Arc<Mutex<Vec<(String, String, u64)>>>,
+    done: Arc<AtomicBool>,
+    posters: Vec<tokio::task::JoinHandle<u32>>,
+}
+
+impl Load {
+    /// Six senders, each writing to `users` in turn.
+    fn start(gw: &TestGateway, users: &[&str]) -> Self {
+        let acknowledged = Arc::new(Mutex::new(Vec::new()));
+        let done = Arc::new(AtomicBool::new(false));
+        let users: Vec<String> = users.iter().map(|user| user.to_string()).collect();
+        let posters = (0..6)
+            .map(|poster| {
+                let (url, key) = (gw.url("/v1/messages"), gw.api_key.clone());
+                let (acknowledged, done) = (acknowledged.clone(), done.clone());
+                let users = users.clone();
+                tokio::spawn(async move {
+                    let client = reqwest::Client::new();
+                    let mut refused = 0;
+                    for (n, user) in users.iter().cycle().enumerate() {
+                        if done.load(Ordering::Relaxed) {
+                            return refused;
+                        }
+                        let sent = client
+                            .post(&url)
+                            .bearer_auth(&key)
+                            .json(&json!({"to": user, "body": {"poster": poster, "n": n}}))
+                            .timeout(Duration::from_secs(5))
+                            .send()
+                            .await;
+                        match sent {
+                            Ok(response) if response.status() == 202 => {
+                                let reply: serde_json::Value = response.json().await.unwrap();
+                                let id = reply["id"].as_str().unwrap().to_string();
+                                let seq = reply["seq"].as_u64().unwrap();
+                                acknowledged.lock().unwrap().push((user.clone(), id, seq));
+                            }
+                            _ => {
+                                refused += 1;
+                                tokio::time::sleep(Duration::from_millis(20)).await;
+                            }
+                        }
+                    }
+                    refused
+                })
+            })
+            .collect();
+        Self {
+            acknowledged,
+            done,
+            posters,
+        }
+    }
+
+    /// How many were acknowledged so far.
+    fn count(&self) -> usize {
+        self.acknowledged.lock().unwrap().len()
+    }
+
+    /// Waits until `more` messages past those acknowledged now are acknowledged.
+    async fn flows(&self, more: usize) {
+        let target = self.count() + more;
+        eventually("messages flow", || async { self.count() >= target }).await;
+    }
+
+    /// Stops the senders; checks that some were refused (the outage was seen) and that every
+    /// user's log holds what was acknowledged, once, at its sequence, with no gap.
+    async fn finish(self, gw: &TestGateway, users: &[&str]) {
+        self.done.store(true, Ordering::Relaxed);
+        let mut refused = 0;
+        for poster in self.posters {
+            refused += poster.await.unwrap();
+        }
+        assert!(refused > 0, "the outage was seen");
+        let acknowledged = self.acknowledged.lock().unwrap().clone();
+        for user in users {
+            let log = gw.whole_log(user).await;
+            let of_user: Vec<(String, u64)> = (acknowledged.iter())
+                .filter(|(to, ..)| to == user)
+                .map(|(_, id, seq)| (id.clone(), *seq))
+                .collect();
+            assert!(!of_user.is_empty(), "{user} got messages");
+            assert_holds_every_acknowledged_once(&format!("{user}'s log"), &log, &of_user);
+        }
+    }
+}
+
 /// Redis killed (no shutdown) and started again while senders pour messages in: what was
 /// acknowledged before, during and after the outage is all in the log once, at the sequence it
 /// was acknowledged with, and the sequences have no gap. (The test server runs with
 /// `appendfsync always`, which the README says is what makes an acknowledgement durable.)
 #[tokio::test]
 async fn redis_restarted_under_load_loses_nothing_acknowledged() {
-    use std::sync::atomic::{AtomicBool, Ordering};
-    use std::sync::{Arc, Mutex};
     let mut redis = RedisServer::start();
     let gw = node(&redis, "node-a", None).await;
-    let acknowledged = Arc::new(Mutex::new(Vec::<(String, u64)>::new()));
-    let done = Arc::new(AtomicBool::new(false));
-    let posters: Vec<_> = (0..6)
-        .map(|poster| {
-            let (url, key) = (gw.url("/v1/messages"), gw.api_key.clone());
-            let (acknowledged, done) = (acknowledged.clone(), done.clone());
-            tokio::spawn(async move {
-                let client = reqwest::Client::new();
-                let mut refused = 0;
-                for n in 0.. {
-                    if done.load(Ordering::Relaxed) {
-                        return refused;
-                    }
-                    let sent = client
-                        .post(&url)
-                        .bearer_auth(&key)
-                        .json(&json!({"to": "olga", "body": {"poster": poster, "n": n}}))
-                        .timeout(Duration::from_secs(5))
-                        .send()
-                        .await;
-                    match sent {
-                        Ok(response) if response.status() == 202 => {
-                            let reply: serde_json::Value = response.json().await.unwrap();
-                            let id = reply["id"].as_str().unwrap().to_string();
-                            acknowledged
-                                .lock()
-                                .unwrap()
-                                .push((id, reply["seq"].as_u64().unwrap()));
-                        }
-                        _ => {
-                            refused += 1;
-                            tokio::time::sleep(Duration::from_millis(20)).await;
-                        }
-                    }
-                }
-                refused
-            })
-        })
-        .collect();
-    let count = || acknowledged.lock().unwrap().len();
-    eventually("messages flow", || async { count() >= 200 }).await;
+    let load = Load::start(&gw, &["olga"]);
+    load.flows(200).await;
     redis.stop();
     tokio::time::sleep(Duration::from_millis(500)).await;
     redis.start_again();
-    let after_outage = count();
-    eventually("messages flow again", || async {
-        count() >= after_outage + 200
-    })
-    .await;
-    done.store(true, Ordering::Relaxed);
-    let mut refused = 0;
-    for poster in posters {
-        refused += poster.await.unwrap();
-    }
-    assert!(refused > 0, "the outage was seen");
+    load.flows(200).await;
+    load.finish(&gw, &["olga"]).await;
+}
 
-    let log = gw.whole_log("olga").await;
-    let acknowledged = acknowledged.lock().unwrap().clone();
-    assert_holds_every_acknowledged_once("olga's log", &log, &acknowledged);
+/// A Redis Cluster primary killed (no shutdown) while senders pour messages into logs on every
+/// primary: the cluster promotes its replica, the node follows by itself, and with
+/// `store.redis_wait_replicas = 1` every acknowledged message was on the replica before it was
+/// acknowledged — none is lost, none is stored twice, no sequence is skipped. Until the killed
+/// one is back as the new primary's replica, that shard's writes are refused (no replica
+/// confirms them), the others' go on.
+#[tokio::test]
+async fn a_cluster_primary_killed_under_load_loses_nothing_acknowledged() {
+    let mut cluster = RedisCluster::start();
+    let users = ["olga", "pia", "quinn", "rosa", "sue", "tara"];
+    let options = Options::default()
+        .with("STORE__REDIS_WAIT_REPLICAS", "1")
+        .with("STORE__REDIS_WAIT_TIMEOUT", "1s");
+    let gw = node_with(&cluster, "node-a", None, options).await;
+    let load = Load::start(&gw, &users);
+    load.flows(200).await;
+    cluster.kill_primary_of("gw:{olga}:log");
+    load.flows(200).await;
+    load.finish(&gw, &users).await;
 }
 
 /// Whoever can write to Redis but holds none of the nodes' keys cannot make a node act: a kick
@@ -464,9 +548,7 @@ async fn acknowledgements_wait_for_the_configured_replicas() {
     eventually("acknowledged again", || async { send(2).await.0 == 202 }).await;
 }
 
-#[tokio::test]
-async fn a_dead_nodes_devices_go_offline() {
-    let redis = RedisServer::start();
+async fn a_dead_nodes_devices_go_offline(redis: impl SharedRedis) {
     let a = node(&redis, "node-a", None).await;
     let b = node(&redis, "node-b", Some(&a)).await;
     let _phone_on_a = Device::connect(&a, "dora", "phone", Platform::Ios).await;

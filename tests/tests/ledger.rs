@@ -1,13 +1,16 @@
 //! The notification ledger's conformance suite: the same tests against every backend, through
 //! the `Ledger` trait, and what only a ledger shared by several nodes must also guarantee. The
-//! Redis backend runs against a real `redis-server` started on a free port.
+//! Redis backend runs against a real `redis-server` started on a free port, and against a real
+//! Redis Cluster (three primaries, three replicas).
 //!
 //! It is long because it is one suite: every test runs against every backend on the same
 //! fixtures, and what only one backend or several nodes must guarantee sits beside them.
 
 use broker_config::Notify;
+use e2e::redis_cluster::RedisCluster;
 use e2e::redis_server::RedisServer;
 use gateway::infra::cipher::KeyRing;
+use gateway::infra::redis::{connect, scan, Endpoint, Redis};
 use gateway::infra::time::unix_millis;
 use gateway::notify::ledger::embedded::EmbeddedLedger;
 use gateway::notify::ledger::redis::RedisLedger;
@@ -20,13 +23,15 @@ use protocol::notification::{
 };
 use serde_json::json;
 use std::collections::{BTreeMap, HashSet};
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::TcpStream;
 use std::sync::Arc;
 use std::time::Duration;
 
 /// The Redis ledger's `notify.record_retention` in these tests.
 const RETENTION: Duration = Duration::from_secs(3600);
+
+/// The Redis ledger's `store.redis_queue_shards` in these tests: a few, so that the queue spans
+/// several slots (and, on a cluster, several primaries).
+const SHARDS: u32 = 4;
 
 fn keys() -> Arc<KeyRing> {
     Arc::new(KeyRing::new(&["t1:000102030405060708090a0b0c0d0e0f".into()]).unwrap())
@@ -35,9 +40,11 @@ fn keys() -> Arc<KeyRing> {
 /// A ledger under test, and what keeps it alive.
 struct Subject {
     ledger: Arc<dyn Ledger>,
-    /// For a Redis ledger, its server: some tests also look at what it stores.
-    redis: Option<RedisServer>,
-    _dir: Option<tempfile::TempDir>,
+    /// For a Redis ledger, a connection of the test's own: some tests also look at what it
+    /// stores.
+    redis: Option<Redis>,
+    /// What must live as long as the ledger: its server or directory.
+    _keep: Box<dyn std::any::Any>,
 }
 
 /// The embedded ledger's settings in these tests: small, as a test needs.
@@ -55,27 +62,34 @@ async fn embedded_ledger() -> Subject {
     Subject {
         ledger: Arc::new(ledger),
         redis: None,
-        _dir: Some(dir),
+        _keep: Box::new(dir),
     }
 }
 
 /// A Redis ledger on its own `redis-server`, which lives as long as the ledger.
 async fn redis_ledger() -> Subject {
     let server = RedisServer::start();
-    let ledger = RedisLedger::open(&server.url(), keys(), RETENTION)
+    let mut subject = ledger_at(&Endpoint::single(&server.url())).await;
+    subject._keep = Box::new(server);
+    subject
+}
+
+/// A Redis ledger on the Redis at `endpoint`.
+async fn ledger_at(endpoint: &Endpoint) -> Subject {
+    let ledger = RedisLedger::open(endpoint, SHARDS, keys(), RETENTION)
         .await
         .unwrap();
     Subject {
         ledger: Arc::new(ledger),
-        redis: Some(server),
-        _dir: None,
+        redis: Some(connect(endpoint).await.unwrap()),
+        _keep: Box::new(()),
     }
 }
 
 /// Runs every conformance test against one backend, given `open()`.
 macro_rules! conformance_suite {
-    ($backend:ident, $open:expr) => {
-        conformance_suite!(@tests $backend, $open, [
+    ($backend:ident, $how:tt $open:expr) => {
+        conformance_suite!(@$how $backend, $open, [
             a_dedup_key_is_claimed_once_per_window,
             a_batch_of_claims_claims_each_content_once,
             a_released_claim_is_free_again_unless_another_notification_holds_it,
@@ -93,7 +107,7 @@ macro_rules! conformance_suite {
             deleting_a_user_leaves_no_preferences_claims_jobs_or_records,
         ]);
     };
-    (@tests $backend:ident, $open:expr, [$($test:ident),* $(,)?]) => {
+    (@each $backend:ident, $open:expr, [$($test:ident),* $(,)?]) => {
         mod $backend {
             use super::*;
             $(
@@ -104,10 +118,30 @@ macro_rules! conformance_suite {
             )*
         }
     };
+    // One test that runs them all in turn on one Redis Cluster, emptied before each: a cluster
+    // takes seconds to form, a server a few milliseconds.
+    (@in_turn $backend:ident, $open:expr, [$($test:ident),* $(,)?]) => {
+        #[tokio::test]
+        async fn $backend() {
+            let cluster = RedisCluster::start();
+            $(
+                cluster.on_primaries(&["FLUSHALL"]);
+                eprintln!("{}", stringify!($test));
+                $test($open(&cluster).await).await;
+            )*
+            cluster_nodes_share_one_ledger(&cluster).await;
+        }
+    };
 }
 
-conformance_suite!(embedded, embedded_ledger);
-conformance_suite!(redis, redis_ledger);
+conformance_suite!(embedded, each embedded_ledger);
+conformance_suite!(redis, each redis_ledger);
+conformance_suite!(redis_cluster, in_turn cluster_ledger);
+
+/// A Redis ledger on `cluster`.
+async fn cluster_ledger(cluster: &RedisCluster) -> Subject {
+    ledger_at(&Endpoint::cluster(cluster.urls())).await
+}
 
 fn notification(id: &str, user: &str) -> Notification {
     Notification {
@@ -581,11 +615,13 @@ async fn preferences_round_trip_and_bindings_are_sealed(s: Subject) {
         [Preferences::default(), alice, Preferences::default()]
     );
 
-    if let Some(server) = &s.redis {
-        let stored = Resp::to(server)
-            .call(&["GET", "gw:{alice}:notify:bindings"])
-            .bulk()
-            .expect("the bindings are stored under the documented key");
+    if let Some(redis) = &s.redis {
+        let stored: Option<Vec<u8>> = ::redis::cmd("GET")
+            .arg("gw:{alice}:notify:bindings")
+            .query_async(&mut redis.clone())
+            .await
+            .unwrap();
+        let stored = stored.expect("the bindings are stored under the documented key");
         let text = String::from_utf8_lossy(&stored);
         assert!(!text.contains("oOPENID-secret-4242"), "sealed: {text}");
         assert!(!text.contains("alice-alias"), "sealed: {text}");
@@ -669,20 +705,30 @@ async fn deleting_a_user_leaves_no_preferences_claims_jobs_or_records(s: Subject
     );
     assert!(l.by_provider_id("msgid-alice").await.unwrap().is_some());
 
-    if let Some(server) = &s.redis {
-        let mut redis = Resp::to(server);
-        let left = redis.call(&["KEYS", "gw:{bob}:*"]).strings();
+    if let Some(redis) = &s.redis {
+        let mut redis = redis.clone();
+        let left = scan(&mut redis, "gw:{bob}:*", 100).await.unwrap();
         assert!(left.is_empty(), "{left:?}");
-        for hash in [
-            "gw:notify:aggregates",
-            "gw:notify:aggregated",
-            "gw:notify:jobs",
-        ] {
-            let fields = redis.call(&["HKEYS", hash]).strings();
-            assert!(
-                !fields.iter().any(|field| field.starts_with("bob")),
-                "{hash}: {fields:?}"
-            );
+        for shard in 0..SHARDS {
+            let tag = format!("gw:notify:{{queue:{shard}}}");
+            for hash in ["aggregates", "aggregated", "jobs"].map(|h| format!("{tag}:{h}")) {
+                let fields: Vec<String> = ::redis::cmd("HKEYS")
+                    .arg(&hash)
+                    .query_async(&mut redis)
+                    .await
+                    .unwrap();
+                assert!(
+                    !fields.iter().any(|field| field.starts_with("bob")),
+                    "{hash}: {fields:?}"
+                );
+            }
+            let jobs_of_bob = format!("{tag}:of:bob");
+            let left: bool = ::redis::cmd("EXISTS")
+                .arg(&jobs_of_bob)
+                .query_async(&mut redis)
+                .await
+                .unwrap();
+            assert!(!left, "{jobs_of_bob}");
         }
     }
     assert_eq!(preferences(l, "bob").await.quiet_hours, None);
@@ -714,20 +760,34 @@ async fn deleting_a_user_leaves_no_preferences_claims_jobs_or_records(s: Subject
 // What a ledger shared by several nodes must also guarantee: two `RedisLedger`s on one Redis
 // stand for two gateway nodes.
 
-async fn two_nodes(server: &RedisServer) -> [Arc<RedisLedger>; 2] {
-    let a = RedisLedger::open(&server.url(), keys(), RETENTION)
+async fn two_nodes(endpoint: &Endpoint) -> [Arc<RedisLedger>; 2] {
+    let a = RedisLedger::open(endpoint, SHARDS, keys(), RETENTION)
         .await
         .unwrap();
-    let b = RedisLedger::open(&server.url(), keys(), RETENTION)
+    let b = RedisLedger::open(endpoint, SHARDS, keys(), RETENTION)
         .await
         .unwrap();
     [Arc::new(a), Arc::new(b)]
 }
 
+/// What several nodes must find on a Redis Cluster too, on an emptied `cluster`.
+async fn cluster_nodes_share_one_ledger(cluster: &RedisCluster) {
+    let endpoint = Endpoint::cluster(cluster.urls());
+    cluster.on_primaries(&["FLUSHALL"]);
+    nodes_claim_one_key_once(two_nodes(&endpoint).await).await;
+    cluster.on_primaries(&["FLUSHALL"]);
+    nodes_never_take_a_due_job_twice(two_nodes(&endpoint).await).await;
+    cluster.on_primaries(&["FLUSHALL"]);
+    nodes_settling_two_routes_keep_both(two_nodes(&endpoint).await).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn nodes_claiming_one_key_at_once_get_one_claim() {
     let server = RedisServer::start();
-    let nodes = two_nodes(&server).await;
+    nodes_claim_one_key_once(two_nodes(&Endpoint::single(&server.url())).await).await;
+}
+
+async fn nodes_claim_one_key_once(nodes: [Arc<RedisLedger>; 2]) {
     let now = unix_millis();
     let claims: Vec<_> = (0..64)
         .map(|i| {
@@ -745,7 +805,10 @@ async fn nodes_claiming_one_key_at_once_get_one_claim() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn nodes_taking_due_jobs_at_once_never_take_one_twice() {
     let server = RedisServer::start();
-    let nodes = two_nodes(&server).await;
+    nodes_never_take_a_due_job_twice(two_nodes(&Endpoint::single(&server.url())).await).await;
+}
+
+async fn nodes_never_take_a_due_job_twice(nodes: [Arc<RedisLedger>; 2]) {
     for i in 0..300 {
         let user = format!("u{}", i % 7);
         let id = format!("n{i:03}");
@@ -783,7 +846,10 @@ async fn nodes_taking_due_jobs_at_once_never_take_one_twice() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn nodes_settling_the_routes_of_one_notification_at_once_keep_both() {
     let server = RedisServer::start();
-    let nodes = two_nodes(&server).await;
+    nodes_settling_two_routes_keep_both(two_nodes(&Endpoint::single(&server.url())).await).await;
+}
+
+async fn nodes_settling_two_routes_keep_both(nodes: [Arc<RedisLedger>; 2]) {
     let ids: Vec<String> = (0..40).map(|i| format!("n{i}")).collect();
     for id in &ids {
         let jobs = [
@@ -937,9 +1003,13 @@ async fn redis_expires_records_and_provider_ids_after_the_retention() {
     // A route's state rewrites the record and keeps its expiry.
     let sent = RouteState::new(Status::Sent, None);
     l.set_route("n1", Route::WECHAT, sent).await.unwrap();
-    let mut redis = Resp::to(s.redis.as_ref().unwrap());
+    let mut redis = s.redis.clone().unwrap();
     for key in ["gw:notify:record:n1", "gw:notify:provider:m-9"] {
-        let ttl = redis.call(&["PTTL", key]).integer();
+        let ttl: i64 = ::redis::cmd("PTTL")
+            .arg(key)
+            .query_async(&mut redis)
+            .await
+            .unwrap();
         assert!(
             (1..=RETENTION.as_millis() as i64).contains(&ttl),
             "{key}: {ttl}"
@@ -947,79 +1017,4 @@ async fn redis_expires_records_and_provider_ids_after_the_retention() {
     }
     let now = unix_millis();
     assert_eq!(l.sweep(now, now).await.unwrap(), LedgerSweep::default());
-}
-
-/// Just enough of a Redis client to look at what the ledger stored (this crate has none).
-struct Resp(BufReader<TcpStream>);
-
-enum Reply {
-    Nil,
-    Bulk(Vec<u8>),
-    Array(Vec<Reply>),
-    Integer(i64),
-    /// A status: nothing here reads one.
-    Other,
-}
-
-impl Resp {
-    fn to(server: &RedisServer) -> Self {
-        Self(BufReader::new(
-            TcpStream::connect(("127.0.0.1", server.port())).unwrap(),
-        ))
-    }
-
-    fn call(&mut self, args: &[&str]) -> Reply {
-        let mut request = format!("*{}\r\n", args.len());
-        for arg in args {
-            request.push_str(&format!("${}\r\n{arg}\r\n", arg.len()));
-        }
-        self.0.get_mut().write_all(request.as_bytes()).unwrap();
-        self.reply()
-    }
-
-    fn reply(&mut self) -> Reply {
-        let mut line = String::new();
-        self.0.read_line(&mut line).unwrap();
-        let (kind, rest) = line.trim_end().split_at(1);
-        match kind {
-            "$" if rest == "-1" => Reply::Nil,
-            "$" => {
-                let mut bytes = vec![0; rest.parse::<usize>().unwrap() + 2];
-                self.0.read_exact(&mut bytes).unwrap();
-                bytes.truncate(bytes.len() - 2);
-                Reply::Bulk(bytes)
-            }
-            "*" => Reply::Array((0..rest.parse().unwrap()).map(|_| self.reply()).collect()),
-            ":" => Reply::Integer(rest.parse().unwrap()),
-            "-" => panic!("redis error: {rest}"),
-            _ => Reply::Other,
-        }
-    }
-}
-
-impl Reply {
-    fn bulk(self) -> Option<Vec<u8>> {
-        match self {
-            Reply::Bulk(bytes) => Some(bytes),
-            Reply::Nil => None,
-            Reply::Array(_) | Reply::Integer(_) | Reply::Other => panic!("not a bulk string"),
-        }
-    }
-
-    fn integer(self) -> i64 {
-        match self {
-            Reply::Integer(n) => n,
-            _ => panic!("not an integer"),
-        }
-    }
-
-    fn strings(self) -> Vec<String> {
-        match self {
-            Reply::Array(items) => items
-                .into_iter()
-                .map(|item| String::from_utf8_lossy(&item.bulk().unwrap()).into_owned())
-                .collect(),
-            _ => panic!("not an array"),
-        }
-    }
 }

@@ -6,6 +6,9 @@
 //! (the binary pointed at both doubles, users made reachable, records awaited until settled).
 
 use e2e::device::Device;
+use e2e::redis_cluster::RedisCluster;
+use e2e::redis_server::RedisServer;
+use e2e::shared_redis::SharedRedis;
 use e2e::{Options, TestGateway, PATIENCE};
 use loadtest::mock_channels::qiuqiu::{Audience, PushMessage, QiuQiuDouble};
 use loadtest::mock_channels::wechat::{self, WeChatDouble};
@@ -886,7 +889,15 @@ async fn trusted_backends_hand_in_notifications_over_mqtt() {
 
 #[tokio::test]
 async fn two_nodes_submitting_the_same_notification_at_once_push_it_once() {
-    let redis = e2e::redis_server::RedisServer::start();
+    the_same_notification_on_two_nodes_at_once_is_pushed_once(RedisServer::start()).await
+}
+
+#[tokio::test]
+async fn two_nodes_on_a_redis_cluster_push_the_same_notification_once() {
+    the_same_notification_on_two_nodes_at_once_is_pushed_once(RedisCluster::start()).await
+}
+
+async fn the_same_notification_on_two_nodes_at_once_is_pushed_once(redis: impl SharedRedis) {
     let doubles = Doubles::start().await;
     let (a, b) = two_nodes(&redis, &doubles, "").await;
     reachable_user(&a, "ned").await;
@@ -928,7 +939,7 @@ async fn two_nodes_submitting_the_same_notification_at_once_push_it_once() {
 /// and pushed, not deduplicated against a push that never happened.
 #[tokio::test]
 async fn a_failed_submissions_retry_is_not_deduplicated() {
-    let redis = e2e::redis_server::RedisServer::start();
+    let redis = RedisServer::start();
     let doubles = Doubles::start().await;
     let gw = TestGateway::start_with(
         doubles
@@ -1079,23 +1090,17 @@ async fn in_safe_mode_only_encrypted_wechat_callbacks_are_taken() {
 /// Two nodes on one Redis, sharing node A's secrets as nodes of one service do, with extra
 /// `[channels.qiuqiu]` keys.
 async fn two_nodes(
-    redis: &e2e::redis_server::RedisServer,
+    redis: &impl SharedRedis,
     doubles: &Doubles,
     qiuqiu_extra: &str,
 ) -> (TestGateway, TestGateway) {
     let on_redis = |node: &str| {
-        doubles
-            .options_with("", qiuqiu_extra)
-            .with("STORE__BACKEND", "redis")
-            .with("STORE__REDIS_URL", &redis.url())
+        redis
+            .gateway_options(doubles.options_with("", qiuqiu_extra))
             .with("STORE__NODE_ID", node)
     };
     let a = TestGateway::start_with(on_redis("node-a")).await;
-    let b_dir = tempfile::tempdir().unwrap();
-    for secret in ["token_secret", "api_key", "at_rest_key"] {
-        std::fs::write(b_dir.path().join(secret), a.secret(secret)).unwrap();
-    }
-    let b = TestGateway::try_start(on_redis("node-b"), b_dir)
+    let b = TestGateway::start_beside(&a, on_redis("node-b"))
         .await
         .unwrap();
     (a, b)
@@ -1103,7 +1108,7 @@ async fn two_nodes(
 
 #[tokio::test]
 async fn two_nodes_share_the_providers_rate() {
-    let redis = e2e::redis_server::RedisServer::start();
+    let redis = RedisServer::start();
     let doubles = Doubles::start().await;
     let (a, b) = two_nodes(&redis, &doubles, ", per_second = 20").await;
     reachable_user(&a, "ola").await;

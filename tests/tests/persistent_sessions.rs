@@ -195,11 +195,7 @@ async fn a_device_with_a_kept_session_catches_up_on_another_node() {
             .with("STORE__NODE_ID", node)
     };
     let a = TestGateway::start_with(redis_options("node-a")).await;
-    let data_dir = tempfile::tempdir().unwrap();
-    for secret in ["token_secret", "api_key", "at_rest_key"] {
-        std::fs::write(data_dir.path().join(secret), a.secret(secret)).unwrap();
-    }
-    let b = TestGateway::try_start(redis_options("node-b"), data_dir)
+    let b = TestGateway::start_beside(&a, redis_options("node-b"))
         .await
         .expect("second node");
 

@@ -4,7 +4,7 @@
 
 use e2e::redis_server::RedisServer;
 use gateway::infra::cipher::KeyRing;
-use gateway::infra::redis::REQUEST_TIMEOUT;
+use gateway::infra::redis::{Endpoint, REQUEST_TIMEOUT};
 use gateway::infra::time::unix_millis;
 use gateway::store::clock::HybridClock;
 use gateway::store::data_keys::DataKeys;
@@ -48,9 +48,15 @@ async fn node(url: &str, keys: Arc<DataKeys>, clock: Arc<HybridClock>) -> RedisS
         replicas: Default::default(),
         max_queued_writes: 65_536,
     };
-    RedisStore::open(url, keys, clock, Arc::new(NoFeed), settings)
-        .await
-        .unwrap()
+    RedisStore::open(
+        &Endpoint::single(url),
+        keys,
+        clock,
+        Arc::new(NoFeed),
+        settings,
+    )
+    .await
+    .unwrap()
 }
 
 #[tokio::test]
@@ -153,7 +159,14 @@ async fn opening_fails_when_redis_is_unreachable() {
         replicas: Default::default(),
         max_queued_writes: 65_536,
     };
-    let opened = RedisStore::open(&url, keys(), clock, Arc::new(NoFeed), settings).await;
+    let opened = RedisStore::open(
+        &Endpoint::single(&url),
+        keys(),
+        clock,
+        Arc::new(NoFeed),
+        settings,
+    )
+    .await;
     let error = format!("{:#}", opened.err().expect("no Redis there"));
     assert!(
         error.contains(&format!("cannot reach Redis at 127.0.0.1:{port}")),

@@ -14,9 +14,11 @@ mod revocations;
 #[path = "store/sessions.rs"]
 mod sessions;
 
+use e2e::redis_cluster::RedisCluster;
 use e2e::redis_server::RedisServer;
 use gateway::infra::cipher::KeyRing;
 use gateway::infra::data_key::DataKey;
+use gateway::infra::redis::Endpoint;
 use gateway::store::clock::HybridClock;
 use gateway::store::data_keys::DataKeys;
 use gateway::store::embedded::EmbeddedStore;
@@ -170,12 +172,12 @@ fn open_embedded(
 }
 
 async fn open_redis(
-    url: &str,
+    endpoint: &Endpoint,
     keys: Arc<DataKeys>,
     live: Arc<Recorder>,
     settings: Settings,
 ) -> RedisStore {
-    RedisStore::open(url, keys, Arc::new(HybridClock::new()), live, settings)
+    RedisStore::open(endpoint, keys, Arc::new(HybridClock::new()), live, settings)
         .await
         .unwrap()
 }
@@ -195,11 +197,11 @@ fn settings(retention_count: u64, max_queued_writes: usize) -> Settings {
 /// Runs every conformance test against one backend, given `open(retention_count)`: each test,
 /// by the module that has it, with the retention its store is opened with.
 macro_rules! conformance_suite {
-    ($backend:ident, $open:expr) => {
+    ($backend:ident, $how:ident $open:expr) => {
         mod $backend {
             use super::*;
 
-            conformance_tests! { $open;
+            $how! { $backend, $open;
                 super: appends_take_sequences_in_call_order(1000),
                 super: concurrent_writers_get_unique_gap_free_sequences(100_000),
                 super: reads_page_through_a_log(1000),
@@ -230,14 +232,31 @@ macro_rules! conformance_suite {
 }
 
 /// One `#[tokio::test]` per `module: test(retention_count)`, on a store from `open`.
-macro_rules! conformance_tests {
-    ($open:expr; $($module:ident: $test:ident($retention:expr)),* $(,)?) => {
+macro_rules! each {
+    ($backend:ident, $open:expr; $($module:ident: $test:ident($retention:expr)),* $(,)?) => {
         $(
             #[tokio::test]
             async fn $test() {
                 $module::$test($open($retention).await).await
             }
         )*
+    };
+}
+
+/// One `#[tokio::test]` that runs every `module: test(retention_count)` in turn on one Redis
+/// Cluster, emptied before each, on a store from `open(cluster, retention_count)`: a cluster
+/// takes seconds to form, a server a few milliseconds.
+macro_rules! in_turn {
+    ($backend:ident, $open:expr; $($module:ident: $test:ident($retention:expr)),* $(,)?) => {
+        #[tokio::test]
+        async fn $backend() {
+            let cluster = RedisCluster::start();
+            $(
+                cluster.on_primaries(&["FLUSHALL"]);
+                eprintln!("{}", stringify!($test));
+                $module::$test($open(&cluster, $retention).await).await;
+            )*
+        }
     };
 }
 
@@ -252,7 +271,8 @@ async fn redis_store_queueing(retention_count: u64, max_queued_writes: usize) ->
     let live = Arc::new(Recorder::default());
     let keys = keys();
     let settings = settings(retention_count, max_queued_writes);
-    let store = open_redis(&server.url(), keys.clone(), live.clone(), settings).await;
+    let endpoint = Endpoint::single(&server.url());
+    let store = open_redis(&endpoint, keys.clone(), live.clone(), settings).await;
     Subject {
         store: Arc::new(store),
         live,
@@ -261,8 +281,24 @@ async fn redis_store_queueing(retention_count: u64, max_queued_writes: usize) ->
     }
 }
 
-conformance_suite!(embedded, embedded_store);
-conformance_suite!(redis, redis_store);
+/// A Redis store on `cluster`.
+async fn cluster_store(cluster: &RedisCluster, retention_count: u64) -> Subject {
+    let live = Arc::new(Recorder::default());
+    let keys = keys();
+    let settings = settings(retention_count, 65_536);
+    let endpoint = Endpoint::cluster(cluster.urls());
+    let store = open_redis(&endpoint, keys.clone(), live.clone(), settings).await;
+    Subject {
+        store: Arc::new(store),
+        live,
+        keys,
+        _keep: Box::new(()),
+    }
+}
+
+conformance_suite!(embedded, each embedded_store);
+conformance_suite!(redis, each redis_store);
+conformance_suite!(redis_cluster, in_turn cluster_store);
 
 /// Redis forgets a revocation by its key's expiry; the embedded store by the sweeper, once no
 /// token it refuses can still be alive.
@@ -594,7 +630,8 @@ async fn redis_rotating_the_configured_keys_rewraps_data_keys() {
         let url = url.clone();
         async move {
             let settings = settings(1000, 1024);
-            Arc::new(open_redis(&url, keys, Arc::default(), settings).await) as SharedStore
+            let endpoint = Endpoint::single(&url);
+            Arc::new(open_redis(&endpoint, keys, Arc::default(), settings).await) as SharedStore
         }
     };
     rotating_the_configured_keys_rewraps_data_keys(open).await;

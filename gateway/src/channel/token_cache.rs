@@ -11,11 +11,11 @@
 
 use super::Outcome;
 use crate::infra::redis::bounded;
+use crate::infra::redis::Redis;
 use crate::infra::time::millis_of;
 use crate::store::StoreError;
 use async_trait::async_trait;
 use protocol::notification::Provider;
-use redis::aio::ConnectionManager;
 use redis::Script;
 use std::collections::HashMap;
 use std::future::Future;
@@ -111,7 +111,7 @@ impl TokenCache for LocalTokenCache {
 /// which is one more reason that Redis must not be reachable from outside.
 #[derive(Clone)]
 pub struct RedisTokenCache {
-    redis: ConnectionManager,
+    redis: Redis,
 }
 
 /// Deletes the token hash if it still holds the token. KEYS: the hash. ARGV: the token.
@@ -129,7 +129,7 @@ return 0
 impl RedisTokenCache {
     /// Over a connection from [`crate::infra::redis::connect`]; every request is bounded by
     /// its `REQUEST_TIMEOUT`.
-    pub fn new(redis: ConnectionManager) -> Self {
+    pub fn new(redis: Redis) -> Self {
         Self { redis }
     }
 

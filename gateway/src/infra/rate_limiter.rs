@@ -2,8 +2,8 @@
 //! provider's sends per second (the notification worker), an API key's calls (the HTTP API).
 
 use crate::infra::redis::bounded;
+use crate::infra::redis::Redis;
 use crate::infra::token_bucket::TokenBucket;
-use redis::aio::ConnectionManager;
 use redis::Script;
 use std::collections::HashMap;
 use std::sync::{LazyLock, Mutex};
@@ -13,7 +13,7 @@ pub enum RateLimiter {
     /// One node: buckets in memory.
     Local(LocalBuckets),
     /// Many nodes: one bucket per name in Redis, shared by all of them.
-    Shared(ConnectionManager),
+    Shared(Redis),
 }
 
 /// A bucket's refill rate and size: `burst` at once, then `per_second` on average (each at

@@ -8,6 +8,7 @@ use gateway::channel::wechat::callback::{parse_job_finish, JobFinish, JobStatus}
 use gateway::channel::wechat::errors::next_quota_day;
 use gateway::channel::wechat::WeChatChannel;
 use gateway::channel::{Channel, Content, Outcome, Push, Target};
+use gateway::infra::redis::{connect, Endpoint};
 use gateway::infra::time::millis_of;
 use loadtest::mock_channels::wechat::{IdSet, SendKind, DEFAULT_APPID, DEFAULT_SECRET};
 use loadtest::mock_channels::WeChatDouble;
@@ -332,14 +333,14 @@ async fn nodes_share_one_token_through_redis() {
 
 /// A WeChat channel as on one node of a cluster: its own connection to the shared Redis.
 async fn redis_node(redis: &RedisServer, double: &WeChatDouble) -> WeChatChannel {
-    let connection = gateway::infra::redis::connect(&redis.url()).await.unwrap();
+    let connection = connect(&Endpoint::single(&redis.url())).await.unwrap();
     wechat_with(double, TIMEOUT, Arc::new(RedisTokenCache::new(connection)))
 }
 
 #[tokio::test]
 async fn the_redis_cache_expires_a_token_only_while_it_is_still_the_same() {
     let redis = RedisServer::start();
-    let connection = gateway::infra::redis::connect(&redis.url()).await.unwrap();
+    let connection = connect(&Endpoint::single(&redis.url())).await.unwrap();
     let cache = RedisTokenCache::new(connection);
     let now = SystemTime::now();
     let token = |value: &str, lives: Duration| CachedToken {

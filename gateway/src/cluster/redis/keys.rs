@@ -103,28 +103,29 @@ pub(super) enum Outgoing {
 }
 
 /// Sets the device online here; returns the node that held it before, when another one did.
+/// KEYS: the user's presence. ARGV: device, presence entry, this node. (The node's set of
+/// devices is another slot's key: it is updated beside the script.)
 pub(super) static SET_ONLINE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
 local before = redis.call('HGET', KEYS[1], ARGV[1])
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
-redis.call('SADD', KEYS[2], ARGV[3])
 if before then
   local node = cjson.decode(before).node
-  if node ~= ARGV[4] then return node end
+  if node ~= ARGV[3] then return node end
 end
 return false
 ",
     )
 });
 
-/// Removes the device from presence if `node` still holds it; returns 1 when it did.
+/// Removes the device from presence if `node` still holds it; returns 1 when it did. KEYS: the
+/// user's presence. ARGV: device, node.
 pub(super) static SET_OFFLINE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
-redis.call('SREM', KEYS[2], ARGV[2])
 local current = redis.call('HGET', KEYS[1], ARGV[1])
-if current and cjson.decode(current).node == ARGV[3] then
+if current and cjson.decode(current).node == ARGV[2] then
   redis.call('HDEL', KEYS[1], ARGV[1])
   return 1
 end

@@ -4,18 +4,14 @@
 use super::keys::{alive_key, devices_key, presence_key, NODES, SET_OFFLINE};
 use crate::cluster::NodeHealth;
 use crate::infra::redis::bounded;
+use crate::infra::redis::Redis;
 use crate::live::registry::Registry;
 use crate::store::StoreError;
 use protocol::envelope::PresenceEvent;
-use redis::aio::ConnectionManager;
 use std::time::Duration;
 
 /// Renews `node`'s liveness key (alive for `timeout`) and membership.
-pub(super) async fn renew(
-    redis: &ConnectionManager,
-    node: &str,
-    timeout: Duration,
-) -> Result<(), StoreError> {
+pub(super) async fn renew(redis: &Redis, node: &str, timeout: Duration) -> Result<(), StoreError> {
     let mut redis = redis.clone();
     bounded(
         redis::pipe()
@@ -36,10 +32,7 @@ pub(super) async fn renew(
 }
 
 /// The nodes that joined and were not reaped yet, each with whether its liveness key is there.
-pub(super) async fn nodes(
-    redis: &ConnectionManager,
-    me: &str,
-) -> Result<Vec<NodeHealth>, StoreError> {
+pub(super) async fn nodes(redis: &Redis, me: &str) -> Result<Vec<NodeHealth>, StoreError> {
     let mut redis = redis.clone();
     let mut names: Vec<String> =
         bounded(redis::cmd("SMEMBERS").arg(NODES).query_async(&mut redis)).await?;
@@ -66,7 +59,7 @@ pub(super) async fn nodes(
 /// Marks the devices of dead nodes offline, each dead node once (under a short lock), and tells
 /// their users' other devices through `registry`.
 pub(super) async fn reap(
-    redis: &ConnectionManager,
+    redis: &Redis,
     me: &str,
     timeout: Duration,
     registry: &Registry,
@@ -110,9 +103,7 @@ pub(super) async fn reap(
             let removed: i64 = bounded(
                 SET_OFFLINE
                     .key(presence_key(user))
-                    .key(devices_key(&node))
                     .arg(device)
-                    .arg(member)
                     .arg(&node)
                     .invoke_async(&mut redis),
             )

@@ -3,11 +3,14 @@
 //! - **Presence**: each online device is in `gw:{user}:presence` (device → its node and
 //!   [`DeviceInfo`]), and in its node's set `gw:node:{node}:devices`, so any node lists a user's
 //!   devices on every node, and the devices of a node that died can be found and marked offline.
+//!   The two are in different slots of a Redis Cluster, so they are written side by side in one
+//!   round trip: into the node's set before presence, out of presence before the node's set.
 //! - **Liveness**: each node renews `gw:node:{node}:alive` (with a TTL of `store.node_timeout`)
 //!   every `store.node_heartbeat` and is a member of `gw:nodes`. A node whose key expired is dead:
 //!   the first node to notice takes a short lock, removes the dead node's devices from presence and
 //!   tells their users' other devices they went offline.
-//! - **Delivery**: each node subscribes to its own channel `gw:node:{node}`. What is published to a
+//! - **Delivery**: each node subscribes to its own channel `gw:node:{node}` (on a Redis Cluster a
+//!   sharded channel, see [`crate::infra::redis::subscribe`]). What is published to a
 //!   user's topic (a committed message, a presence event, a reply) goes to the local hub and, on
 //!   the channels of the other nodes that hold devices of that user, to theirs — addressed, never
 //!   broadcast to every node.
@@ -33,7 +36,7 @@ mod relay;
 
 use super::{Membership, NodeHealth};
 use crate::infra::cipher::KeyRing;
-use crate::infra::redis::{bounded, connect};
+use crate::infra::redis::{bounded, connect, Endpoint, Redis};
 use crate::live::hub::Hub;
 use crate::live::message::Published;
 use crate::live::nodes::OtherNodes;
@@ -45,7 +48,6 @@ use async_trait::async_trait;
 use keys::{alive_key, presence_key, Outgoing, PresenceEntry, Relayed};
 use prometheus_client::metrics::counter::Counter;
 use protocol::envelope::DeviceInfo;
-use redis::aio::ConnectionManager;
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
@@ -53,8 +55,10 @@ use tokio::sync::{mpsc, oneshot};
 
 pub struct RedisNodes {
     node: String,
-    url: String,
-    redis: ConnectionManager,
+    endpoint: Endpoint,
+    /// Relays from other nodes waiting to be handled, at most (`store.relay_queue`).
+    inbound_capacity: usize,
+    redis: Redis,
     outgoing: mpsc::Sender<Outgoing>,
     /// Relays and presence changes dropped because `store.relay_queue` was full.
     dropped: Counter,
@@ -108,7 +112,8 @@ impl RedisNodes {
         keys: Arc<KeyRing>,
         dropped: Counter,
     ) -> anyhow::Result<Arc<Self>> {
-        let redis = connect(&config.redis_url).await?;
+        let endpoint = Endpoint::of(config);
+        let redis = connect(&endpoint).await?;
         let node = config
             .node_id
             .clone()
@@ -125,7 +130,8 @@ impl RedisNodes {
         tracing::info!(%node, "joined the cluster");
         Ok(Arc::new(Self {
             node,
-            url: config.redis_url.clone(),
+            endpoint,
+            inbound_capacity: config.relay_queue,
             redis,
             outgoing,
             dropped,
@@ -159,7 +165,7 @@ impl RedisNodes {
     ) {
         loop {
             tokio::select! {
-                received = relay::receive(&self.url, &self.node, &self.keys, &registry, &hub, &sessions) => {
+                received = relay::receive(&self.endpoint, self.inbound_capacity, &self.node, &self.keys, &registry, &hub, &sessions) => {
                     if let Err(e) = received {
                         tracing::warn!("cluster channel lost: {e}; reconnecting");
                     }

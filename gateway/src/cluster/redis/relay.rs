@@ -6,7 +6,7 @@ use super::keys::{
     RELAY_BATCH, RELAY_MAX_AGE, SET_OFFLINE, SET_ONLINE,
 };
 use crate::infra::cipher::KeyRing;
-use crate::infra::redis::bounded;
+use crate::infra::redis::{bounded, subscribe, Endpoint, Redis};
 use crate::infra::time::unix_millis;
 use crate::live::hub::Hub;
 use crate::live::link::Qos;
@@ -17,8 +17,6 @@ use crate::live::user_topics::cap_of;
 use crate::store::sessions::SessionKey;
 use crate::store::StoreError;
 use bytes::Bytes;
-use futures_util::StreamExt;
-use redis::aio::ConnectionManager;
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use tokio::sync::mpsc;
@@ -26,7 +24,7 @@ use tokio::sync::mpsc;
 /// The outgoing task: presence updates and relays, in order, in batches.
 pub(super) struct Relay {
     pub node: String,
-    pub redis: ConnectionManager,
+    pub redis: Redis,
     pub keys: Arc<KeyRing>,
 }
 
@@ -90,17 +88,21 @@ impl Relay {
                         node: me.clone(),
                         info: info.clone(),
                     };
-                    let before: Option<String> = bounded(
-                        SET_ONLINE
-                            .key(presence_key(user))
-                            .key(devices_key(me))
-                            .arg(&info.device)
-                            .arg(serde_json::to_string(&entry).expect("presence serializes"))
-                            .arg(format!("{user}\0{}", info.device))
-                            .arg(me)
-                            .invoke_async(&mut redis),
-                    )
-                    .await?;
+                    // Into the node's set first, so a reaper of this node finds the device.
+                    let mut pipe = redis::pipe();
+                    pipe.load_script(&SET_ONLINE)
+                        .ignore()
+                        .sadd(devices_key(me), format!("{user}\0{}", info.device))
+                        .ignore()
+                        .invoke_script(
+                            SET_ONLINE
+                                .key(presence_key(user))
+                                .arg(&info.device)
+                                .arg(serde_json::to_string(&entry).expect("presence serializes"))
+                                .arg(me),
+                        );
+                    let (before,): (Option<String>,) =
+                        bounded(pipe.query_async(&mut redis)).await?;
                     if let Some(node) = before {
                         let take_over = Relayed::TakeOver {
                             user: user.clone(),
@@ -111,16 +113,16 @@ impl Relay {
                 }
                 Outgoing::Offline { user, device } => {
                     self.flush(&mut redis, &mut lookups, &mut relays).await?;
-                    let _: i64 = bounded(
-                        SET_OFFLINE
-                            .key(presence_key(user))
-                            .key(devices_key(me))
-                            .arg(device)
-                            .arg(format!("{user}\0{device}"))
-                            .arg(me)
-                            .invoke_async(&mut redis),
-                    )
-                    .await?;
+                    // Out of presence first: a device still in the node's set is only
+                    // looked at again by a reaper.
+                    let mut pipe = redis::pipe();
+                    pipe.load_script(&SET_OFFLINE)
+                        .ignore()
+                        .invoke_script(SET_OFFLINE.key(presence_key(user)).arg(device).arg(me))
+                        .ignore()
+                        .srem(devices_key(me), format!("{user}\0{device}"))
+                        .ignore();
+                    bounded(pipe.exec_async(&mut redis)).await?;
                 }
                 Outgoing::Flush(_) => {}
                 Outgoing::ToUser {
@@ -148,7 +150,7 @@ impl Relay {
     /// publishes to those nodes in one more.
     async fn flush<'a>(
         &self,
-        redis: &mut ConnectionManager,
+        redis: &mut Redis,
         lookups: &mut BTreeSet<&'a str>,
         relays: &mut Vec<(&'a str, Relayed)>,
     ) -> Result<(), StoreError> {
@@ -179,9 +181,7 @@ impl Relay {
             let sealed = seal(&self.keys, relayed);
             for node in nodes {
                 sends
-                    .cmd("PUBLISH")
-                    .arg(channel(node))
-                    .arg(&sealed)
+                    .add_command(redis.publish(&channel(node), &sealed))
                     .ignore();
                 any = true;
             }
@@ -195,37 +195,30 @@ impl Relay {
 
 /// Sends one item to one node's channel.
 pub(super) async fn publish(
-    redis: &mut ConnectionManager,
+    redis: &mut Redis,
     keys: &KeyRing,
     node: &str,
     relayed: Relayed,
 ) -> Result<(), StoreError> {
-    bounded(
-        redis::cmd("PUBLISH")
-            .arg(channel(node))
-            .arg(seal(keys, relayed))
-            .exec_async(redis),
-    )
-    .await?;
+    let publish = redis.publish(&channel(node), &seal(keys, relayed));
+    bounded(publish.exec_async(redis)).await?;
     Ok(())
 }
 
 /// Hands what other nodes send this one to the registry and the hub, until the subscription
 /// ends (Redis went away) or shutdown.
 pub(super) async fn receive(
-    url: &str,
+    endpoint: &Endpoint,
+    capacity: usize,
     node: &str,
     keys: &KeyRing,
     registry: &Arc<Registry>,
     hub: &Hub,
     sessions: &Sessions,
 ) -> anyhow::Result<()> {
-    let client = crate::infra::redis::client(url)?;
-    let mut pubsub = client.get_async_pubsub().await?;
-    pubsub.subscribe(channel(node)).await?;
-    let mut messages = pubsub.on_message();
-    while let Some(message) = messages.next().await {
-        let relayed = match open(keys, message.get_payload_bytes()) {
+    let mut subscription = subscribe(endpoint, &channel(node), capacity).await?;
+    while let Some(message) = subscription.next().await {
+        let relayed = match open(keys, &message) {
             Ok(relayed) => relayed,
             Err(e) => {
                 tracing::warn!("a message on the cluster channel is ignored: {e}");

@@ -1,7 +1,7 @@
 //! The Redis store: several gateway nodes share one Redis and see the same logs.
 //!
 //! Every key of a user carries the user as a hash tag (`gw:{alice}:…`), so a Redis Cluster
-//! would keep one user's keys on one shard, and every script touches the keys of one user only:
+//! keeps one user's keys in one slot, and every script touches the keys of one user only:
 //! - `gw:{user}:log` — a stream whose entry ids are `<seq>-0`, with fields `h` (the hybrid-clock
 //!   time, decimal) and `r` (the sealed record)
 //! - `gw:{user}:head` — a hash: `first_seq`, `last_seq`, `last_hlc`, `epoch`
@@ -41,7 +41,7 @@
 //! lost, not necessarily the request), so a sender that retries without an idempotency key may
 //! store a message twice.
 //!
-//! Outages: the connection is a [`ConnectionManager`], which reconnects by itself. Every request
+//! Outages: the connection is a [`Redis`], which reconnects by itself. Every request
 //! is bounded by [`crate::infra::redis::REQUEST_TIMEOUT`], so while Redis is away each
 //! operation fails quickly with [`StoreError::Unavailable`], and works again once Redis is back.
 
@@ -60,11 +60,10 @@ use super::{
     queue_refusal, AppendTicket, CommitFeed, EntryKind, IdempotencyKey, LogHead, LogPage,
     NewMessage, Settings, Store, StoreError, Stored, SweepReport,
 };
-use crate::infra::redis::{bounded, connect, scan};
+use crate::infra::redis::{bounded, connect, scan, Endpoint, Redis};
 use async_trait::async_trait;
 use keys::{UserKeys, SWEEP_PAGE, USERS};
 use protocol::envelope::InboxMessage;
-use redis::aio::ConnectionManager;
 use scripts::{ACK, CUT, FORGET, PRUNE, PURGED, REWRAP};
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -72,7 +71,7 @@ use tokio::sync::{mpsc, oneshot};
 use writer::Writer;
 
 pub struct RedisStore {
-    redis: ConnectionManager,
+    redis: Redis,
     keys: Arc<DataKeys>,
     writes: mpsc::Sender<Write>,
 }
@@ -131,16 +130,16 @@ fn entry_id(seq: u64) -> String {
 }
 
 impl RedisStore {
-    /// Connects to the Redis at `url` (failing when it cannot be reached now) and starts the
+    /// Connects to Redis at `endpoint` (failing when it cannot be reached now) and starts the
     /// writer task. Must be called within a Tokio runtime.
     pub async fn open(
-        url: &str,
+        endpoint: &Endpoint,
         keys: Arc<DataKeys>,
         clock: Arc<HybridClock>,
         feed: Arc<dyn CommitFeed>,
         settings: Settings,
     ) -> anyhow::Result<Self> {
-        let redis = connect(url).await?;
+        let redis = connect(endpoint).await?;
         let (writes, queue) = mpsc::channel(settings.max_queued_writes);
         let writer = Writer {
             redis: redis.clone(),

@@ -6,11 +6,11 @@ use super::{Append, Write};
 use crate::infra::data_key::DataKey;
 use crate::infra::latency_budget::Stage;
 use crate::infra::redis::bounded;
+use crate::infra::redis::Redis;
 use crate::store::clock::HybridClock;
 use crate::store::data_keys::DataKeys;
 use crate::store::outcome::{original, Outcome};
 use crate::store::{new_epoch, record, Appended, CommitFeed, NewMessage, Settings, StoreError};
-use redis::aio::ConnectionManager;
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Instant;
@@ -18,7 +18,7 @@ use tokio::sync::mpsc;
 
 /// The one task per node that writes appends, batch after batch, in the order they were asked.
 pub(super) struct Writer {
-    pub redis: ConnectionManager,
+    pub redis: Redis,
     pub clock: Arc<HybridClock>,
     /// Seals what the front did not, and opens the records of earlier appends that a repeated
     /// idempotency key is answered with.

@@ -4,12 +4,16 @@
 //! - `gw:notify:record:<id>` — the record (JSON, sealed with the id as associated data, as the
 //!   embedded ledger seals it: it holds the notification's text), expiring after
 //!   `notify.record_retention`
-//! - `gw:notify:queue` — a sorted set: job key → when it is due (milliseconds). Equal times are
-//!   ordered by job key, as the embedded queue orders them.
-//! - `gw:notify:jobs` — a hash: job key → job (JSON)
-//! - `gw:notify:aggregates` — a hash: user 0 kind → key of the pending aggregated job;
-//!   `gw:notify:aggregated` — a hash: job key → that field, to free the slot when the job is
-//!   taken (or leaves the queue) and when its user is deleted
+//! - the queue, in `store.redis_queue_shards` shards, each under its own hash tag `{queue:N}`; a
+//!   user's pushes are all in one shard, picked by a hash of the user (see [`keys::QueueKeys`]):
+//!   - `gw:notify:{queue:N}:queue` — a sorted set: job key → when it is due (milliseconds).
+//!     Equal times are ordered by job key, as the embedded queue orders them.
+//!   - `gw:notify:{queue:N}:jobs` — a hash: job key → job (JSON)
+//!   - `gw:notify:{queue:N}:aggregates` — a hash: user 0 kind → key of the pending aggregated
+//!     job; `gw:notify:{queue:N}:aggregated` — a hash: job key → that field, to free the slot
+//!     when the job is taken (or leaves the queue) and when its user is deleted
+//!   - `gw:notify:{queue:N}:of:<user>` — a set of the user's queued job keys, so deleting the
+//!     user finds them without reading the whole queue
 //! - `gw:notify:provider:<provider id>` — notification 0 provider, expiring like records
 //! - `gw:notify:quota:<quota>:<day>` — the day's count, expiring two days after the day's first
 //!   send (the day has no colon, so the key names one quota and day only)
@@ -20,22 +24,27 @@
 //!   at the end of its window
 //! - `gw:{user}:notify:claims` — a sorted set: dedup key → when its claim expires (Redis's
 //!   clock), so deleting the user finds the claims without scanning the keyspace
-//! - `gw:{user}:notify:jobs` — a set of the user's queued job keys, so deleting the user finds
-//!   them without reading the whole queue
+//! - `gw:{user}:notify:records` — a set of the ids of the user's records, for deleting the user
 //!
-//! The queue is one key that every node shares, and the scripts that keep it consistent with
-//! the records, aggregate slots and per-user sets touch several of these keys at once: the
-//! ledger needs one Redis (with replicas, or Sentinel), not a Redis Cluster. The per-user hash
-//! tags keep the scripts that touch a user's keys only (claims) valid on a cluster all the same.
+//! Every script and transaction touches the keys of one hash slot — a user's, or one queue
+//! shard's — so the ledger runs on one Redis and on a Redis Cluster alike. Workers take the
+//! oldest due pushes of all shards together (see `take_due`).
 //!
-//! Atomicity across nodes: claims are `SET NX`; creating a record with its jobs is one
-//! MULTI/EXEC; taking due jobs, joining an aggregate and counting a quota are Lua scripts, so two
-//! nodes never take the same job within its lease, never start two aggregates for one user and
-//! kind, and never count past a limit. Records are sealed, so a script cannot change one in
-//! place: a route's state is changed by reading the record, then a script that writes the new
-//! record (and moves the job) only if the record is still the one read, and otherwise is
-//! retried from the read. Two nodes settling the two routes of one notification at once thus
-//! both keep their state, where a blind write would lose one.
+//! Atomicity across nodes: claims are `SET NX`; taking due jobs, joining an aggregate, moving a
+//! job and counting a quota are Lua scripts, so two nodes never take the same job within its
+//! lease, never start two aggregates for one user and kind, and never count past a limit.
+//! Records are sealed, so a script cannot change one in place: a route's state is changed by
+//! reading the record, then a script that writes the new record only if it is still the one
+//! read, and otherwise is retried from the read. Two nodes settling the two routes of one
+//! notification at once thus both keep their state, where a blind write would lose one.
+//!
+//! A record and its jobs are in different slots, so they are written one after the other, the
+//! record first: a new record's jobs are queued once the record is written (a worker never
+//! takes a job whose record is not there yet), and a settled route's job is moved once the
+//! route's state is written. A crash (or an outage) in between leaves a new record whose pushes
+//! were never queued — its submission was answered with an error — or a settled job still in the
+//! queue, which a worker takes again once its lease ends: a push sent again carries the same
+//! idempotency key (see the channels), so the provider delivers it once.
 //!
 //! Durability and outages are as in the Redis store (`store::redis`): every request is bounded
 //! by [`REQUEST_TIMEOUT`](crate::infra::redis::REQUEST_TIMEOUT) and fails as unavailable while
@@ -48,21 +57,23 @@ use super::{
     provider_entry, read_provider_entry, AggregateJoin, DedupClaim, Ledger, LedgerSweep, NewRecord,
 };
 use crate::infra::cipher::KeyRing;
-use crate::infra::redis::{bounded, connect};
+use crate::infra::redis::{bounded, connect, Endpoint, Redis};
 use crate::notify::model::{Job, Preferences};
 use crate::store::StoreError;
 use async_trait::async_trait;
 use keys::*;
 use protocol::notification::{Bindings, Consent, Provider, QuietHours, Record, Route, RouteState};
-use redis::aio::ConnectionManager;
 use scripts::*;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 pub struct RedisLedger {
-    redis: ConnectionManager,
+    redis: Redis,
+    /// The queue's shards (`store.redis_queue_shards`).
+    shards: u32,
     keys: Arc<KeyRing>,
     /// Records and provider ids expire this long after they are written
     /// (`notify.record_retention`); a record's rewrites keep its expiry.
@@ -77,31 +88,33 @@ fn from_json<T: DeserializeOwned>(bytes: &[u8], what: &str) -> Result<T, StoreEr
     serde_json::from_slice(bytes).map_err(|e| StoreError::Unreadable(format!("{what}: {e}")))
 }
 
-/// The keys [`REWRITE`] changes the queue with.
-fn queue_keys(call: &mut redis::ScriptInvocation<'_>, job: &Job) {
-    call.key(QUEUE)
-        .key(JOBS)
-        .key(UserKeys::of(&job.user).jobs)
-        .key(AGGREGATES)
-        .key(AGGREGATED);
-}
-
-/// What a record rewrite does to the record's job, in the same step.
-enum QueueChange<'a> {
-    None,
-    Requeue(&'a Job, u64),
-    Dequeue(&'a Job),
+/// [`MOVE`] of `job` (`queue` at `due`, or `dequeue`), in the shard of its user.
+fn move_job(job: &Job, due: Option<u64>, shards: u32) -> redis::ScriptInvocation<'static> {
+    let shard = QueueKeys::of_user(&job.user, shards);
+    let mut call = MOVE.key(&shard.queue);
+    call.key(&shard.jobs)
+        .key(shard.jobs_of(&job.user))
+        .key(&shard.aggregates)
+        .key(&shard.aggregated);
+    match due {
+        Some(due) => call.arg("queue").arg(job.key()).arg(due).arg(to_json(job)),
+        None => call.arg("dequeue").arg(job.key()),
+    };
+    call
 }
 
 impl RedisLedger {
-    /// Connects to the Redis at `url`, failing when it cannot be reached now.
+    /// Connects to Redis at `endpoint`, failing when it cannot be reached now; the queue is in
+    /// `shards` shards.
     pub async fn open(
-        url: &str,
+        endpoint: &Endpoint,
+        shards: u32,
         keys: Arc<KeyRing>,
         record_retention: Duration,
     ) -> anyhow::Result<Self> {
         Ok(Self {
-            redis: connect(url).await?,
+            redis: connect(endpoint).await?,
+            shards: shards.max(1),
             keys,
             retention_ms: record_retention.as_millis() as u64,
         })
@@ -180,56 +193,45 @@ impl RedisLedger {
         Ok(())
     }
 
-    /// Sets one route's state of record `id` and applies `queue`, as one write that happens only
-    /// if the record did not change since it was read (else read again): see the module doc.
-    /// Without a record, the route is not set but the queue change still applies.
+    /// Sets one route's state of record `id` if the record did not change since it was read
+    /// (else reads it again: see the module doc), then applies `queue`. Without a record, or
+    /// when the route already has that state, only the queue change applies.
     async fn rewrite(
         &self,
         id: &str,
         route: Route,
         state: &RouteState,
-        queue: QueueChange<'_>,
+        queue: Option<redis::ScriptInvocation<'_>>,
     ) -> Result<(), StoreError> {
         let key = record_key(id);
+        let mut written = false;
         for _ in 0..REWRITE_ATTEMPTS {
-            let read = self.get(&key).await?;
-            let written = match &read {
-                Some(sealed) => {
-                    let mut record = self.open_record(id, sealed)?;
-                    record.routes.insert(route, state.clone());
-                    self.seal_record(&record)
-                }
-                None if matches!(queue, QueueChange::None) => return Ok(()),
-                None => Vec::new(),
+            let Some(read) = self.get(&key).await? else {
+                written = true;
+                break;
             };
-            let mut call = REWRITE.key(&key);
-            call.arg(if read.is_some() { "1" } else { "0" })
-                .arg(read.as_deref().unwrap_or_default())
-                .arg(written);
-            match queue {
-                QueueChange::None => {
-                    call.arg("");
-                }
-                QueueChange::Requeue(job, due) => {
-                    queue_keys(&mut call, job);
-                    call.arg("requeue")
-                        .arg(job.key())
-                        .arg(due)
-                        .arg(to_json(job));
-                }
-                QueueChange::Dequeue(job) => {
-                    queue_keys(&mut call, job);
-                    call.arg("dequeue").arg(job.key());
-                }
+            let mut record = self.open_record(id, &read)?;
+            // A push put back unchanged (over the provider's rate) only moves in the queue.
+            if record.routes.insert(route, state.clone()).as_ref() == Some(state) {
+                written = true;
+                break;
             }
-            let done: bool = bounded(call.invoke_async(&mut self.redis.clone())).await?;
-            if done {
-                return Ok(());
+            let mut rewrite = REWRITE.key(&key);
+            rewrite.arg(&read).arg(self.seal_record(&record));
+            if bounded(rewrite.invoke_async(&mut self.redis.clone())).await? {
+                written = true;
+                break;
             }
         }
-        Err(StoreError::Unavailable(format!(
-            "notification {id} kept changing while being updated ({REWRITE_ATTEMPTS} attempts)"
-        )))
+        if !written {
+            return Err(StoreError::Unavailable(format!(
+                "notification {id} kept changing while being updated ({REWRITE_ATTEMPTS} attempts)"
+            )));
+        }
+        if let Some(queue) = queue {
+            bounded(queue.invoke_async::<()>(&mut self.redis.clone())).await?;
+        }
+        Ok(())
     }
 
     /// Removes the user's dedup claims, a page at a time, until none is left: a claim made
@@ -316,9 +318,12 @@ impl Ledger for RedisLedger {
         Ok(())
     }
 
+    /// The records first, then their jobs: see the module doc.
     async fn create(&self, records: Vec<NewRecord>) -> Result<Vec<Record>, StoreError> {
         let mut pipe = redis::pipe();
-        pipe.atomic();
+        let mut queue = redis::pipe();
+        // A pipelined script call is not retried on NOSCRIPT: see the store's writer.
+        queue.load_script(&MOVE).ignore();
         for new in &records {
             let record = &new.record;
             let index = UserKeys::of(&record.notification.user).records;
@@ -333,16 +338,13 @@ impl Ledger for RedisLedger {
                 .pexpire(&index, self.retention_ms as i64)
                 .ignore();
             for (job, due) in &new.jobs {
-                let key = job.key();
-                pipe.zadd(QUEUE, &key, due)
-                    .ignore()
-                    .hset(JOBS, &key, to_json(job))
-                    .ignore()
-                    .sadd(UserKeys::of(&job.user).jobs, &key)
+                queue
+                    .invoke_script(&move_job(job, Some(*due), self.shards))
                     .ignore();
             }
         }
         bounded(pipe.exec_async(&mut self.redis.clone())).await?;
+        bounded(queue.exec_async(&mut self.redis.clone())).await?;
         Ok(records.into_iter().map(|new| new.record).collect())
     }
 
@@ -363,21 +365,57 @@ impl Ledger for RedisLedger {
         if limit == 0 {
             return Ok(Vec::new());
         }
-        let taken: Vec<Vec<u8>> = bounded(
-            TAKE.key(QUEUE)
-                .key(JOBS)
-                .key(AGGREGATES)
-                .key(AGGREGATED)
+        // The oldest due of every shard, merged: how many to take from each so that the call
+        // takes the queue's oldest, whichever shards they are in. Another node may take some in
+        // between; a shard then gives its next due ones, or fewer.
+        let mut peek = redis::pipe();
+        for shard in 0..self.shards {
+            peek.cmd("ZRANGEBYSCORE")
+                .arg(QueueKeys::shard(shard).queue)
+                .arg("-inf")
                 .arg(now_ms)
-                .arg(limit)
-                .arg(now_ms + lease_ms)
-                .invoke_async(&mut self.redis.clone()),
-        )
-        .await?;
-        taken
-            .iter()
-            .map(|job| from_json(job, "queued job"))
-            .collect()
+                .arg("WITHSCORES")
+                .arg("LIMIT")
+                .arg(0)
+                .arg(limit);
+        }
+        let due: Vec<Vec<(String, u64)>> =
+            bounded(peek.query_async(&mut self.redis.clone())).await?;
+        let mut oldest: Vec<(u64, &str, u32)> = (due.iter().zip(0..))
+            .flat_map(|(jobs, shard)| {
+                jobs.iter()
+                    .map(move |(key, due)| (*due, key.as_str(), shard))
+            })
+            .collect();
+        oldest.sort_unstable();
+        let mut counts: BTreeMap<u32, usize> = BTreeMap::new();
+        for (_, _, shard) in oldest.into_iter().take(limit) {
+            *counts.entry(shard).or_default() += 1;
+        }
+        if counts.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut take = redis::pipe();
+        take.load_script(&TAKE).ignore();
+        for (&shard, &count) in &counts {
+            let shard = QueueKeys::shard(shard);
+            take.invoke_script(
+                TAKE.key(&shard.queue)
+                    .key(&shard.jobs)
+                    .key(&shard.aggregates)
+                    .key(&shard.aggregated)
+                    .arg(now_ms)
+                    .arg(count)
+                    .arg(now_ms + lease_ms),
+            );
+        }
+        let taken: Vec<Vec<(u64, Vec<u8>)>> =
+            bounded(take.query_async(&mut self.redis.clone())).await?;
+        let mut jobs: Vec<(u64, Job)> = (taken.into_iter().flatten())
+            .map(|(due, job)| Ok((due, from_json::<Job>(&job, "queued job")?)))
+            .collect::<Result<_, StoreError>>()?;
+        jobs.sort_by_cached_key(|(due, job)| (*due, job.key()));
+        Ok(jobs.into_iter().map(|(_, job)| job).collect())
     }
 
     async fn settle(
@@ -386,12 +424,8 @@ impl Ledger for RedisLedger {
         state: RouteState,
         next_due: Option<u64>,
     ) -> Result<(), StoreError> {
-        let queue = match next_due {
-            Some(due) => QueueChange::Requeue(job, due),
-            None => QueueChange::Dequeue(job),
-        };
-        self.rewrite(&job.notification, job.route(), &state, queue)
-            .await
+        let queue = move_job(job, next_due, self.shards);
+        (self.rewrite(&job.notification, job.route(), &state, Some(queue))).await
     }
 
     async fn aggregate(&self, joins: &[AggregateJoin]) -> Result<Vec<(Job, bool)>, StoreError> {
@@ -405,13 +439,14 @@ impl Ledger for RedisLedger {
                 attempts: 0,
                 count: 1,
             };
+            let shard = QueueKeys::of_user(&join.user, self.shards);
             let (new, job): (bool, Vec<u8>) = bounded(
                 AGGREGATE
-                    .key(AGGREGATES)
-                    .key(AGGREGATED)
-                    .key(QUEUE)
-                    .key(JOBS)
-                    .key(UserKeys::of(&join.user).jobs)
+                    .key(&shard.aggregates)
+                    .key(&shard.aggregated)
+                    .key(&shard.queue)
+                    .key(&shard.jobs)
+                    .key(shard.jobs_of(&join.user))
                     .arg(format!("{}\0{}", join.user, join.kind))
                     .arg(job.key())
                     .arg(join.due_ms)
@@ -453,7 +488,7 @@ impl Ledger for RedisLedger {
     }
 
     async fn set_route(&self, id: &str, route: Route, state: RouteState) -> Result<(), StoreError> {
-        self.rewrite(id, route, &state, QueueChange::None).await
+        self.rewrite(id, route, &state, None).await
     }
 
     async fn count_quota(&self, quota: &str, day: &str, limit: u64) -> Result<bool, StoreError> {
@@ -516,13 +551,12 @@ impl Ledger for RedisLedger {
     }
 
     async fn queue_depth(&self) -> Result<u64, StoreError> {
-        bounded(
-            redis::cmd("ZCARD")
-                .arg(QUEUE)
-                .query_async(&mut self.redis.clone()),
-        )
-        .await
-        .map_err(StoreError::from)
+        let mut pipe = redis::pipe();
+        for shard in 0..self.shards {
+            pipe.zcard(QueueKeys::shard(shard).queue);
+        }
+        let depths: Vec<u64> = bounded(pipe.query_async(&mut self.redis.clone())).await?;
+        Ok(depths.into_iter().sum())
     }
 
     /// Nothing to do: claims expire by their window, records and provider ids by
@@ -541,13 +575,14 @@ impl Ledger for RedisLedger {
         .await?;
         self.delete_claims(&keys).await?;
         self.delete_records(&keys).await?;
+        let shard = QueueKeys::of_user(user, self.shards);
         bounded(
             DELETE_JOBS
-                .key(&keys.jobs)
-                .key(QUEUE)
-                .key(JOBS)
-                .key(AGGREGATES)
-                .key(AGGREGATED)
+                .key(shard.jobs_of(user))
+                .key(&shard.queue)
+                .key(&shard.jobs)
+                .key(&shard.aggregates)
+                .key(&shard.aggregated)
                 .invoke_async::<()>(&mut self.redis.clone()),
         )
         .await?;

@@ -35,16 +35,18 @@ return 1
 });
 
 /// Takes due jobs and leases them. KEYS: queue, jobs, aggregates, aggregated. ARGV: now, limit,
-/// end of the lease. Returns the jobs, oldest first.
+/// end of the lease. Returns `{due, job}` of each, oldest first.
 pub(super) static TAKE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
 local taken = {}
-for _, key in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, ARGV[2])) do
+local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'WITHSCORES', 'LIMIT', 0, ARGV[2])
+for i = 1, #due, 2 do
+  local key = due[i]
   local job = redis.call('HGET', KEYS[2], key)
   if job then
     redis.call('ZADD', KEYS[1], ARGV[3], key)
-    taken[#taken + 1] = job
+    taken[#taken + 1] = {due[i + 1], job}
     local slot = redis.call('HGET', KEYS[4], key)
     if slot then
       redis.call('HDEL', KEYS[3], slot)
@@ -59,32 +61,36 @@ return taken
     )
 });
 
-/// Writes a record if it is still the one read, and moves its job in the same step.
-/// KEYS: record, and with a queue change: queue, jobs, the user's jobs, aggregates, aggregated.
-/// ARGV: `1` if a record was read (`0` if none), the record read, the new record, the queue
-/// change (`requeue`, `dequeue` or empty), job key, due, job. Returns 0 when the record changed.
+/// Writes a record if it is still the one read. KEYS: record. ARGV: the record read, the new
+/// record. Returns 0 when the record changed (or is gone).
 pub(super) static REWRITE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
-local current = redis.call('GET', KEYS[1])
-if ARGV[1] == '1' then
-  if current ~= ARGV[2] then return 0 end
-  redis.call('SET', KEYS[1], ARGV[3], 'KEEPTTL')
-elseif current then
-  return 0
-end
-if ARGV[4] == 'requeue' then
-  redis.call('ZADD', KEYS[2], ARGV[6], ARGV[5])
-  redis.call('HSET', KEYS[3], ARGV[5], ARGV[7])
-  redis.call('SADD', KEYS[4], ARGV[5])
-elseif ARGV[4] == 'dequeue' then
-  redis.call('ZREM', KEYS[2], ARGV[5])
-  redis.call('HDEL', KEYS[3], ARGV[5])
-  redis.call('SREM', KEYS[4], ARGV[5])
-  local slot = redis.call('HGET', KEYS[6], ARGV[5])
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+redis.call('SET', KEYS[1], ARGV[2], 'KEEPTTL')
+return 1
+",
+    )
+});
+
+/// Queues a job (again), or takes it out of the queue with its aggregate slot. KEYS (one queue
+/// shard): queue, jobs, the user's jobs, aggregates, aggregated. ARGV: `queue` or `dequeue`,
+/// job key, and to queue: due, job.
+pub(super) static MOVE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+if ARGV[1] == 'queue' then
+  redis.call('ZADD', KEYS[1], ARGV[3], ARGV[2])
+  redis.call('HSET', KEYS[2], ARGV[2], ARGV[4])
+  redis.call('SADD', KEYS[3], ARGV[2])
+else
+  redis.call('ZREM', KEYS[1], ARGV[2])
+  redis.call('HDEL', KEYS[2], ARGV[2])
+  redis.call('SREM', KEYS[3], ARGV[2])
+  local slot = redis.call('HGET', KEYS[5], ARGV[2])
   if slot then
-    redis.call('HDEL', KEYS[5], slot)
-    redis.call('HDEL', KEYS[6], ARGV[5])
+    redis.call('HDEL', KEYS[4], slot)
+    redis.call('HDEL', KEYS[5], ARGV[2])
   end
 end
 return 1
