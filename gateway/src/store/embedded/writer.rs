@@ -193,7 +193,11 @@ impl Writer {
                     Command::RememberDevice { user, device } => group.devices.push((user, device)),
                     Command::Close { reply } => {
                         self.commit(std::mem::take(&mut group));
-                        let _ = self.done.send(Done::Closed(reply));
+                        // The store's files are let go before the close is answered, so that
+                        // it can be opened again as soon as the caller hears back.
+                        let done = self.done.clone();
+                        drop(self);
+                        let _ = done.send(Done::Closed(reply));
                         return;
                     }
                     other => {
