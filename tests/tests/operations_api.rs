@@ -8,6 +8,7 @@ use protocol::envelope::Platform;
 use reqwest::Method;
 use rumqttc::QoS;
 use serde_json::{json, Value};
+use std::time::Duration;
 
 async fn get(gw: &TestGateway, path: &str) -> u16 {
     reqwest::get(gw.url(path)).await.unwrap().status().as_u16()
@@ -71,10 +72,22 @@ async fn stats_and_nodes_show_this_node_its_connections_and_queues() {
         .await
         .unwrap();
     gw.post_message("alice", json!({"text": "hi"})).await;
-    tokio::time::sleep(std::time::Duration::from_millis(1200)).await;
 
-    let (status, stats) = gw.api(Method::GET, "/v1/stats", None).await;
-    assert_eq!(status, 200, "{stats}");
+    // Samples are taken every second: wait for the first that saw the message stored.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let stats = loop {
+        let (status, stats) = gw.api(Method::GET, "/v1/stats", None).await;
+        assert_eq!(status, 200, "{stats}");
+        let samples = stats["samples"].as_array().unwrap();
+        if samples.iter().any(|s| s["stored"].as_f64() > Some(0.0)) {
+            break stats;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no sample saw the message stored: {stats}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
     assert_eq!(stats["connections"]["mqtt"], 1, "{stats}");
     assert_eq!(stats["connections"]["json_ws"], 0, "{stats}");
     assert_eq!(stats["store_queue_max"], 65536);
@@ -116,6 +129,9 @@ async fn a_users_recent_entries_are_metadata_unless_bodies_are_allowed() {
             QoS::AtLeastOnce,
         )
         .await;
+    // The publish returns once sent, the notification once queued: each is waited for in the
+    // log, so that they take their sequence numbers in this order.
+    wait_for_entry(&gw, "bob", 4).await;
     let notified = gw
         .api(
             Method::POST,
@@ -124,6 +140,7 @@ async fn a_users_recent_entries_are_metadata_unless_bodies_are_allowed() {
         )
         .await;
     assert_eq!(notified.0, 202, "{}", notified.1);
+    wait_for_entry(&gw, "bob", 5).await;
 
     let (status, recent) = gw
         .api(Method::GET, "/v1/users/bob/recent?limit=3", None)
@@ -183,4 +200,27 @@ async fn preferences_read_back_what_was_set() {
     assert_eq!(kept["quiet_hours"], hours);
     assert_eq!(kept["consent"], json!({"wechat": false, "qiuqiu": true}));
     assert_eq!(kept["bindings"]["qiuqiu_devices"], json!(["cid-1"]));
+}
+
+/// Waits until `user`'s log holds entry `seq`, as `GET /v1/users/{user}/recent` shows it.
+async fn wait_for_entry(gw: &TestGateway, user: &str, seq: u64) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let (status, recent) = (gw)
+            .api(
+                Method::GET,
+                &format!("/v1/users/{user}/recent?limit=1"),
+                None,
+            )
+            .await;
+        assert_eq!(status, 200, "{recent}");
+        if recent["entries"][0]["seq"].as_u64() >= Some(seq) {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "entry {seq} of {user}'s log did not come: {recent}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
