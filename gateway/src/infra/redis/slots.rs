@@ -14,6 +14,7 @@ use redis::aio::ConnectionLike;
 use redis::cluster_async::ClusterConnection;
 use redis::cluster_routing::{Route, SingleNodeRoutingInfo, Slot, SlotAddr};
 use redis::{Arg, Cmd, Pipeline, RedisResult, Value};
+use std::collections::{HashMap, HashSet};
 
 /// Sends `pipeline`'s answers `offset..offset + count` as [`ConnectionLike`] asks, one pipeline
 /// per slot.
@@ -24,25 +25,41 @@ pub(super) async fn send(
     count: usize,
 ) -> RedisResult<Vec<Value>> {
     let slots: Vec<Option<Slot>> = pipeline.cmd_iter().map(slot_of).collect();
-    let mut distinct: Vec<Slot> = Vec::new();
-    for slot in slots.iter().flatten() {
-        if !distinct.contains(slot) {
-            distinct.push(*slot);
-        }
-    }
+    let distinct: HashSet<Slot> = slots.iter().flatten().copied().collect();
     if pipeline.is_transaction() || distinct.len() <= 1 {
         return redis.req_packed_commands(pipeline, offset, count).await;
     }
     let commands: Vec<&Cmd> = pipeline.cmd_iter().collect();
-    let sends = distinct.iter().map(|&slot| {
-        let mut part = redis::pipe();
-        let mut places = Vec::new();
-        for (place, (cmd, of)) in commands.iter().zip(&slots).enumerate() {
-            if of.is_none() || *of == Some(slot) {
+    // One pass over the commands: each part, made when its slot first comes, starts with the
+    // keyless commands that came before, and gets every later one at its place.
+    let mut parts: Vec<(Slot, Pipeline, Vec<usize>)> = Vec::with_capacity(distinct.len());
+    let mut part_of: HashMap<Slot, usize> = HashMap::with_capacity(distinct.len());
+    let mut keyless: Vec<usize> = Vec::new();
+    for (place, (cmd, slot)) in commands.iter().zip(&slots).enumerate() {
+        match slot {
+            None => {
+                keyless.push(place);
+                for (_, part, places) in &mut parts {
+                    part.add_command((*cmd).clone());
+                    places.push(place);
+                }
+            }
+            Some(slot) => {
+                let at = *part_of.entry(*slot).or_insert_with(|| {
+                    let mut part = redis::pipe();
+                    for &earlier in &keyless {
+                        part.add_command(commands[earlier].clone());
+                    }
+                    parts.push((*slot, part, keyless.clone()));
+                    parts.len() - 1
+                });
+                let (_, part, places) = &mut parts[at];
                 part.add_command((*cmd).clone());
                 places.push(place);
             }
         }
+    }
+    let sends = parts.into_iter().map(|(slot, part, places)| {
         let route = SingleNodeRoutingInfo::SpecificNode(Route::with_slot(slot, SlotAddr::Master));
         let mut redis = redis.clone();
         async move {
