@@ -77,6 +77,7 @@ pub fn mqtt(data: &[u8]) {
     let codec = Codec {
         version,
         max_packet_size: MAX_PACKET,
+        client_max_packet: connect.max_packet_size,
     };
     let mut wbuf = BytesMut::new();
     let info = ConnackInfo {
@@ -94,7 +95,6 @@ pub fn mqtt(data: &[u8]) {
         outbound: Outbound::new(
             codec,
             usize::from(window),
-            connect.max_packet_size,
             connect.topic_alias_maximum,
             Counter::default(),
             Counter::default(),

@@ -204,7 +204,6 @@ impl Connection {
         let outbound = Outbound::new(
             codec,
             window,
-            connect.max_packet_size,
             connect.topic_alias_maximum,
             front.metrics.messages_out.get_or_create(&transport).clone(),
             front.metrics.too_large_for_client.clone(),

@@ -114,6 +114,7 @@ async fn open(
                 let codec = Codec {
                     version: Version::V311,
                     max_packet_size: max_packet,
+                    client_max_packet: None,
                 };
                 refuse(&mut stream, codec, ConnackCode::UnsupportedVersion, None).await;
             }
@@ -125,6 +126,7 @@ async fn open(
     let codec = Codec {
         version: connect.version,
         max_packet_size: max_packet,
+        client_max_packet: connect.max_packet_size,
     };
     if connect.version == Version::V311 && connect.client_id.is_empty() && !connect.clean_start {
         // MQTT-3.1.3-8: a session cannot be kept for a client without an id.

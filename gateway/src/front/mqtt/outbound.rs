@@ -41,8 +41,6 @@ pub struct Outbound {
     codec: Codec,
     /// Most deliveries in flight at once.
     window: usize,
-    /// The largest packet the client takes (v5).
-    client_max_packet: Option<u32>,
     inflight: VecDeque<InFlight>,
     next_pkid: u16,
     /// Topic aliases given to the client, by topic, up to the number it allows.
@@ -57,7 +55,6 @@ impl Outbound {
     pub fn new(
         codec: Codec,
         window: usize,
-        client_max_packet: Option<u32>,
         alias_maximum: u16,
         sent: Counter,
         too_large: Counter,
@@ -66,7 +63,6 @@ impl Outbound {
         Self {
             codec,
             window: window.max(1),
-            client_max_packet,
             inflight: VecDeque::new(),
             next_pkid: 0,
             aliases: HashMap::new(),
@@ -111,11 +107,7 @@ impl Outbound {
             subscription_ids: delivery.subscription_ids.as_slice(),
             topic_alias,
         };
-        if self
-            .codec
-            .publish(&publish, self.client_max_packet, out)
-            .is_none()
-        {
+        if self.codec.publish(&publish, out).is_none() {
             self.too_large.inc();
             return Written::Skipped;
         }
@@ -252,11 +244,7 @@ impl Outbound {
                     subscription_ids: &kept.subscription_ids,
                     topic_alias: None,
                 };
-                if self
-                    .codec
-                    .publish(&publish, self.client_max_packet, out)
-                    .is_none()
-                {
+                if self.codec.publish(&publish, out).is_none() {
                     self.too_large.inc();
                     continue;
                 }
@@ -287,11 +275,11 @@ mod tests {
         let codec = Codec {
             version: Version::V5,
             max_packet_size: 1 << 20,
+            client_max_packet: Some(200),
         };
         Outbound::new(
             codec,
             window,
-            Some(200),
             aliases,
             Counter::default(),
             Counter::default(),

@@ -307,7 +307,10 @@ pub fn holds_publish(buf: &[u8]) -> bool {
 #[derive(Debug, Clone, Copy)]
 pub struct Codec {
     pub version: Version,
+    /// The largest packet the gateway reads.
     pub max_packet_size: u32,
+    /// The largest packet the client takes (its v5 Maximum Packet Size): nothing larger is sent.
+    pub client_max_packet: Option<u32>,
 }
 
 impl Codec {
@@ -333,28 +336,23 @@ impl Codec {
     pub fn connack(&self, code: ConnackCode, info: ConnackInfo, out: &mut BytesMut) {
         match self.version {
             Version::V311 => v4::connack(code, info.session_present, out),
-            Version::V5 => v5::connack(code, info, out),
+            Version::V5 => v5::connack(code, info, self.client_max_packet, out),
         }
     }
 
     /// Writes a PUBLISH; returns its size, or `None` (nothing written) when it is larger than
-    /// `client_max`, the largest packet the client takes.
-    pub fn publish(
-        &self,
-        publish: &PublishOut<'_>,
-        client_max: Option<u32>,
-        out: &mut BytesMut,
-    ) -> Option<usize> {
+    /// the client takes.
+    pub fn publish(&self, publish: &PublishOut<'_>, out: &mut BytesMut) -> Option<usize> {
         match self.version {
             Version::V311 => v4::publish(publish, out),
-            Version::V5 => v5::publish(publish, client_max, out),
+            Version::V5 => v5::publish(publish, self.client_max_packet, out),
         }
     }
 
     pub fn puback(&self, pkid: u16, code: AckCode, out: &mut BytesMut) {
         match self.version {
             Version::V311 => v4::puback(pkid, out),
-            Version::V5 => v5::puback(pkid, code, out),
+            Version::V5 => v5::puback(pkid, code, self.client_max_packet, out),
         }
     }
 
@@ -362,7 +360,7 @@ impl Codec {
     pub fn pubrec(&self, pkid: u16, code: AckCode, out: &mut BytesMut) {
         match self.version {
             Version::V311 => v4::pubrec(pkid, out),
-            Version::V5 => v5::pubrec(pkid, code, out),
+            Version::V5 => v5::pubrec(pkid, code, self.client_max_packet, out),
         }
     }
 
@@ -370,7 +368,7 @@ impl Codec {
     pub fn pubrel(&self, pkid: u16, out: &mut BytesMut) {
         match self.version {
             Version::V311 => v4::pubrel(pkid, out),
-            Version::V5 => v5::pubrel(pkid, out),
+            Version::V5 => v5::pubrel(pkid, self.client_max_packet, out),
         }
     }
 
@@ -379,7 +377,7 @@ impl Codec {
     pub fn pubcomp(&self, pkid: u16, known: bool, out: &mut BytesMut) {
         match self.version {
             Version::V311 => v4::pubcomp(pkid, out),
-            Version::V5 => v5::pubcomp(pkid, known, out),
+            Version::V5 => v5::pubcomp(pkid, known, self.client_max_packet, out),
         }
     }
 
@@ -387,21 +385,21 @@ impl Codec {
     pub fn suback(&self, pkid: u16, results: &[Result<Qos, SubscribeRefusal>], out: &mut BytesMut) {
         match self.version {
             Version::V311 => v4::suback(pkid, results, out),
-            Version::V5 => v5::suback(pkid, results, out),
+            Version::V5 => v5::suback(pkid, results, self.client_max_packet, out),
         }
     }
 
     pub fn unsuback(&self, pkid: u16, existed: &[bool], out: &mut BytesMut) {
         match self.version {
             Version::V311 => v4::unsuback(pkid, out),
-            Version::V5 => v5::unsuback(pkid, existed, out),
+            Version::V5 => v5::unsuback(pkid, existed, self.client_max_packet, out),
         }
     }
 
     pub fn pingresp(&self, out: &mut BytesMut) {
         match self.version {
             Version::V311 => v4::pingresp(out),
-            Version::V5 => v5::pingresp(out),
+            Version::V5 => v5::pingresp(self.client_max_packet, out),
         }
     }
 
@@ -409,7 +407,7 @@ impl Codec {
     /// just closes).
     pub fn disconnect(&self, code: DisconnectCode, reason: &str, out: &mut BytesMut) {
         if self.version == Version::V5 {
-            v5::disconnect(code, reason, out);
+            v5::disconnect(code, reason, self.client_max_packet, out);
         }
     }
 }
@@ -496,6 +494,7 @@ mod tests {
             let codec = Codec {
                 version,
                 max_packet_size: 1024,
+                client_max_packet: None,
             };
             let mut buf = BytesMut::from(unsubscribe);
             assert!(
@@ -510,6 +509,7 @@ mod tests {
         let codec = Codec {
             version: Version::V311,
             max_packet_size: 1024,
+            client_max_packet: None,
         };
         let mut buf = BytesMut::new();
         let publish = v4::Publish::new("t", rumqttc::QoS::AtMostOnce, vec![0u8; 4096]);
@@ -521,5 +521,56 @@ mod tests {
             codec.read(&mut buf),
             Err(DecodeError::TooLarge { max: 1024, .. })
         ));
+    }
+
+    #[test]
+    fn nothing_larger_than_a_v5_client_takes_is_sent() {
+        use rumqttc::v5::mqttbytes::v5 as client;
+        let codec = Codec {
+            version: Version::V5,
+            max_packet_size: 1024,
+            client_max_packet: Some(24),
+        };
+        let read = |out: &mut BytesMut| {
+            assert!(out.len() <= 24, "{} bytes", out.len());
+            let bytes = out.to_vec();
+            client::Packet::read(out, None).unwrap_or_else(|e| panic!("{e:?} reading {bytes:?}"))
+        };
+        let long_reason = "a reason far longer than the client takes";
+
+        let mut out = BytesMut::new();
+        let info = ConnackInfo {
+            reason: Some(long_reason.into()),
+            ..ConnackInfo::default()
+        };
+        codec.connack(ConnackCode::NotAuthorized, info, &mut out);
+        let client::Packet::ConnAck(connack) = read(&mut out) else {
+            panic!("not a CONNACK")
+        };
+        assert_eq!(connack.code, client::ConnectReturnCode::NotAuthorized);
+        assert_eq!(connack.properties.and_then(|p| p.reason_string), None);
+
+        codec.disconnect(DisconnectCode::Administrative, long_reason, &mut out);
+        let client::Packet::Disconnect(disconnect) = read(&mut out) else {
+            panic!("not a DISCONNECT")
+        };
+        assert_eq!(
+            disconnect.reason_code,
+            client::DisconnectReasonCode::AdministrativeAction
+        );
+        assert_eq!(disconnect.properties.and_then(|p| p.reason_string), None);
+
+        codec.disconnect(DisconnectCode::Administrative, "short", &mut out);
+        let client::Packet::Disconnect(disconnect) = read(&mut out) else {
+            panic!("not a DISCONNECT")
+        };
+        let reason = disconnect.properties.and_then(|p| p.reason_string);
+        assert_eq!(reason.as_deref(), Some("short"), "kept where it fits");
+
+        // A SUBACK has no part to leave out: one too large is not sent.
+        codec.suback(1, &[Ok(Qos::AtLeastOnce); 30], &mut out);
+        assert!(out.is_empty());
+        codec.suback(1, &[Ok(Qos::AtLeastOnce); 3], &mut out);
+        assert!(matches!(read(&mut out), client::Packet::SubAck(_)));
     }
 }

@@ -152,7 +152,19 @@ fn inbound(packet: v5::Packet) -> Inbound {
     }
 }
 
-fn write(packet: v5::Packet, out: &mut BytesMut) -> Option<usize> {
+/// Writes `packet` unless it is larger than `client_max`, the largest packet the client takes
+/// (MQTT-3.1.2-24: the server must not send it a larger one).
+fn write(packet: v5::Packet, client_max: Option<u32>, out: &mut BytesMut) -> Option<usize> {
+    if let Some(max) = client_max.map(|max| max as usize) {
+        if packet.size() > max {
+            tracing::debug!(
+                size = packet.size(),
+                max,
+                "not sent: larger than the client takes"
+            );
+            return None;
+        }
+    }
     // Only our own, size-checked packets are written; an error here is a bug.
     match packet.write(out, None) {
         Ok(size) => Some(size),
@@ -171,7 +183,12 @@ fn qos(qos: Qos) -> QoS {
     }
 }
 
-pub(super) fn connack(code: ConnackCode, info: ConnackInfo, out: &mut BytesMut) {
+pub(super) fn connack(
+    code: ConnackCode,
+    info: ConnackInfo,
+    client_max: Option<u32>,
+    out: &mut BytesMut,
+) {
     let code = match code {
         ConnackCode::Accepted => v5::ConnectReturnCode::Success,
         ConnackCode::NotAuthorized => v5::ConnectReturnCode::NotAuthorized,
@@ -202,14 +219,18 @@ pub(super) fn connack(code: ConnackCode, info: ConnackInfo, out: &mut BytesMut) 
         authentication_method: None,
         authentication_data: None,
     };
-    write(
-        v5::Packet::ConnAck(v5::ConnAck {
-            session_present: info.session_present && accepted,
-            code,
-            properties: Some(properties),
-        }),
-        out,
-    );
+    let mut connack = v5::ConnAck {
+        session_present: info.session_present && accepted,
+        code,
+        properties: Some(properties),
+    };
+    if client_max.is_some_and(|max| connack.size() > max as usize) {
+        // The reason string is left out rather than the CONNACK (MQTT-3.2.2-19).
+        if let Some(properties) = connack.properties.as_mut() {
+            properties.reason_string = None;
+        }
+    }
+    write(v5::Packet::ConnAck(connack), client_max, out);
 }
 
 /// Writes the PUBLISH unless it is larger than `client_max`.
@@ -243,13 +264,10 @@ pub(super) fn publish(
         payload: publish.payload.clone(),
         properties: (!empty).then_some(properties),
     };
-    if client_max.is_some_and(|max| packet.size() > max as usize) {
-        return None;
-    }
-    write(v5::Packet::Publish(packet), out)
+    write(v5::Packet::Publish(packet), client_max, out)
 }
 
-pub(super) fn puback(pkid: u16, code: AckCode, out: &mut BytesMut) {
+pub(super) fn puback(pkid: u16, code: AckCode, client_max: Option<u32>, out: &mut BytesMut) {
     let reason = match code {
         AckCode::Success => v5::PubAckReason::Success,
         AckCode::NotAuthorized => v5::PubAckReason::NotAuthorized,
@@ -266,11 +284,12 @@ pub(super) fn puback(pkid: u16, code: AckCode, out: &mut BytesMut) {
             reason,
             properties: None,
         }),
+        client_max,
         out,
     );
 }
 
-pub(super) fn pubrec(pkid: u16, code: AckCode, out: &mut BytesMut) {
+pub(super) fn pubrec(pkid: u16, code: AckCode, client_max: Option<u32>, out: &mut BytesMut) {
     let reason = match code {
         AckCode::Success => v5::PubRecReason::Success,
         AckCode::NotAuthorized => v5::PubRecReason::NotAuthorized,
@@ -287,15 +306,20 @@ pub(super) fn pubrec(pkid: u16, code: AckCode, out: &mut BytesMut) {
             reason,
             properties: None,
         }),
+        client_max,
         out,
     );
 }
 
-pub(super) fn pubrel(pkid: u16, out: &mut BytesMut) {
-    write(v5::Packet::PubRel(v5::PubRel::new(pkid, None)), out);
+pub(super) fn pubrel(pkid: u16, client_max: Option<u32>, out: &mut BytesMut) {
+    write(
+        v5::Packet::PubRel(v5::PubRel::new(pkid, None)),
+        client_max,
+        out,
+    );
 }
 
-pub(super) fn pubcomp(pkid: u16, known: bool, out: &mut BytesMut) {
+pub(super) fn pubcomp(pkid: u16, known: bool, client_max: Option<u32>, out: &mut BytesMut) {
     let reason = match known {
         true => v5::PubCompReason::Success,
         false => v5::PubCompReason::PacketIdentifierNotFound,
@@ -306,11 +330,17 @@ pub(super) fn pubcomp(pkid: u16, known: bool, out: &mut BytesMut) {
             reason,
             properties: None,
         }),
+        client_max,
         out,
     );
 }
 
-pub(super) fn suback(pkid: u16, results: &[Result<Qos, SubscribeRefusal>], out: &mut BytesMut) {
+pub(super) fn suback(
+    pkid: u16,
+    results: &[Result<Qos, SubscribeRefusal>],
+    client_max: Option<u32>,
+    out: &mut BytesMut,
+) {
     let codes = results
         .iter()
         .map(|result| match result {
@@ -330,11 +360,12 @@ pub(super) fn suback(pkid: u16, results: &[Result<Qos, SubscribeRefusal>], out: 
             return_codes: codes,
             properties: None,
         }),
+        client_max,
         out,
     );
 }
 
-pub(super) fn unsuback(pkid: u16, existed: &[bool], out: &mut BytesMut) {
+pub(super) fn unsuback(pkid: u16, existed: &[bool], client_max: Option<u32>, out: &mut BytesMut) {
     let reasons = existed
         .iter()
         .map(|&existed| match existed {
@@ -348,15 +379,21 @@ pub(super) fn unsuback(pkid: u16, existed: &[bool], out: &mut BytesMut) {
             reasons,
             properties: None,
         }),
+        client_max,
         out,
     );
 }
 
-pub(super) fn pingresp(out: &mut BytesMut) {
-    write(v5::Packet::PingResp(v5::PingResp), out);
+pub(super) fn pingresp(client_max: Option<u32>, out: &mut BytesMut) {
+    write(v5::Packet::PingResp(v5::PingResp), client_max, out);
 }
 
-pub(super) fn disconnect(code: DisconnectCode, reason: &str, out: &mut BytesMut) {
+pub(super) fn disconnect(
+    code: DisconnectCode,
+    reason: &str,
+    client_max: Option<u32>,
+    out: &mut BytesMut,
+) {
     use v5::DisconnectReasonCode as R;
     let reason_code = match code {
         DisconnectCode::TakenOver => R::SessionTakenOver,
@@ -376,11 +413,19 @@ pub(super) fn disconnect(code: DisconnectCode, reason: &str, out: &mut BytesMut)
         user_properties: Vec::new(),
         server_reference: None,
     };
-    write(
-        v5::Packet::Disconnect(v5::Disconnect {
-            reason_code,
-            properties: Some(properties),
-        }),
-        out,
-    );
+    let disconnect = v5::Disconnect {
+        reason_code,
+        properties: Some(properties),
+    };
+    if client_max.is_some_and(|max| disconnect.size() > max as usize) {
+        // The reason string is left out rather than the DISCONNECT (MQTT-3.14.2-3): the reason
+        // code and an empty property list. Written here because rumqttc 0.25 writes a
+        // DISCONNECT with no properties as a normal one, or with a byte its length leaves out.
+        let reason_code_alone = [0xE0, 0x02, reason_code as u8, 0x00];
+        if client_max.is_some_and(|max| max as usize >= reason_code_alone.len()) {
+            out.extend_from_slice(&reason_code_alone);
+        }
+        return;
+    }
+    write(v5::Packet::Disconnect(disconnect), client_max, out);
 }
