@@ -1,16 +1,16 @@
-//! The embedded store's MQTT sessions, their queues and the retained messages: written straight
-//! to their keyspaces (they touch no log, so they need not go through the writer thread),
-//! everything sealed under where it is kept.
+//! The embedded store's MQTT sessions, their queues and the retained messages, everything sealed
+//! under where it is kept.
 //!
-//! A session's state and queue are written to the operating system at once, so a crash of the
-//! gateway loses none of them, and made durable on disk by the store's next fsync (the next group
-//! commit of messages, within milliseconds under traffic): an fsync each would cost a blocking
-//! thread per connecting or leaving client in a reconnect storm. A power cut may thus lose a
-//! session's last change, and its client is told no session is present (it subscribes again);
-//! messages are never at stake, they are in the logs. Retained messages and deletions are synced
-//! at once.
+//! A session's state is kept and dropped by the writer thread, in its next group commit: one
+//! fsync for all the sessions a reconnect storm changes at once, and all of them allocated by
+//! one thread, so that what the store's memory keeps of many sessions sits together instead of
+//! pinning partly used allocator pages of every blocking thread (about 2 KB per connection with
+//! 32 of them). A session's queue is written to the operating system at once, so a crash of the
+//! gateway loses none of it, and made durable by the next group commit; a power cut may lose its
+//! last message, never one of a log. Retained messages and deletions are synced at once.
 
 use super::layout::{be_u64, failed, Keyspaces};
+use super::writer::{Command, SessionWrite};
 use super::EmbeddedStore;
 use crate::infra::cipher::KeyRing;
 use crate::infra::fjall::commit as commit_to_disk;
@@ -52,7 +52,7 @@ fn live_session(
 
 impl Keyspaces {
     /// Adds to `batch` the removal of the session and its queue.
-    fn drop_session_into(
+    pub(super) fn drop_session_into(
         &self,
         batch: &mut fjall::OwnedWriteBatch,
         name: &str,
@@ -117,20 +117,14 @@ impl SessionStore for EmbeddedStore {
         state: &[u8],
         expires_at_ms: u64,
     ) -> Result<(), StoreError> {
-        let (name, state) = (key.name(), state.to_vec());
-        self.read_with(move |spaces, keys| {
-            let value = [
-                &expires_at_ms.to_be_bytes()[..],
-                &keys.seal(&state, name.as_bytes()),
-            ]
-            .concat();
-            let mut batch = spaces.buffered_batch();
-            batch.insert(&spaces.sessions, name.as_str(), value);
-            commit_to_disk(batch).map_err(failed)?;
-            spaces.session_names.insert(name);
-            Ok(())
-        })
-        .await
+        let name = key.name();
+        let value = [
+            &expires_at_ms.to_be_bytes()[..],
+            &self.keys.ring().seal(state, name.as_bytes()),
+        ]
+        .concat();
+        let write = SessionWrite::Put { name, value };
+        self.write(|reply| Command::Session { write, reply }).await
     }
 
     async fn session(&self, key: &SessionKey) -> Result<Option<Vec<u8>>, StoreError> {
@@ -153,14 +147,8 @@ impl SessionStore for EmbeddedStore {
             // Nothing kept, nothing queued (a queue lives only with its session).
             return Ok(());
         }
-        self.read_with(move |spaces, _| {
-            let mut batch = spaces.buffered_batch();
-            spaces.drop_session_into(&mut batch, &name)?;
-            commit_to_disk(batch).map_err(failed)?;
-            spaces.session_names.remove(&name);
-            Ok(())
-        })
-        .await
+        let write = SessionWrite::Drop { name };
+        self.write(|reply| Command::Session { write, reply }).await
     }
 
     async fn enqueue(

@@ -34,6 +34,12 @@ pub(super) enum Command {
         seq: u64,
         reply: Reply<u64>,
     },
+    /// Keep or drop an MQTT session's state: written with the next batch, answered when it is
+    /// durable.
+    Session {
+        write: SessionWrite,
+        reply: Reply<()>,
+    },
     /// Remember a device as one of the user's (decided already, in memory): written with the
     /// next batch, answered by nobody.
     RememberDevice {
@@ -57,6 +63,22 @@ pub(super) enum Command {
     Close {
         reply: oneshot::Sender<()>,
     },
+}
+
+/// A change to one kept MQTT session (see `sessions.rs`).
+pub(super) enum SessionWrite {
+    /// Keep `value` (the session's expiry and sealed state) under its name.
+    Put { name: String, value: Vec<u8> },
+    /// Remove the session and its queue.
+    Drop { name: String },
+}
+
+impl SessionWrite {
+    fn name(&self) -> &str {
+        match self {
+            Self::Put { name, .. } | Self::Drop { name } => name,
+        }
+    }
 }
 
 /// Starts the writer and responder threads; what is sent on the returned queue is done in order.
@@ -146,12 +168,18 @@ fn respond(done: std::sync::mpsc::Receiver<Done>, feed: Arc<dyn CommitFeed>) {
                 for ((_, _, _, reply), cursor) in group.acks.into_iter().zip(cursors) {
                     let _ = reply.send(Ok(cursor));
                 }
+                for (_, reply) in group.sessions {
+                    let _ = reply.send(Ok(()));
+                }
             }
             Done::Failed { group, error } => {
                 for call in group.appends {
                     let _ = call.reply.send(Err(error.clone()));
                 }
                 for (_, _, _, reply) in group.acks {
+                    let _ = reply.send(Err(error.clone()));
+                }
+                for (_, reply) in group.sessions {
                     let _ = reply.send(Err(error.clone()));
                 }
             }
@@ -163,11 +191,14 @@ fn respond(done: std::sync::mpsc::Receiver<Done>, feed: Arc<dyn CommitFeed>) {
     }
 }
 
-/// Appends and cursor moves gathered into one batch.
+/// Appends, cursor moves and session changes gathered into one batch.
 #[derive(Default)]
 struct Group {
     appends: Vec<Call>,
     acks: Vec<(String, String, u64, Reply<u64>)>,
+    /// At most one per session: a second change to a session starts a new group, since one
+    /// batch holds one value per key.
+    sessions: Vec<(SessionWrite, Reply<()>)>,
     /// Known devices to write: user and device.
     devices: Vec<(String, String)>,
     messages: usize,
@@ -190,6 +221,12 @@ impl Writer {
                         seq,
                         reply,
                     } => group.acks.push((user, device, seq, reply)),
+                    Command::Session { write, reply } => {
+                        if group.sessions.iter().any(|(w, _)| w.name() == write.name()) {
+                            self.commit(std::mem::take(&mut group));
+                        }
+                        group.sessions.push((write, reply));
+                    }
                     Command::RememberDevice { user, device } => group.devices.push((user, device)),
                     Command::Close { reply } => {
                         self.commit(std::mem::take(&mut group));
@@ -214,7 +251,11 @@ impl Writer {
     }
 
     fn commit(&mut self, mut group: Group) {
-        if group.appends.is_empty() && group.acks.is_empty() && group.devices.is_empty() {
+        if group.appends.is_empty()
+            && group.acks.is_empty()
+            && group.devices.is_empty()
+            && group.sessions.is_empty()
+        {
             return;
         }
         let taken = Instant::now();
@@ -245,6 +286,16 @@ impl Writer {
                     self.heads.clear();
                 }
                 self.heads.extend(heads);
+                for (write, _) in &group.sessions {
+                    match write {
+                        SessionWrite::Put { name, .. } => {
+                            self.spaces.session_names.insert(name.clone());
+                        }
+                        SessionWrite::Drop { name } => {
+                            self.spaces.session_names.remove(name);
+                        }
+                    }
+                }
                 Done::Committed {
                     group,
                     outcome,
@@ -393,6 +444,14 @@ impl Writer {
         for (user, device) in &group.devices {
             batch.insert(&spaces.known_devices, pair_key(user, device), []);
         }
+        for (write, _) in &group.sessions {
+            match write {
+                SessionWrite::Put { name, value } => {
+                    batch.insert(&spaces.sessions, name.as_str(), value.as_slice());
+                }
+                SessionWrite::Drop { name } => spaces.drop_session_into(batch, name)?,
+            }
+        }
         let mut cursors: HashMap<Vec<u8>, u64> = HashMap::new();
         let mut answers = Vec::with_capacity(group.acks.len());
         for (user, device, seq, _) in &group.acks {
@@ -456,9 +515,12 @@ impl Writer {
             }
             Command::Append(_)
             | Command::Ack { .. }
+            | Command::Session { .. }
             | Command::RememberDevice { .. }
             | Command::Close { .. } => {
-                unreachable!("appends, acks, devices and the close are handled by the loop")
+                unreachable!(
+                    "appends, acks, sessions, devices and the close are handled by the loop"
+                )
             }
         }
     }
