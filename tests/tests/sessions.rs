@@ -325,6 +325,31 @@ async fn known_devices_kept_in_the_old_file_are_moved_into_the_store() {
     waiting_for_approval(&gw, "ivy", "laptop", Platform::Desktop).await;
 }
 
+/// An approval is durable before it is answered: the gateway killed (SIGKILL) right after its
+/// 204 still knows the approved device when it comes back, and lets it in without asking again.
+#[tokio::test]
+async fn an_approved_device_is_still_known_after_a_kill_9() {
+    let options = || Options::default().with("SESSIONS__NEW_DEVICE_APPROVAL", "true");
+    let gw = TestGateway::start_with(options()).await;
+    let _phone = watcher(&gw, "noa", "phone", Platform::Ios).await;
+    let laptop = waiting_for_approval(&gw, "noa", "laptop", Platform::Desktop).await;
+    let (status, _) = gw
+        .api(
+            reqwest::Method::POST,
+            "/v1/users/noa/devices/laptop/approval",
+            Some(json!({"approve": true})),
+        )
+        .await;
+    assert_eq!(status, 204);
+    let data_dir = gw.stop().await;
+    drop(laptop);
+
+    let gw = TestGateway::try_start(options(), data_dir).await.unwrap();
+    let mut laptop = watcher(&gw, "noa", "laptop", Platform::Desktop).await;
+    gw.post_message("noa", json!({"n": 1})).await;
+    assert_eq!(laptop.message_on("u/noa/inbox").await["body"]["n"], 1);
+}
+
 /// A device `user` never used before, connected and told to wait for approval.
 async fn waiting_for_approval(
     gw: &TestGateway,

@@ -6,6 +6,7 @@
 use super::StoreError;
 use anyhow::Context;
 use async_trait::async_trait;
+use futures_util::{stream, StreamExt, TryStreamExt};
 use std::path::Path;
 
 /// What a device logging in is to its user.
@@ -30,6 +31,9 @@ pub trait KnownDeviceStore: Send + Sync + 'static {
     async fn remember_device(&self, user: &str, device: &str) -> Result<(), StoreError>;
 }
 
+/// How many devices [`import_file`] has the store remember at once.
+const IMPORTED_AT_ONCE: usize = 256;
+
 /// Moves the devices of `path`, where a node kept them before the store did (one
 /// `user<TAB>device` line each, the data dir's `known_devices.tsv`), into the store, then
 /// renames the file with `.imported` added: done once, at the first start after an upgrade.
@@ -39,11 +43,14 @@ pub async fn import_file(store: &dyn KnownDeviceStore, path: &Path) -> anyhow::R
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
         Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
     };
-    let mut imported = 0;
-    for (user, device) in text.lines().filter_map(|line| line.split_once('\t')) {
-        store.remember_device(user, device).await?;
-        imported += 1;
-    }
+    // Many at once, so that they share the store's group commits: each is answered only when
+    // durable.
+    let remembered: Vec<()> = stream::iter(text.lines().filter_map(|line| line.split_once('\t')))
+        .map(|(user, device)| store.remember_device(user, device))
+        .buffer_unordered(IMPORTED_AT_ONCE)
+        .try_collect()
+        .await?;
+    let imported = remembered.len();
     let done = path.with_extension("tsv.imported");
     std::fs::rename(path, &done)
         .with_context(|| format!("cannot rename {} to {}", path.display(), done.display()))?;

@@ -2,8 +2,8 @@
 //! value. All of them are also kept in memory, where a device's standing is decided (one user's
 //! devices at a time, so that a user's first device is decided once): a connecting device
 //! learns it without a read on a blocking thread. What is decided goes to the writer thread, to
-//! be written with its next batch and made durable by that batch's fsync; a crash before it
-//! forgets the devices that came online since, which then count as new again.
+//! be written with its next batch, and is answered once that batch's fsync made it durable: a
+//! device let in as known, or approved, stays known after a crash.
 
 use super::layout::{pair_of, Keyspaces};
 use super::writer::Command;
@@ -31,15 +31,17 @@ impl Keyspaces {
 }
 
 impl EmbeddedStore {
-    /// Has the writer write `device` as one of `user`'s, once memory knows it; waits for room in
-    /// its queue (an import of many devices at start outruns it).
+    /// Has the writer write `device` as one of `user`'s, once memory knows it, and waits until
+    /// it is durable (and for room in the writer's queue: an import of many devices at start
+    /// outruns it).
     async fn write_device(&self, user: &str, device: &str) -> Result<(), StoreError> {
-        let command = Command::RememberDevice {
-            user: user.to_string(),
-            device: device.to_string(),
-        };
-        (self.commands.send(command).await)
-            .map_err(|_| StoreError::Unavailable("the store writer stopped".into()))
+        let (user, device) = (user.to_string(), device.to_string());
+        self.write(|reply| Command::RememberDevice {
+            user,
+            device,
+            reply,
+        })
+        .await
     }
 }
 

@@ -41,10 +41,11 @@ pub(super) enum Command {
         reply: Reply<()>,
     },
     /// Remember a device as one of the user's (decided already, in memory): written with the
-    /// next batch, answered by nobody.
+    /// next batch, answered when it is durable.
     RememberDevice {
         user: String,
         device: String,
+        reply: Reply<()>,
     },
     DeleteUser {
         user: String,
@@ -171,6 +172,9 @@ fn respond(done: std::sync::mpsc::Receiver<Done>, feed: Arc<dyn CommitFeed>) {
                 for (_, reply) in group.sessions {
                     let _ = reply.send(Ok(()));
                 }
+                for (_, _, reply) in group.devices {
+                    let _ = reply.send(Ok(()));
+                }
             }
             Done::Failed { group, error } => {
                 for call in group.appends {
@@ -180,6 +184,9 @@ fn respond(done: std::sync::mpsc::Receiver<Done>, feed: Arc<dyn CommitFeed>) {
                     let _ = reply.send(Err(error.clone()));
                 }
                 for (_, reply) in group.sessions {
+                    let _ = reply.send(Err(error.clone()));
+                }
+                for (_, _, reply) in group.devices {
                     let _ = reply.send(Err(error.clone()));
                 }
             }
@@ -200,7 +207,7 @@ struct Group {
     /// batch holds one value per key.
     sessions: Vec<(SessionWrite, Reply<()>)>,
     /// Known devices to write: user and device.
-    devices: Vec<(String, String)>,
+    devices: Vec<(String, String, Reply<()>)>,
     messages: usize,
 }
 
@@ -227,7 +234,11 @@ impl Writer {
                         }
                         group.sessions.push((write, reply));
                     }
-                    Command::RememberDevice { user, device } => group.devices.push((user, device)),
+                    Command::RememberDevice {
+                        user,
+                        device,
+                        reply,
+                    } => group.devices.push((user, device, reply)),
                     Command::Close { reply } => {
                         self.commit(std::mem::take(&mut group));
                         // The store's files are let go before the close is answered, so that
@@ -441,7 +452,7 @@ impl Writer {
                 batch.insert(&spaces.heads, *log, head.encode());
             }
         }
-        for (user, device) in &group.devices {
+        for (user, device, _) in &group.devices {
             batch.insert(&spaces.known_devices, pair_key(user, device), []);
         }
         for (write, _) in &group.sessions {
