@@ -33,12 +33,13 @@ pub async fn serve(
     handshake_deadline: Instant,
 ) {
     // The handshake's own state (the CONNECT among it) is gone before the connection runs: an
-    // idle connection holds only what it needs.
+    // idle connection holds only what it needs. Boxed, so that its state is not also laid out
+    // beside the connection's in the task (a task is as large as its largest state).
     let Some(Opened {
         connection,
         outbox,
         will,
-    }) = open(&front, stream, transport, handshake_deadline).await
+    }) = Box::pin(open(&front, stream, transport, handshake_deadline)).await
     else {
         return;
     };

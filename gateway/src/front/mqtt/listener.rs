@@ -51,7 +51,11 @@ pub async fn run(front: Arc<Front>, listener: TcpListener, kind: MqttListenerKin
                 let _permit = permit;
                 let deadline = Instant::now() + front.limits.handshake_timeout;
                 let transport = kind.transport();
-                match tokio::time::timeout_at(deadline, handshake(&front, socket, kind)).await {
+                // Boxed, like the MQTT handshake after it: the TLS and WebSocket handshakes'
+                // state is freed once they are done, instead of widening every connection's
+                // task for its whole life.
+                let handshake = Box::pin(handshake(&front, socket, kind));
+                match tokio::time::timeout_at(deadline, handshake).await {
                     Ok(Ok(stream)) => handshake::serve(front, stream, transport, deadline).await,
                     Ok(Err(e)) => {
                         tracing::debug!(%peer, transport = transport.as_str(), "handshake failed: {e}");
