@@ -325,11 +325,6 @@ impl Config {
             "must be between 1 MiB and 1 GiB (in bytes)",
         );
         check(
-            (-20..=19).contains(&st.writer_nice),
-            "store.writer_nice",
-            "must be between -20 and 19",
-        );
-        check(
             st.node_heartbeat.as_millis() >= 100,
             "store.node_heartbeat",
             "must be at least 100ms",

@@ -447,14 +447,6 @@ pub struct Store {
     /// against 35–45 ms) and makes routing notifications ~4% cheaper. Fixed when the data dir's
     /// store is created. (The notification ledger has its own, `notify.ledger_memtable_size`.)
     pub memtable_size: u64,
-    /// Embedded store: the nice value (-20 the highest priority, 19 the lowest) of its writer
-    /// thread and of the thread that answers and delivers what it committed. Every durable
-    /// message passes through both, one at a time, so while either waits for a core behind the
-    /// connections' tasks every message waits (half of the writer's time at half of the
-    /// gateway's maximum, measured: BENCHMARKS.md, 2026-12-07). Raising the priority needs
-    /// `CAP_SYS_NICE` or systemd's `LimitNICE=`; without, the threads run at the process's
-    /// priority and a warning says so. 0 leaves them alone.
-    pub writer_nice: i32,
     /// This node's name among the nodes sharing a Redis; a random one when unset.
     pub node_id: Option<String>,
     /// How often a node renews its liveness key in Redis.
@@ -482,7 +474,6 @@ impl Default for Store {
             relay_queue: 65_536,
             data_key_cache: 100_000,
             memtable_size: 32 << 20,
-            writer_nice: -10,
             node_id: None,
             node_heartbeat: Duration::from_secs(2),
             node_timeout: Duration::from_secs(10),

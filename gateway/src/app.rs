@@ -437,7 +437,6 @@ async fn open_store(
         max_batch: config.store.max_batch,
         retention_count: config.roaming.retention_count,
         memtable_size: config.store.memtable_size,
-        writer_nice: config.store.writer_nice,
         max_queued_writes: config.store.max_queued_writes,
         commit_seconds: Some(metrics.commit_seconds.clone()),
         budget: metrics.budget.clone(),

@@ -103,11 +103,6 @@ pub struct StoreCmd {
     /// Most appends the store commits together (the gateway's `store.max_batch`).
     #[arg(long, default_value_t = 1024)]
     max_batch: usize,
-    /// Nice value of the embedded store's writer and responder threads (the gateway's
-    /// `store.writer_nice`, -10 by default); 0 leaves them at the process's.
-    #[arg(long, default_value_t = -10, allow_negative_numbers = true,
-          value_parser = clap::value_parser!(i32).range(-20..=19))]
-    writer_nice: i32,
 }
 
 /// One measurement: `writers` writers appending for `--duration` into a fresh store.
@@ -227,7 +222,6 @@ async fn open(
         max_batch: cmd.max_batch,
         retention_count: RETENTION_COUNT,
         memtable_size: MEMTABLE_SIZE,
-        writer_nice: cmd.writer_nice,
         commit_seconds: None,
         budget: Default::default(),
         replicas: Default::default(),

@@ -52,7 +52,6 @@ async fn footprint(data_dir: &Path, user: &str) -> Vec<String> {
             max_batch: 16,
             retention_count: 1000,
             memtable_size: 8 << 20,
-            writer_nice: 0,
             commit_seconds: None,
             budget: Default::default(),
             replicas: Default::default(),

@@ -187,7 +187,6 @@ fn settings(retention_count: u64, max_queued_writes: usize) -> Settings {
         max_batch: 1024,
         retention_count,
         memtable_size: 8 << 20,
-        writer_nice: 0,
         commit_seconds: None,
         budget: Default::default(),
         replicas: Default::default(),

@@ -1,7 +1,6 @@
 //! What the layers above build on and that knows nothing of messages or users: time, the data
 //! directory, the Redis client, opening fjall databases and committing them in groups, and the
-//! cipher that seals data at rest, the signal that a failed write must stop the process, and a
-//! thread's scheduling priority.
+//! cipher that seals data at rest, and the signal that a failed write must stop the process.
 
 pub mod cipher;
 pub mod data_dir;
@@ -13,6 +12,5 @@ pub mod latency_budget;
 pub mod rate_limiter;
 pub mod redis;
 mod sm4_ct;
-pub mod thread_priority;
 pub mod time;
 pub mod token_bucket;

@@ -48,9 +48,6 @@ pub struct Settings {
     /// Embedded store only: bytes of messages in memory before they become a table
     /// (`store.memtable_size`).
     pub memtable_size: u64,
-    /// Embedded store only: the nice value of its writer and responder threads
-    /// (`store.writer_nice`); 0 leaves them at the process's.
-    pub writer_nice: i32,
     /// Where the time to make one batch durable (one fsync, or one Redis round trip) is
     /// recorded, when it is measured: the part of an append's latency the backend itself costs.
     pub commit_seconds: Option<Histogram>,

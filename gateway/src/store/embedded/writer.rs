@@ -9,7 +9,6 @@ use super::markers::{marker_key, Marker};
 use crate::infra::data_key::DataKey;
 use crate::infra::fjall::commit as commit_to_disk;
 use crate::infra::latency_budget::Stage;
-use crate::infra::thread_priority::set_current_thread_nice;
 use crate::infra::time::unix_millis;
 use crate::store::clock::HybridClock;
 use crate::store::data_keys::DataKeys;
@@ -70,7 +69,6 @@ pub(super) fn start(
 ) -> std::io::Result<mpsc::Sender<Command>> {
     let (commands, queue) = mpsc::channel(settings.max_queued_writes);
     let (done, finished) = std::sync::mpsc::channel();
-    let nice = settings.writer_nice;
     let writer = Writer {
         spaces,
         keys,
@@ -82,32 +80,11 @@ pub(super) fn start(
     };
     std::thread::Builder::new()
         .name("store-responder".into())
-        .spawn(move || {
-            prioritize("store-responder", nice);
-            respond(finished, feed)
-        })?;
+        .spawn(move || respond(finished, feed))?;
     std::thread::Builder::new()
         .name("store-writer".into())
-        .spawn(move || {
-            prioritize("store-writer", nice);
-            writer.run(queue)
-        })?;
+        .spawn(move || writer.run(queue))?;
     Ok(commands)
-}
-
-/// Gives the calling thread, one every durable message passes through, the nice value `nice`:
-/// on two busy cores the writer spent half of its time runnable but waiting for a core
-/// (BENCHMARKS.md, 2026-12-07), and every message queued behind it waited with it.
-fn prioritize(thread: &str, nice: i32) {
-    if nice == 0 {
-        return;
-    }
-    if let Err(e) = set_current_thread_nice(nice) {
-        tracing::warn!(
-            "the store's {thread} thread keeps the process's priority, not store.writer_nice \
-             = {nice}: {e} (raising it needs CAP_SYS_NICE or LimitNICE=)"
-        );
-    }
 }
 
 /// The one thread that writes. It takes every command queued (up to `max_batch` appends), puts
