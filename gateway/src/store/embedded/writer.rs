@@ -17,6 +17,7 @@ use crate::store::record::{self, between, hlc_millis, Keys};
 use crate::store::{
     Appended, CommitFeed, IdempotencyKey, NewMessage, Settings, StoreError, Stored, SweepReport,
 };
+use bytes::Bytes;
 use fjall::OwnedWriteBatch;
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -137,10 +138,11 @@ fn respond(done: std::sync::mpsc::Receiver<Done>, feed: Arc<dyn CommitFeed>) {
         match finished {
             Done::Committed {
                 group,
-                outcome,
+                mut outcome,
                 cursors,
                 durable_at,
             } => {
+                outcome.add_payloads(group.appends.iter().flat_map(|call| &call.messages));
                 let replies = group.appends.into_iter().map(|call| call.reply).collect();
                 outcome.answer(&*feed, replies, durable_at);
                 for ((_, _, _, reply), cursor) in group.acks.into_iter().zip(cursors) {
@@ -325,7 +327,7 @@ impl Writer {
                 let mut expired = None;
                 if let Some(key) = &key {
                     if let Some((index, id)) = marked.get(key) {
-                        outcome.repeated(outcome.entry(*index).clone(), id);
+                        outcome.repeated_here(*index, id);
                         continue;
                     }
                     match spaces.marker(key)? {
@@ -360,10 +362,9 @@ impl Writer {
                     log_key(&message.log, head.last_seq),
                     value.as_slice(),
                 );
-                let payload =
-                    record::live_payload(&message.plaintext, head.last_seq, head.last_hlc);
-                let index =
-                    outcome.made(Appended::of(message, head.last_seq, head.last_hlc, payload));
+                // Its payload is made by the responder (`Outcome::add_payloads`).
+                let entry = Appended::of(message, head.last_seq, head.last_hlc, Bytes::new());
+                let index = outcome.made(entry);
                 if let (Some(key), Some(idempotency)) = (key, &call.key) {
                     let marker = Marker {
                         expiry: now_ms.saturating_add(idempotency.window_ms()),
