@@ -16,9 +16,6 @@ pub(super) struct Outcome {
     calls: Vec<(usize, Option<String>)>,
     /// Indexes in `entries` of those made by earlier appends, ascending.
     repeats: Vec<usize>,
-    /// Repeats of entries made in this same group: (the repeat's index, the original's), for
-    /// [`Outcome::add_payloads`] to copy the original's payload once it has one.
-    repeats_here: Vec<(usize, usize)>,
 }
 
 impl Outcome {
@@ -48,28 +45,8 @@ impl Outcome {
         repeat_of.get_or_insert_with(|| id.to_string());
     }
 
-    /// An entry of the current call repeating the one at `index`, made earlier in this group
-    /// by the append of message `id`.
-    pub(super) fn repeated_here(&mut self, index: usize, id: &str) {
-        self.repeats_here.push((self.entries.len(), index));
-        self.repeated(self.entries[index].clone(), id);
-    }
-
-    /// Gives the entries made now, left without one, their payload for live delivery, from
-    /// `messages`: the group's, in call order, one per entry. The embedded store's writer
-    /// leaves this to the thread that answers: allocating each payload on the writer, to be
-    /// freed by the connections' threads, took 12% of the writer's CPU time, most of it in the
-    /// allocator's search for a free page (BENCHMARKS.md, 2026-12-07).
-    pub(super) fn add_payloads<'a>(&mut self, messages: impl Iterator<Item = &'a NewMessage>) {
-        let mut repeats = self.repeats.iter().peekable();
-        for (index, (entry, message)) in self.entries.iter_mut().zip(messages).enumerate() {
-            if repeats.next_if_eq(&&index).is_none() {
-                entry.payload = record::live_payload(&message.plaintext, entry.seq, entry.hlc);
-            }
-        }
-        for &(repeat, original) in &self.repeats_here {
-            self.entries[repeat].payload = self.entries[original].payload.clone();
-        }
+    pub(super) fn entry(&self, index: usize) -> &Appended {
+        &self.entries[index]
     }
 
     /// Hands the entries made now to `feed`, in log order, then answers each call, `replies`
@@ -84,7 +61,6 @@ impl Outcome {
             mut entries,
             calls,
             repeats,
-            ..
         } = self;
         if repeats.is_empty() {
             feed.committed(&entries, durable_at);

@@ -67,10 +67,6 @@ pub async fn repeats_queued_together_are_stored_once(s: Subject) {
     }
     let first = &answers[0];
     assert_eq!(first.repeat_of, None);
-    assert!(
-        first.entries.iter().all(|e| !e.payload.is_empty()),
-        "the repeats' original has its payloads, and so have they"
-    );
     for (i, answer) in answers.iter().enumerate().skip(1) {
         if i % 2 == 0 {
             assert_eq!(answer.repeat_of.as_deref(), Some("alice-bob-m0"), "{i}");

@@ -17,7 +17,6 @@ use crate::store::record::{self, between, hlc_millis, Keys};
 use crate::store::{
     Appended, CommitFeed, IdempotencyKey, NewMessage, Settings, StoreError, Stored, SweepReport,
 };
-use bytes::Bytes;
 use fjall::OwnedWriteBatch;
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -138,11 +137,10 @@ fn respond(done: std::sync::mpsc::Receiver<Done>, feed: Arc<dyn CommitFeed>) {
         match finished {
             Done::Committed {
                 group,
-                mut outcome,
+                outcome,
                 cursors,
                 durable_at,
             } => {
-                outcome.add_payloads(group.appends.iter().flat_map(|call| &call.messages));
                 let replies = group.appends.into_iter().map(|call| call.reply).collect();
                 outcome.answer(&*feed, replies, durable_at);
                 for ((_, _, _, reply), cursor) in group.acks.into_iter().zip(cursors) {
@@ -327,7 +325,7 @@ impl Writer {
                 let mut expired = None;
                 if let Some(key) = &key {
                     if let Some((index, id)) = marked.get(key) {
-                        outcome.repeated_here(*index, id);
+                        outcome.repeated(outcome.entry(*index).clone(), id);
                         continue;
                     }
                     match spaces.marker(key)? {
@@ -362,9 +360,10 @@ impl Writer {
                     log_key(&message.log, head.last_seq),
                     value.as_slice(),
                 );
-                // Its payload is made by the responder (`Outcome::add_payloads`).
-                let entry = Appended::of(message, head.last_seq, head.last_hlc, Bytes::new());
-                let index = outcome.made(entry);
+                let payload =
+                    record::live_payload(&message.plaintext, head.last_seq, head.last_hlc);
+                let index =
+                    outcome.made(Appended::of(message, head.last_seq, head.last_hlc, payload));
                 if let (Some(key), Some(idempotency)) = (key, &call.key) {
                     let marker = Marker {
                         expiry: now_ms.saturating_add(idempotency.window_ms()),
