@@ -42,10 +42,6 @@ use tokio::time::Instant;
 
 /// A fixed at-rest key: the figures do not depend on which key seals.
 const TEST_KEY: &str = "bench:000102030405060708090a0b0c0d0e0f";
-/// Messages kept per log, as the gateway's default `roaming.retention_count`.
-const RETENTION_COUNT: u64 = 100_000;
-/// The gateway's default `store.memtable_size`.
-const MEMTABLE_SIZE: u64 = 8 << 20;
 /// The sender named in every message.
 const SENDER: &str = "loadtest";
 /// Name of the embedded store's writer thread (see `gateway::store::embedded`).
@@ -220,8 +216,9 @@ async fn open(
     let clock = Arc::new(HybridClock::new());
     let settings = Settings {
         max_batch: cmd.max_batch,
-        retention_count: RETENTION_COUNT,
-        memtable_size: MEMTABLE_SIZE,
+        // The gateway's defaults, so that the store is measured as it runs.
+        retention_count: broker_config::Roaming::default().retention_count,
+        memtable_size: broker_config::Store::default().memtable_size,
         commit_seconds: None,
         budget: Default::default(),
         replicas: Default::default(),
