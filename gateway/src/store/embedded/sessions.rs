@@ -10,7 +10,7 @@
 //! last message, never one of a log. Retained messages and deletions are synced at once.
 
 use super::layout::{be_u64, failed, Keyspaces};
-use super::writer::{Command, SessionWrite};
+use super::writer::{Command, SessionChange};
 use super::EmbeddedStore;
 use crate::infra::cipher::KeyRing;
 use crate::infra::fjall::commit as commit_to_disk;
@@ -123,8 +123,13 @@ impl SessionStore for EmbeddedStore {
             &self.keys.ring().seal(state, name.as_bytes()),
         ]
         .concat();
-        let write = SessionWrite::Put { name, value };
-        self.write(|reply| Command::Session { write, reply }).await
+        let change = SessionChange::Put(value);
+        self.write(|reply| Command::Session {
+            name,
+            change,
+            reply,
+        })
+        .await
     }
 
     async fn session(&self, key: &SessionKey) -> Result<Option<Vec<u8>>, StoreError> {
@@ -147,8 +152,12 @@ impl SessionStore for EmbeddedStore {
             // Nothing kept, nothing queued (a queue lives only with its session).
             return Ok(());
         }
-        let write = SessionWrite::Drop { name };
-        self.write(|reply| Command::Session { write, reply }).await
+        self.write(|reply| Command::Session {
+            name,
+            change: SessionChange::Drop,
+            reply,
+        })
+        .await
     }
 
     async fn enqueue(

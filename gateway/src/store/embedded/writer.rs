@@ -37,7 +37,8 @@ pub(super) enum Command {
     /// Keep or drop an MQTT session's state: written with the next batch, answered when it is
     /// durable.
     Session {
-        write: SessionWrite,
+        name: String,
+        change: SessionChange,
         reply: Reply<()>,
     },
     /// Remember a device as one of the user's (decided already, in memory): written with the
@@ -67,19 +68,11 @@ pub(super) enum Command {
 }
 
 /// A change to one kept MQTT session (see `sessions.rs`).
-pub(super) enum SessionWrite {
-    /// Keep `value` (the session's expiry and sealed state) under its name.
-    Put { name: String, value: Vec<u8> },
+pub(super) enum SessionChange {
+    /// Keep this value (the session's expiry and sealed state).
+    Put(Vec<u8>),
     /// Remove the session and its queue.
-    Drop { name: String },
-}
-
-impl SessionWrite {
-    fn name(&self) -> &str {
-        match self {
-            Self::Put { name, .. } | Self::Drop { name } => name,
-        }
-    }
+    Drop,
 }
 
 /// Starts the writer and responder threads; what is sent on the returned queue is done in order.
@@ -169,12 +162,7 @@ fn respond(done: std::sync::mpsc::Receiver<Done>, feed: Arc<dyn CommitFeed>) {
                 for ((_, _, _, reply), cursor) in group.acks.into_iter().zip(cursors) {
                     let _ = reply.send(Ok(cursor));
                 }
-                for (_, reply) in group.sessions {
-                    let _ = reply.send(Ok(()));
-                }
-                for (_, _, reply) in group.devices {
-                    let _ = reply.send(Ok(()));
-                }
+                answer_writes(group.sessions, group.devices, Ok(()));
             }
             Done::Failed { group, error } => {
                 for call in group.appends {
@@ -183,12 +171,7 @@ fn respond(done: std::sync::mpsc::Receiver<Done>, feed: Arc<dyn CommitFeed>) {
                 for (_, _, _, reply) in group.acks {
                     let _ = reply.send(Err(error.clone()));
                 }
-                for (_, reply) in group.sessions {
-                    let _ = reply.send(Err(error.clone()));
-                }
-                for (_, _, reply) in group.devices {
-                    let _ = reply.send(Err(error.clone()));
-                }
+                answer_writes(group.sessions, group.devices, Err(error));
             }
             Done::Closed(reply) => {
                 let _ = reply.send(());
@@ -198,16 +181,30 @@ fn respond(done: std::sync::mpsc::Receiver<Done>, feed: Arc<dyn CommitFeed>) {
     }
 }
 
+/// Answers a group's session changes and remembered devices, which wait for nothing but its
+/// commit.
+fn answer_writes(sessions: SessionChanges, devices: Vec<Device>, result: Result<(), StoreError>) {
+    let sessions = sessions.into_values().map(|(_, reply)| reply);
+    let devices = devices.into_iter().map(|(_, _, reply)| reply);
+    for reply in sessions.chain(devices) {
+        let _ = reply.send(result.clone());
+    }
+}
+
+/// A group's session changes by the session's name: one per session, since one batch holds
+/// one value per key (a second change to a session starts a new group).
+type SessionChanges = HashMap<String, (SessionChange, Reply<()>)>;
+
+/// A known device to write: user and device.
+type Device = (String, String, Reply<()>);
+
 /// Appends, cursor moves and session changes gathered into one batch.
 #[derive(Default)]
 struct Group {
     appends: Vec<Call>,
     acks: Vec<(String, String, u64, Reply<u64>)>,
-    /// At most one per session: a second change to a session starts a new group, since one
-    /// batch holds one value per key.
-    sessions: Vec<(SessionWrite, Reply<()>)>,
-    /// Known devices to write: user and device.
-    devices: Vec<(String, String, Reply<()>)>,
+    sessions: SessionChanges,
+    devices: Vec<Device>,
     messages: usize,
 }
 
@@ -228,11 +225,15 @@ impl Writer {
                         seq,
                         reply,
                     } => group.acks.push((user, device, seq, reply)),
-                    Command::Session { write, reply } => {
-                        if group.sessions.iter().any(|(w, _)| w.name() == write.name()) {
+                    Command::Session {
+                        name,
+                        change,
+                        reply,
+                    } => {
+                        if group.sessions.contains_key(&name) {
                             self.commit(std::mem::take(&mut group));
                         }
-                        group.sessions.push((write, reply));
+                        group.sessions.insert(name, (change, reply));
                     }
                     Command::RememberDevice {
                         user,
@@ -297,12 +298,12 @@ impl Writer {
                     self.heads.clear();
                 }
                 self.heads.extend(heads);
-                for (write, _) in &group.sessions {
-                    match write {
-                        SessionWrite::Put { name, .. } => {
+                for (name, (change, _)) in &group.sessions {
+                    match change {
+                        SessionChange::Put(_) => {
                             self.spaces.session_names.insert(name.clone());
                         }
-                        SessionWrite::Drop { name } => {
+                        SessionChange::Drop => {
                             self.spaces.session_names.remove(name);
                         }
                     }
@@ -455,12 +456,12 @@ impl Writer {
         for (user, device, _) in &group.devices {
             batch.insert(&spaces.known_devices, pair_key(user, device), []);
         }
-        for (write, _) in &group.sessions {
-            match write {
-                SessionWrite::Put { name, value } => {
+        for (name, (change, _)) in &group.sessions {
+            match change {
+                SessionChange::Put(value) => {
                     batch.insert(&spaces.sessions, name.as_str(), value.as_slice());
                 }
-                SessionWrite::Drop { name } => spaces.drop_session_into(batch, name)?,
+                SessionChange::Drop => spaces.drop_session_into(batch, name)?,
             }
         }
         let mut cursors: HashMap<Vec<u8>, u64> = HashMap::new();
