@@ -333,13 +333,7 @@ async fn an_approved_device_is_still_known_after_a_kill_9() {
     let gw = TestGateway::start_with(options()).await;
     let _phone = watcher(&gw, "noa", "phone", Platform::Ios).await;
     let laptop = waiting_for_approval(&gw, "noa", "laptop", Platform::Desktop).await;
-    let (status, _) = gw
-        .api(
-            reqwest::Method::POST,
-            "/v1/users/noa/devices/laptop/approval",
-            Some(json!({"approve": true})),
-        )
-        .await;
+    let status = decide_over_http(&gw, "noa", "laptop", true).await;
     assert_eq!(status, 204);
     let data_dir = gw.stop().await;
     drop(laptop);
@@ -348,6 +342,13 @@ async fn an_approved_device_is_still_known_after_a_kill_9() {
     let mut laptop = watcher(&gw, "noa", "laptop", Platform::Desktop).await;
     gw.post_message("noa", json!({"n": 1})).await;
     assert_eq!(laptop.message_on("u/noa/inbox").await["body"]["n"], 1);
+}
+
+/// The backend's decision on `user`'s `device` waiting for approval: the HTTP status.
+async fn decide_over_http(gw: &TestGateway, user: &str, device: &str, approve: bool) -> u16 {
+    let path = format!("/v1/users/{user}/devices/{device}/approval");
+    let body = json!({ "approve": approve });
+    gw.api(reqwest::Method::POST, &path, Some(body)).await.0
 }
 
 /// A device `user` never used before, connected and told to wait for approval.
@@ -436,26 +437,14 @@ async fn a_new_device_waits_for_approval_from_a_known_one() {
         .subscribe("u/alice/d/tablet/reply", QoS::AtLeastOnce)
         .await;
     tablet.message_on("u/alice/d/tablet/reply").await;
-    let (status, _) = gw
-        .api(
-            reqwest::Method::POST,
-            "/v1/users/alice/devices/tablet/approval",
-            Some(json!({"approve": false})),
-        )
-        .await;
+    let status = decide_over_http(&gw, "alice", "tablet", false).await;
     assert_eq!(status, 204);
     assert_eq!(
         tablet.message_on("u/alice/d/tablet/reply").await,
         json!({"type": "denied"})
     );
     tablet.inbox.closed().await;
-    let (status, _) = gw
-        .api(
-            reqwest::Method::POST,
-            "/v1/users/alice/devices/phone/approval",
-            Some(json!({"approve": true})),
-        )
-        .await;
+    let status = decide_over_http(&gw, "alice", "phone", true).await;
     assert_eq!(status, 404, "only waiting devices can be decided");
 
     // Approval is remembered: the laptop comes back without waiting.

@@ -20,7 +20,6 @@ use bytes::BytesMut;
 use protocol::envelope::Transport;
 use std::sync::Arc;
 use std::time::Duration;
-
 use tokio::time::Instant;
 
 /// Reads the CONNECT, authenticates, takes up the session, answers CONNACK and runs the
