@@ -269,10 +269,11 @@ pub struct ApprovalDecision {
     pub approve: bool,
 }
 
-/// What the server says on a device's reply topic.
+/// What the server says on a device's reply topic. `M` is how a sync page's messages are held:
+/// parsed, as a client reads them, or (in the gateway) the stored JSON passed through as it is.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
-pub enum Reply {
+pub enum Reply<M = InboxMessage> {
     /// A request on a device topic was accepted; `id` names what it created, if anything.
     Ok {
         action: String,
@@ -296,7 +297,7 @@ pub enum Reply {
     Denied,
     /// A page of the user's log, in answer to a sync: pages follow one another, in order, with
     /// `more` set until the device has caught up.
-    Sync(SyncPage),
+    Sync(SyncPage<M>),
 }
 
 /// Sent on `u/{user}/d/{device}/sync` (JSON bridge: `op: "sync"`): everything after `after` in
@@ -319,10 +320,10 @@ pub struct AckRequest {
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct SyncPage {
+pub struct SyncPage<M = InboxMessage> {
     /// The log's epoch; the device keeps it for its next sync.
     pub epoch: String,
-    pub messages: Vec<InboxMessage>,
+    pub messages: Vec<M>,
     /// The sequences of the entries among `messages` that are in-app notifications (they go
     /// out live on `u/{user}/notify`); the others are messages. Left out when there are none.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]

@@ -83,8 +83,9 @@ async fn nodes_share_a_log_whose_times_never_go_back() {
         "node b's clock moved past the log's time"
     );
     let page = a.read("alice", 0, 10).await.unwrap();
-    assert_eq!(page.messages.len(), 2);
-    assert_eq!(page.messages[1].ts, hlc_millis(second.hlc));
+    assert_eq!(page.entries.len(), 2);
+    let message = page.entries[1].message().unwrap();
+    assert_eq!(message.ts, hlc_millis(second.hlc));
 }
 
 #[tokio::test]
@@ -200,7 +201,9 @@ async fn a_key_held_after_another_node_deleted_its_user_is_replaced_not_used() {
     assert_eq!(stored.entries[0].seq, 1, "a new log");
 
     let page = b.read("alice", 0, 10).await.unwrap();
-    let ids: Vec<&str> = page.messages.iter().map(|m| m.id.as_str()).collect();
+    let ids: Vec<String> = (page.entries.iter())
+        .map(|e| e.message().unwrap().id)
+        .collect();
     assert_eq!(ids, ["m2"]);
     let new_key = a_keys.held("alice").unwrap();
     assert_ne!(new_key.id(), old_key.id());

@@ -117,9 +117,14 @@ impl Subject {
 
     async fn texts(&self, user: &str) -> Vec<String> {
         let page = self.store.read(user, 0, 10_000).await.unwrap();
-        page.messages
+        page.entries
             .iter()
-            .map(|m| m.body["text"].as_str().unwrap().to_string())
+            .map(|e| {
+                e.message().unwrap().body["text"]
+                    .as_str()
+                    .unwrap()
+                    .to_string()
+            })
             .collect()
     }
 }
@@ -428,17 +433,17 @@ async fn reads_page_through_a_log(s: Subject) {
     assert!(!head.epoch.is_empty());
     assert_eq!((head.first_seq, head.last_seq), (1, 25));
     let page = s.store.read("bob", 10, 10).await.unwrap();
-    let seqs: Vec<u64> = page.messages.iter().map(|m| m.seq).collect();
+    let seqs: Vec<u64> = page.entries.iter().map(|e| e.seq).collect();
     assert_eq!(seqs, (11..=20).collect::<Vec<_>>());
     assert_eq!(page.covered_to, 20);
-    let message = &page.messages[0];
+    let message = page.entries[0].message().unwrap();
     assert_eq!(message.body, json!({"text": "t11"}));
     assert_eq!(message.from.as_deref(), Some("alice"));
     assert!(message.ts > 1_600_000_000_000, "milliseconds since 1970");
     let tail = s.store.read("bob", 20, 10).await.unwrap();
-    assert_eq!((tail.messages.len(), tail.covered_to), (5, 25));
+    assert_eq!((tail.entries.len(), tail.covered_to), (5, 25));
     let past_end = s.store.read("bob", 25, 10).await.unwrap();
-    assert_eq!((past_end.messages.len(), past_end.covered_to), (0, 25));
+    assert_eq!((past_end.entries.len(), past_end.covered_to), (0, 25));
 }
 
 async fn retention_keeps_the_newest_messages(s: Subject) {
@@ -577,7 +582,8 @@ where
     let store = open(data_keys(&[T2])).await;
     for user in ["bob", "carol"] {
         let page = store.read(user, 0, 10).await.unwrap();
-        assert_eq!(page.messages[0].body["text"], "before the rotation");
+        let message = page.entries[0].message().unwrap();
+        assert_eq!(message.body["text"], "before the rotation");
     }
 }
 

@@ -10,8 +10,8 @@ use crate::store::EntryKind;
 use axum::extract::Path;
 use axum::extract::State;
 use axum::Json;
-use protocol::envelope::InboxMessage;
 use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -30,7 +30,8 @@ pub struct History {
     first_seq: u64,
     /// The newest sequence given out.
     last_seq: u64,
-    messages: Vec<InboxMessage>,
+    /// The messages as stored: each is what a sync page holds.
+    messages: Vec<Box<RawValue>>,
     /// The highest sequence this answer covers: ask again with `after` set to it while `more`.
     to_seq: u64,
     more: bool,
@@ -55,7 +56,9 @@ pub async fn history(
         epoch: head.epoch,
         first_seq: head.first_seq,
         last_seq: head.last_seq,
-        messages: page.messages,
+        messages: (page.entries.iter())
+            .map(|entry| entry.json().map(RawValue::to_owned))
+            .collect::<Result<_, _>>()?,
         to_seq,
         more: to_seq < head.last_seq,
     }))
@@ -122,21 +125,20 @@ pub async fn recent(
         .max(head.first_seq.saturating_sub(1));
     let page = api.store.read(&user, after, limit).await?;
     let show_bodies = api.config.web.show_bodies;
-    let entries = page
-        .messages
-        .iter()
-        .rev()
-        .map(|message| EntrySummary {
+    let mut entries = Vec::with_capacity(page.entries.len());
+    for entry in page.entries.iter().rev() {
+        let message = entry.message()?;
+        entries.push(EntrySummary {
             seq: message.seq,
             ts: message.ts,
-            id: message.id.clone(),
-            kind: page.kind_of(message.seq),
-            from: message.from.clone(),
-            from_device: message.from_device.clone(),
+            id: message.id,
+            kind: entry.kind,
+            from: message.from,
+            from_device: message.from_device,
             bytes: message.body.to_string().len(),
-            body: show_bodies.then(|| message.body.clone()),
-        })
-        .collect();
+            body: show_bodies.then_some(message.body),
+        });
+    }
     Ok(Json(Recent {
         user,
         epoch: head.epoch,

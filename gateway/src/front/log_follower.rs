@@ -256,25 +256,24 @@ impl LogFollower {
     }
 
     /// The page's entries that go to this device: those of a subscribed kind, not sent by
-    /// this device itself (it has them).
+    /// this device itself (it has them). Each goes out as it was stored, as the live path sent it.
     fn deliveries(&self, page: &LogPage) -> Vec<Delivery> {
-        page.messages
+        let (inbox, notify) = (topics::inbox(&self.user), topics::notify(&self.user));
+        page.entries
             .iter()
-            .filter(|m| m.seq > self.delivered_to)
-            .filter(|m| {
-                !(m.from.as_deref() == Some(&self.user)
-                    && m.from_device.as_deref() == Some(&self.device))
+            .filter(|e| e.seq > self.delivered_to)
+            .filter(|e| {
+                !(e.from.as_deref() == Some(&self.user)
+                    && e.from_device.as_deref() == Some(&self.device))
             })
-            .filter_map(|message| {
-                let kind = page.kind_of(message.seq);
-                let (options, topic) = match kind {
-                    EntryKind::Message => (self.inbox?, topics::inbox(&self.user)),
-                    EntryKind::Notification => (self.notify?, topics::notify(&self.user)),
+            .filter_map(|entry| {
+                let (options, topic) = match entry.kind {
+                    EntryKind::Message => (self.inbox?, &inbox),
+                    EntryKind::Notification => (self.notify?, &notify),
                 };
-                let payload = serde_json::to_vec(message).expect("log entries serialize");
                 let published = Published {
-                    seq: Some(message.seq),
-                    ..Published::new(topic, payload.into())
+                    seq: Some(entry.seq),
+                    ..Published::new(topic.clone(), entry.payload.clone())
                 };
                 Some(Delivery {
                     message: Arc::new(published),
@@ -407,30 +406,27 @@ async fn starting_point(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use protocol::envelope::InboxMessage;
+    use crate::store::LogEntry;
 
-    fn entry(seq: u64, from_device: Option<&str>) -> InboxMessage {
-        InboxMessage {
+    fn entry(seq: u64, from_device: Option<&str>, kind: EntryKind) -> LogEntry {
+        LogEntry {
             seq,
-            ts: 0,
-            id: format!("m{seq}"),
+            kind,
             from: Some("alice".into()),
             from_device: from_device.map(str::to_string),
             to: "alice".into(),
-            body: serde_json::json!(seq),
+            payload: format!(r#"{{"seq":{seq},"ts":0,"id":"m{seq}","to":"alice","body":1}}"#)
+                .into(),
         }
     }
 
     fn page(seqs: std::ops::RangeInclusive<u64>) -> LogPage {
-        let mut page = LogPage {
-            messages: Vec::new(),
-            notifications: Vec::new(),
+        LogPage {
             covered_to: *seqs.end(),
-        };
-        for seq in seqs {
-            page.push(entry(seq, None), EntryKind::Message);
+            entries: seqs
+                .map(|seq| entry(seq, None, EntryKind::Message))
+                .collect(),
         }
-        page
     }
 
     fn live(seq: u64) -> Delivery {
@@ -486,8 +482,7 @@ mod tests {
         assert_eq!(seqs(&out), [15]);
         assert_eq!(follower.next_read(), Some(Read::Page { after: 15 }));
         let nothing_new = LogPage {
-            messages: Vec::new(),
-            notifications: Vec::new(),
+            entries: Vec::new(),
             covered_to: 15,
         };
         let (out, _) = follower.take(Readout::Page(nothing_new));
@@ -531,9 +526,11 @@ mod tests {
         follower.subscribed(EntryKind::Message, options, Start::Now);
         started(&mut follower, 0, 5);
         let mut page = page(1..=2);
-        page.push(entry(3, Some("phone")), EntryKind::Message);
-        page.push(entry(4, None), EntryKind::Notification);
-        page.push(entry(5, Some("laptop")), EntryKind::Message);
+        page.entries.extend([
+            entry(3, Some("phone"), EntryKind::Message),
+            entry(4, None, EntryKind::Notification),
+            entry(5, Some("laptop"), EntryKind::Message),
+        ]);
         page.covered_to = 5;
         follower.next_read();
         let (out, _) = follower.take(Readout::Page(page));

@@ -112,27 +112,27 @@ impl Catchup {
         let mut after = start.after;
         let mut reset = start.reset;
         loop {
-            let mut page = store.read(user, after, config.page_size).await?;
+            let page = store.read(user, after, config.page_size).await?;
             let mut covered_to = if page.covered_to == after {
                 // Nothing left up to the head read at the start (it may have been cut meanwhile).
                 head.last_seq.max(after)
             } else {
                 page.covered_to
             };
-            let mut messages = Vec::with_capacity(page.messages.len());
+            let mut messages = Vec::with_capacity(page.entries.len());
             let mut notifications = Vec::new();
             let mut bytes = 0;
-            for message in std::mem::take(&mut page.messages) {
-                let size = serde_json::to_string(&message).map_or(0, |s| s.len());
+            for entry in &page.entries {
+                let size = entry.payload.len();
                 if !messages.is_empty() && bytes + size > config.page_max_bytes {
-                    covered_to = message.seq - 1;
+                    covered_to = entry.seq - 1;
                     break;
                 }
                 bytes += size;
-                if page.kind_of(message.seq) == EntryKind::Notification {
-                    notifications.push(message.seq);
+                if entry.kind == EntryKind::Notification {
+                    notifications.push(entry.seq);
                 }
-                messages.push(message);
+                messages.push(entry.json()?);
             }
             let more = covered_to < head.last_seq;
             let reply = Reply::Sync(SyncPage {

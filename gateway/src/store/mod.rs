@@ -30,7 +30,7 @@ use crate::infra::latency_budget::LatencyBudget;
 use async_trait::async_trait;
 use bytes::Bytes;
 use prometheus_client::metrics::histogram::Histogram;
-use protocol::envelope::InboxMessage;
+pub use record::LogEntry;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot};
@@ -234,31 +234,10 @@ pub struct LogHead {
 /// A page of a log read after some sequence.
 #[derive(Debug, Clone)]
 pub struct LogPage {
-    pub messages: Vec<InboxMessage>,
-    /// The sequences of the entries among `messages` that are in-app notifications (delivered
-    /// live on `u/{user}/notify`); the others are messages.
-    pub notifications: Vec<u64>,
+    pub entries: Vec<LogEntry>,
     /// The highest sequence this page covers (messages hidden by a contact deletion leave
     /// gaps, and the page still covers them).
     pub covered_to: u64,
-}
-
-impl LogPage {
-    /// Adds the next visible entry.
-    pub fn push(&mut self, message: InboxMessage, kind: EntryKind) {
-        if kind == EntryKind::Notification {
-            self.notifications.push(message.seq);
-        }
-        self.messages.push(message);
-    }
-
-    /// What kind of entry the page's message at `seq` is.
-    pub fn kind_of(&self, seq: u64) -> EntryKind {
-        match self.notifications.binary_search(&seq) {
-            Ok(_) => EntryKind::Notification,
-            Err(_) => EntryKind::Message,
-        }
-    }
 }
 
 #[derive(Debug, Clone, thiserror::Error)]

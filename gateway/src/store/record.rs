@@ -15,7 +15,9 @@ use crate::infra::cipher::{CipherError, KeyRing};
 use crate::infra::data_key::{is_sealed_under_a_data_key, DataKey};
 use bytes::Bytes;
 use protocol::envelope::InboxMessage;
-use serde::Serialize;
+use serde::de::IgnoredAny;
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
 use serde_json::Value;
 use std::sync::Arc;
 use std::time::Instant;
@@ -100,26 +102,69 @@ pub fn seal_under(message: &mut NewMessage, key: Arc<DataKey>) {
     message.sealed = Some(Sealed { record, key });
 }
 
-/// Reads a record of `log` back into the message it was, at `seq` and time `hlc`, and what kind
-/// of entry it is; `None` for a record sealed under a data key that was destroyed (a message
-/// that reached the log while its owner was being deleted): reads leave it out, as the
-/// deletion would have.
+/// An entry of a log as read back: who it is from and to, which is what readers filter by, and
+/// the message as delivered: the sealed JSON with `seq` and `ts` in front, byte for byte what
+/// the live path sent. A reader passes it on as it is, without parsing the body into a value
+/// and writing it out again (a reconnecting device catches up on thousands of them).
+#[derive(Debug, Clone, PartialEq)]
+pub struct LogEntry {
+    pub seq: u64,
+    pub kind: EntryKind,
+    pub from: Option<String>,
+    pub from_device: Option<String>,
+    pub to: String,
+    pub payload: Bytes,
+}
+
+impl LogEntry {
+    /// The message, parsed: for readers that look inside it.
+    pub fn message(&self) -> Result<InboxMessage, StoreError> {
+        serde_json::from_slice(&self.payload).map_err(|_| damaged(&self.to, self.seq))
+    }
+
+    /// The message as JSON to embed in a larger document (a sync page, an API answer).
+    pub fn json(&self) -> Result<&RawValue, StoreError> {
+        serde_json::from_slice(&self.payload).map_err(|_| damaged(&self.to, self.seq))
+    }
+}
+
+/// What readers filter a sealed message by. The id and the body are only checked to be there:
+/// every entry read back is a message a reader can parse.
+#[derive(Deserialize)]
+struct Addressing {
+    #[serde(rename = "id")]
+    _id: IgnoredAny,
+    from: Option<String>,
+    from_device: Option<String>,
+    to: String,
+    #[serde(rename = "body")]
+    _body: IgnoredAny,
+}
+
+/// Reads a record of `log` back into the entry it is at `seq` and time `hlc`; `None` for a
+/// record sealed under a data key that was destroyed (a message that reached the log while its
+/// owner was being deleted): reads leave it out, as the deletion would have.
 pub fn open(
     keys: Keys<'_>,
     log: &str,
     seq: u64,
     hlc: u64,
     record: &[u8],
-) -> Result<Option<(InboxMessage, EntryKind)>, StoreError> {
+) -> Result<Option<LogEntry>, StoreError> {
     let (_, kind, _) = split(record).ok_or_else(|| damaged(log, seq))?;
     let Some(plaintext) = unseal(keys, log, seq, record)? else {
         return Ok(None);
     };
-    let mut message: InboxMessage =
+    let addressing: Addressing =
         serde_json::from_slice(&plaintext).map_err(|_| damaged(log, seq))?;
-    message.seq = seq;
-    message.ts = hlc_millis(hlc);
-    Ok(Some((message, kind)))
+    Ok(Some(LogEntry {
+        seq,
+        kind,
+        from: addressing.from,
+        from_device: addressing.from_device,
+        to: addressing.to,
+        payload: live_payload(&plaintext, seq, hlc),
+    }))
 }
 
 /// A record of `log` at `seq` and time `hlc` as it was delivered live: what an append repeating
@@ -184,11 +229,11 @@ pub fn live_payload(plaintext: &[u8], seq: u64, hlc: u64) -> Bytes {
     payload.into()
 }
 
-/// Whether a message in `log`'s log is a direct message between `log` and `other`: what a
+/// Whether an entry in `log`'s log is a direct message between `log` and `other`: what a
 /// contact deletion removes.
-pub fn between(message: &InboxMessage, log: &str, other: &str) -> bool {
-    let from = message.from.as_deref();
-    (from == Some(other) && message.to == log) || (from == Some(log) && message.to == other)
+pub fn between(entry: &LogEntry, log: &str, other: &str) -> bool {
+    let from = entry.from.as_deref();
+    (from == Some(other) && entry.to == log) || (from == Some(log) && entry.to == other)
 }
 
 /// Milliseconds since the Unix epoch of a hybrid logical clock time.
@@ -226,20 +271,23 @@ mod tests {
         let new = seal(&data_keys, "bob", &content, None);
         assert!(!String::from_utf8_lossy(new.record()).contains("secret"));
         let hlc = (1_700_000_000_000u64 << 16) | 3;
-        let (opened, kind) = open(keys, "bob", 7, hlc, new.record()).unwrap().unwrap();
-        assert_eq!(kind, EntryKind::Message);
-        let live: InboxMessage =
-            serde_json::from_slice(&live_payload(&new.plaintext, 7, hlc)).unwrap();
-        assert_eq!(opened, live);
-        assert_eq!((opened.seq, opened.ts), (7, 1_700_000_000_000));
+        let opened = open(keys, "bob", 7, hlc, new.record()).unwrap().unwrap();
+        assert_eq!(opened.kind, EntryKind::Message);
+        assert_eq!(opened.payload, live_payload(&new.plaintext, 7, hlc));
+        assert_eq!(
+            (opened.from.as_deref(), opened.from_device.as_deref()),
+            (Some("alice"), Some("phone"))
+        );
+        let message = opened.message().unwrap();
+        assert_eq!((message.seq, message.ts), (7, 1_700_000_000_000));
+        assert_eq!((message.to.as_str(), &message.body), ("bob", &body));
+        assert_eq!(opened.json().unwrap().get().as_bytes(), &opened.payload[..]);
         assert!(open(keys, "alice", 7, hlc, new.record()).is_err());
         let reopened = reopen_live(keys, "bob", 7, hlc, new.record()).unwrap();
         assert_eq!(reopened, live_payload(&new.plaintext, 7, hlc));
         let notification = seal_entry(&data_keys, "bob", &content, None, EntryKind::Notification);
-        let (_, kind) = open(keys, "bob", 8, hlc, notification.record())
-            .unwrap()
-            .unwrap();
-        assert_eq!(kind, EntryKind::Notification);
+        let opened = open(keys, "bob", 8, hlc, notification.record());
+        assert_eq!(opened.unwrap().unwrap().kind, EntryKind::Notification);
         // Under bob's next data key (after bob was deleted), the record is gone; without a
         // data key, too.
         let next = DataKey::generate();
@@ -271,7 +319,7 @@ mod tests {
             ring: &ring,
             data_key: None,
         };
-        let (message, _) = open(keys, "bob", 1, 0, &record).unwrap().unwrap();
-        assert_eq!(message.body, json!(1));
+        let entry = open(keys, "bob", 1, 0, &record).unwrap().unwrap();
+        assert_eq!(entry.message().unwrap().body, json!(1));
     }
 }

@@ -22,10 +22,9 @@ use crate::infra::data_key::DataKey;
 use crate::infra::fjall::open_database;
 use crate::store::data_keys::DataKeys;
 use crate::store::record::{self, Keys};
-use crate::store::{new_epoch, EntryKind, StoreError};
+use crate::store::{new_epoch, LogEntry, StoreError};
 use dashmap::DashSet;
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, OwnedWriteBatch, PersistMode};
-use protocol::envelope::InboxMessage;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -170,7 +169,7 @@ pub(super) fn open_value(
     user: &str,
     seq: u64,
     value: &[u8],
-) -> Result<Option<(InboxMessage, EntryKind)>, StoreError> {
+) -> Result<Option<LogEntry>, StoreError> {
     let (hlc, record) = value.split_at_checked(8).ok_or_else(|| {
         StoreError::Unreadable(format!("record {user}/{seq} is shorter than its header"))
     })?;

@@ -159,8 +159,7 @@ impl Store for EmbeddedStore {
                 forgotten.push((pair_second(&key, &user), be_u64(&upto)));
             }
             let mut page = LogPage {
-                messages: Vec::new(),
-                notifications: Vec::new(),
+                entries: Vec::new(),
                 covered_to: after,
             };
             let start = log_key(&user, after.saturating_add(1));
@@ -172,14 +171,14 @@ impl Store for EmbeddedStore {
                 let (key, value) = entry.into_inner().map_err(failed)?;
                 let seq = log_position(&key).1;
                 page.covered_to = seq;
-                let Some((message, kind)) = open_value(keys, &user, seq, &value)? else {
+                let Some(entry) = open_value(keys, &user, seq, &value)? else {
                     continue;
                 };
                 let hidden = forgotten
                     .iter()
-                    .any(|(other, upto)| seq <= *upto && between(&message, &user, other));
+                    .any(|(other, upto)| seq <= *upto && between(&entry, &user, other));
                 if !hidden {
-                    page.push(message, kind);
+                    page.entries.push(entry);
                 }
             }
             Ok(page)

@@ -632,7 +632,7 @@ impl Writer {
                 let (message_key, value) = entry.into_inner().map_err(failed)?;
                 let seq = log_position(&message_key).1;
                 let opened = open_value(keys, &owner, seq, &value)?;
-                if opened.is_some_and(|(message, _)| between(&message, &owner, &other)) {
+                if opened.is_some_and(|entry| between(&entry, &owner, &other)) {
                     batch.remove(&spaces.messages, message_key);
                     report.purged_contacts += 1;
                 }

@@ -57,13 +57,12 @@ use super::data_keys::DataKeys;
 use super::record::Keys;
 use super::record::{self, between, hlc_millis};
 use super::{
-    queue_refusal, AppendTicket, CommitFeed, EntryKind, IdempotencyKey, LogHead, LogPage,
+    queue_refusal, AppendTicket, CommitFeed, IdempotencyKey, LogEntry, LogHead, LogPage,
     NewMessage, Settings, Store, StoreError, Stored, SweepReport,
 };
 use crate::infra::redis::{bounded, connect, scan, Endpoint, Redis};
 use async_trait::async_trait;
 use keys::{UserKeys, SWEEP_PAGE, USERS};
-use protocol::envelope::InboxMessage;
 use scripts::{ACK, CUT, FORGET, PRUNE, PURGED, REWRAP};
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -115,11 +114,7 @@ impl Entry {
         Ok(Self { seq, hlc, record })
     }
 
-    fn open(
-        &self,
-        keys: Keys<'_>,
-        user: &str,
-    ) -> Result<Option<(InboxMessage, EntryKind)>, StoreError> {
+    fn open(&self, keys: Keys<'_>, user: &str) -> Result<Option<LogEntry>, StoreError> {
         record::open(keys, user, self.seq, self.hlc, &self.record)
     }
 }
@@ -163,7 +158,7 @@ impl RedisStore {
         user: &str,
         wrapped_key: Option<Vec<u8>>,
         entries: Vec<Entry>,
-    ) -> Result<Vec<(Entry, Option<(InboxMessage, EntryKind)>)>, StoreError> {
+    ) -> Result<Vec<(Entry, Option<LogEntry>)>, StoreError> {
         let (data_keys, user) = (self.keys.clone(), user.to_string());
         tokio::task::spawn_blocking(move || {
             let data_key = (wrapped_key.as_deref())
@@ -301,7 +296,7 @@ impl RedisStore {
                     .filter(|(_, opened)| {
                         opened
                             .as_ref()
-                            .is_some_and(|(message, _)| between(message, user, &other))
+                            .is_some_and(|opened| between(opened, user, &other))
                     })
                     .map(|(entry, _)| entry_id(entry.seq))
                     .collect();
@@ -426,8 +421,7 @@ impl Store for RedisStore {
 
     async fn read(&self, user: &str, after: u64, limit: usize) -> Result<LogPage, StoreError> {
         let mut page = LogPage {
-            messages: Vec::new(),
-            notifications: Vec::new(),
+            entries: Vec::new(),
             covered_to: after,
         };
         if limit == 0 || after == u64::MAX {
@@ -454,14 +448,14 @@ impl Store for RedisStore {
             .collect::<Result<_, _>>()?;
         for (entry, opened) in self.open_entries(user, wrapped_key, entries).await? {
             page.covered_to = entry.seq;
-            let Some((message, kind)) = opened else {
+            let Some(opened) = opened else {
                 continue;
             };
             let hidden = forgotten
                 .iter()
-                .any(|(other, upto)| entry.seq <= *upto && between(&message, user, other));
+                .any(|(other, upto)| entry.seq <= *upto && between(&opened, user, other));
             if !hidden {
-                page.push(message, kind);
+                page.entries.push(opened);
             }
         }
         Ok(page)
