@@ -444,6 +444,12 @@ async fn reads_page_through_a_log(s: Subject) {
     assert_eq!((tail.entries.len(), tail.covered_to), (5, 25));
     let past_end = s.store.read("bob", 25, 10).await.unwrap();
     assert_eq!((past_end.entries.len(), past_end.covered_to), (0, 25));
+    // A page knows when it reached the log's end, also when it is full.
+    assert!(!page.reached_end);
+    assert!(tail.reached_end && past_end.reached_end);
+    let last_full_page = s.store.read("bob", 15, 10).await.unwrap();
+    assert_eq!(last_full_page.entries.len(), 10);
+    assert!(last_full_page.reached_end);
 }
 
 async fn retention_keeps_the_newest_messages(s: Subject) {

@@ -240,11 +240,10 @@ impl LogFollower {
             }
             (Mode::Catching, Readout::Page(page)) => {
                 let deliveries = self.deliveries(&page);
-                // Only a read that finds nothing new proves the end was reached: a short page
-                // may be short for entries hidden by a contact deletion.
-                let found_nothing = page.covered_to <= self.delivered_to;
+                // At the log's end as the read began, with nothing set aside beyond it: live.
+                // What was appended since reaches the link live, or was set aside.
                 self.delivered_to = self.delivered_to.max(page.covered_to);
-                if found_nothing && self.highest_set_aside <= self.delivered_to {
+                if page.reached_end && self.highest_set_aside <= self.delivered_to {
                     self.mode = Mode::Live;
                 }
                 (deliveries, None)
@@ -420,12 +419,14 @@ mod tests {
         }
     }
 
-    fn page(seqs: std::ops::RangeInclusive<u64>) -> LogPage {
+    /// A page of the entries `seqs`; `reached_end` when the log ended with them as it was read.
+    fn page(seqs: std::ops::RangeInclusive<u64>, reached_end: bool) -> LogPage {
         LogPage {
             covered_to: *seqs.end(),
             entries: seqs
                 .map(|seq| entry(seq, None, EntryKind::Message))
                 .collect(),
+            reached_end,
         }
     }
 
@@ -471,23 +472,20 @@ mod tests {
         assert!(!follower.admit(&live(15)));
         assert_eq!(follower.next_read(), Some(Read::Page { after: 10 }));
         assert_eq!(follower.next_read(), None, "one read at a time");
-        let (out, _) = follower.take(Readout::Page(page(11..=13)));
+        let (out, _) = follower.take(Readout::Page(page(11..=13, false)));
         assert_eq!(seqs(&out), [11, 12, 13]);
         assert_eq!(follower.next_read(), Some(Read::Page { after: 13 }));
-        // A short page that does not reach 15 yet: read again.
-        let (out, _) = follower.take(Readout::Page(page(14..=14)));
+        // The log's end as this read began, but 15 went by since: read again.
+        let (out, _) = follower.take(Readout::Page(page(14..=14, true)));
         assert_eq!(seqs(&out), [14]);
         assert_eq!(follower.next_read(), Some(Read::Page { after: 14 }));
-        let (out, _) = follower.take(Readout::Page(page(15..=15)));
+        let (out, _) = follower.take(Readout::Page(page(15..=15, true)));
         assert_eq!(seqs(&out), [15]);
-        assert_eq!(follower.next_read(), Some(Read::Page { after: 15 }));
-        let nothing_new = LogPage {
-            entries: Vec::new(),
-            covered_to: 15,
-        };
-        let (out, _) = follower.take(Readout::Page(nothing_new));
-        assert!(out.is_empty());
-        assert_eq!(follower.next_read(), None, "caught up: live");
+        assert_eq!(
+            follower.next_read(),
+            None,
+            "caught up: live, no read that finds nothing"
+        );
         assert!(!follower.admit(&live(15)), "already delivered");
         assert!(follower.admit(&live(16)));
         // The outbox overflowed past 18: back to the store from 16.
@@ -525,7 +523,7 @@ mod tests {
         let options = SubscriptionOptions::at(Qos::ExactlyOnce);
         follower.subscribed(EntryKind::Message, options, Start::Now);
         started(&mut follower, 0, 5);
-        let mut page = page(1..=2);
+        let mut page = page(1..=2, true);
         page.entries.extend([
             entry(3, Some("phone"), EntryKind::Message),
             entry(4, None, EntryKind::Notification),

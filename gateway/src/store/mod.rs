@@ -238,6 +238,31 @@ pub struct LogPage {
     /// The highest sequence this page covers (messages hidden by a contact deletion leave
     /// gaps, and the page still covers them).
     pub covered_to: u64,
+    /// The page reached the log's end as it was when the read began: `covered_to` is there,
+    /// and only what was appended since is left. A reader following the log goes live on it
+    /// without a read that finds nothing.
+    pub reached_end: bool,
+}
+
+impl LogPage {
+    /// A page after `after` that holds nothing yet.
+    fn empty(after: u64) -> Self {
+        Self {
+            entries: Vec::new(),
+            covered_to: after,
+            reached_end: false,
+        }
+    }
+
+    /// Marks the end of a read that took `taken` entries of the `limit` it asked for, in a log
+    /// whose last sequence was `last_seq` before the entries were read: a read that took fewer
+    /// ran out of log, and one that got to `last_seq` is at the end.
+    fn finish(&mut self, taken: usize, limit: usize, last_seq: u64) {
+        if taken < limit || self.covered_to >= last_seq {
+            self.reached_end = true;
+            self.covered_to = self.covered_to.max(last_seq);
+        }
+    }
 }
 
 #[derive(Debug, Clone, thiserror::Error)]

@@ -158,16 +158,17 @@ impl Store for EmbeddedStore {
                 let (key, upto) = entry.into_inner().map_err(failed)?;
                 forgotten.push((pair_second(&key, &user), be_u64(&upto)));
             }
-            let mut page = LogPage {
-                entries: Vec::new(),
-                covered_to: after,
-            };
+            // The head first: every entry up to it is committed, so the range sees it.
+            let last_seq = spaces.head(&user)?.map_or(0, |head| head.last_seq);
+            let mut page = LogPage::empty(after);
             let start = log_key(&user, after.saturating_add(1));
+            let mut taken = 0;
             for entry in spaces
                 .messages
                 .range(start..=log_key(&user, u64::MAX))
                 .take(limit)
             {
+                taken += 1;
                 let (key, value) = entry.into_inner().map_err(failed)?;
                 let seq = log_position(&key).1;
                 page.covered_to = seq;
@@ -181,6 +182,7 @@ impl Store for EmbeddedStore {
                     page.entries.push(entry);
                 }
             }
+            page.finish(taken, limit, last_seq);
             Ok(page)
         })
         .await

@@ -420,28 +420,34 @@ impl Store for RedisStore {
     }
 
     async fn read(&self, user: &str, after: u64, limit: usize) -> Result<LogPage, StoreError> {
-        let mut page = LogPage {
-            entries: Vec::new(),
-            covered_to: after,
-        };
+        let mut page = LogPage::empty(after);
         if limit == 0 || after == u64::MAX {
             return Ok(page);
         }
         let keys = UserKeys::of(user);
-        let (forgotten, wrapped_key, raw): (HashMap<String, u64>, Option<Vec<u8>>, Vec<RawEntry>) =
-            bounded(
-                redis::pipe()
-                    .hgetall(&keys.forgotten)
-                    .get(&keys.data_key)
-                    .cmd("XRANGE")
-                    .arg(&keys.log)
-                    .arg(entry_id(after + 1))
-                    .arg("+")
-                    .arg("COUNT")
-                    .arg(limit.min(i64::MAX as usize))
-                    .query_async(&mut self.redis.clone()),
-            )
-            .await?;
+        // The head before the range, in one slot and one pipeline: an append writes both
+        // atomically, so the range holds every entry up to the head read.
+        type Read = (
+            Option<u64>,
+            HashMap<String, u64>,
+            Option<Vec<u8>>,
+            Vec<RawEntry>,
+        );
+        let (last_seq, forgotten, wrapped_key, raw): Read = bounded(
+            redis::pipe()
+                .hget(&keys.head, "last_seq")
+                .hgetall(&keys.forgotten)
+                .get(&keys.data_key)
+                .cmd("XRANGE")
+                .arg(&keys.log)
+                .arg(entry_id(after + 1))
+                .arg("+")
+                .arg("COUNT")
+                .arg(limit.min(i64::MAX as usize))
+                .query_async(&mut self.redis.clone()),
+        )
+        .await?;
+        let taken = raw.len();
         let entries = raw
             .into_iter()
             .map(|raw| Entry::parse(user, raw))
@@ -458,6 +464,7 @@ impl Store for RedisStore {
                 page.entries.push(opened);
             }
         }
+        page.finish(taken, limit, last_seq.unwrap_or(0));
         Ok(page)
     }
 
