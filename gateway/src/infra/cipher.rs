@@ -16,7 +16,7 @@
 use super::data_dir::DataDir;
 use super::sm4_ct::Sm4;
 use super::time::unix_seconds;
-use aes_gcm::aead::{Aead, AeadCore, AeadInPlace, KeyInit, Payload};
+use aes_gcm::aead::{AeadCore, AeadInPlace, KeyInit};
 use aes_gcm::aes::cipher::consts::U12;
 use aes_gcm::AesGcm;
 use anyhow::{bail, Context, Result};
@@ -122,20 +122,33 @@ pub(super) fn key_name(sealed: &[u8]) -> Result<(&str, &[u8]), CipherError> {
     Ok((name, rest))
 }
 
-/// Opens the nonce, ciphertext and tag `rest` of a value under `cipher`.
-pub(super) fn open_with(cipher: &Sm4Gcm, rest: &[u8], aad: &[u8]) -> Result<Vec<u8>, CipherError> {
-    let (nonce, ciphertext) = rest
+/// Opens the nonce, ciphertext and tag `rest` of a value under `cipher`, appending the
+/// plaintext to `out` (which is left as it was when the value does not open): a reader builds
+/// what it hands on around the plaintext without a copy of its own.
+pub(super) fn open_with(
+    cipher: &Sm4Gcm,
+    rest: &[u8],
+    aad: &[u8],
+    out: &mut Vec<u8>,
+) -> Result<(), CipherError> {
+    let (nonce, sealed) = rest
         .split_at_checked(NONCE_LEN)
         .ok_or(CipherError::Damaged)?;
-    cipher
-        .decrypt(
-            nonce.into(),
-            Payload {
-                msg: ciphertext,
-                aad,
-            },
+    let (ciphertext, tag) = sealed
+        .split_at_checked(
+            sealed
+                .len()
+                .checked_sub(TAG_LEN)
+                .ok_or(CipherError::Damaged)?,
         )
-        .map_err(|_| CipherError::Damaged)
+        .ok_or(CipherError::Damaged)?;
+    let start = out.len();
+    out.extend_from_slice(ciphertext);
+    let opened = cipher.decrypt_in_place_detached(nonce.into(), aad, &mut out[start..], tag.into());
+    opened.map_err(|_| {
+        out.truncate(start);
+        CipherError::Damaged
+    })
 }
 
 /// Hourly keys kept for opening at most: a key schedule is cheap to redo.
@@ -242,8 +255,20 @@ impl KeyRing {
     }
 
     pub fn open(&self, sealed: &[u8], aad: &[u8]) -> Result<Vec<u8>, CipherError> {
+        let mut plaintext = Vec::new();
+        self.open_into(sealed, aad, &mut plaintext)?;
+        Ok(plaintext)
+    }
+
+    /// Opens `sealed` as [`open`](Self::open) does, appending the plaintext to `out`.
+    pub fn open_into(
+        &self,
+        sealed: &[u8],
+        aad: &[u8],
+        out: &mut Vec<u8>,
+    ) -> Result<(), CipherError> {
         let (name, rest) = key_name(sealed)?;
-        open_with(&*self.opening_key(name)?, rest, aad)
+        open_with(&*self.opening_key(name)?, rest, aad, out)
     }
 
     /// Whether `sealed` was sealed under the key that seals now (or an hour's key of it): a
@@ -258,6 +283,7 @@ impl KeyRing {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use aes_gcm::aead::{Aead, Payload};
 
     /// RFC 8998 appendix A.1: SM4-GCM with a 12-byte IV.
     #[test]
@@ -356,5 +382,20 @@ mod tests {
             Err(CipherError::Damaged)
         ));
         assert!(!sealed.windows(5).any(|w| w == b"hello"));
+    }
+
+    #[test]
+    fn opening_into_a_buffer_appends_or_leaves_it_as_it_was() {
+        let ring = KeyRing::new(&["k1:000102030405060708090a0b0c0d0e0f".into()]).unwrap();
+        let sealed = ring.seal(b"hello", b"alice/m1");
+        let mut out = b"head:".to_vec();
+        ring.open_into(&sealed, b"alice/m1", &mut out).unwrap();
+        assert_eq!(out, b"head:hello");
+        let refused = ring.open_into(&sealed, b"bob/m1", &mut out);
+        assert!(matches!(refused, Err(CipherError::Damaged)));
+        assert_eq!(out, b"head:hello");
+        let truncated = &sealed[..sealed.len() - 20];
+        assert!(ring.open_into(truncated, b"alice/m1", &mut out).is_err());
+        assert_eq!(out, b"head:hello");
     }
 }

@@ -82,9 +82,15 @@ impl DataKey {
         key.seal(plaintext, aad)
     }
 
-    /// Opens a value sealed under this key; [`CipherError::Shredded`] for one sealed under
-    /// another data key (its owner's key before a deletion).
-    pub fn open(&self, sealed: &[u8], aad: &[u8]) -> Result<Vec<u8>, CipherError> {
+    /// Opens a value sealed under this key, appending its plaintext to `out` (a reader builds
+    /// what it hands on around it); [`CipherError::Shredded`] for one sealed under another data
+    /// key (its owner's key before a deletion).
+    pub fn open_into(
+        &self,
+        sealed: &[u8],
+        aad: &[u8],
+        out: &mut Vec<u8>,
+    ) -> Result<(), CipherError> {
         let (name, rest) = key_name(sealed)?;
         let (id, hour) = name
             .strip_prefix(DATA_KEY_MARK)
@@ -107,7 +113,7 @@ impl DataKey {
                     .clone(),
             }
         };
-        open_with(&key.cipher, rest, aad)
+        open_with(&key.cipher, rest, aad, out)
     }
 
     /// The key sealed under `ring` for `owner`: what is stored.
@@ -156,6 +162,14 @@ mod tests {
     }
 
     const K1: &str = "k1:000102030405060708090a0b0c0d0e0f";
+
+    impl DataKey {
+        fn open(&self, sealed: &[u8], aad: &[u8]) -> Result<Vec<u8>, CipherError> {
+            let mut plaintext = Vec::new();
+            self.open_into(sealed, aad, &mut plaintext)?;
+            Ok(plaintext)
+        }
+    }
     const K2: &str = "k2:f0f1f2f3f4f5f6f7f8f9fafbfcfdfeff";
 
     #[test]

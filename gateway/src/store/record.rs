@@ -152,18 +152,24 @@ pub fn open(
     record: &[u8],
 ) -> Result<Option<LogEntry>, StoreError> {
     let (_, kind, _) = split(record).ok_or_else(|| damaged(log, seq))?;
-    let Some(plaintext) = unseal(keys, log, seq, record)? else {
+    // The plaintext is opened straight into the payload, behind its `seq` and `ts`.
+    let mut payload = payload_head(seq, hlc, record.len());
+    let start = payload.len();
+    if !unseal(keys, log, seq, record, &mut payload)? {
         return Ok(None);
+    }
+    let addressing: Addressing = match payload.get(start) {
+        Some(b'{') => serde_json::from_slice(&payload[start..]).map_err(|_| damaged(log, seq))?,
+        _ => return Err(damaged(log, seq)),
     };
-    let addressing: Addressing =
-        serde_json::from_slice(&plaintext).map_err(|_| damaged(log, seq))?;
+    join_content(&mut payload, start);
     Ok(Some(LogEntry {
         seq,
         kind,
         from: addressing.from,
         from_device: addressing.from_device,
         to: addressing.to,
-        payload: live_payload(&plaintext, seq, hlc),
+        payload: payload.into(),
     }))
 }
 
@@ -176,10 +182,13 @@ pub fn reopen_live(
     hlc: u64,
     record: &[u8],
 ) -> Result<Bytes, StoreError> {
-    let plaintext = unseal(keys, log, seq, record)?.ok_or_else(|| {
-        StoreError::Unreadable(format!("record {log}/{seq}: {}", CipherError::Shredded))
-    })?;
-    Ok(live_payload(&plaintext, seq, hlc))
+    match open(keys, log, seq, hlc, record)? {
+        Some(entry) => Ok(entry.payload),
+        None => Err(StoreError::Unreadable(format!(
+            "record {log}/{seq}: {}",
+            CipherError::Shredded
+        ))),
+    }
 }
 
 /// A record's message id, the kind of entry it is, and its sealed content.
@@ -193,24 +202,25 @@ fn split(record: &[u8]) -> Option<(&str, EntryKind, &[u8])> {
     Some((std::str::from_utf8(id).ok()?, kind, sealed))
 }
 
-/// The content of a record of `log` at `seq`, as it was sealed; `None` when it was sealed under
-/// a data key that was destroyed.
+/// Appends the content of a record of `log` at `seq`, as it was sealed, to `out`; false (and
+/// nothing appended) when it was sealed under a data key that was destroyed.
 fn unseal(
     keys: Keys<'_>,
     log: &str,
     seq: u64,
     record: &[u8],
-) -> Result<Option<Vec<u8>>, StoreError> {
+    out: &mut Vec<u8>,
+) -> Result<bool, StoreError> {
     let (id, _, sealed) = split(record).ok_or_else(|| damaged(log, seq))?;
     let aad = aad(log, id);
     let opened = match (is_sealed_under_a_data_key(sealed), keys.data_key) {
-        (true, Some(key)) => key.open(sealed, &aad),
+        (true, Some(key)) => key.open_into(sealed, &aad, out),
         (true, None) => Err(CipherError::Shredded),
-        (false, _) => keys.ring.open(sealed, &aad),
+        (false, _) => keys.ring.open_into(sealed, &aad, out),
     };
     match opened {
-        Ok(plaintext) => Ok(Some(plaintext)),
-        Err(CipherError::Shredded) => Ok(None),
+        Ok(()) => Ok(true),
+        Err(CipherError::Shredded) => Ok(false),
         Err(e) => Err(StoreError::Unreadable(format!("record {log}/{seq}: {e}"))),
     }
 }
@@ -221,12 +231,27 @@ fn damaged(log: &str, seq: u64) -> StoreError {
 
 /// The message as delivered live: the sealed JSON object with its position in front.
 pub fn live_payload(plaintext: &[u8], seq: u64, hlc: u64) -> Bytes {
-    debug_assert!(plaintext.starts_with(b"{") && plaintext.len() > 2);
-    let head = format!("{{\"seq\":{seq},\"ts\":{},", hlc_millis(hlc));
-    let mut payload = Vec::with_capacity(head.len() + plaintext.len());
-    payload.extend_from_slice(head.as_bytes());
-    payload.extend_from_slice(&plaintext[1..]);
+    let mut payload = payload_head(seq, hlc, plaintext.len());
+    let start = payload.len();
+    payload.extend_from_slice(plaintext);
+    join_content(&mut payload, start);
     payload.into()
+}
+
+/// The start of a message as delivered, `{"seq":…,"ts":…`, with room for the `content` bytes
+/// of the sealed JSON object that follows it (see [`join_content`]).
+fn payload_head(seq: u64, hlc: u64, content: usize) -> Vec<u8> {
+    use std::io::Write;
+    let mut payload = Vec::with_capacity(40 + content);
+    write!(payload, "{{\"seq\":{seq},\"ts\":{}", hlc_millis(hlc)).expect("writes to a Vec");
+    payload
+}
+
+/// Joins the sealed JSON object at `payload[start..]` to the head before it: its opening brace
+/// becomes the comma after `ts`.
+fn join_content(payload: &mut [u8], start: usize) {
+    debug_assert!(payload[start] == b'{' && payload.len() > start + 2);
+    payload[start] = b',';
 }
 
 /// Whether an entry in `log`'s log is a direct message between `log` and `other`: what a
