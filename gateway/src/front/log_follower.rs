@@ -17,7 +17,7 @@ use crate::live::hub::SubscriptionOptions;
 use crate::live::link::{Delivery, Qos};
 use crate::live::message::Published;
 use crate::log::sync::sync_start;
-use crate::store::{EntryKind, LogHead, LogPage, SharedStore, StoreError};
+use crate::store::{DevicePosition, EntryKind, LogHead, LogPage, SharedStore, StoreError};
 use protocol::envelope::{HistoryReset, Reply, SyncPage, SyncRequest};
 use protocol::topics;
 use std::collections::BTreeSet;
@@ -368,15 +368,17 @@ async fn starting_point(
     start: &Start,
     new_device_history: u64,
 ) -> Result<Readout, StoreError> {
-    let head = store.head(user).await?;
     match start {
-        Start::Now => Ok(Readout::Started {
-            after: head.last_seq,
-            head,
-            reset: None,
-        }),
+        Start::Now => {
+            let head = store.head(user).await?;
+            Ok(Readout::Started {
+                after: head.last_seq,
+                head,
+                reset: None,
+            })
+        }
         Start::Cursor { floor, epoch } => {
-            let cursor = store.cursor(user, device).await?;
+            let DevicePosition { head, cursor } = store.position(user, device).await?;
             // A session that began before the log existed knew no epoch (""): any is its log.
             let same_epoch = epoch
                 .as_deref()

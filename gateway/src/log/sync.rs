@@ -2,7 +2,7 @@
 //! pages, telling it when history it asked for is gone. The caller hands the pages to the
 //! device (on its reply topic).
 
-use crate::store::{EntryKind, LogHead, SharedStore, StoreError};
+use crate::store::{DevicePosition, EntryKind, LogHead, SharedStore, StoreError};
 use bytes::Bytes;
 use prometheus_client::metrics::counter::Counter;
 use protocol::envelope::{HistoryLoss, HistoryReset, Reply, SyncPage, SyncRequest};
@@ -77,14 +77,8 @@ pub async fn begin(
     device: &str,
     request: &SyncRequest,
 ) -> Result<Catchup, StoreError> {
-    let head = store.head(user).await?;
-    let stored_cursor = store.cursor(user, device).await?;
-    let start = sync_start(
-        &head,
-        request,
-        stored_cursor,
-        config.new_device_history as u64,
-    );
+    let DevicePosition { head, cursor } = store.position(user, device).await?;
+    let start = sync_start(&head, request, cursor, config.new_device_history as u64);
     if start.new_device {
         store.ack(user, device, start.after).await?;
     }

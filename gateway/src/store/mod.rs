@@ -231,6 +231,24 @@ pub struct LogHead {
     pub last_seq: u64,
 }
 
+impl LogHead {
+    /// The head of a log never written (or deleted).
+    fn never_written() -> Self {
+        Self {
+            epoch: String::new(),
+            first_seq: 1,
+            last_seq: 0,
+        }
+    }
+}
+
+/// Where a device stands in its user's log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DevicePosition {
+    pub head: LogHead,
+    pub cursor: Option<u64>,
+}
+
 /// A page of a log read after some sequence.
 #[derive(Debug, Clone)]
 pub struct LogPage {
@@ -330,7 +348,9 @@ pub trait Store:
     /// contact deletion.
     async fn read(&self, user: &str, after: u64, limit: usize) -> Result<LogPage, StoreError>;
 
-    async fn cursor(&self, user: &str, device: &str) -> Result<Option<u64>, StoreError>;
+    /// The log's head and the device's cursor in it (none before the device's first sync),
+    /// read together: where a device picks up the log.
+    async fn position(&self, user: &str, device: &str) -> Result<DevicePosition, StoreError>;
 
     /// Moves the device's cursor forward to `seq` (never back, never past the log's end) and
     /// returns where it is.

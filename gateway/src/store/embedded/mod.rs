@@ -34,8 +34,8 @@ use super::data_keys::DataKeys;
 use super::record::between;
 use super::record::Keys;
 use super::{
-    queue_refusal, AppendTicket, CommitFeed, IdempotencyKey, LogHead, LogPage, NewMessage,
-    Settings, Store, StoreError, SweepReport,
+    queue_refusal, AppendTicket, CommitFeed, DevicePosition, IdempotencyKey, LogHead, LogPage,
+    NewMessage, Settings, Store, StoreError, SweepReport,
 };
 use crate::infra::cipher::KeyRing;
 use crate::infra::time::unix_millis;
@@ -128,21 +128,8 @@ impl Store for EmbeddedStore {
 
     async fn head(&self, user: &str) -> Result<LogHead, StoreError> {
         let user = user.to_string();
-        self.read_with(move |spaces, _| {
-            Ok(match spaces.head(&user)? {
-                Some(head) => LogHead {
-                    epoch: head.epoch,
-                    first_seq: head.first_seq,
-                    last_seq: head.last_seq,
-                },
-                None => LogHead {
-                    epoch: String::new(),
-                    first_seq: 1,
-                    last_seq: 0,
-                },
-            })
-        })
-        .await
+        self.read_with(move |spaces, _| log_head(spaces, &user))
+            .await
     }
 
     async fn read(&self, user: &str, after: u64, limit: usize) -> Result<LogPage, StoreError> {
@@ -188,10 +175,13 @@ impl Store for EmbeddedStore {
         .await
     }
 
-    async fn cursor(&self, user: &str, device: &str) -> Result<Option<u64>, StoreError> {
-        let key = pair_key(user, device);
+    async fn position(&self, user: &str, device: &str) -> Result<DevicePosition, StoreError> {
+        let (user, key) = (user.to_string(), pair_key(user, device));
         self.read_with(move |spaces, _| {
-            Ok(spaces.cursors.get(key).map_err(failed)?.map(|c| be_u64(&c)))
+            Ok(DevicePosition {
+                head: log_head(spaces, &user)?,
+                cursor: spaces.cursors.get(key).map_err(failed)?.map(|c| be_u64(&c)),
+            })
         })
         .await
     }
@@ -276,4 +266,16 @@ impl Store for EmbeddedStore {
         })
         .await
     }
+}
+
+/// The head of `user`'s log as readers see it.
+fn log_head(spaces: &Keyspaces, user: &str) -> Result<LogHead, StoreError> {
+    Ok(match spaces.head(user)? {
+        Some(head) => LogHead {
+            epoch: head.epoch,
+            first_seq: head.first_seq,
+            last_seq: head.last_seq,
+        },
+        None => LogHead::never_written(),
+    })
 }

@@ -57,8 +57,8 @@ use super::data_keys::DataKeys;
 use super::record::Keys;
 use super::record::{self, between, hlc_millis};
 use super::{
-    queue_refusal, AppendTicket, CommitFeed, IdempotencyKey, LogEntry, LogHead, LogPage,
-    NewMessage, Settings, Store, StoreError, Stored, SweepReport,
+    queue_refusal, AppendTicket, CommitFeed, DevicePosition, IdempotencyKey, LogEntry, LogHead,
+    LogPage, NewMessage, Settings, Store, StoreError, Stored, SweepReport,
 };
 use crate::infra::redis::{bounded, connect, scan, Endpoint, Redis};
 use async_trait::async_trait;
@@ -395,28 +395,12 @@ impl Store for RedisStore {
     }
 
     async fn head(&self, user: &str) -> Result<LogHead, StoreError> {
-        let (first_seq, last_seq, epoch): (Option<u64>, Option<u64>, Option<String>) = bounded(
-            redis::cmd("HMGET")
-                .arg(UserKeys::of(user).head)
-                .arg(&["first_seq", "last_seq", "epoch"])
+        let (head,): (HeadFields,) = bounded(
+            head_fields(&mut redis::pipe(), &UserKeys::of(user))
                 .query_async(&mut self.redis.clone()),
         )
         .await?;
-        match (first_seq, last_seq, epoch) {
-            (None, None, None) => Ok(LogHead {
-                epoch: String::new(),
-                first_seq: 1,
-                last_seq: 0,
-            }),
-            (Some(first_seq), Some(last_seq), Some(epoch)) => Ok(LogHead {
-                epoch,
-                first_seq,
-                last_seq,
-            }),
-            _ => Err(StoreError::Unreadable(format!(
-                "the log head of {user} is damaged"
-            ))),
-        }
+        log_head(user, head)
     }
 
     async fn read(&self, user: &str, after: u64, limit: usize) -> Result<LogPage, StoreError> {
@@ -468,15 +452,18 @@ impl Store for RedisStore {
         Ok(page)
     }
 
-    async fn cursor(&self, user: &str, device: &str) -> Result<Option<u64>, StoreError> {
-        bounded(
-            redis::cmd("HGET")
-                .arg(UserKeys::of(user).cursors)
-                .arg(device)
+    async fn position(&self, user: &str, device: &str) -> Result<DevicePosition, StoreError> {
+        let keys = UserKeys::of(user);
+        let (head, cursor) = bounded(
+            head_fields(&mut redis::pipe(), &keys)
+                .hget(&keys.cursors, device)
                 .query_async(&mut self.redis.clone()),
         )
-        .await
-        .map_err(StoreError::from)
+        .await?;
+        Ok(DevicePosition {
+            head: log_head(user, head)?,
+            cursor,
+        })
     }
 
     async fn ack(&self, user: &str, device: &str, seq: u64) -> Result<u64, StoreError> {
@@ -631,5 +618,30 @@ impl Store for RedisStore {
         }
         found.sort();
         Ok(found)
+    }
+}
+
+/// A log head's fields as Redis keeps them: first and last sequence, and epoch.
+type HeadFields = (Option<u64>, Option<u64>, Option<String>);
+
+/// Adds the read of a log head's fields to `pipe`.
+fn head_fields<'a>(pipe: &'a mut redis::Pipeline, keys: &UserKeys) -> &'a mut redis::Pipeline {
+    pipe.cmd("HMGET")
+        .arg(&keys.head)
+        .arg(&["first_seq", "last_seq", "epoch"])
+}
+
+/// The head of `user`'s log from its fields: all of them, or none for a log never written.
+fn log_head(user: &str, (first_seq, last_seq, epoch): HeadFields) -> Result<LogHead, StoreError> {
+    match (first_seq, last_seq, epoch) {
+        (None, None, None) => Ok(LogHead::never_written()),
+        (Some(first_seq), Some(last_seq), Some(epoch)) => Ok(LogHead {
+            epoch,
+            first_seq,
+            last_seq,
+        }),
+        _ => Err(StoreError::Unreadable(format!(
+            "the log head of {user} is damaged"
+        ))),
     }
 }
