@@ -172,13 +172,13 @@ impl MqttConnection {
                     .iter()
                     .map(|f| self.subscribe(&f.filter, f.qos))
                     .collect();
-                self.codec.suback(pkid, &results, &mut self.wbuf);
+                let _ = self.codec.suback(pkid, &results, &mut self.wbuf);
             }
             Inbound::Unsubscribe { pkid, filters } => {
                 let existed: Vec<bool> = (filters.iter())
                     .map(|f| self.subscriptions.remove(f).is_some())
                     .collect();
-                self.codec.unsuback(pkid, &existed, &mut self.wbuf);
+                let _ = self.codec.unsuback(pkid, &existed, &mut self.wbuf);
             }
             Inbound::PingReq => {
                 while self.answer_oldest() {}

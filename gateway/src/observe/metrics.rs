@@ -205,6 +205,9 @@ pub struct Metrics {
     pub deferred_deliveries: Counter,
     /// Messages not sent because they exceed the client's Maximum Packet Size (MQTT 5).
     pub too_large_for_client: Counter,
+    /// SUBACKs and UNSUBACKs not sent because they exceed the client's Maximum Packet Size
+    /// (MQTT 5): the client waits for them in vain.
+    pub answers_too_large_for_client: Counter,
     /// Messages queued for away sessions that pushed older ones out (`sessions.max_queued`).
     pub session_queue_dropped: Counter,
     /// Log entries made durable (a device's message counts twice: recipient's and sender's log).
@@ -251,6 +254,7 @@ impl Metrics {
             dropped_relays: Counter::default(),
             deferred_deliveries: Counter::default(),
             too_large_for_client: Counter::default(),
+            answers_too_large_for_client: Counter::default(),
             session_queue_dropped: Counter::default(),
             stored: Counter::default(),
             // 100 µs to about 3 s.
@@ -347,6 +351,11 @@ impl Metrics {
             "too_large_for_client",
             "Messages not sent because they exceed the client's MQTT 5 Maximum Packet Size",
             metrics.too_large_for_client.clone(),
+        );
+        registry.register(
+            "answers_too_large_for_client",
+            "SUBACKs and UNSUBACKs not sent because they exceed the client's MQTT 5 Maximum Packet Size",
+            metrics.answers_too_large_for_client.clone(),
         );
         registry.register(
             "session_queue_dropped",

@@ -600,6 +600,19 @@ impl Connection {
         })
     }
 
+    /// Counts an answer that was not `sent` (larger than the client takes, MQTT 5): the client
+    /// waits for it in vain, which the operator should learn of.
+    fn answer_sent(&self, packet: &str, sent: bool) {
+        if !sent {
+            let front = self.client.front();
+            front.metrics.answers_too_large_for_client.inc();
+            tracing::warn!(
+                link = self.client.link.id,
+                "{packet} not sent: larger than the client's Maximum Packet Size"
+            );
+        }
+    }
+
     fn follower_is_starting(&self) -> bool {
         self.follower.as_ref().is_some_and(|f| f.is_starting())
     }
@@ -786,12 +799,14 @@ impl Connection {
                     true => &mut self.held_subacks,
                     false => &mut self.wbuf,
                 };
-                self.codec.suback(pkid, &results, out);
+                let sent = self.codec.suback(pkid, &results, out);
+                self.answer_sent("SUBACK", sent);
                 self.session_changed = true;
             }
             Inbound::Unsubscribe { pkid, filters } => {
                 let existed: Vec<bool> = filters.iter().map(|f| self.unsubscribe(f)).collect();
-                self.codec.unsuback(pkid, &existed, &mut self.wbuf);
+                let sent = self.codec.unsuback(pkid, &existed, &mut self.wbuf);
+                self.answer_sent("UNSUBACK", sent);
                 self.session_changed = true;
             }
             Inbound::PingReq => self.codec.pingresp(&mut self.wbuf),

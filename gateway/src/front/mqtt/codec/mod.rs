@@ -382,16 +382,32 @@ impl Codec {
     }
 
     /// One result per filter: the granted QoS, or a refusal (3.1.1: 0x80; v5: its reason).
-    pub fn suback(&self, pkid: u16, results: &[Result<Qos, SubscribeRefusal>], out: &mut BytesMut) {
+    /// False when it was not written: one result per filter made it larger than the client
+    /// takes (MQTT 5), and it has no part to leave out.
+    #[must_use]
+    pub fn suback(
+        &self,
+        pkid: u16,
+        results: &[Result<Qos, SubscribeRefusal>],
+        out: &mut BytesMut,
+    ) -> bool {
         match self.version {
-            Version::V311 => v4::suback(pkid, results, out),
+            Version::V311 => {
+                v4::suback(pkid, results, out);
+                true
+            }
             Version::V5 => v5::suback(pkid, results, self.client_max_packet, out),
         }
     }
 
-    pub fn unsuback(&self, pkid: u16, existed: &[bool], out: &mut BytesMut) {
+    /// One answer per filter; false when it was not written, as for [`suback`](Self::suback).
+    #[must_use]
+    pub fn unsuback(&self, pkid: u16, existed: &[bool], out: &mut BytesMut) -> bool {
         match self.version {
-            Version::V311 => v4::unsuback(pkid, out),
+            Version::V311 => {
+                v4::unsuback(pkid, out);
+                true
+            }
             Version::V5 => v5::unsuback(pkid, existed, self.client_max_packet, out),
         }
     }
@@ -568,9 +584,10 @@ mod tests {
         assert_eq!(reason.as_deref(), Some("short"), "kept where it fits");
 
         // A SUBACK has no part to leave out: one too large is not sent.
-        codec.suback(1, &[Ok(Qos::AtLeastOnce); 30], &mut out);
+        assert!(!codec.suback(1, &[Ok(Qos::AtLeastOnce); 30], &mut out));
+        assert!(!codec.unsuback(1, &[true; 30], &mut out));
         assert!(out.is_empty());
-        codec.suback(1, &[Ok(Qos::AtLeastOnce); 3], &mut out);
+        assert!(codec.suback(1, &[Ok(Qos::AtLeastOnce); 3], &mut out));
         assert!(matches!(read(&mut out), client::Packet::SubAck(_)));
     }
 }

@@ -340,7 +340,7 @@ pub(super) fn suback(
     results: &[Result<Qos, SubscribeRefusal>],
     client_max: Option<u32>,
     out: &mut BytesMut,
-) {
+) -> bool {
     let codes = results
         .iter()
         .map(|result| match result {
@@ -362,10 +362,16 @@ pub(super) fn suback(
         }),
         client_max,
         out,
-    );
+    )
+    .is_some()
 }
 
-pub(super) fn unsuback(pkid: u16, existed: &[bool], client_max: Option<u32>, out: &mut BytesMut) {
+pub(super) fn unsuback(
+    pkid: u16,
+    existed: &[bool],
+    client_max: Option<u32>,
+    out: &mut BytesMut,
+) -> bool {
     let reasons = existed
         .iter()
         .map(|&existed| match existed {
@@ -381,7 +387,8 @@ pub(super) fn unsuback(pkid: u16, existed: &[bool], client_max: Option<u32>, out
         }),
         client_max,
         out,
-    );
+    )
+    .is_some()
 }
 
 pub(super) fn pingresp(client_max: Option<u32>, out: &mut BytesMut) {
