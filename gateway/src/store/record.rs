@@ -119,12 +119,21 @@ pub struct LogEntry {
 impl LogEntry {
     /// The message, parsed: for readers that look inside it.
     pub fn message(&self) -> Result<InboxMessage, StoreError> {
-        serde_json::from_slice(&self.payload).map_err(|_| damaged(&self.to, self.seq))
+        serde_json::from_slice(&self.payload).map_err(|_| self.unparsable())
+    }
+
+    /// Why an entry does not parse; named by its place alone, as an entry does not know its log
+    /// (a message to `to` is in its sender's log too).
+    fn unparsable(&self) -> StoreError {
+        StoreError::Unreadable(format!(
+            "log entry {} does not parse as a message",
+            self.seq
+        ))
     }
 
     /// The message as JSON to embed in a larger document (a sync page, an API answer).
     pub fn json(&self) -> Result<&RawValue, StoreError> {
-        serde_json::from_slice(&self.payload).map_err(|_| damaged(&self.to, self.seq))
+        serde_json::from_slice(&self.payload).map_err(|_| self.unparsable())
     }
 }
 
@@ -346,5 +355,11 @@ mod tests {
         };
         let entry = open(keys, "bob", 1, 0, &record).unwrap().unwrap();
         assert_eq!(entry.message().unwrap().body, json!(1));
+        let garbled = LogEntry {
+            payload: Bytes::from_static(b"{\"seq\":1,"),
+            ..entry
+        };
+        assert!(matches!(garbled.message(), Err(StoreError::Unreadable(_))));
+        assert!(garbled.json().is_err());
     }
 }
