@@ -162,15 +162,16 @@ mod tests {
     }
 
     const K1: &str = "k1:000102030405060708090a0b0c0d0e0f";
+    const K2: &str = "k2:f0f1f2f3f4f5f6f7f8f9fafbfcfdfeff";
 
     impl DataKey {
+        /// The plaintext alone, as the tests open it.
         fn open(&self, sealed: &[u8], aad: &[u8]) -> Result<Vec<u8>, CipherError> {
             let mut plaintext = Vec::new();
             self.open_into(sealed, aad, &mut plaintext)?;
             Ok(plaintext)
         }
     }
-    const K2: &str = "k2:f0f1f2f3f4f5f6f7f8f9fafbfcfdfeff";
 
     #[test]
     fn a_wrapped_key_opens_what_it_sealed_and_nothing_of_another_key() {

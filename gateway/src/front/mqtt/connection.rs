@@ -600,9 +600,9 @@ impl Connection {
         })
     }
 
-    /// Counts an answer that was not `sent` (larger than the client takes, MQTT 5): the client
-    /// waits for it in vain, which the operator should learn of.
-    fn answer_sent(&self, packet: &str, sent: bool) {
+    /// Counts and logs an answer that was not `sent` (larger than the client takes, MQTT 5):
+    /// the client waits for it in vain, which the operator should learn of.
+    fn report_unsent(&self, packet: &str, sent: bool) {
         if !sent {
             let front = self.client.front();
             front.metrics.answers_too_large_for_client.inc();
@@ -800,13 +800,13 @@ impl Connection {
                     false => &mut self.wbuf,
                 };
                 let sent = self.codec.suback(pkid, &results, out);
-                self.answer_sent("SUBACK", sent);
+                self.report_unsent("SUBACK", sent);
                 self.session_changed = true;
             }
             Inbound::Unsubscribe { pkid, filters } => {
                 let existed: Vec<bool> = filters.iter().map(|f| self.unsubscribe(f)).collect();
                 let sent = self.codec.unsuback(pkid, &existed, &mut self.wbuf);
-                self.answer_sent("UNSUBACK", sent);
+                self.report_unsent("UNSUBACK", sent);
                 self.session_changed = true;
             }
             Inbound::PingReq => self.codec.pingresp(&mut self.wbuf),
