@@ -404,7 +404,15 @@ impl Connection {
             self.codec.disconnect(code, text, &mut self.wbuf);
         }
         if !self.interrupted {
-            self.say_goodbye(notice.is_some()).await;
+            let linger = match (notice.is_some(), reason == DisconnectReason::Shutdown) {
+                (true, _) => Some(VIOLATION_LINGER),
+                // Half the grace at most: the stores close in what is left of it.
+                (false, true) => {
+                    Some(VIOLATION_LINGER.min(self.client.front().limits.shutdown_grace / 2))
+                }
+                (false, false) => None,
+            };
+            self.say_goodbye(linger).await;
         }
         // What is still in the outbox stays there: a parked session queues it (entries of the
         // user's log are the cursor's to bring back).
@@ -441,17 +449,20 @@ impl Connection {
     }
 
     /// Writes what is still due and closes the socket, each within [`CLOSING_WRITE`]. A client
-    /// in breach (`lingers`) is told why and may still be sending: its socket is drained first.
-    async fn say_goodbye(&mut self, lingers: bool) {
+    /// told why it must go (in breach, or the server is shutting down) may still be sending: its
+    /// socket is drained for up to `linger` first. Closing it with unread data would reset the
+    /// connection, and the reset throws away what the client has not read yet: the DISCONNECT
+    /// that says why, and the last answers.
+    async fn say_goodbye(&mut self, linger: Option<Duration>) {
         if !self.wbuf.is_empty() {
             let write = self.stream.write_all(&self.wbuf);
             if !matches!(tokio::time::timeout(CLOSING_WRITE, write).await, Ok(Ok(()))) {
                 return;
             }
         }
-        match lingers {
-            true => self.stream.close_gracefully(VIOLATION_LINGER).await,
-            false => {
+        match linger {
+            Some(linger) => self.stream.close_gracefully(linger).await,
+            None => {
                 let _ = tokio::time::timeout(CLOSING_WRITE, self.stream.shutdown()).await;
             }
         }
