@@ -33,6 +33,7 @@ mod target;
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
+use gateway::infra::allocator;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -95,7 +96,13 @@ impl Command {
     }
 }
 
+/// The gateway's allocator, tuned as the gateway tunes it: `store` runs the gateway's message
+/// store in this process, and must measure it as the gateway runs it.
+#[global_allocator]
+static ALLOCATOR: allocator::MiMalloc = allocator::MiMalloc;
+
 fn main() -> ExitCode {
+    allocator::tune();
     let cli = Cli::parse();
     let outcome = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
