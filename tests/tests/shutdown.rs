@@ -208,17 +208,20 @@ async fn a_client_still_sending_at_shutdown_reads_why_instead_of_a_reset() {
 
     let stopping = tokio::spawn(gw.terminate());
     // Ten PINGREQs a millisecond, reading only what is already there between them.
-    let pings: Vec<u8> = [0xC0, 0x00].repeat(10);
+    let mut pings = BytesMut::new();
+    for _ in 0..10 {
+        (v5p::Packet::PingReq(v5p::PingReq))
+            .write(&mut pings, None)
+            .unwrap();
+    }
     let reason = tokio::time::timeout(PATIENCE, async {
         loop {
             socket.write_all(&pings).await.expect(
                 "a write before the DISCONNECT is read goes through: the socket is not reset",
             );
-            loop {
-                match v5p::Packet::read(&mut incoming, None) {
-                    Ok(v5p::Packet::Disconnect(d)) => return d.reason_code,
-                    Ok(_) => continue,
-                    Err(_) => break,
+            while let Some(packet) = whole_packet(&mut incoming) {
+                if let v5p::Packet::Disconnect(d) = packet {
+                    return d.reason_code;
                 }
             }
             match socket.try_read_buf(&mut incoming) {
@@ -238,11 +241,20 @@ async fn a_client_still_sending_at_shutdown_reads_why_instead_of_a_reset() {
     assert!(stopped.status.success(), "{:?}", stopped.status);
 }
 
+/// The next packet in `incoming`, once it is there whole; a malformed one fails the test.
+fn whole_packet(incoming: &mut BytesMut) -> Option<v5p::Packet> {
+    match v5p::Packet::read(incoming, None) {
+        Ok(packet) => Some(packet),
+        Err(rumqttc::v5::mqttbytes::Error::InsufficientBytes(_)) => None,
+        Err(e) => panic!("a malformed packet from the gateway: {e}"),
+    }
+}
+
 /// Reads the next whole packet from `socket`, buffering in `incoming`.
 async fn next_packet(socket: &mut TcpStream, incoming: &mut BytesMut) -> v5p::Packet {
     tokio::time::timeout(PATIENCE, async {
         loop {
-            if let Ok(packet) = v5p::Packet::read(incoming, None) {
+            if let Some(packet) = whole_packet(incoming) {
                 return packet;
             }
             let read = socket.read_buf(incoming).await.expect("reading");
