@@ -579,8 +579,9 @@ async fn a_dead_nodes_devices_go_offline(redis: impl SharedRedis) {
         ]})
     );
 
-    drop(a.stop().await); // SIGKILL: node A says nothing
-                          // The phone's online event, relayed from node A, may still arrive after the subscribe.
+    // SIGKILL: node A says nothing. The phone's online event, relayed from node A, may still
+    // arrive after the subscribe.
+    drop(a.stop().await);
     let offline = loop {
         let event = watch_on_b.mqtt.message_on("u/dora/presence").await;
         if event["type"] != "online" {
