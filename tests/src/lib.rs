@@ -10,6 +10,7 @@ pub mod dropping_proxy;
 pub mod gateway;
 pub mod json_ws;
 pub mod mqtt;
+pub mod raw_v5;
 pub mod redis_cluster;
 pub mod redis_server;
 pub mod shared_redis;

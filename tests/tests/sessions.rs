@@ -3,6 +3,7 @@
 
 use e2e::json_ws::JsonClient;
 use e2e::mqtt::{Via, V4, V5};
+use e2e::raw_v5::RawV5;
 use e2e::{Options, TestGateway, PATIENCE};
 use protocol::envelope::Platform;
 use rumqttc::mqttbytes::v4::{Connect, LastWill, Login, Packet};
@@ -299,6 +300,27 @@ async fn the_backend_can_kick_a_device() {
     assert_eq!(
         (status, body["error"]["code"].as_str()),
         (404, Some("not_found"))
+    );
+}
+
+/// A kicked MQTT 5 client that is still sending reads the DISCONNECT that says why (0x98),
+/// not a reset: the gateway drains its socket for a while after the goodbye, as it does for a
+/// client in breach and at shutdown.
+#[tokio::test]
+async fn a_kicked_client_still_sending_reads_why_instead_of_a_reset() {
+    let gw = TestGateway::start().await;
+    let mut phone = RawV5::login(&gw, "alice", "phone", Platform::Android).await;
+    let (status, _) = gw
+        .api(
+            reqwest::Method::DELETE,
+            "/v1/users/alice/devices/phone",
+            None,
+        )
+        .await;
+    assert_eq!(status, 204);
+    assert_eq!(
+        phone.disconnect_reason_while_sending().await,
+        DisconnectReasonCode::AdministrativeAction
     );
 }
 

@@ -3,11 +3,11 @@
 //! it stored, and exits 0 within `limits.shutdown_grace`; after a restart on the same data dir
 //! every message it acknowledged is in the log, once.
 
-use bytes::BytesMut;
 use e2e::device::{messages_of, Device};
 use e2e::json_ws::JsonClient;
 use e2e::mqtt::{Incoming, Via, V5};
-use e2e::{Options, TestGateway, PATIENCE};
+use e2e::raw_v5::RawV5;
+use e2e::{Options, TestGateway};
 use protocol::envelope::Platform;
 use rumqttc::v5::mqttbytes::v5 as v5p;
 use rumqttc::v5::mqttbytes::QoS;
@@ -16,8 +16,6 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 
 const GRACE: Duration = Duration::from_secs(5);
 
@@ -185,82 +183,11 @@ async fn sigterm_mid_stream_exits_0_within_the_grace_with_everything_acknowledge
 #[tokio::test]
 async fn a_client_still_sending_at_shutdown_reads_why_instead_of_a_reset() {
     let gw = TestGateway::start_with(Options::default().with("LIMITS__SHUTDOWN_GRACE", "5s")).await;
-    let token = gw.token("sam", "phone", Platform::Android);
-    let mut socket = TcpStream::connect(gw.mqtt).await.unwrap();
-    let mut out = BytesMut::new();
-    let connect = v5p::Connect {
-        keep_alive: 60,
-        client_id: "sam-phone".into(),
-        clean_start: true,
-        properties: None,
-    };
-    let login = v5p::Login::new("device", token);
-    v5p::Packet::Connect(connect, None, Some(login))
-        .write(&mut out, None)
-        .unwrap();
-    socket.write_all(&out).await.unwrap();
-    let mut incoming = BytesMut::new();
-    let connack = next_packet(&mut socket, &mut incoming).await;
-    assert!(
-        matches!(&connack, v5p::Packet::ConnAck(ack) if ack.code == v5p::ConnectReturnCode::Success),
-        "{connack:?}"
-    );
-
+    let mut client = RawV5::login(&gw, "sam", "phone", Platform::Android).await;
     let stopping = tokio::spawn(gw.terminate());
-    // Ten PINGREQs a millisecond, reading only what is already there between them.
-    let mut pings = BytesMut::new();
-    for _ in 0..10 {
-        (v5p::Packet::PingReq(v5p::PingReq))
-            .write(&mut pings, None)
-            .unwrap();
-    }
-    let reason = tokio::time::timeout(PATIENCE, async {
-        loop {
-            socket.write_all(&pings).await.expect(
-                "a write before the DISCONNECT is read goes through: the socket is not reset",
-            );
-            while let Some(packet) = whole_packet(&mut incoming) {
-                if let v5p::Packet::Disconnect(d) = packet {
-                    return d.reason_code;
-                }
-            }
-            match socket.try_read_buf(&mut incoming) {
-                Ok(0) => panic!("the socket closed before the DISCONNECT was read"),
-                Ok(_) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-                Err(e) => panic!("reading: {e}"),
-            }
-            tokio::time::sleep(Duration::from_millis(1)).await;
-        }
-    })
-    .await
-    .expect("the DISCONNECT comes");
+    let reason = client.disconnect_reason_while_sending().await;
     assert_eq!(reason, v5p::DisconnectReasonCode::ServerShuttingDown);
-    drop(socket);
+    drop(client);
     let stopped = stopping.await.unwrap();
     assert!(stopped.status.success(), "{:?}", stopped.status);
-}
-
-/// The next packet in `incoming`, once it is there whole; a malformed one fails the test.
-fn whole_packet(incoming: &mut BytesMut) -> Option<v5p::Packet> {
-    match v5p::Packet::read(incoming, None) {
-        Ok(packet) => Some(packet),
-        Err(rumqttc::v5::mqttbytes::Error::InsufficientBytes(_)) => None,
-        Err(e) => panic!("a malformed packet from the gateway: {e}"),
-    }
-}
-
-/// Reads the next whole packet from `socket`, buffering in `incoming`.
-async fn next_packet(socket: &mut TcpStream, incoming: &mut BytesMut) -> v5p::Packet {
-    tokio::time::timeout(PATIENCE, async {
-        loop {
-            if let Some(packet) = whole_packet(incoming) {
-                return packet;
-            }
-            let read = socket.read_buf(incoming).await.expect("reading");
-            assert!(read > 0, "the socket closed");
-        }
-    })
-    .await
-    .expect("a packet comes")
 }

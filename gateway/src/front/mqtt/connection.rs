@@ -36,8 +36,8 @@ use tokio::time::{sleep_until, Instant};
 /// Write buffer size above which the connection flushes before taking more to send.
 const WRITE_BATCH: usize = 64 * 1024;
 
-/// How long a client told why it is disconnected may go on sending before its socket closes.
-const VIOLATION_LINGER: Duration = Duration::from_secs(2);
+/// How long a client told why it must go may go on sending before its socket closes.
+const GOODBYE_LINGER: Duration = Duration::from_secs(2);
 
 /// How long a leaving connection waits for its work in progress: publishes being stored, and
 /// learning where its session began to follow the log.
@@ -404,14 +404,7 @@ impl Connection {
             self.codec.disconnect(code, text, &mut self.wbuf);
         }
         if !self.interrupted {
-            let linger = match (notice.is_some(), reason == DisconnectReason::Shutdown) {
-                (true, _) => Some(VIOLATION_LINGER),
-                // Half the grace at most: the stores close in what is left of it.
-                (false, true) => {
-                    Some(VIOLATION_LINGER.min(self.client.front().limits.shutdown_grace / 2))
-                }
-                (false, false) => None,
-            };
+            let linger = self.linger(notice.is_some(), reason);
             self.say_goodbye(linger).await;
         }
         // What is still in the outbox stays there: a parked session queues it (entries of the
@@ -448,9 +441,28 @@ impl Connection {
         self.codec.disconnect(code, &reason.message, &mut self.wbuf);
     }
 
+    /// How long to drain the socket after the goodbye of a connection that ends for `reason`
+    /// (`notice`: the client was in breach), when the client may still be sending: it was told
+    /// why it must go, and the gateway, not the client, ended it. Not after a takeover or the
+    /// account's deletion: the new connection's CONNACK and the deletion wait for this
+    /// connection to end. At shutdown half the grace at most: the stores close in the rest.
+    fn linger(&self, notice: bool, reason: DisconnectReason) -> Option<Duration> {
+        match reason {
+            _ if notice => Some(GOODBYE_LINGER),
+            DisconnectReason::Shutdown => {
+                Some(GOODBYE_LINGER.min(self.client.front().limits.shutdown_grace / 2))
+            }
+            DisconnectReason::Kicked
+            | DisconnectReason::SlowConsumer
+            | DisconnectReason::ApprovalDenied
+            | DisconnectReason::ApprovalTimeout => Some(GOODBYE_LINGER),
+            _ => None,
+        }
+    }
+
     /// Writes what is still due and closes the socket, each within [`CLOSING_WRITE`]. A client
-    /// told why it must go (in breach, or the server is shutting down) may still be sending: its
-    /// socket is drained for up to `linger` first. Closing it with unread data would reset the
+    /// told why it must go may still be sending: its socket is drained for up to `linger`
+    /// first (see [`Connection::linger`]). Closing it with unread data would reset the
     /// connection, and the reset throws away what the client has not read yet: the DISCONNECT
     /// that says why, and the last answers.
     async fn say_goodbye(&mut self, linger: Option<Duration>) {
