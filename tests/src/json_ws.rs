@@ -148,6 +148,31 @@ impl JsonClient {
         }
     }
 
+    /// Goes on sending, ten WebSocket pings a millisecond, reading only what is already there
+    /// between them, until the server's close frame is read; returns it. Every send must go
+    /// through until then: a failed one means the server reset the connection, and a client
+    /// library, which stops at its first failed write, would never have read why it was closed.
+    pub async fn closed_while_sending(&mut self) -> Closed {
+        tokio::time::timeout(PATIENCE, async {
+            loop {
+                for _ in 0..10 {
+                    self.ws.send(Message::Ping(Default::default())).await.expect(
+                        "a send before the close frame is read goes through: the socket is not reset",
+                    );
+                }
+                while let Some(next) = futures_util::FutureExt::now_or_never(self.next_frame()) {
+                    match next {
+                        Ok(frame) => self.held.push(frame),
+                        Err(closed) => return closed,
+                    }
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+            }
+        })
+        .await
+        .expect("the server closes the socket")
+    }
+
     pub async fn send_binary_of(&mut self, len: usize) {
         let _ = self.ws.send(Message::Binary(vec![b'x'; len].into())).await;
     }

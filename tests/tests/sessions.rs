@@ -324,6 +324,20 @@ async fn a_kicked_client_still_sending_reads_why_instead_of_a_reset() {
     );
 }
 
+/// A kicked web client that is still sending reads the close frame that says why (4001), not a
+/// reset: the gateway reads on until the client's own close, as WebSocket's closing handshake
+/// asks, for a while.
+#[tokio::test]
+async fn a_kicked_web_client_still_sending_reads_why_instead_of_a_reset() {
+    let gw = TestGateway::start().await;
+    let mut web = JsonClient::authenticated(&gw, &gw.token("alice", "web", Platform::Web)).await;
+    let (status, _) = gw
+        .api(reqwest::Method::DELETE, "/v1/users/alice/devices/web", None)
+        .await;
+    assert_eq!(status, 204);
+    assert_eq!(web.closed_while_sending().await.code, Some(4001));
+}
+
 /// Before the store kept known devices, a node kept them in `known_devices.tsv` in its data
 /// dir: the first start after the upgrade moves them into the store.
 #[tokio::test]

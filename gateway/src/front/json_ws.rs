@@ -10,6 +10,7 @@ use super::log_follower::{self, LogFollower, Readout, Start};
 use super::Front;
 use crate::auth::identity::Identity;
 use crate::auth::Refusal;
+use crate::front::goodbye;
 use crate::front::write_deadline::{watched, Watched, CLOSING_WRITE};
 use crate::infra::latency_budget::Stage;
 use crate::live::hub::SubscriptionOptions;
@@ -342,7 +343,12 @@ impl Bridge {
             Stop::Ended(reason) => reason,
             Stop::Closed(reason) => {
                 let closing = self.closing(&reason, &mut outbox);
-                let _ = tokio::time::timeout(CLOSING_WRITE, closing).await;
+                if tokio::time::timeout(CLOSING_WRITE, closing).await.is_ok() {
+                    let grace = self.client.front().limits.shutdown_grace;
+                    if let Some(linger) = goodbye::linger(reason.kind, grace) {
+                        self.await_client_close(linger).await;
+                    }
+                }
                 reason.kind
             }
         };
@@ -371,6 +377,19 @@ impl Bridge {
             _ => close_code::POLICY,
         };
         close(&mut self.socket, code, &reason.message).await;
+    }
+
+    /// After our close frame, reads and drops what the client still sends until its own close
+    /// frame (WebSocket's closing handshake), for at most `linger` (see [`goodbye`]).
+    async fn await_client_close(&mut self, linger: std::time::Duration) {
+        let _ = tokio::time::timeout(linger, async {
+            while let Some(Ok(message)) = self.socket.recv().await {
+                if matches!(message, Message::Close(_)) {
+                    break;
+                }
+            }
+        })
+        .await;
     }
 
     /// Sends one message within the write timeout, watching the link's close meanwhile. A send

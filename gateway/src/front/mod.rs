@@ -7,6 +7,7 @@
 pub mod accept;
 pub mod client;
 pub mod dev_cert;
+pub mod goodbye;
 pub mod http;
 mod in_order;
 pub mod json_ws;

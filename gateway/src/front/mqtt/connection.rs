@@ -12,6 +12,7 @@ use super::inbound::{self, Admission, InboundState, Violation};
 use super::outbound::{Outbound, Written};
 use crate::auth::identity::Identity;
 use crate::front::client::{Client, Handled, Publication, RetainHandling, SubscribeRequest};
+use crate::front::goodbye;
 use crate::front::log_follower::{self, LogFollower, Readout, Start};
 use crate::front::refusal::Refusal;
 use crate::front::stream::{MqttStream, READ_CHUNK};
@@ -35,9 +36,6 @@ use tokio::time::{sleep_until, Instant};
 
 /// Write buffer size above which the connection flushes before taking more to send.
 const WRITE_BATCH: usize = 64 * 1024;
-
-/// How long a client told why it must go may go on sending before its socket closes.
-const GOODBYE_LINGER: Duration = Duration::from_secs(2);
 
 /// How long a leaving connection waits for its work in progress: publishes being stored, and
 /// learning where its session began to follow the log.
@@ -441,28 +439,18 @@ impl Connection {
         self.codec.disconnect(code, &reason.message, &mut self.wbuf);
     }
 
-    /// How long to drain the socket after the goodbye of a connection that ends for `reason`
-    /// (`notice`: the client was in breach), when the client may still be sending: it was told
-    /// why it must go, and the gateway, not the client, ended it. Not after a takeover or the
-    /// account's deletion: the new connection's CONNACK and the deletion wait for this
-    /// connection to end. At shutdown half the grace at most: the stores close in the rest.
+    /// How long to drain the socket after the goodbye (see [`goodbye`]); `notice`: the client
+    /// was in breach, and was told so.
     fn linger(&self, notice: bool, reason: DisconnectReason) -> Option<Duration> {
-        match reason {
-            _ if notice => Some(GOODBYE_LINGER),
-            DisconnectReason::Shutdown => {
-                Some(GOODBYE_LINGER.min(self.client.front().limits.shutdown_grace / 2))
-            }
-            DisconnectReason::Kicked
-            | DisconnectReason::SlowConsumer
-            | DisconnectReason::ApprovalDenied
-            | DisconnectReason::ApprovalTimeout => Some(GOODBYE_LINGER),
-            _ => None,
+        match notice {
+            true => Some(goodbye::LINGER),
+            false => goodbye::linger(reason, self.client.front().limits.shutdown_grace),
         }
     }
 
     /// Writes what is still due and closes the socket, each within [`CLOSING_WRITE`]. A client
     /// told why it must go may still be sending: its socket is drained for up to `linger`
-    /// first (see [`Connection::linger`]). Closing it with unread data would reset the
+    /// first (see [`goodbye`]). Closing it with unread data would reset the
     /// connection, and the reset throws away what the client has not read yet: the DISCONNECT
     /// that says why, and the last answers.
     async fn say_goodbye(&mut self, linger: Option<Duration>) {
