@@ -442,9 +442,10 @@ impl Connection {
     /// How long to drain the socket after the goodbye (see [`goodbye`]); `notice`: the client
     /// was in breach, and was told so.
     fn linger(&self, notice: bool, reason: DisconnectReason) -> Option<Duration> {
-        match notice {
-            true => Some(goodbye::LINGER),
-            false => goodbye::linger(reason, self.client.front().limits.shutdown_grace),
+        if notice {
+            Some(goodbye::LINGER)
+        } else {
+            goodbye::linger(reason, self.client.front().limits.shutdown_grace)
         }
     }
 
