@@ -14,7 +14,7 @@ fn main() {
         .unwrap_or(20_000);
     let ring =
         KeyRing::new(&["k1:000102030405060708090a0b0c0d0e0f".to_string()]).expect("a valid key");
-    for size in [100, 400, 4_000] {
+    for size in [100, 200, 400, 4_000] {
         let plaintext = vec![0x5a; size];
         let mut runs: Vec<f64> = (0..9)
             .map(|_| {

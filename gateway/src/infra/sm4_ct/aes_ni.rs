@@ -128,112 +128,181 @@ impl AesNi {
         round_keys: &[u32; 32],
         blocks: &mut [[u8; 16]],
     ) {
-        assert_eq!(blocks.len(), 4 * G);
-        let mut groups: [[[u8; 16]; 4]; G] =
-            std::array::from_fn(|g| std::array::from_fn(|i| blocks[4 * g + i]));
-        // SAFETY: `self` exists only when the CPU has the features `encrypt` enables.
-        unsafe { encrypt(round_keys, &mut groups) };
-        for (i, block) in blocks.iter_mut().enumerate() {
-            *block = groups[i / 4][i % 4];
+        #[target_feature(enable = "aes,ssse3")]
+        fn encrypt<const G: usize>(round_keys: &[u32; 32], blocks: &mut [[u8; 16]]) {
+            // SAFETY: this function runs only where the features `__m128i`'s operations need are.
+            unsafe { encrypt_registers::<__m128i, G>(round_keys, blocks) }
         }
+        // SAFETY: `self` exists only when the CPU has the features `encrypt` enables.
+        unsafe { encrypt::<G>(round_keys, blocks) };
     }
 }
 
-#[target_feature(enable = "aes,ssse3")]
-fn bytes(b: [u8; 16]) -> __m128i {
-    let b = b.map(|b| b as i8);
-    _mm_setr_epi8(
-        b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7], b[8], b[9], b[10], b[11], b[12], b[13],
-        b[14], b[15],
-    )
+/// A register of 32-bit lanes, word j of a block in each, and what SM4's round does to it:
+/// 128 bits with AES-NI, 256 with VAES (whose instructions work on each 128-bit half alone).
+/// The functions are unsafe: they need the CPU features of their core, which the caller has
+/// made sure of, and they are inlined into a function compiled with those features.
+pub(super) trait Register: Copy {
+    /// Blocks per register.
+    const BLOCKS: usize;
+    /// The 16 bytes in every 128-bit half.
+    unsafe fn repeat(bytes: [u8; 16]) -> Self;
+    unsafe fn splat(word: u32) -> Self;
+    /// Lane i from `words[i]`.
+    unsafe fn load(words: &[i32]) -> Self;
+    unsafe fn store(self, words: &mut [i32]);
+    unsafe fn xor(self, other: Self) -> Self;
+    unsafe fn and(self, other: Self) -> Self;
+    /// Each 16-bit lane shifted right by 4: the high nibbles, once masked.
+    unsafe fn high_nibbles(self) -> Self;
+    /// Bytes of `self` picked by `indices` (within each 128-bit half).
+    unsafe fn shuffle(self, indices: Self) -> Self;
+    /// AES's last round with a zero round key: ShiftRows after the S-box.
+    unsafe fn aes_last_round(self) -> Self;
+    /// Each 32-bit lane rotated left by 2.
+    unsafe fn rotate_left_2(self) -> Self;
 }
 
-struct Constants {
-    low_nibbles: __m128i,
-    before: [__m128i; 2],
-    after: [__m128i; 2],
-    unshift_rows: __m128i,
-    rotate: [__m128i; 3],
+impl Register for __m128i {
+    const BLOCKS: usize = 4;
+
+    #[inline]
+    #[target_feature(enable = "aes,ssse3")]
+    unsafe fn repeat(bytes: [u8; 16]) -> Self {
+        _mm_loadu_si128(bytes.as_ptr().cast())
+    }
+
+    #[inline]
+    #[target_feature(enable = "aes,ssse3")]
+    unsafe fn splat(word: u32) -> Self {
+        _mm_set1_epi32(word as i32)
+    }
+
+    #[inline]
+    #[target_feature(enable = "aes,ssse3")]
+    unsafe fn load(words: &[i32]) -> Self {
+        _mm_setr_epi32(words[0], words[1], words[2], words[3])
+    }
+
+    #[inline]
+    #[target_feature(enable = "aes,ssse3")]
+    unsafe fn store(self, words: &mut [i32]) {
+        _mm_storeu_si128(words[..4].as_mut_ptr().cast(), self)
+    }
+
+    #[inline]
+    #[target_feature(enable = "aes,ssse3")]
+    unsafe fn xor(self, other: Self) -> Self {
+        _mm_xor_si128(self, other)
+    }
+
+    #[inline]
+    #[target_feature(enable = "aes,ssse3")]
+    unsafe fn and(self, other: Self) -> Self {
+        _mm_and_si128(self, other)
+    }
+
+    #[inline]
+    #[target_feature(enable = "aes,ssse3")]
+    unsafe fn high_nibbles(self) -> Self {
+        _mm_srli_epi16::<4>(self)
+    }
+
+    #[inline]
+    #[target_feature(enable = "aes,ssse3")]
+    unsafe fn shuffle(self, indices: Self) -> Self {
+        _mm_shuffle_epi8(self, indices)
+    }
+
+    #[inline]
+    #[target_feature(enable = "aes,ssse3")]
+    unsafe fn aes_last_round(self) -> Self {
+        _mm_aesenclast_si128(self, _mm_setzero_si128())
+    }
+
+    #[inline]
+    #[target_feature(enable = "aes,ssse3")]
+    unsafe fn rotate_left_2(self) -> Self {
+        _mm_or_si128(_mm_slli_epi32::<2>(self), _mm_srli_epi32::<30>(self))
+    }
 }
 
-#[target_feature(enable = "aes,ssse3")]
-fn affine(x: __m128i, tables: &[__m128i; 2], low_nibbles: __m128i) -> __m128i {
-    let low = _mm_and_si128(x, low_nibbles);
-    let high = _mm_and_si128(_mm_srli_epi16::<4>(x), low_nibbles);
-    _mm_xor_si128(
-        _mm_shuffle_epi8(tables[0], low),
-        _mm_shuffle_epi8(tables[1], high),
-    )
+struct Constants<R> {
+    low_nibbles: R,
+    before: [R; 2],
+    after: [R; 2],
+    unshift_rows: R,
+    rotate: [R; 3],
 }
 
-/// T = L∘τ on four words.
-#[target_feature(enable = "aes,ssse3")]
-fn round_function(c: &Constants, a: __m128i) -> __m128i {
-    let u = _mm_shuffle_epi8(affine(a, &c.before, c.low_nibbles), c.unshift_rows);
-    let s = affine(
-        _mm_aesenclast_si128(u, _mm_setzero_si128()),
-        &c.after,
-        c.low_nibbles,
-    );
+/// The affine map whose nibble tables are `tables`, on every byte.
+#[inline(always)]
+unsafe fn affine<R: Register>(x: R, tables: &[R; 2], low_nibbles: R) -> R {
+    let low = x.and(low_nibbles);
+    let high = x.high_nibbles().and(low_nibbles);
+    tables[0].shuffle(low).xor(tables[1].shuffle(high))
+}
+
+/// T = L∘τ on a register of words.
+#[inline(always)]
+unsafe fn round_function<R: Register>(c: &Constants<R>, a: R) -> R {
+    let u = affine(a, &c.before, c.low_nibbles).shuffle(c.unshift_rows);
+    let s = affine(u.aes_last_round(), &c.after, c.low_nibbles);
     // L(s) = s ⊕ s⋘24 ⊕ (s ⊕ s⋘8 ⊕ s⋘16)⋘2.
-    let r8 = _mm_shuffle_epi8(s, c.rotate[0]);
-    let r16 = _mm_shuffle_epi8(s, c.rotate[1]);
-    let r24 = _mm_shuffle_epi8(s, c.rotate[2]);
-    let t = _mm_xor_si128(_mm_xor_si128(s, r8), r16);
-    let t2 = _mm_or_si128(_mm_slli_epi32::<2>(t), _mm_srli_epi32::<30>(t));
-    _mm_xor_si128(_mm_xor_si128(s, r24), t2)
+    let r8 = s.shuffle(c.rotate[0]);
+    let r16 = s.shuffle(c.rotate[1]);
+    let r24 = s.shuffle(c.rotate[2]);
+    s.xor(r24).xor(s.xor(r8).xor(r16).rotate_left_2())
 }
 
-#[target_feature(enable = "aes,ssse3")]
-fn encrypt<const G: usize>(round_keys: &[u32; 32], groups: &mut [[[u8; 16]; 4]; G]) {
+/// Encrypts `G` registers' worth of blocks. Inlined into a function compiled with the
+/// features `R` needs (see [`Register`]).
+#[inline(always)]
+pub(super) unsafe fn encrypt_registers<R: Register, const G: usize>(
+    round_keys: &[u32; 32],
+    blocks: &mut [[u8; 16]],
+) {
+    assert_eq!(blocks.len(), R::BLOCKS * G);
+    // No closures here: they would not be compiled with the caller's CPU features, and the
+    // register operations in them would not be inlined.
     let c = Constants {
-        low_nibbles: _mm_set1_epi8(0x0f),
-        before: BEFORE.map(|t| bytes(t)),
-        after: AFTER.map(|t| bytes(t)),
-        unshift_rows: bytes(UNSHIFT_ROWS),
+        low_nibbles: R::repeat([0x0f; 16]),
+        before: [R::repeat(BEFORE[0]), R::repeat(BEFORE[1])],
+        after: [R::repeat(AFTER[0]), R::repeat(AFTER[1])],
+        unshift_rows: R::repeat(UNSHIFT_ROWS),
         rotate: [
-            bytes(rotate_bytes(1)),
-            bytes(rotate_bytes(2)),
-            bytes(rotate_bytes(3)),
+            R::repeat(rotate_bytes(1)),
+            R::repeat(rotate_bytes(2)),
+            R::repeat(rotate_bytes(3)),
         ],
     };
-    let word = |block: &[u8; 16], j: usize| {
-        i32::from_be_bytes(block[4 * j..4 * j + 4].try_into().unwrap())
-    };
-    let mut x: [[__m128i; 4]; G] = std::array::from_fn(|g| {
-        let b = &groups[g];
-        std::array::from_fn(|j| {
-            _mm_setr_epi32(
-                word(&b[0], j),
-                word(&b[1], j),
-                word(&b[2], j),
-                word(&b[3], j),
-            )
-        })
-    });
+    let mut words = [0i32; 8];
+    let mut x = [[R::splat(0); 4]; G];
+    for (registers, group) in x.iter_mut().zip(blocks.chunks_exact(R::BLOCKS)) {
+        for (j, register) in registers.iter_mut().enumerate() {
+            for (word, block) in words.iter_mut().zip(group) {
+                *word = i32::from_be_bytes(block[4 * j..4 * j + 4].try_into().unwrap());
+            }
+            *register = R::load(&words);
+        }
+    }
     for rk in round_keys.chunks_exact(4) {
         for (j, &rk) in rk.iter().enumerate() {
-            let key = _mm_set1_epi32(rk as i32);
+            let key = R::splat(rk);
             for x in x.iter_mut() {
-                let a = _mm_xor_si128(
-                    _mm_xor_si128(x[(j + 1) % 4], x[(j + 2) % 4]),
-                    _mm_xor_si128(x[(j + 3) % 4], key),
-                );
-                x[j] = _mm_xor_si128(x[j], round_function(&c, a));
+                let a = x[(j + 1) % 4]
+                    .xor(x[(j + 2) % 4])
+                    .xor(x[(j + 3) % 4].xor(key));
+                x[j] = x[j].xor(round_function(&c, a));
             }
         }
     }
-    for (x, blocks) in x.iter().zip(groups.iter_mut()) {
+    for (registers, group) in x.iter().zip(blocks.chunks_exact_mut(R::BLOCKS)) {
         // The ciphertext is the last four words in reverse order.
-        for (j, &words) in x.iter().rev().enumerate() {
-            let lanes = [
-                _mm_cvtsi128_si32(words),
-                _mm_cvtsi128_si32(_mm_srli_si128::<4>(words)),
-                _mm_cvtsi128_si32(_mm_srli_si128::<8>(words)),
-                _mm_cvtsi128_si32(_mm_srli_si128::<12>(words)),
-            ];
-            for (block, lane) in blocks.iter_mut().zip(lanes) {
-                block[4 * j..4 * j + 4].copy_from_slice(&lane.to_be_bytes());
+        for (j, register) in registers.iter().rev().enumerate() {
+            register.store(&mut words);
+            for (block, word) in group.iter_mut().zip(words) {
+                block[4 * j..4 * j + 4].copy_from_slice(&word.to_be_bytes());
             }
         }
     }
@@ -264,22 +333,21 @@ mod tests {
         };
         #[target_feature(enable = "aes,ssse3")]
         fn sbox16(input: [u8; 16]) -> [u8; 16] {
-            let c = [bytes(BEFORE[0]), bytes(BEFORE[1])];
-            let d = [bytes(AFTER[0]), bytes(AFTER[1])];
-            let mask = _mm_set1_epi8(0x0f);
-            let u = _mm_shuffle_epi8(affine(bytes(input), &c, mask), bytes(UNSHIFT_ROWS));
-            let s = affine(_mm_aesenclast_si128(u, _mm_setzero_si128()), &d, mask);
-            let mut out = [0u8; 16];
-            for (i, chunk) in out.chunks_exact_mut(4).enumerate() {
-                let lane = _mm_cvtsi128_si32(match i {
-                    0 => s,
-                    1 => _mm_srli_si128::<4>(s),
-                    2 => _mm_srli_si128::<8>(s),
-                    _ => _mm_srli_si128::<12>(s),
-                });
-                chunk.copy_from_slice(&lane.to_le_bytes());
+            // SAFETY: compiled with the features `__m128i`'s operations need.
+            unsafe {
+                let repeat = <__m128i as Register>::repeat;
+                let mask = repeat([0x0f; 16]);
+                let u = affine(repeat(input), &BEFORE.map(|t| repeat(t)), mask)
+                    .shuffle(repeat(UNSHIFT_ROWS));
+                let s = affine(u.aes_last_round(), &AFTER.map(|t| repeat(t)), mask);
+                let mut words = [0i32; 4];
+                s.store(&mut words);
+                let mut out = [0u8; 16];
+                for (chunk, word) in out.chunks_exact_mut(4).zip(words) {
+                    chunk.copy_from_slice(&word.to_le_bytes());
+                }
+                out
             }
-            out
         }
         for high in 0..16u8 {
             let input: [u8; 16] = std::array::from_fn(|i| high << 4 | i as u8);
