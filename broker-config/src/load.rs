@@ -305,9 +305,11 @@ impl Config {
             "are for a Redis Cluster: set store.redis_cluster = true",
         );
         check(
-            st.redis_wait_replicas == 0 || st.redis_wait_timeout.as_millis() >= 1,
+            (st.redis_wait_replicas == 0 && !st.redis_wait_aof)
+                || st.redis_wait_timeout.as_millis() >= 1,
             "store.redis_wait_timeout",
-            "must be at least 1ms when store.redis_wait_replicas is set (0 would wait forever)",
+            "must be at least 1ms when store.redis_wait_replicas or store.redis_wait_aof is set \
+             (0 would wait forever)",
         );
         check(
             st.data_key_cache >= 1,

@@ -415,8 +415,16 @@ pub struct Store {
     /// acknowledges once the primary executed it. With replicas, a failover to one of them
     /// loses nothing acknowledged.
     pub redis_wait_replicas: u32,
-    /// How long a batch waits for `redis_wait_replicas`; past it the batch is answered as
-    /// unavailable (it may be stored: a retry with an idempotency key stores it once).
+    /// Every batch of appends must be in the append-only file on disk (`WAITAOF`) before it
+    /// is acknowledged: on the primary, and on `redis_wait_replicas` replicas (on disk there
+    /// too, not only received). A power loss then loses nothing acknowledged without
+    /// `appendfsync always` on the servers, whose batches are fsynced once a second instead of
+    /// once per write. Needs Redis 7.2 or later (or Valkey) with `appendonly yes`: the gateway
+    /// checks at start and refuses to run otherwise.
+    pub redis_wait_aof: bool,
+    /// How long a batch waits for `redis_wait_replicas` and `redis_wait_aof`; past it the batch
+    /// is answered as unavailable (it may be stored: a retry with an idempotency key stores it
+    /// once).
     #[serde(with = "humantime_serde")]
     pub redis_wait_timeout: Duration,
     /// SM4-GCM keys for data at rest, as `"id:32 hex digits"`. The first one encrypts; all of
@@ -467,6 +475,7 @@ impl Default for Store {
             redis_seeds: Vec::new(),
             redis_queue_shards: 16,
             redis_wait_replicas: 0,
+            redis_wait_aof: false,
             redis_wait_timeout: Duration::from_secs(1),
             encryption_keys: Vec::new(),
             max_batch: 1024,

@@ -47,7 +47,7 @@ use crate::store::data_keys::DataKeys;
 use crate::store::embedded::EmbeddedStore;
 use crate::store::known_devices;
 use crate::store::redis::RedisStore;
-use crate::store::{CommitFeed, Replicas, Settings, SharedStore};
+use crate::store::{CommitFeed, Confirmation, Settings, SharedStore};
 use anyhow::{Context, Result};
 use broker_config::{Config, StoreBackend};
 use protocol::notification::Provider;
@@ -440,8 +440,9 @@ async fn open_store(
         max_queued_writes: config.store.max_queued_writes,
         commit_seconds: Some(metrics.commit_seconds.clone()),
         budget: metrics.budget.clone(),
-        replicas: Replicas {
-            count: config.store.redis_wait_replicas,
+        confirmation: Confirmation {
+            replicas: config.store.redis_wait_replicas,
+            on_disk: config.store.redis_wait_aof,
             timeout: config.store.redis_wait_timeout,
         },
     };

@@ -221,7 +221,7 @@ async fn open(
         memtable_size: broker_config::Store::default().memtable_size,
         commit_seconds: None,
         budget: Default::default(),
-        replicas: Default::default(),
+        confirmation: Default::default(),
         max_queued_writes: 65_536,
     };
     Ok(match cmd.backend {

@@ -19,7 +19,14 @@ pub struct RedisServer {
     port: u16,
     dir: tempfile::TempDir,
     child: Option<Child>,
-    /// More arguments for `redis-server` (TLS, ACL users), kept for a restart.
+    /// What runs and how, kept for a restart.
+    launch: Launch,
+}
+
+/// The server program and more arguments for it (TLS, ACL users, settings).
+#[derive(Clone)]
+struct Launch {
+    program: &'static str,
     extra: Vec<String>,
 }
 
@@ -61,23 +68,40 @@ impl RedisServer {
 
     /// As [`start`](Self::start), with more arguments for `redis-server`.
     pub fn start_with(extra: Vec<String>) -> Self {
-        let dir = tempfile::tempdir().expect("a temporary directory for redis-server");
+        Self::launched(Launch {
+            program: "redis-server",
+            extra,
+        })
+    }
+
+    /// As [`start_with`](Self::start_with), but Valkey (Debian's `valkey-server`, from
+    /// bookworm-backports: Redis 7.2's commands, `WAITAOF` among them, which Debian 12's Redis
+    /// 7.0 lacks).
+    pub fn start_valkey(extra: Vec<String>) -> Self {
+        Self::launched(Launch {
+            program: "valkey-server",
+            extra,
+        })
+    }
+
+    fn launched(launch: Launch) -> Self {
+        let dir = tempfile::tempdir().expect("a temporary directory for the server");
         let mut failures = Vec::new();
         for _ in 0..PORT_ATTEMPTS {
             let port = free_port();
-            match launch(port, dir.path(), &extra) {
+            match start_server(&launch, port, dir.path()) {
                 Ok(child) => {
                     return Self {
                         port,
                         dir,
                         child: Some(child),
-                        extra,
+                        launch,
                     }
                 }
                 Err(e) => failures.push(e),
             }
         }
-        panic!("redis-server did not start: {}", failures.join("; "));
+        panic!("{} did not start: {}", launch.program, failures.join("; "));
     }
 
     /// `redis://127.0.0.1:PORT/`
@@ -123,8 +147,8 @@ impl RedisServer {
     /// Starts the server again on the same port with the same directory, after [`stop`](Self::stop).
     pub fn start_again(&mut self) {
         self.stop();
-        let child = launch(self.port, self.dir.path(), &self.extra)
-            .unwrap_or_else(|e| panic!("redis-server did not start again: {e}"));
+        let child = start_server(&self.launch, self.port, self.dir.path())
+            .unwrap_or_else(|e| panic!("{} did not start again: {e}", self.launch.program));
         self.child = Some(child);
     }
 }
@@ -182,11 +206,11 @@ pub(crate) fn free_port() -> u16 {
         .port()
 }
 
-/// Starts `redis-server` on `port` and waits until it answers PING. On failure the server is
+/// Starts the server on `port` and waits until it answers PING. On failure the server is
 /// killed and the reason (with the end of its log) returned.
-fn launch(port: u16, dir: &Path, extra: &[String]) -> Result<Child, String> {
+fn start_server(launch: &Launch, port: u16, dir: &Path) -> Result<Child, String> {
     let log = dir.join(format!("redis-{port}.log"));
-    let mut child = Command::new("redis-server")
+    let mut child = Command::new(launch.program)
         .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
         // Durable as the gateway needs it: every write in the append-only file before the
         // answer, so a killed and restarted server has lost nothing acknowledged.
@@ -202,17 +226,17 @@ fn launch(port: u16, dir: &Path, extra: &[String]) -> Result<Child, String> {
         .arg(dir)
         .arg("--logfile")
         .arg(&log)
-        .args(extra)
+        .args(&launch.extra)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
         .unwrap_or_else(|e| match e.kind() {
             std::io::ErrorKind::NotFound => panic!(
-                "redis-server is not installed: run scripts/test, which installs it \
-                 (Debian package redis-server)"
+                "{0} is not installed: run scripts/test, which installs it (Debian package {0})",
+                launch.program
             ),
-            _ => panic!("cannot run redis-server: {e}"),
+            _ => panic!("cannot run {}: {e}", launch.program),
         });
     let log_tail = || {
         let text = std::fs::read_to_string(&log).unwrap_or_default();

@@ -557,6 +557,85 @@ async fn acknowledgements_wait_for_the_configured_replicas() {
     eventually("acknowledged again", || async { send(2).await.0 == 202 }).await;
 }
 
+/// With `store.redis_wait_aof`, a message is acknowledged only once it is in the append-only
+/// file on disk (`WAITAOF`), the primary's and the replica's: a replica that keeps nothing on
+/// disk does not count, though it has the message (a node that waits only for replicas to have
+/// it acknowledges meanwhile), until it turns its append-only file on.
+#[tokio::test]
+async fn acknowledgements_wait_for_the_replicas_disk() {
+    let primary = RedisServer::start_valkey(Vec::new());
+    let replica = RedisServer::start_valkey(["--appendonly", "no"].map(str::to_string).to_vec());
+    replica.command(&["REPLICAOF", "127.0.0.1", &primary.port().to_string()]);
+    let waiting_for = |on_disk: bool| {
+        Options::default()
+            .with("STORE__BACKEND", "redis")
+            .with("STORE__REDIS_URL", &primary.url())
+            .with("STORE__REDIS_WAIT_REPLICAS", "1")
+            .with("STORE__REDIS_WAIT_AOF", &on_disk.to_string())
+            .with("STORE__REDIS_WAIT_TIMEOUT", "300ms")
+    };
+    let on_disk = TestGateway::start_with(waiting_for(true)).await;
+    let received = TestGateway::start_beside(&on_disk, waiting_for(false))
+        .await
+        .unwrap();
+    async fn send(gw: &TestGateway, n: u32) -> (u16, serde_json::Value) {
+        let body = json!({"to": "vera", "body": {"n": n}});
+        gw.api(Method::POST, "/v1/messages", Some(body)).await
+    }
+    eventually("the replica has it", || async {
+        send(&received, 0).await.0 == 202
+    })
+    .await;
+    let (status, body) = send(&on_disk, 1).await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (503, Some("unavailable")),
+        "{body}"
+    );
+
+    replica.command(&["CONFIG", "SET", "appendonly", "yes"]);
+    eventually("on the replica's disk", || async {
+        send(&on_disk, 2).await.0 == 202
+    })
+    .await;
+}
+
+/// `store.redis_wait_aof` needs a server that can confirm writes on disk: against Debian 12's
+/// Redis 7.0 (no `WAITAOF`) and against Valkey without an append-only file, the gateway
+/// refuses to start, and says why.
+#[tokio::test]
+async fn waiting_for_the_disk_needs_a_server_that_can_confirm_it() {
+    let redis_7_0 = RedisServer::start();
+    let without_aof =
+        RedisServer::start_valkey(["--appendonly", "no"].map(str::to_string).to_vec());
+    for (server, answer) in [
+        (&redis_7_0, "unknown command 'WAITAOF'"),
+        (&without_aof, "appendonly is disabled"),
+    ] {
+        let data_dir = tempfile::tempdir().unwrap();
+        let mut gateway = tokio::process::Command::new(e2e::gateway::binary());
+        gateway
+            .arg("serve")
+            .arg("--data-dir")
+            .arg(data_dir.path())
+            .env("GATEWAY__STORE__BACKEND", "redis")
+            .env("GATEWAY__STORE__REDIS_URL", server.url())
+            .env("GATEWAY__STORE__REDIS_WAIT_AOF", "true")
+            .kill_on_drop(true);
+        for listener in ["MQTT", "MQTT_WS", "HTTP"] {
+            gateway.env(format!("GATEWAY__LISTENERS__{listener}"), "127.0.0.1:0");
+        }
+        let ran = tokio::time::timeout(PATIENCE, gateway.output())
+            .await
+            .expect("the gateway stops by itself")
+            .unwrap();
+        let why = String::from_utf8_lossy(&ran.stderr);
+        assert!(!ran.status.success(), "{why}");
+        assert!(why.contains("store.redis_wait_aof needs"), "{why}");
+        assert!(why.contains(answer), "{why}");
+    }
+}
+
 async fn a_dead_nodes_devices_go_offline(redis: impl SharedRedis) {
     let a = node(&redis, "node-a", None).await;
     let b = node(&redis, "node-b", Some(&a)).await;

@@ -45,7 +45,7 @@ async fn node(url: &str, keys: Arc<DataKeys>, clock: Arc<HybridClock>) -> RedisS
         memtable_size: 8 << 20,
         commit_seconds: None,
         budget: Default::default(),
-        replicas: Default::default(),
+        confirmation: Default::default(),
         max_queued_writes: 65_536,
     };
     RedisStore::open(
@@ -157,7 +157,7 @@ async fn opening_fails_when_redis_is_unreachable() {
         memtable_size: 8 << 20,
         commit_seconds: None,
         budget: Default::default(),
-        replicas: Default::default(),
+        confirmation: Default::default(),
         max_queued_writes: 65_536,
     };
     let opened = RedisStore::open(

@@ -54,7 +54,7 @@ async fn footprint(data_dir: &Path, user: &str) -> Vec<String> {
             memtable_size: 8 << 20,
             commit_seconds: None,
             budget: Default::default(),
-            replicas: Default::default(),
+            confirmation: Default::default(),
             max_queued_writes: 65_536,
         },
     )

@@ -201,7 +201,7 @@ fn settings(retention_count: u64, max_queued_writes: usize) -> Settings {
         memtable_size: 8 << 20,
         commit_seconds: None,
         budget: Default::default(),
-        replicas: Default::default(),
+        confirmation: Default::default(),
         max_queued_writes,
     }
 }

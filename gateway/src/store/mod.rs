@@ -53,16 +53,19 @@ pub struct Settings {
     pub commit_seconds: Option<Histogram>,
     /// Where each appended message's time in the writer's stages is recorded.
     pub budget: LatencyBudget,
-    /// Redis store only: the replicas a batch must reach before it is acknowledged.
-    pub replicas: Replicas,
+    /// Redis store only: who must confirm a batch before it is acknowledged.
+    pub confirmation: Confirmation,
 }
 
-/// How many replicas must have a batch (Redis `WAIT`) before it is acknowledged, and how long
-/// to wait for them: a batch they did not confirm in time is answered as unavailable (it may
-/// be stored; a retry with an idempotency key stores it once). None (`count` 0) by default.
+/// Who must confirm a batch before it is acknowledged (Redis only): how many replicas must have
+/// it (`WAIT`), and whether it must be in the append-only file on disk, the primary's and those
+/// replicas' (`WAITAOF`); and how long to wait for them: a batch not confirmed in time is
+/// answered as unavailable (it may be stored; a retry with an idempotency key stores it once).
+/// Nobody by default: the primary's answer is enough.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Replicas {
-    pub count: u32,
+pub struct Confirmation {
+    pub replicas: u32,
+    pub on_disk: bool,
     pub timeout: std::time::Duration,
 }
 

@@ -5,8 +5,9 @@
 //! Within a slot the commands keep their order (they are one pipeline to one node); between
 //! slots there is no order, as there is none between shards. A command without a key is sent in
 //! every slot's pipeline at its place: `SCRIPT LOAD` must reach every node that runs the script,
-//! and `WAIT` must wait on every node that took writes; `WAIT` is answered with the fewest
-//! replicas any of them reached, anything else with the first slot's answer. A transaction
+//! and `WAIT` and `WAITAOF` must wait on every node that took writes; they are answered with the
+//! fewest any of them counted (`WAITAOF`: local and replicas each), anything else with the first
+//! slot's answer. A transaction
 //! (`MULTI`) must stay within one slot and is sent as it is.
 
 use futures_util::future::try_join_all;
@@ -71,13 +72,10 @@ pub(super) async fn send(
     let mut answers: Vec<Option<Value>> = vec![None; commands.len()];
     for (place, answer) in try_join_all(sends).await?.into_iter().flatten() {
         let first = answers[place].take();
-        answers[place] = Some(match (first, is_wait(commands[place])) {
-            (None, _) => answer,
-            (Some(Value::Int(a)), true) => match answer {
-                Value::Int(b) => Value::Int(a.min(b)),
-                other => other,
-            },
-            (Some(first), _) => first,
+        answers[place] = Some(match first {
+            None => answer,
+            Some(first) if is_wait(commands[place]) => fewest(first, answer),
+            Some(first) => first,
         });
     }
     Ok(answers
@@ -96,20 +94,34 @@ fn words(cmd: &Cmd) -> impl Iterator<Item = &[u8]> {
     })
 }
 
+/// `WAIT` or `WAITAOF`.
 fn is_wait(cmd: &Cmd) -> bool {
-    words(cmd)
-        .next()
-        .is_some_and(|name| name.eq_ignore_ascii_case(b"WAIT"))
+    words(cmd).next().is_some_and(|name| {
+        name.eq_ignore_ascii_case(b"WAIT") || name.eq_ignore_ascii_case(b"WAITAOF")
+    })
+}
+
+/// Of two nodes' answers to a wait, the fewest: of two counts the smaller, of two `WAITAOF`
+/// pairs each count's smaller; anything else (an error) wins.
+fn fewest(a: Value, b: Value) -> Value {
+    match (a, b) {
+        (Value::Int(a), Value::Int(b)) => Value::Int(a.min(b)),
+        (Value::Array(a), Value::Array(b)) if a.len() == b.len() => {
+            Value::Array(a.into_iter().zip(b).map(|(a, b)| fewest(a, b)).collect())
+        }
+        (Value::Int(_) | Value::Array(_), other) => other,
+        (error, _) => error,
+    }
 }
 
 /// The slot of a command's first key, or `None` for a command without one. Covers what the
 /// gateway sends: commands whose first argument is a key, scripts (`EVALSHA sha numkeys key…`),
-/// and the keyless `SCRIPT`, `WAIT` and `PING`.
+/// and the keyless `SCRIPT`, `WAIT`, `WAITAOF` and `PING`.
 fn slot_of(cmd: &Cmd) -> Option<Slot> {
     let mut words = words(cmd);
     let name = words.next()?.to_ascii_uppercase();
     match name.as_slice() {
-        b"SCRIPT" | b"WAIT" | b"PING" => None,
+        b"SCRIPT" | b"WAIT" | b"WAITAOF" | b"PING" => None,
         b"EVAL" | b"EVALSHA" | b"EVAL_RO" | b"EVALSHA_RO" => {
             let _script = words.next();
             let keys: usize = std::str::from_utf8(words.next()?).ok()?.parse().ok()?;
@@ -142,5 +154,17 @@ mod tests {
         );
         let keyless_script = redis::cmd("EVALSHA").arg("abc").arg(0).clone();
         assert_eq!(slot_of(&keyless_script), None);
+        let waitaof = redis::cmd("WAITAOF").arg(1).arg(0).arg(100).clone();
+        assert_eq!(slot_of(&waitaof), None);
+        assert!(is_wait(&waitaof));
+    }
+
+    #[test]
+    fn waits_are_answered_with_the_fewest_of_any_node() {
+        assert_eq!(fewest(Value::Int(2), Value::Int(1)), Value::Int(1));
+        let pair = |local, replicas| Value::Array(vec![Value::Int(local), Value::Int(replicas)]);
+        assert_eq!(fewest(pair(1, 2), pair(0, 3)), pair(0, 2));
+        assert_eq!(fewest(pair(1, 1), Value::Nil), Value::Nil);
+        assert_eq!(fewest(Value::Nil, pair(1, 1)), Value::Nil);
     }
 }

@@ -135,6 +135,9 @@ impl RedisStore {
         settings: Settings,
     ) -> anyhow::Result<Self> {
         let redis = connect(endpoint).await?;
+        if settings.confirmation.on_disk {
+            writer::check_on_disk(&redis, &settings.confirmation).await?;
+        }
         let (writes, queue) = mpsc::channel(settings.max_queued_writes);
         let writer = Writer {
             redis: redis.clone(),

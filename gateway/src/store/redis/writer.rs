@@ -10,7 +10,10 @@ use crate::infra::redis::Redis;
 use crate::store::clock::HybridClock;
 use crate::store::data_keys::DataKeys;
 use crate::store::outcome::{original, Outcome};
-use crate::store::{new_epoch, record, Appended, CommitFeed, NewMessage, Settings, StoreError};
+use crate::store::{
+    new_epoch, record, Appended, CommitFeed, Confirmation, NewMessage, Settings, StoreError,
+};
+use redis::cluster_routing::{MultipleNodeRoutingInfo, ResponsePolicy, RoutingInfo};
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Instant;
@@ -249,24 +252,21 @@ impl Writer {
         for log in logs {
             pipe.sadd(USERS, log).ignore();
         }
-        let replicas = self.settings.replicas;
-        if replicas.count > 0 {
-            // Waits, on this connection, for every write above to reach the replicas.
-            pipe.cmd("WAIT")
-                .arg(replicas.count)
-                .arg(replicas.timeout.as_millis() as u64);
+        let confirmation = self.settings.confirmation;
+        let confirming = confirmation.on_disk || confirmation.replicas > 0;
+        if confirming {
+            // Waits, on this connection, until every write above is on the replicas (and on
+            // disk, the primary's and theirs).
+            pipe.add_command(confirmation_command(&confirmation));
         }
         let committing = std::time::Instant::now();
         let mut replies: Vec<redis::Value> = bounded(pipe.query_async(&mut self.redis)).await?;
-        if replicas.count > 0 {
-            let reached: u32 = replies
-                .pop()
-                .and_then(|reply| redis::from_redis_value(reply).ok())
-                .unwrap_or(0);
-            if reached < replicas.count {
+        if confirming {
+            let answer = replies.pop().unwrap_or(redis::Value::Nil);
+            if let Some(shortfall) = confirmation_shortfall(&confirmation, answer) {
                 return Err(StoreError::Unavailable(format!(
-                    "{reached} of {} Redis replicas confirmed the batch within {:?}",
-                    replicas.count, replicas.timeout
+                    "{shortfall} within {:?}",
+                    confirmation.timeout
                 )));
             }
         }
@@ -279,6 +279,76 @@ impl Writer {
             self.clock.observe(latest);
         }
         Ok(positions)
+    }
+}
+
+/// The command that ends a batch when it must be confirmed: `WAITAOF 1 <replicas> <ms>` for
+/// the disk, else `WAIT <replicas> <ms>`.
+pub(super) fn confirmation_command(confirmation: &Confirmation) -> redis::Cmd {
+    let timeout_ms = confirmation.timeout.as_millis() as u64;
+    if confirmation.on_disk {
+        redis::cmd("WAITAOF")
+            .arg(1)
+            .arg(confirmation.replicas)
+            .arg(timeout_ms)
+            .clone()
+    } else {
+        redis::cmd("WAIT")
+            .arg(confirmation.replicas)
+            .arg(timeout_ms)
+            .clone()
+    }
+}
+
+/// Checks that every primary can confirm writes on disk (`store.redis_wait_aof`): a Redis
+/// before 7.2 has no `WAITAOF`, and one without `appendonly yes` refuses it, which would
+/// otherwise fail every append.
+pub(super) async fn check_on_disk(
+    redis: &Redis,
+    confirmation: &Confirmation,
+) -> anyhow::Result<()> {
+    let check = redis::cmd("WAITAOF")
+        .arg(1)
+        .arg(0)
+        .arg(confirmation.timeout.as_millis() as u64)
+        .clone();
+    let answer = match redis.clone() {
+        Redis::Single(mut redis) => check.query_async::<redis::Value>(&mut redis).await,
+        Redis::Cluster(mut redis) => {
+            let every_primary = RoutingInfo::MultiNode((
+                MultipleNodeRoutingInfo::AllMasters,
+                Some(ResponsePolicy::AllSucceeded),
+            ));
+            redis.route_command(check, every_primary).await
+        }
+    };
+    answer.map(drop).map_err(|e| {
+        anyhow::anyhow!(
+            "store.redis_wait_aof needs Redis 7.2 or later (or Valkey) with `appendonly yes` \
+             on every primary, to confirm writes on disk with WAITAOF; Redis answered: {e}"
+        )
+    })
+}
+
+/// What is missing from the answer to [`confirmation_command`], if anything: `WAIT` answers how
+/// many replicas have the writes, `WAITAOF` how many of the primary (0 or 1) and of the
+/// replicas have them on disk.
+pub(super) fn confirmation_shortfall(
+    confirmation: &Confirmation,
+    answer: redis::Value,
+) -> Option<String> {
+    let wanted = confirmation.replicas;
+    if confirmation.on_disk {
+        let (local, replicas): (u32, u32) = redis::from_redis_value(answer).unwrap_or((0, 0));
+        if local < 1 {
+            return Some("the Redis primary did not confirm the batch on disk".to_string());
+        }
+        (replicas < wanted)
+            .then(|| format!("{replicas} of {wanted} Redis replicas confirmed the batch on disk"))
+    } else {
+        let replicas: u32 = redis::from_redis_value(answer).unwrap_or(0);
+        (replicas < wanted)
+            .then(|| format!("{replicas} of {wanted} Redis replicas confirmed the batch"))
     }
 }
 
