@@ -1,5 +1,5 @@
 //! A real Redis Cluster for a test: three primaries and three replicas, each a `redis-server`
-//! ([`RedisServer`]) on a free loopback port, joined by `redis-cli --cluster create`. A primary
+//! (or each a `valkey-server`; [`RedisServer`]) on a free loopback port, joined by `redis-cli --cluster create`. A primary
 //! can be killed, for its replica to take over, to see the gateway follow.
 //!
 //! Everything here blocks, as in [`crate::redis_server`].
@@ -23,9 +23,18 @@ impl RedisCluster {
     /// Starts three primaries with a replica each (append-only file, fsync on every write) and
     /// waits until every node serves every slot.
     pub fn start() -> Self {
+        Self::start_of(RedisServer::start_with)
+    }
+
+    /// As [`start`](Self::start), of Valkey servers ([`RedisServer::start_valkey`]).
+    pub fn start_valkey() -> Self {
+        Self::start_of(RedisServer::start_valkey)
+    }
+
+    fn start_of(server: fn(Vec<String>) -> RedisServer) -> Self {
         let nodes: Vec<RedisServer> = (0..6)
             .map(|_| {
-                RedisServer::start_with(
+                server(
                     [
                         "--cluster-enabled",
                         "yes",
@@ -81,6 +90,14 @@ impl RedisCluster {
             .collect()
     }
 
+    /// Runs one command on every running replica, returning their answers.
+    pub fn on_replicas(&self, args: &[&str]) -> Vec<String> {
+        (self.nodes.iter())
+            .filter(|node| node.is_running() && node.command(&["ROLE"]).starts_with("slave"))
+            .map(|node| node.command(args))
+            .collect()
+    }
+
     /// Kills (no shutdown) the primary that serves `key`'s slot, waits until the cluster has
     /// promoted its replica and serves every slot again, then starts the killed one again: it
     /// comes back as the new primary's replica, as an operator brings back a failed machine.
@@ -96,6 +113,11 @@ impl RedisCluster {
             .expect("the primary is a node");
         killed.start_again();
         self.wait_until_ready();
+    }
+
+    /// The port of the primary that serves `key`'s slot now.
+    pub fn primary_port_of(&self, key: &str) -> u16 {
+        self.owner(key).port()
     }
 
     /// The primary that serves `key`'s slot now.

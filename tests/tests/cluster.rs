@@ -600,6 +600,46 @@ async fn acknowledgements_wait_for_the_replicas_disk() {
     .await;
 }
 
+/// On a Valkey Cluster, `store.redis_wait_aof` waits on every primary a batch wrote to, for its
+/// own disk and its replica's: while the replicas keep nothing on disk, sends to users of every
+/// shard are refused; once they do, acknowledged.
+#[tokio::test]
+async fn a_cluster_waits_for_every_shards_disk() {
+    let cluster = RedisCluster::start_valkey();
+    let replicas = cluster.on_replicas(&["CONFIG", "SET", "appendonly", "no"]);
+    assert_eq!(replicas.len(), 3);
+    let options = Options::default()
+        .with("STORE__REDIS_WAIT_REPLICAS", "1")
+        .with("STORE__REDIS_WAIT_AOF", "true")
+        .with("STORE__REDIS_WAIT_TIMEOUT", "300ms");
+    let gw = node_with(&cluster, "node-a", None, options).await;
+    let users = ["olga", "pia", "quinn", "rosa", "sue", "tara"];
+    let shards: std::collections::HashSet<u16> = (users.iter())
+        .map(|user| cluster.primary_port_of(&format!("gw:{{{user}}}:log")))
+        .collect();
+    assert_eq!(shards.len(), 3, "the users' logs are on every shard");
+    let send = |user: &'static str| {
+        let body = json!({"to": user, "body": {"hello": user}});
+        gw.api(Method::POST, "/v1/messages", Some(body))
+    };
+    for user in users {
+        let (status, body) = send(user).await;
+        assert_eq!(
+            (status, body["error"]["code"].as_str()),
+            (503, Some("unavailable")),
+            "{user}: {body}"
+        );
+    }
+
+    cluster.on_replicas(&["CONFIG", "SET", "appendonly", "yes"]);
+    for user in users {
+        eventually("on every shard's disks", || async {
+            send(user).await.0 == 202
+        })
+        .await;
+    }
+}
+
 /// `store.redis_wait_aof` needs a server that can confirm writes on disk: against Debian 12's
 /// Redis 7.0 (no `WAITAOF`) and against Valkey without an append-only file, the gateway
 /// refuses to start, and says why.
