@@ -191,3 +191,18 @@ async fn a_client_still_sending_at_shutdown_reads_why_instead_of_a_reset() {
     let stopped = stopping.await.unwrap();
     assert!(stopped.status.success(), "{:?}", stopped.status);
 }
+
+/// The same for a web client on the JSON WebSocket: still sending when the server shuts down, it
+/// reads the close frame that says why (1001, going away), not a reset: the bridge reads on
+/// until the client's own close frame.
+#[tokio::test]
+async fn a_web_client_still_sending_at_shutdown_reads_why_instead_of_a_reset() {
+    let gw = TestGateway::start_with(Options::default().with("LIMITS__SHUTDOWN_GRACE", "5s")).await;
+    let mut web = JsonClient::authenticated(&gw, &gw.token("sam", "web", Platform::Web)).await;
+    let stopping = tokio::spawn(gw.terminate());
+    let closed = web.closed_while_sending().await;
+    assert_eq!(closed.code, Some(1001), "{}", closed.reason);
+    drop(web);
+    let stopped = stopping.await.unwrap();
+    assert!(stopped.status.success(), "{:?}", stopped.status);
+}

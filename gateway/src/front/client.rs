@@ -11,7 +11,7 @@ use super::Front;
 use crate::auth::acl::PublishRoute;
 use crate::auth::identity::Identity;
 use crate::live::hub::SubscriptionOptions;
-use crate::live::link::{Delivery, Link, LinkId, Qos};
+use crate::live::link::{CloseReason, Delivery, Link, LinkId, Qos};
 use crate::live::message::{MessageProperties, Published};
 use crate::live::outbox::Outbox;
 use crate::live::registry::{Admission, DecisionError};
@@ -164,6 +164,12 @@ impl Client {
             approved,
         );
         front.registry.register(&link, transport);
+        // A client whose handshake ends while the server shuts down is told so like the others:
+        // registered after the shutdown closed every link, it would otherwise stay open until the
+        // grace ran out, and be reset then. (The shutdown begins before it closes the links.)
+        if front.shutdown.is_cancelled() {
+            link.close(CloseReason::shutdown());
+        }
         front
             .metrics
             .connections

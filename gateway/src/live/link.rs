@@ -135,6 +135,11 @@ impl CloseReason {
             moved_elsewhere: false,
         }
     }
+
+    /// The server is shutting down.
+    pub fn shutdown() -> Self {
+        Self::new(DisconnectReason::Shutdown, "server shutting down")
+    }
 }
 
 pub struct Link {

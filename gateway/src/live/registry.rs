@@ -404,11 +404,14 @@ impl Registry {
 
     /// Closes every link, telling each client the server is shutting down.
     pub fn close_all(&self) {
-        let shutdown = || CloseReason::new(DisconnectReason::Shutdown, "server shutting down");
         for entries in self.devices.iter() {
-            entries.iter().for_each(|e| e.link.close(shutdown()));
+            entries
+                .iter()
+                .for_each(|e| e.link.close(CloseReason::shutdown()));
         }
-        self.clients.iter().for_each(|l| l.close(shutdown()));
+        self.clients
+            .iter()
+            .for_each(|l| l.close(CloseReason::shutdown()));
     }
 
     /// Sends `reply` to one device's reply topic, on whichever node it is.
