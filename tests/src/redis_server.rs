@@ -24,7 +24,6 @@ pub struct RedisServer {
 }
 
 /// The server program and more arguments for it (TLS, ACL users, settings).
-#[derive(Clone)]
 struct Launch {
     program: &'static str,
     extra: Vec<String>,

@@ -284,7 +284,7 @@ impl Writer {
 
 /// The command that ends a batch when it must be confirmed: `WAITAOF 1 <replicas> <ms>` for
 /// the disk, else `WAIT <replicas> <ms>`.
-pub(super) fn confirmation_command(confirmation: &Confirmation) -> redis::Cmd {
+fn confirmation_command(confirmation: &Confirmation) -> redis::Cmd {
     let timeout_ms = confirmation.timeout.as_millis() as u64;
     if confirmation.on_disk {
         redis::cmd("WAITAOF")
@@ -307,11 +307,11 @@ pub(super) async fn check_on_disk(
     redis: &Redis,
     confirmation: &Confirmation,
 ) -> anyhow::Result<()> {
-    let check = redis::cmd("WAITAOF")
-        .arg(1)
-        .arg(0)
-        .arg(confirmation.timeout.as_millis() as u64)
-        .clone();
+    // The primary's own disk: no replica is asked for here.
+    let check = confirmation_command(&Confirmation {
+        replicas: 0,
+        ..*confirmation
+    });
     let answer = match redis.clone() {
         Redis::Single(mut redis) => check.query_async::<redis::Value>(&mut redis).await,
         Redis::Cluster(mut redis) => {
@@ -333,10 +333,7 @@ pub(super) async fn check_on_disk(
 /// What is missing from the answer to [`confirmation_command`], if anything: `WAIT` answers how
 /// many replicas have the writes, `WAITAOF` how many of the primary (0 or 1) and of the
 /// replicas have them on disk.
-pub(super) fn confirmation_shortfall(
-    confirmation: &Confirmation,
-    answer: redis::Value,
-) -> Option<String> {
+fn confirmation_shortfall(confirmation: &Confirmation, answer: redis::Value) -> Option<String> {
     let wanted = confirmation.replicas;
     if confirmation.on_disk {
         let (local, replicas): (u32, u32) = redis::from_redis_value(answer).unwrap_or((0, 0));
