@@ -1,6 +1,7 @@
 //! A real Redis Cluster for a test: three primaries and three replicas, each a `redis-server`
-//! (or each a `valkey-server`; [`RedisServer`]) on a free loopback port, joined by `redis-cli --cluster create`. A primary
-//! can be killed, for its replica to take over, to see the gateway follow.
+//! (or each a `valkey-server`; [`RedisServer`]) on a free loopback port, joined by `redis-cli
+//! --cluster create`. A primary can be killed, for its replica to take over, to see the gateway
+//! follow.
 //!
 //! Everything here blocks, as in [`crate::redis_server`].
 

@@ -886,10 +886,6 @@ impl Connection {
         true
     }
 
-    /// Answers a publish once it was handled: PUBACK or PUBREC (with the reason for v5), and a
-    /// reply on the device's reply topic for a refused device request. A 3.1.1 client cannot be
-    /// told that the store is unavailable, so it is disconnected without the answer and sends
-    /// the message again after reconnecting.
     /// Answers `first` and the answers ready behind it, so that the publishes one commit
     /// stored go out answered in one write, not a send (and a wake-up of the client) each.
     async fn answer_ready(&mut self, first: (Answer, Result<(), Refusal>)) -> Flow {
@@ -908,6 +904,10 @@ impl Connection {
         Flow::Continue
     }
 
+    /// Answers a publish once it was handled: PUBACK or PUBREC (with the reason for v5), and a
+    /// reply on the device's reply topic for a refused device request. A 3.1.1 client cannot be
+    /// told that the store is unavailable, so it is disconnected without the answer and sends
+    /// the message again after reconnecting.
     fn answer(&mut self, answer: Answer, result: Result<(), Refusal>) -> Flow {
         if let Err(refusal) = &result {
             self.client.reply_refusal(&answer.topic, refusal);

@@ -18,9 +18,9 @@
 //! alone is encrypted with the counters that follow it (as many as cost no more: 4, 8 or 1), and
 //! the next counter of such a run starts a batch (AES-NI: 8, then 16; VAES: 8; bitsliced: 64)
 //! that the following blocks are handed out from: a record of a few hundred bytes is a few
-//! batches, the unused lanes of the last one computed for nothing. What may vary in time is only whether a block is the counter that
-//! follows the previous one: GCM's counter blocks are made of the nonce, which is stored in the
-//! clear beside the ciphertext.
+//! batches, the unused lanes of the last one computed for nothing. What may vary in time is only
+//! whether a block is the counter that follows the previous one: GCM's counter blocks are made of
+//! the nonce, which is stored in the clear beside the ciphertext.
 
 #[cfg(target_arch = "x86_64")]
 mod aes_ni;
